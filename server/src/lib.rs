@@ -1,0 +1,27 @@
+//! Asyncgate: an asynchronous request/reply gateway for gRPC.
+//!
+//! # Layout
+//! - [`domain`]: ticket model, ids, queue names, backoff — pure data, no I/O.
+//! - [`engine`]: the storage boundary (`Engine` trait) and its implementations;
+//!   every transition is atomic and lease-fenced.
+//! - [`dispatch`]: per-queue actors that match ready tickets with worker
+//!   credit, and the worker session protocol.
+//! - [`hub`]: per-ticket fan-out of change events to watchers.
+//! - [`rpc`]: thin tonic services (`Gateway`, `Workers`), the edge validation
+//!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
+//! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
+//! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown, logs.
+
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod rpc;
+pub mod server;
+pub mod telemetry;
+pub mod time;
+
+pub use config::Config;
+pub use server::{Running, start, start_on};

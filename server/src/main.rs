@@ -1,1 +1,67 @@
-fn main(){}
+//! `asyncgate-server`: parse flags, validate (exit 64 on bad config, before
+//! binding), serve until SIGINT/SIGTERM, then shut down gracefully.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use asyncgate_server::config::{Cli, Config};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    asyncgate_server::telemetry::init();
+    let config = match Config::try_from(Cli::parse()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("asyncgate-server: {message}");
+            return ExitCode::from(64);
+        }
+    };
+    let running = match asyncgate_server::start(config).await {
+        Ok(running) => running,
+        Err(error) => {
+            eprintln!("asyncgate-server: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    running.initiate_shutdown();
+    let second = async {
+        wait_for_signal().await;
+        eprintln!("asyncgate-server: second signal; exiting now");
+        std::process::exit(130);
+    };
+    tokio::select! {
+        result = running.join() => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("asyncgate-server: {error}");
+                ExitCode::from(1)
+            }
+        },
+        _ = second => ExitCode::from(130),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

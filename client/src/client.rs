@@ -1,0 +1,216 @@
+//! [`Client`]: the caller's side of the `Gateway` service.
+//!
+//! A thin, cloneable wrapper over the generated `GatewayClient<Channel>` that
+//! adds what every caller would otherwise rewrite: address parsing with sane
+//! transport settings, `&str`/`Duration` arguments instead of request structs,
+//! and [`EventStream`]s that resume themselves across broken connections.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::gateway_client::GatewayClient;
+use crate::stream::{Resumer, Target};
+use crate::{ClientError, EventStream, ResumeOptions, convert, pb};
+
+/// How long a connection attempt may take before it counts as failed.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 PING cadence: finds a dead peer on an otherwise silent connection
+/// (an idle long-poll, a watch between keepalives).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a PING may go unanswered before the connection is closed.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to an Asyncgate gateway.
+///
+/// Cloning is cheap and clones share one HTTP/2 connection, which multiplexes
+/// any number of concurrent calls; clone it into tasks rather than
+/// connecting again. The underlying channel reconnects on its own after a
+/// connection loss, so a `Client` stays usable across gateway restarts.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: GatewayClient<Channel>,
+    resume: ResumeOptions,
+}
+
+impl Client {
+    /// Connects to `url` (`http://host:port`; a bare `host:port` gets
+    /// `http://`), failing at once if the gateway cannot be reached.
+    pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
+        let channel = endpoint(url)?.connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Like [`Client::connect`] but connects on the first call, so a client
+    /// can be created before the gateway is up.
+    pub fn connect_lazy(url: impl Into<String>) -> Result<Client, ClientError> {
+        Ok(Client::from_channel(endpoint(url)?.connect_lazy()))
+    }
+
+    /// Wraps an existing channel (custom TLS, an in-process transport, or a
+    /// connection shared with a worker).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            inner: GatewayClient::new(channel),
+            resume: ResumeOptions::default(),
+        }
+    }
+
+    /// Replaces how [`EventStream`]s of this client resume after a broken
+    /// connection.
+    #[must_use]
+    pub fn with_resume_options(mut self, options: ResumeOptions) -> Client {
+        self.resume = options;
+        self
+    }
+
+    /// The generated client, for calls this wrapper does not cover (custom
+    /// metadata, compression, message size limits).
+    pub fn raw(&self) -> GatewayClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Stores a request and returns its PENDING ticket at once. A repeated
+    /// idempotency key returns the original ticket.
+    ///
+    /// Accepts a [`pb::SubmitRequest`] or a [`Submit`](crate::Submit) builder.
+    pub async fn submit(&self, request: impl Into<pb::SubmitRequest>) -> Result<pb::Ticket, ClientError> {
+        Ok(self.inner.clone().submit(request.into()).await?.into_inner())
+    }
+
+    /// Submits and follows the new ticket in one call. The first event is the
+    /// new ticket's SNAPSHOT (its id names the ticket); the stream ends after
+    /// the terminal event.
+    ///
+    /// If the stream breaks after the first event it resumes with
+    /// `WatchTicket`. If it breaks before, it is repeated only when the
+    /// request has an idempotency key (otherwise the break is returned: the
+    /// ticket may or may not exist).
+    pub async fn execute(&self, request: impl Into<pb::SubmitRequest>) -> Result<EventStream, ClientError> {
+        let request = request.into();
+        let mut client = self.inner.clone();
+        let stream = client.execute(request.clone()).await?.into_inner();
+        Ok(EventStream::new(Resumer::new(
+            client,
+            self.resume.clone(),
+            Target::Execute(Box::new(request)),
+            None,
+            stream,
+        )))
+    }
+
+    /// The ticket's current state. With `wait`, a long-poll: the answer comes
+    /// as soon as the ticket is terminal or when `wait` (capped by the
+    /// gateway, 50 s by default) elapses, whichever is first.
+    pub async fn get(&self, id: &str, wait: Option<Duration>) -> Result<pb::Ticket, ClientError> {
+        let request = pb::GetTicketRequest {
+            id: id.to_owned(),
+            wait: wait.map(convert::duration_to_proto),
+        };
+        Ok(self.inner.clone().get_ticket(request).await?.into_inner())
+    }
+
+    /// Follows a ticket: a SNAPSHOT, then one event per change, ending after
+    /// the terminal event. With `after_seq`, the partial-output chunks after
+    /// that seq are replayed first (pass the highest seq you processed).
+    ///
+    /// The stream resumes itself after a broken connection; see
+    /// [`EventStream`].
+    pub async fn watch(&self, id: &str, after_seq: Option<u64>) -> Result<EventStream, ClientError> {
+        let mut client = self.inner.clone();
+        let request = pb::WatchTicketRequest {
+            id: id.to_owned(),
+            after_seq,
+        };
+        let stream = client.watch_ticket(request).await?.into_inner();
+        Ok(EventStream::new(Resumer::new(
+            client,
+            self.resume.clone(),
+            Target::Watch(id.to_owned()),
+            after_seq,
+            stream,
+        )))
+    }
+
+    /// Cancels a ticket: a pending one at once, a running one by telling its
+    /// worker to stop (a late result is discarded). `reason` ends up in the
+    /// ticket's error message.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<pb::Ticket, ClientError> {
+        let request = pb::CancelTicketRequest {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        Ok(self.inner.clone().cancel_ticket(request).await?.into_inner())
+    }
+
+    /// One page of tickets in creation order, filtered by queue and states.
+    pub async fn list(&self, request: pb::ListTicketsRequest) -> Result<pb::ListTicketsResponse, ClientError> {
+        Ok(self.inner.clone().list_tickets(request).await?.into_inner())
+    }
+}
+
+/// The endpoint for `url` with the transport settings every connection of
+/// this crate uses: no Nagle delay (request/reply latency matters more than
+/// packet count), a bounded connect, and HTTP/2 keepalive so a dead peer is
+/// noticed even on a silent stream.
+///
+/// No request timeout is set on purpose: it would also cut long-polls and
+/// long-lived streams.
+pub fn endpoint(url: impl Into<String>) -> Result<Endpoint, ClientError> {
+    let url = normalize_url(url.into())?;
+    let endpoint = Endpoint::from_shared(url.clone()).map_err(|err| ClientError::InvalidUrl {
+        url,
+        reason: err.to_string(),
+    })?;
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// `http://` URLs pass; a bare `host:port` gets `http://`; anything else
+/// (`https://` needs TLS, which this build does not include) is refused.
+fn normalize_url(url: String) -> Result<String, ClientError> {
+    let url = url.trim().to_owned();
+    if url.starts_with("http://") {
+        return Ok(url);
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(ClientError::InvalidUrl {
+            reason: format!("scheme {scheme:?} is not supported (use http://)"),
+            url,
+        });
+    }
+    if url.is_empty() {
+        return Err(ClientError::InvalidUrl {
+            url,
+            reason: "empty".into(),
+        });
+    }
+    Ok(format!("http://{url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(normalize_url("http://a:1".into()).ok(), Some("http://a:1".into()));
+        assert_eq!(normalize_url(" 127.0.0.1:50051 ".into()).ok(), Some("http://127.0.0.1:50051".into()));
+        assert!(matches!(normalize_url("https://a:1".into()), Err(ClientError::InvalidUrl { .. })));
+        assert!(matches!(normalize_url("".into()), Err(ClientError::InvalidUrl { .. })));
+        assert!(endpoint("http://[::1]:50051").is_ok());
+        assert!(matches!(endpoint("http://bad host:1"), Err(ClientError::InvalidUrl { .. })));
+    }
+
+    #[tokio::test]
+    async fn lazy_client_reports_unreachable_gateway_as_transient() {
+        // Port 9 (discard) on loopback: nothing listens there in CI.
+        let client = Client::connect_lazy("http://127.0.0.1:9").unwrap_or_else(|e| panic!("{e}"));
+        let err = client.get("x", None).await.err();
+        assert!(err.as_ref().is_some_and(ClientError::is_transient), "{err:?}");
+    }
+}

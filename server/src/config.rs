@@ -1,0 +1,232 @@
+//! Server settings: clap flags with environment variables, validated into a
+//! plain `Config` before any port is bound. Tests build `Config` in code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::domain::backoff::Backoff;
+use crate::engine::EngineConfig;
+
+/// Where tickets are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In process memory: fast, lost on exit.
+    Memory,
+}
+
+/// Validated server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Ticket store.
+    pub store: StoreConfig,
+    /// How long a worker session's leases survive without a heartbeat, at
+    /// the engine level (the backstop behind the session's own liveness check).
+    pub lease_ttl: Duration,
+    /// How often the gateway pings workers; a worker that misses two pings in
+    /// a row is dead.
+    pub heartbeat_interval: Duration,
+    /// max_attempts when a submit leaves it unset.
+    pub default_max_attempts: u32,
+    /// The largest max_attempts a submit may ask for.
+    pub max_attempts_limit: u32,
+    /// Engine settings: backoff, retention, caps.
+    pub engine: EngineConfig,
+    /// Largest payload (request, result, output chunk), in bytes.
+    pub max_payload_bytes: usize,
+    /// Longest long-poll `wait` honoured.
+    pub max_wait: Duration,
+    /// Keepalive cadence on idle watch streams.
+    pub watch_keepalive: Duration,
+    /// How long shutdown waits for workers to finish in-flight tasks.
+    pub shutdown_grace: Duration,
+    /// How often timers (deadlines, backoff, leases, retention) are checked.
+    pub timer_tick: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            store: StoreConfig::Memory,
+            lease_ttl: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(5),
+            default_max_attempts: 3,
+            max_attempts_limit: 100,
+            engine: EngineConfig::default(),
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_wait: Duration::from_secs(50),
+            watch_keepalive: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(10),
+            timer_tick: Duration::from_millis(20),
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 5s, 2m, 24h)"))
+}
+
+/// Command-line flags of `asyncgate-server`; every flag also reads an
+/// `ASYNCGATE_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "asyncgate-server",
+    version,
+    about = "Asyncgate: durable async request/reply for gRPC"
+)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Ticket store: `memory`.
+    #[arg(long, env = "ASYNCGATE_STORE", default_value = "memory")]
+    pub store: String,
+    /// Engine-level lease TTL, renewed by heartbeats.
+    #[arg(long, env = "ASYNCGATE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// Interval of worker pings; two missed pings lose the worker's leases.
+    #[arg(long, env = "ASYNCGATE_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// max_attempts for submits that leave it unset.
+    #[arg(long, env = "ASYNCGATE_DEFAULT_MAX_ATTEMPTS", default_value_t = 3)]
+    pub default_max_attempts: u32,
+    /// The largest max_attempts a submit may ask for.
+    #[arg(long, env = "ASYNCGATE_MAX_ATTEMPTS_LIMIT", default_value_t = 100)]
+    pub max_attempts_limit: u32,
+    /// Attempts that may end in a lost worker before a ticket is FAILED.
+    #[arg(long, env = "ASYNCGATE_MAX_WORKER_LOSSES", default_value_t = 3)]
+    pub max_worker_losses: u32,
+    /// First retry delay (doubles per attempt, with jitter).
+    #[arg(long, env = "ASYNCGATE_BACKOFF_BASE", default_value = "500ms", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "ASYNCGATE_BACKOFF_CAP", default_value = "60s", value_parser = parse_duration)]
+    pub backoff_cap: Duration,
+    /// How long finished tickets and their results are kept.
+    #[arg(long, env = "ASYNCGATE_RESULT_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub result_retention: Duration,
+    /// Largest payload (request, result, output chunk), e.g. 4MiB.
+    #[arg(long, env = "ASYNCGATE_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Pending tickets per queue before submits get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_PENDING_PER_QUEUE",
+        default_value_t = 1_000_000
+    )]
+    pub max_pending_per_queue: usize,
+    /// Longest long-poll wait honoured (keep under your proxies' timeout).
+    #[arg(long, env = "ASYNCGATE_MAX_WAIT", default_value = "50s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+    /// Keepalive cadence on idle watch streams.
+    #[arg(long, env = "ASYNCGATE_WATCH_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub watch_keepalive: Duration,
+    /// How long shutdown waits for workers to finish in-flight tasks.
+    #[arg(long, env = "ASYNCGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = String;
+
+    fn try_from(cli: Cli) -> Result<Self, String> {
+        let store = match cli.store.as_str() {
+            "memory" => StoreConfig::Memory,
+            other => {
+                return Err(format!(
+                    "--store {other:?}: only `memory` is available in this build"
+                ));
+            }
+        };
+        if cli.heartbeat_interval < Duration::from_millis(10) {
+            return Err("--heartbeat-interval must be at least 10ms".into());
+        }
+        if cli.lease_ttl < cli.heartbeat_interval * 2 {
+            return Err(format!(
+                "--lease-ttl ({:?}) must be at least twice --heartbeat-interval ({:?})",
+                cli.lease_ttl, cli.heartbeat_interval
+            ));
+        }
+        if cli.default_max_attempts == 0 || cli.default_max_attempts > cli.max_attempts_limit {
+            return Err(format!(
+                "--default-max-attempts must be between 1 and --max-attempts-limit ({})",
+                cli.max_attempts_limit
+            ));
+        }
+        if cli.max_worker_losses == 0 {
+            return Err("--max-worker-losses must be at least 1".into());
+        }
+        if cli.backoff_base > cli.backoff_cap {
+            return Err("--backoff-base must not exceed --backoff-cap".into());
+        }
+        if cli.max_payload_bytes == 0 || cli.max_payload_bytes > 64 * 1024 * 1024 {
+            return Err("--max-payload-bytes must be between 1 and 64MiB".into());
+        }
+        if cli.max_pending_per_queue == 0 {
+            return Err("--max-pending-per-queue must be at least 1".into());
+        }
+        if cli.watch_keepalive < Duration::from_millis(10) {
+            return Err("--watch-keepalive must be at least 10ms".into());
+        }
+        Ok(Self {
+            listen: cli.listen,
+            store,
+            lease_ttl: cli.lease_ttl,
+            heartbeat_interval: cli.heartbeat_interval,
+            default_max_attempts: cli.default_max_attempts,
+            max_attempts_limit: cli.max_attempts_limit,
+            engine: EngineConfig {
+                backoff: Backoff {
+                    base: cli.backoff_base,
+                    cap: cli.backoff_cap,
+                },
+                max_worker_losses: cli.max_worker_losses,
+                result_retention: cli.result_retention,
+                tombstone_retention: cli.result_retention,
+                max_pending_per_queue: cli.max_pending_per_queue,
+            },
+            max_payload_bytes: cli.max_payload_bytes,
+            max_wait: cli.max_wait,
+            watch_keepalive: cli.watch_keepalive,
+            shutdown_grace: cli.shutdown_grace,
+            timer_tick: Config::default().timer_tick,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["asyncgate-server"];
+        argv.extend_from_slice(args);
+        Config::try_from(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.max_wait, Duration::from_secs(50));
+    }
+
+    #[test]
+    fn refuses_inconsistent_settings() {
+        assert!(
+            parse(&["--lease-ttl", "1s", "--heartbeat-interval", "1s"])
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            parse(&["--store", "bogus"])
+                .unwrap_err()
+                .contains("--store")
+        );
+        assert!(parse(&["--heartbeat-interval", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! Dispatch: matching ready tickets with worker capacity.
+//!
+//! Each queue has one actor task that owns the list of worker sessions serving
+//! it. When the engine reports ready work or a session frees capacity, the
+//! actor takes credits round-robin across sessions (so a queue is shared
+//! fairly), claims that many tickets from the engine in one call, and hands
+//! each to its session. A session's credit is shared by all its queues and
+//! never goes below zero, so no worker ever holds more than `max_in_flight`.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::domain::{QueueName, SessionId};
+use crate::engine::{Claimed, Engine, ReleaseReason, Revocation, SessionInfo};
+
+/// Most tickets claimed in one engine call.
+const CLAIM_BATCH: usize = 256;
+
+/// What the dispatcher asks a session task to do.
+#[derive(Debug)]
+pub enum SessionCommand {
+    /// Send this leased task to the worker.
+    Deliver(Box<Claimed>),
+    /// Tell the worker to drop this lease.
+    Revoke(Revocation),
+}
+
+/// A worker session as the queue actors see it.
+#[derive(Debug)]
+pub struct SessionSlot {
+    /// Identity for leases and explanations.
+    pub info: SessionInfo,
+    /// Free capacity: max_in_flight minus tasks the worker has not answered.
+    credits: AtomicU32,
+    /// The session task's mailbox.
+    commands: mpsc::UnboundedSender<SessionCommand>,
+}
+
+impl SessionSlot {
+    /// A slot with `max_in_flight` credits.
+    pub fn new(
+        info: SessionInfo,
+        max_in_flight: u32,
+        commands: mpsc::UnboundedSender<SessionCommand>,
+    ) -> Self {
+        Self {
+            info,
+            credits: AtomicU32::new(max_in_flight),
+            commands,
+        }
+    }
+
+    fn try_take_credit(&self) -> bool {
+        self.credits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+            .is_ok()
+    }
+
+    fn return_credit(&self) {
+        self.credits.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+enum QueueMessage {
+    Ready,
+    Attach(Arc<SessionSlot>),
+    Detach(SessionId),
+    CreditAvailable,
+}
+
+struct QueueHandle {
+    mailbox: mpsc::UnboundedSender<QueueMessage>,
+    /// Set while a `Ready` is in the mailbox, so a burst of submits sends one.
+    ready_queued: Arc<AtomicBool>,
+    /// Sessions attached, for explanations ("no worker connected").
+    workers: usize,
+}
+
+/// The dispatcher handle; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<dyn Engine>,
+    queues: Mutex<HashMap<QueueName, QueueHandle>>,
+    sessions: Mutex<HashMap<SessionId, mpsc::UnboundedSender<SessionCommand>>>,
+    tracker: TaskTracker,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Dispatcher {
+    /// A dispatcher whose actors run on `tracker`.
+    pub fn new(engine: Arc<dyn Engine>, tracker: TaskTracker) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                queues: Mutex::default(),
+                sessions: Mutex::default(),
+                tracker,
+            }),
+        }
+    }
+
+    /// The engine this dispatcher claims from.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.inner.engine
+    }
+
+    /// Runs `f` on the queue's handle, spawning its actor on first use.
+    fn with_queue<R>(&self, queue: &QueueName, f: impl FnOnce(&mut QueueHandle) -> R) -> R {
+        let mut queues = lock(&self.inner.queues);
+        let handle = queues.entry(queue.clone()).or_insert_with(|| {
+            let (mailbox, receiver) = mpsc::unbounded_channel();
+            let ready_queued = Arc::new(AtomicBool::new(false));
+            let actor = QueueActor {
+                queue: queue.clone(),
+                engine: self.inner.engine.clone(),
+                mailbox: receiver,
+                ready_queued: ready_queued.clone(),
+                sessions: Vec::new(),
+                cursor: 0,
+                has_work: true,
+            };
+            let span = tracing::info_span!("queue", queue = %queue);
+            self.inner.tracker.spawn(actor.run().instrument(span));
+            QueueHandle {
+                mailbox,
+                ready_queued,
+                workers: 0,
+            }
+        });
+        f(handle)
+    }
+
+    /// The engine says `queue` may have ready tickets.
+    pub fn queue_ready(&self, queue: &QueueName) {
+        self.with_queue(queue, |handle| {
+            if !handle.ready_queued.swap(true, Ordering::AcqRel) {
+                let _ = handle.mailbox.send(QueueMessage::Ready);
+            }
+        });
+    }
+
+    /// Registers a session for its queues.
+    pub fn attach(&self, slot: &Arc<SessionSlot>, queues: &[QueueName]) {
+        lock(&self.inner.sessions).insert(slot.info.session_id, slot.commands.clone());
+        for queue in queues {
+            self.with_queue(queue, |handle| {
+                handle.workers += 1;
+                let _ = handle.mailbox.send(QueueMessage::Attach(slot.clone()));
+            });
+        }
+    }
+
+    /// Stops sending new tasks to a session.
+    pub fn detach(&self, session_id: SessionId, queues: &[QueueName]) {
+        for queue in queues {
+            self.with_queue(queue, |handle| {
+                handle.workers = handle.workers.saturating_sub(1);
+                let _ = handle.mailbox.send(QueueMessage::Detach(session_id));
+            });
+        }
+    }
+
+    /// Forgets a session entirely (after `detach`).
+    pub fn unregister(&self, session_id: SessionId) {
+        lock(&self.inner.sessions).remove(&session_id);
+    }
+
+    /// A session answered a task: give the credit back and let its queues
+    /// dispatch again.
+    pub fn credit_returned(&self, slot: &SessionSlot, queues: &[QueueName]) {
+        slot.return_credit();
+        for queue in queues {
+            self.with_queue(queue, |handle| {
+                let _ = handle.mailbox.send(QueueMessage::CreditAvailable);
+            });
+        }
+    }
+
+    /// Routes a revocation to the session holding the lease, if it is here.
+    pub fn revoke(&self, revocation: Revocation) {
+        if let Some(commands) = lock(&self.inner.sessions).get(&revocation.session_id) {
+            let _ = commands.send(SessionCommand::Revoke(revocation));
+        }
+    }
+
+    /// Worker sessions serving `queue` on this gateway.
+    pub fn workers_for(&self, queue: &QueueName) -> usize {
+        lock(&self.inner.queues)
+            .get(queue)
+            .map_or(0, |handle| handle.workers)
+    }
+}
+
+/// Owns one queue's sessions and their rotation. See the module docs.
+struct QueueActor {
+    queue: QueueName,
+    engine: Arc<dyn Engine>,
+    mailbox: mpsc::UnboundedReceiver<QueueMessage>,
+    ready_queued: Arc<AtomicBool>,
+    sessions: Vec<Arc<SessionSlot>>,
+    /// Where the next round-robin pass starts.
+    cursor: usize,
+    /// Whether the engine may have ready tickets (cleared when a claim
+    /// comes back short, set by `Ready`).
+    has_work: bool,
+}
+
+impl QueueActor {
+    async fn run(mut self) {
+        while let Some(message) = self.mailbox.recv().await {
+            self.apply(message);
+            while let Ok(message) = self.mailbox.try_recv() {
+                self.apply(message);
+            }
+            self.dispatch().await;
+        }
+    }
+
+    fn apply(&mut self, message: QueueMessage) {
+        match message {
+            QueueMessage::Ready => {
+                self.ready_queued.store(false, Ordering::Release);
+                self.has_work = true;
+            }
+            QueueMessage::Attach(slot) => self.sessions.push(slot),
+            QueueMessage::Detach(session_id) => {
+                self.sessions.retain(|s| s.info.session_id != session_id);
+            }
+            QueueMessage::CreditAvailable => {}
+        }
+    }
+
+    /// Takes up to `CLAIM_BATCH` credits, one session at a time in rotation.
+    fn take_credits(&mut self) -> Vec<Arc<SessionSlot>> {
+        let count = self.sessions.len();
+        let mut takers = Vec::new();
+        if count == 0 {
+            return takers;
+        }
+        let start = self.cursor % count;
+        self.cursor = (start + 1) % count;
+        loop {
+            let before = takers.len();
+            for offset in 0..count {
+                let slot = &self.sessions[(start + offset) % count];
+                if slot.try_take_credit() {
+                    takers.push(slot.clone());
+                    if takers.len() == CLAIM_BATCH {
+                        return takers;
+                    }
+                }
+            }
+            if takers.len() == before {
+                return takers;
+            }
+        }
+    }
+
+    async fn dispatch(&mut self) {
+        while self.has_work {
+            let takers = self.take_credits();
+            if takers.is_empty() {
+                return;
+            }
+            let infos: Vec<SessionInfo> = takers.iter().map(|s| s.info.clone()).collect();
+            let claimed = match self.engine.claim(&self.queue, &infos).await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::error!(%error, "claim failed; will retry on the next signal");
+                    for slot in &takers {
+                        slot.return_credit();
+                    }
+                    return;
+                }
+            };
+            if claimed.len() < takers.len() {
+                self.has_work = false;
+            }
+            let mut unused: Vec<Arc<SessionSlot>> = takers;
+            for task in claimed {
+                let Some(position) = unused
+                    .iter()
+                    .position(|s| s.info.session_id == task.lease.session_id)
+                else {
+                    tracing::error!(ticket_id = %task.ticket.id, "claim named a session we did not offer");
+                    continue;
+                };
+                let slot = unused.swap_remove(position);
+                if let Err(mpsc::error::SendError(SessionCommand::Deliver(task))) =
+                    slot.commands.send(SessionCommand::Deliver(Box::new(task)))
+                {
+                    // The session ended between taking the credit and now.
+                    if let Err(error) = self
+                        .engine
+                        .release(
+                            task.ticket.id,
+                            task.lease.lease_id,
+                            ReleaseReason::Undelivered,
+                        )
+                        .await
+                    {
+                        tracing::error!(%error, ticket_id = %task.ticket.id, "could not release an undelivered lease");
+                    }
+                    self.has_work = true;
+                }
+            }
+            for slot in unused {
+                slot.return_credit();
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! One worker connection: the `Workers.Connect` protocol state machine.
+//!
+//! Hello → Welcome, then a loop that forwards leased tasks and cancels to the
+//! worker, records its progress and results (fenced by the engine), pings it
+//! every heartbeat interval and declares it dead when two pings in a row go
+//! unanswered. However the loop ends, every lease the session still holds is
+//! given back to the engine, so its tickets run again elsewhere.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use asyncgate_proto::v1 as pb;
+use pb::dispatch_message::Kind as Out;
+use pb::worker_message::Kind as In;
+
+use super::{Dispatcher, SessionCommand, SessionSlot};
+use crate::domain::ticket::codes;
+use crate::domain::{LeaseId, Outcome, Progress, QueueName, SessionId, TicketError, TicketId};
+use crate::engine::{
+    Completion, EngineError, ProgressReport, ReleaseReason, RevokeReason, SessionInfo,
+};
+use crate::error::GatewayError;
+use crate::rpc::convert;
+use crate::time;
+
+/// The largest `max_in_flight` a worker may ask for.
+pub const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
+/// The most queues one worker connection may serve.
+pub const MAX_QUEUES_PER_WORKER: usize = 256;
+
+/// What a session needs to know about the gateway's settings.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Ping cadence; two missed pings end the session.
+    pub heartbeat_interval: Duration,
+    /// Engine-level lease TTL, renewed by each answered ping.
+    pub lease_ttl: Duration,
+    /// Largest payload accepted in results and output chunks.
+    pub max_payload_bytes: usize,
+}
+
+/// Items sent to the worker; errors end the stream with a status.
+pub type Outbound = mpsc::Sender<Result<pb::DispatchMessage, GatewayError>>;
+
+fn message(kind: Out) -> Result<pb::DispatchMessage, GatewayError> {
+    Ok(pb::DispatchMessage { kind: Some(kind) })
+}
+
+/// Runs one worker connection to its end.
+pub async fn run<S>(
+    dispatcher: Dispatcher,
+    settings: SessionSettings,
+    mut inbound: S,
+    outbound: Outbound,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) where
+    S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
+{
+    let first = tokio::select! {
+        first = tokio::time::timeout(settings.heartbeat_interval * 2, inbound.next()) => first,
+        _ = shutdown.cancelled() => {
+            let _ = outbound.send(Err(GatewayError::ShuttingDown)).await;
+            return;
+        }
+    };
+    let hello = match first {
+        Ok(Some(Ok(pb::WorkerMessage {
+            kind: Some(In::Hello(hello)),
+        }))) => hello,
+        Ok(Some(Ok(_))) => {
+            let error = GatewayError::Protocol(
+                "the first message on a Connect stream must be Hello (worker_name, queues, max_in_flight)".into(),
+            );
+            let _ = outbound.send(Err(error)).await;
+            return;
+        }
+        Ok(Some(Err(_)) | None) => return,
+        Err(_) => {
+            let error = GatewayError::Protocol(format!(
+                "no Hello within {:?} of connecting",
+                settings.heartbeat_interval * 2
+            ));
+            let _ = outbound.send(Err(error)).await;
+            return;
+        }
+    };
+    let (queues, max_in_flight, worker_name) = match validate_hello(hello) {
+        Ok(valid) => valid,
+        Err(error) => {
+            let _ = outbound.send(Err(error)).await;
+            return;
+        }
+    };
+    let info = SessionInfo {
+        session_id: SessionId::new(),
+        worker_name: worker_name.into(),
+    };
+    let span = tracing::info_span!(
+        "worker_session",
+        session_id = %info.session_id,
+        worker = %info.worker_name,
+    );
+    let session = Session {
+        dispatcher,
+        settings,
+        info,
+        queues,
+        max_in_flight,
+        outbound,
+        leases: HashMap::new(),
+        revoked: HashSet::new(),
+        nonce: 0,
+        last_heartbeat: Instant::now(),
+        attached: false,
+    };
+    session
+        .serve(inbound, shutdown, hard_stop)
+        .instrument(span)
+        .await;
+}
+
+fn validate_hello(hello: pb::Hello) -> Result<(Vec<QueueName>, u32, String), GatewayError> {
+    if hello.queues.is_empty() {
+        return Err(GatewayError::invalid(
+            "hello.queues",
+            "name at least one queue to serve",
+        ));
+    }
+    if hello.queues.len() > MAX_QUEUES_PER_WORKER {
+        return Err(GatewayError::invalid(
+            "hello.queues",
+            format!("at most {MAX_QUEUES_PER_WORKER} queues per connection"),
+        ));
+    }
+    let mut queues = Vec::with_capacity(hello.queues.len());
+    for (i, name) in hello.queues.iter().enumerate() {
+        let queue = QueueName::parse(name)
+            .map_err(|reason| GatewayError::invalid(format!("hello.queues[{i}]"), reason))?;
+        if !queues.contains(&queue) {
+            queues.push(queue);
+        }
+    }
+    if hello.max_in_flight == 0 || hello.max_in_flight > MAX_IN_FLIGHT_LIMIT {
+        return Err(GatewayError::invalid(
+            "hello.max_in_flight",
+            format!(
+                "must be between 1 and {MAX_IN_FLIGHT_LIMIT}, got {}",
+                hello.max_in_flight
+            ),
+        ));
+    }
+    let mut name: String = hello.worker_name.chars().take(256).collect();
+    if name.is_empty() {
+        name = "unnamed".into();
+    }
+    Ok((queues, hello.max_in_flight, name))
+}
+
+struct Session {
+    dispatcher: Dispatcher,
+    settings: SessionSettings,
+    info: SessionInfo,
+    queues: Vec<QueueName>,
+    max_in_flight: u32,
+    outbound: Outbound,
+    /// Leases handed to this worker and not yet answered; each holds a credit.
+    leases: HashMap<LeaseId, TicketId>,
+    /// Leases the worker was told to drop; their late results are expected.
+    revoked: HashSet<LeaseId>,
+    /// The latest ping sent.
+    nonce: u64,
+    /// When the worker last answered a recent ping.
+    last_heartbeat: Instant,
+    /// Whether the queue actors may send us tasks.
+    attached: bool,
+}
+
+/// Why the session loop ended.
+enum End {
+    /// The worker closed the stream or the transport failed.
+    Closed,
+    /// Drained on shutdown with nothing left in flight.
+    Drained,
+    /// End the stream with this error.
+    Error(GatewayError),
+}
+
+impl Session {
+    fn send(&self, kind: Out) -> Result<(), End> {
+        match self.outbound.try_send(message(kind)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(End::Error(GatewayError::WorkerUnresponsive(
+                    "the worker is not reading its stream; disconnected".into(),
+                )))
+            }
+        }
+    }
+
+    async fn serve<S>(
+        mut self,
+        mut inbound: S,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    ) where
+        S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
+    {
+        let engine = self.dispatcher.engine().clone();
+        let session_id = self.info.session_id;
+        if let Err(error) = engine
+            .touch_session(&self.info, SystemTime::now() + self.settings.lease_ttl)
+            .await
+        {
+            let _ = self.outbound.send(Err(error.into())).await;
+            return;
+        }
+        let (commands_tx, mut commands) = mpsc::unbounded_channel();
+        let slot = Arc::new(SessionSlot::new(
+            self.info.clone(),
+            self.max_in_flight,
+            commands_tx,
+        ));
+        let welcome = Out::Welcome(pb::Welcome {
+            session_id: session_id.to_string(),
+            lease_ttl: Some(time::duration(self.settings.lease_ttl)),
+            heartbeat_interval: Some(time::duration(self.settings.heartbeat_interval)),
+        });
+        let end = match self.send(welcome) {
+            Err(end) => end,
+            Ok(()) => {
+                self.dispatcher.attach(&slot, &self.queues);
+                self.attached = true;
+                tracing::info!(queues = ?self.queues, max_in_flight = self.max_in_flight, "worker connected");
+                self.event_loop(&slot, &mut inbound, &mut commands, &shutdown, &hard_stop)
+                    .await
+            }
+        };
+        if self.attached {
+            self.dispatcher.detach(session_id, &self.queues);
+        }
+        self.dispatcher.unregister(session_id);
+        // Tasks the actors handed us after we stopped reading our mailbox.
+        commands.close();
+        while let Some(command) = commands.recv().await {
+            if let SessionCommand::Deliver(task) = command
+                && let Err(error) = engine
+                    .release(
+                        task.ticket.id,
+                        task.lease.lease_id,
+                        ReleaseReason::Undelivered,
+                    )
+                    .await
+            {
+                tracing::error!(%error, "could not release an undelivered lease");
+            }
+        }
+        if !self.leases.is_empty() {
+            tracing::warn!(
+                leases = self.leases.len(),
+                "worker left with tasks in flight; requeueing them"
+            );
+        }
+        if let Err(error) = engine.end_session(session_id).await {
+            tracing::error!(%error, "could not end the worker session");
+        }
+        match end {
+            End::Error(error) => {
+                tracing::warn!(%error, "worker session ended");
+                let _ = self.outbound.try_send(Err(error));
+            }
+            End::Drained => tracing::info!("worker drained"),
+            End::Closed => tracing::info!("worker disconnected"),
+        }
+    }
+
+    async fn event_loop<S>(
+        &mut self,
+        slot: &Arc<SessionSlot>,
+        inbound: &mut S,
+        commands: &mut mpsc::UnboundedReceiver<SessionCommand>,
+        shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
+    ) -> End
+    where
+        S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
+    {
+        let mut ping = tokio::time::interval(self.settings.heartbeat_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut draining = false;
+        loop {
+            let liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
+            let step = tokio::select! {
+                biased;
+                _ = hard_stop.cancelled() => Err(End::Error(GatewayError::ShuttingDown)),
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    self.dispatcher.detach(self.info.session_id, &self.queues);
+                    self.attached = false;
+                    self.send(Out::Drain(pb::Drain {
+                        reason: "the gateway is shutting down".into(),
+                    }))
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => Err(End::Closed),
+                },
+                message = inbound.next() => match message {
+                    Some(Ok(message)) => self.on_message(slot, message).await,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "worker stream failed");
+                        Err(End::Closed)
+                    }
+                    None => Err(End::Closed),
+                },
+                _ = ping.tick() => {
+                    self.nonce += 1;
+                    self.send(Out::Ping(pb::Ping { nonce: self.nonce }))
+                }
+                _ = tokio::time::sleep_until(liveness_deadline) => Err(End::Error(
+                    GatewayError::WorkerUnresponsive(format!(
+                        "no heartbeat answering the gateway's pings for {:?}; the worker's leases were released",
+                        self.settings.heartbeat_interval * 2
+                    )),
+                )),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if draining && self.leases.is_empty() {
+                return End::Drained;
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: SessionCommand) -> Result<(), End> {
+        match command {
+            SessionCommand::Deliver(claimed) => {
+                let ticket = &claimed.ticket;
+                self.leases.insert(claimed.lease.lease_id, ticket.id);
+                tracing::debug!(ticket_id = %ticket.id, lease_id = %claimed.lease.lease_id, attempt = ticket.attempt, "task sent");
+                self.send(Out::Task(pb::Task {
+                    ticket_id: ticket.id.to_string(),
+                    lease_id: claimed.lease.lease_id.to_string(),
+                    queue: ticket.queue.to_string(),
+                    payload: Some(ticket.payload.clone()),
+                    metadata: (*ticket.metadata).clone(),
+                    attempt: ticket.attempt,
+                    max_attempts: ticket.max_attempts,
+                    deadline: claimed.lease.attempt_deadline.map(time::timestamp),
+                }))
+            }
+            SessionCommand::Revoke(revocation) => {
+                if !self.leases.contains_key(&revocation.lease_id) {
+                    return Ok(());
+                }
+                self.revoked.insert(revocation.lease_id);
+                let reason = match revocation.reason {
+                    RevokeReason::Cancelled => pb::CancelReason::Cancelled,
+                    RevokeReason::Expired => pb::CancelReason::Expired,
+                    RevokeReason::AttemptTimeout => pb::CancelReason::AttemptTimeout,
+                };
+                self.send(Out::Cancel(pb::Cancel {
+                    ticket_id: revocation.ticket_id.to_string(),
+                    lease_id: revocation.lease_id.to_string(),
+                    reason: reason as i32,
+                    message: revocation.message,
+                }))
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        slot: &Arc<SessionSlot>,
+        message: pb::WorkerMessage,
+    ) -> Result<(), End> {
+        match message.kind {
+            None => Err(End::Error(GatewayError::Protocol(
+                "empty WorkerMessage: set one of hello, heartbeat, progress, result".into(),
+            ))),
+            Some(In::Hello(_)) => Err(End::Error(GatewayError::Protocol(
+                "Hello was already received on this stream; open a new stream to re-register"
+                    .into(),
+            ))),
+            Some(In::Heartbeat(heartbeat)) => {
+                // Only an answer to one of the two latest pings proves the
+                // worker is reading its stream.
+                if heartbeat.nonce <= self.nonce && heartbeat.nonce + 1 >= self.nonce {
+                    self.last_heartbeat = Instant::now();
+                    let expires_at = SystemTime::now() + self.settings.lease_ttl;
+                    if let Err(error) = self
+                        .dispatcher
+                        .engine()
+                        .touch_session(&self.info, expires_at)
+                        .await
+                    {
+                        tracing::warn!(%error, "could not renew the session's leases");
+                    }
+                }
+                Ok(())
+            }
+            Some(In::Progress(progress)) => self.on_progress(progress).await,
+            Some(In::Result(result)) => self.on_result(slot, result).await,
+        }
+    }
+
+    async fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
+        let (ticket_id, lease_id) =
+            match parse_lease(&progress.ticket_id, &progress.lease_id, "progress") {
+                Ok(ids) => ids,
+                Err(error) => return Err(End::Error(error)),
+            };
+        if let Some(output) = &progress.output {
+            let size = convert::payload_size(output);
+            if size > self.settings.max_payload_bytes {
+                return Err(End::Error(GatewayError::invalid(
+                    "progress.output",
+                    format!(
+                        "chunk is {size} bytes; the limit is {} (--max-payload-bytes)",
+                        self.settings.max_payload_bytes
+                    ),
+                )));
+            }
+        }
+        let report = ProgressReport {
+            ticket_id,
+            lease_id,
+            progress: (progress.percent > 0
+                || !progress.message.is_empty()
+                || progress.output.is_none())
+            .then(|| Progress {
+                percent: progress.percent.min(100),
+                message: progress.message.chars().take(1024).collect(),
+            }),
+            output: progress.output,
+        };
+        match self.dispatcher.engine().progress(report).await {
+            Ok(()) => {}
+            Err(EngineError::StaleLease { .. } | EngineError::NotFound(_)) => {
+                tracing::debug!(%ticket_id, %lease_id, "progress for a lease that is not current; ignored");
+            }
+            Err(error) => tracing::warn!(%error, %ticket_id, "progress not recorded"),
+        }
+        Ok(())
+    }
+
+    async fn on_result(
+        &mut self,
+        slot: &Arc<SessionSlot>,
+        result: pb::TaskResult,
+    ) -> Result<(), End> {
+        let ack = |code: tonic::Code, message: String| {
+            Out::ResultAck(pb::ResultAck {
+                ticket_id: result.ticket_id.clone(),
+                lease_id: result.lease_id.clone(),
+                code: code as i32,
+                message,
+            })
+        };
+        let (ticket_id, lease_id) = match parse_lease(&result.ticket_id, &result.lease_id, "result")
+        {
+            Ok(ids) => ids,
+            Err(error) => return self.send(ack(tonic::Code::InvalidArgument, error.to_string())),
+        };
+        let outcome = match result.outcome.clone() {
+            Some(pb::task_result::Outcome::Success(payload)) => {
+                let size = convert::payload_size(&payload);
+                if size > self.settings.max_payload_bytes {
+                    Outcome::Failure(TicketError {
+                        code: tonic::Code::ResourceExhausted as i32,
+                        message: format!(
+                            "the worker's result is {size} bytes; the gateway's limit is {}",
+                            self.settings.max_payload_bytes
+                        ),
+                        retryable: false,
+                    })
+                } else {
+                    Outcome::Success(payload)
+                }
+            }
+            Some(pb::task_result::Outcome::Failure(failure)) => Outcome::Failure(TicketError {
+                code: if failure.code == 0 {
+                    codes::UNKNOWN
+                } else {
+                    failure.code.clamp(1, 16)
+                },
+                message: failure.message.chars().take(4096).collect(),
+                retryable: failure.retryable,
+            }),
+            None => {
+                return self.send(ack(
+                    tonic::Code::InvalidArgument,
+                    "result.outcome is empty: set success (a payload) or failure".into(),
+                ));
+            }
+        };
+        let held = self.leases.remove(&lease_id).is_some();
+        let was_revoked = self.revoked.remove(&lease_id);
+        let outcome = self
+            .dispatcher
+            .engine()
+            .complete(ticket_id, lease_id, outcome)
+            .await;
+        if held {
+            self.dispatcher.credit_returned(slot, &self.queues);
+        }
+        let reply = match outcome {
+            Ok(Completion::Recorded(ticket)) => {
+                tracing::debug!(%ticket_id, state = ticket.state.name(), "result recorded");
+                ack(
+                    tonic::Code::Ok,
+                    format!("recorded; ticket is {}", ticket.state.name()),
+                )
+            }
+            Ok(Completion::Duplicate(_)) => ack(
+                tonic::Code::AlreadyExists,
+                "this lease's result was already recorded".into(),
+            ),
+            Err(error) => {
+                let status = GatewayError::from(error);
+                if !was_revoked {
+                    tracing::debug!(%ticket_id, %lease_id, error = %status, "result rejected");
+                }
+                ack(status.code(), status.to_string())
+            }
+        };
+        self.send(reply)
+    }
+}
+
+fn parse_lease(
+    ticket_id: &str,
+    lease_id: &str,
+    what: &str,
+) -> Result<(TicketId, LeaseId), GatewayError> {
+    let ticket = ticket_id
+        .parse::<TicketId>()
+        .map_err(|e| GatewayError::invalid(format!("{what}.ticket_id"), e.to_string()))?;
+    let lease = lease_id
+        .parse::<LeaseId>()
+        .map_err(|e| GatewayError::invalid(format!("{what}.lease_id"), e.to_string()))?;
+    Ok((ticket, lease))
+}

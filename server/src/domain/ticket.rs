@@ -1,0 +1,306 @@
+//! The ticket model: states and their legal transitions, the lease that fences
+//! a running attempt, and the events that watchers see.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{LeaseId, QueueName, SessionId, TicketId};
+
+/// Request, result and partial-output bodies: the wire type itself, so a
+/// binary body (`bytes::Bytes`) travels from submit to worker without a copy.
+pub type Payload = asyncgate_proto::v1::Payload;
+
+/// gRPC status codes (google.rpc.Code numbering) used in ticket errors,
+/// spelled out here so the domain needs no tonic.
+pub mod codes {
+    /// The operation was cancelled.
+    pub const CANCELLED: i32 = 1;
+    /// Unknown error.
+    pub const UNKNOWN: i32 = 2;
+    /// The deadline passed.
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    /// The work was aborted (a worker was lost).
+    pub const ABORTED: i32 = 10;
+    /// The service is unavailable.
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// Where a ticket is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TicketState {
+    /// Stored, waiting for a worker (possibly in backoff).
+    Pending,
+    /// Leased to a worker.
+    Running,
+    /// A worker returned a result.
+    Succeeded,
+    /// Out of attempts, or a non-retryable failure.
+    Failed,
+    /// Cancelled by a caller.
+    Cancelled,
+    /// Its deadline passed.
+    Expired,
+}
+
+impl TicketState {
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running)
+    }
+
+    /// Lower-case name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// An error recorded on a ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketError {
+    /// gRPC code numbering.
+    pub code: i32,
+    /// What happened, for people.
+    pub message: String,
+    /// Whether another attempt might succeed.
+    pub retryable: bool,
+}
+
+/// The latest progress a worker reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// 0 to 100.
+    pub percent: u32,
+    /// Free text.
+    pub message: String,
+}
+
+/// One attempt's claim on a ticket. Only the holder of the current `lease_id`
+/// may record a result (fencing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Names this attempt.
+    pub lease_id: LeaseId,
+    /// The worker connection that holds it.
+    pub session_id: SessionId,
+    /// The worker's self-declared name, for explanations.
+    pub worker_name: Arc<str>,
+    /// When the attempt started.
+    pub leased_at: SystemTime,
+    /// When the attempt times out (attempt_timeout or the ticket deadline).
+    pub attempt_deadline: Option<SystemTime>,
+}
+
+/// A validated submit request.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// Target queue.
+    pub queue: QueueName,
+    /// Request body.
+    pub payload: Payload,
+    /// Higher first.
+    pub priority: i32,
+    /// Deduplicates repeated submits.
+    pub idempotency_key: Option<String>,
+    /// Caller's labels.
+    pub metadata: HashMap<String, String>,
+    /// Budget from submit to result.
+    pub timeout: Option<Duration>,
+    /// Budget of one attempt.
+    pub attempt_timeout: Option<Duration>,
+    /// Already defaulted by the edge.
+    pub max_attempts: u32,
+}
+
+/// How an attempt ended, as the worker reported it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The result body.
+    Success(Payload),
+    /// A failure; retried if `retryable` and attempts remain.
+    Failure(TicketError),
+}
+
+/// A stored partial-output chunk.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The event seq it was published with.
+    pub seq: u64,
+    /// The chunk.
+    pub output: Payload,
+}
+
+/// A ticket: the stored record and the snapshot handed out.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// Time-ordered id.
+    pub id: TicketId,
+    /// Its queue.
+    pub queue: QueueName,
+    /// Current state.
+    pub state: TicketState,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// Attempt budget.
+    pub max_attempts: u32,
+    /// Higher first.
+    pub priority: i32,
+    /// Caller's labels (shared: snapshots are frequent).
+    pub metadata: Arc<HashMap<String, String>>,
+    /// The request body.
+    pub payload: Payload,
+    /// Submit time.
+    pub created_at: SystemTime,
+    /// Last change.
+    pub updated_at: SystemTime,
+    /// When it became terminal.
+    pub finished_at: Option<SystemTime>,
+    /// created_at + timeout.
+    pub deadline: Option<SystemTime>,
+    /// Budget of one attempt.
+    pub attempt_timeout: Option<Duration>,
+    /// The result, once SUCCEEDED.
+    pub result: Option<Payload>,
+    /// The terminal error, or the last attempt's error while retrying.
+    pub error: Option<TicketError>,
+    /// Latest progress report.
+    pub progress: Option<Progress>,
+    /// Seq of the latest event.
+    pub seq: u64,
+    /// The key it was submitted with.
+    pub idempotency_key: Option<String>,
+    /// The current lease while RUNNING.
+    pub lease: Option<Lease>,
+    /// The lease whose result was recorded, to tell a resend from a stale one.
+    pub completed_by: Option<LeaseId>,
+    /// While PENDING in backoff: not before this.
+    pub not_before: Option<SystemTime>,
+    /// Attempts that ended because the worker was lost (poison-ticket cap).
+    pub worker_losses: u32,
+    /// FIFO position within its priority, assigned each time it is queued.
+    pub enqueue_seq: u64,
+}
+
+impl Ticket {
+    /// A fresh PENDING ticket at seq 1 (its creation is its first event).
+    pub fn create(id: TicketId, new: NewTicket, now: SystemTime) -> Self {
+        Self {
+            id,
+            queue: new.queue,
+            state: TicketState::Pending,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+            priority: new.priority,
+            metadata: Arc::new(new.metadata),
+            payload: new.payload,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            deadline: new.timeout.map(|t| now + t),
+            attempt_timeout: new.attempt_timeout,
+            result: None,
+            error: None,
+            progress: None,
+            seq: 1,
+            idempotency_key: new.idempotency_key,
+            lease: None,
+            completed_by: None,
+            not_before: None,
+            worker_losses: 0,
+            enqueue_seq: 0,
+        }
+    }
+
+    /// Moves to a terminal state.
+    pub fn finish(&mut self, state: TicketState, error: Option<TicketError>, now: SystemTime) {
+        debug_assert!(state.is_terminal());
+        self.state = state;
+        if error.is_some() {
+            self.error = error;
+        }
+        self.lease = None;
+        self.not_before = None;
+        self.finished_at = Some(now);
+        self.touch(now);
+    }
+
+    /// Records a change: a new event seq and update time.
+    pub fn touch(&mut self, now: SystemTime) {
+        self.seq += 1;
+        self.updated_at = now;
+    }
+
+    /// When the current attempt must end, given its start.
+    pub fn attempt_deadline(&self, leased_at: SystemTime) -> Option<SystemTime> {
+        let by_attempt = self.attempt_timeout.map(|t| leased_at + t);
+        match (by_attempt, self.deadline) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        }
+    }
+
+    /// Whether the current lease is `lease_id`.
+    pub fn is_leased_by(&self, lease_id: LeaseId) -> bool {
+        self.state == TicketState::Running
+            && self.lease.as_ref().is_some_and(|l| l.lease_id == lease_id)
+    }
+}
+
+/// What a watcher is told about one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// State changed.
+    State,
+    /// Progress reported.
+    Progress,
+    /// Partial output.
+    Output,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_ticket() -> NewTicket {
+        NewTicket {
+            queue: QueueName::parse("q").unwrap(),
+            payload: Payload::default(),
+            priority: 0,
+            idempotency_key: None,
+            metadata: HashMap::new(),
+            timeout: Some(Duration::from_secs(10)),
+            attempt_timeout: Some(Duration::from_secs(3)),
+            max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn attempt_deadline_is_the_earlier_budget() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let t = Ticket::create(TicketId::new(), new_ticket(), now);
+        assert_eq!(t.attempt_deadline(now), Some(now + Duration::from_secs(3)));
+        let late = now + Duration::from_secs(9);
+        assert_eq!(
+            t.attempt_deadline(late),
+            Some(now + Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn finish_clears_lease_and_bumps_seq() {
+        let now = SystemTime::now();
+        let mut t = Ticket::create(TicketId::new(), new_ticket(), now);
+        assert_eq!(t.seq, 1);
+        t.finish(TicketState::Cancelled, None, now);
+        assert_eq!(t.seq, 2);
+        assert!(t.state.is_terminal());
+        assert!(t.finished_at.is_some());
+    }
+}

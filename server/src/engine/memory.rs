@@ -1,0 +1,969 @@
+//! The in-memory engine: fast, and gone when the process ends.
+//!
+//! Tickets live in sharded maps (one `std::sync::Mutex` per shard, never held
+//! across an await); each queue has its own ready index. Every transition
+//! happens under its ticket's shard lock, and listener calls for a ticket are
+//! made under that lock too, so watchers see a ticket's events in seq order.
+//!
+//! Lock order (outer to inner): idempotency shard → ticket shard → queue
+//! index. Sessions are locked on their own, never while holding another lock.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, hash_map::Entry};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::{
+    Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter, ListPage,
+    ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted, TicketChange,
+};
+use crate::domain::ticket::{EventKind, codes};
+use crate::domain::{
+    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketError, TicketId,
+    TicketState,
+};
+use crate::time::rfc3339;
+
+const SHARDS: usize = 64;
+
+/// Most partial-output chunks stored per ticket: a worker flooding output
+/// cannot grow one ticket without bound.
+pub const MAX_CHUNKS_PER_TICKET: usize = 10_000;
+
+/// A ticket-level timer; validated against the ticket when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Retry backoff ends.
+    Backoff,
+    /// The lease's attempt budget ends.
+    AttemptDeadline(LeaseId),
+    /// The ticket's whole budget ends.
+    Deadline,
+    /// The finished ticket is deleted.
+    Retention,
+    /// The tombstone is forgotten.
+    Tombstone,
+}
+
+#[derive(Default)]
+struct Shard {
+    tickets: HashMap<TicketId, Ticket>,
+    chunks: HashMap<TicketId, Vec<Chunk>>,
+    timers: BTreeSet<(SystemTime, Timer, TicketId)>,
+    /// Deleted tickets, with their deletion time.
+    tombstones: HashMap<TicketId, SystemTime>,
+}
+
+/// A queue's ready tickets, highest priority first, FIFO within a priority.
+#[derive(Default)]
+struct QueueIndex {
+    ready: BTreeMap<(Reverse<i32>, u64), TicketId>,
+    /// PENDING tickets waiting out a backoff.
+    delayed: usize,
+}
+
+impl QueueIndex {
+    fn pending(&self) -> usize {
+        self.ready.len() + self.delayed
+    }
+}
+
+/// Follow-ups of a timer pass, applied once the shard lock is released.
+#[derive(Default)]
+struct TimerEffects {
+    /// Leases to drop from their session records.
+    forget: Vec<(SessionId, LeaseId)>,
+    /// Idempotency keys of deleted tickets.
+    deleted_keys: Vec<(String, TicketId)>,
+}
+
+struct SessionRecord {
+    expires_at: SystemTime,
+    leases: HashMap<LeaseId, TicketId>,
+}
+
+/// See the module docs.
+pub struct MemoryEngine {
+    config: EngineConfig,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    idempotency: Box<[Mutex<HashMap<String, TicketId>>]>,
+    queues: RwLock<HashMap<QueueName, Arc<Mutex<QueueIndex>>>>,
+    sessions: Box<[Mutex<HashMap<SessionId, SessionRecord>>]>,
+    enqueue_seq: AtomicU64,
+    listener: OnceLock<Arc<dyn EngineListener>>,
+}
+
+/// Locks a mutex, recovering from poisoning: state transitions never leave a
+/// shard half-written across a panic point, so the data is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sharded<T: Default>() -> Box<[Mutex<T>]> {
+    (0..SHARDS).map(|_| Mutex::default()).collect()
+}
+
+fn shard_of<K: Hash>(hasher: &RandomState, key: &K) -> usize {
+    (hasher.hash_one(key) as usize) % SHARDS
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            config,
+            hasher: RandomState::new(),
+            shards: sharded(),
+            idempotency: sharded(),
+            queues: RwLock::default(),
+            sessions: sharded(),
+            enqueue_seq: AtomicU64::new(1),
+            listener: OnceLock::new(),
+        }
+    }
+
+    fn shard(&self, id: &TicketId) -> &Mutex<Shard> {
+        &self.shards[shard_of(&self.hasher, id)]
+    }
+
+    fn session_shard(&self, id: &SessionId) -> &Mutex<HashMap<SessionId, SessionRecord>> {
+        &self.sessions[shard_of(&self.hasher, id)]
+    }
+
+    fn queue(&self, name: &QueueName) -> Arc<Mutex<QueueIndex>> {
+        if let Some(index) = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return index.clone();
+        }
+        self.queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn listener(&self) -> Option<&Arc<dyn EngineListener>> {
+        self.listener.get()
+    }
+
+    /// Tells watchers about a change; call under the ticket's shard lock.
+    fn emit(
+        &self,
+        kind: EventKind,
+        ticket: &Ticket,
+        output: Option<&crate::domain::ticket::Payload>,
+    ) {
+        if let Some(listener) = self.listener()
+            && listener.watching(ticket.id)
+        {
+            listener.ticket_changed(TicketChange {
+                kind,
+                ticket: ticket.clone(),
+                output: output.cloned(),
+            });
+        }
+    }
+
+    fn revoke(&self, lease: &Lease, ticket_id: TicketId, reason: RevokeReason, message: String) {
+        if let Some(listener) = self.listener() {
+            listener.lease_revoked(Revocation {
+                session_id: lease.session_id,
+                ticket_id,
+                lease_id: lease.lease_id,
+                reason,
+                message,
+            });
+        }
+    }
+
+    fn notify_ready(&self, queue: &QueueName) {
+        if let Some(listener) = self.listener() {
+            listener.queue_ready(queue);
+        }
+    }
+
+    fn lookup_error(shard: &Shard, id: TicketId) -> EngineError {
+        match shard.tombstones.get(&id) {
+            Some(deleted_at) => EngineError::ResultExpired {
+                id,
+                deleted_at: rfc3339(*deleted_at),
+            },
+            None => EngineError::NotFound(id),
+        }
+    }
+
+    /// Puts a PENDING ticket in its queue's ready index (or its backoff), and
+    /// says whether workers should be told. Call under the shard lock.
+    fn enqueue(&self, shard: &mut Shard, ticket: &mut Ticket) -> bool {
+        ticket.enqueue_seq = self.enqueue_seq.fetch_add(1, Ordering::Relaxed);
+        let index = self.queue(&ticket.queue);
+        let mut index = lock(&index);
+        match ticket.not_before {
+            Some(at) => {
+                index.delayed += 1;
+                shard.timers.insert((at, Timer::Backoff, ticket.id));
+                false
+            }
+            None => {
+                index
+                    .ready
+                    .insert((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
+                true
+            }
+        }
+    }
+
+    /// Takes a PENDING ticket out of its queue's index.
+    fn dequeue(&self, shard: &mut Shard, ticket: &Ticket) {
+        let index = self.queue(&ticket.queue);
+        let mut index = lock(&index);
+        match ticket.not_before {
+            Some(at) => {
+                if shard.timers.remove(&(at, Timer::Backoff, ticket.id)) {
+                    index.delayed = index.delayed.saturating_sub(1);
+                }
+            }
+            None => {
+                index
+                    .ready
+                    .remove(&(Reverse(ticket.priority), ticket.enqueue_seq));
+            }
+        }
+    }
+
+    /// Moves a ticket to a terminal state with its bookkeeping: timers,
+    /// retention, the event. Call under the shard lock.
+    fn finish(
+        &self,
+        shard: &mut Shard,
+        ticket: &mut Ticket,
+        state: TicketState,
+        error: Option<TicketError>,
+        now: SystemTime,
+    ) {
+        if let Some(deadline) = ticket.deadline {
+            shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
+        }
+        if let Some(lease) = &ticket.lease
+            && let Some(at) = lease.attempt_deadline
+        {
+            shard
+                .timers
+                .remove(&(at, Timer::AttemptDeadline(lease.lease_id), ticket.id));
+        }
+        ticket.finish(state, error, now);
+        shard.timers.insert((
+            now + self.config.result_retention,
+            Timer::Retention,
+            ticket.id,
+        ));
+        self.emit(EventKind::State, ticket, None);
+    }
+
+    /// Ends the current attempt without success: retry (after backoff unless
+    /// `immediate`) while the caps allow, else FAILED. Returns whether the
+    /// queue gained a ready ticket.
+    fn end_attempt(
+        &self,
+        shard: &mut Shard,
+        ticket: &mut Ticket,
+        error: TicketError,
+        worker_lost: bool,
+        now: SystemTime,
+    ) -> bool {
+        if let Some(lease) = &ticket.lease
+            && let Some(at) = lease.attempt_deadline
+        {
+            shard
+                .timers
+                .remove(&(at, Timer::AttemptDeadline(lease.lease_id), ticket.id));
+        }
+        if worker_lost {
+            ticket.worker_losses += 1;
+        }
+        let out_of_attempts = ticket.attempt >= ticket.max_attempts;
+        let poison = worker_lost && ticket.worker_losses >= self.config.max_worker_losses;
+        if !error.retryable || out_of_attempts || poison {
+            let message = if poison {
+                format!(
+                    "{}; the ticket lost its worker {} times, so it is failed as a likely poison ticket",
+                    error.message, ticket.worker_losses
+                )
+            } else if error.retryable && out_of_attempts {
+                format!(
+                    "{} (attempt {} of {}; no attempts left)",
+                    error.message, ticket.attempt, ticket.max_attempts
+                )
+            } else {
+                error.message.clone()
+            };
+            let error = TicketError { message, ..error };
+            self.finish(shard, ticket, TicketState::Failed, Some(error), now);
+            return false;
+        }
+        ticket.state = TicketState::Pending;
+        ticket.lease = None;
+        ticket.error = Some(error);
+        ticket.not_before = if worker_lost {
+            None
+        } else {
+            Some(
+                now + self
+                    .config
+                    .backoff
+                    .delay(ticket.attempt, rand::random::<f64>()),
+            )
+        };
+        ticket.touch(now);
+        let ready = self.enqueue(shard, ticket);
+        self.emit(EventKind::State, ticket, None);
+        ready
+    }
+
+    fn forget_session_lease(&self, session_id: SessionId, lease_id: LeaseId) {
+        if let Some(record) = lock(self.session_shard(&session_id)).get_mut(&session_id) {
+            record.leases.remove(&lease_id);
+        }
+    }
+
+    /// Applies one due timer; returns a queue that gained ready work.
+    fn fire(
+        &self,
+        shard: &mut Shard,
+        at: SystemTime,
+        timer: Timer,
+        id: TicketId,
+        now: SystemTime,
+        effects: &mut TimerEffects,
+    ) -> Option<QueueName> {
+        if let Timer::Tombstone = timer {
+            shard.tombstones.remove(&id);
+            return None;
+        }
+        let mut ticket = shard.tickets.remove(&id)?;
+        let mut ready = None;
+        match timer {
+            Timer::Backoff
+                if ticket.state == TicketState::Pending && ticket.not_before == Some(at) =>
+            {
+                let index = self.queue(&ticket.queue);
+                let mut index = lock(&index);
+                index.delayed = index.delayed.saturating_sub(1);
+                index
+                    .ready
+                    .insert((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
+                drop(index);
+                ticket.not_before = None;
+                ready = Some(ticket.queue.clone());
+            }
+            // When the attempt's deadline is the ticket's own, the ticket
+            // expires (the Deadline timer, due in the same pass) instead.
+            Timer::AttemptDeadline(lease_id)
+                if ticket.is_leased_by(lease_id) && ticket.deadline.is_none_or(|d| d > at) =>
+            {
+                let lease = ticket
+                    .lease
+                    .clone()
+                    .expect("is_leased_by checked the lease");
+                effects.forget.push((lease.session_id, lease_id));
+                self.revoke(
+                    &lease,
+                    id,
+                    RevokeReason::AttemptTimeout,
+                    format!("attempt {} ran past its time budget", ticket.attempt),
+                );
+                let error = TicketError {
+                    code: codes::DEADLINE_EXCEEDED,
+                    message: format!("attempt {} exceeded its attempt_timeout", ticket.attempt),
+                    retryable: true,
+                };
+                if self.end_attempt(shard, &mut ticket, error, false, now) {
+                    ready = Some(ticket.queue.clone());
+                }
+            }
+            Timer::Deadline if !ticket.state.is_terminal() && ticket.deadline == Some(at) => {
+                match ticket.state {
+                    TicketState::Pending => self.dequeue(shard, &ticket),
+                    _ => {
+                        if let Some(lease) = ticket.lease.clone() {
+                            effects.forget.push((lease.session_id, lease.lease_id));
+                            self.revoke(
+                                &lease,
+                                id,
+                                RevokeReason::Expired,
+                                "the ticket's timeout passed".into(),
+                            );
+                        }
+                    }
+                }
+                let budget = at.duration_since(ticket.created_at).unwrap_or_default();
+                let error = TicketError {
+                    code: codes::DEADLINE_EXCEEDED,
+                    message: format!(
+                        "ticket timed out: not finished within its timeout of {budget:?} (attempt {} of {})",
+                        ticket.attempt, ticket.max_attempts
+                    ),
+                    retryable: false,
+                };
+                self.finish(shard, &mut ticket, TicketState::Expired, Some(error), now);
+            }
+            Timer::Retention if ticket.state.is_terminal() => {
+                shard.chunks.remove(&id);
+                shard.tombstones.insert(id, now);
+                shard
+                    .timers
+                    .insert((now + self.config.tombstone_retention, Timer::Tombstone, id));
+                if let Some(key) = ticket.idempotency_key.take() {
+                    effects.deleted_keys.push((key, id));
+                }
+                return None;
+            }
+            _ => {}
+        }
+        shard.tickets.insert(id, ticket);
+        ready
+    }
+
+    /// Loses a lease whose worker is gone; returns whether its queue gained
+    /// ready work.
+    fn lose_lease(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        reason: ReleaseReason,
+    ) -> Option<QueueName> {
+        let now = SystemTime::now();
+        let mut shard = lock(self.shard(&ticket_id));
+        let shard = &mut *shard;
+        let mut ticket = shard.tickets.remove(&ticket_id)?;
+        let mut ready = None;
+        if ticket.is_leased_by(lease_id) {
+            match reason {
+                ReleaseReason::Undelivered => {
+                    if let Some(at) = ticket.lease.as_ref().and_then(|l| l.attempt_deadline) {
+                        shard
+                            .timers
+                            .remove(&(at, Timer::AttemptDeadline(lease_id), ticket_id));
+                    }
+                    ticket.attempt = ticket.attempt.saturating_sub(1);
+                    ticket.state = TicketState::Pending;
+                    ticket.lease = None;
+                    ticket.touch(now);
+                    if self.enqueue(shard, &mut ticket) {
+                        ready = Some(ticket.queue.clone());
+                    }
+                    self.emit(EventKind::State, &ticket, None);
+                }
+                ReleaseReason::WorkerLost => {
+                    let error = TicketError {
+                        code: codes::ABORTED,
+                        message: format!(
+                            "attempt {} lost its worker (disconnected or missed heartbeats)",
+                            ticket.attempt
+                        ),
+                        retryable: true,
+                    };
+                    if self.end_attempt(shard, &mut ticket, error, true, now) {
+                        ready = Some(ticket.queue.clone());
+                    }
+                }
+            }
+        }
+        shard.tickets.insert(ticket_id, ticket);
+        ready
+    }
+
+    /// Why `lease_id` is not current for `ticket`.
+    fn stale_reason(ticket: &Ticket, lease_id: LeaseId) -> String {
+        match ticket.state {
+            TicketState::Pending => {
+                "the lease was lost and the ticket is queued for another attempt".into()
+            }
+            TicketState::Running => format!(
+                "the ticket is now on attempt {} under another lease",
+                ticket.attempt
+            ),
+            state if ticket.completed_by == Some(lease_id) => {
+                format!(
+                    "this lease's result was already recorded (ticket {})",
+                    state.name()
+                )
+            }
+            state => format!("the ticket is already {}", state.name()),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn set_listener(&self, listener: Arc<dyn EngineListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
+        let now = SystemTime::now();
+        let key = new.idempotency_key.clone();
+        let mut idempotency = key
+            .as_ref()
+            .map(|k| lock(&self.idempotency[shard_of(&self.hasher, k)]));
+        if let (Some(map), Some(key)) = (idempotency.as_deref(), key.as_ref())
+            && let Some(existing) = map.get(key).copied()
+        {
+            let shard = lock(self.shard(&existing));
+            if let Some(ticket) = shard.tickets.get(&existing) {
+                if ticket.queue != new.queue {
+                    return Err(EngineError::IdempotencyConflict {
+                        key: key.clone(),
+                        existing,
+                        queue: ticket.queue.clone(),
+                    });
+                }
+                return Ok(Submitted {
+                    ticket: ticket.clone(),
+                    created: false,
+                });
+            }
+        }
+        let id = TicketId::new();
+        let mut ticket = Ticket::create(id, new, now);
+        let ready;
+        {
+            let mut shard = lock(self.shard(&id));
+            let shard = &mut *shard;
+            {
+                let index = self.queue(&ticket.queue);
+                let index = lock(&index);
+                if index.pending() >= self.config.max_pending_per_queue {
+                    return Err(EngineError::QueueFull {
+                        queue: ticket.queue.clone(),
+                        limit: self.config.max_pending_per_queue,
+                    });
+                }
+            }
+            ready = self.enqueue(shard, &mut ticket);
+            if let Some(deadline) = ticket.deadline {
+                shard.timers.insert((deadline, Timer::Deadline, id));
+            }
+            shard.tickets.insert(id, ticket.clone());
+        }
+        if let (Some(map), Some(key)) = (idempotency.as_deref_mut(), key) {
+            map.insert(key, id);
+        }
+        drop(idempotency);
+        if ready {
+            self.notify_ready(&ticket.queue);
+        }
+        Ok(Submitted {
+            ticket,
+            created: true,
+        })
+    }
+
+    async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        let shard = lock(self.shard(&id));
+        match shard.tickets.get(&id) {
+            Some(ticket) => Ok(ticket.clone()),
+            None => Err(Self::lookup_error(&shard, id)),
+        }
+    }
+
+    async fn get_with_chunks(
+        &self,
+        id: TicketId,
+        after_seq: u64,
+    ) -> Result<(Ticket, Vec<Chunk>), EngineError> {
+        let shard = lock(self.shard(&id));
+        let Some(ticket) = shard.tickets.get(&id) else {
+            return Err(Self::lookup_error(&shard, id));
+        };
+        let chunks = shard
+            .chunks
+            .get(&id)
+            .map(|chunks| {
+                let start = chunks.partition_point(|c| c.seq <= after_seq);
+                chunks[start..].to_vec()
+            })
+            .unwrap_or_default();
+        Ok((ticket.clone(), chunks))
+    }
+
+    async fn tickets_ahead(&self, ticket: &Ticket) -> Result<u64, EngineError> {
+        if ticket.state != TicketState::Pending || ticket.not_before.is_some() {
+            return Ok(0);
+        }
+        let index = self.queue(&ticket.queue);
+        let index = lock(&index);
+        Ok(index
+            .ready
+            .range(..(Reverse(ticket.priority), ticket.enqueue_seq))
+            .count() as u64)
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
+        let page_size = filter.page_size.max(1);
+        // Keep the `page_size + 1` smallest matching ids: the extra one tells
+        // whether another page exists.
+        let mut smallest: BinaryHeap<TicketId> = BinaryHeap::new();
+        let mut picked: HashMap<TicketId, Ticket> = HashMap::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (id, ticket) in &shard.tickets {
+                if filter.after.is_some_and(|after| *id <= after)
+                    || filter.queue.as_ref().is_some_and(|q| *q != ticket.queue)
+                    || (!filter.states.is_empty() && !filter.states.contains(&ticket.state))
+                {
+                    continue;
+                }
+                if smallest.len() > page_size {
+                    if smallest.peek().is_some_and(|largest| id < largest) {
+                        if let Some(evicted) = smallest.pop() {
+                            picked.remove(&evicted);
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+                smallest.push(*id);
+                picked.insert(*id, ticket.clone());
+            }
+        }
+        let mut ids = smallest.into_sorted_vec();
+        let more = ids.len() > page_size;
+        ids.truncate(page_size);
+        let next = if more { ids.last().copied() } else { None };
+        let tickets = ids
+            .into_iter()
+            .filter_map(|id| picked.remove(&id))
+            .collect();
+        Ok(ListPage { tickets, next })
+    }
+
+    async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError> {
+        let now = SystemTime::now();
+        let mut forget = None;
+        let result = {
+            let mut shard = lock(self.shard(&id));
+            let shard = &mut *shard;
+            let Some(mut ticket) = shard.tickets.remove(&id) else {
+                return Err(Self::lookup_error(shard, id));
+            };
+            let result = match ticket.state {
+                TicketState::Cancelled => Ok(ticket.clone()),
+                state if state.is_terminal() => Err(EngineError::AlreadyTerminal {
+                    id,
+                    state,
+                    action: "cancel",
+                }),
+                state => {
+                    if state == TicketState::Pending {
+                        self.dequeue(shard, &ticket);
+                    } else if let Some(lease) = ticket.lease.clone() {
+                        forget = Some((lease.session_id, lease.lease_id));
+                        self.revoke(&lease, id, RevokeReason::Cancelled, cancel_message(reason));
+                    }
+                    let error = TicketError {
+                        code: codes::CANCELLED,
+                        message: cancel_message(reason),
+                        retryable: false,
+                    };
+                    self.finish(shard, &mut ticket, TicketState::Cancelled, Some(error), now);
+                    Ok(ticket.clone())
+                }
+            };
+            shard.tickets.insert(id, ticket);
+            result
+        };
+        if let Some((session_id, lease_id)) = forget {
+            self.forget_session_lease(session_id, lease_id);
+        }
+        result
+    }
+
+    async fn touch_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        lock(self.session_shard(&session.session_id))
+            .entry(session.session_id)
+            .and_modify(|record| record.expires_at = record.expires_at.max(expires_at))
+            .or_insert_with(|| SessionRecord {
+                expires_at,
+                leases: HashMap::new(),
+            });
+        Ok(())
+    }
+
+    async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
+        let record = lock(self.session_shard(&session_id)).remove(&session_id);
+        if let Some(record) = record {
+            let mut ready = BTreeSet::new();
+            for (lease_id, ticket_id) in record.leases {
+                ready.extend(self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost));
+            }
+            for queue in ready {
+                self.notify_ready(&queue);
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        sessions: &[SessionInfo],
+    ) -> Result<Vec<Claimed>, EngineError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = SystemTime::now();
+        let popped: Vec<TicketId> = {
+            let index = self.queue(queue);
+            let mut index = lock(&index);
+            let want = sessions.len();
+            let mut popped = Vec::with_capacity(want.min(index.ready.len()));
+            while popped.len() < want {
+                match index.ready.pop_first() {
+                    Some((_, id)) => popped.push(id),
+                    None => break,
+                }
+            }
+            popped
+        };
+        let mut claimed = Vec::with_capacity(popped.len());
+        for id in popped {
+            let session = &sessions[claimed.len()];
+            let mut shard = lock(self.shard(&id));
+            let shard = &mut *shard;
+            let Some(ticket) = shard.tickets.get_mut(&id) else {
+                continue;
+            };
+            if ticket.state != TicketState::Pending || ticket.not_before.is_some() {
+                continue;
+            }
+            ticket.state = TicketState::Running;
+            ticket.attempt += 1;
+            let lease = Lease {
+                lease_id: LeaseId::new(),
+                session_id: session.session_id,
+                worker_name: session.worker_name.clone(),
+                leased_at: now,
+                attempt_deadline: ticket.attempt_deadline(now),
+            };
+            if let Some(at) = lease.attempt_deadline {
+                shard
+                    .timers
+                    .insert((at, Timer::AttemptDeadline(lease.lease_id), id));
+            }
+            ticket.lease = Some(lease.clone());
+            ticket.touch(now);
+            let ticket = ticket.clone();
+            self.emit(EventKind::State, &ticket, None);
+            claimed.push(Claimed { ticket, lease });
+        }
+        let mut kept = Vec::with_capacity(claimed.len());
+        let mut orphaned = false;
+        for c in claimed {
+            let session_id = c.lease.session_id;
+            let registered = match lock(self.session_shard(&session_id)).get_mut(&session_id) {
+                Some(record) => {
+                    record.leases.insert(c.lease.lease_id, c.ticket.id);
+                    true
+                }
+                None => false,
+            };
+            if registered {
+                kept.push(Some(c));
+            } else {
+                // The session expired while we were leasing: give it back.
+                self.lose_lease(c.ticket.id, c.lease.lease_id, ReleaseReason::Undelivered);
+                orphaned = true;
+                kept.push(None);
+            }
+        }
+        if orphaned {
+            self.notify_ready(queue);
+        }
+        Ok(kept.into_iter().flatten().collect())
+    }
+
+    async fn release(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        reason: ReleaseReason,
+    ) -> Result<(), EngineError> {
+        let session = lock(self.shard(&ticket_id))
+            .tickets
+            .get(&ticket_id)
+            .and_then(|t| t.lease.as_ref())
+            .filter(|l| l.lease_id == lease_id)
+            .map(|l| l.session_id);
+        if let Some(session_id) = session {
+            self.forget_session_lease(session_id, lease_id);
+        }
+        if let Some(queue) = self.lose_lease(ticket_id, lease_id, reason) {
+            self.notify_ready(&queue);
+        }
+        Ok(())
+    }
+
+    async fn progress(&self, report: ProgressReport) -> Result<(), EngineError> {
+        let now = SystemTime::now();
+        let mut shard = lock(self.shard(&report.ticket_id));
+        let shard = &mut *shard;
+        let Some(ticket) = shard.tickets.get_mut(&report.ticket_id) else {
+            return Err(Self::lookup_error(shard, report.ticket_id));
+        };
+        if !ticket.is_leased_by(report.lease_id) {
+            return Err(EngineError::StaleLease {
+                ticket_id: report.ticket_id,
+                lease_id: report.lease_id,
+                reason: Self::stale_reason(ticket, report.lease_id),
+            });
+        }
+        if let Some(progress) = report.progress {
+            ticket.progress = Some(progress);
+            ticket.touch(now);
+            let snapshot = &*ticket;
+            self.emit(EventKind::Progress, snapshot, None);
+        }
+        if let Some(output) = report.output {
+            let chunks = shard.chunks.entry(report.ticket_id).or_default();
+            if chunks.len() >= MAX_CHUNKS_PER_TICKET {
+                return Err(EngineError::LimitExceeded(format!(
+                    "ticket {} already holds {MAX_CHUNKS_PER_TICKET} output chunks; send larger chunks or put the rest in the result",
+                    report.ticket_id
+                )));
+            }
+            ticket.touch(now);
+            chunks.push(Chunk {
+                seq: ticket.seq,
+                output: output.clone(),
+            });
+            let snapshot = &*ticket;
+            self.emit(EventKind::Output, snapshot, Some(&output));
+        }
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> Result<Completion, EngineError> {
+        let now = SystemTime::now();
+        let (result, session, ready) = {
+            let mut shard = lock(self.shard(&ticket_id));
+            let shard = &mut *shard;
+            let Some(mut ticket) = shard.tickets.remove(&ticket_id) else {
+                return Err(Self::lookup_error(shard, ticket_id));
+            };
+            let mut session = None;
+            let mut ready = false;
+            let result = if ticket.state.is_terminal() && ticket.completed_by == Some(lease_id) {
+                Ok(Completion::Duplicate(ticket.clone()))
+            } else if !ticket.is_leased_by(lease_id) {
+                Err(EngineError::StaleLease {
+                    ticket_id,
+                    lease_id,
+                    reason: Self::stale_reason(&ticket, lease_id),
+                })
+            } else {
+                session = ticket.lease.as_ref().map(|l| l.session_id);
+                match outcome {
+                    Outcome::Success(payload) => {
+                        ticket.result = Some(payload);
+                        ticket.completed_by = Some(lease_id);
+                        self.finish(shard, &mut ticket, TicketState::Succeeded, None, now);
+                    }
+                    Outcome::Failure(error) => {
+                        ready = self.end_attempt(shard, &mut ticket, error, false, now);
+                        if ticket.state.is_terminal() {
+                            ticket.completed_by = Some(lease_id);
+                        }
+                    }
+                }
+                Ok(Completion::Recorded(ticket.clone()))
+            };
+            let queue = ticket.queue.clone();
+            shard.tickets.insert(ticket_id, ticket);
+            (result, session, ready.then_some(queue))
+        };
+        if let Some(session_id) = session {
+            self.forget_session_lease(session_id, lease_id);
+        }
+        if let Some(queue) = ready {
+            self.notify_ready(&queue);
+        }
+        result
+    }
+
+    async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
+        let mut ready = BTreeSet::new();
+        let mut effects = TimerEffects::default();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let shard = &mut *shard;
+            while let Some(&(at, timer, id)) = shard.timers.first() {
+                if at > now {
+                    break;
+                }
+                shard.timers.pop_first();
+                ready.extend(self.fire(shard, at, timer, id, now, &mut effects));
+            }
+        }
+        for (session_id, lease_id) in effects.forget {
+            self.forget_session_lease(session_id, lease_id);
+        }
+        for (key, id) in effects.deleted_keys {
+            if let Entry::Occupied(entry) =
+                lock(&self.idempotency[shard_of(&self.hasher, &key)]).entry(key)
+                && *entry.get() == id
+            {
+                entry.remove();
+            }
+        }
+        let mut expired_sessions = Vec::new();
+        for sessions in self.sessions.iter() {
+            lock(sessions).retain(|id, record| {
+                let alive = record.expires_at > now;
+                if !alive {
+                    expired_sessions.push((*id, std::mem::take(&mut record.leases)));
+                }
+                alive
+            });
+        }
+        for (session_id, leases) in expired_sessions {
+            tracing::warn!(%session_id, leases = leases.len(), "worker session expired; its leases are lost");
+            for (lease_id, ticket_id) in leases {
+                ready.extend(self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost));
+            }
+        }
+        for queue in ready {
+            self.notify_ready(&queue);
+        }
+        Ok(())
+    }
+}
+
+fn cancel_message(reason: &str) -> String {
+    if reason.is_empty() {
+        "cancelled by a caller".into()
+    } else {
+        format!("cancelled by a caller: {reason}")
+    }
+}

@@ -1,0 +1,338 @@
+//! The engine boundary: every ticket state transition, each one atomic and
+//! lease-fenced. The gRPC layer, the dispatcher and the watch hub only talk to
+//! a `dyn Engine`, so the memory, durable and Redis stores are interchangeable.
+//!
+//! Engines report what changed through an [`EngineListener`]: ticket events
+//! (in seq order per ticket), queues that gained ready work, and leases that a
+//! worker must be told to drop.
+
+pub mod memory;
+
+#[cfg(test)]
+mod conformance;
+
+#[cfg(test)]
+conformance::engine_conformance!(memory_conformance, |config| {
+    std::sync::Arc::new(crate::engine::MemoryEngine::new(config))
+});
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::domain::backoff::Backoff;
+use crate::domain::ticket::{EventKind, Payload};
+use crate::domain::{
+    Chunk, Lease, LeaseId, NewTicket, Outcome, Progress, QueueName, SessionId, Ticket, TicketId,
+    TicketState,
+};
+
+pub use memory::MemoryEngine;
+
+/// Settings every engine applies to transitions.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Delay between retries.
+    pub backoff: Backoff,
+    /// Attempts that may end in a lost worker before the ticket is FAILED: a
+    /// poison ticket that crashes every worker cannot take the fleet down.
+    pub max_worker_losses: u32,
+    /// How long finished tickets are kept.
+    pub result_retention: Duration,
+    /// How long a deleted ticket's tombstone still explains its absence.
+    pub tombstone_retention: Duration,
+    /// Pending tickets one queue may hold before submits are refused.
+    pub max_pending_per_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff {
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(60),
+            },
+            max_worker_losses: 3,
+            result_retention: Duration::from_secs(24 * 3600),
+            tombstone_retention: Duration::from_secs(24 * 3600),
+            max_pending_per_queue: 1_000_000,
+        }
+    }
+}
+
+/// Why an engine call did not happen. Each variant says what the caller
+/// should do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No such ticket: check the id.
+    #[error("ticket {0} not found")]
+    NotFound(TicketId),
+    /// The ticket finished and was deleted after the retention period.
+    #[error(
+        "ticket {id} finished and its result expired at {deleted_at}: results are kept for the retention period after they finish"
+    )]
+    ResultExpired {
+        /// The ticket.
+        id: TicketId,
+        /// RFC 3339 time of deletion.
+        deleted_at: String,
+    },
+    /// The queue holds its maximum of pending tickets: retry later.
+    #[error("queue {queue:?} has {limit} pending tickets, its limit; retry later or add workers")]
+    QueueFull {
+        /// The queue.
+        queue: QueueName,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The idempotency key belongs to a ticket on another queue.
+    #[error(
+        "idempotency key {key:?} was already used for ticket {existing} on queue {queue:?}; use a new key for a different request"
+    )]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The ticket that owns it.
+        existing: TicketId,
+        /// That ticket's queue.
+        queue: QueueName,
+    },
+    /// The lease is not the ticket's current lease: the result or progress is
+    /// discarded (fencing).
+    #[error(
+        "lease {lease_id} is not current for ticket {ticket_id}: {reason}; the report was discarded"
+    )]
+    StaleLease {
+        /// The ticket.
+        ticket_id: TicketId,
+        /// The lease presented.
+        lease_id: LeaseId,
+        /// Why it is not current.
+        reason: String,
+    },
+    /// The ticket is already terminal.
+    #[error("ticket {id} already {state}; there is nothing to {action}", state = .state.name())]
+    AlreadyTerminal {
+        /// The ticket.
+        id: TicketId,
+        /// Its terminal state.
+        state: TicketState,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// A limit on stored data was reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The store cannot be reached or written: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The outcome of a submit.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The ticket (the original one for a repeated idempotency key).
+    pub ticket: Ticket,
+    /// False when an idempotency key matched an existing ticket.
+    pub created: bool,
+}
+
+/// A ticket leased to a worker session.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Snapshot after the lease (includes the payload).
+    pub ticket: Ticket,
+    /// The new lease.
+    pub lease: Lease,
+}
+
+/// The outcome of a fenced result report.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    /// Recorded now; the ticket after the transition (terminal, or PENDING
+    /// again for a retry).
+    Recorded(Ticket),
+    /// This very lease's result was recorded before (a resend).
+    Duplicate(Ticket),
+}
+
+/// A worker's progress report.
+#[derive(Debug, Clone)]
+pub struct ProgressReport {
+    /// The ticket.
+    pub ticket_id: TicketId,
+    /// Must be the current lease.
+    pub lease_id: LeaseId,
+    /// New progress, if any.
+    pub progress: Option<Progress>,
+    /// A partial-output chunk, if any.
+    pub output: Option<Payload>,
+}
+
+/// Why a lease is given back without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// Never reached the worker: not an attempt.
+    Undelivered,
+    /// The worker went away holding it.
+    WorkerLost,
+}
+
+/// Filters and paging for `list`.
+#[derive(Debug, Clone)]
+pub struct ListFilter {
+    /// Only this queue.
+    pub queue: Option<QueueName>,
+    /// Only these states (empty: all).
+    pub states: Vec<TicketState>,
+    /// Page length.
+    pub page_size: usize,
+    /// Start after this id.
+    pub after: Option<TicketId>,
+}
+
+/// One page of `list`.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// In id order.
+    pub tickets: Vec<Ticket>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<TicketId>,
+}
+
+/// A worker session's registration.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Unique per connection.
+    pub session_id: SessionId,
+    /// For explanations.
+    pub worker_name: Arc<str>,
+}
+
+/// One change of a ticket, for watchers.
+#[derive(Debug, Clone)]
+pub struct TicketChange {
+    /// What changed.
+    pub kind: EventKind,
+    /// Snapshot after the change (its `seq` is the event's seq).
+    pub ticket: Ticket,
+    /// The chunk of an output event.
+    pub output: Option<Payload>,
+}
+
+/// Why a worker is told to drop a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// A caller cancelled the ticket.
+    Cancelled,
+    /// The ticket's deadline passed.
+    Expired,
+    /// The attempt's time budget passed.
+    AttemptTimeout,
+}
+
+/// A lease taken away from a worker that may still be running it.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// Who holds it.
+    pub session_id: SessionId,
+    /// The ticket.
+    pub ticket_id: TicketId,
+    /// The lease.
+    pub lease_id: LeaseId,
+    /// Why.
+    pub reason: RevokeReason,
+    /// For the worker's logs.
+    pub message: String,
+}
+
+/// Receives what engines change. Called synchronously, possibly under the
+/// engine's own locks: implementations must be quick and must not call back
+/// into the engine.
+pub trait EngineListener: Send + Sync + 'static {
+    /// Whether anyone watches `id` (so engines can skip building snapshots).
+    fn watching(&self, id: TicketId) -> bool;
+    /// A ticket changed; per ticket, calls come in seq order.
+    fn ticket_changed(&self, change: TicketChange);
+    /// `queue` may have gained ready tickets.
+    fn queue_ready(&self, queue: &QueueName);
+    /// A worker must stop working on a lease.
+    fn lease_revoked(&self, revocation: Revocation);
+}
+
+/// The narrow async boundary around ticket storage. Every mutating method is
+/// one atomic transition; results and progress are accepted only for the
+/// current lease.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Installs the listener; called once before serving.
+    fn set_listener(&self, listener: Arc<dyn EngineListener>);
+
+    /// Stores a new ticket, or returns the one its idempotency key names.
+    async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError>;
+
+    /// The current snapshot.
+    async fn get(&self, id: TicketId) -> Result<Ticket, EngineError>;
+
+    /// The snapshot plus stored output chunks with seq > `after_seq`.
+    async fn get_with_chunks(
+        &self,
+        id: TicketId,
+        after_seq: u64,
+    ) -> Result<(Ticket, Vec<Chunk>), EngineError>;
+
+    /// How many ready tickets run before this PENDING one.
+    async fn tickets_ahead(&self, ticket: &Ticket) -> Result<u64, EngineError>;
+
+    /// A page of tickets in id order.
+    async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError>;
+
+    /// Cancels a pending or running ticket (a running one's lease is revoked).
+    async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError>;
+
+    /// Registers or renews a worker session until `expires_at`; its leases
+    /// are lost when it is not renewed in time.
+    async fn touch_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError>;
+
+    /// Ends a session: its leases are lost (requeued, or FAILED past the caps).
+    async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError>;
+
+    /// Leases ready tickets of `queue`, highest priority first and FIFO
+    /// within a priority: at most one per entry of `sessions` (a session may
+    /// appear several times), each lease naming its session. Fewer come back
+    /// when the queue runs dry.
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        sessions: &[SessionInfo],
+    ) -> Result<Vec<Claimed>, EngineError>;
+
+    /// Gives a lease back without a result.
+    async fn release(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        reason: ReleaseReason,
+    ) -> Result<(), EngineError>;
+
+    /// Records progress and/or an output chunk for the current lease.
+    async fn progress(&self, report: ProgressReport) -> Result<(), EngineError>;
+
+    /// Records the result of the current lease: success, retry or failure.
+    async fn complete(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> Result<Completion, EngineError>;
+
+    /// Applies everything due by `now`: backoffs ending, deadlines, attempt
+    /// timeouts, expired sessions and retention.
+    async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError>;
+}

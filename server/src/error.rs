@@ -1,0 +1,80 @@
+//! The gateway's error type and its one mapping to `tonic::Status`.
+//!
+//! Handlers and the dispatcher return `GatewayError`; only the gRPC boundary
+//! turns it into a status, here, so every code is chosen in one place.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::engine::EngineError;
+
+/// Everything a gateway call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// A request field is invalid: fix `field` as `reason` says.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// Proto field path, e.g. `payload` or `hello.queues[2]`.
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The engine refused or failed the transition.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A worker sent a message out of protocol order.
+    #[error("{0}")]
+    Protocol(String),
+    /// The gateway is shutting down: retry on another replica or later.
+    #[error("the gateway is shutting down; retry shortly")]
+    ShuttingDown,
+    /// A worker stopped answering pings and was disconnected.
+    #[error("{0}")]
+    WorkerUnresponsive(String),
+}
+
+impl GatewayError {
+    /// Shorthand for an invalid field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::Engine(e) => match e {
+                EngineError::NotFound(_) | EngineError::ResultExpired { .. } => Code::NotFound,
+                EngineError::QueueFull { .. } | EngineError::LimitExceeded(_) => {
+                    Code::ResourceExhausted
+                }
+                EngineError::IdempotencyConflict { .. } => Code::AlreadyExists,
+                EngineError::StaleLease { .. } | EngineError::AlreadyTerminal { .. } => {
+                    Code::FailedPrecondition
+                }
+                EngineError::Unavailable(_) => Code::Unavailable,
+            },
+            Self::Protocol(_) => Code::FailedPrecondition,
+            Self::ShuttingDown => Code::Unavailable,
+            Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(error: GatewayError) -> Self {
+        let code = error.code();
+        if let GatewayError::InvalidArgument { field, reason } = &error {
+            return Status::with_error_details(
+                code,
+                error.to_string(),
+                ErrorDetails::with_bad_request_violation(field.clone(), reason.clone()),
+            );
+        }
+        Status::new(code, error.to_string())
+    }
+}

@@ -1,0 +1,203 @@
+//! `asyncgate.v1.Gateway`: the client-facing service.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use asyncgate_proto::v1 as pb;
+use pb::gateway_server::Gateway;
+
+use super::{Core, convert};
+use crate::engine::ListFilter;
+use crate::error::GatewayError;
+
+/// Buffered events per watch stream before the watcher waits on the client.
+const STREAM_BUFFER: usize = 64;
+/// Largest ListTickets page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// ListTickets page when page_size is 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// The service implementation.
+pub struct GatewayService {
+    core: Core,
+    limits: convert::SubmitLimits,
+}
+
+impl GatewayService {
+    /// A service over `core`.
+    pub fn new(core: Core) -> Self {
+        let limits = convert::SubmitLimits {
+            max_payload_bytes: core.config.max_payload_bytes,
+            default_max_attempts: core.config.default_max_attempts,
+            max_attempts_limit: core.config.max_attempts_limit,
+        };
+        Self { core, limits }
+    }
+
+    async fn submit_inner(
+        &self,
+        request: pb::SubmitRequest,
+    ) -> Result<crate::domain::Ticket, GatewayError> {
+        let new = convert::new_ticket(request, &self.limits)?;
+        let submitted = self.core.engine.submit(new).await?;
+        if submitted.created {
+            tracing::debug!(ticket_id = %submitted.ticket.id, queue = %submitted.ticket.queue, "ticket submitted");
+        }
+        Ok(submitted.ticket)
+    }
+
+    fn spawn_watch(
+        &self,
+        id: crate::domain::TicketId,
+        after_seq: Option<u64>,
+    ) -> ReceiverStream<Result<pb::TicketEvent, Status>> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let core = self.core.clone();
+        let span = tracing::debug_span!("watch", ticket_id = %id);
+        self.core
+            .tracker
+            .spawn(async move { core.watch_into(id, after_seq, tx).await }.instrument(span));
+        ReceiverStream::new(rx)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TicketEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let ticket = self.submit_inner(request.into_inner()).await?;
+        Ok(Response::new(self.core.present(&ticket).await))
+    }
+
+    type ExecuteStream = EventStream;
+
+    async fn execute(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        if self.core.shutdown.is_cancelled() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        let ticket = self.submit_inner(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
+    }
+
+    async fn get_ticket(
+        &self,
+        request: Request<pb::GetTicketRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let request = request.into_inner();
+        let id = convert::ticket_id(&request.id, "id")?;
+        let wait = convert::duration(request.wait, "wait", std::time::Duration::MAX)?
+            .unwrap_or_default()
+            .min(self.core.config.max_wait);
+        let ticket = self.core.wait_for_terminal(id, wait).await?;
+        Ok(Response::new(self.core.present(&ticket).await))
+    }
+
+    type WatchTicketStream = EventStream;
+
+    async fn watch_ticket(
+        &self,
+        request: Request<pb::WatchTicketRequest>,
+    ) -> Result<Response<Self::WatchTicketStream>, Status> {
+        let request = request.into_inner();
+        let id = convert::ticket_id(&request.id, "id")?;
+        if self.core.shutdown.is_cancelled() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        // Fail fast with NOT_FOUND rather than as the stream's first item.
+        self.core.engine.get(id).await.map_err(GatewayError::from)?;
+        Ok(Response::new(Box::pin(
+            self.spawn_watch(id, request.after_seq),
+        )))
+    }
+
+    async fn cancel_ticket(
+        &self,
+        request: Request<pb::CancelTicketRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let request = request.into_inner();
+        let id = convert::ticket_id(&request.id, "id")?;
+        if request.reason.len() > 1024 {
+            return Err(GatewayError::invalid("reason", "is longer than 1024 bytes").into());
+        }
+        let ticket = self
+            .core
+            .engine
+            .cancel(id, &request.reason)
+            .await
+            .map_err(GatewayError::from)?;
+        tracing::info!(ticket_id = %id, "ticket cancelled");
+        Ok(Response::new(self.core.present(&ticket).await))
+    }
+
+    async fn list_tickets(
+        &self,
+        request: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        let request = request.into_inner();
+        let queue = if request.queue.is_empty() {
+            None
+        } else {
+            Some(convert::queue(&request.queue, "queue")?)
+        };
+        let states = request
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| convert::state_from_pb(*s, &format!("states[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(GatewayError::invalid(
+                    "page_size",
+                    format!("{n} is above the maximum of {MAX_PAGE_SIZE}"),
+                )
+                .into());
+            }
+            n => n,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                convert::ticket_id(&request.page_token, "page_token").map_err(|_| {
+                    GatewayError::invalid(
+                        "page_token",
+                        "is not a token from a previous ListTickets response",
+                    )
+                })?,
+            )
+        };
+        let page = self
+            .core
+            .engine
+            .list(ListFilter {
+                queue,
+                states,
+                page_size: page_size as usize,
+                after,
+            })
+            .await
+            .map_err(GatewayError::from)?;
+        let mut tickets = Vec::with_capacity(page.tickets.len());
+        for ticket in &page.tickets {
+            tickets.push(self.core.present(ticket).await);
+        }
+        Ok(Response::new(pb::ListTicketsResponse {
+            tickets,
+            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,55 @@
+//! The gRPC layer: thin tonic services over the domain core. Each handler
+//! validates its request (`convert`), calls the engine, dispatcher or hub, and
+//! maps errors to a status in one place (`crate::error`).
+
+pub mod convert;
+pub mod gateway;
+pub mod watch;
+pub mod workers;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use asyncgate_proto::v1 as pb;
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::domain::{Ticket, TicketState};
+use crate::engine::Engine;
+use crate::hub::WatchHub;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct Core {
+    /// Ticket storage and transitions.
+    pub engine: Arc<dyn Engine>,
+    /// Live change fan-out.
+    pub hub: Arc<WatchHub>,
+    /// Worker matching.
+    pub dispatcher: Dispatcher,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Cancelled when shutdown begins: streams drain and end.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: everything ends now.
+    pub hard_stop: CancellationToken,
+    /// Tracks spawned stream tasks.
+    pub tracker: TaskTracker,
+}
+
+impl Core {
+    /// A ticket on the wire, with its waiting reason worked out.
+    pub async fn present(&self, ticket: &Ticket) -> pb::Ticket {
+        let mut context = convert::WaitContext::default();
+        if ticket.state == TicketState::Pending {
+            context.workers = self.dispatcher.workers_for(&ticket.queue);
+            if ticket.not_before.is_none_or(|t| t <= SystemTime::now()) {
+                context.tickets_ahead = self.engine.tickets_ahead(ticket).await.unwrap_or(0);
+            }
+        }
+        convert::ticket_to_pb(ticket, context)
+    }
+}

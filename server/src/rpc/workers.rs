@@ -1,0 +1,74 @@
+//! `asyncgate.v1.Workers`: the worker-facing service. Each `Connect` stream
+//! runs one `dispatch::session` task.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use asyncgate_proto::v1 as pb;
+use pb::workers_server::Workers;
+
+use super::Core;
+use crate::dispatch::session::{self, SessionSettings};
+use crate::error::GatewayError;
+
+/// The service implementation.
+pub struct WorkersService {
+    core: Core,
+}
+
+impl WorkersService {
+    /// A service over `core`.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+type DispatchStream = Pin<Box<dyn Stream<Item = Result<pb::DispatchMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Workers for WorkersService {
+    type ConnectStream = DispatchStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        if self.core.shutdown.is_cancelled() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        let peer = request.remote_addr();
+        let inbound = request
+            .into_inner()
+            .map(|item| item.map_err(|s| s.message().to_string()));
+        // Room for every task and ack a well-behaved worker can have
+        // outstanding, plus pings; a worker that lets it fill is not reading.
+        let (tx, rx) = mpsc::channel(2 * session::MAX_IN_FLIGHT_LIMIT as usize + 64);
+        let settings = SessionSettings {
+            heartbeat_interval: self.core.config.heartbeat_interval,
+            lease_ttl: self.core.config.lease_ttl,
+            max_payload_bytes: self.core.config.max_payload_bytes,
+        };
+        let dispatcher = self.core.dispatcher.clone();
+        let shutdown = self.core.shutdown.clone();
+        let hard_stop = self.core.hard_stop.clone();
+        let span = tracing::info_span!("connect", peer = ?peer);
+        self.core.tracker.spawn(
+            session::run(
+                dispatcher,
+                settings,
+                Box::pin(inbound),
+                tx,
+                shutdown,
+                hard_stop,
+            )
+            .instrument(span),
+        );
+        let outbound = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}

@@ -1,0 +1,247 @@
+//! Assembles a gateway: engine, hub, dispatcher, timers and the gRPC services
+//! (plus reflection and health) on a listener, with phased shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
+
+use asyncgate_proto::v1 as pb;
+
+use crate::config::{Config, StoreConfig};
+use crate::dispatch::Dispatcher;
+use crate::domain::{QueueName, TicketId};
+use crate::engine::{Engine, EngineListener, MemoryEngine, Revocation, TicketChange};
+use crate::hub::WatchHub;
+use crate::rpc::Core;
+use crate::rpc::gateway::GatewayService;
+use crate::rpc::workers::WorkersService;
+
+/// Routes engine notifications to the hub and the dispatcher.
+struct Notifier {
+    hub: Arc<WatchHub>,
+    dispatcher: Dispatcher,
+}
+
+impl EngineListener for Notifier {
+    fn watching(&self, id: TicketId) -> bool {
+        self.hub.is_watched(id)
+    }
+
+    fn ticket_changed(&self, change: TicketChange) {
+        self.hub.publish(change);
+    }
+
+    fn queue_ready(&self, queue: &QueueName) {
+        self.dispatcher.queue_ready(queue);
+    }
+
+    fn lease_revoked(&self, revocation: Revocation) {
+        self.dispatcher.revoke(revocation);
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reflection could not load the descriptors (a build problem).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+}
+
+/// A running gateway.
+pub struct Running {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn initiate_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts down gracefully: stops accepting, drains workers within the grace
+    /// period, ends streams, and waits for the server to finish.
+    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+        self.shutdown.cancel();
+        self.join().await
+    }
+
+    /// Waits until the server stops (after a shutdown began elsewhere).
+    pub async fn join(self) -> Result<(), tonic::transport::Error> {
+        match self.serve.await {
+            Ok(result) => result,
+            Err(join_error) => {
+                tracing::error!(%join_error, "server task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn build_engine(config: &Config) -> Arc<dyn Engine> {
+    match config.store {
+        StoreConfig::Memory => Arc::new(MemoryEngine::new(config.engine.clone())),
+    }
+}
+
+/// Binds `config.listen` and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    start_on(config, listener).await
+}
+
+/// Starts serving on an already-bound listener (tests bind port 0 first).
+pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, StartError> {
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let config = Arc::new(config);
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let engine = build_engine(&config);
+    let hub = Arc::new(WatchHub::default());
+    let dispatcher = Dispatcher::new(engine.clone(), tracker.clone());
+    engine.set_listener(Arc::new(Notifier {
+        hub: hub.clone(),
+        dispatcher: dispatcher.clone(),
+    }));
+    let core = Core {
+        engine: engine.clone(),
+        hub,
+        dispatcher,
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+        hard_stop: hard_stop.clone(),
+        tracker: tracker.clone(),
+    };
+
+    let timers = {
+        let engine = engine.clone();
+        let stop = hard_stop.clone();
+        let tick = config.timer_tick;
+        async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        if let Err(error) = engine.run_timers(SystemTime::now()).await {
+                            tracing::error!(%error, "timer pass failed");
+                        }
+                    }
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    tracker.spawn(timers.instrument(tracing::info_span!("timers")));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::workers_server::WorkersServer<WorkersService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let max_message = config.max_payload_bytes + 64 * 1024;
+    let gateway = pb::gateway_server::GatewayServer::new(GatewayService::new(core.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
+    let workers = pb::workers_server::WorkersServer::new(WorkersService::new(core.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = {
+        let shutdown = shutdown.clone();
+        let hard_stop = hard_stop.clone();
+        let grace = config.shutdown_grace;
+        let tracker = tracker.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: draining workers and streams");
+            health_reporter
+                .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+                .await;
+            tracker.close();
+            // Give workers the grace period to finish in-flight tasks.
+            let stopper = hard_stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if !stopper.is_cancelled() {
+                    tracing::warn!(
+                        ?grace,
+                        "shutdown grace period over; ending remaining streams"
+                    );
+                    stopper.cancel();
+                }
+            });
+        }
+    };
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(gateway)
+        .add_service(workers);
+    let serve = {
+        let hard_stop = hard_stop.clone();
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            let result = router.serve_with_incoming_shutdown(incoming, signal).await;
+            hard_stop.cancel();
+            tracker.close();
+            tracker.wait().await;
+            result
+        })
+    };
+    tracing::info!(%local_addr, store = ?config.store, "asyncgate listening");
+    Ok(Running {
+        local_addr,
+        shutdown,
+        serve,
+    })
+}
