@@ -74,8 +74,16 @@ impl Client {
     /// idempotency key returns the original ticket.
     ///
     /// Accepts a [`pb::SubmitRequest`] or a [`Submit`](crate::Submit) builder.
-    pub async fn submit(&self, request: impl Into<pb::SubmitRequest>) -> Result<pb::Ticket, ClientError> {
-        Ok(self.inner.clone().submit(request.into()).await?.into_inner())
+    pub async fn submit(
+        &self,
+        request: impl Into<pb::SubmitRequest>,
+    ) -> Result<pb::Ticket, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .submit(request.into())
+            .await?
+            .into_inner())
     }
 
     /// Submits and follows the new ticket in one call. The first event is the
@@ -86,7 +94,10 @@ impl Client {
     /// `WatchTicket`. If it breaks before, it is repeated only when the
     /// request has an idempotency key (otherwise the break is returned: the
     /// ticket may or may not exist).
-    pub async fn execute(&self, request: impl Into<pb::SubmitRequest>) -> Result<EventStream, ClientError> {
+    pub async fn execute(
+        &self,
+        request: impl Into<pb::SubmitRequest>,
+    ) -> Result<EventStream, ClientError> {
         let request = request.into();
         let mut client = self.inner.clone();
         let stream = client.execute(request.clone()).await?.into_inner();
@@ -116,7 +127,11 @@ impl Client {
     ///
     /// The stream resumes itself after a broken connection; see
     /// [`EventStream`].
-    pub async fn watch(&self, id: &str, after_seq: Option<u64>) -> Result<EventStream, ClientError> {
+    pub async fn watch(
+        &self,
+        id: &str,
+        after_seq: Option<u64>,
+    ) -> Result<EventStream, ClientError> {
         let mut client = self.inner.clone();
         let request = pb::WatchTicketRequest {
             id: id.to_owned(),
@@ -140,11 +155,19 @@ impl Client {
             id: id.to_owned(),
             reason: reason.to_owned(),
         };
-        Ok(self.inner.clone().cancel_ticket(request).await?.into_inner())
+        Ok(self
+            .inner
+            .clone()
+            .cancel_ticket(request)
+            .await?
+            .into_inner())
     }
 
     /// One page of tickets in creation order, filtered by queue and states.
-    pub async fn list(&self, request: pb::ListTicketsRequest) -> Result<pb::ListTicketsResponse, ClientError> {
+    pub async fn list(
+        &self,
+        request: pb::ListTicketsRequest,
+    ) -> Result<pb::ListTicketsResponse, ClientError> {
         Ok(self.inner.clone().list_tickets(request).await?.into_inner())
     }
 }
@@ -198,12 +221,27 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(normalize_url("http://a:1".into()).ok(), Some("http://a:1".into()));
-        assert_eq!(normalize_url(" 127.0.0.1:50051 ".into()).ok(), Some("http://127.0.0.1:50051".into()));
-        assert!(matches!(normalize_url("https://a:1".into()), Err(ClientError::InvalidUrl { .. })));
-        assert!(matches!(normalize_url("".into()), Err(ClientError::InvalidUrl { .. })));
+        assert_eq!(
+            normalize_url("http://a:1".into()).ok(),
+            Some("http://a:1".into())
+        );
+        assert_eq!(
+            normalize_url(" 127.0.0.1:50051 ".into()).ok(),
+            Some("http://127.0.0.1:50051".into())
+        );
+        assert!(matches!(
+            normalize_url("https://a:1".into()),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            normalize_url("".into()),
+            Err(ClientError::InvalidUrl { .. })
+        ));
         assert!(endpoint("http://[::1]:50051").is_ok());
-        assert!(matches!(endpoint("http://bad host:1"), Err(ClientError::InvalidUrl { .. })));
+        assert!(matches!(
+            endpoint("http://bad host:1"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
     }
 
     #[tokio::test]
@@ -211,6 +249,9 @@ mod tests {
         // Port 9 (discard) on loopback: nothing listens there in CI.
         let client = Client::connect_lazy("http://127.0.0.1:9").unwrap_or_else(|e| panic!("{e}"));
         let err = client.get("x", None).await.err();
-        assert!(err.as_ref().is_some_and(ClientError::is_transient), "{err:?}");
+        assert!(
+            err.as_ref().is_some_and(ClientError::is_transient),
+            "{err:?}"
+        );
     }
 }

@@ -25,13 +25,20 @@ pub enum ClientError {
     },
     /// No connection could be made (refused, timed out, DNS). Usually
     /// transient: the gateway may be restarting.
-    #[error("transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    ///
+    /// The message already spells out the whole cause chain (tonic's own
+    /// error only says "transport error"), so it is not repeated as a
+    /// `source()`.
+    #[error("cannot reach the gateway: {}", source_chain(.0))]
+    Transport(tonic::transport::Error),
     /// The call reached the gateway (or the connection broke mid-call) and
     /// ended with this status. [`ClientError::is_transient`] tells whether a
     /// retry may succeed.
+    ///
+    /// Shown as `Code: message`; not exposed as a `source()` because
+    /// `Status`'s own `Display` dumps headers and details.
     #[error("{}: {}", status_code_name(.0.code()), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     /// The gateway broke the contract (for example an `Execute` stream whose
     /// first event carries no ticket). A bug on one side; not retried.
     #[error("protocol error: {0}")]
@@ -40,6 +47,18 @@ pub enum ClientError {
     /// `max_in_flight` out of range). Fix the code.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+}
+
+impl From<tonic::transport::Error> for ClientError {
+    fn from(err: tonic::transport::Error) -> Self {
+        ClientError::Transport(err)
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::Status(status)
+    }
 }
 
 impl ClientError {
@@ -92,6 +111,21 @@ pub(crate) fn is_transient_status(status: &tonic::Status) -> bool {
     }
 }
 
+/// The sources of `err` (not `err` itself), joined by ": ".
+fn source_chain(err: &tonic::transport::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// `NotFound` rather than tonic's sentence-long `Display` of a code.
 fn status_code_name(code: tonic::Code) -> String {
     format!("{code:?}")
@@ -111,9 +145,14 @@ mod tests {
             tonic::Code::Cancelled,
             tonic::Code::FailedPrecondition,
         ] {
-            assert!(!is_transient_status(&tonic::Status::new(code, "x")), "{code:?}");
+            assert!(
+                !is_transient_status(&tonic::Status::new(code, "x")),
+                "{code:?}"
+            );
         }
-        assert!(is_transient_status(&tonic::Status::unavailable("restarting")));
+        assert!(is_transient_status(&tonic::Status::unavailable(
+            "restarting"
+        )));
     }
 
     #[test]

@@ -1,1 +1,50 @@
+//! Rust SDK for Asyncgate: submit and follow tickets ([`Client`]) and serve
+//! queues ([`worker::Worker`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), asyncgate_client::ClientError> {
+//! use asyncgate_client::{Client, Submit};
+//! use futures::StreamExt as _;
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let ticket = client.submit(Submit::new("upper").json(serde_json::json!("hi"))).await?;
+//! let mut events = client.watch(&ticket.id, None).await?;
+//! while let Some(event) = events.next().await {
+//!     println!("{:?}", event?.kind());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `client.rs`: [`Client`] (connect, submit, execute, get with long-poll,
+//!   watch, cancel, list) and [`endpoint`], the transport settings.
+//! - `stream.rs`: [`EventStream`], which resumes a broken watch from its seq
+//!   cursor with no gap and no duplicate; the cursor rules are a pure type.
+//! - `submit.rs`: [`Submit`], the builder for `SubmitRequest`.
+//! - `payload.rs`: payload constructors/readers, JSON ⇄ `google.protobuf.Value`,
+//!   [`is_terminal`].
+//! - `convert.rs`: `std::time` ⇄ protobuf `Duration`/`Timestamp`.
+//! - `error.rs`: [`ClientError`] and the transient-or-final rule.
+//! - `retry.rs`: jittered exponential backoff (crate-private).
+//! - `worker/`: the worker SDK ([`worker::Worker`], [`worker::Handler`],
+//!   [`worker::TaskContext`]): connection loop, heartbeats, reconnects,
+//!   exactly one result per lease.
+//! - `bin/asyncgate/`: the `asyncgate` CLI, built on the above.
 
+mod client;
+pub mod convert;
+mod error;
+pub mod payload;
+mod retry;
+mod stream;
+mod submit;
+pub mod worker;
+
+/// The generated `asyncgate.v1` messages and stubs.
+pub use asyncgate_proto::v1 as pb;
+
+pub use client::{Client, endpoint};
+pub use error::ClientError;
+pub use payload::is_terminal;
+pub use stream::{EventStream, ResumeOptions};
+pub use submit::Submit;

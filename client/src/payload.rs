@@ -77,7 +77,10 @@ pub fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
             values: items.into_iter().map(json_to_proto).collect(),
         }),
         serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map.into_iter().map(|(k, v)| (k, json_to_proto(v))).collect(),
+            fields: map
+                .into_iter()
+                .map(|(k, v)| (k, json_to_proto(v)))
+                .collect(),
         }),
     };
     prost_types::Value { kind: Some(kind) }

@@ -42,11 +42,6 @@ impl Backoff {
         delay
     }
 
-    /// Delays handed out since the last reset.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     /// Back to the shortest delay, after something succeeded.
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
@@ -93,7 +88,7 @@ mod tests {
             let delay = backoff.next_delay();
             assert!(delay >= MIN / 2 && delay <= MAX, "{delay:?}");
         }
-        assert_eq!(backoff.attempts(), 20);
+        assert_eq!(backoff.attempt, 20);
         backoff.reset();
         assert!(backoff.next_delay() <= MIN);
     }

@@ -25,12 +25,12 @@ use futures::Stream;
 use futures::stream::BoxStream;
 use tonic::transport::Channel;
 
+use crate::ClientError;
 use crate::error::is_transient_status;
 use crate::payload::is_terminal;
 use crate::pb;
 use crate::pb::gateway_client::GatewayClient;
 use crate::retry::Backoff;
-use crate::ClientError;
 
 /// How an [`EventStream`] survives broken connections.
 #[derive(Debug, Clone)]
@@ -353,7 +353,9 @@ impl Resumer {
                         .await
                 }
                 // Safe: a repeated idempotency key returns the original ticket.
-                Target::Execute(request) => self.client.execute(pb::SubmitRequest::clone(request)).await,
+                Target::Execute(request) => {
+                    self.client.execute(pb::SubmitRequest::clone(request)).await
+                }
             };
             match opened {
                 Ok(response) => {
@@ -404,7 +406,10 @@ mod tests {
         assert_eq!(c.accept(&event(4, K::Snapshot, S::Running)), deliver(false));
         assert_eq!(c.resume_point(), Some(4));
         assert_eq!(c.accept(&event(5, K::Output, S::Running)), deliver(false));
-        assert_eq!(c.accept(&event(5, K::Keepalive, S::Unspecified)), Verdict::KeepAlive);
+        assert_eq!(
+            c.accept(&event(5, K::Keepalive, S::Unspecified)),
+            Verdict::KeepAlive
+        );
         assert_eq!(c.accept(&event(6, K::Progress, S::Running)), deliver(false));
         assert_eq!(c.accept(&event(7, K::State, S::Succeeded)), deliver(true));
         assert_eq!(c.resume_point(), Some(7));
@@ -449,8 +454,14 @@ mod tests {
         c.opened(Some(4));
         assert_eq!(c.accept(&event(4, K::Snapshot, S::Running)), deliver(false));
         // A server replaying too much: already delivered.
-        assert_eq!(c.accept(&event(3, K::Output, S::Running)), Verdict::Duplicate);
-        assert_eq!(c.accept(&event(4, K::Output, S::Running)), Verdict::Duplicate);
+        assert_eq!(
+            c.accept(&event(3, K::Output, S::Running)),
+            Verdict::Duplicate
+        );
+        assert_eq!(
+            c.accept(&event(4, K::Output, S::Running)),
+            Verdict::Duplicate
+        );
         // A resync snapshot mid-stream is passed on, even with an old seq.
         assert_eq!(c.accept(&event(4, K::Snapshot, S::Running)), deliver(false));
         assert_eq!(c.accept(&event(5, K::State, S::Succeeded)), deliver(true));
@@ -460,7 +471,10 @@ mod tests {
     fn resumed_terminal_snapshot_waits_for_the_replay() {
         let mut c = Cursor::new(Some(10));
         c.opened(Some(10));
-        assert_eq!(c.accept(&event(13, K::Snapshot, S::Succeeded)), deliver(false));
+        assert_eq!(
+            c.accept(&event(13, K::Snapshot, S::Succeeded)),
+            deliver(false)
+        );
         assert!(c.terminal_seen());
         assert_eq!(c.accept(&event(11, K::Output, S::Running)), deliver(false));
         assert_eq!(c.accept(&event(12, K::Output, S::Running)), deliver(false));
@@ -475,7 +489,10 @@ mod tests {
         let mut c = Cursor::new(Some(7));
         c.opened(Some(7));
         assert_eq!(c.accept(&event(7, K::Snapshot, S::Running)), deliver(false));
-        assert_eq!(c.accept(&event(7, K::Output, S::Running)), Verdict::Duplicate);
+        assert_eq!(
+            c.accept(&event(7, K::Output, S::Running)),
+            Verdict::Duplicate
+        );
         assert_eq!(c.accept(&event(8, K::Output, S::Running)), deliver(false));
     }
 }

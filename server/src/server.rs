@@ -16,7 +16,7 @@ use tracing::Instrument;
 use asyncgate_proto::v1 as pb;
 
 use crate::config::{Config, StoreConfig};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, TicketId};
 use crate::engine::{Engine, EngineListener, MemoryEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
@@ -27,7 +27,7 @@ use crate::rpc::workers::WorkersService;
 /// Routes engine notifications to the hub and the dispatcher.
 struct Notifier {
     hub: Arc<WatchHub>,
-    dispatcher: Dispatcher,
+    dispatcher: WeakDispatcher,
 }
 
 impl EngineListener for Notifier {
@@ -40,11 +40,15 @@ impl EngineListener for Notifier {
     }
 
     fn queue_ready(&self, queue: &QueueName) {
-        self.dispatcher.queue_ready(queue);
+        if let Some(dispatcher) = self.dispatcher.upgrade() {
+            dispatcher.queue_ready(queue);
+        }
     }
 
     fn lease_revoked(&self, revocation: Revocation) {
-        self.dispatcher.revoke(revocation);
+        if let Some(dispatcher) = self.dispatcher.upgrade() {
+            dispatcher.revoke(revocation);
+        }
     }
 }
 
@@ -126,14 +130,15 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     })?;
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
+    let sessions = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let engine = build_engine(&config);
     let hub = Arc::new(WatchHub::default());
-    let dispatcher = Dispatcher::new(engine.clone(), tracker.clone());
+    let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
     engine.set_listener(Arc::new(Notifier {
         hub: hub.clone(),
-        dispatcher: dispatcher.clone(),
+        dispatcher: dispatcher.downgrade(),
     }));
     let core = Core {
         engine: engine.clone(),
@@ -143,6 +148,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         shutdown: shutdown.clone(),
         hard_stop: hard_stop.clone(),
         tracker: tracker.clone(),
+        sessions: sessions.clone(),
     };
 
     let timers = {
@@ -176,11 +182,15 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that grpcurl can show google.rpc.BadRequest details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that grpcurl can show google.rpc.BadRequest details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
@@ -197,25 +207,23 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         let shutdown = shutdown.clone();
         let hard_stop = hard_stop.clone();
         let grace = config.shutdown_grace;
-        let tracker = tracker.clone();
         async move {
             shutdown.cancelled().await;
-            tracing::info!("shutting down: draining workers and streams");
+            tracing::info!("shutting down: draining workers, then ending streams");
             health_reporter
                 .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
                 .await;
-            tracker.close();
-            // Give workers the grace period to finish in-flight tasks.
-            let stopper = hard_stop.clone();
+            // Workers finish their in-flight tasks (and watchers receive the
+            // results) within the grace period; then every stream ends.
+            sessions.close();
             tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                if !stopper.is_cancelled() {
+                if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
                     tracing::warn!(
                         ?grace,
                         "shutdown grace period over; ending remaining streams"
                     );
-                    stopper.cancel();
                 }
+                hard_stop.cancel();
             });
         }
     };

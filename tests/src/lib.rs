@@ -1,1 +1,238 @@
+//! Test harness: real gateways on ephemeral loopback ports, driven by the real
+//! client and worker SDKs (and by raw protocol streams for misbehaviour).
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use asyncgate_client::Client;
+use asyncgate_client::pb;
+use asyncgate_client::worker::WorkerBuilder;
+use asyncgate_server::config::Config;
+use asyncgate_server::domain::backoff::Backoff;
+
+/// Installs a test log subscriber once (quiet unless `RUST_LOG` is set).
+pub fn trace_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Settings tuned for fast tests: short heartbeats, backoffs and keepalives.
+pub fn fast_config() -> Config {
+    let mut config = Config {
+        heartbeat_interval: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(2),
+        watch_keepalive: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(3),
+        ..Config::default()
+    };
+    config.engine.backoff = Backoff {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(100),
+    };
+    config
+}
+
+/// A gateway running in this process on `127.0.0.1:<ephemeral>`.
+pub struct TestGateway {
+    running: Option<asyncgate_server::Running>,
+    addr: SocketAddr,
+    config: Config,
+}
+
+impl TestGateway {
+    /// Starts a gateway with [`fast_config`].
+    pub async fn start() -> Self {
+        Self::start_with(fast_config()).await
+    }
+
+    /// Starts a gateway with `config` (its listen address is ignored: the
+    /// port is chosen by the OS and known before serving).
+    pub async fn start_with(config: Config) -> Self {
+        trace_init();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let running = asyncgate_server::start_on(config.clone(), listener)
+            .await
+            .expect("gateway starts");
+        Self {
+            running: Some(running),
+            addr,
+            config,
+        }
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.url()).await.expect("client connects")
+    }
+
+    /// A worker builder pointed at this gateway, with fast reconnects.
+    pub fn worker(&self, queue: &str) -> WorkerBuilder {
+        asyncgate_client::worker::Worker::builder(self.url())
+            .name(format!("test-worker-{queue}"))
+            .queue(queue)
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+    }
+
+    /// A raw `Workers.Connect` stream, for protocol tests.
+    pub async fn raw_worker(&self) -> RawWorker {
+        let channel = Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let (tx, rx) = mpsc::channel(64);
+        let mut client = pb::workers_client::WorkersClient::new(channel);
+        let inbound = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .expect("Connect opens")
+            .into_inner();
+        RawWorker { tx, inbound }
+    }
+
+    /// Shuts down gracefully and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.initiate_shutdown();
+        }
+    }
+}
+
+/// A worker speaking the raw protocol, for misbehaviour tests.
+pub struct RawWorker {
+    /// Messages to the gateway.
+    pub tx: mpsc::Sender<pb::WorkerMessage>,
+    /// Messages from the gateway.
+    pub inbound: tonic::Streaming<pb::DispatchMessage>,
+}
+
+impl RawWorker {
+    /// Sends one message.
+    pub async fn send(&self, kind: pb::worker_message::Kind) {
+        self.tx
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .await
+            .expect("stream open");
+    }
+
+    /// Says hello and returns the Welcome.
+    pub async fn hello(&mut self, queues: &[&str], max_in_flight: u32) -> pb::Welcome {
+        self.send(pb::worker_message::Kind::Hello(pb::Hello {
+            worker_name: "raw".into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            max_in_flight,
+        }))
+        .await;
+        match self.next().await {
+            Ok(pb::dispatch_message::Kind::Welcome(welcome)) => welcome,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// The next message that is not a Ping (pings are answered), or the
+    /// stream's error status.
+    pub async fn next(&mut self) -> Result<pb::dispatch_message::Kind, tonic::Status> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.inbound.next())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no message within 10 s"))?;
+            match message {
+                Some(Ok(pb::DispatchMessage {
+                    kind: Some(pb::dispatch_message::Kind::Ping(ping)),
+                })) => {
+                    let _ = self
+                        .tx
+                        .send(pb::WorkerMessage {
+                            kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                                nonce: ping.nonce,
+                            })),
+                        })
+                        .await;
+                }
+                Some(Ok(pb::DispatchMessage { kind: Some(kind) })) => return Ok(kind),
+                Some(Ok(_)) => return Err(tonic::Status::internal("empty DispatchMessage")),
+                Some(Err(status)) => return Err(status),
+                None => return Err(tonic::Status::cancelled("stream ended")),
+            }
+        }
+    }
+
+    /// The next Task.
+    pub async fn next_task(&mut self) -> pb::Task {
+        match self.next().await {
+            Ok(pb::dispatch_message::Kind::Task(task)) => task,
+            other => panic!("expected Task, got {other:?}"),
+        }
+    }
+
+    /// Sends a success result.
+    pub async fn succeed(&self, task: &pb::Task, payload: pb::Payload) {
+        self.send(pb::worker_message::Kind::Result(pb::TaskResult {
+            ticket_id: task.ticket_id.clone(),
+            lease_id: task.lease_id.clone(),
+            outcome: Some(pb::task_result::Outcome::Success(payload)),
+        }))
+        .await;
+    }
+
+    /// The next ResultAck.
+    pub async fn next_ack(&mut self) -> pb::ResultAck {
+        match self.next().await {
+            Ok(pb::dispatch_message::Kind::ResultAck(ack)) => ack,
+            other => panic!("expected ResultAck, got {other:?}"),
+        }
+    }
+}
+
+/// A JSON payload.
+pub fn json(value: serde_json::Value) -> pb::Payload {
+    asyncgate_client::payload::json(value)
+}
+
+/// A payload's JSON value.
+pub fn as_json(payload: Option<&pb::Payload>) -> serde_json::Value {
+    payload
+        .and_then(asyncgate_client::payload::to_json)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The ticket state of a wire ticket.
+pub fn state(ticket: &pb::Ticket) -> pb::TicketState {
+    pb::TicketState::try_from(ticket.state).unwrap_or(pb::TicketState::Unspecified)
+}

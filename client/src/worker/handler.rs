@@ -211,7 +211,10 @@ impl TaskContext {
     pub(crate) fn new(task: pb::Task, cancel: Arc<CancelSignal>, link: Link) -> Self {
         TaskContext {
             inner: Arc::new(TaskInner {
-                deadline: task.deadline.as_ref().map(convert::timestamp_to_system_time),
+                deadline: task
+                    .deadline
+                    .as_ref()
+                    .map(convert::timestamp_to_system_time),
                 ticket_id: task.ticket_id,
                 lease_id: task.lease_id,
                 queue: task.queue,
@@ -284,7 +287,9 @@ impl TaskContext {
         }
         let sender = self.inner.link.borrow().clone();
         if let Some(sender) = sender {
-            let _ = sender.send(self.progress_message(percent, message.to_owned(), None)).await;
+            let _ = sender
+                .send(self.progress_message(percent, message.to_owned(), None))
+                .await;
         }
     }
 
@@ -331,7 +336,12 @@ impl TaskContext {
             .map(|(reason, message)| (*reason, message.as_str()))
     }
 
-    fn progress_message(&self, percent: u32, message: String, output: Option<pb::Payload>) -> pb::WorkerMessage {
+    fn progress_message(
+        &self,
+        percent: u32,
+        message: String,
+        output: Option<pb::Payload>,
+    ) -> pb::WorkerMessage {
         pb::WorkerMessage {
             kind: Some(pb::worker_message::Kind::Progress(pb::TaskProgress {
                 ticket_id: self.inner.ticket_id.clone(),
@@ -388,10 +398,16 @@ mod tests {
         ctx.progress(150, "half").await;
         ctx.output(payload::text("chunk")).await;
         let first = progress_of(rx.recv().await);
-        assert_eq!(first.as_ref().map(|p| (p.percent, p.message.as_str())), Some((100, "half")));
+        assert_eq!(
+            first.as_ref().map(|p| (p.percent, p.message.as_str())),
+            Some((100, "half"))
+        );
         let second = progress_of(rx.recv().await);
         // The chunk repeats the last progress rather than resetting it.
-        assert_eq!(second.as_ref().map(|p| (p.percent, p.output.is_some())), Some((100, true)));
+        assert_eq!(
+            second.as_ref().map(|p| (p.percent, p.output.is_some())),
+            Some((100, true))
+        );
     }
 
     #[tokio::test]
@@ -417,7 +433,10 @@ mod tests {
         assert!(!ctx.is_cancelled());
         signal.cancel(pb::CancelReason::Expired, "deadline".into());
         ctx.cancelled().await;
-        assert_eq!(ctx.cancel_reason(), Some((pb::CancelReason::Expired, "deadline")));
+        assert_eq!(
+            ctx.cancel_reason(),
+            Some((pb::CancelReason::Expired, "deadline"))
+        );
 
         let (ctx, _, hard) = context(link);
         hard.cancel();
@@ -434,8 +453,16 @@ mod tests {
         assert_eq!(e.code, tonic::Code::Unknown);
         let f = TaskError::fatal("bad input").with_code(tonic::Code::InvalidArgument);
         assert!(!f.retryable);
-        assert_eq!(f.clone().into_failure().code, tonic::Code::InvalidArgument as i32);
-        assert_eq!(TaskError::new(tonic::Code::Ok, "x", false).into_failure().code, 2);
+        assert_eq!(
+            f.clone().into_failure().code,
+            tonic::Code::InvalidArgument as i32
+        );
+        assert_eq!(
+            TaskError::new(tonic::Code::Ok, "x", false)
+                .into_failure()
+                .code,
+            2
+        );
         assert_eq!(f.to_string(), "InvalidArgument (fatal): bad input");
     }
 }

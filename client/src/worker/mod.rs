@@ -112,7 +112,7 @@ impl From<Channel> for Target {
 #[derive(Debug, Clone)]
 enum Connector {
     /// A fresh, killable connection per stream.
-    Endpoint(Endpoint),
+    Endpoint(Box<Endpoint>),
     /// The caller's channel, shared by every stream.
     Channel(Channel),
 }
@@ -138,7 +138,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -274,7 +276,9 @@ impl WorkerBuilder {
             .handler
             .ok_or_else(|| ClientError::InvalidConfig("a worker needs a handler".into()))?;
         if self.queues.is_empty() {
-            return Err(ClientError::InvalidConfig("a worker needs at least one queue".into()));
+            return Err(ClientError::InvalidConfig(
+                "a worker needs at least one queue".into(),
+            ));
         }
         if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.max_in_flight) {
             return Err(ClientError::InvalidConfig(format!(
@@ -283,7 +287,7 @@ impl WorkerBuilder {
             )));
         }
         let connector = match self.target {
-            Target::Url(url) => Connector::Endpoint(crate::client::endpoint(url)?),
+            Target::Url(url) => Connector::Endpoint(Box::new(crate::client::endpoint(url)?)),
             Target::Channel(channel) => Connector::Channel(channel),
         };
         let mut queues: Vec<String> = Vec::with_capacity(self.queues.len());
@@ -361,13 +365,24 @@ impl WorkerHandle {
         }
     }
 
+    /// Resolves once the worker has stopped, without consuming the handle
+    /// (so a caller can still [`abort`](WorkerHandle::abort) while waiting).
+    pub async fn stopped(&self) {
+        let mut session = self.session.clone();
+        // Fails once the worker's loop, which owns the sender, is gone.
+        while session.changed().await.is_ok() {}
+    }
+
     /// Resolves with the session id once the worker holds a connection on
     /// which a Welcome arrived (at once if it already does); `None` if the
     /// worker stopped first.
     pub async fn connected(&self) -> Option<String> {
         let mut session = self.session.clone();
-        let id = session.wait_for(Option::is_some).await.ok()?.clone();
-        id
+        session
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|id| id.clone())
     }
 
     /// Resolves once the worker is connected with a session other than
@@ -375,12 +390,11 @@ impl WorkerHandle {
     /// if the worker stopped first.
     pub async fn next_session(&self, previous: &str) -> Option<String> {
         let mut session = self.session.clone();
-        let id = session
+        session
             .wait_for(|s| s.as_deref().is_some_and(|s| s != previous))
             .await
-            .ok()?
-            .clone();
-        id
+            .ok()
+            .and_then(|id| id.clone())
     }
 
     /// The current session id; `None` while disconnected.
@@ -410,9 +424,15 @@ mod tests {
             err(Worker::builder("http://127.0.0.1:1").handler(noop())),
             Some(tonic::Code::InvalidArgument)
         );
-        assert_eq!(err(Worker::builder("http://127.0.0.1:1").queue("q")), Some(tonic::Code::InvalidArgument));
         assert_eq!(
-            err(Worker::builder("http://127.0.0.1:1").queue("q").handler(noop()).max_in_flight(0)),
+            err(Worker::builder("http://127.0.0.1:1").queue("q")),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert_eq!(
+            err(Worker::builder("http://127.0.0.1:1")
+                .queue("q")
+                .handler(noop())
+                .max_in_flight(0)),
             Some(tonic::Code::InvalidArgument)
         );
         assert_eq!(
@@ -424,6 +444,8 @@ mod tests {
             .queue("c")
             .handler(noop())
             .build();
-        assert!(worker.is_ok_and(|w| w.config.queues == ["a", "b", "c"] && !w.config.name.is_empty()));
+        assert!(
+            worker.is_ok_and(|w| w.config.queues == ["a", "b", "c"] && !w.config.name.is_empty())
+        );
     }
 }

@@ -25,8 +25,13 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Opens a channel to `endpoint` whose only connection dies when `kill` is
 /// cancelled.
-pub(crate) async fn connect(endpoint: &Endpoint, kill: CancellationToken) -> Result<Channel, tonic::transport::Error> {
-    endpoint.connect_with_connector(KillSwitchConnector { kill }).await
+pub(crate) async fn connect(
+    endpoint: &Endpoint,
+    kill: CancellationToken,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint
+        .connect_with_connector(KillSwitchConnector { kill })
+        .await
 }
 
 /// A TCP connector whose sockets obey one kill switch.
@@ -67,7 +72,10 @@ impl tonic::codegen::Service<Uri> for KillSwitchConnector {
 }
 
 fn killed() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped by the worker")
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection dropped by the worker",
+    )
 }
 
 /// A TCP stream that fails every operation once its token is cancelled.
@@ -82,7 +90,11 @@ struct KillableStream {
 impl KillableStream {
     fn new(inner: TcpStream, token: CancellationToken) -> Self {
         let killed = Box::pin(token.clone().cancelled_owned());
-        KillableStream { inner, token, killed }
+        KillableStream {
+            inner,
+            token,
+            killed,
+        }
     }
 
     /// `Err` once the switch is thrown; also arms the wake-up on it.
@@ -95,7 +107,11 @@ impl KillableStream {
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.check(cx)?;
         Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -103,7 +119,11 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.check(cx)?;
         Pin::new(&mut this.inner).poll_write(cx, buf)
@@ -163,7 +183,10 @@ mod tests {
         });
         token.cancel();
         let read = reader.await.map_err(io::Error::other)?;
-        assert_eq!(read.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionAborted));
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionAborted)
+        );
         // The socket is gone: the peer sees end-of-stream, nothing else.
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await?;

@@ -11,9 +11,10 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -94,6 +95,19 @@ struct Inner {
     queues: Mutex<HashMap<QueueName, QueueHandle>>,
     sessions: Mutex<HashMap<SessionId, mpsc::UnboundedSender<SessionCommand>>>,
     tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// A dispatcher reference that does not keep it alive (the engine's listener
+/// holds one, so engine and dispatcher do not own each other).
+#[derive(Clone)]
+pub struct WeakDispatcher(Weak<Inner>);
+
+impl WeakDispatcher {
+    /// The dispatcher, if it still exists.
+    pub fn upgrade(&self) -> Option<Dispatcher> {
+        self.0.upgrade().map(|inner| Dispatcher { inner })
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,16 +115,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Dispatcher {
-    /// A dispatcher whose actors run on `tracker`.
-    pub fn new(engine: Arc<dyn Engine>, tracker: TaskTracker) -> Self {
+    /// A dispatcher whose actors run on `tracker` until `stop`.
+    pub fn new(engine: Arc<dyn Engine>, tracker: TaskTracker, stop: CancellationToken) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
                 queues: Mutex::default(),
                 sessions: Mutex::default(),
                 tracker,
+                stop,
             }),
         }
+    }
+
+    /// A non-owning reference.
+    pub fn downgrade(&self) -> WeakDispatcher {
+        WeakDispatcher(Arc::downgrade(&self.inner))
     }
 
     /// The engine this dispatcher claims from.
@@ -134,7 +154,16 @@ impl Dispatcher {
                 has_work: true,
             };
             let span = tracing::info_span!("queue", queue = %queue);
-            self.inner.tracker.spawn(actor.run().instrument(span));
+            let stop = self.inner.stop.clone();
+            self.inner.tracker.spawn(
+                async move {
+                    tokio::select! {
+                        _ = actor.run() => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+                .instrument(span),
+            );
             QueueHandle {
                 mailbox,
                 ready_queued,

@@ -32,12 +32,15 @@ pub struct Core {
     pub dispatcher: Dispatcher,
     /// Settings.
     pub config: Arc<Config>,
-    /// Cancelled when shutdown begins: streams drain and end.
+    /// Cancelled when shutdown begins: no new streams, workers drain.
     pub shutdown: CancellationToken,
-    /// Cancelled when the grace period is over: everything ends now.
+    /// Cancelled once workers have drained (or the grace period is over):
+    /// the remaining streams end, having delivered what the drain recorded.
     pub hard_stop: CancellationToken,
     /// Tracks spawned stream tasks.
     pub tracker: TaskTracker,
+    /// Tracks worker sessions, so shutdown knows when the drain is done.
+    pub sessions: TaskTracker,
 }
 
 impl Core {

@@ -112,6 +112,7 @@ impl Core {
         let mut idle_until = Instant::now() + keepalive;
         loop {
             let received = tokio::select! {
+                biased;
                 received = subscription.recv() => received,
                 _ = tokio::time::sleep_until(idle_until) => {
                     let event = pb::TicketEvent {
@@ -127,7 +128,7 @@ impl Core {
                     continue;
                 }
                 _ = tx.closed() => return,
-                _ = self.shutdown.cancelled() => {
+                _ = self.hard_stop.cancelled() => {
                     let status = tonic::Status::unavailable(format!(
                         "the gateway is shutting down; watch again with after_seq={last_seq} to resume"
                     ));
@@ -213,7 +214,7 @@ impl Core {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.shutdown.cancelled() => break,
+                _ = self.hard_stop.cancelled() => break,
             }
         }
         Ok(self.engine.get(id).await?)

@@ -57,7 +57,7 @@ impl Workers for WorkersService {
         let shutdown = self.core.shutdown.clone();
         let hard_stop = self.core.hard_stop.clone();
         let span = tracing::info_span!("connect", peer = ?peer);
-        self.core.tracker.spawn(
+        self.core.sessions.spawn(
             session::run(
                 dispatcher,
                 settings,

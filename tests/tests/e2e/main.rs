@@ -1,1 +1,8 @@
+//! End-to-end tests: one binary, a module per area. Each test starts its own
+//! gateway on an ephemeral loopback port, so they run in parallel.
 
+mod bad_input;
+mod basics;
+mod lifecycle;
+mod watch;
+mod workers;

@@ -1,1 +1,204 @@
-fn main() {}
+//! `asyncgate`: the command-line client of Asyncgate.
+//!
+//! - `cli.rs`: the clap definitions and value parsers (durations, ...).
+//! - `output.rs`: text for people, proto3 JSON (via prost-reflect) for
+//!   programs.
+//! - `work.rs`: `asyncgate work -- CMD`, a worker that runs a command per task.
+//! - this file: dispatch, exit codes (0 ok, 1 ticket failed/cancelled/
+//!   expired, 2 usage/connection/gateway error).
+
+mod cli;
+mod output;
+mod work;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use asyncgate_client::{Client, EventStream, Submit, is_terminal, pb};
+use clap::Parser as _;
+use futures::StreamExt as _;
+
+use crate::cli::{Cli, Command, GetArgs, SubmitArgs};
+use crate::output::Printer;
+
+/// Usage, connection and gateway errors (clap also exits 2 on bad usage).
+const EXIT_ERROR: u8 = 2;
+/// The ticket ended FAILED, CANCELLED or EXPIRED.
+const EXIT_TICKET_FAILED: u8 = 1;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Work(_)));
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG; by default warnings only, or info
+/// for `work` (a long-running process whose connects and drains matter).
+fn init_tracing(work: bool) {
+    let default = if work { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let printer = Printer::new(cli.output)?;
+    let server = cli.server.as_str();
+    match cli.command {
+        // The worker connects (and reconnects) on its own.
+        Command::Work(args) => work::run(server, args).await,
+        Command::Submit(args) => submit(&connect(server).await?, &printer, args).await,
+        Command::Get(args) => get(&connect(server).await?, &printer, args).await,
+        Command::Watch(args) => {
+            let events = connect(server)
+                .await?
+                .watch(&args.id, args.after_seq)
+                .await?;
+            print_events(&printer, events).await
+        }
+        Command::Cancel(args) => {
+            let ticket = connect(server)
+                .await?
+                .cancel(&args.id, &args.reason)
+                .await?;
+            printer.ticket(&ticket)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(args) => {
+            let request = pb::ListTicketsRequest {
+                queue: args.queue.unwrap_or_default(),
+                states: args
+                    .states
+                    .into_iter()
+                    .map(|s| pb::TicketState::from(s) as i32)
+                    .collect(),
+                page_size: args.page_size.unwrap_or(0),
+                page_token: args.page_token.unwrap_or_default(),
+            };
+            printer.list(&connect(server).await?.list(request).await?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn connect(server: &str) -> anyhow::Result<Client> {
+    Client::connect(server)
+        .await
+        .with_context(|| format!("connecting to {server}"))
+}
+
+async fn submit(client: &Client, printer: &Printer, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let mut request = Submit::new(args.queue).priority(args.priority);
+    if let Some(value) = args.json {
+        request = request.json(value);
+    } else if let Some(path) = args.file {
+        request = request.binary(read_file(&path).await?, "application/octet-stream");
+    } else if let Some(text) = args.data {
+        request = request.text(text);
+    }
+    if let Some(key) = args.idempotency_key {
+        request = request.idempotency_key(key);
+    }
+    for (key, value) in args.metadata {
+        request = request.metadata(key, value);
+    }
+    if let Some(timeout) = args.timeout {
+        request = request.timeout(timeout);
+    }
+    if let Some(timeout) = args.attempt_timeout {
+        request = request.attempt_timeout(timeout);
+    }
+    if let Some(attempts) = args.max_attempts {
+        request = request.max_attempts(attempts);
+    }
+
+    if args.watch {
+        let events = client.execute(request).await?;
+        return print_events(printer, events).await;
+    }
+    let ticket = client.submit(request).await?;
+    match args.wait {
+        None => {
+            printer.ticket(&ticket)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(wait) => {
+            let ticket = wait_until_terminal(client, ticket, wait).await?;
+            printer.ticket(&ticket)?;
+            Ok(exit_code(ticket.state()))
+        }
+    }
+}
+
+async fn get(client: &Client, printer: &Printer, args: GetArgs) -> anyhow::Result<ExitCode> {
+    let ticket = client.get(&args.id, None).await?;
+    let ticket = match args.wait {
+        Some(wait) => wait_until_terminal(client, ticket, wait).await?,
+        None => ticket,
+    };
+    printer.ticket(&ticket)?;
+    Ok(exit_code(ticket.state()))
+}
+
+/// Long-polls `GetTicket` (`wait` per request) until the ticket is terminal.
+async fn wait_until_terminal(
+    client: &Client,
+    mut ticket: pb::Ticket,
+    wait: std::time::Duration,
+) -> anyhow::Result<pb::Ticket> {
+    while !is_terminal(ticket.state()) {
+        ticket = client.get(&ticket.id, Some(wait)).await?;
+    }
+    Ok(ticket)
+}
+
+/// Prints every event; the exit code follows the last state seen.
+async fn print_events(printer: &Printer, mut events: EventStream) -> anyhow::Result<ExitCode> {
+    let mut state = pb::TicketState::Unspecified;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if let Some(ticket) = &event.ticket {
+            state = ticket.state();
+        }
+        printer.event(&event)?;
+    }
+    Ok(exit_code(state))
+}
+
+fn exit_code(state: pb::TicketState) -> ExitCode {
+    match state {
+        pb::TicketState::Failed | pb::TicketState::Cancelled | pb::TicketState::Expired => {
+            ExitCode::from(EXIT_TICKET_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// A file's bytes, or stdin's for "-".
+async fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        // A blocking read on a blocking thread (tokio's async stdin is
+        // not enabled in this workspace, and does the same underneath).
+        let read = tokio::task::spawn_blocking(|| {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map(|_| data)
+        });
+        return read
+            .await
+            .context("reading stdin")?
+            .context("reading stdin");
+    }
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))
+}

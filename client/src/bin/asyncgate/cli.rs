@@ -1,0 +1,389 @@
+//! The command line: clap definitions and the small value parsers they use
+//! (durations, `key=value`, JSON text, ticket states).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use asyncgate_client::pb;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// Submit, follow and serve Asyncgate tickets.
+///
+/// Exit codes: 0 on success (a SUCCEEDED ticket, or a ticket that is not
+/// terminal yet); 1 when the ticket ended FAILED, CANCELLED or EXPIRED;
+/// 2 on usage, connection and gateway errors.
+#[derive(Debug, Parser)]
+#[command(name = "asyncgate", version)]
+pub(crate) struct Cli {
+    /// The gateway's address.
+    #[arg(
+        long,
+        global = true,
+        env = "ASYNCGATE_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub(crate) server: String,
+
+    /// How to print tickets and events: `text` for people; `json` for the
+    /// proto3 JSON mapping (as grpcurl prints it), one document per line.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub(crate) output: OutputFormat,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// See [`Cli::output`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Submit a request to a queue and print its ticket (or wait for it).
+    Submit(SubmitArgs),
+    /// Print a ticket, optionally waiting until it is terminal.
+    Get(GetArgs),
+    /// Print a ticket's events until it is terminal.
+    Watch(WatchArgs),
+    /// Cancel a ticket.
+    Cancel(CancelArgs),
+    /// List tickets in creation order.
+    List(ListArgs),
+    /// Serve queues by running a command once per task.
+    ///
+    /// The payload goes to the command's stdin: a JSON string as its raw
+    /// text (no quotes, no newline added), any other JSON value as compact
+    /// JSON text, a binary payload as its bytes. Its stdout becomes the
+    /// result: JSON if it parses as JSON (after trimming whitespace);
+    /// otherwise, when the input was a JSON string and the output is UTF-8,
+    /// a JSON string (one trailing newline removed), so `tr a-z A-Z` turns
+    /// "hello" into "HELLO"; otherwise a binary result, `text/plain;
+    /// charset=utf-8` if UTF-8, else `application/octet-stream`. A non-zero
+    /// exit is a retryable failure (code UNKNOWN) whose message is the last
+    /// 1 KiB of stderr and the exit status. A cancelled task's command is
+    /// killed. The environment carries ASYNCGATE_TICKET_ID,
+    /// ASYNCGATE_LEASE_ID, ASYNCGATE_QUEUE, ASYNCGATE_ATTEMPT,
+    /// ASYNCGATE_MAX_ATTEMPTS and ASYNCGATE_CONTENT_TYPE.
+    ///
+    /// Runs until SIGINT or SIGTERM, then drains (finishes and delivers
+    /// in-flight tasks); a second signal stops at once.
+    Work(WorkArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("body").args(["json", "file", "data"])))]
+pub(crate) struct SubmitArgs {
+    /// The queue to submit to.
+    pub(crate) queue: String,
+
+    /// The payload as JSON text, e.g. '"hello"' or '{"n": 1}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_json)]
+    pub(crate) json: Option<serde_json::Value>,
+
+    /// The payload as the bytes of a file ("-" for stdin), sent as binary
+    /// `application/octet-stream` even if it holds JSON (use --json for a
+    /// JSON payload).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// The payload as text, sent as binary `text/plain; charset=utf-8`.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) data: Option<String>,
+
+    /// Higher runs first (-1000 to 1000).
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub(crate) priority: i32,
+
+    /// A repeat of the key returns the original ticket.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) idempotency_key: Option<String>,
+
+    /// Metadata entries (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) metadata: Vec<(String, String)>,
+
+    /// The whole budget, e.g. 30s; past it the ticket is EXPIRED.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// One attempt's budget, e.g. 1.5s; past it the attempt fails.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) attempt_timeout: Option<Duration>,
+
+    /// Attempts before the ticket fails (default: the gateway's).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_attempts: Option<u32>,
+
+    /// Wait until the ticket is terminal and print it, long-polling DUR per
+    /// request (default 50s). Put it last or write --wait=DUR.
+    #[arg(
+        long,
+        value_name = "DUR",
+        num_args = 0..=1,
+        default_missing_value = "50s",
+        value_parser = parse_duration,
+        conflicts_with = "watch"
+    )]
+    pub(crate) wait: Option<Duration>,
+
+    /// Print the ticket's events until it is terminal (submits with Execute).
+    #[arg(long)]
+    pub(crate) watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// The ticket id.
+    pub(crate) id: String,
+
+    /// Wait until the ticket is terminal, long-polling DUR per request
+    /// (default 50s). Put it last or write --wait=DUR.
+    #[arg(
+        long,
+        value_name = "DUR",
+        num_args = 0..=1,
+        default_missing_value = "50s",
+        value_parser = parse_duration
+    )]
+    pub(crate) wait: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// The ticket id.
+    pub(crate) id: String,
+
+    /// Replay the partial output after this seq (the highest you processed).
+    #[arg(long, value_name = "N")]
+    pub(crate) after_seq: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The ticket id.
+    pub(crate) id: String,
+
+    /// Recorded in the ticket's error message.
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub(crate) reason: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only this queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub(crate) queue: Option<String>,
+
+    /// Only these states (repeatable, or comma-separated).
+    #[arg(
+        long = "state",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "STATE"
+    )]
+    pub(crate) states: Vec<StateArg>,
+
+    /// Tickets per page, 1 to 1000 (default: the gateway's, 100).
+    #[arg(long, value_name = "N")]
+    pub(crate) page_size: Option<u32>,
+
+    /// Continue from a previous page's next_page_token.
+    #[arg(long, value_name = "TOKEN")]
+    pub(crate) page_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkArgs {
+    /// A queue to serve (repeatable).
+    #[arg(long = "queue", required = true, value_name = "QUEUE")]
+    pub(crate) queues: Vec<String>,
+
+    /// Tasks run at once (1 to 10000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    pub(crate) concurrency: u32,
+
+    /// The worker's name in the gateway's logs (default: host-pid).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+
+    /// The command to run per task, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub(crate) command: Vec<String>,
+}
+
+/// A ticket state as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StateArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl From<StateArg> for pb::TicketState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Pending => pb::TicketState::Pending,
+            StateArg::Running => pb::TicketState::Running,
+            StateArg::Succeeded => pb::TicketState::Succeeded,
+            StateArg::Failed => pb::TicketState::Failed,
+            StateArg::Cancelled => pb::TicketState::Cancelled,
+            StateArg::Expired => pb::TicketState::Expired,
+        }
+    }
+}
+
+/// "1.5s", "300ms", "2m", "1h", "1m30s" (humantime's syntax; a unit is
+/// required).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|err| format!("{err} (examples: 1.5s, 300ms, 2m, 1h)"))
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|err| format!("not valid JSON: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str| parse_duration(s).ok();
+        assert_eq!(ok("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(ok("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(ok("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(ok("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(ok("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(ok(" 50s "), Some(Duration::from_secs(50)));
+        assert_eq!(ok("10"), None);
+        assert_eq!(ok("soon"), None);
+        assert_eq!(ok(""), None);
+    }
+
+    #[test]
+    fn key_values() {
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_key_value("a="), Ok(("a".into(), String::new())));
+        assert!(parse_key_value("=b").is_err());
+        assert!(parse_key_value("ab").is_err());
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("asyncgate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn submit_flags() -> Result<(), clap::Error> {
+        let cli = parse(&[
+            "submit",
+            "upper",
+            "--json",
+            r#""hi""#,
+            "--priority",
+            "-5",
+            "--metadata",
+            "k=v",
+            "--metadata",
+            "x=y",
+            "--timeout",
+            "30s",
+            "--wait",
+            "--output",
+            "json",
+        ])?;
+        assert_eq!(cli.output, OutputFormat::Json);
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit");
+        };
+        assert_eq!(args.queue, "upper");
+        assert_eq!(args.json, Some(serde_json::json!("hi")));
+        assert_eq!(args.priority, -5);
+        assert_eq!(args.metadata.len(), 2);
+        assert_eq!(args.wait, Some(Duration::from_secs(50)));
+        assert!(!args.watch);
+
+        let cli = parse(&["submit", "q", "--data", "x", "--wait", "2s"])?;
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit");
+        };
+        assert_eq!(args.wait, Some(Duration::from_secs(2)));
+
+        assert!(parse(&["submit", "q", "--json", "1", "--data", "x"]).is_err());
+        assert!(parse(&["submit", "q", "--json", "{nope"]).is_err());
+        assert!(parse(&["submit", "q", "--wait", "--watch"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn list_and_work_flags() -> Result<(), clap::Error> {
+        let cli = parse(&[
+            "list",
+            "--state",
+            "pending,running",
+            "--state",
+            "failed",
+            "--queue",
+            "q",
+        ])?;
+        let Command::List(args) = cli.command else {
+            panic!("not list");
+        };
+        assert_eq!(
+            args.states,
+            [StateArg::Pending, StateArg::Running, StateArg::Failed]
+        );
+
+        let cli = parse(&[
+            "--server",
+            "http://h:1",
+            "work",
+            "--queue",
+            "a",
+            "--queue",
+            "b",
+            "--concurrency",
+            "4",
+            "--",
+            "tr",
+            "a-z",
+            "A-Z",
+        ])?;
+        assert_eq!(cli.server, "http://h:1");
+        let Command::Work(args) = cli.command else {
+            panic!("not work");
+        };
+        assert_eq!(args.queues, ["a", "b"]);
+        assert_eq!(args.concurrency, 4);
+        assert_eq!(args.command, ["tr", "a-z", "A-Z"]);
+        assert!(parse(&["work", "--queue", "a"]).is_err());
+        assert!(parse(&["work", "--queue", "a", "--concurrency", "0", "--", "cat"]).is_err());
+        Ok(())
+    }
+}

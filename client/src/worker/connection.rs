@@ -1,0 +1,696 @@
+//! The worker's connection loop: one [`Runner`] owns all mutable worker state
+//! (running leases, unacknowledged results, the task set) and is the only
+//! code that touches it, so there is no lock; handler tasks talk to it
+//! through channels.
+//!
+//! Per connection (a "session"): send Hello, expect Welcome, resend the
+//! unacknowledged results, then one `select!` loop over (in priority order)
+//! finished tasks, the gateway's messages, the watchdog and shutdown. Any
+//! end of a session — error, silence, end of stream, Drain — is followed by
+//! a jittered, growing backoff and a new session, until a graceful shutdown
+//! has nothing left to deliver.
+//!
+//! Invariants:
+//! - A lease is in `running` from its Task until its handler finished, then
+//!   in `unacked` until a ResultAck for it arrives (any code). So exactly one
+//!   result is produced per lease and it survives reconnects.
+//! - Every message to the gateway goes through the session's one mpsc
+//!   (the request stream): a lease's progress, sent by its task directly,
+//!   is enqueued before its result, which the loop enqueues after hearing
+//!   that the task finished.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{FutureExt as _, Stream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use super::handler::{CancelSignal, Handler, TaskContext, TaskError};
+use super::{Config, Connector, transport};
+use crate::convert;
+use crate::error::is_transient_status;
+use crate::pb::workers_client::WorkersClient;
+use crate::pb::{self, dispatch_message, task_result, worker_message};
+use crate::retry::Backoff;
+
+/// Used when a Welcome names no heartbeat interval.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// The gateway is taken for dead after this many heartbeat intervals of
+/// silence (it pings once per interval, so three misses are no accident).
+const WATCHDOG_INTERVALS: u32 = 3;
+/// After a graceful end-of-stream, how long the gateway gets to close its
+/// side before the socket is dropped anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The request stream's sender.
+type Outgoing = mpsc::Sender<pb::WorkerMessage>;
+
+/// A handler finished (or was never started because it was cancelled first).
+struct Finished {
+    ticket_id: String,
+    lease_id: String,
+    outcome: Result<pb::Payload, TaskError>,
+}
+
+/// A result sent (or to be sent) and not yet acknowledged.
+struct Unacked {
+    /// Completion order, so a resend keeps it.
+    order: u64,
+    message: pb::WorkerMessage,
+}
+
+/// Why a session ended: decides the log line, not the next step (which is
+/// always "back off, then reconnect", unless the worker is done).
+enum SessionEnd {
+    ConnectFailed(String),
+    HandshakeFailed(String),
+    Broken(tonic::Status),
+    Closed,
+    Silent(Duration),
+    Stalled,
+    Drained,
+    Shutdown,
+}
+
+pub(super) struct Runner {
+    config: Config,
+    handler: Arc<dyn Handler>,
+    /// `max_in_flight` permits; a handler runs only while holding one.
+    permits: Arc<Semaphore>,
+    /// Graceful stop requested.
+    shutdown: CancellationToken,
+    /// Hard stop: parent of every session's kill switch and every task's
+    /// cancellation.
+    hard: CancellationToken,
+    /// The current session id, published for `WorkerHandle::connected`.
+    session: watch::Sender<Option<String>>,
+    /// The current request stream's sender, published for task contexts.
+    link: watch::Sender<Option<Outgoing>>,
+    /// Leases whose handler has not finished, with their cancellation.
+    running: HashMap<String, Arc<CancelSignal>>,
+    /// Results not yet acknowledged, by lease id.
+    unacked: HashMap<String, Unacked>,
+    next_order: u64,
+    /// Every handler task: aborted with the runner (abort, shutdown timeout).
+    tasks: JoinSet<()>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    done_rx: mpsc::UnboundedReceiver<Finished>,
+    backoff: Backoff,
+}
+
+impl Runner {
+    pub(super) fn new(
+        config: Config,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+        hard: CancellationToken,
+        session: watch::Sender<Option<String>>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        // `build` checked max_in_flight <= 10000, so this never truncates.
+        let permits = Arc::new(Semaphore::new(config.max_in_flight as usize));
+        Runner {
+            config,
+            handler,
+            permits,
+            shutdown,
+            hard,
+            session,
+            link: watch::channel(None).0,
+            running: HashMap::new(),
+            unacked: HashMap::new(),
+            next_order: 0,
+            tasks: JoinSet::new(),
+            done_tx,
+            done_rx,
+            backoff,
+        }
+    }
+
+    /// Serves until a graceful shutdown has delivered everything, or the
+    /// shutdown timeout elapses. (An abort drops this future instead.)
+    pub(super) async fn run(mut self) {
+        let shutdown = self.shutdown.clone();
+        let limit = self.config.shutdown_timeout;
+        let timed_out = async move {
+            shutdown.cancelled().await;
+            match limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let completed = tokio::select! {
+            () = self.serve() => true,
+            () = timed_out => false,
+        };
+        if !completed {
+            warn!(
+                in_flight = self.running.len(),
+                unacknowledged = self.unacked.len(),
+                "shutdown timeout elapsed; stopping hard"
+            );
+        }
+        self.hard.cancel();
+        self.session.send_replace(None);
+        self.link.send_replace(None);
+        self.tasks.shutdown().await;
+        info!("worker stopped");
+    }
+
+    /// A graceful shutdown is complete.
+    fn finished(&self) -> bool {
+        self.shutdown.is_cancelled() && self.running.is_empty() && self.unacked.is_empty()
+    }
+
+    async fn serve(&mut self) {
+        loop {
+            if self.finished() {
+                return;
+            }
+            let end = self.session().await;
+            self.session.send_replace(None);
+            self.link.send_replace(None);
+            log_end(&end);
+            if self.finished() {
+                return;
+            }
+            let delay = self.backoff.next_delay();
+            debug!(?delay, "reconnecting after backoff");
+            self.pause(delay).await;
+        }
+    }
+
+    /// Waits out a backoff while still collecting finished tasks (their
+    /// results wait in `unacked` for the next session).
+    async fn pause(&mut self, delay: Duration) {
+        let wake = Instant::now() + delay;
+        loop {
+            if self.finished() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => return,
+                Some(done) = self.done_rx.recv() => {
+                    self.record(done);
+                }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => log_join(joined),
+                () = self.shutdown.cancelled(), if !self.shutdown.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// One connection, from Hello to its end.
+    async fn session(&mut self) -> SessionEnd {
+        // Thrown on every way out of here, including this future being
+        // dropped (abort, shutdown timeout): the socket must not outlive
+        // the session.
+        let kill = self.hard.child_token();
+        let _kill_on_exit = kill.clone().drop_guard();
+
+        let channel = match &self.config.connector {
+            Connector::Endpoint(endpoint) => match transport::connect(endpoint, kill.clone()).await
+            {
+                Ok(channel) => channel,
+                Err(err) => return SessionEnd::ConnectFailed(error_chain(&err)),
+            },
+            Connector::Channel(channel) => channel.clone(),
+        };
+        let (tx, rx) = mpsc::channel(link_capacity(self.config.max_in_flight));
+        let hello = pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(pb::Hello {
+                worker_name: self.config.name.clone(),
+                queues: self.config.queues.clone(),
+                max_in_flight: self.config.max_in_flight,
+            })),
+        };
+        if tx.try_send(hello).is_err() {
+            return SessionEnd::HandshakeFailed("the request stream refused the Hello".into());
+        }
+
+        let mut client = WorkersClient::new(channel);
+        let handshake = self.config.handshake_timeout;
+        let opened = tokio::time::timeout(handshake, async {
+            let mut inbound = client
+                .connect(Outbound::new(rx, kill.clone()))
+                .await?
+                .into_inner();
+            let first = inbound.message().await?;
+            Ok::<_, tonic::Status>((inbound, first))
+        })
+        .await;
+        let (mut inbound, welcome) = match opened {
+            Err(_) => {
+                return SessionEnd::HandshakeFailed(format!("no Welcome within {handshake:?}"));
+            }
+            Ok(Err(status)) => return SessionEnd::Broken(status),
+            Ok(Ok((inbound, Some(first)))) => match first.kind {
+                Some(dispatch_message::Kind::Welcome(welcome)) => (inbound, welcome),
+                other => {
+                    return SessionEnd::HandshakeFailed(format!(
+                        "expected Welcome, got {}",
+                        dispatch_kind_name(other.as_ref())
+                    ));
+                }
+            },
+            Ok(Ok((_, None))) => {
+                return SessionEnd::HandshakeFailed("the stream ended before Welcome".into());
+            }
+        };
+
+        let heartbeat = welcome
+            .heartbeat_interval
+            .as_ref()
+            .map(convert::duration_from_proto)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_HEARTBEAT);
+        let watchdog = heartbeat.saturating_mul(WATCHDOG_INTERVALS);
+        info!(
+            session_id = %welcome.session_id,
+            ?heartbeat,
+            lease_ttl = ?welcome.lease_ttl.as_ref().map(convert::duration_from_proto),
+            queues = ?self.config.queues,
+            "connected"
+        );
+        self.link.send_replace(Some(tx.clone()));
+        self.session.send_replace(Some(welcome.session_id));
+
+        // Unacknowledged results first, in completion order.
+        let mut resend: Vec<_> = self
+            .unacked
+            .values()
+            .map(|unacked| (unacked.order, unacked.message.clone()))
+            .collect();
+        if !resend.is_empty() {
+            info!(count = resend.len(), "resending unacknowledged results");
+        }
+        resend.sort_by_key(|(order, _)| *order);
+        for (_, message) in resend {
+            if !send(&tx, message, watchdog).await {
+                return SessionEnd::Stalled;
+            }
+        }
+
+        let silence = tokio::time::sleep(watchdog);
+        tokio::pin!(silence);
+        let mut draining = false;
+        let mut shutdown_noted = self.shutdown.is_cancelled();
+        loop {
+            let idle = self.running.is_empty() && self.unacked.is_empty();
+            if idle && (draining || self.shutdown.is_cancelled()) {
+                let end = if self.shutdown.is_cancelled() {
+                    SessionEnd::Shutdown
+                } else {
+                    SessionEnd::Drained
+                };
+                self.link.send_replace(None);
+                drop(tx);
+                close(inbound).await;
+                return end;
+            }
+            tokio::select! {
+                // Completions before new work (their permits and acks matter
+                // more than the next message).
+                biased;
+                Some(done) = self.done_rx.recv() => {
+                    let message = self.record(done);
+                    if !send(&tx, message, watchdog).await {
+                        return SessionEnd::Stalled;
+                    }
+                }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => log_join(joined),
+                received = inbound.message() => match received {
+                    Ok(Some(message)) => {
+                        silence.as_mut().reset(Instant::now() + watchdog);
+                        if let Some(end) = self.dispatch(message, &tx, watchdog, &mut draining).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Closed,
+                    Err(status) => return SessionEnd::Broken(status),
+                },
+                () = &mut silence => return SessionEnd::Silent(watchdog),
+                () = self.shutdown.cancelled(), if !shutdown_noted => {
+                    shutdown_noted = true;
+                    info!(in_flight = self.running.len(), "shutting down: finishing in-flight tasks");
+                }
+            }
+        }
+    }
+
+    /// Handles one message from the gateway; `Some` ends the session.
+    async fn dispatch(
+        &mut self,
+        message: pb::DispatchMessage,
+        tx: &Outgoing,
+        watchdog: Duration,
+        draining: &mut bool,
+    ) -> Option<SessionEnd> {
+        match message.kind {
+            Some(dispatch_message::Kind::Ping(ping)) => {
+                if !*draining {
+                    // A healthy session: the next reconnect starts fast again.
+                    self.backoff.reset();
+                }
+                let heartbeat = pb::WorkerMessage {
+                    kind: Some(worker_message::Kind::Heartbeat(pb::Heartbeat {
+                        nonce: ping.nonce,
+                    })),
+                };
+                if !send(tx, heartbeat, watchdog).await {
+                    return Some(SessionEnd::Stalled);
+                }
+            }
+            Some(dispatch_message::Kind::Task(task)) => {
+                if !*draining {
+                    self.backoff.reset();
+                }
+                self.start(task);
+            }
+            Some(dispatch_message::Kind::Cancel(cancel)) => self.cancel(cancel),
+            Some(dispatch_message::Kind::ResultAck(ack)) => self.acknowledged(ack),
+            Some(dispatch_message::Kind::Drain(drain)) => {
+                if !*draining {
+                    info!(
+                        reason = %drain.reason,
+                        in_flight = self.running.len(),
+                        "the gateway is draining: finishing in-flight tasks, then reconnecting"
+                    );
+                }
+                *draining = true;
+            }
+            Some(dispatch_message::Kind::Welcome(_)) => {
+                warn!("a second Welcome on one stream; ignored")
+            }
+            None => debug!("an empty dispatch message; ignored"),
+        }
+        None
+    }
+
+    /// Runs a new lease in its own task.
+    fn start(&mut self, task: pb::Task) {
+        if self.shutdown.is_cancelled() {
+            // No protocol message says "stop sending": the lease is left
+            // unanswered and the gateway requeues it when this connection
+            // closes, once the in-flight tasks are delivered.
+            info!(
+                ticket_id = %task.ticket_id,
+                lease_id = %task.lease_id,
+                "shutting down: not starting a new task (the gateway requeues it)"
+            );
+            return;
+        }
+        if self.running.contains_key(&task.lease_id) || self.unacked.contains_key(&task.lease_id) {
+            warn!(lease_id = %task.lease_id, "a second Task for a known lease; ignored");
+            return;
+        }
+        let signal = Arc::new(CancelSignal::child_of(&self.hard));
+        self.running.insert(task.lease_id.clone(), signal.clone());
+        let span = info_span!(
+            "task",
+            ticket_id = %task.ticket_id,
+            lease_id = %task.lease_id,
+            queue = %task.queue,
+            attempt = task.attempt,
+        );
+        let ticket_id = task.ticket_id.clone();
+        let lease_id = task.lease_id.clone();
+        let ctx = TaskContext::new(task, signal, self.link.subscribe());
+        let handler = self.handler.clone();
+        let permits = self.permits.clone();
+        let done = self.done_tx.clone();
+        self.tasks.spawn(
+            async move {
+                let outcome = run_handler(handler, permits, ctx).await;
+                // Fails only once the runner is gone, and then the result
+                // has nowhere to go anyway.
+                let _ = done.send(Finished {
+                    ticket_id,
+                    lease_id,
+                    outcome,
+                });
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The gateway cancelled a lease: tell its handler.
+    fn cancel(&mut self, cancel: pb::Cancel) {
+        let reason = cancel.reason();
+        match self.running.get(&cancel.lease_id) {
+            Some(signal) => {
+                info!(
+                    ticket_id = %cancel.ticket_id,
+                    lease_id = %cancel.lease_id,
+                    ?reason,
+                    message = %cancel.message,
+                    "cancelled by the gateway"
+                );
+                signal.cancel(reason, cancel.message);
+            }
+            None => debug!(
+                lease_id = %cancel.lease_id,
+                ?reason,
+                "Cancel for a lease that is not running (its result is on its way)"
+            ),
+        }
+    }
+
+    /// A result was recorded or rejected: either way it is final.
+    fn acknowledged(&mut self, ack: pb::ResultAck) {
+        if self.unacked.remove(&ack.lease_id).is_none() {
+            debug!(lease_id = %ack.lease_id, "ResultAck for no pending result (a resend's second ack)");
+            return;
+        }
+        let code = tonic::Code::from_i32(ack.code);
+        let (ticket_id, lease_id, message) = (&ack.ticket_id, &ack.lease_id, &ack.message);
+        match code {
+            tonic::Code::Ok => debug!(%ticket_id, %lease_id, "result recorded"),
+            tonic::Code::AlreadyExists => {
+                debug!(%ticket_id, %lease_id, "result already recorded (resend)")
+            }
+            // Routine after a Cancel, an attempt timeout or a lost lease.
+            tonic::Code::FailedPrecondition => {
+                info!(%ticket_id, %lease_id, %message, "result discarded: the lease is no longer current")
+            }
+            tonic::Code::NotFound => {
+                warn!(%ticket_id, %lease_id, %message, "result discarded: no such ticket")
+            }
+            _ => error!(%ticket_id, %lease_id, ?code, %message, "result rejected by the gateway"),
+        }
+    }
+
+    /// Moves a finished lease from `running` to `unacked` and returns its
+    /// result message.
+    fn record(&mut self, done: Finished) -> pb::WorkerMessage {
+        self.running.remove(&done.lease_id);
+        let outcome = match done.outcome {
+            Ok(payload) => task_result::Outcome::Success(payload),
+            Err(err) => {
+                debug!(lease_id = %done.lease_id, error = %err, "task failed");
+                task_result::Outcome::Failure(err.into_failure())
+            }
+        };
+        let message = pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Result(pb::TaskResult {
+                ticket_id: done.ticket_id,
+                lease_id: done.lease_id.clone(),
+                outcome: Some(outcome),
+            })),
+        };
+        self.unacked.insert(
+            done.lease_id,
+            Unacked {
+                order: self.next_order,
+                message: message.clone(),
+            },
+        );
+        self.next_order += 1;
+        message
+    }
+}
+
+/// Runs the handler under a permit, turning a panic into a failure.
+async fn run_handler(
+    handler: Arc<dyn Handler>,
+    permits: Arc<Semaphore>,
+    ctx: TaskContext,
+) -> Result<pb::Payload, TaskError> {
+    let permit = tokio::select! {
+        biased;
+        permit = permits.acquire_owned() => permit.ok(),
+        () = ctx.cancelled() => None,
+    };
+    let Some(_permit) = permit else {
+        return Err(TaskError::new(
+            tonic::Code::Cancelled,
+            "cancelled before it started",
+            false,
+        ));
+    };
+    match AssertUnwindSafe(handler.handle(ctx)).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".to_owned());
+            error!(panic = %what, "handler panicked");
+            Err(TaskError::new(
+                tonic::Code::Internal,
+                format!("handler panicked: {what}"),
+                true,
+            ))
+        }
+    }
+}
+
+/// Enqueues one message; `false` if the stream is gone or the gateway has
+/// not read anything for `limit` (then the session is over).
+async fn send(tx: &Outgoing, message: pb::WorkerMessage, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, tx.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// After our end-of-stream, lets the gateway close its side.
+async fn close(mut inbound: tonic::Streaming<pb::DispatchMessage>) {
+    let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drained).await;
+}
+
+/// Room for one result per lease plus heartbeats and progress; a full
+/// channel means the gateway stopped reading.
+fn link_capacity(max_in_flight: u32) -> usize {
+    usize::try_from(max_in_flight)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64)
+}
+
+fn log_end(end: &SessionEnd) {
+    match end {
+        SessionEnd::ConnectFailed(err) => warn!(error = %err, "cannot connect to the gateway"),
+        SessionEnd::HandshakeFailed(why) => warn!(%why, "handshake failed"),
+        SessionEnd::Broken(status) if is_transient_status(status) => {
+            warn!(code = ?status.code(), message = %status.message(), "connection lost")
+        }
+        SessionEnd::Broken(status) => error!(
+            code = ?status.code(),
+            message = %status.message(),
+            "the gateway refused the worker (retrying after backoff)"
+        ),
+        SessionEnd::Closed => warn!("the gateway ended the stream"),
+        SessionEnd::Silent(after) => {
+            warn!(?after, "nothing from the gateway; dropping the connection")
+        }
+        SessionEnd::Stalled => warn!("the gateway stopped reading; dropping the connection"),
+        SessionEnd::Drained => info!("drained; reconnecting"),
+        SessionEnd::Shutdown => info!("all results delivered; connection closed"),
+    }
+}
+
+fn log_join(joined: Result<(), JoinError>) {
+    match joined {
+        Err(err) if err.is_panic() => error!(error = %err, "a task wrapper panicked"),
+        _ => {}
+    }
+}
+
+/// `Display` of an error and its sources, joined by ": " (tonic's transport
+/// error alone only says "transport error").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn dispatch_kind_name(kind: Option<&dispatch_message::Kind>) -> &'static str {
+    match kind {
+        Some(dispatch_message::Kind::Welcome(_)) => "Welcome",
+        Some(dispatch_message::Kind::Task(_)) => "Task",
+        Some(dispatch_message::Kind::Cancel(_)) => "Cancel",
+        Some(dispatch_message::Kind::ResultAck(_)) => "ResultAck",
+        Some(dispatch_message::Kind::Ping(_)) => "Ping",
+        Some(dispatch_message::Kind::Drain(_)) => "Drain",
+        None => "an empty message",
+    }
+}
+
+/// The request stream: the session's mpsc, except that once the kill switch
+/// is thrown it goes silent forever instead of ending. A clean end would be
+/// an HTTP/2 END_STREAM, i.e. a polite goodbye; a crash says nothing.
+struct Outbound {
+    rx: mpsc::Receiver<pb::WorkerMessage>,
+    kill: CancellationToken,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Outbound {
+    fn new(rx: mpsc::Receiver<pb::WorkerMessage>, kill: CancellationToken) -> Self {
+        let killed = Box::pin(kill.clone().cancelled_owned());
+        Outbound { rx, kill, killed }
+    }
+}
+
+impl Stream for Outbound {
+    type Item = pb::WorkerMessage;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.kill.is_cancelled() || this.killed.as_mut().poll(cx).is_ready() {
+            // Never woken again: silence, not an end-of-stream.
+            return Poll::Pending;
+        }
+        this.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn outbound_ends_cleanly_when_closed_but_goes_silent_when_killed() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut clean = Outbound::new(rx, CancellationToken::new());
+        let _ = tx.send(pb::WorkerMessage::default()).await;
+        drop(tx);
+        assert!(clean.next().await.is_some());
+        assert!(clean.next().await.is_none());
+
+        let (tx, rx) = mpsc::channel(4);
+        let kill = CancellationToken::new();
+        let mut killed = Outbound::new(rx, kill.clone());
+        let _ = tx.send(pb::WorkerMessage::default()).await;
+        kill.cancel();
+        drop(tx);
+        let next = tokio::time::timeout(Duration::from_millis(20), killed.next()).await;
+        assert!(next.is_err(), "a killed stream must neither yield nor end");
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(error_chain(&outer), "connection refused");
+        assert_eq!(link_capacity(10_000), 10_064);
+    }
+}

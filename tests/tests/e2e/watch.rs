@@ -1,0 +1,206 @@
+//! Watchers: fan-out, resume without gaps, keepalives.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use asyncgate_client::pb;
+use asyncgate_client::worker::{TaskContext, handler_fn};
+use asyncgate_client::{Submit, payload};
+use asyncgate_tests::{TestGateway, json, state};
+
+#[tokio::test]
+async fn a_hundred_watchers_all_see_the_terminal_event() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let worker = gateway
+        .worker("fanout")
+        .handler(handler_fn(move |task: TaskContext| {
+            let mut release = release_rx.clone();
+            async move {
+                task.progress(50, "half way").await;
+                release.wait_for(|r| *r).await.unwrap();
+                Ok(payload::json("done".into()))
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let ticket = client.submit(Submit::new("fanout").build()).await.unwrap();
+    let mut watchers = Vec::new();
+    let (subscribed_tx, mut subscribed_rx) = tokio::sync::mpsc::channel(100);
+    for _ in 0..100 {
+        let client = client.clone();
+        let id = ticket.id.clone();
+        let subscribed = subscribed_tx.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut events = client.watch(&id, None).await.unwrap();
+            let first = events.next().await.unwrap().unwrap();
+            assert_eq!(first.kind, pb::TicketEventKind::Snapshot as i32);
+            subscribed.send(()).await.unwrap();
+            let mut last = first;
+            while let Some(event) = events.next().await {
+                last = event.unwrap();
+            }
+            last.ticket.unwrap()
+        }));
+    }
+    for _ in 0..100 {
+        subscribed_rx.recv().await.unwrap();
+    }
+    release_tx.send(true).unwrap();
+    for watcher in watchers {
+        let ticket = watcher.await.unwrap();
+        assert_eq!(state(&ticket), pb::TicketState::Succeeded);
+        assert_eq!(ticket.result, Some(json("done".into())));
+    }
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn resume_with_after_seq_replays_chunks_without_gap_or_duplicate() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let mut raw = client.raw();
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let worker = gateway
+        .worker("chunks")
+        .handler(handler_fn(move |task: TaskContext| {
+            let mut release = release_rx.clone();
+            async move {
+                for part in ["a", "b", "c"] {
+                    task.output(payload::json(part.into())).await;
+                }
+                release.wait_for(|r| *r).await.unwrap();
+                task.output(payload::json("d".into())).await;
+                Ok(payload::json("abcd".into()))
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let ticket = client.submit(Submit::new("chunks").build()).await.unwrap();
+
+    // First watcher: read until chunk "c", remember chunk "a"'s seq, leave.
+    let mut first = raw
+        .watch_ticket(pb::WatchTicketRequest {
+            id: ticket.id.clone(),
+            after_seq: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut outputs = Vec::new();
+    while outputs.len() < 3 {
+        let event = first.next().await.unwrap().unwrap();
+        if event.kind == pb::TicketEventKind::Output as i32 {
+            outputs.push((event.seq, event.output.unwrap()));
+        }
+    }
+    assert_eq!(
+        outputs.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>(),
+        vec![json("a".into()), json("b".into()), json("c".into())]
+    );
+    drop(first);
+
+    // Reconnect as if we had processed only "a".
+    let after = outputs[0].0;
+    let mut resumed = raw
+        .watch_ticket(pb::WatchTicketRequest {
+            id: ticket.id.clone(),
+            after_seq: Some(after),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = resumed.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    release_tx.send(true).unwrap();
+    let mut seen = Vec::new();
+    let mut terminal = None;
+    while let Some(event) = resumed.next().await {
+        let event = event.unwrap();
+        if event.kind == pb::TicketEventKind::Output as i32 {
+            seen.push(event.output.unwrap());
+        } else if event.kind != pb::TicketEventKind::Keepalive as i32 {
+            terminal = event.ticket;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![json("b".into()), json("c".into()), json("d".into())],
+        "resumed stream must continue exactly after \"a\""
+    );
+    let terminal = terminal.unwrap();
+    assert_eq!(state(&terminal), pb::TicketState::Succeeded);
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn idle_watch_streams_carry_keepalives() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let ticket = client.submit(Submit::new("idle").build()).await.unwrap();
+    let mut raw = client.raw();
+    let mut stream = raw
+        .watch_ticket(pb::WatchTicketRequest {
+            id: ticket.id.clone(),
+            after_seq: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = stream.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    let keepalive = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a keepalive within the cadence")
+        .unwrap()
+        .unwrap();
+    assert_eq!(keepalive.kind, pb::TicketEventKind::Keepalive as i32);
+    assert_eq!(keepalive.seq, snapshot.seq);
+    assert!(keepalive.ticket.is_none());
+    client.cancel(&ticket.id, "").await.unwrap();
+    let last = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        state(last.ticket.as_ref().unwrap()),
+        pb::TicketState::Cancelled
+    );
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after the terminal event"
+    );
+}
+
+#[tokio::test]
+async fn watch_and_long_poll_never_miss_a_racing_completion() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let worker = gateway
+        .worker("race")
+        .max_in_flight(16)
+        .handler(handler_fn(|_task: TaskContext| async {
+            Ok(payload::json(1.into()))
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    for _ in 0..50 {
+        let ticket = client.submit(Submit::new("race").build()).await.unwrap();
+        let (watched, polled) = tokio::join!(
+            async {
+                let mut events = client.watch(&ticket.id, None).await.unwrap();
+                let mut last = None;
+                while let Some(event) = events.next().await {
+                    last = event.unwrap().ticket;
+                }
+                last.unwrap()
+            },
+            client.get(&ticket.id, Some(Duration::from_secs(10)))
+        );
+        assert_eq!(state(&watched), pb::TicketState::Succeeded);
+        assert_eq!(state(&polled.unwrap()), pb::TicketState::Succeeded);
+    }
+    worker.shutdown();
+}
