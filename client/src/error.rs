@@ -113,10 +113,17 @@ pub(crate) fn is_transient_status(status: &tonic::Status) -> bool {
 
 /// The sources of `err` (not `err` itself), joined by ": ".
 fn source_chain(err: &tonic::transport::Error) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     let mut source = err.source();
     while let Some(cause) = source {
-        parts.push(cause.to_string());
+        let text = cause.to_string();
+        // Layers often repeat their source's text ("tcp connect error" then
+        // "tcp connect error: Connection refused"): keep the fuller one.
+        match parts.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            Some(last) if last.contains(&text) => {}
+            _ => parts.push(text),
+        }
         source = cause.source();
     }
     if parts.is_empty() {

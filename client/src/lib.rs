@@ -31,6 +31,8 @@
 //!   exactly one result per lease.
 //! - `bin/asyncgate/`: the `asyncgate` CLI, built on the above.
 
+#![warn(missing_docs)]
+
 mod client;
 pub mod convert;
 mod error;

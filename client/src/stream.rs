@@ -13,8 +13,11 @@
 //! a SNAPSHOT whose seq is that of the latest event it reflects; when
 //! `after_seq` was given, the stored OUTPUT chunks with
 //! `after_seq < seq <= snapshot.seq` follow it; then live events with
-//! `seq > snapshot.seq`, each one higher than the last. KEEPALIVE events carry
-//! no ticket and only prove the stream is alive.
+//! `seq > snapshot.seq`, each one higher than the last. A watcher that fell
+//! behind gets a resynchronisation SNAPSHOT mid-stream, followed the same way
+//! by the stored chunks after the last seq it was sent. KEEPALIVE events
+//! carry no ticket and only prove the stream is alive. A gateway that shuts
+//! down ends watches with UNAVAILABLE (or just ends them): both resume.
 
 use std::fmt;
 use std::pin::Pin;
@@ -75,10 +78,11 @@ impl Default for ResumeOptions {
 /// gateway answers with an error (e.g. `NOT_FOUND`) or when
 /// [`ResumeOptions::max_attempts`] reconnects in a row failed.
 ///
-/// One corner: a stream resumed with `after_seq` on a ticket that already
-/// finished gets the terminal SNAPSHOT *before* the replayed OUTPUT chunks
-/// (the server's order); the stream then ends when the server closes it, so
-/// read to the end rather than stopping at the first terminal state.
+/// One corner: a resumed (or resynchronised) stream of a ticket that has
+/// finished meanwhile gets the terminal SNAPSHOT *before* the replayed
+/// OUTPUT chunks (the server's order); the stream then ends when the server
+/// closes it, so read to the end rather than stopping at the first terminal
+/// state.
 pub struct EventStream {
     inner: BoxStream<'static, Result<pb::TicketEvent, ClientError>>,
 }
@@ -125,17 +129,27 @@ pub(crate) enum Verdict {
 }
 
 /// The resume bookkeeping of one ticket's event stream.
+///
+/// Rules:
+/// - The caller has seen everything up to `seq`; non-SNAPSHOT events at or
+///   below it are duplicates (replays after a resume) and are dropped.
+/// - Only the first SNAPSHOT of a stream opened *without* `after_seq` moves
+///   the cursor (to its seq): nothing is replayed after it. Every other
+///   SNAPSHOT — the first of a resumed stream, or a resynchronisation
+///   mid-stream — is followed by the stored chunks after the last seq, which
+///   lie *below* the snapshot's seq, so it leaves the cursor alone.
+/// - A terminal non-SNAPSHOT event ends the stream, as does the terminal
+///   first SNAPSHOT of a fresh stream. A terminal SNAPSHOT that chunks may
+///   follow only marks the ticket as over: the stream ends when the gateway
+///   closes it (or sends a KEEPALIVE, i.e. has nothing more).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cursor {
     /// The highest seq the caller has processed, i.e. the `after_seq` of the
     /// next (re)open. Starts as the caller's own `after_seq`.
     seq: Option<u64>,
-    /// Whether the current stream was opened with `after_seq`: then its
-    /// SNAPSHOT is followed by replayed chunks *below* the snapshot's seq, so
-    /// the snapshot must not move the cursor.
-    resumed: bool,
-    /// A terminal SNAPSHOT arrived on a resumed stream: only replayed chunks
-    /// can follow, and the stream ends when the server closes it.
+    /// The next SNAPSHOT is the first of a stream opened without `after_seq`.
+    fresh: bool,
+    /// A terminal SNAPSHOT arrived that replayed chunks may follow.
     terminal_seen: bool,
 }
 
@@ -144,7 +158,7 @@ impl Cursor {
     pub(crate) fn new(after_seq: Option<u64>) -> Self {
         Cursor {
             seq: after_seq,
-            resumed: false,
+            fresh: false,
             terminal_seen: false,
         }
     }
@@ -156,7 +170,7 @@ impl Cursor {
 
     /// A new stream was opened with `after_seq`.
     pub(crate) fn opened(&mut self, after_seq: Option<u64>) {
-        self.resumed = after_seq.is_some();
+        self.fresh = after_seq.is_none();
         self.terminal_seen = false;
     }
 
@@ -174,19 +188,18 @@ impl Cursor {
             .is_some_and(|ticket| is_terminal(ticket.state()));
         match event.kind() {
             pb::TicketEventKind::Keepalive => Verdict::KeepAlive,
+            pb::TicketEventKind::Snapshot if self.fresh => {
+                self.fresh = false;
+                self.seq = Some(self.seq.map_or(event.seq, |seq| seq.max(event.seq)));
+                Verdict::Deliver { end: terminal }
+            }
             pb::TicketEventKind::Snapshot => {
-                if !self.resumed {
-                    self.seq = Some(self.seq.map_or(event.seq, |seq| seq.max(event.seq)));
-                }
-                if terminal && self.resumed {
-                    // Replayed chunks with seq <= snapshot.seq may follow.
-                    self.terminal_seen = true;
-                    Verdict::Deliver { end: false }
-                } else {
-                    Verdict::Deliver { end: terminal }
-                }
+                // Replayed chunks with seq <= snapshot.seq may follow.
+                self.terminal_seen |= terminal;
+                Verdict::Deliver { end: false }
             }
             _ => {
+                self.fresh = false;
                 if self.seq.is_some_and(|seq| event.seq <= seq) {
                     return Verdict::Duplicate;
                 }
@@ -482,6 +495,31 @@ mod tests {
         // A fresh open resets the flag (the new snapshot decides again).
         c.opened(Some(12));
         assert!(!c.terminal_seen());
+    }
+
+    #[test]
+    fn mid_stream_resync_keeps_the_replayed_chunks() {
+        // The gateway's watcher lagged after seq 4: it sends a fresh snapshot
+        // (seq 9) and then the stored chunks after 4.
+        let mut c = Cursor::new(None);
+        c.opened(None);
+        c.accept(&event(3, K::Snapshot, S::Running));
+        c.accept(&event(4, K::Output, S::Running));
+        assert_eq!(c.accept(&event(9, K::Snapshot, S::Running)), deliver(false));
+        assert_eq!(c.resume_point(), Some(4));
+        assert_eq!(c.accept(&event(6, K::Output, S::Running)), deliver(false));
+        assert_eq!(c.accept(&event(8, K::Output, S::Running)), deliver(false));
+        assert_eq!(c.accept(&event(10, K::State, S::Succeeded)), deliver(true));
+    }
+
+    #[test]
+    fn terminal_resync_waits_for_the_replay() {
+        let mut c = Cursor::new(None);
+        c.opened(None);
+        c.accept(&event(1, K::Snapshot, S::Running));
+        assert_eq!(c.accept(&event(5, K::Snapshot, S::Failed)), deliver(false));
+        assert!(c.terminal_seen());
+        assert_eq!(c.accept(&event(3, K::Output, S::Running)), deliver(false));
     }
 
     #[test]

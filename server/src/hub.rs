@@ -162,7 +162,7 @@ mod tests {
         t.finish(TicketState::Succeeded, None, SystemTime::now());
         hub.publish(TicketChange {
             kind: EventKind::State,
-            ticket: t.clone(),
+            ticket: Arc::new(t.clone()),
             output: None,
         });
         assert!(!hub.is_watched(t.id), "terminal change closes the channel");

@@ -18,7 +18,7 @@ use asyncgate_proto::v1 as pb;
 use crate::config::{Config, StoreConfig};
 use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, TicketId};
-use crate::engine::{Engine, EngineListener, MemoryEngine, Revocation, TicketChange};
+use crate::engine::{Engine, EngineListener, LocalEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
@@ -107,7 +107,7 @@ impl Running {
 
 fn build_engine(config: &Config) -> Arc<dyn Engine> {
     match config.store {
-        StoreConfig::Memory => Arc::new(MemoryEngine::new(config.engine.clone())),
+        StoreConfig::Memory => Arc::new(LocalEngine::in_memory(config.engine.clone())),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -191,9 +191,6 @@ struct TaskInner {
     deadline: Option<SystemTime>,
     cancel: Arc<CancelSignal>,
     link: Link,
-    /// The last progress reported: an OUTPUT message repeats it so a chunk
-    /// never reads as "progress went back to 0%".
-    last_progress: Mutex<(u32, String)>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -224,7 +221,6 @@ impl TaskContext {
                 metadata: task.metadata,
                 cancel,
                 link,
-                last_progress: Mutex::new((0, String::new())),
             }),
         }
     }
@@ -282,9 +278,6 @@ impl TaskContext {
     /// it anyway).
     pub async fn progress(&self, percent: u32, message: &str) {
         let percent = percent.min(100);
-        if let Ok(mut last) = self.inner.last_progress.lock() {
-            *last = (percent, message.to_owned());
-        }
         let sender = self.inner.link.borrow().clone();
         if let Some(sender) = sender {
             let _ = sender
@@ -297,12 +290,11 @@ impl TaskContext {
     /// sent. While the worker is disconnected this waits for the next
     /// connection rather than lose the chunk (it returns early if the task is
     /// cancelled or the worker stops).
+    ///
+    /// The chunk travels alone (percent 0, no message): the gateway reads
+    /// that as "output only" and leaves the reported progress as it was.
     pub async fn output(&self, chunk: pb::Payload) {
-        let (percent, message) = match self.inner.last_progress.lock() {
-            Ok(last) => last.clone(),
-            Err(_) => (0, String::new()),
-        };
-        let message = self.progress_message(percent, message, Some(chunk));
+        let message = self.progress_message(0, String::new(), Some(chunk));
         let mut link = self.inner.link.clone();
         let sender = tokio::select! {
             sender = wait_for_link(&mut link) => sender,
@@ -403,10 +395,12 @@ mod tests {
             Some((100, "half"))
         );
         let second = progress_of(rx.recv().await);
-        // The chunk repeats the last progress rather than resetting it.
+        // A chunk alone: no percent, no message.
         assert_eq!(
-            second.as_ref().map(|p| (p.percent, p.output.is_some())),
-            Some((100, true))
+            second
+                .as_ref()
+                .map(|p| (p.percent, p.message.as_str(), p.output.is_some())),
+            Some((0, "", true))
         );
     }
 

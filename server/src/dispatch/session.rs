@@ -351,7 +351,7 @@ impl Session {
                     ticket_id: ticket.id.to_string(),
                     lease_id: claimed.lease.lease_id.to_string(),
                     queue: ticket.queue.to_string(),
-                    payload: Some(ticket.payload.clone()),
+                    payload: Some((*ticket.payload).clone()),
                     metadata: (*ticket.metadata).clone(),
                     attempt: ticket.attempt,
                     max_attempts: ticket.max_attempts,

@@ -154,8 +154,8 @@ pub struct Ticket {
     pub priority: i32,
     /// Caller's labels (shared: snapshots are frequent).
     pub metadata: Arc<HashMap<String, String>>,
-    /// The request body.
-    pub payload: Payload,
+    /// The request body (shared: it is handed to every attempt).
+    pub payload: Arc<Payload>,
     /// Submit time.
     pub created_at: SystemTime,
     /// Last change.
@@ -186,6 +186,9 @@ pub struct Ticket {
     pub worker_losses: u32,
     /// FIFO position within its priority, assigned each time it is queued.
     pub enqueue_seq: u64,
+    /// Engine bookkeeping, not stored: the journal append that last wrote
+    /// this record, which a reader waits for before showing it.
+    pub journal_seq: u64,
 }
 
 impl Ticket {
@@ -199,7 +202,7 @@ impl Ticket {
             max_attempts: new.max_attempts,
             priority: new.priority,
             metadata: Arc::new(new.metadata),
-            payload: new.payload,
+            payload: Arc::new(new.payload),
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -215,6 +218,7 @@ impl Ticket {
             not_before: None,
             worker_losses: 0,
             enqueue_seq: 0,
+            journal_seq: 0,
         }
     }
 

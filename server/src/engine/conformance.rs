@@ -124,7 +124,7 @@ pub(crate) async fn submit_then_get(factory: Factory) {
     assert_eq!(t.state, TicketState::Pending);
     assert_eq!(t.seq, 1);
     assert_eq!(t.attempt, 0);
-    assert_eq!(t.payload, body("request"));
+    assert_eq!(*t.payload, body("request"));
     assert!(matches!(
         h.engine.get(TicketId::new()).await,
         Err(EngineError::NotFound(_))

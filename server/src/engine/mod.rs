@@ -6,14 +6,15 @@
 //! (in seq order per ticket), queues that gained ready work, and leases that a
 //! worker must be told to drop.
 
-pub mod memory;
+pub mod journal;
+pub mod local;
 
 #[cfg(test)]
 mod conformance;
 
 #[cfg(test)]
 conformance::engine_conformance!(memory_conformance, |config| {
-    std::sync::Arc::new(crate::engine::MemoryEngine::new(config))
+    std::sync::Arc::new(crate::engine::LocalEngine::in_memory(config))
 });
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::domain::{
     TicketState,
 };
 
-pub use memory::MemoryEngine;
+pub use local::LocalEngine;
 
 /// Settings every engine applies to transitions.
 #[derive(Debug, Clone)]
@@ -217,7 +218,7 @@ pub struct TicketChange {
     /// What changed.
     pub kind: EventKind,
     /// Snapshot after the change (its `seq` is the event's seq).
-    pub ticket: Ticket,
+    pub ticket: Arc<Ticket>,
     /// The chunk of an output event.
     pub output: Option<Payload>,
 }

@@ -70,6 +70,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TicketEvent, Status>> + 
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
+    #[tracing::instrument(name = "submit", skip_all, fields(queue = %request.get_ref().queue))]
     async fn submit(
         &self,
         request: Request<pb::SubmitRequest>,
@@ -80,6 +81,7 @@ impl Gateway for GatewayService {
 
     type ExecuteStream = EventStream;
 
+    #[tracing::instrument(name = "execute", skip_all, fields(queue = %request.get_ref().queue))]
     async fn execute(
         &self,
         request: Request<pb::SubmitRequest>,
@@ -91,6 +93,7 @@ impl Gateway for GatewayService {
         Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
     }
 
+    #[tracing::instrument(name = "get_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
     async fn get_ticket(
         &self,
         request: Request<pb::GetTicketRequest>,
@@ -106,6 +109,7 @@ impl Gateway for GatewayService {
 
     type WatchTicketStream = EventStream;
 
+    #[tracing::instrument(name = "watch_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
     async fn watch_ticket(
         &self,
         request: Request<pb::WatchTicketRequest>,
@@ -122,6 +126,7 @@ impl Gateway for GatewayService {
         )))
     }
 
+    #[tracing::instrument(name = "cancel_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
     async fn cancel_ticket(
         &self,
         request: Request<pb::CancelTicketRequest>,
@@ -141,6 +146,7 @@ impl Gateway for GatewayService {
         Ok(Response::new(self.core.present(&ticket).await))
     }
 
+    #[tracing::instrument(name = "list_tickets", skip_all, fields(queue = %request.get_ref().queue))]
     async fn list_tickets(
         &self,
         request: Request<pb::ListTicketsRequest>,

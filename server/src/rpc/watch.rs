@@ -200,7 +200,7 @@ impl Core {
             tokio::select! {
                 received = subscription.recv() => match received {
                     Received::Change(change) if change.ticket.state.is_terminal() => {
-                        return Ok(change.ticket.clone());
+                        return Ok((*change.ticket).clone());
                     }
                     Received::Change(_) => {}
                     Received::Lagged | Received::Closed => {

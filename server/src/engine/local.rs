@@ -1,9 +1,12 @@
-//! The in-memory engine: fast, and gone when the process ends.
+//! The local engine: ticket state in process memory, the hot path of both the
+//! memory store and the durable embedded store (which adds a journal, see
+//! `journal.rs`).
 //!
 //! Tickets live in sharded maps (one `std::sync::Mutex` per shard, never held
 //! across an await); each queue has its own ready index. Every transition
-//! happens under its ticket's shard lock, and listener calls for a ticket are
-//! made under that lock too, so watchers see a ticket's events in seq order.
+//! happens under its ticket's shard lock and is appended to the journal under
+//! that lock too, so watchers see a ticket's events in seq order. Callers are
+//! answered only after the journal says their append is durable.
 //!
 //! Lock order (outer to inner): idempotency shard → ticket shard → queue
 //! index. Sessions are locked on their own, never while holding another lock.
@@ -17,11 +20,12 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use super::journal::{Journal, MemoryJournal, Mutation};
 use super::{
     Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter, ListPage,
     ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted, TicketChange,
 };
-use crate::domain::ticket::{EventKind, codes};
+use crate::domain::ticket::{EventKind, Payload, codes};
 use crate::domain::{
     Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketError, TicketId,
     TicketState,
@@ -79,6 +83,8 @@ struct TimerEffects {
     forget: Vec<(SessionId, LeaseId)>,
     /// Idempotency keys of deleted tickets.
     deleted_keys: Vec<(String, TicketId)>,
+    /// The latest journal append made.
+    journal_seq: u64,
 }
 
 struct SessionRecord {
@@ -87,7 +93,7 @@ struct SessionRecord {
 }
 
 /// See the module docs.
-pub struct MemoryEngine {
+pub struct LocalEngine {
     config: EngineConfig,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
@@ -96,6 +102,7 @@ pub struct MemoryEngine {
     sessions: Box<[Mutex<HashMap<SessionId, SessionRecord>>]>,
     enqueue_seq: AtomicU64,
     listener: OnceLock<Arc<dyn EngineListener>>,
+    journal: Arc<dyn Journal>,
 }
 
 /// Locks a mutex, recovering from poisoning: state transitions never leave a
@@ -114,9 +121,14 @@ fn shard_of<K: Hash>(hasher: &RandomState, key: &K) -> usize {
     (hasher.hash_one(key) as usize) % SHARDS
 }
 
-impl MemoryEngine {
-    /// An empty engine.
-    pub fn new(config: EngineConfig) -> Self {
+impl LocalEngine {
+    /// An empty engine that keeps nothing beyond the process.
+    pub fn in_memory(config: EngineConfig) -> Self {
+        Self::with_journal(config, Arc::new(MemoryJournal::default()))
+    }
+
+    /// An empty engine whose transitions go through `journal`.
+    pub fn with_journal(config: EngineConfig, journal: Arc<dyn Journal>) -> Self {
         Self {
             config,
             hasher: RandomState::new(),
@@ -126,6 +138,7 @@ impl MemoryEngine {
             sessions: sharded(),
             enqueue_seq: AtomicU64::new(1),
             listener: OnceLock::new(),
+            journal,
         }
     }
 
@@ -158,22 +171,59 @@ impl MemoryEngine {
         self.listener.get()
     }
 
-    /// Tells watchers about a change; call under the ticket's shard lock.
-    fn emit(
+    /// Journals a ticket's new state (and the watcher event, if `kind`);
+    /// call under the ticket's shard lock. Returns the append number.
+    fn commit(
         &self,
-        kind: EventKind,
-        ticket: &Ticket,
-        output: Option<&crate::domain::ticket::Payload>,
-    ) {
-        if let Some(listener) = self.listener()
-            && listener.watching(ticket.id)
-        {
-            listener.ticket_changed(TicketChange {
-                kind,
-                ticket: ticket.clone(),
-                output: output.cloned(),
-            });
+        ticket: &mut Ticket,
+        kind: Option<EventKind>,
+        output: Option<&Payload>,
+    ) -> u64 {
+        self.commit_with(ticket, kind, output, Vec::new(), false)
+    }
+
+    fn commit_with(
+        &self,
+        ticket: &mut Ticket,
+        kind: Option<EventKind>,
+        output: Option<&Payload>,
+        mut mutations: Vec<Mutation>,
+        with_payload: bool,
+    ) -> u64 {
+        let durable = self.journal.wants_mutations();
+        let watched = kind.is_some()
+            && self
+                .listener()
+                .is_some_and(|listener| listener.watching(ticket.id));
+        if !durable && !watched {
+            return 0;
         }
+        let snapshot = Arc::new(ticket.clone());
+        if durable {
+            mutations.insert(
+                0,
+                Mutation::PutTicket {
+                    ticket: snapshot.clone(),
+                    with_payload,
+                },
+            );
+        }
+        let events = match kind {
+            Some(kind) if durable || watched => vec![TicketChange {
+                kind,
+                ticket: snapshot,
+                output: output.cloned(),
+            }],
+            _ => Vec::new(),
+        };
+        let seq = self.journal.append(mutations, events);
+        ticket.journal_seq = seq;
+        seq
+    }
+
+    /// Waits until append `seq` is durable.
+    async fn durable(&self, seq: u64) -> Result<(), EngineError> {
+        self.journal.durable(seq).await
     }
 
     fn revoke(&self, lease: &Lease, ticket_id: TicketId, reason: RevokeReason, message: String) {
@@ -269,7 +319,7 @@ impl MemoryEngine {
             Timer::Retention,
             ticket.id,
         ));
-        self.emit(EventKind::State, ticket, None);
+        self.commit(ticket, Some(EventKind::State), None);
     }
 
     /// Ends the current attempt without success: retry (after backoff unless
@@ -328,7 +378,7 @@ impl MemoryEngine {
         };
         ticket.touch(now);
         let ready = self.enqueue(shard, ticket);
-        self.emit(EventKind::State, ticket, None);
+        self.commit(ticket, Some(EventKind::State), None);
         ready
     }
 
@@ -350,6 +400,13 @@ impl MemoryEngine {
     ) -> Option<QueueName> {
         if let Timer::Tombstone = timer {
             shard.tombstones.remove(&id);
+            if self.journal.wants_mutations() {
+                let seq = self.journal.append(
+                    vec![Mutation::DeleteTombstone { ticket_id: id }],
+                    Vec::new(),
+                );
+                effects.journal_seq = effects.journal_seq.max(seq);
+            }
             return None;
         }
         let mut ticket = shard.tickets.remove(&id)?;
@@ -421,6 +478,16 @@ impl MemoryEngine {
             }
             Timer::Retention if ticket.state.is_terminal() => {
                 shard.chunks.remove(&id);
+                if self.journal.wants_mutations() {
+                    let seq = self.journal.append(
+                        vec![Mutation::DeleteTicket {
+                            ticket_id: id,
+                            deleted_at: now,
+                        }],
+                        Vec::new(),
+                    );
+                    effects.journal_seq = effects.journal_seq.max(seq);
+                }
                 shard.tombstones.insert(id, now);
                 shard
                     .timers
@@ -432,6 +499,7 @@ impl MemoryEngine {
             }
             _ => {}
         }
+        effects.journal_seq = effects.journal_seq.max(ticket.journal_seq);
         shard.tickets.insert(id, ticket);
         ready
     }
@@ -443,11 +511,13 @@ impl MemoryEngine {
         ticket_id: TicketId,
         lease_id: LeaseId,
         reason: ReleaseReason,
-    ) -> Option<QueueName> {
+    ) -> (Option<QueueName>, u64) {
         let now = SystemTime::now();
         let mut shard = lock(self.shard(&ticket_id));
         let shard = &mut *shard;
-        let mut ticket = shard.tickets.remove(&ticket_id)?;
+        let Some(mut ticket) = shard.tickets.remove(&ticket_id) else {
+            return (None, 0);
+        };
         let mut ready = None;
         if ticket.is_leased_by(lease_id) {
             match reason {
@@ -464,7 +534,7 @@ impl MemoryEngine {
                     if self.enqueue(shard, &mut ticket) {
                         ready = Some(ticket.queue.clone());
                     }
-                    self.emit(EventKind::State, &ticket, None);
+                    self.commit(&mut ticket, Some(EventKind::State), None);
                 }
                 ReleaseReason::WorkerLost => {
                     let error = TicketError {
@@ -481,8 +551,9 @@ impl MemoryEngine {
                 }
             }
         }
+        let seq = ticket.journal_seq;
         shard.tickets.insert(ticket_id, ticket);
-        ready
+        (ready, seq)
     }
 
     /// Why `lease_id` is not current for `ticket`.
@@ -507,76 +578,28 @@ impl MemoryEngine {
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
+impl Engine for LocalEngine {
     fn set_listener(&self, listener: Arc<dyn EngineListener>) {
+        self.journal.set_listener(listener.clone());
         let _ = self.listener.set(listener);
     }
 
     async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
-        let now = SystemTime::now();
-        let key = new.idempotency_key.clone();
-        let mut idempotency = key
-            .as_ref()
-            .map(|k| lock(&self.idempotency[shard_of(&self.hasher, k)]));
-        if let (Some(map), Some(key)) = (idempotency.as_deref(), key.as_ref())
-            && let Some(existing) = map.get(key).copied()
-        {
-            let shard = lock(self.shard(&existing));
-            if let Some(ticket) = shard.tickets.get(&existing) {
-                if ticket.queue != new.queue {
-                    return Err(EngineError::IdempotencyConflict {
-                        key: key.clone(),
-                        existing,
-                        queue: ticket.queue.clone(),
-                    });
-                }
-                return Ok(Submitted {
-                    ticket: ticket.clone(),
-                    created: false,
-                });
-            }
-        }
-        let id = TicketId::new();
-        let mut ticket = Ticket::create(id, new, now);
-        let ready;
-        {
-            let mut shard = lock(self.shard(&id));
-            let shard = &mut *shard;
-            {
-                let index = self.queue(&ticket.queue);
-                let index = lock(&index);
-                if index.pending() >= self.config.max_pending_per_queue {
-                    return Err(EngineError::QueueFull {
-                        queue: ticket.queue.clone(),
-                        limit: self.config.max_pending_per_queue,
-                    });
-                }
-            }
-            ready = self.enqueue(shard, &mut ticket);
-            if let Some(deadline) = ticket.deadline {
-                shard.timers.insert((deadline, Timer::Deadline, id));
-            }
-            shard.tickets.insert(id, ticket.clone());
-        }
-        if let (Some(map), Some(key)) = (idempotency.as_deref_mut(), key) {
-            map.insert(key, id);
-        }
-        drop(idempotency);
-        if ready {
-            self.notify_ready(&ticket.queue);
-        }
-        Ok(Submitted {
-            ticket,
-            created: true,
-        })
+        let (ticket, created) = self.store_new(new)?;
+        self.durable(ticket.journal_seq).await?;
+        Ok(Submitted { ticket, created })
     }
 
     async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
-        let shard = lock(self.shard(&id));
-        match shard.tickets.get(&id) {
-            Some(ticket) => Ok(ticket.clone()),
-            None => Err(Self::lookup_error(&shard, id)),
-        }
+        let ticket = {
+            let shard = lock(self.shard(&id));
+            match shard.tickets.get(&id) {
+                Some(ticket) => ticket.clone(),
+                None => return Err(Self::lookup_error(&shard, id)),
+            }
+        };
+        self.durable(ticket.journal_seq).await?;
+        Ok(ticket)
     }
 
     async fn get_with_chunks(
@@ -584,19 +607,23 @@ impl Engine for MemoryEngine {
         id: TicketId,
         after_seq: u64,
     ) -> Result<(Ticket, Vec<Chunk>), EngineError> {
-        let shard = lock(self.shard(&id));
-        let Some(ticket) = shard.tickets.get(&id) else {
-            return Err(Self::lookup_error(&shard, id));
+        let (ticket, chunks) = {
+            let shard = lock(self.shard(&id));
+            let Some(ticket) = shard.tickets.get(&id) else {
+                return Err(Self::lookup_error(&shard, id));
+            };
+            let chunks = shard
+                .chunks
+                .get(&id)
+                .map(|chunks| {
+                    let start = chunks.partition_point(|c| c.seq <= after_seq);
+                    chunks[start..].to_vec()
+                })
+                .unwrap_or_default();
+            (ticket.clone(), chunks)
         };
-        let chunks = shard
-            .chunks
-            .get(&id)
-            .map(|chunks| {
-                let start = chunks.partition_point(|c| c.seq <= after_seq);
-                chunks[start..].to_vec()
-            })
-            .unwrap_or_default();
-        Ok((ticket.clone(), chunks))
+        self.durable(ticket.journal_seq).await?;
+        Ok((ticket, chunks))
     }
 
     async fn tickets_ahead(&self, ticket: &Ticket) -> Result<u64, EngineError> {
@@ -643,10 +670,12 @@ impl Engine for MemoryEngine {
         let more = ids.len() > page_size;
         ids.truncate(page_size);
         let next = if more { ids.last().copied() } else { None };
-        let tickets = ids
+        let tickets: Vec<Ticket> = ids
             .into_iter()
             .filter_map(|id| picked.remove(&id))
             .collect();
+        let newest_write = tickets.iter().map(|t| t.journal_seq).max().unwrap_or(0);
+        self.durable(newest_write).await?;
         Ok(ListPage { tickets, next })
     }
 
@@ -688,7 +717,9 @@ impl Engine for MemoryEngine {
         if let Some((session_id, lease_id)) = forget {
             self.forget_session_lease(session_id, lease_id);
         }
-        result
+        let ticket = result?;
+        self.durable(ticket.journal_seq).await?;
+        Ok(ticket)
     }
 
     async fn touch_session(
@@ -708,16 +739,19 @@ impl Engine for MemoryEngine {
 
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
         let record = lock(self.session_shard(&session_id)).remove(&session_id);
+        let mut last_write = 0;
         if let Some(record) = record {
             let mut ready = BTreeSet::new();
             for (lease_id, ticket_id) in record.leases {
-                ready.extend(self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost));
+                let (queue, seq) = self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost);
+                ready.extend(queue);
+                last_write = last_write.max(seq);
             }
             for queue in ready {
                 self.notify_ready(&queue);
             }
         }
-        Ok(())
+        self.durable(last_write).await
     }
 
     async fn claim(
@@ -769,9 +803,11 @@ impl Engine for MemoryEngine {
             }
             ticket.lease = Some(lease.clone());
             ticket.touch(now);
-            let ticket = ticket.clone();
-            self.emit(EventKind::State, &ticket, None);
-            claimed.push(Claimed { ticket, lease });
+            self.commit(ticket, Some(EventKind::State), None);
+            claimed.push(Claimed {
+                ticket: ticket.clone(),
+                lease,
+            });
         }
         let mut kept = Vec::with_capacity(claimed.len());
         let mut orphaned = false;
@@ -796,7 +832,14 @@ impl Engine for MemoryEngine {
         if orphaned {
             self.notify_ready(queue);
         }
-        Ok(kept.into_iter().flatten().collect())
+        let claimed: Vec<Claimed> = kept.into_iter().flatten().collect();
+        let last_write = claimed
+            .iter()
+            .map(|c| c.ticket.journal_seq)
+            .max()
+            .unwrap_or(0);
+        self.durable(last_write).await?;
+        Ok(claimed)
     }
 
     async fn release(
@@ -814,49 +857,16 @@ impl Engine for MemoryEngine {
         if let Some(session_id) = session {
             self.forget_session_lease(session_id, lease_id);
         }
-        if let Some(queue) = self.lose_lease(ticket_id, lease_id, reason) {
+        let (queue, seq) = self.lose_lease(ticket_id, lease_id, reason);
+        if let Some(queue) = queue {
             self.notify_ready(&queue);
         }
-        Ok(())
+        self.durable(seq).await
     }
 
     async fn progress(&self, report: ProgressReport) -> Result<(), EngineError> {
-        let now = SystemTime::now();
-        let mut shard = lock(self.shard(&report.ticket_id));
-        let shard = &mut *shard;
-        let Some(ticket) = shard.tickets.get_mut(&report.ticket_id) else {
-            return Err(Self::lookup_error(shard, report.ticket_id));
-        };
-        if !ticket.is_leased_by(report.lease_id) {
-            return Err(EngineError::StaleLease {
-                ticket_id: report.ticket_id,
-                lease_id: report.lease_id,
-                reason: Self::stale_reason(ticket, report.lease_id),
-            });
-        }
-        if let Some(progress) = report.progress {
-            ticket.progress = Some(progress);
-            ticket.touch(now);
-            let snapshot = &*ticket;
-            self.emit(EventKind::Progress, snapshot, None);
-        }
-        if let Some(output) = report.output {
-            let chunks = shard.chunks.entry(report.ticket_id).or_default();
-            if chunks.len() >= MAX_CHUNKS_PER_TICKET {
-                return Err(EngineError::LimitExceeded(format!(
-                    "ticket {} already holds {MAX_CHUNKS_PER_TICKET} output chunks; send larger chunks or put the rest in the result",
-                    report.ticket_id
-                )));
-            }
-            ticket.touch(now);
-            chunks.push(Chunk {
-                seq: ticket.seq,
-                output: output.clone(),
-            });
-            let snapshot = &*ticket;
-            self.emit(EventKind::Output, snapshot, Some(&output));
-        }
-        Ok(())
+        let seq = self.record_progress(report)?;
+        self.durable(seq).await
     }
 
     async fn complete(
@@ -891,9 +901,10 @@ impl Engine for MemoryEngine {
                         self.finish(shard, &mut ticket, TicketState::Succeeded, None, now);
                     }
                     Outcome::Failure(error) => {
+                        ticket.completed_by = Some(lease_id);
                         ready = self.end_attempt(shard, &mut ticket, error, false, now);
-                        if ticket.state.is_terminal() {
-                            ticket.completed_by = Some(lease_id);
+                        if !ticket.state.is_terminal() {
+                            ticket.completed_by = None;
                         }
                     }
                 }
@@ -909,7 +920,10 @@ impl Engine for MemoryEngine {
         if let Some(queue) = ready {
             self.notify_ready(&queue);
         }
-        result
+        let completion = result?;
+        let (Completion::Recorded(ticket) | Completion::Duplicate(ticket)) = &completion;
+        self.durable(ticket.journal_seq).await?;
+        Ok(completion)
     }
 
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
@@ -937,6 +951,7 @@ impl Engine for MemoryEngine {
                 entry.remove();
             }
         }
+        let mut last_write = effects.journal_seq;
         let mut expired_sessions = Vec::new();
         for sessions in self.sessions.iter() {
             lock(sessions).retain(|id, record| {
@@ -950,13 +965,124 @@ impl Engine for MemoryEngine {
         for (session_id, leases) in expired_sessions {
             tracing::warn!(%session_id, leases = leases.len(), "worker session expired; its leases are lost");
             for (lease_id, ticket_id) in leases {
-                ready.extend(self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost));
+                let (queue, seq) = self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost);
+                ready.extend(queue);
+                last_write = last_write.max(seq);
             }
         }
         for queue in ready {
             self.notify_ready(&queue);
         }
-        Ok(())
+        self.durable(last_write).await
+    }
+}
+
+impl LocalEngine {
+    /// The synchronous part of `submit`: the stored ticket and whether it is
+    /// new (false when an idempotency key matched).
+    fn store_new(&self, new: NewTicket) -> Result<(Ticket, bool), EngineError> {
+        let now = SystemTime::now();
+        let key = new.idempotency_key.clone();
+        let mut idempotency = key
+            .as_ref()
+            .map(|k| lock(&self.idempotency[shard_of(&self.hasher, k)]));
+        if let (Some(map), Some(key)) = (idempotency.as_deref(), key.as_ref())
+            && let Some(existing) = map.get(key).copied()
+            && let Some(ticket) = lock(self.shard(&existing)).tickets.get(&existing)
+        {
+            if ticket.queue != new.queue {
+                return Err(EngineError::IdempotencyConflict {
+                    key: key.clone(),
+                    existing,
+                    queue: ticket.queue.clone(),
+                });
+            }
+            return Ok((ticket.clone(), false));
+        }
+        let id = TicketId::new();
+        let mut ticket = Ticket::create(id, new, now);
+        let ready;
+        {
+            let mut shard = lock(self.shard(&id));
+            let shard = &mut *shard;
+            {
+                let index = self.queue(&ticket.queue);
+                let index = lock(&index);
+                if index.pending() >= self.config.max_pending_per_queue {
+                    return Err(EngineError::QueueFull {
+                        queue: ticket.queue.clone(),
+                        limit: self.config.max_pending_per_queue,
+                    });
+                }
+            }
+            ready = self.enqueue(shard, &mut ticket);
+            if let Some(deadline) = ticket.deadline {
+                shard.timers.insert((deadline, Timer::Deadline, id));
+            }
+            self.commit_with(&mut ticket, None, None, Vec::new(), true);
+            shard.tickets.insert(id, ticket.clone());
+        }
+        if let (Some(map), Some(key)) = (idempotency.as_deref_mut(), key) {
+            map.insert(key, id);
+        }
+        drop(idempotency);
+        if ready {
+            self.notify_ready(&ticket.queue);
+        }
+        Ok((ticket, true))
+    }
+
+    /// The synchronous part of `progress`; returns the journal append.
+    fn record_progress(&self, report: ProgressReport) -> Result<u64, EngineError> {
+        let now = SystemTime::now();
+        let mut shard = lock(self.shard(&report.ticket_id));
+        let shard = &mut *shard;
+        let Some(ticket) = shard.tickets.get_mut(&report.ticket_id) else {
+            return Err(Self::lookup_error(shard, report.ticket_id));
+        };
+        if !ticket.is_leased_by(report.lease_id) {
+            return Err(EngineError::StaleLease {
+                ticket_id: report.ticket_id,
+                lease_id: report.lease_id,
+                reason: Self::stale_reason(ticket, report.lease_id),
+            });
+        }
+        if let Some(progress) = report.progress {
+            ticket.progress = Some(progress);
+            ticket.touch(now);
+            self.commit(ticket, Some(EventKind::Progress), None);
+        }
+        if let Some(output) = report.output {
+            let chunks = shard.chunks.entry(report.ticket_id).or_default();
+            if chunks.len() >= MAX_CHUNKS_PER_TICKET {
+                return Err(EngineError::LimitExceeded(format!(
+                    "ticket {} already holds {MAX_CHUNKS_PER_TICKET} output chunks; send larger chunks or put the rest in the result",
+                    report.ticket_id
+                )));
+            }
+            ticket.touch(now);
+            let chunk = Chunk {
+                seq: ticket.seq,
+                output,
+            };
+            chunks.push(chunk.clone());
+            let mutations = if self.journal.wants_mutations() {
+                vec![Mutation::PutChunk {
+                    ticket_id: report.ticket_id,
+                    chunk: chunk.clone(),
+                }]
+            } else {
+                Vec::new()
+            };
+            self.commit_with(
+                ticket,
+                Some(EventKind::Output),
+                Some(&chunk.output),
+                mutations,
+                false,
+            );
+        }
+        Ok(ticket.journal_seq)
     }
 }
 

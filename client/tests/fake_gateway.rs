@@ -1,0 +1,631 @@
+//! The SDK against scripted fake gateways on `127.0.0.1:0`: every protocol
+//! step (Hello/Welcome, heartbeats, results and their resend after a
+//! reconnect, Cancel, Drain, graceful shutdown, abort) and the resumable
+//! watch, without needing the real server.
+//!
+//! Each fake hands the test one `Conn` per stream (its inbound messages and
+//! an outbound sender), so a test reads like the protocol transcript.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use asyncgate_client::pb::{self, dispatch_message, worker_message};
+use asyncgate_client::worker::{TaskContext, TaskError, Worker, WorkerHandle, handler_fn};
+use asyncgate_client::{Client, payload};
+use futures::{Stream, StreamExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// A test step that takes longer than this is a failure, not a hang.
+const STEP: Duration = Duration::from_secs(10);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+async fn step<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(STEP, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+// ---------------------------------------------------------------- workers
+
+/// One worker stream as the fake gateway sees it.
+struct Conn {
+    inbound: Streaming<pb::WorkerMessage>,
+    tx: mpsc::Sender<Result<pb::DispatchMessage, Status>>,
+}
+
+impl Conn {
+    async fn recv(&mut self) -> pb::worker_message::Kind {
+        match step("a worker message", self.inbound.message()).await {
+            Ok(Some(pb::WorkerMessage { kind: Some(kind) })) => kind,
+            other => panic!("expected a worker message, got {other:?}"),
+        }
+    }
+
+    async fn send(&self, kind: dispatch_message::Kind) {
+        let message = pb::DispatchMessage { kind: Some(kind) };
+        if self.tx.send(Ok(message)).await.is_err() {
+            panic!("the worker's stream is gone");
+        }
+    }
+
+    /// Hello → Welcome; returns the Hello.
+    async fn welcome(&mut self, session_id: &str, heartbeat: Duration) -> pb::Hello {
+        let hello = match self.recv().await {
+            worker_message::Kind::Hello(hello) => hello,
+            other => panic!("expected Hello, got {other:?}"),
+        };
+        self.send(dispatch_message::Kind::Welcome(pb::Welcome {
+            session_id: session_id.into(),
+            lease_ttl: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            heartbeat_interval: Some(prost_types::Duration {
+                seconds: i64::try_from(heartbeat.as_secs()).unwrap_or(1),
+                nanos: i32::try_from(heartbeat.subsec_nanos()).unwrap_or(0),
+            }),
+        }))
+        .await;
+        hello
+    }
+
+    async fn task(&self, lease: &str, value: serde_json::Value) {
+        self.send(dispatch_message::Kind::Task(pb::Task {
+            ticket_id: format!("ticket-{lease}"),
+            lease_id: lease.into(),
+            queue: "upper".into(),
+            payload: Some(payload::json(value)),
+            attempt: 1,
+            max_attempts: 3,
+            ..Default::default()
+        }))
+        .await;
+    }
+
+    async fn ack(&self, lease: &str, code: tonic::Code) {
+        self.send(dispatch_message::Kind::ResultAck(pb::ResultAck {
+            ticket_id: format!("ticket-{lease}"),
+            lease_id: lease.into(),
+            code: code as i32,
+            message: String::new(),
+        }))
+        .await;
+    }
+
+    async fn result(&mut self) -> pb::TaskResult {
+        loop {
+            match self.recv().await {
+                worker_message::Kind::Result(result) => return result,
+                // Heartbeats may interleave; progress is checked elsewhere.
+                worker_message::Kind::Heartbeat(_) | worker_message::Kind::Progress(_) => {}
+                other => panic!("expected a Result, got {other:?}"),
+            }
+        }
+    }
+}
+
+struct FakeWorkers {
+    conns: mpsc::Sender<Conn>,
+}
+
+#[tonic::async_trait]
+impl pb::workers_server::Workers for FakeWorkers {
+    type ConnectStream = BoxStream<pb::DispatchMessage>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let conn = Conn {
+            inbound: request.into_inner(),
+            tx,
+        };
+        self.conns
+            .send(conn)
+            .await
+            .map_err(|_| Status::unavailable("test over"))?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn serve_workers() -> (SocketAddr, mpsc::Receiver<Conn>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (conns, rx) = mpsc::channel(8);
+    let service = pb::workers_server::WorkersServer::new(FakeWorkers { conns });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, rx)
+}
+
+async fn next_conn(conns: &mut mpsc::Receiver<Conn>) -> Conn {
+    step("a worker connection", conns.recv())
+        .await
+        .unwrap_or_else(|| panic!("the fake gateway stopped"))
+}
+
+fn upper_worker(addr: SocketAddr) -> WorkerHandle {
+    Worker::builder(addr)
+        .name("test")
+        .queue("upper")
+        .max_in_flight(2)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .handler(handler_fn(|task: TaskContext| async move {
+            match task.json() {
+                Some(serde_json::Value::String(s)) if s == "wait-for-cancel" => {
+                    task.cancelled().await;
+                    Err(TaskError::fatal("stopped"))
+                }
+                Some(serde_json::Value::String(s)) => {
+                    task.progress(50, "halfway").await;
+                    task.output(payload::text("partial")).await;
+                    Ok(payload::json(s.to_uppercase().into()))
+                }
+                _ => Err(TaskError::fatal("expected a JSON string")),
+            }
+        }))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .spawn()
+}
+
+fn success_json(result: &pb::TaskResult) -> Option<serde_json::Value> {
+    match &result.outcome {
+        Some(pb::task_result::Outcome::Success(p)) => payload::to_json(p),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn hello_heartbeat_task_progress_result_in_order() {
+    let (addr, mut conns) = serve_workers().await;
+    let worker = upper_worker(addr);
+    let mut conn = next_conn(&mut conns).await;
+    let hello = conn.welcome("s1", Duration::from_secs(1)).await;
+    assert_eq!(hello.queues, ["upper"]);
+    assert_eq!(hello.max_in_flight, 2);
+    assert_eq!(hello.worker_name, "test");
+    assert_eq!(
+        step("connected", worker.connected()).await.as_deref(),
+        Some("s1")
+    );
+    assert_eq!(worker.session_id().as_deref(), Some("s1"));
+
+    conn.send(dispatch_message::Kind::Ping(pb::Ping { nonce: 7 }))
+        .await;
+    match conn.recv().await {
+        worker_message::Kind::Heartbeat(hb) => assert_eq!(hb.nonce, 7),
+        other => panic!("expected Heartbeat, got {other:?}"),
+    }
+
+    conn.task("L1", "hello".into()).await;
+    match conn.recv().await {
+        worker_message::Kind::Progress(p) => {
+            assert_eq!(
+                (p.lease_id.as_str(), p.percent, p.message.as_str()),
+                ("L1", 50, "halfway")
+            );
+            assert!(p.output.is_none());
+        }
+        other => panic!("expected Progress, got {other:?}"),
+    }
+    match conn.recv().await {
+        worker_message::Kind::Progress(p) => assert!(p.output.is_some()),
+        other => panic!("expected an output chunk, got {other:?}"),
+    }
+    let result = conn.result().await;
+    assert_eq!(result.lease_id, "L1");
+    assert_eq!(success_json(&result), Some("HELLO".into()));
+    conn.ack("L1", tonic::Code::Ok).await;
+
+    // Graceful shutdown with nothing in flight: a clean end of stream.
+    worker.shutdown();
+    loop {
+        match step("end of stream", conn.inbound.message()).await {
+            Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(status) => panic!("expected a clean end, got {status:?}"),
+        }
+    }
+    step("join", worker.join()).await;
+}
+
+#[tokio::test]
+async fn unacknowledged_results_are_resent_first_after_a_reconnect() {
+    let (addr, mut conns) = serve_workers().await;
+    let worker = upper_worker(addr);
+    let mut conn = next_conn(&mut conns).await;
+    conn.welcome("s1", Duration::from_secs(1)).await;
+    conn.task("L1", "abc".into()).await;
+    let first = conn.result().await;
+    assert_eq!(first.lease_id, "L1");
+
+    // The gateway breaks the stream before acknowledging.
+    let _ = conn.tx.send(Err(Status::unavailable("restarting"))).await;
+    drop(conn);
+
+    let mut conn = next_conn(&mut conns).await;
+    conn.welcome("s2", Duration::from_secs(1)).await;
+    assert_eq!(
+        step("next session", worker.next_session("s1"))
+            .await
+            .as_deref(),
+        Some("s2")
+    );
+    match conn.recv().await {
+        worker_message::Kind::Result(again) => assert_eq!(again, first),
+        other => panic!("expected the resent Result first, got {other:?}"),
+    }
+    // Any ack code is final: a FAILED_PRECONDITION is not retried.
+    conn.ack("L1", tonic::Code::FailedPrecondition).await;
+
+    worker.shutdown();
+    while let Ok(Some(message)) = step("end of stream", conn.inbound.message()).await {
+        assert!(
+            !matches!(message.kind, Some(worker_message::Kind::Result(_))),
+            "an acknowledged result was sent again"
+        );
+    }
+    step("join", worker.join()).await;
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_handler_and_still_yields_one_result() {
+    let (addr, mut conns) = serve_workers().await;
+    let worker = upper_worker(addr);
+    let mut conn = next_conn(&mut conns).await;
+    conn.welcome("s1", Duration::from_secs(1)).await;
+    conn.task("L2", "wait-for-cancel".into()).await;
+    conn.send(dispatch_message::Kind::Cancel(pb::Cancel {
+        ticket_id: "ticket-L2".into(),
+        lease_id: "L2".into(),
+        reason: pb::CancelReason::Cancelled as i32,
+        message: "by test".into(),
+    }))
+    .await;
+    let result = conn.result().await;
+    assert_eq!(result.lease_id, "L2");
+    match result.outcome {
+        Some(pb::task_result::Outcome::Failure(f)) => assert_eq!(f.message, "stopped"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    conn.ack("L2", tonic::Code::FailedPrecondition).await;
+    worker.shutdown();
+    step("join", worker.join()).await;
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_work_then_reconnects() {
+    let (addr, mut conns) = serve_workers().await;
+    let worker = upper_worker(addr);
+    let mut conn = next_conn(&mut conns).await;
+    conn.welcome("s1", Duration::from_secs(1)).await;
+    conn.task("L3", "wait-for-cancel".into()).await;
+    conn.send(dispatch_message::Kind::Drain(pb::Drain {
+        reason: "restart".into(),
+    }))
+    .await;
+    // Still in flight: the worker keeps the stream open.
+    conn.send(dispatch_message::Kind::Cancel(pb::Cancel {
+        ticket_id: "ticket-L3".into(),
+        lease_id: "L3".into(),
+        reason: pb::CancelReason::Expired as i32,
+        message: String::new(),
+    }))
+    .await;
+    let result = conn.result().await;
+    assert_eq!(result.lease_id, "L3");
+    conn.ack("L3", tonic::Code::Ok).await;
+    // Idle and drained: the worker ends its stream and comes back.
+    loop {
+        match step("end of the drained stream", conn.inbound.message()).await {
+            Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(status) => panic!("expected a clean end, got {status:?}"),
+        }
+    }
+    let mut conn = next_conn(&mut conns).await;
+    conn.welcome("s2", Duration::from_secs(1)).await;
+    assert_eq!(
+        step("reconnected", worker.next_session("s1"))
+            .await
+            .as_deref(),
+        Some("s2")
+    );
+    worker.shutdown();
+    step("join", worker.join()).await;
+}
+
+#[tokio::test]
+async fn silent_gateway_trips_the_watchdog() {
+    let (addr, mut conns) = serve_workers().await;
+    let worker = upper_worker(addr);
+    let mut conn = next_conn(&mut conns).await;
+    // 50 ms heartbeats: silence for 150 ms means dead.
+    conn.welcome("s1", Duration::from_millis(50)).await;
+    let mut next = next_conn(&mut conns).await;
+    next.welcome("s2", Duration::from_secs(1)).await;
+    assert_eq!(
+        step("reconnected", worker.next_session("s1"))
+            .await
+            .as_deref(),
+        Some("s2")
+    );
+    // The first connection was dropped, not ended politely.
+    assert!(step("old stream", conn.inbound.message()).await.is_err());
+    worker.shutdown();
+    step("join", worker.join()).await;
+}
+
+#[tokio::test]
+async fn abort_drops_the_connection_without_a_word() {
+    let (addr, mut conns) = serve_workers().await;
+    let worker = upper_worker(addr);
+    let mut conn = next_conn(&mut conns).await;
+    conn.welcome("s1", Duration::from_secs(1)).await;
+    conn.task("L4", "wait-for-cancel".into()).await;
+    // Let the task start before the crash.
+    conn.send(dispatch_message::Kind::Ping(pb::Ping { nonce: 1 }))
+        .await;
+    assert!(matches!(
+        conn.recv().await,
+        worker_message::Kind::Heartbeat(_)
+    ));
+
+    worker.abort();
+    match step("the crashed stream", conn.inbound.message()).await {
+        Err(_) => {}
+        Ok(message) => panic!("a crashed worker must send nothing, got {message:?}"),
+    }
+    step("join", worker.join()).await;
+}
+
+#[tokio::test]
+async fn cli_work_maps_stdin_stdout_and_drains_on_sigterm() {
+    let (addr, mut conns) = serve_workers().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asyncgate"))
+        .args([
+            "--server",
+            &format!("http://{addr}"),
+            "work",
+            "--queue",
+            "upper",
+        ])
+        .args(["--concurrency", "2", "--", "tr", "a-z", "A-Z"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = next_conn(&mut conns).await;
+    let hello = conn.welcome("s1", Duration::from_secs(1)).await;
+    assert_eq!(
+        (hello.queues.as_slice(), hello.max_in_flight),
+        (&["upper".to_owned()][..], 2)
+    );
+
+    conn.task("L1", "hello".into()).await;
+    let result = conn.result().await;
+    assert_eq!(success_json(&result), Some("HELLO".into()));
+    conn.task("L2", serde_json::json!({"k": "v"})).await;
+    let result = conn.result().await;
+    assert_eq!(success_json(&result), Some(serde_json::json!({"K": "V"})));
+    conn.ack("L1", tonic::Code::Ok).await;
+    conn.ack("L2", tonic::Code::Ok).await;
+
+    let pid = child.id().unwrap_or_else(|| panic!("no pid")).to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(killed.success());
+    loop {
+        match step("end of stream", conn.inbound.message()).await {
+            Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(status) => panic!("expected a clean end, got {status:?}"),
+        }
+    }
+    let status = step("the CLI exits", child.wait())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status}");
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// One WatchTicket call as the fake gateway sees it.
+struct Watch {
+    after_seq: Option<u64>,
+    tx: mpsc::Sender<Result<pb::TicketEvent, Status>>,
+}
+
+struct FakeGateway {
+    watches: mpsc::Sender<Watch>,
+}
+
+#[tonic::async_trait]
+impl pb::gateway_server::Gateway for FakeGateway {
+    type ExecuteStream = BoxStream<pb::TicketEvent>;
+    type WatchTicketStream = BoxStream<pb::TicketEvent>;
+
+    async fn submit(&self, _: Request<pb::SubmitRequest>) -> Result<Response<pb::Ticket>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn execute(
+        &self,
+        _: Request<pb::SubmitRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_ticket(
+        &self,
+        _: Request<pb::GetTicketRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn watch_ticket(
+        &self,
+        request: Request<pb::WatchTicketRequest>,
+    ) -> Result<Response<Self::WatchTicketStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let watch = Watch {
+            after_seq: request.into_inner().after_seq,
+            tx,
+        };
+        self.watches
+            .send(watch)
+            .await
+            .map_err(|_| Status::unavailable("test over"))?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_ticket(
+        &self,
+        _: Request<pb::CancelTicketRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_tickets(
+        &self,
+        _: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+fn ev(seq: u64, kind: pb::TicketEventKind, state: pb::TicketState) -> pb::TicketEvent {
+    pb::TicketEvent {
+        seq,
+        kind: kind as i32,
+        ticket: (kind != pb::TicketEventKind::Keepalive).then(|| pb::Ticket {
+            id: "t".into(),
+            state: state as i32,
+            seq,
+            ..Default::default()
+        }),
+        output: (kind == pb::TicketEventKind::Output)
+            .then(|| payload::text(format!("chunk {seq}"))),
+    }
+}
+
+impl Watch {
+    async fn send(&self, events: &[(u64, pb::TicketEventKind, pb::TicketState)]) {
+        for &(seq, kind, state) in events {
+            if self.tx.send(Ok(ev(seq, kind, state))).await.is_err() {
+                panic!("the watcher left");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_resumes_without_gap_or_duplicate() {
+    use pb::TicketEventKind::{Keepalive, Output, Snapshot, State};
+    use pb::TicketState::{Running, Succeeded};
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (watches_tx, mut watches) = mpsc::channel(8);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::gateway_server::GatewayServer::new(FakeGateway {
+                watches: watches_tx,
+            }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let client = Client::connect(format!("http://{addr}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let opened = tokio::spawn({
+        let client = client.clone();
+        async move { client.watch("t", None).await }
+    });
+    let first = step("first watch", watches.recv())
+        .await
+        .unwrap_or_else(|| panic!("gone"));
+    let mut events = step("watch opens", opened)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.after_seq, None);
+    first
+        .send(&[
+            (2, Snapshot, Running),
+            (3, Output, Running),
+            (3, Keepalive, Running),
+            (4, Output, Running),
+        ])
+        .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = step("event", events.next()).await;
+        let event = event
+            .unwrap_or_else(|| panic!("ended early"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        seen.push((event.seq, event.kind()));
+    }
+    // The gateway restarts: the stream breaks with UNAVAILABLE.
+    let _ = first
+        .tx
+        .send(Err(Status::unavailable("shutting down")))
+        .await;
+    drop(first);
+
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.unwrap_or_else(|e| panic!("{e}"));
+            rest.push((event.seq, event.kind()));
+        }
+        rest
+    });
+    let second = step("resumed watch", watches.recv())
+        .await
+        .unwrap_or_else(|| panic!("gone"));
+    assert_eq!(second.after_seq, Some(4));
+    // Snapshot at 6; a replay that (wrongly) repeats 4, then 5; live 7.
+    second
+        .send(&[
+            (6, Snapshot, Running),
+            (4, Output, Running),
+            (5, Output, Running),
+            (7, State, Succeeded),
+        ])
+        .await;
+    let rest = step("the rest", reader)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    seen.extend(rest);
+    assert_eq!(
+        seen,
+        [
+            (2, Snapshot),
+            (3, Output),
+            (4, Output),
+            (6, Snapshot),
+            (5, Output),
+            (7, State)
+        ]
+    );
+}

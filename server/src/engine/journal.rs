@@ -1,0 +1,101 @@
+//! The journal: how the local engine makes its transitions durable.
+//!
+//! The local engine applies every transition to its in-memory state under the
+//! ticket's shard lock and, still under that lock, appends the resulting
+//! mutations and watcher events to the journal, which numbers the append. A
+//! caller is answered only once `durable(n)` says its append is on disk, and
+//! watchers hear of a change only after it is durable, in append order (so a
+//! ticket's events keep their seq order). Reads wait for the ticket's last
+//! append too, so nothing not yet durable is ever shown.
+//!
+//! The memory journal is the trivial case: nothing to write, events go out at
+//! once, and every append is "durable" immediately.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::{EngineError, EngineListener, TicketChange};
+use crate::domain::{Chunk, Ticket, TicketId};
+
+/// One change to stored state.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    /// Insert or replace a ticket's record; `with_payload` when its request
+    /// payload must be written too (only at submit).
+    PutTicket {
+        /// The record after the transition.
+        ticket: Arc<Ticket>,
+        /// Write the request payload as well.
+        with_payload: bool,
+    },
+    /// Append a partial-output chunk.
+    PutChunk {
+        /// Its ticket.
+        ticket_id: TicketId,
+        /// The chunk.
+        chunk: Chunk,
+    },
+    /// Delete a ticket with its payload and chunks, leaving a tombstone.
+    DeleteTicket {
+        /// The ticket.
+        ticket_id: TicketId,
+        /// When it was deleted (the tombstone's time).
+        deleted_at: SystemTime,
+    },
+    /// Forget a tombstone.
+    DeleteTombstone {
+        /// The ticket it stood for.
+        ticket_id: TicketId,
+    },
+}
+
+/// Where the local engine's transitions go to become durable.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Whether appends need mutations at all (false for memory: the engine
+    /// then skips building them).
+    fn wants_mutations(&self) -> bool;
+
+    /// Queues mutations and the watcher events they cause; returns the
+    /// append's number. Called under shard locks: must not block.
+    fn append(&self, mutations: Vec<Mutation>, events: Vec<TicketChange>) -> u64;
+
+    /// Resolves once append `n` (and every earlier one) is durable.
+    async fn durable(&self, n: u64) -> Result<(), EngineError>;
+
+    /// Installs the listener that receives the events after durability.
+    fn set_listener(&self, listener: Arc<dyn EngineListener>);
+}
+
+/// The journal of the memory engine: nothing is written, events go out at
+/// once (under the caller's lock, so in order).
+#[derive(Default)]
+pub struct MemoryJournal {
+    listener: OnceLock<Arc<dyn EngineListener>>,
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
+    fn wants_mutations(&self) -> bool {
+        false
+    }
+
+    fn append(&self, _mutations: Vec<Mutation>, events: Vec<TicketChange>) -> u64 {
+        if let Some(listener) = self.listener.get() {
+            for event in events {
+                listener.ticket_changed(event);
+            }
+        }
+        0
+    }
+
+    async fn durable(&self, _n: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn set_listener(&self, listener: Arc<dyn EngineListener>) {
+        let _ = self.listener.set(listener);
+    }
+}
