@@ -98,6 +98,29 @@ impl Conn {
         .await;
     }
 
+    /// Expects the worker's Drain and answers it as the gateway does; the
+    /// worker then ends its stream cleanly.
+    async fn drain_and_close(mut self) {
+        loop {
+            match self.recv().await {
+                worker_message::Kind::Drain(_) => break,
+                worker_message::Kind::Heartbeat(_) => {}
+                other => panic!("expected Drain, got {other:?}"),
+            }
+        }
+        self.send(dispatch_message::Kind::Drain(pb::Drain {
+            reason: "drain acknowledged".into(),
+        }))
+        .await;
+        loop {
+            match step("end of stream", self.inbound.message()).await {
+                Ok(None) => break,
+                Ok(Some(_)) => {}
+                Err(status) => panic!("expected a clean end, got {status:?}"),
+            }
+        }
+    }
+
     async fn result(&mut self) -> pb::TaskResult {
         loop {
             match self.recv().await {
@@ -232,13 +255,7 @@ async fn hello_heartbeat_task_progress_result_in_order() {
 
     // Graceful shutdown with nothing in flight: a clean end of stream.
     worker.shutdown();
-    loop {
-        match step("end of stream", conn.inbound.message()).await {
-            Ok(None) => break,
-            Ok(Some(_)) => {}
-            Err(status) => panic!("expected a clean end, got {status:?}"),
-        }
-    }
+    conn.drain_and_close().await;
     step("join", worker.join()).await;
 }
 
@@ -432,13 +449,7 @@ async fn cli_work_maps_stdin_stdout_and_drains_on_sigterm() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(killed.success());
-    loop {
-        match step("end of stream", conn.inbound.message()).await {
-            Ok(None) => break,
-            Ok(Some(_)) => {}
-            Err(status) => panic!("expected a clean end, got {status:?}"),
-        }
-    }
+    conn.drain_and_close().await;
     let status = step("the CLI exits", child.wait())
         .await
         .unwrap_or_else(|e| panic!("{e}"));

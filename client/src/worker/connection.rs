@@ -42,6 +42,11 @@ use crate::pb::workers_client::WorkersClient;
 use crate::pb::{self, dispatch_message, task_result, worker_message};
 use crate::retry::Backoff;
 
+/// How long a shutting-down worker waits for the gateway to answer its Drain
+/// once every result is acknowledged (a gateway that predates worker drains
+/// never answers).
+const DRAIN_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Used when a Welcome names no heartbeat interval.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 /// The gateway is taken for dead after this many heartbeat intervals of
@@ -303,19 +308,29 @@ impl Runner {
         let silence = tokio::time::sleep(watchdog);
         tokio::pin!(silence);
         let mut draining = false;
-        let mut shutdown_noted = self.shutdown.is_cancelled();
+        let mut shutdown_noted = false;
+        // After our Drain, the gateway closes the stream once it has every
+        // result; this bounds the wait in case it never does.
+        let closing = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(closing);
+        let mut close_armed = false;
         loop {
             let idle = self.running.is_empty() && self.unacked.is_empty();
-            if idle && (draining || self.shutdown.is_cancelled()) {
-                let end = if self.shutdown.is_cancelled() {
+            // The gateway's Drain (its shutdown, or the answer to ours) comes
+            // after every task it sent us: once those are answered, close.
+            if idle && draining {
+                self.link.send_replace(None);
+                drop(tx);
+                close(inbound).await;
+                return if self.shutdown.is_cancelled() {
                     SessionEnd::Shutdown
                 } else {
                     SessionEnd::Drained
                 };
-                self.link.send_replace(None);
-                drop(tx);
-                close(inbound).await;
-                return end;
+            }
+            if idle && shutdown_noted && !close_armed {
+                close_armed = true;
+                closing.as_mut().reset(Instant::now() + DRAIN_CLOSE_WAIT);
             }
             tokio::select! {
                 // Completions before new work (their permits and acks matter
@@ -342,6 +357,20 @@ impl Runner {
                 () = self.shutdown.cancelled(), if !shutdown_noted => {
                     shutdown_noted = true;
                     info!(in_flight = self.running.len(), "shutting down: finishing in-flight tasks");
+                    let drain = pb::WorkerMessage {
+                        kind: Some(worker_message::Kind::Drain(pb::Drain {
+                            reason: "the worker is shutting down".into(),
+                        })),
+                    };
+                    if !send(&tx, drain, watchdog).await {
+                        return SessionEnd::Stalled;
+                    }
+                }
+                () = &mut closing, if close_armed => {
+                    self.link.send_replace(None);
+                    drop(tx);
+                    close(inbound).await;
+                    return SessionEnd::Shutdown;
                 }
             }
         }
@@ -398,17 +427,6 @@ impl Runner {
 
     /// Runs a new lease in its own task.
     fn start(&mut self, task: pb::Task) {
-        if self.shutdown.is_cancelled() {
-            // No protocol message says "stop sending": the lease is left
-            // unanswered and the gateway requeues it when this connection
-            // closes, once the in-flight tasks are delivered.
-            info!(
-                ticket_id = %task.ticket_id,
-                lease_id = %task.lease_id,
-                "shutting down: not starting a new task (the gateway requeues it)"
-            );
-            return;
-        }
         if self.running.contains_key(&task.lease_id) || self.unacked.contains_key(&task.lease_id) {
             warn!(lease_id = %task.lease_id, "a second Task for a known lease; ignored");
             return;

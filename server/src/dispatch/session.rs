@@ -120,6 +120,8 @@ pub async fn run<S>(
         nonce: 0,
         last_heartbeat: Instant::now(),
         attached: false,
+        draining: false,
+        gateway_draining: false,
     };
     session
         .serve(inbound, shutdown, hard_stop)
@@ -181,6 +183,11 @@ struct Session {
     last_heartbeat: Instant,
     /// Whether the queue actors may send us tasks.
     attached: bool,
+    /// Draining (gateway shutdown or the worker's Drain): no new tasks.
+    draining: bool,
+    /// The gateway is shutting down: end once every lease is answered. (A
+    /// worker's own drain ends when the worker closes its stream.)
+    gateway_draining: bool,
 }
 
 /// Why the session loop ended.
@@ -295,22 +302,20 @@ impl Session {
     {
         let mut ping = tokio::time::interval(self.settings.heartbeat_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut draining = false;
         loop {
             let liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
             let step = tokio::select! {
                 biased;
                 _ = hard_stop.cancelled() => Err(End::Error(GatewayError::ShuttingDown)),
-                _ = shutdown.cancelled(), if !draining => {
-                    draining = true;
-                    self.dispatcher.detach(self.info.session_id, &self.queues);
-                    self.attached = false;
+                _ = shutdown.cancelled(), if !self.gateway_draining => {
+                    self.gateway_draining = true;
+                    self.start_draining();
                     self.send(Out::Drain(pb::Drain {
                         reason: "the gateway is shutting down".into(),
                     }))
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command),
+                    Some(command) => self.on_command(command).await,
                     None => Err(End::Closed),
                 },
                 message = inbound.next() => match message {
@@ -335,14 +340,38 @@ impl Session {
             if let Err(end) = step {
                 return end;
             }
-            if draining && self.leases.is_empty() {
+            if self.gateway_draining && self.leases.is_empty() {
                 return End::Drained;
             }
         }
     }
 
-    fn on_command(&mut self, command: SessionCommand) -> Result<(), End> {
+    /// Stops new tasks from coming; the loop ends once every lease is
+    /// answered.
+    fn start_draining(&mut self) {
+        self.draining = true;
+        if self.attached {
+            self.dispatcher.detach(self.info.session_id, &self.queues);
+            self.attached = false;
+        }
+    }
+
+    async fn on_command(&mut self, command: SessionCommand) -> Result<(), End> {
         match command {
+            SessionCommand::Deliver(claimed) if self.draining => {
+                // Claimed for us before we detached: back to the queue,
+                // without costing an attempt.
+                let (ticket_id, lease_id) = (claimed.ticket.id, claimed.lease.lease_id);
+                if let Err(error) = self
+                    .dispatcher
+                    .engine()
+                    .release(ticket_id, lease_id, ReleaseReason::Undelivered)
+                    .await
+                {
+                    tracing::error!(%error, %ticket_id, "could not release an undelivered lease");
+                }
+                Ok(())
+            }
             SessionCommand::Deliver(claimed) => {
                 let ticket = &claimed.ticket;
                 self.leases.insert(claimed.lease.lease_id, ticket.id);
@@ -409,6 +438,18 @@ impl Session {
                 Ok(())
             }
             Some(In::Progress(progress)) => self.on_progress(progress).await,
+            Some(In::Drain(_)) => {
+                if self.draining {
+                    return Ok(());
+                }
+                tracing::info!(in_flight = self.leases.len(), "worker is draining");
+                self.start_draining();
+                // Every task sent before this reply is already on the stream
+                // ahead of it, so the worker knows what it still owes.
+                self.send(Out::Drain(pb::Drain {
+                    reason: "drain acknowledged: no new tasks will be sent".into(),
+                }))
+            }
             Some(In::Result(result)) => self.on_result(slot, result).await,
         }
     }

@@ -314,3 +314,46 @@ async fn graceful_shutdown_drains_in_flight_work() {
         .unwrap();
     worker.abort();
 }
+
+#[tokio::test]
+async fn worker_shutdown_finishes_in_flight_work_and_wastes_no_attempt() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
+    let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
+    let worker = gateway
+        .worker("leaving")
+        .max_in_flight(1)
+        .handler(handler_fn(move |_task: TaskContext| {
+            let started = started_tx.clone();
+            let mut finish = finish_rx.clone();
+            async move {
+                started.send(()).await.unwrap();
+                finish.wait_for(|f| *f).await.unwrap();
+                Ok(payload::json("done".into()))
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let first = client.submit(Submit::new("leaving").build()).await.unwrap();
+    let second = client.submit(Submit::new("leaving").build()).await.unwrap();
+    started_rx.recv().await.unwrap();
+    worker.shutdown();
+    finish_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker.join())
+        .await
+        .expect("the worker drains and stops");
+    let first = client.get(&first.id, None).await.unwrap();
+    assert_eq!(state(&first), pb::TicketState::Succeeded);
+    let second = client.get(&second.id, None).await.unwrap();
+    assert_eq!(state(&second), pb::TicketState::Pending);
+    assert_eq!(
+        second.attempt, 0,
+        "the ticket the worker never ran cost no attempt"
+    );
+    assert_eq!(
+        second.waiting_reason.unwrap().kind,
+        pb::WaitingReasonKind::NoWorkers as i32
+    );
+}

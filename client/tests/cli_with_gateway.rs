@@ -1,0 +1,143 @@
+//! The README's tour, run for real: an in-process gateway on an ephemeral
+//! loopback port, `asyncgate work -- tr a-z A-Z` as a child process, and the
+//! CLI submitting and waiting, in text and JSON output.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+async fn gateway() -> (asyncgate_server::Running, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let running = asyncgate_server::start_on(asyncgate_server::Config::default(), listener)
+        .await
+        .unwrap();
+    (running, url)
+}
+
+fn cli(url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_asyncgate"));
+    command.env("ASYNCGATE_SERVER", url).kill_on_drop(true);
+    command
+}
+
+async fn run(command: &mut Command) -> (i32, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the CLI finishes")
+        .unwrap();
+    assert!(
+        output.status.code().is_some(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn tour_submit_and_wait_through_a_command_worker() {
+    let (running, url) = gateway().await;
+    let worker = KillOnDrop(
+        cli(&url)
+            .args(["work", "--queue", "upper", "--", "tr", "a-z", "A-Z"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let (code, text) =
+        run(cli(&url).args(["submit", "upper", "--json", "\"hello\"", "--wait"])).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("SUCCEEDED"), "{text}");
+    assert!(text.contains("\"HELLO\""), "{text}");
+
+    let (code, json) = run(cli(&url).args([
+        "--output",
+        "json",
+        "submit",
+        "upper",
+        "--json",
+        "\"json out\"",
+        "--wait",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    let ticket: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(ticket["state"], "TICKET_STATE_SUCCEEDED");
+    assert_eq!(ticket["result"]["json"], "JSON OUT");
+    assert_eq!(ticket["maxAttempts"], 3);
+
+    let (code, events) = run(cli(&url).args([
+        "--output",
+        "json",
+        "submit",
+        "upper",
+        "--json",
+        "\"watch me\"",
+        "--watch",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    let last: serde_json::Value =
+        serde_json::from_str(events.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(last["ticket"]["state"], "TICKET_STATE_SUCCEEDED");
+    assert_eq!(last["ticket"]["result"]["json"], "WATCH ME");
+
+    let id = ticket["id"].as_str().unwrap();
+    let (code, fetched) = run(cli(&url).args(["get", id])).await;
+    assert_eq!(code, 0);
+    assert!(fetched.contains(id));
+
+    drop(worker);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_command_fails_the_ticket_with_its_stderr() {
+    let (running, url) = gateway().await;
+    let worker = KillOnDrop(
+        cli(&url)
+            .args([
+                "work",
+                "--queue",
+                "broken",
+                "--",
+                "sh",
+                "-c",
+                "echo kaputt >&2; exit 3",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (code, text) = run(cli(&url).args([
+        "submit",
+        "broken",
+        "--json",
+        "1",
+        "--max-attempts",
+        "1",
+        "--wait",
+    ]))
+    .await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAILED"), "{text}");
+    assert!(text.contains("kaputt"), "{text}");
+    drop(worker);
+    running.shutdown().await.unwrap();
+}
