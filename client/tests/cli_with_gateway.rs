@@ -19,9 +19,11 @@ impl Drop for KillOnDrop {
 async fn gateway() -> (asyncgate_server::Running, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let running = asyncgate_server::start_on(asyncgate_server::Config::default(), listener)
-        .await
-        .unwrap();
+    let config = asyncgate_server::Config {
+        store: asyncgate_server::config::StoreConfig::Memory,
+        ..asyncgate_server::Config::default()
+    };
+    let running = asyncgate_server::start_on(config, listener).await.unwrap();
     (running, url)
 }
 

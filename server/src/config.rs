@@ -2,6 +2,7 @@
 //! plain `Config` before any port is bound. Tests build `Config` in code.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -9,11 +10,30 @@ use clap::Parser;
 use crate::domain::backoff::Backoff;
 use crate::engine::EngineConfig;
 
+/// The default durable store file.
+pub const DEFAULT_STORE: &str = "./data/asyncgate.redb";
+
 /// Where tickets are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// In process memory: fast, lost on exit.
     Memory,
+    /// The embedded durable store (redb) in this file.
+    Durable(PathBuf),
+}
+
+impl StoreConfig {
+    /// Reads a `--store` value: `memory`, or the path of the durable store.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "" => Err("--store is empty; use `memory` or a file path".into()),
+            "memory" => Ok(Self::Memory),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => Err(format!(
+                "--store {url}: the Redis engine is not available in this build; use `memory` or a file path"
+            )),
+            path => Ok(Self::Durable(PathBuf::from(path))),
+        }
+    }
 }
 
 /// Validated server settings.
@@ -51,7 +71,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            store: StoreConfig::Memory,
+            store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
             lease_ttl: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(5),
             default_max_attempts: 3,
@@ -82,8 +102,9 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Ticket store: `memory`.
-    #[arg(long, env = "ASYNCGATE_STORE", default_value = "memory")]
+    /// Ticket store: a file path for the embedded durable store (created if
+    /// missing), or `memory` for a fast store that is lost on exit.
+    #[arg(long, env = "ASYNCGATE_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
     /// Engine-level lease TTL, renewed by heartbeats.
     #[arg(long, env = "ASYNCGATE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
@@ -134,14 +155,7 @@ impl TryFrom<Cli> for Config {
     type Error = String;
 
     fn try_from(cli: Cli) -> Result<Self, String> {
-        let store = match cli.store.as_str() {
-            "memory" => StoreConfig::Memory,
-            other => {
-                return Err(format!(
-                    "--store {other:?}: only `memory` is available in this build"
-                ));
-            }
-        };
+        let store = StoreConfig::parse(&cli.store)?;
         if cli.heartbeat_interval < Duration::from_millis(10) {
             return Err("--heartbeat-interval must be at least 10ms".into());
         }
@@ -223,9 +237,17 @@ mod tests {
                 .contains("twice")
         );
         assert!(
-            parse(&["--store", "bogus"])
+            parse(&["--store", "redis://127.0.0.1:1/0"])
                 .unwrap_err()
                 .contains("--store")
+        );
+        assert_eq!(
+            parse(&["--store", "memory"]).unwrap().store,
+            StoreConfig::Memory
+        );
+        assert_eq!(
+            parse(&[]).unwrap().store,
+            StoreConfig::Durable(PathBuf::from(DEFAULT_STORE))
         );
         assert!(parse(&["--heartbeat-interval", "soon"]).is_err());
     }

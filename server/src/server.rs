@@ -66,6 +66,9 @@ pub enum StartError {
     /// Reflection could not load the descriptors (a build problem).
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    /// The durable store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::engine::durable::OpenError),
 }
 
 /// A running gateway.
@@ -105,10 +108,13 @@ impl Running {
     }
 }
 
-fn build_engine(config: &Config) -> Arc<dyn Engine> {
-    match config.store {
+fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
+    Ok(match &config.store {
         StoreConfig::Memory => Arc::new(LocalEngine::in_memory(config.engine.clone())),
-    }
+        StoreConfig::Durable(path) => {
+            Arc::new(crate::engine::durable::open(path, config.engine.clone())?)
+        }
+    })
 }
 
 /// Binds `config.listen` and starts serving.
@@ -133,7 +139,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let sessions = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let hard_stop = CancellationToken::new();
-    let engine = build_engine(&config);
+    let engine = build_engine(&config)?;
     let hub = Arc::new(WatchHub::default());
     let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
     engine.set_listener(Arc::new(Notifier {

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use asyncgate_client::Client;
 use asyncgate_client::pb;
 use asyncgate_client::worker::WorkerBuilder;
-use asyncgate_server::config::Config;
+use asyncgate_server::config::{Config, StoreConfig};
 use asyncgate_server::domain::backoff::Backoff;
 
 /// Installs a test log subscriber once (quiet unless `RUST_LOG` is set).
@@ -29,6 +29,7 @@ pub fn trace_init() {
 /// Settings tuned for fast tests: short heartbeats, backoffs and keepalives.
 pub fn fast_config() -> Config {
     let mut config = Config {
+        store: StoreConfig::Memory,
         heartbeat_interval: Duration::from_millis(200),
         lease_ttl: Duration::from_secs(2),
         watch_keepalive: Duration::from_millis(500),

@@ -37,11 +37,13 @@ impl EngineListener for Recorder {
     }
 }
 
-pub(crate) type Factory = fn(EngineConfig) -> Arc<dyn Engine>;
+/// Builds an engine, plus whatever must outlive it (a temp directory).
+pub(crate) type Factory = fn(EngineConfig) -> (Arc<dyn Engine>, Box<dyn std::any::Any>);
 
 pub(crate) struct Harness {
     pub engine: Arc<dyn Engine>,
     pub recorder: Arc<Recorder>,
+    _guard: Box<dyn std::any::Any>,
 }
 
 fn config() -> EngineConfig {
@@ -55,10 +57,14 @@ fn config() -> EngineConfig {
 }
 
 fn harness_with(factory: Factory, config: EngineConfig) -> Harness {
-    let engine = factory(config);
+    let (engine, guard) = factory(config);
     let recorder = Arc::new(Recorder::default());
     engine.set_listener(recorder.clone());
-    Harness { engine, recorder }
+    Harness {
+        engine,
+        recorder,
+        _guard: guard,
+    }
 }
 
 fn harness(factory: Factory) -> Harness {

@@ -51,6 +51,17 @@ pub enum Mutation {
     },
 }
 
+/// Everything a durable journal read back at startup.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every stored ticket, with its payload.
+    pub tickets: Vec<Ticket>,
+    /// Every stored output chunk, in (ticket, seq) order.
+    pub chunks: Vec<(TicketId, Chunk)>,
+    /// Tombstones of deleted tickets.
+    pub tombstones: Vec<(TicketId, SystemTime)>,
+}
+
 /// Where the local engine's transitions go to become durable.
 #[async_trait]
 pub trait Journal: Send + Sync + 'static {

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::journal::{Journal, MemoryJournal, Mutation};
+use super::journal::{Journal, MemoryJournal, Mutation, Recovered};
 use super::{
     Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter, ListPage,
     ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted, TicketChange,
@@ -536,13 +536,15 @@ impl LocalEngine {
                     }
                     self.commit(&mut ticket, Some(EventKind::State), None);
                 }
-                ReleaseReason::WorkerLost => {
+                ReleaseReason::WorkerLost | ReleaseReason::GatewayRestarted => {
+                    let cause = if reason == ReleaseReason::WorkerLost {
+                        "lost its worker (disconnected or missed heartbeats)"
+                    } else {
+                        "was interrupted by a gateway restart"
+                    };
                     let error = TicketError {
                         code: codes::ABORTED,
-                        message: format!(
-                            "attempt {} lost its worker (disconnected or missed heartbeats)",
-                            ticket.attempt
-                        ),
+                        message: format!("attempt {} {cause}", ticket.attempt),
                         retryable: true,
                     };
                     if self.end_attempt(shard, &mut ticket, error, true, now) {
@@ -978,6 +980,79 @@ impl Engine for LocalEngine {
 }
 
 impl LocalEngine {
+    /// Rebuilds the in-memory state from what a durable journal read back:
+    /// ready queues in their stored priority/FIFO order, backoffs, timers,
+    /// idempotency keys, chunks and tombstones. Tickets that were running
+    /// lose their lease (the gateway restarted under them) and are requeued
+    /// or failed by the usual caps. Call once, before serving.
+    pub fn restore(&self, recovered: Recovered) {
+        let now = SystemTime::now();
+        for (id, chunk) in recovered.chunks {
+            lock(self.shard(&id))
+                .chunks
+                .entry(id)
+                .or_default()
+                .push(chunk);
+        }
+        for (id, deleted_at) in recovered.tombstones {
+            let mut shard = lock(self.shard(&id));
+            shard.tombstones.insert(id, deleted_at);
+            shard.timers.insert((
+                deleted_at + self.config.tombstone_retention,
+                Timer::Tombstone,
+                id,
+            ));
+        }
+        let mut last_enqueue = 0;
+        let mut interrupted = Vec::new();
+        for ticket in recovered.tickets {
+            let id = ticket.id;
+            last_enqueue = last_enqueue.max(ticket.enqueue_seq);
+            if let Some(key) = &ticket.idempotency_key {
+                lock(&self.idempotency[shard_of(&self.hasher, key)]).insert(key.clone(), id);
+            }
+            let mut shard = lock(self.shard(&id));
+            if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
+                shard.timers.insert((deadline, Timer::Deadline, id));
+            }
+            match (ticket.state, ticket.finished_at) {
+                (TicketState::Pending, _) => {
+                    let index = self.queue(&ticket.queue);
+                    let mut index = lock(&index);
+                    match ticket.not_before {
+                        Some(at) => {
+                            index.delayed += 1;
+                            shard.timers.insert((at, Timer::Backoff, id));
+                        }
+                        None => {
+                            index
+                                .ready
+                                .insert((Reverse(ticket.priority), ticket.enqueue_seq), id);
+                        }
+                    }
+                }
+                (TicketState::Running, _) => {
+                    if let Some(lease) = &ticket.lease {
+                        interrupted.push((id, lease.lease_id));
+                    }
+                }
+                (_, finished_at) => {
+                    let finished_at = finished_at.unwrap_or(now);
+                    shard.timers.insert((
+                        finished_at + self.config.result_retention,
+                        Timer::Retention,
+                        id,
+                    ));
+                }
+            }
+            shard.tickets.insert(id, ticket);
+        }
+        self.enqueue_seq.store(last_enqueue + 1, Ordering::Relaxed);
+        for (ticket_id, lease_id) in interrupted {
+            self.lose_lease(ticket_id, lease_id, ReleaseReason::GatewayRestarted);
+        }
+    }
+
     /// The synchronous part of `submit`: the stored ticket and whether it is
     /// new (false when an idempotency key matched).
     fn store_new(&self, new: NewTicket) -> Result<(Ticket, bool), EngineError> {

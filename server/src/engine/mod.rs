@@ -6,6 +6,7 @@
 //! (in seq order per ticket), queues that gained ready work, and leases that a
 //! worker must be told to drop.
 
+pub mod durable;
 pub mod journal;
 pub mod local;
 
@@ -14,7 +15,18 @@ mod conformance;
 
 #[cfg(test)]
 conformance::engine_conformance!(memory_conformance, |config| {
-    std::sync::Arc::new(crate::engine::LocalEngine::in_memory(config))
+    (
+        std::sync::Arc::new(crate::engine::LocalEngine::in_memory(config)),
+        Box::new(()),
+    )
+});
+
+#[cfg(test)]
+conformance::engine_conformance!(durable_conformance, |config| {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine =
+        crate::engine::durable::open(&dir.path().join("store.redb"), config).expect("store opens");
+    (std::sync::Arc::new(engine), Box::new(dir))
 });
 
 use std::sync::Arc;
@@ -179,6 +191,9 @@ pub enum ReleaseReason {
     Undelivered,
     /// The worker went away holding it.
     WorkerLost,
+    /// The gateway restarted while the attempt ran (counts like a lost
+    /// worker: a ticket that crashes the gateway is a poison ticket too).
+    GatewayRestarted,
 }
 
 /// Filters and paging for `list`.

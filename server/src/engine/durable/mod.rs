@@ -1,0 +1,391 @@
+//! The durable embedded store: the local engine with a redb journal.
+//!
+//! One writer thread owns the database. Appends arrive on a channel in
+//! journal order; the writer takes everything queued (group commit), applies
+//! it in one write transaction, commits with `Durability::Immediate` (fsync),
+//! hands the batch's events to the watchers, then raises the durable
+//! watermark. Under load one fsync covers many submits and results; a lone
+//! request commits at once. At startup the whole store is read back to
+//! rebuild the in-memory queues and timers (see [`open`]).
+//!
+//! A failed commit (disk full, I/O error) poisons the journal: the affected
+//! calls and every later one get `UNAVAILABLE` with the cause, since memory
+//! may now be ahead of the disk. A restart recovers from what is on disk.
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use super::journal::{Journal, Mutation, Recovered};
+use super::{EngineConfig, EngineError, EngineListener, LocalEngine, TicketChange};
+use crate::domain::ticket::Payload;
+use crate::domain::{Chunk, TicketId};
+
+/// Ticket records (without request payloads), by ticket id.
+const TICKETS: TableDefinition<u128, &[u8]> = TableDefinition::new("tickets");
+/// Request payloads, by ticket id: written once, at submit.
+const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
+/// Partial-output chunks, by (ticket id, event seq).
+const CHUNKS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("chunks");
+/// Deleted tickets: deletion time in ns since the epoch.
+const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("tombstones");
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory for the file could not be created.
+    #[error("cannot create the directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// redb refused the file (corrupt, not a redb file, locked, no permission).
+    #[error("cannot open the store {path}: {source}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// A record could not be decoded.
+    #[error("the store {path} holds an unreadable record: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Opens (or creates) the store at `path`, reads it back, and returns a
+/// ready engine whose in-memory state matches the disk. Tickets that were
+/// leased when the previous process stopped lose that lease (the attempt
+/// counts) and go back to their queue.
+pub fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let database_error = |e: redb::Error| OpenError::Database {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    };
+    let database = Database::create(path).map_err(|e| database_error(e.into()))?;
+    create_tables(&database).map_err(database_error)?;
+    let recovered = read_all(&database).map_err(|e| match e {
+        ReadError::Database(e) => database_error(e),
+        ReadError::Record(reason) => OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        },
+    })?;
+    let journal = Arc::new(RedbJournal::start(database, path.to_path_buf()));
+    let engine = LocalEngine::with_journal(config, journal);
+    let counts = (recovered.tickets.len(), recovered.chunks.len());
+    engine.restore(recovered);
+    tracing::info!(
+        path = %path.display(),
+        tickets = counts.0,
+        chunks = counts.1,
+        "durable store opened"
+    );
+    Ok(engine)
+}
+
+fn create_tables(database: &Database) -> Result<(), redb::Error> {
+    let txn = database.begin_write()?;
+    txn.open_table(TICKETS)?;
+    txn.open_table(PAYLOADS)?;
+    txn.open_table(CHUNKS)?;
+    txn.open_table(TOMBSTONES)?;
+    txn.commit()?;
+    Ok(())
+}
+
+enum ReadError {
+    Database(redb::Error),
+    Record(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for ReadError {
+    fn from(e: E) -> Self {
+        Self::Database(e.into())
+    }
+}
+
+fn read_all(database: &Database) -> Result<Recovered, ReadError> {
+    let txn = database.begin_read()?;
+    let tickets = txn.open_table(TICKETS)?;
+    let payloads = txn.open_table(PAYLOADS)?;
+    let chunks = txn.open_table(CHUNKS)?;
+    let tombstones = txn.open_table(TOMBSTONES)?;
+    let mut recovered = Recovered::default();
+    for entry in tickets.iter()? {
+        let (key, value) = entry?;
+        let id = TicketId(uuid::Uuid::from_u128(key.value()));
+        let payload = match payloads.get(key.value())? {
+            Some(bytes) => Payload::decode(bytes.value())
+                .map_err(|e| ReadError::Record(format!("payload of ticket {id}: {e}")))?,
+            None => Payload::default(),
+        };
+        let ticket = record::decode(id, value.value(), payload)
+            .map_err(|e| ReadError::Record(format!("ticket {id}: {e}")))?;
+        recovered.tickets.push(ticket);
+    }
+    for entry in chunks.iter()? {
+        let (key, value) = entry?;
+        let (ticket, seq) = key.value();
+        let id = TicketId(uuid::Uuid::from_u128(ticket));
+        let output = Payload::decode(value.value())
+            .map_err(|e| ReadError::Record(format!("output chunk {seq} of ticket {id}: {e}")))?;
+        recovered.chunks.push((id, Chunk { seq, output }));
+    }
+    for entry in tombstones.iter()? {
+        let (key, value) = entry?;
+        recovered.tombstones.push((
+            TicketId(uuid::Uuid::from_u128(key.value())),
+            record::time(value.value()),
+        ));
+    }
+    Ok(recovered)
+}
+
+/// One append, as the writer receives it.
+struct Append {
+    seq: u64,
+    mutations: Vec<Mutation>,
+    events: Vec<TicketChange>,
+}
+
+/// How far the journal is on disk.
+#[derive(Debug, Clone, Default)]
+struct Watermark {
+    /// Every append up to this one is durable.
+    durable: u64,
+    /// Set once a commit failed: nothing after `durable` will be.
+    failed: Option<Arc<str>>,
+}
+
+/// The redb journal. See the module docs.
+pub struct RedbJournal {
+    /// The next append number and the channel, locked together so that
+    /// numbers reach the writer in order.
+    sender: Mutex<(u64, Option<mpsc::Sender<Append>>)>,
+    watermark: watch::Receiver<Watermark>,
+    listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl RedbJournal {
+    fn start(database: Database, path: PathBuf) -> Self {
+        let (sender, receiver) = mpsc::channel::<Append>();
+        let (watermark_tx, watermark) = watch::channel(Watermark::default());
+        let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let listener = listener.clone();
+            let poisoned = poisoned.clone();
+            std::thread::Builder::new()
+                .name("asyncgate-writer".into())
+                .spawn(move || {
+                    write_loop(database, path, receiver, watermark_tx, listener, poisoned)
+                })
+                .ok()
+        };
+        if writer.is_none() {
+            poisoned.store(true, Ordering::Release);
+        }
+        Self {
+            sender: Mutex::new((0, Some(sender))),
+            watermark,
+            listener,
+            writer: Mutex::new(writer),
+            poisoned,
+        }
+    }
+}
+
+fn write_loop(
+    database: Database,
+    path: PathBuf,
+    receiver: mpsc::Receiver<Append>,
+    watermark: watch::Sender<Watermark>,
+    listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
+    poisoned: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::new();
+    while let Ok(first) = receiver.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let last = batch.last().map_or(0, |a| a.seq);
+        if poisoned.load(Ordering::Acquire) {
+            batch.clear();
+            continue;
+        }
+        match commit(&database, &batch) {
+            Ok(()) => {
+                // Events before the watermark: whoever waited for these
+                // appends to be durable finds their events already delivered.
+                if let Some(listener) = listener.get() {
+                    for append in batch.drain(..) {
+                        for event in append.events {
+                            listener.ticket_changed(event);
+                        }
+                    }
+                }
+                watermark.send_modify(|w| w.durable = last);
+            }
+            Err(error) => {
+                tracing::error!(
+                    path = %path.display(),
+                    %error,
+                    "committing to the store failed; refusing further writes until a restart"
+                );
+                poisoned.store(true, Ordering::Release);
+                let message: Arc<str> =
+                    format!("writing to the store {} failed: {error}", path.display()).into();
+                watermark.send_modify(|w| w.failed = Some(message));
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
+    let mut txn = database.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut tickets = txn.open_table(TICKETS)?;
+        let mut payloads = txn.open_table(PAYLOADS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let mut tombstones = txn.open_table(TOMBSTONES)?;
+        for append in batch {
+            for mutation in &append.mutations {
+                match mutation {
+                    Mutation::PutTicket {
+                        ticket,
+                        with_payload,
+                    } => {
+                        let key = ticket.id.0.as_u128();
+                        tickets.insert(key, record::encode(ticket).as_slice())?;
+                        if *with_payload {
+                            payloads.insert(key, ticket.payload.encode_to_vec().as_slice())?;
+                        }
+                    }
+                    Mutation::PutChunk { ticket_id, chunk } => {
+                        chunks.insert(
+                            (ticket_id.0.as_u128(), chunk.seq),
+                            chunk.output.encode_to_vec().as_slice(),
+                        )?;
+                    }
+                    Mutation::DeleteTicket {
+                        ticket_id,
+                        deleted_at,
+                    } => {
+                        let key = ticket_id.0.as_u128();
+                        tickets.remove(key)?;
+                        payloads.remove(key)?;
+                        chunks.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
+                        tombstones.insert(key, record::nanos(*deleted_at))?;
+                    }
+                    Mutation::DeleteTombstone { ticket_id } => {
+                        tombstones.remove(ticket_id.0.as_u128())?;
+                    }
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[async_trait]
+impl Journal for RedbJournal {
+    fn wants_mutations(&self) -> bool {
+        true
+    }
+
+    fn append(&self, mutations: Vec<Mutation>, events: Vec<TicketChange>) -> u64 {
+        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        sender.0 += 1;
+        let seq = sender.0;
+        let delivered = sender.1.as_ref().is_some_and(|channel| {
+            channel
+                .send(Append {
+                    seq,
+                    mutations,
+                    events,
+                })
+                .is_ok()
+        });
+        if !delivered {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        seq
+    }
+
+    async fn durable(&self, n: u64) -> Result<(), EngineError> {
+        let check = |w: &Watermark| -> Option<Result<(), EngineError>> {
+            if w.durable >= n {
+                Some(Ok(()))
+            } else if let Some(failed) = &w.failed {
+                Some(Err(EngineError::Unavailable(failed.to_string())))
+            } else {
+                None
+            }
+        };
+        if let Some(done) = check(&self.watermark.borrow()) {
+            return done;
+        }
+        if self.poisoned.load(Ordering::Acquire) && self.watermark.borrow().failed.is_none() {
+            return Err(EngineError::Unavailable(
+                "the store's writer is not running; restart the gateway".into(),
+            ));
+        }
+        let mut watermark = self.watermark.clone();
+        match watermark.wait_for(|w| check(w).is_some()).await {
+            Ok(w) => check(&w).unwrap_or(Ok(())),
+            Err(_) => Err(EngineError::Unavailable(
+                "the store's writer stopped; restart the gateway".into(),
+            )),
+        }
+    }
+
+    fn set_listener(&self, listener: Arc<dyn EngineListener>) {
+        let _ = self.listener.set(listener);
+    }
+}
+
+impl Drop for RedbJournal {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and exit;
+        // joining it releases the file for the next open.
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.1 = None;
+        }
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = writer.join();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The stored form of a ticket: a protobuf message (prost derive, no codegen)
+//! so the format can grow fields without a migration. Times are nanoseconds
+//! since the Unix epoch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use uuid::Uuid;
+
+use crate::domain::ticket::Payload;
+use crate::domain::{
+    Lease, LeaseId, Progress, QueueName, SessionId, Ticket, TicketError, TicketId, TicketState,
+};
+
+/// Why a stored record could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("stored ticket record is unreadable: {0}")]
+pub struct BadRecord(pub String);
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredError {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(bool, tag = "3")]
+    retryable: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredLease {
+    #[prost(bytes = "vec", tag = "1")]
+    lease_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    session_id: Vec<u8>,
+    #[prost(string, tag = "3")]
+    worker_name: String,
+    #[prost(uint64, tag = "4")]
+    leased_at: u64,
+    #[prost(uint64, optional, tag = "5")]
+    attempt_deadline: Option<u64>,
+}
+
+/// A ticket without its request payload (stored apart: it is written once).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredTicket {
+    #[prost(string, tag = "1")]
+    queue: String,
+    #[prost(int32, tag = "2")]
+    state: i32,
+    #[prost(uint32, tag = "3")]
+    attempt: u32,
+    #[prost(uint32, tag = "4")]
+    max_attempts: u32,
+    #[prost(int32, tag = "5")]
+    priority: i32,
+    #[prost(map = "string, string", tag = "6")]
+    metadata: HashMap<String, String>,
+    #[prost(uint64, tag = "7")]
+    created_at: u64,
+    #[prost(uint64, tag = "8")]
+    updated_at: u64,
+    #[prost(uint64, optional, tag = "9")]
+    finished_at: Option<u64>,
+    #[prost(uint64, optional, tag = "10")]
+    deadline: Option<u64>,
+    #[prost(uint64, optional, tag = "11")]
+    attempt_timeout: Option<u64>,
+    #[prost(message, optional, tag = "12")]
+    result: Option<Payload>,
+    #[prost(message, optional, tag = "13")]
+    error: Option<StoredError>,
+    #[prost(uint32, optional, tag = "14")]
+    progress_percent: Option<u32>,
+    #[prost(string, tag = "15")]
+    progress_message: String,
+    #[prost(uint64, tag = "16")]
+    seq: u64,
+    #[prost(string, optional, tag = "17")]
+    idempotency_key: Option<String>,
+    #[prost(message, optional, tag = "18")]
+    lease: Option<StoredLease>,
+    #[prost(bytes = "vec", optional, tag = "19")]
+    completed_by: Option<Vec<u8>>,
+    #[prost(uint64, optional, tag = "20")]
+    not_before: Option<u64>,
+    #[prost(uint32, tag = "21")]
+    worker_losses: u32,
+    #[prost(uint64, tag = "22")]
+    enqueue_seq: u64,
+}
+
+/// Nanoseconds since the epoch.
+pub(crate) fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The time `nanos` after the epoch.
+pub(crate) fn time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+fn state_code(state: TicketState) -> i32 {
+    match state {
+        TicketState::Pending => 1,
+        TicketState::Running => 2,
+        TicketState::Succeeded => 3,
+        TicketState::Failed => 4,
+        TicketState::Cancelled => 5,
+        TicketState::Expired => 6,
+    }
+}
+
+fn state_from(code: i32) -> Result<TicketState, BadRecord> {
+    Ok(match code {
+        1 => TicketState::Pending,
+        2 => TicketState::Running,
+        3 => TicketState::Succeeded,
+        4 => TicketState::Failed,
+        5 => TicketState::Cancelled,
+        6 => TicketState::Expired,
+        other => return Err(BadRecord(format!("unknown state {other}"))),
+    })
+}
+
+fn uuid(bytes: &[u8], what: &str) -> Result<Uuid, BadRecord> {
+    Uuid::from_slice(bytes).map_err(|_| BadRecord(format!("{what} is not a UUID")))
+}
+
+/// Encodes a ticket (without its request payload).
+pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
+    StoredTicket {
+        queue: ticket.queue.to_string(),
+        state: state_code(ticket.state),
+        attempt: ticket.attempt,
+        max_attempts: ticket.max_attempts,
+        priority: ticket.priority,
+        metadata: (*ticket.metadata).clone(),
+        created_at: nanos(ticket.created_at),
+        updated_at: nanos(ticket.updated_at),
+        finished_at: ticket.finished_at.map(nanos),
+        deadline: ticket.deadline.map(nanos),
+        attempt_timeout: ticket
+            .attempt_timeout
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        result: ticket.result.clone(),
+        error: ticket.error.as_ref().map(|e| StoredError {
+            code: e.code,
+            message: e.message.clone(),
+            retryable: e.retryable,
+        }),
+        progress_percent: ticket.progress.as_ref().map(|p| p.percent),
+        progress_message: ticket
+            .progress
+            .as_ref()
+            .map(|p| p.message.clone())
+            .unwrap_or_default(),
+        seq: ticket.seq,
+        idempotency_key: ticket.idempotency_key.clone(),
+        lease: ticket.lease.as_ref().map(|l| StoredLease {
+            lease_id: l.lease_id.0.as_bytes().to_vec(),
+            session_id: l.session_id.0.as_bytes().to_vec(),
+            worker_name: l.worker_name.to_string(),
+            leased_at: nanos(l.leased_at),
+            attempt_deadline: l.attempt_deadline.map(nanos),
+        }),
+        completed_by: ticket.completed_by.map(|l| l.0.as_bytes().to_vec()),
+        not_before: ticket.not_before.map(nanos),
+        worker_losses: ticket.worker_losses,
+        enqueue_seq: ticket.enqueue_seq,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a ticket stored by [`encode`], with its request payload.
+pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Ticket, BadRecord> {
+    let stored = StoredTicket::decode(bytes).map_err(|e| BadRecord(e.to_string()))?;
+    let queue = QueueName::parse(&stored.queue).map_err(BadRecord)?;
+    let lease = match stored.lease {
+        Some(l) => Some(Lease {
+            lease_id: LeaseId(uuid(&l.lease_id, "lease id")?),
+            session_id: SessionId(uuid(&l.session_id, "session id")?),
+            worker_name: l.worker_name.into(),
+            leased_at: time(l.leased_at),
+            attempt_deadline: l.attempt_deadline.map(time),
+        }),
+        None => None,
+    };
+    Ok(Ticket {
+        id,
+        queue,
+        state: state_from(stored.state)?,
+        attempt: stored.attempt,
+        max_attempts: stored.max_attempts,
+        priority: stored.priority,
+        metadata: Arc::new(stored.metadata),
+        payload: Arc::new(payload),
+        created_at: time(stored.created_at),
+        updated_at: time(stored.updated_at),
+        finished_at: stored.finished_at.map(time),
+        deadline: stored.deadline.map(time),
+        attempt_timeout: stored.attempt_timeout.map(Duration::from_nanos),
+        result: stored.result,
+        error: stored.error.map(|e| TicketError {
+            code: e.code,
+            message: e.message,
+            retryable: e.retryable,
+        }),
+        progress: stored.progress_percent.map(|percent| Progress {
+            percent,
+            message: stored.progress_message,
+        }),
+        seq: stored.seq,
+        idempotency_key: stored.idempotency_key,
+        lease,
+        completed_by: match stored.completed_by {
+            Some(bytes) => Some(LeaseId(uuid(&bytes, "completing lease id")?)),
+            None => None,
+        },
+        not_before: stored.not_before.map(time),
+        worker_losses: stored.worker_losses,
+        enqueue_seq: stored.enqueue_seq,
+        journal_seq: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::NewTicket;
+
+    #[test]
+    fn round_trips_every_field() {
+        let now = SystemTime::now();
+        let mut ticket = Ticket::create(
+            TicketId::new(),
+            NewTicket {
+                queue: QueueName::parse("q").unwrap(),
+                payload: Payload::default(),
+                priority: -7,
+                idempotency_key: Some("k".into()),
+                metadata: [("a".to_string(), "b".to_string())].into(),
+                timeout: Some(Duration::from_secs(9)),
+                attempt_timeout: Some(Duration::from_millis(1500)),
+                max_attempts: 4,
+            },
+            now,
+        );
+        ticket.state = TicketState::Running;
+        ticket.attempt = 2;
+        ticket.lease = Some(Lease {
+            lease_id: LeaseId::new(),
+            session_id: SessionId::new(),
+            worker_name: "w".into(),
+            leased_at: now,
+            attempt_deadline: Some(now + Duration::from_secs(1)),
+        });
+        ticket.progress = Some(Progress {
+            percent: 40,
+            message: "m".into(),
+        });
+        ticket.error = Some(TicketError {
+            code: 14,
+            message: "e".into(),
+            retryable: true,
+        });
+        ticket.enqueue_seq = 99;
+        let back = decode(ticket.id, &encode(&ticket), Payload::default()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{ticket:?}"));
+    }
+}
