@@ -349,10 +349,10 @@ impl Journal for RedbJournal {
         let check = |w: &Watermark| -> Option<Result<(), EngineError>> {
             if w.durable >= n {
                 Some(Ok(()))
-            } else if let Some(failed) = &w.failed {
-                Some(Err(EngineError::Unavailable(failed.to_string())))
             } else {
-                None
+                w.failed
+                    .as_ref()
+                    .map(|failed| Err(EngineError::Unavailable(failed.to_string())))
             }
         };
         if let Some(done) = check(&self.watermark.borrow()) {
