@@ -86,6 +86,19 @@ pub fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError>
         source: Box::new(e),
     };
     let database = Database::create(path).map_err(|e| database_error(e.into()))?;
+    open_database(database, path, config)
+}
+
+/// Builds the engine over an open database (`path` names it in messages).
+fn open_database(
+    database: Database,
+    path: &Path,
+    config: EngineConfig,
+) -> Result<LocalEngine, OpenError> {
+    let database_error = |e: redb::Error| OpenError::Database {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    };
     create_tables(&database).map_err(database_error)?;
     let recovered = read_all(&database).map_err(|e| match e {
         ReadError::Database(e) => database_error(e),
@@ -387,5 +400,211 @@ impl Drop for RedbJournal {
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::domain::ticket::Outcome;
+    use crate::domain::{NewTicket, Progress, QueueName, SessionId, TicketState};
+    use crate::engine::{Engine, ProgressReport, SessionInfo};
+
+    fn body(text: &'static str) -> Payload {
+        Payload {
+            kind: Some(asyncgate_proto::v1::payload::Kind::Binary(Bytes::from_static(
+                text.as_bytes(),
+            ))),
+            content_type: String::new(),
+        }
+    }
+
+    fn new_ticket(priority: i32, key: Option<&str>) -> NewTicket {
+        NewTicket {
+            queue: QueueName::parse("q").unwrap(),
+            payload: body("request"),
+            priority,
+            idempotency_key: key.map(String::from),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            timeout: None,
+            attempt_timeout: None,
+            max_attempts: 3,
+        }
+    }
+
+    async fn session(engine: &LocalEngine) -> SessionInfo {
+        let info = SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: "w".into(),
+        };
+        engine
+            .touch_session(&info, SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        info
+    }
+
+    #[tokio::test]
+    async fn a_restart_restores_queues_results_keys_and_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/store.redb");
+        let config = EngineConfig::default();
+        let (a, b, c, done, keyed);
+        {
+            let engine = open(&path, config.clone()).unwrap();
+            a = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+            b = engine.submit(new_ticket(5, None)).await.unwrap().ticket.id;
+            c = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+            done = engine.submit(new_ticket(9, None)).await.unwrap().ticket.id;
+            keyed = engine.submit(new_ticket(-5, Some("key"))).await.unwrap().ticket.id;
+            let s = session(&engine).await;
+            let queue = QueueName::parse("q").unwrap();
+            let first = engine.claim(&queue, std::slice::from_ref(&s)).await.unwrap();
+            assert_eq!(first[0].ticket.id, done);
+            engine
+                .complete(done, first[0].lease.lease_id, Outcome::Success(body("result")))
+                .await
+                .unwrap();
+            let running = engine.claim(&queue, std::slice::from_ref(&s)).await.unwrap();
+            assert_eq!(running[0].ticket.id, b);
+            for text in ["x", "y"] {
+                engine
+                    .progress(ProgressReport {
+                        ticket_id: b,
+                        lease_id: running[0].lease.lease_id,
+                        progress: Some(Progress {
+                            percent: 10,
+                            message: String::new(),
+                        }),
+                        output: Some(body(text)),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        let engine = open(&path, config).unwrap();
+        let done = engine.get(done).await.unwrap();
+        assert_eq!(done.state, TicketState::Succeeded);
+        assert_eq!(done.result, Some(body("result")));
+        assert_eq!(*done.payload, body("request"));
+        assert_eq!(done.metadata.get("k").map(String::as_str), Some("v"));
+        let interrupted = engine.get(b).await.unwrap();
+        assert_eq!(interrupted.state, TicketState::Pending);
+        assert_eq!((interrupted.attempt, interrupted.worker_losses), (1, 1));
+        assert!(interrupted.error.unwrap().message.contains("gateway restart"));
+        let (_, chunks) = engine.get_with_chunks(b, 0).await.unwrap();
+        assert_eq!(
+            chunks.iter().map(|c| c.output.clone()).collect::<Vec<_>>(),
+            vec![body("x"), body("y")]
+        );
+        let again = engine.submit(new_ticket(-5, Some("key"))).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.ticket.id, keyed);
+        let s = session(&engine).await;
+        let order: Vec<TicketId> = engine
+            .claim(&QueueName::parse("q").unwrap(), &vec![s; 4])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.ticket.id)
+            .collect();
+        assert_eq!(order, vec![b, a, c, keyed], "priority, then FIFO, kept");
+        let fresh = engine.submit(new_ticket(0, None)).await.unwrap().ticket;
+        assert!(fresh.enqueue_seq > 5, "FIFO numbering continues after a restart");
+    }
+
+    #[tokio::test]
+    async fn deleted_tickets_keep_their_tombstones_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let config = EngineConfig {
+            result_retention: Duration::from_secs(1),
+            ..EngineConfig::default()
+        };
+        let id;
+        {
+            let engine = open(&path, config.clone()).unwrap();
+            id = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+            engine.cancel(id, "").await.unwrap();
+            engine
+                .run_timers(SystemTime::now() + Duration::from_secs(2))
+                .await
+                .unwrap();
+        }
+        let engine = open(&path, config).unwrap();
+        let error = engine.get(id).await.unwrap_err();
+        assert!(matches!(error, EngineError::ResultExpired { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, vec![0xA5u8; 64 * 1024]).unwrap();
+        let error = open(&path, EngineConfig::default()).err().expect("refused");
+        let message = error.to_string();
+        assert!(message.contains("cannot open the store"), "{message}");
+        assert!(message.contains("store.redb"), "{message}");
+    }
+
+    /// An in-memory disk that can be made full.
+    #[derive(Debug, Default)]
+    struct FillableDisk {
+        inner: redb::backends::InMemoryBackend,
+        full: Arc<AtomicBool>,
+    }
+
+    impl FillableDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::Acquire) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FillableDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_answers_unavailable_and_never_acknowledges() {
+        let disk = FillableDisk::default();
+        let full = disk.full.clone();
+        let database = Database::builder().create_with_backend(disk).unwrap();
+        let engine =
+            open_database(database, Path::new("test-disk"), EngineConfig::default()).unwrap();
+        let kept = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        full.store(true, Ordering::Release);
+        let error = engine.submit(new_ticket(0, None)).await.unwrap_err();
+        assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("No space left"), "{error}");
+        // Later calls fail the same way rather than showing unwritten state.
+        let error = engine.cancel(kept, "").await.unwrap_err();
+        assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
     }
 }
