@@ -416,9 +416,9 @@ mod tests {
 
     fn body(text: &'static str) -> Payload {
         Payload {
-            kind: Some(asyncgate_proto::v1::payload::Kind::Binary(Bytes::from_static(
-                text.as_bytes(),
-            ))),
+            kind: Some(asyncgate_proto::v1::payload::Kind::Binary(
+                Bytes::from_static(text.as_bytes()),
+            )),
             content_type: String::new(),
         }
     }
@@ -460,16 +460,31 @@ mod tests {
             b = engine.submit(new_ticket(5, None)).await.unwrap().ticket.id;
             c = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
             done = engine.submit(new_ticket(9, None)).await.unwrap().ticket.id;
-            keyed = engine.submit(new_ticket(-5, Some("key"))).await.unwrap().ticket.id;
+            keyed = engine
+                .submit(new_ticket(-5, Some("key")))
+                .await
+                .unwrap()
+                .ticket
+                .id;
             let s = session(&engine).await;
             let queue = QueueName::parse("q").unwrap();
-            let first = engine.claim(&queue, std::slice::from_ref(&s)).await.unwrap();
-            assert_eq!(first[0].ticket.id, done);
-            engine
-                .complete(done, first[0].lease.lease_id, Outcome::Success(body("result")))
+            let first = engine
+                .claim(&queue, std::slice::from_ref(&s))
                 .await
                 .unwrap();
-            let running = engine.claim(&queue, std::slice::from_ref(&s)).await.unwrap();
+            assert_eq!(first[0].ticket.id, done);
+            engine
+                .complete(
+                    done,
+                    first[0].lease.lease_id,
+                    Outcome::Success(body("result")),
+                )
+                .await
+                .unwrap();
+            let running = engine
+                .claim(&queue, std::slice::from_ref(&s))
+                .await
+                .unwrap();
             assert_eq!(running[0].ticket.id, b);
             for text in ["x", "y"] {
                 engine
@@ -495,7 +510,13 @@ mod tests {
         let interrupted = engine.get(b).await.unwrap();
         assert_eq!(interrupted.state, TicketState::Pending);
         assert_eq!((interrupted.attempt, interrupted.worker_losses), (1, 1));
-        assert!(interrupted.error.unwrap().message.contains("gateway restart"));
+        assert!(
+            interrupted
+                .error
+                .unwrap()
+                .message
+                .contains("gateway restart")
+        );
         let (_, chunks) = engine.get_with_chunks(b, 0).await.unwrap();
         assert_eq!(
             chunks.iter().map(|c| c.output.clone()).collect::<Vec<_>>(),
@@ -514,7 +535,10 @@ mod tests {
             .collect();
         assert_eq!(order, vec![b, a, c, keyed], "priority, then FIFO, kept");
         let fresh = engine.submit(new_ticket(0, None)).await.unwrap().ticket;
-        assert!(fresh.enqueue_seq > 5, "FIFO numbering continues after a restart");
+        assert!(
+            fresh.enqueue_seq > 5,
+            "FIFO numbering continues after a restart"
+        );
     }
 
     #[tokio::test]
@@ -537,7 +561,10 @@ mod tests {
         }
         let engine = open(&path, config).unwrap();
         let error = engine.get(id).await.unwrap_err();
-        assert!(matches!(error, EngineError::ResultExpired { .. }), "{error}");
+        assert!(
+            matches!(error, EngineError::ResultExpired { .. }),
+            "{error}"
+        );
     }
 
     #[test]
