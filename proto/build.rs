@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "asyncgate/v1/ticket.proto",
         "asyncgate/v1/gateway.proto",
         "asyncgate/v1/workers.proto",
+        "asyncgate/bench/v1/echo.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -7,6 +7,12 @@ pub mod v1 {
     tonic::include_proto!("asyncgate.v1");
 }
 
+/// Package `asyncgate.bench.v1`: the benchmark's baseline echo service.
+pub mod bench {
+    #![allow(missing_docs, unreachable_pub, clippy::all)]
+    tonic::include_proto!("asyncgate.bench.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every asyncgate proto, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("asyncgate_descriptor");
 
