@@ -10,8 +10,8 @@
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +81,7 @@ struct QueueHandle {
     /// Set while a `Ready` is in the mailbox, so a burst of submits sends one.
     ready_queued: Arc<AtomicBool>,
     /// Sessions attached, for explanations ("no worker connected").
-    workers: usize,
+    workers: AtomicUsize,
 }
 
 /// The dispatcher handle; cheap to clone.
@@ -92,7 +92,8 @@ pub struct Dispatcher {
 
 struct Inner {
     engine: Arc<dyn Engine>,
-    queues: Mutex<HashMap<QueueName, QueueHandle>>,
+    /// Read on every submit, written when a queue is first seen.
+    queues: RwLock<HashMap<QueueName, Arc<QueueHandle>>>,
     sessions: Mutex<HashMap<SessionId, mpsc::UnboundedSender<SessionCommand>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -120,7 +121,7 @@ impl Dispatcher {
         Self {
             inner: Arc::new(Inner {
                 engine,
-                queues: Mutex::default(),
+                queues: RwLock::default(),
                 sessions: Mutex::default(),
                 tracker,
                 stop,
@@ -138,9 +139,18 @@ impl Dispatcher {
         &self.inner.engine
     }
 
-    /// Runs `f` on the queue's handle, spawning its actor on first use.
-    fn with_queue<R>(&self, queue: &QueueName, f: impl FnOnce(&mut QueueHandle) -> R) -> R {
-        let mut queues = lock(&self.inner.queues);
+    /// The queue's handle, spawning its actor on first use.
+    fn handle(&self, queue: &QueueName) -> Arc<QueueHandle> {
+        if let Some(handle) = self
+            .inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+        {
+            return handle.clone();
+        }
+        let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
         let handle = queues.entry(queue.clone()).or_insert_with(|| {
             let (mailbox, receiver) = mpsc::unbounded_channel();
             let ready_queued = Arc::new(AtomicBool::new(false));
@@ -164,42 +174,41 @@ impl Dispatcher {
                 }
                 .instrument(span),
             );
-            QueueHandle {
+            Arc::new(QueueHandle {
                 mailbox,
                 ready_queued,
-                workers: 0,
-            }
+                workers: AtomicUsize::new(0),
+            })
         });
-        f(handle)
+        handle.clone()
     }
 
     /// The engine says `queue` may have ready tickets.
     pub fn queue_ready(&self, queue: &QueueName) {
-        self.with_queue(queue, |handle| {
-            if !handle.ready_queued.swap(true, Ordering::AcqRel) {
-                let _ = handle.mailbox.send(QueueMessage::Ready);
-            }
-        });
+        let handle = self.handle(queue);
+        if !handle.ready_queued.swap(true, Ordering::AcqRel) {
+            let _ = handle.mailbox.send(QueueMessage::Ready);
+        }
     }
 
     /// Registers a session for its queues.
     pub fn attach(&self, slot: &Arc<SessionSlot>, queues: &[QueueName]) {
         lock(&self.inner.sessions).insert(slot.info.session_id, slot.commands.clone());
         for queue in queues {
-            self.with_queue(queue, |handle| {
-                handle.workers += 1;
-                let _ = handle.mailbox.send(QueueMessage::Attach(slot.clone()));
-            });
+            let handle = self.handle(queue);
+            handle.workers.fetch_add(1, Ordering::AcqRel);
+            let _ = handle.mailbox.send(QueueMessage::Attach(slot.clone()));
         }
     }
 
     /// Stops sending new tasks to a session.
     pub fn detach(&self, session_id: SessionId, queues: &[QueueName]) {
         for queue in queues {
-            self.with_queue(queue, |handle| {
-                handle.workers = handle.workers.saturating_sub(1);
-                let _ = handle.mailbox.send(QueueMessage::Detach(session_id));
-            });
+            let handle = self.handle(queue);
+            let _ = handle
+                .workers
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            let _ = handle.mailbox.send(QueueMessage::Detach(session_id));
         }
     }
 
@@ -213,9 +222,10 @@ impl Dispatcher {
     pub fn credit_returned(&self, slot: &SessionSlot, queues: &[QueueName]) {
         slot.return_credit();
         for queue in queues {
-            self.with_queue(queue, |handle| {
-                let _ = handle.mailbox.send(QueueMessage::CreditAvailable);
-            });
+            let _ = self
+                .handle(queue)
+                .mailbox
+                .send(QueueMessage::CreditAvailable);
         }
     }
 
@@ -228,9 +238,12 @@ impl Dispatcher {
 
     /// Worker sessions serving `queue` on this gateway.
     pub fn workers_for(&self, queue: &QueueName) -> usize {
-        lock(&self.inner.queues)
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(queue)
-            .map_or(0, |handle| handle.workers)
+            .map_or(0, |handle| handle.workers.load(Ordering::Acquire))
     }
 }
 

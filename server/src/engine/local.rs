@@ -62,10 +62,19 @@ struct Shard {
     tombstones: HashMap<TicketId, SystemTime>,
 }
 
+/// Ready-order key: highest priority first, then FIFO.
+type ReadyKey = (Reverse<i32>, u64);
+
+/// Positions are counted exactly up to this many tickets of one priority;
+/// beyond it `tickets_ahead` is estimated from FIFO numbers.
+const EXACT_POSITION_LIMIT: usize = 4096;
+
 /// A queue's ready tickets, highest priority first, FIFO within a priority.
 #[derive(Default)]
 struct QueueIndex {
-    ready: BTreeMap<(Reverse<i32>, u64), TicketId>,
+    ready: BTreeMap<ReadyKey, TicketId>,
+    /// Ready tickets per priority, so positions need no full scan.
+    per_priority: BTreeMap<Reverse<i32>, usize>,
     /// PENDING tickets waiting out a backoff.
     delayed: usize,
 }
@@ -73,6 +82,52 @@ struct QueueIndex {
 impl QueueIndex {
     fn pending(&self) -> usize {
         self.ready.len() + self.delayed
+    }
+
+    fn push(&mut self, key: ReadyKey, id: TicketId) {
+        if self.ready.insert(key, id).is_none() {
+            *self.per_priority.entry(key.0).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &ReadyKey) {
+        if self.ready.remove(key).is_some() {
+            self.count_out(key.0);
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<TicketId> {
+        let (key, id) = self.ready.pop_first()?;
+        self.count_out(key.0);
+        Some(id)
+    }
+
+    fn count_out(&mut self, priority: Reverse<i32>) {
+        if let Some(count) = self.per_priority.get_mut(&priority) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_priority.remove(&priority);
+            }
+        }
+    }
+
+    /// Ready tickets ahead of `key`: exact for short queues, otherwise an
+    /// estimate from FIFO numbers (holes left by cancelled tickets make it
+    /// an upper bound).
+    fn ahead(&self, key: ReadyKey) -> u64 {
+        let higher: usize = self.per_priority.range(..key.0).map(|(_, n)| n).sum();
+        let level = self.per_priority.get(&key.0).copied().unwrap_or(0);
+        let within = if level <= EXACT_POSITION_LIMIT {
+            self.ready.range((key.0, 0)..key).count()
+        } else {
+            match self.ready.range((key.0, 0)..key).next() {
+                Some(((_, first), _)) => usize::try_from(key.1 - first)
+                    .unwrap_or(usize::MAX)
+                    .min(level.saturating_sub(1)),
+                None => 0,
+            }
+        };
+        (higher + within) as u64
     }
 }
 
@@ -267,9 +322,7 @@ impl LocalEngine {
                 false
             }
             None => {
-                index
-                    .ready
-                    .insert((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
+                index.push((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
                 true
             }
         }
@@ -286,9 +339,7 @@ impl LocalEngine {
                 }
             }
             None => {
-                index
-                    .ready
-                    .remove(&(Reverse(ticket.priority), ticket.enqueue_seq));
+                index.remove(&(Reverse(ticket.priority), ticket.enqueue_seq));
             }
         }
     }
@@ -418,9 +469,7 @@ impl LocalEngine {
                 let index = self.queue(&ticket.queue);
                 let mut index = lock(&index);
                 index.delayed = index.delayed.saturating_sub(1);
-                index
-                    .ready
-                    .insert((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
+                index.push((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
                 drop(index);
                 ticket.not_before = None;
                 ready = Some(ticket.queue.clone());
@@ -634,10 +683,7 @@ impl Engine for LocalEngine {
         }
         let index = self.queue(&ticket.queue);
         let index = lock(&index);
-        Ok(index
-            .ready
-            .range(..(Reverse(ticket.priority), ticket.enqueue_seq))
-            .count() as u64)
+        Ok(index.ahead((Reverse(ticket.priority), ticket.enqueue_seq)))
     }
 
     async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
@@ -771,8 +817,8 @@ impl Engine for LocalEngine {
             let want = sessions.len();
             let mut popped = Vec::with_capacity(want.min(index.ready.len()));
             while popped.len() < want {
-                match index.ready.pop_first() {
-                    Some((_, id)) => popped.push(id),
+                match index.pop_first() {
+                    Some(id) => popped.push(id),
                     None => break,
                 }
             }
@@ -1025,9 +1071,7 @@ impl LocalEngine {
                             shard.timers.insert((at, Timer::Backoff, id));
                         }
                         None => {
-                            index
-                                .ready
-                                .insert((Reverse(ticket.priority), ticket.enqueue_seq), id);
+                            index.push((Reverse(ticket.priority), ticket.enqueue_seq), id);
                         }
                     }
                 }
@@ -1166,5 +1210,33 @@ fn cancel_message(reason: &str) -> String {
         "cancelled by a caller".into()
     } else {
         format!("cancelled by a caller: {reason}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_exact_for_short_queues_and_estimated_for_long_ones() {
+        let mut index = QueueIndex::default();
+        for seq in 0..10u64 {
+            index.push((Reverse(0), seq), TicketId::new());
+        }
+        index.push((Reverse(5), 100), TicketId::new());
+        index.remove(&(Reverse(0), 3));
+        assert_eq!(
+            index.ahead((Reverse(0), 5)),
+            1 + 4,
+            "one higher, four before it"
+        );
+        assert_eq!(index.ahead((Reverse(5), 100)), 0);
+        let mut long = QueueIndex::default();
+        for seq in 0..10_000u64 {
+            long.push((Reverse(0), seq), TicketId::new());
+        }
+        assert!(long.pop_first().is_some());
+        assert_eq!(long.ahead((Reverse(0), 9_999)), 9_998);
+        assert_eq!(long.pending(), 9_999);
     }
 }
