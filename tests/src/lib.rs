@@ -237,3 +237,43 @@ pub fn as_json(payload: Option<&pb::Payload>) -> serde_json::Value {
 pub fn state(ticket: &pb::Ticket) -> pb::TicketState {
     pb::TicketState::try_from(ticket.state).unwrap_or(pb::TicketState::Unspecified)
 }
+
+/// Holds a worker's tasks until the test opens it: handlers call
+/// [`Gate::enter`], the test awaits [`Gate::started`] then calls
+/// [`Gate::open`]. A signal, not a sleep.
+#[derive(Clone)]
+pub struct Gate {
+    started_tx: mpsc::UnboundedSender<()>,
+    started_rx: std::sync::Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>>,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        let (started_tx, started_rx) = mpsc::unbounded_channel();
+        Self {
+            started_tx,
+            started_rx: std::sync::Arc::new(tokio::sync::Mutex::new(started_rx)),
+            open: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
+
+impl Gate {
+    /// In a handler: says the task started, then waits for the gate to open.
+    pub async fn enter(&self) {
+        let _ = self.started_tx.send(());
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+    }
+
+    /// In the test: waits until one more task has entered.
+    pub async fn started(&self) {
+        self.started_rx.lock().await.recv().await;
+    }
+
+    /// Lets every held task (and every later one) through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}

@@ -607,6 +607,18 @@ impl LocalEngine {
         (ready, seq)
     }
 
+    /// Loses every lease of a gone session; collects the queues that gained
+    /// ready work and returns the last journal append.
+    fn lose_all(&self, leases: HashMap<LeaseId, TicketId>, ready: &mut BTreeSet<QueueName>) -> u64 {
+        let mut last_write = 0;
+        for (lease_id, ticket_id) in leases {
+            let (queue, seq) = self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost);
+            ready.extend(queue);
+            last_write = last_write.max(seq);
+        }
+        last_write
+    }
+
     /// Why `lease_id` is not current for `ticket`.
     fn stale_reason(ticket: &Ticket, lease_id: LeaseId) -> String {
         match ticket.state {
@@ -787,17 +799,10 @@ impl Engine for LocalEngine {
 
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
         let record = lock(self.session_shard(&session_id)).remove(&session_id);
-        let mut last_write = 0;
-        if let Some(record) = record {
-            let mut ready = BTreeSet::new();
-            for (lease_id, ticket_id) in record.leases {
-                let (queue, seq) = self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost);
-                ready.extend(queue);
-                last_write = last_write.max(seq);
-            }
-            for queue in ready {
-                self.notify_ready(&queue);
-            }
+        let mut ready = BTreeSet::new();
+        let last_write = record.map_or(0, |r| self.lose_all(r.leases, &mut ready));
+        for queue in ready {
+            self.notify_ready(&queue);
         }
         self.durable(last_write).await
     }
@@ -1012,11 +1017,7 @@ impl Engine for LocalEngine {
         }
         for (session_id, leases) in expired_sessions {
             tracing::warn!(%session_id, leases = leases.len(), "worker session expired; its leases are lost");
-            for (lease_id, ticket_id) in leases {
-                let (queue, seq) = self.lose_lease(ticket_id, lease_id, ReleaseReason::WorkerLost);
-                ready.extend(queue);
-                last_write = last_write.max(seq);
-            }
+            last_write = last_write.max(self.lose_all(leases, &mut ready));
         }
         for queue in ready {
             self.notify_ready(&queue);

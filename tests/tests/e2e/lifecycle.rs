@@ -7,7 +7,7 @@ use std::time::Duration;
 use asyncgate_client::pb;
 use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
 use asyncgate_client::{Submit, payload};
-use asyncgate_tests::{TestGateway, fast_config, state};
+use asyncgate_tests::{Gate, TestGateway, fast_config, state};
 
 #[tokio::test]
 async fn cancel_pending_ticket_is_never_dispatched() {
@@ -277,16 +277,14 @@ async fn graceful_shutdown_drains_in_flight_work() {
     config.shutdown_grace = Duration::from_secs(10);
     let gateway = TestGateway::start_with(config).await;
     let client = gateway.client().await;
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
-    let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
+    let gate = Gate::default();
+    let held = gate.clone();
     let worker = gateway
         .worker("drain")
         .handler(handler_fn(move |_task: TaskContext| {
-            let started = started_tx.clone();
-            let mut finish = finish_rx.clone();
+            let held = held.clone();
             async move {
-                started.send(()).await.unwrap();
-                finish.wait_for(|f| *f).await.unwrap();
+                held.enter().await;
                 Ok(payload::json("finished during drain".into()))
             }
         }))
@@ -295,9 +293,9 @@ async fn graceful_shutdown_drains_in_flight_work() {
         .spawn();
     let ticket = client.submit(Submit::new("drain").build()).await.unwrap();
     let mut watch = client.watch(&ticket.id, None).await.unwrap();
-    started_rx.recv().await.unwrap();
+    gate.started().await;
     let shutdown = tokio::spawn(gateway.shutdown());
-    finish_tx.send(true).unwrap();
+    gate.open();
     // The result recorded during the drain reaches the watcher.
     let mut last = None;
     use futures::StreamExt;
@@ -319,17 +317,15 @@ async fn graceful_shutdown_drains_in_flight_work() {
 async fn worker_shutdown_finishes_in_flight_work_and_wastes_no_attempt() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
-    let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
+    let gate = Gate::default();
+    let held = gate.clone();
     let worker = gateway
         .worker("leaving")
         .max_in_flight(1)
         .handler(handler_fn(move |_task: TaskContext| {
-            let started = started_tx.clone();
-            let mut finish = finish_rx.clone();
+            let held = held.clone();
             async move {
-                started.send(()).await.unwrap();
-                finish.wait_for(|f| *f).await.unwrap();
+                held.enter().await;
                 Ok(payload::json("done".into()))
             }
         }))
@@ -338,9 +334,9 @@ async fn worker_shutdown_finishes_in_flight_work_and_wastes_no_attempt() {
         .spawn();
     let first = client.submit(Submit::new("leaving").build()).await.unwrap();
     let second = client.submit(Submit::new("leaving").build()).await.unwrap();
-    started_rx.recv().await.unwrap();
+    gate.started().await;
     worker.shutdown();
-    finish_tx.send(true).unwrap();
+    gate.open();
     tokio::time::timeout(Duration::from_secs(10), worker.join())
         .await
         .expect("the worker drains and stops");
