@@ -119,6 +119,32 @@ impl TestGateway {
         RawWorker { tx, inbound }
     }
 
+    /// Settings with the durable store in `dir` (and a short shutdown grace,
+    /// so restarts in tests are quick).
+    pub fn durable_config(dir: &std::path::Path) -> Config {
+        Config {
+            store: StoreConfig::Durable(dir.join("asyncgate.redb")),
+            shutdown_grace: Duration::from_millis(300),
+            ..fast_config()
+        }
+    }
+
+    /// Stops this gateway and starts a new one with the same settings on the
+    /// same address, as an operator's restart would.
+    pub async fn restart(self) -> Self {
+        let (addr, config) = (self.addr, self.config.clone());
+        self.shutdown().await;
+        let listener = TcpListener::bind(addr).await.expect("rebind the same port");
+        let running = asyncgate_server::start_on(config.clone(), listener)
+            .await
+            .expect("gateway restarts");
+        Self {
+            running: Some(running),
+            addr,
+            config,
+        }
+    }
+
     /// Shuts down gracefully and waits.
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {

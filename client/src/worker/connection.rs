@@ -186,12 +186,37 @@ impl Runner {
             self.session.send_replace(None);
             self.link.send_replace(None);
             log_end(&end);
+            if !matches!(end, SessionEnd::Drained | SessionEnd::Shutdown) {
+                self.leases_lost();
+            }
             if self.finished() {
                 return;
             }
             let delay = self.backoff.next_delay();
             debug!(?delay, "reconnecting after backoff");
             self.pause(delay).await;
+        }
+    }
+
+    /// The connection broke with tasks running: the gateway has most likely
+    /// given their leases to others. Tell the handlers (so a well-behaved one
+    /// stops and frees its slot for the next session's tasks); whatever they
+    /// still return is sent after the reconnect, where the gateway's lease
+    /// check decides whether it counts.
+    fn leases_lost(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        info!(
+            running = self.running.len(),
+            "connection lost with tasks running; telling their handlers"
+        );
+        for signal in self.running.values() {
+            signal.cancel(
+                pb::CancelReason::LeaseLost,
+                "the connection to the gateway was lost; the lease has probably been reassigned"
+                    .into(),
+            );
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod basics;
+mod durable;
 mod lifecycle;
 mod watch;
 mod workers;

@@ -72,6 +72,8 @@ pub(crate) enum Command {
     /// Runs until SIGINT or SIGTERM, then drains (finishes and delivers
     /// in-flight tasks); a second signal stops at once.
     Work(WorkArgs),
+    /// Measure a gateway's throughput, latency and memory.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -4,9 +4,11 @@
 //! - `output.rs`: text for people, proto3 JSON (via prost-reflect) for
 //!   programs.
 //! - `work.rs`: `asyncgate work -- CMD`, a worker that runs a command per task.
+//! - `bench/`: `asyncgate bench`, throughput/latency/memory measurements.
 //! - this file: dispatch, exit codes (0 ok, 1 ticket failed/cancelled/
 //!   expired, 2 usage/connection/gateway error).
 
+mod bench;
 mod cli;
 mod output;
 mod work;
@@ -57,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         // The worker connects (and reconnects) on its own.
         Command::Work(args) => work::run(server, args).await,
+        Command::Bench(args) => bench::run(server, cli.output, args).await,
         Command::Submit(args) => submit(&connect(server).await?, &printer, args).await,
         Command::Get(args) => get(&connect(server).await?, &printer, args).await,
         Command::Watch(args) => {

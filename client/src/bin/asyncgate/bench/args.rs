@@ -1,0 +1,398 @@
+//! `asyncgate bench` flags, and the [`Settings`] they resolve to (per-mode
+//! defaults filled in, limits checked) before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::cli::parse_duration;
+
+/// The largest payload the bench sends: the gateway's default
+/// `--max-payload-bytes`.
+const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
+/// Measure a gateway: throughput, latency percentiles, success ratio,
+/// errors by gRPC code and memory, optionally as a ratio to a plain gRPC
+/// echo on the same machine (`--baseline`).
+///
+/// Target: the gateway at the global `--server URL`, or one started in this
+/// process with `--embedded STORE` (`memory`, or a path for the durable store:
+/// it must not exist yet, and is deleted afterwards; a comma list runs each
+/// store in turn). Every run uses a fresh queue (and, embedded, a fresh
+/// gateway on 127.0.0.1:0). Its own in-process workers (the worker SDK)
+/// return each payload unchanged.
+///
+/// Load modes (closed loop: `--concurrency` tasks, each sending its next
+/// request when the previous one finished, for `--warmup` then `--duration`):
+///   submit        Submit only (no workers); success = accepted / attempted
+///   e2e           Execute, read the stream to the terminal event (default)
+///   poll          Submit, then GetTicket with wait until terminal
+///   watch-fanout  Submit, then --watchers WatchTicket streams per ticket;
+///                 latency to the last watcher seeing the terminal event
+///
+/// Scale scenarios (bounded by --tickets and --time-limit per phase):
+///   backlog       submit --tickets (default 1000000) with no worker, rate
+///                 and RSS per slice of 100k; then start the workers and
+///                 measure the drain until the queue is empty
+///   fanout        --watchers (default 10000) WatchTicket streams on one
+///                 ticket over --connections (default 8); RSS growth, and
+///                 seen/total of the terminal event
+///   many-workers  --workers (default 1000) workers with max_in_flight 1,
+///                 --tickets (default 100000) tickets; tasks per worker
+///
+/// Output: a table on stdout, or one JSON document with the global
+/// `--output json`; a progress line on stderr about once a second. With
+/// --repeat N the whole matrix runs N times, interleaved, and each row holds
+/// the medians across repeats. RSS is this process's (gateway and client
+/// together) with --embedded, or that of --server-pid.
+///
+/// Exit codes: 0 when every request succeeded and every check passed, 1 when
+/// the bench completed but some requests failed or a check did not pass, 2
+/// when it could not run.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct BenchArgs {
+    /// Start the gateway in this process with this store: `memory`, or the
+    /// path of a durable store file that does not exist yet (deleted after
+    /// each run). A comma list runs each store in turn.
+    #[arg(long, value_name = "STORE[,STORE...]", value_delimiter = ',')]
+    pub(crate) embedded: Vec<String>,
+
+    /// What to measure (see above).
+    #[arg(long, value_enum, default_value_t = Mode::E2e)]
+    pub(crate) mode: Mode,
+
+    /// Requests in flight; a comma list runs each (default 64).
+    #[arg(long, value_name = "N[,N...]", value_delimiter = ',')]
+    pub(crate) concurrency: Vec<usize>,
+
+    /// Separate HTTP/2 connections the requests round-robin over (default 1;
+    /// 8 for fanout).
+    #[arg(long, value_name = "N")]
+    pub(crate) connections: Option<usize>,
+
+    /// Workers started by the bench (default 2; 1000 for many-workers).
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+
+    /// Tasks each worker runs at once (default 64; 1 for many-workers).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_in_flight: Option<u32>,
+
+    /// WatchTicket streams per ticket (default 10 for watch-fanout, 10000
+    /// for fanout).
+    #[arg(long, value_name = "N")]
+    pub(crate) watchers: Option<usize>,
+
+    /// Tickets of a scale scenario (default 1000000 for backlog, 100000 for
+    /// many-workers).
+    #[arg(long, value_name = "N")]
+    pub(crate) tickets: Option<u64>,
+
+    /// Payload bytes per request (binary).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub(crate) payload_size: usize,
+
+    /// Measured time per run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub(crate) duration: Duration,
+
+    /// Unmeasured time before the measured samples start.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
+    pub(crate) warmup: Duration,
+
+    /// Run the whole matrix N times, interleaved; rows hold the medians.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) repeat: usize,
+
+    /// Also measure a plain unary gRPC echo (served by this process) at the
+    /// same concurrency, payload and duration, interleaved with the gateway
+    /// runs; gateway rows then carry ratios to it.
+    #[arg(long)]
+    pub(crate) baseline: bool,
+
+    /// Report the RSS of this process (the gateway's, for a gateway started
+    /// elsewhere).
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
+
+    /// A request that takes longer counts as an error (CLIENT_TIMEOUT).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub(crate) request_timeout: Duration,
+
+    /// Bound on each phase of a scale scenario (submitting, draining,
+    /// connecting, watching); what is done by then is reported.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DUR")]
+    pub(crate) time_limit: Duration,
+
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+}
+
+/// See [`BenchArgs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    Submit,
+    E2e,
+    Poll,
+    WatchFanout,
+    Backlog,
+    Fanout,
+    ManyWorkers,
+}
+
+impl Mode {
+    /// The name on the command line and in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Submit => "submit",
+            Mode::E2e => "e2e",
+            Mode::Poll => "poll",
+            Mode::WatchFanout => "watch-fanout",
+            Mode::Backlog => "backlog",
+            Mode::Fanout => "fanout",
+            Mode::ManyWorkers => "many-workers",
+        }
+    }
+
+    /// A scale scenario rather than a timed load.
+    pub(crate) fn is_scale(self) -> bool {
+        matches!(self, Mode::Backlog | Mode::Fanout | Mode::ManyWorkers)
+    }
+}
+
+/// Where a gateway comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TargetSpec {
+    /// Already running at this URL.
+    Remote(String),
+    /// Started in this process with the memory store.
+    Memory,
+    /// Started in this process with a durable store in this (fresh) file.
+    Durable(PathBuf),
+}
+
+impl TargetSpec {
+    /// The `store` of a report row.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            TargetSpec::Remote(_) => "remote".to_owned(),
+            TargetSpec::Memory => "memory".to_owned(),
+            TargetSpec::Durable(path) => format!("durable:{}", path.display()),
+        }
+    }
+}
+
+/// The flags with every default resolved and every limit checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) mode: Mode,
+    pub(crate) targets: Vec<TargetSpec>,
+    /// Whether the RSS is this process's (embedded gateways).
+    pub(crate) embedded: bool,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) concurrency: Vec<usize>,
+    pub(crate) connections: usize,
+    pub(crate) workers: usize,
+    pub(crate) max_in_flight: u32,
+    pub(crate) watchers: usize,
+    pub(crate) tickets: u64,
+    pub(crate) payload_size: usize,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) repeat: usize,
+    pub(crate) baseline: bool,
+    pub(crate) request_timeout: Duration,
+    pub(crate) time_limit: Duration,
+    pub(crate) progress: bool,
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    if value < min || value > max {
+        return Err(format!(
+            "--{flag} must be between {min} and {max}, not {value}"
+        ));
+    }
+    Ok(value)
+}
+
+impl BenchArgs {
+    /// Fills in the per-mode defaults and checks the limits; `server` is the
+    /// global `--server`, used when `--embedded` is not given.
+    pub(crate) fn resolve(self, server: &str) -> Result<Settings, String> {
+        let mode = self.mode;
+        let targets = if self.embedded.is_empty() {
+            vec![TargetSpec::Remote(server.to_owned())]
+        } else {
+            self.embedded
+                .iter()
+                .map(|store| match store.trim() {
+                    "" => Err("--embedded: empty store name (use `memory` or a file path)".into()),
+                    "memory" => Ok(TargetSpec::Memory),
+                    s if s.contains("://") => Err(format!(
+                        "--embedded {s}: use `memory` or a file path (a remote gateway goes in --server)"
+                    )),
+                    path => Ok(TargetSpec::Durable(PathBuf::from(path))),
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        };
+        let concurrency = if self.concurrency.is_empty() {
+            vec![64]
+        } else {
+            self.concurrency
+        };
+        for &c in &concurrency {
+            check_range("concurrency", c, 1, 100_000)?;
+        }
+        if mode.is_scale() && concurrency.len() > 1 {
+            return Err(format!(
+                "--mode {} takes one --concurrency value",
+                mode.name()
+            ));
+        }
+        let default_connections = if mode == Mode::Fanout { 8 } else { 1 };
+        let default_workers = if mode == Mode::ManyWorkers { 1000 } else { 2 };
+        let default_in_flight = if mode == Mode::ManyWorkers { 1 } else { 64 };
+        let default_watchers = if mode == Mode::Fanout { 10_000 } else { 10 };
+        let default_tickets = if mode == Mode::ManyWorkers {
+            100_000
+        } else {
+            1_000_000
+        };
+        if self.baseline && mode.is_scale() {
+            return Err(format!(
+                "--baseline applies to the load modes (submit, e2e, poll, watch-fanout), not {}",
+                mode.name()
+            ));
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be above 0".into());
+        }
+        Ok(Settings {
+            mode,
+            embedded: !self.embedded.is_empty(),
+            targets,
+            server_pid: self.server_pid,
+            concurrency,
+            connections: check_range(
+                "connections",
+                self.connections.unwrap_or(default_connections),
+                1,
+                1024,
+            )?,
+            workers: check_range(
+                "workers",
+                self.workers.unwrap_or(default_workers),
+                1,
+                10_000,
+            )?,
+            max_in_flight: check_range(
+                "max-in-flight",
+                self.max_in_flight.unwrap_or(default_in_flight),
+                1,
+                asyncgate_client::worker::MAX_IN_FLIGHT_LIMIT,
+            )?,
+            watchers: check_range(
+                "watchers",
+                self.watchers.unwrap_or(default_watchers),
+                1,
+                100_000,
+            )?,
+            tickets: check_range(
+                "tickets",
+                self.tickets.unwrap_or(default_tickets),
+                1,
+                100_000_000,
+            )?,
+            payload_size: check_range("payload-size", self.payload_size, 0, MAX_PAYLOAD)?,
+            duration: self.duration,
+            warmup: self.warmup,
+            repeat: check_range("repeat", self.repeat, 1, 1000)?,
+            baseline: self.baseline,
+            request_timeout: self.request_timeout.max(Duration::from_millis(1)),
+            time_limit: self.time_limit.max(Duration::from_secs(1)),
+            progress: !self.quiet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from(["asyncgate", "bench"].iter().chain(args).copied())
+            .map_err(|e| e.to_string())?;
+        let Command::Bench(bench) = cli.command else {
+            return Err("not bench".into());
+        };
+        bench.resolve(&cli.server)
+    }
+
+    #[test]
+    fn defaults_per_mode() -> Result<(), String> {
+        let s = settings(&[])?;
+        assert_eq!(s.mode, Mode::E2e);
+        assert_eq!(s.concurrency, [64]);
+        assert_eq!((s.connections, s.workers, s.max_in_flight), (1, 2, 64));
+        assert_eq!(s.payload_size, 1024);
+        assert_eq!(s.duration, Duration::from_secs(10));
+        assert_eq!(s.warmup, Duration::from_secs(2));
+        assert_eq!(
+            s.targets,
+            [TargetSpec::Remote("http://127.0.0.1:50051".into())]
+        );
+        assert!(!s.embedded);
+
+        let s = settings(&["--mode", "fanout"])?;
+        assert_eq!((s.connections, s.watchers), (8, 10_000));
+        let s = settings(&["--mode", "many-workers"])?;
+        assert_eq!((s.workers, s.max_in_flight, s.tickets), (1000, 1, 100_000));
+        let s = settings(&["--mode", "backlog"])?;
+        assert_eq!((s.tickets, s.concurrency[0]), (1_000_000, 64));
+        let s = settings(&["--mode", "watch-fanout"])?;
+        assert_eq!(s.watchers, 10);
+        Ok(())
+    }
+
+    #[test]
+    fn lists_and_limits() -> Result<(), String> {
+        let s = settings(&[
+            "--embedded",
+            "memory,/tmp/x.redb",
+            "--concurrency",
+            "1,16,64,256",
+            "--duration",
+            "5s",
+            "--repeat",
+            "2",
+            "--baseline",
+        ])?;
+        assert_eq!(
+            s.targets,
+            [
+                TargetSpec::Memory,
+                TargetSpec::Durable(PathBuf::from("/tmp/x.redb"))
+            ]
+        );
+        assert_eq!(s.concurrency, [1, 16, 64, 256]);
+        assert!(s.embedded && s.baseline);
+        assert!(settings(&["--concurrency", "0"]).is_err());
+        assert!(settings(&["--embedded", "redis://x"]).is_err());
+        assert!(settings(&["--mode", "backlog", "--baseline"]).is_err());
+        assert!(settings(&["--mode", "backlog", "--concurrency", "1,2"]).is_err());
+        assert!(settings(&["--mode", "nope"]).is_err());
+        assert!(settings(&["--payload-size", "99999999"]).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! The baseline: a plain unary gRPC echo (`asyncgate.bench.v1.Echo`) that
+//! this process serves itself on 127.0.0.1:0, with the same transport
+//! settings as the gateway (tonic, TCP_NODELAY), so the gateway's cost shows
+//! as a ratio to the simplest request/reply on the same machine.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use asyncgate_proto::bench::echo_server::{Echo, EchoServer};
+use asyncgate_proto::bench::{EchoReply, EchoRequest};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::target::MAX_MESSAGE;
+
+/// Answers with the request's bytes (a `Bytes` moved, not copied).
+struct EchoService;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        Ok(Response::new(EchoReply {
+            payload: request.into_inner().payload,
+        }))
+    }
+}
+
+/// The running echo server.
+pub(crate) struct EchoBaseline {
+    pub(crate) url: String,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl EchoBaseline {
+    /// Serves the echo on a fresh loopback port.
+    pub(crate) async fn start() -> anyhow::Result<EchoBaseline> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("binding the echo baseline on 127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let stop = CancellationToken::new();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let service = EchoServer::new(EchoService)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let router = Server::builder().add_service(service);
+        let signal = stop.clone().cancelled_owned();
+        let task =
+            tokio::spawn(
+                async move { router.serve_with_incoming_shutdown(incoming, signal).await },
+            );
+        Ok(EchoBaseline { url, stop, task })
+    }
+
+    /// Stops the server and waits for it.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the echo baseline failed"),
+            Ok(Err(error)) => tracing::warn!(%error, "the echo baseline task failed"),
+            Err(_) => tracing::warn!("the echo baseline did not stop within 5s"),
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The timed, closed-loop loads: `concurrency` tasks, each sending its next
+//! request as soon as the previous one finished, until the deadline. Each
+//! task records into its own histogram (merged at the end); only requests
+//! that start after the warmup count.
+//!
+//! Per request the hot path allocates what the generated code needs and
+//! little more: the request is prebuilt and cloned (the payload is a
+//! `Bytes`, so the clone shares it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use asyncgate_client::pb;
+use asyncgate_client::pb::gateway_client::GatewayClient;
+use asyncgate_proto::bench::EchoRequest;
+use asyncgate_proto::bench::echo_client::EchoClient;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::target::{MAX_MESSAGE, gateway_client};
+
+/// What one request failed with: a gRPC code name (`UNAVAILABLE`, ...) or one
+/// of the bench's own outcomes (`TICKET_FAILED`, `CLIENT_TIMEOUT`, ...).
+pub(crate) type ErrorKey = &'static str;
+
+/// The canonical name of a gRPC code, as in google.rpc.Code.
+pub(crate) fn code_name(code: tonic::Code) -> ErrorKey {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_key(status: tonic::Status) -> ErrorKey {
+    code_name(status.code())
+}
+
+/// `Ok` for SUCCEEDED, the error key of any other terminal state, `None`
+/// while not terminal.
+pub(crate) fn terminal_outcome(state: pb::TicketState) -> Option<Result<(), ErrorKey>> {
+    match state {
+        pb::TicketState::Succeeded => Some(Ok(())),
+        pb::TicketState::Failed => Some(Err("TICKET_FAILED")),
+        pb::TicketState::Cancelled => Some(Err("TICKET_CANCELLED")),
+        pb::TicketState::Expired => Some(Err("TICKET_EXPIRED")),
+        _ => None,
+    }
+}
+
+/// Reads (and drops) whatever is left of a stream, briefly.
+pub(crate) async fn read_to_end(stream: &mut tonic::Streaming<pb::TicketEvent>) {
+    let _ = tokio::time::timeout(STREAM_END_WAIT, async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+}
+
+/// How long a stream may take to end after its terminal event.
+const STREAM_END_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads a ticket event stream until the terminal event; returns when it
+/// arrived. Then reads on to the end of the stream (the gateway ends it right
+/// after the terminal event): dropping a stream before its end makes h2 reset
+/// it, and late frames on reset streams count toward the client's limit of
+/// 1024 locally reset streams per connection, after which hyper closes the
+/// connection (GOAWAY ENHANCE_YOUR_CALM, seen as RESOURCE_EXHAUSTED).
+pub(crate) async fn until_terminal(
+    stream: &mut tonic::Streaming<pb::TicketEvent>,
+) -> Result<Instant, ErrorKey> {
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                if let Some(outcome) = event
+                    .ticket
+                    .as_ref()
+                    .and_then(|ticket| terminal_outcome(ticket.state()))
+                {
+                    let at = Instant::now();
+                    read_to_end(stream).await;
+                    return outcome.map(|()| at);
+                }
+            }
+            Ok(None) => return Err("STREAM_ENDED_EARLY"),
+            Err(status) => return Err(status_key(status)),
+        }
+    }
+}
+
+/// Which request a load sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadKind {
+    /// The baseline's unary echo.
+    Echo,
+    Submit,
+    Execute,
+    Poll,
+    /// Submit, then this many watchers.
+    WatchFanout(usize),
+}
+
+/// One task's request maker.
+enum Caller {
+    Echo(EchoClient<Channel>, EchoRequest),
+    Submit(GatewayClient<Channel>, pb::SubmitRequest),
+    Execute(GatewayClient<Channel>, pb::SubmitRequest),
+    Poll(GatewayClient<Channel>, pb::SubmitRequest),
+    WatchFanout(GatewayClient<Channel>, pb::SubmitRequest, usize),
+}
+
+/// The long-poll `wait` of each GetTicket in poll mode.
+const POLL_WAIT: prost_types::Duration = prost_types::Duration {
+    seconds: 30,
+    nanos: 0,
+};
+
+impl Caller {
+    fn new(
+        kind: LoadKind,
+        channel: &Channel,
+        request: &pb::SubmitRequest,
+        echo: &EchoRequest,
+    ) -> Caller {
+        match kind {
+            LoadKind::Echo => Caller::Echo(
+                EchoClient::new(channel.clone())
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+                echo.clone(),
+            ),
+            LoadKind::Submit => Caller::Submit(gateway_client(channel), request.clone()),
+            LoadKind::Execute => Caller::Execute(gateway_client(channel), request.clone()),
+            LoadKind::Poll => Caller::Poll(gateway_client(channel), request.clone()),
+            LoadKind::WatchFanout(watchers) => {
+                Caller::WatchFanout(gateway_client(channel), request.clone(), watchers)
+            }
+        }
+    }
+
+    /// One request, start to finish; `Ok` holds when it was done (the
+    /// terminal event, before the stream's end is read).
+    async fn call(&mut self) -> Result<Instant, ErrorKey> {
+        match self {
+            Caller::Echo(client, request) => client
+                .echo(request.clone())
+                .await
+                .map(|_| Instant::now())
+                .map_err(status_key),
+            Caller::Submit(client, request) => client
+                .submit(request.clone())
+                .await
+                .map(|_| Instant::now())
+                .map_err(status_key),
+            Caller::Execute(client, request) => {
+                let mut stream = client
+                    .execute(request.clone())
+                    .await
+                    .map_err(status_key)?
+                    .into_inner();
+                until_terminal(&mut stream).await
+            }
+            Caller::Poll(client, request) => {
+                let ticket = client
+                    .submit(request.clone())
+                    .await
+                    .map_err(status_key)?
+                    .into_inner();
+                let mut state = ticket.state();
+                loop {
+                    if let Some(outcome) = terminal_outcome(state) {
+                        return outcome.map(|()| Instant::now());
+                    }
+                    let get = pb::GetTicketRequest {
+                        id: ticket.id.clone(),
+                        wait: Some(POLL_WAIT),
+                    };
+                    state = client
+                        .get_ticket(get)
+                        .await
+                        .map_err(status_key)?
+                        .into_inner()
+                        .state();
+                }
+            }
+            Caller::WatchFanout(client, request, watchers) => {
+                let ticket = client
+                    .submit(request.clone())
+                    .await
+                    .map_err(status_key)?
+                    .into_inner();
+                let mut all: FuturesUnordered<_> = (0..*watchers)
+                    .map(|_| {
+                        let mut client = client.clone();
+                        let request = pb::WatchTicketRequest {
+                            id: ticket.id.clone(),
+                            after_seq: None,
+                        };
+                        async move {
+                            let mut stream = client
+                                .watch_ticket(request)
+                                .await
+                                .map_err(status_key)?
+                                .into_inner();
+                            until_terminal(&mut stream).await
+                        }
+                    })
+                    .collect();
+                // Done when the last watcher saw the terminal event.
+                let mut outcome = Ok(Instant::now());
+                while let Some(result) = all.next().await {
+                    outcome = match (outcome, result) {
+                        (Ok(last), Ok(at)) => Ok(last.max(at)),
+                        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                    };
+                }
+                outcome
+            }
+        }
+    }
+}
+
+/// The measured part of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Measured {
+    /// Requests started after the warmup.
+    pub(crate) requests: u64,
+    /// Those that succeeded (accepted; or reached SUCCEEDED).
+    pub(crate) succeeded: u64,
+    /// The others, by error key.
+    pub(crate) errors: BTreeMap<ErrorKey, u64>,
+    /// Latency of the successful ones, in microseconds.
+    pub(crate) latency: Histogram<u64>,
+    /// The measured time.
+    pub(crate) duration: Duration,
+}
+
+/// Latency range recorded: 1 µs to 1 hour, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Measured {
+    fn empty(duration: Duration) -> Measured {
+        Measured {
+            requests: 0,
+            succeeded: 0,
+            errors: BTreeMap::new(),
+            latency: histogram(),
+            duration,
+        }
+    }
+
+    fn merge(&mut self, other: &Measured) {
+        self.requests += other.requests;
+        self.succeeded += other.succeeded;
+        for (key, count) in &other.errors {
+            *self.errors.entry(key).or_default() += count;
+        }
+        // Same bounds on both sides: `add` cannot fail.
+        let _ = self.latency.add(&other.latency);
+    }
+
+    /// Successful requests per second.
+    pub(crate) fn throughput(&self) -> f64 {
+        self.succeeded as f64 / self.duration.as_secs_f64()
+    }
+
+    /// `[p50, p90, p99, max]` in µs; `None` without a successful request.
+    pub(crate) fn latency_us(&self) -> Option<[u64; 4]> {
+        if self.latency.is_empty() {
+            return None;
+        }
+        let h = &self.latency;
+        Some([
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.90),
+            h.value_at_quantile(0.99),
+            h.max(),
+        ])
+    }
+}
+
+/// What one run does.
+pub(crate) struct LoadPlan {
+    pub(crate) kind: LoadKind,
+    pub(crate) concurrency: usize,
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) request_timeout: Duration,
+    /// Shown in the progress lines; `None`: no progress lines.
+    pub(crate) progress: Option<String>,
+}
+
+/// Completed requests (warmup included) and errors so far, for the progress
+/// line.
+#[derive(Default)]
+struct Counters {
+    completed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Runs `plan` with its tasks spread round-robin over `channels`.
+pub(crate) async fn run(
+    plan: &LoadPlan,
+    channels: &[Channel],
+    request: &pb::SubmitRequest,
+    echo: &EchoRequest,
+) -> Measured {
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let end = measure_from + plan.duration;
+    let counters = Arc::new(Counters::default());
+    let ticker = plan
+        .progress
+        .clone()
+        .map(|label| tokio::spawn(progress(label, counters.clone(), start, end)));
+
+    let mut tasks = JoinSet::new();
+    for index in 0..plan.concurrency {
+        let caller = Caller::new(plan.kind, &channels[index % channels.len()], request, echo);
+        let counters = counters.clone();
+        let timeout = plan.request_timeout;
+        let duration = plan.duration;
+        tasks.spawn(async move {
+            client_task(caller, counters, measure_from, end, timeout, duration).await
+        });
+    }
+    let mut total = Measured::empty(plan.duration);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(measured) => total.merge(&measured),
+            Err(error) => eprintln!("warning: a bench task failed: {error}"),
+        }
+    }
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    total
+}
+
+async fn client_task(
+    mut caller: Caller,
+    counters: Arc<Counters>,
+    measure_from: Instant,
+    end: Instant,
+    timeout: Duration,
+    duration: Duration,
+) -> Measured {
+    let mut measured = Measured::empty(duration);
+    loop {
+        let started = Instant::now();
+        if started >= end {
+            break;
+        }
+        let outcome = match tokio::time::timeout(timeout, caller.call()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err("CLIENT_TIMEOUT"),
+        };
+        counters.completed.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if started >= measure_from {
+            measured.requests += 1;
+            match outcome {
+                Ok(done) => {
+                    measured.succeeded += 1;
+                    let elapsed = done.saturating_duration_since(started);
+                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                    measured.latency.saturating_record(micros.max(1));
+                }
+                Err(key) => *measured.errors.entry(key).or_default() += 1,
+            }
+        }
+        if outcome.is_err() {
+            // A gateway that fails fast (refused, shutting down) must not
+            // turn the loop into a busy spin.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    measured
+}
+
+/// One line on stderr per second: requests per second over the last second
+/// and since the start.
+async fn progress(label: String, counters: Arc<Counters>, start: Instant, end: Instant) {
+    let mut ticks =
+        tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last = 0;
+    loop {
+        let now = ticks.tick().await;
+        if now > end + Duration::from_millis(500) {
+            // Draining the requests still in flight: nothing new to say.
+            continue;
+        }
+        let done = counters.completed.load(Ordering::Relaxed);
+        let errors = counters.errors.load(Ordering::Relaxed);
+        let elapsed = now.duration_since(start).as_secs_f64();
+        eprintln!(
+            "{label}: {elapsed:>5.1}s  {:>9.0} req/s (avg {:.0})  done {done}  errors {errors}",
+            (done - last) as f64,
+            done as f64 / elapsed,
+        );
+        last = done;
+    }
+}

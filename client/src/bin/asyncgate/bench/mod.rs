@@ -1,0 +1,283 @@
+//! `asyncgate bench`: throughput, latency and memory of a gateway, in the
+//! spirit of `nats bench` and `redis-benchmark`.
+//!
+//! - `args.rs`: flags and their per-mode defaults.
+//! - `target.rs`: the gateway (embedded or remote), connections, the bench's
+//!   own workers, RSS.
+//! - `echo.rs`: the `--baseline` plain gRPC echo server.
+//! - `load.rs`: the timed closed-loop load modes (submit, e2e, poll,
+//!   watch-fanout, and the echo baseline).
+//! - `scale.rs`: the scale scenarios (backlog, fanout, many-workers).
+//! - `report.rs`: medians, ratios, table and JSON.
+//!
+//! Everything runs on the CLI's one tokio runtime: the embedded gateway, the
+//! echo server, the workers and the load share it (and the machine's cores),
+//! which is why the baseline runs interleaved with the gateway runs.
+
+mod args;
+mod echo;
+mod load;
+mod report;
+mod scale;
+mod target;
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use asyncgate_proto::bench::EchoRequest;
+use bytes::Bytes;
+
+pub(crate) use args::BenchArgs;
+use args::{Mode, Settings, TargetSpec};
+use echo::EchoBaseline;
+use load::{LoadKind, LoadPlan};
+use report::{LoadReport, RunRecord};
+use target::{Fleet, Gateway, RssSource};
+
+use crate::cli::OutputFormat;
+
+/// Exit code when the bench ran but a request failed or a check did not pass.
+const EXIT_INCOMPLETE: u8 = 1;
+
+/// Runs the bench; `server` is the global `--server`.
+pub(crate) async fn run(
+    server: &str,
+    output: OutputFormat,
+    args: BenchArgs,
+) -> anyhow::Result<ExitCode> {
+    let settings = args.resolve(server).map_err(anyhow::Error::msg)?;
+    let started_at = SystemTime::now();
+    let body = async {
+        if settings.mode.is_scale() {
+            run_scale(&settings, output, started_at).await
+        } else {
+            run_load(&settings, output, started_at).await
+        }
+    };
+    tokio::select! {
+        result = body => result,
+        _ = tokio::signal::ctrl_c() => {
+            target::remove_created_files();
+            anyhow::bail!("interrupted")
+        }
+    }
+}
+
+/// The payload every request carries: `size` bytes, not all zero.
+fn payload(size: usize) -> Bytes {
+    Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+}
+
+fn load_kind(settings: &Settings) -> LoadKind {
+    match settings.mode {
+        Mode::Submit => LoadKind::Submit,
+        Mode::Poll => LoadKind::Poll,
+        Mode::WatchFanout => LoadKind::WatchFanout(settings.watchers),
+        _ => LoadKind::Execute,
+    }
+}
+
+fn plan(settings: &Settings, kind: LoadKind, concurrency: usize, label: String) -> LoadPlan {
+    LoadPlan {
+        kind,
+        concurrency,
+        warmup: settings.warmup,
+        duration: settings.duration,
+        request_timeout: settings.request_timeout,
+        progress: settings.progress.then_some(label),
+    }
+}
+
+/// The load modes: every (repeat, concurrency, target) run, plus the
+/// baseline at each (repeat, concurrency), alternating which goes first.
+async fn run_load(
+    settings: &Settings,
+    output: OutputFormat,
+    started_at: SystemTime,
+) -> anyhow::Result<ExitCode> {
+    let bytes = payload(settings.payload_size);
+    let echo_request = EchoRequest {
+        payload: bytes.clone(),
+    };
+    let baseline = if settings.baseline {
+        Some(EchoBaseline::start().await?)
+    } else {
+        None
+    };
+    let mut records = Vec::new();
+    let mut baseline_records = Vec::new();
+    let result = async {
+        for repeat in 0..settings.repeat {
+            for &concurrency in &settings.concurrency {
+                let baseline_first = repeat % 2 == 0;
+                if let (Some(echo), true) = (&baseline, baseline_first) {
+                    baseline_records.push(
+                        run_baseline(settings, echo, &echo_request, concurrency, repeat).await?,
+                    );
+                }
+                for target in &settings.targets {
+                    records.push(run_gateway(settings, target, &bytes, concurrency, repeat).await?);
+                }
+                if let (Some(echo), false) = (&baseline, baseline_first) {
+                    baseline_records.push(
+                        run_baseline(settings, echo, &echo_request, concurrency, repeat).await?,
+                    );
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Some(echo) = baseline {
+        echo.stop().await;
+    }
+    result?;
+
+    let report = LoadReport::new(&records, &baseline_records);
+    match output {
+        OutputFormat::Json => println!("{}", report::load_json(&report, settings, started_at)),
+        OutputFormat::Text => print!("{}", report::load_text(&report, settings)),
+    }
+    Ok(if report.all_succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    })
+}
+
+fn progress_label(settings: &Settings, what: &str, concurrency: usize, repeat: usize) -> String {
+    format!(
+        "[{}/{}] {} {what} c={concurrency}",
+        repeat + 1,
+        settings.repeat,
+        settings.mode.name()
+    )
+}
+
+async fn run_baseline(
+    settings: &Settings,
+    echo: &EchoBaseline,
+    request: &EchoRequest,
+    concurrency: usize,
+    repeat: usize,
+) -> anyhow::Result<RunRecord> {
+    let channels = target::connect(&echo.url, settings.connections).await?;
+    let plan = plan(
+        settings,
+        LoadKind::Echo,
+        concurrency,
+        progress_label(settings, "baseline", concurrency, repeat),
+    );
+    let unused = asyncgate_client::pb::SubmitRequest::default();
+    let measured = load::run(&plan, &channels, &unused, request).await;
+    Ok(RunRecord {
+        mode: "baseline-echo",
+        store: "none".into(),
+        concurrency,
+        repeat,
+        measured,
+        rss_before: None,
+        rss_after: None,
+    })
+}
+
+/// One gateway run: a fresh gateway (embedded) or queue (remote), the
+/// bench's workers unless the mode is submit, the load, and the cleanup.
+async fn run_gateway(
+    settings: &Settings,
+    target: &TargetSpec,
+    payload: &Bytes,
+    concurrency: usize,
+    repeat: usize,
+) -> anyhow::Result<RunRecord> {
+    let gateway = Gateway::open(target, settings).await?;
+    let result = async {
+        let queue = target::fresh_queue(settings.mode.name());
+        let fleet = if settings.mode == Mode::Submit {
+            None
+        } else {
+            Some(
+                Fleet::start(
+                    &gateway.url,
+                    &queue,
+                    settings.workers,
+                    settings.max_in_flight,
+                    None,
+                    settings.time_limit,
+                )
+                .await?,
+            )
+        };
+        let run = async {
+            let channels = target::connect(&gateway.url, settings.connections).await?;
+            let request = target::submit_request(&queue, payload.clone());
+            let plan = plan(
+                settings,
+                load_kind(settings),
+                concurrency,
+                progress_label(settings, &gateway.store, concurrency, repeat),
+            );
+            let rss_before = gateway.rss.read();
+            let measured = load::run(&plan, &channels, &request, &EchoRequest::default()).await;
+            let rss_after = gateway.rss.read();
+            Ok::<_, anyhow::Error>(RunRecord {
+                mode: settings.mode.name(),
+                store: gateway.store.clone(),
+                concurrency,
+                repeat,
+                measured,
+                rss_before,
+                rss_after,
+            })
+        }
+        .await;
+        if let Some(fleet) = fleet {
+            fleet.stop().await;
+        }
+        run
+    }
+    .await;
+    gateway.close().await;
+    result
+}
+
+/// The scale scenarios: each target in turn, `--repeat` times.
+async fn run_scale(
+    settings: &Settings,
+    output: OutputFormat,
+    started_at: SystemTime,
+) -> anyhow::Result<ExitCode> {
+    let mut scenarios = Vec::new();
+    let mut passed = true;
+    for repeat in 0..settings.repeat {
+        for target in &settings.targets {
+            let gateway = Gateway::open(target, settings).await?;
+            let result = scale::run(settings, &gateway).await;
+            gateway.close().await;
+            let mut scenario = result?;
+            scenario.json["repeat"] = serde_json::json!(repeat + 1);
+            if output == OutputFormat::Text {
+                print!("{}", scenario.text);
+            }
+            passed &= scenario.passed;
+            scenarios.push(scenario.json);
+        }
+    }
+    if output == OutputFormat::Json {
+        println!("{}", report::scale_json(&scenarios, settings, started_at));
+    }
+    if settings
+        .targets
+        .iter()
+        .any(|t| matches!(t, TargetSpec::Remote(_)))
+        && RssSource::for_settings(settings) == RssSource::None
+        && output == OutputFormat::Text
+    {
+        println!("(rss not measured: pass --server-pid PID of the gateway)");
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    })
+}

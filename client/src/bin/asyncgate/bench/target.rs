@@ -1,0 +1,297 @@
+//! What a bench run talks to: the gateway (started in-process or already
+//! running), its HTTP/2 connections, the bench's own workers, and RSS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use asyncgate_client::pb;
+use asyncgate_client::pb::gateway_client::GatewayClient;
+use asyncgate_client::worker::{TaskContext, TaskError, Worker, WorkerHandle, handler_fn};
+use asyncgate_server::config::StoreConfig;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+use super::args::{Settings, TargetSpec};
+
+/// Largest message the bench's clients and servers accept: above any payload
+/// the gateway takes (4 MiB by default) plus the ticket around it.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How long an embedded gateway may take to shut down before the bench
+/// moves on without it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
+
+/// Durable store files the bench created and has not deleted yet; removed on
+/// Ctrl-C too.
+static CREATED_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn remove_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => eprintln!("warning: cannot delete {}: {error}", path.display()),
+    }
+    CREATED_FILES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| p != path);
+}
+
+/// Deletes every store file the bench created (after Ctrl-C).
+pub(crate) fn remove_created_files() {
+    let files = std::mem::take(&mut *CREATED_FILES.lock().unwrap_or_else(|p| p.into_inner()));
+    for file in files {
+        remove_file(&file);
+    }
+}
+
+/// Whose memory a run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RssSource {
+    /// This process: the embedded gateway plus the bench's clients and workers.
+    SelfProcess,
+    /// `--server-pid`.
+    Pid(u32),
+    /// Nothing to measure.
+    None,
+}
+
+impl RssSource {
+    pub(crate) fn for_settings(settings: &Settings) -> RssSource {
+        if settings.embedded {
+            RssSource::SelfProcess
+        } else if let Some(pid) = settings.server_pid {
+            RssSource::Pid(pid)
+        } else {
+            RssSource::None
+        }
+    }
+
+    /// VmRSS in bytes, from /proc.
+    pub(crate) fn read(self) -> Option<u64> {
+        let path = match self {
+            RssSource::SelfProcess => "/proc/self/status".to_owned(),
+            RssSource::Pid(pid) => format!("/proc/{pid}/status"),
+            RssSource::None => return None,
+        };
+        let status = std::fs::read_to_string(path).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    }
+
+    /// What the numbers mean, for reports.
+    pub(crate) fn label(self) -> Option<String> {
+        match self {
+            RssSource::SelfProcess => Some("process RSS incl. client (embedded gateway)".into()),
+            RssSource::Pid(pid) => Some(format!("RSS of pid {pid}")),
+            RssSource::None => None,
+        }
+    }
+}
+
+/// A gateway for one run.
+pub(crate) struct Gateway {
+    pub(crate) url: String,
+    pub(crate) store: String,
+    pub(crate) rss: RssSource,
+    running: Option<asyncgate_server::Running>,
+    file: Option<PathBuf>,
+}
+
+impl Gateway {
+    /// Starts an embedded gateway (fresh listener, fresh store) or names the
+    /// remote one.
+    pub(crate) async fn open(target: &TargetSpec, settings: &Settings) -> anyhow::Result<Gateway> {
+        let rss = RssSource::for_settings(settings);
+        let store = target.label();
+        let (store_config, file) = match target {
+            TargetSpec::Remote(url) => {
+                return Ok(Gateway {
+                    url: url.clone(),
+                    store,
+                    rss,
+                    running: None,
+                    file: None,
+                });
+            }
+            TargetSpec::Memory => (StoreConfig::Memory, None),
+            TargetSpec::Durable(path) => {
+                if path.exists() {
+                    bail!(
+                        "--embedded {}: the file exists; the bench needs a fresh store file (it deletes it afterwards)",
+                        path.display()
+                    );
+                }
+                CREATED_FILES
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(path.clone());
+                (StoreConfig::Durable(path.clone()), Some(path.clone()))
+            }
+        };
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("binding the embedded gateway on 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let config = asyncgate_server::Config {
+            listen: addr,
+            store: store_config,
+            ..asyncgate_server::Config::default()
+        };
+        let running = match asyncgate_server::start_on(config, listener).await {
+            Ok(running) => running,
+            Err(error) => {
+                if let Some(file) = &file {
+                    remove_file(file);
+                }
+                return Err(error).context("starting the embedded gateway");
+            }
+        };
+        Ok(Gateway {
+            url: format!("http://{addr}"),
+            store,
+            rss,
+            running: Some(running),
+            file,
+        })
+    }
+
+    /// Shuts an embedded gateway down (its workers should be gone already)
+    /// and deletes its store file.
+    pub(crate) async fn close(self) {
+        if let Some(running) = self.running {
+            match tokio::time::timeout(SHUTDOWN_WAIT, running.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => eprintln!("warning: the embedded gateway failed: {error}"),
+                Err(_) => eprintln!(
+                    "warning: the embedded gateway did not shut down within {SHUTDOWN_WAIT:?}"
+                ),
+            }
+        }
+        if let Some(file) = &self.file {
+            remove_file(file);
+        }
+    }
+}
+
+/// `n` separate HTTP/2 connections to `url`.
+pub(crate) async fn connect(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = asyncgate_client::endpoint(url)?;
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {url}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+/// A raw gateway client (no SDK resume logic) without message size limits
+/// that a large payload could hit.
+pub(crate) fn gateway_client(channel: &Channel) -> GatewayClient<Channel> {
+    GatewayClient::new(channel.clone())
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// A fresh queue name per run, so runs (and earlier runs on a remote
+/// gateway) never share tickets.
+pub(crate) fn fresh_queue(mode: &str) -> String {
+    format!("bench-{mode}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The request every load sends: `payload` as binary, no metadata.
+pub(crate) fn submit_request(queue: &str, payload: bytes::Bytes) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        queue: queue.to_owned(),
+        payload: Some(asyncgate_client::payload::binary(payload, "")),
+        ..Default::default()
+    }
+}
+
+/// Called with the worker's index for every task, before it is answered.
+pub(crate) type OnTask = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// The bench's workers: each returns the task's payload unchanged.
+pub(crate) struct Fleet {
+    handles: Vec<WorkerHandle>,
+}
+
+impl Fleet {
+    /// Starts `n` workers on `queue` (one connection each) and waits until
+    /// all of them are connected, at most `limit`.
+    pub(crate) async fn start(
+        url: &str,
+        queue: &str,
+        n: usize,
+        max_in_flight: u32,
+        on_task: Option<OnTask>,
+        limit: Duration,
+    ) -> anyhow::Result<Fleet> {
+        let mut handles = Vec::with_capacity(n);
+        for index in 0..n {
+            let on_task = on_task.clone();
+            let handler = handler_fn(move |task: TaskContext| {
+                if let Some(on_task) = &on_task {
+                    on_task(index);
+                }
+                // `Payload` holds `Bytes`: this clone shares the buffer.
+                std::future::ready(Ok::<_, TaskError>(task.payload().clone()))
+            });
+            let worker = Worker::builder(url)
+                .name(format!("bench-{index}"))
+                .queue(queue)
+                .max_in_flight(max_in_flight)
+                .handler(handler)
+                .shutdown_timeout(Duration::from_secs(5))
+                .build()?;
+            handles.push(worker.spawn());
+        }
+        let fleet = Fleet { handles };
+        let connected = futures::future::join_all(fleet.handles.iter().map(|h| h.connected()));
+        match tokio::time::timeout(limit, connected).await {
+            Ok(sessions) if sessions.iter().all(Option::is_some) => Ok(fleet),
+            Ok(_) => {
+                fleet.stop().await;
+                bail!("a bench worker stopped before it connected to {url}")
+            }
+            Err(_) => {
+                let missing = fleet
+                    .handles
+                    .iter()
+                    .filter(|h| h.session_id().is_none())
+                    .count();
+                fleet.stop().await;
+                bail!("{missing} of {n} bench workers did not connect to {url} within {limit:?}")
+            }
+        }
+    }
+
+    /// Drains every worker (bounded), then aborts any that are left.
+    pub(crate) async fn stop(self) {
+        for handle in &self.handles {
+            handle.shutdown();
+        }
+        let stopped = futures::future::join_all(self.handles.iter().map(|h| h.stopped()));
+        if tokio::time::timeout(Duration::from_secs(15), stopped)
+            .await
+            .is_err()
+        {
+            eprintln!("warning: some bench workers did not stop within 15s; aborting them");
+            for handle in &self.handles {
+                handle.abort();
+            }
+        }
+        futures::future::join_all(self.handles.into_iter().map(WorkerHandle::join)).await;
+    }
+}
