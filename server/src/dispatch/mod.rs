@@ -287,6 +287,9 @@ impl QueueActor {
     }
 
     /// Takes up to `CLAIM_BATCH` credits, one session at a time in rotation.
+    /// The rotation resumes after the last session served, so every worker
+    /// gets its turn in order (true round-robin, not "first free after a
+    /// slowly moving cursor", which favours workers behind a busy run).
     fn take_credits(&mut self) -> Vec<Arc<SessionSlot>> {
         let count = self.sessions.len();
         let mut takers = Vec::new();
@@ -294,13 +297,14 @@ impl QueueActor {
             return takers;
         }
         let start = self.cursor % count;
-        self.cursor = (start + 1) % count;
         loop {
             let before = takers.len();
             for offset in 0..count {
-                let slot = &self.sessions[(start + offset) % count];
+                let position = (start + offset) % count;
+                let slot = &self.sessions[position];
                 if slot.try_take_credit() {
                     takers.push(slot.clone());
+                    self.cursor = position + 1;
                     if takers.len() == CLAIM_BATCH {
                         return takers;
                     }

@@ -482,7 +482,7 @@ impl Session {
                 percent: progress.percent.min(100),
                 message: progress.message.chars().take(1024).collect(),
             }),
-            output: progress.output,
+            output: progress.output.map(convert::retained),
         };
         match self.dispatcher.engine().progress(report).await {
             Ok(()) => {}
@@ -525,7 +525,7 @@ impl Session {
                         retryable: false,
                     })
                 } else {
-                    Outcome::Success(payload)
+                    Outcome::Success(convert::retained(payload))
                 }
             }
             Some(pb::task_result::Outcome::Failure(failure)) => Outcome::Failure(TicketError {

@@ -191,6 +191,16 @@ pub struct Ticket {
     pub journal_seq: u64,
 }
 
+/// Most tickets carry no metadata: they all share one empty map.
+fn shared_metadata(metadata: HashMap<String, String>) -> Arc<HashMap<String, String>> {
+    static EMPTY: std::sync::OnceLock<Arc<HashMap<String, String>>> = std::sync::OnceLock::new();
+    if metadata.is_empty() {
+        EMPTY.get_or_init(Arc::default).clone()
+    } else {
+        Arc::new(metadata)
+    }
+}
+
 impl Ticket {
     /// A fresh PENDING ticket at seq 1 (its creation is its first event).
     pub fn create(id: TicketId, new: NewTicket, now: SystemTime) -> Self {
@@ -201,7 +211,7 @@ impl Ticket {
             attempt: 0,
             max_attempts: new.max_attempts,
             priority: new.priority,
-            metadata: Arc::new(new.metadata),
+            metadata: shared_metadata(new.metadata),
             payload: Arc::new(new.payload),
             created_at: now,
             updated_at: now,
@@ -283,6 +293,13 @@ mod tests {
             attempt_timeout: Some(Duration::from_secs(3)),
             max_attempts: 3,
         }
+    }
+
+    #[test]
+    fn a_ticket_record_stays_small() {
+        // Memory per pending ticket is a product promise (see BENCHMARKS.md).
+        let size = std::mem::size_of::<Ticket>();
+        assert!(size <= 512, "Ticket grew to {size} bytes");
     }
 
     #[test]

@@ -40,6 +40,17 @@ pub fn payload_size(payload: &Payload) -> usize {
     payload.encoded_len()
 }
 
+/// A payload the engine will keep: binary bodies are copied once into an
+/// allocation of their own size. Decoded `Bytes` are slices of the request's
+/// receive buffer (8 KiB or more per unary call), and keeping the slice would
+/// pin the whole buffer for as long as the ticket lives.
+pub fn retained(mut payload: Payload) -> Payload {
+    if let Some(asyncgate_proto::v1::payload::Kind::Binary(bytes)) = &mut payload.kind {
+        *bytes = bytes::Bytes::copy_from_slice(bytes);
+    }
+    payload
+}
+
 /// Parses a ticket id field.
 pub fn ticket_id(text: &str, field: &str) -> Result<TicketId, GatewayError> {
     if text.is_empty() {
@@ -97,7 +108,7 @@ pub fn new_ticket(
     limits: &SubmitLimits,
 ) -> Result<NewTicket, GatewayError> {
     let queue = queue(&request.queue, "queue")?;
-    let payload = request.payload.unwrap_or_default();
+    let payload = retained(request.payload.unwrap_or_default());
     let size = payload_size(&payload);
     if size > limits.max_payload_bytes {
         return Err(GatewayError::invalid(
