@@ -286,11 +286,11 @@ impl QueueActor {
         }
     }
 
-    /// Takes up to `CLAIM_BATCH` credits, one session at a time in rotation.
-    /// The rotation resumes after the last session served, so every worker
-    /// gets its turn in order (true round-robin, not "first free after a
-    /// slowly moving cursor", which favours workers behind a busy run).
-    fn take_credits(&mut self) -> Vec<Arc<SessionSlot>> {
+    /// Takes up to `CLAIM_BATCH` credits, one session at a time in rotation
+    /// from the cursor, each with its position. Tickets go to the takers in
+    /// this order, and the cursor then moves past the last one served (see
+    /// `dispatch`), so every worker gets its turn: true round-robin.
+    fn take_credits(&mut self) -> Vec<(usize, Arc<SessionSlot>)> {
         let count = self.sessions.len();
         let mut takers = Vec::new();
         if count == 0 {
@@ -303,8 +303,7 @@ impl QueueActor {
                 let position = (start + offset) % count;
                 let slot = &self.sessions[position];
                 if slot.try_take_credit() {
-                    takers.push(slot.clone());
-                    self.cursor = position + 1;
+                    takers.push((position, slot.clone()));
                     if takers.len() == CLAIM_BATCH {
                         return takers;
                     }
@@ -322,12 +321,12 @@ impl QueueActor {
             if takers.is_empty() {
                 return;
             }
-            let infos: Vec<SessionInfo> = takers.iter().map(|s| s.info.clone()).collect();
+            let infos: Vec<SessionInfo> = takers.iter().map(|(_, s)| s.info.clone()).collect();
             let claimed = match self.engine.claim(&self.queue, &infos).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::error!(%error, "claim failed; will retry on the next signal");
-                    for slot in &takers {
+                    for (_, slot) in &takers {
                         slot.return_credit();
                     }
                     return;
@@ -336,16 +335,21 @@ impl QueueActor {
             if claimed.len() < takers.len() {
                 self.has_work = false;
             }
-            let mut unused: Vec<Arc<SessionSlot>> = takers;
+            let mut unused: Vec<Option<(usize, Arc<SessionSlot>)>> =
+                takers.into_iter().map(Some).collect();
             for task in claimed {
-                let Some(position) = unused
-                    .iter()
-                    .position(|s| s.info.session_id == task.lease.session_id)
-                else {
+                let Some(index) = unused.iter().position(|taker| {
+                    taker
+                        .as_ref()
+                        .is_some_and(|(_, s)| s.info.session_id == task.lease.session_id)
+                }) else {
                     tracing::error!(ticket_id = %task.ticket.id, "claim named a session we did not offer");
                     continue;
                 };
-                let slot = unused.swap_remove(position);
+                let Some((position, slot)) = unused[index].take() else {
+                    continue;
+                };
+                self.cursor = position + 1;
                 if let Err(mpsc::error::SendError(SessionCommand::Deliver(task))) =
                     slot.commands.send(SessionCommand::Deliver(Box::new(task)))
                 {
@@ -364,7 +368,7 @@ impl QueueActor {
                     self.has_work = true;
                 }
             }
-            for slot in unused {
+            for (_, slot) in unused.into_iter().flatten() {
                 slot.return_credit();
             }
         }

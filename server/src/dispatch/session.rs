@@ -10,7 +10,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt};
+use std::future::Future;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -122,6 +126,8 @@ pub async fn run<S>(
         attached: false,
         draining: false,
         gateway_draining: false,
+        in_flight: FuturesUnordered::new(),
+        ready: Vec::new(),
     };
     session
         .serve(inbound, shutdown, hard_stop)
@@ -188,6 +194,29 @@ struct Session {
     /// The gateway is shutting down: end once every lease is answered. (A
     /// worker's own drain ends when the worker closes its stream.)
     gateway_draining: bool,
+    /// Progress and results applied but not yet durable.
+    in_flight: FuturesUnordered<BoxFuture<'static, Recorded>>,
+    /// Progress and results durable and not yet acknowledged.
+    ready: Vec<Recorded>,
+}
+
+/// A worker's report, applied and now durable (or refused).
+enum Recorded {
+    Progress {
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Result<(), EngineError>,
+    },
+    Result {
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        /// Whether this session held the lease (its credit comes back).
+        held: bool,
+        /// Whether the worker had been told to drop it (a rejection is
+        /// expected then).
+        was_revoked: bool,
+        outcome: Result<Completion, EngineError>,
+    },
 }
 
 /// Why the session loop ended.
@@ -318,8 +347,12 @@ impl Session {
                     Some(command) => self.on_command(command).await,
                     None => Err(End::Closed),
                 },
-                message = inbound.next() => match message {
-                    Some(Ok(message)) => self.on_message(slot, message).await,
+                Some(recorded) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.on_recorded(slot, recorded)
+                }
+                // A worker that reports faster than the store commits waits.
+                message = inbound.next(), if self.in_flight.len() < self.in_flight_limit() => match message {
+                    Some(Ok(message)) => self.on_message(message).await,
                     Some(Err(error)) => {
                         tracing::debug!(%error, "worker stream failed");
                         Err(End::Closed)
@@ -340,10 +373,20 @@ impl Session {
             if let Err(end) = step {
                 return end;
             }
-            if self.gateway_draining && self.leases.is_empty() {
+            for recorded in std::mem::take(&mut self.ready) {
+                if let Err(end) = self.on_recorded(slot, recorded) {
+                    return end;
+                }
+            }
+            if self.gateway_draining && self.leases.is_empty() && self.in_flight.is_empty() {
                 return End::Drained;
             }
         }
+    }
+
+    /// Reports waiting for the store before the worker's stream is paused.
+    fn in_flight_limit(&self) -> usize {
+        self.max_in_flight as usize * 4 + 64
     }
 
     /// Stops new tasks from coming; the loop ends once every lease is
@@ -407,11 +450,7 @@ impl Session {
         }
     }
 
-    async fn on_message(
-        &mut self,
-        slot: &Arc<SessionSlot>,
-        message: pb::WorkerMessage,
-    ) -> Result<(), End> {
+    async fn on_message(&mut self, message: pb::WorkerMessage) -> Result<(), End> {
         match message.kind {
             None => Err(End::Error(GatewayError::Protocol(
                 "empty WorkerMessage: set one of hello, heartbeat, progress, result".into(),
@@ -437,7 +476,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Some(In::Progress(progress)) => self.on_progress(progress).await,
+            Some(In::Progress(progress)) => self.on_progress(progress),
             Some(In::Drain(_)) => {
                 if self.draining {
                     return Ok(());
@@ -450,11 +489,11 @@ impl Session {
                     reason: "drain acknowledged: no new tasks will be sent".into(),
                 }))
             }
-            Some(In::Result(result)) => self.on_result(slot, result).await,
+            Some(In::Result(result)) => self.on_result(result),
         }
     }
 
-    async fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
+    fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
         let (ticket_id, lease_id) =
             match parse_lease(&progress.ticket_id, &progress.lease_id, "progress") {
                 Ok(ids) => ids,
@@ -484,21 +523,85 @@ impl Session {
             }),
             output: progress.output.map(convert::retained),
         };
-        match self.dispatcher.engine().progress(report).await {
-            Ok(()) => {}
-            Err(EngineError::StaleLease { .. } | EngineError::NotFound(_)) => {
-                tracing::debug!(%ticket_id, %lease_id, "progress for a lease that is not current; ignored");
+        let applied = self.dispatcher.engine().progress(report);
+        self.track(async move {
+            Recorded::Progress {
+                ticket_id,
+                lease_id,
+                outcome: applied.await,
             }
-            Err(error) => tracing::warn!(%error, %ticket_id, "progress not recorded"),
-        }
+        });
         Ok(())
     }
 
-    async fn on_result(
-        &mut self,
-        slot: &Arc<SessionSlot>,
-        result: pb::TaskResult,
-    ) -> Result<(), End> {
+    /// Keeps an applied transition until it is durable; the memory engine's
+    /// are ready at once and handled on the spot.
+    fn track(&mut self, recorded: impl Future<Output = Recorded> + Send + 'static) {
+        let mut recorded = Box::pin(recorded);
+        match (&mut recorded).now_or_never() {
+            Some(done) => self.ready.push(done),
+            None => self.in_flight.push(recorded),
+        }
+    }
+
+    /// A transition is durable: acknowledge it.
+    fn on_recorded(&mut self, slot: &Arc<SessionSlot>, recorded: Recorded) -> Result<(), End> {
+        match recorded {
+            Recorded::Progress {
+                ticket_id,
+                lease_id,
+                outcome,
+            } => {
+                match outcome {
+                    Ok(()) => {}
+                    Err(EngineError::StaleLease { .. } | EngineError::NotFound(_)) => {
+                        tracing::debug!(%ticket_id, %lease_id, "progress for a lease that is not current; ignored");
+                    }
+                    Err(error) => tracing::warn!(%error, %ticket_id, "progress not recorded"),
+                }
+                Ok(())
+            }
+            Recorded::Result {
+                ticket_id,
+                lease_id,
+                held,
+                was_revoked,
+                outcome,
+            } => {
+                if held {
+                    self.dispatcher.credit_returned(slot, &self.queues);
+                }
+                let (code, message) = match outcome {
+                    Ok(Completion::Recorded(ticket)) => {
+                        tracing::debug!(%ticket_id, state = ticket.state.name(), "result recorded");
+                        (
+                            tonic::Code::Ok,
+                            format!("recorded; ticket is {}", ticket.state.name()),
+                        )
+                    }
+                    Ok(Completion::Duplicate(_)) => (
+                        tonic::Code::AlreadyExists,
+                        "this lease's result was already recorded".into(),
+                    ),
+                    Err(error) => {
+                        let status = GatewayError::from(error);
+                        if !was_revoked {
+                            tracing::debug!(%ticket_id, %lease_id, error = %status, "result rejected");
+                        }
+                        (status.code(), status.to_string())
+                    }
+                };
+                self.send(Out::ResultAck(pb::ResultAck {
+                    ticket_id: ticket_id.to_string(),
+                    lease_id: lease_id.to_string(),
+                    code: code as i32,
+                    message,
+                }))
+            }
+        }
+    }
+
+    fn on_result(&mut self, result: pb::TaskResult) -> Result<(), End> {
         let ack = |code: tonic::Code, message: String| {
             Out::ResultAck(pb::ResultAck {
                 ticket_id: result.ticket_id.clone(),
@@ -546,35 +649,20 @@ impl Session {
         };
         let held = self.leases.remove(&lease_id).is_some();
         let was_revoked = self.revoked.remove(&lease_id);
-        let outcome = self
+        let applied = self
             .dispatcher
             .engine()
-            .complete(ticket_id, lease_id, outcome)
-            .await;
-        if held {
-            self.dispatcher.credit_returned(slot, &self.queues);
-        }
-        let reply = match outcome {
-            Ok(Completion::Recorded(ticket)) => {
-                tracing::debug!(%ticket_id, state = ticket.state.name(), "result recorded");
-                ack(
-                    tonic::Code::Ok,
-                    format!("recorded; ticket is {}", ticket.state.name()),
-                )
+            .complete(ticket_id, lease_id, outcome);
+        self.track(async move {
+            Recorded::Result {
+                ticket_id,
+                lease_id,
+                held,
+                was_revoked,
+                outcome: applied.await,
             }
-            Ok(Completion::Duplicate(_)) => ack(
-                tonic::Code::AlreadyExists,
-                "this lease's result was already recorded".into(),
-            ),
-            Err(error) => {
-                let status = GatewayError::from(error);
-                if !was_revoked {
-                    tracing::debug!(%ticket_id, %lease_id, error = %status, "result rejected");
-                }
-                ack(status.code(), status.to_string())
-            }
-        };
-        self.send(reply)
+        });
+        Ok(())
     }
 }
 

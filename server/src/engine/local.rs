@@ -22,8 +22,9 @@ use async_trait::async_trait;
 
 use super::journal::{Journal, MemoryJournal, Mutation, Recovered};
 use super::{
-    Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter, ListPage,
-    ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted, TicketChange,
+    Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
+    ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
+    TicketChange,
 };
 use crate::domain::ticket::{EventKind, Payload, codes};
 use crate::domain::{
@@ -917,66 +918,26 @@ impl Engine for LocalEngine {
         self.durable(seq).await
     }
 
-    async fn progress(&self, report: ProgressReport) -> Result<(), EngineError> {
-        let seq = self.record_progress(report)?;
-        self.durable(seq).await
+    fn progress(&self, report: ProgressReport) -> Applied<()> {
+        let applied = self.record_progress(report);
+        let journal = self.journal.clone();
+        Box::pin(async move { journal.durable(applied?).await })
     }
 
-    async fn complete(
+    fn complete(
         &self,
         ticket_id: TicketId,
         lease_id: LeaseId,
         outcome: Outcome,
-    ) -> Result<Completion, EngineError> {
-        let now = SystemTime::now();
-        let (result, session, ready) = {
-            let mut shard = lock(self.shard(&ticket_id));
-            let shard = &mut *shard;
-            let Some(mut ticket) = shard.tickets.remove(&ticket_id) else {
-                return Err(Self::lookup_error(shard, ticket_id));
-            };
-            let mut session = None;
-            let mut ready = false;
-            let result = if ticket.state.is_terminal() && ticket.completed_by == Some(lease_id) {
-                Ok(Completion::Duplicate(ticket.clone()))
-            } else if !ticket.is_leased_by(lease_id) {
-                Err(EngineError::StaleLease {
-                    ticket_id,
-                    lease_id,
-                    reason: Self::stale_reason(&ticket, lease_id),
-                })
-            } else {
-                session = ticket.lease.as_ref().map(|l| l.session_id);
-                match outcome {
-                    Outcome::Success(payload) => {
-                        ticket.result = Some(payload);
-                        ticket.completed_by = Some(lease_id);
-                        self.finish(shard, &mut ticket, TicketState::Succeeded, None, now);
-                    }
-                    Outcome::Failure(error) => {
-                        ticket.completed_by = Some(lease_id);
-                        ready = self.end_attempt(shard, &mut ticket, error, false, now);
-                        if !ticket.state.is_terminal() {
-                            ticket.completed_by = None;
-                        }
-                    }
-                }
-                Ok(Completion::Recorded(ticket.clone()))
-            };
-            let queue = ticket.queue.clone();
-            shard.tickets.insert(ticket_id, ticket);
-            (result, session, ready.then_some(queue))
-        };
-        if let Some(session_id) = session {
-            self.forget_session_lease(session_id, lease_id);
-        }
-        if let Some(queue) = ready {
-            self.notify_ready(&queue);
-        }
-        let completion = result?;
-        let (Completion::Recorded(ticket) | Completion::Duplicate(ticket)) = &completion;
-        self.durable(ticket.journal_seq).await?;
-        Ok(completion)
+    ) -> Applied<Completion> {
+        let applied = self.apply_completion(ticket_id, lease_id, outcome);
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            let completion = applied?;
+            let (Completion::Recorded(ticket) | Completion::Duplicate(ticket)) = &completion;
+            journal.durable(ticket.journal_seq).await?;
+            Ok(completion)
+        })
     }
 
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
@@ -1027,6 +988,61 @@ impl Engine for LocalEngine {
 }
 
 impl LocalEngine {
+    /// The synchronous part of `complete`.
+    fn apply_completion(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> Result<Completion, EngineError> {
+        let now = SystemTime::now();
+        let (result, session, ready) = {
+            let mut shard = lock(self.shard(&ticket_id));
+            let shard = &mut *shard;
+            let Some(mut ticket) = shard.tickets.remove(&ticket_id) else {
+                return Err(Self::lookup_error(shard, ticket_id));
+            };
+            let mut session = None;
+            let mut ready = false;
+            let result = if ticket.state.is_terminal() && ticket.completed_by == Some(lease_id) {
+                Ok(Completion::Duplicate(ticket.clone()))
+            } else if !ticket.is_leased_by(lease_id) {
+                Err(EngineError::StaleLease {
+                    ticket_id,
+                    lease_id,
+                    reason: Self::stale_reason(&ticket, lease_id),
+                })
+            } else {
+                session = ticket.lease.as_ref().map(|l| l.session_id);
+                match outcome {
+                    Outcome::Success(payload) => {
+                        ticket.result = Some(payload);
+                        ticket.completed_by = Some(lease_id);
+                        self.finish(shard, &mut ticket, TicketState::Succeeded, None, now);
+                    }
+                    Outcome::Failure(error) => {
+                        ticket.completed_by = Some(lease_id);
+                        ready = self.end_attempt(shard, &mut ticket, error, false, now);
+                        if !ticket.state.is_terminal() {
+                            ticket.completed_by = None;
+                        }
+                    }
+                }
+                Ok(Completion::Recorded(ticket.clone()))
+            };
+            let queue = ticket.queue.clone();
+            shard.tickets.insert(ticket_id, ticket);
+            (result, session, ready.then_some(queue))
+        };
+        if let Some(session_id) = session {
+            self.forget_session_lease(session_id, lease_id);
+        }
+        if let Some(queue) = ready {
+            self.notify_ready(&queue);
+        }
+        result
+    }
+
     /// Rebuilds the in-memory state from what a durable journal read back:
     /// ready queues in their stored priority/FIFO order, backoffs, timers,
     /// idempotency keys, chunks and tombstones. Tickets that were running

@@ -278,6 +278,13 @@ pub trait EngineListener: Send + Sync + 'static {
     fn lease_revoked(&self, revocation: Revocation);
 }
 
+/// A transition whose place in its ticket's order was fixed when the method
+/// was called (a worker's progress and result are applied in the order they
+/// arrived), and which resolves once it is durable. A worker session can thus
+/// have many results waiting for the disk at once, and group commit covers
+/// them with one fsync.
+pub type Applied<T> = futures::future::BoxFuture<'static, Result<T, EngineError>>;
+
 /// The narrow async boundary around ticket storage. Every mutating method is
 /// one atomic transition; results and progress are accepted only for the
 /// current lease.
@@ -338,15 +345,17 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<(), EngineError>;
 
     /// Records progress and/or an output chunk for the current lease.
-    async fn progress(&self, report: ProgressReport) -> Result<(), EngineError>;
+    /// Applied at call time (see [`Applied`]).
+    fn progress(&self, report: ProgressReport) -> Applied<()>;
 
     /// Records the result of the current lease: success, retry or failure.
-    async fn complete(
+    /// Applied at call time (see [`Applied`]).
+    fn complete(
         &self,
         ticket_id: TicketId,
         lease_id: LeaseId,
         outcome: Outcome,
-    ) -> Result<Completion, EngineError>;
+    ) -> Applied<Completion>;
 
     /// Applies everything due by `now`: backoffs ending, deadlines, attempt
     /// timeouts, expired sessions and retention.
