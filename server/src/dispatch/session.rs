@@ -215,7 +215,7 @@ enum Recorded {
         /// Whether the worker had been told to drop it (a rejection is
         /// expected then).
         was_revoked: bool,
-        outcome: Result<Completion, EngineError>,
+        outcome: Box<Result<Completion, EngineError>>,
     },
 }
 
@@ -571,7 +571,7 @@ impl Session {
                 if held {
                     self.dispatcher.credit_returned(slot, &self.queues);
                 }
-                let (code, message) = match outcome {
+                let (code, message) = match *outcome {
                     Ok(Completion::Recorded(ticket)) => {
                         tracing::debug!(%ticket_id, state = ticket.state.name(), "result recorded");
                         (
@@ -659,7 +659,7 @@ impl Session {
                 lease_id,
                 held,
                 was_revoked,
-                outcome: applied.await,
+                outcome: Box::new(applied.await),
             }
         });
         Ok(())
