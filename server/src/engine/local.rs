@@ -56,7 +56,8 @@ enum Timer {
 
 #[derive(Default)]
 struct Shard {
-    tickets: HashMap<TicketId, Ticket>,
+    /// Boxed: growing the map moves pointers, not 440-byte records.
+    tickets: HashMap<TicketId, Box<Ticket>>,
     chunks: HashMap<TicketId, Vec<Chunk>>,
     timers: BTreeSet<(SystemTime, Timer, TicketId)>,
     /// Deleted tickets, with their deletion time.
@@ -254,7 +255,7 @@ impl LocalEngine {
         if !durable && !watched {
             return 0;
         }
-        let snapshot = Arc::new(ticket.clone());
+        let snapshot = Arc::new(Ticket::clone(&ticket));
         if durable {
             mutations.insert(
                 0,
@@ -658,7 +659,7 @@ impl Engine for LocalEngine {
         let ticket = {
             let shard = lock(self.shard(&id));
             match shard.tickets.get(&id) {
-                Some(ticket) => ticket.clone(),
+                Some(ticket) => Ticket::clone(&ticket),
                 None => return Err(Self::lookup_error(&shard, id)),
             }
         };
@@ -684,7 +685,7 @@ impl Engine for LocalEngine {
                     chunks[start..].to_vec()
                 })
                 .unwrap_or_default();
-            (ticket.clone(), chunks)
+            (Ticket::clone(&ticket), chunks)
         };
         self.durable(ticket.journal_seq).await?;
         Ok((ticket, chunks))
@@ -724,7 +725,7 @@ impl Engine for LocalEngine {
                     }
                 }
                 smallest.push(*id);
-                picked.insert(*id, ticket.clone());
+                picked.insert(*id, Ticket::clone(&ticket));
             }
         }
         let mut ids = smallest.into_sorted_vec();
@@ -750,7 +751,7 @@ impl Engine for LocalEngine {
                 return Err(Self::lookup_error(shard, id));
             };
             let result = match ticket.state {
-                TicketState::Cancelled => Ok(ticket.clone()),
+                TicketState::Cancelled => Ok(Ticket::clone(&ticket)),
                 state if state.is_terminal() => Err(EngineError::AlreadyTerminal {
                     id,
                     state,
@@ -769,7 +770,7 @@ impl Engine for LocalEngine {
                         retryable: false,
                     };
                     self.finish(shard, &mut ticket, TicketState::Cancelled, Some(error), now);
-                    Ok(ticket.clone())
+                    Ok(Ticket::clone(&ticket))
                 }
             };
             shard.tickets.insert(id, ticket);
@@ -859,7 +860,7 @@ impl Engine for LocalEngine {
             ticket.touch(now);
             self.commit(ticket, Some(EventKind::State), None);
             claimed.push(Claimed {
-                ticket: ticket.clone(),
+                ticket: Ticket::clone(&ticket),
                 lease,
             });
         }
@@ -1005,7 +1006,7 @@ impl LocalEngine {
             let mut session = None;
             let mut ready = false;
             let result = if ticket.state.is_terminal() && ticket.completed_by == Some(lease_id) {
-                Ok(Completion::Duplicate(ticket.clone()))
+                Ok(Completion::Duplicate(Ticket::clone(&ticket)))
             } else if !ticket.is_leased_by(lease_id) {
                 Err(EngineError::StaleLease {
                     ticket_id,
@@ -1028,7 +1029,7 @@ impl LocalEngine {
                         }
                     }
                 }
-                Ok(Completion::Recorded(ticket.clone()))
+                Ok(Completion::Recorded(Ticket::clone(&ticket)))
             };
             let queue = ticket.queue.clone();
             shard.tickets.insert(ticket_id, ticket);
@@ -1106,7 +1107,7 @@ impl LocalEngine {
                     ));
                 }
             }
-            shard.tickets.insert(id, ticket);
+            shard.tickets.insert(id, Box::new(ticket));
         }
         self.enqueue_seq.store(last_enqueue + 1, Ordering::Relaxed);
         for (ticket_id, lease_id) in interrupted {
@@ -1133,7 +1134,7 @@ impl LocalEngine {
                     queue: ticket.queue.clone(),
                 });
             }
-            return Ok((ticket.clone(), false));
+            return Ok((Ticket::clone(&ticket), false));
         }
         let id = TicketId::new();
         let mut ticket = Ticket::create(id, new, now);
@@ -1156,7 +1157,7 @@ impl LocalEngine {
                 shard.timers.insert((deadline, Timer::Deadline, id));
             }
             self.commit_with(&mut ticket, None, None, Vec::new(), true);
-            shard.tickets.insert(id, ticket.clone());
+            shard.tickets.insert(id, Box::new(Ticket::clone(&ticket)));
         }
         if let (Some(map), Some(key)) = (idempotency.as_deref_mut(), key) {
             map.insert(key, id);
