@@ -255,7 +255,7 @@ impl LocalEngine {
         if !durable && !watched {
             return 0;
         }
-        let snapshot = Arc::new(Ticket::clone(&ticket));
+        let snapshot = Arc::new(Ticket::clone(ticket));
         if durable {
             mutations.insert(
                 0,
@@ -659,7 +659,7 @@ impl Engine for LocalEngine {
         let ticket = {
             let shard = lock(self.shard(&id));
             match shard.tickets.get(&id) {
-                Some(ticket) => Ticket::clone(&ticket),
+                Some(ticket) => Ticket::clone(ticket),
                 None => return Err(Self::lookup_error(&shard, id)),
             }
         };
@@ -685,7 +685,7 @@ impl Engine for LocalEngine {
                     chunks[start..].to_vec()
                 })
                 .unwrap_or_default();
-            (Ticket::clone(&ticket), chunks)
+            (Ticket::clone(ticket), chunks)
         };
         self.durable(ticket.journal_seq).await?;
         Ok((ticket, chunks))
@@ -725,7 +725,7 @@ impl Engine for LocalEngine {
                     }
                 }
                 smallest.push(*id);
-                picked.insert(*id, Ticket::clone(&ticket));
+                picked.insert(*id, Ticket::clone(ticket));
             }
         }
         let mut ids = smallest.into_sorted_vec();
@@ -860,7 +860,7 @@ impl Engine for LocalEngine {
             ticket.touch(now);
             self.commit(ticket, Some(EventKind::State), None);
             claimed.push(Claimed {
-                ticket: Ticket::clone(&ticket),
+                ticket: Ticket::clone(ticket),
                 lease,
             });
         }
@@ -1134,7 +1134,7 @@ impl LocalEngine {
                     queue: ticket.queue.clone(),
                 });
             }
-            return Ok((Ticket::clone(&ticket), false));
+            return Ok((Ticket::clone(ticket), false));
         }
         let id = TicketId::new();
         let mut ticket = Ticket::create(id, new, now);
