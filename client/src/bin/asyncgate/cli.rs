@@ -73,6 +73,7 @@ pub(crate) enum Command {
     /// in-flight tasks); a second signal stops at once.
     Work(WorkArgs),
     /// Measure a gateway's throughput, latency and memory.
+    #[command(long_about = crate::bench::LONG_ABOUT)]
     Bench(crate::bench::BenchArgs),
 }
 

@@ -12,46 +12,53 @@ use crate::cli::parse_duration;
 /// `--max-payload-bytes`.
 const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 
-/// Measure a gateway: throughput, latency percentiles, success ratio,
-/// errors by gRPC code and memory, optionally as a ratio to a plain gRPC
-/// echo on the same machine (`--baseline`).
-///
-/// Target: the gateway at the global `--server URL`, or one started in this
-/// process with `--embedded STORE` (`memory`, or a path for the durable store:
-/// it must not exist yet, and is deleted afterwards; a comma list runs each
-/// store in turn). Every run uses a fresh queue (and, embedded, a fresh
-/// gateway on 127.0.0.1:0). Its own in-process workers (the worker SDK)
-/// return each payload unchanged.
-///
-/// Load modes (closed loop: `--concurrency` tasks, each sending its next
-/// request when the previous one finished, for `--warmup` then `--duration`):
-///   submit        Submit only (no workers); success = accepted / attempted
-///   e2e           Execute, read the stream to the terminal event (default)
-///   poll          Submit, then GetTicket with wait until terminal
-///   watch-fanout  Submit, then --watchers WatchTicket streams per ticket;
-///                 latency to the last watcher seeing the terminal event
-///
-/// Scale scenarios (bounded by --tickets and --time-limit per phase):
-///   backlog       submit --tickets (default 1000000) with no worker, rate
-///                 and RSS per slice of 100k; then start the workers and
-///                 measure the drain until the queue is empty
-///   fanout        --watchers (default 10000) WatchTicket streams on one
-///                 ticket over --connections (default 8); RSS growth, and
-///                 seen/total of the terminal event
-///   many-workers  --workers (default 1000) workers with max_in_flight 1,
-///                 --tickets (default 100000) tickets; tasks per worker
-///
-/// Output: a table on stdout, or one JSON document with the global
-/// `--output json`; a progress line on stderr about once a second. With
-/// --repeat N the whole matrix runs N times, interleaved, and each row holds
-/// the medians across repeats. RSS is this process's (gateway and client
-/// together) with --embedded, or that of --server-pid.
-///
-/// Exit codes: 0 when every request succeeded and every check passed, 1 when
-/// the bench completed but some requests failed or a check did not pass, 2
-/// when it could not run.
+/// The long help of `asyncgate bench` (`--help`).
+pub(crate) const LONG_ABOUT: &str = "\
+Measure a gateway: throughput, latency percentiles, success ratio, errors by
+gRPC code and memory, optionally as a ratio to a plain gRPC echo served by
+this process on the same machine (--baseline).
+
+Target: the gateway at the global --server URL, or one started in this
+process with --embedded STORE (`memory`, or a path for the durable store,
+which must not exist yet and is deleted afterwards; a comma list runs each
+store in turn). Every run uses a fresh queue (and, embedded, a fresh gateway
+on 127.0.0.1:0). The bench's own in-process workers (the worker SDK) return
+each payload unchanged.
+
+Load modes (closed loop: --concurrency tasks, each sending its next request
+when the previous one finished, for --warmup then --duration):
+  submit        Submit only (no workers); success = accepted / attempted
+  e2e           Execute, read the stream to the terminal event (default);
+                latency = call start to the terminal event
+  poll          Submit, then GetTicket with wait until terminal
+  watch-fanout  Submit, then --watchers WatchTicket streams per ticket;
+                latency to the last watcher seeing the terminal event
+
+Scale scenarios (bounded by --tickets, and by --time-limit per phase):
+  backlog       Submit --tickets (default 1000000) with no worker connected:
+                rate and RSS per slice of 100k; then start the workers and
+                measure the drain until no ticket is PENDING or RUNNING
+  fanout        --watchers (default 10000) WatchTicket streams on one
+                ticket over --connections (default 8): RSS growth, and how
+                many watchers saw the terminal event (seen/total)
+  many-workers  --workers (default 1000) workers with max_in_flight 1 on one
+                queue, --tickets (default 100000) tickets: tasks per worker
+                (max, min, spread max/min)
+
+Output: a table on stdout, or one JSON document with the global
+--output json; a progress line on stderr about once a second (--quiet: none).
+With --repeat N the whole matrix runs N times, interleaved (and with the
+baseline run alternately before and after the gateway runs); each row holds
+the medians across repeats, success_ratio is pooled, errors are summed.
+RSS is this process's (the embedded gateway and the bench's clients and
+workers together) with --embedded, or that of --server-pid.
+
+Exit codes: 0 when every request succeeded and every check passed; 1 when the
+bench completed but some requests failed or a check did not pass; 2 when it
+could not run.";
+
+/// The flags of `asyncgate bench`; see [`LONG_ABOUT`].
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
 pub(crate) struct BenchArgs {
     /// Start the gateway in this process with this store: `memory`, or the
     /// path of a durable store file that does not exist yet (deleted after
@@ -59,7 +66,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "STORE[,STORE...]", value_delimiter = ',')]
     pub(crate) embedded: Vec<String>,
 
-    /// What to measure (see above).
+    /// What to measure (the modes are described in --help).
     #[arg(long, value_enum, default_value_t = Mode::E2e)]
     pub(crate) mode: Mode,
 

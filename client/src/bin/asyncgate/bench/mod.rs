@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use asyncgate_proto::bench::EchoRequest;
 use bytes::Bytes;
 
-pub(crate) use args::BenchArgs;
+pub(crate) use args::{BenchArgs, LONG_ABOUT};
 use args::{Mode, Settings, TargetSpec};
 use echo::EchoBaseline;
 use load::{LoadKind, LoadPlan};

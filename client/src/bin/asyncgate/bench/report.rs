@@ -39,6 +39,8 @@ pub(crate) struct Row {
     pub(crate) requests: u64,
     pub(crate) throughput: f64,
     pub(crate) throughput_per_repeat: Vec<f64>,
+    /// `[before, after]` of each repeat, in run order.
+    pub(crate) rss_per_repeat: Vec<[Option<u64>; 2]>,
     pub(crate) latency_us: Option<[u64; 4]>,
     pub(crate) success_ratio: Option<f64>,
     pub(crate) errors: BTreeMap<ErrorKey, u64>,
@@ -111,6 +113,7 @@ fn aggregate(runs: &[&RunRecord], baseline: &[&RunRecord]) -> Row {
         requests: median_u64(runs.iter().map(|r| r.measured.requests)).unwrap_or(0),
         throughput: median(&throughput_per_repeat).unwrap_or(0.0),
         throughput_per_repeat,
+        rss_per_repeat: runs.iter().map(|r| [r.rss_before, r.rss_after]).collect(),
         latency_us,
         success_ratio: (requests > 0).then(|| succeeded as f64 / requests as f64),
         errors,
@@ -190,6 +193,7 @@ fn row_json(row: &Row, settings: &Settings, with_ratios: bool) -> Value {
         "rss_bytes_after": row.rss_after,
         "repeats": row.repeats,
         "throughput_per_repeat": row.throughput_per_repeat.iter().map(|t| round2(*t)).collect::<Vec<_>>(),
+        "rss_bytes_per_repeat": row.rss_per_repeat,
     });
     if with_ratios {
         value["ratio_to_baseline"] = json!(row.ratio_to_baseline.map(round4));

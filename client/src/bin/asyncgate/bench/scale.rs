@@ -3,7 +3,7 @@
 //! is bounded by its count and by `--time-limit`; what is done by then is
 //! reported (with `completed: false`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use asyncgate_client::pb;
+use asyncgate_client::worker::TaskContext;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::task::{JoinHandle, JoinSet};
@@ -86,7 +87,7 @@ impl Marks {
 
     /// Called with the counter's new value.
     fn count(&self, n: u64) {
-        if n % self.every == 0 {
+        if n.is_multiple_of(self.every) {
             let mark = Mark {
                 count: n,
                 at: Instant::now(),
@@ -128,6 +129,40 @@ impl Marks {
                 slice
             })
             .collect()
+    }
+}
+
+/// Tickets seen by the workers, once each: a redelivered ticket (its lease
+/// was lost, its result discarded) runs twice but counts once here.
+#[derive(Clone, Default)]
+struct Distinct {
+    seen: Arc<Mutex<HashSet<u128>>>,
+    count: Arc<AtomicU64>,
+    /// Every task run, redeliveries included.
+    runs: Arc<AtomicU64>,
+}
+
+impl Distinct {
+    /// Records a task; returns the new distinct count if it is a first run.
+    fn record(&self, task: &TaskContext) -> Option<u64> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let id = uuid::Uuid::parse_str(task.ticket_id())
+            .map(|u| u.as_u128())
+            .unwrap_or_default();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(id).then(|| {
+            let n = seen.len() as u64;
+            self.count.store(n, Ordering::Relaxed);
+            n
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 }
 
@@ -277,12 +312,16 @@ async fn wait_for_count(counter: &AtomicU64, target: u64, deadline: Instant) -> 
     }
 }
 
-/// Whether the queue has no PENDING ticket, asked with ListTickets.
-async fn queue_empty(channel: &Channel, queue: &str) -> anyhow::Result<bool> {
+/// Whether the queue has no PENDING or RUNNING ticket, asked with
+/// ListTickets (page size 1).
+async fn queue_settled(channel: &Channel, queue: &str) -> anyhow::Result<bool> {
     let page = gateway_client(channel)
         .list_tickets(pb::ListTicketsRequest {
             queue: queue.to_owned(),
-            states: vec![pb::TicketState::Pending as i32],
+            states: vec![
+                pb::TicketState::Pending as i32,
+                pb::TicketState::Running as i32,
+            ],
             page_size: 1,
             page_token: String::new(),
         })
@@ -290,6 +329,24 @@ async fn queue_empty(channel: &Channel, queue: &str) -> anyhow::Result<bool> {
         .context("ListTickets")?
         .into_inner();
     Ok(page.tickets.is_empty())
+}
+
+/// Asks [`queue_settled`] every 200 ms until it says yes or `deadline`;
+/// returns when it did (`Ok(None)`: not by the deadline).
+async fn wait_settled(
+    channel: &Channel,
+    queue: &str,
+    deadline: Instant,
+) -> anyhow::Result<Option<Instant>> {
+    loop {
+        if queue_settled(channel, queue).await? {
+            return Ok(Some(Instant::now()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn slice_text(out: &mut String, slices: &Value) {
@@ -332,15 +389,17 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
 
     // The drain: workers connect to a full queue.
     let target = submitted.accepted;
-    let handled = Arc::new(AtomicU64::new(0));
+    let distinct = Distinct::default();
     let drain_marks = Marks::new(slice, rss);
     let on_task: OnTask = {
-        let handled = handled.clone();
+        let distinct = distinct.clone();
         let marks = drain_marks.clone();
-        Arc::new(move |_| {
-            let n = handled.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::new(move |_, task| {
+            let Some(n) = distinct.record(task) else {
+                return;
+            };
             marks.count(n);
-            if n == target && n % marks.every != 0 {
+            if n == target && !n.is_multiple_of(marks.every) {
                 // The last one, so that the drain's end is exact.
                 let mark = Mark {
                     count: n,
@@ -358,7 +417,7 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
     let progress = ticker(
         settings,
         format!("backlog drain [{}]", gateway.store),
-        handled.clone(),
+        distinct.count.clone(),
         target,
     );
     let drain_start = Instant::now();
@@ -380,9 +439,8 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
         }
     };
     let connected_after = drain_start.elapsed();
-    let seen_done = wait_for_count(&handled, target, drain_deadline).await;
+    let seen_done = wait_for_count(&distinct.count, target, drain_deadline).await;
     stop_ticker(progress);
-    let drained = seen_done.is_some();
     let exact_end = drain_marks
         .marks
         .lock()
@@ -392,16 +450,23 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
         .map(|m| m.at)
         .min();
     let drain_end = exact_end.or(seen_done).unwrap_or_else(Instant::now);
-    let handled_count = handled.load(Ordering::Relaxed);
-    let empty = queue_empty(&channels[0], &queue).await;
+    // Every ticket ran once; redelivered ones may still be running again.
+    let settled = wait_settled(&channels[0], &queue, drain_deadline).await;
+    let drained = seen_done.is_some() && matches!(settled, Ok(Some(_)));
+    let distinct_count = distinct.count();
+    let runs = distinct.runs();
     let rss_drained = rss.read();
     fleet.stop().await;
     drop(channels);
 
     let drain_took = drain_end.saturating_duration_since(drain_start);
-    let queue_empty = match &empty {
-        Ok(empty) => json!(empty),
-        Err(_) => Value::Null,
+    let (queue_empty, settled_s) = match &settled {
+        Ok(Some(at)) => (
+            json!(true),
+            json!(secs(at.saturating_duration_since(drain_start))),
+        ),
+        Ok(None) => (json!(false), Value::Null),
+        Err(_) => (Value::Null, Value::Null),
     };
     let json = json!({
         "mode": "backlog",
@@ -416,21 +481,23 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
         "submit": submitted.json(Some(&submit_marks)),
         "drain": {
             "tickets": target,
-            "handled": handled_count,
+            "handled": distinct_count,
+            "task_runs": runs,
+            "redelivered": runs.saturating_sub(distinct_count),
             "workers_connected_s": secs(connected_after),
             "seconds": secs(drain_took),
-            "rate": rate(handled_count.min(target), drain_took),
+            "rate": rate(distinct_count.min(target), drain_took),
             "completed": drained,
             "queue_empty": queue_empty,
-            "slices": drain_marks.slices(drain_start, handled_count.min(target), drain_end),
+            "all_terminal_after_s": settled_s,
+            "slices": drain_marks.slices(drain_start, distinct_count.min(target), drain_end),
         },
         "rss_bytes_start": rss_start,
         "rss_bytes_after_submit": rss_submitted,
         "rss_bytes_after_drain": rss_drained,
         "rss_source": rss.label(),
     });
-    let passed =
-        submitted.completed && submitted.errors.is_empty() && drained && matches!(empty, Ok(true));
+    let passed = submitted.completed && submitted.errors.is_empty() && drained;
 
     let mut text = String::new();
     let _ = writeln!(
@@ -461,7 +528,7 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
     let d = &json["drain"];
     let _ = writeln!(
         text,
-        "  drain ({} workers x {} in flight, connected after {}s): {} of {} in {}s = {:.0}/s, queue empty: {}{}",
+        "  drain ({} workers x {} in flight, connected after {}s): {} of {} in {}s = {:.0}/s; {} redelivered; no PENDING/RUNNING left: {} (after {}s){}",
         settings.workers,
         settings.max_in_flight,
         d["workers_connected_s"],
@@ -469,7 +536,9 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
         target,
         d["seconds"],
         d["rate"].as_f64().unwrap_or(0.0),
+        d["redelivered"],
         d["queue_empty"],
+        d["all_terminal_after_s"],
         if drained {
             ""
         } else {
@@ -577,7 +646,7 @@ async fn fanout(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scenar
     let released: Arc<Mutex<Option<Instant>>> = Arc::default();
     let on_task: OnTask = {
         let released = released.clone();
-        Arc::new(move |_| {
+        Arc::new(move |_, _| {
             released
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -719,13 +788,13 @@ async fn many_workers(settings: &Settings, gateway: &Gateway) -> anyhow::Result<
     let rss = gateway.rss;
     let rss_before = rss.read();
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
-    let handled = Arc::new(AtomicU64::new(0));
+    let distinct = Distinct::default();
     let on_task: OnTask = {
         let counts = counts.clone();
-        let handled = handled.clone();
-        Arc::new(move |index| {
+        let distinct = distinct.clone();
+        Arc::new(move |index, task| {
             counts[index].fetch_add(1, Ordering::Relaxed);
-            handled.fetch_add(1, Ordering::Relaxed);
+            distinct.record(task);
         })
     };
     let connect_start = Instant::now();
@@ -758,11 +827,11 @@ async fn many_workers(settings: &Settings, gateway: &Gateway) -> anyhow::Result<
         let progress = ticker(
             settings,
             format!("many-workers done [{}]", gateway.store),
-            handled.clone(),
+            distinct.count.clone(),
             submitted.accepted,
         );
         let done_at = wait_for_count(
-            &handled,
+            &distinct.count,
             submitted.accepted,
             Instant::now() + settings.time_limit,
         )
@@ -801,10 +870,12 @@ async fn many_workers(settings: &Settings, gateway: &Gateway) -> anyhow::Result<
         "payload_size": settings.payload_size,
         "workers_connect_seconds": secs(connect_took),
         "submit": submitted.json(None),
-        "handled": sum,
+        "handled": distinct.count(),
+        "task_runs": sum,
+        "redelivered": sum.saturating_sub(distinct.count()),
         "all_done": all_done,
         "seconds": secs(took),
-        "throughput": rate(sum.min(submitted.accepted), took),
+        "throughput": rate(distinct.count().min(submitted.accepted), took),
         "tasks_per_worker": {
             "max": max,
             "min": min,
@@ -851,9 +922,10 @@ async fn many_workers(settings: &Settings, gateway: &Gateway) -> anyhow::Result<
     );
     let _ = writeln!(
         text,
-        "  tasks per worker: max {max}, min {min}, mean {mean:.1}, stddev {:.1}, spread max/min {}, workers with no task {zero}",
+        "  tasks per worker: max {max}, min {min}, mean {mean:.1}, stddev {:.1}, spread max/min {}, workers with no task {zero}, redelivered {}",
         variance.sqrt(),
-        spread.map_or("inf".into(), |s| format!("{s:.2}"))
+        spread.map_or("inf".into(), |s| format!("{s:.2}")),
+        json["redelivered"]
     );
     Ok(Scenario {
         json,

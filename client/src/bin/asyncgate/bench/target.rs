@@ -136,9 +136,7 @@ impl Gateway {
                 (StoreConfig::Durable(path.clone()), Some(path.clone()))
             }
         };
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .context("binding the embedded gateway on 127.0.0.1:0")?;
+        let listener = listen_loopback().context("binding the embedded gateway on 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let config = asyncgate_server::Config {
             listen: addr,
@@ -181,6 +179,18 @@ impl Gateway {
     }
 }
 
+/// Accept queue of the embedded gateway's listener: room for a thousand
+/// workers connecting at once (tokio's default of 1024 overflows then, and
+/// the kernel resets some of the connections).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on a fresh 127.0.0.1 port.
+fn listen_loopback() -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// `n` separate HTTP/2 connections to `url`.
 pub(crate) async fn connect(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     let endpoint = asyncgate_client::endpoint(url)?;
@@ -219,8 +229,9 @@ pub(crate) fn submit_request(queue: &str, payload: bytes::Bytes) -> pb::SubmitRe
     }
 }
 
-/// Called with the worker's index for every task, before it is answered.
-pub(crate) type OnTask = Arc<dyn Fn(usize) + Send + Sync>;
+/// Called with the worker's index and the task, for every task, before it
+/// is answered.
+pub(crate) type OnTask = Arc<dyn Fn(usize, &TaskContext) + Send + Sync>;
 
 /// The bench's workers: each returns the task's payload unchanged.
 pub(crate) struct Fleet {
@@ -243,7 +254,7 @@ impl Fleet {
             let on_task = on_task.clone();
             let handler = handler_fn(move |task: TaskContext| {
                 if let Some(on_task) = &on_task {
-                    on_task(index);
+                    on_task(index, &task);
                 }
                 // `Payload` holds `Bytes`: this clone shares the buffer.
                 std::future::ready(Ok::<_, TaskError>(task.payload().clone()))

@@ -1,0 +1,132 @@
+//! `asyncgate bench`, run for real (briefly): the binary starts an embedded
+//! gateway, its workers and the echo baseline, and prints one JSON document
+//! whose names scripts depend on.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_asyncgate"))
+        .arg("bench")
+        .args(args)
+        .args(["--output", "json", "--quiet"])
+        .env_remove("ASYNCGATE_SERVER")
+        .output()
+        .expect("the asyncgate binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the bench took {:?}",
+        started.elapsed()
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn number(value: &Value, what: &str) -> f64 {
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {value}"))
+}
+
+/// The latency and throughput fields of one row.
+fn check_row(row: &Value) {
+    assert!(number(&row["requests"], "requests") > 0.0, "{row}");
+    assert!(number(&row["throughput"], "throughput") > 0.0, "{row}");
+    assert_eq!(row["success_ratio"], 1.0, "{row}");
+    let latency = &row["latency_us"];
+    let p50 = number(&latency["p50"], "p50");
+    let p90 = number(&latency["p90"], "p90");
+    let p99 = number(&latency["p99"], "p99");
+    let max = number(&latency["max"], "max");
+    assert!(
+        0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{latency}"
+    );
+    assert_eq!(row["errors"], serde_json::json!({}), "{row}");
+}
+
+#[test]
+fn e2e_against_an_embedded_memory_gateway_with_baseline() {
+    let report = bench(&[
+        "--embedded",
+        "memory",
+        "--mode",
+        "e2e",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--baseline",
+    ]);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{report}");
+    let run = &runs[0];
+    check_row(run);
+    assert_eq!(run["mode"], "e2e");
+    assert_eq!(run["store"], "memory");
+    assert_eq!(run["concurrency"], 4);
+    assert_eq!(run["connections"], 1);
+    assert_eq!(run["payload_size"], 1024);
+    assert_eq!(run["duration_s"], 1.0);
+    assert!(number(&run["ratio_to_baseline"], "ratio_to_baseline") > 0.0);
+    assert!(number(&run["p50_ratio_to_baseline"], "p50_ratio_to_baseline") > 0.0);
+    assert!(number(&run["rss_bytes_before"], "rss_bytes_before") > 0.0);
+    assert!(number(&run["rss_bytes_after"], "rss_bytes_after") > 0.0);
+
+    let baseline = report["baseline"].as_array().expect("baseline");
+    assert_eq!(baseline.len(), 1, "{report}");
+    check_row(&baseline[0]);
+    assert_eq!(baseline[0]["concurrency"], 4);
+
+    assert!(number(&report["machine"]["cpus"], "cpus") >= 1.0);
+    assert!(report["machine"]["os"].is_string());
+    assert!(report["started_at"].is_string());
+}
+
+#[test]
+fn submit_against_an_embedded_durable_gateway() {
+    let path = std::env::temp_dir().join(format!(
+        "asyncgate-bench-smoke-{}-{}.redb",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let store = path.to_str().expect("a UTF-8 temp path");
+    let report = bench(&[
+        "--embedded",
+        store,
+        "--mode",
+        "submit",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    let run = &report["runs"][0];
+    check_row(run);
+    assert_eq!(run["mode"], "submit");
+    assert_eq!(run["store"], format!("durable:{store}"));
+    // No baseline: no ratios.
+    assert!(run["ratio_to_baseline"].is_null(), "{run}");
+    assert_eq!(report["baseline"], serde_json::json!([]));
+    assert!(!path.exists(), "the bench deletes its store file");
+}
