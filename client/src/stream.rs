@@ -64,6 +64,9 @@ impl Default for ResumeOptions {
     }
 }
 
+/// How long a finished stream may take to deliver its trailers.
+const TRAILER_WAIT: Duration = Duration::from_secs(1);
+
 /// The events of one ticket, ending after its terminal event.
 ///
 /// Yields `Ok(event)` for SNAPSHOT, STATE, PROGRESS and OUTPUT events
@@ -312,6 +315,9 @@ impl Resumer {
                                 }
                             }
                             self.done = end;
+                            if end {
+                                self.finish_stream().await;
+                            }
                             return Some(Ok(event));
                         }
                     }
@@ -333,6 +339,17 @@ impl Resumer {
                     return Some(Err(status.into()));
                 }
             }
+        }
+    }
+
+    /// Reads the stream to its end (the gateway closes it right after the
+    /// terminal event) so that it finishes with its trailers instead of
+    /// being reset: many resets on one connection make the server close the
+    /// connection, failing every other call on it.
+    async fn finish_stream(&mut self) {
+        if let Some(mut stream) = self.inner.take() {
+            let rest = async { while let Ok(Some(_)) = stream.message().await {} };
+            let _ = tokio::time::timeout(TRAILER_WAIT, rest).await;
         }
     }
 

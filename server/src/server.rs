@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +23,9 @@ use crate::hub::WatchHub;
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
 use crate::rpc::workers::WorkersService;
+
+/// Pending connections the listener queues before accepting.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Routes engine notifications to the hub and the dispatcher.
 struct Notifier {
@@ -119,12 +122,22 @@ fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
 
 /// Binds `config.listen` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if config.listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.listen)?;
+        // A deep accept queue: a thousand workers reconnecting at once after
+        // a restart must not overflow it (the OS caps it at somaxconn).
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let listener = bind().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     start_on(config, listener).await
 }
 

@@ -343,6 +343,18 @@ impl Session {
                         reason: "the gateway is shutting down".into(),
                     }))
                 }
+                // Timers before traffic: a worker that floods its stream must
+                // not starve its own pings or hide that it stopped answering.
+                _ = ping.tick() => {
+                    self.nonce += 1;
+                    self.send(Out::Ping(pb::Ping { nonce: self.nonce }))
+                }
+                _ = tokio::time::sleep_until(liveness_deadline) => Err(End::Error(
+                    GatewayError::WorkerUnresponsive(format!(
+                        "no heartbeat answering the gateway's pings for {:?}; the worker's leases were released",
+                        self.settings.heartbeat_interval * 2
+                    )),
+                )),
                 command = commands.recv() => match command {
                     Some(command) => self.on_command(command).await,
                     None => Err(End::Closed),
@@ -359,16 +371,6 @@ impl Session {
                     }
                     None => Err(End::Closed),
                 },
-                _ = ping.tick() => {
-                    self.nonce += 1;
-                    self.send(Out::Ping(pb::Ping { nonce: self.nonce }))
-                }
-                _ = tokio::time::sleep_until(liveness_deadline) => Err(End::Error(
-                    GatewayError::WorkerUnresponsive(format!(
-                        "no heartbeat answering the gateway's pings for {:?}; the worker's leases were released",
-                        self.settings.heartbeat_interval * 2
-                    )),
-                )),
             };
             if let Err(end) = step {
                 return end;

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -16,7 +16,7 @@ use crate::engine::ListFilter;
 use crate::error::GatewayError;
 
 /// Buffered events per watch stream before the watcher waits on the client.
-const STREAM_BUFFER: usize = 64;
+const STREAM_BUFFER: usize = 16;
 /// Largest ListTickets page.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// ListTickets page when page_size is 0.
@@ -55,14 +55,14 @@ impl GatewayService {
         &self,
         id: crate::domain::TicketId,
         after_seq: Option<u64>,
-    ) -> ReceiverStream<Result<pb::TicketEvent, Status>> {
+    ) -> impl Stream<Item = Result<pb::TicketEvent, Status>> + Send + 'static {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let core = self.core.clone();
         let span = tracing::debug_span!("watch", ticket_id = %id);
         self.core
             .tracker
             .spawn(async move { core.watch_into(id, after_seq, tx).await }.instrument(span));
-        ReceiverStream::new(rx)
+        ReceiverStream::new(rx).map(|event| *event)
     }
 }
 

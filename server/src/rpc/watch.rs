@@ -18,8 +18,9 @@ use crate::domain::{Ticket, TicketId};
 use crate::error::GatewayError;
 use crate::hub::Received;
 
-/// Items of a server stream.
-pub type EventSender = mpsc::Sender<Result<pb::TicketEvent, tonic::Status>>;
+/// Items of a server stream, boxed: a stream's channel allocates its slots
+/// up front, and an unboxed item is most of a kilobyte.
+pub type EventSender = mpsc::Sender<Box<Result<pb::TicketEvent, tonic::Status>>>;
 
 enum Flow {
     Continue,
@@ -45,7 +46,7 @@ impl Core {
             ticket,
             output,
         };
-        match tx.send(Ok(event)).await {
+        match tx.send(Box::new(Ok(event))).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
         }
@@ -100,7 +101,7 @@ impl Core {
         let (mut last_seq, terminal) = match self.send_snapshot(&tx, id, after_seq).await {
             Ok(state) => state,
             Err(Some(error)) => {
-                let _ = tx.send(Err(error.into())).await;
+                let _ = tx.send(Box::new(Err(error.into()))).await;
                 return;
             }
             Err(None) => return,
@@ -121,7 +122,7 @@ impl Core {
                         ticket: None,
                         output: None,
                     };
-                    if tx.send(Ok(event)).await.is_err() {
+                    if tx.send(Box::new(Ok(event))).await.is_err() {
                         return;
                     }
                     idle_until = Instant::now() + keepalive;
@@ -132,7 +133,7 @@ impl Core {
                     let status = tonic::Status::unavailable(format!(
                         "the gateway is shutting down; watch again with after_seq={last_seq} to resume"
                     ));
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(Box::new(Err(status))).await;
                     return;
                 }
             };
@@ -174,7 +175,7 @@ impl Core {
                             }
                         }
                         Err(Some(error)) => {
-                            let _ = tx.send(Err(error.into())).await;
+                            let _ = tx.send(Box::new(Err(error.into()))).await;
                             return;
                         }
                         Err(None) => return,
