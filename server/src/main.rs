@@ -13,7 +13,6 @@ use asyncgate_server::config::{Cli, Config};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 #[tokio::main]
 async fn main() -> ExitCode {
     asyncgate_server::telemetry::init();

@@ -326,7 +326,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Ends a session: its leases are lost (requeued, or FAILED past the caps).
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError>;
 
-    /// Leases ready tickets of `queue`, highest priority first and FIFO
+    /// Leases ready tickets of `queue` (without waiting for them to be
+    /// durable: see the local engine), highest priority first and FIFO
     /// within a priority: at most one per entry of `sessions` (a session may
     /// appear several times), each lease naming its session. Fewer come back
     /// when the queue runs dry.

@@ -29,7 +29,6 @@ use crate::output::Printer;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 /// Usage, connection and gateway errors (clap also exits 2 on bad usage).
 const EXIT_ERROR: u8 = 2;
 /// The ticket ended FAILED, CANCELLED or EXPIRED.

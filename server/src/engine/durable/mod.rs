@@ -14,15 +14,16 @@
 
 pub mod record;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::journal::{Journal, Mutation, Recovered};
 use super::{EngineConfig, EngineError, EngineListener, LocalEngine, TicketChange};
@@ -185,13 +186,54 @@ struct Append {
     events: Vec<TicketChange>,
 }
 
-/// How far the journal is on disk.
-#[derive(Debug, Clone, Default)]
+/// How far the journal is on disk, and who waits for more. Each waiter is
+/// woken once, when its own append is durable (a shared watch channel would
+/// wake every waiter on every commit).
+#[derive(Default)]
 struct Watermark {
     /// Every append up to this one is durable.
-    durable: u64,
-    /// Set once a commit failed: nothing after `durable` will be.
+    durable: AtomicU64,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Set once a commit failed (or the writer stopped): nothing after
+    /// `durable` will be.
     failed: Option<Arc<str>>,
+    /// Waiters by the append they wait for.
+    by_append: BTreeMap<u64, Vec<oneshot::Sender<Result<(), Arc<str>>>>>,
+}
+
+impl Watermark {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends up to `last` are durable: wake their waiters.
+    fn advance(&self, last: u64) {
+        self.durable.store(last, Ordering::Release);
+        let done = {
+            let mut waiting = self.waiting();
+            let later = waiting.by_append.split_off(&(last + 1));
+            std::mem::replace(&mut waiting.by_append, later)
+        };
+        for sender in done.into_values().flatten() {
+            let _ = sender.send(Ok(()));
+        }
+    }
+
+    /// Nothing more will become durable: fail every waiter, now and later.
+    fn fail(&self, why: Arc<str>) {
+        let waiters = {
+            let mut waiting = self.waiting();
+            waiting.failed.get_or_insert(why.clone());
+            std::mem::take(&mut waiting.by_append)
+        };
+        for sender in waiters.into_values().flatten() {
+            let _ = sender.send(Err(why.clone()));
+        }
+    }
 }
 
 /// The redb journal. See the module docs.
@@ -199,7 +241,7 @@ pub struct RedbJournal {
     /// The next append number and the channel, locked together so that
     /// numbers reach the writer in order.
     sender: Mutex<(u64, Option<mpsc::Sender<Append>>)>,
-    watermark: watch::Receiver<Watermark>,
+    watermark: Arc<Watermark>,
     listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
@@ -208,21 +250,24 @@ pub struct RedbJournal {
 impl RedbJournal {
     fn start(database: Database, path: PathBuf) -> Self {
         let (sender, receiver) = mpsc::channel::<Append>();
-        let (watermark_tx, watermark) = watch::channel(Watermark::default());
+        let watermark = Arc::new(Watermark::default());
         let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
         let poisoned = Arc::new(AtomicBool::new(false));
         let writer = {
             let listener = listener.clone();
             let poisoned = poisoned.clone();
+            let watermark = watermark.clone();
             std::thread::Builder::new()
                 .name("asyncgate-writer".into())
                 .spawn(move || {
-                    write_loop(database, path, receiver, watermark_tx, listener, poisoned)
+                    write_loop(database, path, receiver, &watermark, listener, poisoned);
+                    watermark.fail("the store's writer stopped; restart the gateway".into());
                 })
                 .ok()
         };
         if writer.is_none() {
             poisoned.store(true, Ordering::Release);
+            watermark.fail("the store's writer could not start; restart the gateway".into());
         }
         Self {
             sender: Mutex::new((0, Some(sender))),
@@ -238,7 +283,7 @@ fn write_loop(
     database: Database,
     path: PathBuf,
     receiver: mpsc::Receiver<Append>,
-    watermark: watch::Sender<Watermark>,
+    watermark: &Watermark,
     listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
     poisoned: Arc<AtomicBool>,
 ) {
@@ -267,7 +312,7 @@ fn write_loop(
                         }
                     }
                 }
-                watermark.send_modify(|w| w.durable = last);
+                watermark.advance(last);
             }
             Err(error) => {
                 tracing::error!(
@@ -278,7 +323,7 @@ fn write_loop(
                 poisoned.store(true, Ordering::Release);
                 let message: Arc<str> =
                     format!("writing to the store {} failed: {error}", path.display()).into();
-                watermark.send_modify(|w| w.failed = Some(message));
+                watermark.fail(message);
             }
         }
         batch.clear();
@@ -359,26 +404,25 @@ impl Journal for RedbJournal {
     }
 
     async fn durable(&self, n: u64) -> Result<(), EngineError> {
-        let check = |w: &Watermark| -> Option<Result<(), EngineError>> {
-            if w.durable >= n {
-                Some(Ok(()))
-            } else {
-                w.failed
-                    .as_ref()
-                    .map(|failed| Err(EngineError::Unavailable(failed.to_string())))
+        if self.watermark.durable.load(Ordering::Acquire) >= n {
+            return Ok(());
+        }
+        let receiver = {
+            let mut waiting = self.watermark.waiting();
+            // Checked again under the lock: the writer advances, then wakes.
+            if self.watermark.durable.load(Ordering::Acquire) >= n {
+                return Ok(());
             }
+            if let Some(failed) = &waiting.failed {
+                return Err(EngineError::Unavailable(failed.to_string()));
+            }
+            let (sender, receiver) = oneshot::channel();
+            waiting.by_append.entry(n).or_default().push(sender);
+            receiver
         };
-        if let Some(done) = check(&self.watermark.borrow()) {
-            return done;
-        }
-        if self.poisoned.load(Ordering::Acquire) && self.watermark.borrow().failed.is_none() {
-            return Err(EngineError::Unavailable(
-                "the store's writer is not running; restart the gateway".into(),
-            ));
-        }
-        let mut watermark = self.watermark.clone();
-        match watermark.wait_for(|w| check(w).is_some()).await {
-            Ok(w) => check(&w).unwrap_or(Ok(())),
+        match receiver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failed)) => Err(EngineError::Unavailable(failed.to_string())),
             Err(_) => Err(EngineError::Unavailable(
                 "the store's writer stopped; restart the gateway".into(),
             )),
