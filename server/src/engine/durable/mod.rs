@@ -196,13 +196,16 @@ struct Watermark {
     waiting: Mutex<Waiting>,
 }
 
+/// Told `Ok` once its append is durable, or why it never will be.
+type Waiter = oneshot::Sender<Result<(), Arc<str>>>;
+
 #[derive(Default)]
 struct Waiting {
     /// Set once a commit failed (or the writer stopped): nothing after
     /// `durable` will be.
     failed: Option<Arc<str>>,
     /// Waiters by the append they wait for.
-    by_append: BTreeMap<u64, Vec<oneshot::Sender<Result<(), Arc<str>>>>>,
+    by_append: BTreeMap<u64, Vec<Waiter>>,
 }
 
 impl Watermark {
