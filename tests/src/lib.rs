@@ -303,3 +303,12 @@ impl Gate {
         self.open.send_replace(true);
     }
 }
+
+/// Long-polls `id` until it is terminal (up to 10 s, far above any test's
+/// need) and returns it.
+pub async fn finished(client: &Client, id: &str) -> pb::Ticket {
+    client
+        .get(id, Some(Duration::from_secs(10)))
+        .await
+        .expect("GetTicket with wait")
+}

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use asyncgate_client::pb;
 use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
 use asyncgate_client::{Submit, payload};
-use asyncgate_tests::{TestGateway, as_json, json, state};
+use asyncgate_tests::{TestGateway, as_json, finished, json, state};
 
 fn upper() -> impl asyncgate_client::worker::Handler {
     handler_fn(|task: TaskContext| async move {
@@ -42,10 +42,7 @@ async fn submit_work_then_long_poll_and_watch() {
         7
     );
 
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     assert_eq!(state(&done), pb::TicketState::Succeeded);
     assert_eq!(as_json(done.result.as_ref()), serde_json::json!("HELLO"));
     assert_eq!(done.attempt, 1);
@@ -320,10 +317,7 @@ async fn binary_payloads_round_trip_untouched() {
         )
         .await
         .unwrap();
-    let done = client
-        .get(&t.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &t.id).await;
     let mut expected = data;
     expected.reverse();
     assert_eq!(

@@ -1,14 +1,12 @@
 //! The durable store through the whole gateway: restarts lose nothing and
 //! watchers resume across them.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 
 use asyncgate_client::pb;
 use asyncgate_client::worker::{TaskContext, handler_fn};
 use asyncgate_client::{Submit, payload};
-use asyncgate_tests::{Gate, TestGateway, json, state};
+use asyncgate_tests::{Gate, TestGateway, finished, json, state};
 
 #[tokio::test]
 async fn a_restart_keeps_tickets_and_watchers_resume_without_a_gap() {
@@ -52,10 +50,7 @@ async fn a_restart_keeps_tickets_and_watchers_resume_without_a_gap() {
         .build()
         .unwrap()
         .spawn();
-    let early = client
-        .get(&done.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let early = finished(&client, &done.id).await;
     assert_eq!(state(&early), pb::TicketState::Succeeded);
 
     let ticket = client

@@ -7,7 +7,7 @@ use std::time::Duration;
 use asyncgate_client::pb;
 use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
 use asyncgate_client::{Submit, payload};
-use asyncgate_tests::{Gate, TestGateway, fast_config, state};
+use asyncgate_tests::{Gate, TestGateway, fast_config, finished, state};
 
 #[tokio::test]
 async fn cancel_pending_ticket_is_never_dispatched() {
@@ -31,10 +31,7 @@ async fn cancel_pending_ticket_is_never_dispatched() {
         .spawn();
     // A later ticket runs, proving the worker was serving the queue.
     let later = client.submit(Submit::new("c").build()).await.unwrap();
-    let later = client
-        .get(&later.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let later = finished(&client, &later.id).await;
     assert_eq!(state(&later), pb::TicketState::Succeeded);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // Cancelling a finished ticket is refused with a reason.
@@ -96,10 +93,7 @@ async fn ticket_past_its_timeout_expires() {
         .await
         .unwrap();
     assert!(ticket.deadline.is_some());
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     assert_eq!(state(&done), pb::TicketState::Expired);
     assert_eq!(
         done.error.unwrap().code,
@@ -136,10 +130,7 @@ async fn running_ticket_past_its_timeout_expires_and_the_worker_is_told() {
         )
         .await
         .unwrap();
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     assert_eq!(state(&done), pb::TicketState::Expired);
     assert_eq!(
         reason_rx.recv().await.unwrap(),
@@ -168,10 +159,7 @@ async fn retryable_failures_retry_until_max_attempts_then_fail() {
         .submit(Submit::new("flaky").max_attempts(3).build())
         .await
         .unwrap();
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     assert_eq!(state(&done), pb::TicketState::Failed);
     assert_eq!(done.attempt, 3);
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
@@ -222,16 +210,10 @@ async fn retry_then_succeed_and_fatal_failure_does_not_retry() {
         .submit(Submit::new("mixed").json("fatal".into()).build())
         .await
         .unwrap();
-    let retried = client
-        .get(&retried.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let retried = finished(&client, &retried.id).await;
     assert_eq!(state(&retried), pb::TicketState::Succeeded);
     assert_eq!(retried.attempt, 2);
-    let fatal = client
-        .get(&fatal.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let fatal = finished(&client, &fatal.id).await;
     assert_eq!(state(&fatal), pb::TicketState::Failed);
     assert_eq!(fatal.attempt, 1);
     worker.shutdown();
@@ -262,10 +244,7 @@ async fn attempt_timeout_retries_on_another_attempt() {
         )
         .await
         .unwrap();
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     assert_eq!(state(&done), pb::TicketState::Succeeded);
     assert_eq!(done.attempt, 2);
     worker.shutdown();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use asyncgate_client::pb;
 use asyncgate_client::worker::{TaskContext, handler_fn};
 use asyncgate_client::{Submit, payload};
-use asyncgate_tests::{TestGateway, json, state};
+use asyncgate_tests::{TestGateway, finished, json, state};
 use pb::worker_message::Kind as In;
 
 #[tokio::test]
@@ -48,10 +48,7 @@ async fn worker_killed_mid_task_is_redelivered_and_finished_once() {
         .build()
         .unwrap()
         .spawn();
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     assert_eq!(state(&done), pb::TicketState::Succeeded);
     assert_eq!(done.attempt, 2);
     assert_eq!(done.result, Some(json(2.into())));
@@ -173,10 +170,7 @@ async fn unresponsive_worker_loses_its_lease_within_three_heartbeats() {
         .build()
         .unwrap()
         .spawn();
-    let done = client
-        .get(&ticket.id, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let done = finished(&client, &ticket.id).await;
     let elapsed = hung_since.elapsed();
     assert_eq!(state(&done), pb::TicketState::Succeeded);
     assert_eq!(done.attempt, 2);
