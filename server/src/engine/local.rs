@@ -860,7 +860,7 @@ impl Engine for LocalEngine {
             ticket.touch(now);
             self.commit(ticket, Some(EventKind::State), None);
             claimed.push(Claimed {
-                ticket: Ticket::clone(ticket),
+                ticket: Arc::new(Ticket::clone(ticket)),
                 lease,
             });
         }

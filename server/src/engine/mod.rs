@@ -155,8 +155,9 @@ pub struct Submitted {
 /// A ticket leased to a worker session.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    /// Snapshot after the lease (includes the payload).
-    pub ticket: Ticket,
+    /// Snapshot after the lease (includes the payload); shared, as it is
+    /// handed through the dispatcher to a session.
+    pub ticket: Arc<Ticket>,
     /// The new lease.
     pub lease: Lease,
 }

@@ -297,11 +297,11 @@ pub fn waiting_reason(
             let lease = ticket.lease.as_ref()?;
             Some(pb::WaitingReason {
                 kind: pb::WaitingReasonKind::Leased as i32,
+                // `since` carries the time; formatting it here too cost
+                // more than the rest of the event.
                 description: format!(
-                    "running {attempts}: leased to worker {:?} (session {}) since {}",
-                    &*lease.worker_name,
-                    lease.session_id,
-                    rfc3339(lease.leased_at)
+                    "running {attempts}: leased to worker {:?} (session {})",
+                    &*lease.worker_name, lease.session_id,
                 ),
                 since: Some(time::timestamp(lease.leased_at)),
                 worker_session: lease.session_id.to_string(),
