@@ -102,6 +102,19 @@ impl TestGateway {
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
     }
 
+    /// Starts a worker with default settings serving `queue` with `handler`.
+    pub fn spawn_worker(
+        &self,
+        queue: &str,
+        handler: impl asyncgate_client::worker::Handler,
+    ) -> asyncgate_client::worker::WorkerHandle {
+        self.worker(queue)
+            .handler(handler)
+            .build()
+            .expect("valid worker settings")
+            .spawn()
+    }
+
     /// A raw `Workers.Connect` stream, for protocol tests.
     pub async fn raw_worker(&self) -> RawWorker {
         let channel = Channel::from_shared(self.url())

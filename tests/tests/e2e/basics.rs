@@ -24,12 +24,7 @@ fn upper() -> impl asyncgate_client::worker::Handler {
 async fn submit_work_then_long_poll_and_watch() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
-    let worker = gateway
-        .worker("upper")
-        .handler(upper())
-        .build()
-        .unwrap()
-        .spawn();
+    let worker = gateway.spawn_worker("upper", upper());
     worker.connected().await.expect("worker connects");
 
     let ticket = client
@@ -70,12 +65,7 @@ async fn submit_work_then_long_poll_and_watch() {
 async fn execute_streams_from_the_new_ticket_to_its_result() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
-    let worker = gateway
-        .worker("upper")
-        .handler(upper())
-        .build()
-        .unwrap()
-        .spawn();
+    let worker = gateway.spawn_worker("upper", upper());
     let mut events = client
         .execute(Submit::new("upper").json("abc".into()).build())
         .await
@@ -295,19 +285,17 @@ async fn list_pages_through_filtered_tickets() {
 async fn binary_payloads_round_trip_untouched() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
-    let worker = gateway
-        .worker("bin")
-        .handler(handler_fn(|task: TaskContext| async move {
+    let worker = gateway.spawn_worker(
+        "bin",
+        handler_fn(|task: TaskContext| async move {
             let mut bytes = payload::as_binary(task.payload())
                 .cloned()
                 .unwrap_or_default()
                 .to_vec();
             bytes.reverse();
             Ok(payload::binary(bytes, "application/octet-stream"))
-        }))
-        .build()
-        .unwrap()
-        .spawn();
+        }),
+    );
     let data: Vec<u8> = (0..=255u8).collect();
     let t = client
         .submit(

@@ -20,15 +20,13 @@ async fn cancel_pending_ticket_is_never_dispatched() {
 
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
-    let worker = gateway
-        .worker("c")
-        .handler(handler_fn(move |_task: TaskContext| {
+    let worker = gateway.spawn_worker(
+        "c",
+        handler_fn(move |_task: TaskContext| {
             counter.fetch_add(1, Ordering::SeqCst);
             async { Ok(payload::json(serde_json::Value::Null)) }
-        }))
-        .build()
-        .unwrap()
-        .spawn();
+        }),
+    );
     // A later ticket runs, proving the worker was serving the queue.
     let later = client.submit(Submit::new("c").build()).await.unwrap();
     let later = finished(&client, &later.id).await;

@@ -16,19 +16,17 @@ async fn worker_killed_mid_task_is_redelivered_and_finished_once() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
     let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
-    let doomed = gateway
-        .worker("jobs")
-        .handler(handler_fn(move |_task: TaskContext| {
+    let doomed = gateway.spawn_worker(
+        "jobs",
+        handler_fn(move |_task: TaskContext| {
             let started = started_tx.clone();
             async move {
                 started.send(()).await.unwrap();
                 std::future::pending::<()>().await;
                 unreachable!()
             }
-        }))
-        .build()
-        .unwrap()
-        .spawn();
+        }),
+    );
     let ticket = client
         .submit(Submit::new("jobs").json("x".into()).build())
         .await
