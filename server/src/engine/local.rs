@@ -21,17 +21,16 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::journal::{Journal, MemoryJournal, Mutation, Recovered};
+use super::transition;
 use super::{
     Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
     ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
     TicketChange,
 };
-use crate::domain::ticket::{EventKind, Payload, codes};
+use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
-    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketError, TicketId,
-    TicketState,
+    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId, TicketState,
 };
-use crate::time::rfc3339;
 
 const SHARDS: usize = 64;
 
@@ -302,13 +301,7 @@ impl LocalEngine {
     }
 
     fn lookup_error(shard: &Shard, id: TicketId) -> EngineError {
-        match shard.tombstones.get(&id) {
-            Some(deleted_at) => EngineError::ResultExpired {
-                id,
-                deleted_at: rfc3339(*deleted_at),
-            },
-            None => EngineError::NotFound(id),
-        }
+        transition::missing(id, shard.tombstones.get(&id).copied())
     }
 
     /// Puts a PENDING ticket in its queue's ready index (or its backoff), and
@@ -346,93 +339,37 @@ impl LocalEngine {
         }
     }
 
-    /// Moves a ticket to a terminal state with its bookkeeping: timers,
-    /// retention, the event. Call under the shard lock.
-    fn finish(
-        &self,
-        shard: &mut Shard,
-        ticket: &mut Ticket,
-        state: TicketState,
-        error: Option<TicketError>,
-        now: SystemTime,
-    ) {
-        if let Some(deadline) = ticket.deadline {
-            shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
-        }
-        if let Some(lease) = &ticket.lease
-            && let Some(at) = lease.attempt_deadline
-        {
-            shard
-                .timers
-                .remove(&(at, Timer::AttemptDeadline(lease.lease_id), ticket.id));
-        }
-        ticket.finish(state, error, now);
-        shard.timers.insert((
-            now + self.config.result_retention,
-            Timer::Retention,
-            ticket.id,
-        ));
-        self.commit(ticket, Some(EventKind::State), None);
-    }
-
-    /// Ends the current attempt without success: retry (after backoff unless
-    /// `immediate`) while the caps allow, else FAILED. Returns whether the
-    /// queue gained a ready ticket.
-    fn end_attempt(
-        &self,
-        shard: &mut Shard,
-        ticket: &mut Ticket,
-        error: TicketError,
-        worker_lost: bool,
-        now: SystemTime,
-    ) -> bool {
-        if let Some(lease) = &ticket.lease
-            && let Some(at) = lease.attempt_deadline
-        {
-            shard
-                .timers
-                .remove(&(at, Timer::AttemptDeadline(lease.lease_id), ticket.id));
-        }
-        if worker_lost {
-            ticket.worker_losses += 1;
-        }
-        let out_of_attempts = ticket.attempt >= ticket.max_attempts;
-        let poison = worker_lost && ticket.worker_losses >= self.config.max_worker_losses;
-        if !error.retryable || out_of_attempts || poison {
-            let message = if poison {
-                format!(
-                    "{}; the ticket lost its worker {} times, so it is failed as a likely poison ticket",
-                    error.message, ticket.worker_losses
-                )
-            } else if error.retryable && out_of_attempts {
-                format!(
-                    "{} (attempt {} of {}; no attempts left)",
-                    error.message, ticket.attempt, ticket.max_attempts
-                )
-            } else {
-                error.message.clone()
-            };
-            let error = TicketError { message, ..error };
-            self.finish(shard, ticket, TicketState::Failed, Some(error), now);
-            return false;
-        }
-        ticket.state = TicketState::Pending;
-        ticket.lease = None;
-        ticket.error = Some(error);
-        ticket.not_before = if worker_lost {
-            None
+    /// Files a ticket that a transition just finished or requeued: timers,
+    /// the ready index, the event. Returns whether its queue gained ready
+    /// work. Call under the shard lock, after [`Self::clear_attempt_timer`].
+    fn settle(&self, shard: &mut Shard, ticket: &mut Ticket, now: SystemTime) -> bool {
+        let ready = if ticket.state.is_terminal() {
+            if let Some(deadline) = ticket.deadline {
+                shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
+            }
+            shard.timers.insert((
+                now + self.config.result_retention,
+                Timer::Retention,
+                ticket.id,
+            ));
+            false
         } else {
-            Some(
-                now + self
-                    .config
-                    .backoff
-                    .delay(ticket.attempt, rand::random::<f64>()),
-            )
+            self.enqueue(shard, ticket)
         };
-        ticket.touch(now);
-        let ready = self.enqueue(shard, ticket);
         self.commit(ticket, Some(EventKind::State), None);
         ready
+    }
+
+    /// Drops the timer of the current attempt's budget, before a transition
+    /// ends the lease.
+    fn clear_attempt_timer(shard: &mut Shard, ticket: &Ticket) {
+        if let Some(lease) = &ticket.lease
+            && let Some(at) = lease.attempt_deadline
+        {
+            shard
+                .timers
+                .remove(&(at, Timer::AttemptDeadline(lease.lease_id), ticket.id));
+        }
     }
 
     fn forget_session_lease(&self, session_id: SessionId, lease_id: LeaseId) {
@@ -478,54 +415,41 @@ impl LocalEngine {
             }
             // When the attempt's deadline is the ticket's own, the ticket
             // expires (the Deadline timer, due in the same pass) instead.
-            Timer::AttemptDeadline(lease_id)
-                if ticket.is_leased_by(lease_id) && ticket.deadline.is_none_or(|d| d > at) =>
-            {
-                let lease = ticket
-                    .lease
-                    .clone()
-                    .expect("is_leased_by checked the lease");
-                effects.forget.push((lease.session_id, lease_id));
-                self.revoke(
-                    &lease,
-                    id,
-                    RevokeReason::AttemptTimeout,
-                    format!("attempt {} ran past its time budget", ticket.attempt),
-                );
-                let error = TicketError {
-                    code: codes::DEADLINE_EXCEEDED,
-                    message: format!("attempt {} exceeded its attempt_timeout", ticket.attempt),
-                    retryable: true,
-                };
-                if self.end_attempt(shard, &mut ticket, error, false, now) {
-                    ready = Some(ticket.queue.clone());
-                }
-            }
-            Timer::Deadline if !ticket.state.is_terminal() && ticket.deadline == Some(at) => {
-                match ticket.state {
-                    TicketState::Pending => self.dequeue(shard, &ticket),
-                    _ => {
-                        if let Some(lease) = ticket.lease.clone() {
-                            effects.forget.push((lease.session_id, lease.lease_id));
-                            self.revoke(
-                                &lease,
-                                id,
-                                RevokeReason::Expired,
-                                "the ticket's timeout passed".into(),
-                            );
-                        }
+            Timer::AttemptDeadline(lease_id) if ticket.is_leased_by(lease_id) => {
+                Self::clear_attempt_timer(shard, &ticket);
+                if let Some(lease) =
+                    transition::time_out_attempt(&mut ticket, lease_id, &self.config, now)
+                {
+                    effects.forget.push((lease.session_id, lease_id));
+                    self.revoke(
+                        &lease,
+                        id,
+                        RevokeReason::AttemptTimeout,
+                        transition::attempt_timeout_notice(ticket.attempt),
+                    );
+                    if self.settle(shard, &mut ticket, now) {
+                        ready = Some(ticket.queue.clone());
                     }
                 }
-                let budget = at.duration_since(ticket.created_at).unwrap_or_default();
-                let error = TicketError {
-                    code: codes::DEADLINE_EXCEEDED,
-                    message: format!(
-                        "ticket timed out: not finished within its timeout of {budget:?} (attempt {} of {})",
-                        ticket.attempt, ticket.max_attempts
-                    ),
-                    retryable: false,
-                };
-                self.finish(shard, &mut ticket, TicketState::Expired, Some(error), now);
+            }
+            Timer::Deadline if ticket.deadline == Some(at) => {
+                let state = ticket.state;
+                if state == TicketState::Pending {
+                    self.dequeue(shard, &ticket);
+                }
+                Self::clear_attempt_timer(shard, &ticket);
+                if let Some(revoked) = transition::expire(&mut ticket, now) {
+                    if let Some(lease) = revoked {
+                        effects.forget.push((lease.session_id, lease.lease_id));
+                        self.revoke(
+                            &lease,
+                            id,
+                            RevokeReason::Expired,
+                            transition::EXPIRED_NOTICE.into(),
+                        );
+                    }
+                    self.settle(shard, &mut ticket, now);
+                }
             }
             Timer::Retention if ticket.state.is_terminal() => {
                 shard.chunks.remove(&id);
@@ -571,37 +495,10 @@ impl LocalEngine {
         };
         let mut ready = None;
         if ticket.is_leased_by(lease_id) {
-            match reason {
-                ReleaseReason::Undelivered => {
-                    if let Some(at) = ticket.lease.as_ref().and_then(|l| l.attempt_deadline) {
-                        shard
-                            .timers
-                            .remove(&(at, Timer::AttemptDeadline(lease_id), ticket_id));
-                    }
-                    ticket.attempt = ticket.attempt.saturating_sub(1);
-                    ticket.state = TicketState::Pending;
-                    ticket.lease = None;
-                    ticket.touch(now);
-                    if self.enqueue(shard, &mut ticket) {
-                        ready = Some(ticket.queue.clone());
-                    }
-                    self.commit(&mut ticket, Some(EventKind::State), None);
-                }
-                ReleaseReason::WorkerLost | ReleaseReason::GatewayRestarted => {
-                    let cause = if reason == ReleaseReason::WorkerLost {
-                        "lost its worker (disconnected or missed heartbeats)"
-                    } else {
-                        "was interrupted by a gateway restart"
-                    };
-                    let error = TicketError {
-                        code: codes::ABORTED,
-                        message: format!("attempt {} {cause}", ticket.attempt),
-                        retryable: true,
-                    };
-                    if self.end_attempt(shard, &mut ticket, error, true, now) {
-                        ready = Some(ticket.queue.clone());
-                    }
-                }
+            Self::clear_attempt_timer(shard, &ticket);
+            transition::lose_lease(&mut ticket, lease_id, reason, &self.config, now);
+            if self.settle(shard, &mut ticket, now) {
+                ready = Some(ticket.queue.clone());
             }
         }
         let seq = ticket.journal_seq;
@@ -619,26 +516,6 @@ impl LocalEngine {
             last_write = last_write.max(seq);
         }
         last_write
-    }
-
-    /// Why `lease_id` is not current for `ticket`.
-    fn stale_reason(ticket: &Ticket, lease_id: LeaseId) -> String {
-        match ticket.state {
-            TicketState::Pending => {
-                "the lease was lost and the ticket is queued for another attempt".into()
-            }
-            TicketState::Running => format!(
-                "the ticket is now on attempt {} under another lease",
-                ticket.attempt
-            ),
-            state if ticket.completed_by == Some(lease_id) => {
-                format!(
-                    "this lease's result was already recorded (ticket {})",
-                    state.name()
-                )
-            }
-            state => format!("the ticket is already {}", state.name()),
-        }
     }
 }
 
@@ -750,28 +627,26 @@ impl Engine for LocalEngine {
             let Some(mut ticket) = shard.tickets.remove(&id) else {
                 return Err(Self::lookup_error(shard, id));
             };
-            let result = match ticket.state {
-                TicketState::Cancelled => Ok(Ticket::clone(&ticket)),
-                state if state.is_terminal() => Err(EngineError::AlreadyTerminal {
-                    id,
-                    state,
-                    action: "cancel",
-                }),
-                state => {
-                    if state == TicketState::Pending {
-                        self.dequeue(shard, &ticket);
-                    } else if let Some(lease) = ticket.lease.clone() {
+            if ticket.state == TicketState::Pending {
+                self.dequeue(shard, &ticket);
+            }
+            Self::clear_attempt_timer(shard, &ticket);
+            let result = match transition::cancel(&mut ticket, reason, now) {
+                Ok(transition::Cancelled::Already) => Ok(Ticket::clone(&ticket)),
+                Ok(transition::Cancelled::Now(revoked)) => {
+                    if let Some(lease) = revoked {
                         forget = Some((lease.session_id, lease.lease_id));
-                        self.revoke(&lease, id, RevokeReason::Cancelled, cancel_message(reason));
+                        self.revoke(
+                            &lease,
+                            id,
+                            RevokeReason::Cancelled,
+                            transition::cancel_message(reason),
+                        );
                     }
-                    let error = TicketError {
-                        code: codes::CANCELLED,
-                        message: cancel_message(reason),
-                        retryable: false,
-                    };
-                    self.finish(shard, &mut ticket, TicketState::Cancelled, Some(error), now);
+                    self.settle(shard, &mut ticket, now);
                     Ok(Ticket::clone(&ticket))
                 }
+                Err(error) => Err(error),
             };
             shard.tickets.insert(id, ticket);
             result
@@ -842,22 +717,12 @@ impl Engine for LocalEngine {
             if ticket.state != TicketState::Pending || ticket.not_before.is_some() {
                 continue;
             }
-            ticket.state = TicketState::Running;
-            ticket.attempt += 1;
-            let lease = Lease {
-                lease_id: LeaseId::new(),
-                session_id: session.session_id,
-                worker_name: session.worker_name.clone(),
-                leased_at: now,
-                attempt_deadline: ticket.attempt_deadline(now),
-            };
+            let lease = transition::lease(ticket, session, now);
             if let Some(at) = lease.attempt_deadline {
                 shard
                     .timers
                     .insert((at, Timer::AttemptDeadline(lease.lease_id), id));
             }
-            ticket.lease = Some(lease.clone());
-            ticket.touch(now);
             self.commit(ticket, Some(EventKind::State), None);
             claimed.push(Claimed {
                 ticket: Arc::new(Ticket::clone(ticket)),
@@ -1000,34 +865,26 @@ impl LocalEngine {
             let Some(mut ticket) = shard.tickets.remove(&ticket_id) else {
                 return Err(Self::lookup_error(shard, ticket_id));
             };
-            let mut session = None;
             let mut ready = false;
-            let result = if ticket.state.is_terminal() && ticket.completed_by == Some(lease_id) {
-                Ok(Completion::Duplicate(Ticket::clone(&ticket)))
-            } else if !ticket.is_leased_by(lease_id) {
-                Err(EngineError::StaleLease {
-                    ticket_id,
-                    lease_id,
-                    reason: Self::stale_reason(&ticket, lease_id),
-                })
-            } else {
-                session = ticket.lease.as_ref().map(|l| l.session_id);
-                match outcome {
-                    Outcome::Success(payload) => {
-                        ticket.result = Some(payload);
-                        ticket.completed_by = Some(lease_id);
-                        self.finish(shard, &mut ticket, TicketState::Succeeded, None, now);
+            let session = ticket
+                .lease
+                .as_ref()
+                .filter(|_| ticket.is_leased_by(lease_id))
+                .map(|l| l.session_id);
+            if session.is_some() {
+                Self::clear_attempt_timer(shard, &ticket);
+            }
+            let result =
+                match transition::complete(&mut ticket, lease_id, outcome, &self.config, now) {
+                    Ok(transition::Reported::Duplicate) => {
+                        Ok(Completion::Duplicate(Ticket::clone(&ticket)))
                     }
-                    Outcome::Failure(error) => {
-                        ticket.completed_by = Some(lease_id);
-                        ready = self.end_attempt(shard, &mut ticket, error, false, now);
-                        if !ticket.state.is_terminal() {
-                            ticket.completed_by = None;
-                        }
+                    Ok(transition::Reported::Recorded) => {
+                        ready = self.settle(shard, &mut ticket, now);
+                        Ok(Completion::Recorded(Ticket::clone(&ticket)))
                     }
-                }
-                Ok(Completion::Recorded(Ticket::clone(&ticket)))
-            };
+                    Err(error) => Err(error),
+                };
             let queue = ticket.queue.clone();
             shard.tickets.insert(ticket_id, ticket);
             (result, session, ready.then_some(queue))
@@ -1174,13 +1031,7 @@ impl LocalEngine {
         let Some(ticket) = shard.tickets.get_mut(&report.ticket_id) else {
             return Err(Self::lookup_error(shard, report.ticket_id));
         };
-        if !ticket.is_leased_by(report.lease_id) {
-            return Err(EngineError::StaleLease {
-                ticket_id: report.ticket_id,
-                lease_id: report.lease_id,
-                reason: Self::stale_reason(ticket, report.lease_id),
-            });
-        }
+        transition::check_lease(ticket, report.lease_id)?;
         if let Some(progress) = report.progress {
             ticket.progress = Some(progress);
             ticket.touch(now);
@@ -1217,14 +1068,6 @@ impl LocalEngine {
             );
         }
         Ok(ticket.journal_seq)
-    }
-}
-
-fn cancel_message(reason: &str) -> String {
-    if reason.is_empty() {
-        "cancelled by a caller".into()
-    } else {
-        format!("cancelled by a caller: {reason}")
     }
 }
 

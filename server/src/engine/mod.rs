@@ -9,6 +9,9 @@
 pub mod durable;
 pub mod journal;
 pub mod local;
+pub mod record;
+
+pub(crate) mod transition;
 
 #[cfg(test)]
 mod conformance;

@@ -12,8 +12,6 @@
 //! calls and every later one get `UNAVAILABLE` with the cause, since memory
 //! may now be ahead of the disk. A restart recovers from what is on disk.
 
-pub mod record;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +24,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::oneshot;
 
 use super::journal::{Journal, Mutation, Recovered};
+use super::record;
 use super::{EngineConfig, EngineError, EngineListener, LocalEngine, TicketChange};
 use crate::domain::ticket::Payload;
 use crate::domain::{Chunk, TicketId};

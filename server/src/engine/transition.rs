@@ -1,0 +1,285 @@
+//! The ticket state machine as pure functions on a `Ticket`: what every
+//! engine does to the record itself. Engines wrap these with their own
+//! bookkeeping (ready indexes, timers, storage), so the rules — caps, fencing,
+//! messages people read — are written once.
+
+use std::time::SystemTime;
+
+use super::{EngineConfig, EngineError, ReleaseReason, SessionInfo};
+use crate::domain::ticket::codes;
+use crate::domain::{Lease, LeaseId, Outcome, Ticket, TicketError, TicketId, TicketState};
+
+/// Leases a PENDING ticket to `session`: a new attempt starts.
+pub(crate) fn lease(ticket: &mut Ticket, session: &SessionInfo, now: SystemTime) -> Lease {
+    ticket.state = TicketState::Running;
+    ticket.attempt += 1;
+    let lease = Lease {
+        lease_id: LeaseId::new(),
+        session_id: session.session_id,
+        worker_name: session.worker_name.clone(),
+        leased_at: now,
+        attempt_deadline: ticket.attempt_deadline(now),
+    };
+    ticket.lease = Some(lease.clone());
+    ticket.touch(now);
+    lease
+}
+
+/// Ends the current attempt without success: PENDING again (after a backoff
+/// unless the worker was lost) while the caps allow, else FAILED.
+pub(crate) fn end_attempt(
+    ticket: &mut Ticket,
+    error: TicketError,
+    worker_lost: bool,
+    config: &EngineConfig,
+    now: SystemTime,
+) {
+    if worker_lost {
+        ticket.worker_losses += 1;
+    }
+    let out_of_attempts = ticket.attempt >= ticket.max_attempts;
+    let poison = worker_lost && ticket.worker_losses >= config.max_worker_losses;
+    if !error.retryable || out_of_attempts || poison {
+        let message = if poison {
+            format!(
+                "{}; the ticket lost its worker {} times, so it is failed as a likely poison ticket",
+                error.message, ticket.worker_losses
+            )
+        } else if error.retryable && out_of_attempts {
+            format!(
+                "{} (attempt {} of {}; no attempts left)",
+                error.message, ticket.attempt, ticket.max_attempts
+            )
+        } else {
+            error.message.clone()
+        };
+        let error = TicketError { message, ..error };
+        ticket.finish(TicketState::Failed, Some(error), now);
+        return;
+    }
+    ticket.state = TicketState::Pending;
+    ticket.lease = None;
+    ticket.error = Some(error);
+    ticket.not_before = if worker_lost {
+        None
+    } else {
+        Some(now + config.backoff.delay(ticket.attempt, rand::random::<f64>()))
+    };
+    ticket.touch(now);
+}
+
+/// What a fenced result report did.
+pub(crate) enum Reported {
+    /// Recorded now.
+    Recorded,
+    /// This lease's result was recorded before: nothing changed.
+    Duplicate,
+}
+
+/// Records the outcome of `lease_id`, the current lease, or explains why not.
+pub(crate) fn complete(
+    ticket: &mut Ticket,
+    lease_id: LeaseId,
+    outcome: Outcome,
+    config: &EngineConfig,
+    now: SystemTime,
+) -> Result<Reported, EngineError> {
+    if ticket.state.is_terminal() && ticket.completed_by == Some(lease_id) {
+        return Ok(Reported::Duplicate);
+    }
+    check_lease(ticket, lease_id)?;
+    match outcome {
+        Outcome::Success(payload) => {
+            ticket.result = Some(payload);
+            ticket.completed_by = Some(lease_id);
+            ticket.finish(TicketState::Succeeded, None, now);
+        }
+        Outcome::Failure(error) => {
+            end_attempt(ticket, error, false, config, now);
+            if ticket.state.is_terminal() {
+                ticket.completed_by = Some(lease_id);
+            }
+        }
+    }
+    Ok(Reported::Recorded)
+}
+
+/// Fails with `StaleLease` unless `lease_id` is the ticket's current lease.
+pub(crate) fn check_lease(ticket: &Ticket, lease_id: LeaseId) -> Result<(), EngineError> {
+    if ticket.is_leased_by(lease_id) {
+        Ok(())
+    } else {
+        Err(EngineError::StaleLease {
+            ticket_id: ticket.id,
+            lease_id,
+            reason: stale_reason(ticket, lease_id),
+        })
+    }
+}
+
+/// Gives back a lease whose worker did not report a result; false when the
+/// lease is not current (nothing changed).
+pub(crate) fn lose_lease(
+    ticket: &mut Ticket,
+    lease_id: LeaseId,
+    reason: ReleaseReason,
+    config: &EngineConfig,
+    now: SystemTime,
+) -> bool {
+    if !ticket.is_leased_by(lease_id) {
+        return false;
+    }
+    match reason {
+        ReleaseReason::Undelivered => {
+            ticket.attempt = ticket.attempt.saturating_sub(1);
+            ticket.state = TicketState::Pending;
+            ticket.lease = None;
+            ticket.touch(now);
+        }
+        ReleaseReason::WorkerLost | ReleaseReason::GatewayRestarted => {
+            let cause = if reason == ReleaseReason::WorkerLost {
+                "lost its worker (disconnected or missed heartbeats)"
+            } else {
+                "was interrupted by a gateway restart"
+            };
+            let error = TicketError {
+                code: codes::ABORTED,
+                message: format!("attempt {} {cause}", ticket.attempt),
+                retryable: true,
+            };
+            end_attempt(ticket, error, true, config, now);
+        }
+    }
+    true
+}
+
+/// What a cancel did.
+pub(crate) enum Cancelled {
+    /// The ticket was cancelled before: nothing changed.
+    Already,
+    /// Cancelled now; a running attempt's lease is to be revoked.
+    Now(Option<Lease>),
+}
+
+/// Cancels a pending or running ticket.
+pub(crate) fn cancel(
+    ticket: &mut Ticket,
+    reason: &str,
+    now: SystemTime,
+) -> Result<Cancelled, EngineError> {
+    match ticket.state {
+        TicketState::Cancelled => Ok(Cancelled::Already),
+        state if state.is_terminal() => Err(EngineError::AlreadyTerminal {
+            id: ticket.id,
+            state,
+            action: "cancel",
+        }),
+        _ => {
+            let revoked = ticket.lease.clone();
+            let error = TicketError {
+                code: codes::CANCELLED,
+                message: cancel_message(reason),
+                retryable: false,
+            };
+            ticket.finish(TicketState::Cancelled, Some(error), now);
+            Ok(Cancelled::Now(revoked))
+        }
+    }
+}
+
+/// Expires a ticket whose deadline is due; returns the lease of a running
+/// attempt (to revoke), or `None` when nothing was due.
+pub(crate) fn expire(ticket: &mut Ticket, now: SystemTime) -> Option<Option<Lease>> {
+    let deadline = ticket.deadline.filter(|d| *d <= now)?;
+    if ticket.state.is_terminal() {
+        return None;
+    }
+    let revoked = ticket.lease.clone();
+    let budget = deadline
+        .duration_since(ticket.created_at)
+        .unwrap_or_default();
+    let error = TicketError {
+        code: codes::DEADLINE_EXCEEDED,
+        message: format!(
+            "ticket timed out: not finished within its timeout of {budget:?} (attempt {} of {})",
+            ticket.attempt, ticket.max_attempts
+        ),
+        retryable: false,
+    };
+    ticket.finish(TicketState::Expired, Some(error), now);
+    Some(revoked)
+}
+
+/// Ends an attempt that ran past its own budget (retried like a failure);
+/// returns the revoked lease, or `None` when it was not due. When the
+/// attempt's deadline is the ticket's own, [`expire`] applies instead.
+pub(crate) fn time_out_attempt(
+    ticket: &mut Ticket,
+    lease_id: LeaseId,
+    config: &EngineConfig,
+    now: SystemTime,
+) -> Option<Lease> {
+    let lease = ticket
+        .lease
+        .clone()
+        .filter(|_| ticket.is_leased_by(lease_id))?;
+    let at = lease.attempt_deadline.filter(|at| *at <= now)?;
+    if ticket.deadline.is_some_and(|d| d <= at) {
+        return None;
+    }
+    let error = TicketError {
+        code: codes::DEADLINE_EXCEEDED,
+        message: format!("attempt {} exceeded its attempt_timeout", ticket.attempt),
+        retryable: true,
+    };
+    end_attempt(ticket, error, false, config, now);
+    Some(lease)
+}
+
+/// The message a worker is given with an attempt-timeout revocation.
+pub(crate) fn attempt_timeout_notice(ticket_attempt: u32) -> String {
+    format!("attempt {ticket_attempt} ran past its time budget")
+}
+
+/// The message a worker is given when the ticket expires under it.
+pub(crate) const EXPIRED_NOTICE: &str = "the ticket's timeout passed";
+
+/// Why `lease_id` is not current for `ticket`.
+pub(crate) fn stale_reason(ticket: &Ticket, lease_id: LeaseId) -> String {
+    match ticket.state {
+        TicketState::Pending => {
+            "the lease was lost and the ticket is queued for another attempt".into()
+        }
+        TicketState::Running => format!(
+            "the ticket is now on attempt {} under another lease",
+            ticket.attempt
+        ),
+        state if ticket.completed_by == Some(lease_id) => {
+            format!(
+                "this lease's result was already recorded (ticket {})",
+                state.name()
+            )
+        }
+        state => format!("the ticket is already {}", state.name()),
+    }
+}
+
+/// The error text of a cancelled ticket.
+pub(crate) fn cancel_message(reason: &str) -> String {
+    if reason.is_empty() {
+        "cancelled by a caller".into()
+    } else {
+        format!("cancelled by a caller: {reason}")
+    }
+}
+
+/// The error for a lookup of an id that is not stored.
+pub(crate) fn missing(id: TicketId, deleted_at: Option<SystemTime>) -> EngineError {
+    match deleted_at {
+        Some(at) => EngineError::ResultExpired {
+            id,
+            deleted_at: crate::time::rfc3339(at),
+        },
+        None => EngineError::NotFound(id),
+    }
+}
