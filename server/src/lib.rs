@@ -11,6 +11,7 @@
 //!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
 //! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown, logs.
+//! - [`testing`]: a real `redis-server` child for tests and benchmarks.
 
 pub mod config;
 pub mod dispatch;
@@ -21,6 +22,7 @@ pub mod hub;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;
+pub mod testing;
 pub mod time;
 
 pub use config::Config;

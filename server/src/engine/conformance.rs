@@ -20,6 +20,7 @@ pub(crate) struct Recorder {
     changes: Mutex<Vec<TicketChange>>,
     ready: Mutex<Vec<QueueName>>,
     revoked: Mutex<Vec<Revocation>>,
+    reported: tokio::sync::Notify,
 }
 
 impl EngineListener for Recorder {
@@ -28,22 +29,57 @@ impl EngineListener for Recorder {
     }
     fn ticket_changed(&self, change: TicketChange) {
         self.changes.lock().unwrap().push(change);
+        self.reported.notify_waiters();
     }
     fn queue_ready(&self, queue: &QueueName) {
         self.ready.lock().unwrap().push(queue.clone());
+        self.reported.notify_waiters();
     }
     fn lease_revoked(&self, revocation: Revocation) {
         self.revoked.lock().unwrap().push(revocation);
+        self.reported.notify_waiters();
     }
 }
 
-/// Builds an engine, plus whatever must outlive it (a temp directory).
-pub(crate) type Factory = fn(EngineConfig) -> (Arc<dyn Engine>, Box<dyn std::any::Any>);
+impl Recorder {
+    /// Waits until `check` finds what it looks for: engines on a shared
+    /// store report through their event feed, a moment after the call.
+    async fn until<T>(&self, what: &str, check: impl Fn(&Self) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.reported.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = check(self) {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("the engine never reported {what}");
+            }
+        }
+    }
+
+    async fn revocations(&self, count: usize) -> Vec<Revocation> {
+        self.until("the revocations", |r| {
+            let revoked = r.revoked.lock().unwrap();
+            (revoked.len() >= count).then(|| revoked.clone())
+        })
+        .await
+    }
+}
+
+/// Builds an engine, plus whatever must outlive it (a temp directory, a
+/// Redis server).
+pub(crate) type Factory =
+    fn(
+        EngineConfig,
+    )
+        -> futures::future::BoxFuture<'static, (Arc<dyn Engine>, Box<dyn std::any::Any + Send>)>;
 
 pub(crate) struct Harness {
     pub engine: Arc<dyn Engine>,
     pub recorder: Arc<Recorder>,
-    _guard: Box<dyn std::any::Any>,
+    _guard: Box<dyn std::any::Any + Send>,
 }
 
 fn config() -> EngineConfig {
@@ -56,8 +92,8 @@ fn config() -> EngineConfig {
     }
 }
 
-fn harness_with(factory: Factory, config: EngineConfig) -> Harness {
-    let (engine, guard) = factory(config);
+async fn harness_with(factory: Factory, config: EngineConfig) -> Harness {
+    let (engine, guard) = factory(config).await;
     let recorder = Arc::new(Recorder::default());
     engine.set_listener(recorder.clone());
     Harness {
@@ -67,8 +103,8 @@ fn harness_with(factory: Factory, config: EngineConfig) -> Harness {
     }
 }
 
-fn harness(factory: Factory) -> Harness {
-    harness_with(factory, config())
+async fn harness(factory: Factory) -> Harness {
+    harness_with(factory, config()).await
 }
 
 fn queue(name: &str) -> QueueName {
@@ -123,7 +159,7 @@ fn later(d: Duration) -> SystemTime {
 }
 
 pub(crate) async fn submit_then_get(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let submitted = h.engine.submit(new_ticket("q")).await.unwrap();
     assert!(submitted.created);
     let t = h.engine.get(submitted.ticket.id).await.unwrap();
@@ -135,11 +171,18 @@ pub(crate) async fn submit_then_get(factory: Factory) {
         h.engine.get(TicketId::new()).await,
         Err(EngineError::NotFound(_))
     ));
-    assert_eq!(h.recorder.ready.lock().unwrap().as_slice(), &[queue("q")]);
+    let ready = h
+        .recorder
+        .until("the ready queue", |r| {
+            let ready = r.ready.lock().unwrap();
+            (!ready.is_empty()).then(|| ready.clone())
+        })
+        .await;
+    assert_eq!(ready, [queue("q")]);
 }
 
 pub(crate) async fn idempotency_key_returns_the_original(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut new = new_ticket("q");
     new.idempotency_key = Some("order-1".into());
     let first = h.engine.submit(new.clone()).await.unwrap();
@@ -154,7 +197,7 @@ pub(crate) async fn idempotency_key_returns_the_original(factory: Factory) {
 }
 
 pub(crate) async fn priority_then_fifo(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut ids = Vec::new();
     for priority in [0, 5, 0, 5, -1] {
         let mut new = new_ticket("q");
@@ -174,7 +217,7 @@ pub(crate) async fn priority_then_fifo(factory: Factory) {
 }
 
 pub(crate) async fn claim_is_exclusive_and_complete_is_fenced(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let s = session(&h.engine, "w").await;
     let c = claim_one(&h.engine, "q", &s).await;
@@ -213,7 +256,7 @@ pub(crate) async fn claim_is_exclusive_and_complete_is_fenced(factory: Factory) 
 }
 
 pub(crate) async fn lost_worker_requeues_and_old_lease_is_fenced(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let first = session(&h.engine, "w1").await;
     let c1 = claim_one(&h.engine, "q", &first).await;
@@ -241,7 +284,7 @@ pub(crate) async fn lost_worker_requeues_and_old_lease_is_fenced(factory: Factor
 }
 
 pub(crate) async fn retryable_failures_back_off_then_fail(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut new = new_ticket("q");
     new.max_attempts = 2;
     let id = h.engine.submit(new).await.unwrap().ticket.id;
@@ -285,7 +328,7 @@ pub(crate) async fn retryable_failures_back_off_then_fail(factory: Factory) {
 }
 
 pub(crate) async fn non_retryable_failure_fails_at_once(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let s = session(&h.engine, "w").await;
     let c = claim_one(&h.engine, "q", &s).await;
@@ -304,7 +347,7 @@ pub(crate) async fn non_retryable_failure_fails_at_once(factory: Factory) {
 }
 
 pub(crate) async fn cancel_pending_and_running(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let pending = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let t = h.engine.cancel(pending, "changed my mind").await.unwrap();
     assert_eq!(t.state, TicketState::Cancelled);
@@ -321,7 +364,7 @@ pub(crate) async fn cancel_pending_and_running(factory: Factory) {
     let running = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let c = claim_one(&h.engine, "q", &s).await;
     h.engine.cancel(running, "").await.unwrap();
-    let revoked = h.recorder.revoked.lock().unwrap().clone();
+    let revoked = h.recorder.revocations(1).await;
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0].lease_id, c.lease.lease_id);
     assert_eq!(revoked[0].reason, RevokeReason::Cancelled);
@@ -349,7 +392,7 @@ pub(crate) async fn cancel_pending_and_running(factory: Factory) {
 }
 
 pub(crate) async fn deadline_expires_pending_and_running(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut new = new_ticket("q");
     new.timeout = Some(Duration::from_secs(30));
     let pending = h.engine.submit(new.clone()).await.unwrap().ticket.id;
@@ -375,13 +418,13 @@ pub(crate) async fn deadline_expires_pending_and_running(factory: Factory) {
         assert_eq!(t.state, TicketState::Expired);
         assert_eq!(t.error.unwrap().code, 4);
     }
-    let revoked = h.recorder.revoked.lock().unwrap().clone();
+    let revoked = h.recorder.revocations(1).await;
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0].reason, RevokeReason::Expired);
 }
 
 pub(crate) async fn attempt_timeout_retries(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut new = new_ticket("q");
     new.attempt_timeout = Some(Duration::from_secs(10));
     let id = h.engine.submit(new).await.unwrap().ticket.id;
@@ -395,12 +438,12 @@ pub(crate) async fn attempt_timeout_retries(factory: Factory) {
     let t = h.engine.get(id).await.unwrap();
     assert_eq!(t.state, TicketState::Pending);
     assert_eq!(t.error.unwrap().code, 4);
-    let revoked = h.recorder.revoked.lock().unwrap().clone();
+    let revoked = h.recorder.revocations(1).await;
     assert_eq!(revoked[0].reason, RevokeReason::AttemptTimeout);
 }
 
 pub(crate) async fn expired_session_loses_its_leases(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let s = session(&h.engine, "w").await;
     claim_one(&h.engine, "q", &s).await;
@@ -429,7 +472,8 @@ pub(crate) async fn poison_ticket_hits_the_worker_loss_cap(factory: Factory) {
             max_worker_losses: 2,
             ..config()
         },
-    );
+    )
+    .await;
     let mut new = new_ticket("q");
     new.max_attempts = 10;
     let id = h.engine.submit(new).await.unwrap().ticket.id;
@@ -444,7 +488,7 @@ pub(crate) async fn poison_ticket_hits_the_worker_loss_cap(factory: Factory) {
 }
 
 pub(crate) async fn undelivered_release_is_not_an_attempt(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let s = session(&h.engine, "w").await;
     let c = claim_one(&h.engine, "q", &s).await;
@@ -460,7 +504,7 @@ pub(crate) async fn undelivered_release_is_not_an_attempt(factory: Factory) {
 }
 
 pub(crate) async fn progress_and_chunks_are_ordered_and_fenced(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     let s = session(&h.engine, "w").await;
     let c = claim_one(&h.engine, "q", &s).await;
@@ -496,15 +540,21 @@ pub(crate) async fn progress_and_chunks_are_ordered_and_fenced(factory: Factory)
     assert_eq!(tail.len(), 2);
     assert_eq!(tail[0].seq, all[1].seq);
     // Every change of the ticket was reported once, in seq order, +1 each.
+    let last = t.seq;
     let seqs: Vec<u64> = h
         .recorder
-        .changes
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|c| c.ticket.id == id)
-        .map(|c| c.ticket.seq)
-        .collect();
+        .until("every change of the ticket", |r| {
+            let seqs: Vec<u64> = r
+                .changes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.ticket.id == id)
+                .map(|c| c.ticket.seq)
+                .collect();
+            seqs.contains(&last).then_some(seqs)
+        })
+        .await;
     assert_eq!(seqs, (2..=t.seq).collect::<Vec<_>>());
 }
 
@@ -515,7 +565,8 @@ pub(crate) async fn retention_leaves_a_tombstone(factory: Factory) {
             result_retention: Duration::from_secs(60),
             ..config()
         },
-    );
+    )
+    .await;
     let mut new = new_ticket("q");
     new.idempotency_key = Some("k".into());
     let id = h.engine.submit(new.clone()).await.unwrap().ticket.id;
@@ -544,7 +595,8 @@ pub(crate) async fn queue_limit_refuses_submits(factory: Factory) {
             max_pending_per_queue: 2,
             ..config()
         },
-    );
+    )
+    .await;
     h.engine.submit(new_ticket("q")).await.unwrap();
     h.engine.submit(new_ticket("q")).await.unwrap();
     assert!(matches!(
@@ -558,7 +610,7 @@ pub(crate) async fn queue_limit_refuses_submits(factory: Factory) {
 }
 
 pub(crate) async fn list_filters_and_pages(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut ids = Vec::new();
     for i in 0..7 {
         let q = if i % 2 == 0 { "even" } else { "odd" };
@@ -600,7 +652,7 @@ pub(crate) async fn list_filters_and_pages(factory: Factory) {
 }
 
 pub(crate) async fn tickets_ahead_counts_the_queue(factory: Factory) {
-    let h = harness(factory);
+    let h = harness(factory).await;
     let mut tickets = Vec::new();
     for _ in 0..3 {
         tickets.push(h.engine.submit(new_ticket("q")).await.unwrap().ticket);

@@ -34,10 +34,6 @@ use crate::domain::{
 
 const SHARDS: usize = 64;
 
-/// Most partial-output chunks stored per ticket: a worker flooding output
-/// cannot grow one ticket without bound.
-pub const MAX_CHUNKS_PER_TICKET: usize = 10_000;
-
 /// A ticket-level timer; validated against the ticket when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -1039,11 +1035,8 @@ impl LocalEngine {
         }
         if let Some(output) = report.output {
             let chunks = shard.chunks.entry(report.ticket_id).or_default();
-            if chunks.len() >= MAX_CHUNKS_PER_TICKET {
-                return Err(EngineError::LimitExceeded(format!(
-                    "ticket {} already holds {MAX_CHUNKS_PER_TICKET} output chunks; send larger chunks or put the rest in the result",
-                    report.ticket_id
-                )));
+            if chunks.len() >= transition::MAX_CHUNKS_PER_TICKET {
+                return Err(transition::too_many_chunks(report.ticket_id));
             }
             ticket.touch(now);
             let chunk = Chunk {

@@ -10,7 +10,7 @@ pub mod durable;
 pub mod journal;
 pub mod local;
 pub mod record;
-
+pub mod redis;
 pub(crate) mod transition;
 
 #[cfg(test)]
@@ -18,18 +18,36 @@ mod conformance;
 
 #[cfg(test)]
 conformance::engine_conformance!(memory_conformance, |config| {
-    (
-        std::sync::Arc::new(crate::engine::LocalEngine::in_memory(config)),
-        Box::new(()),
-    )
+    Box::pin(async move {
+        let engine: std::sync::Arc<dyn crate::engine::Engine> =
+            std::sync::Arc::new(crate::engine::LocalEngine::in_memory(config));
+        (engine, Box::new(()) as Box<dyn std::any::Any + Send>)
+    })
 });
 
 #[cfg(test)]
 conformance::engine_conformance!(durable_conformance, |config| {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let engine =
-        crate::engine::durable::open(&dir.path().join("store.redb"), config).expect("store opens");
-    (std::sync::Arc::new(engine), Box::new(dir))
+    Box::pin(async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine: std::sync::Arc<dyn crate::engine::Engine> = std::sync::Arc::new(
+            crate::engine::durable::open(&dir.path().join("store.redb"), config)
+                .expect("store opens"),
+        );
+        (engine, Box::new(dir) as Box<dyn std::any::Any + Send>)
+    })
+});
+
+#[cfg(test)]
+conformance::engine_conformance!(redis_conformance, |config| {
+    Box::pin(async move {
+        let server = crate::testing::RedisServer::start().expect("redis-server starts");
+        let engine: std::sync::Arc<dyn crate::engine::Engine> = std::sync::Arc::new(
+            crate::engine::redis::connect(&server.url(), "conformance", config)
+                .await
+                .expect("the Redis engine connects"),
+        );
+        (engine, Box::new(server) as Box<dyn std::any::Any + Send>)
+    })
 });
 
 use std::sync::Arc;
@@ -280,6 +298,9 @@ pub trait EngineListener: Send + Sync + 'static {
     fn queue_ready(&self, queue: &QueueName);
     /// A worker must stop working on a lease.
     fn lease_revoked(&self, revocation: Revocation);
+    /// Events may have been missed (a shared store's event feed dropped):
+    /// every watcher must re-read its ticket and every queue look for work.
+    fn resync(&self) {}
 }
 
 /// A transition whose place in its ticket's order was fixed when the method

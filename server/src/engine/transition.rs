@@ -283,3 +283,14 @@ pub(crate) fn missing(id: TicketId, deleted_at: Option<SystemTime>) -> EngineErr
         None => EngineError::NotFound(id),
     }
 }
+
+/// Most partial-output chunks stored per ticket: a worker flooding output
+/// cannot grow one ticket without bound.
+pub(crate) const MAX_CHUNKS_PER_TICKET: usize = 10_000;
+
+/// The error for an output chunk past [`MAX_CHUNKS_PER_TICKET`].
+pub(crate) fn too_many_chunks(id: TicketId) -> EngineError {
+    EngineError::LimitExceeded(format!(
+        "ticket {id} already holds {MAX_CHUNKS_PER_TICKET} output chunks; send larger chunks or put the rest in the result"
+    ))
+}

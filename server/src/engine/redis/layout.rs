@@ -1,0 +1,325 @@
+//! Where things live in Redis, and which index entries a ticket in a given
+//! state owns.
+//!
+//! Everything about one queue — its tickets, ready set, timers, leases,
+//! chunks and counters — shares one hash tag, `{q:NAME}`, so every script
+//! touches a single hash slot and Redis Cluster can run them. The few global
+//! keys (the id → queue locator, idempotency keys, tombstones, the list
+//! index, sessions) are each read or written on their own.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::domain::{QueueName, SessionId, Ticket, TicketId, TicketState};
+
+/// Position of each queue key in the commit script's KEYS (1-based).
+pub(super) mod slot {
+    pub(crate) const READY: usize = 2;
+    pub(crate) const TIMERS: usize = 3;
+    pub(crate) const LEASED: usize = 4;
+    pub(crate) const IDS: usize = 5;
+    pub(crate) const PENDING: usize = 7;
+    pub(crate) const CLAIMING: usize = 8;
+    pub(crate) const CHUNKS: usize = 9;
+}
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The tag every key of `queue` starts with.
+    fn tag(&self, queue: &QueueName) -> String {
+        format!("{}:{{q:{}}}", self.prefix, queue)
+    }
+
+    /// The nine keys the commit script takes, for ticket `id` of `queue`.
+    pub(super) fn commit_keys(&self, queue: &QueueName, id: TicketId) -> [String; 9] {
+        let tag = self.tag(queue);
+        [
+            format!("{tag}:t:{id}"),
+            format!("{tag}:ready"),
+            format!("{tag}:timers"),
+            format!("{tag}:leased"),
+            format!("{tag}:ids"),
+            format!("{tag}:seq"),
+            format!("{tag}:pending"),
+            format!("{tag}:claiming"),
+            format!("{tag}:c:{id}"),
+        ]
+    }
+
+    pub(super) fn ticket(&self, queue: &QueueName, id: TicketId) -> String {
+        format!("{}:t:{id}", self.tag(queue))
+    }
+
+    pub(super) fn ticket_prefix(&self, queue: &QueueName) -> String {
+        format!("{}:t:", self.tag(queue))
+    }
+
+    pub(super) fn chunks(&self, queue: &QueueName, id: TicketId) -> String {
+        format!("{}:c:{id}", self.tag(queue))
+    }
+
+    pub(super) fn ready(&self, queue: &QueueName) -> String {
+        format!("{}:ready", self.tag(queue))
+    }
+
+    pub(super) fn timers(&self, queue: &QueueName) -> String {
+        format!("{}:timers", self.tag(queue))
+    }
+
+    pub(super) fn leased(&self, queue: &QueueName) -> String {
+        format!("{}:leased", self.tag(queue))
+    }
+
+    pub(super) fn claiming(&self, queue: &QueueName) -> String {
+        format!("{}:claiming", self.tag(queue))
+    }
+
+    pub(super) fn queue_ids(&self, queue: &QueueName) -> String {
+        format!("{}:ids", self.tag(queue))
+    }
+
+    /// Ticket id → queue name.
+    pub(super) fn locator(&self, id: TicketId) -> String {
+        format!("{}:loc:{id}", self.prefix)
+    }
+
+    pub(super) fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
+    pub(super) fn tombstone(&self, id: TicketId) -> String {
+        format!("{}:tomb:{id}", self.prefix)
+    }
+
+    /// Every ticket as "ID QUEUE", in id order, for listing.
+    pub(super) fn all_ids(&self) -> String {
+        format!("{}:ids", self.prefix)
+    }
+
+    /// Every queue ever used.
+    pub(super) fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Worker sessions by expiry time.
+    pub(super) fn sessions(&self) -> String {
+        format!("{}:sessions", self.prefix)
+    }
+
+    /// The queues a session has held leases on.
+    pub(super) fn session_queues(&self, session_id: SessionId) -> String {
+        format!("{}:sq:{session_id}", self.prefix)
+    }
+
+    /// The channel every replica listens on.
+    pub(super) fn channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}
+
+/// Milliseconds since the epoch, rounded up: a timer scored this way is
+/// never due before the time it stands for.
+pub(super) fn millis_ceil(at: SystemTime) -> u64 {
+    let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the epoch, rounded down.
+pub(super) fn millis(at: SystemTime) -> u64 {
+    u64::try_from(
+        at.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// The ready-set member prefix for `priority`: higher priorities sort first.
+pub(super) fn priority_prefix(priority: i32) -> String {
+    let flipped = (i64::from(i32::MAX) - i64::from(priority)) as u32;
+    format!("{flipped:08x}")
+}
+
+/// A ready-set member: priority, FIFO number, id (sorted as text).
+pub(super) fn ready_member(priority: i32, enqueue_seq: u64, id: TicketId) -> String {
+    format!("{}{enqueue_seq:016x}{id}", priority_prefix(priority))
+}
+
+/// A leased-set member: the session first, so one session's leases are a
+/// lexical range.
+pub(super) fn leased_member(session_id: SessionId, id: TicketId) -> String {
+    format!("{session_id}:{id}")
+}
+
+/// The lexical range of one session's leased members.
+pub(super) fn leased_range(session_id: SessionId) -> (String, String) {
+    (format!("[{session_id}:"), format!("({session_id};"))
+}
+
+/// A timer member: what fires, for which ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TimerKind {
+    /// Backoff ends.
+    Backoff,
+    /// The ticket's deadline.
+    Deadline,
+    /// The attempt under this lease times out.
+    Attempt(crate::domain::LeaseId),
+    /// The finished ticket is deleted.
+    Retention,
+}
+
+pub(super) fn timer_member(kind: &TimerKind, id: TicketId) -> String {
+    match kind {
+        TimerKind::Backoff => format!("b:{id}"),
+        TimerKind::Deadline => format!("d:{id}"),
+        TimerKind::Attempt(lease) => format!("a:{id}:{lease}"),
+        TimerKind::Retention => format!("r:{id}"),
+    }
+}
+
+/// Reads a timer member back.
+pub(super) fn parse_timer(member: &str) -> Option<(TimerKind, TicketId)> {
+    let (kind, rest) = member.split_once(':')?;
+    let (id, lease) = match rest.split_once(':') {
+        Some((id, lease)) => (id, Some(lease)),
+        None => (rest, None),
+    };
+    let id = TicketId(uuid::Uuid::parse_str(id).ok()?);
+    let kind = match (kind, lease) {
+        ("b", None) => TimerKind::Backoff,
+        ("d", None) => TimerKind::Deadline,
+        ("r", None) => TimerKind::Retention,
+        ("a", Some(lease)) => {
+            TimerKind::Attempt(crate::domain::LeaseId(uuid::Uuid::parse_str(lease).ok()?))
+        }
+        _ => return None,
+    };
+    Some((kind, id))
+}
+
+/// The index entries a ticket owns in its state (the ready member is
+/// handled apart: its FIFO number is assigned by the script).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Placement {
+    pub(super) ready: bool,
+    pub(super) pending: bool,
+    pub(super) timers: Vec<(String, u64)>,
+    pub(super) leased: Option<String>,
+}
+
+impl Placement {
+    pub(super) fn of(ticket: &Ticket, retention: Duration) -> Self {
+        let mut placement = Self::default();
+        let id = ticket.id;
+        match ticket.state {
+            TicketState::Pending => {
+                placement.pending = true;
+                match ticket.not_before {
+                    Some(at) => placement
+                        .timers
+                        .push((timer_member(&TimerKind::Backoff, id), millis_ceil(at))),
+                    None => placement.ready = true,
+                }
+            }
+            TicketState::Running => {
+                if let Some(lease) = &ticket.lease {
+                    placement.leased = Some(leased_member(lease.session_id, id));
+                    if let Some(at) = lease.attempt_deadline {
+                        placement.timers.push((
+                            timer_member(&TimerKind::Attempt(lease.lease_id), id),
+                            millis_ceil(at),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                let finished = ticket.finished_at.unwrap_or(ticket.updated_at);
+                placement.timers.push((
+                    timer_member(&TimerKind::Retention, id),
+                    millis_ceil(finished + retention),
+                ));
+            }
+        }
+        if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
+            placement.timers.push((
+                timer_member(&TimerKind::Deadline, id),
+                millis_ceil(deadline),
+            ));
+        }
+        placement
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::LeaseId;
+
+    #[test]
+    fn ready_members_sort_by_priority_then_fifo() {
+        let id = TicketId::new();
+        let mut members = [
+            ready_member(0, 2, id),
+            ready_member(5, 9, id),
+            ready_member(0, 1, id),
+            ready_member(-3, 0, id),
+            ready_member(i32::MAX, 7, id),
+            ready_member(i32::MIN, 7, id),
+        ];
+        members.sort();
+        let order: Vec<(u32, u64)> = members
+            .iter()
+            .map(|m| {
+                (
+                    u32::from_str_radix(&m[..8], 16).unwrap(),
+                    u64::from_str_radix(&m[8..24], 16).unwrap(),
+                )
+            })
+            .collect();
+        let priorities: Vec<i32> = order
+            .iter()
+            .map(|(flipped, _)| (i64::from(i32::MAX) - i64::from(*flipped)) as i32)
+            .collect();
+        assert_eq!(priorities, vec![i32::MAX, 5, 0, 0, -3, i32::MIN]);
+        assert_eq!(order[2].1, 1, "FIFO within a priority");
+        // claim.lua reads the id from offset 24 (priority and FIFO parts).
+        assert_eq!(&members[0][24..], id.to_string());
+    }
+
+    #[test]
+    fn timer_members_round_trip() {
+        let id = TicketId::new();
+        let lease = LeaseId::new();
+        for kind in [
+            TimerKind::Backoff,
+            TimerKind::Deadline,
+            TimerKind::Retention,
+            TimerKind::Attempt(lease),
+        ] {
+            assert_eq!(parse_timer(&timer_member(&kind, id)), Some((kind, id)));
+        }
+        assert_eq!(parse_timer("x:nonsense"), None);
+    }
+
+    #[test]
+    fn a_session_range_holds_only_its_leases() {
+        let session = SessionId::new();
+        let other = SessionId::new();
+        let (min, max) = leased_range(session);
+        let mine = leased_member(session, TicketId::new());
+        let theirs = leased_member(other, TicketId::new());
+        assert!(min[1..] <= mine[..] && mine[..] < max[1..]);
+        assert!(!(min[1..] <= theirs[..] && theirs[..] < max[1..]));
+    }
+}

@@ -1,0 +1,1741 @@
+//! The Redis engine: many gateway replicas sharing one Redis.
+//!
+//! Every transition is computed in Rust by the same state machine as the
+//! other engines (`transition.rs`) and written by one Lua script,
+//! `commit.lua`, that applies it only if the ticket's revision is still the
+//! one read (optimistic concurrency): two replicas never both lease a
+//! ticket, and a result is recorded only under the current lease. The script
+//! also moves the ticket's index entries (ready set, timers, leases, counts)
+//! and publishes the change on the event channel, atomically with the write.
+//!
+//! Leasing pops ready tickets with `claim.lua` (so replicas do not race for
+//! the same head of the queue), then commits the leases in one pipeline.
+//! Timers (backoff, deadlines, attempt budgets, retention) are scored sorted
+//! sets that every replica's timer pass fires; the revision check makes a
+//! timer fired twice a no-op. A replica that dies leaves its sessions to
+//! expire; any replica's timer pass then requeues their leases.
+//!
+//! Replicas hear each other through `bus.rs` (Redis pub/sub over RESP3).
+//! When that connection drops, events may have been missed: the replica
+//! resubscribes, then tells its listener to resynchronise every watcher and
+//! queue from the store.
+
+mod bus;
+mod layout;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, ProtocolVersion, RedisError, Script, ServerErrorKind, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use self::layout::{Keys, Placement, TimerKind, slot};
+use super::{
+    Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
+    ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
+    record, transition,
+};
+use crate::domain::ticket::{EventKind, Payload};
+use crate::domain::{
+    Chunk, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId, TicketState,
+};
+
+/// How long a submit with an idempotency key may hold the key before its
+/// ticket is stored (a replica that dies in between frees it after this).
+const IDEMPOTENCY_CLAIM: Duration = Duration::from_secs(60);
+
+/// How long a popped ticket may wait for its lease commit before the timer
+/// pass puts it back (its claimer died).
+const CLAIM_GRACE: Duration = Duration::from_secs(30);
+
+/// How often the timer pass re-announces queues with ready work, in case a
+/// ready message was missed.
+const READY_POKE: Duration = Duration::from_secs(1);
+
+/// Attempts at a transition that keeps losing the revision race.
+const MAX_RETRIES: usize = 64;
+
+/// Due timers fired per queue per pass.
+const TIMER_BATCH: isize = 512;
+
+/// Tickets read per round while listing.
+const LIST_BATCH: usize = 256;
+
+/// Tickets examined at most per list call (a page may come back short, with
+/// a cursor to continue).
+const LIST_SCAN_LIMIT: usize = 10_000;
+
+const LEASE_SHARDS: usize = 16;
+
+/// Why the Redis engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not a Redis URL.
+    #[error("--store {url}: not a valid Redis URL ({source})")]
+    Url {
+        /// The URL.
+        url: String,
+        /// The parser's complaint.
+        source: RedisError,
+    },
+    /// Redis did not answer.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The cause.
+        source: RedisError,
+    },
+    /// Redis would evict keys under memory pressure.
+    #[error(
+        "Redis at {url} has maxmemory-policy {policy}: it may evict keys and silently lose tickets; set `maxmemory-policy noeviction` (redis.conf or CONFIG SET) and restart the gateway"
+    )]
+    Evicting {
+        /// The URL.
+        url: String,
+        /// The policy found.
+        policy: String,
+    },
+}
+
+/// A ticket as read from Redis, with the revision the read saw.
+#[derive(Debug, Clone)]
+struct Stored {
+    ticket: Ticket,
+    revision: u64,
+}
+
+/// A lease this replica handed out, kept so a worker's reports skip a read
+/// and run in the order the worker sent them.
+struct Held {
+    queue: QueueName,
+    session_id: SessionId,
+    latest: Option<Stored>,
+    /// Resolves when the previous report on this lease is done.
+    tail: Option<oneshot::Receiver<()>>,
+}
+
+/// What a transition does to the stored ticket.
+enum Step<R> {
+    /// Nothing to write.
+    Keep(R),
+    /// Write the ticket, publishing these events (snapshots in seq order)
+    /// and this revocation.
+    Write {
+        result: R,
+        events: Vec<(EventKind, Ticket, Option<Payload>)>,
+        revoke: Option<Revocation>,
+        extra: Ops,
+    },
+    /// Delete the ticket (retention).
+    Delete(R),
+}
+
+impl<R> Step<R> {
+    fn write(result: R, events: Vec<(EventKind, Ticket, Option<Payload>)>) -> Self {
+        Self::Write {
+            result,
+            events,
+            revoke: None,
+            extra: Ops::default(),
+        }
+    }
+}
+
+/// The operation list of one commit (see `commit.lua`).
+#[derive(Default)]
+struct Ops(Vec<Vec<u8>>);
+
+impl Ops {
+    fn push(&mut self, name: &str, args: &[&[u8]]) {
+        self.0.push(name.as_bytes().to_vec());
+        self.0.extend(args.iter().map(|a| a.to_vec()));
+    }
+
+    fn slot(slot: usize) -> Vec<u8> {
+        slot.to_string().into_bytes()
+    }
+
+    fn zadd(&mut self, slot: usize, score: u64, member: &str) {
+        self.push(
+            "zadd",
+            &[
+                &Self::slot(slot),
+                score.to_string().as_bytes(),
+                member.as_bytes(),
+            ],
+        );
+    }
+
+    fn zrem(&mut self, slot: usize, member: &str) {
+        self.push("zrem", &[&Self::slot(slot), member.as_bytes()]);
+    }
+
+    fn incr(&mut self, slot: usize, delta: i64) {
+        self.push("incr", &[&Self::slot(slot), delta.to_string().as_bytes()]);
+    }
+
+    fn max(&mut self, slot: usize, limit: usize) {
+        self.push("max", &[&Self::slot(slot), limit.to_string().as_bytes()]);
+    }
+}
+
+/// The lua scripts, loaded once per Redis (and again after a Redis restart
+/// forgets them).
+struct Scripts {
+    commit: Script,
+    claim: Script,
+    ahead: Script,
+    unlink_if: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            commit: Script::new(include_str!("commit.lua")),
+            claim: Script::new(include_str!("claim.lua")),
+            ahead: Script::new(include_str!("ahead.lua")),
+            unlink_if: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            ),
+        }
+    }
+
+    fn all(&self) -> [&Script; 4] {
+        [&self.commit, &self.claim, &self.ahead, &self.unlink_if]
+    }
+}
+
+/// See the module docs.
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    subscriber: JoinHandle<()>,
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+struct Inner {
+    config: EngineConfig,
+    url: String,
+    conn: ConnectionManager,
+    keys: Keys,
+    channel: String,
+    scripts: Scripts,
+    listener: OnceLock<Arc<dyn EngineListener>>,
+    hasher: RandomState,
+    leases: Box<[Mutex<HashMap<LeaseId, Held>>]>,
+    /// Queues this replica has registered in the queue set.
+    queues_known: RwLock<HashSet<QueueName>>,
+    /// (session, queue) pairs registered for lease cleanup.
+    session_queues: Mutex<HashSet<(SessionId, QueueName)>>,
+    last_poke: Mutex<Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn is_no_script(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+/// Connects to Redis at `url`, checks it will not evict our keys, and
+/// subscribes to the event channel. Keys are prefixed with `prefix`.
+pub async fn connect(
+    url: &str,
+    prefix: &str,
+    config: EngineConfig,
+) -> Result<RedisEngine, ConnectError> {
+    let url_error = |source| ConnectError::Url {
+        url: url.to_owned(),
+        source,
+    };
+    let unreachable = |source| ConnectError::Unreachable {
+        url: url.to_owned(),
+        source,
+    };
+    let client = redis::Client::open(url).map_err(url_error)?;
+    let info = client.get_connection_info().clone();
+    let resp3 = info.clone().set_redis_settings(
+        info.redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3),
+    );
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let mut conn = ConnectionManager::new_with_config(client, manager_config.clone())
+        .await
+        .map_err(unreachable)?;
+    let policy = eviction_policy(&mut conn).await.map_err(unreachable)?;
+    if policy != "noeviction" {
+        return Err(ConnectError::Evicting {
+            url: url.to_owned(),
+            policy,
+        });
+    }
+    let scripts = Scripts::new();
+    for script in scripts.all() {
+        script.load_async(&mut conn).await.map_err(unreachable)?;
+    }
+    let keys = Keys::new(prefix);
+    let channel = keys.channel();
+    let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut subscriber = ConnectionManager::new_with_config(
+        redis::Client::open(resp3).map_err(url_error)?,
+        manager_config
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription(),
+    )
+    .await
+    .map_err(unreachable)?;
+    subscriber.subscribe(&channel).await.map_err(unreachable)?;
+    let inner = Arc::new(Inner {
+        config,
+        url: url.to_owned(),
+        conn,
+        keys,
+        channel: channel.clone(),
+        scripts,
+        listener: OnceLock::new(),
+        hasher: RandomState::new(),
+        leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
+        queues_known: RwLock::default(),
+        session_queues: Mutex::default(),
+        last_poke: Mutex::new(Instant::now()),
+    });
+    let weak = Arc::downgrade(&inner);
+    let subscriber = tokio::spawn(async move {
+        while let Some(push) = push_rx.recv().await {
+            let Some(inner) = weak.upgrade() else { return };
+            match bus::classify(&push.kind, push.data) {
+                Some(bus::Heard::Message(payload)) => {
+                    if let Some(listener) = inner.listener.get() {
+                        bus::deliver(listener.as_ref(), &payload);
+                    }
+                }
+                Some(bus::Heard::Disconnected) => {
+                    tracing::warn!(url = %inner.url, "lost the Redis event subscription; resubscribing");
+                    let mut delay = Duration::from_millis(50);
+                    while let Err(error) = subscriber.subscribe(&channel).await {
+                        tracing::warn!(%error, "Redis resubscribe failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    tracing::info!("Redis event subscription restored; resynchronising watchers");
+                    if let Some(listener) = inner.listener.get() {
+                        listener.resync();
+                    }
+                }
+                None => {}
+            }
+        }
+    });
+    Ok(RedisEngine { inner, subscriber })
+}
+
+/// Redis's `maxmemory-policy`, from CONFIG GET or, where CONFIG is disabled
+/// (managed services), INFO.
+async fn eviction_policy(conn: &mut ConnectionManager) -> Result<String, RedisError> {
+    let config: Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    if let Ok(pair) = config
+        && let Some(policy) = pair.get(1)
+    {
+        return Ok(policy.clone());
+    }
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned())
+}
+
+fn chunk_bytes(chunk: &Chunk) -> Vec<u8> {
+    let mut bytes = chunk.seq.to_be_bytes().to_vec();
+    chunk
+        .output
+        .encode(&mut bytes)
+        .expect("a Vec grows as needed");
+    bytes
+}
+
+fn chunk_from(bytes: &[u8]) -> Option<Chunk> {
+    let (seq, output) = bytes.split_at_checked(8)?;
+    Some(Chunk {
+        seq: u64::from_be_bytes(seq.try_into().ok()?),
+        output: Payload::decode(output).ok()?,
+    })
+}
+
+impl Inner {
+    fn unavailable(&self, error: RedisError) -> EngineError {
+        EngineError::Unavailable(format!("Redis at {}: {error}", self.url))
+    }
+
+    fn corrupt(&self, id: TicketId, error: impl std::fmt::Display) -> EngineError {
+        EngineError::Unavailable(format!(
+            "ticket {id} in Redis at {} is unreadable: {error}",
+            self.url
+        ))
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs a command or pipeline, loading the scripts again if Redis lost
+    /// them (a restart): every script call in it failed, so a retry is safe.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        query: impl Fn() -> QueryKind,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.conn();
+        for _ in 0..2 {
+            let result = match query() {
+                QueryKind::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                QueryKind::Pipe(pipe) => pipe.query_async(&mut conn).await,
+            };
+            match result {
+                Err(error) if is_no_script(&error) => {
+                    for script in self.scripts.all() {
+                        script
+                            .load_async(&mut conn)
+                            .await
+                            .map_err(|e| self.unavailable(e))?;
+                    }
+                }
+                other => return other.map_err(|e| self.unavailable(e)),
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "Redis at {} keeps forgetting its scripts",
+            self.url
+        )))
+    }
+
+    fn evalsha(&self, script: &Script, keys: &[String], args: Vec<Vec<u8>>) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        cmd
+    }
+
+    fn lease_shard(&self, lease_id: &LeaseId) -> &Mutex<HashMap<LeaseId, Held>> {
+        &self.leases[(self.hasher.hash_one(lease_id) as usize) % LEASE_SHARDS]
+    }
+
+    fn notify_ready(&self, queue: &QueueName) {
+        if let Some(listener) = self.listener.get() {
+            listener.queue_ready(queue);
+        }
+    }
+
+    /// The queue of ticket `id`, or why there is no such ticket.
+    async fn locate(&self, id: TicketId) -> Result<QueueName, EngineError> {
+        let (queue, tombstone): (Option<String>, Option<u64>) = self
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.get(self.keys.locator(id)).get(self.keys.tombstone(id));
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        match queue {
+            Some(queue) => QueueName::parse(&queue).map_err(|e| self.corrupt(id, e)),
+            None => Err(transition::missing(
+                id,
+                tombstone.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+            )),
+        }
+    }
+
+    /// The error for a ticket whose record is gone.
+    async fn gone(&self, id: TicketId) -> EngineError {
+        let tombstone: Result<Option<u64>, _> = self
+            .run(|| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.keys.tombstone(id));
+                QueryKind::Cmd(cmd)
+            })
+            .await;
+        match tombstone {
+            Ok(at) => transition::missing(
+                id,
+                at.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+            ),
+            Err(error) => error,
+        }
+    }
+
+    fn decode(
+        &self,
+        id: TicketId,
+        fields: (Option<u64>, Option<Bytes>, Option<Bytes>, Option<u64>),
+    ) -> Result<Option<Stored>, EngineError> {
+        let (Some(revision), Some(record)) = (fields.0, fields.1) else {
+            return Ok(None);
+        };
+        let payload = match fields.2 {
+            Some(bytes) => Payload::decode(bytes).map_err(|e| self.corrupt(id, e))?,
+            None => Payload::default(),
+        };
+        let mut ticket = record::decode(id, &record, payload).map_err(|e| self.corrupt(id, e))?;
+        ticket.enqueue_seq = fields.3.unwrap_or(0);
+        Ok(Some(Stored { ticket, revision }))
+    }
+
+    async fn load(&self, queue: &QueueName, id: TicketId) -> Result<Option<Stored>, EngineError> {
+        let fields = self
+            .run(|| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.keys.ticket(queue, id))
+                    .arg(&["v", "d", "p", "e"]);
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        self.decode(id, fields)
+    }
+
+    /// Adds the index changes that take a ticket from `before` to `after`
+    /// (`None`: it does not exist) and the ready announcement.
+    fn diff(&self, before: Option<&Ticket>, after: Option<&Ticket>, ops: &mut Ops) {
+        let retention = self.config.result_retention;
+        let old = before
+            .map(|t| Placement::of(t, retention))
+            .unwrap_or_default();
+        let new = after
+            .map(|t| Placement::of(t, retention))
+            .unwrap_or_default();
+        match (before, after) {
+            (Some(b), _) if old.ready && !new.ready => {
+                ops.zrem(
+                    slot::READY,
+                    &layout::ready_member(b.priority, b.enqueue_seq, b.id),
+                );
+            }
+            (_, Some(a)) if new.ready && !old.ready => {
+                ops.push(
+                    "enq",
+                    &[
+                        layout::priority_prefix(a.priority).as_bytes(),
+                        a.id.to_string().as_bytes(),
+                    ],
+                );
+                ops.push("pub", &[self.channel.as_bytes(), &bus::ready(&a.queue)]);
+            }
+            _ => {}
+        }
+        if old.pending != new.pending {
+            ops.incr(slot::PENDING, if new.pending { 1 } else { -1 });
+        }
+        for (member, _) in &old.timers {
+            if !new.timers.iter().any(|(m, _)| m == member) {
+                ops.zrem(slot::TIMERS, member);
+            }
+        }
+        for timer in &new.timers {
+            if !old.timers.contains(timer) {
+                ops.zadd(slot::TIMERS, timer.1, &timer.0);
+            }
+        }
+        if old.leased != new.leased {
+            if let Some(member) = &old.leased {
+                ops.zrem(slot::LEASED, member);
+            }
+            if let Some(member) = &new.leased {
+                ops.zadd(slot::LEASED, 0, member);
+            }
+        }
+        match (before, after) {
+            (None, Some(a)) => ops.zadd(slot::IDS, 0, &a.id.to_string()),
+            (Some(b), None) => {
+                ops.zrem(slot::IDS, &b.id.to_string());
+                ops.push("del", &[&Ops::slot(slot::CHUNKS)]);
+            }
+            _ => {}
+        }
+    }
+
+    /// The commit call for a transition from `before` (at `revision`) to
+    /// `after`; returns the command and the new record.
+    fn commit_cmd(
+        &self,
+        before: &Stored,
+        after: &Ticket,
+        events: &[(EventKind, Ticket, Option<Payload>)],
+        revoke: Option<&Revocation>,
+        mut ops: Ops,
+    ) -> Cmd {
+        let record = Bytes::from(record::encode(after));
+        self.diff(Some(&before.ticket), Some(after), &mut ops);
+        for (kind, snapshot, output) in events {
+            let bytes = if snapshot.seq == after.seq {
+                record.clone()
+            } else {
+                Bytes::from(record::encode(snapshot))
+            };
+            ops.push(
+                "pub",
+                &[
+                    self.channel.as_bytes(),
+                    &bus::change(after.id, *kind, bytes, output.clone()),
+                ],
+            );
+        }
+        if let Some(revocation) = revoke {
+            ops.push("pub", &[self.channel.as_bytes(), &bus::revoke(revocation)]);
+        }
+        let mut args = vec![before.revision.to_string().into_bytes(), record.to_vec()];
+        args.extend(ops.0);
+        self.evalsha(
+            &self.scripts.commit,
+            &self.keys.commit_keys(&after.queue, after.id),
+            args,
+        )
+    }
+
+    /// Applies `step` to ticket `id` of `queue` with optimistic concurrency:
+    /// read (or take `hint`), compute, commit if the revision is unchanged,
+    /// else read again. Returns the result and the ticket as written.
+    async fn transact<R>(
+        &self,
+        queue: &QueueName,
+        id: TicketId,
+        mut hint: Option<Stored>,
+        mut step: impl FnMut(&mut Ticket) -> Result<Step<R>, EngineError>,
+    ) -> Result<(R, Option<Stored>), EngineError> {
+        for _ in 0..MAX_RETRIES {
+            let stored = match hint.take() {
+                Some(stored) => stored,
+                None => match self.load(queue, id).await? {
+                    Some(stored) => stored,
+                    None => return Err(self.gone(id).await),
+                },
+            };
+            let mut after = stored.ticket.clone();
+            match step(&mut after)? {
+                Step::Keep(result) => return Ok((result, Some(stored))),
+                Step::Delete(result) => {
+                    if self.delete(&stored).await? {
+                        return Ok((result, None));
+                    }
+                }
+                Step::Write {
+                    result,
+                    events,
+                    revoke,
+                    extra,
+                } => {
+                    let cmd = self.commit_cmd(&stored, &after, &events, revoke.as_ref(), extra);
+                    let reply: Vec<i64> = self.run(|| QueryKind::Cmd(cmd.clone())).await?;
+                    match reply.as_slice() {
+                        [1, revision, seq] => {
+                            if *seq > 0 {
+                                after.enqueue_seq = *seq as u64;
+                            }
+                            let revision = *revision as u64;
+                            return Ok((
+                                result,
+                                Some(Stored {
+                                    ticket: after,
+                                    revision,
+                                }),
+                            ));
+                        }
+                        [-3] => return Err(transition::too_many_chunks(id)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "ticket {id} changed {MAX_RETRIES} times while this replica tried to update it; retry"
+        )))
+    }
+
+    /// Deletes a finished ticket, leaving a tombstone; false when it changed
+    /// since it was read.
+    async fn delete(&self, stored: &Stored) -> Result<bool, EngineError> {
+        let ticket = &stored.ticket;
+        let id = ticket.id;
+        let now = SystemTime::now();
+        let tombstone_ms = layout::millis(now);
+        let ttl = self.config.tombstone_retention.as_millis().max(1) as u64;
+        let mut ops = Ops::default();
+        self.diff(Some(ticket), None, &mut ops);
+        let mut args = vec![stored.revision.to_string().into_bytes(), Vec::new()];
+        args.extend(ops.0);
+        let commit = self.evalsha(
+            &self.scripts.commit,
+            &self.keys.commit_keys(&ticket.queue, id),
+            args,
+        );
+        let _: () = self
+            .run(|| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.keys.tombstone(id))
+                    .arg(tombstone_ms)
+                    .arg("PX")
+                    .arg(ttl);
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let reply: Vec<i64> = self.run(|| QueryKind::Cmd(commit.clone())).await?;
+        if reply.first() != Some(&1) {
+            let _: () = self
+                .run(|| {
+                    let mut cmd = redis::cmd("DEL");
+                    cmd.arg(self.keys.tombstone(id));
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            return Ok(false);
+        }
+        let all_member = format!("{id} {}", ticket.queue);
+        let key = ticket.idempotency_key.clone();
+        let _: Value = self
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.del(self.keys.locator(id))
+                    .ignore()
+                    .zrem(self.keys.all_ids(), &all_member)
+                    .ignore();
+                if let Some(key) = &key {
+                    pipe.add_command(self.evalsha(
+                        &self.scripts.unlink_if,
+                        &[self.keys.idempotency(key)],
+                        vec![id.to_string().into_bytes()],
+                    ))
+                    .ignore();
+                }
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        Ok(true)
+    }
+
+    async fn register_queue(&self, queue: &QueueName) -> Result<(), EngineError> {
+        if self
+            .queues_known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue)
+        {
+            return Ok(());
+        }
+        let _: () = self
+            .run(|| {
+                let mut cmd = redis::cmd("SADD");
+                cmd.arg(self.keys.queues()).arg(queue.as_str());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        self.queues_known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.clone());
+        Ok(())
+    }
+
+    /// The ticket an idempotency key already names.
+    async fn existing_for_key(
+        &self,
+        key: &str,
+        queue: &QueueName,
+    ) -> Result<Submitted, EngineError> {
+        let mut delay = Duration::from_millis(5);
+        for _ in 0..10 {
+            let existing: Option<String> = self
+                .run(|| {
+                    let mut cmd = redis::cmd("GET");
+                    cmd.arg(self.keys.idempotency(key));
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            if let Some(existing) = existing.and_then(|id| id.parse::<uuid::Uuid>().ok()) {
+                let id = TicketId(existing);
+                if let Ok(found) = self.locate(id).await
+                    && let Some(stored) = self.load(&found, id).await?
+                {
+                    if found != *queue {
+                        return Err(EngineError::IdempotencyConflict {
+                            key: key.to_owned(),
+                            existing: id,
+                            queue: found,
+                        });
+                    }
+                    return Ok(Submitted {
+                        ticket: stored.ticket,
+                        created: false,
+                    });
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(EngineError::Unavailable(format!(
+            "a submit with idempotency key {key:?} is still being stored; retry"
+        )))
+    }
+
+    /// Loses every lease `session_id` holds (its worker is gone).
+    async fn lose_session(
+        &self,
+        session_id: SessionId,
+    ) -> Result<BTreeSet<QueueName>, EngineError> {
+        let queues: Vec<String> = self
+            .run(|| {
+                let mut cmd = redis::cmd("SMEMBERS");
+                cmd.arg(self.keys.session_queues(session_id));
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let mut ready = BTreeSet::new();
+        for queue in queues.iter().filter_map(|q| QueueName::parse(q).ok()) {
+            let (min, max) = layout::leased_range(session_id);
+            let members: Vec<String> = self
+                .run(|| {
+                    let mut cmd = redis::cmd("ZRANGEBYLEX");
+                    cmd.arg(self.keys.leased(&queue)).arg(&min).arg(&max);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            for member in members {
+                let Some(id) = member
+                    .split_once(':')
+                    .and_then(|(_, id)| id.parse::<uuid::Uuid>().ok())
+                    .map(TicketId)
+                else {
+                    continue;
+                };
+                let config = &self.config;
+                let outcome = self
+                    .transact(&queue, id, None, |ticket| {
+                        let Some(lease) =
+                            ticket.lease.clone().filter(|l| l.session_id == session_id)
+                        else {
+                            return Ok(Step::Keep(()));
+                        };
+                        transition::lose_lease(
+                            ticket,
+                            lease.lease_id,
+                            ReleaseReason::WorkerLost,
+                            config,
+                            SystemTime::now(),
+                        );
+                        Ok(Step::write(
+                            (),
+                            vec![(EventKind::State, ticket.clone(), None)],
+                        ))
+                    })
+                    .await;
+                match outcome {
+                    Ok(_) => {
+                        ready.insert(queue.clone());
+                    }
+                    Err(EngineError::NotFound(_) | EngineError::ResultExpired { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(ready)
+    }
+
+    fn forget_session(&self, session_id: SessionId) {
+        for shard in self.leases.iter() {
+            lock(shard).retain(|_, held| held.session_id != session_id);
+        }
+        lock(&self.session_queues).retain(|(s, _)| *s != session_id);
+    }
+
+    /// The queue and latest known state of a lease handed out here.
+    fn held(&self, lease_id: LeaseId) -> Option<(QueueName, Option<Stored>)> {
+        lock(self.lease_shard(&lease_id))
+            .get(&lease_id)
+            .map(|held| (held.queue.clone(), held.latest.clone()))
+    }
+
+    /// Serialises reports on one lease in call order: the returned receiver
+    /// resolves once the previous report is done; drop the sender when done.
+    fn sequence(&self, lease_id: LeaseId) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
+        let (done, next) = oneshot::channel();
+        let previous = lock(self.lease_shard(&lease_id))
+            .get_mut(&lease_id)
+            .and_then(|held| held.tail.replace(next));
+        (previous, done)
+    }
+
+    async fn record_progress(&self, report: ProgressReport) -> Result<(), EngineError> {
+        let lease_id = report.lease_id;
+        let (queue, hint) = match self.held(lease_id) {
+            Some(held) => held,
+            None => (self.locate(report.ticket_id).await?, None),
+        };
+        let (_, stored) = self
+            .transact(&queue, report.ticket_id, hint, |ticket| {
+                transition::check_lease(ticket, lease_id)?;
+                let now = SystemTime::now();
+                let mut events = Vec::new();
+                let mut extra = Ops::default();
+                if let Some(progress) = &report.progress {
+                    ticket.progress = Some(progress.clone());
+                    ticket.touch(now);
+                    events.push((EventKind::Progress, ticket.clone(), None));
+                }
+                if let Some(output) = &report.output {
+                    ticket.touch(now);
+                    let chunk = Chunk {
+                        seq: ticket.seq,
+                        output: output.clone(),
+                    };
+                    extra.push(
+                        "llenmax",
+                        &[
+                            &Ops::slot(slot::CHUNKS),
+                            transition::MAX_CHUNKS_PER_TICKET.to_string().as_bytes(),
+                        ],
+                    );
+                    extra.push("rpush", &[&Ops::slot(slot::CHUNKS), &chunk_bytes(&chunk)]);
+                    events.push((EventKind::Output, ticket.clone(), Some(output.clone())));
+                }
+                if events.is_empty() {
+                    return Ok(Step::Keep(()));
+                }
+                Ok(Step::Write {
+                    result: (),
+                    events,
+                    revoke: None,
+                    extra,
+                })
+            })
+            .await?;
+        if let Some(held) = lock(self.lease_shard(&lease_id)).get_mut(&lease_id) {
+            held.latest = stored;
+        }
+        Ok(())
+    }
+
+    async fn record_completion(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> Result<Completion, EngineError> {
+        let (queue, hint) = match self.held(lease_id) {
+            Some(held) => held,
+            None => (self.locate(ticket_id).await?, None),
+        };
+        let config = &self.config;
+        let result = self
+            .transact(
+                &queue,
+                ticket_id,
+                hint,
+                |ticket| match transition::complete(
+                    ticket,
+                    lease_id,
+                    outcome.clone(),
+                    config,
+                    SystemTime::now(),
+                )? {
+                    transition::Reported::Duplicate => {
+                        Ok(Step::Keep(Completion::Duplicate(ticket.clone())))
+                    }
+                    transition::Reported::Recorded => Ok(Step::write(
+                        Completion::Recorded(ticket.clone()),
+                        vec![(EventKind::State, ticket.clone(), None)],
+                    )),
+                },
+            )
+            .await;
+        if !matches!(result, Err(EngineError::Unavailable(_))) {
+            lock(self.lease_shard(&lease_id)).remove(&lease_id);
+        }
+        result.map(|(completion, _)| completion)
+    }
+
+    /// Fires one due timer of `queue`.
+    async fn fire(
+        &self,
+        queue: &QueueName,
+        member: &str,
+        now: SystemTime,
+    ) -> Result<(), EngineError> {
+        let Some((kind, id)) = layout::parse_timer(member) else {
+            return self.zrem(self.keys.timers(queue), member).await;
+        };
+        let Some(stored) = self.load(queue, id).await? else {
+            return self.zrem(self.keys.timers(queue), member).await;
+        };
+        let config = &self.config;
+        let outcome = self
+            .transact(queue, id, Some(stored), |ticket| {
+                Ok(match &kind {
+                    TimerKind::Backoff => {
+                        if ticket.state == TicketState::Pending
+                            && ticket.not_before.is_some_and(|at| at <= now)
+                        {
+                            ticket.not_before = None;
+                            Step::write(true, Vec::new())
+                        } else {
+                            Step::Keep(false)
+                        }
+                    }
+                    TimerKind::Deadline => match transition::expire(ticket, now) {
+                        Some(revoked) => Step::Write {
+                            result: true,
+                            events: vec![(EventKind::State, ticket.clone(), None)],
+                            revoke: revoked.map(|lease| Revocation {
+                                session_id: lease.session_id,
+                                ticket_id: id,
+                                lease_id: lease.lease_id,
+                                reason: RevokeReason::Expired,
+                                message: transition::EXPIRED_NOTICE.into(),
+                            }),
+                            extra: Ops::default(),
+                        },
+                        None => Step::Keep(false),
+                    },
+                    TimerKind::Attempt(lease_id) => {
+                        match transition::time_out_attempt(ticket, *lease_id, config, now) {
+                            Some(lease) => Step::Write {
+                                result: true,
+                                events: vec![(EventKind::State, ticket.clone(), None)],
+                                revoke: Some(Revocation {
+                                    session_id: lease.session_id,
+                                    ticket_id: id,
+                                    lease_id: lease.lease_id,
+                                    reason: RevokeReason::AttemptTimeout,
+                                    message: transition::attempt_timeout_notice(ticket.attempt),
+                                }),
+                                extra: Ops::default(),
+                            },
+                            None => Step::Keep(false),
+                        }
+                    }
+                    TimerKind::Retention => {
+                        let due = ticket.state.is_terminal()
+                            && ticket
+                                .finished_at
+                                .is_some_and(|at| at + config.result_retention <= now);
+                        if due {
+                            Step::Delete(true)
+                        } else {
+                            Step::Keep(false)
+                        }
+                    }
+                })
+            })
+            .await;
+        match outcome {
+            Ok((false, Some(stored))) => {
+                let placement = Placement::of(&stored.ticket, self.config.result_retention);
+                if !placement.timers.iter().any(|(m, _)| m == member) {
+                    self.zrem(self.keys.timers(queue), member).await?;
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(EngineError::NotFound(_) | EngineError::ResultExpired { .. }) => {
+                self.zrem(self.keys.timers(queue), member).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn zrem(&self, key: String, member: &str) -> Result<(), EngineError> {
+        self.run(|| {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&key).arg(member);
+            QueryKind::Cmd(cmd)
+        })
+        .await
+    }
+
+    /// Puts back tickets whose claimer died between pop and lease.
+    async fn unclaim(&self, queue: &QueueName, ids: Vec<String>) -> Result<(), EngineError> {
+        for member in ids {
+            let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
+                self.zrem(self.keys.claiming(queue), &member).await?;
+                continue;
+            };
+            if let Some(stored) = self.load(queue, id).await? {
+                let ticket = &stored.ticket;
+                if ticket.state == TicketState::Pending && ticket.not_before.is_none() {
+                    let ready = layout::ready_member(ticket.priority, ticket.enqueue_seq, id);
+                    let _: () = self
+                        .run(|| {
+                            let mut cmd = redis::cmd("ZADD");
+                            cmd.arg(self.keys.ready(queue)).arg(0).arg(&ready);
+                            QueryKind::Cmd(cmd)
+                        })
+                        .await?;
+                    self.notify_ready(queue);
+                }
+            }
+            self.zrem(self.keys.claiming(queue), &member).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A command or a pipeline, rebuilt for each try.
+enum QueryKind {
+    Cmd(Cmd),
+    Pipe(redis::Pipeline),
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn set_listener(&self, listener: Arc<dyn EngineListener>) {
+        let _ = self.inner.listener.set(listener);
+    }
+
+    async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
+        let inner = &self.inner;
+        let queue = new.queue.clone();
+        inner.register_queue(&queue).await?;
+        let id = TicketId::new();
+        let key = new.idempotency_key.clone();
+        if let Some(key) = &key {
+            let claimed: Option<String> = inner
+                .run(|| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(inner.keys.idempotency(key))
+                        .arg(id.to_string())
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(IDEMPOTENCY_CLAIM.as_millis() as u64);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            if claimed.is_none() {
+                return inner.existing_for_key(key, &queue).await;
+            }
+        }
+        let mut ticket = Ticket::create(id, new, SystemTime::now());
+        let record = record::encode(&ticket);
+        let mut ops = Ops::default();
+        ops.max(slot::PENDING, inner.config.max_pending_per_queue);
+        ops.push("field", &[b"p", &ticket.payload.encode_to_vec()]);
+        inner.diff(None, Some(&ticket), &mut ops);
+        let mut args = vec![b"0".to_vec(), record];
+        args.extend(ops.0);
+        let commit = inner.evalsha(
+            &inner.scripts.commit,
+            &inner.keys.commit_keys(&queue, id),
+            args,
+        );
+        let all_member = format!("{id} {queue}");
+        let reply: (Vec<i64>,) = inner
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.set(inner.keys.locator(id), queue.as_str())
+                    .ignore()
+                    .zadd(inner.keys.all_ids(), &all_member, 0)
+                    .ignore()
+                    .add_command(commit.clone());
+                if let Some(key) = &key {
+                    pipe.persist(inner.keys.idempotency(key)).ignore();
+                }
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        match reply.0.as_slice() {
+            [1, _, seq] => {
+                ticket.enqueue_seq = *seq as u64;
+                Ok(Submitted {
+                    ticket,
+                    created: true,
+                })
+            }
+            other => {
+                let _: () = inner
+                    .run(|| {
+                        let mut pipe = redis::pipe();
+                        pipe.del(inner.keys.locator(id))
+                            .ignore()
+                            .zrem(inner.keys.all_ids(), &all_member)
+                            .ignore();
+                        if let Some(key) = &key {
+                            pipe.del(inner.keys.idempotency(key)).ignore();
+                        }
+                        QueryKind::Pipe(pipe)
+                    })
+                    .await?;
+                if other == [-2] {
+                    Err(EngineError::QueueFull {
+                        queue,
+                        limit: inner.config.max_pending_per_queue,
+                    })
+                } else {
+                    Err(EngineError::Unavailable(format!(
+                        "ticket id {id} collided in Redis; retry"
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        let queue = self.inner.locate(id).await?;
+        match self.inner.load(&queue, id).await? {
+            Some(stored) => Ok(stored.ticket),
+            None => Err(self.inner.gone(id).await),
+        }
+    }
+
+    async fn get_with_chunks(
+        &self,
+        id: TicketId,
+        after_seq: u64,
+    ) -> Result<(Ticket, Vec<Chunk>), EngineError> {
+        let inner = &self.inner;
+        let queue = inner.locate(id).await?;
+        let (fields, chunks): (_, Vec<Bytes>) = inner
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HMGET")
+                    .arg(inner.keys.ticket(&queue, id))
+                    .arg(&["v", "d", "p", "e"])
+                    .lrange(inner.keys.chunks(&queue, id), 0, -1);
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        let Some(stored) = inner.decode(id, fields)? else {
+            return Err(inner.gone(id).await);
+        };
+        let chunks = chunks
+            .iter()
+            .filter_map(|bytes| chunk_from(bytes))
+            .filter(|chunk| chunk.seq > after_seq)
+            .collect();
+        Ok((stored.ticket, chunks))
+    }
+
+    async fn tickets_ahead(&self, ticket: &Ticket) -> Result<u64, EngineError> {
+        if ticket.state != TicketState::Pending || ticket.not_before.is_some() {
+            return Ok(0);
+        }
+        let inner = &self.inner;
+        inner
+            .run(|| {
+                QueryKind::Cmd(inner.evalsha(
+                    &inner.scripts.ahead,
+                    &[
+                        inner.keys.ticket(&ticket.queue, ticket.id),
+                        inner.keys.ready(&ticket.queue),
+                    ],
+                    vec![
+                        layout::priority_prefix(ticket.priority).into_bytes(),
+                        ticket.id.to_string().into_bytes(),
+                    ],
+                ))
+            })
+            .await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
+        let inner = &self.inner;
+        let page_size = filter.page_size.max(1);
+        let index = match &filter.queue {
+            Some(queue) => inner.keys.queue_ids(queue),
+            None => inner.keys.all_ids(),
+        };
+        let mut min = match filter.after {
+            Some(after) => format!("({after}~"),
+            None => "-".to_owned(),
+        };
+        let mut tickets = Vec::new();
+        let mut scanned = 0;
+        let mut last_scanned = None;
+        loop {
+            let members: Vec<String> = inner
+                .run(|| {
+                    let mut cmd = redis::cmd("ZRANGEBYLEX");
+                    cmd.arg(&index)
+                        .arg(&min)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(LIST_BATCH);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            let located: Vec<(TicketId, QueueName)> = members
+                .iter()
+                .filter_map(|member| {
+                    let (id, queue) = match (&filter.queue, member.split_once(' ')) {
+                        (Some(queue), _) => (member.as_str(), queue.clone()),
+                        (None, Some((id, queue))) => (id, QueueName::parse(queue).ok()?),
+                        (None, None) => return None,
+                    };
+                    Some((TicketId(id.parse().ok()?), queue))
+                })
+                .collect();
+            let fields: Vec<(Option<u64>, Option<Bytes>, Option<Bytes>, Option<u64>)> = inner
+                .run(|| {
+                    let mut pipe = redis::pipe();
+                    for (id, queue) in &located {
+                        pipe.cmd("HMGET")
+                            .arg(inner.keys.ticket(queue, *id))
+                            .arg(&["v", "d", "p", "e"]);
+                    }
+                    QueryKind::Pipe(pipe)
+                })
+                .await?;
+            for ((id, _), fields) in located.iter().zip(fields) {
+                scanned += 1;
+                last_scanned = Some(*id);
+                let Some(stored) = inner.decode(*id, fields)? else {
+                    continue;
+                };
+                if filter.states.is_empty() || filter.states.contains(&stored.ticket.state) {
+                    tickets.push(stored.ticket);
+                    if tickets.len() > page_size {
+                        break;
+                    }
+                }
+            }
+            if tickets.len() > page_size {
+                tickets.truncate(page_size);
+                let next = tickets.last().map(|t| t.id);
+                return Ok(ListPage { tickets, next });
+            }
+            if members.len() < LIST_BATCH {
+                return Ok(ListPage {
+                    tickets,
+                    next: None,
+                });
+            }
+            if scanned >= LIST_SCAN_LIMIT {
+                return Ok(ListPage {
+                    tickets,
+                    next: last_scanned,
+                });
+            }
+            min = format!("({}", members.last().expect("a full batch"));
+        }
+    }
+
+    async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError> {
+        let queue = self.inner.locate(id).await?;
+        let (ticket, _) = self
+            .inner
+            .transact(&queue, id, None, |ticket| {
+                match transition::cancel(ticket, reason, SystemTime::now())? {
+                    transition::Cancelled::Already => Ok(Step::Keep(ticket.clone())),
+                    transition::Cancelled::Now(revoked) => Ok(Step::Write {
+                        result: ticket.clone(),
+                        events: vec![(EventKind::State, ticket.clone(), None)],
+                        revoke: revoked.map(|lease| Revocation {
+                            session_id: lease.session_id,
+                            ticket_id: id,
+                            lease_id: lease.lease_id,
+                            reason: RevokeReason::Cancelled,
+                            message: transition::cancel_message(reason),
+                        }),
+                        extra: Ops::default(),
+                    }),
+                }
+            })
+            .await?;
+        Ok(ticket)
+    }
+
+    async fn touch_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        inner
+            .run(|| {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(inner.keys.sessions())
+                    .arg("GT")
+                    .arg(layout::millis_ceil(expires_at))
+                    .arg(session.session_id.to_string());
+                QueryKind::Cmd(cmd)
+            })
+            .await
+    }
+
+    async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let ready = inner.lose_session(session_id).await?;
+        let _: () = inner
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.zrem(inner.keys.sessions(), session_id.to_string())
+                    .ignore()
+                    .del(inner.keys.session_queues(session_id))
+                    .ignore();
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        inner.forget_session(session_id);
+        for queue in ready {
+            inner.notify_ready(&queue);
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        sessions: &[SessionInfo],
+    ) -> Result<Vec<Claimed>, EngineError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let unregistered: Vec<SessionId> = {
+            let known = lock(&inner.session_queues);
+            let mut fresh: Vec<SessionId> = sessions
+                .iter()
+                .map(|s| s.session_id)
+                .filter(|s| !known.contains(&(*s, queue.clone())))
+                .collect();
+            fresh.sort();
+            fresh.dedup();
+            fresh
+        };
+        if !unregistered.is_empty() {
+            let _: () = inner
+                .run(|| {
+                    let mut pipe = redis::pipe();
+                    for session_id in &unregistered {
+                        pipe.sadd(inner.keys.session_queues(*session_id), queue.as_str())
+                            .ignore();
+                    }
+                    QueryKind::Pipe(pipe)
+                })
+                .await?;
+            lock(&inner.session_queues).extend(unregistered.iter().map(|s| (*s, queue.clone())));
+        }
+        let now = SystemTime::now();
+        type Popped = (
+            String,
+            Option<u64>,
+            Option<Bytes>,
+            Option<Bytes>,
+            Option<u64>,
+        );
+        let popped: Vec<Popped> = inner
+            .run(|| {
+                QueryKind::Cmd(inner.evalsha(
+                    &inner.scripts.claim,
+                    &[inner.keys.ready(queue), inner.keys.claiming(queue)],
+                    vec![
+                        sessions.len().to_string().into_bytes(),
+                        layout::millis(now).to_string().into_bytes(),
+                        inner.keys.ticket_prefix(queue).into_bytes(),
+                    ],
+                ))
+            })
+            .await?;
+        if popped.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut candidates = Vec::with_capacity(popped.len());
+        let mut unleasable = Vec::new();
+        for (member, revision, record, payload, seq) in popped {
+            let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
+                unleasable.push(member);
+                continue;
+            };
+            match inner.decode(id, (revision, record, payload, seq)) {
+                Ok(Some(stored))
+                    if stored.ticket.state == TicketState::Pending
+                        && stored.ticket.not_before.is_none() =>
+                {
+                    candidates.push(stored);
+                }
+                Ok(_) => unleasable.push(member),
+                Err(error) => {
+                    tracing::error!(%error, "unreadable ticket taken off the ready set");
+                    unleasable.push(member);
+                }
+            }
+        }
+        let mut leased = Vec::with_capacity(candidates.len());
+        let mut pipe = redis::pipe();
+        for (stored, session) in candidates.into_iter().zip(sessions) {
+            let mut after = stored.ticket.clone();
+            let lease = transition::lease(&mut after, session, now);
+            let mut extra = Ops::default();
+            extra.zrem(slot::CLAIMING, &after.id.to_string());
+            let events = [(EventKind::State, after.clone(), None)];
+            pipe.add_command(inner.commit_cmd(&stored, &after, &events, None, extra));
+            leased.push((stored, after, lease, session.clone()));
+        }
+        for member in &unleasable {
+            pipe.zrem(inner.keys.claiming(queue), member).ignore();
+        }
+        let mut distinct: Vec<SessionId> = leased.iter().map(|l| l.3.session_id).collect();
+        distinct.sort();
+        distinct.dedup();
+        for session_id in &distinct {
+            pipe.zscore(inner.keys.sessions(), session_id.to_string());
+        }
+        let replies: Vec<Value> = inner.run(|| QueryKind::Pipe(pipe.clone())).await?;
+        let (commits, scores) = replies.split_at(leased.len());
+        let now_ms = layout::millis(SystemTime::now());
+        let alive: HashSet<SessionId> = distinct
+            .iter()
+            .zip(scores)
+            .filter(|(_, score)| {
+                redis::from_redis_value_ref::<Option<f64>>(score)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|expires| expires > now_ms as f64)
+            })
+            .map(|(session, _)| *session)
+            .collect();
+        let mut claimed = Vec::with_capacity(leased.len());
+        let mut orphaned = false;
+        for ((stored, mut after, lease, session), reply) in leased.into_iter().zip(commits) {
+            let revision = match redis::from_redis_value_ref::<Vec<i64>>(reply)
+                .ok()
+                .as_deref()
+            {
+                Some([1, revision, _]) => *revision as u64,
+                _ => {
+                    // Changed since the pop (a cancel, say): leave it be.
+                    inner
+                        .zrem(inner.keys.claiming(queue), &stored.ticket.id.to_string())
+                        .await?;
+                    continue;
+                }
+            };
+            after.enqueue_seq = stored.ticket.enqueue_seq;
+            let written = Stored {
+                ticket: after.clone(),
+                revision,
+            };
+            if !alive.contains(&session.session_id) {
+                // The session ended while we leased: give it back.
+                let config = &inner.config;
+                inner
+                    .transact(queue, after.id, Some(written), |ticket| {
+                        if transition::lose_lease(
+                            ticket,
+                            lease.lease_id,
+                            ReleaseReason::Undelivered,
+                            config,
+                            SystemTime::now(),
+                        ) {
+                            Ok(Step::write(
+                                (),
+                                vec![(EventKind::State, ticket.clone(), None)],
+                            ))
+                        } else {
+                            Ok(Step::Keep(()))
+                        }
+                    })
+                    .await?;
+                orphaned = true;
+                continue;
+            }
+            lock(inner.lease_shard(&lease.lease_id)).insert(
+                lease.lease_id,
+                Held {
+                    queue: queue.clone(),
+                    session_id: session.session_id,
+                    latest: Some(written),
+                    tail: None,
+                },
+            );
+            claimed.push(Claimed {
+                ticket: Arc::new(after),
+                lease,
+            });
+        }
+        if orphaned {
+            inner.notify_ready(queue);
+        }
+        Ok(claimed)
+    }
+
+    async fn release(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        reason: ReleaseReason,
+    ) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let (queue, hint) = match inner.held(lease_id) {
+            Some(held) => held,
+            None => (inner.locate(ticket_id).await?, None),
+        };
+        let config = &inner.config;
+        let (requeued, _) = inner
+            .transact(&queue, ticket_id, hint, |ticket| {
+                if transition::lose_lease(ticket, lease_id, reason, config, SystemTime::now()) {
+                    Ok(Step::write(
+                        !ticket.state.is_terminal(),
+                        vec![(EventKind::State, ticket.clone(), None)],
+                    ))
+                } else {
+                    Ok(Step::Keep(false))
+                }
+            })
+            .await?;
+        lock(inner.lease_shard(&lease_id)).remove(&lease_id);
+        if requeued {
+            inner.notify_ready(&queue);
+        }
+        Ok(())
+    }
+
+    fn progress(&self, report: ProgressReport) -> Applied<()> {
+        let inner = self.inner.clone();
+        let (previous, done) = inner.sequence(report.lease_id);
+        Box::pin(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let result = inner.record_progress(report).await;
+            drop(done);
+            result
+        })
+    }
+
+    fn complete(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> Applied<Completion> {
+        let inner = self.inner.clone();
+        let (previous, done) = inner.sequence(lease_id);
+        Box::pin(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let result = inner.record_completion(ticket_id, lease_id, outcome).await;
+            drop(done);
+            result
+        })
+    }
+
+    async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let now_ms = layout::millis(now);
+        let expired: Vec<String> = inner
+            .run(|| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(inner.keys.sessions())
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(64);
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let mut ready = BTreeSet::new();
+        for session in expired {
+            let Ok(session_id) = session.parse::<uuid::Uuid>().map(SessionId) else {
+                inner.zrem(inner.keys.sessions(), &session).await?;
+                continue;
+            };
+            tracing::warn!(%session_id, "worker session expired; its leases are lost");
+            ready.extend(inner.lose_session(session_id).await?);
+            let _: () = inner
+                .run(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.zrem(inner.keys.sessions(), &session)
+                        .ignore()
+                        .del(inner.keys.session_queues(session_id))
+                        .ignore();
+                    QueryKind::Pipe(pipe)
+                })
+                .await?;
+            inner.forget_session(session_id);
+        }
+        let queues: Vec<String> = inner
+            .run(|| {
+                let mut cmd = redis::cmd("SMEMBERS");
+                cmd.arg(inner.keys.queues());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let queues: Vec<QueueName> = queues
+            .iter()
+            .filter_map(|q| QueueName::parse(q).ok())
+            .collect();
+        let poke = {
+            let mut last = lock(&inner.last_poke);
+            let due = last.elapsed() >= READY_POKE;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        let claim_cutoff = now_ms.saturating_sub(CLAIM_GRACE.as_millis() as u64);
+        type Due = (Vec<String>, Vec<String>, usize);
+        let due: Vec<Due> = inner
+            .run(|| {
+                let mut pipe = redis::pipe();
+                for queue in &queues {
+                    pipe.cmd("ZRANGEBYSCORE")
+                        .arg(inner.keys.timers(queue))
+                        .arg("-inf")
+                        .arg(now_ms)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(TIMER_BATCH)
+                        .cmd("ZRANGEBYSCORE")
+                        .arg(inner.keys.claiming(queue))
+                        .arg("-inf")
+                        .arg(claim_cutoff)
+                        .zcard(inner.keys.ready(queue));
+                }
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        for (queue, (timers, stale_claims, ready_count)) in queues.iter().zip(due) {
+            let fired = futures::stream::iter(timers)
+                .map(|member| async move { inner.fire(queue, &member, now).await })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await;
+            for result in fired {
+                result?;
+            }
+            if !stale_claims.is_empty() {
+                inner.unclaim(queue, stale_claims).await?;
+            }
+            if poke && ready_count > 0 {
+                ready.insert(queue.clone());
+            }
+        }
+        for queue in ready {
+            inner.notify_ready(&queue);
+        }
+        Ok(())
+    }
+}
