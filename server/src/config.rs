@@ -20,17 +20,22 @@ pub enum StoreConfig {
     Memory,
     /// The embedded durable store (redb) in this file.
     Durable(PathBuf),
+    /// A Redis shared by every replica (`redis://` or `rediss://` URL).
+    Redis(String),
 }
 
 impl StoreConfig {
-    /// Reads a `--store` value: `memory`, or the path of the durable store.
+    /// Reads a `--store` value: `memory`, a `redis://` URL, or the path of
+    /// the durable store.
     pub fn parse(value: &str) -> Result<Self, String> {
         match value {
-            "" => Err("--store is empty; use `memory` or a file path".into()),
+            "" => Err("--store is empty; use `memory`, a file path or a redis:// URL".into()),
             "memory" => Ok(Self::Memory),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => Err(format!(
-                "--store {url}: the Redis engine is not available in this build; use `memory` or a file path"
-            )),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                redis::Client::open(url)
+                    .map_err(|e| format!("--store {url}: not a valid Redis URL ({e})"))?;
+                Ok(Self::Redis(url.to_owned()))
+            }
             path => Ok(Self::Durable(PathBuf::from(path))),
         }
     }
@@ -43,6 +48,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Ticket store.
     pub store: StoreConfig,
+    /// Prefix of every Redis key and channel (several deployments can share
+    /// one Redis under different prefixes).
+    pub redis_prefix: String,
     /// How long a worker session's leases survive without a heartbeat, at
     /// the engine level (the backstop behind the session's own liveness check).
     pub lease_ttl: Duration,
@@ -72,6 +80,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
+            redis_prefix: "asyncgate".into(),
             lease_ttl: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(5),
             default_max_attempts: 3,
@@ -104,8 +113,13 @@ pub struct Cli {
     pub listen: SocketAddr,
     /// Ticket store: a file path for the embedded durable store (created if
     /// missing), or `memory` for a fast store that is lost on exit.
+    /// `redis://HOST:PORT/DB` (or `rediss://` for TLS) shares the tickets of
+    /// several replicas in one Redis.
     #[arg(long, env = "ASYNCGATE_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
+    /// Prefix of every Redis key and channel (Redis store only).
+    #[arg(long, env = "ASYNCGATE_REDIS_PREFIX", default_value = "asyncgate")]
+    pub redis_prefix: String,
     /// Engine-level lease TTL, renewed by heartbeats.
     #[arg(long, env = "ASYNCGATE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -156,6 +170,17 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> Result<Self, String> {
         let store = StoreConfig::parse(&cli.store)?;
+        if cli.redis_prefix.is_empty()
+            || cli
+                .redis_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(format!(
+                "--redis-prefix {:?} must be non-empty, without spaces or braces (braces are hash tags)",
+                cli.redis_prefix
+            ));
+        }
         if cli.heartbeat_interval < Duration::from_millis(10) {
             return Err("--heartbeat-interval must be at least 10ms".into());
         }
@@ -189,6 +214,7 @@ impl TryFrom<Cli> for Config {
         Ok(Self {
             listen: cli.listen,
             store,
+            redis_prefix: cli.redis_prefix,
             lease_ttl: cli.lease_ttl,
             heartbeat_interval: cli.heartbeat_interval,
             default_max_attempts: cli.default_max_attempts,
@@ -236,10 +262,14 @@ mod tests {
                 .unwrap_err()
                 .contains("twice")
         );
+        assert_eq!(
+            parse(&["--store", "redis://127.0.0.1:1/0"]).unwrap().store,
+            StoreConfig::Redis("redis://127.0.0.1:1/0".into())
+        );
         assert!(
-            parse(&["--store", "redis://127.0.0.1:1/0"])
+            parse(&["--store", "redis://127.0.0.1:1/0", "--redis-prefix", "a{b}"])
                 .unwrap_err()
-                .contains("--store")
+                .contains("hash tags")
         );
         assert_eq!(
             parse(&["--store", "memory"]).unwrap().store,

@@ -79,6 +79,14 @@ impl WatchHub {
         }
     }
 
+    /// Closes every channel: each watcher re-reads its ticket from the engine
+    /// and subscribes again (after events may have been missed).
+    pub fn reset(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).clear();
+        }
+    }
+
     /// Number of tickets with watchers (for tests and metrics).
     pub fn watched_tickets(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()

@@ -53,6 +53,13 @@ impl EngineListener for Notifier {
             dispatcher.revoke(revocation);
         }
     }
+
+    fn resync(&self) {
+        self.hub.reset();
+        if let Some(dispatcher) = self.dispatcher.upgrade() {
+            dispatcher.ready_all();
+        }
+    }
 }
 
 /// Why the gateway could not start.
@@ -72,6 +79,9 @@ pub enum StartError {
     /// The durable store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::engine::durable::OpenError),
+    /// Redis could not be used.
+    #[error(transparent)]
+    Redis(#[from] crate::engine::redis::ConnectError),
 }
 
 /// A running gateway.
@@ -111,12 +121,15 @@ impl Running {
     }
 }
 
-fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
+async fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
     Ok(match &config.store {
         StoreConfig::Memory => Arc::new(LocalEngine::in_memory(config.engine.clone())),
         StoreConfig::Durable(path) => {
             Arc::new(crate::engine::durable::open(path, config.engine.clone())?)
         }
+        StoreConfig::Redis(url) => Arc::new(
+            crate::engine::redis::connect(url, &config.redis_prefix, config.engine.clone()).await?,
+        ),
     })
 }
 
@@ -152,7 +165,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let sessions = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let hard_stop = CancellationToken::new();
-    let engine = build_engine(&config)?;
+    let engine = build_engine(&config).await?;
     let hub = Arc::new(WatchHub::default());
     let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
     engine.set_listener(Arc::new(Notifier {

@@ -142,6 +142,16 @@ impl TestGateway {
         }
     }
 
+    /// Settings with the Redis store at `url` (a replica of a shared
+    /// deployment).
+    pub fn redis_config(url: &str) -> Config {
+        Config {
+            store: StoreConfig::Redis(url.to_owned()),
+            shutdown_grace: Duration::from_millis(300),
+            ..fast_config()
+        }
+    }
+
     /// Stops this gateway and starts a new one with the same settings on the
     /// same address, as an operator's restart would.
     pub async fn restart(self) -> Self {

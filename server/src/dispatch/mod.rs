@@ -236,6 +236,22 @@ impl Dispatcher {
         }
     }
 
+    /// Makes every queue look for ready work (after notices may have been
+    /// missed).
+    pub fn ready_all(&self) {
+        let queues: Vec<QueueName> = self
+            .inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for queue in queues {
+            self.queue_ready(&queue);
+        }
+    }
+
     /// Worker sessions serving `queue` on this gateway.
     pub fn workers_for(&self, queue: &QueueName) -> usize {
         self.inner

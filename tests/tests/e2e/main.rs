@@ -5,5 +5,6 @@ mod bad_input;
 mod basics;
 mod durable;
 mod lifecycle;
+mod replicas;
 mod watch;
 mod workers;

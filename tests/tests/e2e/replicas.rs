@@ -1,0 +1,241 @@
+//! Several gateway replicas on one real Redis: whatever replica a client,
+//! watcher or worker lands on, it behaves as one gateway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use asyncgate_client::pb;
+use asyncgate_client::worker::{TaskContext, handler_fn};
+use asyncgate_client::{Submit, payload};
+use asyncgate_server::testing::RedisServer;
+use asyncgate_tests::{Gate, TestGateway, finished, json, state};
+
+async fn replicas(redis: &RedisServer, count: usize) -> Vec<TestGateway> {
+    let mut gateways = Vec::new();
+    for _ in 0..count {
+        gateways.push(TestGateway::start_with(TestGateway::redis_config(&redis.url())).await);
+    }
+    gateways
+}
+
+#[tokio::test]
+async fn submit_on_a_work_on_b_watch_and_long_poll_on_c() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 3).await;
+    let (a, b, c) = (&gateways[0], &gateways[1], &gateways[2]);
+    let ticket = a
+        .client()
+        .await
+        .submit(Submit::new("cross").build())
+        .await
+        .unwrap();
+    let watcher_client = c.client().await;
+    let mut events = watcher_client.watch(&ticket.id, None).await.unwrap();
+    let snapshot = events.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    // The worker starts only now, so every later event is live.
+    let gate = Gate::default();
+    let worker = {
+        let gate = gate.clone();
+        b.spawn_worker(
+            "cross",
+            handler_fn(move |task: TaskContext| {
+                let gate = gate.clone();
+                async move {
+                    task.progress(40, "working").await;
+                    task.output(payload::json("partial".into())).await;
+                    gate.enter().await;
+                    Ok(payload::json("done on b".into()))
+                }
+            }),
+        )
+    };
+    let poller = {
+        let client = c.client().await;
+        let id = ticket.id.clone();
+        tokio::spawn(async move { client.get(&id, Some(Duration::from_secs(20))).await })
+    };
+    gate.started().await;
+    gate.open();
+    let mut kinds = Vec::new();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        kinds.push(event.kind);
+        last = event.ticket;
+    }
+    let last = last.expect("the watcher saw the ticket");
+    assert_eq!(state(&last), pb::TicketState::Succeeded);
+    assert_eq!(last.result, Some(json("done on b".into())));
+    assert!(
+        kinds.contains(&(pb::TicketEventKind::Output as i32)),
+        "replica C relayed the output chunk made on B: {kinds:?}"
+    );
+    let polled = poller.await.unwrap().unwrap();
+    assert_eq!(state(&polled), pb::TicketState::Succeeded);
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn racing_replicas_never_run_a_ticket_twice() {
+    const TICKETS: usize = 600;
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 3).await;
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut workers = Vec::new();
+    for (i, gateway) in gateways.iter().enumerate() {
+        for _ in 0..2 {
+            let runs = runs.clone();
+            workers.push(
+                gateway
+                    .worker("race")
+                    .name(format!("worker-on-{i}"))
+                    .max_in_flight(8)
+                    .handler(handler_fn(move |task: TaskContext| {
+                        let runs = runs.clone();
+                        async move {
+                            *runs
+                                .lock()
+                                .unwrap()
+                                .entry(task.ticket_id().to_owned())
+                                .or_default() += 1;
+                            Ok(task.payload().clone())
+                        }
+                    }))
+                    .build()
+                    .unwrap()
+                    .spawn(),
+            );
+        }
+    }
+    let mut submitters = Vec::new();
+    for (i, gateway) in gateways.iter().enumerate() {
+        let client = gateway.client().await;
+        submitters.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..TICKETS / 3 {
+                let ticket = client
+                    .submit(
+                        Submit::new("race")
+                            .payload(payload::json(format!("{i}-{n}").into()))
+                            .build(),
+                    )
+                    .await
+                    .unwrap();
+                ids.push(ticket.id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for submitter in submitters {
+        ids.extend(submitter.await.unwrap());
+    }
+    let client = gateways[0].client().await;
+    for id in &ids {
+        let ticket = finished(&client, id).await;
+        assert_eq!(state(&ticket), pb::TicketState::Succeeded, "{id}");
+        assert_eq!(ticket.attempt, 1, "{id} ran in one attempt");
+    }
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), TICKETS);
+    assert!(
+        runs.values().all(|count| *count == 1),
+        "some ticket ran twice: {:?}",
+        runs.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
+    for worker in workers {
+        worker.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn cancel_on_a_reaches_the_worker_on_c() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 3).await;
+    let (a, c) = (&gateways[0], &gateways[2]);
+    let (cancelled_tx, mut cancelled_rx) = tokio::sync::mpsc::channel(1);
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
+    let worker = c.spawn_worker(
+        "cancel",
+        handler_fn(move |task: TaskContext| {
+            let cancelled_tx = cancelled_tx.clone();
+            let started_tx = started_tx.clone();
+            async move {
+                started_tx.send(()).await.unwrap();
+                task.cancelled().await;
+                cancelled_tx.send(()).await.unwrap();
+                Ok(payload::json("too late".into()))
+            }
+        }),
+    );
+    let client = a.client().await;
+    let ticket = client.submit(Submit::new("cancel").build()).await.unwrap();
+    started_rx.recv().await.unwrap();
+    let cancelled = client.cancel(&ticket.id, "changed my mind").await.unwrap();
+    assert_eq!(state(&cancelled), pb::TicketState::Cancelled);
+    tokio::time::timeout(Duration::from_secs(10), cancelled_rx.recv())
+        .await
+        .expect("the worker on replica C was told to stop")
+        .unwrap();
+    let after = client.get(&ticket.id, None).await.unwrap();
+    assert_eq!(
+        state(&after),
+        pb::TicketState::Cancelled,
+        "the late result is refused"
+    );
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_load_loses_no_acknowledged_ticket() {
+    let mut redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 2).await;
+    let worker = gateways[1].spawn_worker(
+        "restart",
+        handler_fn(|task: TaskContext| async move { Ok(task.payload().clone()) }),
+    );
+    let client = gateways[0].client().await;
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for n in 0..300 {
+        if n == 100 {
+            redis.kill();
+        }
+        if n == 105 {
+            redis.restart().expect("redis-server restarts");
+        }
+        let outcome = client
+            .submit(
+                Submit::new("restart")
+                    .payload(payload::json(n.into()))
+                    .build(),
+            )
+            .await;
+        match outcome {
+            Ok(ticket) => acknowledged.push((ticket.id, n)),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                refused += 1;
+                if n >= 105 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "submits failed while Redis was down");
+    assert!(
+        acknowledged.len() > 250,
+        "the service recovered: {}",
+        acknowledged.len()
+    );
+    for (id, n) in &acknowledged {
+        let ticket = finished(&client, id).await;
+        assert_eq!(state(&ticket), pb::TicketState::Succeeded, "{id}");
+        assert_eq!(ticket.result, Some(json((*n).into())));
+    }
+    worker.shutdown();
+}
