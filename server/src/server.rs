@@ -190,13 +190,31 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         async move {
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A store that is down fails every pass: say so once, then every
+            // half minute, and once more when it recovers.
+            let mut failing: Option<(std::time::Instant, u64)> = None;
             loop {
                 tokio::select! {
-                    _ = interval.tick() => {
-                        if let Err(error) = engine.run_timers(SystemTime::now()).await {
-                            tracing::error!(%error, "timer pass failed");
+                    _ = interval.tick() => match engine.run_timers(SystemTime::now()).await {
+                        Ok(()) => {
+                            if let Some((_, passes)) = failing.take() {
+                                tracing::info!(failed_passes = passes, "timer passes succeed again");
+                            }
                         }
-                    }
+                        Err(error) => match &mut failing {
+                            Some((logged, passes)) => {
+                                *passes += 1;
+                                if logged.elapsed() >= std::time::Duration::from_secs(30) {
+                                    *logged = std::time::Instant::now();
+                                    tracing::error!(%error, failed_passes = *passes, "timer passes still failing");
+                                }
+                            }
+                            None => {
+                                tracing::error!(%error, "timer pass failed");
+                                failing = Some((std::time::Instant::now(), 1));
+                            }
+                        },
+                    },
                     _ = stop.cancelled() => return,
                 }
             }

@@ -413,6 +413,10 @@ impl Inner {
         for _ in 0..2 {
             let result = match query() {
                 QueryKind::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                // Redis refuses an empty pipeline; its answer is empty.
+                QueryKind::Pipe(pipe) if pipe.is_empty() => {
+                    T::from_redis_value(Value::Array(Vec::new())).map_err(RedisError::from)
+                }
                 QueryKind::Pipe(pipe) => pipe.query_async(&mut conn).await,
             };
             match result {

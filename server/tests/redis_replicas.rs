@@ -1,0 +1,126 @@
+//! A replica killed with SIGKILL mid-task, on a real Redis, with the real
+//! `asyncgate-server` binary: its worker's lease expires, another replica
+//! dispatches the ticket again, and the ticket is finished exactly once.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use asyncgate_client::worker::{TaskContext, Worker, handler_fn};
+use asyncgate_client::{Client, Submit, payload, pb};
+use asyncgate_server::testing::RedisServer;
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("addr").port()
+}
+
+fn start_replica(redis: &RedisServer, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--store", &redis.url()])
+        .args(["--heartbeat-interval", "200ms", "--lease-ttl", "1s"])
+        .args(["--backoff-base", "10ms", "--backoff-cap", "100ms"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts")
+}
+
+async fn serving(url: String) -> Client {
+    let client = Client::connect_lazy(url).unwrap();
+    for _ in 0..200 {
+        let probe = client
+            .list(pb::ListTicketsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await;
+        if probe.is_ok() {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the replica did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_ticket_is_finished_once_through_another() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let (port_x, port_y) = (free_port(), free_port());
+    let (url_x, url_y) = (
+        format!("http://127.0.0.1:{port_x}"),
+        format!("http://127.0.0.1:{port_y}"),
+    );
+    let mut replica_x = start_replica(&redis, port_x);
+    let _replica_y = start_replica(&redis, port_y);
+    serving(url_x.clone()).await;
+    let client = serving(url_y.clone()).await;
+
+    let runs = Arc::new(AtomicU32::new(0));
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
+    let stuck = {
+        let runs = runs.clone();
+        Worker::builder(url_x)
+            .name("on-x")
+            .queue("failover")
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .handler(handler_fn(move |task: TaskContext| {
+                let started_tx = started_tx.clone();
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(()).await.unwrap();
+                    task.cancelled().await;
+                    Ok(payload::json("from x".into()))
+                }
+            }))
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    let ticket = client
+        .submit(Submit::new("failover").build())
+        .await
+        .unwrap();
+    started_rx.recv().await.unwrap();
+
+    let rescuer = {
+        let runs = runs.clone();
+        Worker::builder(url_y)
+            .name("on-y")
+            .queue("failover")
+            .handler(handler_fn(move |_task: TaskContext| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(payload::json("from y".into()))
+                }
+            }))
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    replica_x.kill().await.expect("SIGKILL the replica");
+
+    let done = client
+        .get(&ticket.id, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.result, Some(payload::json("from y".into())));
+    assert_eq!(done.attempt, 2, "the lost attempt counts");
+    assert!(
+        done.error
+            .is_none_or(|e| e.message.contains("lost its worker")),
+        "the first attempt's error names the lost worker"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run per attempt");
+    stuck.shutdown();
+    rescuer.shutdown();
+}
