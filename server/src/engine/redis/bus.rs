@@ -138,7 +138,7 @@ fn uuid(bytes: &[u8]) -> Option<uuid::Uuid> {
 
 /// Hands one message to the listener; malformed messages are logged and
 /// dropped (they cannot come from a replica of this version).
-pub(super) fn deliver(listener: &dyn EngineListener, payload: &[u8]) {
+pub(super) fn deliver(listener: &dyn EngineListener, payload: Bytes) {
     let Ok(message) = BusMessage::decode(payload) else {
         tracing::warn!("undecodable message on the event channel ignored");
         return;

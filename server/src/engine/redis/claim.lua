@@ -2,7 +2,7 @@
 -- within a priority, and parks them as "claiming" until the caller's
 -- fenced lease commit (a caller that dies in between leaves them there for
 -- the timer pass to put back). Returns, per ticket: id, revision, record,
--- payload, enqueue seq.
+-- payload.
 --
 -- KEYS: 1 ready, 2 claiming. ARGV: 1 N, 2 now (ms), 3 ticket key prefix (the
 -- tickets share the queue's hash slot).
@@ -11,7 +11,7 @@ local out = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 25)
   redis.call('ZADD', KEYS[2], ARGV[2], id)
-  local t = redis.call('HMGET', ARGV[3] .. id, 'v', 'd', 'p', 'e')
-  out[#out + 1] = {id, t[1], t[2], t[3], t[4]}
+  local t = redis.call('HMGET', ARGV[3] .. id, 'v', 'd', 'p')
+  out[#out + 1] = {id, t[1], t[2], t[3]}
 end
 return out

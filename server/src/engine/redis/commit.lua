@@ -1,8 +1,8 @@
 -- One atomic, revision-fenced transition of one ticket and its queue's
 -- indexes. Every key lives in the queue's hash slot.
 --
--- KEYS: 1 ticket hash, 2 ready, 3 timers, 4 leased, 5 ids, 6 enqueue seq,
---       7 pending count, 8 claiming, 9 the ticket's chunks
+-- KEYS: 1 ticket hash, 2 ready, 3 timers, 4 leased, 5 ids, 6 pending count,
+--       7 claiming, 8 the ticket's chunks
 -- ARGV: 1 expected revision ("0": the ticket must not exist yet)
 --       2 the new record ("": delete the ticket)
 --       3.. operations, each a name followed by its arguments:
@@ -10,17 +10,15 @@
 --         llenmax K LIMIT     refuse with {-3} when list K holds LIMIT items
 --         zadd K SCORE M      zrem K M      incr K DELTA      del K
 --         rpush K VALUE       field NAME VALUE (on the ticket hash)
---         enq PREFIX ID       next enqueue seq, stored as field e, and the
---                             member PREFIX..hex(seq)..ID added to ready
 --         pub CHANNEL MESSAGE
--- Returns {1, new revision, enqueue seq or 0}, or {0, current revision} when
+-- Returns {1, new revision}, or {0, current revision} when
 -- the revision did not match (the caller reloads and retries).
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then
   return {0, current}
 end
 local arity = {max = 2, llenmax = 2, zadd = 3, zrem = 2, incr = 2, del = 1,
-               rpush = 2, field = 2, enq = 2, pub = 2}
+               rpush = 2, field = 2, pub = 2}
 local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
@@ -41,7 +39,6 @@ if ARGV[2] == '' then
 else
   redis.call('HSET', KEYS[1], 'v', revision, 'd', ARGV[2])
 end
-local seq = 0
 i = 3
 while i <= #ARGV do
   local op = ARGV[i]
@@ -57,13 +54,9 @@ while i <= #ARGV do
     redis.call('RPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
   elseif op == 'field' then
     redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
-  elseif op == 'enq' then
-    seq = redis.call('INCR', KEYS[6])
-    redis.call('HSET', KEYS[1], 'e', seq)
-    redis.call('ZADD', KEYS[2], 0, ARGV[i + 1] .. string.format('%016x', seq) .. ARGV[i + 2])
   elseif op == 'pub' then
     redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
   end
   i = i + 1 + arity[op]
 end
-return {1, revision, seq}
+return {1, revision}

@@ -4,8 +4,8 @@
 //! Everything about one queue — its tickets, ready set, timers, leases,
 //! chunks and counters — shares one hash tag, `{q:NAME}`, so every script
 //! touches a single hash slot and Redis Cluster can run them. The few global
-//! keys (the id → queue locator, idempotency keys, tombstones, the list
-//! index, sessions) are each read or written on their own.
+//! keys (the id → queue locator, idempotency keys, tombstones, the queue
+//! set, sessions) are each read or written on their own.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,9 +17,9 @@ pub(super) mod slot {
     pub(crate) const TIMERS: usize = 3;
     pub(crate) const LEASED: usize = 4;
     pub(crate) const IDS: usize = 5;
-    pub(crate) const PENDING: usize = 7;
-    pub(crate) const CLAIMING: usize = 8;
-    pub(crate) const CHUNKS: usize = 9;
+    pub(crate) const PENDING: usize = 6;
+    pub(crate) const CLAIMING: usize = 7;
+    pub(crate) const CHUNKS: usize = 8;
 }
 
 /// Key names under one prefix.
@@ -40,8 +40,8 @@ impl Keys {
         format!("{}:{{q:{}}}", self.prefix, queue)
     }
 
-    /// The nine keys the commit script takes, for ticket `id` of `queue`.
-    pub(super) fn commit_keys(&self, queue: &QueueName, id: TicketId) -> [String; 9] {
+    /// The eight keys the commit script takes, for ticket `id` of `queue`.
+    pub(super) fn commit_keys(&self, queue: &QueueName, id: TicketId) -> [String; 8] {
         let tag = self.tag(queue);
         [
             format!("{tag}:t:{id}"),
@@ -49,7 +49,6 @@ impl Keys {
             format!("{tag}:timers"),
             format!("{tag}:leased"),
             format!("{tag}:ids"),
-            format!("{tag}:seq"),
             format!("{tag}:pending"),
             format!("{tag}:claiming"),
             format!("{tag}:c:{id}"),
@@ -101,11 +100,6 @@ impl Keys {
         format!("{}:tomb:{id}", self.prefix)
     }
 
-    /// Every ticket as "ID QUEUE", in id order, for listing.
-    pub(super) fn all_ids(&self) -> String {
-        format!("{}:ids", self.prefix)
-    }
-
     /// Every queue ever used.
     pub(super) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
@@ -144,15 +138,11 @@ pub(super) fn millis(at: SystemTime) -> u64 {
     .unwrap_or(u64::MAX)
 }
 
-/// The ready-set member prefix for `priority`: higher priorities sort first.
-pub(super) fn priority_prefix(priority: i32) -> String {
-    let flipped = (i64::from(i32::MAX) - i64::from(priority)) as u32;
-    format!("{flipped:08x}")
-}
-
-/// A ready-set member: priority, FIFO number, id (sorted as text).
+/// A ready-set member: priority (higher first), FIFO position, id — sorted
+/// as text.
 pub(super) fn ready_member(priority: i32, enqueue_seq: u64, id: TicketId) -> String {
-    format!("{}{enqueue_seq:016x}{id}", priority_prefix(priority))
+    let flipped = (i64::from(i32::MAX) - i64::from(priority)) as u32;
+    format!("{flipped:08x}{enqueue_seq:016x}{id}")
 }
 
 /// A leased-set member: the session first, so one session's leases are a

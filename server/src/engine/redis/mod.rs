@@ -25,6 +25,7 @@ mod layout;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -193,7 +194,6 @@ impl Ops {
 struct Scripts {
     commit: Script,
     claim: Script,
-    ahead: Script,
     unlink_if: Script,
 }
 
@@ -202,15 +202,14 @@ impl Scripts {
         Self {
             commit: Script::new(include_str!("commit.lua")),
             claim: Script::new(include_str!("claim.lua")),
-            ahead: Script::new(include_str!("ahead.lua")),
             unlink_if: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),
         }
     }
 
-    fn all(&self) -> [&Script; 4] {
-        [&self.commit, &self.claim, &self.ahead, &self.unlink_if]
+    fn all(&self) -> [&Script; 3] {
+        [&self.commit, &self.claim, &self.unlink_if]
     }
 }
 
@@ -236,6 +235,10 @@ struct Inner {
     listener: OnceLock<Arc<dyn EngineListener>>,
     hasher: RandomState,
     leases: Box<[Mutex<HashMap<LeaseId, Held>>]>,
+    /// The last FIFO position given out (see `place_in_line`).
+    enqueue_clock: AtomicU64,
+    /// Where recently seen tickets live (a ticket never changes queue).
+    located: LocatorCache,
     /// Queues this replica has registered in the queue set.
     queues_known: RwLock<HashSet<QueueName>>,
     /// (session, queue) pairs registered for lease cleanup.
@@ -314,6 +317,8 @@ pub async fn connect(
         listener: OnceLock::new(),
         hasher: RandomState::new(),
         leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
+        located: LocatorCache::default(),
+        enqueue_clock: AtomicU64::new(0),
         queues_known: RwLock::default(),
         session_queues: Mutex::default(),
         last_poke: Mutex::new(Instant::now()),
@@ -325,7 +330,7 @@ pub async fn connect(
             match bus::classify(&push.kind, push.data) {
                 Some(bus::Heard::Message(payload)) => {
                     if let Some(listener) = inner.listener.get() {
-                        bus::deliver(listener.as_ref(), &payload);
+                        bus::deliver(listener.as_ref(), Bytes::from(payload));
                     }
                 }
                 Some(bus::Heard::Disconnected) => {
@@ -458,6 +463,9 @@ impl Inner {
 
     /// The queue of ticket `id`, or why there is no such ticket.
     async fn locate(&self, id: TicketId) -> Result<QueueName, EngineError> {
+        if let Some(queue) = self.located.get(id) {
+            return Ok(queue);
+        }
         let (queue, tombstone): (Option<String>, Option<u64>) = self
             .run(|| {
                 let mut pipe = redis::pipe();
@@ -466,7 +474,11 @@ impl Inner {
             })
             .await?;
         match queue {
-            Some(queue) => QueueName::parse(&queue).map_err(|e| self.corrupt(id, e)),
+            Some(queue) => {
+                let queue = QueueName::parse(&queue).map_err(|e| self.corrupt(id, e))?;
+                self.located.insert(id, &queue);
+                Ok(queue)
+            }
             None => Err(transition::missing(
                 id,
                 tombstone.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
@@ -495,7 +507,7 @@ impl Inner {
     fn decode(
         &self,
         id: TicketId,
-        fields: (Option<u64>, Option<Bytes>, Option<Bytes>, Option<u64>),
+        fields: (Option<u64>, Option<Bytes>, Option<Bytes>),
     ) -> Result<Option<Stored>, EngineError> {
         let (Some(revision), Some(record)) = (fields.0, fields.1) else {
             return Ok(None);
@@ -504,8 +516,7 @@ impl Inner {
             Some(bytes) => Payload::decode(bytes).map_err(|e| self.corrupt(id, e))?,
             None => Payload::default(),
         };
-        let mut ticket = record::decode(id, &record, payload).map_err(|e| self.corrupt(id, e))?;
-        ticket.enqueue_seq = fields.3.unwrap_or(0);
+        let ticket = record::decode(id, &record, payload).map_err(|e| self.corrupt(id, e))?;
         Ok(Some(Stored { ticket, revision }))
     }
 
@@ -513,12 +524,35 @@ impl Inner {
         let fields = self
             .run(|| {
                 let mut cmd = redis::cmd("HMGET");
-                cmd.arg(self.keys.ticket(queue, id))
-                    .arg(&["v", "d", "p", "e"]);
+                cmd.arg(self.keys.ticket(queue, id)).arg(&["v", "d", "p"]);
                 QueryKind::Cmd(cmd)
             })
             .await?;
         self.decode(id, fields)
+    }
+
+    /// Gives a ticket that becomes ready its FIFO position: the time it
+    /// joins the line (unique and increasing per replica; across replicas,
+    /// as close to FIFO as their clocks agree).
+    fn place_in_line(&self, before: Option<&Ticket>, after: &mut Ticket) {
+        let retention = self.config.result_retention;
+        let was_ready = before.is_some_and(|t| Placement::of(t, retention).ready);
+        if !was_ready && Placement::of(after, retention).ready {
+            let now = u64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            )
+            .unwrap_or(u64::MAX);
+            let previous = self
+                .enqueue_clock
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                    Some(now.max(last + 1))
+                })
+                .unwrap_or(now);
+            after.enqueue_seq = now.max(previous + 1);
+        }
     }
 
     /// Adds the index changes that take a ticket from `before` to `after`
@@ -539,12 +573,10 @@ impl Inner {
                 );
             }
             (_, Some(a)) if new.ready && !old.ready => {
-                ops.push(
-                    "enq",
-                    &[
-                        layout::priority_prefix(a.priority).as_bytes(),
-                        a.id.to_string().as_bytes(),
-                    ],
+                ops.zadd(
+                    slot::READY,
+                    0,
+                    &layout::ready_member(a.priority, a.enqueue_seq, a.id),
                 );
                 ops.push("pub", &[self.channel.as_bytes(), &bus::ready(&a.queue)]);
             }
@@ -586,11 +618,13 @@ impl Inner {
     fn commit_cmd(
         &self,
         before: &Stored,
-        after: &Ticket,
+        after: &mut Ticket,
         events: &[(EventKind, Ticket, Option<Payload>)],
         revoke: Option<&Revocation>,
         mut ops: Ops,
     ) -> Cmd {
+        self.place_in_line(Some(&before.ticket), after);
+        let after = &*after;
         let record = Bytes::from(record::encode(after));
         self.diff(Some(&before.ticket), Some(after), &mut ops);
         for (kind, snapshot, output) in events {
@@ -651,13 +685,10 @@ impl Inner {
                     revoke,
                     extra,
                 } => {
-                    let cmd = self.commit_cmd(&stored, &after, &events, revoke.as_ref(), extra);
+                    let cmd = self.commit_cmd(&stored, &mut after, &events, revoke.as_ref(), extra);
                     let reply: Vec<i64> = self.run(|| QueryKind::Cmd(cmd.clone())).await?;
                     match reply.as_slice() {
-                        [1, revision, seq] => {
-                            if *seq > 0 {
-                                after.enqueue_seq = *seq as u64;
-                            }
+                        [1, revision] => {
                             let revision = *revision as u64;
                             return Ok((
                                 result,
@@ -716,15 +747,11 @@ impl Inner {
                 .await?;
             return Ok(false);
         }
-        let all_member = format!("{id} {}", ticket.queue);
         let key = ticket.idempotency_key.clone();
         let _: Value = self
             .run(|| {
                 let mut pipe = redis::pipe();
-                pipe.del(self.keys.locator(id))
-                    .ignore()
-                    .zrem(self.keys.all_ids(), &all_member)
-                    .ignore();
+                pipe.del(self.keys.locator(id)).ignore();
                 if let Some(key) = &key {
                     pipe.add_command(self.evalsha(
                         &self.scripts.unlink_if,
@@ -1104,6 +1131,48 @@ impl Inner {
     }
 }
 
+/// Ticket id → queue for tickets this replica saw lately, so most reads skip
+/// the locator lookup. Two generations per shard bound its size.
+struct LocatorCache {
+    shards: Box<[Mutex<Generations>]>,
+}
+
+/// The current and the previous generation of a cache shard.
+type Generations = [HashMap<TicketId, QueueName>; 2];
+
+/// Entries per shard generation.
+const LOCATOR_GENERATION: usize = 8192;
+
+impl Default for LocatorCache {
+    fn default() -> Self {
+        Self {
+            shards: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl LocatorCache {
+    fn shard(&self, id: TicketId) -> &Mutex<Generations> {
+        &self.shards[(id.0.as_u128() as usize) % LEASE_SHARDS]
+    }
+
+    fn get(&self, id: TicketId) -> Option<QueueName> {
+        let generations = lock(self.shard(id));
+        generations[0]
+            .get(&id)
+            .or_else(|| generations[1].get(&id))
+            .cloned()
+    }
+
+    fn insert(&self, id: TicketId, queue: &QueueName) {
+        let mut generations = lock(self.shard(id));
+        if generations[0].len() >= LOCATOR_GENERATION {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(id, queue.clone());
+    }
+}
+
 /// A command or a pipeline, rebuilt for each try.
 enum QueryKind {
     Cmd(Cmd),
@@ -1139,6 +1208,7 @@ impl Engine for RedisEngine {
             }
         }
         let mut ticket = Ticket::create(id, new, SystemTime::now());
+        inner.place_in_line(None, &mut ticket);
         let record = record::encode(&ticket);
         let mut ops = Ops::default();
         ops.max(slot::PENDING, inner.config.max_pending_per_queue);
@@ -1151,13 +1221,10 @@ impl Engine for RedisEngine {
             &inner.keys.commit_keys(&queue, id),
             args,
         );
-        let all_member = format!("{id} {queue}");
         let reply: (Vec<i64>,) = inner
             .run(|| {
                 let mut pipe = redis::pipe();
                 pipe.set(inner.keys.locator(id), queue.as_str())
-                    .ignore()
-                    .zadd(inner.keys.all_ids(), &all_member, 0)
                     .ignore()
                     .add_command(commit.clone());
                 if let Some(key) = &key {
@@ -1167,8 +1234,8 @@ impl Engine for RedisEngine {
             })
             .await?;
         match reply.0.as_slice() {
-            [1, _, seq] => {
-                ticket.enqueue_seq = *seq as u64;
+            [1, _] => {
+                inner.located.insert(id, &queue);
                 Ok(Submitted {
                     ticket,
                     created: true,
@@ -1178,10 +1245,7 @@ impl Engine for RedisEngine {
                 let _: () = inner
                     .run(|| {
                         let mut pipe = redis::pipe();
-                        pipe.del(inner.keys.locator(id))
-                            .ignore()
-                            .zrem(inner.keys.all_ids(), &all_member)
-                            .ignore();
+                        pipe.del(inner.keys.locator(id)).ignore();
                         if let Some(key) = &key {
                             pipe.del(inner.keys.idempotency(key)).ignore();
                         }
@@ -1222,7 +1286,7 @@ impl Engine for RedisEngine {
                 let mut pipe = redis::pipe();
                 pipe.cmd("HMGET")
                     .arg(inner.keys.ticket(&queue, id))
-                    .arg(&["v", "d", "p", "e"])
+                    .arg(&["v", "d", "p"])
                     .lrange(inner.keys.chunks(&queue, id), 0, -1);
                 QueryKind::Pipe(pipe)
             })
@@ -1243,91 +1307,112 @@ impl Engine for RedisEngine {
             return Ok(0);
         }
         let inner = &self.inner;
-        inner
+        let rank: Option<u64> = inner
             .run(|| {
-                QueryKind::Cmd(inner.evalsha(
-                    &inner.scripts.ahead,
-                    &[
-                        inner.keys.ticket(&ticket.queue, ticket.id),
-                        inner.keys.ready(&ticket.queue),
-                    ],
-                    vec![
-                        layout::priority_prefix(ticket.priority).into_bytes(),
-                        ticket.id.to_string().into_bytes(),
-                    ],
-                ))
+                let mut cmd = redis::cmd("ZRANK");
+                cmd.arg(inner.keys.ready(&ticket.queue))
+                    .arg(layout::ready_member(
+                        ticket.priority,
+                        ticket.enqueue_seq,
+                        ticket.id,
+                    ));
+                QueryKind::Cmd(cmd)
             })
-            .await
+            .await?;
+        Ok(rank.unwrap_or(0))
     }
 
     async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
         let inner = &self.inner;
         let page_size = filter.page_size.max(1);
-        let index = match &filter.queue {
-            Some(queue) => inner.keys.queue_ids(queue),
-            None => inner.keys.all_ids(),
+        let queues: Vec<QueueName> = match &filter.queue {
+            Some(queue) => vec![queue.clone()],
+            None => {
+                let names: Vec<String> = inner
+                    .run(|| {
+                        let mut cmd = redis::cmd("SMEMBERS");
+                        cmd.arg(inner.keys.queues());
+                        QueryKind::Cmd(cmd)
+                    })
+                    .await?;
+                names
+                    .iter()
+                    .filter_map(|name| QueueName::parse(name).ok())
+                    .collect()
+            }
         };
-        let mut min = match filter.after {
-            Some(after) => format!("({after}~"),
-            None => "-".to_owned(),
-        };
+        let mut cursor = filter.after;
         let mut tickets = Vec::new();
         let mut scanned = 0;
-        let mut last_scanned = None;
         loop {
-            let members: Vec<String> = inner
-                .run(|| {
-                    let mut cmd = redis::cmd("ZRANGEBYLEX");
-                    cmd.arg(&index)
-                        .arg(&min)
-                        .arg("+")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(LIST_BATCH);
-                    QueryKind::Cmd(cmd)
-                })
-                .await?;
-            let located: Vec<(TicketId, QueueName)> = members
-                .iter()
-                .filter_map(|member| {
-                    let (id, queue) = match (&filter.queue, member.split_once(' ')) {
-                        (Some(queue), _) => (member.as_str(), queue.clone()),
-                        (None, Some((id, queue))) => (id, QueueName::parse(queue).ok()?),
-                        (None, None) => return None,
-                    };
-                    Some((TicketId(id.parse().ok()?), queue))
-                })
-                .collect();
-            let fields: Vec<(Option<u64>, Option<Bytes>, Option<Bytes>, Option<u64>)> = inner
+            // The next ids of every queue after the cursor, merged in id
+            // order (ids are time-ordered text).
+            let min = match cursor {
+                Some(after) => format!("({after}"),
+                None => "-".to_owned(),
+            };
+            let per_queue: Vec<Vec<String>> = inner
                 .run(|| {
                     let mut pipe = redis::pipe();
-                    for (id, queue) in &located {
-                        pipe.cmd("HMGET")
-                            .arg(inner.keys.ticket(queue, *id))
-                            .arg(&["v", "d", "p", "e"]);
+                    for queue in &queues {
+                        pipe.cmd("ZRANGEBYLEX")
+                            .arg(inner.keys.queue_ids(queue))
+                            .arg(&min)
+                            .arg("+")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(LIST_BATCH);
                     }
                     QueryKind::Pipe(pipe)
                 })
                 .await?;
-            for ((id, _), fields) in located.iter().zip(fields) {
+            let exhausted = per_queue.iter().all(|ids| ids.len() < LIST_BATCH);
+            let mut batch: Vec<(TicketId, QueueName)> = queues
+                .iter()
+                .zip(&per_queue)
+                .flat_map(|(queue, ids)| {
+                    ids.iter()
+                        .filter_map(|id| id.parse().ok().map(|id| (TicketId(id), queue.clone())))
+                })
+                .collect();
+            batch.sort_by_key(|(id, _)| *id);
+            // Beyond the shortest full list, another queue's ids may be missing.
+            if let Some(bound) = queues
+                .iter()
+                .zip(&per_queue)
+                .filter(|(_, ids)| ids.len() == LIST_BATCH)
+                .filter_map(|(_, ids)| ids.last()?.parse().ok().map(TicketId))
+                .min()
+            {
+                batch.retain(|(id, _)| *id <= bound);
+            }
+            let fields: Vec<(Option<u64>, Option<Bytes>, Option<Bytes>)> = inner
+                .run(|| {
+                    let mut pipe = redis::pipe();
+                    for (id, queue) in &batch {
+                        pipe.cmd("HMGET")
+                            .arg(inner.keys.ticket(queue, *id))
+                            .arg(&["v", "d", "p"]);
+                    }
+                    QueryKind::Pipe(pipe)
+                })
+                .await?;
+            for ((id, _), fields) in batch.iter().zip(fields) {
                 scanned += 1;
-                last_scanned = Some(*id);
+                cursor = Some(*id);
                 let Some(stored) = inner.decode(*id, fields)? else {
                     continue;
                 };
                 if filter.states.is_empty() || filter.states.contains(&stored.ticket.state) {
                     tickets.push(stored.ticket);
                     if tickets.len() > page_size {
-                        break;
+                        tickets.truncate(page_size);
+                        let next = tickets.last().map(|t| t.id);
+                        return Ok(ListPage { tickets, next });
                     }
                 }
             }
-            if tickets.len() > page_size {
-                tickets.truncate(page_size);
-                let next = tickets.last().map(|t| t.id);
-                return Ok(ListPage { tickets, next });
-            }
-            if members.len() < LIST_BATCH {
+            if exhausted {
                 return Ok(ListPage {
                     tickets,
                     next: None,
@@ -1336,10 +1421,9 @@ impl Engine for RedisEngine {
             if scanned >= LIST_SCAN_LIMIT {
                 return Ok(ListPage {
                     tickets,
-                    next: last_scanned,
+                    next: cursor,
                 });
             }
-            min = format!("({}", members.last().expect("a full batch"));
         }
     }
 
@@ -1440,13 +1524,7 @@ impl Engine for RedisEngine {
             lock(&inner.session_queues).extend(unregistered.iter().map(|s| (*s, queue.clone())));
         }
         let now = SystemTime::now();
-        type Popped = (
-            String,
-            Option<u64>,
-            Option<Bytes>,
-            Option<Bytes>,
-            Option<u64>,
-        );
+        type Popped = (String, Option<u64>, Option<Bytes>, Option<Bytes>);
         let popped: Vec<Popped> = inner
             .run(|| {
                 QueryKind::Cmd(inner.evalsha(
@@ -1465,12 +1543,12 @@ impl Engine for RedisEngine {
         }
         let mut candidates = Vec::with_capacity(popped.len());
         let mut unleasable = Vec::new();
-        for (member, revision, record, payload, seq) in popped {
+        for (member, revision, record, payload) in popped {
             let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
                 unleasable.push(member);
                 continue;
             };
-            match inner.decode(id, (revision, record, payload, seq)) {
+            match inner.decode(id, (revision, record, payload)) {
                 Ok(Some(stored))
                     if stored.ticket.state == TicketState::Pending
                         && stored.ticket.not_before.is_none() =>
@@ -1492,7 +1570,7 @@ impl Engine for RedisEngine {
             let mut extra = Ops::default();
             extra.zrem(slot::CLAIMING, &after.id.to_string());
             let events = [(EventKind::State, after.clone(), None)];
-            pipe.add_command(inner.commit_cmd(&stored, &after, &events, None, extra));
+            pipe.add_command(inner.commit_cmd(&stored, &mut after, &events, None, extra));
             leased.push((stored, after, lease, session.clone()));
         }
         for member in &unleasable {
@@ -1520,12 +1598,12 @@ impl Engine for RedisEngine {
             .collect();
         let mut claimed = Vec::with_capacity(leased.len());
         let mut orphaned = false;
-        for ((stored, mut after, lease, session), reply) in leased.into_iter().zip(commits) {
+        for ((stored, after, lease, session), reply) in leased.into_iter().zip(commits) {
             let revision = match redis::from_redis_value_ref::<Vec<i64>>(reply)
                 .ok()
                 .as_deref()
             {
-                Some([1, revision, _]) => *revision as u64,
+                Some([1, revision]) => *revision as u64,
                 _ => {
                     // Changed since the pop (a cancel, say): leave it be.
                     inner
@@ -1534,7 +1612,6 @@ impl Engine for RedisEngine {
                     continue;
                 }
             };
-            after.enqueue_seq = stored.ticket.enqueue_seq;
             let written = Stored {
                 ticket: after.clone(),
                 revision,

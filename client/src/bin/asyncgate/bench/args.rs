@@ -60,11 +60,18 @@ could not run.";
 /// The flags of `asyncgate bench`; see [`LONG_ABOUT`].
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Start the gateway in this process with this store: `memory`, or the
+    /// Start the gateway in this process with this store: `memory`, the
     /// path of a durable store file that does not exist yet (deleted after
-    /// each run). A comma list runs each store in turn.
+    /// each run), `redis` (a redis-server the bench starts on a free port,
+    /// append-only with fsync always) or a `redis://` URL (keys under a
+    /// fresh prefix per run). A comma list runs each store in turn.
     #[arg(long, value_name = "STORE[,STORE...]", value_delimiter = ',')]
     pub(crate) embedded: Vec<String>,
+
+    /// Gateway replicas sharing each Redis store; a comma list runs each
+    /// count (default 1). Clients and workers are spread over the replicas.
+    #[arg(long, value_name = "N[,N...]", value_delimiter = ',')]
+    pub(crate) replicas: Vec<usize>,
 
     /// What to measure (the modes are described in --help).
     #[arg(long, value_enum, default_value_t = Mode::E2e)]
@@ -179,6 +186,14 @@ pub(crate) enum TargetSpec {
     Memory,
     /// Started in this process with a durable store in this (fresh) file.
     Durable(PathBuf),
+    /// `replicas` gateways started in this process on one Redis: at this
+    /// URL, or one the bench starts.
+    Redis {
+        /// The Redis, or `None` to start one.
+        url: Option<String>,
+        /// Gateways sharing it.
+        replicas: usize,
+    },
 }
 
 impl TargetSpec {
@@ -188,6 +203,14 @@ impl TargetSpec {
             TargetSpec::Remote(_) => "remote".to_owned(),
             TargetSpec::Memory => "memory".to_owned(),
             TargetSpec::Durable(path) => format!("durable:{}", path.display()),
+            TargetSpec::Redis {
+                url: None,
+                replicas,
+            } => format!("redis x{replicas}"),
+            TargetSpec::Redis {
+                url: Some(url),
+                replicas,
+            } => format!("{url} x{replicas}"),
         }
     }
 }
@@ -235,20 +258,51 @@ impl BenchArgs {
     /// global `--server`, used when `--embedded` is not given.
     pub(crate) fn resolve(self, server: &str) -> Result<Settings, String> {
         let mode = self.mode;
+        let replica_counts = if self.replicas.is_empty() {
+            vec![1]
+        } else {
+            self.replicas.clone()
+        };
+        for &n in &replica_counts {
+            check_range("replicas", n, 1, 16)?;
+        }
         let targets = if self.embedded.is_empty() {
+            if !self.replicas.is_empty() {
+                return Err("--replicas applies to --embedded redis stores".into());
+            }
             vec![TargetSpec::Remote(server.to_owned())]
         } else {
-            self.embedded
-                .iter()
-                .map(|store| match store.trim() {
-                    "" => Err("--embedded: empty store name (use `memory` or a file path)".into()),
-                    "memory" => Ok(TargetSpec::Memory),
-                    s if s.contains("://") => Err(format!(
-                        "--embedded {s}: use `memory` or a file path (a remote gateway goes in --server)"
-                    )),
-                    path => Ok(TargetSpec::Durable(PathBuf::from(path))),
-                })
-                .collect::<Result<Vec<_>, String>>()?
+            let mut targets = Vec::new();
+            for store in &self.embedded {
+                let redis = |url: Option<String>| {
+                    replica_counts
+                        .iter()
+                        .map(move |&replicas| TargetSpec::Redis {
+                            url: url.clone(),
+                            replicas,
+                        })
+                };
+                match store.trim() {
+                    "" => {
+                        return Err(
+                            "--embedded: empty store name (use `memory`, `redis` or a file path)"
+                                .into(),
+                        );
+                    }
+                    "memory" => targets.push(TargetSpec::Memory),
+                    "redis" => targets.extend(redis(None)),
+                    url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                        targets.extend(redis(Some(url.to_owned())))
+                    }
+                    s if s.contains("://") => {
+                        return Err(format!(
+                            "--embedded {s}: use `memory`, `redis`, a redis:// URL or a file path (a remote gateway goes in --server)"
+                        ));
+                    }
+                    path => targets.push(TargetSpec::Durable(PathBuf::from(path))),
+                }
+            }
+            targets
         };
         let concurrency = if self.concurrency.is_empty() {
             vec![64]
@@ -395,7 +449,23 @@ mod tests {
         assert_eq!(s.concurrency, [1, 16, 64, 256]);
         assert!(s.embedded && s.baseline);
         assert!(settings(&["--concurrency", "0"]).is_err());
-        assert!(settings(&["--embedded", "redis://x"]).is_err());
+        assert!(settings(&["--embedded", "http://x"]).is_err());
+        let redis = settings(&["--embedded", "memory,redis", "--replicas", "1,3"]).unwrap();
+        assert_eq!(
+            redis.targets,
+            [
+                TargetSpec::Memory,
+                TargetSpec::Redis {
+                    url: None,
+                    replicas: 1
+                },
+                TargetSpec::Redis {
+                    url: None,
+                    replicas: 3
+                },
+            ]
+        );
+        assert!(settings(&["--replicas", "2"]).is_err());
         assert!(settings(&["--mode", "backlog", "--baseline"]).is_err());
         assert!(settings(&["--mode", "backlog", "--concurrency", "1,2"]).is_err());
         assert!(settings(&["--mode", "nope"]).is_err());

@@ -198,7 +198,7 @@ async fn run_gateway(
         } else {
             Some(
                 Fleet::start(
-                    &gateway.url,
+                    &gateway.urls,
                     &queue,
                     settings.workers,
                     settings.max_in_flight,
@@ -209,7 +209,7 @@ async fn run_gateway(
             )
         };
         let run = async {
-            let channels = target::connect(&gateway.url, settings.connections).await?;
+            let channels = target::connect_all(&gateway.urls, settings.connections).await?;
             let request = target::submit_request(&queue, payload.clone());
             let plan = plan(
                 settings,

@@ -423,7 +423,7 @@ async fn backlog(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scena
     let drain_start = Instant::now();
     let drain_deadline = drain_start + settings.time_limit;
     let fleet = Fleet::start(
-        &gateway.url,
+        &gateway.urls,
         &queue,
         settings.workers,
         settings.max_in_flight,
@@ -655,7 +655,7 @@ async fn fanout(settings: &Settings, gateway: &Gateway) -> anyhow::Result<Scenar
     };
     let workers_start = Instant::now();
     let fleet = Fleet::start(
-        &gateway.url,
+        &gateway.urls,
         &queue,
         settings.workers,
         settings.max_in_flight,
@@ -799,7 +799,7 @@ async fn many_workers(settings: &Settings, gateway: &Gateway) -> anyhow::Result<
     };
     let connect_start = Instant::now();
     let fleet = Fleet::start(
-        &gateway.url,
+        &gateway.urls,
         &queue,
         workers,
         settings.max_in_flight,

@@ -11,6 +11,7 @@ use asyncgate_client::pb;
 use asyncgate_client::pb::gateway_client::GatewayClient;
 use asyncgate_client::worker::{TaskContext, TaskError, Worker, WorkerHandle, handler_fn};
 use asyncgate_server::config::StoreConfig;
+use asyncgate_server::testing::RedisServer;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -96,13 +97,18 @@ impl RssSource {
     }
 }
 
-/// A gateway for one run.
+/// A gateway (or several replicas of one) for one run.
 pub(crate) struct Gateway {
+    /// The first replica.
     pub(crate) url: String,
+    /// Every replica (clients and workers are spread over them).
+    pub(crate) urls: Vec<String>,
     pub(crate) store: String,
     pub(crate) rss: RssSource,
-    running: Option<asyncgate_server::Running>,
+    running: Vec<asyncgate_server::Running>,
     file: Option<PathBuf>,
+    /// A redis-server the bench started for this run.
+    redis: Option<RedisServer>,
 }
 
 impl Gateway {
@@ -115,11 +121,16 @@ impl Gateway {
             TargetSpec::Remote(url) => {
                 return Ok(Gateway {
                     url: url.clone(),
+                    urls: vec![url.clone()],
                     store,
                     rss,
-                    running: None,
+                    running: Vec::new(),
                     file: None,
+                    redis: None,
                 });
+            }
+            TargetSpec::Redis { url, replicas } => {
+                return Self::open_replicas(url.as_deref(), *replicas, store, rss).await;
             }
             TargetSpec::Memory => (StoreConfig::Memory, None),
             TargetSpec::Durable(path) => {
@@ -154,17 +165,71 @@ impl Gateway {
         };
         Ok(Gateway {
             url: format!("http://{addr}"),
+            urls: vec![format!("http://{addr}")],
             store,
             rss,
-            running: Some(running),
+            running: vec![running],
             file,
+            redis: None,
         })
+    }
+
+    /// Starts `replicas` gateways on one Redis (started here when `url` is
+    /// `None`), under a key prefix of their own.
+    async fn open_replicas(
+        url: Option<&str>,
+        replicas: usize,
+        store: String,
+        rss: RssSource,
+    ) -> anyhow::Result<Gateway> {
+        let redis = match url {
+            Some(_) => None,
+            None => Some(RedisServer::start().context("starting redis-server for the bench")?),
+        };
+        let redis_url = match (&redis, url) {
+            (Some(server), _) => server.url(),
+            (None, Some(url)) => url.to_owned(),
+            (None, None) => unreachable!("a Redis was started when no URL was given"),
+        };
+        let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
+        let mut gateway = Gateway {
+            url: String::new(),
+            urls: Vec::new(),
+            store,
+            rss,
+            running: Vec::new(),
+            file: None,
+            redis,
+        };
+        for _ in 0..replicas {
+            let listener =
+                listen_loopback().context("binding an embedded gateway on 127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let config = asyncgate_server::Config {
+                listen: addr,
+                store: StoreConfig::Redis(redis_url.clone()),
+                redis_prefix: prefix.clone(),
+                ..asyncgate_server::Config::default()
+            };
+            match asyncgate_server::start_on(config, listener).await {
+                Ok(running) => {
+                    gateway.running.push(running);
+                    gateway.urls.push(format!("http://{addr}"));
+                }
+                Err(error) => {
+                    gateway.close().await;
+                    return Err(error).context("starting an embedded gateway on Redis");
+                }
+            }
+        }
+        gateway.url = gateway.urls[0].clone();
+        Ok(gateway)
     }
 
     /// Shuts an embedded gateway down (its workers should be gone already)
     /// and deletes its store file.
     pub(crate) async fn close(self) {
-        if let Some(running) = self.running {
+        let stopped = self.running.into_iter().map(|running| async move {
             match tokio::time::timeout(SHUTDOWN_WAIT, running.shutdown()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => eprintln!("warning: the embedded gateway failed: {error}"),
@@ -172,7 +237,9 @@ impl Gateway {
                     "warning: the embedded gateway did not shut down within {SHUTDOWN_WAIT:?}"
                 ),
             }
-        }
+        });
+        futures::future::join_all(stopped).await;
+        drop(self.redis);
         if let Some(file) = &self.file {
             remove_file(file);
         }
@@ -193,9 +260,17 @@ fn listen_loopback() -> std::io::Result<TcpListener> {
 
 /// `n` separate HTTP/2 connections to `url`.
 pub(crate) async fn connect(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = asyncgate_client::endpoint(url)?;
+    connect_all(std::slice::from_ref(&url.to_owned()), n).await
+}
+
+/// `n` separate HTTP/2 connections, round-robin over `urls` (at least one
+/// per URL).
+pub(crate) async fn connect_all(urls: &[String], n: usize) -> anyhow::Result<Vec<Channel>> {
+    let n = n.max(urls.len());
     let mut channels = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
+        let url = &urls[i % urls.len()];
+        let endpoint = asyncgate_client::endpoint(url.as_str())?;
         channels.push(
             endpoint
                 .connect()
@@ -239,10 +314,10 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `n` workers on `queue` (one connection each) and waits until
-    /// all of them are connected, at most `limit`.
+    /// Starts `n` workers on `queue` (one connection each, round-robin over
+    /// `urls`) and waits until all of them are connected, at most `limit`.
     pub(crate) async fn start(
-        url: &str,
+        urls: &[String],
         queue: &str,
         n: usize,
         max_in_flight: u32,
@@ -259,7 +334,7 @@ impl Fleet {
                 // `Payload` holds `Bytes`: this clone shares the buffer.
                 std::future::ready(Ok::<_, TaskError>(task.payload().clone()))
             });
-            let worker = Worker::builder(url)
+            let worker = Worker::builder(urls[index % urls.len()].as_str())
                 .name(format!("bench-{index}"))
                 .queue(queue)
                 .max_in_flight(max_in_flight)
@@ -274,7 +349,10 @@ impl Fleet {
             Ok(sessions) if sessions.iter().all(Option::is_some) => Ok(fleet),
             Ok(_) => {
                 fleet.stop().await;
-                bail!("a bench worker stopped before it connected to {url}")
+                bail!(
+                    "a bench worker stopped before it connected to {}",
+                    urls.join(", ")
+                )
             }
             Err(_) => {
                 let missing = fleet
@@ -283,7 +361,10 @@ impl Fleet {
                     .filter(|h| h.session_id().is_none())
                     .count();
                 fleet.stop().await;
-                bail!("{missing} of {n} bench workers did not connect to {url} within {limit:?}")
+                bail!(
+                    "{missing} of {n} bench workers did not connect to {} within {limit:?}",
+                    urls.join(", ")
+                )
             }
         }
     }
