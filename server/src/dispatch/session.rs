@@ -106,6 +106,7 @@ pub async fn run<S>(
     let info = SessionInfo {
         session_id: SessionId::new(),
         worker_name: worker_name.into(),
+        queues: queues.clone().into(),
     };
     let span = tracing::info_span!(
         "worker_session",

@@ -137,6 +137,7 @@ async fn session(engine: &Arc<dyn Engine>, name: &str) -> SessionInfo {
     let info = SessionInfo {
         session_id: SessionId::new(),
         worker_name: name.into(),
+        queues: Arc::from([queue("q")]),
     };
     engine
         .touch_session(&info, SystemTime::now() + Duration::from_secs(60))

@@ -247,6 +247,9 @@ pub struct SessionInfo {
     pub session_id: SessionId,
     /// For explanations.
     pub worker_name: Arc<str>,
+    /// The queues it serves, so any gateway sharing the store can tell
+    /// whether a queue has workers.
+    pub queues: Arc<[QueueName]>,
 }
 
 /// One change of a ticket, for watchers.
@@ -382,6 +385,13 @@ pub trait Engine: Send + Sync + 'static {
         lease_id: LeaseId,
         outcome: Outcome,
     ) -> Applied<Completion>;
+
+    /// Worker sessions serving `queue` on every gateway sharing this store,
+    /// when the store is shared; `None` when only this gateway's own
+    /// sessions exist.
+    async fn connected_workers(&self, _queue: &QueueName) -> Result<Option<usize>, EngineError> {
+        Ok(None)
+    }
 
     /// Applies everything due by `now`: backoffs ending, deadlines, attempt
     /// timeouts, expired sessions and retention.

@@ -49,6 +49,16 @@ impl Core {
         let mut context = convert::WaitContext::default();
         if ticket.state == TicketState::Pending {
             context.workers = self.dispatcher.workers_for(&ticket.queue);
+            if context.workers == 0 {
+                // Workers may be connected to another replica.
+                context.workers = self
+                    .engine
+                    .connected_workers(&ticket.queue)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+            }
             if ticket.not_before.is_none_or(|t| t <= SystemTime::now()) {
                 context.tickets_ahead = self.engine.tickets_ahead(ticket).await.unwrap_or(0);
             }

@@ -239,3 +239,62 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_ticket() {
     }
     worker.shutdown();
 }
+
+#[tokio::test]
+async fn a_queue_served_on_another_replica_is_not_explained_as_workerless() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 2).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let client = a.client().await;
+    let waiting = |ticket: &pb::Ticket| {
+        ticket
+            .waiting_reason
+            .as_ref()
+            .map(|w| w.description.clone())
+            .unwrap_or_default()
+    };
+    let blocker = Gate::default();
+    let worker = {
+        let blocker = blocker.clone();
+        b.worker("elsewhere")
+            .max_in_flight(1)
+            .handler(handler_fn(move |_task: TaskContext| {
+                let blocker = blocker.clone();
+                async move {
+                    blocker.enter().await;
+                    Ok(payload::json("ok".into()))
+                }
+            }))
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    worker
+        .connected()
+        .await
+        .expect("the worker connects to replica B");
+    let first = client
+        .submit(Submit::new("elsewhere").build())
+        .await
+        .unwrap();
+    blocker.started().await;
+    let second = client
+        .submit(Submit::new("elsewhere").build())
+        .await
+        .unwrap();
+    let seen_on_a = client.get(&second.id, None).await.unwrap();
+    assert_eq!(state(&seen_on_a), pb::TicketState::Pending);
+    assert!(
+        !waiting(&seen_on_a).contains("no worker"),
+        "replica A counts the worker on replica B: {}",
+        waiting(&seen_on_a)
+    );
+    blocker.open();
+    for id in [&first.id, &second.id] {
+        assert_eq!(
+            state(&finished(&client, id).await),
+            pb::TicketState::Succeeded
+        );
+    }
+    worker.shutdown();
+}

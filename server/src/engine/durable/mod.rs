@@ -486,6 +486,7 @@ mod tests {
         let info = SessionInfo {
             session_id: SessionId::new(),
             worker_name: "w".into(),
+            queues: Arc::from([QueueName::parse("q").unwrap()]),
         };
         engine
             .touch_session(&info, SystemTime::now() + Duration::from_secs(60))

@@ -83,6 +83,11 @@ impl Keys {
         format!("{}:claiming", self.tag(queue))
     }
 
+    /// Worker sessions serving the queue, by expiry time.
+    pub(super) fn workers(&self, queue: &QueueName) -> String {
+        format!("{}:workers", self.tag(queue))
+    }
+
     pub(super) fn queue_ids(&self, queue: &QueueName) -> String {
         format!("{}:ids", self.tag(queue))
     }

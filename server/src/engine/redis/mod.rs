@@ -61,6 +61,9 @@ const CLAIM_GRACE: Duration = Duration::from_secs(30);
 /// ready message was missed.
 const READY_POKE: Duration = Duration::from_secs(1);
 
+/// How long a count of a queue's workers is reused.
+const WORKER_COUNT_TTL: Duration = Duration::from_millis(500);
+
 /// Attempts at a transition that keeps losing the revision race.
 const MAX_RETRIES: usize = 64;
 
@@ -237,6 +240,10 @@ struct Inner {
     leases: Box<[Mutex<HashMap<LeaseId, Held>>]>,
     /// The last FIFO position given out (see `place_in_line`).
     enqueue_clock: AtomicU64,
+    /// The queues of the sessions connected here.
+    session_workers: Mutex<HashMap<SessionId, Arc<[QueueName]>>>,
+    /// Recent answers of `connected_workers`, per queue.
+    worker_counts: Mutex<HashMap<QueueName, (Instant, usize)>>,
     /// Where recently seen tickets live (a ticket never changes queue).
     located: LocatorCache,
     /// Queues this replica has registered in the queue set.
@@ -318,6 +325,8 @@ pub async fn connect(
         hasher: RandomState::new(),
         leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
         located: LocatorCache::default(),
+        worker_counts: Mutex::default(),
+        session_workers: Mutex::default(),
         enqueue_clock: AtomicU64::new(0),
         queues_known: RwLock::default(),
         session_queues: Mutex::default(),
@@ -1458,14 +1467,29 @@ impl Engine for RedisEngine {
         expires_at: SystemTime,
     ) -> Result<(), EngineError> {
         let inner = &self.inner;
+        let expires = layout::millis_ceil(expires_at);
+        let member = session.session_id.to_string();
+        lock(&inner.session_workers)
+            .entry(session.session_id)
+            .or_insert_with(|| session.queues.clone());
         inner
             .run(|| {
-                let mut cmd = redis::cmd("ZADD");
-                cmd.arg(inner.keys.sessions())
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZADD")
+                    .arg(inner.keys.sessions())
                     .arg("GT")
-                    .arg(layout::millis_ceil(expires_at))
-                    .arg(session.session_id.to_string());
-                QueryKind::Cmd(cmd)
+                    .arg(expires)
+                    .arg(&member)
+                    .ignore();
+                for queue in session.queues.iter() {
+                    pipe.cmd("ZADD")
+                        .arg(inner.keys.workers(queue))
+                        .arg("GT")
+                        .arg(expires)
+                        .arg(&member)
+                        .ignore();
+                }
+                QueryKind::Pipe(pipe)
             })
             .await
     }
@@ -1473,6 +1497,7 @@ impl Engine for RedisEngine {
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
         let inner = &self.inner;
         let ready = inner.lose_session(session_id).await?;
+        let served = lock(&inner.session_workers).remove(&session_id);
         let _: () = inner
             .run(|| {
                 let mut pipe = redis::pipe();
@@ -1480,6 +1505,10 @@ impl Engine for RedisEngine {
                     .ignore()
                     .del(inner.keys.session_queues(session_id))
                     .ignore();
+                for queue in served.iter().flat_map(|queues| queues.iter()) {
+                    pipe.zrem(inner.keys.workers(queue), session_id.to_string())
+                        .ignore();
+                }
                 QueryKind::Pipe(pipe)
             })
             .await?;
@@ -1722,6 +1751,26 @@ impl Engine for RedisEngine {
         })
     }
 
+    async fn connected_workers(&self, queue: &QueueName) -> Result<Option<usize>, EngineError> {
+        let inner = &self.inner;
+        if let Some((at, count)) = lock(&inner.worker_counts).get(queue)
+            && at.elapsed() < WORKER_COUNT_TTL
+        {
+            return Ok(Some(*count));
+        }
+        let count: usize = inner
+            .run(|| {
+                let mut cmd = redis::cmd("ZCOUNT");
+                cmd.arg(inner.keys.workers(queue))
+                    .arg(format!("({}", layout::millis(SystemTime::now())))
+                    .arg("+inf");
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        lock(&inner.worker_counts).insert(queue.clone(), (Instant::now(), count));
+        Ok(Some(count))
+    }
+
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
         let inner = &self.inner;
         let now_ms = layout::millis(now);
@@ -1793,7 +1842,12 @@ impl Engine for RedisEngine {
                         .arg(inner.keys.claiming(queue))
                         .arg("-inf")
                         .arg(claim_cutoff)
-                        .zcard(inner.keys.ready(queue));
+                        .zcard(inner.keys.ready(queue))
+                        .cmd("ZREMRANGEBYSCORE")
+                        .arg(inner.keys.workers(queue))
+                        .arg("-inf")
+                        .arg(now_ms)
+                        .ignore();
                 }
                 QueryKind::Pipe(pipe)
             })
