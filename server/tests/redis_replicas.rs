@@ -124,3 +124,51 @@ async fn a_killed_replicas_ticket_is_finished_once_through_another() {
     stuck.shutdown();
     rescuer.shutdown();
 }
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_clear_startup_error() {
+    let unused = free_port();
+    let output = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--store", &format!("redis://127.0.0.1:{unused}/0")])
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .expect("the server binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach Redis") && stderr.contains(&unused.to_string()),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_evicting_redis_is_refused_at_startup() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--store", &redis.url()])
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .expect("the server binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("allkeys-lru") && stderr.contains("noeviction"),
+        "{stderr}"
+    );
+}
