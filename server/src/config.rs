@@ -20,7 +20,8 @@ pub enum StoreConfig {
     Memory,
     /// The embedded durable store (redb) in this file.
     Durable(PathBuf),
-    /// A Redis shared by every replica (`redis://` or `rediss://` URL).
+    /// A Redis shared by every replica: `redis://`, `rediss://`, or
+    /// `redis+cluster://` seed nodes.
     Redis(String),
 }
 
@@ -31,9 +32,8 @@ impl StoreConfig {
         match value {
             "" => Err("--store is empty; use `memory`, a file path or a redis:// URL".into()),
             "memory" => Ok(Self::Memory),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                redis::Client::open(url)
-                    .map_err(|e| format!("--store {url}: not a valid Redis URL ({e})"))?;
+            url if url.starts_with("redis") && url.contains("://") => {
+                crate::engine::redis::check_url(url).map_err(|e| format!("--store {e}"))?;
                 Ok(Self::Redis(url.to_owned()))
             }
             path => Ok(Self::Durable(PathBuf::from(path))),
@@ -114,7 +114,8 @@ pub struct Cli {
     /// Ticket store: a file path for the embedded durable store (created if
     /// missing), or `memory` for a fast store that is lost on exit.
     /// `redis://HOST:PORT/DB` (or `rediss://` for TLS) shares the tickets of
-    /// several replicas in one Redis.
+    /// several replicas in one Redis; `redis+cluster://HOST:PORT,HOST:PORT`
+    /// in a Redis Cluster.
     #[arg(long, env = "ASYNCGATE_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
     /// Prefix of every Redis key and channel (Redis store only).

@@ -1,6 +1,7 @@
-//! A real `redis-server` for tests and benchmarks: started on a free
-//! loopback port in its own temporary directory, with append-only fsync on
-//! every write, and stopped (by its own PID) when dropped.
+//! Real `redis-server` processes for tests and benchmarks: one server, or a
+//! three-node cluster, on free loopback ports in temporary directories, with
+//! append-only fsync on every write, stopped (by their own PIDs) when
+//! dropped.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -38,7 +39,7 @@ impl RedisServer {
         // A port found free can be taken before Redis binds it: try again.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            match spawn(dir.path(), port) {
+            match spawn(dir.path(), port, &[]) {
                 Ok(child) => {
                     return Ok(Self {
                         child: Some(child),
@@ -74,7 +75,7 @@ impl RedisServer {
     /// Starts it again on the same port and data (after [`Self::kill`]).
     pub fn restart(&mut self) -> Result<(), RedisServerError> {
         self.kill();
-        self.child = Some(spawn(self.dir.path(), self.port)?);
+        self.child = Some(spawn(self.dir.path(), self.port, &[])?);
         Ok(())
     }
 }
@@ -85,8 +86,106 @@ impl Drop for RedisServer {
     }
 }
 
+/// A three-node Redis Cluster (no replicas), every slot assigned.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and joins them into a cluster.
+    pub fn start() -> Result<Self, RedisServerError> {
+        let dir = tempfile::tempdir()?;
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            _dir: dir,
+        };
+        for index in 0..3 {
+            let node_dir = cluster._dir.path().join(format!("node-{index}"));
+            std::fs::create_dir_all(&node_dir)?;
+            let port = cluster_port()?;
+            let child = spawn(
+                &node_dir,
+                port,
+                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+            )?;
+            cluster.nodes.push(child);
+            cluster.ports.push(port);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| RedisServerError::Failed(format!("redis-cli: {e}")))?;
+        if !output.status.success() {
+            return Err(RedisServerError::Failed(format!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )));
+        }
+        // Every node must agree the cluster is up before clients route to it.
+        for port in &cluster.ports {
+            let mut state = String::new();
+            for _ in 0..200 {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()?;
+                state = String::from_utf8_lossy(&info.stdout).into_owned();
+                if state.contains("cluster_state:ok") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            if !state.contains("cluster_state:ok") {
+                return Err(RedisServerError::Failed(format!(
+                    "node {port} never reported cluster_state:ok: {state}"
+                )));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free port whose cluster-bus port (+10000) is free too.
+fn cluster_port() -> Result<u16, RedisServerError> {
+    for _ in 0..50 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(RedisServerError::Failed(
+        "no free port pair for a cluster node".into(),
+    ))
+}
+
 /// Starts redis-server and waits for its "ready" line.
-fn spawn(dir: &Path, port: u16) -> Result<Child, RedisServerError> {
+fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child, RedisServerError> {
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
@@ -98,6 +197,7 @@ fn spawn(dir: &Path, port: u16) -> Result<Child, RedisServerError> {
         .args(["--maxmemory-policy", "noeviction"])
         .args(["--logfile", ""])
         .args(["--daemonize", "no"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use asyncgate_client::pb;
 use asyncgate_client::worker::{TaskContext, handler_fn};
 use asyncgate_client::{Submit, payload};
-use asyncgate_server::testing::RedisServer;
+use asyncgate_server::testing::{RedisCluster, RedisServer};
 use asyncgate_tests::{Gate, TestGateway, finished, json, state};
 
 async fn replicas(redis: &RedisServer, count: usize) -> Vec<TestGateway> {
@@ -296,5 +296,50 @@ async fn a_queue_served_on_another_replica_is_not_explained_as_workerless() {
             pb::TicketState::Succeeded
         );
     }
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn replicas_on_a_redis_cluster_work_as_one_gateway() {
+    let cluster = RedisCluster::start().expect("a Redis cluster starts");
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        gateways.push(TestGateway::start_with(TestGateway::redis_config(&cluster.url())).await);
+    }
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let worker = b.spawn_worker(
+        "clustered",
+        handler_fn(|task: TaskContext| async move {
+            task.progress(50, "half").await;
+            Ok(task.payload().clone())
+        }),
+    );
+    let client = a.client().await;
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        let ticket = client
+            .submit(
+                Submit::new("clustered")
+                    .payload(payload::json(n.into()))
+                    .build(),
+            )
+            .await
+            .unwrap();
+        ids.push((ticket.id, n));
+    }
+    for (id, n) in &ids {
+        let done = client.get(id, Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(state(&done), pb::TicketState::Succeeded, "{id}");
+        assert_eq!(done.result, Some(json((*n).into())));
+    }
+    let listed = client
+        .list(pb::ListTicketsRequest {
+            queue: "clustered".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.tickets.len(), ids.len());
     worker.shutdown();
 }

@@ -92,9 +92,10 @@ impl Keys {
         format!("{}:ids", self.tag(queue))
     }
 
-    /// Ticket id → queue name.
+    /// Ticket id → queue name (tagged by id, like the tombstone, so both
+    /// are read in one request).
     pub(super) fn locator(&self, id: TicketId) -> String {
-        format!("{}:loc:{id}", self.prefix)
+        format!("{}:{{t:{id}}}:loc", self.prefix)
     }
 
     pub(super) fn idempotency(&self, key: &str) -> String {
@@ -102,7 +103,7 @@ impl Keys {
     }
 
     pub(super) fn tombstone(&self, id: TicketId) -> String {
-        format!("{}:tomb:{id}", self.prefix)
+        format!("{}:{{t:{id}}}:tomb", self.prefix)
     }
 
     /// Every queue ever used.

@@ -21,6 +21,7 @@
 //! queue from the store.
 
 mod bus;
+mod connection;
 mod layout;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -33,11 +34,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, ProtocolVersion, RedisError, Script, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use self::connection::{Conn, Target};
 use self::layout::{Keys, Placement, TimerKind, slot};
 use super::{
     Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
@@ -83,12 +84,12 @@ const LEASE_SHARDS: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL is not a Redis URL.
-    #[error("--store {url}: not a valid Redis URL ({source})")]
+    #[error("--store {url}: not a valid Redis URL ({message})")]
     Url {
         /// The URL.
         url: String,
-        /// The parser's complaint.
-        source: RedisError,
+        /// What is wrong with it.
+        message: String,
     },
     /// Redis did not answer.
     #[error("cannot reach Redis at {url}: {source}")]
@@ -231,7 +232,7 @@ impl Drop for RedisEngine {
 struct Inner {
     config: EngineConfig,
     url: String,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     channel: String,
     scripts: Scripts,
@@ -261,58 +262,50 @@ fn is_no_script(error: &RedisError) -> bool {
     error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
-/// Connects to Redis at `url`, checks it will not evict our keys, and
-/// subscribes to the event channel. Keys are prefixed with `prefix`.
+/// Checks a `--store` Redis URL without connecting.
+pub fn check_url(url: &str) -> Result<(), String> {
+    Target::parse(url).map(drop)
+}
+
+/// Connects to Redis at `url` (a server, or a cluster's seed nodes), checks
+/// it will not evict our keys, and subscribes to the event channel. Keys
+/// are prefixed with `prefix`.
 pub async fn connect(
     url: &str,
     prefix: &str,
     config: EngineConfig,
 ) -> Result<RedisEngine, ConnectError> {
-    let url_error = |source| ConnectError::Url {
-        url: url.to_owned(),
-        source,
-    };
     let unreachable = |source| ConnectError::Unreachable {
         url: url.to_owned(),
         source,
     };
-    let client = redis::Client::open(url).map_err(url_error)?;
-    let info = client.get_connection_info().clone();
-    let resp3 = info.clone().set_redis_settings(
-        info.redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3),
-    );
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    let mut conn = ConnectionManager::new_with_config(client, manager_config.clone())
+    let target = Target::parse(url).map_err(|message| ConnectError::Url {
+        url: url.to_owned(),
+        message,
+    })?;
+    let conn = Conn::open(&target, None).await.map_err(unreachable)?;
+    let policies = connection::eviction_policies(&conn)
         .await
         .map_err(unreachable)?;
-    let policy = eviction_policy(&mut conn).await.map_err(unreachable)?;
-    if policy != "noeviction" {
+    if let Some(policy) = policies.iter().find(|p| *p != "noeviction") {
         return Err(ConnectError::Evicting {
             url: url.to_owned(),
-            policy,
+            policy: policy.clone(),
         });
     }
     let scripts = Scripts::new();
     for script in scripts.all() {
-        script.load_async(&mut conn).await.map_err(unreachable)?;
+        script
+            .load_async(&mut conn.clone())
+            .await
+            .map_err(unreachable)?;
     }
     let keys = Keys::new(prefix);
     let channel = keys.channel();
     let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut subscriber = ConnectionManager::new_with_config(
-        redis::Client::open(resp3).map_err(url_error)?,
-        manager_config
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription(),
-    )
-    .await
-    .map_err(unreachable)?;
+    let mut subscriber = Conn::open(&target, Some(push_tx))
+        .await
+        .map_err(unreachable)?;
     subscriber.subscribe(&channel).await.map_err(unreachable)?;
     let inner = Arc::new(Inner {
         config,
@@ -362,28 +355,6 @@ pub async fn connect(
     Ok(RedisEngine { inner, subscriber })
 }
 
-/// Redis's `maxmemory-policy`, from CONFIG GET or, where CONFIG is disabled
-/// (managed services), INFO.
-async fn eviction_policy(conn: &mut ConnectionManager) -> Result<String, RedisError> {
-    let config: Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(conn)
-        .await;
-    if let Ok(pair) = config
-        && let Some(policy) = pair.get(1)
-    {
-        return Ok(policy.clone());
-    }
-    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    Ok(info
-        .lines()
-        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned())
-}
-
 fn chunk_bytes(chunk: &Chunk) -> Vec<u8> {
     let mut bytes = chunk.seq.to_be_bytes().to_vec();
     chunk
@@ -413,17 +384,13 @@ impl Inner {
         ))
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
     /// Runs a command or pipeline, loading the scripts again if Redis lost
     /// them (a restart): every script call in it failed, so a retry is safe.
     async fn run<T: redis::FromRedisValue>(
         &self,
         query: impl Fn() -> QueryKind,
     ) -> Result<T, EngineError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn.clone();
         for _ in 0..2 {
             let result = match query() {
                 QueryKind::Cmd(cmd) => cmd.query_async(&mut conn).await,
@@ -434,21 +401,55 @@ impl Inner {
                 QueryKind::Pipe(pipe) => pipe.query_async(&mut conn).await,
             };
             match result {
-                Err(error) if is_no_script(&error) => {
-                    for script in self.scripts.all() {
-                        script
-                            .load_async(&mut conn)
-                            .await
-                            .map_err(|e| self.unavailable(e))?;
-                    }
-                }
+                Err(error) if is_no_script(&error) => self.reload_scripts().await?,
                 other => return other.map_err(|e| self.unavailable(e)),
             }
         }
-        Err(EngineError::Unavailable(format!(
+        Err(self.forgetful())
+    }
+
+    /// Runs independent commands of any slots (see `Conn::batch`).
+    async fn batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, EngineError> {
+        for _ in 0..2 {
+            match self.conn.batch(&cmds).await {
+                Err(error) if is_no_script(&error) => self.reload_scripts().await?,
+                other => return other.map_err(|e| self.unavailable(e)),
+            }
+        }
+        Err(self.forgetful())
+    }
+
+    /// [`Self::batch`] with every reply read as `T`.
+    async fn batch_typed<T: redis::FromRedisValue>(
+        &self,
+        cmds: Vec<Cmd>,
+    ) -> Result<Vec<T>, EngineError> {
+        self.batch(cmds)
+            .await?
+            .into_iter()
+            .map(|value| {
+                redis::from_redis_value(value).map_err(|e| self.unavailable(RedisError::from(e)))
+            })
+            .collect()
+    }
+
+    /// Loads the scripts again (a restarted Redis forgot them).
+    async fn reload_scripts(&self) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        for script in self.scripts.all() {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
+        Ok(())
+    }
+
+    fn forgetful(&self) -> EngineError {
+        EngineError::Unavailable(format!(
             "Redis at {} keeps forgetting its scripts",
             self.url
-        )))
+        ))
     }
 
     fn evalsha(&self, script: &Script, keys: &[String], args: Vec<Vec<u8>>) -> Cmd {
@@ -756,22 +757,15 @@ impl Inner {
                 .await?;
             return Ok(false);
         }
-        let key = ticket.idempotency_key.clone();
-        let _: Value = self
-            .run(|| {
-                let mut pipe = redis::pipe();
-                pipe.del(self.keys.locator(id)).ignore();
-                if let Some(key) = &key {
-                    pipe.add_command(self.evalsha(
-                        &self.scripts.unlink_if,
-                        &[self.keys.idempotency(key)],
-                        vec![id.to_string().into_bytes()],
-                    ))
-                    .ignore();
-                }
-                QueryKind::Pipe(pipe)
-            })
-            .await?;
+        let mut cleanup = vec![Cmd::del(self.keys.locator(id))];
+        if let Some(key) = &ticket.idempotency_key {
+            cleanup.push(self.evalsha(
+                &self.scripts.unlink_if,
+                &[self.keys.idempotency(key)],
+                vec![id.to_string().into_bytes()],
+            ));
+        }
+        self.batch(cleanup).await?;
         Ok(true)
     }
 
@@ -1230,19 +1224,14 @@ impl Engine for RedisEngine {
             &inner.keys.commit_keys(&queue, id),
             args,
         );
-        let reply: (Vec<i64>,) = inner
-            .run(|| {
-                let mut pipe = redis::pipe();
-                pipe.set(inner.keys.locator(id), queue.as_str())
-                    .ignore()
-                    .add_command(commit.clone());
-                if let Some(key) = &key {
-                    pipe.persist(inner.keys.idempotency(key)).ignore();
-                }
-                QueryKind::Pipe(pipe)
-            })
-            .await?;
-        match reply.0.as_slice() {
+        let mut cmds = vec![Cmd::set(inner.keys.locator(id), queue.as_str()), commit];
+        if let Some(key) = &key {
+            cmds.push(Cmd::persist(inner.keys.idempotency(key)));
+        }
+        let replies = inner.batch(cmds).await?;
+        let reply: Vec<i64> = redis::from_redis_value_ref(&replies[1])
+            .map_err(|e| inner.unavailable(RedisError::from(e)))?;
+        match reply.as_slice() {
             [1, _] => {
                 inner.located.insert(id, &queue);
                 Ok(Submitted {
@@ -1251,16 +1240,11 @@ impl Engine for RedisEngine {
                 })
             }
             other => {
-                let _: () = inner
-                    .run(|| {
-                        let mut pipe = redis::pipe();
-                        pipe.del(inner.keys.locator(id)).ignore();
-                        if let Some(key) = &key {
-                            pipe.del(inner.keys.idempotency(key)).ignore();
-                        }
-                        QueryKind::Pipe(pipe)
-                    })
-                    .await?;
+                let mut cleanup = vec![Cmd::del(inner.keys.locator(id))];
+                if let Some(key) = &key {
+                    cleanup.push(Cmd::del(inner.keys.idempotency(key)));
+                }
+                inner.batch(cleanup).await?;
                 if other == [-2] {
                     Err(EngineError::QueueFull {
                         queue,
@@ -1361,19 +1345,21 @@ impl Engine for RedisEngine {
                 None => "-".to_owned(),
             };
             let per_queue: Vec<Vec<String>> = inner
-                .run(|| {
-                    let mut pipe = redis::pipe();
-                    for queue in &queues {
-                        pipe.cmd("ZRANGEBYLEX")
-                            .arg(inner.keys.queue_ids(queue))
-                            .arg(&min)
-                            .arg("+")
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(LIST_BATCH);
-                    }
-                    QueryKind::Pipe(pipe)
-                })
+                .batch_typed(
+                    queues
+                        .iter()
+                        .map(|queue| {
+                            let mut cmd = redis::cmd("ZRANGEBYLEX");
+                            cmd.arg(inner.keys.queue_ids(queue))
+                                .arg(&min)
+                                .arg("+")
+                                .arg("LIMIT")
+                                .arg(0)
+                                .arg(LIST_BATCH);
+                            cmd
+                        })
+                        .collect(),
+                )
                 .await?;
             let exhausted = per_queue.iter().all(|ids| ids.len() < LIST_BATCH);
             let mut batch: Vec<(TicketId, QueueName)> = queues
@@ -1396,15 +1382,16 @@ impl Engine for RedisEngine {
                 batch.retain(|(id, _)| *id <= bound);
             }
             let fields: Vec<(Option<u64>, Option<Bytes>, Option<Bytes>)> = inner
-                .run(|| {
-                    let mut pipe = redis::pipe();
-                    for (id, queue) in &batch {
-                        pipe.cmd("HMGET")
-                            .arg(inner.keys.ticket(queue, *id))
-                            .arg(&["v", "d", "p"]);
-                    }
-                    QueryKind::Pipe(pipe)
-                })
+                .batch_typed(
+                    batch
+                        .iter()
+                        .map(|(id, queue)| {
+                            let mut cmd = redis::cmd("HMGET");
+                            cmd.arg(inner.keys.ticket(queue, *id)).arg(&["v", "d", "p"]);
+                            cmd
+                        })
+                        .collect(),
+                )
                 .await?;
             for ((id, _), fields) in batch.iter().zip(fields) {
                 scanned += 1;
@@ -1472,46 +1459,30 @@ impl Engine for RedisEngine {
         lock(&inner.session_workers)
             .entry(session.session_id)
             .or_insert_with(|| session.queues.clone());
-        inner
-            .run(|| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZADD")
-                    .arg(inner.keys.sessions())
-                    .arg("GT")
-                    .arg(expires)
-                    .arg(&member)
-                    .ignore();
-                for queue in session.queues.iter() {
-                    pipe.cmd("ZADD")
-                        .arg(inner.keys.workers(queue))
-                        .arg("GT")
-                        .arg(expires)
-                        .arg(&member)
-                        .ignore();
-                }
-                QueryKind::Pipe(pipe)
+        let keys = std::iter::once(inner.keys.sessions())
+            .chain(session.queues.iter().map(|queue| inner.keys.workers(queue)));
+        let cmds = keys
+            .map(|key| {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(key).arg("GT").arg(expires).arg(&member);
+                cmd
             })
-            .await
+            .collect();
+        inner.batch(cmds).await.map(drop)
     }
 
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
         let inner = &self.inner;
         let ready = inner.lose_session(session_id).await?;
         let served = lock(&inner.session_workers).remove(&session_id);
-        let _: () = inner
-            .run(|| {
-                let mut pipe = redis::pipe();
-                pipe.zrem(inner.keys.sessions(), session_id.to_string())
-                    .ignore()
-                    .del(inner.keys.session_queues(session_id))
-                    .ignore();
-                for queue in served.iter().flat_map(|queues| queues.iter()) {
-                    pipe.zrem(inner.keys.workers(queue), session_id.to_string())
-                        .ignore();
-                }
-                QueryKind::Pipe(pipe)
-            })
-            .await?;
+        let mut cmds = vec![
+            Cmd::zrem(inner.keys.sessions(), session_id.to_string()),
+            Cmd::del(inner.keys.session_queues(session_id)),
+        ];
+        for queue in served.iter().flat_map(|queues| queues.iter()) {
+            cmds.push(Cmd::zrem(inner.keys.workers(queue), session_id.to_string()));
+        }
+        inner.batch(cmds).await?;
         inner.forget_session(session_id);
         for queue in ready {
             inner.notify_ready(&queue);
@@ -1540,15 +1511,15 @@ impl Engine for RedisEngine {
             fresh
         };
         if !unregistered.is_empty() {
-            let _: () = inner
-                .run(|| {
-                    let mut pipe = redis::pipe();
-                    for session_id in &unregistered {
-                        pipe.sadd(inner.keys.session_queues(*session_id), queue.as_str())
-                            .ignore();
-                    }
-                    QueryKind::Pipe(pipe)
-                })
+            inner
+                .batch(
+                    unregistered
+                        .iter()
+                        .map(|session_id| {
+                            Cmd::sadd(inner.keys.session_queues(*session_id), queue.as_str())
+                        })
+                        .collect(),
+                )
                 .await?;
             lock(&inner.session_queues).extend(unregistered.iter().map(|s| (*s, queue.clone())));
         }
@@ -1608,11 +1579,18 @@ impl Engine for RedisEngine {
         let mut distinct: Vec<SessionId> = leased.iter().map(|l| l.3.session_id).collect();
         distinct.sort();
         distinct.dedup();
-        for session_id in &distinct {
-            pipe.zscore(inner.keys.sessions(), session_id.to_string());
-        }
-        let replies: Vec<Value> = inner.run(|| QueryKind::Pipe(pipe.clone())).await?;
-        let (commits, scores) = replies.split_at(leased.len());
+        // The leases first (one slot), then whether their sessions still
+        // live (another): a session that ended in between gets them back.
+        let commits: Vec<Value> = inner.run(|| QueryKind::Pipe(pipe.clone())).await?;
+        let scores: Vec<Value> = inner
+            .run(|| {
+                let mut scores = redis::pipe();
+                for session_id in &distinct {
+                    scores.zscore(inner.keys.sessions(), session_id.to_string());
+                }
+                QueryKind::Pipe(scores)
+            })
+            .await?;
         let now_ms = layout::millis(SystemTime::now());
         let alive: HashSet<SessionId> = distinct
             .iter()
@@ -1627,7 +1605,7 @@ impl Engine for RedisEngine {
             .collect();
         let mut claimed = Vec::with_capacity(leased.len());
         let mut orphaned = false;
-        for ((stored, after, lease, session), reply) in leased.into_iter().zip(commits) {
+        for ((stored, after, lease, session), reply) in leased.into_iter().zip(&commits) {
             let revision = match redis::from_redis_value_ref::<Vec<i64>>(reply)
                 .ok()
                 .as_deref()
@@ -1794,15 +1772,11 @@ impl Engine for RedisEngine {
             };
             tracing::warn!(%session_id, "worker session expired; its leases are lost");
             ready.extend(inner.lose_session(session_id).await?);
-            let _: () = inner
-                .run(|| {
-                    let mut pipe = redis::pipe();
-                    pipe.zrem(inner.keys.sessions(), &session)
-                        .ignore()
-                        .del(inner.keys.session_queues(session_id))
-                        .ignore();
-                    QueryKind::Pipe(pipe)
-                })
+            inner
+                .batch(vec![
+                    Cmd::zrem(inner.keys.sessions(), &session),
+                    Cmd::del(inner.keys.session_queues(session_id)),
+                ])
                 .await?;
             inner.forget_session(session_id);
         }
@@ -1826,32 +1800,34 @@ impl Engine for RedisEngine {
             due
         };
         let claim_cutoff = now_ms.saturating_sub(CLAIM_GRACE.as_millis() as u64);
+        // One pipeline per queue (one slot each).
         type Due = (Vec<String>, Vec<String>, usize);
-        let due: Vec<Due> = inner
-            .run(|| {
+        let due = futures::future::join_all(queues.iter().map(|queue| {
+            inner.run::<Due>(|| {
                 let mut pipe = redis::pipe();
-                for queue in &queues {
-                    pipe.cmd("ZRANGEBYSCORE")
-                        .arg(inner.keys.timers(queue))
-                        .arg("-inf")
-                        .arg(now_ms)
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(TIMER_BATCH)
-                        .cmd("ZRANGEBYSCORE")
-                        .arg(inner.keys.claiming(queue))
-                        .arg("-inf")
-                        .arg(claim_cutoff)
-                        .zcard(inner.keys.ready(queue))
-                        .cmd("ZREMRANGEBYSCORE")
-                        .arg(inner.keys.workers(queue))
-                        .arg("-inf")
-                        .arg(now_ms)
-                        .ignore();
-                }
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(inner.keys.timers(queue))
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(TIMER_BATCH)
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(inner.keys.claiming(queue))
+                    .arg("-inf")
+                    .arg(claim_cutoff)
+                    .zcard(inner.keys.ready(queue))
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(inner.keys.workers(queue))
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .ignore();
                 QueryKind::Pipe(pipe)
             })
-            .await?;
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Due>, EngineError>>()?;
         for (queue, (timers, stale_claims, ready_count)) in queues.iter().zip(due) {
             let fired = futures::stream::iter(timers)
                 .map(|member| async move { inner.fire(queue, &member, now).await })
