@@ -51,6 +51,8 @@ pub struct Config {
     /// Prefix of every Redis key and channel (several deployments can share
     /// one Redis under different prefixes).
     pub redis_prefix: String,
+    /// Certificates for `rediss://`.
+    pub redis_tls: crate::engine::redis::RedisTls,
     /// How long a worker session's leases survive without a heartbeat, at
     /// the engine level (the backstop behind the session's own liveness check).
     pub lease_ttl: Duration,
@@ -81,6 +83,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
             redis_prefix: "asyncgate".into(),
+            redis_tls: Default::default(),
             lease_ttl: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(5),
             default_max_attempts: 3,
@@ -121,6 +124,26 @@ pub struct Cli {
     /// Prefix of every Redis key and channel (Redis store only).
     #[arg(long, env = "ASYNCGATE_REDIS_PREFIX", default_value = "asyncgate")]
     pub redis_prefix: String,
+    /// CA certificate (PEM) that signed the Redis server's certificate, for
+    /// `rediss://` when the system roots do not cover it.
+    #[arg(long, env = "ASYNCGATE_REDIS_CA", value_name = "PEM")]
+    pub redis_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a Redis that requires one.
+    #[arg(
+        long,
+        env = "ASYNCGATE_REDIS_CERT",
+        value_name = "PEM",
+        requires = "redis_key"
+    )]
+    pub redis_cert: Option<PathBuf>,
+    /// Key (PEM) of --redis-cert.
+    #[arg(
+        long,
+        env = "ASYNCGATE_REDIS_KEY",
+        value_name = "PEM",
+        requires = "redis_cert"
+    )]
+    pub redis_key: Option<PathBuf>,
     /// Engine-level lease TTL, renewed by heartbeats.
     #[arg(long, env = "ASYNCGATE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -216,6 +239,11 @@ impl TryFrom<Cli> for Config {
             listen: cli.listen,
             store,
             redis_prefix: cli.redis_prefix,
+            redis_tls: crate::engine::redis::RedisTls {
+                ca: cli.redis_ca,
+                client_cert: cli.redis_cert,
+                client_key: cli.redis_key,
+            },
             lease_ttl: cli.lease_ttl,
             heartbeat_interval: cli.heartbeat_interval,
             default_max_attempts: cli.default_max_attempts,

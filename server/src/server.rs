@@ -128,7 +128,13 @@ async fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
             Arc::new(crate::engine::durable::open(path, config.engine.clone())?)
         }
         StoreConfig::Redis(url) => Arc::new(
-            crate::engine::redis::connect(url, &config.redis_prefix, config.engine.clone()).await?,
+            crate::engine::redis::connect(
+                url,
+                &config.redis_prefix,
+                &config.redis_tls,
+                config.engine.clone(),
+            )
+            .await?,
         ),
     })
 }

@@ -29,22 +29,45 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra flags (TLS), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port.
     pub fn start() -> Result<Self, RedisServerError> {
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts one that only speaks TLS, with this certificate and key (PEM
+    /// files); clients may present a certificate signed by `client_ca`.
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, RedisServerError> {
+        let path = |p: &Path| p.display().to_string();
+        Self::start_with(vec![
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(client_ca),
+            "--tls-auth-clients".into(),
+            "optional".into(),
+        ])
+    }
+
+    fn start_with(extra: Vec<String>) -> Result<Self, RedisServerError> {
         let dir = tempfile::tempdir()?;
         let mut last = None;
         // A port found free can be taken before Redis binds it: try again.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            match spawn(dir.path(), port, &[]) {
+            match spawn(dir.path(), port, &extra) {
                 Ok(child) => {
                     return Ok(Self {
                         child: Some(child),
                         port,
                         dir,
+                        extra,
                     });
                 }
                 Err(error @ RedisServerError::NotInstalled) => return Err(error),
@@ -54,9 +77,14 @@ impl RedisServer {
         Err(last.unwrap_or_else(|| RedisServerError::Failed("no free port".into())))
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.extra.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Its port.
@@ -75,7 +103,7 @@ impl RedisServer {
     /// Starts it again on the same port and data (after [`Self::kill`]).
     pub fn restart(&mut self) -> Result<(), RedisServerError> {
         self.kill();
-        self.child = Some(spawn(self.dir.path(), self.port, &[])?);
+        self.child = Some(spawn(self.dir.path(), self.port, &self.extra)?);
         Ok(())
     }
 }
@@ -184,10 +212,22 @@ fn cluster_port() -> Result<u16, RedisServerError> {
     ))
 }
 
-/// Starts redis-server and waits for its "ready" line.
-fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child, RedisServerError> {
+/// Starts redis-server and waits for its "ready" line. With TLS flags in
+/// `extra`, `port` is the TLS port and the plain port is off.
+fn spawn(
+    dir: &Path,
+    port: u16,
+    extra: &[impl AsRef<std::ffi::OsStr>],
+) -> Result<Child, RedisServerError> {
+    let tls = !extra.is_empty() && extra.iter().any(|a| a.as_ref() == "--tls-cert-file");
+    let (plain, tls_port) = if tls {
+        ("0".to_owned(), port.to_string())
+    } else {
+        (port.to_string(), "0".to_owned())
+    };
     let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+        .args(["--port", &plain])
+        .args(["--tls-port", &tls_port])
         .args(["--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)

@@ -172,3 +172,73 @@ async fn an_evicting_redis_is_refused_at_startup() {
         "{stderr}"
     );
 }
+
+/// A private CA and a server certificate for 127.0.0.1, as PEM files.
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test]
+async fn a_rediss_store_verifies_the_server_against_the_given_ca() {
+    use asyncgate_server::engine::redis::{RedisTls, connect};
+    use asyncgate_server::engine::{Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let redis = RedisServer::start_tls(&cert, &key, &ca).expect("a TLS redis-server starts");
+    assert!(redis.url().starts_with("rediss://"));
+
+    let untrusted = connect(
+        &redis.url(),
+        "tls",
+        &RedisTls::default(),
+        EngineConfig::default(),
+    )
+    .await;
+    let error = untrusted
+        .err()
+        .expect("an unknown CA is refused")
+        .to_string();
+    assert!(error.contains("cannot reach Redis"), "{error}");
+
+    let tls = RedisTls {
+        ca: Some(ca),
+        ..RedisTls::default()
+    };
+    let engine = connect(&redis.url(), "tls", &tls, EngineConfig::default())
+        .await
+        .expect("the CA makes the server trusted");
+    let submitted = engine
+        .submit(asyncgate_server::domain::NewTicket {
+            queue: asyncgate_server::domain::QueueName::parse("tls").unwrap(),
+            payload: payload::json("over tls".into()),
+            priority: 0,
+            idempotency_key: None,
+            metadata: Default::default(),
+            timeout: None,
+            attempt_timeout: None,
+            max_attempts: 1,
+        })
+        .await
+        .unwrap();
+    let read = engine.get(submitted.ticket.id).await.unwrap();
+    assert_eq!(*read.payload, payload::json("over tls".into()));
+}

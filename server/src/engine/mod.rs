@@ -42,9 +42,14 @@ conformance::engine_conformance!(redis_cluster_conformance, |config| {
     Box::pin(async move {
         let cluster = crate::testing::RedisCluster::start().expect("a Redis cluster starts");
         let engine: std::sync::Arc<dyn crate::engine::Engine> = std::sync::Arc::new(
-            crate::engine::redis::connect(&cluster.url(), "conformance", config)
-                .await
-                .expect("the Redis engine connects to the cluster"),
+            crate::engine::redis::connect(
+                &cluster.url(),
+                "conformance",
+                &Default::default(),
+                config,
+            )
+            .await
+            .expect("the Redis engine connects to the cluster"),
         );
         (engine, Box::new(cluster) as Box<dyn std::any::Any + Send>)
     })
@@ -55,9 +60,14 @@ conformance::engine_conformance!(redis_conformance, |config| {
     Box::pin(async move {
         let server = crate::testing::RedisServer::start().expect("redis-server starts");
         let engine: std::sync::Arc<dyn crate::engine::Engine> = std::sync::Arc::new(
-            crate::engine::redis::connect(&server.url(), "conformance", config)
-                .await
-                .expect("the Redis engine connects"),
+            crate::engine::redis::connect(
+                &server.url(),
+                "conformance",
+                &Default::default(),
+                config,
+            )
+            .await
+            .expect("the Redis engine connects"),
         );
         (engine, Box::new(server) as Box<dyn std::any::Any + Send>)
     })

@@ -13,7 +13,9 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError, RedisFuture, Value};
+use redis::{
+    Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError, RedisFuture, TlsCertificates, Value,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Where the store lives.
@@ -97,13 +99,20 @@ impl Conn {
     /// pushes (messages, disconnections) go there.
     pub(super) async fn open(
         target: &Target,
+        tls: Option<&TlsCertificates>,
         push: Option<UnboundedSender<PushInfo>>,
     ) -> Result<Self, RedisError> {
         const CONNECT: Duration = Duration::from_secs(5);
         const RESPONSE: Duration = Duration::from_secs(10);
         match target {
             Target::Single(url) => {
-                let mut client = redis::Client::open(url.as_str())?;
+                let open = |info: redis::ConnectionInfo| match tls {
+                    Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+                    None => redis::Client::open(info),
+                };
+                let mut client = open(redis::IntoConnectionInfo::into_connection_info(
+                    url.as_str(),
+                )?)?;
                 let mut config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT))
                     .set_response_timeout(Some(RESPONSE))
@@ -116,7 +125,7 @@ impl Conn {
                             .clone()
                             .set_protocol(ProtocolVersion::RESP3),
                     );
-                    client = redis::Client::open(resp3)?;
+                    client = open(resp3)?;
                     config = config.set_push_sender(push).set_automatic_resubscription();
                 }
                 Ok(Conn::Single(
@@ -128,6 +137,9 @@ impl Conn {
                     .connection_timeout(CONNECT)
                     .response_timeout(RESPONSE)
                     .retries(2);
+                if let Some(certs) = tls {
+                    builder = builder.certs(certs.clone());
+                }
                 if let Some(push) = push {
                     builder = builder
                         .use_protocol(ProtocolVersion::RESP3)

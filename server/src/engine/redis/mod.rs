@@ -26,6 +26,7 @@ mod layout;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,7 +35,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::{
+    ClientTlsConfig, Cmd, ErrorKind, RedisError, Script, ServerErrorKind, TlsCertificates, Value,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -98,6 +101,14 @@ pub enum ConnectError {
         url: String,
         /// The cause.
         source: RedisError,
+    },
+    /// The TLS files could not be used.
+    #[error("--store {url}: {message}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        message: String,
     },
     /// Redis would evict keys under memory pressure.
     #[error(
@@ -267,14 +278,57 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Target::parse(url).map(drop)
 }
 
+/// Certificates for `rediss://`: a CA for a Redis whose certificate the
+/// system roots do not cover, and a client certificate for Redis servers
+/// that require one (`tls-auth-clients yes`). PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// Trust this CA instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Present this certificate…
+    pub client_cert: Option<PathBuf>,
+    /// …with this key.
+    pub client_key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> Result<Option<TlsCertificates>, String> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => return Err("give both --redis-cert and --redis-key, or neither".into()),
+        };
+        let root_cert = self.ca.as_ref().map(read).transpose()?;
+        Ok(
+            (client_tls.is_some() || root_cert.is_some()).then_some(TlsCertificates {
+                client_tls,
+                root_cert,
+            }),
+        )
+    }
+}
+
 /// Connects to Redis at `url` (a server, or a cluster's seed nodes), checks
 /// it will not evict our keys, and subscribes to the event channel. Keys
 /// are prefixed with `prefix`.
 pub async fn connect(
     url: &str,
     prefix: &str,
+    tls: &RedisTls,
     config: EngineConfig,
 ) -> Result<RedisEngine, ConnectError> {
+    // One crypto provider for every TLS connection in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certificates = tls.certificates().map_err(|message| ConnectError::Tls {
+        url: url.to_owned(),
+        message,
+    })?;
     let unreachable = |source| ConnectError::Unreachable {
         url: url.to_owned(),
         source,
@@ -283,7 +337,9 @@ pub async fn connect(
         url: url.to_owned(),
         message,
     })?;
-    let conn = Conn::open(&target, None).await.map_err(unreachable)?;
+    let conn = Conn::open(&target, certificates.as_ref(), None)
+        .await
+        .map_err(unreachable)?;
     let policies = connection::eviction_policies(&conn)
         .await
         .map_err(unreachable)?;
@@ -303,7 +359,7 @@ pub async fn connect(
     let keys = Keys::new(prefix);
     let channel = keys.channel();
     let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut subscriber = Conn::open(&target, Some(push_tx))
+    let mut subscriber = Conn::open(&target, certificates.as_ref(), Some(push_tx))
         .await
         .map_err(unreachable)?;
     subscriber.subscribe(&channel).await.map_err(unreachable)?;
