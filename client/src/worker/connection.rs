@@ -12,7 +12,8 @@
 //!
 //! Invariants:
 //! - A lease is in `running` from its Task until its handler finished, then
-//!   in `unacked` until a ResultAck for it arrives (any code). So exactly one
+//!   in `unacked` until a final ResultAck for it arrives (any code but
+//!   UNAVAILABLE, which makes it go out again a second later). So exactly one
 //!   result is produced per lease and it survives reconnects.
 //! - Every message to the gateway goes through the session's one mpsc
 //!   (the request stream): a lease's progress, sent by its task directly,
@@ -58,6 +59,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The request stream's sender.
 type Outgoing = mpsc::Sender<pb::WorkerMessage>;
+
+/// How long a result answered UNAVAILABLE waits before it is sent again.
+const RESEND_AFTER_UNAVAILABLE: Duration = Duration::from_secs(1);
 
 /// A handler finished (or was never started because it was cancelled first).
 struct Finished {
@@ -431,7 +435,7 @@ impl Runner {
                 self.start(task);
             }
             Some(dispatch_message::Kind::Cancel(cancel)) => self.cancel(cancel),
-            Some(dispatch_message::Kind::ResultAck(ack)) => self.acknowledged(ack),
+            Some(dispatch_message::Kind::ResultAck(ack)) => self.acknowledged(ack, tx),
             Some(dispatch_message::Kind::Drain(drain)) => {
                 if !*draining {
                     info!(
@@ -508,13 +512,27 @@ impl Runner {
         }
     }
 
-    /// A result was recorded or rejected: either way it is final.
-    fn acknowledged(&mut self, ack: pb::ResultAck) {
+    /// A result was recorded or rejected: either way it is final, except
+    /// UNAVAILABLE (the gateway's store is away), after which the result is
+    /// kept and sent again shortly (fencing makes a resend harmless).
+    fn acknowledged(&mut self, ack: pb::ResultAck, tx: &Outgoing) {
+        let code = tonic::Code::from_i32(ack.code);
+        if code == tonic::Code::Unavailable
+            && let Some(unacked) = self.unacked.get(&ack.lease_id)
+        {
+            warn!(ticket_id = %ack.ticket_id, lease_id = %ack.lease_id, message = %ack.message,
+                "the gateway could not record the result yet; sending it again");
+            let (tx, message) = (tx.clone(), unacked.message.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(RESEND_AFTER_UNAVAILABLE).await;
+                let _ = tx.send(message).await;
+            });
+            return;
+        }
         if self.unacked.remove(&ack.lease_id).is_none() {
             debug!(lease_id = %ack.lease_id, "ResultAck for no pending result (a resend's second ack)");
             return;
         }
-        let code = tonic::Code::from_i32(ack.code);
         let (ticket_id, lease_id, message) = (&ack.ticket_id, &ack.lease_id, &ack.message);
         match code {
             tonic::Code::Ok => debug!(%ticket_id, %lease_id, "result recorded"),

@@ -50,6 +50,10 @@ pub struct SessionSettings {
     pub max_payload_bytes: usize,
 }
 
+/// How long a session keeps trying to record a result while the store is
+/// unavailable.
+const RESULT_RETRY_FOR: Duration = Duration::from_secs(30);
+
 /// Items sent to the worker; errors end the stream with a status.
 pub type Outbound = mpsc::Sender<Result<pb::DispatchMessage, GatewayError>>;
 
@@ -129,6 +133,7 @@ pub async fn run<S>(
         gateway_draining: false,
         in_flight: FuturesUnordered::new(),
         ready: Vec::new(),
+        renewing: Arc::default(),
     };
     session
         .serve(inbound, shutdown, hard_stop)
@@ -199,6 +204,9 @@ struct Session {
     in_flight: FuturesUnordered<BoxFuture<'static, Recorded>>,
     /// Progress and results durable and not yet acknowledged.
     ready: Vec<Recorded>,
+    /// Set while a session renewal is on its way to the store: a slow
+    /// store must not stall the session's loop (and its pings).
+    renewing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A worker's report, applied and now durable (or refused).
@@ -467,15 +475,7 @@ impl Session {
                 // worker is reading its stream.
                 if heartbeat.nonce <= self.nonce && heartbeat.nonce + 1 >= self.nonce {
                     self.last_heartbeat = Instant::now();
-                    let expires_at = SystemTime::now() + self.settings.lease_ttl;
-                    if let Err(error) = self
-                        .dispatcher
-                        .engine()
-                        .touch_session(&self.info, expires_at)
-                        .await
-                    {
-                        tracing::warn!(%error, "could not renew the session's leases");
-                    }
+                    self.renew();
                 }
                 Ok(())
             }
@@ -494,6 +494,28 @@ impl Session {
             }
             Some(In::Result(result)) => self.on_result(result),
         }
+    }
+
+    /// Renews the session in the store, in the background; a renewal still
+    /// on its way makes this one unnecessary.
+    fn renew(&self) {
+        use std::sync::atomic::Ordering;
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = self.dispatcher.engine().clone();
+        let info = self.info.clone();
+        let renewing = self.renewing.clone();
+        let expires_at = SystemTime::now() + self.settings.lease_ttl;
+        tokio::spawn(
+            async move {
+                if let Err(error) = engine.touch_session(&info, expires_at).await {
+                    tracing::warn!(%error, "could not renew the session's leases");
+                }
+                renewing.store(false, Ordering::Release);
+            }
+            .in_current_span(),
+        );
     }
 
     fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
@@ -652,17 +674,28 @@ impl Session {
         };
         let held = self.leases.remove(&lease_id).is_some();
         let was_revoked = self.revoked.remove(&lease_id);
-        let applied = self
-            .dispatcher
-            .engine()
-            .complete(ticket_id, lease_id, outcome);
+        let engine = self.dispatcher.engine().clone();
+        let applied = engine.complete(ticket_id, lease_id, outcome.clone());
         self.track(async move {
+            // A store that is briefly away (a Redis restart) must not turn a
+            // finished task into a lost result: try again for a while before
+            // telling the worker UNAVAILABLE (it then resends).
+            let mut outcome_now = applied.await;
+            let mut delay = Duration::from_millis(50);
+            let give_up = Instant::now() + RESULT_RETRY_FOR;
+            while matches!(outcome_now, Err(EngineError::Unavailable(_)))
+                && Instant::now() < give_up
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                outcome_now = engine.complete(ticket_id, lease_id, outcome.clone()).await;
+            }
             Recorded::Result {
                 ticket_id,
                 lease_id,
                 held,
                 was_revoked,
-                outcome: Box::new(applied.await),
+                outcome: Box::new(outcome_now),
             }
         });
         Ok(())

@@ -234,7 +234,7 @@ async fn redis_restarted_mid_load_loses_no_acknowledged_ticket() {
     );
     for (id, n) in &acknowledged {
         let ticket = finished(&client, id).await;
-        assert_eq!(state(&ticket), pb::TicketState::Succeeded, "{id}");
+        assert_eq!(state(&ticket), pb::TicketState::Succeeded, "{ticket:?}");
         assert_eq!(ticket.result, Some(json((*n).into())));
     }
     worker.shutdown();

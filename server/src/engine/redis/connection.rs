@@ -7,6 +7,8 @@
 //! [`Conn::batch`] runs commands of different slots as separate requests on
 //! a cluster (one pipeline on a single server).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -17,6 +19,9 @@ use redis::{
     Cmd, Pipeline, ProtocolVersion, PushInfo, RedisError, RedisFuture, TlsCertificates, Value,
 };
 use tokio::sync::mpsc::UnboundedSender;
+
+/// Command connections per server.
+const POOL_SIZE: usize = 4;
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,17 +64,36 @@ impl Target {
     }
 }
 
-/// A command connection, or the event subscription.
+/// Command connections to one server: each multiplexed connection encodes
+/// and parses on one task, so a few of them, taken in turn, spread that work
+/// over the runtime's threads.
+#[derive(Clone)]
+pub(super) struct Pool {
+    conns: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    fn pick(&self) -> ConnectionManager {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[index].clone()
+    }
+}
+
+/// Command connections, or the event subscription.
 #[derive(Clone)]
 pub(super) enum Conn {
-    Single(ConnectionManager),
+    Single(Pool),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Single(pool) => {
+                let mut conn = pool.pick();
+                Box::pin(async move { conn.req_packed_command(cmd).await })
+            }
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -81,14 +105,17 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Single(pool) => {
+                let mut conn = pool.pick();
+                Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+            }
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(conn) => conn.get_db(),
+            Conn::Single(pool) => pool.conns[0].get_db(),
             Conn::Cluster(conn) => conn.get_db(),
         }
     }
@@ -102,6 +129,7 @@ impl Conn {
         tls: Option<&TlsCertificates>,
         push: Option<UnboundedSender<PushInfo>>,
     ) -> Result<Self, RedisError> {
+        let size = if push.is_some() { 1 } else { POOL_SIZE };
         const CONNECT: Duration = Duration::from_secs(5);
         const RESPONSE: Duration = Duration::from_secs(10);
         match target {
@@ -128,9 +156,16 @@ impl Conn {
                     client = open(resp3)?;
                     config = config.set_push_sender(push).set_automatic_resubscription();
                 }
-                Ok(Conn::Single(
-                    ConnectionManager::new_with_config(client, config).await?,
-                ))
+                let mut conns = Vec::with_capacity(size);
+                for _ in 0..size {
+                    conns.push(
+                        ConnectionManager::new_with_config(client.clone(), config.clone()).await?,
+                    );
+                }
+                Ok(Conn::Single(Pool {
+                    conns: conns.into(),
+                    next: Arc::default(),
+                }))
             }
             Target::Cluster(nodes) => {
                 let mut builder = ClusterClient::builder(nodes.clone())
@@ -155,7 +190,7 @@ impl Conn {
     /// Subscribes to `channel` (again, after a reconnection).
     pub(super) async fn subscribe(&mut self, channel: &str) -> Result<(), RedisError> {
         match self {
-            Conn::Single(conn) => conn.subscribe(channel).await,
+            Conn::Single(pool) => pool.conns[0].clone().subscribe(channel).await,
             Conn::Cluster(conn) => conn.subscribe(channel).await,
         }
     }
@@ -167,12 +202,12 @@ impl Conn {
             return Ok(Vec::new());
         }
         match self {
-            Conn::Single(conn) => {
+            Conn::Single(pool) => {
                 let mut pipe = redis::pipe();
                 for cmd in cmds {
                     pipe.add_command(cmd.clone());
                 }
-                pipe.query_async(&mut conn.clone()).await
+                pipe.query_async(&mut pool.pick()).await
             }
             Conn::Cluster(conn) => join_all(cmds.iter().map(|cmd| {
                 let mut conn = conn.clone();

@@ -58,8 +58,10 @@ use crate::domain::{
 const IDEMPOTENCY_CLAIM: Duration = Duration::from_secs(60);
 
 /// How long a popped ticket may wait for its lease commit before the timer
-/// pass puts it back (its claimer died).
-const CLAIM_GRACE: Duration = Duration::from_secs(30);
+/// pass puts it back (its claimer died, or lost Redis mid-claim). Putting
+/// back a ticket whose lease is about to land is harmless: the next claimer
+/// finds it RUNNING and drops it from the ready set.
+const CLAIM_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the timer pass re-announces queues with ready work, in case a
 /// ready message was missed.
@@ -1163,6 +1165,63 @@ impl Inner {
         .await
     }
 
+    /// Gives back leases whose commit may or may not have landed (Redis
+    /// went away mid-claim, so nobody was told of them): without this, a
+    /// lease held by a live session that never got its task would keep the
+    /// ticket RUNNING forever. Retries until Redis answers, for as long as
+    /// the engine exists; a lease that never landed is left alone by the
+    /// fencing.
+    fn release_in_doubt(self: &Arc<Self>, queue: QueueName, leases: Vec<(TicketId, LeaseId)>) {
+        if leases.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut pending = leases;
+            let mut delay = Duration::from_millis(100);
+            while !pending.is_empty() {
+                let Some(inner) = weak.upgrade() else { return };
+                let mut failed = Vec::new();
+                for (id, lease_id) in pending {
+                    let config = &inner.config;
+                    let outcome = inner
+                        .transact(&queue, id, None, |ticket| {
+                            if transition::lose_lease(
+                                ticket,
+                                lease_id,
+                                ReleaseReason::Undelivered,
+                                config,
+                                SystemTime::now(),
+                            ) {
+                                Ok(Step::write(
+                                    (),
+                                    vec![(EventKind::State, ticket.clone(), None)],
+                                ))
+                            } else {
+                                Ok(Step::Keep(()))
+                            }
+                        })
+                        .await;
+                    match outcome {
+                        Ok(_)
+                        | Err(EngineError::NotFound(_) | EngineError::ResultExpired { .. }) => {
+                            lock(inner.lease_shard(&lease_id)).remove(&lease_id);
+                        }
+                        Err(_) => failed.push((id, lease_id)),
+                    }
+                }
+                pending = failed;
+                if pending.is_empty() {
+                    inner.notify_ready(&queue);
+                } else {
+                    drop(inner);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        });
+    }
+
     /// Puts back tickets whose claimer died between pop and lease.
     async fn unclaim(&self, queue: &QueueName, ids: Vec<String>) -> Result<(), EngineError> {
         for member in ids {
@@ -1637,16 +1696,35 @@ impl Engine for RedisEngine {
         distinct.dedup();
         // The leases first (one slot), then whether their sessions still
         // live (another): a session that ended in between gets them back.
-        let commits: Vec<Value> = inner.run(|| QueryKind::Pipe(pipe.clone())).await?;
-        let scores: Vec<Value> = inner
-            .run(|| {
+        let in_doubt = || {
+            leased
+                .iter()
+                .map(|(_, after, lease, _)| (after.id, lease.lease_id))
+                .collect::<Vec<_>>()
+        };
+        let commits: Vec<Value> = match inner.run(|| QueryKind::Pipe(pipe.clone())).await {
+            Ok(commits) => commits,
+            Err(error) => {
+                inner.release_in_doubt(queue.clone(), in_doubt());
+                return Err(error);
+            }
+        };
+        let scores = inner
+            .run::<Vec<Value>>(|| {
                 let mut scores = redis::pipe();
                 for session_id in &distinct {
                     scores.zscore(inner.keys.sessions(), session_id.to_string());
                 }
                 QueryKind::Pipe(scores)
             })
-            .await?;
+            .await;
+        let scores = match scores {
+            Ok(scores) => scores,
+            Err(error) => {
+                inner.release_in_doubt(queue.clone(), in_doubt());
+                return Err(error);
+            }
+        };
         let now_ms = layout::millis(SystemTime::now());
         let alive: HashSet<SessionId> = distinct
             .iter()
