@@ -11,7 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::gateway_client::GatewayClient;
 use crate::stream::{Resumer, Target};
-use crate::{ClientError, EventStream, ResumeOptions, convert, pb};
+use crate::{ClientError, EventStream, ResumeOptions, Tls, convert, pb};
 
 /// How long a connection attempt may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +38,15 @@ impl Client {
     /// `http://`), failing at once if the gateway cannot be reached.
     pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
         let channel = endpoint(url)?.connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Connects to an `https://` gateway with these TLS settings.
+    pub async fn connect_with_tls(
+        url: impl Into<String>,
+        tls: &Tls,
+    ) -> Result<Client, ClientError> {
+        let channel = endpoint_with(url, Some(tls))?.connect().await?;
         Ok(Client::from_channel(channel))
     }
 
@@ -180,11 +189,34 @@ impl Client {
 /// No request timeout is set on purpose: it would also cut long-polls and
 /// long-lived streams.
 pub fn endpoint(url: impl Into<String>) -> Result<Endpoint, ClientError> {
+    endpoint_with(url, None)
+}
+
+/// [`endpoint`] with TLS settings for an `https://` URL (`None`: the system
+/// roots, no client certificate).
+pub fn endpoint_with(url: impl Into<String>, tls: Option<&Tls>) -> Result<Endpoint, ClientError> {
     let url = normalize_url(url.into())?;
-    let endpoint = Endpoint::from_shared(url.clone()).map_err(|err| ClientError::InvalidUrl {
-        url,
-        reason: err.to_string(),
-    })?;
+    let secure = url.starts_with("https://");
+    if tls.is_some() && !secure {
+        return Err(ClientError::InvalidUrl {
+            url,
+            reason: "TLS settings (a CA or client certificate) need an https:// URL".into(),
+        });
+    }
+    let mut endpoint =
+        Endpoint::from_shared(url.clone()).map_err(|err| ClientError::InvalidUrl {
+            url: url.clone(),
+            reason: err.to_string(),
+        })?;
+    if secure {
+        let config = tls.cloned().unwrap_or_default().config();
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|err| ClientError::InvalidUrl {
+                url,
+                reason: format!("TLS settings refused: {err}"),
+            })?;
+    }
     Ok(endpoint
         .tcp_nodelay(true)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -193,16 +225,16 @@ pub fn endpoint(url: impl Into<String>) -> Result<Endpoint, ClientError> {
         .keep_alive_while_idle(true))
 }
 
-/// `http://` URLs pass; a bare `host:port` gets `http://`; anything else
-/// (`https://` needs TLS, which this build does not include) is refused.
+/// `http://` and `https://` URLs pass; a bare `host:port` gets `http://`;
+/// anything else is refused.
 fn normalize_url(url: String) -> Result<String, ClientError> {
     let url = url.trim().to_owned();
-    if url.starts_with("http://") {
+    if url.starts_with("http://") || url.starts_with("https://") {
         return Ok(url);
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(ClientError::InvalidUrl {
-            reason: format!("scheme {scheme:?} is not supported (use http://)"),
+            reason: format!("scheme {scheme:?} is not supported (use http:// or https://)"),
             url,
         });
     }
@@ -229,8 +261,16 @@ mod tests {
             normalize_url(" 127.0.0.1:50051 ".into()).ok(),
             Some("http://127.0.0.1:50051".into())
         );
+        assert_eq!(
+            normalize_url("https://a:1".into()).ok(),
+            Some("https://a:1".into())
+        );
         assert!(matches!(
-            normalize_url("https://a:1".into()),
+            normalize_url("ftp://a:1".into()),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            endpoint_with("http://a:1", Some(&Tls::default())),
             Err(ClientError::InvalidUrl { .. })
         ));
         assert!(matches!(

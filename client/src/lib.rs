@@ -40,13 +40,15 @@ pub mod payload;
 mod retry;
 mod stream;
 mod submit;
+mod tls;
 pub mod worker;
 
 /// The generated `asyncgate.v1` messages and stubs.
 pub use asyncgate_proto::v1 as pb;
 
-pub use client::{Client, endpoint};
+pub use client::{Client, endpoint, endpoint_with};
 pub use error::ClientError;
 pub use payload::is_terminal;
 pub use stream::{EventStream, ResumeOptions};
 pub use submit::Submit;
+pub use tls::Tls;

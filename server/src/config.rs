@@ -41,6 +41,18 @@ impl StoreConfig {
     }
 }
 
+/// The gateway's TLS files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Its certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// When set, clients and workers must present a certificate signed by
+    /// this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Validated server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -48,6 +60,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Ticket store.
     pub store: StoreConfig,
+    /// TLS, or plaintext when `None`.
+    pub tls: Option<TlsFiles>,
+    /// Plaintext on a non-loopback address was asked for explicitly.
+    pub insecure: bool,
     /// Prefix of every Redis key and channel (several deployments can share
     /// one Redis under different prefixes).
     pub redis_prefix: String,
@@ -82,6 +98,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
+            tls: None,
+            insecure: false,
             redis_prefix: "asyncgate".into(),
             redis_tls: Default::default(),
             lease_ttl: Duration::from_secs(15),
@@ -114,6 +132,34 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve TLS with this certificate chain (PEM).
+    #[arg(
+        long,
+        env = "ASYNCGATE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "ASYNCGATE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require clients and workers to present a certificate signed by this
+    /// CA (PEM): mutual TLS.
+    #[arg(
+        long,
+        env = "ASYNCGATE_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow plaintext on a non-loopback address (a warning is logged).
+    #[arg(long, env = "ASYNCGATE_INSECURE")]
+    pub insecure: bool,
     /// Ticket store: a file path for the embedded durable store (created if
     /// missing), or `memory` for a fast store that is lost on exit.
     /// `redis://HOST:PORT/DB` (or `rediss://` for TLS) shares the tickets of
@@ -194,6 +240,20 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> Result<Self, String> {
         let store = StoreConfig::parse(&cli.store)?;
+        let tls = match (cli.tls_cert, cli.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: cli.tls_client_ca,
+            }),
+            _ => None,
+        };
+        if tls.is_none() && !cli.insecure && !cli.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing plaintext on {}: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key, or --insecure if a trusted proxy in front terminates TLS",
+                cli.listen
+            ));
+        }
         if cli.redis_prefix.is_empty()
             || cli
                 .redis_prefix
@@ -238,6 +298,8 @@ impl TryFrom<Cli> for Config {
         Ok(Self {
             listen: cli.listen,
             store,
+            tls,
+            insecure: cli.insecure,
             redis_prefix: cli.redis_prefix,
             redis_tls: crate::engine::redis::RedisTls {
                 ca: cli.redis_ca,
@@ -309,5 +371,25 @@ mod tests {
             StoreConfig::Durable(PathBuf::from(DEFAULT_STORE))
         );
         assert!(parse(&["--heartbeat-interval", "soon"]).is_err());
+        assert!(
+            parse(&["--listen", "0.0.0.0:50051"])
+                .unwrap_err()
+                .contains("--tls-cert")
+        );
+        assert!(parse(&["--listen", "0.0.0.0:50051", "--insecure"]).is_ok());
+        assert!(
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        let tls = parse(&[
+            "--listen",
+            "0.0.0.0:50051",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(tls.tls.unwrap().key, PathBuf::from("k.pem"));
     }
 }

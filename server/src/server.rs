@@ -9,13 +9,13 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::Instrument;
 
 use asyncgate_proto::v1 as pb;
 
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, StoreConfig, TlsFiles};
 use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, TicketId};
 use crate::engine::{Engine, EngineListener, LocalEngine, Revocation, TicketChange};
@@ -79,6 +79,9 @@ pub enum StartError {
     /// The durable store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::engine::durable::OpenError),
+    /// The TLS files could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::engine::redis::ConnectError),
@@ -137,6 +140,26 @@ async fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
             .await?,
         ),
     })
+}
+
+/// The rustls settings of `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, StartError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| StartError::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+    };
+    let identity = Identity::from_pem(
+        read(&files.cert, "certificate (--tls-cert)")?,
+        read(&files.key, "key (--tls-key)")?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(
+            ca,
+            "client CA (--tls-client-ca)",
+        )?));
+    }
+    Ok(tls)
 }
 
 /// Binds `config.listen` and starts serving.
@@ -283,7 +306,15 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             });
         }
     };
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(server_tls(files)?)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    } else if config.insecure && !local_addr.ip().is_loopback() {
+        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can use it");
+    }
+    let router = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)

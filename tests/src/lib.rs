@@ -79,9 +79,14 @@ impl TestGateway {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The settings it runs with.
@@ -181,6 +186,73 @@ impl Drop for TestGateway {
         if let Some(running) = &self.running {
             running.initiate_shutdown();
         }
+    }
+}
+
+/// A private CA with a server certificate for 127.0.0.1 and a client
+/// certificate, written as PEM files to a temporary directory (generated per
+/// test: no key is ever committed).
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    /// The client certificate and key (PEM), signed by the CA.
+    pub client: (String, String),
+}
+
+impl TestPki {
+    /// Generates the CA and both certificates.
+    pub fn generate() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key"))
+            .expect("CA certificate");
+        let leaf = |name: &str| {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(vec![name.to_owned()])
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let server = leaf("127.0.0.1");
+        let client = leaf("test-client");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+        std::fs::write(dir.path().join("server.pem"), &server.0).expect("write");
+        std::fs::write(dir.path().join("server.key"), &server.1).expect("write");
+        TestPki {
+            dir,
+            ca_pem: ca.pem(),
+            client,
+        }
+    }
+
+    /// The gateway's TLS files; with `mutual`, clients must present a
+    /// certificate of this CA.
+    pub fn server_files(&self, mutual: bool) -> asyncgate_server::config::TlsFiles {
+        asyncgate_server::config::TlsFiles {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            client_ca: mutual.then(|| self.dir.path().join("ca.pem")),
+        }
+    }
+
+    /// Client TLS settings trusting the CA, with the client certificate or
+    /// without.
+    pub fn client_tls(&self, with_certificate: bool) -> asyncgate_client::Tls {
+        let tls = asyncgate_client::Tls::default().ca_pem(self.ca_pem.clone());
+        if with_certificate {
+            tls.client_identity(self.client.0.clone(), self.client.1.clone())
+        } else {
+            tls
+        }
+    }
+
+    /// The directory of the PEM files (`ca.pem`, `server.pem`, `server.key`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 

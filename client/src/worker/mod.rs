@@ -158,6 +158,7 @@ impl Worker {
             max_backoff: Duration::from_secs(5),
             shutdown_timeout: None,
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 
@@ -198,6 +199,7 @@ pub struct WorkerBuilder {
     max_backoff: Duration,
     shutdown_timeout: Option<Duration>,
     handshake_timeout: Duration,
+    tls: Option<crate::Tls>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -212,6 +214,13 @@ impl std::fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    /// TLS settings for an `https://` gateway (a private CA, a client
+    /// certificate for mutual TLS).
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// A name for people and the gateway's logs (default: host name and
     /// process id); need not be unique.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -287,7 +296,10 @@ impl WorkerBuilder {
             )));
         }
         let connector = match self.target {
-            Target::Url(url) => Connector::Endpoint(Box::new(crate::client::endpoint(url)?)),
+            Target::Url(url) => Connector::Endpoint(Box::new(crate::client::endpoint_with(
+                url,
+                self.tls.as_ref(),
+            )?)),
             Target::Channel(channel) => Connector::Channel(channel),
         };
         let mut queues: Vec<String> = Vec::with_capacity(self.queues.len());
@@ -436,8 +448,16 @@ mod tests {
             Some(tonic::Code::InvalidArgument)
         );
         assert_eq!(
-            err(Worker::builder("https://x:1").queue("q").handler(noop())),
+            err(Worker::builder("ftp://x:1").queue("q").handler(noop())),
             Some(tonic::Code::InvalidArgument)
+        );
+        assert_eq!(
+            err(Worker::builder("http://x:1")
+                .queue("q")
+                .handler(noop())
+                .tls(crate::Tls::default())),
+            Some(tonic::Code::InvalidArgument),
+            "TLS settings need an https:// URL"
         );
         let worker = Worker::builder("127.0.0.1:1")
             .queues(["a", "b"])

@@ -6,5 +6,6 @@ mod basics;
 mod durable;
 mod lifecycle;
 mod replicas;
+mod tls;
 mod watch;
 mod workers;

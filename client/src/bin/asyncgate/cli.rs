@@ -25,6 +25,31 @@ pub(crate) struct Cli {
     )]
     pub(crate) server: String,
 
+    /// CA certificate (PEM) that signed an `https://` gateway's certificate,
+    /// when the system roots do not cover it.
+    #[arg(long, global = true, env = "ASYNCGATE_CA_CERT", value_name = "PEM")]
+    pub(crate) ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a gateway that requires one (mutual TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "ASYNCGATE_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "ASYNCGATE_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
+
     /// How to print tickets and events: `text` for people; `json` for the
     /// proto3 JSON mapping (as grpcurl prints it), one document per line.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]

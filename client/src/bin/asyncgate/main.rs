@@ -16,7 +16,7 @@ mod work;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use asyncgate_client::{Client, EventStream, Submit, is_terminal, pb};
+use asyncgate_client::{Client, EventStream, Submit, Tls, is_terminal, pb};
 use clap::Parser as _;
 use futures::StreamExt as _;
 
@@ -61,11 +61,23 @@ fn init_tracing(work: bool) {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let printer = Printer::new(cli.output)?;
-    let server = cli.server.as_str();
+    let tls = if cli.ca_cert.is_some() || cli.client_cert.is_some() {
+        Some(Tls::from_files(
+            cli.ca_cert.as_deref(),
+            cli.client_cert.as_deref(),
+            cli.client_key.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let server = &Gateway {
+        url: cli.server.clone(),
+        tls,
+    };
     match cli.command {
         // The worker connects (and reconnects) on its own.
-        Command::Work(args) => work::run(server, args).await,
-        Command::Bench(args) => bench::run(server, cli.output, args).await,
+        Command::Work(args) => work::run(server.url.as_str(), server.tls.clone(), args).await,
+        Command::Bench(args) => bench::run(server.url.as_str(), cli.output, args).await,
         Command::Submit(args) => submit(&connect(server).await?, &printer, args).await,
         Command::Get(args) => get(&connect(server).await?, &printer, args).await,
         Command::Watch(args) => {
@@ -100,10 +112,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<Client> {
-    Client::connect(server)
-        .await
-        .with_context(|| format!("connecting to {server}"))
+/// Where the gateway is and how to reach it.
+struct Gateway {
+    url: String,
+    tls: Option<Tls>,
+}
+
+async fn connect(server: &Gateway) -> anyhow::Result<Client> {
+    let url = server.url.as_str();
+    match &server.tls {
+        Some(tls) => Client::connect_with_tls(url, tls).await,
+        None => Client::connect(url).await,
+    }
+    .with_context(|| format!("connecting to {url}"))
 }
 
 async fn submit(client: &Client, printer: &Printer, args: SubmitArgs) -> anyhow::Result<ExitCode> {

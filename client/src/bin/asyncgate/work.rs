@@ -21,7 +21,11 @@ use crate::cli::WorkArgs;
 /// How much of the command's stderr a failure message keeps (the end).
 const STDERR_TAIL: usize = 1024;
 
-pub(crate) async fn run(server: &str, args: WorkArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    server: &str,
+    tls: Option<asyncgate_client::Tls>,
+    args: WorkArgs,
+) -> anyhow::Result<ExitCode> {
     let Some((program, program_args)) = args.command.split_first() else {
         anyhow::bail!("no command given after --");
     };
@@ -35,6 +39,9 @@ pub(crate) async fn run(server: &str, args: WorkArgs) -> anyhow::Result<ExitCode
         .handler(handler);
     if let Some(name) = args.name {
         builder = builder.name(name);
+    }
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
     }
     let handle = builder.build()?.spawn();
 
