@@ -11,7 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::gateway_client::GatewayClient;
 use crate::stream::{Resumer, Target};
-use crate::{ClientError, EventStream, ResumeOptions, Tls, convert, pb};
+use crate::{ClientError, Credentials, EventStream, ResumeOptions, Tls, Transport, convert, pb};
 
 /// How long a connection attempt may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +29,8 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection loss, so a `Client` stays usable across gateway restarts.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: GatewayClient<Channel>,
+    channel: Channel,
+    inner: GatewayClient<Transport>,
     resume: ResumeOptions,
 }
 
@@ -60,9 +61,17 @@ impl Client {
     /// connection shared with a worker).
     pub fn from_channel(channel: Channel) -> Client {
         Client {
-            inner: GatewayClient::new(channel),
+            inner: GatewayClient::with_interceptor(channel.clone(), Credentials::default()),
+            channel,
             resume: ResumeOptions::default(),
         }
+    }
+
+    /// Presents this API key (`authorization: Bearer <key>`) on every call.
+    pub fn with_api_key(mut self, key: &str) -> Result<Client, ClientError> {
+        self.inner =
+            GatewayClient::with_interceptor(self.channel.clone(), Credentials::api_key(key)?);
+        Ok(self)
     }
 
     /// Replaces how [`EventStream`]s of this client resume after a broken
@@ -75,7 +84,7 @@ impl Client {
 
     /// The generated client, for calls this wrapper does not cover (custom
     /// metadata, compression, message size limits).
-    pub fn raw(&self) -> GatewayClient<Channel> {
+    pub fn raw(&self) -> GatewayClient<Transport> {
         self.inner.clone()
     }
 

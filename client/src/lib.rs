@@ -35,6 +35,7 @@
 
 mod client;
 pub mod convert;
+mod credentials;
 mod error;
 pub mod payload;
 mod retry;
@@ -47,6 +48,7 @@ pub mod worker;
 pub use asyncgate_proto::v1 as pb;
 
 pub use client::{Client, endpoint, endpoint_with};
+pub use credentials::{Credentials, Transport};
 pub use error::ClientError;
 pub use payload::is_terminal;
 pub use stream::{EventStream, ResumeOptions};

@@ -24,9 +24,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::Transport;
 use futures::Stream;
 use futures::stream::BoxStream;
-use tonic::transport::Channel;
 
 use crate::ClientError;
 use crate::error::is_transient_status;
@@ -226,7 +226,7 @@ pub(crate) enum Target {
 
 /// Owns the current gRPC stream and reopens it when it breaks.
 pub(crate) struct Resumer {
-    client: GatewayClient<Channel>,
+    client: GatewayClient<Transport>,
     options: ResumeOptions,
     target: Target,
     cursor: Cursor,
@@ -244,7 +244,7 @@ pub(crate) struct Resumer {
 impl Resumer {
     /// A resumer around a stream that was just opened with `after_seq`.
     pub(crate) fn new(
-        client: GatewayClient<Channel>,
+        client: GatewayClient<Transport>,
         options: ResumeOptions,
         target: Target,
         after_seq: Option<u64>,

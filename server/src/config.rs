@@ -64,6 +64,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Plaintext on a non-loopback address was asked for explicitly.
     pub insecure: bool,
+    /// The API keys file; `None` lets every caller do everything.
+    pub keys: Option<PathBuf>,
     /// Prefix of every Redis key and channel (several deployments can share
     /// one Redis under different prefixes).
     pub redis_prefix: String,
@@ -100,6 +102,7 @@ impl Default for Config {
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
             tls: None,
             insecure: false,
+            keys: None,
             redis_prefix: "asyncgate".into(),
             redis_tls: Default::default(),
             lease_ttl: Duration::from_secs(15),
@@ -157,9 +160,14 @@ pub struct Cli {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
-    /// Allow plaintext on a non-loopback address (a warning is logged).
+    /// Allow a non-loopback address with neither TLS nor API keys (a
+    /// warning is logged).
     #[arg(long, env = "ASYNCGATE_INSECURE")]
     pub insecure: bool,
+    /// API keys (TOML: name, sha256, role, tenant, queues); reloaded on
+    /// SIGHUP. Without it every caller may do everything.
+    #[arg(long, env = "ASYNCGATE_KEYS", value_name = "TOML")]
+    pub keys: Option<PathBuf>,
     /// Ticket store: a file path for the embedded durable store (created if
     /// missing), or `memory` for a fast store that is lost on exit.
     /// `redis://HOST:PORT/DB` (or `rediss://` for TLS) shares the tickets of
@@ -248,9 +256,9 @@ impl TryFrom<Cli> for Config {
             }),
             _ => None,
         };
-        if tls.is_none() && !cli.insecure && !cli.listen.ip().is_loopback() {
+        if tls.is_none() && cli.keys.is_none() && !cli.insecure && !cli.listen.ip().is_loopback() {
             return Err(format!(
-                "refusing plaintext on {}: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key, or --insecure if a trusted proxy in front terminates TLS",
+                "refusing to serve {} with neither TLS nor API keys: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key and/or --keys, or --insecure if a trusted proxy in front takes care of it",
                 cli.listen
             ));
         }
@@ -300,6 +308,7 @@ impl TryFrom<Cli> for Config {
             store,
             tls,
             insecure: cli.insecure,
+            keys: cli.keys,
             redis_prefix: cli.redis_prefix,
             redis_tls: crate::engine::redis::RedisTls {
                 ca: cli.redis_ca,

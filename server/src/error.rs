@@ -32,6 +32,9 @@ pub enum GatewayError {
     /// A worker stopped answering pings and was disconnected.
     #[error("{0}")]
     WorkerUnresponsive(String),
+    /// The caller's key does not allow this.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl GatewayError {
@@ -61,6 +64,7 @@ impl GatewayError {
             Self::Protocol(_) => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 }

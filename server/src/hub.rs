@@ -157,6 +157,7 @@ mod tests {
             timeout: None,
             attempt_timeout: None,
             max_attempts: 1,
+            tenant: None,
         };
         Ticket::create(TicketId::new(), new, SystemTime::now())
     }

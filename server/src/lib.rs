@@ -1,6 +1,7 @@
 //! Asyncgate: an asynchronous request/reply gateway for gRPC.
 //!
 //! # Layout
+//! - [`auth`]: API keys, roles and tenants, enforced by one tower layer.
 //! - [`domain`]: ticket model, ids, queue names, backoff — pure data, no I/O.
 //! - [`engine`]: the storage boundary (`Engine` trait) and its implementations;
 //!   every transition is atomic and lease-fenced.
@@ -13,6 +14,7 @@
 //! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown, logs.
 //! - [`testing`]: a real `redis-server` child for tests and benchmarks.
 
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

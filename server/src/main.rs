@@ -30,6 +30,24 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    #[cfg(unix)]
+    if let Some(keys) = running.keys() {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        // The outcome goes to the audit log; a bad file
+                        // leaves the keys in force.
+                        let _ = keys.reload();
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; keys reload only on restart")
+            }
+        }
+    }
     wait_for_signal().await;
     tracing::info!("signal received; shutting down");
     running.initiate_shutdown();

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use asyncgate_proto::v1 as pb;
 
+use crate::auth::{AuthLayer, Keys};
 use crate::config::{Config, StoreConfig, TlsFiles};
 use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, TicketId};
@@ -79,6 +80,9 @@ pub enum StartError {
     /// The durable store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::engine::durable::OpenError),
+    /// The API keys file could not be used.
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeysError),
     /// The TLS files could not be used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -92,12 +96,19 @@ pub struct Running {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    keys: Option<Keys>,
 }
 
 impl Running {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The API keys in force, to reload them (SIGHUP); `None` without
+    /// `--keys`.
+    pub fn keys(&self) -> Option<Keys> {
+        self.keys.clone()
     }
 
     /// Starts a graceful shutdown without waiting for it.
@@ -189,6 +200,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         addr: config.listen,
         source,
     })?;
+    let keys = config.keys.as_deref().map(Keys::open).transpose()?;
+    if let Some(keys) = &keys {
+        tracing::info!(keys = keys.count(), "API keys loaded");
+    }
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     let sessions = TaskTracker::new();
@@ -312,9 +327,13 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             .tls_config(server_tls(files)?)
             .map_err(|e| StartError::Tls(e.to_string()))?;
     } else if config.insecure && !local_addr.ip().is_loopback() {
-        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can use it");
+        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic");
+    }
+    if keys.is_none() && config.insecure && !local_addr.ip().is_loopback() {
+        tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
     }
     let router = builder
+        .layer(AuthLayer::new(keys.clone()))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
@@ -338,5 +357,6 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         local_addr,
         shutdown,
         serve,
+        keys,
     })
 }

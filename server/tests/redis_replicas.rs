@@ -236,6 +236,7 @@ async fn a_rediss_store_verifies_the_server_against_the_given_ca() {
             timeout: None,
             attempt_timeout: None,
             max_attempts: 1,
+            tenant: None,
         })
         .await
         .unwrap();

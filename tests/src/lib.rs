@@ -89,6 +89,11 @@ impl TestGateway {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// The API keys in force (to reload them), when it runs with `--keys`.
+    pub fn keys(&self) -> Option<asyncgate_server::auth::Keys> {
+        self.running.as_ref().and_then(|running| running.keys())
+    }
+
     /// The settings it runs with.
     pub fn config(&self) -> &Config {
         &self.config

@@ -271,7 +271,7 @@ impl Runner {
             return SessionEnd::HandshakeFailed("the request stream refused the Hello".into());
         }
 
-        let mut client = WorkersClient::new(channel);
+        let mut client = WorkersClient::with_interceptor(channel, self.config.credentials.clone());
         let handshake = self.config.handshake_timeout;
         let opened = tokio::time::timeout(handshake, async {
             let mut inbound = client

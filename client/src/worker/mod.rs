@@ -128,6 +128,7 @@ struct Config {
     max_backoff: Duration,
     shutdown_timeout: Option<Duration>,
     handshake_timeout: Duration,
+    credentials: crate::Credentials,
 }
 
 /// A configured worker, ready to [`spawn`](Worker::spawn).
@@ -159,6 +160,7 @@ impl Worker {
             shutdown_timeout: None,
             handshake_timeout: Duration::from_secs(10),
             tls: None,
+            credentials: crate::Credentials::default(),
         }
     }
 
@@ -200,6 +202,7 @@ pub struct WorkerBuilder {
     shutdown_timeout: Option<Duration>,
     handshake_timeout: Duration,
     tls: Option<crate::Tls>,
+    credentials: crate::Credentials,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -214,6 +217,12 @@ impl std::fmt::Debug for WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    /// Presents this API key (a worker key allowed on the worker's queues).
+    pub fn api_key(mut self, key: &str) -> Result<Self, ClientError> {
+        self.credentials = crate::Credentials::api_key(key)?;
+        Ok(self)
+    }
+
     /// TLS settings for an `https://` gateway (a private CA, a client
     /// certificate for mutual TLS).
     pub fn tls(mut self, tls: crate::Tls) -> Self {
@@ -318,6 +327,7 @@ impl WorkerBuilder {
                 max_backoff: self.max_backoff,
                 shutdown_timeout: self.shutdown_timeout,
                 handshake_timeout: self.handshake_timeout,
+                credentials: self.credentials,
             },
             handler,
         })

@@ -65,6 +65,7 @@ fn message(kind: Out) -> Result<pb::DispatchMessage, GatewayError> {
 pub async fn run<S>(
     dispatcher: Dispatcher,
     settings: SessionSettings,
+    caller: crate::auth::Caller,
     mut inbound: S,
     outbound: Outbound,
     shutdown: CancellationToken,
@@ -107,6 +108,15 @@ pub async fn run<S>(
             return;
         }
     };
+    if let Some(refused) = queues.iter().find(|queue| !caller.may_serve(queue)) {
+        tracing::info!(target: crate::auth::AUDIT, action = "/asyncgate.v1.Workers/Connect", who = %caller.name, queue = %refused, outcome = "permission_denied", reason = "queue");
+        let error = GatewayError::PermissionDenied(format!(
+            "key {:?} may not serve queue {refused:?}; its entry allows {:?}",
+            caller.name, caller.queues
+        ));
+        let _ = outbound.send(Err(error)).await;
+        return;
+    }
     let info = SessionInfo {
         session_id: SessionId::new(),
         worker_name: worker_name.into(),

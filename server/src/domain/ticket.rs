@@ -117,6 +117,8 @@ pub struct NewTicket {
     pub attempt_timeout: Option<Duration>,
     /// Already defaulted by the edge.
     pub max_attempts: u32,
+    /// Whose ticket it is (API keys with tenants); `None` without keys.
+    pub tenant: Option<Arc<str>>,
 }
 
 /// How an attempt ended, as the worker reported it.
@@ -184,6 +186,8 @@ pub struct Ticket {
     pub not_before: Option<SystemTime>,
     /// Attempts that ended because the worker was lost (poison-ticket cap).
     pub worker_losses: u32,
+    /// Whose ticket it is: other tenants never see it.
+    pub tenant: Option<Arc<str>>,
     /// FIFO position within its priority, assigned each time it is queued.
     pub enqueue_seq: u64,
     /// Engine bookkeeping, not stored: the journal append that last wrote
@@ -227,6 +231,7 @@ impl Ticket {
             completed_by: None,
             not_before: None,
             worker_losses: 0,
+            tenant: new.tenant,
             enqueue_seq: 0,
             journal_seq: 0,
         }
@@ -292,6 +297,7 @@ mod tests {
             timeout: Some(Duration::from_secs(10)),
             attempt_timeout: Some(Duration::from_secs(3)),
             max_attempts: 3,
+            tenant: None,
         }
     }
 

@@ -130,6 +130,7 @@ fn new_ticket(q: &str) -> NewTicket {
         timeout: None,
         attempt_timeout: None,
         max_attempts: 3,
+        tenant: None,
     }
 }
 
@@ -620,6 +621,7 @@ pub(crate) async fn list_filters_and_pages(factory: Factory) {
             states: Vec::new(),
             page_size: 10,
             after: None,
+            tenant: None,
         })
         .await
         .unwrap();
@@ -641,6 +643,7 @@ pub(crate) async fn list_filters_and_pages(factory: Factory) {
                 states: vec![TicketState::Pending],
                 page_size: 2,
                 after,
+                tenant: None,
             })
             .await
             .unwrap();
@@ -658,11 +661,45 @@ pub(crate) async fn list_filters_and_pages(factory: Factory) {
             states: vec![TicketState::Cancelled],
             page_size: 10,
             after: None,
+            tenant: None,
         })
         .await
         .unwrap();
     assert_eq!(cancelled.tickets.len(), 1);
     assert!(cancelled.next.is_none());
+}
+
+pub(crate) async fn tenants_scope_idempotency_and_lists(factory: Factory) {
+    let h = harness(factory).await;
+    let keyed = |tenant: &str| NewTicket {
+        idempotency_key: Some("same-key".into()),
+        tenant: Some(tenant.into()),
+        ..new_ticket("q")
+    };
+    let a = h.engine.submit(keyed("a")).await.unwrap();
+    let b = h.engine.submit(keyed("b")).await.unwrap();
+    assert!(a.created && b.created, "one key, two tenants, two tickets");
+    assert_ne!(a.ticket.id, b.ticket.id);
+    let again = h.engine.submit(keyed("a")).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.ticket.id, a.ticket.id);
+    assert_eq!(
+        h.engine.get(a.ticket.id).await.unwrap().tenant.as_deref(),
+        Some("a")
+    );
+    let page = h
+        .engine
+        .list(ListFilter {
+            queue: None,
+            states: Vec::new(),
+            page_size: 10,
+            after: None,
+            tenant: Some("b".into()),
+        })
+        .await
+        .unwrap();
+    let ids: Vec<TicketId> = page.tickets.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [b.ticket.id]);
 }
 
 pub(crate) async fn tickets_ahead_counts_the_queue(factory: Factory) {
@@ -699,6 +736,7 @@ macro_rules! engine_conformance {
                 retention_leaves_a_tombstone,
                 queue_limit_refuses_submits,
                 list_filters_and_pages,
+                tenants_scope_idempotency_and_lists,
                 tickets_ahead_counts_the_queue,
             );
         }

@@ -21,12 +21,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::journal::{Journal, MemoryJournal, Mutation, Recovered};
-use super::transition;
 use super::{
     Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
     ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
     TicketChange,
 };
+use super::{idempotency_scope, transition};
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
     Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId, TicketState,
@@ -464,6 +464,7 @@ impl LocalEngine {
                     .timers
                     .insert((now + self.config.tombstone_retention, Timer::Tombstone, id));
                 if let Some(key) = ticket.idempotency_key.take() {
+                    let key = idempotency_scope(ticket.tenant.as_deref(), &key);
                     effects.deleted_keys.push((key, id));
                 }
                 return None;
@@ -582,10 +583,7 @@ impl Engine for LocalEngine {
         for shard in self.shards.iter() {
             let shard = lock(shard);
             for (id, ticket) in &shard.tickets {
-                if filter.after.is_some_and(|after| *id <= after)
-                    || filter.queue.as_ref().is_some_and(|q| *q != ticket.queue)
-                    || (!filter.states.is_empty() && !filter.states.contains(&ticket.state))
-                {
+                if filter.after.is_some_and(|after| *id <= after) || !filter.admits(ticket) {
                     continue;
                 }
                 if smallest.len() > page_size {
@@ -923,7 +921,8 @@ impl LocalEngine {
             let id = ticket.id;
             last_enqueue = last_enqueue.max(ticket.enqueue_seq);
             if let Some(key) = &ticket.idempotency_key {
-                lock(&self.idempotency[shard_of(&self.hasher, key)]).insert(key.clone(), id);
+                let key = idempotency_scope(ticket.tenant.as_deref(), key);
+                lock(&self.idempotency[shard_of(&self.hasher, &key)]).insert(key, id);
             }
             let mut shard = lock(self.shard(&id));
             if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
@@ -969,7 +968,10 @@ impl LocalEngine {
     /// new (false when an idempotency key matched).
     fn store_new(&self, new: NewTicket) -> Result<(Ticket, bool), EngineError> {
         let now = SystemTime::now();
-        let key = new.idempotency_key.clone();
+        let key = new
+            .idempotency_key
+            .as_deref()
+            .map(|key| idempotency_scope(new.tenant.as_deref(), key));
         let mut idempotency = key
             .as_ref()
             .map(|k| lock(&self.idempotency[shard_of(&self.hasher, k)]));
@@ -979,7 +981,7 @@ impl LocalEngine {
         {
             if ticket.queue != new.queue {
                 return Err(EngineError::IdempotencyConflict {
-                    key: key.clone(),
+                    key: ticket.idempotency_key.clone().unwrap_or_default(),
                     existing,
                     queue: ticket.queue.clone(),
                 });

@@ -252,6 +252,29 @@ pub struct ListFilter {
     pub page_size: usize,
     /// Start after this id.
     pub after: Option<TicketId>,
+    /// Only this tenant's tickets (`None`: every tenant's).
+    pub tenant: Option<Arc<str>>,
+}
+
+impl ListFilter {
+    /// Whether `ticket` passes the queue, state and tenant filters.
+    pub fn admits(&self, ticket: &Ticket) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == ticket.queue)
+            && (self.states.is_empty() || self.states.contains(&ticket.state))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| ticket.tenant.as_deref() == Some(&**t))
+    }
+}
+
+/// An idempotency key as engines store it: scoped to its tenant, so two
+/// tenants' equal keys never meet.
+pub fn idempotency_scope(tenant: Option<&str>, key: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{tenant}\u{1f}{key}"),
+        None => key.to_owned(),
+    }
 }
 
 /// One page of `list`.

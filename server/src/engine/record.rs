@@ -90,6 +90,8 @@ pub(crate) struct StoredTicket {
     worker_losses: u32,
     #[prost(uint64, tag = "22")]
     enqueue_seq: u64,
+    #[prost(string, optional, tag = "23")]
+    tenant: Option<String>,
 }
 
 /// Nanoseconds since the epoch.
@@ -172,6 +174,7 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
         not_before: ticket.not_before.map(nanos),
         worker_losses: ticket.worker_losses,
         enqueue_seq: ticket.enqueue_seq,
+        tenant: ticket.tenant.as_deref().map(str::to_owned),
     }
     .encode_to_vec()
 }
@@ -223,6 +226,7 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
         },
         not_before: stored.not_before.map(time),
         worker_losses: stored.worker_losses,
+        tenant: stored.tenant.map(Arc::from),
         enqueue_seq: stored.enqueue_seq,
         journal_seq: 0,
     })
@@ -247,6 +251,7 @@ mod tests {
                 timeout: Some(Duration::from_secs(9)),
                 attempt_timeout: Some(Duration::from_millis(1500)),
                 max_attempts: 4,
+                tenant: None,
             },
             now,
         );

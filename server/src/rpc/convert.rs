@@ -164,6 +164,7 @@ pub fn new_ticket(
         timeout: positive_duration(request.timeout, "timeout")?,
         attempt_timeout: positive_duration(request.attempt_timeout, "attempt_timeout")?,
         max_attempts,
+        tenant: None,
     })
 }
 

@@ -12,7 +12,8 @@ use asyncgate_proto::v1 as pb;
 use pb::gateway_server::Gateway;
 
 use super::{Core, convert};
-use crate::engine::ListFilter;
+use crate::auth::{self, Caller};
+use crate::engine::{EngineError, ListFilter};
 use crate::error::GatewayError;
 
 /// Buffered events per watch stream before the watcher waits on the client.
@@ -41,14 +42,31 @@ impl GatewayService {
 
     async fn submit_inner(
         &self,
+        caller: &Caller,
         request: pb::SubmitRequest,
     ) -> Result<crate::domain::Ticket, GatewayError> {
-        let new = convert::new_ticket(request, &self.limits)?;
+        let mut new = convert::new_ticket(request, &self.limits)?;
+        new.tenant = caller.tenant.clone();
         let submitted = self.core.engine.submit(new).await?;
         if submitted.created {
             tracing::debug!(ticket_id = %submitted.ticket.id, queue = %submitted.ticket.queue, "ticket submitted");
         }
         Ok(submitted.ticket)
+    }
+
+    /// Fails with NOT_FOUND — exactly as for an id that does not exist —
+    /// unless `caller` may see ticket `id`.
+    async fn visible(
+        &self,
+        caller: &Caller,
+        id: crate::domain::TicketId,
+    ) -> Result<crate::domain::Ticket, GatewayError> {
+        let ticket = self.core.engine.get(id).await?;
+        if caller.sees(ticket.tenant.as_deref()) {
+            Ok(ticket)
+        } else {
+            Err(EngineError::NotFound(id).into())
+        }
     }
 
     fn spawn_watch(
@@ -75,7 +93,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let ticket = self.submit_inner(request.into_inner()).await?;
+        let caller = auth::caller(&request);
+        let ticket = self.submit_inner(&caller, request.into_inner()).await?;
         Ok(Response::new(self.core.present(&ticket).await))
     }
 
@@ -89,7 +108,8 @@ impl Gateway for GatewayService {
         if self.core.shutdown.is_cancelled() {
             return Err(GatewayError::ShuttingDown.into());
         }
-        let ticket = self.submit_inner(request.into_inner()).await?;
+        let caller = auth::caller(&request);
+        let ticket = self.submit_inner(&caller, request.into_inner()).await?;
         Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
     }
 
@@ -98,8 +118,10 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::GetTicketRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
+        let caller = auth::caller(&request);
         let request = request.into_inner();
         let id = convert::ticket_id(&request.id, "id")?;
+        self.visible(&caller, id).await?;
         let wait = convert::duration(request.wait, "wait", std::time::Duration::MAX)?
             .unwrap_or_default()
             .min(self.core.config.max_wait);
@@ -114,13 +136,14 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::WatchTicketRequest>,
     ) -> Result<Response<Self::WatchTicketStream>, Status> {
+        let caller = auth::caller(&request);
         let request = request.into_inner();
         let id = convert::ticket_id(&request.id, "id")?;
         if self.core.shutdown.is_cancelled() {
             return Err(GatewayError::ShuttingDown.into());
         }
         // Fail fast with NOT_FOUND rather than as the stream's first item.
-        self.core.engine.get(id).await.map_err(GatewayError::from)?;
+        self.visible(&caller, id).await?;
         Ok(Response::new(Box::pin(
             self.spawn_watch(id, request.after_seq),
         )))
@@ -131,18 +154,20 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::CancelTicketRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
+        let caller = auth::caller(&request);
         let request = request.into_inner();
         let id = convert::ticket_id(&request.id, "id")?;
         if request.reason.len() > 1024 {
             return Err(GatewayError::invalid("reason", "is longer than 1024 bytes").into());
         }
+        self.visible(&caller, id).await?;
         let ticket = self
             .core
             .engine
             .cancel(id, &request.reason)
             .await
             .map_err(GatewayError::from)?;
-        tracing::info!(ticket_id = %id, "ticket cancelled");
+        tracing::info!(ticket_id = %id, who = %caller.name, "ticket cancelled");
         Ok(Response::new(self.core.present(&ticket).await))
     }
 
@@ -151,6 +176,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        let caller = auth::caller(&request);
         let request = request.into_inner();
         let queue = if request.queue.is_empty() {
             None
@@ -194,6 +220,7 @@ impl Gateway for GatewayService {
                 states,
                 page_size: page_size as usize,
                 after,
+                tenant: caller.tenant.clone(),
             })
             .await
             .map_err(GatewayError::from)?;

@@ -42,6 +42,7 @@ impl Workers for WorkersService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let peer = request.remote_addr();
+        let caller = crate::auth::caller(&request);
         let inbound = request
             .into_inner()
             .map(|item| item.map_err(|s| s.message().to_string()));
@@ -61,6 +62,7 @@ impl Workers for WorkersService {
             session::run(
                 dispatcher,
                 settings,
+                caller,
                 Box::pin(inbound),
                 tx,
                 shutdown,

@@ -25,6 +25,17 @@ pub(crate) struct Cli {
     )]
     pub(crate) server: String,
 
+    /// API key sent as `authorization: Bearer <key>` (prefer the variable:
+    /// command lines are visible to other users of the machine).
+    #[arg(
+        long,
+        global = true,
+        env = "ASYNCGATE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub(crate) api_key: Option<String>,
+
     /// CA certificate (PEM) that signed an `https://` gateway's certificate,
     /// when the system roots do not cover it.
     #[arg(long, global = true, env = "ASYNCGATE_CA_CERT", value_name = "PEM")]

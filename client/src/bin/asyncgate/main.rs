@@ -73,10 +73,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let server = &Gateway {
         url: cli.server.clone(),
         tls,
+        api_key: cli.api_key.clone(),
     };
     match cli.command {
         // The worker connects (and reconnects) on its own.
-        Command::Work(args) => work::run(server.url.as_str(), server.tls.clone(), args).await,
+        Command::Work(args) => {
+            work::run(
+                server.url.as_str(),
+                server.tls.clone(),
+                server.api_key.as_deref(),
+                args,
+            )
+            .await
+        }
         Command::Bench(args) => bench::run(server.url.as_str(), cli.output, args).await,
         Command::Submit(args) => submit(&connect(server).await?, &printer, args).await,
         Command::Get(args) => get(&connect(server).await?, &printer, args).await,
@@ -116,15 +125,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 struct Gateway {
     url: String,
     tls: Option<Tls>,
+    api_key: Option<String>,
 }
 
 async fn connect(server: &Gateway) -> anyhow::Result<Client> {
     let url = server.url.as_str();
-    match &server.tls {
+    let client = match &server.tls {
         Some(tls) => Client::connect_with_tls(url, tls).await,
         None => Client::connect(url).await,
     }
-    .with_context(|| format!("connecting to {url}"))
+    .with_context(|| format!("connecting to {url}"))?;
+    Ok(match &server.api_key {
+        Some(key) => client.with_api_key(key)?,
+        None => client,
+    })
 }
 
 async fn submit(client: &Client, printer: &Printer, args: SubmitArgs) -> anyhow::Result<ExitCode> {

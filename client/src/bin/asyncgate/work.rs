@@ -24,6 +24,7 @@ const STDERR_TAIL: usize = 1024;
 pub(crate) async fn run(
     server: &str,
     tls: Option<asyncgate_client::Tls>,
+    api_key: Option<&str>,
     args: WorkArgs,
 ) -> anyhow::Result<ExitCode> {
     let Some((program, program_args)) = args.command.split_first() else {
@@ -42,6 +43,9 @@ pub(crate) async fn run(
     }
     if let Some(tls) = tls {
         builder = builder.tls(tls);
+    }
+    if let Some(key) = api_key {
+        builder = builder.api_key(key)?;
     }
     let handle = builder.build()?.spawn();
 

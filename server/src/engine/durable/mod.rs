@@ -479,6 +479,7 @@ mod tests {
             timeout: None,
             attempt_timeout: None,
             max_attempts: 3,
+            tenant: None,
         }
     }
 

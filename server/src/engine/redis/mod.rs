@@ -46,7 +46,7 @@ use self::layout::{Keys, Placement, TimerKind, slot};
 use super::{
     Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
     ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
-    record, transition,
+    idempotency_scope, record, transition,
 };
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
@@ -817,9 +817,10 @@ impl Inner {
         }
         let mut cleanup = vec![Cmd::del(self.keys.locator(id))];
         if let Some(key) = &ticket.idempotency_key {
+            let key = idempotency_scope(ticket.tenant.as_deref(), key);
             cleanup.push(self.evalsha(
                 &self.scripts.unlink_if,
-                &[self.keys.idempotency(key)],
+                &[self.keys.idempotency(&key)],
                 vec![id.to_string().into_bytes()],
             ));
         }
@@ -850,10 +851,12 @@ impl Inner {
         Ok(())
     }
 
-    /// The ticket an idempotency key already names.
+    /// The ticket an idempotency key (`key`, stored as `scoped`) already
+    /// names.
     async fn existing_for_key(
         &self,
         key: &str,
+        scoped: &str,
         queue: &QueueName,
     ) -> Result<Submitted, EngineError> {
         let mut delay = Duration::from_millis(5);
@@ -861,7 +864,7 @@ impl Inner {
             let existing: Option<String> = self
                 .run(|| {
                     let mut cmd = redis::cmd("GET");
-                    cmd.arg(self.keys.idempotency(key));
+                    cmd.arg(self.keys.idempotency(scoped));
                     QueryKind::Cmd(cmd)
                 })
                 .await?;
@@ -1308,7 +1311,10 @@ impl Engine for RedisEngine {
         let queue = new.queue.clone();
         inner.register_queue(&queue).await?;
         let id = TicketId::new();
-        let key = new.idempotency_key.clone();
+        let key = new
+            .idempotency_key
+            .as_deref()
+            .map(|key| idempotency_scope(new.tenant.as_deref(), key));
         if let Some(key) = &key {
             let claimed: Option<String> = inner
                 .run(|| {
@@ -1322,7 +1328,8 @@ impl Engine for RedisEngine {
                 })
                 .await?;
             if claimed.is_none() {
-                return inner.existing_for_key(key, &queue).await;
+                let original = new.idempotency_key.as_deref().unwrap_or_default();
+                return inner.existing_for_key(original, key, &queue).await;
             }
         }
         let mut ticket = Ticket::create(id, new, SystemTime::now());
@@ -1514,7 +1521,7 @@ impl Engine for RedisEngine {
                 let Some(stored) = inner.decode(*id, fields)? else {
                     continue;
                 };
-                if filter.states.is_empty() || filter.states.contains(&stored.ticket.state) {
+                if filter.admits(&stored.ticket) {
                     tickets.push(stored.ticket);
                     if tickets.len() > page_size {
                         tickets.truncate(page_size);

@@ -1,0 +1,507 @@
+//! Who may do what: API keys from a TOML file, checked by one tower layer in
+//! front of every service.
+//!
+//! ```toml
+//! [[keys]]
+//! name = "billing-app"                 # shown in logs, never the key
+//! sha256 = "9f86d081884c7d65…"         # SHA-256 of the key, hex
+//! role = "client"                      # client | worker | admin
+//! tenant = "billing"                   # clients: whose tickets
+//!
+//! [[keys]]
+//! name = "email-workers"
+//! sha256 = "…"
+//! role = "worker"
+//! queues = ["emails", "billing.*"]     # exact names, or prefixes ending in *
+//! ```
+//!
+//! A request carries `authorization: Bearer <key>`. The layer hashes the key
+//! and compares it with every entry in constant time, checks the role
+//! against the method, and hands the [`Caller`] to the handlers in the
+//! request's extensions. Denials, reloads (SIGHUP) and admin calls are
+//! written to the `asyncgate::audit` tracing target.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::Status;
+use tonic::codegen::http;
+
+use crate::domain::QueueName;
+
+/// The tracing target of audit lines.
+pub const AUDIT: &str = "asyncgate::audit";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Submit, execute, get, watch, cancel and list its tenant's tickets.
+    Client,
+    /// Connect as a worker to the queues its entry allows.
+    Worker,
+    /// Everything, every tenant.
+    Admin,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's name.
+    pub name: Arc<str>,
+    /// Its role.
+    pub role: Role,
+    /// The tenant whose tickets it sees; `None` sees every tenant (admins,
+    /// and every caller when no keys file is configured).
+    pub tenant: Option<Arc<str>>,
+    /// Queues a worker key may serve (exact names or `prefix*`).
+    pub queues: Arc<[String]>,
+}
+
+impl Caller {
+    /// The caller when authentication is off: everything is allowed.
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            role: Role::Admin,
+            tenant: None,
+            queues: Arc::from(["*".to_owned()]),
+        }
+    }
+
+    /// Whether this caller may serve `queue`.
+    pub fn may_serve(&self, queue: &QueueName) -> bool {
+        self.role == Role::Admin
+            || self
+                .queues
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => queue.as_str().starts_with(prefix),
+                    None => pattern == queue.as_str(),
+                })
+    }
+
+    /// Whether this caller may see a ticket of `tenant`.
+    pub fn sees(&self, tenant: Option<&str>) -> bool {
+        match &self.tenant {
+            None => true,
+            Some(mine) => tenant == Some(&**mine),
+        }
+    }
+}
+
+/// Why the keys file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("keys file {path}: {reason}")]
+pub struct KeysError {
+    path: PathBuf,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeyEntryFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntryFile {
+    name: String,
+    sha256: String,
+    role: Role,
+    tenant: Option<String>,
+    #[serde(default)]
+    queues: Vec<String>,
+}
+
+struct KeyEntry {
+    digest: [u8; 32],
+    caller: Caller,
+}
+
+/// The keys in force.
+pub struct KeyTable {
+    entries: Vec<KeyEntry>,
+}
+
+/// The `sha256` a keys file stores for `key` (as `printf %s KEY | sha256sum`
+/// prints it).
+pub fn digest_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The tenant of client keys that name none.
+pub const DEFAULT_TENANT: &str = "default";
+
+fn hex_digest(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+impl KeyTable {
+    /// Reads and checks a keys file.
+    pub fn load(path: &Path) -> Result<KeyTable, KeysError> {
+        let error = |reason: String| KeysError {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let file: KeysFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let mut names = HashSet::new();
+        let mut entries = Vec::with_capacity(file.keys.len());
+        for entry in file.keys {
+            if !names.insert(entry.name.clone()) {
+                return Err(error(format!(
+                    "the key name {:?} appears twice",
+                    entry.name
+                )));
+            }
+            let digest = hex_digest(&entry.sha256).ok_or_else(|| {
+                error(format!(
+                    "key {:?}: sha256 must be 64 hex digits (the SHA-256 of the key, e.g. `printf %s KEY | sha256sum`)",
+                    entry.name
+                ))
+            })?;
+            if entry.role == Role::Worker && entry.queues.is_empty() {
+                return Err(error(format!(
+                    "worker key {:?} names no queues: list them in `queues` (exact names or prefixes ending in *)",
+                    entry.name
+                )));
+            }
+            let tenant = match entry.role {
+                Role::Admin => None,
+                _ => Some(Arc::from(entry.tenant.as_deref().unwrap_or(DEFAULT_TENANT))),
+            };
+            entries.push(KeyEntry {
+                digest,
+                caller: Caller {
+                    name: entry.name.into(),
+                    role: entry.role,
+                    tenant,
+                    queues: entry.queues.into(),
+                },
+            });
+        }
+        Ok(KeyTable { entries })
+    }
+
+    /// The caller a presented key belongs to. Every entry is compared (in
+    /// constant time), so timing says nothing about which one matched.
+    pub fn authenticate(&self, key: &str) -> Option<&Caller> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.digest.ct_eq(&digest)) {
+                found = Some(&entry.caller);
+            }
+        }
+        found
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The keys in force, replaced as a whole on reload.
+#[derive(Clone)]
+pub struct Keys {
+    path: Arc<PathBuf>,
+    table: Arc<RwLock<Arc<KeyTable>>>,
+}
+
+impl Keys {
+    /// Loads the keys file.
+    pub fn open(path: &Path) -> Result<Keys, KeysError> {
+        let table = KeyTable::load(path)?;
+        Ok(Keys {
+            path: Arc::new(path.to_owned()),
+            table: Arc::new(RwLock::new(Arc::new(table))),
+        })
+    }
+
+    /// Reads the file again; on an error the keys in force stay.
+    pub fn reload(&self) -> Result<usize, KeysError> {
+        match KeyTable::load(&self.path) {
+            Ok(table) => {
+                let count = table.len();
+                *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+                tracing::info!(target: AUDIT, action = "reload_keys", file = %self.path.display(), keys = count, outcome = "ok");
+                Ok(count)
+            }
+            Err(error) => {
+                tracing::warn!(target: AUDIT, action = "reload_keys", file = %self.path.display(), outcome = "failed", %error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Number of keys in force.
+    pub fn count(&self) -> usize {
+        self.current().len()
+    }
+
+    fn current(&self) -> Arc<KeyTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What a method needs.
+enum Needs {
+    Nothing,
+    AnyKey,
+    Role(&'static [Role], &'static str),
+}
+
+fn needs(path: &str) -> Needs {
+    if path.starts_with("/grpc.health.v1.Health/") {
+        Needs::Nothing
+    } else if path.starts_with("/asyncgate.v1.Gateway/") {
+        Needs::Role(&[Role::Client, Role::Admin], "a client or admin key")
+    } else if path.starts_with("/asyncgate.v1.Workers/") {
+        Needs::Role(&[Role::Worker, Role::Admin], "a worker or admin key")
+    } else {
+        Needs::AnyKey
+    }
+}
+
+/// Decides one request: the caller, or the status to answer with.
+fn check(
+    keys: &KeyTable,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<Option<Caller>, Status> {
+    let need = needs(path);
+    if let Needs::Nothing = need {
+        return Ok(None);
+    }
+    let Some(header) = authorization else {
+        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "no authorization metadata");
+        return Err(Status::unauthenticated(
+            "missing credentials: send the metadata `authorization: Bearer <API key>`",
+        ));
+    };
+    let Some(key) = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+    else {
+        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "not a bearer token");
+        return Err(Status::unauthenticated(
+            "the authorization metadata must read `Bearer <API key>`",
+        ));
+    };
+    let Some(caller) = keys.authenticate(key.trim()) else {
+        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "unknown key");
+        return Err(Status::unauthenticated("unknown API key"));
+    };
+    if let Needs::Role(roles, what) = need
+        && !roles.contains(&caller.role)
+    {
+        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "permission_denied", reason = "role");
+        return Err(Status::permission_denied(format!(
+            "key {:?} has the {} role; {path} needs {what}",
+            caller.name,
+            caller.role.name()
+        )));
+    }
+    if caller.role == Role::Admin {
+        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "allowed");
+    }
+    Ok(Some(caller.clone()))
+}
+
+/// The tower layer that authenticates every request (see the module docs).
+#[derive(Clone)]
+pub struct AuthLayer {
+    keys: Option<Keys>,
+}
+
+impl AuthLayer {
+    /// With `None`, every request passes as [`Caller::anonymous`].
+    pub fn new(keys: Option<Keys>) -> Self {
+        Self { keys }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    keys: Option<Keys>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Auth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Ready<Result<Self::Response, Self::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let caller = match &self.keys {
+            None => Ok(Some(Caller::anonymous())),
+            Some(keys) => check(
+                &keys.current(),
+                request.uri().path(),
+                request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        };
+        match caller {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                futures::future::Either::Left(self.inner.call(request))
+            }
+            Err(status) => {
+                futures::future::Either::Right(futures::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// The caller of a request that passed the layer (anonymous when the layer
+/// did not run, as in tests of a bare service).
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Result<KeyTable, KeysError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, text).unwrap();
+        KeyTable::load(&path)
+    }
+
+    #[test]
+    fn keys_are_matched_by_hash_and_roles_are_enforced() {
+        let keys = table(&format!(
+            "[[keys]]\nname = \"app\"\nsha256 = \"{}\"\nrole = \"client\"\ntenant = \"t1\"\n\
+             [[keys]]\nname = \"w\"\nsha256 = \"{}\"\nrole = \"worker\"\nqueues = [\"emails\", \"bill.*\"]\n",
+            digest_hex("client-secret"),
+            digest_hex("worker-secret"),
+        ))
+        .unwrap();
+        let client = keys.authenticate("client-secret").unwrap();
+        assert_eq!(client.tenant.as_deref(), Some("t1"));
+        assert!(keys.authenticate("nope").is_none());
+        let worker = keys.authenticate("worker-secret").unwrap();
+        assert!(worker.may_serve(&QueueName::parse("emails").unwrap()));
+        assert!(worker.may_serve(&QueueName::parse("bill.eu").unwrap()));
+        assert!(!worker.may_serve(&QueueName::parse("email").unwrap()));
+        let denied = check(
+            &keys,
+            "/asyncgate.v1.Workers/Connect",
+            Some("Bearer client-secret"),
+        )
+        .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None).unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert!(
+            check(&keys, "/grpc.health.v1.Health/Check", None)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_files_say_what_to_fix() {
+        assert!(
+            table("[[keys]]\nname = \"a\"\nsha256 = \"xyz\"\nrole = \"client\"\n")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("64 hex digits")
+        );
+        assert!(
+            table("[[keys]]\nname = \"a\"\nsha256 = \"00\"\nrole = \"root\"\n")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("role")
+        );
+        assert!(
+            table("[[keys]]\nnam = \"a\"\n")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("nam")
+        );
+        let worker_without_queues = format!(
+            "[[keys]]\nname = \"w\"\nsha256 = \"{}\"\nrole = \"worker\"\n",
+            digest_hex("k")
+        );
+        assert!(
+            table(&worker_without_queues)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("queues")
+        );
+    }
+}
