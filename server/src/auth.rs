@@ -13,6 +13,8 @@
 //! sha256 = "…"
 //! role = "worker"
 //! queues = ["emails", "billing.*"]     # exact names, or prefixes ending in *
+//! rate_per_second = 200                # optional token bucket per key…
+//! burst = 400                          # …and its size (default: 2 s worth)
 //! ```
 //!
 //! A request carries `authorization: Bearer <key>`. The layer hashes the key
@@ -71,6 +73,44 @@ pub struct Caller {
     pub tenant: Option<Arc<str>>,
     /// Queues a worker key may serve (exact names or `prefix*`).
     pub queues: Arc<[String]>,
+    /// The key's request budget, if it has one.
+    limiter: Option<Arc<TokenBucket>>,
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            state: std::sync::Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&self) -> Result<(), std::time::Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let (tokens, updated) = *state;
+        let tokens =
+            (tokens + now.duration_since(updated).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - tokens) / self.rate,
+            ))
+        }
+    }
 }
 
 impl Caller {
@@ -81,6 +121,7 @@ impl Caller {
             role: Role::Admin,
             tenant: None,
             queues: Arc::from(["*".to_owned()]),
+            limiter: None,
         }
     }
 
@@ -129,6 +170,8 @@ struct KeyEntryFile {
     tenant: Option<String>,
     #[serde(default)]
     queues: Vec<String>,
+    rate_per_second: Option<f64>,
+    burst: Option<f64>,
 }
 
 struct KeyEntry {
@@ -195,6 +238,27 @@ impl KeyTable {
                     entry.name
                 )));
             }
+            let limiter = match (entry.rate_per_second, entry.burst) {
+                (None, None) => None,
+                (Some(rate), burst) if rate > 0.0 && burst.is_none_or(|b| b >= 1.0) => {
+                    Some(Arc::new(TokenBucket::new(
+                        rate,
+                        burst.unwrap_or((rate * 2.0).max(1.0)),
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(error(format!(
+                        "key {:?}: burst needs rate_per_second",
+                        entry.name
+                    )));
+                }
+                _ => {
+                    return Err(error(format!(
+                        "key {:?}: rate_per_second must be above 0 and burst at least 1",
+                        entry.name
+                    )));
+                }
+            };
             let tenant = match entry.role {
                 Role::Admin => None,
                 _ => Some(Arc::from(entry.tenant.as_deref().unwrap_or(DEFAULT_TENANT))),
@@ -206,6 +270,7 @@ impl KeyTable {
                     role: entry.role,
                     tenant,
                     queues: entry.queues.into(),
+                    limiter,
                 },
             });
         }
@@ -335,6 +400,17 @@ fn check(
             "key {:?} has the {} role; {path} needs {what}",
             caller.name,
             caller.role.name()
+        )));
+    }
+    if let Some(limiter) = &caller.limiter
+        && let Err(wait) = limiter.take()
+    {
+        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "resource_exhausted", reason = "rate limit");
+        return Err(Status::resource_exhausted(format!(
+            "key {:?} is over its rate limit of {} requests/s; retry in {} ms",
+            caller.name,
+            limiter.rate,
+            wait.as_millis().max(1)
         )));
     }
     if caller.role == Role::Admin {

@@ -66,6 +66,12 @@ pub struct Config {
     pub insecure: bool,
     /// The API keys file; `None` lets every caller do everything.
     pub keys: Option<PathBuf>,
+    /// Concurrent HTTP/2 streams one connection may open.
+    pub max_streams_per_connection: u32,
+    /// Watch streams one ticket may have.
+    pub max_watchers_per_ticket: usize,
+    /// Requests in progress across the gateway before it sheds load.
+    pub max_requests_in_progress: usize,
     /// Prefix of every Redis key and channel (several deployments can share
     /// one Redis under different prefixes).
     pub redis_prefix: String,
@@ -103,6 +109,9 @@ impl Default for Config {
             tls: None,
             insecure: false,
             keys: None,
+            max_streams_per_connection: 4096,
+            max_watchers_per_ticket: 16_384,
+            max_requests_in_progress: 20_000,
             redis_prefix: "asyncgate".into(),
             redis_tls: Default::default(),
             lease_ttl: Duration::from_secs(15),
@@ -168,6 +177,27 @@ pub struct Cli {
     /// SIGHUP. Without it every caller may do everything.
     #[arg(long, env = "ASYNCGATE_KEYS", value_name = "TOML")]
     pub keys: Option<PathBuf>,
+    /// Concurrent streams (calls) one HTTP/2 connection may have open.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 4096
+    )]
+    pub max_streams_per_connection: u32,
+    /// Watchers (WatchTicket streams) one ticket may have.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_WATCHERS_PER_TICKET",
+        default_value_t = 16_384
+    )]
+    pub max_watchers_per_ticket: usize,
+    /// Requests in progress before the gateway answers UNAVAILABLE.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_REQUESTS_IN_PROGRESS",
+        default_value_t = 20_000
+    )]
+    pub max_requests_in_progress: usize,
     /// Ticket store: a file path for the embedded durable store (created if
     /// missing), or `memory` for a fast store that is lost on exit.
     /// `redis://HOST:PORT/DB` (or `rediss://` for TLS) shares the tickets of
@@ -309,6 +339,9 @@ impl TryFrom<Cli> for Config {
             tls,
             insecure: cli.insecure,
             keys: cli.keys,
+            max_streams_per_connection: cli.max_streams_per_connection.max(1),
+            max_watchers_per_ticket: cli.max_watchers_per_ticket.max(1),
+            max_requests_in_progress: cli.max_requests_in_progress.max(1),
             redis_prefix: cli.redis_prefix,
             redis_tls: crate::engine::redis::RedisTls {
                 ca: cli.redis_ca,

@@ -59,6 +59,13 @@ impl WatchHub {
         }
     }
 
+    /// How many watchers `id` has.
+    pub fn watchers(&self, id: TicketId) -> usize {
+        lock(self.shard(&id))
+            .get(&id)
+            .map_or(0, |sender| sender.receiver_count())
+    }
+
     /// Whether `id` has watchers.
     pub fn is_watched(&self, id: TicketId) -> bool {
         lock(self.shard(&id)).contains_key(&id)

@@ -7,6 +7,7 @@
 //!   every transition is atomic and lease-fenced.
 //! - [`dispatch`]: per-queue actors that match ready tickets with worker
 //!   credit, and the worker session protocol.
+//! - [`limits`]: load shedding when too many requests are in progress.
 //! - [`hub`]: per-ticket fan-out of change events to watchers.
 //! - [`rpc`]: thin tonic services (`Gateway`, `Workers`), the edge validation
 //!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

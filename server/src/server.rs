@@ -21,9 +21,13 @@ use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, TicketId};
 use crate::engine::{Engine, EngineListener, LocalEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
+use crate::limits::ShedLayer;
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
 use crate::rpc::workers::WorkersService;
+
+/// Largest request metadata (all headers) accepted.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Pending connections the listener queues before accepting.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -333,6 +337,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
     }
     let router = builder
+        .max_concurrent_streams(config.max_streams_per_connection)
+        // Request metadata (API keys, trace context, labels) stays small.
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(ShedLayer::new(config.max_requests_in_progress))
         .layer(AuthLayer::new(keys.clone()))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))

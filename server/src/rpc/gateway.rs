@@ -144,6 +144,12 @@ impl Gateway for GatewayService {
         }
         // Fail fast with NOT_FOUND rather than as the stream's first item.
         self.visible(&caller, id).await?;
+        let limit = self.core.config.max_watchers_per_ticket;
+        if self.core.hub.watchers(id) >= limit {
+            return Err(Status::resource_exhausted(format!(
+                "ticket {id} already has {limit} watchers, the limit; poll it with GetTicket and wait instead"
+            )));
+        }
         Ok(Response::new(Box::pin(
             self.spawn_watch(id, request.after_seq),
         )))

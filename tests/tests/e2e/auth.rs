@@ -260,3 +260,33 @@ async fn a_reloaded_keys_file_takes_effect_without_a_restart() {
     );
     worker.shutdown();
 }
+
+#[tokio::test]
+async fn a_key_over_its_rate_is_told_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let limited = "limited-key";
+    std::fs::write(
+        &path,
+        format!(
+            "[[keys]]\nname = \"slow\"\nsha256 = \"{}\"\nrole = \"client\"\nrate_per_second = 0.5\nburst = 2\n",
+            digest_hex(limited)
+        ),
+    )
+    .unwrap();
+    let gateway = TestGateway::start_with(asyncgate_server::Config {
+        keys: Some(path),
+        ..fast_config()
+    })
+    .await;
+    let client = client(&gateway, limited).await;
+    for _ in 0..2 {
+        client.submit(Submit::new("jobs").build()).await.unwrap();
+    }
+    let refused = client
+        .submit(Submit::new("jobs").build())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.to_string().contains("retry in"), "{refused}");
+}

@@ -6,6 +6,7 @@ mod bad_input;
 mod basics;
 mod durable;
 mod lifecycle;
+mod limits;
 mod replicas;
 mod tls;
 mod watch;
