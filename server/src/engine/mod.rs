@@ -15,6 +15,8 @@ pub(crate) mod transition;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 conformance::engine_conformance!(memory_conformance, |config| {
