@@ -9,6 +9,7 @@
 pub mod durable;
 pub mod journal;
 pub mod local;
+pub mod model;
 pub mod record;
 pub mod redis;
 pub(crate) mod transition;

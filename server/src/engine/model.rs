@@ -1,0 +1,256 @@
+//! A reference checker for the engine's state machine, shared by the
+//! property tests (`properties.rs`) and the fuzz targets (`fuzz/`): random
+//! sequences of submit, claim, progress, result, release, cancel, session
+//! loss and timer passes, checked after every step against what must always
+//! hold:
+//!
+//! - a ticket records at most one result, and only from its current lease;
+//! - a terminal ticket never changes again;
+//! - no two leases of one ticket are live at once (a claim never hands out a
+//!   ticket that is running under another lease).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::domain::ticket::Payload;
+use crate::domain::{Lease, TicketError};
+
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err(format!($($message)+));
+        }
+    };
+}
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($message:tt)+) => {
+        if $left != $right {
+            return Err(format!("{}: {:?} != {:?}", format!($($message)+), $left, $right));
+        }
+    };
+}
+
+/// One step of a sequence.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum Op {
+    Submit { priority: i32, key: Option<u8> },
+    Claim { session: usize, want: usize },
+    Succeed { lease: usize },
+    Fail { lease: usize, retryable: bool },
+    Progress { lease: usize },
+    Release { lease: usize, delivered: bool },
+    Cancel { ticket: usize },
+    EndSession { session: usize },
+    Timers { advance_secs: u64 },
+}
+
+fn new_ticket(priority: i32, key: Option<u8>) -> NewTicket {
+    NewTicket {
+        queue: QueueName::parse("q").unwrap(),
+        payload: Payload::default(),
+        priority,
+        idempotency_key: key.map(|k| format!("key-{k}")),
+        metadata: Default::default(),
+        timeout: Some(Duration::from_secs(60)),
+        attempt_timeout: Some(Duration::from_secs(20)),
+        max_attempts: 3,
+        tenant: None,
+    }
+}
+
+/// What the test has seen, to check the engine against.
+#[derive(Default)]
+struct Model {
+    tickets: Vec<TicketId>,
+    leases: Vec<(TicketId, Lease)>,
+    /// The lease each ticket is running under, as the engine last said.
+    live: HashMap<TicketId, LeaseId>,
+    /// Terminal snapshots: (state, result, seq) never change once seen.
+    terminal: HashMap<TicketId, (TicketState, Option<Payload>, u64)>,
+    /// Results recorded per ticket.
+    recorded: HashMap<TicketId, u32>,
+}
+
+impl Model {
+    fn observe(&mut self, ticket: &Ticket) -> Result<(), String> {
+        if let Some((state, result, seq)) = self.terminal.get(&ticket.id) {
+            ensure_eq!(ticket.state, *state, "a terminal ticket changed state");
+            ensure_eq!(
+                &ticket.result,
+                result,
+                "a terminal ticket changed its result"
+            );
+            ensure_eq!(ticket.seq, *seq, "a terminal ticket changed");
+        } else if ticket.state.is_terminal() {
+            self.terminal
+                .insert(ticket.id, (ticket.state, ticket.result.clone(), ticket.seq));
+            self.live.remove(&ticket.id);
+        }
+        match (&ticket.lease, ticket.state) {
+            (Some(lease), TicketState::Running) => {
+                self.live.insert(ticket.id, lease.lease_id);
+            }
+            _ => {
+                self.live.remove(&ticket.id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ops` against a fresh memory engine, checking the invariants after
+/// every step; the error says which one broke.
+pub async fn check(ops: Vec<Op>) -> Result<(), String> {
+    let engine: Arc<dyn Engine> = Arc::new(LocalEngine::in_memory(EngineConfig {
+        backoff: crate::domain::backoff::Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(4),
+        },
+        ..EngineConfig::default()
+    }));
+    let sessions: Vec<SessionInfo> = (0..3)
+        .map(|i| SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: format!("w{i}").into(),
+            queues: Arc::from([QueueName::parse("q").unwrap()]),
+        })
+        .collect();
+    let mut clock = SystemTime::now();
+    for session in &sessions {
+        engine
+            .touch_session(session, clock + Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    let mut model = Model::default();
+    let body = |text: &'static str| Payload {
+        kind: Some(asyncgate_proto::v1::payload::Kind::Binary(
+            bytes::Bytes::from_static(text.as_bytes()),
+        )),
+        content_type: String::new(),
+    };
+    for op in ops {
+        match op {
+            Op::Submit { priority, key } => {
+                let submitted = engine.submit(new_ticket(priority, key)).await.unwrap();
+                if submitted.created {
+                    model.tickets.push(submitted.ticket.id);
+                }
+            }
+            Op::Claim { session, want } => {
+                let asked = vec![sessions[session].clone(); want];
+                for claimed in engine
+                    .claim(&QueueName::parse("q").unwrap(), &asked)
+                    .await
+                    .unwrap()
+                {
+                    let id = claimed.ticket.id;
+                    ensure!(
+                        !model.live.contains_key(&id),
+                        "ticket {id} leased again while its lease {:?} is live",
+                        model.live.get(&id)
+                    );
+                    ensure!(
+                        !model.terminal.contains_key(&id),
+                        "a terminal ticket was leased"
+                    );
+                    model.live.insert(id, claimed.lease.lease_id);
+                    model.leases.push((id, claimed.lease));
+                }
+            }
+            Op::Succeed { lease } | Op::Fail { lease, .. } if lease < model.leases.len() => {
+                let (id, held) = model.leases[lease].clone();
+                let was_live = model.live.get(&id) == Some(&held.lease_id);
+                let outcome = match op {
+                    Op::Succeed { .. } => Outcome::Success(body("done")),
+                    Op::Fail { retryable, .. } => Outcome::Failure(TicketError {
+                        code: 2,
+                        message: "boom".into(),
+                        retryable,
+                    }),
+                    _ => unreachable!(),
+                };
+                match engine.complete(id, held.lease_id, outcome).await {
+                    Ok(Completion::Recorded(ticket)) => {
+                        ensure!(
+                            was_live,
+                            "a result was recorded for a lease that was not live"
+                        );
+                        if ticket.state == TicketState::Succeeded {
+                            *model.recorded.entry(id).or_default() += 1;
+                            ensure_eq!(model.recorded[&id], 1, "two results recorded");
+                        }
+                        model.observe(&ticket)?;
+                    }
+                    Ok(Completion::Duplicate(ticket)) => model.observe(&ticket)?,
+                    Err(EngineError::StaleLease { .. }) => {
+                        ensure!(!was_live, "the live lease's result was refused");
+                    }
+                    Err(other) => ensure!(false, "unexpected error {other}"),
+                }
+            }
+            Op::Progress { lease } if lease < model.leases.len() => {
+                let (id, held) = model.leases[lease].clone();
+                let outcome = engine
+                    .progress(ProgressReport {
+                        ticket_id: id,
+                        lease_id: held.lease_id,
+                        progress: Some(crate::domain::Progress {
+                            percent: 50,
+                            message: "half".into(),
+                        }),
+                        output: Some(body("chunk")),
+                    })
+                    .await;
+                let was_live = model.live.get(&id) == Some(&held.lease_id);
+                ensure_eq!(outcome.is_ok(), was_live, "progress fencing");
+            }
+            Op::Release { lease, delivered } if lease < model.leases.len() => {
+                let (id, held) = model.leases[lease].clone();
+                let reason = if delivered {
+                    ReleaseReason::WorkerLost
+                } else {
+                    ReleaseReason::Undelivered
+                };
+                engine.release(id, held.lease_id, reason).await.unwrap();
+            }
+            Op::Cancel { ticket } if ticket < model.tickets.len() => {
+                let id = model.tickets[ticket];
+                match engine.cancel(id, "property").await {
+                    Ok(ticket) => model.observe(&ticket)?,
+                    Err(EngineError::AlreadyTerminal { .. }) => {}
+                    Err(other) => ensure!(false, "unexpected error {other}"),
+                }
+            }
+            Op::EndSession { session } => {
+                engine
+                    .end_session(sessions[session].session_id)
+                    .await
+                    .unwrap();
+                engine
+                    .touch_session(&sessions[session], clock + Duration::from_secs(3600))
+                    .await
+                    .unwrap();
+            }
+            Op::Timers { advance_secs } => {
+                clock += Duration::from_secs(advance_secs);
+                engine.run_timers(clock).await.unwrap();
+            }
+            _ => {}
+        }
+        // Every ticket, after every step: the invariants hold.
+        for id in model.tickets.clone() {
+            match engine.get(id).await {
+                Ok(ticket) => model.observe(&ticket)?,
+                Err(EngineError::ResultExpired { .. }) => {}
+                Err(other) => ensure!(false, "ticket {id} vanished: {other}"),
+            }
+        }
+    }
+    Ok(())
+}
+
