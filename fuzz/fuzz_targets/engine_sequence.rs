@@ -59,10 +59,15 @@ fuzz_target!(|data: &[u8]| {
     if ops.is_empty() {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
+    // One runtime for every input: building one per input costs more than
+    // the sequence itself.
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+    });
     if let Err(broken) = runtime.block_on(check(ops.clone())) {
         panic!("invariant broken: {broken}\nops: {ops:?}");
     }
