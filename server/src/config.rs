@@ -144,6 +144,9 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long, env = "ASYNCGATE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
     /// Serve TLS with this certificate chain (PEM).
     #[arg(
         long,

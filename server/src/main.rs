@@ -15,8 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    asyncgate_server::telemetry::init();
-    let config = match Config::try_from(Cli::parse()) {
+    let cli = Cli::parse();
+    asyncgate_server::telemetry::init(cli.log_format);
+    let config = match Config::try_from(cli) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("asyncgate-server: {message}");
