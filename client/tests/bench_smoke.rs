@@ -130,3 +130,71 @@ fn submit_against_an_embedded_durable_gateway() {
     assert_eq!(report["baseline"], serde_json::json!([]));
     assert!(!path.exists(), "the bench deletes its store file");
 }
+
+#[test]
+fn e2e_against_a_remote_gateway_with_tls_and_an_api_key() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("server.pem"), server_cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+    let key = "bench-admin-key";
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        format!(
+            "[[keys]]\nname = \"bench\"\nsha256 = \"{}\"\nrole = \"admin\"\n",
+            asyncgate_server::auth::digest_hex(key)
+        ),
+    )
+    .unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let running = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        asyncgate_server::start_on(
+            asyncgate_server::Config {
+                store: asyncgate_server::config::StoreConfig::Memory,
+                tls: Some(asyncgate_server::config::TlsFiles {
+                    cert: dir.path().join("server.pem"),
+                    key: dir.path().join("server.key"),
+                    client_ca: None,
+                }),
+                keys: Some(dir.path().join("keys.toml")),
+                ..asyncgate_server::Config::default()
+            },
+            listener,
+        )
+        .await
+        .unwrap()
+    });
+    let url = format!("https://{}", running.local_addr());
+    let ca = dir.path().join("ca.pem");
+    let report = bench(&[
+        "--server",
+        &url,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--api-key",
+        key,
+        "--mode",
+        "e2e",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    let run = &report["runs"][0];
+    check_row(run);
+    assert_eq!(run["store"], "remote");
+    runtime.block_on(running.shutdown()).unwrap();
+}

@@ -218,9 +218,14 @@ impl std::fmt::Debug for WorkerBuilder {
 
 impl WorkerBuilder {
     /// Presents this API key (a worker key allowed on the worker's queues).
-    pub fn api_key(mut self, key: &str) -> Result<Self, ClientError> {
-        self.credentials = crate::Credentials::api_key(key)?;
-        Ok(self)
+    pub fn api_key(self, key: &str) -> Result<Self, ClientError> {
+        Ok(self.credentials(crate::Credentials::api_key(key)?))
+    }
+
+    /// Presents these credentials (see [`crate::Credentials`]).
+    pub fn credentials(mut self, credentials: crate::Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// TLS settings for an `https://` gateway (a private CA, a client

@@ -86,7 +86,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Bench(args) => bench::run(server.url.as_str(), cli.output, args).await,
+        Command::Bench(args) => {
+            let access = bench::target::Access {
+                tls: server.tls.clone(),
+                credentials: match &server.api_key {
+                    Some(key) => asyncgate_client::Credentials::api_key(key)?,
+                    None => asyncgate_client::Credentials::default(),
+                },
+            };
+            bench::run(server.url.as_str(), access, cli.output, args).await
+        }
         Command::Submit(args) => submit(&connect(server).await?, &printer, args).await,
         Command::Get(args) => get(&connect(server).await?, &printer, args).await,
         Command::Watch(args) => {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use asyncgate_client::pb;
 use asyncgate_client::pb::gateway_client::GatewayClient;
+use asyncgate_client::{Transport, pb};
 use asyncgate_proto::bench::EchoRequest;
 use asyncgate_proto::bench::echo_client::EchoClient;
 use futures::StreamExt as _;
@@ -123,10 +123,10 @@ pub(crate) enum LoadKind {
 /// One task's request maker.
 enum Caller {
     Echo(EchoClient<Channel>, EchoRequest),
-    Submit(GatewayClient<Channel>, pb::SubmitRequest),
-    Execute(GatewayClient<Channel>, pb::SubmitRequest),
-    Poll(GatewayClient<Channel>, pb::SubmitRequest),
-    WatchFanout(GatewayClient<Channel>, pb::SubmitRequest, usize),
+    Submit(GatewayClient<Transport>, pb::SubmitRequest),
+    Execute(GatewayClient<Transport>, pb::SubmitRequest),
+    Poll(GatewayClient<Transport>, pb::SubmitRequest),
+    WatchFanout(GatewayClient<Transport>, pb::SubmitRequest, usize),
 }
 
 /// The long-poll `wait` of each GetTicket in poll mode.

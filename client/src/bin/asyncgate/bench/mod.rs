@@ -19,7 +19,7 @@ mod echo;
 mod load;
 mod report;
 mod scale;
-mod target;
+pub(crate) mod target;
 
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -42,10 +42,12 @@ const EXIT_INCOMPLETE: u8 = 1;
 /// Runs the bench; `server` is the global `--server`.
 pub(crate) async fn run(
     server: &str,
+    access: target::Access,
     output: OutputFormat,
     args: BenchArgs,
 ) -> anyhow::Result<ExitCode> {
     let settings = args.resolve(server).map_err(anyhow::Error::msg)?;
+    target::set_access(access);
     let started_at = SystemTime::now();
     let body = async {
         if settings.mode.is_scale() {

@@ -10,8 +10,10 @@ use anyhow::{Context as _, bail};
 use asyncgate_client::pb;
 use asyncgate_client::pb::gateway_client::GatewayClient;
 use asyncgate_client::worker::{TaskContext, TaskError, Worker, WorkerHandle, handler_fn};
+use asyncgate_client::{Credentials, Tls, Transport};
 use asyncgate_server::config::StoreConfig;
 use asyncgate_server::testing::RedisServer;
+use std::sync::OnceLock;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -270,7 +272,11 @@ pub(crate) async fn connect_all(urls: &[String], n: usize) -> anyhow::Result<Vec
     let mut channels = Vec::with_capacity(n);
     for i in 0..n {
         let url = &urls[i % urls.len()];
-        let endpoint = asyncgate_client::endpoint(url.as_str())?;
+        let tls = access()
+            .tls
+            .as_ref()
+            .filter(|_| url.starts_with("https://"));
+        let endpoint = asyncgate_client::endpoint_with(url.as_str(), tls)?;
         channels.push(
             endpoint
                 .connect()
@@ -281,10 +287,30 @@ pub(crate) async fn connect_all(urls: &[String], n: usize) -> anyhow::Result<Vec
     Ok(channels)
 }
 
+/// How the bench reaches a remote gateway: the CLI's TLS settings (used for
+/// `https://` URLs) and API key. Set once at start; embedded gateways run
+/// without TLS or keys, so these do not change anything for them.
+#[derive(Default)]
+pub(crate) struct Access {
+    pub(crate) tls: Option<Tls>,
+    pub(crate) credentials: Credentials,
+}
+
+static ACCESS: OnceLock<Access> = OnceLock::new();
+
+/// Records the CLI's TLS settings and API key for this run.
+pub(crate) fn set_access(access: Access) {
+    let _ = ACCESS.set(access);
+}
+
+fn access() -> &'static Access {
+    ACCESS.get_or_init(Access::default)
+}
+
 /// A raw gateway client (no SDK resume logic) without message size limits
 /// that a large payload could hit.
-pub(crate) fn gateway_client(channel: &Channel) -> GatewayClient<Channel> {
-    GatewayClient::new(channel.clone())
+pub(crate) fn gateway_client(channel: &Channel) -> GatewayClient<Transport> {
+    GatewayClient::with_interceptor(channel.clone(), access().credentials.clone())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
 }
@@ -334,7 +360,17 @@ impl Fleet {
                 // `Payload` holds `Bytes`: this clone shares the buffer.
                 std::future::ready(Ok::<_, TaskError>(task.payload().clone()))
             });
-            let worker = Worker::builder(urls[index % urls.len()].as_str())
+            let url = urls[index % urls.len()].as_str();
+            let mut builder = Worker::builder(url);
+            if let Some(tls) = access()
+                .tls
+                .as_ref()
+                .filter(|_| url.starts_with("https://"))
+            {
+                builder = builder.tls(tls.clone());
+            }
+            let worker = builder
+                .credentials(access().credentials.clone())
                 .name(format!("bench-{index}"))
                 .queue(queue)
                 .max_in_flight(max_in_flight)
