@@ -141,6 +141,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     about = "Asyncgate: durable async request/reply for gRPC"
 )]
 pub struct Cli {
+    /// A TOML file of settings: keys are these flags without the dashes
+    /// (`listen = "0.0.0.0:50051"`, `result-retention = "7d"`). Flags
+    /// override environment variables, which override the file.
+    #[arg(long, env = "ASYNCGATE_CONFIG", value_name = "TOML")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (and where each came from) as TOML and
+    /// exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to listen on.
     #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -276,6 +285,140 @@ pub struct Cli {
     pub shutdown_grace: Duration,
 }
 
+/// A URL with its password (if any) replaced, for printing.
+fn hide_password(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &text[..scheme], &text[at..])
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// Settings a config file cannot hold.
+const NOT_IN_FILES: [&str; 4] = ["config", "print-config", "help", "version"];
+
+/// The command line as parsed, with `--config FILE` merged in, and the
+/// effective settings as TOML for `--print-config`.
+pub struct Parsed {
+    /// The settings.
+    pub cli: Cli,
+    /// What `--print-config` prints.
+    pub effective: String,
+}
+
+/// Reads `args` (the first is the program name) with the config file merged
+/// in: flags beat environment variables, which beat the file, which beats
+/// the defaults. Errors name what to fix.
+pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Parsed, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command();
+    let given: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let flag_value = |name: &str| {
+        let long = format!("--{name}");
+        given.iter().enumerate().find_map(|(i, arg)| {
+            arg.strip_prefix(&format!("{long}="))
+                .map(str::to_owned)
+                .or_else(|| (*arg == long).then(|| given.get(i + 1).cloned()).flatten())
+        })
+    };
+    let file = flag_value("config").or_else(|| std::env::var("ASYNCGATE_CONFIG").ok());
+    let mut merged = args.clone();
+    let mut from_file = std::collections::HashSet::new();
+    if let Some(file) = &file {
+        let invalid = |message: String| {
+            command
+                .clone()
+                .error(clap::error::ErrorKind::InvalidValue, message)
+        };
+        let text =
+            std::fs::read_to_string(file).map_err(|e| invalid(format!("--config {file}: {e}")))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| invalid(format!("--config {file}: {e}")))?;
+        for (key, value) in table {
+            let name = key.replace('_', "-");
+            let Some(arg) = command.get_arguments().find(|a| {
+                a.get_long() == Some(name.as_str()) && !NOT_IN_FILES.contains(&name.as_str())
+            }) else {
+                return Err(invalid(format!(
+                    "--config {file}: unknown setting {key:?}; the settings are the flags of `asyncgate-server --help`, without the dashes"
+                )));
+            };
+            let env_set = arg
+                .get_env()
+                .is_some_and(|env| std::env::var_os(env).is_some());
+            if env_set || flag_value(&name).is_some() || given.contains(&format!("--{name}")) {
+                continue;
+            }
+            let value = match value {
+                toml::Value::String(text) if !arg.get_action().takes_values() => {
+                    toml::Value::Boolean(text == "true")
+                }
+                value => value,
+            };
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Boolean(true) => {
+                    merged.push(format!("--{name}").into());
+                    from_file.insert(arg.get_id().to_string());
+                    continue;
+                }
+                toml::Value::Boolean(false) => continue,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                other => {
+                    return Err(invalid(format!(
+                        "--config {file}: {key} must be a string, number or boolean, not {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            merged.push(format!("--{name}").into());
+            merged.push(text.into());
+            from_file.insert(arg.get_id().to_string());
+        }
+    }
+    let matches = command.clone().try_get_matches_from(merged)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let mut effective = String::from("# asyncgate-server effective settings\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if NOT_IN_FILES.contains(&long) {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        let source = if from_file.contains(id) {
+            "config file"
+        } else {
+            match matches.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => "flag",
+                Some(clap::parser::ValueSource::EnvVariable) => "environment",
+                Some(clap::parser::ValueSource::DefaultValue) => "default",
+                _ => "unset",
+            }
+        };
+        let value = match matches.get_raw(id) {
+            _ if !arg.get_action().takes_values() => matches.get_flag(id).to_string(),
+            Some(mut values) => {
+                let text = values
+                    .next()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{:?}", hide_password(&text))
+            }
+            None => {
+                effective.push_str(&format!("# {long} is not set\n"));
+                continue;
+            }
+        };
+        effective.push_str(&format!("{long} = {value}  # {source}\n"));
+    }
+    Ok(Parsed { cli, effective })
+}
+
 impl TryFrom<Cli> for Config {
     type Error = String;
 
@@ -382,6 +525,57 @@ mod tests {
         let mut argv = vec!["asyncgate-server"];
         argv.extend_from_slice(args);
         Config::try_from(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn a_config_file_sits_between_the_environment_and_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("asyncgate.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:6000\"\nstore = \"memory\"\nresult_retention = \"7d\"\ninsecure = false\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "asyncgate-server".into(),
+                "--config".into(),
+                file.clone().into(),
+            ];
+            args.extend(extra.iter().map(Into::into));
+            args
+        };
+        let parsed = parse_args(args(&["--listen", "127.0.0.1:6001"])).unwrap();
+        let config = Config::try_from(parsed.cli).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:6001", "the flag wins");
+        assert_eq!(
+            config.store,
+            StoreConfig::Memory,
+            "the file beats the default"
+        );
+        assert_eq!(
+            config.engine.result_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert!(
+            parsed
+                .effective
+                .contains("store = \"memory\"  # config file")
+        );
+        assert!(
+            parsed
+                .effective
+                .contains("listen = \"127.0.0.1:6001\"  # flag")
+        );
+        assert!(parsed.effective.contains("insecure = false  # default"));
+        // What --print-config prints reads back as a config file.
+        std::fs::write(&file, &parsed.effective).unwrap();
+        assert!(parse_args(args(&[])).is_ok(), "{}", parsed.effective);
+
+        std::fs::write(&file, "listne = \"x\"\n").unwrap();
+        let error = parse_args(args(&[])).err().unwrap().to_string();
+        assert!(error.contains("unknown setting \"listne\""), "{error}");
+        assert_eq!(hide_password("redis://:secret@h:1/0"), "redis://***@h:1/0");
     }
 
     #[test]

@@ -3,9 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use asyncgate_server::config::{Cli, Config};
+use asyncgate_server::config::{Config, parse_args};
 
 /// mimalloc: the gateway allocates and frees small objects on every message;
 /// glibc's allocator spent about 15% of CPU on that in the benchmark's e2e
@@ -15,15 +13,33 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    asyncgate_server::telemetry::init(cli.log_format);
-    let config = match Config::try_from(cli) {
+    let parsed = match parse_args(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                error.exit();
+            }
+            let _ = error.print();
+            return ExitCode::from(64);
+        }
+    };
+    let print_config = parsed.cli.print_config;
+    asyncgate_server::telemetry::init(parsed.cli.log_format);
+    let config = match Config::try_from(parsed.cli) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("asyncgate-server: {message}");
             return ExitCode::from(64);
         }
     };
+    if print_config {
+        print!("{}", parsed.effective);
+        return ExitCode::SUCCESS;
+    }
     let running = match asyncgate_server::start(config).await {
         Ok(running) => running,
         Err(error) => {
