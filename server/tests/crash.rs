@@ -7,7 +7,6 @@
 //! names the lease that produced it).
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +17,11 @@ use asyncgate_client::worker::{TaskContext, Worker, handler_fn};
 use asyncgate_client::{Client, Submit, payload, pb};
 use tokio::process::{Child, Command};
 
+mod common;
+use common::{free_port, wait_until_serving};
+
 const SUBMITTERS: usize = 4;
 const CRASHES: usize = 3;
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("addr").port()
-}
 
 fn start_server(store: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
@@ -40,22 +37,6 @@ fn start_server(store: &Path, port: u16) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("the server binary starts")
-}
-
-async fn wait_until_serving(client: &Client) {
-    for _ in 0..200 {
-        let probe = client
-            .list(pb::ListTicketsRequest {
-                page_size: 1,
-                ..Default::default()
-            })
-            .await;
-        if probe.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the gateway did not come up");
 }
 
 /// A result: the input doubled, and the lease that produced it.

@@ -2,7 +2,6 @@
 //! `asyncgate-server` binary: its worker's lease expires, another replica
 //! dispatches the ticket again, and the ticket is finished exactly once.
 
-use std::net::TcpListener;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,10 +12,8 @@ use asyncgate_client::{Client, Submit, payload, pb};
 use asyncgate_server::testing::RedisServer;
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("addr").port()
-}
+mod common;
+use common::{free_port, wait_until_serving};
 
 fn start_replica(redis: &RedisServer, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
@@ -34,19 +31,8 @@ fn start_replica(redis: &RedisServer, port: u16) -> Child {
 
 async fn serving(url: String) -> Client {
     let client = Client::connect_lazy(url).unwrap();
-    for _ in 0..200 {
-        let probe = client
-            .list(pb::ListTicketsRequest {
-                page_size: 1,
-                ..Default::default()
-            })
-            .await;
-        if probe.is_ok() {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the replica did not come up");
+    wait_until_serving(&client).await;
+    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -894,6 +894,33 @@ impl Inner {
         )))
     }
 
+    /// Gives lease `lease_id` of ticket `id` back without a result; true
+    /// when the ticket is queued again. A lease that is not current is
+    /// left alone.
+    async fn give_back(
+        &self,
+        queue: &QueueName,
+        id: TicketId,
+        hint: Option<Stored>,
+        lease_id: LeaseId,
+        reason: ReleaseReason,
+    ) -> Result<bool, EngineError> {
+        let config = &self.config;
+        let (requeued, _) = self
+            .transact(queue, id, hint, |ticket| {
+                if transition::lose_lease(ticket, lease_id, reason, config, SystemTime::now()) {
+                    Ok(Step::write(
+                        !ticket.state.is_terminal(),
+                        vec![(EventKind::State, ticket.clone(), None)],
+                    ))
+                } else {
+                    Ok(Step::Keep(false))
+                }
+            })
+            .await?;
+        Ok(requeued)
+    }
+
     /// Loses every lease `session_id` holds (its worker is gone).
     async fn lose_session(
         &self,
@@ -1186,24 +1213,8 @@ impl Inner {
                 let Some(inner) = weak.upgrade() else { return };
                 let mut failed = Vec::new();
                 for (id, lease_id) in pending {
-                    let config = &inner.config;
                     let outcome = inner
-                        .transact(&queue, id, None, |ticket| {
-                            if transition::lose_lease(
-                                ticket,
-                                lease_id,
-                                ReleaseReason::Undelivered,
-                                config,
-                                SystemTime::now(),
-                            ) {
-                                Ok(Step::write(
-                                    (),
-                                    vec![(EventKind::State, ticket.clone(), None)],
-                                ))
-                            } else {
-                                Ok(Step::Keep(()))
-                            }
-                        })
+                        .give_back(&queue, id, None, lease_id, ReleaseReason::Undelivered)
                         .await;
                     match outcome {
                         Ok(_)
@@ -1766,24 +1777,14 @@ impl Engine for RedisEngine {
             };
             if !alive.contains(&session.session_id) {
                 // The session ended while we leased: give it back.
-                let config = &inner.config;
                 inner
-                    .transact(queue, after.id, Some(written), |ticket| {
-                        if transition::lose_lease(
-                            ticket,
-                            lease.lease_id,
-                            ReleaseReason::Undelivered,
-                            config,
-                            SystemTime::now(),
-                        ) {
-                            Ok(Step::write(
-                                (),
-                                vec![(EventKind::State, ticket.clone(), None)],
-                            ))
-                        } else {
-                            Ok(Step::Keep(()))
-                        }
-                    })
+                    .give_back(
+                        queue,
+                        after.id,
+                        Some(written),
+                        lease.lease_id,
+                        ReleaseReason::Undelivered,
+                    )
                     .await?;
                 orphaned = true;
                 continue;
@@ -1819,18 +1820,8 @@ impl Engine for RedisEngine {
             Some(held) => held,
             None => (inner.locate(ticket_id).await?, None),
         };
-        let config = &inner.config;
-        let (requeued, _) = inner
-            .transact(&queue, ticket_id, hint, |ticket| {
-                if transition::lose_lease(ticket, lease_id, reason, config, SystemTime::now()) {
-                    Ok(Step::write(
-                        !ticket.state.is_terminal(),
-                        vec![(EventKind::State, ticket.clone(), None)],
-                    ))
-                } else {
-                    Ok(Step::Keep(false))
-                }
-            })
+        let requeued = inner
+            .give_back(&queue, ticket_id, hint, lease_id, reason)
             .await?;
         lock(inner.lease_shard(&lease_id)).remove(&lease_id);
         if requeued {
