@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,25 +17,17 @@ use asyncgate_client::{Client, Submit, payload, pb};
 use tokio::process::{Child, Command};
 
 mod common;
-use common::{free_port, wait_until_serving};
+use common::{free_port, start_server, wait_until_serving};
 
 const SUBMITTERS: usize = 4;
 const CRASHES: usize = 3;
 
-fn start_server(store: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--store")
-        .arg(store)
-        .args(["--heartbeat-interval", "200ms", "--lease-ttl", "1s"])
-        .args(["--backoff-base", "10ms", "--backoff-cap", "100ms"])
-        .args(["--max-worker-losses", "20", "--shutdown-grace", "1s"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server binary starts")
+fn start(store: &Path, port: u16) -> Child {
+    start_server(
+        store,
+        port,
+        &["--max-worker-losses", "20", "--shutdown-grace", "1s"],
+    )
 }
 
 /// A result: the input doubled, and the lease that produced it.
@@ -50,7 +41,7 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
     let store = dir.path().join("asyncgate.redb");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut server = start_server(&store, port);
+    let mut server = start(&store, port);
     let client = Client::connect_lazy(url.clone()).unwrap();
     wait_until_serving(&client).await;
 
@@ -141,7 +132,7 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(50 * (crash as u64 + 1))).await;
         server.start_kill().expect("kill -9");
         server.wait().await.unwrap();
-        server = start_server(&store, port);
+        server = start(&store, port);
         wait_until_serving(&client).await;
     }
     let target = acknowledged.lock().unwrap().len() + 100;

@@ -2,7 +2,6 @@
 //! `asyncgate-server` binary: its worker's lease expires, another replica
 //! dispatches the ticket again, and the ticket is finished exactly once.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -13,20 +12,10 @@ use asyncgate_server::testing::RedisServer;
 use tokio::process::{Child, Command};
 
 mod common;
-use common::{free_port, wait_until_serving};
+use common::{free_port, start_server, wait_until_serving};
 
 fn start_replica(redis: &RedisServer, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--store", &redis.url()])
-        .args(["--heartbeat-interval", "200ms", "--lease-ttl", "1s"])
-        .args(["--backoff-base", "10ms", "--backoff-cap", "100ms"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server binary starts")
+    start_server(redis.url(), port, &[])
 }
 
 async fn serving(url: String) -> Client {

@@ -1,7 +1,11 @@
 //! Helpers shared by the tests that run the real `asyncgate-server` binary.
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
+use std::process::Stdio;
 use std::time::Duration;
+
+use tokio::process::{Child, Command};
 
 use asyncgate_client::{Client, pb};
 
@@ -9,6 +13,24 @@ use asyncgate_client::{Client, pb};
 pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.local_addr().expect("addr").port()
+}
+
+/// Starts the real server binary on `port` with `store`, fast heartbeats and
+/// backoffs, and `extra` flags; it is killed when the handle is dropped.
+pub(crate) fn start_server(store: impl AsRef<OsStr>, port: u16, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--store")
+        .arg(store)
+        .args(["--heartbeat-interval", "200ms", "--lease-ttl", "1s"])
+        .args(["--backoff-base", "10ms", "--backoff-cap", "100ms"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts")
 }
 
 /// Waits until the gateway behind `client` answers (a child process takes
