@@ -72,6 +72,12 @@ pub struct Config {
     pub max_watchers_per_ticket: usize,
     /// Requests in progress across the gateway before it sheds load.
     pub max_requests_in_progress: usize,
+    /// A connection with no open call for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// How often the server pings each HTTP/2 connection.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
     /// Prefix of every Redis key and channel (several deployments can share
     /// one Redis under different prefixes).
     pub redis_prefix: String,
@@ -112,6 +118,9 @@ impl Default for Config {
             max_streams_per_connection: 4096,
             max_watchers_per_ticket: 16_384,
             max_requests_in_progress: 20_000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
             redis_prefix: "asyncgate".into(),
             redis_tls: Default::default(),
             lease_ttl: Duration::from_secs(15),
@@ -210,6 +219,16 @@ pub struct Cli {
         default_value_t = 20_000
     )]
     pub max_requests_in_progress: usize,
+    /// Close a connection that has had no call open for this long (`0s`:
+    /// never). Clients reconnect by themselves when they next call.
+    #[arg(long, env = "ASYNCGATE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Ping each HTTP/2 connection this often to find dead peers.
+    #[arg(long, env = "ASYNCGATE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// Drop a connection whose peer leaves a ping unanswered this long.
+    #[arg(long, env = "ASYNCGATE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
     /// Ticket store: a file path for the embedded durable store (created if
     /// missing), or `memory` for a fast store that is lost on exit.
     /// `redis://HOST:PORT/DB` (or `rediss://` for TLS) shares the tickets of
@@ -449,6 +468,11 @@ impl TryFrom<Cli> for Config {
                 cli.redis_prefix
             ));
         }
+        if cli.keepalive_interval < Duration::from_secs(1) || cli.keepalive_timeout.is_zero() {
+            return Err(
+                "--keepalive-interval must be at least 1s and --keepalive-timeout above 0s".into(),
+            );
+        }
         if cli.heartbeat_interval < Duration::from_millis(10) {
             return Err("--heartbeat-interval must be at least 10ms".into());
         }
@@ -488,6 +512,9 @@ impl TryFrom<Cli> for Config {
             max_streams_per_connection: cli.max_streams_per_connection.max(1),
             max_watchers_per_ticket: cli.max_watchers_per_ticket.max(1),
             max_requests_in_progress: cli.max_requests_in_progress.max(1),
+            idle_timeout: (!cli.idle_timeout.is_zero()).then_some(cli.idle_timeout),
+            keepalive_interval: cli.keepalive_interval,
+            keepalive_timeout: cli.keepalive_timeout,
             redis_prefix: cli.redis_prefix,
             redis_tls: crate::engine::redis::RedisTls {
                 ca: cli.redis_ca,

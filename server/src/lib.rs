@@ -8,6 +8,8 @@
 //! - [`dispatch`]: per-queue actors that match ready tickets with worker
 //!   credit, and the worker session protocol.
 //! - [`limits`]: load shedding when too many requests are in progress.
+//! - [`connection`]: calls open per connection; idle connections closed.
+//! - [`body`]: response bodies that report when a (streaming) call ends.
 //! - [`hub`]: per-ticket fan-out of change events to watchers.
 //! - [`rpc`]: thin tonic services (`Gateway`, `Workers`), the edge validation
 //!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
@@ -16,7 +18,9 @@
 //! - [`testing`]: a real `redis-server` child for tests and benchmarks.
 
 pub mod auth;
+pub mod body;
 pub mod config;
+pub mod connection;
 pub mod dispatch;
 pub mod domain;
 pub mod engine;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures::StreamExt as _;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use asyncgate_proto::v1 as pb;
 
 use crate::auth::{AuthLayer, Keys};
 use crate::config::{Config, StoreConfig, TlsFiles};
+use crate::connection::{TrackCallsLayer, TrackedStream};
 use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, TicketId};
 use crate::engine::{Engine, EngineListener, LocalEngine, Revocation, TicketChange};
@@ -300,7 +302,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let idle_timeout = config.idle_timeout;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|io| TrackedStream::new(io, idle_timeout)));
     let signal = {
         let shutdown = shutdown.clone();
         let hard_stop = hard_stop.clone();
@@ -340,10 +345,11 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .max_concurrent_streams(config.max_streams_per_connection)
         // Request metadata (API keys, trace context, labels) stays small.
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(TrackCallsLayer)
         .layer(ShedLayer::new(config.max_requests_in_progress))
         .layer(AuthLayer::new(keys.clone()))
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

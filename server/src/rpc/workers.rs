@@ -41,7 +41,7 @@ impl Workers for WorkersService {
         if self.core.shutdown.is_cancelled() {
             return Err(GatewayError::ShuttingDown.into());
         }
-        let peer = request.remote_addr();
+        let peer = crate::connection::remote_addr(request.extensions());
         let caller = crate::auth::caller(&request);
         let inbound = request
             .into_inner()
