@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::pb::gateway_client::GatewayClient;
 use crate::stream::{Resumer, Target};
 use crate::{ClientError, Credentials, EventStream, ResumeOptions, Tls, Transport, convert, pb};
+pub use tonic::codec::CompressionEncoding;
 
 /// How long a connection attempt may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +32,8 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Client {
     channel: Channel,
     inner: GatewayClient<Transport>,
+    credentials: Credentials,
+    compression: Option<CompressionEncoding>,
     resume: ResumeOptions,
 }
 
@@ -63,15 +66,35 @@ impl Client {
         Client {
             inner: GatewayClient::with_interceptor(channel.clone(), Credentials::default()),
             channel,
+            credentials: Credentials::default(),
+            compression: None,
             resume: ResumeOptions::default(),
         }
     }
 
     /// Presents this API key (`authorization: Bearer <key>`) on every call.
     pub fn with_api_key(mut self, key: &str) -> Result<Client, ClientError> {
-        self.inner =
-            GatewayClient::with_interceptor(self.channel.clone(), Credentials::api_key(key)?);
-        Ok(self)
+        self.credentials = Credentials::api_key(key)?;
+        Ok(self.rebuilt())
+    }
+
+    /// Compresses requests with `encoding` and asks the gateway to compress
+    /// its replies the same way: worth it for large, compressible payloads
+    /// (JSON, text) on slow links; on a fast network it mostly costs CPU.
+    #[must_use]
+    pub fn with_compression(mut self, encoding: CompressionEncoding) -> Client {
+        self.compression = Some(encoding);
+        self.rebuilt()
+    }
+
+    fn rebuilt(mut self) -> Client {
+        let mut inner =
+            GatewayClient::with_interceptor(self.channel.clone(), self.credentials.clone());
+        if let Some(encoding) = self.compression {
+            inner = inner.send_compressed(encoding).accept_compressed(encoding);
+        }
+        self.inner = inner;
+        self
     }
 
     /// Replaces how [`EventStream`]s of this client resume after a broken

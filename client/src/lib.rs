@@ -47,7 +47,7 @@ pub mod worker;
 /// The generated `asyncgate.v1` messages and stubs.
 pub use asyncgate_proto::v1 as pb;
 
-pub use client::{Client, endpoint, endpoint_with};
+pub use client::{Client, CompressionEncoding, endpoint, endpoint_with};
 pub use credentials::{Credentials, Transport};
 pub use error::ClientError;
 pub use payload::is_terminal;

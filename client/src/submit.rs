@@ -72,6 +72,14 @@ impl Submit {
         self
     }
 
+    /// Continues this W3C trace (a `traceparent` value, e.g. from
+    /// [`TaskContext::traceparent_for_calls`](crate::worker::TaskContext::traceparent_for_calls)):
+    /// the worker that runs the ticket gets it with the task. The gateway
+    /// also takes it from a `traceparent` request header.
+    pub fn trace_parent(self, traceparent: impl Into<String>) -> Self {
+        self.metadata(asyncgate_proto::trace_context::TRACEPARENT, traceparent)
+    }
+
     /// The whole budget from submit to result; past it the ticket is EXPIRED.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.request.timeout = Some(convert::duration_to_proto(timeout));

@@ -1,5 +1,11 @@
 //! The `asyncgate.v1` gRPC contract: messages, client stubs and server traits
-//! generated from `proto/asyncgate/v1/*.proto`.
+//! generated from `proto/asyncgate/v1/*.proto`, plus the standard
+//! `google.longrunning` API (vendored from googleapis) that the gateway serves
+//! over the same tickets.
+//!
+//! Every message implements `prost::Name` with a `type.googleapis.com/...`
+//! type URL, so it packs into `prost_types::Any` with `Any::from_msg` and
+//! unpacks with `Any::to_msg`.
 
 /// Package `asyncgate.v1`.
 pub mod v1 {
@@ -7,13 +13,23 @@ pub mod v1 {
     tonic::include_proto!("asyncgate.v1");
 }
 
+pub mod trace_context;
+
 /// Package `asyncgate.bench.v1`: the benchmark's baseline echo service.
 pub mod bench {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("asyncgate.bench.v1");
 }
 
-/// The encoded `FileDescriptorSet` of every asyncgate proto, for reflection.
+/// Package `google.longrunning`: `Operations` (client and server) and
+/// `Operation`. Its `google.rpc.Status` is [`tonic_types::pb::Status`].
+pub mod longrunning {
+    #![allow(missing_docs, unreachable_pub, clippy::all)]
+    tonic::include_proto!("google.longrunning");
+}
+
+/// The encoded `FileDescriptorSet` of every compiled proto and its imports
+/// (google.longrunning and google/api/* included), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("asyncgate_descriptor");
 
 #[cfg(test)]
@@ -30,5 +46,17 @@ mod tests {
             .collect();
         assert!(services.contains(&"Gateway".to_string()));
         assert!(services.contains(&"Workers".to_string()));
+        assert!(services.contains(&"Operations".to_string()));
+    }
+
+    #[test]
+    fn messages_pack_into_any_with_their_type_url() {
+        let payload = super::v1::Payload {
+            content_type: "text/plain".into(),
+            ..Default::default()
+        };
+        let any = prost_types::Any::from_msg(&payload).unwrap();
+        assert_eq!(any.type_url, "type.googleapis.com/asyncgate.v1.Payload");
+        assert_eq!(any.to_msg::<super::v1::Payload>().unwrap(), payload);
     }
 }

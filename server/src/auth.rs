@@ -354,7 +354,10 @@ enum Needs {
 fn needs(path: &str) -> Needs {
     if path.starts_with("/grpc.health.v1.Health/") {
         Needs::Nothing
-    } else if path.starts_with("/asyncgate.v1.Gateway/") {
+    } else if path.starts_with("/asyncgate.v1.Gateway/")
+        // The same tickets, seen as long-running operations.
+        || path.starts_with("/google.longrunning.Operations/")
+    {
         Needs::Role(&[Role::Client, Role::Admin], "a client or admin key")
     } else if path.starts_with("/asyncgate.v1.Workers/") {
         Needs::Role(&[Role::Worker, Role::Admin], "a worker or admin key")
@@ -536,6 +539,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let denied = check(
+            &keys,
+            "/google.longrunning.Operations/GetOperation",
+            Some("Bearer worker-secret"),
+        )
+        .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(
+            check(
+                &keys,
+                "/google.longrunning.Operations/GetOperation",
+                Some("Bearer client-secret"),
+            )
+            .unwrap()
+            .is_some()
+        );
         let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(

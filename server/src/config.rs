@@ -58,6 +58,12 @@ pub struct TlsFiles {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also serve grpc-web (HTTP/1.1 and browsers).
+    pub grpc_web: bool,
+    /// Origins browsers may call from (CORS); `*` admits any.
+    pub cors_allow_origins: Vec<String>,
     /// Ticket store.
     pub store: StoreConfig,
     /// TLS, or plaintext when `None`.
@@ -111,6 +117,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
+            grpc_web: false,
+            cors_allow_origins: Vec::new(),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
             tls: None,
             insecure: false,
@@ -162,9 +171,31 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics over HTTP at `http://ADDR/metrics` (off
+    /// unless given).
+    #[arg(long, env = "ASYNCGATE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also serve grpc-web on the same port (HTTP/1.1 too), so browser apps
+    /// can call the gateway without a proxy.
+    #[arg(long, env = "ASYNCGATE_GRPC_WEB")]
+    pub grpc_web: bool,
+    /// A web origin (`https://app.example.com`) whose pages may call the
+    /// gateway through grpc-web (CORS); repeat for several, `*` for any.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "ASYNCGATE_CORS_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        requires = "grpc_web"
+    )]
+    pub cors_allow_origins: Vec<String>,
     /// Log lines as `text` or `json` (one object per line).
     #[arg(long, env = "ASYNCGATE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
+    /// Export spans to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// `http://127.0.0.1:4317`); needs a build with `--features otel`.
+    #[arg(long, env = "ASYNCGATE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Serve TLS with this certificate chain (PEM).
     #[arg(
         long,
@@ -473,6 +504,16 @@ impl TryFrom<Cli> for Config {
                 "--keepalive-interval must be at least 1s and --keepalive-timeout above 0s".into(),
             );
         }
+        for origin in &cli.cors_allow_origins {
+            let scheme_ok = origin.starts_with("http://") || origin.starts_with("https://");
+            if origin != "*"
+                && (!scheme_ok || origin.ends_with('/') || origin.contains(char::is_whitespace))
+            {
+                return Err(format!(
+                    "--cors-allow-origin {origin:?} must be an origin such as https://app.example.com (scheme and host, no path or trailing slash) or *"
+                ));
+            }
+        }
         if cli.heartbeat_interval < Duration::from_millis(10) {
             return Err("--heartbeat-interval must be at least 10ms".into());
         }
@@ -505,6 +546,9 @@ impl TryFrom<Cli> for Config {
         }
         Ok(Self {
             listen: cli.listen,
+            metrics_listen: cli.metrics_listen,
+            grpc_web: cli.grpc_web,
+            cors_allow_origins: cli.cors_allow_origins,
             store,
             tls,
             insecure: cli.insecure,

@@ -35,6 +35,10 @@ pub enum GatewayError {
     /// The caller's key does not allow this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The gateway does not offer this method; the message says what to do
+    /// instead.
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl GatewayError {
@@ -65,6 +69,7 @@ impl GatewayError {
             Self::ShuttingDown => Code::Unavailable,
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unimplemented(_) => Code::Unimplemented,
         }
     }
 }

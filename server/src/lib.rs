@@ -8,6 +8,7 @@
 //! - [`dispatch`]: per-queue actors that match ready tickets with worker
 //!   credit, and the worker session protocol.
 //! - [`limits`]: load shedding when too many requests are in progress.
+//! - [`metrics`]: Prometheus metrics per queue and per RPC.
 //! - [`connection`]: calls open per connection; idle connections closed.
 //! - [`body`]: response bodies that report when a (streaming) call ends.
 //! - [`hub`]: per-ticket fan-out of change events to watchers.
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

@@ -28,7 +28,16 @@ async fn main() -> ExitCode {
         }
     };
     let print_config = parsed.cli.print_config;
-    asyncgate_server::telemetry::init(parsed.cli.log_format);
+    let _telemetry = match asyncgate_server::telemetry::init(
+        parsed.cli.log_format,
+        parsed.cli.otlp_endpoint.as_deref(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("asyncgate-server: {message}");
+            return ExitCode::from(64);
+        }
+    };
     let config = match Config::try_from(parsed.cli) {
         Ok(config) => config,
         Err(message) => {

@@ -20,10 +20,11 @@ use crate::auth::{AuthLayer, Keys};
 use crate::config::{Config, StoreConfig, TlsFiles};
 use crate::connection::{TrackCallsLayer, TrackedStream};
 use crate::dispatch::{Dispatcher, WeakDispatcher};
-use crate::domain::{QueueName, TicketId};
-use crate::engine::{Engine, EngineListener, LocalEngine, Revocation, TicketChange};
+use crate::domain::{QueueName, Ticket, TicketId};
+use crate::engine::{Before, Engine, EngineListener, LocalEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
 use crate::limits::ShedLayer;
+use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
 use crate::rpc::workers::WorkersService;
@@ -38,6 +39,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 struct Notifier {
     hub: Arc<WatchHub>,
     dispatcher: WeakDispatcher,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EngineListener for Notifier {
@@ -65,6 +67,12 @@ impl EngineListener for Notifier {
         self.hub.reset();
         if let Some(dispatcher) = self.dispatcher.upgrade() {
             dispatcher.ready_all();
+        }
+    }
+
+    fn transitioned(&self, before: Before, after: &Ticket, now: SystemTime) {
+        if let Some(metrics) = &self.metrics {
+            metrics.transitioned(before, after, now);
         }
     }
 }
@@ -100,6 +108,7 @@ pub enum StartError {
 /// A running gateway.
 pub struct Running {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     keys: Option<Keys>,
@@ -109,6 +118,11 @@ impl Running {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where metrics are served (`--metrics-listen`, resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The API keys in force, to reload them (SIGHUP); `None` without
@@ -179,6 +193,48 @@ fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, StartError> {
     Ok(tls)
 }
 
+/// The CORS policy of `--cors-allow-origin`: browsers on those origins may
+/// call over grpc-web, sending the headers gRPC needs and reading its
+/// status trailers-in-body headers.
+fn cors(config: &Config) -> Option<tower_http::cors::CorsLayer> {
+    use tonic::codegen::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if !config.grpc_web || config.cors_allow_origins.is_empty() {
+        return None;
+    }
+    let origins = if config.cors_allow_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_allow_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    let header = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header("content-type"),
+                header("authorization"),
+                header("x-grpc-web"),
+                header("x-user-agent"),
+                header("grpc-timeout"),
+                header("traceparent"),
+                header("tracestate"),
+            ])
+            .expose_headers([
+                header("grpc-status"),
+                header("grpc-message"),
+                header("grpc-status-details-bin"),
+            ])
+            .max_age(std::time::Duration::from_secs(24 * 3600)),
+    )
+}
+
 /// Binds `config.listen` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let bind = || -> std::io::Result<TcpListener> {
@@ -218,10 +274,29 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let engine = build_engine(&config).await?;
     let hub = Arc::new(WatchHub::default());
     let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
+    let metrics = config.metrics_listen.map(|_| Arc::new(Metrics::new()));
     engine.set_listener(Arc::new(Notifier {
         hub: hub.clone(),
         dispatcher: dispatcher.downgrade(),
+        metrics: metrics.clone(),
     }));
+    let metrics_addr = match (config.metrics_listen, &metrics) {
+        (Some(addr), Some(metrics)) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let bound = crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                engine.clone(),
+                dispatcher.clone(),
+                hard_stop.clone(),
+            );
+            tracing::info!(%bound, "metrics at http://{bound}/metrics");
+            Some(bound)
+        }
+        _ => None,
+    };
     let core = Core {
         engine: engine.clone(),
         hub,
@@ -279,6 +354,9 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     health_reporter
         .set_serving::<pb::workers_server::WorkersServer<WorkersService>>()
         .await;
+    health_reporter
+        .set_serving::<crate::rpc::operations::Server>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -295,10 +373,21 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let max_message = config.max_payload_bytes + 64 * 1024;
+    // Compressed requests are always accepted; replies are compressed only
+    // for callers that ask for it (grpc-accept-encoding).
+    use tonic::codec::CompressionEncoding::{Gzip, Zstd};
     let gateway = pb::gateway_server::GatewayServer::new(GatewayService::new(core.clone()))
+        .accept_compressed(Gzip)
+        .accept_compressed(Zstd)
+        .send_compressed(Gzip)
+        .send_compressed(Zstd)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
     let workers = pb::workers_server::WorkersServer::new(WorkersService::new(core.clone()))
+        .accept_compressed(Gzip)
+        .accept_compressed(Zstd)
+        .send_compressed(Gzip)
+        .send_compressed(Zstd)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
 
@@ -315,6 +404,9 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             tracing::info!("shutting down: draining workers, then ending streams");
             health_reporter
                 .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+                .await;
+            health_reporter
+                .set_not_serving::<crate::rpc::operations::Server>()
                 .await;
             // Workers finish their in-flight tasks (and watchers receive the
             // results) within the grace period; then every stream ends.
@@ -342,9 +434,16 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
     }
     let router = builder
+        .accept_http1(config.grpc_web)
+        // CORS outermost: a browser's preflight carries no API key.
+        .layer(tower::util::option_layer(cors(&config)))
+        .layer(tower::util::option_layer(
+            config.grpc_web.then(tonic_web::GrpcWebLayer::new),
+        ))
         .max_concurrent_streams(config.max_streams_per_connection)
         // Request metadata (API keys, trace context, labels) stays small.
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(RpcMetricsLayer::new(metrics))
         .layer(TrackCallsLayer)
         .layer(ShedLayer::new(config.max_requests_in_progress))
         .layer(AuthLayer::new(keys.clone()))
@@ -354,7 +453,8 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gateway)
-        .add_service(workers);
+        .add_service(workers)
+        .add_service(crate::rpc::operations::server(core.clone()));
     let serve = {
         let hard_stop = hard_stop.clone();
         let tracker = tracker.clone();
@@ -369,6 +469,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     tracing::info!(%local_addr, store = ?config.store, "asyncgate listening");
     Ok(Running {
         local_addr,
+        metrics_addr,
         shutdown,
         serve,
         keys,

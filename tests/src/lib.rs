@@ -89,6 +89,13 @@ impl TestGateway {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// Where it serves metrics, when it runs with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running
+            .as_ref()
+            .and_then(|running| running.metrics_addr())
+    }
+
     /// The API keys in force (to reload them), when it runs with `--keys`.
     pub fn keys(&self) -> Option<asyncgate_server::auth::Keys> {
         self.running.as_ref().and_then(|running| running.keys())

@@ -272,6 +272,9 @@ impl Runner {
         }
 
         let mut client = WorkersClient::with_interceptor(channel, self.config.credentials.clone());
+        if let Some(encoding) = self.config.compression {
+            client = client.send_compressed(encoding).accept_compressed(encoding);
+        }
         let handshake = self.config.handshake_timeout;
         let opened = tokio::time::timeout(handshake, async {
             let mut inbound = client
@@ -462,16 +465,28 @@ impl Runner {
         }
         let signal = Arc::new(CancelSignal::child_of(&self.hard));
         self.running.insert(task.lease_id.clone(), signal.clone());
-        let span = info_span!(
-            "task",
-            ticket_id = %task.ticket_id,
-            lease_id = %task.lease_id,
-            queue = %task.queue,
-            attempt = task.attempt,
-        );
         let ticket_id = task.ticket_id.clone();
         let lease_id = task.lease_id.clone();
+        let queue = task.queue.clone();
+        let attempt = task.attempt;
         let ctx = TaskContext::new(task, signal, self.link.subscribe());
+        // The attempt's span joins the submitter's trace (when it sent one):
+        // same trace id, the submitter's span as parent, a span id of its own.
+        let span = info_span!(
+            "task",
+            ticket_id = %ticket_id,
+            lease_id = %lease_id,
+            queue = %queue,
+            attempt,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        if let Some(trace) = ctx.trace_parent() {
+            span.record("trace_id", trace.trace_id_hex());
+            span.record("parent_span_id", format!("{:016x}", trace.parent_id));
+            span.record("span_id", format!("{:016x}", ctx.span_id()));
+        }
         let handler = self.handler.clone();
         let permits = self.permits.clone();
         let done = self.done_tx.clone();

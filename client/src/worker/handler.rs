@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{convert, payload, pb};
+use asyncgate_proto::trace_context::TRACEPARENT;
+pub use asyncgate_proto::trace_context::TraceParent;
 
 /// The sender of the current connection's request stream, `None` while
 /// disconnected. Every message of a task goes through it, so progress and
@@ -188,6 +190,8 @@ struct TaskInner {
     max_attempts: u32,
     payload: pb::Payload,
     metadata: HashMap<String, String>,
+    trace: Option<TraceParent>,
+    span_id: u64,
     deadline: Option<SystemTime>,
     cancel: Arc<CancelSignal>,
     link: Link,
@@ -218,11 +222,37 @@ impl TaskContext {
                 attempt: task.attempt,
                 max_attempts: task.max_attempts,
                 payload: task.payload.unwrap_or_default(),
+                trace: task
+                    .metadata
+                    .get(TRACEPARENT)
+                    .and_then(|value| TraceParent::parse(value)),
+                span_id: rand::random::<u64>().max(1),
                 metadata: task.metadata,
                 cancel,
                 link,
             }),
         }
+    }
+
+    /// The W3C trace context the ticket's submitter sent (its
+    /// `traceparent`), if any: this attempt's span continues that trace.
+    pub fn trace_parent(&self) -> Option<TraceParent> {
+        self.inner.trace
+    }
+
+    /// This attempt's own span id within the caller's trace (random, fixed
+    /// per attempt).
+    pub fn span_id(&self) -> u64 {
+        self.inner.span_id
+    }
+
+    /// The `traceparent` to send on calls this handler makes (sub-tickets,
+    /// other services), so they join the same trace as children of this
+    /// attempt; `None` when the ticket came without trace context.
+    pub fn traceparent_for_calls(&self) -> Option<String> {
+        self.inner
+            .trace
+            .map(|trace| trace.child(self.inner.span_id).to_string())
     }
 
     /// The ticket this attempt works on.

@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-pub use handler::{Handler, HandlerFn, TaskContext, TaskError, handler_fn};
+pub use handler::{Handler, HandlerFn, TaskContext, TaskError, TraceParent, handler_fn};
 
 use crate::ClientError;
 
@@ -129,6 +129,7 @@ struct Config {
     shutdown_timeout: Option<Duration>,
     handshake_timeout: Duration,
     credentials: crate::Credentials,
+    compression: Option<crate::CompressionEncoding>,
 }
 
 /// A configured worker, ready to [`spawn`](Worker::spawn).
@@ -161,6 +162,7 @@ impl Worker {
             handshake_timeout: Duration::from_secs(10),
             tls: None,
             credentials: crate::Credentials::default(),
+            compression: None,
         }
     }
 
@@ -203,6 +205,7 @@ pub struct WorkerBuilder {
     handshake_timeout: Duration,
     tls: Option<crate::Tls>,
     credentials: crate::Credentials,
+    compression: Option<crate::CompressionEncoding>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -225,6 +228,13 @@ impl WorkerBuilder {
     /// Presents these credentials (see [`crate::Credentials`]).
     pub fn credentials(mut self, credentials: crate::Credentials) -> Self {
         self.credentials = credentials;
+        self
+    }
+
+    /// Compresses results and progress with `encoding` and asks the gateway
+    /// to compress tasks the same way (large, compressible payloads).
+    pub fn compression(mut self, encoding: crate::CompressionEncoding) -> Self {
+        self.compression = Some(encoding);
         self
     }
 
@@ -333,6 +343,7 @@ impl WorkerBuilder {
                 shutdown_timeout: self.shutdown_timeout,
                 handshake_timeout: self.handshake_timeout,
                 credentials: self.credentials,
+                compression: self.compression,
             },
             handler,
         })

@@ -261,6 +261,17 @@ impl Dispatcher {
             .get(queue)
             .map_or(0, |handle| handle.workers.load(Ordering::Acquire))
     }
+
+    /// Worker sessions per queue on this gateway, for metrics.
+    pub fn worker_counts(&self) -> Vec<(QueueName, usize)> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(queue, handle)| (queue.clone(), handle.workers.load(Ordering::Acquire)))
+            .collect()
+    }
 }
 
 /// Owns one queue's sessions and their rotation. See the module docs.

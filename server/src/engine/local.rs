@@ -22,9 +22,9 @@ use async_trait::async_trait;
 
 use super::journal::{Journal, MemoryJournal, Mutation, Recovered};
 use super::{
-    Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
-    ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
-    TicketChange,
+    Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
+    ListFilter, ListPage, ProgressReport, QueueDepth, ReleaseReason, Revocation, RevokeReason,
+    SessionInfo, Submitted, TicketChange,
 };
 use super::{idempotency_scope, transition};
 use crate::domain::ticket::{EventKind, Payload};
@@ -338,7 +338,13 @@ impl LocalEngine {
     /// Files a ticket that a transition just finished or requeued: timers,
     /// the ready index, the event. Returns whether its queue gained ready
     /// work. Call under the shard lock, after [`Self::clear_attempt_timer`].
-    fn settle(&self, shard: &mut Shard, ticket: &mut Ticket, now: SystemTime) -> bool {
+    fn settle(
+        &self,
+        shard: &mut Shard,
+        ticket: &mut Ticket,
+        before: Before,
+        now: SystemTime,
+    ) -> bool {
         let ready = if ticket.state.is_terminal() {
             if let Some(deadline) = ticket.deadline {
                 shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
@@ -353,7 +359,14 @@ impl LocalEngine {
             self.enqueue(shard, ticket)
         };
         self.commit(ticket, Some(EventKind::State), None);
+        self.observe(before, ticket, now);
         ready
+    }
+
+    fn observe(&self, before: Before, after: &Ticket, now: SystemTime) {
+        if let Some(listener) = self.listener() {
+            listener.transitioned(before, after, now);
+        }
     }
 
     /// Drops the timer of the current attempt's budget, before a transition
@@ -413,6 +426,7 @@ impl LocalEngine {
             // expires (the Deadline timer, due in the same pass) instead.
             Timer::AttemptDeadline(lease_id) if ticket.is_leased_by(lease_id) => {
                 Self::clear_attempt_timer(shard, &ticket);
+                let before = Before::of(&ticket);
                 if let Some(lease) =
                     transition::time_out_attempt(&mut ticket, lease_id, &self.config, now)
                 {
@@ -423,7 +437,7 @@ impl LocalEngine {
                         RevokeReason::AttemptTimeout,
                         transition::attempt_timeout_notice(ticket.attempt),
                     );
-                    if self.settle(shard, &mut ticket, now) {
+                    if self.settle(shard, &mut ticket, before, now) {
                         ready = Some(ticket.queue.clone());
                     }
                 }
@@ -434,6 +448,7 @@ impl LocalEngine {
                     self.dequeue(shard, &ticket);
                 }
                 Self::clear_attempt_timer(shard, &ticket);
+                let before = Before::of(&ticket);
                 if let Some(revoked) = transition::expire(&mut ticket, now) {
                     if let Some(lease) = revoked {
                         effects.forget.push((lease.session_id, lease.lease_id));
@@ -444,7 +459,7 @@ impl LocalEngine {
                             transition::EXPIRED_NOTICE.into(),
                         );
                     }
-                    self.settle(shard, &mut ticket, now);
+                    self.settle(shard, &mut ticket, before, now);
                 }
             }
             Timer::Retention if ticket.state.is_terminal() => {
@@ -493,8 +508,9 @@ impl LocalEngine {
         let mut ready = None;
         if ticket.is_leased_by(lease_id) {
             Self::clear_attempt_timer(shard, &ticket);
+            let before = Before::of(&ticket);
             transition::lose_lease(&mut ticket, lease_id, reason, &self.config, now);
-            if self.settle(shard, &mut ticket, now) {
+            if self.settle(shard, &mut ticket, before, now) {
                 ready = Some(ticket.queue.clone());
             }
         }
@@ -625,6 +641,7 @@ impl Engine for LocalEngine {
                 self.dequeue(shard, &ticket);
             }
             Self::clear_attempt_timer(shard, &ticket);
+            let before = Before::of(&ticket);
             let result = match transition::cancel(&mut ticket, reason, now) {
                 Ok(transition::Cancelled::Already) => Ok(Ticket::clone(&ticket)),
                 Ok(transition::Cancelled::Now(revoked)) => {
@@ -637,7 +654,7 @@ impl Engine for LocalEngine {
                             transition::cancel_message(reason),
                         );
                     }
-                    self.settle(shard, &mut ticket, now);
+                    self.settle(shard, &mut ticket, before, now);
                     Ok(Ticket::clone(&ticket))
                 }
                 Err(error) => Err(error),
@@ -711,6 +728,7 @@ impl Engine for LocalEngine {
             if ticket.state != TicketState::Pending || ticket.not_before.is_some() {
                 continue;
             }
+            let before = Before::of(ticket);
             let lease = transition::lease(ticket, session, now);
             if let Some(at) = lease.attempt_deadline {
                 shard
@@ -718,6 +736,7 @@ impl Engine for LocalEngine {
                     .insert((at, Timer::AttemptDeadline(lease.lease_id), id));
             }
             self.commit(ticket, Some(EventKind::State), None);
+            self.observe(before, ticket, now);
             claimed.push(Claimed {
                 ticket: Arc::new(Ticket::clone(ticket)),
                 lease,
@@ -797,6 +816,24 @@ impl Engine for LocalEngine {
         })
     }
 
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
+        let queues: Vec<(QueueName, Arc<Mutex<QueueIndex>>)> = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, index)| (name.clone(), index.clone()))
+            .collect();
+        Ok(queues
+            .into_iter()
+            .map(|(queue, index)| QueueDepth {
+                queue,
+                pending: lock(&index).pending() as u64,
+                running: None,
+            })
+            .collect())
+    }
+
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
         let mut ready = BTreeSet::new();
         let mut effects = TimerEffects::default();
@@ -868,13 +905,14 @@ impl LocalEngine {
             if session.is_some() {
                 Self::clear_attempt_timer(shard, &ticket);
             }
+            let before = Before::of(&ticket);
             let result =
                 match transition::complete(&mut ticket, lease_id, outcome, &self.config, now) {
                     Ok(transition::Reported::Duplicate) => {
                         Ok(Completion::Duplicate(Ticket::clone(&ticket)))
                     }
                     Ok(transition::Reported::Recorded) => {
-                        ready = self.settle(shard, &mut ticket, now);
+                        ready = self.settle(shard, &mut ticket, before, now);
                         Ok(Completion::Recorded(Ticket::clone(&ticket)))
                     }
                     Err(error) => Err(error),
@@ -1009,6 +1047,7 @@ impl LocalEngine {
                 shard.timers.insert((deadline, Timer::Deadline, id));
             }
             self.commit_with(&mut ticket, None, None, Vec::new(), true);
+            self.observe(Before::created(now), &ticket, now);
             shard.tickets.insert(id, Box::new(Ticket::clone(&ticket)));
         }
         if let (Some(map), Some(key)) = (idempotency.as_deref_mut(), key) {

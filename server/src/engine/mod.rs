@@ -338,6 +338,52 @@ pub struct Revocation {
     pub message: String,
 }
 
+/// A ticket as it was before a committed transition: with the ticket after
+/// it, enough to tell what happened (created, leased, retried, finished) and
+/// how long the step took, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Before {
+    /// `None` for a ticket the transition created.
+    pub state: Option<TicketState>,
+    /// Since when it has been ready to run, if PENDING.
+    pub ready_since: SystemTime,
+    /// When the current attempt started, if RUNNING.
+    pub attempt_started: Option<SystemTime>,
+}
+
+impl Before {
+    /// Captures `ticket` before a transition changes it.
+    pub fn of(ticket: &Ticket) -> Self {
+        Self {
+            state: Some(ticket.state),
+            ready_since: ticket
+                .not_before
+                .map_or(ticket.updated_at, |t| t.max(ticket.updated_at)),
+            attempt_started: ticket.lease.as_ref().map(|l| l.leased_at),
+        }
+    }
+
+    /// A ticket that did not exist.
+    pub fn created(now: SystemTime) -> Self {
+        Self {
+            state: None,
+            ready_since: now,
+            attempt_started: None,
+        }
+    }
+}
+
+/// How many tickets of a queue wait and run, across every replica.
+#[derive(Debug, Clone)]
+pub struct QueueDepth {
+    /// The queue.
+    pub queue: QueueName,
+    /// PENDING tickets (ready or in backoff).
+    pub pending: u64,
+    /// RUNNING tickets, when the engine counts them itself.
+    pub running: Option<u64>,
+}
+
 /// Receives what engines change. Called synchronously, possibly under the
 /// engine's own locks: implementations must be quick and must not call back
 /// into the engine.
@@ -353,6 +399,9 @@ pub trait EngineListener: Send + Sync + 'static {
     /// Events may have been missed (a shared store's event feed dropped):
     /// every watcher must re-read its ticket and every queue look for work.
     fn resync(&self) {}
+    /// A transition this engine committed (each is reported by the one
+    /// replica that made it), for metrics.
+    fn transitioned(&self, _before: Before, _after: &Ticket, _now: SystemTime) {}
 }
 
 /// A transition whose place in its ticket's order was fixed when the method
@@ -445,4 +494,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies everything due by `now`: backoffs ending, deadlines, attempt
     /// timeouts, expired sessions and retention.
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError>;
+
+    /// Pending (and, where known, running) tickets per queue, for metrics.
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
+        Ok(Vec::new())
+    }
 }

@@ -1,14 +1,16 @@
 //! The edge: wire messages validated into domain types (every refusal names
-//! the field and says what to fix), and domain tickets presented on the wire.
+//! the field and says what to fix), and domain tickets presented on the wire
+//! — as `asyncgate.v1.Ticket`s, and as `google.longrunning.Operation`s.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
+use asyncgate_proto::longrunning as lro;
 use asyncgate_proto::v1 as pb;
 
-use crate::domain::ticket::Payload;
+use crate::domain::ticket::{Payload, codes};
 use crate::domain::{NewTicket, QueueName, Ticket, TicketError, TicketId, TicketState};
 use crate::error::GatewayError;
 use crate::time::{self, rfc3339};
@@ -343,6 +345,227 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext) -> pb::Ticket {
     }
 }
 
+/// The page length and start of a ListTickets or ListOperations request
+/// (`rpc` names it in the page-token error). Both lists page the same way:
+/// the token is the id of the last ticket of the previous page.
+pub fn page(
+    page_size: u32,
+    page_token: &str,
+    rpc: &str,
+) -> Result<(usize, Option<TicketId>), GatewayError> {
+    use super::gateway::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+    let page_size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(GatewayError::invalid(
+                "page_size",
+                format!("{n} is above the maximum of {MAX_PAGE_SIZE}"),
+            ));
+        }
+        n => n,
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        Some(ticket_id(page_token, "page_token").map_err(|_| {
+            GatewayError::invalid(
+                "page_token",
+                format!("is not a token from a previous {rpc} response"),
+            )
+        })?)
+    };
+    Ok((page_size as usize, after))
+}
+
+/// The collection of every operation: the parent `ListOperations` accepts,
+/// and the prefix of each operation name.
+pub const OPERATIONS: &str = "operations";
+
+/// The name of ticket `id`'s operation.
+pub fn operation_name(id: &str) -> String {
+    format!("{OPERATIONS}/{id}")
+}
+
+/// Parses an operation name, `operations/{ticket id}`.
+pub fn operation_id(name: &str, field: &str) -> Result<TicketId, GatewayError> {
+    let expected = "expected operations/{ticket id}, the name an Operation carries \
+                    (e.g. operations/0190b6c2-8a3e-7c4d-9f1a-2b3c4d5e6f70)";
+    let Some(id) = name.strip_prefix("operations/") else {
+        let got: String = name.chars().take(80).collect();
+        return Err(if name.is_empty() {
+            GatewayError::invalid(field, format!("is empty; {expected}"))
+        } else {
+            GatewayError::invalid(
+                field,
+                format!("{got:?} is not an operation name; {expected}"),
+            )
+        });
+    };
+    id.parse().map_err(|e: crate::domain::ids::BadId| {
+        GatewayError::invalid(field, format!("{e}; {expected}"))
+    })
+}
+
+/// `message` packed as a `google.protobuf.Any` (type.googleapis.com URL).
+pub fn pack<M: prost::Name>(message: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// A terminal ticket's error as a `google.rpc.Status`. CANCELLED and EXPIRED
+/// tickets always read CANCELLED and DEADLINE_EXCEEDED; a FAILED ticket keeps
+/// the code its error was recorded with (the worker's, or ABORTED for a lost
+/// worker, DEADLINE_EXCEEDED for an attempt timeout), UNKNOWN when that is
+/// missing or not an error code.
+fn operation_error(
+    error: Option<&pb::TicketError>,
+    code: Option<i32>,
+    what: &str,
+) -> tonic_types::pb::Status {
+    let recorded = error
+        .map(|e| e.code)
+        .filter(|c| (1..=16).contains(c))
+        .unwrap_or(codes::UNKNOWN);
+    tonic_types::pb::Status {
+        code: code.unwrap_or(recorded),
+        message: error
+            .map(|e| e.message.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| format!("the ticket {what}")),
+        details: Vec::new(),
+    }
+}
+
+/// A presented ticket as a long-running operation: done once terminal, with
+/// the result `Payload` as `response` or the error as `error`, and the ticket
+/// itself as `metadata`. The result travels once, in `response`: the
+/// metadata snapshot leaves it out.
+pub fn operation(mut ticket: pb::Ticket) -> lro::Operation {
+    use lro::operation::Result as Outcome;
+    let result = match pb::TicketState::try_from(ticket.state) {
+        Ok(pb::TicketState::Succeeded) => Some(Outcome::Response(pack(
+            &ticket.result.take().unwrap_or_default(),
+        ))),
+        Ok(pb::TicketState::Failed) => Some(Outcome::Error(operation_error(
+            ticket.error.as_ref(),
+            None,
+            "failed",
+        ))),
+        Ok(pb::TicketState::Cancelled) => Some(Outcome::Error(operation_error(
+            ticket.error.as_ref(),
+            Some(codes::CANCELLED),
+            "was cancelled",
+        ))),
+        Ok(pb::TicketState::Expired) => Some(Outcome::Error(operation_error(
+            ticket.error.as_ref(),
+            Some(codes::DEADLINE_EXCEEDED),
+            "expired",
+        ))),
+        _ => None,
+    };
+    ticket.result = None;
+    lro::Operation {
+        name: operation_name(&ticket.id),
+        metadata: Some(pack(&ticket)),
+        done: result.is_some(),
+        result,
+    }
+}
+
+/// The filter syntax ListOperations accepts, for docs and error messages.
+pub const OPERATIONS_FILTER_SYNTAX: &str = "terms joined by AND, each field at most once: \
+     done = true|false, state = PENDING|RUNNING|SUCCEEDED|FAILED|CANCELLED|EXPIRED, \
+     queue = \"name\" (e.g. `done = false AND queue = \"emails\"`)";
+
+/// A parsed ListOperations filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationsFilter {
+    /// Only this queue.
+    pub queue: Option<QueueName>,
+    /// Only these states; `None`: every state. `Some(empty)` when the terms
+    /// contradict each other (`done = true AND state = PENDING`): nothing
+    /// matches.
+    pub states: Option<Vec<TicketState>>,
+}
+
+/// Parses a ListOperations filter (see [`OPERATIONS_FILTER_SYNTAX`]); an
+/// empty filter matches every operation.
+pub fn operations_filter(text: &str) -> Result<OperationsFilter, GatewayError> {
+    const TERMINAL: [TicketState; 4] = [
+        TicketState::Succeeded,
+        TicketState::Failed,
+        TicketState::Cancelled,
+        TicketState::Expired,
+    ];
+    let refuse = |why: String| {
+        GatewayError::invalid(
+            "filter",
+            format!("{why}; the supported syntax is {OPERATIONS_FILTER_SYNTAX}"),
+        )
+    };
+    let mut filter = OperationsFilter::default();
+    if text.trim().is_empty() {
+        return Ok(filter);
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for term in text.split(" AND ") {
+        let Some((field, value)) = term.split_once('=') else {
+            return Err(refuse(format!(
+                "{:?} is not a `field = value` term",
+                term.trim()
+            )));
+        };
+        let (field, value) = (field.trim(), value.trim());
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if seen.contains(&field) {
+            return Err(refuse(format!("{field} appears twice")));
+        }
+        let states: Vec<TicketState> = match field {
+            "done" => match value {
+                "true" => TERMINAL.to_vec(),
+                "false" => vec![TicketState::Pending, TicketState::Running],
+                _ => return Err(refuse(format!("done must be true or false, not {value:?}"))),
+            },
+            "state" => {
+                let upper = value.to_ascii_uppercase();
+                let name = if upper.starts_with("TICKET_STATE_") {
+                    upper
+                } else {
+                    format!("TICKET_STATE_{upper}")
+                };
+                match pb::TicketState::from_str_name(&name) {
+                    Some(state) if state != pb::TicketState::Unspecified => {
+                        vec![state_from_pb(state as i32, "filter")?]
+                    }
+                    _ => return Err(refuse(format!("{value:?} is not a ticket state"))),
+                }
+            }
+            "queue" => {
+                filter.queue = Some(queue(value, "filter")?);
+                seen.push(field);
+                continue;
+            }
+            _ => {
+                return Err(refuse(format!(
+                    "{:?} is not a supported filter term",
+                    term.trim()
+                )));
+            }
+        };
+        seen.push(field);
+        filter.states = Some(match filter.states.take() {
+            None => states,
+            Some(before) => before.into_iter().filter(|s| states.contains(s)).collect(),
+        });
+    }
+    Ok(filter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +650,140 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("empty")
+        );
+    }
+    #[test]
+    fn operation_names_say_the_expected_form() {
+        let id = TicketId::new();
+        assert_eq!(
+            operation_id(&operation_name(&id.to_string()), "name").unwrap(),
+            id
+        );
+        for bad in [
+            "",
+            "tickets/x",
+            &id.to_string(),
+            "operations/",
+            "operations/xyz",
+        ] {
+            let error = operation_id(bad, "name").unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument);
+            assert!(
+                error.to_string().contains("operations/{ticket id}"),
+                "{error}"
+            );
+        }
+    }
+
+    fn ticket(state: pb::TicketState, error: Option<(i32, &str)>) -> pb::Ticket {
+        pb::Ticket {
+            id: TicketId::new().to_string(),
+            state: state as i32,
+            result: (state == pb::TicketState::Succeeded).then(|| pb::Payload {
+                content_type: "text/plain".into(),
+                ..Default::default()
+            }),
+            error: error.map(|(code, message)| pb::TicketError {
+                code,
+                message: message.into(),
+                retryable: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn status(operation: &lro::Operation) -> (i32, String) {
+        match &operation.result {
+            Some(lro::operation::Result::Error(status)) => (status.code, status.message.clone()),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tickets_map_to_operations() {
+        let pending = operation(ticket(pb::TicketState::Pending, None));
+        assert!(!pending.done && pending.result.is_none());
+        let metadata = pending.metadata.as_ref().unwrap();
+        assert_eq!(metadata.type_url, "type.googleapis.com/asyncgate.v1.Ticket");
+        let snapshot: pb::Ticket = metadata.to_msg().unwrap();
+        assert_eq!(pending.name, format!("operations/{}", snapshot.id));
+
+        let succeeded = operation(ticket(pb::TicketState::Succeeded, None));
+        assert!(succeeded.done);
+        let Some(lro::operation::Result::Response(response)) = &succeeded.result else {
+            panic!("expected a response");
+        };
+        let payload: pb::Payload = response.to_msg().unwrap();
+        assert_eq!(payload.content_type, "text/plain");
+        // The result is in `response` only.
+        let snapshot: pb::Ticket = succeeded.metadata.unwrap().to_msg().unwrap();
+        assert_eq!(snapshot.result, None);
+
+        let failed = operation(ticket(pb::TicketState::Failed, Some((10, "worker lost"))));
+        assert_eq!(status(&failed), (10, "worker lost".into()));
+        let unknown = operation(ticket(pb::TicketState::Failed, Some((0, ""))));
+        assert_eq!(status(&unknown), (2, "the ticket failed".into()));
+        let cancelled = operation(ticket(
+            pb::TicketState::Cancelled,
+            Some((1, "cancelled by a caller")),
+        ));
+        assert_eq!(status(&cancelled), (1, "cancelled by a caller".into()));
+        let expired = operation(ticket(pb::TicketState::Expired, Some((2, "timed out"))));
+        assert_eq!(status(&expired), (4, "timed out".into()));
+    }
+
+    #[test]
+    fn operations_filters_parse_or_say_what_is_supported() {
+        assert_eq!(operations_filter("").unwrap(), OperationsFilter::default());
+        let filter = operations_filter("done = false AND queue = \"emails\"").unwrap();
+        assert_eq!(filter.queue.unwrap().as_str(), "emails");
+        assert_eq!(
+            filter.states,
+            Some(vec![TicketState::Pending, TicketState::Running])
+        );
+        assert_eq!(
+            operations_filter("state=succeeded").unwrap().states,
+            Some(vec![TicketState::Succeeded])
+        );
+        assert_eq!(
+            operations_filter("state = TICKET_STATE_FAILED AND done = true")
+                .unwrap()
+                .states,
+            Some(vec![TicketState::Failed])
+        );
+        assert_eq!(
+            operations_filter("done = true AND state = PENDING")
+                .unwrap()
+                .states,
+            Some(vec![])
+        );
+        for bad in [
+            "metadata.kind = x",
+            "done",
+            "done = yes",
+            "state = DONE",
+            "state = PENDING AND state = RUNNING",
+            "done = true OR done = false",
+        ] {
+            let error = operations_filter(bad).unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{bad}");
+            assert!(
+                error.to_string().contains("supported syntax"),
+                "{bad}: {error}"
+            );
+        }
+        assert!(operations_filter("queue = \"a/b\"").is_err());
+    }
+
+    #[test]
+    fn pages_are_checked() {
+        assert_eq!(page(0, "", "ListOperations").unwrap(), (100, None));
+        assert!(page(5000, "", "ListOperations").is_err());
+        let error = page(10, "nope", "ListOperations").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("previous ListOperations response")
         );
     }
 }

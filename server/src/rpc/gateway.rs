@@ -8,12 +8,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use asyncgate_proto::trace_context::{TRACEPARENT, TRACESTATE, TraceParent};
 use asyncgate_proto::v1 as pb;
 use pb::gateway_server::Gateway;
 
 use super::{Core, convert};
 use crate::auth::{self, Caller};
-use crate::engine::{EngineError, ListFilter};
+use crate::engine::ListFilter;
 use crate::error::GatewayError;
 
 /// Buffered events per watch stream before the watcher waits on the client.
@@ -22,6 +23,40 @@ const STREAM_BUFFER: usize = 16;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// ListTickets page when page_size is 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// A caller's W3C trace context (request headers), kept with its ticket.
+struct TraceContext {
+    parent: TraceParent,
+    state: Option<String>,
+}
+
+/// Longest `tracestate` kept (the W3C limit is 32 members of ~256 bytes;
+/// real ones are short).
+const MAX_TRACESTATE_BYTES: usize = 512;
+
+impl TraceContext {
+    /// The headers' trace context; an invalid `traceparent` is ignored, as
+    /// the W3C spec asks.
+    fn of(headers: &tonic::metadata::MetadataMap) -> Option<Self> {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let parent = TraceParent::parse(header(TRACEPARENT)?)?;
+        let state = header(TRACESTATE)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_BYTES)
+            .map(str::to_owned);
+        Some(Self { parent, state })
+    }
+
+    /// Stores the context in the ticket's metadata, unless the request set
+    /// those keys itself.
+    fn keep_with(self, metadata: &mut std::collections::HashMap<String, String>) {
+        metadata
+            .entry(TRACEPARENT.to_owned())
+            .or_insert_with(|| self.parent.to_string());
+        if let Some(state) = self.state {
+            metadata.entry(TRACESTATE.to_owned()).or_insert(state);
+        }
+    }
+}
 
 /// The service implementation.
 pub struct GatewayService {
@@ -43,30 +78,20 @@ impl GatewayService {
     async fn submit_inner(
         &self,
         caller: &Caller,
+        trace: Option<TraceContext>,
         request: pb::SubmitRequest,
     ) -> Result<crate::domain::Ticket, GatewayError> {
         let mut new = convert::new_ticket(request, &self.limits)?;
         new.tenant = caller.tenant.clone();
+        if let Some(trace) = trace {
+            tracing::Span::current().record("trace_id", trace.parent.trace_id_hex());
+            trace.keep_with(&mut new.metadata);
+        }
         let submitted = self.core.engine.submit(new).await?;
         if submitted.created {
             tracing::debug!(ticket_id = %submitted.ticket.id, queue = %submitted.ticket.queue, "ticket submitted");
         }
         Ok(submitted.ticket)
-    }
-
-    /// Fails with NOT_FOUND — exactly as for an id that does not exist —
-    /// unless `caller` may see ticket `id`.
-    async fn visible(
-        &self,
-        caller: &Caller,
-        id: crate::domain::TicketId,
-    ) -> Result<crate::domain::Ticket, GatewayError> {
-        let ticket = self.core.engine.get(id).await?;
-        if caller.sees(ticket.tenant.as_deref()) {
-            Ok(ticket)
-        } else {
-            Err(EngineError::NotFound(id).into())
-        }
     }
 
     fn spawn_watch(
@@ -88,19 +113,23 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TicketEvent, Status>> + 
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    #[tracing::instrument(name = "submit", skip_all, fields(queue = %request.get_ref().queue))]
+    #[tracing::instrument(name = "submit", skip_all, fields(queue = %request.get_ref().queue, trace_id = tracing::field::Empty))]
     async fn submit(
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
         let caller = auth::caller(&request);
-        let ticket = self.submit_inner(&caller, request.into_inner()).await?;
+        crate::telemetry::continue_trace(request.metadata());
+        let trace = TraceContext::of(request.metadata());
+        let ticket = self
+            .submit_inner(&caller, trace, request.into_inner())
+            .await?;
         Ok(Response::new(self.core.present(&ticket).await))
     }
 
     type ExecuteStream = EventStream;
 
-    #[tracing::instrument(name = "execute", skip_all, fields(queue = %request.get_ref().queue))]
+    #[tracing::instrument(name = "execute", skip_all, fields(queue = %request.get_ref().queue, trace_id = tracing::field::Empty))]
     async fn execute(
         &self,
         request: Request<pb::SubmitRequest>,
@@ -109,7 +138,11 @@ impl Gateway for GatewayService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let caller = auth::caller(&request);
-        let ticket = self.submit_inner(&caller, request.into_inner()).await?;
+        crate::telemetry::continue_trace(request.metadata());
+        let trace = TraceContext::of(request.metadata());
+        let ticket = self
+            .submit_inner(&caller, trace, request.into_inner())
+            .await?;
         Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
     }
 
@@ -121,7 +154,7 @@ impl Gateway for GatewayService {
         let caller = auth::caller(&request);
         let request = request.into_inner();
         let id = convert::ticket_id(&request.id, "id")?;
-        self.visible(&caller, id).await?;
+        self.core.visible(&caller, id).await?;
         let wait = convert::duration(request.wait, "wait", std::time::Duration::MAX)?
             .unwrap_or_default()
             .min(self.core.config.max_wait);
@@ -143,7 +176,7 @@ impl Gateway for GatewayService {
             return Err(GatewayError::ShuttingDown.into());
         }
         // Fail fast with NOT_FOUND rather than as the stream's first item.
-        self.visible(&caller, id).await?;
+        self.core.visible(&caller, id).await?;
         let limit = self.core.config.max_watchers_per_ticket;
         if self.core.hub.watchers(id) >= limit {
             return Err(Status::resource_exhausted(format!(
@@ -166,7 +199,7 @@ impl Gateway for GatewayService {
         if request.reason.len() > 1024 {
             return Err(GatewayError::invalid("reason", "is longer than 1024 bytes").into());
         }
-        self.visible(&caller, id).await?;
+        self.core.visible(&caller, id).await?;
         let ticket = self
             .core
             .engine
@@ -195,36 +228,15 @@ impl Gateway for GatewayService {
             .enumerate()
             .map(|(i, s)| convert::state_from_pb(*s, &format!("states[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(GatewayError::invalid(
-                    "page_size",
-                    format!("{n} is above the maximum of {MAX_PAGE_SIZE}"),
-                )
-                .into());
-            }
-            n => n,
-        };
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                convert::ticket_id(&request.page_token, "page_token").map_err(|_| {
-                    GatewayError::invalid(
-                        "page_token",
-                        "is not a token from a previous ListTickets response",
-                    )
-                })?,
-            )
-        };
+        let (page_size, after) =
+            convert::page(request.page_size, &request.page_token, "ListTickets")?;
         let page = self
             .core
             .engine
             .list(ListFilter {
                 queue,
                 states,
-                page_size: page_size as usize,
+                page_size,
                 after,
                 tenant: caller.tenant.clone(),
             })

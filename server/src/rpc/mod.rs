@@ -1,9 +1,12 @@
-//! The gRPC layer: thin tonic services over the domain core. Each handler
-//! validates its request (`convert`), calls the engine, dispatcher or hub, and
-//! maps errors to a status in one place (`crate::error`).
+//! The gRPC layer: thin tonic services over the domain core (`gateway`,
+//! `workers`, and `operations`, which serves the same tickets as
+//! `google.longrunning` operations). Each handler validates its request
+//! (`convert`), calls the engine, dispatcher or hub, and maps errors to a
+//! status in one place (`crate::error`).
 
 pub mod convert;
 pub mod gateway;
+pub mod operations;
 pub mod watch;
 pub mod workers;
 
@@ -15,10 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use asyncgate_proto::v1 as pb;
 
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::domain::{Ticket, TicketState};
-use crate::engine::Engine;
+use crate::domain::{Ticket, TicketId, TicketState};
+use crate::engine::{Engine, EngineError};
+use crate::error::GatewayError;
 use crate::hub::WatchHub;
 
 /// What every service shares.
@@ -44,6 +49,17 @@ pub struct Core {
 }
 
 impl Core {
+    /// Fails with NOT_FOUND — exactly as for an id that does not exist —
+    /// unless `caller` may see ticket `id`.
+    pub async fn visible(&self, caller: &Caller, id: TicketId) -> Result<Ticket, GatewayError> {
+        let ticket = self.engine.get(id).await?;
+        if caller.sees(ticket.tenant.as_deref()) {
+            Ok(ticket)
+        } else {
+            Err(EngineError::NotFound(id).into())
+        }
+    }
+
     /// A ticket on the wire, with its waiting reason worked out.
     pub async fn present(&self, ticket: &Ticket) -> pb::Ticket {
         let mut context = convert::WaitContext::default();

@@ -46,6 +46,7 @@ async fn the_readme_tour_works_with_grpcurl() {
         "asyncgate.v1.Gateway",
         "asyncgate.v1.Workers",
         "grpc.health.v1.Health",
+        "google.longrunning.Operations",
     ] {
         assert!(services.contains(service), "{services}");
     }

@@ -61,6 +61,11 @@ pub(crate) struct Cli {
     )]
     pub(crate) client_key: Option<PathBuf>,
 
+    /// Compress requests (and ask for compressed replies) with `gzip` or
+    /// `zstd`: worth it for large, compressible payloads on slow links.
+    #[arg(long, global = true, env = "ASYNCGATE_COMPRESSION", value_enum)]
+    pub(crate) compression: Option<Compression>,
+
     /// How to print tickets and events: `text` for people; `json` for the
     /// proto3 JSON mapping (as grpcurl prints it), one document per line.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
@@ -68,6 +73,22 @@ pub(crate) struct Cli {
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// See [`Cli::compression`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl From<Compression> for asyncgate_client::CompressionEncoding {
+    fn from(compression: Compression) -> Self {
+        match compression {
+            Compression::Gzip => asyncgate_client::CompressionEncoding::Gzip,
+            Compression::Zstd => asyncgate_client::CompressionEncoding::Zstd,
+        }
+    }
 }
 
 /// See [`Cli::output`].

@@ -74,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         url: cli.server.clone(),
         tls,
         api_key: cli.api_key.clone(),
+        compression: cli.compression.map(Into::into),
     };
     match cli.command {
         // The worker connects (and reconnects) on its own.
@@ -82,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server.url.as_str(),
                 server.tls.clone(),
                 server.api_key.as_deref(),
+                server.compression,
                 args,
             )
             .await
@@ -93,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(key) => asyncgate_client::Credentials::api_key(key)?,
                     None => asyncgate_client::Credentials::default(),
                 },
+                compression: server.compression,
             };
             bench::run(server.url.as_str(), access, cli.output, args).await
         }
@@ -135,6 +138,7 @@ struct Gateway {
     url: String,
     tls: Option<Tls>,
     api_key: Option<String>,
+    compression: Option<asyncgate_client::CompressionEncoding>,
 }
 
 async fn connect(server: &Gateway) -> anyhow::Result<Client> {
@@ -144,8 +148,12 @@ async fn connect(server: &Gateway) -> anyhow::Result<Client> {
         None => Client::connect(url).await,
     }
     .with_context(|| format!("connecting to {url}"))?;
-    Ok(match &server.api_key {
+    let client = match &server.api_key {
         Some(key) => client.with_api_key(key)?,
+        None => client,
+    };
+    Ok(match server.compression {
+        Some(encoding) => client.with_compression(encoding),
         None => client,
     })
 }

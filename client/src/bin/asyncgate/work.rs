@@ -25,6 +25,7 @@ pub(crate) async fn run(
     server: &str,
     tls: Option<asyncgate_client::Tls>,
     api_key: Option<&str>,
+    compression: Option<asyncgate_client::CompressionEncoding>,
     args: WorkArgs,
 ) -> anyhow::Result<ExitCode> {
     let Some((program, program_args)) = args.command.split_first() else {
@@ -46,6 +47,9 @@ pub(crate) async fn run(
     }
     if let Some(key) = api_key {
         builder = builder.api_key(key)?;
+    }
+    if let Some(encoding) = compression {
+        builder = builder.compression(encoding);
     }
     let handle = builder.build()?.spawn();
 

@@ -44,9 +44,9 @@ use tokio::task::JoinHandle;
 use self::connection::{Conn, Target};
 use self::layout::{Keys, Placement, TimerKind, slot};
 use super::{
-    Applied, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener, ListFilter,
-    ListPage, ProgressReport, ReleaseReason, Revocation, RevokeReason, SessionInfo, Submitted,
-    idempotency_scope, record, transition,
+    Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
+    ListFilter, ListPage, ProgressReport, QueueDepth, ReleaseReason, Revocation, RevokeReason,
+    SessionInfo, Submitted, idempotency_scope, record, transition,
 };
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
@@ -523,6 +523,15 @@ impl Inner {
         &self.leases[(self.hasher.hash_one(lease_id) as usize) % LEASE_SHARDS]
     }
 
+    /// Reports a committed state change to the listener (for metrics).
+    fn observe(&self, before: &Ticket, after: &Ticket) {
+        if before.state != after.state
+            && let Some(listener) = self.listener.get()
+        {
+            listener.transitioned(Before::of(before), after, SystemTime::now());
+        }
+    }
+
     fn notify_ready(&self, queue: &QueueName) {
         if let Some(listener) = self.listener.get() {
             listener.queue_ready(queue);
@@ -758,6 +767,7 @@ impl Inner {
                     match reply.as_slice() {
                         [1, revision] => {
                             let revision = *revision as u64;
+                            self.observe(&stored.ticket, &after);
                             return Ok((
                                 result,
                                 Some(Stored {
@@ -1367,6 +1377,13 @@ impl Engine for RedisEngine {
         match reply.as_slice() {
             [1, _] => {
                 inner.located.insert(id, &queue);
+                if let Some(listener) = inner.listener.get() {
+                    listener.transitioned(
+                        Before::created(ticket.created_at),
+                        &ticket,
+                        ticket.created_at,
+                    );
+                }
                 Ok(Submitted {
                     ticket,
                     created: true,
@@ -1771,6 +1788,7 @@ impl Engine for RedisEngine {
                     continue;
                 }
             };
+            inner.observe(&stored.ticket, &after);
             let written = Stored {
                 ticket: after.clone(),
                 revision,
@@ -1879,6 +1897,43 @@ impl Engine for RedisEngine {
             .await?;
         lock(&inner.worker_counts).insert(queue.clone(), (Instant::now(), count));
         Ok(Some(count))
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
+        let inner = &self.inner;
+        let queues: Vec<String> = inner
+            .run(|| {
+                let mut cmd = redis::cmd("SMEMBERS");
+                cmd.arg(inner.keys.queues());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let queues: Vec<QueueName> = queues
+            .iter()
+            .filter_map(|q| QueueName::parse(q).ok())
+            .collect();
+        // One request per queue (one slot each).
+        let counts = futures::future::join_all(queues.iter().map(|queue| {
+            inner.run::<(Option<u64>, u64)>(|| {
+                let mut pipe = redis::pipe();
+                pipe.get(inner.keys.pending(queue))
+                    .zcard(inner.keys.leased(queue));
+                QueryKind::Pipe(pipe)
+            })
+        }))
+        .await;
+        queues
+            .into_iter()
+            .zip(counts)
+            .map(|(queue, counts)| {
+                let (pending, running) = counts?;
+                Ok(QueueDepth {
+                    queue,
+                    pending: pending.unwrap_or(0),
+                    running: Some(running),
+                })
+            })
+            .collect()
     }
 
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {

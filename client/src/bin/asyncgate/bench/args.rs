@@ -104,9 +104,14 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) tickets: Option<u64>,
 
-    /// Payload bytes per request (binary).
+    /// Payload bytes per request.
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     pub(crate) payload_size: usize,
+
+    /// What the payload holds: `binary` (hardly compressible) or `json` (a
+    /// realistic JSON document, as compressible as typical API data).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Binary)]
+    pub(crate) payload_kind: PayloadKind,
 
     /// Measured time per run.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
@@ -146,6 +151,13 @@ pub(crate) struct BenchArgs {
 }
 
 /// See [`BenchArgs`].
+/// See `--payload-kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PayloadKind {
+    Binary,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
     Submit,
@@ -230,6 +242,7 @@ pub(crate) struct Settings {
     pub(crate) watchers: usize,
     pub(crate) tickets: u64,
     pub(crate) payload_size: usize,
+    pub(crate) payload_kind: PayloadKind,
     pub(crate) duration: Duration,
     pub(crate) warmup: Duration,
     pub(crate) repeat: usize,
@@ -373,6 +386,7 @@ impl BenchArgs {
                 100_000_000,
             )?,
             payload_size: check_range("payload-size", self.payload_size, 0, MAX_PAYLOAD)?,
+            payload_kind: self.payload_kind,
             duration: self.duration,
             warmup: self.warmup,
             repeat: check_range("repeat", self.repeat, 1, 1000)?,

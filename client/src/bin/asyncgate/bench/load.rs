@@ -143,12 +143,16 @@ impl Caller {
         echo: &EchoRequest,
     ) -> Caller {
         match kind {
-            LoadKind::Echo => Caller::Echo(
-                EchoClient::new(channel.clone())
+            LoadKind::Echo => {
+                let client = EchoClient::new(channel.clone())
                     .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
-                echo.clone(),
-            ),
+                    .max_encoding_message_size(MAX_MESSAGE);
+                let client = match crate::bench::target::compression() {
+                    Some(encoding) => client.send_compressed(encoding).accept_compressed(encoding),
+                    None => client,
+                };
+                Caller::Echo(client, echo.clone())
+            }
             LoadKind::Submit => Caller::Submit(gateway_client(channel), request.clone()),
             LoadKind::Execute => Caller::Execute(gateway_client(channel), request.clone()),
             LoadKind::Poll => Caller::Poll(gateway_client(channel), request.clone()),

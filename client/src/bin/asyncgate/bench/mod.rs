@@ -28,7 +28,8 @@ use asyncgate_proto::bench::EchoRequest;
 use bytes::Bytes;
 
 pub(crate) use args::{BenchArgs, LONG_ABOUT};
-use args::{Mode, Settings, TargetSpec};
+use args::{Mode, PayloadKind, Settings, TargetSpec};
+use asyncgate_client::CompressionEncoding;
 use echo::EchoBaseline;
 use load::{LoadKind, LoadPlan};
 use report::{LoadReport, RunRecord};
@@ -65,9 +66,64 @@ pub(crate) async fn run(
     }
 }
 
-/// The payload every request carries: `size` bytes, not all zero.
-fn payload(size: usize) -> Bytes {
-    Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+/// The payload every request carries: `size` bytes, not all zero; as JSON,
+/// an array of order records (about as compressible as typical API data).
+pub(crate) fn payload(size: usize, kind: PayloadKind) -> Bytes {
+    match kind {
+        PayloadKind::Binary => Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+        PayloadKind::Json => {
+            use std::fmt::Write as _;
+            const STATUSES: [&str; 4] = ["pending", "shipped", "delivered", "returned"];
+            let mut text = String::with_capacity(size + 128);
+            text.push('[');
+            let mut index = 0u64;
+            // Each record is under 200 bytes; stop before `size` and pad.
+            while text.len() + 200 < size {
+                if index > 0 {
+                    text.push(',');
+                }
+                // A cheap deterministic mix, so values vary like real data.
+                let mix = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                let _ = write!(
+                    text,
+                    r#"{{"order_id":{},"customer":"customer-{}","status":"{}","amount_cents":{},"items":{},"note":"{}"}}"#,
+                    100_000 + index,
+                    mix % 5000,
+                    STATUSES[(mix % 4) as usize],
+                    mix % 100_000,
+                    1 + mix % 9,
+                    if mix.is_multiple_of(3) {
+                        "gift wrap"
+                    } else {
+                        ""
+                    },
+                );
+                index += 1;
+            }
+            text.push(']');
+            while text.len() < size {
+                text.push(' ');
+            }
+            Bytes::from(text)
+        }
+    }
+}
+
+/// The payload's size on the wire under `--compression` (what tonic sends:
+/// gzip level 6, zstd's default level).
+pub(crate) fn compressed_size(payload: &[u8], encoding: CompressionEncoding) -> usize {
+    match encoding {
+        CompressionEncoding::Gzip => {
+            use std::io::Write as _;
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            let _ = encoder.write_all(payload);
+            encoder.finish().map_or(payload.len(), |out| out.len())
+        }
+        CompressionEncoding::Zstd => zstd::encode_all(payload, zstd::DEFAULT_COMPRESSION_LEVEL)
+            .map_or(payload.len(), |out| out.len()),
+        _ => payload.len(),
+    }
 }
 
 fn load_kind(settings: &Settings) -> LoadKind {
@@ -97,7 +153,7 @@ async fn run_load(
     output: OutputFormat,
     started_at: SystemTime,
 ) -> anyhow::Result<ExitCode> {
-    let bytes = payload(settings.payload_size);
+    let bytes = payload(settings.payload_size, settings.payload_kind);
     let echo_request = EchoRequest {
         payload: bytes.clone(),
     };

@@ -245,7 +245,19 @@ fn settings_json(settings: &Settings) -> Value {
         "warmup_s": settings.warmup.as_secs_f64(),
         "repeat": settings.repeat,
         "rss_source": RssSource::for_settings(settings).label(),
+        "payload_kind": format!("{:?}", settings.payload_kind).to_lowercase(),
+        "compression": super::target::compression().map(|e| e.to_string()),
+        "payload_wire_bytes": payload_wire_bytes(settings),
     })
+}
+
+/// The payload's size as sent, under `--compression` (each direction).
+fn payload_wire_bytes(settings: &Settings) -> usize {
+    let payload = super::payload(settings.payload_size, settings.payload_kind);
+    match super::target::compression() {
+        Some(encoding) => super::compressed_size(&payload, encoding),
+        None => payload.len(),
+    }
 }
 
 /// The whole JSON document of a load run.
@@ -334,9 +346,17 @@ pub(crate) fn load_text(report: &LoadReport, settings: &Settings) -> String {
     };
     let _ = writeln!(
         out,
-        "asyncgate bench: mode {}, payload {} B, {} connection(s), {workers}, {:?} measured after {:?} warmup, {}",
+        "asyncgate bench: mode {}, payload {} B {:?}{}, {} connection(s), {workers}, {:?} measured after {:?} warmup, {}",
         settings.mode.name(),
         settings.payload_size,
+        settings.payload_kind,
+        match super::target::compression() {
+            Some(encoding) => format!(
+                " ({encoding}: {} B on the wire)",
+                payload_wire_bytes(settings)
+            ),
+            None => String::new(),
+        },
         settings.connections,
         settings.duration,
         settings.warmup,

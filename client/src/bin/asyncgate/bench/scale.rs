@@ -45,7 +45,7 @@ pub(crate) async fn run(settings: &Settings, gateway: &Gateway) -> anyhow::Resul
 }
 
 fn payload(settings: &Settings) -> Bytes {
-    super::payload(settings.payload_size)
+    super::payload(settings.payload_size, settings.payload_kind)
 }
 
 fn secs(d: Duration) -> f64 {

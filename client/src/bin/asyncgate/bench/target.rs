@@ -294,6 +294,7 @@ pub(crate) async fn connect_all(urls: &[String], n: usize) -> anyhow::Result<Vec
 pub(crate) struct Access {
     pub(crate) tls: Option<Tls>,
     pub(crate) credentials: Credentials,
+    pub(crate) compression: Option<asyncgate_client::CompressionEncoding>,
 }
 
 static ACCESS: OnceLock<Access> = OnceLock::new();
@@ -310,9 +311,19 @@ fn access() -> &'static Access {
 /// A raw gateway client (no SDK resume logic) without message size limits
 /// that a large payload could hit.
 pub(crate) fn gateway_client(channel: &Channel) -> GatewayClient<Transport> {
-    GatewayClient::with_interceptor(channel.clone(), access().credentials.clone())
+    let client = GatewayClient::with_interceptor(channel.clone(), access().credentials.clone())
         .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    match compression() {
+        Some(encoding) => client.send_compressed(encoding).accept_compressed(encoding),
+        None => client,
+    }
+}
+
+/// The CLI's `--compression`, applied to every call of the run (the echo
+/// baseline's too, so the ratio compares like with like).
+pub(crate) fn compression() -> Option<asyncgate_client::CompressionEncoding> {
+    access().compression
 }
 
 /// A fresh queue name per run, so runs (and earlier runs on a remote
@@ -368,6 +379,9 @@ impl Fleet {
                 .filter(|_| url.starts_with("https://"))
             {
                 builder = builder.tls(tls.clone());
+            }
+            if let Some(encoding) = compression() {
+                builder = builder.compression(encoding);
             }
             let worker = builder
                 .credentials(access().credentials.clone())

@@ -1,0 +1,460 @@
+//! Prometheus metrics (`--metrics-listen`): what each queue receives, runs
+//! and finishes, how long tickets wait and run, and every RPC's outcome and
+//! latency. Counters and histograms count what this gateway did (sum them
+//! across replicas); gauges of pending and running tickets come from the
+//! store, so every replica reports the shared figure.
+//!
+//! RPC metrics use the names of go-grpc-prometheus
+//! (`grpc_server_handled_total`, `grpc_server_handling_seconds`), so
+//! existing gRPC dashboards work unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::Full;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
+
+use crate::body::{CallObserver, Observed};
+use crate::dispatch::Dispatcher;
+use crate::domain::{Ticket, TicketState};
+use crate::engine::{Before, Engine};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    queue: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn ticket_seconds() -> Histogram {
+    // 1 ms to about 35 minutes.
+    Histogram::new(exponential_buckets(0.001, 2.0, 22))
+}
+
+fn rpc_seconds() -> Histogram {
+    // 100 µs to about 52 seconds.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// The gateway's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    submitted: Family<QueueLabels, Counter>,
+    completed: Family<OutcomeLabels, Counter>,
+    retried: Family<QueueLabels, Counter>,
+    pending: Family<QueueLabels, Gauge>,
+    running: Family<QueueLabels, Gauge>,
+    workers: Family<QueueLabels, Gauge>,
+    queue_wait: HistogramFamily<QueueLabels>,
+    run_time: HistogramFamily<QueueLabels>,
+    end_to_end: HistogramFamily<QueueLabels>,
+    handled: Family<HandledLabels, Counter>,
+    handling: HistogramFamily<MethodLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut metrics = Self {
+            registry: Registry::default(),
+            submitted: Family::default(),
+            completed: Family::default(),
+            retried: Family::default(),
+            pending: Family::default(),
+            running: Family::default(),
+            workers: Family::default(),
+            queue_wait: Family::new_with_constructor(ticket_seconds),
+            run_time: Family::new_with_constructor(ticket_seconds),
+            end_to_end: Family::new_with_constructor(ticket_seconds),
+            handled: Family::default(),
+            handling: Family::new_with_constructor(rpc_seconds),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "asyncgate_tickets_submitted",
+            "Tickets created (idempotent repeats not counted)",
+            metrics.submitted.clone(),
+        );
+        registry.register(
+            "asyncgate_tickets_completed",
+            "Tickets that reached a terminal state, by outcome (succeeded, failed, cancelled, expired)",
+            metrics.completed.clone(),
+        );
+        registry.register(
+            "asyncgate_tickets_retried",
+            "Attempts that ended without a result and were queued again (worker failure, lost worker, attempt timeout)",
+            metrics.retried.clone(),
+        );
+        registry.register(
+            "asyncgate_tickets_pending",
+            "PENDING tickets (ready or in backoff)",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "asyncgate_tickets_running",
+            "Tickets leased to a worker",
+            metrics.running.clone(),
+        );
+        registry.register(
+            "asyncgate_workers_connected",
+            "Worker connections serving the queue on this gateway",
+            metrics.workers.clone(),
+        );
+        registry.register_with_unit(
+            "asyncgate_ticket_queue_wait",
+            "Time from ready to leased, per attempt",
+            Unit::Seconds,
+            metrics.queue_wait.clone(),
+        );
+        registry.register_with_unit(
+            "asyncgate_ticket_run",
+            "Time from lease to the attempt's end",
+            Unit::Seconds,
+            metrics.run_time.clone(),
+        );
+        registry.register_with_unit(
+            "asyncgate_ticket_end_to_end",
+            "Time from submit to a terminal state",
+            Unit::Seconds,
+            metrics.end_to_end.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            metrics.handled.clone(),
+        );
+        registry.register_with_unit(
+            "grpc_server_handling",
+            "RPC duration until its response ended (whole stream for streaming calls)",
+            Unit::Seconds,
+            metrics.handling.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a transition the engine committed.
+    pub fn transitioned(&self, before: Before, after: &Ticket, now: SystemTime) {
+        let since = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
+        let queue = || QueueLabels {
+            queue: after.queue.as_str().to_owned(),
+        };
+        let Some(was) = before.state else {
+            self.submitted.get_or_create(&queue()).inc();
+            return;
+        };
+        if was == after.state {
+            return;
+        }
+        if was == TicketState::Running {
+            self.running.get_or_create(&queue()).dec();
+            if let Some(started) = before.attempt_started {
+                self.run_time
+                    .get_or_create(&queue())
+                    .observe(since(started));
+            }
+            if after.state == TicketState::Pending {
+                self.retried.get_or_create(&queue()).inc();
+            }
+        }
+        if after.state == TicketState::Running {
+            self.running.get_or_create(&queue()).inc();
+            self.queue_wait
+                .get_or_create(&queue())
+                .observe(since(before.ready_since));
+        }
+        if after.state.is_terminal() {
+            let outcome = match after.state {
+                TicketState::Succeeded => "succeeded",
+                TicketState::Failed => "failed",
+                TicketState::Cancelled => "cancelled",
+                _ => "expired",
+            };
+            self.completed
+                .get_or_create(&OutcomeLabels {
+                    queue: after.queue.as_str().to_owned(),
+                    outcome,
+                })
+                .inc();
+            self.end_to_end
+                .get_or_create(&queue())
+                .observe(since(after.created_at));
+        }
+    }
+
+    /// The exposition text, with gauges read fresh from the store and the
+    /// dispatcher.
+    pub async fn render(&self, engine: &dyn Engine, dispatcher: &Dispatcher) -> String {
+        match engine.queue_depths().await {
+            Ok(depths) => {
+                self.pending.clear();
+                for depth in depths {
+                    let labels = QueueLabels {
+                        queue: depth.queue.as_str().to_owned(),
+                    };
+                    self.pending
+                        .get_or_create(&labels)
+                        .set(depth.pending as i64);
+                    if let Some(running) = depth.running {
+                        self.running.get_or_create(&labels).set(running as i64);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "metrics: queue depths unavailable"),
+        }
+        self.workers.clear();
+        for (queue, count) in dispatcher.worker_counts() {
+            self.workers
+                .get_or_create(&QueueLabels {
+                    queue: queue.as_str().to_owned(),
+                })
+                .set(count as i64);
+        }
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "metrics encoding failed");
+        }
+        text
+    }
+
+    fn rpc_done(&self, service: &str, method: &str, code: tonic::Code, seconds: f64) {
+        self.handled
+            .get_or_create(&HandledLabels {
+                grpc_service: service.to_owned(),
+                grpc_method: method.to_owned(),
+                grpc_code: code_name(code),
+            })
+            .inc();
+        self.handling
+            .get_or_create(&MethodLabels {
+                grpc_service: service.to_owned(),
+                grpc_method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
+/// go-grpc-prometheus spells codes as Go's `codes.Code.String()`.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+/// Counts every RPC by status code and times it, in one place.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl RpcMetricsLayer {
+    /// Records into `metrics`; `None` records nothing.
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// One RPC in flight; recorded when its response body is dropped.
+struct RpcCall {
+    metrics: Arc<Metrics>,
+    path: String,
+    started: Instant,
+    code: Option<tonic::Code>,
+}
+
+impl CallObserver for RpcCall {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(code) = grpc_status(trailers) {
+            self.code = Some(code);
+        }
+    }
+}
+
+impl Drop for RpcCall {
+    fn drop(&mut self) {
+        // A response that ended without a status: the client went away.
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
+        let (service, method) = match (code, self.path.trim_start_matches('/').split_once('/')) {
+            // Unknown paths are not labels: a client could mint endless ones.
+            (tonic::Code::Unimplemented, _) | (_, None) => ("unknown", "unknown"),
+            (_, Some(parts)) => parts,
+        };
+        self.metrics
+            .rpc_done(service, method, code, self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(metrics) = self.metrics.clone() else {
+            return futures::future::Either::Left(self.inner.call(request));
+        };
+        let mut call = RpcCall {
+            metrics,
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
+            code: None,
+        };
+        let response = self.inner.call(request);
+        futures::future::Either::Right(Box::pin(async move {
+            let response = response.await?;
+            // A trailers-only response carries its status in the headers.
+            call.code = grpc_status(response.headers());
+            Ok(response.map(|body| Observed::wrap(body, call)))
+        }))
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`.
+pub fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    engine: Arc<dyn Engine>,
+    dispatcher: Dispatcher,
+    stop: CancellationToken,
+) -> SocketAddr {
+    let local_addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "metrics listener: accept failed");
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            };
+            let metrics = metrics.clone();
+            let engine = engine.clone();
+            let dispatcher = dispatcher.clone();
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    let engine = engine.clone();
+                    let dispatcher = dispatcher.clone();
+                    async move {
+                        if request.uri().path() == "/metrics" {
+                            let text = metrics.render(engine.as_ref(), &dispatcher).await;
+                            http::Response::builder()
+                                .header(
+                                    http::header::CONTENT_TYPE,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(text)))
+                        } else {
+                            http::Response::builder()
+                                .status(http::StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+                        }
+                    }
+                });
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+                }
+            });
+        }
+    });
+    local_addr
+}
