@@ -12,7 +12,8 @@
 //! - [`connection`]: calls open per connection; idle connections closed.
 //! - [`body`]: response bodies that report when a (streaming) call ends.
 //! - [`hub`]: per-ticket fan-out of change events to watchers.
-//! - [`rpc`]: thin tonic services (`Gateway`, `Workers`), the edge validation
+//! - [`rpc`]: thin tonic services (`Gateway`, `Workers`, and `Operations`:
+//!   tickets as `google.longrunning` operations), the edge validation
 //!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
 //! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown, logs.

@@ -31,7 +31,13 @@ pub type Server = lro::operations_server::OperationsServer<OperationsService>;
 /// (a name, a filter) and replies carry at most one result payload, which the
 /// default size limits allow.
 pub fn server(core: Core) -> Server {
+    use tonic::codec::CompressionEncoding::{Gzip, Zstd};
+    // Compression as on the Gateway service.
     Server::new(OperationsService::new(core))
+        .accept_compressed(Gzip)
+        .accept_compressed(Zstd)
+        .send_compressed(Gzip)
+        .send_compressed(Zstd)
 }
 
 /// The service implementation.

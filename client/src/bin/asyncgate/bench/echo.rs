@@ -45,7 +45,14 @@ impl EchoBaseline {
         let url = format!("http://{}", listener.local_addr()?);
         let stop = CancellationToken::new();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        use tonic::codec::CompressionEncoding::{Gzip, Zstd};
+        // Like the gateway: accepts compressed calls, compresses replies for
+        // callers that ask (`--compression`).
         let service = EchoServer::new(EchoService)
+            .accept_compressed(Gzip)
+            .accept_compressed(Zstd)
+            .send_compressed(Gzip)
+            .send_compressed(Zstd)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let router = Server::builder().add_service(service);
