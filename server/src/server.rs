@@ -458,11 +458,23 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let serve = {
         let hard_stop = hard_stop.clone();
         let tracker = tracker.clone();
+        let engine = Arc::downgrade(&engine);
         tokio::spawn(async move {
             let result = router.serve_with_incoming_shutdown(incoming, signal).await;
             hard_stop.cancel();
             tracker.close();
             tracker.wait().await;
+            // Finished connection and stream tasks let go of the engine a
+            // moment after they report done; wait for that, so that a
+            // durable store's file is closed (and can be reopened) once
+            // shutdown returns.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while engine.strong_count() > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            if engine.strong_count() > 0 {
+                tracing::warn!("the store is still in use 5 s after shutdown");
+            }
             result
         })
     };
