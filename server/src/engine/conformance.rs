@@ -20,6 +20,8 @@ pub(crate) struct Recorder {
     changes: Mutex<Vec<TicketChange>>,
     ready: Mutex<Vec<QueueName>>,
     revoked: Mutex<Vec<Revocation>>,
+    /// (ticket, state before, state after) of every committed transition.
+    transitions: Mutex<Vec<(TicketId, Option<TicketState>, TicketState)>>,
     reported: tokio::sync::Notify,
 }
 
@@ -38,6 +40,12 @@ impl EngineListener for Recorder {
     fn lease_revoked(&self, revocation: Revocation) {
         self.revoked.lock().unwrap().push(revocation);
         self.reported.notify_waiters();
+    }
+    fn transitioned(&self, before: Before, after: &Ticket, _now: SystemTime) {
+        self.transitions
+            .lock()
+            .unwrap()
+            .push((after.id, before.state, after.state));
     }
 }
 
@@ -712,6 +720,53 @@ pub(crate) async fn tickets_ahead_counts_the_queue(factory: Factory) {
     assert_eq!(h.engine.tickets_ahead(&tickets[2]).await.unwrap(), 2);
 }
 
+pub(crate) async fn transitions_and_queue_depths_are_reported(factory: Factory) {
+    let h = harness(factory).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(h.engine.submit(new_ticket("q")).await.unwrap().ticket.id);
+    }
+    let s = session(&h.engine, "w").await;
+    let c = claim_one(&h.engine, "q", &s).await;
+    let depth = |depths: Vec<QueueDepth>| {
+        depths
+            .into_iter()
+            .find(|d| d.queue == queue("q"))
+            .expect("the queue is counted")
+    };
+    let running = depth(h.engine.queue_depths().await.unwrap());
+    assert_eq!(running.pending, 2);
+    assert!(matches!(running.running, None | Some(1)), "{running:?}");
+    h.engine
+        .complete(c.ticket.id, c.lease.lease_id, Outcome::Success(body("ok")))
+        .await
+        .unwrap();
+    let done = depth(h.engine.queue_depths().await.unwrap());
+    assert_eq!(done.pending, 2);
+    assert!(matches!(done.running, None | Some(0)), "{done:?}");
+
+    let transitions = h.recorder.transitions.lock().unwrap().clone();
+    for id in &ids {
+        assert!(
+            transitions.contains(&(*id, None, TicketState::Pending)),
+            "creation of {id} reported once committed: {transitions:?}"
+        );
+    }
+    let leased = c.ticket.id;
+    let of_leased: Vec<_> = transitions
+        .iter()
+        .filter(|(id, before, _)| *id == leased && before.is_some())
+        .map(|(_, before, after)| (before.unwrap(), *after))
+        .collect();
+    assert_eq!(
+        of_leased,
+        [
+            (TicketState::Pending, TicketState::Running),
+            (TicketState::Running, TicketState::Succeeded)
+        ]
+    );
+}
+
 /// Instantiates every conformance case as a test for one engine.
 macro_rules! engine_conformance {
     ($module:ident, $factory:expr) => {
@@ -738,6 +793,7 @@ macro_rules! engine_conformance {
                 list_filters_and_pages,
                 tenants_scope_idempotency_and_lists,
                 tickets_ahead_counts_the_queue,
+                transitions_and_queue_depths_are_reported,
             );
         }
     };
