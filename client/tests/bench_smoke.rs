@@ -198,3 +198,36 @@ fn e2e_against_a_remote_gateway_with_tls_and_an_api_key() {
     assert_eq!(run["store"], "remote");
     runtime.block_on(running.shutdown()).unwrap();
 }
+
+#[test]
+fn compressed_e2e_with_a_json_payload_reports_its_wire_size() {
+    let report = bench(&[
+        "--embedded",
+        "memory",
+        "--mode",
+        "e2e",
+        "--concurrency",
+        "2",
+        "--payload-size",
+        "16384",
+        "--payload-kind",
+        "json",
+        "--compression",
+        "zstd",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--baseline",
+    ]);
+    let settings = &report["settings"];
+    assert_eq!(settings["compression"], "zstd", "{settings}");
+    assert_eq!(settings["payload_kind"], "json", "{settings}");
+    let wire = number(&settings["payload_wire_bytes"], "payload_wire_bytes");
+    assert!(
+        0.0 < wire && wire < 16384.0 / 2.0,
+        "a JSON document compresses well: {wire} bytes"
+    );
+    check_row(&report["runs"][0]);
+    check_row(&report["baseline"][0]);
+}
