@@ -66,11 +66,12 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
 
 use tracing_subscriber::Layer as _;
 
-/// Parents the current span on the W3C trace context of a request's
-/// headers, so exported spans continue the caller's trace.
-pub fn continue_trace(_headers: &tonic::metadata::MetadataMap) {
+/// Parents `span` on the W3C trace context of a request's headers, so
+/// exported spans continue the caller's trace. Call before the span is first
+/// entered (entering starts its OpenTelemetry context).
+pub fn continue_trace(_span: &tracing::Span, _headers: &tonic::metadata::MetadataMap) {
     #[cfg(feature = "otel")]
-    otel::continue_trace(_headers);
+    otel::continue_trace(_span, _headers);
 }
 
 #[cfg(feature = "otel")]
@@ -125,10 +126,68 @@ mod otel {
         }
     }
 
-    pub(super) fn continue_trace(headers: &tonic::metadata::MetadataMap) {
+    pub(super) fn continue_trace(span: &tracing::Span, headers: &tonic::metadata::MetadataMap) {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Headers(headers))
         });
-        let _ = tracing::Span::current().set_parent(parent);
+        let _ = span.set_parent(parent);
+    }
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Keeps exported spans in memory (no collector in tests).
+    #[derive(Debug, Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collected {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_exported_span_continues_the_callers_trace() {
+        let collected = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(collected.clone())
+            .build();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("submit");
+            let mut headers = tonic::metadata::MetadataMap::new();
+            headers.insert(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
+            );
+            super::continue_trace(&span, &headers);
+            let _entered = span.enter();
+        });
+        provider.force_flush().unwrap();
+        let spans = collected.0.lock().unwrap();
+        let submit = spans
+            .iter()
+            .find(|span| span.name == "submit")
+            .expect("the span was exported");
+        assert_eq!(
+            submit.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(submit.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(submit.parent_span_is_remote);
     }
 }

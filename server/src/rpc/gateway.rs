@@ -113,23 +113,26 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TicketEvent, Status>> + 
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    #[tracing::instrument(name = "submit", skip_all, fields(queue = %request.get_ref().queue, trace_id = tracing::field::Empty))]
     async fn submit(
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = auth::caller(&request);
-        crate::telemetry::continue_trace(request.metadata());
-        let trace = TraceContext::of(request.metadata());
-        let ticket = self
-            .submit_inner(&caller, trace, request.into_inner())
-            .await?;
-        Ok(Response::new(self.core.present(&ticket).await))
+        let span = tracing::info_span!("submit", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, request.metadata());
+        async move {
+            let caller = auth::caller(&request);
+            let trace = TraceContext::of(request.metadata());
+            let ticket = self
+                .submit_inner(&caller, trace, request.into_inner())
+                .await?;
+            Ok(Response::new(self.core.present(&ticket).await))
+        }
+        .instrument(span)
+        .await
     }
 
     type ExecuteStream = EventStream;
 
-    #[tracing::instrument(name = "execute", skip_all, fields(queue = %request.get_ref().queue, trace_id = tracing::field::Empty))]
     async fn execute(
         &self,
         request: Request<pb::SubmitRequest>,
@@ -137,13 +140,20 @@ impl Gateway for GatewayService {
         if self.core.shutdown.is_cancelled() {
             return Err(GatewayError::ShuttingDown.into());
         }
-        let caller = auth::caller(&request);
-        crate::telemetry::continue_trace(request.metadata());
-        let trace = TraceContext::of(request.metadata());
-        let ticket = self
-            .submit_inner(&caller, trace, request.into_inner())
-            .await?;
-        Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
+        let span = tracing::info_span!("execute", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, request.metadata());
+        async move {
+            let caller = auth::caller(&request);
+            let trace = TraceContext::of(request.metadata());
+            let ticket = self
+                .submit_inner(&caller, trace, request.into_inner())
+                .await?;
+            Ok(Response::new(
+                Box::pin(self.spawn_watch(ticket.id, None)) as Self::ExecuteStream
+            ))
+        }
+        .instrument(span)
+        .await
     }
 
     #[tracing::instrument(name = "get_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
