@@ -80,6 +80,9 @@ struct QueueHandle {
     mailbox: mpsc::UnboundedSender<QueueMessage>,
     /// Set while a `Ready` is in the mailbox, so a burst of submits sends one.
     ready_queued: Arc<AtomicBool>,
+    /// Set while a `CreditAvailable` is in the mailbox, so a burst of
+    /// results sends one.
+    credit_queued: Arc<AtomicBool>,
     /// Sessions attached, for explanations ("no worker connected").
     workers: AtomicUsize,
 }
@@ -154,11 +157,13 @@ impl Dispatcher {
         let handle = queues.entry(queue.clone()).or_insert_with(|| {
             let (mailbox, receiver) = mpsc::unbounded_channel();
             let ready_queued = Arc::new(AtomicBool::new(false));
+            let credit_queued = Arc::new(AtomicBool::new(false));
             let actor = QueueActor {
                 queue: queue.clone(),
                 engine: self.inner.engine.clone(),
                 mailbox: receiver,
                 ready_queued: ready_queued.clone(),
+                credit_queued: credit_queued.clone(),
                 sessions: Vec::new(),
                 cursor: 0,
                 has_work: true,
@@ -177,6 +182,7 @@ impl Dispatcher {
             Arc::new(QueueHandle {
                 mailbox,
                 ready_queued,
+                credit_queued,
                 workers: AtomicUsize::new(0),
             })
         });
@@ -222,10 +228,10 @@ impl Dispatcher {
     pub fn credit_returned(&self, slot: &SessionSlot, queues: &[QueueName]) {
         slot.return_credit();
         for queue in queues {
-            let _ = self
-                .handle(queue)
-                .mailbox
-                .send(QueueMessage::CreditAvailable);
+            let handle = self.handle(queue);
+            if !handle.credit_queued.swap(true, Ordering::AcqRel) {
+                let _ = handle.mailbox.send(QueueMessage::CreditAvailable);
+            }
         }
     }
 
@@ -280,6 +286,7 @@ struct QueueActor {
     engine: Arc<dyn Engine>,
     mailbox: mpsc::UnboundedReceiver<QueueMessage>,
     ready_queued: Arc<AtomicBool>,
+    credit_queued: Arc<AtomicBool>,
     sessions: Vec<Arc<SessionSlot>>,
     /// Where the next round-robin pass starts.
     cursor: usize,
@@ -309,7 +316,9 @@ impl QueueActor {
             QueueMessage::Detach(session_id) => {
                 self.sessions.retain(|s| s.info.session_id != session_id);
             }
-            QueueMessage::CreditAvailable => {}
+            QueueMessage::CreditAvailable => {
+                self.credit_queued.swap(false, Ordering::AcqRel);
+            }
         }
     }
 
