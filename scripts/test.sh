@@ -38,9 +38,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
-# The OpenTelemetry export is behind a cargo feature: keep it working (its
-# test exports a span that continues a caller's trace, in memory).
+# OpenTelemetry is behind a cargo feature (server and worker SDK): keep it
+# working (their tests export spans that continue a caller's trace, in
+# memory).
 cargo test --locked -p asyncgate-server --features otel --lib telemetry 2>&1 | tee -a "$log" | tail -n 3 || status=$?
+cargo test --locked -p asyncgate-client --features otel --lib otel 2>&1 | tee -a "$log" | tail -n 3 || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -37,6 +37,7 @@ mod client;
 pub mod convert;
 mod credentials;
 mod error;
+mod otel;
 pub mod payload;
 mod retry;
 mod stream;

@@ -35,7 +35,9 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
-use super::handler::{CancelSignal, Handler, TaskContext, TaskError};
+use asyncgate_proto::trace_context::TRACEPARENT;
+
+use super::handler::{CancelSignal, Handler, TaskContext, TaskError, TraceParent};
 use super::{Config, Connector, transport};
 use crate::convert;
 use crate::error::is_transient_status;
@@ -469,7 +471,10 @@ impl Runner {
         let lease_id = task.lease_id.clone();
         let queue = task.queue.clone();
         let attempt = task.attempt;
-        let ctx = TaskContext::new(task, signal, self.link.subscribe());
+        let trace = task
+            .metadata
+            .get(TRACEPARENT)
+            .and_then(|value| TraceParent::parse(value));
         // The attempt's span joins the submitter's trace (when it sent one):
         // same trace id, the submitter's span as parent, a span id of its own.
         let span = info_span!(
@@ -482,11 +487,20 @@ impl Runner {
             parent_span_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        if let Some(trace) = ctx.trace_parent() {
+        // Exported spans (`otel`) have ids of their own: pass that one on.
+        let exported = trace.and_then(|trace| {
+            let tracestate = task
+                .metadata
+                .get(asyncgate_proto::trace_context::TRACESTATE);
+            crate::otel::continue_trace(&span, trace, tracestate.map(String::as_str))
+        });
+        let span_id = exported.unwrap_or_else(|| rand::random::<u64>().max(1));
+        if let Some(trace) = trace {
             span.record("trace_id", trace.trace_id_hex());
             span.record("parent_span_id", format!("{:016x}", trace.parent_id));
-            span.record("span_id", format!("{:016x}", ctx.span_id()));
+            span.record("span_id", format!("{span_id:016x}"));
         }
+        let ctx = TaskContext::new(task, signal, self.link.subscribe(), span_id);
         let handler = self.handler.clone();
         let permits = self.permits.clone();
         let done = self.done_tx.clone();

@@ -209,7 +209,7 @@ impl fmt::Debug for TaskContext {
 }
 
 impl TaskContext {
-    pub(crate) fn new(task: pb::Task, cancel: Arc<CancelSignal>, link: Link) -> Self {
+    pub(crate) fn new(task: pb::Task, cancel: Arc<CancelSignal>, link: Link, span_id: u64) -> Self {
         TaskContext {
             inner: Arc::new(TaskInner {
                 deadline: task
@@ -226,7 +226,7 @@ impl TaskContext {
                     .metadata
                     .get(TRACEPARENT)
                     .and_then(|value| TraceParent::parse(value)),
-                span_id: rand::random::<u64>().max(1),
+                span_id,
                 metadata: task.metadata,
                 cancel,
                 link,
@@ -401,7 +401,11 @@ mod tests {
             payload: Some(payload::json(serde_json::json!("hi"))),
             ..Default::default()
         };
-        (TaskContext::new(task, signal.clone(), link), signal, hard)
+        (
+            TaskContext::new(task, signal.clone(), link, 1),
+            signal,
+            hard,
+        )
     }
 
     fn progress_of(message: Option<pb::WorkerMessage>) -> Option<pb::TaskProgress> {
