@@ -523,6 +523,21 @@ impl Inner {
         &self.leases[(self.hasher.hash_one(lease_id) as usize) % LEASE_SHARDS]
     }
 
+    /// Every queue ever used (they register on first submit).
+    async fn known_queues(&self) -> Result<Vec<QueueName>, EngineError> {
+        let names: Vec<String> = self
+            .run(|| {
+                let mut cmd = redis::cmd("SMEMBERS");
+                cmd.arg(self.keys.queues());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        Ok(names
+            .iter()
+            .filter_map(|name| QueueName::parse(name).ok())
+            .collect())
+    }
+
     /// Reports a committed state change to the listener (for metrics).
     fn observe(&self, before: &Ticket, after: &Ticket) {
         if before.state != after.state
@@ -1470,19 +1485,7 @@ impl Engine for RedisEngine {
         let page_size = filter.page_size.max(1);
         let queues: Vec<QueueName> = match &filter.queue {
             Some(queue) => vec![queue.clone()],
-            None => {
-                let names: Vec<String> = inner
-                    .run(|| {
-                        let mut cmd = redis::cmd("SMEMBERS");
-                        cmd.arg(inner.keys.queues());
-                        QueryKind::Cmd(cmd)
-                    })
-                    .await?;
-                names
-                    .iter()
-                    .filter_map(|name| QueueName::parse(name).ok())
-                    .collect()
-            }
+            None => inner.known_queues().await?,
         };
         let mut cursor = filter.after;
         let mut tickets = Vec::new();
@@ -1901,17 +1904,7 @@ impl Engine for RedisEngine {
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
         let inner = &self.inner;
-        let queues: Vec<String> = inner
-            .run(|| {
-                let mut cmd = redis::cmd("SMEMBERS");
-                cmd.arg(inner.keys.queues());
-                QueryKind::Cmd(cmd)
-            })
-            .await?;
-        let queues: Vec<QueueName> = queues
-            .iter()
-            .filter_map(|q| QueueName::parse(q).ok())
-            .collect();
+        let queues = inner.known_queues().await?;
         // One request per queue (one slot each).
         let counts = futures::future::join_all(queues.iter().map(|queue| {
             inner.run::<(Option<u64>, u64)>(|| {
@@ -1967,17 +1960,7 @@ impl Engine for RedisEngine {
                 .await?;
             inner.forget_session(session_id);
         }
-        let queues: Vec<String> = inner
-            .run(|| {
-                let mut cmd = redis::cmd("SMEMBERS");
-                cmd.arg(inner.keys.queues());
-                QueryKind::Cmd(cmd)
-            })
-            .await?;
-        let queues: Vec<QueueName> = queues
-            .iter()
-            .filter_map(|q| QueueName::parse(q).ok())
-            .collect();
+        let queues = inner.known_queues().await?;
         let poke = {
             let mut last = lock(&inner.last_poke);
             let due = last.elapsed() >= READY_POKE;
