@@ -171,32 +171,30 @@ impl Metrics {
 
     /// Counts a transition the engine committed.
     pub fn transitioned(&self, before: Before, after: &Ticket, now: SystemTime) {
+        if before.state == Some(after.state) {
+            return;
+        }
         let since = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
-        let queue = || QueueLabels {
+        let queue = QueueLabels {
             queue: after.queue.as_str().to_owned(),
         };
         let Some(was) = before.state else {
-            self.submitted.get_or_create(&queue()).inc();
+            self.submitted.get_or_create(&queue).inc();
             return;
         };
-        if was == after.state {
-            return;
-        }
         if was == TicketState::Running {
-            self.running.get_or_create(&queue()).dec();
+            self.running.get_or_create(&queue).dec();
             if let Some(started) = before.attempt_started {
-                self.run_time
-                    .get_or_create(&queue())
-                    .observe(since(started));
+                self.run_time.get_or_create(&queue).observe(since(started));
             }
             if after.state == TicketState::Pending {
-                self.retried.get_or_create(&queue()).inc();
+                self.retried.get_or_create(&queue).inc();
             }
         }
         if after.state == TicketState::Running {
-            self.running.get_or_create(&queue()).inc();
+            self.running.get_or_create(&queue).inc();
             self.queue_wait
-                .get_or_create(&queue())
+                .get_or_create(&queue)
                 .observe(since(before.ready_since));
         }
         if after.state.is_terminal() {
@@ -206,15 +204,15 @@ impl Metrics {
                 TicketState::Cancelled => "cancelled",
                 _ => "expired",
             };
+            self.end_to_end
+                .get_or_create(&queue)
+                .observe(since(after.created_at));
             self.completed
                 .get_or_create(&OutcomeLabels {
-                    queue: after.queue.as_str().to_owned(),
+                    queue: queue.queue,
                     outcome,
                 })
                 .inc();
-            self.end_to_end
-                .get_or_create(&queue())
-                .observe(since(after.created_at));
         }
     }
 
