@@ -75,6 +75,20 @@ impl GatewayService {
         Self { core, limits }
     }
 
+    /// Submits within `span`, which continues the caller's trace.
+    async fn submit_in(
+        &self,
+        span: tracing::Span,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<crate::domain::Ticket, GatewayError> {
+        crate::telemetry::continue_trace(&span, request.metadata());
+        let caller = auth::caller(&request);
+        let trace = TraceContext::of(request.metadata());
+        self.submit_inner(&caller, trace, request.into_inner())
+            .instrument(span)
+            .await
+    }
+
     async fn submit_inner(
         &self,
         caller: &Caller,
@@ -118,17 +132,8 @@ impl Gateway for GatewayService {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
         let span = tracing::info_span!("submit", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
-        crate::telemetry::continue_trace(&span, request.metadata());
-        async move {
-            let caller = auth::caller(&request);
-            let trace = TraceContext::of(request.metadata());
-            let ticket = self
-                .submit_inner(&caller, trace, request.into_inner())
-                .await?;
-            Ok(Response::new(self.core.present(&ticket).await))
-        }
-        .instrument(span)
-        .await
+        let ticket = self.submit_in(span, request).await?;
+        Ok(Response::new(self.core.present(&ticket).await))
     }
 
     type ExecuteStream = EventStream;
@@ -141,19 +146,8 @@ impl Gateway for GatewayService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let span = tracing::info_span!("execute", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
-        crate::telemetry::continue_trace(&span, request.metadata());
-        async move {
-            let caller = auth::caller(&request);
-            let trace = TraceContext::of(request.metadata());
-            let ticket = self
-                .submit_inner(&caller, trace, request.into_inner())
-                .await?;
-            Ok(Response::new(
-                Box::pin(self.spawn_watch(ticket.id, None)) as Self::ExecuteStream
-            ))
-        }
-        .instrument(span)
-        .await
+        let ticket = self.submit_in(span, request).await?;
+        Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
     }
 
     #[tracing::instrument(name = "get_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
