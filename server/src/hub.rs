@@ -156,6 +156,7 @@ mod tests {
 
     fn ticket() -> Ticket {
         let new = NewTicket {
+            id: TicketId::new(),
             queue: QueueName::parse("q").unwrap(),
             payload: Payload::default(),
             priority: 0,

@@ -203,6 +203,7 @@ async fn a_rediss_store_verifies_the_server_against_the_given_ca() {
         .expect("the CA makes the server trusted");
     let submitted = engine
         .submit(asyncgate_server::domain::NewTicket {
+            id: asyncgate_server::domain::TicketId::new(),
             queue: asyncgate_server::domain::QueueName::parse("tls").unwrap(),
             payload: payload::json("over tls".into()),
             priority: 0,

@@ -3,26 +3,47 @@
 //! Each queue has one actor task that owns the list of worker sessions serving
 //! it. When the engine reports ready work or a session frees capacity, the
 //! actor takes credits round-robin across sessions (so a queue is shared
-//! fairly), claims that many tickets from the engine in one call, and hands
+//! fairly), claims that many tickets from the engine in one call (a few such
+//! calls may be under way at once), and hands
 //! each to its session. A session's credit is shared by all its queues and
 //! never goes below zero, so no worker ever holds more than `max_in_flight`.
 
 pub mod session;
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::domain::{QueueName, SessionId};
-use crate::engine::{Claimed, Engine, ReleaseReason, Revocation, SessionInfo};
+use crate::engine::{Claimed, Engine, EngineError, ReleaseReason, Revocation, SessionInfo};
 
 /// Most tickets claimed in one engine call.
 const CLAIM_BATCH: usize = 256;
+
+/// Claims one queue keeps in flight at once. On Redis a claim is a few round
+/// trips; overlapping them keeps workers fed while one is on the wire (a
+/// local engine's claim is done before the next could start).
+const CLAIMS_IN_FLIGHT: usize = 4;
+
+/// A claim under way.
+type PendingClaim = Pin<Box<dyn Future<Output = Claim> + Send>>;
+
+/// A claim's outcome, with the credits it took.
+struct Claim {
+    /// The sessions whose credits it took, with their rotation positions.
+    takers: Vec<(usize, Arc<SessionSlot>)>,
+    /// `QueueActor::ready_generation` when it started.
+    ready_generation: u64,
+    claimed: Result<Vec<Claimed>, EngineError>,
+}
 
 /// What the dispatcher asks a session task to do.
 #[derive(Debug)]
@@ -167,6 +188,7 @@ impl Dispatcher {
                 sessions: Vec::new(),
                 cursor: 0,
                 has_work: true,
+                ready_generation: 0,
             };
             let span = tracing::info_span!("queue", queue = %queue);
             let stop = self.inner.stop.clone();
@@ -293,16 +315,29 @@ struct QueueActor {
     /// Whether the engine may have ready tickets (cleared when a claim
     /// comes back short, set by `Ready`).
     has_work: bool,
+    /// Counts `Ready` notices, so that a claim started before one does not
+    /// clear `has_work` it set.
+    ready_generation: u64,
 }
 
 impl QueueActor {
     async fn run(mut self) {
-        while let Some(message) = self.mailbox.recv().await {
-            self.apply(message);
-            while let Ok(message) = self.mailbox.try_recv() {
-                self.apply(message);
+        let mut claims = FuturesUnordered::new();
+        loop {
+            self.start_claims(&mut claims);
+            tokio::select! {
+                message = self.mailbox.recv() => {
+                    let Some(message) = message else { break };
+                    self.apply(message);
+                    while let Ok(message) = self.mailbox.try_recv() {
+                        self.apply(message);
+                    }
+                }
+                Some(claim) = claims.next() => self.deliver(claim).await,
             }
-            self.dispatch().await;
+        }
+        while let Some(claim) = claims.next().await {
+            self.deliver(claim).await;
         }
     }
 
@@ -311,6 +346,7 @@ impl QueueActor {
             QueueMessage::Ready => {
                 self.ready_queued.store(false, Ordering::Release);
                 self.has_work = true;
+                self.ready_generation += 1;
             }
             QueueMessage::Attach(slot) => self.sessions.push(slot),
             QueueMessage::Detach(session_id) => {
@@ -351,62 +387,88 @@ impl QueueActor {
         }
     }
 
-    async fn dispatch(&mut self) {
-        while self.has_work {
+    /// Starts claims while the engine may have work, workers have credit
+    /// and fewer than `CLAIMS_IN_FLIGHT` are out.
+    fn start_claims(&mut self, claims: &mut FuturesUnordered<PendingClaim>) {
+        while self.has_work && claims.len() < CLAIMS_IN_FLIGHT {
             let takers = self.take_credits();
             if takers.is_empty() {
                 return;
             }
             let infos: Vec<SessionInfo> = takers.iter().map(|(_, s)| s.info.clone()).collect();
-            let claimed = match self.engine.claim(&self.queue, &infos).await {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::error!(%error, "claim failed; will retry on the next signal");
-                    for (_, slot) in &takers {
-                        slot.return_credit();
-                    }
-                    return;
+            let engine = self.engine.clone();
+            let queue = self.queue.clone();
+            let ready_generation = self.ready_generation;
+            claims.push(Box::pin(async move {
+                let claimed = engine.claim(&queue, &infos).await;
+                Claim {
+                    takers,
+                    ready_generation,
+                    claimed,
                 }
-            };
-            if claimed.len() < takers.len() {
+            }));
+        }
+    }
+
+    /// Hands a finished claim's tickets to their sessions and gives back the
+    /// credits it did not use.
+    async fn deliver(&mut self, claim: Claim) {
+        let Claim {
+            takers,
+            ready_generation,
+            claimed,
+        } = claim;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::error!(%error, "claim failed; will retry on the next signal");
+                for (_, slot) in &takers {
+                    slot.return_credit();
+                }
                 self.has_work = false;
+                return;
             }
-            let mut unused: Vec<Option<(usize, Arc<SessionSlot>)>> =
-                takers.into_iter().map(Some).collect();
-            for task in claimed {
-                let Some(index) = unused.iter().position(|taker| {
-                    taker
-                        .as_ref()
-                        .is_some_and(|(_, s)| s.info.session_id == task.lease.session_id)
-                }) else {
-                    tracing::error!(ticket_id = %task.ticket.id, "claim named a session we did not offer");
-                    continue;
-                };
-                let Some((position, slot)) = unused[index].take() else {
-                    continue;
-                };
-                self.cursor = position + 1;
-                if let Err(mpsc::error::SendError(SessionCommand::Deliver(task))) =
-                    slot.commands.send(SessionCommand::Deliver(Box::new(task)))
+        };
+        // A short claim means the queue ran dry, unless new work was
+        // announced after this claim started.
+        if claimed.len() < takers.len() && ready_generation == self.ready_generation {
+            self.has_work = false;
+        }
+        let mut unused: Vec<Option<(usize, Arc<SessionSlot>)>> =
+            takers.into_iter().map(Some).collect();
+        for task in claimed {
+            let Some(index) = unused.iter().position(|taker| {
+                taker
+                    .as_ref()
+                    .is_some_and(|(_, s)| s.info.session_id == task.lease.session_id)
+            }) else {
+                tracing::error!(ticket_id = %task.ticket.id, "claim named a session we did not offer");
+                continue;
+            };
+            let Some((position, slot)) = unused[index].take() else {
+                continue;
+            };
+            self.cursor = position + 1;
+            if let Err(mpsc::error::SendError(SessionCommand::Deliver(task))) =
+                slot.commands.send(SessionCommand::Deliver(Box::new(task)))
+            {
+                // The session ended between taking the credit and now.
+                if let Err(error) = self
+                    .engine
+                    .release(
+                        task.ticket.id,
+                        task.lease.lease_id,
+                        ReleaseReason::Undelivered,
+                    )
+                    .await
                 {
-                    // The session ended between taking the credit and now.
-                    if let Err(error) = self
-                        .engine
-                        .release(
-                            task.ticket.id,
-                            task.lease.lease_id,
-                            ReleaseReason::Undelivered,
-                        )
-                        .await
-                    {
-                        tracing::error!(%error, ticket_id = %task.ticket.id, "could not release an undelivered lease");
-                    }
-                    self.has_work = true;
+                    tracing::error!(%error, ticket_id = %task.ticket.id, "could not release an undelivered lease");
                 }
+                self.has_work = true;
             }
-            for (_, slot) in unused.into_iter().flatten() {
-                slot.return_credit();
-            }
+        }
+        for (_, slot) in unused.into_iter().flatten() {
+            slot.return_credit();
         }
     }
 }

@@ -101,6 +101,11 @@ pub struct Lease {
 /// A validated submit request.
 #[derive(Debug, Clone)]
 pub struct NewTicket {
+    /// Chosen before the submit, so that the submitter can watch the ticket
+    /// from the moment it exists (`Execute` misses no event and needs no
+    /// read-back). A fresh UUID v7 per submit; an id already stored is
+    /// refused.
+    pub id: TicketId,
     /// Target queue.
     pub queue: QueueName,
     /// Request body.
@@ -289,6 +294,7 @@ mod tests {
 
     fn new_ticket() -> NewTicket {
         NewTicket {
+            id: TicketId::new(),
             queue: QueueName::parse("q").unwrap(),
             payload: Payload::default(),
             priority: 0,

@@ -130,6 +130,7 @@ fn body(text: &'static str) -> Payload {
 
 fn new_ticket(q: &str) -> NewTicket {
     NewTicket {
+        id: TicketId::new(),
         queue: queue(q),
         payload: body("request"),
         priority: 0,
@@ -188,7 +189,26 @@ pub(crate) async fn submit_then_get(factory: Factory) {
             (!ready.is_empty()).then(|| ready.clone())
         })
         .await;
-    assert_eq!(ready, [queue("q")]);
+    // Announced at least once (a replicated store may also echo it).
+    assert!(ready.iter().all(|q| *q == queue("q")), "{ready:?}");
+}
+
+/// The submitter picks the id (to watch the ticket before it exists); an id
+/// already stored must not replace that ticket.
+pub(crate) async fn a_taken_ticket_id_is_refused(factory: Factory) {
+    let h = harness(factory).await;
+    let new = new_ticket("q");
+    let id = new.id;
+    let first = h.engine.submit(new.clone()).await.unwrap();
+    assert_eq!(first.ticket.id, id);
+    let mut again = new;
+    again.payload = body("another request");
+    let error = h.engine.submit(again).await.unwrap_err();
+    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    assert!(error.to_string().contains(&id.to_string()), "{error}");
+    let kept = h.engine.get(id).await.unwrap();
+    assert_eq!(*kept.payload, body("request"));
+    assert_eq!(kept.seq, 1);
 }
 
 pub(crate) async fn idempotency_key_returns_the_original(factory: Factory) {
@@ -406,6 +426,7 @@ pub(crate) async fn deadline_expires_pending_and_running(factory: Factory) {
     let mut new = new_ticket("q");
     new.timeout = Some(Duration::from_secs(30));
     let pending = h.engine.submit(new.clone()).await.unwrap().ticket.id;
+    new.id = TicketId::new();
     let running = h.engine.submit(new).await.unwrap().ticket.id;
     let s = session(&h.engine, "w").await;
     let c = h
@@ -591,6 +612,7 @@ pub(crate) async fn retention_leaves_a_tombstone(factory: Factory) {
         "{error}"
     );
     assert!(error.to_string().contains("expired"));
+    new.id = TicketId::new();
     let again = h.engine.submit(new).await.unwrap();
     assert!(
         again.created,
@@ -713,8 +735,17 @@ pub(crate) async fn tenants_scope_idempotency_and_lists(factory: Factory) {
 pub(crate) async fn tickets_ahead_counts_the_queue(factory: Factory) {
     let h = harness(factory).await;
     let mut tickets = Vec::new();
-    for _ in 0..3 {
-        tickets.push(h.engine.submit(new_ticket("q")).await.unwrap().ticket);
+    for ahead in 0..3 {
+        let submitted = h.engine.submit(new_ticket("q")).await.unwrap();
+        // What the submit reports, if anything, is what a read would say.
+        assert!(
+            submitted
+                .tickets_ahead
+                .is_none_or(|reported| reported == ahead),
+            "{:?} reported for the ticket with {ahead} ahead",
+            submitted.tickets_ahead
+        );
+        tickets.push(submitted.ticket);
     }
     assert_eq!(h.engine.tickets_ahead(&tickets[0]).await.unwrap(), 0);
     assert_eq!(h.engine.tickets_ahead(&tickets[2]).await.unwrap(), 2);
@@ -775,6 +806,7 @@ macro_rules! engine_conformance {
             const FACTORY: conformance::Factory = $factory;
             crate::engine::conformance::engine_conformance!(@cases
                 submit_then_get,
+                a_taken_ticket_id_is_refused,
                 idempotency_key_returns_the_original,
                 priority_then_fifo,
                 claim_is_exclusive_and_complete_is_fenced,

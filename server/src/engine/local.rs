@@ -542,7 +542,11 @@ impl Engine for LocalEngine {
     async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
         let (ticket, created) = self.store_new(new)?;
         self.durable(ticket.journal_seq).await?;
-        Ok(Submitted { ticket, created })
+        Ok(Submitted {
+            ticket,
+            created,
+            tickets_ahead: None,
+        })
     }
 
     async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
@@ -1026,12 +1030,17 @@ impl LocalEngine {
             }
             return Ok((Ticket::clone(ticket), false));
         }
-        let id = TicketId::new();
+        let id = new.id;
         let mut ticket = Ticket::create(id, new, now);
         let ready;
         {
             let mut shard = lock(self.shard(&id));
             let shard = &mut *shard;
+            if shard.tickets.contains_key(&id) || shard.tombstones.contains_key(&id) {
+                return Err(EngineError::Unavailable(format!(
+                    "ticket id {id} is already taken; retry"
+                )));
+            }
             {
                 let index = self.queue(&ticket.queue);
                 let index = lock(&index);

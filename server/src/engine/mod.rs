@@ -197,6 +197,9 @@ pub struct Submitted {
     pub ticket: Ticket,
     /// False when an idempotency key matched an existing ticket.
     pub created: bool,
+    /// Tickets ahead of it in its queue, when the engine learnt that with
+    /// the submit itself (a remote store: saves a read to show it).
+    pub tickets_ahead: Option<u64>,
 }
 
 /// A ticket leased to a worker session.

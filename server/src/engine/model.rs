@@ -50,6 +50,7 @@ pub enum Op {
 
 fn new_ticket(priority: i32, key: Option<u8>) -> NewTicket {
     NewTicket {
+        id: TicketId::new(),
         queue: QueueName::parse("q").unwrap(),
         payload: Payload::default(),
         priority,

@@ -243,6 +243,7 @@ mod tests {
         let mut ticket = Ticket::create(
             TicketId::new(),
             NewTicket {
+                id: TicketId::new(),
                 queue: QueueName::parse("q").unwrap(),
                 payload: Payload::default(),
                 priority: -7,

@@ -158,6 +158,7 @@ pub fn new_ticket(
         n => n,
     };
     Ok(NewTicket {
+        id: TicketId::new(),
         queue,
         payload,
         priority: request.priority,

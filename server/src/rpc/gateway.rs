@@ -12,10 +12,12 @@ use asyncgate_proto::trace_context::{TRACEPARENT, TRACESTATE, TraceParent};
 use asyncgate_proto::v1 as pb;
 use pb::gateway_server::Gateway;
 
+use super::watch::EventSender;
 use super::{Core, convert};
 use crate::auth::{self, Caller};
-use crate::engine::ListFilter;
+use crate::engine::{ListFilter, Submitted};
 use crate::error::GatewayError;
+use crate::hub::Subscription;
 
 /// Buffered events per watch stream before the watcher waits on the client.
 const STREAM_BUFFER: usize = 16;
@@ -75,16 +77,20 @@ impl GatewayService {
         Self { core, limits }
     }
 
-    /// Submits within `span`, which continues the caller's trace.
+    /// Submits within `span`, which continues the caller's trace. With
+    /// `watch`, the ticket is watched from before it exists: the
+    /// subscription comes back unless an idempotency key matched an older
+    /// ticket (which may have changed unseen).
     async fn submit_in(
         &self,
         span: tracing::Span,
         request: Request<pb::SubmitRequest>,
-    ) -> Result<crate::domain::Ticket, GatewayError> {
+        watch: bool,
+    ) -> Result<(Submitted, Option<Subscription>), GatewayError> {
         crate::telemetry::continue_trace(&span, request.metadata());
         let caller = auth::caller(&request);
         let trace = TraceContext::of(request.metadata());
-        self.submit_inner(&caller, trace, request.into_inner())
+        self.submit_inner(&caller, trace, request.into_inner(), watch)
             .instrument(span)
             .await
     }
@@ -94,32 +100,39 @@ impl GatewayService {
         caller: &Caller,
         trace: Option<TraceContext>,
         request: pb::SubmitRequest,
-    ) -> Result<crate::domain::Ticket, GatewayError> {
+        watch: bool,
+    ) -> Result<(Submitted, Option<Subscription>), GatewayError> {
         let mut new = convert::new_ticket(request, &self.limits)?;
         new.tenant = caller.tenant.clone();
         if let Some(trace) = trace {
             tracing::Span::current().record("trace_id", trace.parent.trace_id_hex());
             trace.keep_with(&mut new.metadata);
         }
+        let subscription = watch.then(|| self.core.hub.subscribe(new.id));
         let submitted = self.core.engine.submit(new).await?;
         if submitted.created {
             tracing::debug!(ticket_id = %submitted.ticket.id, queue = %submitted.ticket.queue, "ticket submitted");
         }
-        Ok(submitted.ticket)
+        let subscription = subscription.filter(|_| submitted.created);
+        Ok((submitted, subscription))
     }
 
-    fn spawn_watch(
+    /// Runs `watch` (which feeds ticket `id`'s events into its sender) as a
+    /// task of its own and returns the stream of what it sends.
+    fn spawn_watch<F>(
         &self,
         id: crate::domain::TicketId,
-        after_seq: Option<u64>,
-    ) -> impl Stream<Item = Result<pb::TicketEvent, Status>> + Send + 'static {
+        watch: impl FnOnce(Core, EventSender) -> F,
+    ) -> EventStream
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let core = self.core.clone();
         let span = tracing::debug_span!("watch", ticket_id = %id);
         self.core
             .tracker
-            .spawn(async move { core.watch_into(id, after_seq, tx).await }.instrument(span));
-        ReceiverStream::new(rx).map(|event| *event)
+            .spawn(watch(self.core.clone(), tx).instrument(span));
+        Box::pin(ReceiverStream::new(rx).map(|event| *event))
     }
 }
 
@@ -132,8 +145,12 @@ impl Gateway for GatewayService {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
         let span = tracing::info_span!("submit", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
-        let ticket = self.submit_in(span, request).await?;
-        Ok(Response::new(self.core.present(&ticket).await))
+        let (submitted, _) = self.submit_in(span, request, false).await?;
+        let ticket = self
+            .core
+            .present_with(&submitted.ticket, submitted.tickets_ahead)
+            .await;
+        Ok(Response::new(ticket))
     }
 
     type ExecuteStream = EventStream;
@@ -146,8 +163,16 @@ impl Gateway for GatewayService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let span = tracing::info_span!("execute", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
-        let ticket = self.submit_in(span, request).await?;
-        Ok(Response::new(Box::pin(self.spawn_watch(ticket.id, None))))
+        let (submitted, subscription) = self.submit_in(span, request, true).await?;
+        Ok(Response::new(self.spawn_watch(
+            submitted.ticket.id,
+            |core, tx| async move {
+                match subscription {
+                    Some(subscription) => core.watch_submitted(submitted, subscription, tx).await,
+                    None => core.watch_into(submitted.ticket.id, None, tx).await,
+                }
+            },
+        )))
     }
 
     #[tracing::instrument(name = "get_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
@@ -187,9 +212,12 @@ impl Gateway for GatewayService {
                 "ticket {id} already has {limit} watchers, the limit; poll it with GetTicket and wait instead"
             )));
         }
-        Ok(Response::new(Box::pin(
-            self.spawn_watch(id, request.after_seq),
-        )))
+        let after_seq = request.after_seq;
+        Ok(Response::new(
+            self.spawn_watch(id, move |core, tx| async move {
+                core.watch_into(id, after_seq, tx).await
+            }),
+        ))
     }
 
     #[tracing::instrument(name = "cancel_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]

@@ -62,6 +62,12 @@ impl Core {
 
     /// A ticket on the wire, with its waiting reason worked out.
     pub async fn present(&self, ticket: &Ticket) -> pb::Ticket {
+        self.present_with(ticket, None).await
+    }
+
+    /// Like [`Core::present`], with the tickets ahead already known (from
+    /// the submit) rather than asked of the engine.
+    pub async fn present_with(&self, ticket: &Ticket, tickets_ahead: Option<u64>) -> pb::Ticket {
         let mut context = convert::WaitContext::default();
         if ticket.state == TicketState::Pending {
             context.workers = self.dispatcher.workers_for(&ticket.queue);
@@ -76,7 +82,10 @@ impl Core {
                     .unwrap_or(0);
             }
             if ticket.not_before.is_none_or(|t| t <= SystemTime::now()) {
-                context.tickets_ahead = self.engine.tickets_ahead(ticket).await.unwrap_or(0);
+                context.tickets_ahead = match tickets_ahead {
+                    Some(known) => known,
+                    None => self.engine.tickets_ahead(ticket).await.unwrap_or(0),
+                };
             }
         }
         convert::ticket_to_pb(ticket, context)

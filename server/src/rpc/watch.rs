@@ -15,8 +15,9 @@ use asyncgate_proto::v1 as pb;
 use super::Core;
 use crate::domain::ticket::EventKind;
 use crate::domain::{Ticket, TicketId};
+use crate::engine::Submitted;
 use crate::error::GatewayError;
-use crate::hub::Received;
+use crate::hub::{Received, Subscription};
 
 /// Items of a server stream, boxed: a stream's channel allocates its slots
 /// up front, and an unboxed item is most of a kilobyte.
@@ -97,8 +98,8 @@ impl Core {
     /// Streams `id`'s events into `tx` until the terminal event, the client
     /// leaving, or shutdown.
     pub async fn watch_into(&self, id: TicketId, after_seq: Option<u64>, tx: EventSender) {
-        let mut subscription = self.hub.subscribe(id);
-        let (mut last_seq, terminal) = match self.send_snapshot(&tx, id, after_seq).await {
+        let subscription = self.hub.subscribe(id);
+        let (last_seq, terminal) = match self.send_snapshot(&tx, id, after_seq).await {
             Ok(state) => state,
             Err(Some(error)) => {
                 let _ = tx.send(Box::new(Err(error.into()))).await;
@@ -106,9 +107,40 @@ impl Core {
             }
             Err(None) => return,
         };
-        if terminal {
-            return;
+        if !terminal {
+            self.follow(id, subscription, last_seq, tx).await;
         }
+    }
+
+    /// Like [`Core::watch_into`] for a ticket just submitted, whose
+    /// `subscription` was taken before the submit: the submitted state is
+    /// the snapshot, with no read from the store.
+    pub async fn watch_submitted(
+        &self,
+        submitted: Submitted,
+        subscription: Subscription,
+        tx: EventSender,
+    ) {
+        let ticket = submitted.ticket;
+        let event = pb::TicketEvent {
+            seq: ticket.seq,
+            kind: pb::TicketEventKind::Snapshot as i32,
+            ticket: Some(self.present_with(&ticket, submitted.tickets_ahead).await),
+            output: None,
+        };
+        if tx.send(Box::new(Ok(event))).await.is_ok() && !ticket.state.is_terminal() {
+            self.follow(ticket.id, subscription, ticket.seq, tx).await;
+        }
+    }
+
+    /// Forwards the changes after `last_seq` until the terminal one.
+    async fn follow(
+        &self,
+        id: TicketId,
+        mut subscription: Subscription,
+        mut last_seq: u64,
+        tx: EventSender,
+    ) {
         let keepalive = self.config.watch_keepalive;
         let mut idle_until = Instant::now() + keepalive;
         loop {

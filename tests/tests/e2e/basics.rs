@@ -138,6 +138,52 @@ async fn higher_priority_first_then_fifo() {
     worker.shutdown();
 }
 
+/// `Execute` watches a new ticket from before it exists (its first event is
+/// the submitted state, with the queue counted); a repeated idempotency key
+/// streams the original ticket instead, from wherever it has got to.
+#[tokio::test]
+async fn execute_counts_the_queue_and_follows_a_repeated_key() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let keyed = Submit::new("later")
+        .json("first".into())
+        .idempotency_key("job-1")
+        .build();
+    let original = client.submit(keyed.clone()).await.unwrap();
+    let submitted = client
+        .submit(Submit::new("later").json("second".into()).build())
+        .await
+        .unwrap();
+    assert_eq!(submitted.waiting_reason.unwrap().tickets_ahead, 1);
+
+    let mut third = client
+        .execute(Submit::new("later").json("third".into()).build())
+        .await
+        .unwrap();
+    let snapshot = third.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    let ticket = snapshot.ticket.unwrap();
+    assert_eq!(state(&ticket), pb::TicketState::Pending);
+    assert_eq!(ticket.waiting_reason.unwrap().tickets_ahead, 2);
+
+    let mut repeated = client.execute(keyed).await.unwrap();
+    let snapshot = repeated.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.ticket.unwrap().id, original.id);
+
+    let worker = gateway.spawn_worker("later", upper());
+    let last = |events: Vec<Result<pb::TicketEvent, _>>| {
+        events.into_iter().last().unwrap().unwrap().ticket.unwrap()
+    };
+    let done = last(repeated.collect().await);
+    assert_eq!(done.id, original.id);
+    assert_eq!(as_json(done.result.as_ref()), serde_json::json!("FIRST"));
+    let done = last(third.collect().await);
+    assert_eq!(state(&done), pb::TicketState::Succeeded);
+    assert_eq!(as_json(done.result.as_ref()), serde_json::json!("THIRD"));
+    worker.shutdown();
+    worker.join().await;
+}
+
 #[tokio::test]
 async fn idempotency_key_returns_the_original_ticket() {
     let gateway = TestGateway::start().await;

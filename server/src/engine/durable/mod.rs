@@ -471,6 +471,7 @@ mod tests {
 
     fn new_ticket(priority: i32, key: Option<&str>) -> NewTicket {
         NewTicket {
+            id: TicketId::new(),
             queue: QueueName::parse("q").unwrap(),
             payload: body("request"),
             priority,

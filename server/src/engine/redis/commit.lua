@@ -11,14 +11,16 @@
 --         zadd K SCORE M      zrem K M      incr K DELTA      del K
 --         rpush K VALUE       field NAME VALUE (on the ticket hash)
 --         pub CHANNEL MESSAGE
--- Returns {1, new revision}, or {0, current revision} when
--- the revision did not match (the caller reloads and retries).
+--         rank K M            return M's rank in sorted set K, after the writes
+-- Returns {1, new revision} (plus the rank, when asked and M is in K), or
+-- {0, current revision} when the revision did not match (the caller reloads
+-- and retries).
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then
   return {0, current}
 end
 local arity = {max = 2, llenmax = 2, zadd = 3, zrem = 2, incr = 2, del = 1,
-               rpush = 2, field = 2, pub = 2}
+               rpush = 2, field = 2, pub = 2, rank = 2}
 local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
@@ -39,6 +41,7 @@ if ARGV[2] == '' then
 else
   redis.call('HSET', KEYS[1], 'v', revision, 'd', ARGV[2])
 end
+local rank = false
 i = 3
 while i <= #ARGV do
   local op = ARGV[i]
@@ -56,7 +59,12 @@ while i <= #ARGV do
     redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
   elseif op == 'pub' then
     redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
+  elseif op == 'rank' then
+    rank = redis.call('ZRANK', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
   end
   i = i + 1 + arity[op]
+end
+if rank then
+  return {1, revision, rank}
 end
 return {1, revision}

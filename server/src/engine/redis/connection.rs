@@ -122,6 +122,12 @@ impl ConnectionLike for Conn {
 }
 
 impl Conn {
+    /// Whether one pipeline's commands run in order, whatever their slots
+    /// (one connection to one server; a cluster splits a pipeline by node).
+    pub(super) fn orders_pipelines(&self) -> bool {
+        matches!(self, Conn::Single(_))
+    }
+
     /// Opens a command connection; with `push`, a RESP3 connection whose
     /// pushes (messages, disconnections) go there.
     pub(super) async fn open(

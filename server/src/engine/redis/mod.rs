@@ -908,6 +908,7 @@ impl Inner {
                     return Ok(Submitted {
                         ticket: stored.ticket,
                         created: false,
+                        tickets_ahead: None,
                     });
                 }
             }
@@ -1346,7 +1347,7 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         let queue = new.queue.clone();
         inner.register_queue(&queue).await?;
-        let id = TicketId::new();
+        let id = new.id;
         let key = new
             .idempotency_key
             .as_deref()
@@ -1375,6 +1376,11 @@ impl Engine for RedisEngine {
         ops.max(slot::PENDING, inner.config.max_pending_per_queue);
         ops.push("field", &[b"p", &ticket.payload.encode_to_vec()]);
         inner.diff(None, Some(&ticket), &mut ops);
+        let ready = Placement::of(&ticket, inner.config.result_retention).ready;
+        if ready {
+            let member = layout::ready_member(ticket.priority, ticket.enqueue_seq, ticket.id);
+            ops.push("rank", &[&Ops::slot(slot::READY), member.as_bytes()]);
+        }
         let mut args = vec![b"0".to_vec(), record];
         args.extend(ops.0);
         let commit = inner.evalsha(
@@ -1390,8 +1396,12 @@ impl Engine for RedisEngine {
         let reply: Vec<i64> = redis::from_redis_value_ref(&replies[1])
             .map_err(|e| inner.unavailable(RedisError::from(e)))?;
         match reply.as_slice() {
-            [1, _] => {
+            [1, _, rest @ ..] => {
                 inner.located.insert(id, &queue);
+                if ready {
+                    // Workers here need not wait for the bus to hear of it.
+                    inner.notify_ready(&queue);
+                }
                 if let Some(listener) = inner.listener.get() {
                     listener.transitioned(
                         Before::created(ticket.created_at),
@@ -1402,7 +1412,20 @@ impl Engine for RedisEngine {
                 Ok(Submitted {
                     ticket,
                     created: true,
+                    tickets_ahead: rest.first().map(|&rank| rank as u64),
                 })
+            }
+            [0, _] => {
+                // The id is taken in this queue: the locator names that
+                // ticket and stays.
+                if let Some(key) = &key {
+                    inner
+                        .batch(vec![Cmd::del(inner.keys.idempotency(key))])
+                        .await?;
+                }
+                Err(EngineError::Unavailable(format!(
+                    "ticket id {id} is already taken; retry"
+                )))
             }
             other => {
                 let mut cleanup = vec![Cmd::del(inner.keys.locator(id))];
@@ -1417,7 +1440,7 @@ impl Engine for RedisEngine {
                     })
                 } else {
                     Err(EngineError::Unavailable(format!(
-                        "ticket id {id} collided in Redis; retry"
+                        "Redis answered the submit of ticket {id} with {other:?}; retry"
                     )))
                 }
             }
@@ -1734,28 +1757,37 @@ impl Engine for RedisEngine {
         distinct.dedup();
         // The leases first (one slot), then whether their sessions still
         // live (another): a session that ended in between gets them back.
+        // One round trip where a pipeline keeps its order, else two.
         let in_doubt = || {
             leased
                 .iter()
                 .map(|(_, after, lease, _)| (after.id, lease.lease_id))
                 .collect::<Vec<_>>()
         };
-        let commits: Vec<Value> = match inner.run(|| QueryKind::Pipe(pipe.clone())).await {
+        let mut scores = redis::pipe();
+        for session_id in &distinct {
+            scores.zscore(inner.keys.sessions(), session_id.to_string());
+        }
+        let together = inner.conn.orders_pipelines();
+        if together {
+            for command in scores.cmd_iter() {
+                pipe.add_command(command.clone());
+            }
+        }
+        let mut commits: Vec<Value> = match inner.run(|| QueryKind::Pipe(pipe.clone())).await {
             Ok(commits) => commits,
             Err(error) => {
                 inner.release_in_doubt(queue.clone(), in_doubt());
                 return Err(error);
             }
         };
-        let scores = inner
-            .run::<Vec<Value>>(|| {
-                let mut scores = redis::pipe();
-                for session_id in &distinct {
-                    scores.zscore(inner.keys.sessions(), session_id.to_string());
-                }
-                QueryKind::Pipe(scores)
-            })
-            .await;
+        let scores = if together {
+            Ok(commits.split_off(leased.len().min(commits.len())))
+        } else {
+            inner
+                .run::<Vec<Value>>(|| QueryKind::Pipe(scores.clone()))
+                .await
+        };
         let scores = match scores {
             Ok(scores) => scores,
             Err(error) => {
