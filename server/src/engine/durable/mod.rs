@@ -256,14 +256,18 @@ impl RedbJournal {
         let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
         let poisoned = Arc::new(AtomicBool::new(false));
         let writer = {
-            let listener = listener.clone();
+            let publish = Publish::start(Arc::new(Publisher {
+                listener: listener.clone(),
+                watermark: watermark.clone(),
+            }));
             let poisoned = poisoned.clone();
-            let watermark = watermark.clone();
             std::thread::Builder::new()
                 .name("asyncgate-writer".into())
                 .spawn(move || {
-                    write_loop(database, path, receiver, &watermark, listener, poisoned);
-                    watermark.fail("the store's writer stopped; restart the gateway".into());
+                    write_loop(database, path, receiver, &publish, poisoned);
+                    publish.send(Outcome::Failed(
+                        "the store's writer stopped; restart the gateway".into(),
+                    ));
                 })
                 .ok()
         };
@@ -281,12 +285,83 @@ impl RedbJournal {
     }
 }
 
+/// What became of a batch the writer took.
+enum Outcome {
+    /// Durable, up to this append.
+    Committed(Vec<Append>, u64),
+    /// Nothing more will be durable, for this reason.
+    Failed(Arc<str>),
+}
+
+/// Tells the watchers and the waiters what became of each batch, in order:
+/// a batch's events first, then its watermark (whoever waited for an append
+/// finds its events already delivered).
+struct Publisher {
+    listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
+    watermark: Arc<Watermark>,
+}
+
+impl Publisher {
+    fn apply(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Committed(batch, last) => {
+                if let Some(listener) = self.listener.get() {
+                    for append in batch {
+                        for event in append.events {
+                            listener.ticket_changed(event);
+                        }
+                    }
+                }
+                self.watermark.advance(last);
+            }
+            Outcome::Failed(why) => self.watermark.fail(why),
+        }
+    }
+}
+
+/// How the writer hands outcomes to the [`Publisher`]: to a task of the
+/// runtime that opened the store, when there is one. Its wakes of waiting
+/// calls and watchers then come from inside the runtime (from the writer
+/// thread, each would cost a cross-thread unpark), and the writer starts
+/// its next commit at once instead of delivering first.
+struct Publish {
+    publisher: Arc<Publisher>,
+    task: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
+}
+
+impl Publish {
+    fn start(publisher: Arc<Publisher>) -> Self {
+        let task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+            let publisher = publisher.clone();
+            runtime.spawn(async move {
+                while let Some(outcome) = receiver.recv().await {
+                    publisher.apply(outcome);
+                }
+            });
+            sender
+        });
+        Self { publisher, task }
+    }
+
+    fn send(&self, outcome: Outcome) {
+        let outcome = match &self.task {
+            Some(task) => match task.send(outcome) {
+                Ok(()) => return,
+                // The runtime is gone: deliver here.
+                Err(tokio::sync::mpsc::error::SendError(outcome)) => outcome,
+            },
+            None => outcome,
+        };
+        self.publisher.apply(outcome);
+    }
+}
+
 fn write_loop(
     database: Database,
     path: PathBuf,
     receiver: mpsc::Receiver<Append>,
-    watermark: &Watermark,
-    listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
+    publish: &Publish,
     poisoned: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::new();
@@ -304,18 +379,7 @@ fn write_loop(
             continue;
         }
         match commit(&database, &batch) {
-            Ok(()) => {
-                // Events before the watermark: whoever waited for these
-                // appends to be durable finds their events already delivered.
-                if let Some(listener) = listener.get() {
-                    for append in batch.drain(..) {
-                        for event in append.events {
-                            listener.ticket_changed(event);
-                        }
-                    }
-                }
-                watermark.advance(last);
-            }
+            Ok(()) => publish.send(Outcome::Committed(std::mem::take(&mut batch), last)),
             Err(error) => {
                 tracing::error!(
                     path = %path.display(),
@@ -325,7 +389,7 @@ fn write_loop(
                 poisoned.store(true, Ordering::Release);
                 let message: Arc<str> =
                     format!("writing to the store {} failed: {error}", path.display()).into();
-                watermark.fail(message);
+                publish.send(Outcome::Failed(message));
             }
         }
         batch.clear();
