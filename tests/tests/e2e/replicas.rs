@@ -79,6 +79,60 @@ async fn submit_on_a_work_on_b_watch_and_long_poll_on_c() {
     worker.shutdown();
 }
 
+/// `Execute` on one replica streams a ticket worked on another: its first
+/// event is the submitted state (with the queue position Redis reported at
+/// the submit), then every change heard through the event channel.
+#[tokio::test]
+async fn execute_on_a_follows_the_work_on_b() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 2).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let client = a.client().await;
+    let ahead = client
+        .submit(Submit::new("exec").json("first".into()).build())
+        .await
+        .unwrap();
+    let mut events = client
+        .execute(Submit::new("exec").json("second".into()).build())
+        .await
+        .unwrap();
+    let snapshot = events.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    let submitted = snapshot.ticket.unwrap();
+    assert_eq!(state(&submitted), pb::TicketState::Pending);
+    assert_eq!(submitted.waiting_reason.unwrap().tickets_ahead, 1);
+
+    let worker = b.spawn_worker(
+        "exec",
+        handler_fn(|task: TaskContext| async move {
+            task.output(payload::json("partial".into())).await;
+            Ok(task.payload().clone())
+        }),
+    );
+    let mut seqs = vec![snapshot.seq];
+    let mut kinds = Vec::new();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        seqs.push(event.seq);
+        kinds.push(event.kind);
+        last = event.ticket;
+    }
+    let last = last.expect("events after the snapshot");
+    assert_eq!(last.id, submitted.id);
+    assert_eq!(state(&last), pb::TicketState::Succeeded);
+    assert_eq!(last.result, Some(json("second".into())));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs {seqs:?}");
+    assert!(
+        kinds.contains(&(pb::TicketEventKind::State as i32))
+            && kinds.contains(&(pb::TicketEventKind::Output as i32)),
+        "the lease and the output made on B reached A: {kinds:?}"
+    );
+    let first = finished(&client, &ahead.id).await;
+    assert_eq!(first.result, Some(json("first".into())));
+    worker.shutdown();
+}
+
 #[tokio::test]
 async fn racing_replicas_never_run_a_ticket_twice() {
     const TICKETS: usize = 600;
