@@ -161,7 +161,8 @@ pub struct Ticket {
     pub priority: i32,
     /// Caller's labels (shared: snapshots are frequent).
     pub metadata: Arc<HashMap<String, String>>,
-    /// The request body (shared: it is handed to every attempt).
+    /// The request body (shared: it is handed to every attempt); empty once
+    /// the ticket is finished (see [`Ticket::forget_request`]).
     pub payload: Arc<Payload>,
     /// Submit time.
     pub created_at: SystemTime,
@@ -211,6 +212,13 @@ fn shared_metadata(metadata: HashMap<String, String>) -> Arc<HashMap<String, Str
 }
 
 impl Ticket {
+    /// Drops the request body of a finished ticket: no attempt will need it
+    /// again and no API shows it, so retention keeps only the result.
+    pub fn forget_request(&mut self) {
+        static EMPTY: std::sync::OnceLock<Arc<Payload>> = std::sync::OnceLock::new();
+        self.payload = EMPTY.get_or_init(Arc::default).clone();
+    }
+
     /// A fresh PENDING ticket at seq 1 (its creation is its first event).
     pub fn create(id: TicketId, new: NewTicket, now: SystemTime) -> Self {
         Self {

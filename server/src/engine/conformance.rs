@@ -282,7 +282,10 @@ pub(crate) async fn claim_is_exclusive_and_complete_is_fenced(factory: Factory) 
         .await
         .unwrap();
     assert!(matches!(again, Completion::Duplicate(_)));
-    assert_eq!(h.engine.get(id).await.unwrap().result, Some(body("ok")));
+    let kept = h.engine.get(id).await.unwrap();
+    assert_eq!(kept.result, Some(body("ok")));
+    // Retention keeps the result, not the request body nobody needs again.
+    assert_eq!(*kept.payload, Payload::default());
 }
 
 pub(crate) async fn lost_worker_requeues_and_old_lease_is_fenced(factory: Factory) {

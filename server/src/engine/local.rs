@@ -346,6 +346,7 @@ impl LocalEngine {
         now: SystemTime,
     ) -> bool {
         let ready = if ticket.state.is_terminal() {
+            ticket.forget_request();
             if let Some(deadline) = ticket.deadline {
                 shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
             }

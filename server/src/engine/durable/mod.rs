@@ -151,13 +151,16 @@ fn read_all(database: &Database) -> Result<Recovered, ReadError> {
     for entry in tickets.iter()? {
         let (key, value) = entry?;
         let id = TicketId(uuid::Uuid::from_u128(key.value()));
-        let payload = match payloads.get(key.value())? {
-            Some(bytes) => Payload::decode(bytes.value())
-                .map_err(|e| ReadError::Record(format!("payload of ticket {id}: {e}")))?,
-            None => Payload::default(),
-        };
-        let ticket = record::decode(id, value.value(), payload)
+        let mut ticket = record::decode(id, value.value(), Payload::default())
             .map_err(|e| ReadError::Record(format!("ticket {id}: {e}")))?;
+        // A finished ticket's request body is not kept in memory.
+        if !ticket.state.is_terminal()
+            && let Some(bytes) = payloads.get(key.value())?
+        {
+            let payload = Payload::decode(bytes.value())
+                .map_err(|e| ReadError::Record(format!("payload of ticket {id}: {e}")))?;
+            ticket.payload = Arc::new(payload);
+        }
         recovered.tickets.push(ticket);
     }
     for entry in chunks.iter()? {
@@ -618,10 +621,15 @@ mod tests {
         let done = engine.get(done).await.unwrap();
         assert_eq!(done.state, TicketState::Succeeded);
         assert_eq!(done.result, Some(body("result")));
-        assert_eq!(*done.payload, body("request"));
+        assert_eq!(*done.payload, Payload::default(), "not kept once finished");
         assert_eq!(done.metadata.get("k").map(String::as_str), Some("v"));
         let interrupted = engine.get(b).await.unwrap();
         assert_eq!(interrupted.state, TicketState::Pending);
+        assert_eq!(
+            *interrupted.payload,
+            body("request"),
+            "kept while unfinished"
+        );
         assert_eq!((interrupted.attempt, interrupted.worker_losses), (1, 1));
         assert!(
             interrupted

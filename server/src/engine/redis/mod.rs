@@ -695,6 +695,13 @@ impl Inner {
                 ops.zadd(slot::LEASED, 0, member);
             }
         }
+        if let (Some(b), Some(a)) = (before, after)
+            && !b.state.is_terminal()
+            && a.state.is_terminal()
+        {
+            // Finished: its request body is not kept (`Ticket::forget_request`).
+            ops.push("field", &[b"p", b""]);
+        }
         match (before, after) {
             (None, Some(a)) => ops.zadd(slot::IDS, 0, &a.id.to_string()),
             (Some(b), None) => {
@@ -716,6 +723,9 @@ impl Inner {
         mut ops: Ops,
     ) -> Cmd {
         self.place_in_line(Some(&before.ticket), after);
+        if after.state.is_terminal() {
+            after.forget_request();
+        }
         let after = &*after;
         let record = Bytes::from(record::encode(after));
         self.diff(Some(&before.ticket), Some(after), &mut ops);
