@@ -41,6 +41,12 @@ const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("tombstones"
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// redb's page cache. The engine keeps every ticket in memory and reads the
+/// file only at startup, so the cache need only hold the B-tree paths that
+/// commits rewrite; redb's default (1 GiB) would grow the process by what
+/// was written, for nothing.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -85,7 +91,10 @@ pub fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError>
         path: path.to_path_buf(),
         source: Box::new(e),
     };
-    let database = Database::create(path).map_err(|e| database_error(e.into()))?;
+    let database = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| database_error(e.into()))?;
     open_database(database, path, config)
 }
 
