@@ -4,9 +4,9 @@
 //! it. When the engine reports ready work or a session frees capacity, the
 //! actor takes credits round-robin across sessions (so a queue is shared
 //! fairly), claims that many tickets from the engine in one call (a few such
-//! calls may be under way at once), and hands
-//! each to its session. A session's credit is shared by all its queues and
-//! never goes below zero, so no worker ever holds more than `max_in_flight`.
+//! calls may be under way at once), and hands each to its session. A
+//! session's credit is shared by all its queues and never goes below zero, so
+//! no worker ever holds more than `max_in_flight`.
 
 pub mod session;
 
