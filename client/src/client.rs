@@ -11,7 +11,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::gateway_client::GatewayClient;
 use crate::stream::{Resumer, Target};
-use crate::{ClientError, Credentials, EventStream, ResumeOptions, Tls, Transport, convert, pb};
+use crate::{
+    ClientError, Credentials, EventStream, ResumeOptions, Tls, Transport, convert, pb, transport,
+};
 pub use tonic::codec::CompressionEncoding;
 
 /// How long a connection attempt may take before it counts as failed.
@@ -41,7 +43,7 @@ impl Client {
     /// Connects to `url` (`http://host:port`; a bare `host:port` gets
     /// `http://`), failing at once if the gateway cannot be reached.
     pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
-        let channel = endpoint(url)?.connect().await?;
+        let channel = transport::connect(&endpoint(url)?).await?;
         Ok(Client::from_channel(channel))
     }
 
@@ -50,14 +52,16 @@ impl Client {
         url: impl Into<String>,
         tls: &Tls,
     ) -> Result<Client, ClientError> {
-        let channel = endpoint_with(url, Some(tls))?.connect().await?;
+        let channel = transport::connect(&endpoint_with(url, Some(tls))?).await?;
         Ok(Client::from_channel(channel))
     }
 
     /// Like [`Client::connect`] but connects on the first call, so a client
     /// can be created before the gateway is up.
     pub fn connect_lazy(url: impl Into<String>) -> Result<Client, ClientError> {
-        Ok(Client::from_channel(endpoint(url)?.connect_lazy()))
+        Ok(Client::from_channel(transport::connect_lazy(&endpoint(
+            url,
+        )?)))
     }
 
     /// Wraps an existing channel (custom TLS, an in-process transport, or a

@@ -43,6 +43,7 @@ mod retry;
 mod stream;
 mod submit;
 mod tls;
+pub mod transport;
 pub mod worker;
 
 /// The generated `asyncgate.v1` messages and stubs.

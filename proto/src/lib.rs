@@ -13,6 +13,7 @@ pub mod v1 {
     tonic::include_proto!("asyncgate.v1");
 }
 
+pub mod corked;
 pub mod trace_context;
 
 /// Package `asyncgate.bench.v1`: the benchmark's baseline echo service.

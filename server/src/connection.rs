@@ -1,7 +1,8 @@
 //! Client connections: which calls each one has open, and closing those left
 //! idle. An HTTP/2 keepalive only proves the peer is alive; a connection that
 //! has carried no call for `--idle-timeout` is closed so that idle or
-//! abandoned clients cannot hold sockets (and their memory) forever.
+//! abandoned clients cannot hold sockets (and their memory) forever. Their
+//! writes are coalesced ([`Corked`]) when they can only be HTTP/2.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use asyncgate_proto::corked::Corked;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -84,7 +86,7 @@ pub fn remote_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
 /// An accepted TCP connection that ends itself (as if the peer had closed
 /// it) once it has been idle for the timeout.
 pub struct TrackedStream {
-    io: TcpStream,
+    io: Corked<TcpStream>,
     activity: Arc<Activity>,
     idle: Option<IdleTimer>,
     closed: bool,
@@ -96,15 +98,21 @@ struct IdleTimer {
 }
 
 impl TrackedStream {
-    /// Tracks `io`; `idle_timeout` of `None` never closes it.
-    pub fn new(io: TcpStream, idle_timeout: Option<Duration>) -> Self {
+    /// Tracks `io`; `idle_timeout` of `None` never closes it. With
+    /// `coalesce_writes`, what one poll of the connection writes leaves in one
+    /// syscall ([`Corked`]; HTTP/2 only).
+    pub fn new(io: TcpStream, idle_timeout: Option<Duration>, coalesce_writes: bool) -> Self {
         let activity = Arc::new(Activity::new());
         let idle = idle_timeout.map(|timeout| IdleTimer {
             timeout,
             sleep: Box::pin(tokio::time::sleep_until(activity.accepted + timeout)),
         });
         Self {
-            io,
+            io: if coalesce_writes {
+                Corked::new(io)
+            } else {
+                Corked::passthrough(io)
+            },
             activity,
             idle,
             closed: false,
@@ -134,7 +142,7 @@ impl Connected for TrackedStream {
 
     fn connect_info(&self) -> ConnectionInfo {
         ConnectionInfo {
-            tcp: self.io.connect_info(),
+            tcp: self.io.get_ref().connect_info(),
             activity: self.activity.clone(),
         }
     }
@@ -150,7 +158,7 @@ impl AsyncRead for TrackedStream {
             return Poll::Ready(Ok(()));
         }
         if self.idle_expired(cx) {
-            tracing::debug!(peer = ?self.io.peer_addr().ok(), "closing an idle connection");
+            tracing::debug!(peer = ?self.io.get_ref().peer_addr().ok(), "closing an idle connection");
             self.closed = true;
             return Poll::Ready(Ok(()));
         }

@@ -392,9 +392,13 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
 
     let idle_timeout = config.idle_timeout;
+    // Write coalescing suits HTTP/2 only; gRPC-Web also accepts HTTP/1.1.
+    let coalesce_writes = !config.grpc_web;
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(move |accepted| accepted.map(|io| TrackedStream::new(io, idle_timeout)));
+        .map(move |accepted| {
+            accepted.map(|io| TrackedStream::new(io, idle_timeout, coalesce_writes))
+        });
     let signal = {
         let shutdown = shutdown.clone();
         let hard_stop = hard_stop.clone();

@@ -16,6 +16,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use asyncgate_proto::corked::Corked;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -52,20 +53,10 @@ impl tonic::codegen::Service<Uri> for KillSwitchConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let kill = self.kill.clone();
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the URL has no host"))?
-                // `[::1]` in a URL is `::1` to the resolver.
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(80);
             if kill.is_cancelled() {
                 return Err(killed());
             }
-            let stream = TcpStream::connect((host.as_str(), port)).await?;
-            // A heartbeat or a small result must not wait for Nagle.
-            stream.set_nodelay(true)?;
+            let stream = crate::transport::open(&uri).await?;
             Ok(TokioIo::new(KillableStream::new(stream, kill)))
         })
     }
@@ -79,8 +70,9 @@ fn killed() -> io::Error {
 }
 
 /// A TCP stream that fails every operation once its token is cancelled.
+/// Its writes are coalesced like every SDK connection's ([`Corked`]).
 struct KillableStream {
-    inner: TcpStream,
+    inner: Corked<TcpStream>,
     token: CancellationToken,
     /// Registers the reader's waker with the token, so a read parked on a
     /// silent socket wakes up (and fails) the moment the switch is thrown.
@@ -91,7 +83,7 @@ impl KillableStream {
     fn new(inner: TcpStream, token: CancellationToken) -> Self {
         let killed = Box::pin(token.clone().cancelled_owned());
         KillableStream {
-            inner,
+            inner: Corked::new(inner),
             token,
             killed,
         }
@@ -172,15 +164,17 @@ mod tests {
         let (mut server, _) = listener.accept().await?;
 
         client.write_all(b"hi").await?;
-        let mut buf = [0u8; 2];
-        server.read_exact(&mut buf).await?;
-
+        // The write is corked until the client reads (as h2 does at the
+        // start of every poll); the read then parks on the silent socket.
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 8];
             let result = client.read(&mut buf).await;
             drop(client);
             result
         });
+        let mut buf = [0u8; 2];
+        server.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"hi");
         token.cancel();
         let read = reader.await.map_err(io::Error::other)?;
         assert_eq!(

@@ -1,7 +1,9 @@
 //! The baseline: a plain unary gRPC echo (`asyncgate.bench.v1.Echo`) that
-//! this process serves itself on 127.0.0.1:0, with the same transport
-//! settings as the gateway (tonic, TCP_NODELAY), so the gateway's cost shows
-//! as a ratio to the simplest request/reply on the same machine.
+//! this process serves itself on 127.0.0.1:0, so the gateway's cost shows as
+//! a ratio to the simplest request/reply on the same machine. Plain means
+//! stock tonic on both ends (TCP_NODELAY, the SDK's endpoint settings): what
+//! a caller gets by calling a service directly. The gateway and the SDK
+//! coalesce their writes (`asyncgate_proto::corked`); the echo does not.
 
 use std::net::SocketAddr;
 
@@ -11,8 +13,8 @@ use asyncgate_proto::bench::{EchoReply, EchoRequest};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
 use super::target::MAX_MESSAGE;
@@ -62,6 +64,22 @@ impl EchoBaseline {
                 async move { router.serve_with_incoming_shutdown(incoming, signal).await },
             );
         Ok(EchoBaseline { url, stop, task })
+    }
+
+    /// `n` separate HTTP/2 connections to the echo, over tonic's own
+    /// connector.
+    pub(crate) async fn connect(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let endpoint = asyncgate_client::endpoint(self.url.as_str())?;
+            channels.push(
+                endpoint
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting to the echo at {}", self.url))?,
+            );
+        }
+        Ok(channels)
     }
 
     /// Stops the server and waits for it.

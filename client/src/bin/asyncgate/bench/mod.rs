@@ -219,7 +219,7 @@ async fn run_baseline(
     concurrency: usize,
     repeat: usize,
 ) -> anyhow::Result<RunRecord> {
-    let channels = target::connect(&echo.url, settings.connections).await?;
+    let channels = echo.connect(settings.connections).await?;
     let plan = plan(
         settings,
         LoadKind::Echo,

@@ -278,8 +278,7 @@ pub(crate) async fn connect_all(urls: &[String], n: usize) -> anyhow::Result<Vec
             .filter(|_| url.starts_with("https://"));
         let endpoint = asyncgate_client::endpoint_with(url.as_str(), tls)?;
         channels.push(
-            endpoint
-                .connect()
+            asyncgate_client::transport::connect(&endpoint)
                 .await
                 .with_context(|| format!("connecting to {url}"))?,
         );
