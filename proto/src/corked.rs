@@ -21,6 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Output held back at most this long (bytes) before it is written anyway.
 const CORK_LIMIT: usize = 64 * 1024;
 
+/// A buffer that grew beyond this for a burst is given back once empty, so
+/// thousands of mostly idle connections do not each pin one.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// A byte stream whose writes go out when its task runs again.
 ///
 /// Corked output leaves on the next read: an h2 connection reads at the
@@ -69,6 +73,11 @@ impl<T> Corked<T> {
 impl<T: AsyncWrite + Unpin> Corked<T> {
     /// Sends what is corked.
     fn poll_uncork(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.corked.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        // The buffer's size is about the most it ever held at once.
+        let grown = self.corked.len() > KEEP_CAPACITY;
         while !self.corked.is_empty() {
             let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.corked))?;
             if written == 0 {
@@ -76,7 +85,11 @@ impl<T: AsyncWrite + Unpin> Corked<T> {
             }
             self.corked.advance(written);
         }
-        self.corked.clear();
+        if grown {
+            self.corked = BytesMut::new();
+        } else {
+            self.corked.clear();
+        }
         self.uncork_scheduled = false;
         Poll::Ready(Ok(()))
     }

@@ -28,9 +28,13 @@ use crate::engine::{Claimed, Engine, EngineError, ReleaseReason, Revocation, Ses
 /// Most tickets claimed in one engine call.
 const CLAIM_BATCH: usize = 256;
 
-/// Claims one queue keeps in flight at once. On Redis a claim is a few round
-/// trips; overlapping them keeps workers fed while one is on the wire (a
-/// local engine's claim is done before the next could start).
+/// Claims one backlogged queue keeps in flight at once. On Redis a claim is
+/// a few round trips; overlapping them keeps workers fed while one is on the
+/// wire (a local engine's claim is done before the next could start). A
+/// queue that is not backlogged has one claim at a time: each takes every
+/// free credit in turn and serves the first takers, and a second claim
+/// taking the next credits at once would leave the first one's unserved
+/// takers behind in the rotation.
 const CLAIMS_IN_FLIGHT: usize = 4;
 
 /// A claim under way.
@@ -189,6 +193,7 @@ impl Dispatcher {
                 cursor: 0,
                 has_work: true,
                 ready_generation: 0,
+                backlogged: false,
             };
             let span = tracing::info_span!("queue", queue = %queue);
             let stop = self.inner.stop.clone();
@@ -318,6 +323,9 @@ struct QueueActor {
     /// Counts `Ready` notices, so that a claim started before one does not
     /// clear `has_work` it set.
     ready_generation: u64,
+    /// Whether the last claim came back full (tickets left for every
+    /// credit): only then do claims overlap.
+    backlogged: bool,
 }
 
 impl QueueActor {
@@ -388,9 +396,10 @@ impl QueueActor {
     }
 
     /// Starts claims while the engine may have work, workers have credit
-    /// and fewer than `CLAIMS_IN_FLIGHT` are out.
+    /// and fewer are out than the queue's backlog calls for.
     fn start_claims(&mut self, claims: &mut FuturesUnordered<PendingClaim>) {
-        while self.has_work && claims.len() < CLAIMS_IN_FLIGHT {
+        let in_flight = if self.backlogged { CLAIMS_IN_FLIGHT } else { 1 };
+        while self.has_work && claims.len() < in_flight {
             let takers = self.take_credits();
             if takers.is_empty() {
                 return;
@@ -426,9 +435,11 @@ impl QueueActor {
                     slot.return_credit();
                 }
                 self.has_work = false;
+                self.backlogged = false;
                 return;
             }
         };
+        self.backlogged = claimed.len() == takers.len();
         // A short claim means the queue ran dry, unless new work was
         // announced after this claim started.
         if claimed.len() < takers.len() && ready_generation == self.ready_generation {
