@@ -1,10 +1,5 @@
 //! `asyncgate.v1.Gateway`: the client-facing service.
 
-use std::pin::Pin;
-
-use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -12,15 +7,13 @@ use asyncgate_proto::trace_context::{TRACEPARENT, TRACESTATE, TraceParent};
 use asyncgate_proto::v1 as pb;
 use pb::gateway_server::Gateway;
 
-use super::watch::EventSender;
+use super::watch::{EventSink, EventStream};
 use super::{Core, convert};
 use crate::auth::{self, Caller};
 use crate::engine::{ListFilter, Submitted};
 use crate::error::GatewayError;
 use crate::hub::Subscription;
 
-/// Buffered events per watch stream before the watcher waits on the client.
-const STREAM_BUFFER: usize = 16;
 /// Largest ListTickets page.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// ListTickets page when page_size is 0.
@@ -117,26 +110,20 @@ impl GatewayService {
         Ok((submitted, subscription))
     }
 
-    /// Runs `watch` (which feeds ticket `id`'s events into its sender) as a
-    /// task of its own and returns the stream of what it sends.
-    fn spawn_watch<F>(
+    /// The response stream of a watch on ticket `id`: `watch` emits the
+    /// events into the sink it is given, as the client reads them.
+    fn watch_stream<F>(
         &self,
         id: crate::domain::TicketId,
-        watch: impl FnOnce(Core, EventSender) -> F,
+        watch: impl FnOnce(Core, EventSink) -> F,
     ) -> EventStream
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let span = tracing::debug_span!("watch", ticket_id = %id);
-        self.core
-            .tracker
-            .spawn(watch(self.core.clone(), tx).instrument(span));
-        Box::pin(ReceiverStream::new(rx).map(|event| *event))
+        EventStream::new(|sink| watch(self.core.clone(), sink).instrument(span))
     }
 }
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TicketEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
@@ -164,12 +151,12 @@ impl Gateway for GatewayService {
         }
         let span = tracing::info_span!("execute", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
         let (submitted, subscription) = self.submit_in(span, request, true).await?;
-        Ok(Response::new(self.spawn_watch(
+        Ok(Response::new(self.watch_stream(
             submitted.ticket.id,
-            |core, tx| async move {
+            |core, sink| async move {
                 match subscription {
-                    Some(subscription) => core.watch_submitted(submitted, subscription, tx).await,
-                    None => core.watch_into(submitted.ticket.id, None, tx).await,
+                    Some(subscription) => core.watch_submitted(submitted, subscription, sink).await,
+                    None => core.watch_into(submitted.ticket.id, None, sink).await,
                 }
             },
         )))
@@ -214,8 +201,8 @@ impl Gateway for GatewayService {
         }
         let after_seq = request.after_seq;
         Ok(Response::new(
-            self.spawn_watch(id, move |core, tx| async move {
-                core.watch_into(id, after_seq, tx).await
+            self.watch_stream(id, move |core, sink| async move {
+                core.watch_into(id, after_seq, sink).await
             }),
         ))
     }

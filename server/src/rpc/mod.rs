@@ -42,7 +42,7 @@ pub struct Core {
     /// Cancelled once workers have drained (or the grace period is over):
     /// the remaining streams end, having delivered what the drain recorded.
     pub hard_stop: CancellationToken,
-    /// Tracks spawned stream tasks.
+    /// Tracks the gateway's background tasks (timers, dispatch actors).
     pub tracker: TaskTracker,
     /// Tracks worker sessions, so shutdown knows when the drain is done.
     pub sessions: TaskTracker,

@@ -4,10 +4,20 @@
 //! Subscribe first, then read: a change that races the read shows up in
 //! either. Events are forwarded in seq order; a gap (lag) is healed by a
 //! fresh snapshot plus the stored output chunks after the last seq sent.
+//!
+//! A watch runs inside its response stream ([`EventStream`]): the stream
+//! polls the watch, and each event the watch emits is the stream's next
+//! item. No task and no channel per watch, so an event costs one wake (the
+//! connection's stream task), and a client that stops reading holds the
+//! watch back until the hub reports it lagging, then gets a fresh snapshot.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures::Stream;
 use tokio::time::Instant;
 
 use asyncgate_proto::v1 as pb;
@@ -19,24 +29,94 @@ use crate::engine::Submitted;
 use crate::error::GatewayError;
 use crate::hub::{Received, Subscription};
 
-/// Items of a server stream, boxed: a stream's channel allocates its slots
-/// up front, and an unboxed item is most of a kilobyte.
-pub type EventSender = mpsc::Sender<Box<Result<pb::TicketEvent, tonic::Status>>>;
+type Item = Result<pb::TicketEvent, tonic::Status>;
 
-enum Flow {
-    Continue,
-    Stop,
+/// The slot an event waits in between the watch and its stream.
+type Slot = Arc<Mutex<Option<Item>>>;
+
+/// Where a watch emits its events: the [`EventStream`] that polls it.
+pub struct EventSink {
+    slot: Slot,
+}
+
+impl EventSink {
+    /// Hands `item` to the stream as its next item; returns once the stream
+    /// has polled the watch again, i.e. once the item was taken.
+    async fn send(&self, item: Item) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(item);
+        YieldOnce { yielded: false }.await;
+    }
+}
+
+/// Pending once (without a wake: the stream returns the item and polls
+/// again when asked for the next one), then ready.
+struct YieldOnce {
+    yielded: bool,
+}
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            Poll::Ready(())
+        } else {
+            self.yielded = true;
+            Poll::Pending
+        }
+    }
+}
+
+/// A server stream of ticket events, produced by the watch it polls.
+pub struct EventStream {
+    watch: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    slot: Slot,
+}
+
+impl EventStream {
+    /// The stream of what `watch` emits into the sink it is given.
+    pub fn new<F>(watch: impl FnOnce(EventSink) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let slot = Slot::default();
+        let watch = watch(EventSink { slot: slot.clone() });
+        Self {
+            watch: Some(Box::pin(watch)),
+            slot,
+        }
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let Some(watch) = self.watch.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let finished = watch.as_mut().poll(cx).is_ready();
+        if finished {
+            self.watch = None;
+        }
+        let item = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match item {
+            Some(item) => Poll::Ready(Some(item)),
+            None if finished => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl Core {
     async fn send_event(
         &self,
-        tx: &EventSender,
+        sink: &EventSink,
         seq: u64,
         kind: pb::TicketEventKind,
         ticket: Option<&Ticket>,
         output: Option<pb::Payload>,
-    ) -> Flow {
+    ) {
         let ticket = match ticket {
             Some(t) => Some(self.present(t).await),
             None => None,
@@ -47,68 +127,50 @@ impl Core {
             ticket,
             output,
         };
-        match tx.send(Box::new(Ok(event))).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Stop,
-        }
+        sink.send(Ok(event)).await;
     }
 
     /// Sends a snapshot, then the stored chunks after `after_seq` (when
     /// given). Returns the snapshot's seq and whether it was terminal.
     async fn send_snapshot(
         &self,
-        tx: &EventSender,
+        sink: &EventSink,
         id: TicketId,
         after_seq: Option<u64>,
-    ) -> Result<(u64, bool), Option<GatewayError>> {
+    ) -> Result<(u64, bool), GatewayError> {
         let (ticket, chunks) = self
             .engine
             .get_with_chunks(id, after_seq.unwrap_or(u64::MAX))
-            .await
-            .map_err(|e| Some(e.into()))?;
-        if let Flow::Stop = self
-            .send_event(
-                tx,
-                ticket.seq,
-                pb::TicketEventKind::Snapshot,
-                Some(&ticket),
-                None,
-            )
-            .await
-        {
-            return Err(None);
-        }
+            .await?;
+        self.send_event(
+            sink,
+            ticket.seq,
+            pb::TicketEventKind::Snapshot,
+            Some(&ticket),
+            None,
+        )
+        .await;
         for chunk in chunks {
-            if let Flow::Stop = self
-                .send_event(
-                    tx,
-                    chunk.seq,
-                    pb::TicketEventKind::Output,
-                    Some(&ticket),
-                    Some(chunk.output),
-                )
-                .await
-            {
-                return Err(None);
-            }
+            self.send_event(
+                sink,
+                chunk.seq,
+                pb::TicketEventKind::Output,
+                Some(&ticket),
+                Some(chunk.output),
+            )
+            .await;
         }
         Ok((ticket.seq, ticket.state.is_terminal()))
     }
 
-    /// Streams `id`'s events into `tx` until the terminal event, the client
-    /// leaving, or shutdown.
-    pub async fn watch_into(&self, id: TicketId, after_seq: Option<u64>, tx: EventSender) {
+    /// Emits `id`'s events into `sink` until the terminal event or
+    /// shutdown.
+    pub async fn watch_into(&self, id: TicketId, after_seq: Option<u64>, sink: EventSink) {
         let subscription = self.hub.subscribe(id);
-        let (last_seq, terminal) = match self.send_snapshot(&tx, id, after_seq).await {
-            Ok(state) => state,
-            Err(Some(error)) => {
-                let _ = tx.send(Box::new(Err(error.into()))).await;
-                return;
-            }
-            Err(None) => return,
-        };
-        if !terminal {
-            self.follow(id, subscription, last_seq, tx).await;
+        match self.send_snapshot(&sink, id, after_seq).await {
+            Ok((_, true)) => {}
+            Ok((last_seq, false)) => self.follow(id, subscription, last_seq, &sink).await,
+            Err(error) => sink.send(Err(error.into())).await,
         }
     }
 
@@ -119,7 +181,7 @@ impl Core {
         &self,
         submitted: Submitted,
         subscription: Subscription,
-        tx: EventSender,
+        sink: EventSink,
     ) {
         let ticket = submitted.ticket;
         let event = pb::TicketEvent {
@@ -128,48 +190,59 @@ impl Core {
             ticket: Some(self.present_with(&ticket, submitted.tickets_ahead).await),
             output: None,
         };
-        if tx.send(Box::new(Ok(event))).await.is_ok() && !ticket.state.is_terminal() {
-            self.follow(ticket.id, subscription, ticket.seq, tx).await;
+        sink.send(Ok(event)).await;
+        if !ticket.state.is_terminal() {
+            self.follow(ticket.id, subscription, ticket.seq, &sink)
+                .await;
         }
     }
 
-    /// Forwards the changes after `last_seq` until the terminal one.
+    /// Forwards the changes after `last_seq` until the terminal one. The
+    /// keepalive timer and the shutdown signal are set up once per watch,
+    /// not once per event: the timer is moved on only when it fires early.
     async fn follow(
         &self,
         id: TicketId,
         mut subscription: Subscription,
         mut last_seq: u64,
-        tx: EventSender,
+        sink: &EventSink,
     ) {
         let keepalive = self.config.watch_keepalive;
-        let mut idle_until = Instant::now() + keepalive;
+        let mut last_sent = Instant::now();
+        let idle = tokio::time::sleep_until(last_sent + keepalive);
+        tokio::pin!(idle);
+        let stop = self.hard_stop.cancelled();
+        tokio::pin!(stop);
         loop {
             let received = tokio::select! {
                 biased;
                 received = subscription.recv() => received,
-                _ = tokio::time::sleep_until(idle_until) => {
+                () = &mut idle => {
+                    let due = last_sent + keepalive;
+                    if Instant::now() < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     let event = pb::TicketEvent {
                         seq: last_seq,
                         kind: pb::TicketEventKind::Keepalive as i32,
                         ticket: None,
                         output: None,
                     };
-                    if tx.send(Box::new(Ok(event))).await.is_err() {
-                        return;
-                    }
-                    idle_until = Instant::now() + keepalive;
+                    sink.send(Ok(event)).await;
+                    last_sent = Instant::now();
+                    idle.as_mut().reset(last_sent + keepalive);
                     continue;
                 }
-                _ = tx.closed() => return,
-                _ = self.hard_stop.cancelled() => {
+                () = &mut stop => {
                     let status = tonic::Status::unavailable(format!(
                         "the gateway is shutting down; watch again with after_seq={last_seq} to resume"
                     ));
-                    let _ = tx.send(Box::new(Err(status))).await;
+                    sink.send(Err(status)).await;
                     return;
                 }
             };
-            idle_until = Instant::now() + keepalive;
+            last_sent = Instant::now();
             match received {
                 Received::Change(change) if change.ticket.seq <= last_seq => continue,
                 Received::Change(change) if change.ticket.seq == last_seq + 1 => {
@@ -178,18 +251,14 @@ impl Core {
                         EventKind::Progress => pb::TicketEventKind::Progress,
                         EventKind::Output => pb::TicketEventKind::Output,
                     };
-                    let flow = self
-                        .send_event(
-                            &tx,
-                            change.ticket.seq,
-                            kind,
-                            Some(&change.ticket),
-                            change.output.clone(),
-                        )
-                        .await;
-                    if let Flow::Stop = flow {
-                        return;
-                    }
+                    self.send_event(
+                        sink,
+                        change.ticket.seq,
+                        kind,
+                        Some(&change.ticket),
+                        change.output.clone(),
+                    )
+                    .await;
                     last_seq = change.ticket.seq;
                     if change.ticket.state.is_terminal() {
                         return;
@@ -199,18 +268,17 @@ impl Core {
                     if let Received::Closed = received {
                         subscription = self.hub.subscribe(id);
                     }
-                    match self.send_snapshot(&tx, id, Some(last_seq)).await {
+                    match self.send_snapshot(sink, id, Some(last_seq)).await {
                         Ok((seq, terminal)) => {
                             last_seq = seq;
                             if terminal {
                                 return;
                             }
                         }
-                        Err(Some(error)) => {
-                            let _ = tx.send(Box::new(Err(error.into()))).await;
+                        Err(error) => {
+                            sink.send(Err(error.into())).await;
                             return;
                         }
-                        Err(None) => return,
                     }
                 }
             }

@@ -161,6 +161,12 @@ async fn idle_watch_streams_carry_keepalives() {
     assert_eq!(keepalive.kind, pb::TicketEventKind::Keepalive as i32);
     assert_eq!(keepalive.seq, snapshot.seq);
     assert!(keepalive.ticket.is_none());
+    let again = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("keepalives keep coming while the ticket is idle")
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.kind, pb::TicketEventKind::Keepalive as i32);
     client.cancel(&ticket.id, "").await.unwrap();
     let last = stream.next().await.unwrap().unwrap();
     assert_eq!(
