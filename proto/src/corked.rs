@@ -134,6 +134,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Corked<T> {
                 return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
             }
         }
+        let wanted = self.corked.len() + len;
+        if wanted > self.corked.capacity() {
+            // One allocation per burst rather than a doubling series of
+            // copies: a fresh buffer gets KEEP_CAPACITY, a full one the
+            // most it may hold.
+            let target = if wanted <= KEEP_CAPACITY {
+                KEEP_CAPACITY
+            } else {
+                CORK_LIMIT
+            };
+            let additional = target - self.corked.len();
+            self.corked.reserve(additional);
+        }
         for buf in bufs {
             self.corked.extend_from_slice(buf);
         }
