@@ -144,7 +144,8 @@ pub(crate) enum Verdict {
 /// - A terminal non-SNAPSHOT event ends the stream, as does the terminal
 ///   first SNAPSHOT of a fresh stream. A terminal SNAPSHOT that chunks may
 ///   follow only marks the ticket as over: the stream ends when the gateway
-///   closes it (or sends a KEEPALIVE, i.e. has nothing more).
+///   closes it (or sends a KEEPALIVE, i.e. has nothing more). The replayed
+///   chunks after it carry that terminal ticket too, so they do not end it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cursor {
     /// The highest seq the caller has processed, i.e. the `after_seq` of the
@@ -207,7 +208,12 @@ impl Cursor {
                     return Verdict::Duplicate;
                 }
                 self.seq = Some(event.seq);
-                Verdict::Deliver { end: terminal }
+                // Replayed chunks carry the ticket as the snapshot showed it,
+                // terminal too: after a terminal snapshot only the server's
+                // close (or a keepalive) ends the replay.
+                Verdict::Deliver {
+                    end: terminal && !self.terminal_seen,
+                }
             }
         }
     }
@@ -506,8 +512,15 @@ mod tests {
             deliver(false)
         );
         assert!(c.terminal_seen());
-        assert_eq!(c.accept(&event(11, K::Output, S::Running)), deliver(false));
-        assert_eq!(c.accept(&event(12, K::Output, S::Running)), deliver(false));
+        // The replayed chunks carry the snapshot's ticket, terminal too.
+        assert_eq!(
+            c.accept(&event(11, K::Output, S::Succeeded)),
+            deliver(false)
+        );
+        assert_eq!(
+            c.accept(&event(12, K::Output, S::Succeeded)),
+            deliver(false)
+        );
         assert_eq!(c.resume_point(), Some(12));
         // A fresh open resets the flag (the new snapshot decides again).
         c.opened(Some(12));
@@ -536,7 +549,12 @@ mod tests {
         c.accept(&event(1, K::Snapshot, S::Running));
         assert_eq!(c.accept(&event(5, K::Snapshot, S::Failed)), deliver(false));
         assert!(c.terminal_seen());
-        assert_eq!(c.accept(&event(3, K::Output, S::Running)), deliver(false));
+        assert_eq!(c.accept(&event(3, K::Output, S::Failed)), deliver(false));
+        assert_eq!(c.accept(&event(4, K::Output, S::Failed)), deliver(false));
+        assert_eq!(
+            c.accept(&event(6, K::Keepalive, S::Failed)),
+            Verdict::KeepAlive
+        );
     }
 
     #[test]

@@ -210,3 +210,92 @@ async fn watch_and_long_poll_never_miss_a_racing_completion() {
     }
     worker.shutdown();
 }
+
+/// A watcher that stops reading holds no one else back: a watcher of the
+/// same ticket on another connection gets every chunk as it comes, and the
+/// stalled one, once it reads again, resumes from a fresh snapshot plus the
+/// stored chunks — every chunk, in order, then the terminal event.
+#[tokio::test]
+async fn a_watcher_that_stops_reading_catches_up_without_holding_others_back() {
+    // 12 MiB of output: more than any HTTP/2 window the stalled reader has.
+    const CHUNKS: usize = 192;
+    const CHUNK_BYTES: usize = 64 * 1024;
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let worker = gateway
+        .worker("chatty")
+        .handler(handler_fn(move |task: TaskContext| {
+            let mut release = release_rx.clone();
+            async move {
+                release.wait_for(|r| *r).await.unwrap();
+                for i in 0..CHUNKS {
+                    let chunk = vec![i as u8; CHUNK_BYTES];
+                    task.output(payload::binary(chunk, "application/octet-stream"))
+                        .await;
+                }
+                Ok(payload::json("done".into()))
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let ticket = client.submit(Submit::new("chatty").build()).await.unwrap();
+    let stalled_client = gateway.client().await;
+    let mut stalled = stalled_client.watch(&ticket.id, None).await.unwrap();
+    let first = stalled.next().await.unwrap().unwrap();
+    assert_eq!(first.kind, pb::TicketEventKind::Snapshot as i32);
+
+    /// The chunk indexes seen, the snapshots seen, and the last event.
+    async fn read_to_end<E: std::fmt::Debug>(
+        mut events: impl futures::Stream<Item = Result<pb::TicketEvent, E>> + Unpin,
+    ) -> (Vec<u8>, usize, pb::TicketEvent) {
+        let (mut chunks, mut snapshots, mut last) = (Vec::new(), 0, None);
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if event.kind == pb::TicketEventKind::Output as i32 {
+                let bytes = payload::as_binary(event.output.as_ref().unwrap()).unwrap();
+                assert_eq!(bytes.len(), CHUNK_BYTES);
+                chunks.push(bytes[0]);
+            } else if event.kind == pb::TicketEventKind::Snapshot as i32 {
+                snapshots += 1;
+            }
+            last = Some(event);
+        }
+        (chunks, snapshots, last.expect("at least one event"))
+    }
+    let every_chunk: Vec<u8> = (0..CHUNKS).map(|i| i as u8).collect();
+
+    let reader = client.clone();
+    let id = ticket.id.clone();
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let fast = tokio::spawn(async move {
+        let mut events = reader.watch(&id, None).await.unwrap();
+        events.next().await.unwrap().unwrap();
+        subscribed_tx.send(()).unwrap();
+        read_to_end(events).await
+    });
+    subscribed_rx.await.unwrap();
+    release_tx.send(true).unwrap();
+    let (chunks, _, last) = tokio::time::timeout(Duration::from_secs(60), fast)
+        .await
+        .expect("the reading watcher finishes while the other one is stalled")
+        .unwrap();
+    assert_eq!(chunks, every_chunk);
+    assert_eq!(
+        state(last.ticket.as_ref().unwrap()),
+        pb::TicketState::Succeeded
+    );
+
+    let (chunks, snapshots, last) = read_to_end(stalled).await;
+    assert_eq!(chunks, every_chunk, "resumed without a gap or a repeat");
+    assert!(
+        snapshots >= 1,
+        "the stalled watcher fell behind and was resynchronised"
+    );
+    assert_eq!(
+        state(last.ticket.as_ref().unwrap()),
+        pb::TicketState::Succeeded
+    );
+    worker.shutdown();
+}
