@@ -3,7 +3,7 @@
 //! Hello → Welcome, then a loop that forwards leased tasks and cancels to the
 //! worker, records its progress and results (fenced by the engine), pings it
 //! every heartbeat interval and declares it dead when two pings in a row go
-//! unanswered. However the loop ends, every lease the session still holds is
+//! unanswered (progress on a lease it holds counts as an answer). However the loop ends, every lease the session still holds is
 //! given back to the engine, so its tickets run again elsewhere.
 
 use std::collections::{HashMap, HashSet};
@@ -506,6 +506,23 @@ impl Session {
         }
     }
 
+    /// Progress on a lease this session holds proves the worker alive as
+    /// well as a ping answer does: a worker streaming large outputs answers
+    /// pings late, its answers queued behind its data. (Progress for leases
+    /// it does not hold proves nothing.) Refreshed at most twice per
+    /// heartbeat interval, so a stream of chunks does not renew the session
+    /// in the store per chunk.
+    fn alive_by_work(&mut self, lease_id: LeaseId) {
+        if !self.leases.contains_key(&lease_id) {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval / 2 {
+            self.last_heartbeat = now;
+            self.renew();
+        }
+    }
+
     /// Renews the session in the store, in the background; a renewal still
     /// on its way makes this one unnecessary.
     fn renew(&self) {
@@ -534,6 +551,7 @@ impl Session {
                 Ok(ids) => ids,
                 Err(error) => return Err(End::Error(error)),
             };
+        self.alive_by_work(lease_id);
         if let Some(output) = &progress.output {
             let size = convert::payload_size(output);
             if size > self.settings.max_payload_bytes {

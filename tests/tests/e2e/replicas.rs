@@ -397,3 +397,10 @@ async fn replicas_on_a_redis_cluster_work_as_one_gateway() {
     assert_eq!(listed.tickets.len(), ids.len());
     worker.shutdown();
 }
+
+#[tokio::test]
+async fn a_stalled_watcher_on_another_replica_catches_up() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 2).await;
+    crate::watch::stalled_watcher_catches_up(&gateways[0], &gateways[1]).await;
+}

@@ -217,13 +217,26 @@ async fn watch_and_long_poll_never_miss_a_racing_completion() {
 /// stored chunks — every chunk, in order, then the terminal event.
 #[tokio::test]
 async fn a_watcher_that_stops_reading_catches_up_without_holding_others_back() {
+    let gateway = TestGateway::start().await;
+    stalled_watcher_catches_up(&gateway, &gateway).await;
+}
+
+#[tokio::test]
+async fn a_stalled_watcher_catches_up_on_the_durable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start_with(TestGateway::durable_config(dir.path())).await;
+    stalled_watcher_catches_up(&gateway, &gateway).await;
+}
+
+/// The ticket is submitted, worked and watched on `work`; the stalled
+/// watcher reads through `watch` (another replica, or the same gateway).
+pub(crate) async fn stalled_watcher_catches_up(work: &TestGateway, watch: &TestGateway) {
     // 12 MiB of output: more than any HTTP/2 window the stalled reader has.
     const CHUNKS: usize = 192;
     const CHUNK_BYTES: usize = 64 * 1024;
-    let gateway = TestGateway::start().await;
-    let client = gateway.client().await;
+    let client = work.client().await;
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let worker = gateway
+    let worker = work
         .worker("chatty")
         .handler(handler_fn(move |task: TaskContext| {
             let mut release = release_rx.clone();
@@ -241,7 +254,7 @@ async fn a_watcher_that_stops_reading_catches_up_without_holding_others_back() {
         .unwrap()
         .spawn();
     let ticket = client.submit(Submit::new("chatty").build()).await.unwrap();
-    let stalled_client = gateway.client().await;
+    let stalled_client = watch.client().await;
     let mut stalled = stalled_client.watch(&ticket.id, None).await.unwrap();
     let first = stalled.next().await.unwrap().unwrap();
     assert_eq!(first.kind, pb::TicketEventKind::Snapshot as i32);
@@ -282,10 +295,9 @@ async fn a_watcher_that_stops_reading_catches_up_without_holding_others_back() {
         .expect("the reading watcher finishes while the other one is stalled")
         .unwrap();
     assert_eq!(chunks, every_chunk);
-    assert_eq!(
-        state(last.ticket.as_ref().unwrap()),
-        pb::TicketState::Succeeded
-    );
+    let done = last.ticket.as_ref().unwrap();
+    assert_eq!(state(done), pb::TicketState::Succeeded);
+    assert_eq!(done.attempt, 1, "the streaming worker kept its lease");
 
     let (chunks, snapshots, last) = read_to_end(stalled).await;
     assert_eq!(chunks, every_chunk, "resumed without a gap or a repeat");

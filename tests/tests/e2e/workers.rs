@@ -180,6 +180,38 @@ async fn unresponsive_worker_loses_its_lease_within_three_heartbeats() {
     survivor.shutdown();
 }
 
+/// Output on a held lease proves a worker alive: one that streams chunks
+/// for several heartbeat intervals without reading its stream (its ping
+/// answers would queue behind its data) keeps the lease.
+#[tokio::test]
+async fn a_worker_streaming_output_keeps_its_lease_without_answering_pings() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let heartbeat = gateway.config().heartbeat_interval;
+    let ticket = client.submit(Submit::new("busy").build()).await.unwrap();
+    let mut busy = gateway.raw_worker().await;
+    busy.hello(&["busy"], 1).await;
+    let task = busy.next_task().await;
+    let mut pace = tokio::time::interval(heartbeat / 2);
+    for chunk in 0..16u32 {
+        pace.tick().await;
+        busy.send(pb::worker_message::Kind::Progress(pb::TaskProgress {
+            ticket_id: task.ticket_id.clone(),
+            lease_id: task.lease_id.clone(),
+            percent: 0,
+            message: String::new(),
+            output: Some(payload::json(chunk.into())),
+        }))
+        .await;
+    }
+    busy.succeed(&task, payload::json("done".into())).await;
+    let ack = busy.next_ack().await;
+    assert_eq!(ack.ticket_id, task.ticket_id);
+    let done = finished(&client, &ticket.id).await;
+    assert_eq!(state(&done), pb::TicketState::Succeeded);
+    assert_eq!(done.attempt, 1, "the lease was never lost");
+}
+
 #[tokio::test]
 async fn tasks_spread_evenly_across_workers() {
     let gateway = TestGateway::start().await;
