@@ -324,6 +324,14 @@ pub struct Cli {
         default_value_t = 1_000_000
     )]
     pub max_pending_per_queue: usize,
+    /// Bytes of partial output (progress chunks) one ticket may store; a
+    /// chunk past it gets RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_OUTPUT_BYTES_PER_TICKET",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub max_output_bytes_per_ticket: u64,
     /// Longest long-poll wait honoured (keep under your proxies' timeout).
     #[arg(long, env = "ASYNCGATE_MAX_WAIT", default_value = "50s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -541,6 +549,9 @@ impl TryFrom<Cli> for Config {
         if cli.max_pending_per_queue == 0 {
             return Err("--max-pending-per-queue must be at least 1".into());
         }
+        if cli.max_output_bytes_per_ticket == 0 {
+            return Err("--max-output-bytes-per-ticket must be at least 1".into());
+        }
         if cli.watch_keepalive < Duration::from_millis(10) {
             return Err("--watch-keepalive must be at least 10ms".into());
         }
@@ -578,6 +589,7 @@ impl TryFrom<Cli> for Config {
                 result_retention: cli.result_retention,
                 tombstone_retention: cli.result_retention,
                 max_pending_per_queue: cli.max_pending_per_queue,
+                max_output_bytes_per_ticket: cli.max_output_bytes_per_ticket,
             },
             max_payload_bytes: cli.max_payload_bytes,
             max_wait: cli.max_wait,

@@ -192,6 +192,8 @@ pub struct Ticket {
     pub not_before: Option<SystemTime>,
     /// Attempts that ended because the worker was lost (poison-ticket cap).
     pub worker_losses: u32,
+    /// Bytes of partial output stored for it (the per-ticket output budget).
+    pub output_bytes: u64,
     /// Whose ticket it is: other tenants never see it.
     pub tenant: Option<Arc<str>>,
     /// FIFO position within its priority, assigned each time it is queued.
@@ -244,6 +246,7 @@ impl Ticket {
             completed_by: None,
             not_before: None,
             worker_losses: 0,
+            output_bytes: 0,
             tenant: new.tenant,
             enqueue_seq: 0,
             journal_seq: 0,

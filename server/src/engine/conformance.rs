@@ -592,6 +592,42 @@ pub(crate) async fn progress_and_chunks_are_ordered_and_fenced(factory: Factory)
     assert_eq!(seqs, (2..=t.seq).collect::<Vec<_>>());
 }
 
+pub(crate) async fn output_past_the_budget_is_refused(factory: Factory) {
+    // body("0123456789") encodes to 12 bytes: two fit in 30, a third does not.
+    let h = harness_with(
+        factory,
+        EngineConfig {
+            max_output_bytes_per_ticket: 30,
+            ..config()
+        },
+    )
+    .await;
+    let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
+    let s = session(&h.engine, "w").await;
+    let c = claim_one(&h.engine, "q", &s).await;
+    let chunk = || ProgressReport {
+        ticket_id: id,
+        lease_id: c.lease.lease_id,
+        progress: None,
+        output: Some(body("0123456789")),
+    };
+    h.engine.progress(chunk()).await.unwrap();
+    h.engine.progress(chunk()).await.unwrap();
+    let refused = h.engine.progress(chunk()).await.unwrap_err();
+    assert!(
+        matches!(&refused, EngineError::LimitExceeded(m) if m.contains("24 bytes") && m.contains("30-byte budget")),
+        "{refused}"
+    );
+    let (t, chunks) = h.engine.get_with_chunks(id, 0).await.unwrap();
+    assert_eq!(chunks.len(), 2, "the refused chunk was not stored");
+    assert_eq!(t.output_bytes, 24);
+    // The lease is intact: the result is still recorded.
+    h.engine
+        .complete(id, c.lease.lease_id, Outcome::Success(body("done")))
+        .await
+        .unwrap();
+}
+
 pub(crate) async fn retention_leaves_a_tombstone(factory: Factory) {
     let h = harness_with(
         factory,
@@ -823,6 +859,7 @@ macro_rules! engine_conformance {
                 poison_ticket_hits_the_worker_loss_cap,
                 undelivered_release_is_not_an_attempt,
                 progress_and_chunks_are_ordered_and_fenced,
+                output_past_the_budget_is_refused,
                 retention_leaves_a_tombstone,
                 queue_limit_refuses_submits,
                 list_filters_and_pages,

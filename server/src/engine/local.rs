@@ -1089,6 +1089,7 @@ impl LocalEngine {
             if chunks.len() >= transition::MAX_CHUNKS_PER_TICKET {
                 return Err(transition::too_many_chunks(report.ticket_id));
             }
+            transition::spend_output(ticket, &output, self.config.max_output_bytes_per_ticket)?;
             ticket.touch(now);
             let chunk = Chunk {
                 seq: ticket.seq,

@@ -104,6 +104,10 @@ pub struct EngineConfig {
     pub tombstone_retention: Duration,
     /// Pending tickets one queue may hold before submits are refused.
     pub max_pending_per_queue: usize,
+    /// Bytes of partial output one ticket may store: a worker streaming
+    /// output without end cannot grow the store (or a memory gateway) by
+    /// more than this per ticket.
+    pub max_output_bytes_per_ticket: u64,
 }
 
 impl Default for EngineConfig {
@@ -117,6 +121,7 @@ impl Default for EngineConfig {
             result_retention: Duration::from_secs(24 * 3600),
             tombstone_retention: Duration::from_secs(24 * 3600),
             max_pending_per_queue: 1_000_000,
+            max_output_bytes_per_ticket: 64 * 1024 * 1024,
         }
     }
 }

@@ -92,6 +92,8 @@ pub(crate) struct StoredTicket {
     enqueue_seq: u64,
     #[prost(string, optional, tag = "23")]
     tenant: Option<String>,
+    #[prost(uint64, tag = "24")]
+    output_bytes: u64,
 }
 
 /// Nanoseconds since the epoch.
@@ -173,6 +175,7 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
         completed_by: ticket.completed_by.map(|l| l.0.as_bytes().to_vec()),
         not_before: ticket.not_before.map(nanos),
         worker_losses: ticket.worker_losses,
+        output_bytes: ticket.output_bytes,
         enqueue_seq: ticket.enqueue_seq,
         tenant: ticket.tenant.as_deref().map(str::to_owned),
     }
@@ -226,6 +229,7 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
         },
         not_before: stored.not_before.map(time),
         worker_losses: stored.worker_losses,
+        output_bytes: stored.output_bytes,
         tenant: stored.tenant.map(Arc::from),
         enqueue_seq: stored.enqueue_seq,
         journal_seq: 0,

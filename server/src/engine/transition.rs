@@ -6,7 +6,9 @@
 use std::time::SystemTime;
 
 use super::{EngineConfig, EngineError, ReleaseReason, SessionInfo};
-use crate::domain::ticket::codes;
+use prost::Message;
+
+use crate::domain::ticket::{Payload, codes};
 use crate::domain::{Lease, LeaseId, Outcome, Ticket, TicketError, TicketId, TicketState};
 
 /// Leases a PENDING ticket to `session`: a new attempt starts.
@@ -287,6 +289,25 @@ pub(crate) fn missing(id: TicketId, deleted_at: Option<SystemTime>) -> EngineErr
 /// Most partial-output chunks stored per ticket: a worker flooding output
 /// cannot grow one ticket without bound.
 pub(crate) const MAX_CHUNKS_PER_TICKET: usize = 10_000;
+
+/// Counts `chunk` against the ticket's output budget, or refuses it (and
+/// leaves the ticket as it was) when it would pass `limit` bytes.
+pub(crate) fn spend_output(
+    ticket: &mut Ticket,
+    chunk: &Payload,
+    limit: u64,
+) -> Result<(), EngineError> {
+    let size = chunk.encoded_len() as u64;
+    let total = ticket.output_bytes.saturating_add(size);
+    if total > limit {
+        return Err(EngineError::LimitExceeded(format!(
+            "ticket {} already holds {} bytes of output; a {size}-byte chunk would pass its {limit}-byte budget (--max-output-bytes-per-ticket); put the rest in the result",
+            ticket.id, ticket.output_bytes
+        )));
+    }
+    ticket.output_bytes = total;
+    Ok(())
+}
 
 /// The error for an output chunk past [`MAX_CHUNKS_PER_TICKET`].
 pub(crate) fn too_many_chunks(id: TicketId) -> EngineError {

@@ -1046,6 +1046,7 @@ impl Inner {
 
     async fn record_progress(&self, report: ProgressReport) -> Result<(), EngineError> {
         let lease_id = report.lease_id;
+        let max_output_bytes = self.config.max_output_bytes_per_ticket;
         let (queue, hint) = match self.held(lease_id) {
             Some(held) => held,
             None => (self.locate(report.ticket_id).await?, None),
@@ -1062,6 +1063,7 @@ impl Inner {
                     events.push((EventKind::Progress, ticket.clone(), None));
                 }
                 if let Some(output) = &report.output {
+                    transition::spend_output(ticket, output, max_output_bytes)?;
                     ticket.touch(now);
                     let chunk = Chunk {
                         seq: ticket.seq,
