@@ -1,8 +1,11 @@
 //! Client connections: which calls each one has open, and closing those left
 //! idle. An HTTP/2 keepalive only proves the peer is alive; a connection that
 //! has carried no call for `--idle-timeout` is closed so that idle or
-//! abandoned clients cannot hold sockets (and their memory) forever. Their
-//! writes are coalesced ([`Corked`]) when they can only be HTTP/2.
+//! abandoned clients cannot hold sockets (and their memory) forever. At
+//! shutdown every connection is closed a moment after the grace period, so
+//! that a peer that stopped reading (its streams stuck behind full flow
+//! control windows) cannot hold the gateway open. Their writes are coalesced
+//! ([`Corked`]) when they can only be HTTP/2.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,6 +92,8 @@ pub struct TrackedStream {
     io: Corked<TcpStream>,
     activity: Arc<Activity>,
     idle: Option<IdleTimer>,
+    /// Resolves when the connection must end regardless (shutdown).
+    close_at: Option<BoxFuture<'static, ()>>,
     closed: bool,
 }
 
@@ -115,8 +120,31 @@ impl TrackedStream {
             },
             activity,
             idle,
+            close_at: None,
             closed: false,
         }
+    }
+
+    /// Ends the connection, as if the peer had closed it, once `close_at`
+    /// resolves.
+    pub fn close_at(mut self, close_at: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.close_at = Some(Box::pin(close_at));
+        self
+    }
+
+    /// Whether the connection must end now: shut down, or idle too long.
+    fn must_close(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(close_at) = &mut self.close_at
+            && close_at.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!(peer = ?self.io.get_ref().peer_addr().ok(), "closing a connection still open after shutdown");
+            return true;
+        }
+        if self.idle_expired(cx) {
+            tracing::debug!(peer = ?self.io.get_ref().peer_addr().ok(), "closing an idle connection");
+            return true;
+        }
+        false
     }
 
     /// Whether the idle timeout has passed; otherwise the timer is armed to
@@ -157,8 +185,7 @@ impl AsyncRead for TrackedStream {
         if self.closed {
             return Poll::Ready(Ok(()));
         }
-        if self.idle_expired(cx) {
-            tracing::debug!(peer = ?self.io.get_ref().peer_addr().ok(), "closing an idle connection");
+        if self.must_close(cx) {
             self.closed = true;
             return Poll::Ready(Ok(()));
         }

@@ -35,6 +35,11 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Pending connections the listener queues before accepting.
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// How long connections may stay after the shutdown grace period, for the
+/// final statuses of their streams to reach the peers; then they are closed
+/// even if a peer stopped reading.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Routes engine notifications to the hub and the dispatcher.
 struct Notifier {
     hub: Arc<WatchHub>,
@@ -394,10 +399,22 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let idle_timeout = config.idle_timeout;
     // Write coalescing suits HTTP/2 only; gRPC-Web also accepts HTTP/1.1.
     let coalesce_writes = !config.grpc_web;
+    let close_after_stop = {
+        let hard_stop = hard_stop.clone();
+        move || {
+            let hard_stop = hard_stop.clone();
+            async move {
+                hard_stop.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_LINGER).await;
+            }
+        }
+    };
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .map(move |accepted| {
-            accepted.map(|io| TrackedStream::new(io, idle_timeout, coalesce_writes))
+            accepted.map(|io| {
+                TrackedStream::new(io, idle_timeout, coalesce_writes).close_at(close_after_stop())
+            })
         });
     let signal = {
         let shutdown = shutdown.clone();

@@ -311,3 +311,38 @@ pub(crate) async fn stalled_watcher_catches_up(work: &TestGateway, watch: &TestG
     );
     worker.shutdown();
 }
+
+/// A watcher that never reads again cannot hold the gateway open: shutdown
+/// ends its stream (or its connection) once the grace period is over.
+#[tokio::test]
+async fn shutdown_finishes_despite_a_stalled_watcher() {
+    const CHUNKS: usize = 64;
+    const CHUNK_BYTES: usize = 64 * 1024;
+    let gateway = TestGateway::start().await;
+    let grace = gateway.config().shutdown_grace;
+    let client = gateway.client().await;
+    let worker = gateway
+        .worker("flood")
+        .handler(handler_fn(move |task: TaskContext| async move {
+            for i in 0..CHUNKS {
+                let chunk = vec![i as u8; CHUNK_BYTES];
+                task.output(payload::binary(chunk, "application/octet-stream"))
+                    .await;
+            }
+            Ok(payload::json("done".into()))
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let ticket = client.submit(Submit::new("flood").build()).await.unwrap();
+    let stalled_client = gateway.client().await;
+    let mut stalled = stalled_client.watch(&ticket.id, None).await.unwrap();
+    stalled.next().await.unwrap().unwrap();
+    let done = asyncgate_tests::finished(&client, &ticket.id).await;
+    assert_eq!(state(&done), pb::TicketState::Succeeded);
+    worker.shutdown();
+    tokio::time::timeout(grace + Duration::from_secs(10), gateway.shutdown())
+        .await
+        .expect("shutdown is not held up by a watcher that stopped reading");
+    drop(stalled);
+}
