@@ -509,11 +509,11 @@ impl Session {
     /// Progress on a lease this session holds proves the worker alive as
     /// well as a ping answer does: a worker streaming large outputs answers
     /// pings late, its answers queued behind its data. (Progress for leases
-    /// it does not hold proves nothing.) Refreshed at most twice per
-    /// heartbeat interval, so a stream of chunks does not renew the session
-    /// in the store per chunk.
+    /// it does not hold, or was told to drop, proves nothing: it may not be
+    /// reading at all.) Refreshed at most twice per heartbeat interval, so a
+    /// stream of chunks does not renew the session in the store per chunk.
     fn alive_by_work(&mut self, lease_id: LeaseId) {
-        if !self.leases.contains_key(&lease_id) {
+        if !self.leases.contains_key(&lease_id) || self.revoked.contains(&lease_id) {
             return;
         }
         let now = Instant::now();
