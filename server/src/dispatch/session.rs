@@ -3,8 +3,9 @@
 //! Hello → Welcome, then a loop that forwards leased tasks and cancels to the
 //! worker, records its progress and results (fenced by the engine), pings it
 //! every heartbeat interval and declares it dead when two pings in a row go
-//! unanswered (progress on a lease it holds counts as an answer). However the loop ends, every lease the session still holds is
-//! given back to the engine, so its tickets run again elsewhere.
+//! unanswered (progress on a lease it holds counts as an answer). However
+//! the loop ends, every lease the session still holds is given back to the
+//! engine, so its tickets run again elsewhere.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
