@@ -262,6 +262,7 @@ impl Runner {
             Connector::Channel(channel) => channel.clone(),
         };
         let (tx, rx) = mpsc::channel(link_capacity(self.config.max_in_flight));
+        let (heartbeats, heartbeat_rx) = mpsc::channel(HEARTBEAT_LANE);
         let hello = pb::WorkerMessage {
             kind: Some(worker_message::Kind::Hello(pb::Hello {
                 worker_name: self.config.name.clone(),
@@ -280,7 +281,7 @@ impl Runner {
         let handshake = self.config.handshake_timeout;
         let opened = tokio::time::timeout(handshake, async {
             let mut inbound = client
-                .connect(Outbound::new(rx, kill.clone()))
+                .connect(Outbound::new(rx, heartbeat_rx, kill.clone()))
                 .await?
                 .into_inner();
             let first = inbound.message().await?;
@@ -380,7 +381,10 @@ impl Runner {
                 received = inbound.message() => match received {
                     Ok(Some(message)) => {
                         silence.as_mut().reset(Instant::now() + watchdog);
-                        if let Some(end) = self.dispatch(message, &tx, watchdog, &mut draining).await {
+                        if let Some(end) = self
+                            .dispatch(message, &tx, &heartbeats, watchdog, &mut draining)
+                            .await
+                        {
                             return end;
                         }
                     }
@@ -415,6 +419,7 @@ impl Runner {
         &mut self,
         message: pb::DispatchMessage,
         tx: &Outgoing,
+        heartbeats: &Outgoing,
         watchdog: Duration,
         draining: &mut bool,
     ) -> Option<SessionEnd> {
@@ -429,7 +434,8 @@ impl Runner {
                         nonce: ping.nonce,
                     })),
                 };
-                if !send(tx, heartbeat, watchdog).await {
+                // On their own lane, ahead of queued output and results.
+                if !send(heartbeats, heartbeat, watchdog).await {
                     return Some(SessionEnd::Stalled);
                 }
             }
@@ -660,6 +666,9 @@ async fn close(mut inbound: tonic::Streaming<pb::DispatchMessage>) {
     let _ = tokio::time::timeout(CLOSE_GRACE, drained).await;
 }
 
+/// Heartbeat answers not yet sent; more means the gateway stopped reading.
+const HEARTBEAT_LANE: usize = 4;
+
 /// Room for one result per lease plus heartbeats and progress; a full
 /// channel means the gateway stopped reading.
 fn link_capacity(max_in_flight: u32) -> usize {
@@ -725,16 +734,28 @@ fn dispatch_kind_name(kind: Option<&dispatch_message::Kind>) -> &'static str {
 /// The request stream: the session's mpsc, except that once the kill switch
 /// is thrown it goes silent forever instead of ending. A clean end would be
 /// an HTTP/2 END_STREAM, i.e. a polite goodbye; a crash says nothing.
+/// Heartbeats have a lane of their own that goes first: a handler streaming
+/// large outputs must not delay the answers that keep the session alive.
 struct Outbound {
     rx: mpsc::Receiver<pb::WorkerMessage>,
+    heartbeats: mpsc::Receiver<pb::WorkerMessage>,
     kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Outbound {
-    fn new(rx: mpsc::Receiver<pb::WorkerMessage>, kill: CancellationToken) -> Self {
+    fn new(
+        rx: mpsc::Receiver<pb::WorkerMessage>,
+        heartbeats: mpsc::Receiver<pb::WorkerMessage>,
+        kill: CancellationToken,
+    ) -> Self {
         let killed = Box::pin(kill.clone().cancelled_owned());
-        Outbound { rx, kill, killed }
+        Outbound {
+            rx,
+            heartbeats,
+            kill,
+            killed,
+        }
     }
 }
 
@@ -747,6 +768,10 @@ impl Stream for Outbound {
             // Never woken again: silence, not an end-of-stream.
             return Poll::Pending;
         }
+        if let Poll::Ready(Some(heartbeat)) = this.heartbeats.poll_recv(cx) {
+            return Poll::Ready(Some(heartbeat));
+        }
+        // The main lane's end is the stream's end.
         this.rx.poll_recv(cx)
     }
 }
@@ -758,9 +783,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn heartbeats_overtake_queued_output() {
+        let output = |n: u32| pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Progress(pb::TaskProgress {
+                percent: n,
+                ..Default::default()
+            })),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let (heartbeats, heartbeat_rx) = mpsc::channel(1);
+        let mut outbound = Outbound::new(rx, heartbeat_rx, CancellationToken::new());
+        for n in 1..=3 {
+            tx.send(output(n)).await.unwrap();
+        }
+        assert_eq!(outbound.next().await, Some(output(1)));
+        let heartbeat = pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Heartbeat(pb::Heartbeat { nonce: 7 })),
+        };
+        heartbeats.send(heartbeat.clone()).await.unwrap();
+        assert_eq!(outbound.next().await, Some(heartbeat), "ahead of the queue");
+        assert_eq!(outbound.next().await, Some(output(2)));
+        drop(tx);
+        assert_eq!(outbound.next().await, Some(output(3)));
+        assert_eq!(outbound.next().await, None, "the main lane's end ends it");
+    }
+
+    #[tokio::test]
     async fn outbound_ends_cleanly_when_closed_but_goes_silent_when_killed() {
         let (tx, rx) = mpsc::channel(4);
-        let mut clean = Outbound::new(rx, CancellationToken::new());
+        let (_heartbeats, heartbeat_rx) = mpsc::channel(1);
+        let mut clean = Outbound::new(rx, heartbeat_rx, CancellationToken::new());
         let _ = tx.send(pb::WorkerMessage::default()).await;
         drop(tx);
         assert!(clean.next().await.is_some());
@@ -768,7 +820,8 @@ mod tests {
 
         let (tx, rx) = mpsc::channel(4);
         let kill = CancellationToken::new();
-        let mut killed = Outbound::new(rx, kill.clone());
+        let (_heartbeats, heartbeat_rx) = mpsc::channel(1);
+        let mut killed = Outbound::new(rx, heartbeat_rx, kill.clone());
         let _ = tx.send(pb::WorkerMessage::default()).await;
         kill.cancel();
         drop(tx);
