@@ -228,31 +228,43 @@ async fn a_stalled_watcher_catches_up_on_the_durable_store() {
     stalled_watcher_catches_up(&gateway, &gateway).await;
 }
 
-/// The ticket is submitted, worked and watched on `work`; the stalled
-/// watcher reads through `watch` (another replica, or the same gateway).
-pub(crate) async fn stalled_watcher_catches_up(work: &TestGateway, watch: &TestGateway) {
-    // 12 MiB of output: more than any HTTP/2 window the stalled reader has.
-    const CHUNKS: usize = 192;
-    const CHUNK_BYTES: usize = 64 * 1024;
-    let client = work.client().await;
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let worker = work
-        .worker("chatty")
-        .handler(handler_fn(move |task: TaskContext| {
-            let mut release = release_rx.clone();
+/// Bytes of each chunk [`spawn_flooder`] sends.
+const FLOOD_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A worker on `queue` that, once `release` is true, sends `chunks` output
+/// chunks of [`FLOOD_CHUNK_BYTES`] (chunk `i` filled with byte `i`), then
+/// succeeds.
+fn spawn_flooder(
+    gateway: &TestGateway,
+    queue: &str,
+    chunks: usize,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> asyncgate_client::worker::WorkerHandle {
+    gateway.spawn_worker(
+        queue,
+        handler_fn(move |task: TaskContext| {
+            let mut release = release.clone();
             async move {
                 release.wait_for(|r| *r).await.unwrap();
-                for i in 0..CHUNKS {
-                    let chunk = vec![i as u8; CHUNK_BYTES];
+                for i in 0..chunks {
+                    let chunk = vec![i as u8; FLOOD_CHUNK_BYTES];
                     task.output(payload::binary(chunk, "application/octet-stream"))
                         .await;
                 }
                 Ok(payload::json("done".into()))
             }
-        }))
-        .build()
-        .unwrap()
-        .spawn();
+        }),
+    )
+}
+
+/// The ticket is submitted, worked and watched on `work`; the stalled
+/// watcher reads through `watch` (another replica, or the same gateway).
+pub(crate) async fn stalled_watcher_catches_up(work: &TestGateway, watch: &TestGateway) {
+    // 12 MiB of output: more than any HTTP/2 window the stalled reader has.
+    const CHUNKS: usize = 192;
+    let client = work.client().await;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let worker = spawn_flooder(work, "chatty", CHUNKS, release_rx);
     let ticket = client.submit(Submit::new("chatty").build()).await.unwrap();
     let stalled_client = watch.client().await;
     let mut stalled = stalled_client.watch(&ticket.id, None).await.unwrap();
@@ -268,7 +280,7 @@ pub(crate) async fn stalled_watcher_catches_up(work: &TestGateway, watch: &TestG
             let event = event.unwrap();
             if event.kind == pb::TicketEventKind::Output as i32 {
                 let bytes = payload::as_binary(event.output.as_ref().unwrap()).unwrap();
-                assert_eq!(bytes.len(), CHUNK_BYTES);
+                assert_eq!(bytes.len(), FLOOD_CHUNK_BYTES);
                 chunks.push(bytes[0]);
             } else if event.kind == pb::TicketEventKind::Snapshot as i32 {
                 snapshots += 1;
@@ -316,24 +328,11 @@ pub(crate) async fn stalled_watcher_catches_up(work: &TestGateway, watch: &TestG
 /// ends its stream (or its connection) once the grace period is over.
 #[tokio::test]
 async fn shutdown_finishes_despite_a_stalled_watcher() {
-    const CHUNKS: usize = 64;
-    const CHUNK_BYTES: usize = 64 * 1024;
     let gateway = TestGateway::start().await;
     let grace = gateway.config().shutdown_grace;
     let client = gateway.client().await;
-    let worker = gateway
-        .worker("flood")
-        .handler(handler_fn(move |task: TaskContext| async move {
-            for i in 0..CHUNKS {
-                let chunk = vec![i as u8; CHUNK_BYTES];
-                task.output(payload::binary(chunk, "application/octet-stream"))
-                    .await;
-            }
-            Ok(payload::json("done".into()))
-        }))
-        .build()
-        .unwrap()
-        .spawn();
+    let (_release_tx, release_rx) = tokio::sync::watch::channel(true);
+    let worker = spawn_flooder(&gateway, "flood", 64, release_rx);
     let ticket = client.submit(Submit::new("flood").build()).await.unwrap();
     let stalled_client = gateway.client().await;
     let mut stalled = stalled_client.watch(&ticket.id, None).await.unwrap();
