@@ -402,9 +402,11 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let close_after_stop = {
         let hard_stop = hard_stop.clone();
         move || {
-            let hard_stop = hard_stop.clone();
+            // A token of its own: the connection checks it on every read, and
+            // the shared token's lock must not be on that path.
+            let stop = hard_stop.child_token();
             async move {
-                hard_stop.cancelled().await;
+                stop.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_LINGER).await;
             }
         }
