@@ -136,6 +136,7 @@ pub async fn run<S>(
         max_in_flight,
         outbound,
         leases: HashMap::new(),
+        output_refused: HashSet::new(),
         revoked: HashSet::new(),
         nonce: 0,
         last_heartbeat: Instant::now(),
@@ -200,6 +201,10 @@ struct Session {
     leases: HashMap<LeaseId, TicketId>,
     /// Leases the worker was told to drop; their late results are expected.
     revoked: HashSet<LeaseId>,
+    /// Held leases whose output was refused (over a budget) at least once:
+    /// later refusals are logged at debug level, so a worker that keeps
+    /// streaming past its budget cannot flood the gateway's log.
+    output_refused: HashSet<LeaseId>,
     /// The latest ping sent.
     nonce: u64,
     /// When the worker last answered a recent ping.
@@ -611,6 +616,15 @@ impl Session {
                     Err(EngineError::StaleLease { .. } | EngineError::NotFound(_)) => {
                         tracing::debug!(%ticket_id, %lease_id, "progress for a lease that is not current; ignored");
                     }
+                    Err(error @ EngineError::LimitExceeded(_)) => {
+                        let first = self.leases.contains_key(&lease_id)
+                            && self.output_refused.insert(lease_id);
+                        if first {
+                            tracing::warn!(%error, %ticket_id, %lease_id, "output refused; later refusals for this lease are logged at debug level");
+                        } else {
+                            tracing::debug!(%error, %ticket_id, %lease_id, "output refused");
+                        }
+                    }
                     Err(error) => tracing::warn!(%error, %ticket_id, "progress not recorded"),
                 }
                 Ok(())
@@ -702,6 +716,7 @@ impl Session {
             }
         };
         let held = self.leases.remove(&lease_id).is_some();
+        self.output_refused.remove(&lease_id);
         let was_revoked = self.revoked.remove(&lease_id);
         let engine = self.dispatcher.engine().clone();
         let applied = engine.complete(ticket_id, lease_id, outcome.clone());

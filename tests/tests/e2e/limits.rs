@@ -1,11 +1,16 @@
-//! Limits that protect the gateway: watchers per ticket, load shedding.
+//! Limits that protect the gateway: watchers per ticket, load shedding,
+//! output budgets.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::{Layer as _, filter::Targets};
 
-use asyncgate_client::{Submit, pb};
-use asyncgate_tests::{TestGateway, fast_config};
+use asyncgate_client::worker::{TaskContext, handler_fn};
+use asyncgate_client::{Submit, payload, pb};
+use asyncgate_tests::{TestGateway, fast_config, finished};
 
 #[tokio::test]
 async fn a_ticket_takes_only_so_many_watchers() {
@@ -155,4 +160,99 @@ async fn an_open_stream_keeps_its_connection_past_the_idle_timeout() {
     let last = last.expect("the stream carried the ticket");
     assert_eq!(asyncgate_tests::state(&last), pb::TicketState::Succeeded);
     worker.shutdown();
+}
+
+/// The gateway's log lines (level and message) that start with a prefix.
+#[derive(Clone, Default)]
+struct Logged(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), message.0));
+    }
+}
+
+impl Logged {
+    fn levels_of(&self, prefix: &str) -> Vec<tracing::Level> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, message)| message.starts_with(prefix))
+            .map(|(level, _)| *level)
+            .collect()
+    }
+}
+
+// One thread, so the scoped subscriber sees the gateway's sessions.
+#[tokio::test(flavor = "current_thread")]
+async fn output_past_the_budget_is_refused_and_logged_once_per_lease() {
+    let logged = Logged::default();
+    let _scope =
+        tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(logged.clone().with_filter(
+                Targets::new().with_target("asyncgate_server", tracing::Level::DEBUG),
+            )),
+        );
+    let mut config = fast_config();
+    config.engine.max_output_bytes_per_ticket = 4096;
+    let gateway = TestGateway::start_with(config).await;
+    // Six chunks of 1,500 bytes against a 4,096-byte budget: two fit, the
+    // other four are refused, and the worker keeps going.
+    let worker = gateway.spawn_worker(
+        "chatty",
+        handler_fn(|task: TaskContext| async move {
+            for i in 0..6u8 {
+                task.output(payload::binary(vec![i; 1500], "application/octet-stream"))
+                    .await;
+            }
+            Ok(payload::json("done".into()))
+        }),
+    );
+    let client = gateway.client().await;
+    let ticket = client.submit(Submit::new("chatty").build()).await.unwrap();
+    let done = finished(&client, &ticket.id).await;
+    assert_eq!(done.state, pb::TicketState::Succeeded as i32);
+    // A graceful stop waits for the result's acknowledgement, which the
+    // gateway sends after handling every earlier report of the lease.
+    worker.shutdown();
+    worker.join().await;
+
+    let mut events = client.watch(&ticket.id, Some(0)).await.unwrap();
+    let mut chunks = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        if event.kind == pb::TicketEventKind::Output as i32 {
+            chunks.push(event.output.unwrap());
+        }
+    }
+    assert_eq!(chunks.len(), 2, "the chunks within the budget are kept");
+
+    let refusals = logged.levels_of("output refused");
+    assert_eq!(
+        refusals.len(),
+        4,
+        "every refused chunk is logged: {refusals:?}"
+    );
+    assert_eq!(
+        refusals
+            .iter()
+            .filter(|l| **l == tracing::Level::WARN)
+            .count(),
+        1,
+        "only the first at warn level: {refusals:?}"
+    );
 }
