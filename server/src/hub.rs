@@ -5,9 +5,14 @@
 //! channel. Channels are bounded: a watcher that falls behind is told it
 //! lagged and resynchronises from the engine (skipping intermediate events but
 //! never the latest state or the terminal event).
+//!
+//! At the gateway's hard stop the hub shuts down: every channel closes and
+//! stays closed, so each watch learns of the stop from the channel it already
+//! waits on, with no shared shutdown signal polled per event.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -26,6 +31,8 @@ type Registry = HashMap<TicketId, broadcast::Sender<Arc<TicketChange>>>;
 pub struct WatchHub {
     hasher: RandomState,
     shards: Box<[Mutex<Registry>]>,
+    /// Set at the hard stop; read under a shard lock by `subscribe`.
+    shut_down: AtomicBool,
 }
 
 fn lock(mutex: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
@@ -37,6 +44,7 @@ impl Default for WatchHub {
         Self {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shut_down: AtomicBool::new(false),
         }
     }
 }
@@ -46,17 +54,35 @@ impl WatchHub {
         &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
-    /// Starts receiving `id`'s changes.
+    /// Starts receiving `id`'s changes (a closed subscription once the hub
+    /// is shut down).
     pub fn subscribe(self: &Arc<Self>, id: TicketId) -> Subscription {
-        let receiver = lock(self.shard(&id))
-            .entry(id)
-            .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
-            .subscribe();
+        let receiver = {
+            let mut registry = lock(self.shard(&id));
+            (!self.shut_down.load(Ordering::Acquire)).then(|| {
+                registry
+                    .entry(id)
+                    .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
+                    .subscribe()
+            })
+        };
         Subscription {
             hub: self.clone(),
             id,
-            receiver: Some(receiver),
+            receiver,
         }
+    }
+
+    /// Closes every channel for good: watchers get `Closed` and, asking
+    /// [`WatchHub::is_shut_down`], end their streams.
+    pub fn shut_down(&self) {
+        self.shut_down.store(true, Ordering::Release);
+        self.reset();
+    }
+
+    /// Whether the gateway has stopped serving watches.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Acquire)
     }
 
     /// How many watchers `id` has.
@@ -114,8 +140,9 @@ pub enum Received {
     Change(Arc<TicketChange>),
     /// Changes were skipped: resynchronise from the engine.
     Lagged,
-    /// The channel closed (after a terminal change): subscribe again if the
-    /// engine says the ticket is not terminal.
+    /// The channel closed (after a terminal change, or a reset): subscribe
+    /// again if the engine says the ticket is not terminal, unless the hub
+    /// is shut down.
     Closed,
 }
 
@@ -189,6 +216,20 @@ mod tests {
         }
         drop(sub);
         assert_eq!(hub.watched_tickets(), 0);
+    }
+
+    #[tokio::test]
+    async fn shutting_down_closes_every_subscription_for_good() {
+        let hub = Arc::new(WatchHub::default());
+        let mut before = hub.subscribe(TicketId::new());
+        assert!(!hub.is_shut_down());
+        hub.shut_down();
+        assert!(hub.is_shut_down());
+        assert!(matches!(before.recv().await, Received::Closed));
+        let id = TicketId::new();
+        let mut after = hub.subscribe(id);
+        assert!(matches!(after.recv().await, Received::Closed));
+        assert!(!hub.is_watched(id), "nothing registers after the shutdown");
     }
 
     #[tokio::test]

@@ -302,6 +302,15 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         }
         _ => None,
     };
+    // Watches end at the hard stop through their subscriptions.
+    tracker.spawn({
+        let hub = hub.clone();
+        let stop = hard_stop.clone();
+        async move {
+            stop.cancelled().await;
+            hub.shut_down();
+        }
+    });
     let core = Core {
         engine: engine.clone(),
         hub,

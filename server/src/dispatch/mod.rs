@@ -3,8 +3,10 @@
 //! Each queue has one actor task that owns the list of worker sessions serving
 //! it. When the engine reports ready work or a session frees capacity, the
 //! actor takes credits round-robin across sessions (so a queue is shared
-//! fairly), claims that many tickets from the engine in one call (a few such
-//! calls may be under way at once), and hands each to its session. A
+//! fairly): as many as the engine says tickets are ready, or every free one
+//! when it cannot tell without a round trip. It claims that many tickets from
+//! the engine in one call (on Redis a few such calls may be under way at
+//! once) and hands each to its session. A
 //! session's credit is shared by all its queues and never goes below zero, so
 //! no worker ever holds more than `max_in_flight`.
 
@@ -31,8 +33,8 @@ const CLAIM_BATCH: usize = 256;
 /// Claims one backlogged queue keeps in flight at once. On Redis a claim is
 /// a few round trips; overlapping them keeps workers fed while one is on the
 /// wire (a local engine's claim is done before the next could start). A
-/// queue that is not backlogged has one claim at a time: each takes every
-/// free credit in turn and serves the first takers, and a second claim
+/// queue that is not backlogged has one claim at a time: each takes the free
+/// credits in turn and serves the first takers, and a second claim
 /// taking the next credits at once would leave the first one's unserved
 /// takers behind in the rotation.
 const CLAIMS_IN_FLIGHT: usize = 4;
@@ -366,14 +368,14 @@ impl QueueActor {
         }
     }
 
-    /// Takes up to `CLAIM_BATCH` credits, one session at a time in rotation
+    /// Takes up to `limit` credits, one session at a time in rotation
     /// from the cursor, each with its position. Tickets go to the takers in
     /// this order, and the cursor then moves past the last one served (see
     /// `dispatch`), so every worker gets its turn: true round-robin.
-    fn take_credits(&mut self) -> Vec<(usize, Arc<SessionSlot>)> {
+    fn take_credits(&mut self, limit: usize) -> Vec<(usize, Arc<SessionSlot>)> {
         let count = self.sessions.len();
         let mut takers = Vec::new();
-        if count == 0 {
+        if count == 0 || limit == 0 {
             return takers;
         }
         let start = self.cursor % count;
@@ -384,7 +386,7 @@ impl QueueActor {
                 let slot = &self.sessions[position];
                 if slot.try_take_credit() {
                     takers.push((position, slot.clone()));
-                    if takers.len() == CLAIM_BATCH {
+                    if takers.len() == limit {
                         return takers;
                     }
                 }
@@ -400,7 +402,20 @@ impl QueueActor {
     fn start_claims(&mut self, claims: &mut FuturesUnordered<PendingClaim>) {
         let in_flight = if self.backlogged { CLAIMS_IN_FLIGHT } else { 1 };
         while self.has_work && claims.len() < in_flight {
-            let takers = self.take_credits();
+            let ready = self.engine.ready_count(&self.queue);
+            let limit = match ready {
+                // A `Ready` sent after this count sets `has_work` again.
+                Some(0) => {
+                    self.has_work = false;
+                    return;
+                }
+                // An exact count: a second claim before the first is polled
+                // would chase the same tickets.
+                Some(_) if !claims.is_empty() => return,
+                Some(ready) => ready.min(CLAIM_BATCH),
+                None => CLAIM_BATCH,
+            };
+            let takers = self.take_credits(limit);
             if takers.is_empty() {
                 return;
             }

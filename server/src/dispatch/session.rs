@@ -356,12 +356,25 @@ impl Session {
     {
         let mut ping = tokio::time::interval(self.settings.heartbeat_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Set up once, not per message: each would register with (and leave)
+        // a timer wheel or a token's waiter list every time round.
+        let stopped = hard_stop.cancelled();
+        tokio::pin!(stopped);
+        let draining = shutdown.cancelled();
+        tokio::pin!(draining);
+        let mut liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
+        let liveness = tokio::time::sleep_until(liveness_deadline);
+        tokio::pin!(liveness);
         loop {
-            let liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
+            let deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
+            if deadline != liveness_deadline {
+                liveness_deadline = deadline;
+                liveness.as_mut().reset(deadline);
+            }
             let step = tokio::select! {
                 biased;
-                _ = hard_stop.cancelled() => Err(End::Error(GatewayError::ShuttingDown)),
-                _ = shutdown.cancelled(), if !self.gateway_draining => {
+                () = &mut stopped => Err(End::Error(GatewayError::ShuttingDown)),
+                () = &mut draining, if !self.gateway_draining => {
                     self.gateway_draining = true;
                     self.start_draining();
                     self.send(Out::Drain(pb::Drain {
@@ -374,7 +387,7 @@ impl Session {
                     self.nonce += 1;
                     self.send(Out::Ping(pb::Ping { nonce: self.nonce }))
                 }
-                _ = tokio::time::sleep_until(liveness_deadline) => Err(End::Error(
+                () = &mut liveness => Err(End::Error(
                     GatewayError::WorkerUnresponsive(format!(
                         "no heartbeat answering the gateway's pings for {:?}; the worker's leases were released",
                         self.settings.heartbeat_interval * 2

@@ -777,6 +777,16 @@ impl Engine for LocalEngine {
         Ok(kept.into_iter().flatten().collect())
     }
 
+    fn ready_count(&self, queue: &QueueName) -> Option<usize> {
+        let index = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .cloned();
+        Some(index.map_or(0, |index| lock(&index).ready.len()))
+    }
+
     async fn release(
         &self,
         ticket_id: TicketId,

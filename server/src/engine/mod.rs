@@ -471,6 +471,14 @@ pub trait Engine: Send + Sync + 'static {
         sessions: &[SessionInfo],
     ) -> Result<Vec<Claimed>, EngineError>;
 
+    /// How many tickets a claim on `queue` would find right now, when the
+    /// engine can tell without I/O; `None` when it cannot. The dispatcher
+    /// takes only that many worker credits for a claim, so a trickle of
+    /// submits does not take (and give back) every free credit each time.
+    fn ready_count(&self, _queue: &QueueName) -> Option<usize> {
+        None
+    }
+
     /// Gives a lease back without a result.
     async fn release(
         &self,

@@ -242,23 +242,20 @@ pub struct WaitContext {
 }
 
 /// Explains why a ticket is not done (None once terminal).
-pub fn waiting_reason(
-    ticket: &Ticket,
-    context: WaitContext,
-    now: SystemTime,
-) -> Option<pb::WaitingReason> {
-    let attempts = format!("attempt {} of {}", ticket.attempt, ticket.max_attempts);
+fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingReason> {
     match ticket.state {
         TicketState::Pending => {
             if let Some(until) = ticket.not_before
-                && until > now
+                && until > SystemTime::now()
             {
                 let last = ticket.error.as_ref();
                 return Some(pb::WaitingReason {
                     kind: pb::WaitingReasonKind::Backoff as i32,
                     description: format!(
-                        "in retry backoff until {} after {attempts} failed: {}",
+                        "in retry backoff until {} after attempt {} of {} failed: {}",
                         rfc3339(until),
+                        ticket.attempt,
+                        ticket.max_attempts,
                         last.map_or("unknown error", |e| e.message.as_str())
                     ),
                     until: Some(time::timestamp(until)),
@@ -299,16 +296,17 @@ pub fn waiting_reason(
         }
         TicketState::Running => {
             let lease = ticket.lease.as_ref()?;
+            let session = lease.session_id.to_string();
             Some(pb::WaitingReason {
                 kind: pb::WaitingReasonKind::Leased as i32,
                 // `since` carries the time; formatting it here too cost
                 // more than the rest of the event.
                 description: format!(
-                    "running {attempts}: leased to worker {:?} (session {})",
-                    &*lease.worker_name, lease.session_id,
+                    "running attempt {} of {}: leased to worker {:?} (session {session})",
+                    ticket.attempt, ticket.max_attempts, &*lease.worker_name,
                 ),
                 since: Some(time::timestamp(lease.leased_at)),
-                worker_session: lease.session_id.to_string(),
+                worker_session: session,
                 worker_name: lease.worker_name.to_string(),
                 until: lease.attempt_deadline.map(time::timestamp),
                 last_error: ticket.error.as_ref().map(error_to_pb),
@@ -337,7 +335,7 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext) -> pb::Ticket {
             percent: p.percent,
             message: p.message.clone(),
         }),
-        waiting_reason: waiting_reason(ticket, context, SystemTime::now()),
+        waiting_reason: waiting_reason(ticket, context),
         seq: ticket.seq,
         idempotency_key: ticket.idempotency_key.clone().unwrap_or_default(),
         deadline: ticket.deadline.map(time::timestamp),

@@ -198,8 +198,10 @@ impl Core {
     }
 
     /// Forwards the changes after `last_seq` until the terminal one. The
-    /// keepalive timer and the shutdown signal are set up once per watch,
-    /// not once per event: the timer is moved on only when it fires early.
+    /// keepalive timer is set up once per watch, not once per event: it is
+    /// moved on only when it fires early. The hard stop arrives as the
+    /// subscription closing (the hub shuts down), not as a shared signal
+    /// polled on every event.
     async fn follow(
         &self,
         id: TicketId,
@@ -211,8 +213,6 @@ impl Core {
         let mut last_sent = Instant::now();
         let idle = tokio::time::sleep_until(last_sent + keepalive);
         tokio::pin!(idle);
-        let stop = self.hard_stop.cancelled();
-        tokio::pin!(stop);
         loop {
             let received = tokio::select! {
                 biased;
@@ -234,16 +234,16 @@ impl Core {
                     idle.as_mut().reset(last_sent + keepalive);
                     continue;
                 }
-                () = &mut stop => {
+            };
+            last_sent = Instant::now();
+            match received {
+                Received::Closed if self.hub.is_shut_down() => {
                     let status = tonic::Status::unavailable(format!(
                         "the gateway is shutting down; watch again with after_seq={last_seq} to resume"
                     ));
                     sink.send(Err(status)).await;
                     return;
                 }
-            };
-            last_sent = Instant::now();
-            match received {
                 Received::Change(change) if change.ticket.seq <= last_seq => continue,
                 Received::Change(change) if change.ticket.seq == last_seq + 1 => {
                     let kind = match change.kind {
@@ -304,6 +304,7 @@ impl Core {
                         return Ok((*change.ticket).clone());
                     }
                     Received::Change(_) => {}
+                    Received::Closed if self.hub.is_shut_down() => break,
                     Received::Lagged | Received::Closed => {
                         if let Received::Closed = received {
                             subscription = self.hub.subscribe(id);
@@ -315,7 +316,6 @@ impl Core {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.hard_stop.cancelled() => break,
             }
         }
         Ok(self.engine.get(id).await?)

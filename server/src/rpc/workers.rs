@@ -55,8 +55,10 @@ impl Workers for WorkersService {
             max_payload_bytes: self.core.config.max_payload_bytes,
         };
         let dispatcher = self.core.dispatcher.clone();
-        let shutdown = self.core.shutdown.clone();
-        let hard_stop = self.core.hard_stop.clone();
+        // The session's own tokens: polling them locks only their own
+        // state, not the gateway-wide tokens every session shares.
+        let shutdown = self.core.shutdown.child_token();
+        let hard_stop = self.core.hard_stop.child_token();
         let span = tracing::info_span!("connect", peer = ?peer);
         self.core.sessions.spawn(
             session::run(

@@ -345,3 +345,51 @@ async fn shutdown_finishes_despite_a_stalled_watcher() {
         .expect("shutdown is not held up by a watcher that stopped reading");
     drop(stalled);
 }
+
+/// The hard stop ends a live watch with UNAVAILABLE saying where to resume,
+/// and returns a long-poll at once with the ticket's state.
+#[tokio::test]
+async fn the_hard_stop_ends_live_watches_and_long_polls() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    // No worker serves the queue: the ticket stays PENDING.
+    let ticket = client.submit(Submit::new("idle").build()).await.unwrap();
+    let mut raw = client.raw();
+    let mut watch = raw
+        .watch_ticket(pb::WatchTicketRequest {
+            id: ticket.id.clone(),
+            after_seq: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = watch.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    let long_poll = {
+        let client = client.clone();
+        let id = ticket.id.clone();
+        tokio::spawn(async move { client.get(&id, Some(Duration::from_secs(600))).await })
+    };
+    gateway.shutdown().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch ends at the hard stop");
+    let status = ended
+        .expect("the stream ends with a status")
+        .expect_err("the watch ends with an error status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("shutting down")
+            && status
+                .message()
+                .contains(&format!("after_seq={}", snapshot.seq)),
+        "says why and where to resume: {}",
+        status.message()
+    );
+    let polled = tokio::time::timeout(Duration::from_secs(10), long_poll)
+        .await
+        .expect("the long-poll returns at the hard stop")
+        .unwrap()
+        .expect("the long-poll answers with the ticket");
+    assert_eq!(state(&polled), pb::TicketState::Pending);
+}
