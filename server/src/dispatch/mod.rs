@@ -401,7 +401,7 @@ impl QueueActor {
     /// and fewer are out than the queue's backlog calls for.
     fn start_claims(&mut self, claims: &mut FuturesUnordered<PendingClaim>) {
         let in_flight = if self.backlogged { CLAIMS_IN_FLIGHT } else { 1 };
-        while self.has_work && claims.len() < in_flight {
+        while self.has_work && claims.len() < in_flight && !self.sessions.is_empty() {
             let ready = self.engine.ready_count(&self.queue);
             let limit = match ready {
                 // A `Ready` sent after this count sets `has_work` again.
