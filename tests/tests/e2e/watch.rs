@@ -141,18 +141,7 @@ async fn resume_with_after_seq_replays_chunks_without_gap_or_duplicate() {
 async fn idle_watch_streams_carry_keepalives() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
-    let ticket = client.submit(Submit::new("idle").build()).await.unwrap();
-    let mut raw = client.raw();
-    let mut stream = raw
-        .watch_ticket(pb::WatchTicketRequest {
-            id: ticket.id.clone(),
-            after_seq: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let snapshot = stream.next().await.unwrap().unwrap();
-    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    let (ticket, mut stream, snapshot) = watch_idle_ticket(&client).await;
     let keepalive = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("a keepalive within the cadence")
@@ -352,19 +341,7 @@ async fn shutdown_finishes_despite_a_stalled_watcher() {
 async fn the_hard_stop_ends_live_watches_and_long_polls() {
     let gateway = TestGateway::start().await;
     let client = gateway.client().await;
-    // No worker serves the queue: the ticket stays PENDING.
-    let ticket = client.submit(Submit::new("idle").build()).await.unwrap();
-    let mut raw = client.raw();
-    let mut watch = raw
-        .watch_ticket(pb::WatchTicketRequest {
-            id: ticket.id.clone(),
-            after_seq: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let snapshot = watch.next().await.unwrap().unwrap();
-    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    let (ticket, mut watch, snapshot) = watch_idle_ticket(&client).await;
     let long_poll = {
         let client = client.clone();
         let id = ticket.id.clone();
@@ -392,4 +369,28 @@ async fn the_hard_stop_ends_live_watches_and_long_polls() {
         .unwrap()
         .expect("the long-poll answers with the ticket");
     assert_eq!(state(&polled), pb::TicketState::Pending);
+}
+
+/// Submits a ticket to a queue no worker serves (it stays PENDING) and opens
+/// a plain WatchTicket stream on it, past its snapshot.
+async fn watch_idle_ticket(
+    client: &asyncgate_client::Client,
+) -> (
+    pb::Ticket,
+    tonic::Streaming<pb::TicketEvent>,
+    pb::TicketEvent,
+) {
+    let ticket = client.submit(Submit::new("idle").build()).await.unwrap();
+    let mut stream = client
+        .raw()
+        .watch_ticket(pb::WatchTicketRequest {
+            id: ticket.id.clone(),
+            after_seq: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = stream.next().await.unwrap().unwrap();
+    assert_eq!(snapshot.kind, pb::TicketEventKind::Snapshot as i32);
+    (ticket, stream, snapshot)
 }
