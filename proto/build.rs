@@ -44,6 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // google.rpc.Status is tonic-types' type, the one tonic's rich errors
         // use; generating a second copy would make two incompatible types.
         .extern_path(".google.rpc", "::tonic_types::pb")
+        // JSON payloads stay encoded end to end (see `src/json.rs`): no
+        // process on the path decodes the tree unless it asks for a view.
+        .extern_path(".google.protobuf.Value", "crate::json::JsonValue")
         // `Workers.Connect` would clash with the generated `connect` constructor;
         // clients are built from a `Channel` with `new` instead.
         .build_transport(false)

@@ -68,7 +68,9 @@ impl Client {
     /// connection shared with a worker).
     pub fn from_channel(channel: Channel) -> Client {
         Client {
-            inner: GatewayClient::with_interceptor(channel.clone(), Credentials::default()),
+            inner: GatewayClient::with_interceptor(channel.clone(), Credentials::default())
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
             channel,
             credentials: Credentials::default(),
             compression: None,
@@ -93,7 +95,9 @@ impl Client {
 
     fn rebuilt(mut self) -> Client {
         let mut inner =
-            GatewayClient::with_interceptor(self.channel.clone(), self.credentials.clone());
+            GatewayClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
         if let Some(encoding) = self.compression {
             inner = inner.send_compressed(encoding).accept_compressed(encoding);
         }

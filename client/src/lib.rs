@@ -46,6 +46,12 @@ mod tls;
 pub mod transport;
 pub mod worker;
 
+/// Largest message the SDK sends or accepts (tonic's default is 4 MiB, and
+/// a task carrying a payload at the gateway's default limit of 4 MiB is
+/// larger than that with its envelope: one such task would have broken the
+/// worker's whole stream).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The generated `asyncgate.v1` messages and stubs.
 pub use asyncgate_proto::v1 as pb;
 

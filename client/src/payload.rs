@@ -1,6 +1,10 @@
 //! Building and reading [`pb::Payload`]s, `serde_json::Value` ⇄
 //! `google.protobuf.Value` conversion, and [`is_terminal`].
 //!
+//! A JSON payload travels encoded ([`JsonValue`]): it is decoded only here,
+//! when a caller asks for the JSON, so a body the SDK cannot decode fails
+//! that one call (or task), never the connection that carried it.
+//!
 //! The conversions are hand-written (a dozen lines each way) so the SDK does
 //! not need a serde bridge for `prost_types`. JSON numbers travel as `f64`
 //! (that is what `google.protobuf.Value` holds): integers beyond ±2^53 lose
@@ -10,6 +14,7 @@ use bytes::Bytes;
 use prost_types::value::Kind;
 
 use crate::pb;
+pub use asyncgate_proto::json::{JsonValue, MAX_JSON_DEPTH};
 
 /// The content type [`text`] sets, and the one the CLI uses for text bodies.
 pub const TEXT_PLAIN_UTF8: &str = "text/plain; charset=utf-8";
@@ -17,7 +22,9 @@ pub const TEXT_PLAIN_UTF8: &str = "text/plain; charset=utf-8";
 /// A JSON payload: readable with grpcurl, no base64.
 pub fn json(value: serde_json::Value) -> pb::Payload {
     pb::Payload {
-        kind: Some(pb::payload::Kind::Json(json_to_proto(value))),
+        kind: Some(pb::payload::Kind::Json(JsonValue::from_value(
+            &json_to_proto(value),
+        ))),
         content_type: String::new(),
     }
 }
@@ -36,11 +43,19 @@ pub fn text(text: impl Into<String>) -> pb::Payload {
     binary(Bytes::from(text.into()), TEXT_PLAIN_UTF8)
 }
 
-/// The JSON body of a JSON payload; `None` for binary or empty payloads.
+/// The JSON body of a JSON payload; `None` for binary or empty payloads,
+/// and for a JSON body that does not decode (see [`try_to_json`]).
 pub fn to_json(payload: &pb::Payload) -> Option<serde_json::Value> {
+    try_to_json(payload).ok().flatten()
+}
+
+/// The JSON body of a JSON payload (`None` for binary or empty payloads),
+/// or why it does not decode (malformed, or nested past what protobuf
+/// decoders accept).
+pub fn try_to_json(payload: &pb::Payload) -> Result<Option<serde_json::Value>, prost::DecodeError> {
     match &payload.kind {
-        Some(pb::payload::Kind::Json(value)) => Some(proto_to_json(value)),
-        _ => None,
+        Some(pb::payload::Kind::Json(value)) => Ok(Some(proto_to_json(&value.decode()?))),
+        _ => Ok(None),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod v1 {
 }
 
 pub mod corked;
+pub mod json;
 pub mod trace_context;
 
 /// Package `asyncgate.bench.v1`: the benchmark's baseline echo service.

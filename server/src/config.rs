@@ -324,6 +324,15 @@ pub struct Cli {
         default_value_t = 1_000_000
     )]
     pub max_pending_per_queue: usize,
+    /// Bytes of request bodies and metadata that pending and running
+    /// tickets may hold in all, across every queue and tenant; a submit past
+    /// it gets RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_PENDING_BYTES",
+        default_value_t = 2 * 1024 * 1024 * 1024
+    )]
+    pub max_pending_bytes: u64,
     /// Bytes of partial output (progress chunks) one ticket may store; a
     /// chunk past it gets RESOURCE_EXHAUSTED.
     #[arg(
@@ -549,6 +558,9 @@ impl TryFrom<Cli> for Config {
         if cli.max_pending_per_queue == 0 {
             return Err("--max-pending-per-queue must be at least 1".into());
         }
+        if cli.max_pending_bytes < cli.max_payload_bytes as u64 {
+            return Err("--max-pending-bytes must be at least --max-payload-bytes".into());
+        }
         if cli.max_output_bytes_per_ticket == 0 {
             return Err("--max-output-bytes-per-ticket must be at least 1".into());
         }
@@ -589,6 +601,7 @@ impl TryFrom<Cli> for Config {
                 result_retention: cli.result_retention,
                 tombstone_retention: cli.result_retention,
                 max_pending_per_queue: cli.max_pending_per_queue,
+                max_pending_bytes: cli.max_pending_bytes,
                 max_output_bytes_per_ticket: cli.max_output_bytes_per_ticket,
             },
             max_payload_bytes: cli.max_payload_bytes,

@@ -20,6 +20,15 @@ pub enum GatewayError {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// A request field is larger than a limit allows: make it smaller or
+    /// raise the limit with the flag `reason` names.
+    #[error("{field} {reason}")]
+    TooLarge {
+        /// Proto field path, e.g. `payload`.
+        field: String,
+        /// Its size, the limit and the flag that sets it.
+        reason: String,
+    },
     /// The engine refused or failed the transition.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -54,6 +63,7 @@ impl GatewayError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::TooLarge { .. } => Code::ResourceExhausted,
             Self::Engine(e) => match e {
                 EngineError::NotFound(_) | EngineError::ResultExpired { .. } => Code::NotFound,
                 EngineError::QueueFull { .. } | EngineError::LimitExceeded(_) => {
@@ -77,7 +87,9 @@ impl GatewayError {
 impl From<GatewayError> for Status {
     fn from(error: GatewayError) -> Self {
         let code = error.code();
-        if let GatewayError::InvalidArgument { field, reason } = &error {
+        if let GatewayError::InvalidArgument { field, reason }
+        | GatewayError::TooLarge { field, reason } = &error
+        {
             return Status::with_error_details(
                 code,
                 error.to_string(),

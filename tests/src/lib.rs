@@ -354,6 +354,20 @@ impl RawWorker {
     }
 }
 
+/// A JSON value nested `depth` objects (`{"k": …}`) or lists deep around
+/// a string.
+pub fn nested_json(depth: usize, objects: bool) -> serde_json::Value {
+    let mut value = serde_json::Value::from("leaf");
+    for _ in 0..depth {
+        value = if objects {
+            serde_json::json!({ "k": value })
+        } else {
+            serde_json::json!([value])
+        };
+    }
+    value
+}
+
 /// A JSON payload.
 pub fn json(value: serde_json::Value) -> pb::Payload {
     asyncgate_client::payload::json(value)

@@ -274,7 +274,9 @@ impl Runner {
             return SessionEnd::HandshakeFailed("the request stream refused the Hello".into());
         }
 
-        let mut client = WorkersClient::with_interceptor(channel, self.config.credentials.clone());
+        let mut client = WorkersClient::with_interceptor(channel, self.config.credentials.clone())
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
         if let Some(encoding) = self.config.compression {
             client = client.send_compressed(encoding).accept_compressed(encoding);
         }
@@ -633,6 +635,15 @@ async fn run_handler(
             false,
         ));
     };
+    // A body this SDK cannot decode fails this task alone (the gateway
+    // refuses such bodies, but an older one may not): never the session.
+    if let Err(error) = crate::payload::try_to_json(ctx.payload()) {
+        return Err(TaskError::new(
+            tonic::Code::InvalidArgument,
+            format!("the task's JSON payload does not decode: {error}"),
+            false,
+        ));
+    }
     match AssertUnwindSafe(handler.handle(ctx)).catch_unwind().await {
         Ok(outcome) => outcome,
         Err(panic) => {

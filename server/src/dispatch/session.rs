@@ -571,29 +571,25 @@ impl Session {
                 Err(error) => return Err(End::Error(error)),
             };
         self.alive_by_work(lease_id);
-        if let Some(output) = &progress.output {
-            let size = convert::payload_size(output);
-            if size > self.settings.max_payload_bytes {
-                return Err(End::Error(GatewayError::invalid(
-                    "progress.output",
-                    format!(
-                        "chunk is {size} bytes; the limit is {} (--max-payload-bytes)",
-                        self.settings.max_payload_bytes
-                    ),
-                )));
-            }
-        }
+        let output = match progress
+            .output
+            .map(|output| {
+                convert::checked_payload(output, "progress.output", self.settings.max_payload_bytes)
+            })
+            .transpose()
+        {
+            Ok(output) => output,
+            Err(error) => return Err(End::Error(error)),
+        };
         let report = ProgressReport {
             ticket_id,
             lease_id,
-            progress: (progress.percent > 0
-                || !progress.message.is_empty()
-                || progress.output.is_none())
-            .then(|| Progress {
-                percent: progress.percent.min(100),
-                message: progress.message.chars().take(1024).collect(),
-            }),
-            output: progress.output.map(convert::retained),
+            progress: (progress.percent > 0 || !progress.message.is_empty() || output.is_none())
+                .then(|| Progress {
+                    percent: progress.percent.min(100),
+                    message: progress.message.chars().take(1024).collect(),
+                }),
+            output,
         };
         let applied = self.dispatcher.engine().progress(report);
         self.track(async move {
@@ -698,18 +694,19 @@ impl Session {
         };
         let outcome = match result.outcome.clone() {
             Some(pb::task_result::Outcome::Success(payload)) => {
-                let size = convert::payload_size(&payload);
-                if size > self.settings.max_payload_bytes {
-                    Outcome::Failure(TicketError {
-                        code: tonic::Code::ResourceExhausted as i32,
-                        message: format!(
-                            "the worker's result is {size} bytes; the gateway's limit is {}",
-                            self.settings.max_payload_bytes
-                        ),
+                match convert::checked_payload(
+                    payload,
+                    "result.success",
+                    self.settings.max_payload_bytes,
+                ) {
+                    Ok(payload) => Outcome::Success(payload),
+                    // The ticket fails with the reason rather than waiting
+                    // for a result the worker cannot give in another form.
+                    Err(error) => Outcome::Failure(TicketError {
+                        code: error.code() as i32,
+                        message: format!("the worker's result was refused: {error}"),
                         retryable: false,
-                    })
-                } else {
-                    Outcome::Success(convert::retained(payload))
+                    }),
                 }
             }
             Some(pb::task_result::Outcome::Failure(failure)) => Outcome::Failure(TicketError {

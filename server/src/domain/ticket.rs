@@ -216,9 +216,17 @@ fn shared_metadata(metadata: HashMap<String, String>) -> Arc<HashMap<String, Str
 impl Ticket {
     /// Drops the request body of a finished ticket: no attempt will need it
     /// again and no API shows it, so retention keeps only the result.
-    pub fn forget_request(&mut self) {
+    /// Returns what the request weighed (see `engine::request_bytes`), or 0
+    /// if it was already forgotten, so that budgets are released once.
+    pub fn forget_request(&mut self) -> u64 {
         static EMPTY: std::sync::OnceLock<Arc<Payload>> = std::sync::OnceLock::new();
-        self.payload = EMPTY.get_or_init(Arc::default).clone();
+        let empty = EMPTY.get_or_init(Arc::default);
+        if Arc::ptr_eq(&self.payload, empty) {
+            return 0;
+        }
+        let weight = crate::engine::request_bytes(&self.payload, &self.metadata);
+        self.payload = empty.clone();
+        weight
     }
 
     /// A fresh PENDING ticket at seq 1 (its creation is its first event).

@@ -26,7 +26,7 @@ use super::{
     ListFilter, ListPage, ProgressReport, QueueDepth, ReleaseReason, Revocation, RevokeReason,
     SessionInfo, Submitted, TicketChange,
 };
-use super::{idempotency_scope, transition};
+use super::{idempotency_scope, pending_bytes_full, request_bytes, transition};
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
     Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId, TicketState,
@@ -153,6 +153,8 @@ pub struct LocalEngine {
     queues: RwLock<HashMap<QueueName, Arc<Mutex<QueueIndex>>>>,
     sessions: Box<[Mutex<HashMap<SessionId, SessionRecord>>]>,
     enqueue_seq: AtomicU64,
+    /// Request bytes held by unfinished tickets (`max_pending_bytes`).
+    pending_bytes: AtomicU64,
     listener: OnceLock<Arc<dyn EngineListener>>,
     journal: Arc<dyn Journal>,
 }
@@ -189,6 +191,7 @@ impl LocalEngine {
             queues: RwLock::default(),
             sessions: sharded(),
             enqueue_seq: AtomicU64::new(1),
+            pending_bytes: AtomicU64::new(0),
             listener: OnceLock::new(),
             journal,
         }
@@ -346,7 +349,8 @@ impl LocalEngine {
         now: SystemTime,
     ) -> bool {
         let ready = if ticket.state.is_terminal() {
-            ticket.forget_request();
+            let released = ticket.forget_request();
+            self.pending_bytes.fetch_sub(released, Ordering::Relaxed);
             if let Some(deadline) = ticket.deadline {
                 shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
             }
@@ -977,6 +981,12 @@ impl LocalEngine {
                 let key = idempotency_scope(ticket.tenant.as_deref(), key);
                 lock(&self.idempotency[shard_of(&self.hasher, &key)]).insert(key, id);
             }
+            if !ticket.state.is_terminal() {
+                self.pending_bytes.fetch_add(
+                    request_bytes(&ticket.payload, &ticket.metadata),
+                    Ordering::Relaxed,
+                );
+            }
             let mut shard = lock(self.shard(&id));
             if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
                 shard.timers.insert((deadline, Timer::Deadline, id));
@@ -1061,6 +1071,17 @@ impl LocalEngine {
                         limit: self.config.max_pending_per_queue,
                     });
                 }
+            }
+            let weight = request_bytes(&ticket.payload, &ticket.metadata);
+            let limit = self.config.max_pending_bytes;
+            if self
+                .pending_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    held.checked_add(weight).filter(|total| *total <= limit)
+                })
+                .is_err()
+            {
+                return Err(pending_bytes_full(limit));
             }
             ready = self.enqueue(shard, &mut ticket);
             if let Some(deadline) = ticket.deadline {

@@ -76,6 +76,7 @@ conformance::engine_conformance!(redis_conformance, |config| {
     })
 });
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -104,6 +105,10 @@ pub struct EngineConfig {
     pub tombstone_retention: Duration,
     /// Pending tickets one queue may hold before submits are refused.
     pub max_pending_per_queue: usize,
+    /// Bytes of request bodies and metadata that unfinished tickets may hold
+    /// in all (see [`request_bytes`]): many queues, or many tenants, cannot
+    /// add up past it.
+    pub max_pending_bytes: u64,
     /// Bytes of partial output one ticket may store: a worker streaming
     /// output without end cannot grow the store (or a memory gateway) by
     /// more than this per ticket.
@@ -121,6 +126,7 @@ impl Default for EngineConfig {
             result_retention: Duration::from_secs(24 * 3600),
             tombstone_retention: Duration::from_secs(24 * 3600),
             max_pending_per_queue: 1_000_000,
+            max_pending_bytes: 2 * 1024 * 1024 * 1024,
             max_output_bytes_per_ticket: 64 * 1024 * 1024,
         }
     }
@@ -277,6 +283,23 @@ impl ListFilter {
                 .as_ref()
                 .is_none_or(|t| ticket.tenant.as_deref() == Some(&**t))
     }
+}
+
+/// What an unfinished ticket's request weighs against
+/// [`EngineConfig::max_pending_bytes`]: its encoded body and metadata.
+pub fn request_bytes(
+    payload: &crate::domain::ticket::Payload,
+    metadata: &HashMap<String, String>,
+) -> u64 {
+    let metadata: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (prost::Message::encoded_len(payload) + metadata) as u64
+}
+
+/// The refusal of a submit past [`EngineConfig::max_pending_bytes`].
+pub fn pending_bytes_full(limit: u64) -> EngineError {
+    EngineError::LimitExceeded(format!(
+        "the gateway's budget for pending request bytes is full ({limit} bytes, --max-pending-bytes); retry later or add workers"
+    ))
 }
 
 /// An idempotency key as engines store it: scoped to its tenant, so two

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
+use asyncgate_proto::json::MAX_JSON_DEPTH;
+
 use asyncgate_proto::longrunning as lro;
 use asyncgate_proto::v1 as pb;
 
@@ -42,10 +44,37 @@ pub fn payload_size(payload: &Payload) -> usize {
     payload.encoded_len()
 }
 
-/// A payload the engine will keep: binary bodies are copied once into an
-/// allocation of their own size. Decoded `Bytes` are slices of the request's
-/// receive buffer (8 KiB or more per unary call), and keeping the slice would
-/// pin the whole buffer for as long as the ticket lives.
+/// A payload the gateway will keep or forward: within `max_bytes`
+/// (`--max-payload-bytes`), its JSON body (if any) well-formed and nested at
+/// most [`MAX_JSON_DEPTH`] deep, so that every worker and watcher can decode
+/// it; and copied out of the receive buffer (see [`retained`]).
+pub fn checked_payload(
+    payload: Payload,
+    field: &str,
+    max_bytes: usize,
+) -> Result<Payload, GatewayError> {
+    let size = payload_size(&payload);
+    if size > max_bytes {
+        return Err(GatewayError::TooLarge {
+            field: field.to_owned(),
+            reason: format!(
+                "is {size} bytes; the limit is {max_bytes} bytes (--max-payload-bytes): store large data elsewhere and send a reference"
+            ),
+        });
+    }
+    if let Some(asyncgate_proto::v1::payload::Kind::Json(value)) = &payload.kind {
+        value
+            .check(MAX_JSON_DEPTH)
+            .map_err(|e| GatewayError::invalid(format!("{field}.json"), e.to_string()))?;
+    }
+    Ok(retained(payload))
+}
+
+/// A payload the engine will keep: bodies are copied once into an
+/// allocation of their own size. Decoded `Bytes` are slices of the
+/// request's receive buffer (8 KiB or more per unary call), and keeping the
+/// slice would pin the whole buffer for as long as the ticket lives. (A JSON
+/// body is already a copy: see `asyncgate_proto::json`.)
 pub fn retained(mut payload: Payload) -> Payload {
     if let Some(asyncgate_proto::v1::payload::Kind::Binary(bytes)) = &mut payload.kind {
         *bytes = bytes::Bytes::copy_from_slice(bytes);
@@ -110,17 +139,11 @@ pub fn new_ticket(
     limits: &SubmitLimits,
 ) -> Result<NewTicket, GatewayError> {
     let queue = queue(&request.queue, "queue")?;
-    let payload = retained(request.payload.unwrap_or_default());
-    let size = payload_size(&payload);
-    if size > limits.max_payload_bytes {
-        return Err(GatewayError::invalid(
-            "payload",
-            format!(
-                "is {size} bytes; the limit is {} bytes: store large data elsewhere and send a reference",
-                limits.max_payload_bytes
-            ),
-        ));
-    }
+    let payload = checked_payload(
+        request.payload.unwrap_or_default(),
+        "payload",
+        limits.max_payload_bytes,
+    )?;
     if !PRIORITY_RANGE.contains(&request.priority) {
         return Err(GatewayError::invalid(
             "priority",
@@ -623,14 +646,18 @@ mod tests {
             refused(|r| r.attempt_timeout = Some(prost_types::Duration::default()))
                 .contains("must be positive")
         );
+        let mut request = request();
+        request.payload = Some(pb::Payload {
+            kind: Some(pb::payload::Kind::Binary(vec![0u8; 2000].into())),
+            content_type: String::new(),
+        });
+        let too_large = new_ticket(request, &limits()).unwrap_err();
+        assert_eq!(too_large.code(), Code::ResourceExhausted);
         assert!(
-            refused(|r| {
-                r.payload = Some(pb::Payload {
-                    kind: Some(pb::payload::Kind::Binary(vec![0u8; 2000].into())),
-                    content_type: String::new(),
-                })
-            })
-            .contains("invalid payload")
+            too_large
+                .to_string()
+                .contains("payload is 2003 bytes; the limit is 1024 bytes (--max-payload-bytes)"),
+            "{too_large}"
         );
         assert!(
             refused(|r| {

@@ -20,28 +20,44 @@ async fn malformed_submits_name_the_field() {
         ..fast_config()
     };
     let gateway = TestGateway::start_with(config).await;
-    let cases: Vec<(pb::SubmitRequest, &str)> = vec![
-        (Submit::new("").build(), "queue name is empty"),
-        (Submit::new("has space").build(), "contains ' '"),
-        (Submit::new("q").priority(1001).build(), "invalid priority"),
+    let cases: Vec<(pb::SubmitRequest, Code, &str)> = vec![
+        (
+            Submit::new("").build(),
+            Code::InvalidArgument,
+            "queue name is empty",
+        ),
+        (
+            Submit::new("has space").build(),
+            Code::InvalidArgument,
+            "contains ' '",
+        ),
+        (
+            Submit::new("q").priority(1001).build(),
+            Code::InvalidArgument,
+            "invalid priority",
+        ),
         (
             Submit::new("q").max_attempts(1000).build(),
+            Code::InvalidArgument,
             "invalid max_attempts",
         ),
+        // Over a size limit: RESOURCE_EXHAUSTED naming the limit and its flag.
         (
             Submit::new("q")
                 .binary(vec![0u8; 4096], "application/octet-stream")
                 .build(),
-            "limit is 1024 bytes",
+            Code::ResourceExhausted,
+            "limit is 1024 bytes (--max-payload-bytes)",
         ),
         (
             Submit::new("q").timeout(Duration::ZERO).build(),
+            Code::InvalidArgument,
             "invalid timeout",
         ),
     ];
-    for (request, needle) in cases {
+    for (request, expected, needle) in cases {
         let (code, message) = submit_error(&gateway, request).await;
-        assert_eq!(code, Code::InvalidArgument, "{message}");
+        assert_eq!(code, expected, "{message}");
         assert!(
             message.contains(needle),
             "{message:?} should mention {needle:?}"

@@ -230,6 +230,20 @@ async fn python_worker_serves_python_client_submit_watch_and_execute() {
     assert!(!error.retryable);
     assert_eq!(refused.attempt, 1, "not retried");
 
+    // The deepest JSON the gateway accepts (objects cost the most decoder
+    // levels) reaches grpcio inside its Task and decodes: the worker answers
+    // it (refusing it as not text) instead of losing its stream.
+    let deepest = asyncgate_tests::nested_json(asyncgate_client::payload::MAX_JSON_DEPTH, true);
+    let deep = client
+        .submit(Submit::new("py-upper").json(deepest))
+        .await
+        .expect("the deepest accepted JSON is accepted");
+    let deep = finished(&client, &deep.id).await;
+    assert_eq!(state(&deep), pb::TicketState::Failed, "{deep:?}");
+    let error = deep.error.expect("an error");
+    assert!(error.message.contains("expected text"), "{error:?}");
+    assert_eq!(deep.attempt, 1, "the worker kept its stream: no lost lease");
+
     stop_gracefully(worker, &examples).await;
 }
 

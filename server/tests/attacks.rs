@@ -1,0 +1,321 @@
+//! Attacks on the real `asyncgate-server` binary, each reproduced as a
+//! security reviewer ran it: what was sent, the status it got, that the
+//! gateway's memory stayed bounded, and that everyone else was still served.
+
+use std::time::Duration;
+
+use asyncgate_client::payload::{self, JsonValue, MAX_JSON_DEPTH};
+use asyncgate_client::worker::{TaskContext, Worker, handler_fn};
+use asyncgate_client::{Client, CompressionEncoding, Submit, pb};
+use tokio::process::Child;
+
+mod common;
+use common::{free_port, start_server, wait_until_serving};
+
+/// A gateway child process and a client of it.
+struct Gateway {
+    child: Child,
+    url: String,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// The binary on `store` (`memory`, or `durable` for a file in a
+    /// temporary directory) with `extra` flags.
+    async fn start(store: &str, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = match store {
+            "durable" => dir.path().join("asyncgate.redb").into_os_string(),
+            other => other.into(),
+        };
+        let port = free_port();
+        let child = start_server(&store, port, extra);
+        let url = format!("http://127.0.0.1:{port}");
+        let client = Client::connect_lazy(url.clone()).expect("client");
+        wait_until_serving(&client).await;
+        Gateway {
+            child,
+            url,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// The gateway's resident memory, in bytes.
+    fn rss(&self) -> u64 {
+        let pid = self.child.id().expect("the gateway runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// A worker on `queue` that echoes the request back.
+    fn echo_worker(&self, queue: &str) -> asyncgate_client::worker::WorkerHandle {
+        Worker::builder(self.url.clone())
+            .queue(queue)
+            .max_in_flight(4)
+            .handler(handler_fn(|task: TaskContext| async move {
+                Ok(task.payload().clone())
+            }))
+            .build()
+            .expect("worker")
+            .spawn()
+    }
+
+    /// Waits for a ticket to finish.
+    async fn finished(&self, id: &str) -> pb::Ticket {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let ticket = self
+                    .client
+                    .get(id, Some(Duration::from_secs(10)))
+                    .await
+                    .expect("GetTicket");
+                if payload::is_terminal(ticket.state()) {
+                    return ticket;
+                }
+            }
+        })
+        .await
+        .expect("the ticket finishes")
+    }
+
+    /// Proves the gateway still serves everyone: a fresh ticket round trip.
+    async fn still_serves(&self, queue: &str) {
+        let worker = self.echo_worker(queue);
+        let ticket = self
+            .client
+            .submit(Submit::new(queue).json(serde_json::json!("still here")))
+            .await
+            .expect("an innocent submit");
+        let ticket = self.finished(&ticket.id).await;
+        assert_eq!(ticket.state(), pb::TicketState::Succeeded, "{ticket:?}");
+        assert_eq!(
+            payload::to_json(ticket.result.as_ref().unwrap()),
+            Some(serde_json::json!("still here"))
+        );
+        worker.shutdown();
+    }
+}
+
+/// About two million empty `google.protobuf.Value`s in one list: a 4 MB
+/// body that cost 70–90 MiB decoded, and 4 KiB gzip'd.
+fn empty_values_list(count: usize) -> pb::Payload {
+    let mut items = Vec::with_capacity(count * 2);
+    for _ in 0..count {
+        items.extend_from_slice(&[0x0a, 0x00]);
+    }
+    let mut encoded = vec![0x32]; // field 6 (list_value), length-delimited
+    let mut len = items.len() as u64;
+    while len >= 0x80 {
+        encoded.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    encoded.push(len as u8);
+    encoded.extend_from_slice(&items);
+    pb::Payload {
+        kind: Some(pb::payload::Kind::Json(JsonValue::from_encoded(encoded))),
+        content_type: String::new(),
+    }
+}
+
+fn nested(depth: usize, objects: bool) -> serde_json::Value {
+    let mut value = serde_json::Value::from("leaf");
+    for _ in 0..depth {
+        value = if objects {
+            serde_json::json!({ "k": value })
+        } else {
+            serde_json::json!([value])
+        };
+    }
+    value
+}
+
+/// The field a refusal names in its `BadRequest` details.
+fn violation_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .and_then(|bad| bad.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}
+
+async fn json_amplification_is_bounded_on(store: &str) {
+    let gateway = Gateway::start(store, &[]).await;
+    let gzip = gateway
+        .client
+        .clone()
+        .with_compression(CompressionEncoding::Gzip);
+    let before = gateway.rss();
+    for _ in 0..5 {
+        gzip.submit(Submit::new("bomb").payload(empty_values_list(2_000_000)))
+            .await
+            .expect("a 4 MB JSON body within the limit is accepted");
+    }
+    let grown = gateway.rss().saturating_sub(before);
+    // Five pending tickets of 4 MB each: 20 MB kept, plus receive buffers.
+    // Decoded into trees they took 450 MiB.
+    assert!(
+        grown < 96 * 1024 * 1024,
+        "the gateway grew by {} MiB for 20 MB of pending requests",
+        grown >> 20
+    );
+    gateway.still_serves("innocent").await;
+}
+
+#[tokio::test]
+async fn json_amplification_is_bounded_memory() {
+    json_amplification_is_bounded_on("memory").await;
+}
+
+#[tokio::test]
+async fn json_amplification_is_bounded_durable() {
+    json_amplification_is_bounded_on("durable").await;
+}
+
+#[tokio::test]
+async fn pending_request_bytes_have_one_budget_across_queues() {
+    let gateway = Gateway::start(
+        "memory",
+        &[
+            "--max-pending-bytes",
+            "10000000",
+            "--max-payload-bytes",
+            "4194304",
+        ],
+    )
+    .await;
+    let body = || payload::binary(vec![7u8; 4_000_000], "application/octet-stream");
+    let first = gateway
+        .client
+        .submit(Submit::new("q1").payload(body()))
+        .await
+        .expect("within the budget");
+    gateway
+        .client
+        .submit(Submit::new("q2").payload(body()))
+        .await
+        .expect("within the budget");
+    // A third queue (the per-queue cap is far away): the gateway's budget.
+    let refused = gateway
+        .client
+        .submit(Submit::new("q3").payload(body()))
+        .await
+        .expect_err("past the budget");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused.to_string().contains("--max-pending-bytes"),
+        "{refused}"
+    );
+    // Small submits still fit, and finishing a ticket gives its bytes back.
+    gateway.still_serves("small").await;
+    let worker = gateway.echo_worker("q1");
+    gateway.finished(&first.id).await;
+    worker.shutdown();
+    gateway
+        .client
+        .submit(Submit::new("q3").payload(body()))
+        .await
+        .expect("the finished ticket's bytes were released");
+}
+
+#[tokio::test]
+async fn json_nested_past_the_limit_is_refused_at_submit() {
+    let gateway = Gateway::start("memory", &[]).await;
+    // The attack: 49 lists deep sat a level past decoders' limit inside a
+    // Task, and every worker that received it dropped its stream.
+    for (depth, objects) in [
+        (49, false),
+        (MAX_JSON_DEPTH + 1, false),
+        (MAX_JSON_DEPTH + 1, true),
+    ] {
+        let refused = gateway
+            .client
+            .submit(Submit::new("deep").json(nested(depth, objects)))
+            .await
+            .expect_err("too deep");
+        let ClientErrorStatus(status) = ClientErrorStatus::of(refused);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(violation_field(&status), "payload.json");
+        assert!(
+            status
+                .message()
+                .contains(&format!("{MAX_JSON_DEPTH} levels")),
+            "{status:?}"
+        );
+    }
+    // The deepest accepted value reaches a Rust worker, decodes, and comes
+    // back as the result.
+    let worker = gateway.echo_worker("deep");
+    for objects in [false, true] {
+        let deepest = nested(MAX_JSON_DEPTH, objects);
+        let ticket = gateway
+            .client
+            .submit(Submit::new("deep").json(deepest.clone()))
+            .await
+            .expect("the limit itself is accepted");
+        let ticket = gateway.finished(&ticket.id).await;
+        assert_eq!(ticket.state(), pb::TicketState::Succeeded, "{ticket:?}");
+        assert_eq!(ticket.attempt, 1);
+        assert_eq!(
+            payload::to_json(ticket.result.as_ref().unwrap()),
+            Some(deepest)
+        );
+    }
+    worker.shutdown();
+    gateway.still_serves("innocent").await;
+}
+
+#[tokio::test]
+async fn a_worker_result_nested_too_deep_fails_its_ticket_not_the_session() {
+    let gateway = Gateway::start("memory", &[]).await;
+    let worker = Worker::builder(gateway.url.clone())
+        .queue("deep-results")
+        .max_in_flight(1)
+        .handler(handler_fn(|task: TaskContext| async move {
+            if task.json() == Some(serde_json::json!("deep")) {
+                Ok(payload::json(nested(MAX_JSON_DEPTH + 5, false)))
+            } else {
+                Ok(task.payload().clone())
+            }
+        }))
+        .build()
+        .expect("worker")
+        .spawn();
+    let deep = gateway
+        .client
+        .submit(Submit::new("deep-results").json(serde_json::json!("deep")))
+        .await
+        .unwrap();
+    let deep = gateway.finished(&deep.id).await;
+    assert_eq!(deep.state(), pb::TicketState::Failed, "{deep:?}");
+    let error = deep.error.unwrap();
+    assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
+    assert!(error.message.contains("result.success.json"), "{error:?}");
+    // The same worker, on the same stream, serves the next ticket.
+    let next = gateway
+        .client
+        .submit(Submit::new("deep-results").json(serde_json::json!("fine")))
+        .await
+        .unwrap();
+    let next = gateway.finished(&next.id).await;
+    assert_eq!(next.state(), pb::TicketState::Succeeded, "{next:?}");
+    worker.shutdown();
+}
+
+/// The status inside a client error.
+struct ClientErrorStatus(tonic::Status);
+
+impl ClientErrorStatus {
+    fn of(error: asyncgate_client::ClientError) -> Self {
+        match error {
+            asyncgate_client::ClientError::Status(status) => Self(status),
+            other => panic!("expected a status, got {other}"),
+        }
+    }
+}
