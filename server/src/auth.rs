@@ -75,6 +75,9 @@ pub struct Caller {
     pub queues: Arc<[String]>,
     /// The key's request budget, if it has one.
     limiter: Option<Arc<TokenBucket>>,
+    /// False for [`Caller::anonymous`] (no keys file): only a real admin
+    /// key names other tenants' queues (`tenant/queue`).
+    authenticated: bool,
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -122,19 +125,33 @@ impl Caller {
             tenant: None,
             queues: Arc::from(["*".to_owned()]),
             limiter: None,
+            authenticated: false,
         }
     }
 
-    /// Whether this caller may serve `queue`.
+    /// Whether this caller may name any tenant's queue as `tenant/queue`
+    /// (an admin key; not the anonymous caller of a gateway without keys,
+    /// where no tenants exist).
+    pub fn names_tenant_queues(&self) -> bool {
+        self.authenticated && self.tenant.is_none()
+    }
+
+    /// Whether this caller may serve `queue` (stored form: a worker key's
+    /// patterns name its own tenant's queues).
     pub fn may_serve(&self, queue: &QueueName) -> bool {
-        self.role == Role::Admin
-            || self
-                .queues
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => queue.as_str().starts_with(prefix),
-                    None => pattern == queue.as_str(),
-                })
+        if self.role == Role::Admin {
+            return true;
+        }
+        if queue.tenant() != self.tenant.as_deref() {
+            return false;
+        }
+        let name = queue.seen_by(self.tenant.as_deref());
+        self.queues
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => pattern == name,
+            })
     }
 
     /// Whether this caller may see a ticket of `tenant`.
@@ -192,6 +209,9 @@ pub fn digest_hex(key: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The longest tenant name (it prefixes the tenant's queue names).
+pub const MAX_TENANT_LEN: usize = 64;
 
 /// The tenant of client keys that name none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -259,6 +279,22 @@ impl KeyTable {
                     )));
                 }
             };
+            if let Some(tenant) = &entry.tenant {
+                if tenant.len() > MAX_TENANT_LEN {
+                    return Err(error(format!(
+                        "key {:?}: tenant is {} bytes; the limit is {MAX_TENANT_LEN}",
+                        entry.name,
+                        tenant.len()
+                    )));
+                }
+                QueueName::parse(tenant).map_err(|e| {
+                    error(format!(
+                        "key {:?}: tenant names follow the rules of queue names: {}",
+                        entry.name,
+                        e.replace("queue name", "tenant")
+                    ))
+                })?;
+            }
             let tenant = match entry.role {
                 Role::Admin => None,
                 _ => Some(Arc::from(entry.tenant.as_deref().unwrap_or(DEFAULT_TENANT))),
@@ -271,6 +307,7 @@ impl KeyTable {
                     tenant,
                     queues: entry.queues.into(),
                     limiter,
+                    authenticated: true,
                 },
             });
         }
@@ -529,9 +566,16 @@ mod tests {
         assert_eq!(client.tenant.as_deref(), Some("t1"));
         assert!(keys.authenticate("nope").is_none());
         let worker = keys.authenticate("worker-secret").unwrap();
-        assert!(worker.may_serve(&QueueName::parse("emails").unwrap()));
-        assert!(worker.may_serve(&QueueName::parse("bill.eu").unwrap()));
-        assert!(!worker.may_serve(&QueueName::parse("email").unwrap()));
+        let scoped = |name: &str| {
+            QueueName::scoped(worker.tenant.as_deref(), QueueName::parse(name).unwrap())
+        };
+        assert!(worker.may_serve(&scoped("emails")));
+        assert!(worker.may_serve(&scoped("bill.eu")));
+        assert!(!worker.may_serve(&scoped("email")));
+        assert!(
+            !worker.may_serve(&QueueName::parse("emails").unwrap()),
+            "another tenant's (unscoped) queue"
+        );
         let denied = check(
             &keys,
             "/asyncgate.v1.Workers/Connect",

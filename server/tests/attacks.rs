@@ -24,6 +24,11 @@ impl Gateway {
     /// The binary on `store` (`memory`, or `durable` for a file in a
     /// temporary directory) with `extra` flags.
     async fn start(store: &str, extra: &[&str]) -> Gateway {
+        Self::start_as(store, extra, None).await
+    }
+
+    /// Like [`Gateway::start`]; the gateway's `client` presents `key`.
+    async fn start_as(store: &str, extra: &[&str], key: Option<&str>) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = match store {
             "durable" => dir.path().join("asyncgate.redb").into_os_string(),
@@ -32,7 +37,10 @@ impl Gateway {
         let port = free_port();
         let child = start_server(&store, port, extra);
         let url = format!("http://127.0.0.1:{port}");
-        let client = Client::connect_lazy(url.clone()).expect("client");
+        let mut client = Client::connect_lazy(url.clone()).expect("client");
+        if let Some(key) = key {
+            client = client.with_api_key(key).expect("key");
+        }
         wait_until_serving(&client).await;
         Gateway {
             child,
@@ -318,4 +326,206 @@ impl ClientErrorStatus {
             other => panic!("expected a status, got {other}"),
         }
     }
+}
+
+/// A keys file with two tenants (a client and a worker key each) and an
+/// admin key; the key of `who` is `who-secret`.
+fn tenant_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    use asyncgate_server::auth::digest_hex;
+    let entry = |name: &str, role: &str, extra: &str| {
+        format!(
+            "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{extra}\n",
+            digest_hex(&format!("{name}-secret"))
+        )
+    };
+    let text = [
+        entry("t1-app", "client", "tenant = \"t1\""),
+        entry(
+            "t1-worker",
+            "worker",
+            "tenant = \"t1\"\nqueues = [\"emails\"]",
+        ),
+        entry("t2-app", "client", "tenant = \"t2\""),
+        entry(
+            "t2-worker",
+            "worker",
+            "tenant = \"t2\"\nqueues = [\"emails\"]",
+        ),
+        entry("ops", "admin", ""),
+    ]
+    .concat();
+    let path = dir.join("keys.toml");
+    std::fs::write(&path, text).expect("keys file");
+    path
+}
+
+/// A worker of `key` on `emails` that reports each payload it receives.
+fn recording_worker(
+    url: &str,
+    key: &str,
+) -> (
+    asyncgate_client::worker::WorkerHandle,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let (seen, rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker::builder(url.to_owned())
+        .api_key(key)
+        .expect("key")
+        .queue("emails")
+        .max_in_flight(4)
+        .handler(handler_fn(move |task: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                assert_eq!(task.queue(), "emails", "a task shows the tenant's own name");
+                let _ = seen.send(task.json().unwrap_or_default());
+                Ok(task.payload().clone())
+            }
+        }))
+        .build()
+        .expect("worker")
+        .spawn();
+    (worker, rx)
+}
+
+#[tokio::test]
+async fn tenants_own_their_queues() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = tenant_keys(keys_dir.path());
+    let keys = keys.to_str().unwrap();
+    let gateway = Gateway::start_as("memory", &["--keys", keys], Some("ops-secret")).await;
+    let as_key = |key: &str| gateway.client.clone().with_api_key(key).unwrap();
+    let (t1, t2, admin) = (
+        as_key("t1-app-secret"),
+        as_key("t2-app-secret"),
+        &gateway.client,
+    );
+
+    // Tenant 2 fills its `emails` queue first.
+    let mut t2_ids = Vec::new();
+    for n in 0..3 {
+        let ticket = t2
+            .submit(Submit::new("emails").json(serde_json::json!(format!("t2 secret {n}"))))
+            .await
+            .unwrap();
+        t2_ids.push(ticket.id);
+    }
+    // Tenant 1's ticket on its own `emails` has nothing ahead of it, and
+    // its waiting reason says nothing of tenant 2.
+    let mine = t1
+        .submit(Submit::new("emails").json(serde_json::json!("t1 request")))
+        .await
+        .unwrap();
+    assert_eq!(mine.queue, "emails");
+    let reason = mine.waiting_reason.clone().unwrap();
+    assert_eq!(reason.tickets_ahead, 0, "{reason:?}");
+    assert!(!reason.description.contains("t2"), "{reason:?}");
+
+    // Tenant 1's worker receives tenant 1's ticket and nothing else.
+    let (t1_worker, mut t1_seen) = recording_worker(&gateway.url, "t1-worker-secret");
+    let done = gateway_finished(&t1, &mine.id).await;
+    assert_eq!(done.state(), pb::TicketState::Succeeded);
+    assert_eq!(t1_seen.recv().await, Some(serde_json::json!("t1 request")));
+    for id in &t2_ids {
+        let ticket = t2.get(id, None).await.unwrap();
+        assert_eq!(
+            ticket.state(),
+            pb::TicketState::Pending,
+            "not served by t1's worker"
+        );
+        assert_eq!(
+            ticket.waiting_reason.unwrap().kind(),
+            pb::WaitingReasonKind::NoWorkers,
+            "t1's worker does not count as serving t2's queue"
+        );
+    }
+    assert!(
+        t1_seen.try_recv().is_err(),
+        "t1's worker never saw t2's payloads"
+    );
+
+    // Lists show each tenant its own tickets by its own names; the admin
+    // sees both tenants' queues apart.
+    let list = |client: Client, queue: &'static str| async move {
+        client
+            .list(pb::ListTicketsRequest {
+                queue: queue.into(),
+                ..Default::default()
+            })
+            .await
+    };
+    let t1_list = list(t1.clone(), "emails").await.unwrap().tickets;
+    assert_eq!(t1_list.len(), 1);
+    assert_eq!(t1_list[0].queue, "emails");
+    assert_eq!(list(t2.clone(), "emails").await.unwrap().tickets.len(), 3);
+    let all: Vec<String> = list(admin.clone(), "")
+        .await
+        .unwrap()
+        .tickets
+        .into_iter()
+        .map(|t| t.queue)
+        .collect();
+    assert_eq!(
+        all.iter().filter(|q| *q == "t1/emails").count(),
+        1,
+        "{all:?}"
+    );
+    assert_eq!(
+        all.iter().filter(|q| *q == "t2/emails").count(),
+        3,
+        "{all:?}"
+    );
+    assert_eq!(
+        list(admin.clone(), "t2/emails")
+            .await
+            .unwrap()
+            .tickets
+            .len(),
+        3
+    );
+
+    // A tenant cannot name another tenant's queue.
+    let refused = t1
+        .submit(Submit::new("t2/emails").json(serde_json::json!("sneaky")))
+        .await
+        .expect_err("no '/' in a tenant's queue names");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    let refused = list(t1.clone(), "t2/emails")
+        .await
+        .expect_err("nor list it");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // Tenant 2's worker gets exactly tenant 2's tickets.
+    let (t2_worker, mut t2_seen) = recording_worker(&gateway.url, "t2-worker-secret");
+    for id in &t2_ids {
+        assert_eq!(
+            gateway_finished(&t2, id).await.state(),
+            pb::TicketState::Succeeded
+        );
+    }
+    let mut payloads = Vec::new();
+    while let Ok(value) = t2_seen.try_recv() {
+        payloads.push(value);
+    }
+    payloads.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        payloads,
+        (0..3)
+            .map(|n| serde_json::json!(format!("t2 secret {n}")))
+            .collect::<Vec<_>>()
+    );
+    t1_worker.shutdown();
+    t2_worker.shutdown();
+}
+
+async fn gateway_finished(client: &Client, id: &str) -> pb::Ticket {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let ticket = client.get(id, Some(Duration::from_secs(10))).await.unwrap();
+            if payload::is_terminal(ticket.state()) {
+                return ticket;
+            }
+        }
+    })
+    .await
+    .expect("the ticket finishes")
 }

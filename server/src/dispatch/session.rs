@@ -102,7 +102,7 @@ pub async fn run<S>(
             return;
         }
     };
-    let (queues, max_in_flight, worker_name) = match validate_hello(hello) {
+    let (queues, max_in_flight, worker_name) = match validate_hello(&caller, hello) {
         Ok(valid) => valid,
         Err(error) => {
             let _ = outbound.send(Err(error)).await;
@@ -131,6 +131,7 @@ pub async fn run<S>(
     let session = Session {
         dispatcher,
         settings,
+        scoped_names: caller.names_tenant_queues(),
         info,
         queues,
         max_in_flight,
@@ -153,7 +154,10 @@ pub async fn run<S>(
         .await;
 }
 
-fn validate_hello(hello: pb::Hello) -> Result<(Vec<QueueName>, u32, String), GatewayError> {
+fn validate_hello(
+    caller: &crate::auth::Caller,
+    hello: pb::Hello,
+) -> Result<(Vec<QueueName>, u32, String), GatewayError> {
     if hello.queues.is_empty() {
         return Err(GatewayError::invalid(
             "hello.queues",
@@ -168,8 +172,8 @@ fn validate_hello(hello: pb::Hello) -> Result<(Vec<QueueName>, u32, String), Gat
     }
     let mut queues = Vec::with_capacity(hello.queues.len());
     for (i, name) in hello.queues.iter().enumerate() {
-        let queue = QueueName::parse(name)
-            .map_err(|reason| GatewayError::invalid(format!("hello.queues[{i}]"), reason))?;
+        // A tenant's worker serves that tenant's queues of these names.
+        let queue = convert::queue_for(caller, name, &format!("hello.queues[{i}]"))?;
         if !queues.contains(&queue) {
             queues.push(queue);
         }
@@ -193,6 +197,9 @@ fn validate_hello(hello: pb::Hello) -> Result<(Vec<QueueName>, u32, String), Gat
 struct Session {
     dispatcher: Dispatcher,
     settings: SessionSettings,
+    /// Whether tasks show queues as stored (`tenant/queue`, admin keys) or
+    /// as the worker's tenant names them.
+    scoped_names: bool,
     info: SessionInfo,
     queues: Vec<QueueName>,
     max_in_flight: u32,
@@ -462,7 +469,11 @@ impl Session {
                 self.send(Out::Task(pb::Task {
                     ticket_id: ticket.id.to_string(),
                     lease_id: claimed.lease.lease_id.to_string(),
-                    queue: ticket.queue.to_string(),
+                    queue: if self.scoped_names {
+                        ticket.queue.to_string()
+                    } else {
+                        ticket.queue.seen_by(ticket.tenant.as_deref()).to_owned()
+                    },
                     payload: Some((*ticket.payload).clone()),
                     metadata: (*ticket.metadata).clone(),
                     attempt: ticket.attempt,

@@ -1,4 +1,10 @@
 //! Queue names: validated once at the edge, then cheap to clone everywhere.
+//!
+//! Queues belong to tenants. A tenant's queue `emails` is stored as
+//! `tenant/emails` ('/' is never part of a name a tenant gives), so two
+//! tenants' `emails` never meet: not in dispatch, not in `tickets_ahead`,
+//! not in lists. Tenant callers name and see their queues without the
+//! prefix; admins see and may name the scoped form.
 
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +49,42 @@ impl QueueName {
         Ok(Self(Arc::from(name)))
     }
 
+    /// A tenant's queue `name` as stored (`tenant/name`), or `name` itself
+    /// for callers without a tenant. The tenant name is one [`parse`d]
+    /// (`Self::parse`) by the keys file.
+    pub fn scoped(tenant: Option<&str>, name: QueueName) -> Self {
+        match tenant {
+            Some(tenant) => Self(Arc::from(format!("{tenant}/{name}"))),
+            None => name,
+        }
+    }
+
+    /// Validates a stored name, or one an admin gives: `name` or
+    /// `tenant/name`, each part as [`Self::parse`] requires.
+    pub fn parse_scoped(name: &str) -> Result<Self, String> {
+        match name.split_once('/') {
+            Some((tenant, queue)) => {
+                Self::parse(tenant).map_err(|e| format!("tenant part of {name:?}: {e}"))?;
+                Self::parse(queue)?;
+                Ok(Self(Arc::from(name)))
+            }
+            None => Self::parse(name),
+        }
+    }
+
+    /// The tenant whose queue this is (the part before '/'), if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.split_once('/').map(|(tenant, _)| tenant)
+    }
+
+    /// The name as `tenant` knows it: without its own `tenant/` prefix.
+    pub fn seen_by(&self, tenant: Option<&str>) -> &str {
+        tenant
+            .and_then(|t| self.0.strip_prefix(t))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(&self.0)
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -64,6 +106,23 @@ impl fmt::Debug for QueueName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_scope_names() {
+        let emails = QueueName::parse("emails").unwrap();
+        let scoped = QueueName::scoped(Some("t1"), emails.clone());
+        assert_eq!(scoped.as_str(), "t1/emails");
+        assert_eq!(scoped.seen_by(Some("t1")), "emails");
+        assert_eq!(scoped.seen_by(None), "t1/emails");
+        assert_eq!(scoped.tenant(), Some("t1"));
+        assert_eq!(QueueName::parse("emails").unwrap().tenant(), None);
+        assert_eq!(QueueName::scoped(None, emails.clone()), emails);
+        assert_ne!(scoped, QueueName::scoped(Some("t2"), emails));
+        assert_eq!(QueueName::parse_scoped("t1/emails").unwrap(), scoped);
+        assert!(QueueName::parse("t1/emails").unwrap_err().contains("'/'"));
+        assert!(QueueName::parse_scoped("t1/a/b").is_err());
+        assert!(QueueName::parse_scoped("/b").is_err());
+    }
 
     #[test]
     fn accepts_and_refuses() {

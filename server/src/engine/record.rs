@@ -185,7 +185,7 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
 /// Decodes a ticket stored by [`encode`], with its request payload.
 pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Ticket, BadRecord> {
     let stored = StoredTicket::decode(bytes).map_err(|e| BadRecord(e.to_string()))?;
-    let queue = QueueName::parse(&stored.queue).map_err(BadRecord)?;
+    let queue = QueueName::parse_scoped(&stored.queue).map_err(BadRecord)?;
     let lease = match stored.lease {
         Some(l) => Some(Lease {
             lease_id: LeaseId(uuid(&l.lease_id, "lease id")?),

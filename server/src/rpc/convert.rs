@@ -12,6 +12,7 @@ use asyncgate_proto::json::MAX_JSON_DEPTH;
 use asyncgate_proto::longrunning as lro;
 use asyncgate_proto::v1 as pb;
 
+use crate::auth::Caller;
 use crate::domain::ticket::{Payload, codes};
 use crate::domain::{NewTicket, QueueName, Ticket, TicketError, TicketId, TicketState};
 use crate::error::GatewayError;
@@ -99,6 +100,20 @@ pub fn queue(text: &str, field: &str) -> Result<QueueName, GatewayError> {
     QueueName::parse(text).map_err(|reason| GatewayError::invalid(field, reason))
 }
 
+/// Parses a queue name field as `caller` names queues: a tenant's caller
+/// names its own (stored as `tenant/queue`); an admin names any as
+/// `tenant/queue`, or an unscoped one.
+pub fn queue_for(caller: &Caller, text: &str, field: &str) -> Result<QueueName, GatewayError> {
+    if caller.names_tenant_queues() {
+        return QueueName::parse_scoped(text)
+            .map_err(|reason| GatewayError::invalid(field, reason));
+    }
+    Ok(QueueName::scoped(
+        caller.tenant.as_deref(),
+        queue(text, field)?,
+    ))
+}
+
 /// A wire duration as a std one, refusing negative and huge values.
 pub fn duration(
     value: Option<prost_types::Duration>,
@@ -133,12 +148,15 @@ fn positive_duration(
     Ok(duration)
 }
 
-/// Validates a submit request.
+/// Validates a submit request from `caller`; the ticket belongs to the
+/// tenant of its (scoped) queue.
 pub fn new_ticket(
+    caller: &Caller,
     request: pb::SubmitRequest,
     limits: &SubmitLimits,
 ) -> Result<NewTicket, GatewayError> {
-    let queue = queue(&request.queue, "queue")?;
+    let queue = queue_for(caller, &request.queue, "queue")?;
+    let tenant = queue.tenant().map(std::sync::Arc::from);
     let payload = checked_payload(
         request.payload.unwrap_or_default(),
         "payload",
@@ -190,7 +208,7 @@ pub fn new_ticket(
         timeout: positive_duration(request.timeout, "timeout")?,
         attempt_timeout: positive_duration(request.attempt_timeout, "attempt_timeout")?,
         max_attempts,
-        tenant: None,
+        tenant,
     })
 }
 
@@ -262,6 +280,18 @@ pub struct WaitContext {
     pub tickets_ahead: u64,
     /// Workers connected for its queue.
     pub workers: usize,
+    /// Whether the viewer sees queues as stored (`tenant/queue`: admins)
+    /// rather than by the ticket's tenant's own names.
+    pub scoped_names: bool,
+}
+
+/// A ticket's queue as the viewer of `context` names it.
+fn queue_seen(ticket: &Ticket, context: WaitContext) -> &str {
+    if context.scoped_names {
+        ticket.queue.as_str()
+    } else {
+        ticket.queue.seen_by(ticket.tenant.as_deref())
+    }
 }
 
 /// Explains why a ticket is not done (None once terminal).
@@ -291,7 +321,7 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingRe
                     kind: pb::WaitingReasonKind::NoWorkers as i32,
                     description: format!(
                         "no worker is connected for queue {:?}; the ticket waits until one connects{}",
-                        ticket.queue.as_str(),
+                        queue_seen(ticket, context),
                         ticket
                             .deadline
                             .map(|d| format!(" or its timeout passes at {}", rfc3339(d)))
@@ -308,7 +338,7 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingRe
                     "{} ticket{} ahead in queue {:?}, served by {} worker{} on this gateway",
                     context.tickets_ahead,
                     if context.tickets_ahead == 1 { "" } else { "s" },
-                    ticket.queue.as_str(),
+                    queue_seen(ticket, context),
                     context.workers,
                     if context.workers == 1 { "" } else { "s" },
                 ),
@@ -344,7 +374,7 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingRe
 pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext) -> pb::Ticket {
     pb::Ticket {
         id: ticket.id.to_string(),
-        queue: ticket.queue.to_string(),
+        queue: queue_seen(ticket, context).to_owned(),
         state: state_to_pb(ticket.state) as i32,
         attempt: ticket.attempt,
         max_attempts: ticket.max_attempts,
@@ -514,7 +544,7 @@ pub struct OperationsFilter {
 
 /// Parses a ListOperations filter (see [`OPERATIONS_FILTER_SYNTAX`]); an
 /// empty filter matches every operation.
-pub fn operations_filter(text: &str) -> Result<OperationsFilter, GatewayError> {
+pub fn operations_filter(caller: &Caller, text: &str) -> Result<OperationsFilter, GatewayError> {
     const TERMINAL: [TicketState; 4] = [
         TicketState::Succeeded,
         TicketState::Failed,
@@ -568,7 +598,7 @@ pub fn operations_filter(text: &str) -> Result<OperationsFilter, GatewayError> {
                 }
             }
             "queue" => {
-                filter.queue = Some(queue(value, "filter")?);
+                filter.queue = Some(queue_for(caller, value, "filter")?);
                 seen.push(field);
                 continue;
             }
@@ -615,14 +645,14 @@ mod tests {
     fn refused(mutate: impl FnOnce(&mut pb::SubmitRequest)) -> String {
         let mut request = request();
         mutate(&mut request);
-        let error = new_ticket(request, &limits()).unwrap_err();
+        let error = new_ticket(&Caller::anonymous(), request, &limits()).unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         error.to_string()
     }
 
     #[test]
     fn valid_request_gets_defaults() {
-        let new = new_ticket(request(), &limits()).unwrap();
+        let new = new_ticket(&Caller::anonymous(), request(), &limits()).unwrap();
         assert_eq!(new.max_attempts, 3);
         assert_eq!(new.idempotency_key, None);
         assert_eq!(new.timeout, None);
@@ -651,7 +681,7 @@ mod tests {
             kind: Some(pb::payload::Kind::Binary(vec![0u8; 2000].into())),
             content_type: String::new(),
         });
-        let too_large = new_ticket(request, &limits()).unwrap_err();
+        let too_large = new_ticket(&Caller::anonymous(), request, &limits()).unwrap_err();
         assert_eq!(too_large.code(), Code::ResourceExhausted);
         assert!(
             too_large
@@ -760,25 +790,34 @@ mod tests {
 
     #[test]
     fn operations_filters_parse_or_say_what_is_supported() {
-        assert_eq!(operations_filter("").unwrap(), OperationsFilter::default());
-        let filter = operations_filter("done = false AND queue = \"emails\"").unwrap();
+        assert_eq!(
+            operations_filter(&Caller::anonymous(), "").unwrap(),
+            OperationsFilter::default()
+        );
+        let filter =
+            operations_filter(&Caller::anonymous(), "done = false AND queue = \"emails\"").unwrap();
         assert_eq!(filter.queue.unwrap().as_str(), "emails");
         assert_eq!(
             filter.states,
             Some(vec![TicketState::Pending, TicketState::Running])
         );
         assert_eq!(
-            operations_filter("state=succeeded").unwrap().states,
+            operations_filter(&Caller::anonymous(), "state=succeeded")
+                .unwrap()
+                .states,
             Some(vec![TicketState::Succeeded])
         );
         assert_eq!(
-            operations_filter("state = TICKET_STATE_FAILED AND done = true")
-                .unwrap()
-                .states,
+            operations_filter(
+                &Caller::anonymous(),
+                "state = TICKET_STATE_FAILED AND done = true"
+            )
+            .unwrap()
+            .states,
             Some(vec![TicketState::Failed])
         );
         assert_eq!(
-            operations_filter("done = true AND state = PENDING")
+            operations_filter(&Caller::anonymous(), "done = true AND state = PENDING")
                 .unwrap()
                 .states,
             Some(vec![])
@@ -791,14 +830,14 @@ mod tests {
             "state = PENDING AND state = RUNNING",
             "done = true OR done = false",
         ] {
-            let error = operations_filter(bad).unwrap_err();
+            let error = operations_filter(&Caller::anonymous(), bad).unwrap_err();
             assert_eq!(error.code(), Code::InvalidArgument, "{bad}");
             assert!(
                 error.to_string().contains("supported syntax"),
                 "{bad}: {error}"
             );
         }
-        assert!(operations_filter("queue = \"a/b\"").is_err());
+        assert!(operations_filter(&Caller::anonymous(), "queue = \"a/b\"").is_err());
     }
 
     #[test]

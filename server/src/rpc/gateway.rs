@@ -95,8 +95,7 @@ impl GatewayService {
         request: pb::SubmitRequest,
         watch: bool,
     ) -> Result<(Submitted, Option<Subscription>), GatewayError> {
-        let mut new = convert::new_ticket(request, &self.limits)?;
-        new.tenant = caller.tenant.clone();
+        let mut new = convert::new_ticket(caller, request, &self.limits)?;
         if let Some(trace) = trace {
             tracing::Span::current().record("trace_id", trace.parent.trace_id_hex());
             trace.keep_with(&mut new.metadata);
@@ -114,6 +113,7 @@ impl GatewayService {
     /// events into the sink it is given, as the client reads them.
     fn watch_stream<F>(
         &self,
+        viewer: Caller,
         id: crate::domain::TicketId,
         watch: impl FnOnce(Core, EventSink) -> F,
     ) -> EventStream
@@ -121,7 +121,9 @@ impl GatewayService {
         F: Future<Output = ()> + Send + 'static,
     {
         let span = tracing::debug_span!("watch", ticket_id = %id);
-        EventStream::new(|sink| watch(self.core.clone(), sink).instrument(span))
+        EventStream::new(viewer, |sink| {
+            watch(self.core.clone(), sink).instrument(span)
+        })
     }
 }
 
@@ -132,10 +134,11 @@ impl Gateway for GatewayService {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
         let span = tracing::info_span!("submit", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
+        let caller = auth::caller(&request);
         let (submitted, _) = self.submit_in(span, request, false).await?;
         let ticket = self
             .core
-            .present_with(&submitted.ticket, submitted.tickets_ahead)
+            .present_with(&caller, &submitted.ticket, submitted.tickets_ahead)
             .await;
         Ok(Response::new(ticket))
     }
@@ -150,8 +153,10 @@ impl Gateway for GatewayService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let span = tracing::info_span!("execute", queue = %request.get_ref().queue, trace_id = tracing::field::Empty);
+        let caller = auth::caller(&request);
         let (submitted, subscription) = self.submit_in(span, request, true).await?;
         Ok(Response::new(self.watch_stream(
+            caller,
             submitted.ticket.id,
             |core, sink| async move {
                 match subscription {
@@ -175,7 +180,7 @@ impl Gateway for GatewayService {
             .unwrap_or_default()
             .min(self.core.config.max_wait);
         let ticket = self.core.wait_for_terminal(id, wait).await?;
-        Ok(Response::new(self.core.present(&ticket).await))
+        Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
     type WatchTicketStream = EventStream;
@@ -200,11 +205,11 @@ impl Gateway for GatewayService {
             )));
         }
         let after_seq = request.after_seq;
-        Ok(Response::new(
-            self.watch_stream(id, move |core, sink| async move {
-                core.watch_into(id, after_seq, sink).await
-            }),
-        ))
+        Ok(Response::new(self.watch_stream(
+            caller,
+            id,
+            move |core, sink| async move { core.watch_into(id, after_seq, sink).await },
+        )))
     }
 
     #[tracing::instrument(name = "cancel_ticket", skip_all, fields(ticket_id = %request.get_ref().id))]
@@ -226,7 +231,7 @@ impl Gateway for GatewayService {
             .await
             .map_err(GatewayError::from)?;
         tracing::info!(ticket_id = %id, who = %caller.name, "ticket cancelled");
-        Ok(Response::new(self.core.present(&ticket).await))
+        Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
     #[tracing::instrument(name = "list_tickets", skip_all, fields(queue = %request.get_ref().queue))]
@@ -239,7 +244,7 @@ impl Gateway for GatewayService {
         let queue = if request.queue.is_empty() {
             None
         } else {
-            Some(convert::queue(&request.queue, "queue")?)
+            Some(convert::queue_for(&caller, &request.queue, "queue")?)
         };
         let states = request
             .states
@@ -263,7 +268,7 @@ impl Gateway for GatewayService {
             .map_err(GatewayError::from)?;
         let mut tickets = Vec::with_capacity(page.tickets.len());
         for ticket in &page.tickets {
-            tickets.push(self.core.present(ticket).await);
+            tickets.push(self.core.present(&caller, ticket).await);
         }
         Ok(Response::new(pb::ListTicketsResponse {
             tickets,

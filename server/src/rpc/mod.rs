@@ -60,15 +60,24 @@ impl Core {
         }
     }
 
-    /// A ticket on the wire, with its waiting reason worked out.
-    pub async fn present(&self, ticket: &Ticket) -> pb::Ticket {
-        self.present_with(ticket, None).await
+    /// A ticket on the wire as `viewer` sees it (its queue by the name
+    /// the viewer uses), with its waiting reason worked out.
+    pub async fn present(&self, viewer: &Caller, ticket: &Ticket) -> pb::Ticket {
+        self.present_with(viewer, ticket, None).await
     }
 
     /// Like [`Core::present`], with the tickets ahead already known (from
     /// the submit) rather than asked of the engine.
-    pub async fn present_with(&self, ticket: &Ticket, tickets_ahead: Option<u64>) -> pb::Ticket {
-        let mut context = convert::WaitContext::default();
+    pub async fn present_with(
+        &self,
+        viewer: &Caller,
+        ticket: &Ticket,
+        tickets_ahead: Option<u64>,
+    ) -> pb::Ticket {
+        let mut context = convert::WaitContext {
+            scoped_names: viewer.names_tenant_queues(),
+            ..Default::default()
+        };
         if ticket.state == TicketState::Pending {
             context.workers = self.dispatcher.workers_for(&ticket.queue);
             if context.workers == 0 {

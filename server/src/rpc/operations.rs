@@ -15,7 +15,7 @@ use asyncgate_proto::longrunning as lro;
 use lro::operations_server::Operations;
 
 use super::{Core, convert};
-use crate::auth;
+use crate::auth::{self, Caller};
 use crate::engine::ListFilter;
 use crate::error::GatewayError;
 
@@ -51,8 +51,8 @@ impl OperationsService {
         Self { core }
     }
 
-    async fn present(&self, ticket: &crate::domain::Ticket) -> lro::Operation {
-        convert::operation(self.core.present(ticket).await)
+    async fn present(&self, viewer: &Caller, ticket: &crate::domain::Ticket) -> lro::Operation {
+        convert::operation(self.core.present(viewer, ticket).await)
     }
 }
 
@@ -96,7 +96,7 @@ impl Operations for OperationsService {
             )
             .into());
         }
-        let filter = convert::operations_filter(&request.filter)?;
+        let filter = convert::operations_filter(&caller, &request.filter)?;
         let page_size = u32::try_from(request.page_size).map_err(|_| {
             GatewayError::invalid("page_size", "must not be negative; 0 means the default")
         })?;
@@ -122,7 +122,7 @@ impl Operations for OperationsService {
             .map_err(GatewayError::from)?;
         let mut operations = Vec::with_capacity(page.tickets.len());
         for ticket in &page.tickets {
-            operations.push(self.present(ticket).await);
+            operations.push(self.present(&caller, ticket).await);
         }
         Ok(Response::new(lro::ListOperationsResponse {
             operations,
@@ -138,7 +138,7 @@ impl Operations for OperationsService {
         let caller = auth::caller(&request);
         let id = convert::operation_id(&request.get_ref().name, "name")?;
         let ticket = self.core.visible(&caller, id).await?;
-        Ok(Response::new(self.present(&ticket).await))
+        Ok(Response::new(self.present(&caller, &ticket).await))
     }
 
     /// Not offered: the engine has no delete. Finished tickets are forgotten
@@ -195,7 +195,7 @@ impl Operations for OperationsService {
             wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN.max(deadline / 10)));
         }
         let ticket = self.core.wait_for_terminal(id, wait).await?;
-        Ok(Response::new(self.present(&ticket).await))
+        Ok(Response::new(self.present(&caller, &ticket).await))
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use asyncgate_proto::v1 as pb;
 
 use super::Core;
+use crate::auth::Caller;
 use crate::domain::ticket::EventKind;
 use crate::domain::{Ticket, TicketId};
 use crate::engine::Submitted;
@@ -34,9 +35,11 @@ type Item = Result<pb::TicketEvent, tonic::Status>;
 /// The slot an event waits in between the watch and its stream.
 type Slot = Arc<Mutex<Option<Item>>>;
 
-/// Where a watch emits its events: the [`EventStream`] that polls it.
+/// Where a watch emits its events: the [`EventStream`] that polls it, and
+/// whose eyes they are for (queue names are shown as the caller names them).
 pub struct EventSink {
     slot: Slot,
+    viewer: Caller,
 }
 
 impl EventSink {
@@ -74,13 +77,17 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// The stream of what `watch` emits into the sink it is given.
-    pub fn new<F>(watch: impl FnOnce(EventSink) -> F) -> Self
+    /// The stream of what `watch` emits into the sink it is given, for
+    /// `viewer`.
+    pub fn new<F>(viewer: Caller, watch: impl FnOnce(EventSink) -> F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let slot = Slot::default();
-        let watch = watch(EventSink { slot: slot.clone() });
+        let watch = watch(EventSink {
+            slot: slot.clone(),
+            viewer,
+        });
         Self {
             watch: Some(Box::pin(watch)),
             slot,
@@ -118,7 +125,7 @@ impl Core {
         output: Option<pb::Payload>,
     ) {
         let ticket = match ticket {
-            Some(t) => Some(self.present(t).await),
+            Some(t) => Some(self.present(&sink.viewer, t).await),
             None => None,
         };
         let event = pb::TicketEvent {
@@ -187,7 +194,10 @@ impl Core {
         let event = pb::TicketEvent {
             seq: ticket.seq,
             kind: pb::TicketEventKind::Snapshot as i32,
-            ticket: Some(self.present_with(&ticket, submitted.tickets_ahead).await),
+            ticket: Some(
+                self.present_with(&sink.viewer, &ticket, submitted.tickets_ahead)
+                    .await,
+            ),
             output: None,
         };
         sink.send(Ok(event)).await;

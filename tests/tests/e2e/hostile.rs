@@ -7,11 +7,19 @@ use futures::StreamExt;
 
 use asyncgate_client::worker::{TaskContext, handler_fn};
 use asyncgate_client::{Submit, payload, pb};
-use asyncgate_tests::{TestGateway, finished, json, state};
+use asyncgate_server::config::Config;
+use asyncgate_tests::{TestGateway, fast_config, finished, json, state};
 
 #[tokio::test]
 async fn hostile_workers_and_a_stalled_watcher_hurt_no_one_else() {
-    let gateway = TestGateway::start().await;
+    // Heartbeats slow enough that the flooder (which never answers pings)
+    // is still connected while it floods, even on a loaded machine.
+    let gateway = TestGateway::start_with(Config {
+        heartbeat_interval: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(5),
+        ..fast_config()
+    })
+    .await;
     let client = gateway.client().await;
 
     // A worker that floods the gateway with reports for leases it does not
@@ -34,19 +42,7 @@ async fn hostile_workers_and_a_stalled_watcher_hurt_no_one_else() {
     let chatty = client.submit(Submit::new("chatty").build()).await.unwrap();
     let stalled = client.watch(&chatty.id, None).await.unwrap();
 
-    let mut ids = Vec::new();
-    for n in 0..120 {
-        let ticket = client
-            .submit(
-                Submit::new("shared")
-                    .payload(payload::json(n.into()))
-                    .build(),
-            )
-            .await
-            .unwrap();
-        ids.push((ticket.id, n));
-    }
-    let forged_ticket = ids[0].0.clone();
+    let forged_ticket = chatty.id.clone();
     for round in 0..300u32 {
         use pb::worker_message::Kind;
         let forged_lease = uuid::Uuid::new_v4().to_string();
@@ -94,6 +90,18 @@ async fn hostile_workers_and_a_stalled_watcher_hurt_no_one_else() {
     .await
     .expect("the flooder gets answers");
     assert!(refused, "forged results are refused");
+    let mut ids = Vec::new();
+    for n in 0..120 {
+        let ticket = client
+            .submit(
+                Submit::new("shared")
+                    .payload(payload::json(n.into()))
+                    .build(),
+            )
+            .await
+            .unwrap();
+        ids.push((ticket.id, n));
+    }
     // Finally a message that breaks the protocol outright: disconnected.
     let _ = flooder.tx.send(pb::WorkerMessage { kind: None }).await;
 

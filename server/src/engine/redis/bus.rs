@@ -165,7 +165,7 @@ pub(super) fn deliver(listener: &dyn EngineListener, payload: Bytes) {
             });
         }
         Some(Body::Ready(queue)) => {
-            if let Ok(queue) = QueueName::parse(&queue) {
+            if let Ok(queue) = QueueName::parse_scoped(&queue) {
                 listener.queue_ready(&queue);
             }
         }

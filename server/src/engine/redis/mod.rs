@@ -534,7 +534,7 @@ impl Inner {
             .await?;
         Ok(names
             .iter()
-            .filter_map(|name| QueueName::parse(name).ok())
+            .filter_map(|name| QueueName::parse_scoped(name).ok())
             .collect())
     }
 
@@ -567,7 +567,7 @@ impl Inner {
             .await?;
         match queue {
             Some(queue) => {
-                let queue = QueueName::parse(&queue).map_err(|e| self.corrupt(id, e))?;
+                let queue = QueueName::parse_scoped(&queue).map_err(|e| self.corrupt(id, e))?;
                 self.located.insert(id, &queue);
                 Ok(queue)
             }
@@ -970,7 +970,10 @@ impl Inner {
             })
             .await?;
         let mut ready = BTreeSet::new();
-        for queue in queues.iter().filter_map(|q| QueueName::parse(q).ok()) {
+        for queue in queues
+            .iter()
+            .filter_map(|q| QueueName::parse_scoped(q).ok())
+        {
             let (min, max) = layout::leased_range(session_id);
             let members: Vec<String> = self
                 .run(|| {
