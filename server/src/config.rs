@@ -78,6 +78,11 @@ pub struct Config {
     pub max_watchers_per_ticket: usize,
     /// Requests in progress across the gateway before it sheds load.
     pub max_requests_in_progress: usize,
+    /// Health calls (they need no key) open at once.
+    pub max_health_calls: usize,
+    /// How long a request's body may take to arrive (all calls but a
+    /// worker's Connect stream).
+    pub request_read_timeout: Duration,
     /// A connection with no open call for this long is closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     /// How often the server pings each HTTP/2 connection.
@@ -127,6 +132,8 @@ impl Default for Config {
             max_streams_per_connection: 4096,
             max_watchers_per_ticket: 16_384,
             max_requests_in_progress: 20_000,
+            max_health_calls: 1024,
+            request_read_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(300)),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
@@ -243,13 +250,22 @@ pub struct Cli {
         default_value_t = 16_384
     )]
     pub max_watchers_per_ticket: usize,
-    /// Requests in progress before the gateway answers UNAVAILABLE.
+    /// Calls open at once, streams included (a watch or a worker's stream
+    /// counts until it ends), before the gateway answers UNAVAILABLE.
     #[arg(
         long,
         env = "ASYNCGATE_MAX_REQUESTS_IN_PROGRESS",
         default_value_t = 20_000
     )]
     pub max_requests_in_progress: usize,
+    /// Health calls open at once (they need no key, so they have a budget of
+    /// their own); past it they get UNAVAILABLE.
+    #[arg(long, env = "ASYNCGATE_MAX_HEALTH_CALLS", default_value_t = 1024)]
+    pub max_health_calls: usize,
+    /// How long a request may take to arrive whole (every call but a
+    /// worker's Connect stream); past it the call ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "ASYNCGATE_REQUEST_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
     /// Close a connection that has had no call open for this long (`0s`:
     /// never). Clients reconnect by themselves when they next call.
     #[arg(long, env = "ASYNCGATE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
@@ -564,6 +580,9 @@ impl TryFrom<Cli> for Config {
         if cli.max_output_bytes_per_ticket == 0 {
             return Err("--max-output-bytes-per-ticket must be at least 1".into());
         }
+        if cli.request_read_timeout.is_zero() {
+            return Err("--request-read-timeout must be positive".into());
+        }
         if cli.watch_keepalive < Duration::from_millis(10) {
             return Err("--watch-keepalive must be at least 10ms".into());
         }
@@ -579,6 +598,8 @@ impl TryFrom<Cli> for Config {
             max_streams_per_connection: cli.max_streams_per_connection.max(1),
             max_watchers_per_ticket: cli.max_watchers_per_ticket.max(1),
             max_requests_in_progress: cli.max_requests_in_progress.max(1),
+            max_health_calls: cli.max_health_calls.max(1),
+            request_read_timeout: cli.request_read_timeout,
             idle_timeout: (!cli.idle_timeout.is_zero()).then_some(cli.idle_timeout),
             keepalive_interval: cli.keepalive_interval,
             keepalive_timeout: cli.keepalive_timeout,

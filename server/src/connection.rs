@@ -268,7 +268,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(info) = ConnectionInfo::of(request.extensions()) else {
+        // A keyless health stream does not keep its connection from being
+        // idle: anyone could hold connections open with them.
+        let Some(info) = ConnectionInfo::of(request.extensions())
+            .filter(|_| !crate::limits::is_keyless(request.uri().path()))
+        else {
             return futures::future::Either::Left(self.inner.call(request));
         };
         info.activity.call_started();

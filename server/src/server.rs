@@ -23,7 +23,7 @@ use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, Ticket, TicketId};
 use crate::engine::{Before, Engine, EngineListener, LocalEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
-use crate::limits::ShedLayer;
+use crate::limits::{ReadDeadlineLayer, ShedLayer};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
@@ -477,7 +477,11 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(RpcMetricsLayer::new(metrics))
         .layer(TrackCallsLayer)
-        .layer(ShedLayer::new(config.max_requests_in_progress))
+        .layer(ShedLayer::new(
+            config.max_requests_in_progress,
+            config.max_health_calls,
+        ))
+        .layer(ReadDeadlineLayer::new(config.request_read_timeout))
         .layer(AuthLayer::new(keys.clone()))
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))

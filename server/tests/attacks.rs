@@ -17,6 +17,8 @@ struct Gateway {
     child: Child,
     url: String,
     client: Client,
+    /// The key `client` presents, for workers too.
+    key: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,6 +48,7 @@ impl Gateway {
             child,
             url,
             client,
+            key: key.map(str::to_owned),
             _dir: dir,
         }
     }
@@ -64,7 +67,11 @@ impl Gateway {
 
     /// A worker on `queue` that echoes the request back.
     fn echo_worker(&self, queue: &str) -> asyncgate_client::worker::WorkerHandle {
-        Worker::builder(self.url.clone())
+        let mut builder = Worker::builder(self.url.clone());
+        if let Some(key) = &self.key {
+            builder = builder.api_key(key).expect("key");
+        }
+        builder
             .queue(queue)
             .max_in_flight(4)
             .handler(handler_fn(|task: TaskContext| async move {
@@ -528,4 +535,193 @@ async fn gateway_finished(client: &Client, id: &str) -> pb::Ticket {
     })
     .await
     .expect("the ticket finishes")
+}
+
+/// Opens a keyless `Health/Watch` stream on `channel`.
+async fn health_watch(
+    channel: tonic::transport::Channel,
+) -> Result<tonic::Streaming<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    Ok(health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner())
+}
+
+#[tokio::test]
+async fn keyless_health_streams_are_bounded_and_hold_no_connection() {
+    const LIMIT: usize = 50;
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = tenant_keys(keys_dir.path());
+    let limit = LIMIT.to_string();
+    let gateway = Gateway::start_as(
+        "memory",
+        &[
+            "--keys",
+            keys.to_str().unwrap(),
+            "--max-health-calls",
+            &limit,
+            "--idle-timeout",
+            "1s",
+        ],
+        Some("ops-secret"),
+    )
+    .await;
+    let before = gateway.rss();
+    // The attack: keyless watch streams by the thousand over a few
+    // connections (40,000 took 416 MiB). Past the budget: UNAVAILABLE.
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for connection in 0..4 {
+        let channel = tonic::transport::Endpoint::from_shared(gateway.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..(LIMIT / 2) {
+            match health_watch(channel.clone()).await {
+                Ok(stream) => open.push((connection, stream)),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    assert!(
+                        status.message().contains("--max-health-calls"),
+                        "{status:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(open.len(), LIMIT, "the budget is used up exactly");
+    assert_eq!(refused, LIMIT, "every call past it is refused");
+    let grown = gateway.rss().saturating_sub(before);
+    assert!(grown < 32 << 20, "grew {} MiB", grown >> 20);
+    // Keyed callers are not affected.
+    gateway.still_serves("keyed").await;
+    // Connections that carry only keyless streams are idle: the gateway
+    // closes them after --idle-timeout, ending the streams.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        for (_, stream) in &mut open {
+            while let Ok(Some(_)) = stream.message().await {}
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "idle connections held by health watches were closed"
+    );
+    drop(open);
+    // Their places are free again.
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    health_watch(channel).await.expect("a place is free again");
+}
+
+#[tokio::test]
+async fn open_streams_count_against_the_gateway_limit() {
+    const LIMIT: usize = 20;
+    let limit = LIMIT.to_string();
+    let gateway = Gateway::start("memory", &["--max-requests-in-progress", &limit]).await;
+    let ticket = gateway
+        .client
+        .submit(Submit::new("nobody-serves-this"))
+        .await
+        .unwrap();
+    let mut watches = Vec::new();
+    for _ in 0..LIMIT {
+        watches.push(
+            gateway
+                .client
+                .watch(&ticket.id, None)
+                .await
+                .expect("a place"),
+        );
+    }
+    // Every place is held by an open watch: the next call of any kind is
+    // refused at once.
+    let refused = gateway
+        .client
+        .submit(Submit::new("q"))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(
+        refused.to_string().contains("--max-requests-in-progress"),
+        "{refused}"
+    );
+    // A watch that ends gives its place back.
+    drop(watches.pop());
+    let retried = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match gateway.client.submit(Submit::new("q")).await {
+                Ok(ticket) => return ticket,
+                Err(error) => assert_eq!(error.code(), tonic::Code::Unavailable),
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(retried.is_ok(), "the place came back");
+}
+
+#[tokio::test]
+async fn a_trickled_request_body_is_cut_off() {
+    let gateway = Gateway::start("memory", &["--request-read-timeout", "1s"]).await;
+    let tcp = tokio::net::TcpStream::connect(gateway.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = tonic::codegen::http::Request::post(format!(
+        "{}/asyncgate.v1.Gateway/GetTicket",
+        gateway.url
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // A frame that announces 100 bytes, then one byte every 100 ms: the
+    // request would take ten seconds to arrive.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 100]), false)
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if body
+                .send_data(bytes::Bytes::from_static(b"\x0a"), false)
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(8), async {
+        let response = response.await.unwrap();
+        if response.headers().contains_key("grpc-status") {
+            // Trailers-only: the status came with the headers.
+            return Some(response.headers().clone());
+        }
+        let mut body = response.into_body();
+        while let Some(data) = body.data().await {
+            if data.is_err() {
+                break;
+            }
+        }
+        body.trailers().await.ok().flatten()
+    })
+    .await
+    .expect("the gateway ends the call before the body could arrive");
+    let trailers = response.expect("a status");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "4", "{trailers:?}");
+    let message = trailers.get("grpc-message").unwrap().to_str().unwrap();
+    assert!(message.contains("request-read-timeout"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    trickle.abort();
+    gateway.still_serves("after-trickle").await;
 }
