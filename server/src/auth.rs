@@ -327,6 +327,28 @@ impl KeyTable {
         found
     }
 
+    /// Carries over `previous`'s bucket for every key whose secret and
+    /// limits are unchanged, so a reload does not hand a client at its limit
+    /// a fresh burst; a key whose rate or burst changed starts full.
+    fn keep_buckets_from(&mut self, previous: &KeyTable) {
+        for entry in &mut self.entries {
+            let Some(fresh) = &entry.caller.limiter else {
+                continue;
+            };
+            // The last match, as `authenticate` picks the last entry.
+            let kept = previous.entries.iter().rev().find_map(|old| {
+                let bucket = old.caller.limiter.as_ref()?;
+                (old.digest == entry.digest
+                    && bucket.rate == fresh.rate
+                    && bucket.burst == fresh.burst)
+                    .then(|| bucket.clone())
+            });
+            if let Some(bucket) = kept {
+                entry.caller.limiter = Some(bucket);
+            }
+        }
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -358,9 +380,16 @@ impl Keys {
     /// Reads the file again; on an error the keys in force stay.
     pub fn reload(&self) -> Result<usize, KeysError> {
         match KeyTable::load(&self.path) {
-            Ok(table) => {
+            Ok(mut table) => {
                 let count = table.len();
-                *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+                // Under the write lock, so two reloads cannot both start
+                // from one table and the later one drop what the earlier
+                // carried over. (Buckets are shared `Arc`s: requests on the
+                // old table meanwhile spend the same tokens.)
+                let mut current = self.table.write().unwrap_or_else(|p| p.into_inner());
+                table.keep_buckets_from(&current);
+                *current = Arc::new(table);
+                drop(current);
                 tracing::info!(target: AUDIT, action = "reload_keys", file = %self.path.display(), keys = count, outcome = "ok");
                 Ok(count)
             }
@@ -606,6 +635,44 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_unchanged_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        // One token per 1000 s: none comes back while the test runs.
+        let file = |name: &str, rate: &str| {
+            format!(
+                "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"client\"\nrate_per_second = {rate}\nburst = 1\n",
+                digest_hex("secret")
+            )
+        };
+        let take = |keys: &Keys| {
+            let table = keys.current();
+            let caller = table.authenticate("secret").expect("the key is known");
+            caller.limiter.as_ref().expect("a rate limit").take()
+        };
+        std::fs::write(&path, file("app", "0.001")).unwrap();
+        let keys = Keys::open(&path).unwrap();
+        assert!(take(&keys).is_ok());
+        assert!(take(&keys).is_err(), "the burst of one is spent");
+
+        keys.reload().unwrap();
+        assert!(
+            take(&keys).is_err(),
+            "a reload of the same file refills nothing"
+        );
+
+        // A new name for the same secret and limits is still the same client.
+        std::fs::write(&path, file("renamed", "0.001")).unwrap();
+        keys.reload().unwrap();
+        assert!(take(&keys).is_err(), "a rename refills nothing");
+
+        std::fs::write(&path, file("renamed", "0.002")).unwrap();
+        keys.reload().unwrap();
+        assert!(take(&keys).is_ok(), "a changed rate starts a fresh bucket");
+        assert!(take(&keys).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `asyncgate-server`: parse flags, validate (exit 64 on bad config, before
-//! binding), serve until SIGINT/SIGTERM, then shut down gracefully.
+//! binding), serve until SIGINT/SIGTERM, then shut down gracefully. SIGHUP
+//! reloads the `--keys` file (and is logged and ignored without one).
 
 use std::process::ExitCode;
 
@@ -49,6 +50,18 @@ async fn main() -> ExitCode {
         print!("{}", parsed.effective);
         return ExitCode::SUCCESS;
     }
+    // Listening for SIGHUP before the gateway starts: its default action
+    // ends the process, so a SIGHUP sent once the gateway says it listens
+    // (with or without --keys) must find the handler in place.
+    #[cfg(unix)]
+    let hangups = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup())
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot listen for SIGHUP; keys reload only on restart")
+            })
+            .ok()
+    };
     let running = match asyncgate_server::start(config).await {
         Ok(running) => running,
         Err(error) => {
@@ -57,22 +70,21 @@ async fn main() -> ExitCode {
         }
     };
     #[cfg(unix)]
-    if let Some(keys) = running.keys() {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                tokio::spawn(async move {
-                    while hangups.recv().await.is_some() {
-                        // The outcome goes to the audit log; a bad file
-                        // leaves the keys in force.
+    if let Some(mut hangups) = hangups {
+        let keys = running.keys();
+        // Runs until the process exits; it holds nothing to clean up.
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match &keys {
+                    // The outcome goes to the audit log; a bad file leaves
+                    // the keys in force.
+                    Some(keys) => {
                         let _ = keys.reload();
                     }
-                });
+                    None => tracing::info!("SIGHUP: no --keys file to reload"),
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; keys reload only on restart")
-            }
-        }
+        });
     }
     wait_for_signal().await;
     tracing::info!("signal received; shutting down");

@@ -2,9 +2,24 @@
 //! as text for people or one JSON object per line for log pipelines; with
 //! the `otel` feature, spans also go to an OpenTelemetry collector over OTLP
 //! (`--otlp-endpoint`).
+//!
+//! Invariant: a text log line is one line. Field values carry client text
+//! (names, reasons, messages), so every field of events and spans is
+//! written through [`EscapedFields`], which writes control characters as
+//! `\u{..}` escapes: no value can end the line, forge the next one, or send
+//! escape sequences to a terminal. (JSON escapes by itself.) Colours are
+//! on only when stderr is a terminal and `NO_COLOR` is unset.
 
+use std::fmt;
+use std::io::IsTerminal as _;
+
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// How log lines are written.
@@ -37,10 +52,15 @@ impl Drop for Telemetry {
 /// with `otlp_endpoint`, spans are exported there too.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let fmt = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().with_current_span(false).boxed(),
+        LogFormat::Text => text_layer(std::io::stderr, ansi).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .json()
+            .with_current_span(false)
+            .boxed(),
     };
     let registry = tracing_subscriber::registry().with(filter).with(fmt);
     match otlp_endpoint {
@@ -65,6 +85,117 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
 }
 
 use tracing_subscriber::Layer as _;
+
+/// The text format: tracing-subscriber's, with [`EscapedFields`].
+fn text_layer<S, W>(writer: W, ansi: bool) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .fmt_fields(EscapedFields::default())
+}
+
+/// Whether a character may not appear raw in a text log line: control
+/// characters (newlines, ESC, ...) and the Unicode line and paragraph
+/// separators, which some viewers also break lines on.
+fn must_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// A `fmt::Write` that escapes what [`must_escape`] names on its way to
+/// the inner writer.
+struct Escaper<'a>(&'a mut dyn fmt::Write);
+
+impl fmt::Write for Escaper<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some((at, c)) = rest.char_indices().find(|&(_, c)| must_escape(c)) {
+            self.0.write_str(&rest[..at])?;
+            write!(self.0, "\\u{{{:x}}}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+/// A field value whose `Debug` output goes through [`Escaper`].
+struct Escaped<'a>(&'a dyn fmt::Debug);
+
+impl fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Write::write_fmt(&mut Escaper(f), format_args!("{:?}", self.0))
+    }
+}
+
+/// An error and its sources, as `error: source: source`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// The text format's field formatter: tracing-subscriber's default layout
+/// (`name=value`, the message as is), with every value escaped. Hooking
+/// the values rather than the writer keeps the real line ends (and the
+/// formatter's own colours) intact.
+#[derive(Debug, Default)]
+pub struct EscapedFields(DefaultFields);
+
+impl<'a> MakeVisitor<Writer<'a>> for EscapedFields {
+    type Visitor = EscapingVisitor<tracing_subscriber::fmt::format::DefaultVisitor<'a>>;
+
+    fn make_visitor(&self, target: Writer<'a>) -> Self::Visitor {
+        EscapingVisitor(self.0.make_visitor(target))
+    }
+}
+
+/// Hands a visitor every value wrapped in [`Escaped`]. Numbers and booleans
+/// reach `record_debug` through `Visit`'s default methods.
+#[derive(Debug)]
+pub struct EscapingVisitor<V>(V);
+
+impl<V: Visit> Visit for EscapingVisitor<V> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.record_debug(field, &Escaped(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // As the default visitor does: the message as written, any other
+        // string quoted.
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_debug(field, &ErrorChain(value));
+    }
+}
+
+impl<V: VisitOutput<fmt::Result>> VisitOutput<fmt::Result> for EscapingVisitor<V> {
+    fn finish(self) -> fmt::Result {
+        self.0.finish()
+    }
+}
+
+impl<V: VisitFmt> VisitFmt for EscapingVisitor<V> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        self.0.writer()
+    }
+}
 
 /// Parents `span` on the W3C trace context of a request's headers, so
 /// exported spans continue the caller's trace. Call before the span is first
@@ -131,6 +262,98 @@ mod otel {
             propagator.extract(&Headers(headers))
         });
         let _ = span.set_parent(parent);
+    }
+}
+
+#[cfg(test)]
+mod escaping_tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::{Escaper, text_layer};
+
+    fn escape_controls(text: &str) -> String {
+        let mut escaped = String::new();
+        std::fmt::Write::write_str(&mut Escaper(&mut escaped), text).unwrap();
+        escaped
+    }
+
+    #[test]
+    fn control_characters_and_line_separators_are_escaped() {
+        assert_eq!(
+            escape_controls("a\nb\r\t\u{1b}[31m\u{0}\u{7f}\u{85}\u{2028}\u{2029}z"),
+            r"a\u{a}b\u{d}\u{9}\u{1b}[31m\u{0}\u{7f}\u{85}\u{2028}\u{2029}z"
+        );
+        // Printable text, quotes and backslashes included, is left alone.
+        let plain = "émigré 日本 \"q\" \\n";
+        assert_eq!(escape_controls(plain), plain);
+    }
+
+    /// What the text layer writes while `log` runs, with colours `ansi`.
+    fn logged(ansi: bool, log: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(text_layer(move || writer.clone(), ansi));
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer\nerror")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner\u{1b}]0;owned\u{7}")]
+    struct Inner;
+
+    #[test]
+    fn every_kind_of_field_stays_on_one_line() {
+        let evil = "evil\n2026-01-01T00:00:00Z  INFO asyncgate::audit: forged\u{1b}]0;owned\u{7}";
+        for ansi in [false, true] {
+            let out = logged(ansi, || {
+                let span =
+                    tracing::info_span!("session", worker = %evil, late = tracing::field::Empty);
+                span.record("late", tracing::field::display(evil));
+                let _entered = span.enter();
+                let error = Outer(Inner);
+                tracing::info!(
+                    shown = %evil,
+                    debugged = ?evil,
+                    text = evil,
+                    error = &error as &(dyn std::error::Error + 'static),
+                    "message {evil}"
+                );
+            });
+            assert_eq!(out.matches('\n').count(), 1, "one line: {out}");
+            assert!(out.ends_with('\n'), "{out}");
+            assert!(!out.contains("\u{1b}]0;"), "no raw escape: {out:?}");
+            assert!(!out.contains('\u{7}'), "no raw BEL: {out:?}");
+            if !ansi {
+                assert!(!out.contains('\u{1b}'), "no ESC at all: {out:?}");
+            }
+            // Every field is there, escaped: the span's two, the message and
+            // the displayed one by us; strings and `?` values are quoted and
+            // escaped by their Debug already.
+            assert_eq!(out.matches(r"evil\u{a}2026").count(), 4, "{out}");
+            assert_eq!(out.matches(r#""evil\n2026"#).count(), 2, "{out}");
+            assert!(
+                out.contains(r"outer\u{a}error: inner\u{1b}]0;owned\u{7}"),
+                "{out}"
+            );
+        }
     }
 }
 

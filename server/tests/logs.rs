@@ -1,10 +1,18 @@
-//! `--log-format json`: the real binary writes one JSON object per line.
+//! The real binary's logs: `--log-format json` writes one JSON object per
+//! line, and in the text format no client-chosen text can break a line,
+//! forge one, or carry a terminal escape.
 
 use std::net::TcpListener;
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use asyncgate_client::pb;
+use pb::worker_message::Kind as In;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_types::StatusExt as _;
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
@@ -43,4 +51,208 @@ async fn json_logs_are_one_object_per_line() {
         format!("127.0.0.1:{port}")
     );
     server.kill().await.unwrap();
+}
+
+/// A line a client tries to slip into the log, with a terminal escape.
+const FORGED: &str = "2026-01-01T00:00:00Z  INFO asyncgate::audit: forged";
+
+/// The real binary with text logs at info level, its stderr captured.
+struct TextLogs {
+    child: Child,
+    url: String,
+    /// What was logged up to "asyncgate listening".
+    head: Vec<u8>,
+    /// Reads the rest until the process ends.
+    rest: JoinHandle<Vec<u8>>,
+}
+
+impl TextLogs {
+    async fn start(extra: &[&str]) -> TextLogs {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", "memory"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server binary starts");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut head = Vec::new();
+        loop {
+            let start = head.len();
+            let read = stderr.read_until(b'\n', &mut head).await.unwrap();
+            assert!(
+                read > 0,
+                "the gateway exited: {}",
+                String::from_utf8_lossy(&head)
+            );
+            if String::from_utf8_lossy(&head[start..]).contains("asyncgate listening") {
+                break;
+            }
+        }
+        let rest = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            stderr.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        TextLogs {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            head,
+            rest,
+        }
+    }
+
+    /// A raw `Connect` stream with `authorization` (if any): the sender of
+    /// worker messages, and the gateway's answer.
+    async fn connect(
+        &self,
+        authorization: Option<&str>,
+    ) -> (
+        mpsc::Sender<pb::WorkerMessage>,
+        Result<tonic::Streaming<pb::DispatchMessage>, tonic::Status>,
+    ) {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("the gateway accepts connections");
+        let mut workers = pb::workers_client::WorkersClient::new(channel);
+        let (tx, rx) = mpsc::channel(8);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        let stream = workers.connect(request).await.map(|r| r.into_inner());
+        (tx, stream)
+    }
+
+    /// Everything the gateway logged. Every line logged before a reply the
+    /// test has seen is in the pipe by then (logging is synchronous), so the
+    /// process is killed rather than asked to stop.
+    async fn all(mut self) -> String {
+        self.child.kill().await.unwrap();
+        let mut all = self.head;
+        all.extend(self.rest.await.unwrap());
+        assert!(
+            !all.contains(&0x1b),
+            "an ESC byte reached the log: {}",
+            String::from_utf8_lossy(&all)
+        );
+        let all = String::from_utf8(all).expect("the log is UTF-8");
+        for line in all.lines() {
+            assert!(!line.starts_with(FORGED), "a forged line: {all}");
+        }
+        all
+    }
+}
+
+fn hello(name: &str) -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        kind: Some(In::Hello(pb::Hello {
+            worker_name: name.into(),
+            queues: vec!["emails".into()],
+            max_in_flight: 1,
+        })),
+    }
+}
+
+/// The first error on a Connect stream (pings and the welcome skipped).
+async fn first_error(stream: &mut tonic::Streaming<pb::DispatchMessage>) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => return status,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_name_that_forges_log_lines_is_refused() {
+    let gateway = TextLogs::start(&[]).await;
+    let (tx, stream) = gateway.connect(None).await;
+    tx.send(hello(&format!("evil\n{FORGED}\u{1b}[31m")))
+        .await
+        .unwrap();
+    let status = first_error(&mut stream.expect("Connect opens")).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("hello.worker_name"), "{status:?}");
+    let violations = status.get_error_details();
+    let bad = violations.bad_request().expect("a bad-request detail");
+    assert_eq!(bad.field_violations[0].field, "hello.worker_name");
+    drop(tx);
+    gateway.all().await;
+}
+
+#[tokio::test]
+async fn client_text_in_a_logged_error_stays_on_its_line() {
+    let gateway = TextLogs::start(&[]).await;
+    let (tx, stream) = gateway.connect(None).await;
+    let mut stream = stream.expect("Connect opens");
+    tx.send(hello("honest")).await.unwrap();
+    // A progress report whose ticket id is the forgery: the session ends
+    // and logs why, quoting what the worker sent.
+    tx.send(pb::WorkerMessage {
+        kind: Some(In::Progress(pb::TaskProgress {
+            ticket_id: format!("x\n{FORGED}\u{1b}[31m"),
+            lease_id: "0190b6c2-8a3e-7c4d-9f1a-2b3c4d5e6f70".into(),
+            percent: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let status = first_error(&mut stream).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    drop(tx);
+    let log = gateway.all().await;
+    let ended = log
+        .lines()
+        .find(|line| line.contains("worker session ended"))
+        .unwrap_or_else(|| panic!("the session's end is logged: {log}"));
+    assert!(ended.contains("progress.ticket_id"), "{ended}");
+    assert!(
+        ended.contains(&format!("x\\n{FORGED}\\u{{1b}}[31m")),
+        "the text is there, escaped: {ended}"
+    );
+}
+
+#[tokio::test]
+async fn a_displayed_field_is_escaped_on_its_line() {
+    // `who` is written with Display (`%`), which escapes nothing by itself:
+    // the key's name, from the keys file, stands in for any such value.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"ops\\n{FORGED}\\u001b[31m\"\nsha256 = \"{}\"\nrole = \"client\"\n",
+            asyncgate_server::auth::digest_hex("client-secret")
+        ),
+    )
+    .unwrap();
+    let gateway = TextLogs::start(&["--keys", keys.to_str().unwrap()]).await;
+    // A client key may not connect as a worker: the refusal is audited.
+    let (_tx, stream) = gateway.connect(Some("Bearer client-secret")).await;
+    let status = stream.expect_err("a client key is refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let log = gateway.all().await;
+    let audit = log
+        .lines()
+        .find(|line| line.contains("permission_denied"))
+        .unwrap_or_else(|| panic!("the refusal is audited: {log}"));
+    assert!(
+        audit.contains(&format!("who=ops\\u{{a}}{FORGED}\\u{{1b}}[31m")),
+        "{audit}"
+    );
 }

@@ -62,6 +62,8 @@ use crate::ClientError;
 
 /// The most tasks one worker may run at once (the protocol's limit).
 pub const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
+/// The longest worker name the gateway accepts, in bytes.
+pub const MAX_WORKER_NAME_BYTES: usize = 128;
 
 /// Where a worker connects: a URL (the usual case) or an existing channel.
 ///
@@ -246,7 +248,8 @@ impl WorkerBuilder {
     }
 
     /// A name for people and the gateway's logs (default: host name and
-    /// process id); need not be unique.
+    /// process id); need not be unique. At most [`MAX_WORKER_NAME_BYTES`]
+    /// bytes, without control characters (the gateway refuses others).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -319,6 +322,15 @@ impl WorkerBuilder {
                 self.max_in_flight
             )));
         }
+        if let Some(name) = &self.name {
+            // Checked here as the gateway does: refused at Hello, the worker
+            // would only reconnect and be refused again.
+            if name.len() > MAX_WORKER_NAME_BYTES || name.chars().any(char::is_control) {
+                return Err(ClientError::InvalidConfig(format!(
+                    "the worker name must be at most {MAX_WORKER_NAME_BYTES} bytes without control characters, not {name:?}"
+                )));
+            }
+        }
         let connector = match self.target {
             Target::Url(url) => Connector::Endpoint(Box::new(crate::client::endpoint_with(
                 url,
@@ -356,7 +368,8 @@ fn default_name() -> String {
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
+        // Room for the pid within the gateway's limit.
+        .filter(|h| !h.is_empty() && h.len() <= 100 && !h.chars().any(char::is_control))
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
 }
@@ -485,6 +498,15 @@ mod tests {
             Some(tonic::Code::InvalidArgument),
             "TLS settings need an https:// URL"
         );
+        for name in ["a\nb".to_owned(), "x".repeat(MAX_WORKER_NAME_BYTES + 1)] {
+            assert_eq!(
+                err(Worker::builder("http://127.0.0.1:1")
+                    .queue("q")
+                    .handler(noop())
+                    .name(name)),
+                Some(tonic::Code::InvalidArgument)
+            );
+        }
         let worker = Worker::builder("127.0.0.1:1")
             .queues(["a", "b"])
             .queue("c")

@@ -39,6 +39,8 @@ use crate::time;
 pub const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
 /// The most queues one worker connection may serve.
 pub const MAX_QUEUES_PER_WORKER: usize = 256;
+/// The longest `Hello.worker_name`, in bytes.
+pub const MAX_WORKER_NAME_BYTES: usize = 128;
 
 /// What a session needs to know about the gateway's settings.
 #[derive(Debug, Clone)]
@@ -187,7 +189,28 @@ fn validate_hello(
             ),
         ));
     }
-    let mut name: String = hello.worker_name.chars().take(256).collect();
+    let mut name = hello.worker_name;
+    if name.len() > MAX_WORKER_NAME_BYTES {
+        return Err(GatewayError::invalid(
+            "hello.worker_name",
+            format!(
+                "is {} bytes; at most {MAX_WORKER_NAME_BYTES} bytes",
+                name.len()
+            ),
+        ));
+    }
+    // The name is in every log line of the session and in tickets'
+    // waiting reasons: a newline or an escape in it would forge log lines
+    // or drive the terminal of whoever reads them.
+    if let Some((at, c)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(GatewayError::invalid(
+            "hello.worker_name",
+            format!(
+                "has a control character (U+{:04X} at byte {at}); use printable text",
+                u32::from(c)
+            ),
+        ));
+    }
     if name.is_empty() {
         name = "unnamed".into();
     }
@@ -779,4 +802,57 @@ fn parse_lease(
         .parse::<LeaseId>()
         .map_err(|e| GatewayError::invalid(format!("{what}.lease_id"), e.to_string()))?;
     Ok((ticket, lease))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(worker_name: &str) -> Result<String, GatewayError> {
+        validate_hello(pb::Hello {
+            worker_name: worker_name.into(),
+            queues: vec!["q".into()],
+            max_in_flight: 1,
+        })
+        .map(|(_, _, name)| name)
+    }
+
+    fn refusal(worker_name: &str) -> (String, String) {
+        match hello(worker_name) {
+            Err(GatewayError::InvalidArgument { field, reason }) => (field, reason),
+            other => panic!("{worker_name:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn worker_names_are_printable_and_bounded() {
+        assert_eq!(hello("").unwrap(), "unnamed");
+        assert_eq!(
+            hello("host-42 (émigré 日本)").unwrap(),
+            "host-42 (émigré 日本)"
+        );
+        let longest = "é".repeat(MAX_WORKER_NAME_BYTES / 2);
+        assert_eq!(hello(&longest).unwrap(), longest);
+
+        let (field, reason) = refusal(&format!("{longest}x"));
+        assert_eq!(field, "hello.worker_name");
+        assert!(
+            reason.contains("129 bytes") && reason.contains("128"),
+            "{reason}"
+        );
+
+        for evil in [
+            "evil\n2026-01-01T00:00:00Z  INFO asyncgate::audit: forged",
+            "a\rb",
+            "tab\there",
+            "red\u{1b}[31m",
+            "nul\u{0}",
+            "c1\u{85}",
+        ] {
+            let (field, reason) = refusal(evil);
+            assert_eq!(field, "hello.worker_name");
+            assert!(reason.contains("control character"), "{reason}");
+        }
+        assert!(refusal("evil\nname").1.contains("U+000A at byte 4"));
+    }
 }

@@ -771,6 +771,46 @@ pub(crate) async fn tenants_scope_idempotency_and_lists(factory: Factory) {
     assert_eq!(ids, [b.ticket.id]);
 }
 
+/// An admin's key (no tenant) that spells out a tenant's scope and
+/// separator stays its own key: scoping must be injective, or an admin's
+/// submit could return (or be swallowed by) a tenant's ticket.
+pub(crate) async fn idempotency_scopes_do_not_collide(factory: Factory) {
+    let h = harness(factory).await;
+    let admin = h
+        .engine
+        .submit(NewTicket {
+            idempotency_key: Some("t1\u{1f}k".into()),
+            tenant: None,
+            ..new_ticket("q")
+        })
+        .await
+        .unwrap();
+    let tenant = h
+        .engine
+        .submit(NewTicket {
+            idempotency_key: Some("k".into()),
+            tenant: Some("t1".into()),
+            ..new_ticket("q")
+        })
+        .await
+        .unwrap();
+    assert!(admin.created && tenant.created, "two scopes, two tickets");
+    assert_ne!(admin.ticket.id, tenant.ticket.id);
+    // The same shape through the new encoding's own separator.
+    let colon = h
+        .engine
+        .submit(NewTicket {
+            idempotency_key: Some("2:t1:k".into()),
+            tenant: None,
+            ..new_ticket("q")
+        })
+        .await
+        .unwrap();
+    assert!(colon.created, "an admin key shaped like a tenant's scope");
+    assert_ne!(colon.ticket.id, tenant.ticket.id);
+    assert_ne!(colon.ticket.id, admin.ticket.id);
+}
+
 pub(crate) async fn tickets_ahead_counts_the_queue(factory: Factory) {
     let h = harness(factory).await;
     let mut tickets = Vec::new();
@@ -864,6 +904,7 @@ macro_rules! engine_conformance {
                 queue_limit_refuses_submits,
                 list_filters_and_pages,
                 tenants_scope_idempotency_and_lists,
+                idempotency_scopes_do_not_collide,
                 tickets_ahead_counts_the_queue,
                 transitions_and_queue_depths_are_reported,
             );

@@ -303,11 +303,14 @@ pub fn pending_bytes_full(limit: u64) -> EngineError {
 }
 
 /// An idempotency key as engines store it: scoped to its tenant, so two
-/// tenants' equal keys never meet.
+/// tenants' equal keys never meet. The encoding is injective: a tenant's
+/// form starts with the tenant's length in bytes (a digit), the admin form
+/// (no tenant) with `-`, so no key a client picks can reach into another
+/// tenant's scope (a separator alone could be typed into the key).
 pub fn idempotency_scope(tenant: Option<&str>, key: &str) -> String {
     match tenant {
-        Some(tenant) => format!("{tenant}\u{1f}{key}"),
-        None => key.to_owned(),
+        Some(tenant) => format!("{}:{tenant}:{key}", tenant.len()),
+        None => format!("-:{key}"),
     }
 }
 
@@ -537,5 +540,30 @@ pub trait Engine: Send + Sync + 'static {
     /// Pending (and, where known, running) tickets per queue, for metrics.
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_scope;
+
+    #[test]
+    fn idempotency_scopes_are_injective() {
+        let pairs = [
+            (None, "t1\u{1f}k"),
+            (Some("t1"), "k"),
+            (None, "1:a:b"),
+            (Some("a"), "b"),
+            (Some("a:b"), "c"),
+            (Some("a"), "b:c"),
+            (None, "-:k"),
+            (Some(""), "k"),
+            (None, "k"),
+        ];
+        let scoped: std::collections::HashSet<String> = pairs
+            .iter()
+            .map(|(tenant, key)| idempotency_scope(*tenant, key))
+            .collect();
+        assert_eq!(scoped.len(), pairs.len(), "{scoped:?}");
     }
 }
