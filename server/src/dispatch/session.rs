@@ -809,11 +809,14 @@ mod tests {
     use super::*;
 
     fn hello(worker_name: &str) -> Result<String, GatewayError> {
-        validate_hello(pb::Hello {
-            worker_name: worker_name.into(),
-            queues: vec!["q".into()],
-            max_in_flight: 1,
-        })
+        validate_hello(
+            &crate::auth::Caller::anonymous(),
+            pb::Hello {
+                worker_name: worker_name.into(),
+                queues: vec!["q".into()],
+                max_in_flight: 1,
+            },
+        )
         .map(|(_, _, name)| name)
     }
 
