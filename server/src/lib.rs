@@ -7,7 +7,10 @@
 //!   every transition is atomic and lease-fenced.
 //! - [`dispatch`]: per-queue actors that match ready tickets with worker
 //!   credit, and the worker session protocol.
-//! - [`limits`]: load shedding when too many requests are in progress.
+//! - [`limits`]: bounds on open calls (keyed and keyless) and on how long a
+//!   request may take to arrive.
+//! - [`rescue`]: tonic's refusals of unreadable requests rewritten into
+//!   statuses that say what to fix; the header size limit.
 //! - [`metrics`]: Prometheus metrics per queue and per RPC.
 //! - [`connection`]: calls open per connection; idle connections closed.
 //! - [`body`]: response bodies that report when a (streaming) call ends.
@@ -30,6 +33,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod rescue;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

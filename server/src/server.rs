@@ -25,12 +25,15 @@ use crate::engine::{Before, Engine, EngineListener, LocalEngine, Revocation, Tic
 use crate::hub::WatchHub;
 use crate::limits::{ReadDeadlineLayer, ShedLayer};
 use crate::metrics::{Metrics, RpcMetricsLayer};
+use crate::rescue::RescueLayer;
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
 use crate::rpc::workers::WorkersService;
 
-/// Largest request metadata (all headers) accepted.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Largest header list HTTP/2 reads before refusing with a bare 431; up to
+/// it, the rescue layer answers over-size metadata with a status that says
+/// what is wrong ([`crate::rescue::MAX_HEADER_LIST_BYTES`]).
+const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Pending connections the listener queues before accepting.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -474,7 +477,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         ))
         .max_concurrent_streams(config.max_streams_per_connection)
         // Request metadata (API keys, trace context, labels) stays small.
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
         .layer(RpcMetricsLayer::new(metrics))
         .layer(TrackCallsLayer)
         .layer(ShedLayer::new(
@@ -482,6 +485,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             config.max_health_calls,
         ))
         .layer(ReadDeadlineLayer::new(config.request_read_timeout))
+        // Innermost: it sees tonic's own refusals of unreadable requests.
+        .layer(RescueLayer::new(crate::rescue::Limits {
+            max_message_bytes: max_message,
+        }))
         .layer(AuthLayer::new(keys.clone()))
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))

@@ -567,7 +567,13 @@ impl Runner {
             return;
         }
         if self.unacked.remove(&ack.lease_id).is_none() {
-            debug!(lease_id = %ack.lease_id, "ResultAck for no pending result (a resend's second ack)");
+            if code != tonic::Code::Ok && self.running.contains_key(&ack.lease_id) {
+                // A refused progress report of a task still running.
+                warn!(ticket_id = %ack.ticket_id, lease_id = %ack.lease_id, ?code, message = %ack.message,
+                    "the gateway refused a report");
+            } else {
+                debug!(lease_id = %ack.lease_id, "ResultAck for no pending result (a resend's second ack)");
+            }
             return;
         }
         let (ticket_id, lease_id, message) = (&ack.ticket_id, &ack.lease_id, &ack.message);

@@ -74,7 +74,7 @@ pub async fn run<S>(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) where
-    S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
+    S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
 {
     let first = tokio::select! {
         first = tokio::time::timeout(settings.heartbeat_interval * 2, inbound.next()) => first,
@@ -94,7 +94,12 @@ pub async fn run<S>(
             let _ = outbound.send(Err(error)).await;
             return;
         }
-        Ok(Some(Err(_)) | None) => return,
+        Ok(Some(Err(Some(error)))) => {
+            tracing::info!(%error, "worker stream refused before Hello");
+            let _ = outbound.send(Err(error)).await;
+            return;
+        }
+        Ok(Some(Err(None)) | None) => return,
         Err(_) => {
             let error = GatewayError::Protocol(format!(
                 "no Hello within {:?} of connecting",
@@ -303,7 +308,7 @@ impl Session {
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) where
-        S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
+        S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
     {
         let engine = self.dispatcher.engine().clone();
         let session_id = self.info.session_id;
@@ -382,7 +387,7 @@ impl Session {
         hard_stop: &CancellationToken,
     ) -> End
     where
-        S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
+        S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
     {
         let mut ping = tokio::time::interval(self.settings.heartbeat_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -433,8 +438,11 @@ impl Session {
                 // A worker that reports faster than the store commits waits.
                 message = inbound.next(), if self.in_flight.len() < self.in_flight_limit() => match message {
                     Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "worker stream failed");
+                    // A message the gateway cannot read ends the session
+                    // with the reason, so the worker's author learns it.
+                    Some(Err(Some(error))) => Err(End::Error(error)),
+                    Some(Err(None)) => {
+                        tracing::debug!("worker stream broke");
                         Err(End::Closed)
                     }
                     None => Err(End::Closed),
@@ -599,10 +607,22 @@ impl Session {
     }
 
     fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
+        // A bad report is refused the way a bad result is (a ResultAck
+        // naming the lease and the reason); the session and its other
+        // leases carry on.
+        let ids = (progress.ticket_id.clone(), progress.lease_id.clone());
+        let refuse = |error: GatewayError| {
+            Out::ResultAck(pb::ResultAck {
+                ticket_id: ids.0.clone(),
+                lease_id: ids.1.clone(),
+                code: error.code() as i32,
+                message: format!("progress refused: {error}"),
+            })
+        };
         let (ticket_id, lease_id) =
             match parse_lease(&progress.ticket_id, &progress.lease_id, "progress") {
                 Ok(ids) => ids,
-                Err(error) => return Err(End::Error(error)),
+                Err(error) => return self.send(refuse(error)),
             };
         self.alive_by_work(lease_id);
         let output = match progress
@@ -613,7 +633,7 @@ impl Session {
             .transpose()
         {
             Ok(output) => output,
-            Err(error) => return Err(End::Error(error)),
+            Err(error) => return self.send(refuse(error)),
         };
         let report = ProgressReport {
             ticket_id,

@@ -43,9 +43,12 @@ impl Workers for WorkersService {
         }
         let peer = crate::connection::remote_addr(request.extensions());
         let caller = crate::auth::caller(&request);
+        let limits = crate::rescue::Limits {
+            max_message_bytes: self.core.config.max_payload_bytes + 64 * 1024,
+        };
         let inbound = request
             .into_inner()
-            .map(|item| item.map_err(|s| s.message().to_string()));
+            .map(move |item| item.map_err(|status| unreadable(status, limits)));
         // Room for every task and ack a well-behaved worker can have
         // outstanding, plus pings; a worker that lets it fill is not reading.
         let (tx, rx) = mpsc::channel(2 * session::MAX_IN_FLIGHT_LIMIT as usize + 64);
@@ -74,5 +77,21 @@ impl Workers for WorkersService {
         );
         let outbound = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Why a worker's stream could not be read: a message it sent that the
+/// gateway cannot decode or that is too large (the session ends with that
+/// status), or `None` when the stream itself broke (the worker left).
+fn unreadable(status: Status, limits: crate::rescue::Limits) -> Option<GatewayError> {
+    let status = crate::rescue::normalize(status, limits);
+    let reason = status.message().to_owned();
+    match status.code() {
+        tonic::Code::InvalidArgument => Some(GatewayError::invalid("WorkerMessage", reason)),
+        tonic::Code::ResourceExhausted => Some(GatewayError::TooLarge {
+            field: "WorkerMessage".into(),
+            reason,
+        }),
+        _ => None,
     }
 }
