@@ -14,7 +14,7 @@ use crate::engine::EngineConfig;
 pub const DEFAULT_STORE: &str = "./data/asyncgate.redb";
 
 /// Where tickets are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// In process memory: fast, lost on exit.
     Memory,
@@ -23,6 +23,17 @@ pub enum StoreConfig {
     /// A Redis shared by every replica: `redis://`, `rediss://`, or
     /// `redis+cluster://` seed nodes.
     Redis(String),
+}
+
+/// Never shows a Redis URL's password (the config is logged at startup).
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Durable(path) => f.debug_tuple("Durable").field(path).finish(),
+            Self::Redis(url) => f.debug_tuple("Redis").field(&hide_password(url)).finish(),
+        }
+    }
 }
 
 impl StoreConfig {
@@ -368,8 +379,9 @@ pub struct Cli {
     pub shutdown_grace: Duration,
 }
 
-/// A URL with its password (if any) replaced, for printing.
-fn hide_password(text: &str) -> String {
+/// A URL with its password (if any) replaced, for printing; also for error
+/// texts that may quote one.
+pub(crate) fn hide_password(text: &str) -> String {
     match (text.find("://"), text.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***{}", &text[..scheme], &text[at..])

@@ -29,8 +29,12 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
-    /// Extra flags (TLS), kept for restarts.
+    /// Extra flags (TLS, a password), kept for restarts.
     extra: Vec<String>,
+    /// Whether it speaks TLS only.
+    tls: bool,
+    /// The password clients must give, if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -39,11 +43,18 @@ impl RedisServer {
         Self::start_with(Vec::new())
     }
 
+    /// Starts one that requires `password` (its [`Self::url`] carries it).
+    pub fn start_with_password(password: &str) -> Result<Self, RedisServerError> {
+        let mut server = Self::start_with(vec!["--requirepass".into(), password.into()])?;
+        server.password = Some(password.to_owned());
+        Ok(server)
+    }
+
     /// Starts one that only speaks TLS, with this certificate and key (PEM
     /// files); clients may present a certificate signed by `client_ca`.
     pub fn start_tls(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, RedisServerError> {
         let path = |p: &Path| p.display().to_string();
-        Self::start_with(vec![
+        let mut server = Self::start_with(vec![
             "--tls-cert-file".into(),
             path(cert),
             "--tls-key-file".into(),
@@ -52,7 +63,9 @@ impl RedisServer {
             path(client_ca),
             "--tls-auth-clients".into(),
             "optional".into(),
-        ])
+        ])?;
+        server.tls = true;
+        Ok(server)
     }
 
     fn start_with(extra: Vec<String>) -> Result<Self, RedisServerError> {
@@ -68,6 +81,8 @@ impl RedisServer {
                         port,
                         dir,
                         extra,
+                        tls: false,
+                        password: None,
                     });
                 }
                 Err(error @ RedisServerError::NotInstalled) => return Err(error),
@@ -77,14 +92,16 @@ impl RedisServer {
         Err(last.unwrap_or_else(|| RedisServerError::Failed("no free port".into())))
     }
 
-    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server).
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server, with
+    /// `:PASSWORD@` when it requires one).
     pub fn url(&self) -> String {
-        let scheme = if self.extra.is_empty() {
-            "redis"
-        } else {
-            "rediss"
-        };
-        format!("{scheme}://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
     }
 
     /// Its port.

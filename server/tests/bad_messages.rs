@@ -348,3 +348,58 @@ async fn a_malformed_progress_is_refused_and_the_session_carries_on() {
     let done = gateway.client.get(&ticket.id, None).await.unwrap();
     assert_eq!(done.state(), pb::TicketState::Succeeded);
 }
+
+#[tokio::test]
+async fn store_errors_reach_callers_without_internals() {
+    const PASSWORD: &str = "s3cret-pw";
+    let mut redis =
+        asyncgate_server::testing::RedisServer::start_with_password(PASSWORD).expect("redis");
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("gateway.log");
+    let port = free_port();
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--store", &redis.url()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = Client::connect_lazy(format!("http://127.0.0.1:{port}")).unwrap();
+    wait_until_serving(&client).await;
+    client.submit(Submit::new("q")).await.expect("Redis is up");
+
+    redis.kill();
+    let error = client
+        .submit(Submit::new("q"))
+        .await
+        .expect_err("Redis is down");
+    assert_eq!(error.code(), Code::Unavailable, "{error}");
+    let message = error.to_string();
+    for secret in [PASSWORD, "redis://", "127.0.0.1"] {
+        assert!(!message.contains(secret), "{secret:?} leaked: {message}");
+    }
+    assert!(message.contains("retry"), "{message}");
+
+    redis.restart().expect("redis restarts");
+    let recovered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if client.submit(Submit::new("q")).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(recovered.is_ok(), "the gateway recovers with Redis");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains(PASSWORD),
+        "the log shows the password:\n{log}"
+    );
+    assert!(
+        log.contains("Redis call failed"),
+        "the detail is logged:\n{log}"
+    );
+}

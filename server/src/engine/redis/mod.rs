@@ -244,7 +244,11 @@ impl Drop for RedisEngine {
 
 struct Inner {
     config: EngineConfig,
+    /// Redis's URL without its password: for logs only.
     url: String,
+    /// When (ms since the Unix epoch) a store error was last logged in
+    /// detail: at most one a second.
+    unavailable_logged: AtomicU64,
     conn: Conn,
     keys: Keys,
     channel: String,
@@ -327,17 +331,19 @@ pub async fn connect(
 ) -> Result<RedisEngine, ConnectError> {
     // One crypto provider for every TLS connection in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The URL as shown in errors and logs: never with its password.
+    let shown = crate::config::hide_password(url);
     let certificates = tls.certificates().map_err(|message| ConnectError::Tls {
-        url: url.to_owned(),
+        url: shown.clone(),
         message,
     })?;
     let unreachable = |source| ConnectError::Unreachable {
-        url: url.to_owned(),
+        url: shown.clone(),
         source,
     };
     let target = Target::parse(url).map_err(|message| ConnectError::Url {
-        url: url.to_owned(),
-        message,
+        url: shown.clone(),
+        message: message.replace(url, &shown),
     })?;
     let conn = Conn::open(&target, certificates.as_ref(), None)
         .await
@@ -347,7 +353,7 @@ pub async fn connect(
         .map_err(unreachable)?;
     if let Some(policy) = policies.iter().find(|p| *p != "noeviction") {
         return Err(ConnectError::Evicting {
-            url: url.to_owned(),
+            url: shown.clone(),
             policy: policy.clone(),
         });
     }
@@ -367,7 +373,8 @@ pub async fn connect(
     subscriber.subscribe(&channel).await.map_err(unreachable)?;
     let inner = Arc::new(Inner {
         config,
-        url: url.to_owned(),
+        url: shown.clone(),
+        unavailable_logged: AtomicU64::new(0),
         conn,
         keys,
         channel: channel.clone(),
@@ -431,14 +438,40 @@ fn chunk_from(bytes: &[u8]) -> Option<Chunk> {
 }
 
 impl Inner {
+    /// A Redis failure as callers see it: its kind and what to do, no
+    /// internals (the detail, with the URL's password hidden, is logged at
+    /// most once a second).
     fn unavailable(&self, error: RedisError) -> EngineError {
-        EngineError::Unavailable(format!("Redis at {}: {error}", self.url))
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.unavailable_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .unavailable_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(url = %self.url, error = %crate::config::hide_password(&error.to_string()), "Redis call failed");
+        }
+        let kind = if error.is_connection_refusal() {
+            "refused the connection"
+        } else if error.is_timeout() {
+            "did not answer in time"
+        } else if error.is_io_error() || error.is_connection_dropped() {
+            "connection lost"
+        } else {
+            "refused the command"
+        };
+        EngineError::Unavailable(format!(
+            "the store (Redis) {kind}; retry shortly (the gateway's log has the detail)"
+        ))
     }
 
     fn corrupt(&self, id: TicketId, error: impl std::fmt::Display) -> EngineError {
+        tracing::error!(url = %self.url, ticket_id = %id, %error, "unreadable ticket record in Redis");
         EngineError::Unavailable(format!(
-            "ticket {id} in Redis at {} is unreadable: {error}",
-            self.url
+            "ticket {id} in the store is unreadable; the gateway's log has the detail"
         ))
     }
 
@@ -504,10 +537,10 @@ impl Inner {
     }
 
     fn forgetful(&self) -> EngineError {
-        EngineError::Unavailable(format!(
-            "Redis at {} keeps forgetting its scripts",
-            self.url
-        ))
+        tracing::error!(url = %self.url, "Redis keeps forgetting the gateway's scripts");
+        EngineError::Unavailable(
+            "the store (Redis) keeps forgetting the gateway's scripts; retry shortly".into(),
+        )
     }
 
     fn evalsha(&self, script: &Script, keys: &[String], args: Vec<Vec<u8>>) -> Cmd {
