@@ -78,6 +78,12 @@ pub trait Journal: Send + Sync + 'static {
 
     /// Installs the listener that receives the events after durability.
     fn set_listener(&self, listener: Arc<dyn EngineListener>);
+
+    /// Why new work should be refused before it touches memory (writes
+    /// are failing right now), if it should.
+    fn refusing(&self) -> Option<EngineError> {
+        None
+    }
 }
 
 /// The journal of the memory engine: nothing is written, events go out at

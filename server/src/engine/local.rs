@@ -1030,6 +1030,11 @@ impl LocalEngine {
     /// The synchronous part of `submit`: the stored ticket and whether it is
     /// new (false when an idempotency key matched).
     fn store_new(&self, new: NewTicket) -> Result<(Ticket, bool), EngineError> {
+        // While the store cannot write, a submit would only pile up in
+        // memory, unacknowledged.
+        if let Some(refused) = self.journal.refusing() {
+            return Err(refused);
+        }
         let now = SystemTime::now();
         let key = new
             .idempotency_key

@@ -8,9 +8,12 @@
 //! request commits at once. At startup the whole store is read back to
 //! rebuild the in-memory queues and timers (see [`open`]).
 //!
-//! A failed commit (disk full, I/O error) poisons the journal: the affected
-//! calls and every later one get `UNAVAILABLE` with the cause, since memory
-//! may now be ahead of the disk. A restart recovers from what is on disk.
+//! A failed commit (disk full, I/O error) is retried until it succeeds (the
+//! database reopened when redb asks for it), with everything appended since
+//! joining the batch, so memory and disk agree again once the disk does.
+//! Meanwhile the affected calls and every later one get `UNAVAILABLE` with
+//! the cause (nothing they did is acknowledged), and submits are refused
+//! before they touch memory; the first commit that succeeds ends that.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,14 +98,26 @@ pub fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError>
         .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(|e| database_error(e.into()))?;
-    open_database(database, path, config)
+    let reopen_path = path.to_path_buf();
+    let reopen: Reopen = Box::new(move || {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&reopen_path)
+            .map_err(redb::Error::from)
+    });
+    open_database(database, path, config, reopen)
 }
+
+/// Opens the database again after redb refused further use of it (a
+/// failed write leaves it unusable until closed and reopened).
+type Reopen = Box<dyn FnMut() -> Result<Database, redb::Error> + Send>;
 
 /// Builds the engine over an open database (`path` names it in messages).
 fn open_database(
     database: Database,
     path: &Path,
     config: EngineConfig,
+    reopen: Reopen,
 ) -> Result<LocalEngine, OpenError> {
     let database_error = |e: redb::Error| OpenError::Database {
         path: path.to_path_buf(),
@@ -116,7 +131,7 @@ fn open_database(
             reason,
         },
     })?;
-    let journal = Arc::new(RedbJournal::start(database, path.to_path_buf()));
+    let journal = Arc::new(RedbJournal::start(database, path.to_path_buf(), reopen));
     let engine = LocalEngine::with_journal(config, journal);
     let counts = (recovered.tickets.len(), recovered.chunks.len());
     engine.restore(recovered);
@@ -212,8 +227,8 @@ type Waiter = oneshot::Sender<Result<(), Arc<str>>>;
 
 #[derive(Default)]
 struct Waiting {
-    /// Set once a commit failed (or the writer stopped): nothing after
-    /// `durable` will be.
+    /// Set while commits fail (until one succeeds), or for good once the
+    /// writer stopped: appends after `durable` are not acknowledged.
     failed: Option<Arc<str>>,
     /// Waiters by the append they wait for.
     by_append: BTreeMap<u64, Vec<Waiter>>,
@@ -235,6 +250,22 @@ impl Watermark {
         for sender in done.into_values().flatten() {
             let _ = sender.send(Ok(()));
         }
+    }
+
+    /// Writes fail for now: fail the waiters, and every later one until
+    /// [`Self::recover`].
+    fn failing(&self, why: Arc<str>) {
+        self.fail(why);
+    }
+
+    /// Writes succeed again: new waiters wait as usual.
+    fn recover(&self) {
+        self.waiting().failed = None;
+    }
+
+    /// Whether writes fail right now, and why.
+    fn failure(&self) -> Option<Arc<str>> {
+        self.waiting().failed.clone()
     }
 
     /// Nothing more will become durable: fail every waiter, now and later.
@@ -262,7 +293,7 @@ pub struct RedbJournal {
 }
 
 impl RedbJournal {
-    fn start(database: Database, path: PathBuf) -> Self {
+    fn start(database: Database, path: PathBuf, reopen: Reopen) -> Self {
         let (sender, receiver) = mpsc::channel::<Append>();
         let watermark = Arc::new(Watermark::default());
         let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
@@ -276,7 +307,7 @@ impl RedbJournal {
             std::thread::Builder::new()
                 .name("asyncgate-writer".into())
                 .spawn(move || {
-                    write_loop(database, path, receiver, &publish, poisoned);
+                    write_loop(database, reopen, path, receiver, &publish, poisoned);
                     publish.send(Outcome::Failed(
                         "the store's writer stopped; restart the gateway".into(),
                     ));
@@ -301,6 +332,10 @@ impl RedbJournal {
 enum Outcome {
     /// Durable, up to this append.
     Committed(Vec<Append>, u64),
+    /// Commits fail for now, for this reason; they are being retried.
+    Failing(Arc<str>),
+    /// Commits succeed again (the batch follows as `Committed`).
+    Recovered,
     /// Nothing more will be durable, for this reason.
     Failed(Arc<str>),
 }
@@ -326,6 +361,8 @@ impl Publisher {
                 }
                 self.watermark.advance(last);
             }
+            Outcome::Failing(why) => self.watermark.failing(why),
+            Outcome::Recovered => self.watermark.recover(),
             Outcome::Failed(why) => self.watermark.fail(why),
         }
     }
@@ -370,7 +407,8 @@ impl Publish {
 }
 
 fn write_loop(
-    database: Database,
+    mut database: Database,
+    mut reopen: Reopen,
     path: PathBuf,
     receiver: mpsc::Receiver<Append>,
     publish: &Publish,
@@ -385,26 +423,64 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let last = batch.last().map_or(0, |a| a.seq);
         if poisoned.load(Ordering::Acquire) {
             batch.clear();
             continue;
         }
-        match commit(&database, &batch) {
-            Ok(()) => publish.send(Outcome::Committed(std::mem::take(&mut batch), last)),
-            Err(error) => {
-                tracing::error!(
-                    path = %path.display(),
-                    %error,
-                    "committing to the store failed; refusing further writes until a restart"
-                );
-                poisoned.store(true, Ordering::Release);
-                let message: Arc<str> =
-                    format!("writing to the store {} failed: {error}", path.display()).into();
-                publish.send(Outcome::Failed(message));
+        if let Err(error) = commit(&database, &batch) {
+            tracing::error!(
+                path = %path.display(),
+                %error,
+                "committing to the store failed; refusing writes and retrying until it succeeds"
+            );
+            let message: Arc<str> = format!(
+                "writing to the store failed ({}); retry shortly",
+                short_cause(&error)
+            )
+            .into();
+            publish.send(Outcome::Failing(message));
+            let mut delay = std::time::Duration::from_millis(50);
+            let mut last_error = error;
+            loop {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                // What was appended meanwhile joins the batch, in order.
+                while let Ok(next) = receiver.try_recv() {
+                    batch.push(next);
+                }
+                if matches!(last_error, redb::Error::PreviousIo) {
+                    // redb refuses a database after a failed write until it
+                    // is closed and opened again.
+                    drop(database);
+                    database = loop {
+                        match reopen() {
+                            Ok(reopened) => break reopened,
+                            Err(error) => {
+                                tracing::debug!(%error, "reopening the store failed; retrying");
+                                std::thread::sleep(delay);
+                            }
+                        }
+                    };
+                }
+                match commit(&database, &batch) {
+                    Ok(()) => break,
+                    Err(error) => last_error = error,
+                }
             }
+            tracing::info!(path = %path.display(), appends = batch.len(), "writing to the store succeeds again");
+            publish.send(Outcome::Recovered);
         }
-        batch.clear();
+        let last = batch.last().map_or(0, |a| a.seq);
+        publish.send(Outcome::Committed(std::mem::take(&mut batch), last));
+    }
+}
+
+/// What a caller is told of a failed commit: the OS's words ("No space
+/// left on device"), not redb's internals or the file's path.
+fn short_cause(error: &redb::Error) -> String {
+    match error {
+        redb::Error::Io(io) => io.to_string(),
+        other => other.to_string().chars().take(120).collect(),
     }
 }
 
@@ -460,6 +536,12 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
 impl Journal for RedbJournal {
     fn wants_mutations(&self) -> bool {
         true
+    }
+
+    fn refusing(&self) -> Option<EngineError> {
+        self.watermark
+            .failure()
+            .map(|why| EngineError::Unavailable(why.to_string()))
     }
 
     fn append(&self, mutations: Vec<Mutation>, events: Vec<TicketChange>) -> u64 {
@@ -708,10 +790,11 @@ mod tests {
         assert!(message.contains("store.redb"), "{message}");
     }
 
-    /// An in-memory disk that can be made full.
-    #[derive(Debug, Default)]
+    /// An in-memory disk that can be made full; clones share the disk (a
+    /// reopened database sees what was written).
+    #[derive(Debug, Default, Clone)]
     struct FillableDisk {
-        inner: redb::backends::InMemoryBackend,
+        inner: Arc<redb::backends::InMemoryBackend>,
         full: Arc<AtomicBool>,
     }
 
@@ -749,19 +832,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_disk_answers_unavailable_and_never_acknowledges() {
+    async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
         let disk = FillableDisk::default();
         let full = disk.full.clone();
-        let database = Database::builder().create_with_backend(disk).unwrap();
-        let engine =
-            open_database(database, Path::new("test-disk"), EngineConfig::default()).unwrap();
+        let database = Database::builder()
+            .create_with_backend(disk.clone())
+            .unwrap();
+        let reopen: Reopen = Box::new(move || {
+            Database::builder()
+                .create_with_backend(disk.clone())
+                .map_err(redb::Error::from)
+        });
+        let engine = open_database(
+            database,
+            Path::new("test-disk"),
+            EngineConfig::default(),
+            reopen,
+        )
+        .unwrap();
         let kept = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
         full.store(true, Ordering::Release);
         let error = engine.submit(new_ticket(0, None)).await.unwrap_err();
         assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
         assert!(error.to_string().contains("No space left"), "{error}");
+        assert!(!error.to_string().contains("test-disk"), "no path: {error}");
         // Later calls fail the same way rather than showing unwritten state.
         let error = engine.cancel(kept, "").await.unwrap_err();
         assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+        let error = engine.submit(new_ticket(0, None)).await.unwrap_err();
+        assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+        // Space comes back: the writer's retry lands what memory holds, and
+        // new calls succeed without a restart.
+        full.store(false, Ordering::Release);
+        let submitted = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match engine.submit(new_ticket(0, None)).await {
+                    Ok(submitted) => return submitted,
+                    Err(EngineError::Unavailable(_)) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        })
+        .await
+        .expect("writes succeed again once there is space");
+        assert!(submitted.created);
+        // The cancel that was refused as unacknowledged is on disk now
+        // (memory and disk agree), and the store takes new transitions.
+        let kept = engine.get(kept).await.unwrap();
+        assert_eq!(kept.state, crate::domain::TicketState::Cancelled);
+        engine.cancel(submitted.ticket.id, "").await.unwrap();
     }
 }
