@@ -228,8 +228,8 @@ pub struct Cli {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
-    /// Allow a non-loopback address with neither TLS nor API keys (a
-    /// warning is logged).
+    /// Allow plaintext (no --tls-cert) on a non-loopback address: traffic,
+    /// API keys included, crosses the network readable (a warning is logged).
     #[arg(long, env = "ASYNCGATE_INSECURE")]
     pub insecure: bool,
     /// API keys (TOML: name, sha256, role, tenant, queues); reloaded on
@@ -515,11 +515,17 @@ impl TryFrom<Cli> for Config {
             }),
             _ => None,
         };
-        if tls.is_none() && cli.keys.is_none() && !cli.insecure && !cli.listen.ip().is_loopback() {
-            return Err(format!(
-                "refusing to serve {} with neither TLS nor API keys: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key and/or --keys, or --insecure if a trusted proxy in front takes care of it",
-                cli.listen
-            ));
+        if tls.is_none() && !cli.insecure && !cli.listen.ip().is_loopback() {
+            return Err(match cli.keys {
+                None => format!(
+                    "refusing to serve {} with neither TLS nor API keys: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key and/or --keys, or --insecure if a trusted proxy in front takes care of it",
+                    cli.listen
+                ),
+                Some(_) => format!(
+                    "refusing to serve {} with API keys but no TLS: every call would carry its key across the network in clear, for anyone on the path to reuse; give --tls-cert and --tls-key, or --insecure if a trusted proxy in front terminates TLS",
+                    cli.listen
+                ),
+            });
         }
         if cli.redis_prefix.is_empty()
             || cli
@@ -747,5 +753,34 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(tls.tls.unwrap().key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn keys_without_tls_off_loopback_need_insecure() {
+        let error = parse(&["--listen", "0.0.0.0:50051", "--keys", "keys.toml"]).unwrap_err();
+        assert!(error.contains("API keys but no TLS"), "{error}");
+        assert!(error.contains("in clear"), "{error}");
+        assert!(error.contains("--insecure"), "{error}");
+        assert!(
+            parse(&["--listen", "0.0.0.0:50051", "--keys", "k", "--insecure"]).is_ok(),
+            "a trusted proxy may terminate TLS"
+        );
+        assert!(
+            parse(&["--keys", "keys.toml"]).is_ok(),
+            "loopback traffic stays on the host"
+        );
+        assert!(
+            parse(&[
+                "--listen",
+                "[::]:50051",
+                "--keys",
+                "k",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ])
+            .is_ok()
+        );
     }
 }

@@ -460,7 +460,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             .tls_config(server_tls(files)?)
             .map_err(|e| StartError::Tls(e.to_string()))?;
     } else if config.insecure && !local_addr.ip().is_loopback() {
-        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic");
+        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic, API keys included");
     }
     if keys.is_none() && config.insecure && !local_addr.ip().is_loopback() {
         tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
