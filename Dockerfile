@@ -10,7 +10,8 @@
 #
 # The image listens on 0.0.0.0:50051 and stores tickets in /data (a volume).
 # The gateway refuses a non-loopback address without TLS (--tls-cert,
-# --tls-key) or API keys (--keys) unless told --insecure: choose one.
+# --tls-key; API keys, --keys, would otherwise cross the network in clear)
+# unless told --insecure: choose one.
 
 ARG RUST_VERSION=1.95
 

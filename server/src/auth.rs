@@ -408,6 +408,19 @@ impl Keys {
     fn current(&self) -> Arc<KeyTable> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Checks a metrics scrape's `authorization` header: it takes an admin
+    /// key, because the exposition names every tenant's queues. Denials are
+    /// audited like RPCs'; the status's message says what is missing.
+    pub fn check_scrape(&self, authorization: Option<&str>) -> Result<(), Status> {
+        check_need(
+            &self.current(),
+            "/metrics",
+            Needs::Role(&[Role::Admin], "an admin key"),
+            authorization,
+        )
+        .map(drop)
+    }
 }
 
 /// What a method needs.
@@ -438,7 +451,16 @@ fn check(
     path: &str,
     authorization: Option<&str>,
 ) -> Result<Option<Caller>, Status> {
-    let need = needs(path);
+    check_need(keys, path, needs(path), authorization)
+}
+
+/// [`check`] for a request that needs `need`.
+fn check_need(
+    keys: &KeyTable,
+    path: &str,
+    need: Needs,
+    authorization: Option<&str>,
+) -> Result<Option<Caller>, Status> {
     if let Needs::Nothing = need {
         return Ok(None);
     }

@@ -69,8 +69,16 @@ pub struct TlsFiles {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere; over
+    /// TLS when `tls` is set.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve metrics without a key even when `keys` is set (by default a
+    /// scrape then needs an admin key: queue and tenant names are in it).
+    pub metrics_public: bool,
+    /// Distinct queues the metrics name; later queues are counted under
+    /// `queue="_other"`, so callers that mint queue names cannot grow the
+    /// exposition (and the gateway's memory) without bound.
+    pub metrics_max_queues: usize,
     /// Also serve grpc-web (HTTP/1.1 and browsers).
     pub grpc_web: bool,
     /// Origins browsers may call from (CORS); `*` admits any.
@@ -79,7 +87,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// TLS, or plaintext when `None`.
     pub tls: Option<TlsFiles>,
-    /// Plaintext on a non-loopback address was asked for explicitly.
+    /// Plaintext on a non-loopback address (gRPC or metrics) was asked for
+    /// explicitly.
     pub insecure: bool,
     /// The API keys file; `None` lets every caller do everything.
     pub keys: Option<PathBuf>,
@@ -134,6 +143,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: None,
+            metrics_public: false,
+            metrics_max_queues: crate::metrics::MAX_QUEUE_LABELS,
             grpc_web: false,
             cors_allow_origins: Vec::new(),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
@@ -189,10 +200,23 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "ASYNCGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Serve Prometheus metrics over HTTP at `http://ADDR/metrics` (off
-    /// unless given).
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off unless given);
+    /// `https://` with the gateway's --tls-cert and --tls-key (and its
+    /// --tls-client-ca) when it serves TLS.
     #[arg(long, env = "ASYNCGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve metrics without a key even when --keys is set; without this
+    /// flag a scrape then needs `authorization: Bearer <admin key>`.
+    #[arg(long, env = "ASYNCGATE_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// Distinct queues the metrics label by name; later queues are summed
+    /// under `queue="_other"`.
+    #[arg(
+        long,
+        env = "ASYNCGATE_METRICS_MAX_QUEUES",
+        default_value_t = crate::metrics::MAX_QUEUE_LABELS
+    )]
+    pub metrics_max_queues: usize,
     /// Also serve grpc-web on the same port (HTTP/1.1 too), so browser apps
     /// can call the gateway without a proxy.
     #[arg(long, env = "ASYNCGATE_GRPC_WEB")]
@@ -239,8 +263,9 @@ pub struct Cli {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
-    /// Allow a non-loopback address with neither TLS nor API keys (a
-    /// warning is logged).
+    /// Allow plaintext (no --tls-cert) on a non-loopback --listen or
+    /// --metrics-listen address: traffic, API keys included, crosses the
+    /// network readable (a warning is logged).
     #[arg(long, env = "ASYNCGATE_INSECURE")]
     pub insecure: bool,
     /// API keys (TOML: name, sha256, role, tenant, queues); reloaded on
@@ -527,11 +552,29 @@ impl TryFrom<Cli> for Config {
             }),
             _ => None,
         };
-        if tls.is_none() && cli.keys.is_none() && !cli.insecure && !cli.listen.ip().is_loopback() {
+        let plaintext = tls.is_none() && !cli.insecure;
+        if plaintext && !cli.listen.ip().is_loopback() {
+            return Err(match cli.keys {
+                None => format!(
+                    "refusing to serve {} with neither TLS nor API keys: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key and/or --keys, or --insecure if a trusted proxy in front takes care of it",
+                    cli.listen
+                ),
+                Some(_) => format!(
+                    "refusing to serve {} with API keys but no TLS: every call would carry its key across the network in clear, for anyone on the path to reuse; give --tls-cert and --tls-key, or --insecure if a trusted proxy in front terminates TLS",
+                    cli.listen
+                ),
+            });
+        }
+        if let Some(metrics) = cli.metrics_listen
+            && plaintext
+            && !metrics.ip().is_loopback()
+        {
             return Err(format!(
-                "refusing to serve {} with neither TLS nor API keys: anyone on the network could submit, read and run tickets; give --tls-cert and --tls-key and/or --keys, or --insecure if a trusted proxy in front takes care of it",
-                cli.listen
+                "refusing to serve metrics on {metrics} without TLS: anyone on the network could read queue and tenant names and traffic figures (and a scrape's API key); give --tls-cert and --tls-key, or --insecure if a trusted proxy in front takes care of it"
             ));
+        }
+        if cli.metrics_max_queues == 0 {
+            return Err("--metrics-max-queues must be at least 1".into());
         }
         if cli.redis_prefix.is_empty()
             || cli
@@ -601,6 +644,8 @@ impl TryFrom<Cli> for Config {
         Ok(Self {
             listen: cli.listen,
             metrics_listen: cli.metrics_listen,
+            metrics_public: cli.metrics_public,
+            metrics_max_queues: cli.metrics_max_queues,
             grpc_web: cli.grpc_web,
             cors_allow_origins: cli.cors_allow_origins,
             store,
@@ -759,5 +804,85 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(tls.tls.unwrap().key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn keys_without_tls_off_loopback_need_insecure() {
+        let error = parse(&["--listen", "0.0.0.0:50051", "--keys", "keys.toml"]).unwrap_err();
+        assert!(error.contains("API keys but no TLS"), "{error}");
+        assert!(error.contains("in clear"), "{error}");
+        assert!(error.contains("--insecure"), "{error}");
+        assert!(
+            parse(&["--listen", "0.0.0.0:50051", "--keys", "k", "--insecure"]).is_ok(),
+            "a trusted proxy may terminate TLS"
+        );
+        assert!(
+            parse(&["--keys", "keys.toml"]).is_ok(),
+            "loopback traffic stays on the host"
+        );
+        assert!(
+            parse(&[
+                "--listen",
+                "[::]:50051",
+                "--keys",
+                "k",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn metrics_off_loopback_need_tls_or_insecure() {
+        let error = parse(&["--metrics-listen", "0.0.0.0:9464"]).unwrap_err();
+        assert!(
+            error.contains("refusing to serve metrics on 0.0.0.0:9464 without TLS"),
+            "{error}"
+        );
+        assert!(error.contains("--insecure"), "{error}");
+        // Keys do not help: a scrape's key would cross the network in clear.
+        assert!(
+            parse(&[
+                "--metrics-listen",
+                "10.0.0.1:9464",
+                "--listen",
+                "0.0.0.0:50051",
+                "--keys",
+                "k",
+                "--insecure"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["--metrics-listen", "0.0.0.0:9464", "--keys", "k"]).is_err());
+        assert!(parse(&["--metrics-listen", "0.0.0.0:9464", "--insecure"]).is_ok());
+        assert!(parse(&["--metrics-listen", "[::1]:9464"]).is_ok());
+        let tls = parse(&[
+            "--metrics-listen",
+            "0.0.0.0:9464",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(tls.metrics_listen.unwrap().to_string(), "0.0.0.0:9464");
+    }
+
+    #[test]
+    fn metrics_settings_have_documented_defaults() {
+        let config = parse(&[]).unwrap();
+        assert!(!config.metrics_public, "keys guard metrics by default");
+        assert_eq!(config.metrics_max_queues, 500);
+        let config = parse(&["--metrics-public", "--metrics-max-queues", "5"]).unwrap();
+        assert!(config.metrics_public);
+        assert_eq!(config.metrics_max_queues, 5);
+        assert!(
+            parse(&["--metrics-max-queues", "0"])
+                .unwrap_err()
+                .contains("at least 1")
+        );
     }
 }

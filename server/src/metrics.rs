@@ -7,11 +7,18 @@
 //! RPC metrics use the names of go-grpc-prometheus
 //! (`grpc_server_handled_total`, `grpc_server_handling_seconds`), so
 //! existing gRPC dashboards work unchanged.
+//!
+//! The listener is guarded like the gateway: TLS with the gateway's
+//! certificate when it has one, an admin key when `--keys` is set (unless
+//! `--metrics-public`), and at most `--metrics-max-queues` queue label
+//! values, so callers that mint queue names cannot grow the exposition or
+//! this process's memory without bound.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -23,13 +30,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 
+use crate::auth::Keys;
 use crate::body::{CallObserver, Observed};
 use crate::dispatch::Dispatcher;
-use crate::domain::{Ticket, TicketState};
+use crate::domain::{QueueName, Ticket, TicketState};
 use crate::engine::{Before, Engine};
+
+/// Distinct queues the metrics name by default (`--metrics-max-queues`).
+pub const MAX_QUEUE_LABELS: usize = 500;
+
+/// The `queue` label of every queue past the cap. Queue names start with a
+/// letter or digit, so no real queue is called this.
+pub const OTHER_QUEUES: &str = "_other";
+
+/// How long a metrics client may take over its TLS handshake; a socket that
+/// never finishes one is closed instead of holding a task.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
@@ -57,6 +77,42 @@ struct HandledLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Hands out `queue` label values: the first `max` queues seen keep their
+/// names for the life of the process (their counters must stay continuous);
+/// every later one is [`OTHER_QUEUES`].
+struct QueueLabeler {
+    max: usize,
+    /// Read on every transition, written at most `max` times.
+    named: RwLock<HashSet<QueueName>>,
+}
+
+impl QueueLabeler {
+    fn labels(&self, queue: &QueueName) -> QueueLabels {
+        let named = |queue: &QueueName| QueueLabels {
+            queue: queue.as_str().to_owned(),
+        };
+        if self
+            .named
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue)
+        {
+            return named(queue);
+        }
+        let mut names = self.named.write().unwrap_or_else(|p| p.into_inner());
+        if names.len() < self.max {
+            names.insert(queue.clone());
+        }
+        if names.contains(queue) {
+            named(queue)
+        } else {
+            QueueLabels {
+                queue: OTHER_QUEUES.to_owned(),
+            }
+        }
+    }
+}
+
 fn ticket_seconds() -> Histogram {
     // 1 ms to about 35 minutes.
     Histogram::new(exponential_buckets(0.001, 2.0, 22))
@@ -70,6 +126,7 @@ fn rpc_seconds() -> Histogram {
 /// The gateway's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
+    queues: QueueLabeler,
     submitted: Family<QueueLabels, Counter>,
     completed: Family<OutcomeLabels, Counter>,
     retried: Family<QueueLabels, Counter>,
@@ -85,15 +142,20 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(MAX_QUEUE_LABELS)
     }
 }
 
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Self {
+    /// Registers every metric; at most `max_queues` queues are labelled by
+    /// name, later ones are summed under `queue="_other"`.
+    pub fn new(max_queues: usize) -> Self {
         let mut metrics = Self {
             registry: Registry::default(),
+            queues: QueueLabeler {
+                max: max_queues,
+                named: RwLock::default(),
+            },
             submitted: Family::default(),
             completed: Family::default(),
             retried: Family::default(),
@@ -175,9 +237,7 @@ impl Metrics {
             return;
         }
         let since = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
-        let queue = QueueLabels {
-            queue: after.queue.as_str().to_owned(),
-        };
+        let queue = self.queues.labels(&after.queue);
         let Some(was) = before.state else {
             self.submitted.get_or_create(&queue).inc();
             return;
@@ -221,28 +281,32 @@ impl Metrics {
     pub async fn render(&self, engine: &dyn Engine, dispatcher: &Dispatcher) -> String {
         match engine.queue_depths().await {
             Ok(depths) => {
-                self.pending.clear();
+                // Summed first: the queues past the cap share one series.
+                let mut sums: HashMap<QueueLabels, (i64, Option<i64>)> = HashMap::new();
                 for depth in depths {
-                    let labels = QueueLabels {
-                        queue: depth.queue.as_str().to_owned(),
-                    };
-                    self.pending
-                        .get_or_create(&labels)
-                        .set(depth.pending as i64);
+                    let sum = sums.entry(self.queues.labels(&depth.queue)).or_default();
+                    sum.0 += depth.pending as i64;
                     if let Some(running) = depth.running {
-                        self.running.get_or_create(&labels).set(running as i64);
+                        *sum.1.get_or_insert(0) += running as i64;
+                    }
+                }
+                self.pending.clear();
+                for (labels, (pending, running)) in sums {
+                    self.pending.get_or_create(&labels).set(pending);
+                    if let Some(running) = running {
+                        self.running.get_or_create(&labels).set(running);
                     }
                 }
             }
             Err(error) => tracing::warn!(%error, "metrics: queue depths unavailable"),
         }
-        self.workers.clear();
+        let mut workers: HashMap<QueueLabels, i64> = HashMap::new();
         for (queue, count) in dispatcher.worker_counts() {
-            self.workers
-                .get_or_create(&QueueLabels {
-                    queue: queue.as_str().to_owned(),
-                })
-                .set(count as i64);
+            *workers.entry(self.queues.labels(&queue)).or_default() += count as i64;
+        }
+        self.workers.clear();
+        for (labels, count) in workers {
+            self.workers.get_or_create(&labels).set(count);
         }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
@@ -395,17 +459,91 @@ where
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`.
+/// What the metrics listener answers, and whom.
+pub struct Endpoint {
+    /// What is exposed.
+    pub metrics: Arc<Metrics>,
+    /// Gauges of pending and running tickets are read from it per scrape.
+    pub engine: Arc<dyn Engine>,
+    /// Worker counts are read from it per scrape.
+    pub dispatcher: Dispatcher,
+    /// A scrape needs an admin key of these; `None` admits every scrape
+    /// (no `--keys`, or `--metrics-public`).
+    pub keys: Option<Keys>,
+}
+
+impl Endpoint {
+    async fn answer(
+        &self,
+        request: &http::Request<hyper::body::Incoming>,
+    ) -> http::Response<Full<Bytes>> {
+        let text = |status: http::StatusCode, body: String| {
+            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        };
+        if request.uri().path() != "/metrics" {
+            return text(
+                http::StatusCode::NOT_FOUND,
+                "metrics are at /metrics\n".into(),
+            );
+        }
+        if let Some(keys) = &self.keys {
+            let authorization = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok());
+            if let Err(status) = keys.check_scrape(authorization) {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    return text(
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        format!("{}\n", status.message()),
+                    );
+                }
+                // 401 for a wrong role too: a scrape either carries an admin
+                // key or it does not, and the fix is the same.
+                let mut response = text(
+                    http::StatusCode::UNAUTHORIZED,
+                    format!("{}\n", status.message()),
+                );
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return response;
+            }
+        }
+        let body = self
+            .metrics
+            .render(self.engine.as_ref(), &self.dispatcher)
+            .await;
+        let mut response = text(http::StatusCode::OK, body);
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        response
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`, over TLS when `tls` is
+/// given.
 pub fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
-    engine: Arc<dyn Engine>,
-    dispatcher: Dispatcher,
+    endpoint: Endpoint,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> SocketAddr {
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let endpoint = Arc::new(endpoint);
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -418,41 +556,74 @@ pub fn serve(
                 },
                 _ = stop.cancelled() => return,
             };
-            let metrics = metrics.clone();
-            let engine = engine.clone();
-            let dispatcher = dispatcher.clone();
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    let engine = engine.clone();
-                    let dispatcher = dispatcher.clone();
-                    async move {
-                        if request.uri().path() == "/metrics" {
-                            let text = metrics.render(engine.as_ref(), &dispatcher).await;
-                            http::Response::builder()
-                                .header(
-                                    http::header::CONTENT_TYPE,
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(Bytes::from(text)))
-                        } else {
-                            http::Response::builder()
-                                .status(http::StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                        }
-                    }
-                });
+            let endpoint = endpoint.clone();
             let stop = stop.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::pin!(connection);
-                tokio::select! {
-                    _ = connection.as_mut() => {}
-                    _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
-                }
+                let Some(tls) = tls else {
+                    return serve_connection(stream, endpoint, stop).await;
+                };
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+                let stream = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "metrics listener: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("metrics listener: TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                serve_connection(stream, endpoint, stop).await
             });
         }
     });
     local_addr
+}
+
+/// Serves HTTP/1.1 on one accepted connection (plain or TLS) until it ends
+/// or `stop`.
+async fn serve_connection<I>(io: I, endpoint: Arc<Endpoint>, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let endpoint = endpoint.clone();
+            async move { Ok::<_, std::convert::Infallible>(endpoint.answer(&request).await) }
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_past_the_cap_share_one_label() {
+        let labeler = QueueLabeler {
+            max: 2,
+            named: RwLock::default(),
+        };
+        let label = |name: &str| labeler.labels(&QueueName::parse(name).unwrap()).queue;
+        assert_eq!(label("a"), "a");
+        assert_eq!(label("b"), "b");
+        assert_eq!(label("c"), OTHER_QUEUES);
+        assert_eq!(label("a"), "a", "a named queue keeps its name");
+        assert_eq!(label("d"), OTHER_QUEUES);
+        assert!(
+            QueueName::parse(OTHER_QUEUES).is_err(),
+            "no real queue can be mistaken for the others"
+        );
+    }
 }

@@ -201,6 +201,52 @@ fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, StartError> {
     Ok(tls)
 }
 
+/// The metrics listener's TLS: the gateway's certificate and key, and its
+/// client CA (mutual TLS) when it has one, so a scrape is as protected as
+/// a call. Plain rustls, because the listener is a bare hyper server.
+fn metrics_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let error = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        StartError::Tls(format!(
+            "metrics listener: cannot use the {what} {}: {e}",
+            path.display()
+        ))
+    };
+    let certificates = |path: &std::path::Path, what: &str| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| error(what, path, &e))
+    };
+    let chain = certificates(&files.cert, "certificate (--tls-cert)")?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| error("key (--tls-key)", &files.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(format!("metrics listener: {e}")))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let what = "client CA (--tls-client-ca)";
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates(ca, what)? {
+                roots.add(cert).map_err(|e| error(what, ca, &e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| error(what, ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| error("certificate and key", &files.cert, &e))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
 /// The CORS policy of `--cors-allow-origin`: browsers on those origins may
 /// call over grpc-web, sending the headers gRPC needs and reading its
 /// status trailers-in-body headers.
@@ -282,7 +328,9 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let engine = build_engine(&config).await?;
     let hub = Arc::new(WatchHub::default());
     let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
-    let metrics = config.metrics_listen.map(|_| Arc::new(Metrics::new()));
+    let metrics = config
+        .metrics_listen
+        .map(|_| Arc::new(Metrics::new(config.metrics_max_queues)));
     engine.set_listener(Arc::new(Notifier {
         hub: hub.clone(),
         dispatcher: dispatcher.downgrade(),
@@ -290,17 +338,25 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     }));
     let metrics_addr = match (config.metrics_listen, &metrics) {
         (Some(addr), Some(metrics)) => {
+            let tls = config.tls.as_ref().map(metrics_tls).transpose()?;
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
-            let bound = crate::metrics::serve(
-                listener,
-                metrics.clone(),
-                engine.clone(),
-                dispatcher.clone(),
-                hard_stop.clone(),
-            );
-            tracing::info!(%bound, "metrics at http://{bound}/metrics");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = crate::metrics::Endpoint {
+                metrics: metrics.clone(),
+                engine: engine.clone(),
+                dispatcher: dispatcher.clone(),
+                keys: keys.clone().filter(|_| !config.metrics_public),
+            };
+            let bound = crate::metrics::serve(listener, endpoint, tls, hard_stop.clone());
+            tracing::info!(%bound, "metrics at {scheme}://{bound}/metrics");
+            if config.tls.is_none() && !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "serving metrics in plaintext on a non-loopback address (--insecure): anyone who can reach it can read them, and any scrape key");
+            }
+            if keys.is_some() && config.metrics_public {
+                tracing::info!(%bound, "metrics need no key (--metrics-public)");
+            }
             Some(bound)
         }
         _ => None,
@@ -463,7 +519,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             .tls_config(server_tls(files)?)
             .map_err(|e| StartError::Tls(e.to_string()))?;
     } else if config.insecure && !local_addr.ip().is_loopback() {
-        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic");
+        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic, API keys included");
     }
     if keys.is_none() && config.insecure && !local_addr.ip().is_loopback() {
         tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");

@@ -1,0 +1,52 @@
+//! Settings the real `asyncgate-server` binary refuses before it binds a
+//! port: it exits with code 64 (EX_USAGE) and says why on stderr.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Runs the binary with `args` and returns its exit code and stderr; a
+/// binary that starts serving instead fails the test (it is killed when the
+/// timeout drops it).
+async fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(args)
+        .args(["--store", "memory"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts");
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not exit: it should have been refused"))
+        .expect("wait for the binary");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn metrics_in_clear_off_loopback_exit_64() {
+    let (code, stderr) =
+        refused(&["--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0"]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve metrics on 0.0.0.0:0 without TLS"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--insecure"), "{stderr}");
+}
+
+#[tokio::test]
+async fn keys_in_clear_off_loopback_exit_64() {
+    // The keys file is never read: the settings are refused first.
+    let (code, stderr) = refused(&["--listen", "0.0.0.0:0", "--keys", "keys.toml"]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve 0.0.0.0:0 with API keys but no TLS"),
+        "{stderr}"
+    );
+}
