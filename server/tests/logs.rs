@@ -200,8 +200,8 @@ async fn client_text_in_a_logged_error_stays_on_its_line() {
     let (tx, stream) = gateway.connect(None).await;
     let mut stream = stream.expect("Connect opens");
     tx.send(hello("honest")).await.unwrap();
-    // A progress report whose ticket id is the forgery: the session ends
-    // and logs why, quoting what the worker sent.
+    // A progress report whose ticket id is the forgery: it is refused, and
+    // the refusal is logged quoting what the worker sent.
     tx.send(pb::WorkerMessage {
         kind: Some(In::Progress(pb::TaskProgress {
             ticket_id: format!("x\n{FORGED}\u{1b}[31m"),
@@ -212,14 +212,26 @@ async fn client_text_in_a_logged_error_stays_on_its_line() {
     })
     .await
     .unwrap();
-    let status = first_error(&mut stream).await;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let ack = loop {
+        match stream
+            .message()
+            .await
+            .unwrap()
+            .expect("the session carries on")
+        {
+            pb::DispatchMessage {
+                kind: Some(pb::dispatch_message::Kind::ResultAck(ack)),
+            } => break ack,
+            _ => continue,
+        }
+    };
+    assert_eq!(ack.code, tonic::Code::InvalidArgument as i32, "{ack:?}");
     drop(tx);
     let log = gateway.all().await;
     let ended = log
         .lines()
-        .find(|line| line.contains("worker session ended"))
-        .unwrap_or_else(|| panic!("the session's end is logged: {log}"));
+        .find(|line| line.contains("progress refused"))
+        .unwrap_or_else(|| panic!("the refusal is logged: {log}"));
     assert!(ended.contains("progress.ticket_id"), "{ended}");
     assert!(
         ended.contains(&format!("x\\n{FORGED}\\u{{1b}}[31m")),

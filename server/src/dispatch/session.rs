@@ -139,6 +139,7 @@ pub async fn run<S>(
         dispatcher,
         settings,
         scoped_names: caller.names_tenant_queues(),
+        report_refused: false,
         info,
         queues,
         max_in_flight,
@@ -228,6 +229,9 @@ struct Session {
     /// Whether tasks show queues as stored (`tenant/queue`, admin keys) or
     /// as the worker's tenant names them.
     scoped_names: bool,
+    /// Whether a progress report was refused yet (the first is logged at
+    /// warn, the rest at debug).
+    report_refused: bool,
     info: SessionInfo,
     queues: Vec<QueueName>,
     max_in_flight: u32,
@@ -611,18 +615,25 @@ impl Session {
         // naming the lease and the reason); the session and its other
         // leases carry on.
         let ids = (progress.ticket_id.clone(), progress.lease_id.clone());
-        let refuse = |error: GatewayError| {
-            Out::ResultAck(pb::ResultAck {
+        let refuse = |session: &mut Self, error: GatewayError| {
+            // Logged once per session at warn (a worker's bug is worth
+            // seeing), then at debug: a flood cannot flood the log.
+            if std::mem::replace(&mut session.report_refused, true) {
+                tracing::debug!(%error, "progress refused");
+            } else {
+                tracing::warn!(%error, "progress refused; later refusals on this session are logged at debug level");
+            }
+            session.send(Out::ResultAck(pb::ResultAck {
                 ticket_id: ids.0.clone(),
                 lease_id: ids.1.clone(),
                 code: error.code() as i32,
                 message: format!("progress refused: {error}"),
-            })
+            }))
         };
         let (ticket_id, lease_id) =
             match parse_lease(&progress.ticket_id, &progress.lease_id, "progress") {
                 Ok(ids) => ids,
-                Err(error) => return self.send(refuse(error)),
+                Err(error) => return refuse(self, error),
             };
         self.alive_by_work(lease_id);
         let output = match progress
@@ -633,7 +644,7 @@ impl Session {
             .transpose()
         {
             Ok(output) => output,
-            Err(error) => return self.send(refuse(error)),
+            Err(error) => return refuse(self, error),
         };
         let report = ProgressReport {
             ticket_id,
