@@ -403,3 +403,51 @@ async fn store_errors_reach_callers_without_internals() {
         "the detail is logged:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_ticket_that_succeeds_after_a_failed_attempt_shows_no_error() {
+    let gateway = Gateway::start().await;
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let worker = Worker::builder(gateway.url.clone())
+        .queue("flaky")
+        .handler(handler_fn(move |task: TaskContext| {
+            let attempts = attempts.clone();
+            async move {
+                if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    Err(asyncgate_client::worker::TaskError::new(
+                        Code::Unavailable,
+                        "flaky downstream",
+                        true,
+                    ))
+                } else {
+                    Ok(task.payload().clone())
+                }
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let ticket = gateway
+        .client
+        .submit(Submit::new("flaky").json(serde_json::json!("x")))
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let t = gateway
+                .client
+                .get(&ticket.id, Some(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            if payload::is_terminal(t.state()) {
+                return t;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.state(), pb::TicketState::Succeeded, "{done:?}");
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.error, None, "the final outcome carries no stale error");
+    worker.shutdown();
+}

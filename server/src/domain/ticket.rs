@@ -265,7 +265,11 @@ impl Ticket {
     pub fn finish(&mut self, state: TicketState, error: Option<TicketError>, now: SystemTime) {
         debug_assert!(state.is_terminal());
         self.state = state;
-        if error.is_some() {
+        // A terminal ticket describes its final outcome: a success carries
+        // no error of an earlier, interrupted attempt.
+        if state == TicketState::Succeeded {
+            self.error = None;
+        } else if error.is_some() {
             self.error = error;
         }
         self.lease = None;

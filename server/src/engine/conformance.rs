@@ -360,6 +360,38 @@ pub(crate) async fn retryable_failures_back_off_then_fail(factory: Factory) {
     assert!(t.error.unwrap().message.contains("attempt 2 of 2"));
 }
 
+pub(crate) async fn a_success_after_a_failed_attempt_carries_no_error(factory: Factory) {
+    let h = harness(factory).await;
+    let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
+    let s = session(&h.engine, "w").await;
+    let c = claim_one(&h.engine, "q", &s).await;
+    let flaky = Outcome::Failure(TicketError {
+        code: 14,
+        message: "flaky".into(),
+        retryable: true,
+    });
+    h.engine
+        .complete(id, c.lease.lease_id, flaky)
+        .await
+        .unwrap();
+    h.engine
+        .run_timers(later(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let c = claim_one(&h.engine, "q", &s).await;
+    h.engine
+        .complete(id, c.lease.lease_id, Outcome::Success(body("fine")))
+        .await
+        .unwrap();
+    let t = h.engine.get(id).await.unwrap();
+    assert_eq!(t.state, TicketState::Succeeded);
+    assert!(
+        t.error.is_none(),
+        "a terminal ticket describes its final outcome: {:?}",
+        t.error
+    );
+}
+
 pub(crate) async fn non_retryable_failure_fails_at_once(factory: Factory) {
     let h = harness(factory).await;
     let id = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
@@ -891,6 +923,7 @@ macro_rules! engine_conformance {
                 claim_is_exclusive_and_complete_is_fenced,
                 lost_worker_requeues_and_old_lease_is_fenced,
                 retryable_failures_back_off_then_fail,
+                a_success_after_a_failed_attempt_carries_no_error,
                 non_retryable_failure_fails_at_once,
                 cancel_pending_and_running,
                 deadline_expires_pending_and_running,
