@@ -393,6 +393,16 @@ pub struct Cli {
         default_value_t = 64 * 1024 * 1024
     )]
     pub max_output_bytes_per_ticket: u64,
+    /// Bytes of partial output the gateway holds in memory across every
+    /// ticket (the memory store keeps chunks until the result retention;
+    /// the durable store only while their tickets run); a chunk past it is
+    /// refused.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_OUTPUT_BYTES",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub max_output_bytes: u64,
     /// Longest long-poll wait honoured (keep under your proxies' timeout).
     #[arg(long, env = "ASYNCGATE_MAX_WAIT", default_value = "50s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -632,6 +642,15 @@ impl TryFrom<Cli> for Config {
         if cli.max_pending_bytes < cli.max_payload_bytes as u64 {
             return Err("--max-pending-bytes must be at least --max-payload-bytes".into());
         }
+        if cli.max_output_bytes
+            < cli
+                .max_output_bytes_per_ticket
+                .min(cli.max_payload_bytes as u64)
+        {
+            return Err(
+                "--max-output-bytes must hold at least one chunk (--max-payload-bytes)".into(),
+            );
+        }
         if cli.max_output_bytes_per_ticket == 0 {
             return Err("--max-output-bytes-per-ticket must be at least 1".into());
         }
@@ -681,6 +700,7 @@ impl TryFrom<Cli> for Config {
                 max_pending_per_queue: cli.max_pending_per_queue,
                 max_pending_bytes: cli.max_pending_bytes,
                 max_output_bytes_per_ticket: cli.max_output_bytes_per_ticket,
+                max_output_bytes: cli.max_output_bytes,
             },
             max_payload_bytes: cli.max_payload_bytes,
             max_wait: cli.max_wait,

@@ -79,6 +79,18 @@ pub trait Journal: Send + Sync + 'static {
     /// Installs the listener that receives the events after durability.
     fn set_listener(&self, listener: Arc<dyn EngineListener>);
 
+    /// Whether output chunks are kept here (on disk), so that the engine
+    /// need not keep a finished ticket's chunks in memory.
+    fn keeps_chunks(&self) -> bool {
+        false
+    }
+
+    /// A ticket's kept chunks after `after_seq` (see
+    /// [`Journal::keeps_chunks`]; durable ones only).
+    async fn read_chunks(&self, _id: TicketId, _after_seq: u64) -> Result<Vec<Chunk>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// Why new work should be refused before it touches memory (writes
     /// are failing right now), if it should.
     fn refusing(&self) -> Option<EngineError> {

@@ -155,6 +155,8 @@ pub struct LocalEngine {
     enqueue_seq: AtomicU64,
     /// Request bytes held by unfinished tickets (`max_pending_bytes`).
     pending_bytes: AtomicU64,
+    /// Output chunk bytes held in memory (`max_output_bytes`).
+    held_output: AtomicU64,
     listener: OnceLock<Arc<dyn EngineListener>>,
     journal: Arc<dyn Journal>,
 }
@@ -192,6 +194,7 @@ impl LocalEngine {
             sessions: sharded(),
             enqueue_seq: AtomicU64::new(1),
             pending_bytes: AtomicU64::new(0),
+            held_output: AtomicU64::new(0),
             listener: OnceLock::new(),
             journal,
         }
@@ -322,6 +325,17 @@ impl LocalEngine {
         }
     }
 
+    /// Forgets a ticket's in-memory output chunks, releasing their budget.
+    fn drop_chunks(&self, shard: &mut Shard, id: TicketId) {
+        if let Some(chunks) = shard.chunks.remove(&id) {
+            let bytes: usize = chunks
+                .iter()
+                .map(|c| prost::Message::encoded_len(&c.output))
+                .sum();
+            self.held_output.fetch_sub(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Takes a PENDING ticket out of its queue's index.
     fn dequeue(&self, shard: &mut Shard, ticket: &Ticket) {
         let index = self.queue(&ticket.queue);
@@ -351,6 +365,11 @@ impl LocalEngine {
         let ready = if ticket.state.is_terminal() {
             let released = ticket.forget_request();
             self.pending_bytes.fetch_sub(released, Ordering::Relaxed);
+            if self.journal.keeps_chunks() {
+                // On disk already (or on its way, in order): a finished
+                // ticket's output is read from there.
+                self.drop_chunks(shard, ticket.id);
+            }
             if let Some(deadline) = ticket.deadline {
                 shard.timers.remove(&(deadline, Timer::Deadline, ticket.id));
             }
@@ -468,7 +487,7 @@ impl LocalEngine {
                 }
             }
             Timer::Retention if ticket.state.is_terminal() => {
-                shard.chunks.remove(&id);
+                self.drop_chunks(shard, id);
                 if self.journal.wants_mutations() {
                     let seq = self.journal.append(
                         vec![Mutation::DeleteTicket {
@@ -587,6 +606,10 @@ impl Engine for LocalEngine {
             (Ticket::clone(ticket), chunks)
         };
         self.durable(ticket.journal_seq).await?;
+        if ticket.state.is_terminal() && self.journal.keeps_chunks() {
+            let chunks = self.journal.read_chunks(id, after_seq).await?;
+            return Ok((ticket, chunks));
+        }
         Ok((ticket, chunks))
     }
 
@@ -956,7 +979,26 @@ impl LocalEngine {
     /// or failed by the usual caps. Call once, before serving.
     pub fn restore(&self, recovered: Recovered) {
         let now = SystemTime::now();
+        // A finished ticket's output stays on disk when the journal keeps
+        // it; only unfinished tickets' chunks come back into memory.
+        let finished: std::collections::HashSet<TicketId> = if self.journal.keeps_chunks() {
+            recovered
+                .tickets
+                .iter()
+                .filter(|t| t.state.is_terminal())
+                .map(|t| t.id)
+                .collect()
+        } else {
+            Default::default()
+        };
         for (id, chunk) in recovered.chunks {
+            if finished.contains(&id) {
+                continue;
+            }
+            self.held_output.fetch_add(
+                prost::Message::encoded_len(&chunk.output) as u64,
+                Ordering::Relaxed,
+            );
             lock(self.shard(&id))
                 .chunks
                 .entry(id)
@@ -1126,6 +1168,20 @@ impl LocalEngine {
                 return Err(transition::too_many_chunks(report.ticket_id));
             }
             transition::spend_output(ticket, &output, self.config.max_output_bytes_per_ticket)?;
+            let size = prost::Message::encoded_len(&output) as u64;
+            let limit = self.config.max_output_bytes;
+            if self
+                .held_output
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    held.checked_add(size).filter(|total| *total <= limit)
+                })
+                .is_err()
+            {
+                ticket.output_bytes -= size;
+                return Err(EngineError::LimitExceeded(format!(
+                    "the gateway holds {limit} bytes of partial output, its budget (--max-output-bytes); the chunk was refused"
+                )));
+            }
             ticket.touch(now);
             let chunk = Chunk {
                 seq: ticket.seq,

@@ -113,6 +113,10 @@ pub struct EngineConfig {
     /// output without end cannot grow the store (or a memory gateway) by
     /// more than this per ticket.
     pub max_output_bytes_per_ticket: u64,
+    /// Bytes of partial output the gateway holds in memory in all (the
+    /// memory store's chunks until retention; the durable store's only
+    /// while their tickets run, then they live on disk alone).
+    pub max_output_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -128,6 +132,7 @@ impl Default for EngineConfig {
             max_pending_per_queue: 1_000_000,
             max_pending_bytes: 2 * 1024 * 1024 * 1024,
             max_output_bytes_per_ticket: 64 * 1024 * 1024,
+            max_output_bytes: 1024 * 1024 * 1024,
         }
     }
 }

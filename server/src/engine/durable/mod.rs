@@ -290,10 +290,18 @@ pub struct RedbJournal {
     listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
+    /// The database for reads (finished tickets' output lives only on
+    /// disk); `None` while the writer reopens it.
+    reader: Reader,
 }
+
+/// The database as readers reach it; the writer swaps it when it reopens.
+type Reader = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
 
 impl RedbJournal {
     fn start(database: Database, path: PathBuf, reopen: Reopen) -> Self {
+        let database = Arc::new(database);
+        let reader: Reader = Arc::new(std::sync::RwLock::new(Some(database.clone())));
         let (sender, receiver) = mpsc::channel::<Append>();
         let watermark = Arc::new(Watermark::default());
         let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
@@ -304,10 +312,11 @@ impl RedbJournal {
                 watermark: watermark.clone(),
             }));
             let poisoned = poisoned.clone();
+            let reader = reader.clone();
             std::thread::Builder::new()
                 .name("asyncgate-writer".into())
                 .spawn(move || {
-                    write_loop(database, reopen, path, receiver, &publish, poisoned);
+                    write_loop(database, reopen, reader, path, receiver, &publish, poisoned);
                     publish.send(Outcome::Failed(
                         "the store's writer stopped; restart the gateway".into(),
                     ));
@@ -324,8 +333,26 @@ impl RedbJournal {
             listener,
             writer: Mutex::new(writer),
             poisoned,
+            reader,
         }
     }
+}
+
+/// A finished ticket's stored output chunks after `after_seq`, read from
+/// disk.
+fn read_chunks(database: &Database, id: TicketId, after_seq: u64) -> Result<Vec<Chunk>, ReadError> {
+    let txn = database.begin_read()?;
+    let table = txn.open_table(CHUNKS)?;
+    let key = id.0.as_u128();
+    let mut chunks = Vec::new();
+    for entry in table.range((key, after_seq.saturating_add(1))..=(key, u64::MAX))? {
+        let (key, value) = entry?;
+        let seq = key.value().1;
+        let output = Payload::decode(value.value())
+            .map_err(|e| ReadError::Record(format!("output chunk {seq} of ticket {id}: {e}")))?;
+        chunks.push(Chunk { seq, output });
+    }
+    Ok(chunks)
 }
 
 /// What became of a batch the writer took.
@@ -407,8 +434,9 @@ impl Publish {
 }
 
 fn write_loop(
-    mut database: Database,
+    mut database: Arc<Database>,
     mut reopen: Reopen,
+    reader: Reader,
     path: PathBuf,
     receiver: mpsc::Receiver<Append>,
     publish: &Publish,
@@ -450,17 +478,19 @@ fn write_loop(
                 }
                 if matches!(last_error, redb::Error::PreviousIo) {
                     // redb refuses a database after a failed write until it
-                    // is closed and opened again.
+                    // is closed and opened again (readers let go first).
+                    *reader.write().unwrap_or_else(|p| p.into_inner()) = None;
                     drop(database);
                     database = loop {
                         match reopen() {
-                            Ok(reopened) => break reopened,
+                            Ok(reopened) => break Arc::new(reopened),
                             Err(error) => {
                                 tracing::debug!(%error, "reopening the store failed; retrying");
                                 std::thread::sleep(delay);
                             }
                         }
                     };
+                    *reader.write().unwrap_or_else(|p| p.into_inner()) = Some(database.clone());
                 }
                 match commit(&database, &batch) {
                     Ok(()) => break,
@@ -536,6 +566,32 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
 impl Journal for RedbJournal {
     fn wants_mutations(&self) -> bool {
         true
+    }
+
+    fn keeps_chunks(&self) -> bool {
+        true
+    }
+
+    async fn read_chunks(&self, id: TicketId, after_seq: u64) -> Result<Vec<Chunk>, EngineError> {
+        let database = self
+            .reader
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                EngineError::Unavailable("the store is being reopened; retry shortly".into())
+            })?;
+        tokio::task::spawn_blocking(move || read_chunks(&database, id, after_seq))
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("reading the store failed: {e}")))?
+            .map_err(|e| match e {
+                ReadError::Database(e) => {
+                    EngineError::Unavailable(format!("reading the store failed: {e}"))
+                }
+                ReadError::Record(reason) => EngineError::Unavailable(format!(
+                    "a stored output chunk is unreadable: {reason}"
+                )),
+            })
     }
 
     fn refusing(&self) -> Option<EngineError> {
