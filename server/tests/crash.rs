@@ -45,19 +45,26 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
     let client = Client::connect_lazy(url.clone()).unwrap();
     wait_until_serving(&client).await;
 
+    // Every ticket a worker ran: each must exist after the crashes (a
+    // worker is only handed tickets that are on disk).
+    let ran: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let workers: Vec<_> = (0..2)
         .map(|i| {
+            let ran = ran.clone();
             Worker::builder(url.clone())
                 .name(format!("crash-worker-{i}"))
                 .queue("crash")
                 .max_in_flight(8)
                 .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-                .handler(handler_fn(|task: TaskContext| async move {
-                    let input = task.json().and_then(|v| v.as_i64()).unwrap_or(-1);
-                    Ok(payload::json(serde_json::json!({
-                        "doubled": input * 2,
-                        "lease": task.lease_id(),
-                    })))
+                .handler(handler_fn(move |task: TaskContext| {
+                    ran.lock().unwrap().insert(task.ticket_id().to_owned());
+                    async move {
+                        let input = task.json().and_then(|v| v.as_i64()).unwrap_or(-1);
+                        Ok(payload::json(serde_json::json!({
+                            "doubled": input * 2,
+                            "lease": task.lease_id(),
+                        })))
+                    }
                 }))
                 .build()
                 .unwrap()
@@ -174,6 +181,14 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
         changed.is_empty(),
         "results changed after being observed: {changed:?}"
     );
+    let ran = ran.lock().unwrap().clone();
+    for id in &ran {
+        let exists = client.get(id, None).await;
+        assert!(
+            exists.is_ok(),
+            "a worker ran ticket {id}, which the store does not have: {exists:?}"
+        );
+    }
     eprintln!(
         "crash test: {} acknowledged, {} observed during load",
         acknowledged.len(),

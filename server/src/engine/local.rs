@@ -750,6 +750,9 @@ impl Engine for LocalEngine {
             popped
         };
         let mut claimed = Vec::with_capacity(popped.len());
+        // The append that stored the claimed tickets as they were before the
+        // lease (their submit, or their requeue).
+        let mut stored_by = 0;
         for id in popped {
             let session = &sessions[claimed.len()];
             let mut shard = lock(self.shard(&id));
@@ -761,6 +764,7 @@ impl Engine for LocalEngine {
                 continue;
             }
             let before = Before::of(ticket);
+            stored_by = stored_by.max(ticket.journal_seq);
             let lease = transition::lease(ticket, session, now);
             if let Some(at) = lease.attempt_deadline {
                 shard
@@ -797,11 +801,23 @@ impl Engine for LocalEngine {
         if orphaned {
             self.notify_ready(queue);
         }
-        // Not waiting for the disk here takes one fsync off every ticket's
-        // path: a lease becomes durable with the next commit, before any
-        // result under it is acknowledged (appends are committed in order).
-        // A crash in between only forgets that the attempt started.
-        Ok(kept.into_iter().flatten().collect())
+        // A worker runs only tickets that are on disk: a crash must not
+        // forget a ticket whose work already ran (its submitter, never
+        // answered, would submit it again). Waiting for the submit's append
+        // costs nothing once a ticket has waited its turn in the queue, and
+        // at most the rest of that one commit when it is dispatched at once.
+        // The lease itself is not waited for: it becomes durable with the
+        // next commit, before any result under it is acknowledged (appends
+        // are committed in order); a crash in between only forgets that the
+        // attempt started.
+        let kept: Vec<Claimed> = kept.into_iter().flatten().collect();
+        if let Err(error) = self.durable(stored_by).await {
+            for c in &kept {
+                self.lose_lease(c.ticket.id, c.lease.lease_id, ReleaseReason::Undelivered);
+            }
+            return Err(error);
+        }
+        Ok(kept)
     }
 
     fn ready_count(&self, queue: &QueueName) -> Option<usize> {

@@ -907,11 +907,20 @@ mod tests {
         )
         .unwrap();
         let kept = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        let worker = session(&engine).await;
         full.store(true, Ordering::Release);
-        let error = engine.submit(new_ticket(0, None)).await.unwrap_err();
+        let error = engine.submit(new_ticket(9, None)).await.unwrap_err();
         assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
         assert!(error.to_string().contains("No space left"), "{error}");
         assert!(!error.to_string().contains("test-disk"), "no path: {error}");
+        // The unacknowledged ticket is in memory, not on disk: no worker
+        // may run it.
+        let queue = QueueName::parse("q").unwrap();
+        let claimed = engine.claim(&queue, std::slice::from_ref(&worker)).await;
+        assert!(
+            claimed.as_ref().map_or(true, Vec::is_empty),
+            "dispatched a ticket that is not stored: {claimed:?}"
+        );
         // Later calls fail the same way rather than showing unwritten state.
         let error = engine.cancel(kept, "").await.unwrap_err();
         assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
@@ -934,6 +943,14 @@ mod tests {
         .await
         .expect("writes succeed again once there is space");
         assert!(submitted.created);
+        // The ticket that could not be stored is stored now, and is handed
+        // out (priority 9: first).
+        let claimed = engine
+            .claim(&queue, std::slice::from_ref(&worker))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].ticket.priority, 9);
         // The cancel that was refused as unacknowledged is on disk now
         // (memory and disk agree), and the store takes new transitions.
         let kept = engine.get(kept).await.unwrap();
