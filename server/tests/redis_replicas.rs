@@ -219,3 +219,71 @@ async fn a_rediss_store_verifies_the_server_against_the_given_ca() {
     let read = engine.get(submitted.ticket.id).await.unwrap();
     assert_eq!(*read.payload, payload::json("over tls".into()));
 }
+
+/// A gateway that crashed between claiming an idempotency key and storing
+/// its ticket left the claim behind: the next submit with that key finds
+/// the claim's gateway gone and takes it over at once (it used to wait and
+/// answer UNAVAILABLE for a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_claim_of_a_crashed_gateway_is_taken_over_promptly() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let port = free_port();
+    let _replica = start_replica(&redis, port);
+    let client = serving(format!("http://127.0.0.1:{port}")).await;
+    // What a gateway killed right after its claim leaves in Redis (the
+    // layout: `<prefix>:idem:<scope>` holding `<ticket id> <instance>`).
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let orphan = uuid::Uuid::now_v7();
+    let _: () = redis::cmd("SET")
+        .arg("asyncgate:idem:-:order-17")
+        .arg(format!("{orphan} crashed-gateway"))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let ticket = client
+        .submit(Submit::new("orders").idempotency_key("order-17"))
+        .await
+        .expect("the orphaned claim is taken over");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_ne!(ticket.id, orphan.to_string(), "a fresh ticket");
+    // The key now names the new ticket: a retry gets it back.
+    let again = client
+        .submit(Submit::new("orders").idempotency_key("order-17"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, ticket.id);
+
+    // A claim of a gateway that is alive is respected: no second ticket.
+    let _: () = redis::cmd("SET")
+        .arg("asyncgate:alive:busy-gateway")
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("asyncgate:idem:-:order-18")
+        .arg(format!("{} busy-gateway", uuid::Uuid::now_v7()))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let waiting = client
+        .submit(Submit::new("orders").idempotency_key("order-18"))
+        .await
+        .expect_err("the live claim holds");
+    assert_eq!(waiting.code(), tonic::Code::Unavailable, "{waiting}");
+}

@@ -107,6 +107,11 @@ impl Keys {
         format!("{}:idem:{key}", self.prefix)
     }
 
+    /// A gateway's liveness key (see `INSTANCE_TTL`).
+    pub(super) fn instance(&self, instance: &str) -> String {
+        format!("{}:alive:{instance}", self.prefix)
+    }
+
     pub(super) fn tombstone(&self, id: TicketId) -> String {
         format!("{}:{{t:{id}}}:tomb", self.prefix)
     }

@@ -219,8 +219,12 @@ impl Scripts {
         Self {
             commit: Script::new(include_str!("commit.lua")),
             claim: Script::new(include_str!("claim.lua")),
+            // An idempotency key holds `ticket-id owner` (older ones just
+            // the id): deleted only while it still names this ticket.
             unlink_if: Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                "local v = redis.call('GET', KEYS[1]) \
+                 if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then \
+                 return redis.call('DEL', KEYS[1]) end return 0",
             ),
         }
     }
@@ -234,15 +238,48 @@ impl Scripts {
 pub struct RedisEngine {
     inner: Arc<Inner>,
     subscriber: JoinHandle<()>,
+    /// Keeps this gateway's liveness key fresh (see [`Inner::instance`]).
+    heartbeat: JoinHandle<()>,
 }
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         self.subscriber.abort();
+        self.heartbeat.abort();
     }
 }
 
+/// How long a gateway's liveness key outlives its last refresh: a claim
+/// on an idempotency key by a gateway whose key is gone is taken over.
+const INSTANCE_TTL: Duration = Duration::from_secs(3);
+
+/// How often a gateway refreshes its liveness key.
+const INSTANCE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Takes over an idempotency claim only if it still holds what the caller
+/// saw: `KEYS[1]` claim, `ARGV[1]` old value, `ARGV[2]` new value,
+/// `ARGV[3]` expiry in ms.
+const TAKE_OVER_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// What a submit found under its idempotency key.
+enum KeyHolder {
+    /// The ticket the key names.
+    Ticket(Box<Submitted>),
+    /// A claim whose gateway died before storing its ticket: its value,
+    /// for a takeover.
+    Orphaned(String),
+}
+
 struct Inner {
+    /// This gateway's id in Redis: idempotency claims name it, and its
+    /// liveness key (refreshed every second) says it is still there.
+    instance: String,
     config: EngineConfig,
     /// Redis's URL without its password: for logs only.
     url: String,
@@ -372,6 +409,7 @@ pub async fn connect(
         .map_err(unreachable)?;
     subscriber.subscribe(&channel).await.map_err(unreachable)?;
     let inner = Arc::new(Inner {
+        instance: uuid::Uuid::new_v4().simple().to_string(),
         config,
         url: shown.clone(),
         unavailable_logged: AtomicU64::new(0),
@@ -417,7 +455,47 @@ pub async fn connect(
             }
         }
     });
-    Ok(RedisEngine { inner, subscriber })
+    let heartbeat = {
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INSTANCE_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let key = inner.keys.instance(&inner.instance);
+                let refreshed: Result<(), EngineError> = inner
+                    .run(|| {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(&key)
+                            .arg(1)
+                            .arg("PX")
+                            .arg(INSTANCE_TTL.as_millis() as u64);
+                        QueryKind::Cmd(cmd)
+                    })
+                    .await;
+                if let Err(error) = refreshed {
+                    tracing::debug!(%error, "could not refresh the gateway's liveness key");
+                }
+            }
+        })
+    };
+    // The liveness key exists before the first claim names it.
+    let key = inner.keys.instance(&inner.instance);
+    let _: Result<(), EngineError> = inner
+        .run(|| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(INSTANCE_TTL.as_millis() as u64);
+            QueryKind::Cmd(cmd)
+        })
+        .await;
+    Ok(RedisEngine {
+        inner,
+        subscriber,
+        heartbeat,
+    })
 }
 
 fn chunk_bytes(chunk: &Chunk) -> Vec<u8> {
@@ -919,16 +997,17 @@ impl Inner {
         Ok(())
     }
 
-    /// The ticket an idempotency key (`key`, stored as `scoped`) already
-    /// names.
+    /// What holds an idempotency key (`key`, stored as `scoped`): the
+    /// ticket it names, once stored; or, when the gateway that claimed it
+    /// died before storing its ticket, the orphaned claim.
     async fn existing_for_key(
         &self,
         key: &str,
         scoped: &str,
         queue: &QueueName,
-    ) -> Result<Submitted, EngineError> {
+    ) -> Result<KeyHolder, EngineError> {
         let mut delay = Duration::from_millis(5);
-        for _ in 0..10 {
+        for attempt in 0..10 {
             let existing: Option<String> = self
                 .run(|| {
                     let mut cmd = redis::cmd("GET");
@@ -936,7 +1015,13 @@ impl Inner {
                     QueryKind::Cmd(cmd)
                 })
                 .await?;
-            if let Some(existing) = existing.and_then(|id| id.parse::<uuid::Uuid>().ok()) {
+            let Some(claim) = existing else {
+                // The claim expired or was given up: claim it afresh.
+                return Ok(KeyHolder::Orphaned(String::new()));
+            };
+            // `ticket-id owner` (owner: the claiming gateway's instance).
+            let (ticket, owner) = claim.split_once(' ').unwrap_or((claim.as_str(), ""));
+            if let Ok(existing) = ticket.parse::<uuid::Uuid>() {
                 let id = TicketId(existing);
                 if let Ok(found) = self.locate(id).await
                     && let Some(stored) = self.load(&found, id).await?
@@ -948,11 +1033,25 @@ impl Inner {
                             queue: found,
                         });
                     }
-                    return Ok(Submitted {
+                    return Ok(KeyHolder::Ticket(Box::new(Submitted {
                         ticket: stored.ticket,
                         created: false,
                         tickets_ahead: None,
-                    });
+                    })));
+                }
+            }
+            // Not stored yet. After a few tries (the owner's commit is one
+            // round trip away), ask whether the owner is still alive.
+            if attempt >= 3 && !owner.is_empty() {
+                let alive: bool = self
+                    .run(|| {
+                        let mut cmd = redis::cmd("EXISTS");
+                        cmd.arg(self.keys.instance(owner));
+                        QueryKind::Cmd(cmd)
+                    })
+                    .await?;
+                if !alive {
+                    return Ok(KeyHolder::Orphaned(claim));
                 }
             }
             tokio::time::sleep(delay).await;
@@ -960,6 +1059,59 @@ impl Inner {
         }
         Err(EngineError::Unavailable(format!(
             "a submit with idempotency key {key:?} is still being stored; retry"
+        )))
+    }
+
+    /// Claims idempotency key `scoped` for ticket `id`, taking over a claim
+    /// whose gateway died; the ticket the key names if it has one.
+    async fn claim_key(
+        &self,
+        original: &str,
+        scoped: &str,
+        id: TicketId,
+        queue: &QueueName,
+    ) -> Result<Option<Submitted>, EngineError> {
+        let mine = format!("{id} {}", self.instance);
+        for _ in 0..3 {
+            let claimed: Option<String> = self
+                .run(|| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(self.keys.idempotency(scoped))
+                        .arg(&mine)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(IDEMPOTENCY_CLAIM.as_millis() as u64);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            if claimed.is_some() {
+                return Ok(None);
+            }
+            match self.existing_for_key(original, scoped, queue).await? {
+                KeyHolder::Ticket(submitted) => return Ok(Some(*submitted)),
+                KeyHolder::Orphaned(old) if old.is_empty() => continue,
+                KeyHolder::Orphaned(old) => {
+                    let took: i64 = self
+                        .run(|| {
+                            let mut cmd = redis::cmd("EVAL");
+                            cmd.arg(TAKE_OVER_CLAIM)
+                                .arg(1)
+                                .arg(self.keys.idempotency(scoped))
+                                .arg(&old)
+                                .arg(&mine)
+                                .arg(IDEMPOTENCY_CLAIM.as_millis() as u64);
+                            QueryKind::Cmd(cmd)
+                        })
+                        .await?;
+                    if took == 1 {
+                        tracing::info!(key = %original, "took over an idempotency key claimed by a gateway that stopped before storing its ticket");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "a submit with idempotency key {original:?} is still being stored; retry"
         )))
     }
 
@@ -1401,20 +1553,9 @@ impl Engine for RedisEngine {
             .as_deref()
             .map(|key| idempotency_scope(new.tenant.as_deref(), key));
         if let Some(key) = &key {
-            let claimed: Option<String> = inner
-                .run(|| {
-                    let mut cmd = redis::cmd("SET");
-                    cmd.arg(inner.keys.idempotency(key))
-                        .arg(id.to_string())
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(IDEMPOTENCY_CLAIM.as_millis() as u64);
-                    QueryKind::Cmd(cmd)
-                })
-                .await?;
-            if claimed.is_none() {
-                let original = new.idempotency_key.as_deref().unwrap_or_default();
-                return inner.existing_for_key(original, key, &queue).await;
+            let original = new.idempotency_key.as_deref().unwrap_or_default();
+            if let Some(existing) = inner.claim_key(original, key, id, &queue).await? {
+                return Ok(existing);
             }
         }
         let mut ticket = Ticket::create(id, new, SystemTime::now());
