@@ -22,6 +22,12 @@
 //! against the method, and hands the [`Caller`] to the handlers in the
 //! request's extensions. Denials, reloads (SIGHUP) and admin calls are
 //! written to the `asyncgate::audit` tracing target.
+//!
+//! Each key entry carries a revocation token. A reload carries it over to
+//! the new table for keys whose secret, role, tenant and queues are
+//! unchanged, and cancels it for the others: every open stream or wait of
+//! such a key (worker sessions, watches, long-polls) selects on its own
+//! child of that token and ends with UNAUTHENTICATED.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,6 +37,7 @@ use std::task::{Context, Poll};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codegen::http;
 
@@ -78,6 +85,9 @@ pub struct Caller {
     /// False for [`Caller::anonymous`] (no keys file): only a real admin
     /// key names other tenants' queues (`tenant/queue`).
     authenticated: bool,
+    /// Cancelled when a reload removes the key or changes what it grants;
+    /// shared by every request of the key (see [`Caller::revocation`]).
+    revoked: CancellationToken,
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -126,7 +136,32 @@ impl Caller {
             queues: Arc::from(["*".to_owned()]),
             limiter: None,
             authenticated: false,
+            revoked: CancellationToken::new(),
         }
+    }
+
+    /// A token cancelled once a keys reload removes this caller's key or
+    /// changes its role, tenant or queues: long-lived calls select on it
+    /// and end. A child of the key's token, so that polling it per event
+    /// touches only the call's own state, not the key's shared one.
+    pub fn revocation(&self) -> CancellationToken {
+        self.revoked.child_token()
+    }
+
+    /// Whether this caller's key was revoked or changed by a reload.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_cancelled()
+    }
+
+    /// The error that ends a call of a revoked key.
+    pub fn revoked_error(&self) -> crate::error::GatewayError {
+        crate::error::GatewayError::KeyRevoked(self.name.to_string())
+    }
+
+    /// Whether `other` (the same secret, in another table) grants exactly
+    /// what this one does: its open calls may go on.
+    fn grants_as(&self, other: &Caller) -> bool {
+        self.role == other.role && self.tenant == other.tenant && self.queues == other.queues
     }
 
     /// Whether this caller may name any tenant's queue as `tenant/queue`
@@ -308,6 +343,7 @@ impl KeyTable {
                     queues: entry.queues.into(),
                     limiter,
                     authenticated: true,
+                    revoked: CancellationToken::new(),
                 },
             });
         }
@@ -327,26 +363,64 @@ impl KeyTable {
         found
     }
 
-    /// Carries over `previous`'s bucket for every key whose secret and
-    /// limits are unchanged, so a reload does not hand a client at its limit
-    /// a fresh burst; a key whose rate or burst changed starts full.
-    fn keep_buckets_from(&mut self, previous: &KeyTable) {
+    /// The entry `authenticate` picks for `digest` (the last match).
+    fn effective(&self, digest: &[u8; 32]) -> Option<&KeyEntry> {
+        self.entries.iter().rev().find(|e| e.digest == *digest)
+    }
+
+    /// Carries over from `previous` what outlives a reload, and says what
+    /// changed. A key whose secret and limits are unchanged keeps its bucket,
+    /// so a reload does not hand a client at its limit a fresh burst (a key
+    /// whose rate or burst changed starts full). A key whose secret, role,
+    /// tenant and queues are unchanged keeps its revocation token, so its
+    /// open calls go on; the tokens of every other previous key are returned
+    /// for the caller to cancel once the new table is in force.
+    fn carry_over_from(&mut self, previous: &KeyTable) -> (ReloadSummary, Vec<CancellationToken>) {
         for entry in &mut self.entries {
-            let Some(fresh) = &entry.caller.limiter else {
+            let Some(old) = previous.effective(&entry.digest) else {
                 continue;
             };
-            // The last match, as `authenticate` picks the last entry.
-            let kept = previous.entries.iter().rev().find_map(|old| {
-                let bucket = old.caller.limiter.as_ref()?;
-                (old.digest == entry.digest
-                    && bucket.rate == fresh.rate
-                    && bucket.burst == fresh.burst)
-                    .then(|| bucket.clone())
-            });
-            if let Some(bucket) = kept {
-                entry.caller.limiter = Some(bucket);
+            if let (Some(fresh), Some(bucket)) = (&entry.caller.limiter, &old.caller.limiter)
+                && bucket.rate == fresh.rate
+                && bucket.burst == fresh.burst
+            {
+                entry.caller.limiter = Some(bucket.clone());
+            }
+            if entry.caller.grants_as(&old.caller) {
+                entry.caller.revoked = old.caller.revoked.clone();
             }
         }
+        let mut summary = ReloadSummary {
+            keys: self.entries.len(),
+            ..ReloadSummary::default()
+        };
+        let mut revoked = Vec::new();
+        for old in &previous.entries {
+            // Only the effective entry of the new table decides: an earlier
+            // duplicate of the secret is never what `authenticate` returns.
+            match self.effective(&old.digest) {
+                Some(new) if new.caller.grants_as(&old.caller) => {}
+                _ => revoked.push(old.caller.revoked.clone()),
+            }
+        }
+        let old_digests: HashSet<[u8; 32]> = previous.entries.iter().map(|e| e.digest).collect();
+        let new_digests: HashSet<[u8; 32]> = self.entries.iter().map(|e| e.digest).collect();
+        summary.added = new_digests.difference(&old_digests).count();
+        summary.removed = old_digests.difference(&new_digests).count();
+        summary.changed = new_digests
+            .intersection(&old_digests)
+            .filter(|digest| {
+                let (Some(new), Some(old)) = (self.effective(digest), previous.effective(digest))
+                else {
+                    return false;
+                };
+                let limits = |c: &Caller| c.limiter.as_ref().map(|b| (b.rate, b.burst));
+                !new.caller.grants_as(&old.caller)
+                    || new.caller.name != old.caller.name
+                    || limits(&new.caller) != limits(&old.caller)
+            })
+            .count();
+        (summary, revoked)
     }
 
     /// Number of keys.
@@ -358,6 +432,20 @@ impl KeyTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// What a reload changed, for the audit log.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReloadSummary {
+    /// Keys in force now.
+    keys: usize,
+    /// Secrets that are new.
+    added: usize,
+    /// Secrets that are gone.
+    removed: usize,
+    /// Secrets still there with another name, role, tenant, queues or
+    /// limit.
+    changed: usize,
 }
 
 /// The keys in force, replaced as a whole on reload.
@@ -377,24 +465,40 @@ impl Keys {
         })
     }
 
-    /// Reads the file again; on an error the keys in force stay.
+    /// Reads the file again; on an error the keys in force stay. Open calls
+    /// of keys that were removed, or whose role, tenant or queues changed,
+    /// are ended (see the module docs). Returns the number of keys.
     pub fn reload(&self) -> Result<usize, KeysError> {
         match KeyTable::load(&self.path) {
             Ok(mut table) => {
-                let count = table.len();
                 // Under the write lock, so two reloads cannot both start
                 // from one table and the later one drop what the earlier
                 // carried over. (Buckets are shared `Arc`s: requests on the
                 // old table meanwhile spend the same tokens.)
                 let mut current = self.table.write().unwrap_or_else(|p| p.into_inner());
-                table.keep_buckets_from(&current);
+                let (summary, revoked) = table.carry_over_from(&current);
                 *current = Arc::new(table);
                 drop(current);
-                tracing::info!(target: AUDIT, action = "reload_keys", file = %self.path.display(), keys = count, outcome = "ok");
-                Ok(count)
+                // After the swap: a request that authenticates from now on
+                // meets the new table, and one that met the old table holds
+                // a token that stays cancelled.
+                for token in &revoked {
+                    token.cancel();
+                }
+                tracing::info!(
+                    target: AUDIT,
+                    action = "reload_keys",
+                    file = %self.path.display(),
+                    keys = summary.keys,
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    outcome = "ok",
+                );
+                Ok(summary.keys)
             }
             Err(error) => {
-                tracing::warn!(target: AUDIT, action = "reload_keys", file = %self.path.display(), outcome = "failed", %error);
+                tracing::warn!(target: AUDIT, action = "reload_keys", file = %self.path.display(), outcome = "failed", reason = %error);
                 Err(error)
             }
         }
@@ -673,6 +777,74 @@ mod tests {
         keys.reload().unwrap();
         assert!(take(&keys).is_ok(), "a changed rate starts a fresh bucket");
         assert!(take(&keys).is_err());
+    }
+
+    #[test]
+    fn a_reload_ends_the_calls_of_removed_and_changed_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let entry = |name: &str, secret: &str, role: &str, extra: &str| {
+            format!(
+                "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{extra}\n",
+                digest_hex(secret)
+            )
+        };
+        std::fs::write(
+            &path,
+            [
+                entry("same", "s1", "client", "tenant = \"t1\""),
+                entry("worker", "s2", "worker", "queues = [\"a\"]"),
+                entry("gone", "s3", "client", ""),
+                entry("renamed", "s4", "client", ""),
+                entry("moved", "s5", "client", "tenant = \"t1\""),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let keys = Keys::open(&path).unwrap();
+        let call = |secret: &str| {
+            keys.current()
+                .authenticate(secret)
+                .expect("known")
+                .revocation()
+        };
+        let calls: Vec<_> = ["s1", "s2", "s3", "s4", "s5"].map(call).into();
+        std::fs::write(
+            &path,
+            [
+                entry("same", "s1", "client", "tenant = \"t1\""),
+                entry("worker", "s2", "worker", "queues = [\"a\", \"b\"]"),
+                entry("renamed-2", "s4", "client", ""),
+                entry("moved", "s5", "client", "tenant = \"t2\""),
+                entry("new", "s6", "client", ""),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let previous = keys.current();
+        let mut table = KeyTable::load(&path).unwrap();
+        let (summary, _) = table.carry_over_from(&previous);
+        assert_eq!(
+            (summary.added, summary.removed, summary.changed),
+            (1, 1, 3),
+            "{summary:?}"
+        );
+        assert_eq!(keys.reload().unwrap(), 5);
+        let ended: Vec<bool> = calls.iter().map(|c| c.is_cancelled()).collect();
+        assert_eq!(
+            ended,
+            [false, true, true, false, true],
+            "same and renamed go on; other queues, removed and another tenant end"
+        );
+        assert!(!call("s1").is_cancelled(), "a new call of a kept key runs");
+        assert!(
+            !call("s2").is_cancelled(),
+            "the changed key's new calls run"
+        );
+        // A second reload of the same file changes nothing.
+        let kept = call("s2");
+        keys.reload().unwrap();
+        assert!(!kept.is_cancelled());
     }
 
     #[test]

@@ -76,10 +76,15 @@ pub async fn run<S>(
 ) where
     S: Stream<Item = Result<pb::WorkerMessage, String>> + Unpin,
 {
+    let revoked = caller.revocation();
     let first = tokio::select! {
         first = tokio::time::timeout(settings.heartbeat_interval * 2, inbound.next()) => first,
         _ = shutdown.cancelled() => {
             let _ = outbound.send(Err(GatewayError::ShuttingDown)).await;
+            return;
+        }
+        _ = revoked.cancelled() => {
+            let _ = outbound.send(Err(caller.revoked_error())).await;
             return;
         }
     };
@@ -134,6 +139,8 @@ pub async fn run<S>(
         dispatcher,
         settings,
         scoped_names: caller.names_tenant_queues(),
+        key_revoked: revoked,
+        key_name: caller.name.clone(),
         info,
         queues,
         max_in_flight,
@@ -223,6 +230,11 @@ struct Session {
     /// Whether tasks show queues as stored (`tenant/queue`, admin keys) or
     /// as the worker's tenant names them.
     scoped_names: bool,
+    /// Cancelled when a keys reload revokes or changes the worker's key:
+    /// the session ends at once and gives its leases back.
+    key_revoked: CancellationToken,
+    /// The worker's key, for the error that ends a revoked session.
+    key_name: Arc<str>,
     info: SessionInfo,
     queues: Vec<QueueName>,
     max_in_flight: u32,
@@ -354,6 +366,9 @@ impl Session {
                 tracing::error!(%error, "could not release an undelivered lease");
             }
         }
+        if let End::Error(GatewayError::KeyRevoked(_)) = &end {
+            self.give_back_revoked().await;
+        }
         if !self.leases.is_empty() {
             tracing::warn!(
                 leases = self.leases.len(),
@@ -390,6 +405,9 @@ impl Session {
         // a timer wheel or a token's waiter list every time round.
         let stopped = hard_stop.cancelled();
         tokio::pin!(stopped);
+        let key_revoked = self.key_revoked.clone();
+        let key_revoked = key_revoked.cancelled();
+        tokio::pin!(key_revoked);
         let draining = shutdown.cancelled();
         tokio::pin!(draining);
         let mut liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
@@ -404,6 +422,11 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 () = &mut stopped => Err(End::Error(GatewayError::ShuttingDown)),
+                // Before anything the worker sent: nothing a revoked key
+                // reports is recorded, and no task reaches it.
+                () = &mut key_revoked => Err(End::Error(GatewayError::KeyRevoked(
+                    self.key_name.to_string(),
+                ))),
                 () = &mut draining, if !self.gateway_draining => {
                     self.gateway_draining = true;
                     self.start_draining();
@@ -450,6 +473,34 @@ impl Session {
             }
             if self.gateway_draining && self.leases.is_empty() && self.in_flight.is_empty() {
                 return End::Drained;
+            }
+        }
+    }
+
+    /// The worker's key was revoked: results it sent before are recorded
+    /// (for a while; they are not acknowledged), and every lease it still
+    /// holds goes back to its queue at once, without costing the ticket an
+    /// attempt, rather than waiting for the lease to be lost.
+    async fn give_back_revoked(&mut self) {
+        let engine = self.dispatcher.engine().clone();
+        let settle = async { while self.in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.heartbeat_interval * 2, settle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("results of a revoked worker still unrecorded; dropped");
+        }
+        let leases = std::mem::take(&mut self.leases);
+        tracing::info!(
+            leases = leases.len(),
+            "worker key revoked; its leases go back to their queues"
+        );
+        for (lease_id, ticket_id) in leases {
+            if let Err(error) = engine
+                .release(ticket_id, lease_id, ReleaseReason::KeyRevoked)
+                .await
+            {
+                tracing::error!(%error, %ticket_id, "could not release a revoked worker's lease");
             }
         }
     }

@@ -179,7 +179,7 @@ impl Gateway for GatewayService {
         let wait = convert::duration(request.wait, "wait", std::time::Duration::MAX)?
             .unwrap_or_default()
             .min(self.core.config.max_wait);
-        let ticket = self.core.wait_for_terminal(id, wait).await?;
+        let ticket = self.core.wait_for_terminal(&caller, id, wait).await?;
         Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 

@@ -194,7 +194,7 @@ impl Operations for OperationsService {
         if let Some(deadline) = deadline {
             wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN.max(deadline / 10)));
         }
-        let ticket = self.core.wait_for_terminal(id, wait).await?;
+        let ticket = self.core.wait_for_terminal(&caller, id, wait).await?;
         Ok(Response::new(self.present(&caller, &ticket).await))
     }
 }
