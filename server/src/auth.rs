@@ -21,7 +21,10 @@
 //! and compares it with every entry in constant time, checks the role
 //! against the method, and hands the [`Caller`] to the handlers in the
 //! request's extensions. Denials, reloads (SIGHUP) and admin calls are
-//! written to the `asyncgate::audit` tracing target.
+//! written to the `asyncgate::audit` tracing target, each with the peer
+//! address; denials and failed authentications at most once a second per
+//! peer and reason (see [`audit_denial`]), so a flood of bad keys cannot
+//! flood the log.
 //!
 //! Each key entry carries a revocation token. A reload carries it over to
 //! the new table for keys whose secret, role, tenant and queues are
@@ -29,10 +32,12 @@
 //! such a key (worker sessions, watches, long-polls) selects on its own
 //! child of that token and ends with UNAUTHENTICATED.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -448,6 +453,9 @@ struct ReloadSummary {
     changed: usize,
 }
 
+/// The `peer` of audit records that no network peer caused (a SIGHUP).
+const LOCAL_PEER: &str = "local";
+
 /// The keys in force, replaced as a whole on reload.
 #[derive(Clone)]
 pub struct Keys {
@@ -488,6 +496,7 @@ impl Keys {
                 tracing::info!(
                     target: AUDIT,
                     action = "reload_keys",
+                    peer = %LOCAL_PEER,
                     file = %self.path.display(),
                     keys = summary.keys,
                     added = summary.added,
@@ -498,7 +507,7 @@ impl Keys {
                 Ok(summary.keys)
             }
             Err(error) => {
-                tracing::warn!(target: AUDIT, action = "reload_keys", file = %self.path.display(), outcome = "failed", reason = %error);
+                tracing::warn!(target: AUDIT, action = "reload_keys", peer = %LOCAL_PEER, file = %self.path.display(), outcome = "failed", reason = %error);
                 Err(error)
             }
         }
@@ -541,13 +550,21 @@ fn check(
     keys: &KeyTable,
     path: &str,
     authorization: Option<&str>,
+    peer: Option<SocketAddr>,
 ) -> Result<Option<Caller>, Status> {
     let need = needs(path);
     if let Needs::Nothing = need {
         return Ok(None);
     }
     let Some(header) = authorization else {
-        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "no authorization metadata");
+        audit_denial(
+            peer,
+            path,
+            "-",
+            "-",
+            "unauthenticated",
+            "no authorization metadata",
+        );
         return Err(Status::unauthenticated(
             "missing credentials: send the metadata `authorization: Bearer <API key>`",
         ));
@@ -556,19 +573,26 @@ fn check(
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
     else {
-        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "not a bearer token");
+        audit_denial(
+            peer,
+            path,
+            "-",
+            "-",
+            "unauthenticated",
+            "not a bearer token",
+        );
         return Err(Status::unauthenticated(
             "the authorization metadata must read `Bearer <API key>`",
         ));
     };
     let Some(caller) = keys.authenticate(key.trim()) else {
-        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "unknown key");
+        audit_denial(peer, path, "-", "-", "unauthenticated", "unknown key");
         return Err(Status::unauthenticated("unknown API key"));
     };
     if let Needs::Role(roles, what) = need
         && !roles.contains(&caller.role)
     {
-        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "permission_denied", reason = "role");
+        audit_denial(peer, path, &caller.name, "-", "permission_denied", "role");
         return Err(Status::permission_denied(format!(
             "key {:?} has the {} role; {path} needs {what}",
             caller.name,
@@ -578,7 +602,14 @@ fn check(
     if let Some(limiter) = &caller.limiter
         && let Err(wait) = limiter.take()
     {
-        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "resource_exhausted", reason = "rate limit");
+        audit_denial(
+            peer,
+            path,
+            &caller.name,
+            "-",
+            "resource_exhausted",
+            "rate limit",
+        );
         return Err(Status::resource_exhausted(format!(
             "key {:?} is over its rate limit of {} requests/s; retry in {} ms",
             caller.name,
@@ -587,9 +618,131 @@ fn check(
         )));
     }
     if caller.role == Role::Admin {
-        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "allowed");
+        tracing::info!(target: AUDIT, action = path, who = %caller.name, peer = %Peer(peer), outcome = "allowed");
     }
     Ok(Some(caller.clone()))
+}
+
+/// A peer address in audit records: `ip:port`, or `-` when unknown.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// How often one peer's denials of one reason reach the audit log.
+const DENIAL_WINDOW: Duration = Duration::from_secs(1);
+
+/// The most (peer, reason) pairs whose denials are counted at once; past it
+/// the pair seen least recently is forgotten, so a spray of addresses
+/// cannot grow the map.
+const DENIAL_PEERS: usize = 1024;
+
+/// Rate-limits denial records: the first denial of a (peer, reason) in each
+/// window is written, the rest are counted and their number is written with
+/// the next record of the pair.
+struct DenialLog {
+    windows: Mutex<HashMap<(Option<IpAddr>, &'static str), DenialWindow>>,
+}
+
+struct DenialWindow {
+    /// When the last written record of the pair was.
+    started: tokio::time::Instant,
+    /// Denials not written since then.
+    suppressed: u64,
+}
+
+impl DenialLog {
+    /// `Some(suppressed)` when this denial is to be written (with the
+    /// number left out before it); `None` when it only counts.
+    fn admit(&self, peer: Option<IpAddr>, reason: &'static str) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(window) = windows.get_mut(&(peer, reason)) {
+            if now.duration_since(window.started) < DENIAL_WINDOW {
+                window.suppressed += 1;
+                return None;
+            }
+            let suppressed = std::mem::take(&mut window.suppressed);
+            window.started = now;
+            return Some(suppressed);
+        }
+        if windows.len() >= DENIAL_PEERS {
+            // A linear scan, only when a new pair arrives at a full map:
+            // cheap at this size, and no second index to keep in step.
+            let oldest = windows
+                .iter()
+                .min_by_key(|(_, window)| window.started)
+                .map(|(key, _)| *key);
+            if let Some(oldest) = oldest {
+                windows.remove(&oldest);
+            }
+        }
+        windows.insert(
+            (peer, reason),
+            DenialWindow {
+                started: now,
+                suppressed: 0,
+            },
+        );
+        Some(0)
+    }
+}
+
+impl DenialLog {
+    fn new() -> Self {
+        Self {
+            windows: Mutex::default(),
+        }
+    }
+}
+
+static DENIALS: LazyLock<DenialLog> = LazyLock::new(DenialLog::new);
+
+/// Audits a refused call (a failed authentication or a permission
+/// denial): at most one record per second per peer address (IP: a new
+/// connection per attempt gains nothing) and reason, each with the number
+/// of records left out before it (`suppressed`).
+/// `target` names what was refused beyond the method (a queue), or is `-`.
+pub fn audit_denial(
+    peer: Option<SocketAddr>,
+    action: &str,
+    who: &str,
+    target: &str,
+    outcome: &'static str,
+    reason: &'static str,
+) {
+    let Some(suppressed) = DENIALS.admit(peer.map(|p| p.ip()), reason) else {
+        return;
+    };
+    tracing::info!(target: AUDIT, action, who = %who, peer = %Peer(peer), target = %target, outcome, reason, suppressed);
+}
+
+/// Audits a change a caller made: who (and with which role), what, on
+/// what, from where.
+fn audit_change(caller: &Caller, action: &str, peer: Option<SocketAddr>, target: &str) {
+    tracing::info!(target: AUDIT, action, who = %caller.name, role = caller.role.name(), peer = %Peer(peer), target = %target, outcome = "ok");
+}
+
+/// Audits a change an admin key made: call it from every admin RPC that
+/// changes something (cancels call it through [`audit_cancel`]).
+pub fn audit_admin(caller: &Caller, action: &str, peer: Option<SocketAddr>, target: &str) {
+    audit_change(caller, action, peer, target);
+}
+
+/// Audits a cancel (CancelTicket or CancelOperation) by any key; an admin's
+/// is an admin action (`role=admin`).
+pub fn audit_cancel(caller: &Caller, action: &str, peer: Option<SocketAddr>, ticket_id: &str) {
+    if caller.role == Role::Admin {
+        audit_admin(caller, action, peer, ticket_id);
+    } else {
+        audit_change(caller, action, peer, ticket_id);
+    }
 }
 
 /// The tower layer that authenticates every request (see the module docs).
@@ -649,6 +802,7 @@ where
                     .headers()
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok()),
+                crate::connection::remote_addr(request.extensions()),
             ),
         };
         match caller {
@@ -713,6 +867,7 @@ mod tests {
             &keys,
             "/asyncgate.v1.Workers/Connect",
             Some("Bearer client-secret"),
+            None,
         )
         .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -720,6 +875,7 @@ mod tests {
             &keys,
             "/google.longrunning.Operations/GetOperation",
             Some("Bearer worker-secret"),
+            None,
         )
         .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -728,14 +884,15 @@ mod tests {
                 &keys,
                 "/google.longrunning.Operations/GetOperation",
                 Some("Bearer client-secret"),
+                None,
             )
             .unwrap()
             .is_some()
         );
-        let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None).unwrap_err();
+        let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None, None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(
-            check(&keys, "/grpc.health.v1.Health/Check", None)
+            check(&keys, "/grpc.health.v1.Health/Check", None, None)
                 .unwrap()
                 .is_none()
         );
@@ -845,6 +1002,34 @@ mod tests {
         let kept = call("s2");
         keys.reload().unwrap();
         assert!(!kept.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn denials_are_audited_once_a_second_per_peer_and_reason() {
+        let log = DenialLog::new();
+        let peer = Some(IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(log.admit(peer, "unknown key"), Some(0));
+        for _ in 0..49 {
+            assert_eq!(log.admit(peer, "unknown key"), None);
+        }
+        assert_eq!(log.admit(peer, "role"), Some(0), "another reason");
+        assert_eq!(
+            log.admit(Some(IpAddr::from([10, 0, 0, 1])), "unknown key"),
+            Some(0),
+            "another peer"
+        );
+        tokio::time::advance(DENIAL_WINDOW).await;
+        assert_eq!(log.admit(peer, "unknown key"), Some(49));
+        assert_eq!(log.admit(peer, "unknown key"), None);
+
+        // Bounded: a spray of addresses evicts the pair seen least recently.
+        for n in 0..DENIAL_PEERS as u32 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            log.admit(Some(IpAddr::from(n.to_be_bytes())), "spray");
+        }
+        let windows = log.windows.lock().unwrap();
+        assert_eq!(windows.len(), DENIAL_PEERS);
+        assert!(!windows.contains_key(&(Some(IpAddr::from([10, 0, 0, 1])), "unknown key")));
     }
 
     #[test]

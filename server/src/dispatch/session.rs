@@ -64,11 +64,14 @@ fn message(kind: Out) -> Result<pb::DispatchMessage, GatewayError> {
     Ok(pb::DispatchMessage { kind: Some(kind) })
 }
 
-/// Runs one worker connection to its end.
+/// Runs one worker connection to its end. `peer` is the worker's address,
+/// for the audit log.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
     dispatcher: Dispatcher,
     settings: SessionSettings,
     caller: crate::auth::Caller,
+    peer: Option<std::net::SocketAddr>,
     mut inbound: S,
     outbound: Outbound,
     shutdown: CancellationToken,
@@ -117,7 +120,14 @@ pub async fn run<S>(
         }
     };
     if let Some(refused) = queues.iter().find(|queue| !caller.may_serve(queue)) {
-        tracing::info!(target: crate::auth::AUDIT, action = "/asyncgate.v1.Workers/Connect", who = %caller.name, queue = %refused, outcome = "permission_denied", reason = "queue");
+        crate::auth::audit_denial(
+            peer,
+            "/asyncgate.v1.Workers/Connect",
+            &caller.name,
+            &refused.to_string(),
+            "permission_denied",
+            "queue",
+        );
         let error = GatewayError::PermissionDenied(format!(
             "key {:?} may not serve queue {refused:?}; its entry allows {:?}",
             caller.name, caller.queues

@@ -65,6 +65,7 @@ impl Workers for WorkersService {
                 dispatcher,
                 settings,
                 caller,
+                peer,
                 Box::pin(inbound),
                 tx,
                 shutdown,
