@@ -6,6 +6,14 @@
 //! unanswered (progress on a lease it holds counts as an answer). However
 //! the loop ends, every lease the session still holds is given back to the
 //! engine, so its tickets run again elsewhere.
+//!
+//! Results and progress are accepted only for leases this session holds
+//! (or, for a repeated result, held until it answered them): a lease id
+//! alone proves nothing, as another worker — of another key, tenant or
+//! queue — may have learnt it. A report on any other lease never reaches the
+//! engine: a result gets FAILED_PRECONDITION, progress is dropped. A worker
+//! that reconnects has a new session and cannot report on its old leases
+//! (which ending the old session gave back anyway).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -157,6 +165,7 @@ pub async fn run<S>(
         outbound,
         leases: HashMap::new(),
         output_refused: HashSet::new(),
+        answered: AnsweredLeases::default(),
         revoked: HashSet::new(),
         nonce: 0,
         last_heartbeat: Instant::now(),
@@ -253,6 +262,10 @@ struct Session {
     leases: HashMap<LeaseId, TicketId>,
     /// Leases the worker was told to drop; their late results are expected.
     revoked: HashSet<LeaseId>,
+    /// Leases this session held and has received a result for: a repeat of
+    /// that result (the worker's resend after UNAVAILABLE, or a duplicate)
+    /// still goes to the engine, which answers it by its fencing.
+    answered: AnsweredLeases,
     /// Held leases whose output was refused (over a budget) at least once:
     /// later refusals are logged at debug level, so a worker that keeps
     /// streaming past its budget cannot flood the gateway's log.
@@ -659,12 +672,21 @@ impl Session {
         );
     }
 
+    /// Whether this session holds `lease_id`, as a lease of `ticket_id`.
+    fn holds(&self, ticket_id: TicketId, lease_id: LeaseId) -> bool {
+        self.leases.get(&lease_id) == Some(&ticket_id)
+    }
+
     fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
         let (ticket_id, lease_id) =
             match parse_lease(&progress.ticket_id, &progress.lease_id, "progress") {
                 Ok(ids) => ids,
                 Err(error) => return Err(End::Error(error)),
             };
+        if !self.holds(ticket_id, lease_id) {
+            tracing::debug!(%ticket_id, %lease_id, "progress on a lease this session does not hold; ignored");
+            return Ok(());
+        }
         self.alive_by_work(lease_id);
         let output = match progress
             .output
@@ -787,6 +809,16 @@ impl Session {
             Ok(ids) => ids,
             Err(error) => return self.send(ack(tonic::Code::InvalidArgument, error.to_string())),
         };
+        let held = self.holds(ticket_id, lease_id);
+        if !held && !self.answered.contains(lease_id) {
+            tracing::debug!(%ticket_id, %lease_id, "result on a lease this session does not hold; refused");
+            return self.send(ack(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "this session does not hold lease {lease_id} of ticket {ticket_id} (it was never sent to this connection, or is not current for it); the result was discarded"
+                ),
+            ));
+        }
         let outcome = match result.outcome.clone() {
             Some(pb::task_result::Outcome::Success(payload)) => {
                 match convert::checked_payload(
@@ -820,7 +852,10 @@ impl Session {
                 ));
             }
         };
-        let held = self.leases.remove(&lease_id).is_some();
+        if held {
+            self.leases.remove(&lease_id);
+            self.answered.insert(lease_id, self.in_flight_limit());
+        }
         self.output_refused.remove(&lease_id);
         let was_revoked = self.revoked.remove(&lease_id);
         let engine = self.dispatcher.engine().clone();
@@ -848,6 +883,35 @@ impl Session {
             }
         });
         Ok(())
+    }
+}
+
+/// The latest leases a session answered, oldest first: bounded, so a
+/// long-lived session does not remember every lease it ever held. A repeat
+/// comes within moments of its result (a duplicate send, or a resend a
+/// second after UNAVAILABLE), far inside the bound.
+#[derive(Default)]
+struct AnsweredLeases {
+    order: std::collections::VecDeque<LeaseId>,
+    set: HashSet<LeaseId>,
+}
+
+impl AnsweredLeases {
+    fn contains(&self, lease_id: LeaseId) -> bool {
+        self.set.contains(&lease_id)
+    }
+
+    /// Remembers `lease_id`, forgetting the oldest past `limit`.
+    fn insert(&mut self, lease_id: LeaseId, limit: usize) {
+        if !self.set.insert(lease_id) {
+            return;
+        }
+        self.order.push_back(lease_id);
+        while self.order.len() > limit {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -886,6 +950,20 @@ mod tests {
             Err(GatewayError::InvalidArgument { field, reason }) => (field, reason),
             other => panic!("{worker_name:?} was not refused: {other:?}"),
         }
+    }
+
+    #[test]
+    fn answered_leases_are_bounded_oldest_first() {
+        let mut answered = AnsweredLeases::default();
+        let leases: Vec<LeaseId> = (0..5).map(|_| LeaseId::new()).collect();
+        for lease in &leases {
+            answered.insert(*lease, 3);
+        }
+        answered.insert(leases[4], 3);
+        assert!(!answered.contains(leases[0]) && !answered.contains(leases[1]));
+        assert!(leases[2..].iter().all(|l| answered.contains(*l)));
+        assert_eq!(answered.order.len(), 3);
+        assert_eq!(answered.set.len(), 3);
     }
 
     #[test]
