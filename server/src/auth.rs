@@ -21,16 +21,28 @@
 //! and compares it with every entry in constant time, checks the role
 //! against the method, and hands the [`Caller`] to the handlers in the
 //! request's extensions. Denials, reloads (SIGHUP) and admin calls are
-//! written to the `asyncgate::audit` tracing target.
+//! written to the `asyncgate::audit` tracing target, each with the peer
+//! address; denials and failed authentications at most once a second per
+//! peer and reason (see [`audit_denial`]), so a flood of bad keys cannot
+//! flood the log.
+//!
+//! Each key entry carries a revocation token. A reload carries it over to
+//! the new table for keys whose secret, role, tenant and queues are
+//! unchanged, and cancels it for the others: every open stream or wait of
+//! such a key (worker sessions, watches, long-polls) selects on its own
+//! child of that token and ends with UNAUTHENTICATED.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codegen::http;
 
@@ -78,6 +90,9 @@ pub struct Caller {
     /// False for [`Caller::anonymous`] (no keys file): only a real admin
     /// key names other tenants' queues (`tenant/queue`).
     authenticated: bool,
+    /// Cancelled when a reload removes the key or changes what it grants;
+    /// shared by every request of the key (see [`Caller::revocation`]).
+    revoked: CancellationToken,
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -126,7 +141,32 @@ impl Caller {
             queues: Arc::from(["*".to_owned()]),
             limiter: None,
             authenticated: false,
+            revoked: CancellationToken::new(),
         }
+    }
+
+    /// A token cancelled once a keys reload removes this caller's key or
+    /// changes its role, tenant or queues: long-lived calls select on it
+    /// and end. A child of the key's token, so that polling it per event
+    /// touches only the call's own state, not the key's shared one.
+    pub fn revocation(&self) -> CancellationToken {
+        self.revoked.child_token()
+    }
+
+    /// Whether this caller's key was revoked or changed by a reload.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_cancelled()
+    }
+
+    /// The error that ends a call of a revoked key.
+    pub fn revoked_error(&self) -> crate::error::GatewayError {
+        crate::error::GatewayError::KeyRevoked(self.name.to_string())
+    }
+
+    /// Whether `other` (the same secret, in another table) grants exactly
+    /// what this one does: its open calls may go on.
+    fn grants_as(&self, other: &Caller) -> bool {
+        self.role == other.role && self.tenant == other.tenant && self.queues == other.queues
     }
 
     /// Whether this caller may name any tenant's queue as `tenant/queue`
@@ -308,6 +348,7 @@ impl KeyTable {
                     queues: entry.queues.into(),
                     limiter,
                     authenticated: true,
+                    revoked: CancellationToken::new(),
                 },
             });
         }
@@ -327,26 +368,64 @@ impl KeyTable {
         found
     }
 
-    /// Carries over `previous`'s bucket for every key whose secret and
-    /// limits are unchanged, so a reload does not hand a client at its limit
-    /// a fresh burst; a key whose rate or burst changed starts full.
-    fn keep_buckets_from(&mut self, previous: &KeyTable) {
+    /// The entry `authenticate` picks for `digest` (the last match).
+    fn effective(&self, digest: &[u8; 32]) -> Option<&KeyEntry> {
+        self.entries.iter().rev().find(|e| e.digest == *digest)
+    }
+
+    /// Carries over from `previous` what outlives a reload, and says what
+    /// changed. A key whose secret and limits are unchanged keeps its bucket,
+    /// so a reload does not hand a client at its limit a fresh burst (a key
+    /// whose rate or burst changed starts full). A key whose secret, role,
+    /// tenant and queues are unchanged keeps its revocation token, so its
+    /// open calls go on; the tokens of every other previous key are returned
+    /// for the caller to cancel once the new table is in force.
+    fn carry_over_from(&mut self, previous: &KeyTable) -> (ReloadSummary, Vec<CancellationToken>) {
         for entry in &mut self.entries {
-            let Some(fresh) = &entry.caller.limiter else {
+            let Some(old) = previous.effective(&entry.digest) else {
                 continue;
             };
-            // The last match, as `authenticate` picks the last entry.
-            let kept = previous.entries.iter().rev().find_map(|old| {
-                let bucket = old.caller.limiter.as_ref()?;
-                (old.digest == entry.digest
-                    && bucket.rate == fresh.rate
-                    && bucket.burst == fresh.burst)
-                    .then(|| bucket.clone())
-            });
-            if let Some(bucket) = kept {
-                entry.caller.limiter = Some(bucket);
+            if let (Some(fresh), Some(bucket)) = (&entry.caller.limiter, &old.caller.limiter)
+                && bucket.rate == fresh.rate
+                && bucket.burst == fresh.burst
+            {
+                entry.caller.limiter = Some(bucket.clone());
+            }
+            if entry.caller.grants_as(&old.caller) {
+                entry.caller.revoked = old.caller.revoked.clone();
             }
         }
+        let mut summary = ReloadSummary {
+            keys: self.entries.len(),
+            ..ReloadSummary::default()
+        };
+        let mut revoked = Vec::new();
+        for old in &previous.entries {
+            // Only the effective entry of the new table decides: an earlier
+            // duplicate of the secret is never what `authenticate` returns.
+            match self.effective(&old.digest) {
+                Some(new) if new.caller.grants_as(&old.caller) => {}
+                _ => revoked.push(old.caller.revoked.clone()),
+            }
+        }
+        let old_digests: HashSet<[u8; 32]> = previous.entries.iter().map(|e| e.digest).collect();
+        let new_digests: HashSet<[u8; 32]> = self.entries.iter().map(|e| e.digest).collect();
+        summary.added = new_digests.difference(&old_digests).count();
+        summary.removed = old_digests.difference(&new_digests).count();
+        summary.changed = new_digests
+            .intersection(&old_digests)
+            .filter(|digest| {
+                let (Some(new), Some(old)) = (self.effective(digest), previous.effective(digest))
+                else {
+                    return false;
+                };
+                let limits = |c: &Caller| c.limiter.as_ref().map(|b| (b.rate, b.burst));
+                !new.caller.grants_as(&old.caller)
+                    || new.caller.name != old.caller.name
+                    || limits(&new.caller) != limits(&old.caller)
+            })
+            .count();
+        (summary, revoked)
     }
 
     /// Number of keys.
@@ -359,6 +438,23 @@ impl KeyTable {
         self.entries.is_empty()
     }
 }
+
+/// What a reload changed, for the audit log.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReloadSummary {
+    /// Keys in force now.
+    keys: usize,
+    /// Secrets that are new.
+    added: usize,
+    /// Secrets that are gone.
+    removed: usize,
+    /// Secrets still there with another name, role, tenant, queues or
+    /// limit.
+    changed: usize,
+}
+
+/// The `peer` of audit records that no network peer caused (a SIGHUP).
+const LOCAL_PEER: &str = "local";
 
 /// The keys in force, replaced as a whole on reload.
 #[derive(Clone)]
@@ -377,24 +473,41 @@ impl Keys {
         })
     }
 
-    /// Reads the file again; on an error the keys in force stay.
+    /// Reads the file again; on an error the keys in force stay. Open calls
+    /// of keys that were removed, or whose role, tenant or queues changed,
+    /// are ended (see the module docs). Returns the number of keys.
     pub fn reload(&self) -> Result<usize, KeysError> {
         match KeyTable::load(&self.path) {
             Ok(mut table) => {
-                let count = table.len();
                 // Under the write lock, so two reloads cannot both start
                 // from one table and the later one drop what the earlier
                 // carried over. (Buckets are shared `Arc`s: requests on the
                 // old table meanwhile spend the same tokens.)
                 let mut current = self.table.write().unwrap_or_else(|p| p.into_inner());
-                table.keep_buckets_from(&current);
+                let (summary, revoked) = table.carry_over_from(&current);
                 *current = Arc::new(table);
                 drop(current);
-                tracing::info!(target: AUDIT, action = "reload_keys", file = %self.path.display(), keys = count, outcome = "ok");
-                Ok(count)
+                // After the swap: a request that authenticates from now on
+                // meets the new table, and one that met the old table holds
+                // a token that stays cancelled.
+                for token in &revoked {
+                    token.cancel();
+                }
+                tracing::info!(
+                    target: AUDIT,
+                    action = "reload_keys",
+                    peer = %LOCAL_PEER,
+                    file = %self.path.display(),
+                    keys = summary.keys,
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    outcome = "ok",
+                );
+                Ok(summary.keys)
             }
             Err(error) => {
-                tracing::warn!(target: AUDIT, action = "reload_keys", file = %self.path.display(), outcome = "failed", %error);
+                tracing::warn!(target: AUDIT, action = "reload_keys", peer = %LOCAL_PEER, file = %self.path.display(), outcome = "failed", reason = %error);
                 Err(error)
             }
         }
@@ -412,12 +525,17 @@ impl Keys {
     /// Checks a metrics scrape's `authorization` header: it takes an admin
     /// key, because the exposition names every tenant's queues. Denials are
     /// audited like RPCs'; the status's message says what is missing.
-    pub fn check_scrape(&self, authorization: Option<&str>) -> Result<(), Status> {
+    pub fn check_scrape(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Status> {
         check_need(
             &self.current(),
             "/metrics",
             Needs::Role(&[Role::Admin], "an admin key"),
             authorization,
+            peer,
         )
         .map(drop)
     }
@@ -450,8 +568,9 @@ fn check(
     keys: &KeyTable,
     path: &str,
     authorization: Option<&str>,
+    peer: Option<SocketAddr>,
 ) -> Result<Option<Caller>, Status> {
-    check_need(keys, path, needs(path), authorization)
+    check_need(keys, path, needs(path), authorization, peer)
 }
 
 /// [`check`] for a request that needs `need`.
@@ -460,12 +579,20 @@ fn check_need(
     path: &str,
     need: Needs,
     authorization: Option<&str>,
+    peer: Option<SocketAddr>,
 ) -> Result<Option<Caller>, Status> {
     if let Needs::Nothing = need {
         return Ok(None);
     }
     let Some(header) = authorization else {
-        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "no authorization metadata");
+        audit_denial(
+            peer,
+            path,
+            "-",
+            "-",
+            "unauthenticated",
+            "no authorization metadata",
+        );
         return Err(Status::unauthenticated(
             "missing credentials: send the metadata `authorization: Bearer <API key>`",
         ));
@@ -474,19 +601,26 @@ fn check_need(
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
     else {
-        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "not a bearer token");
+        audit_denial(
+            peer,
+            path,
+            "-",
+            "-",
+            "unauthenticated",
+            "not a bearer token",
+        );
         return Err(Status::unauthenticated(
             "the authorization metadata must read `Bearer <API key>`",
         ));
     };
     let Some(caller) = keys.authenticate(key.trim()) else {
-        tracing::info!(target: AUDIT, action = path, who = "-", outcome = "unauthenticated", reason = "unknown key");
+        audit_denial(peer, path, "-", "-", "unauthenticated", "unknown key");
         return Err(Status::unauthenticated("unknown API key"));
     };
     if let Needs::Role(roles, what) = need
         && !roles.contains(&caller.role)
     {
-        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "permission_denied", reason = "role");
+        audit_denial(peer, path, &caller.name, "-", "permission_denied", "role");
         return Err(Status::permission_denied(format!(
             "key {:?} has the {} role; {path} needs {what}",
             caller.name,
@@ -496,7 +630,14 @@ fn check_need(
     if let Some(limiter) = &caller.limiter
         && let Err(wait) = limiter.take()
     {
-        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "resource_exhausted", reason = "rate limit");
+        audit_denial(
+            peer,
+            path,
+            &caller.name,
+            "-",
+            "resource_exhausted",
+            "rate limit",
+        );
         return Err(Status::resource_exhausted(format!(
             "key {:?} is over its rate limit of {} requests/s; retry in {} ms",
             caller.name,
@@ -505,9 +646,131 @@ fn check_need(
         )));
     }
     if caller.role == Role::Admin {
-        tracing::info!(target: AUDIT, action = path, who = %caller.name, outcome = "allowed");
+        tracing::info!(target: AUDIT, action = path, who = %caller.name, peer = %Peer(peer), outcome = "allowed");
     }
     Ok(Some(caller.clone()))
+}
+
+/// A peer address in audit records: `ip:port`, or `-` when unknown.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// How often one peer's denials of one reason reach the audit log.
+const DENIAL_WINDOW: Duration = Duration::from_secs(1);
+
+/// The most (peer, reason) pairs whose denials are counted at once; past it
+/// the pair seen least recently is forgotten, so a spray of addresses
+/// cannot grow the map.
+const DENIAL_PEERS: usize = 1024;
+
+/// Rate-limits denial records: the first denial of a (peer, reason) in each
+/// window is written, the rest are counted and their number is written with
+/// the next record of the pair.
+struct DenialLog {
+    windows: Mutex<HashMap<(Option<IpAddr>, &'static str), DenialWindow>>,
+}
+
+struct DenialWindow {
+    /// When the last written record of the pair was.
+    started: tokio::time::Instant,
+    /// Denials not written since then.
+    suppressed: u64,
+}
+
+impl DenialLog {
+    /// `Some(suppressed)` when this denial is to be written (with the
+    /// number left out before it); `None` when it only counts.
+    fn admit(&self, peer: Option<IpAddr>, reason: &'static str) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(window) = windows.get_mut(&(peer, reason)) {
+            if now.duration_since(window.started) < DENIAL_WINDOW {
+                window.suppressed += 1;
+                return None;
+            }
+            let suppressed = std::mem::take(&mut window.suppressed);
+            window.started = now;
+            return Some(suppressed);
+        }
+        if windows.len() >= DENIAL_PEERS {
+            // A linear scan, only when a new pair arrives at a full map:
+            // cheap at this size, and no second index to keep in step.
+            let oldest = windows
+                .iter()
+                .min_by_key(|(_, window)| window.started)
+                .map(|(key, _)| *key);
+            if let Some(oldest) = oldest {
+                windows.remove(&oldest);
+            }
+        }
+        windows.insert(
+            (peer, reason),
+            DenialWindow {
+                started: now,
+                suppressed: 0,
+            },
+        );
+        Some(0)
+    }
+}
+
+impl DenialLog {
+    fn new() -> Self {
+        Self {
+            windows: Mutex::default(),
+        }
+    }
+}
+
+static DENIALS: LazyLock<DenialLog> = LazyLock::new(DenialLog::new);
+
+/// Audits a refused call (a failed authentication or a permission
+/// denial): at most one record per second per peer address (IP: a new
+/// connection per attempt gains nothing) and reason, each with the number
+/// of records left out before it (`suppressed`).
+/// `target` names what was refused beyond the method (a queue), or is `-`.
+pub fn audit_denial(
+    peer: Option<SocketAddr>,
+    action: &str,
+    who: &str,
+    target: &str,
+    outcome: &'static str,
+    reason: &'static str,
+) {
+    let Some(suppressed) = DENIALS.admit(peer.map(|p| p.ip()), reason) else {
+        return;
+    };
+    tracing::info!(target: AUDIT, action, who = %who, peer = %Peer(peer), target = %target, outcome, reason, suppressed);
+}
+
+/// Audits a change a caller made: who (and with which role), what, on
+/// what, from where.
+fn audit_change(caller: &Caller, action: &str, peer: Option<SocketAddr>, target: &str) {
+    tracing::info!(target: AUDIT, action, who = %caller.name, role = caller.role.name(), peer = %Peer(peer), target = %target, outcome = "ok");
+}
+
+/// Audits a change an admin key made: call it from every admin RPC that
+/// changes something (cancels call it through [`audit_cancel`]).
+pub fn audit_admin(caller: &Caller, action: &str, peer: Option<SocketAddr>, target: &str) {
+    audit_change(caller, action, peer, target);
+}
+
+/// Audits a cancel (CancelTicket or CancelOperation) by any key; an admin's
+/// is an admin action (`role=admin`).
+pub fn audit_cancel(caller: &Caller, action: &str, peer: Option<SocketAddr>, ticket_id: &str) {
+    if caller.role == Role::Admin {
+        audit_admin(caller, action, peer, ticket_id);
+    } else {
+        audit_change(caller, action, peer, ticket_id);
+    }
 }
 
 /// The tower layer that authenticates every request (see the module docs).
@@ -567,6 +830,7 @@ where
                     .headers()
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok()),
+                crate::connection::remote_addr(request.extensions()),
             ),
         };
         match caller {
@@ -631,6 +895,7 @@ mod tests {
             &keys,
             "/asyncgate.v1.Workers/Connect",
             Some("Bearer client-secret"),
+            None,
         )
         .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -638,6 +903,7 @@ mod tests {
             &keys,
             "/google.longrunning.Operations/GetOperation",
             Some("Bearer worker-secret"),
+            None,
         )
         .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
@@ -646,14 +912,15 @@ mod tests {
                 &keys,
                 "/google.longrunning.Operations/GetOperation",
                 Some("Bearer client-secret"),
+                None,
             )
             .unwrap()
             .is_some()
         );
-        let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None).unwrap_err();
+        let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None, None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(
-            check(&keys, "/grpc.health.v1.Health/Check", None)
+            check(&keys, "/grpc.health.v1.Health/Check", None, None)
                 .unwrap()
                 .is_none()
         );
@@ -695,6 +962,102 @@ mod tests {
         keys.reload().unwrap();
         assert!(take(&keys).is_ok(), "a changed rate starts a fresh bucket");
         assert!(take(&keys).is_err());
+    }
+
+    #[test]
+    fn a_reload_ends_the_calls_of_removed_and_changed_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let entry = |name: &str, secret: &str, role: &str, extra: &str| {
+            format!(
+                "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{extra}\n",
+                digest_hex(secret)
+            )
+        };
+        std::fs::write(
+            &path,
+            [
+                entry("same", "s1", "client", "tenant = \"t1\""),
+                entry("worker", "s2", "worker", "queues = [\"a\"]"),
+                entry("gone", "s3", "client", ""),
+                entry("renamed", "s4", "client", ""),
+                entry("moved", "s5", "client", "tenant = \"t1\""),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let keys = Keys::open(&path).unwrap();
+        let call = |secret: &str| {
+            keys.current()
+                .authenticate(secret)
+                .expect("known")
+                .revocation()
+        };
+        let calls: Vec<_> = ["s1", "s2", "s3", "s4", "s5"].map(call).into();
+        std::fs::write(
+            &path,
+            [
+                entry("same", "s1", "client", "tenant = \"t1\""),
+                entry("worker", "s2", "worker", "queues = [\"a\", \"b\"]"),
+                entry("renamed-2", "s4", "client", ""),
+                entry("moved", "s5", "client", "tenant = \"t2\""),
+                entry("new", "s6", "client", ""),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let previous = keys.current();
+        let mut table = KeyTable::load(&path).unwrap();
+        let (summary, _) = table.carry_over_from(&previous);
+        assert_eq!(
+            (summary.added, summary.removed, summary.changed),
+            (1, 1, 3),
+            "{summary:?}"
+        );
+        assert_eq!(keys.reload().unwrap(), 5);
+        let ended: Vec<bool> = calls.iter().map(|c| c.is_cancelled()).collect();
+        assert_eq!(
+            ended,
+            [false, true, true, false, true],
+            "same and renamed go on; other queues, removed and another tenant end"
+        );
+        assert!(!call("s1").is_cancelled(), "a new call of a kept key runs");
+        assert!(
+            !call("s2").is_cancelled(),
+            "the changed key's new calls run"
+        );
+        // A second reload of the same file changes nothing.
+        let kept = call("s2");
+        keys.reload().unwrap();
+        assert!(!kept.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn denials_are_audited_once_a_second_per_peer_and_reason() {
+        let log = DenialLog::new();
+        let peer = Some(IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(log.admit(peer, "unknown key"), Some(0));
+        for _ in 0..49 {
+            assert_eq!(log.admit(peer, "unknown key"), None);
+        }
+        assert_eq!(log.admit(peer, "role"), Some(0), "another reason");
+        assert_eq!(
+            log.admit(Some(IpAddr::from([10, 0, 0, 1])), "unknown key"),
+            Some(0),
+            "another peer"
+        );
+        tokio::time::advance(DENIAL_WINDOW).await;
+        assert_eq!(log.admit(peer, "unknown key"), Some(49));
+        assert_eq!(log.admit(peer, "unknown key"), None);
+
+        // Bounded: a spray of addresses evicts the pair seen least recently.
+        for n in 0..DENIAL_PEERS as u32 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            log.admit(Some(IpAddr::from(n.to_be_bytes())), "spray");
+        }
+        let windows = log.windows.lock().unwrap();
+        assert_eq!(windows.len(), DENIAL_PEERS);
+        assert!(!windows.contains_key(&(Some(IpAddr::from([10, 0, 0, 1])), "unknown key")));
     }
 
     #[test]

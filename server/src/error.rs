@@ -48,6 +48,13 @@ pub enum GatewayError {
     /// instead.
     #[error("{0}")]
     Unimplemented(String),
+    /// A keys reload removed the caller's key or changed what it grants
+    /// (role, tenant, queues): its open call was ended. Call again with a
+    /// valid key.
+    #[error(
+        "API key {0:?} was revoked or changed by a reload of the keys file; this call was ended: call again with a valid key"
+    )]
+    KeyRevoked(String),
 }
 
 impl GatewayError {
@@ -80,6 +87,7 @@ impl GatewayError {
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unimplemented(_) => Code::Unimplemented,
+            Self::KeyRevoked(_) => Code::Unauthenticated,
         }
     }
 }

@@ -476,6 +476,7 @@ impl Endpoint {
     async fn answer(
         &self,
         request: &http::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
     ) -> http::Response<Full<Bytes>> {
         let text = |status: http::StatusCode, body: String| {
             let mut response = http::Response::new(Full::new(Bytes::from(body)));
@@ -497,7 +498,7 @@ impl Endpoint {
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|value| value.to_str().ok());
-            if let Err(status) = keys.check_scrape(authorization) {
+            if let Err(status) = keys.check_scrape(authorization, Some(peer)) {
                 if status.code() == tonic::Code::ResourceExhausted {
                     return text(
                         http::StatusCode::TOO_MANY_REQUESTS,
@@ -546,7 +547,7 @@ pub fn serve(
     let endpoint = Arc::new(endpoint);
     tokio::spawn(async move {
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -561,7 +562,7 @@ pub fn serve(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let Some(tls) = tls else {
-                    return serve_connection(stream, endpoint, stop).await;
+                    return serve_connection(stream, peer, endpoint, stop).await;
                 };
                 let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
                 let stream = tokio::select! {
@@ -578,7 +579,7 @@ pub fn serve(
                     },
                     _ = stop.cancelled() => return,
                 };
-                serve_connection(stream, endpoint, stop).await
+                serve_connection(stream, peer, endpoint, stop).await
             });
         }
     });
@@ -587,14 +588,18 @@ pub fn serve(
 
 /// Serves HTTP/1.1 on one accepted connection (plain or TLS) until it ends
 /// or `stop`.
-async fn serve_connection<I>(io: I, endpoint: Arc<Endpoint>, stop: CancellationToken)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    stop: CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let endpoint = endpoint.clone();
-            async move { Ok::<_, std::convert::Infallible>(endpoint.answer(&request).await) }
+            async move { Ok::<_, std::convert::Infallible>(endpoint.answer(&request, peer).await) }
         });
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);

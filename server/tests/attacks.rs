@@ -725,3 +725,183 @@ async fn a_trickled_request_body_is_cut_off() {
     trickle.abort();
     gateway.still_serves("after-trickle").await;
 }
+
+/// A worker speaking the raw protocol on `emails` with `key`, so the test
+/// sees the lease ids the gateway hands out and can forge reports.
+struct RawWorker {
+    tx: tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+    inbound: tonic::Streaming<pb::DispatchMessage>,
+}
+
+impl RawWorker {
+    async fn connect(url: &str, key: &str) -> RawWorker {
+        use pb::worker_message::Kind as In;
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(pb::WorkerMessage {
+            kind: Some(In::Hello(pb::Hello {
+                worker_name: key.into(),
+                queues: vec!["emails".into()],
+                max_in_flight: 1,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let inbound = pb::workers_client::WorkersClient::new(channel)
+            .connect(request)
+            .await
+            .expect("Connect opens")
+            .into_inner();
+        let mut worker = RawWorker { tx, inbound };
+        match worker.next().await {
+            pb::dispatch_message::Kind::Welcome(_) => worker,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// The next message other than a ping (pings are answered).
+    async fn next(&mut self) -> pb::dispatch_message::Kind {
+        use pb::dispatch_message::Kind as Out;
+        let next = async {
+            loop {
+                let message = self.inbound.message().await.expect("the stream goes on");
+                match message.and_then(|m| m.kind).expect("a message") {
+                    Out::Ping(ping) => {
+                        let _ = self
+                            .tx
+                            .send(pb::WorkerMessage {
+                                kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                                    nonce: ping.nonce,
+                                })),
+                            })
+                            .await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), next)
+            .await
+            .expect("the gateway sends more than pings within 30 s")
+    }
+
+    async fn send(&self, kind: pb::worker_message::Kind) {
+        self.tx
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .await
+            .expect("the stream is open");
+    }
+
+    async fn result(&self, ticket_id: &str, lease_id: &str, text: &str) {
+        self.send(pb::worker_message::Kind::Result(pb::TaskResult {
+            ticket_id: ticket_id.into(),
+            lease_id: lease_id.into(),
+            outcome: Some(pb::task_result::Outcome::Success(payload::json(
+                text.into(),
+            ))),
+        }))
+        .await;
+    }
+
+    async fn ack(&mut self) -> pb::ResultAck {
+        match self.next().await {
+            pb::dispatch_message::Kind::ResultAck(ack) => ack,
+            other => panic!("expected a ResultAck, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_the_session_holding_a_lease_reports_on_it() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = tenant_keys(keys_dir.path());
+    let gateway = Gateway::start_as(
+        "memory",
+        &["--keys", keys.to_str().unwrap()],
+        Some("t1-app-secret"),
+    )
+    .await;
+    let ticket = gateway
+        .client
+        .submit(Submit::new("emails").json(serde_json::json!("t1's request")))
+        .await
+        .unwrap();
+    // Worker A (tenant 1) holds the ticket; the test sees its lease id, as
+    // a worker of tenant 2 might learn it (a log, a shared trace).
+    let mut owner = RawWorker::connect(&gateway.url, "t1-worker-secret").await;
+    let task = match owner.next().await {
+        pb::dispatch_message::Kind::Task(task) => task,
+        other => panic!("expected a Task, got {other:?}"),
+    };
+    assert_eq!(task.ticket_id, ticket.id);
+
+    // Worker B (tenant 2, which may not serve tenant 1's queue) forges a
+    // progress report and a result with A's ticket and lease ids.
+    let mut forger = RawWorker::connect(&gateway.url, "t2-worker-secret").await;
+    forger
+        .send(pb::worker_message::Kind::Progress(pb::TaskProgress {
+            ticket_id: task.ticket_id.clone(),
+            lease_id: task.lease_id.clone(),
+            percent: 99,
+            message: "forged progress".into(),
+            output: Some(payload::json("forged output".into())),
+        }))
+        .await;
+    forger
+        .result(&task.ticket_id, &task.lease_id, "forged result")
+        .await;
+    // The session answers in order: the progress was dealt with before this.
+    let refused = forger.ack().await;
+    assert_eq!(
+        refused.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message.contains("does not hold lease"),
+        "{refused:?}"
+    );
+    // The ticket was not touched: still running under A, no progress.
+    let untouched = gateway.client.get(&ticket.id, None).await.unwrap();
+    assert_eq!(untouched.state(), pb::TicketState::Running, "{untouched:?}");
+    assert!(
+        untouched
+            .progress
+            .as_ref()
+            .is_none_or(|p| p.percent == 0 && p.message.is_empty()),
+        "{untouched:?}"
+    );
+
+    // A's result is the one recorded.
+    owner
+        .result(&task.ticket_id, &task.lease_id, "A's result")
+        .await;
+    assert_eq!(owner.ack().await.code, tonic::Code::Ok as i32);
+    let done = gateway.finished(&ticket.id).await;
+    assert_eq!(done.state(), pb::TicketState::Succeeded, "{done:?}");
+    assert_eq!(
+        payload::to_json(done.result.as_ref().unwrap()),
+        Some(serde_json::json!("A's result"))
+    );
+    // The forger's stream is still usable (a refusal, not an error), and a
+    // repeat of A's own result on A's session is a duplicate, as before.
+    forger
+        .result(&task.ticket_id, &task.lease_id, "forged again")
+        .await;
+    assert_eq!(
+        forger.ack().await.code,
+        tonic::Code::FailedPrecondition as i32
+    );
+    owner
+        .result(&task.ticket_id, &task.lease_id, "A's result")
+        .await;
+    assert_eq!(owner.ack().await.code, tonic::Code::AlreadyExists as i32);
+}

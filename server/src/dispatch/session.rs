@@ -6,6 +6,14 @@
 //! unanswered (progress on a lease it holds counts as an answer). However
 //! the loop ends, every lease the session still holds is given back to the
 //! engine, so its tickets run again elsewhere.
+//!
+//! Results and progress are accepted only for leases this session holds
+//! (or, for a repeated result, held until it answered them): a lease id
+//! alone proves nothing, as another worker — of another key, tenant or
+//! queue — may have learnt it. A report on any other lease never reaches the
+//! engine: a result gets FAILED_PRECONDITION, progress is dropped. A worker
+//! that reconnects has a new session and cannot report on its old leases
+//! (which ending the old session gave back anyway).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -64,11 +72,14 @@ fn message(kind: Out) -> Result<pb::DispatchMessage, GatewayError> {
     Ok(pb::DispatchMessage { kind: Some(kind) })
 }
 
-/// Runs one worker connection to its end.
+/// Runs one worker connection to its end. `peer` is the worker's address,
+/// for the audit log.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
     dispatcher: Dispatcher,
     settings: SessionSettings,
     caller: crate::auth::Caller,
+    peer: Option<std::net::SocketAddr>,
     mut inbound: S,
     outbound: Outbound,
     shutdown: CancellationToken,
@@ -76,10 +87,15 @@ pub async fn run<S>(
 ) where
     S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
 {
+    let revoked = caller.revocation();
     let first = tokio::select! {
         first = tokio::time::timeout(settings.heartbeat_interval * 2, inbound.next()) => first,
         _ = shutdown.cancelled() => {
             let _ = outbound.send(Err(GatewayError::ShuttingDown)).await;
+            return;
+        }
+        _ = revoked.cancelled() => {
+            let _ = outbound.send(Err(caller.revoked_error())).await;
             return;
         }
     };
@@ -117,7 +133,14 @@ pub async fn run<S>(
         }
     };
     if let Some(refused) = queues.iter().find(|queue| !caller.may_serve(queue)) {
-        tracing::info!(target: crate::auth::AUDIT, action = "/asyncgate.v1.Workers/Connect", who = %caller.name, queue = %refused, outcome = "permission_denied", reason = "queue");
+        crate::auth::audit_denial(
+            peer,
+            "/asyncgate.v1.Workers/Connect",
+            &caller.name,
+            &refused.to_string(),
+            "permission_denied",
+            "queue",
+        );
         let error = GatewayError::PermissionDenied(format!(
             "key {:?} may not serve queue {refused:?}; its entry allows {:?}",
             caller.name, caller.queues
@@ -140,12 +163,15 @@ pub async fn run<S>(
         settings,
         scoped_names: caller.names_tenant_queues(),
         report_refused: false,
+        key_revoked: revoked,
+        key_name: caller.name.clone(),
         info,
         queues,
         max_in_flight,
         outbound,
         leases: HashMap::new(),
         output_refused: HashSet::new(),
+        answered: AnsweredLeases::default(),
         revoked: HashSet::new(),
         nonce: 0,
         last_heartbeat: Instant::now(),
@@ -232,6 +258,11 @@ struct Session {
     /// Whether a progress report was refused yet (the first is logged at
     /// warn, the rest at debug).
     report_refused: bool,
+    /// Cancelled when a keys reload revokes or changes the worker's key:
+    /// the session ends at once and gives its leases back.
+    key_revoked: CancellationToken,
+    /// The worker's key, for the error that ends a revoked session.
+    key_name: Arc<str>,
     info: SessionInfo,
     queues: Vec<QueueName>,
     max_in_flight: u32,
@@ -240,6 +271,10 @@ struct Session {
     leases: HashMap<LeaseId, TicketId>,
     /// Leases the worker was told to drop; their late results are expected.
     revoked: HashSet<LeaseId>,
+    /// Leases this session held and has received a result for: a repeat of
+    /// that result (the worker's resend after UNAVAILABLE, or a duplicate)
+    /// still goes to the engine, which answers it by its fencing.
+    answered: AnsweredLeases,
     /// Held leases whose output was refused (over a budget) at least once:
     /// later refusals are logged at debug level, so a worker that keeps
     /// streaming past its budget cannot flood the gateway's log.
@@ -363,6 +398,9 @@ impl Session {
                 tracing::error!(%error, "could not release an undelivered lease");
             }
         }
+        if let End::Error(GatewayError::KeyRevoked(_)) = &end {
+            self.give_back_revoked().await;
+        }
         if !self.leases.is_empty() {
             tracing::warn!(
                 leases = self.leases.len(),
@@ -399,6 +437,9 @@ impl Session {
         // a timer wheel or a token's waiter list every time round.
         let stopped = hard_stop.cancelled();
         tokio::pin!(stopped);
+        let key_revoked = self.key_revoked.clone();
+        let key_revoked = key_revoked.cancelled();
+        tokio::pin!(key_revoked);
         let draining = shutdown.cancelled();
         tokio::pin!(draining);
         let mut liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
@@ -413,6 +454,11 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 () = &mut stopped => Err(End::Error(GatewayError::ShuttingDown)),
+                // Before anything the worker sent: nothing a revoked key
+                // reports is recorded, and no task reaches it.
+                () = &mut key_revoked => Err(End::Error(GatewayError::KeyRevoked(
+                    self.key_name.to_string(),
+                ))),
                 () = &mut draining, if !self.gateway_draining => {
                     self.gateway_draining = true;
                     self.start_draining();
@@ -462,6 +508,34 @@ impl Session {
             }
             if self.gateway_draining && self.leases.is_empty() && self.in_flight.is_empty() {
                 return End::Drained;
+            }
+        }
+    }
+
+    /// The worker's key was revoked: results it sent before are recorded
+    /// (for a while; they are not acknowledged), and every lease it still
+    /// holds goes back to its queue at once, without costing the ticket an
+    /// attempt, rather than waiting for the lease to be lost.
+    async fn give_back_revoked(&mut self) {
+        let engine = self.dispatcher.engine().clone();
+        let settle = async { while self.in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.heartbeat_interval * 2, settle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("results of a revoked worker still unrecorded; dropped");
+        }
+        let leases = std::mem::take(&mut self.leases);
+        tracing::info!(
+            leases = leases.len(),
+            "worker key revoked; its leases go back to their queues"
+        );
+        for (lease_id, ticket_id) in leases {
+            if let Err(error) = engine
+                .release(ticket_id, lease_id, ReleaseReason::KeyRevoked)
+                .await
+            {
+                tracing::error!(%error, %ticket_id, "could not release a revoked worker's lease");
             }
         }
     }
@@ -610,6 +684,11 @@ impl Session {
         );
     }
 
+    /// Whether this session holds `lease_id`, as a lease of `ticket_id`.
+    fn holds(&self, ticket_id: TicketId, lease_id: LeaseId) -> bool {
+        self.leases.get(&lease_id) == Some(&ticket_id)
+    }
+
     fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
         // A bad report is refused the way a bad result is (a ResultAck
         // naming the lease and the reason); the session and its other
@@ -635,6 +714,10 @@ impl Session {
                 Ok(ids) => ids,
                 Err(error) => return refuse(self, error),
             };
+        if !self.holds(ticket_id, lease_id) {
+            tracing::debug!(%ticket_id, %lease_id, "progress on a lease this session does not hold; ignored");
+            return Ok(());
+        }
         self.alive_by_work(lease_id);
         let output = match progress
             .output
@@ -757,6 +840,16 @@ impl Session {
             Ok(ids) => ids,
             Err(error) => return self.send(ack(tonic::Code::InvalidArgument, error.to_string())),
         };
+        let held = self.holds(ticket_id, lease_id);
+        if !held && !self.answered.contains(lease_id) {
+            tracing::debug!(%ticket_id, %lease_id, "result on a lease this session does not hold; refused");
+            return self.send(ack(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "this session does not hold lease {lease_id} of ticket {ticket_id} (it was never sent to this connection, or is not current for it); the result was discarded"
+                ),
+            ));
+        }
         let outcome = match result.outcome.clone() {
             Some(pb::task_result::Outcome::Success(payload)) => {
                 match convert::checked_payload(
@@ -790,7 +883,10 @@ impl Session {
                 ));
             }
         };
-        let held = self.leases.remove(&lease_id).is_some();
+        if held {
+            self.leases.remove(&lease_id);
+            self.answered.insert(lease_id, self.in_flight_limit());
+        }
         self.output_refused.remove(&lease_id);
         let was_revoked = self.revoked.remove(&lease_id);
         let engine = self.dispatcher.engine().clone();
@@ -818,6 +914,35 @@ impl Session {
             }
         });
         Ok(())
+    }
+}
+
+/// The latest leases a session answered, oldest first: bounded, so a
+/// long-lived session does not remember every lease it ever held. A repeat
+/// comes within moments of its result (a duplicate send, or a resend a
+/// second after UNAVAILABLE), far inside the bound.
+#[derive(Default)]
+struct AnsweredLeases {
+    order: std::collections::VecDeque<LeaseId>,
+    set: HashSet<LeaseId>,
+}
+
+impl AnsweredLeases {
+    fn contains(&self, lease_id: LeaseId) -> bool {
+        self.set.contains(&lease_id)
+    }
+
+    /// Remembers `lease_id`, forgetting the oldest past `limit`.
+    fn insert(&mut self, lease_id: LeaseId, limit: usize) {
+        if !self.set.insert(lease_id) {
+            return;
+        }
+        self.order.push_back(lease_id);
+        while self.order.len() > limit {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -856,6 +981,20 @@ mod tests {
             Err(GatewayError::InvalidArgument { field, reason }) => (field, reason),
             other => panic!("{worker_name:?} was not refused: {other:?}"),
         }
+    }
+
+    #[test]
+    fn answered_leases_are_bounded_oldest_first() {
+        let mut answered = AnsweredLeases::default();
+        let leases: Vec<LeaseId> = (0..5).map(|_| LeaseId::new()).collect();
+        for lease in &leases {
+            answered.insert(*lease, 3);
+        }
+        answered.insert(leases[4], 3);
+        assert!(!answered.contains(leases[0]) && !answered.contains(leases[1]));
+        assert!(leases[2..].iter().all(|l| answered.contains(*l)));
+        assert_eq!(answered.order.len(), 3);
+        assert_eq!(answered.set.len(), 3);
     }
 
     #[test]

@@ -261,6 +261,10 @@ pub enum ReleaseReason {
     /// The gateway restarted while the attempt ran (counts like a lost
     /// worker: a ticket that crashes the gateway is a poison ticket too).
     GatewayRestarted,
+    /// A keys reload revoked the worker's key while the attempt ran: not
+    /// the ticket's doing, so it costs no attempt (an operator rotating
+    /// keys must not use up a ticket's retries or fail it).
+    KeyRevoked,
 }
 
 /// Filters and paging for `list`.

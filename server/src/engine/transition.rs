@@ -132,7 +132,7 @@ pub(crate) fn lose_lease(
         return false;
     }
     match reason {
-        ReleaseReason::Undelivered => {
+        ReleaseReason::Undelivered | ReleaseReason::KeyRevoked => {
             ticket.attempt = ticket.attempt.saturating_sub(1);
             ticket.state = TicketState::Pending;
             ticket.lease = None;

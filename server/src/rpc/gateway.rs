@@ -179,7 +179,7 @@ impl Gateway for GatewayService {
         let wait = convert::duration(request.wait, "wait", std::time::Duration::MAX)?
             .unwrap_or_default()
             .min(self.core.config.max_wait);
-        let ticket = self.core.wait_for_terminal(id, wait).await?;
+        let ticket = self.core.wait_for_terminal(&caller, id, wait).await?;
         Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
@@ -218,6 +218,7 @@ impl Gateway for GatewayService {
         request: Request<pb::CancelTicketRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
         let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
         let request = request.into_inner();
         let id = convert::ticket_id(&request.id, "id")?;
         if request.reason.len() > 1024 {
@@ -230,7 +231,7 @@ impl Gateway for GatewayService {
             .cancel(id, &request.reason)
             .await
             .map_err(GatewayError::from)?;
-        tracing::info!(ticket_id = %id, who = %caller.name, "ticket cancelled");
+        auth::audit_cancel(&caller, "cancel_ticket", peer, &id.to_string());
         Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 

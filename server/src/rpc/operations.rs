@@ -164,6 +164,7 @@ impl Operations for OperationsService {
         request: Request<lro::CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
         let id = convert::operation_id(&request.get_ref().name, "name")?;
         self.core.visible(&caller, id).await?;
         self.core
@@ -171,7 +172,7 @@ impl Operations for OperationsService {
             .cancel(id, "via CancelOperation")
             .await
             .map_err(GatewayError::from)?;
-        tracing::info!(ticket_id = %id, who = %caller.name, "ticket cancelled");
+        auth::audit_cancel(&caller, "cancel_operation", peer, &id.to_string());
         Ok(Response::new(()))
     }
 
@@ -194,7 +195,7 @@ impl Operations for OperationsService {
         if let Some(deadline) = deadline {
             wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN.max(deadline / 10)));
         }
-        let ticket = self.core.wait_for_terminal(id, wait).await?;
+        let ticket = self.core.wait_for_terminal(&caller, id, wait).await?;
         Ok(Response::new(self.present(&caller, &ticket).await))
     }
 }

@@ -10,6 +10,9 @@
 //! item. No task and no channel per watch, so an event costs one wake (the
 //! connection's stream task), and a client that stops reading holds the
 //! watch back until the hub reports it lagging, then gets a fresh snapshot.
+//!
+//! A stream also ends (UNAUTHENTICATED) when a keys reload revokes the
+//! viewer's key: it polls its own child of the key's revocation token.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use asyncgate_proto::v1 as pb;
 
@@ -74,6 +78,11 @@ impl Future for YieldOnce {
 pub struct EventStream {
     watch: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     slot: Slot,
+    /// Resolves when the viewer's key is revoked; polled before the watch,
+    /// so nothing more is sent to a revoked key.
+    revoked: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The error that ends the stream then.
+    revoked_error: Option<GatewayError>,
 }
 
 impl EventStream {
@@ -84,6 +93,8 @@ impl EventStream {
         F: Future<Output = ()> + Send + 'static,
     {
         let slot = Slot::default();
+        let revoked = Box::pin(viewer.revocation().cancelled_owned());
+        let revoked_error = Some(viewer.revoked_error());
         let watch = watch(EventSink {
             slot: slot.clone(),
             viewer,
@@ -91,6 +102,8 @@ impl EventStream {
         Self {
             watch: Some(Box::pin(watch)),
             slot,
+            revoked,
+            revoked_error,
         }
     }
 }
@@ -99,6 +112,14 @@ impl Stream for EventStream {
     type Item = Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if self.watch.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.revoked.as_mut().poll(cx).is_ready() {
+            self.watch = None;
+            let error = self.revoked_error.take().map(tonic::Status::from);
+            return Poll::Ready(error.map(Err));
+        }
         let Some(watch) = self.watch.as_mut() else {
             return Poll::Ready(None);
         };
@@ -296,8 +317,11 @@ impl Core {
     }
 
     /// Long-poll: the ticket once terminal, or its state when `wait` ends.
+    /// Ends with UNAUTHENTICATED if a keys reload revokes `caller`'s key
+    /// meanwhile.
     pub async fn wait_for_terminal(
         &self,
+        caller: &Caller,
         id: TicketId,
         wait: Duration,
     ) -> Result<Ticket, GatewayError> {
@@ -307,8 +331,11 @@ impl Core {
             return Ok(ticket);
         }
         let deadline = Instant::now() + wait;
+        let revoked = caller.revocation();
+        tracing::debug!(ticket_id = %id, ?wait, "long-poll waiting");
         loop {
             tokio::select! {
+                () = revoked.cancelled() => return Err(caller.revoked_error()),
                 received = subscription.recv() => match received {
                     Received::Change(change) if change.ticket.state.is_terminal() => {
                         return Ok((*change.ticket).clone());

@@ -68,6 +68,7 @@ impl Workers for WorkersService {
                 dispatcher,
                 settings,
                 caller,
+                peer,
                 Box::pin(inbound),
                 tx,
                 shutdown,
