@@ -49,10 +49,21 @@ async fn a_killed_replicas_ticket_is_finished_once_through_another() {
                 let started_tx = started_tx.clone();
                 let runs = runs.clone();
                 async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
+                    if runs.fetch_add(1, Ordering::SeqCst) > 0 {
+                        // Back on the restarted replica: a normal run, like the rescuer's.
+                        return Ok(payload::json("second attempt".into()));
+                    }
                     started_tx.send(()).await.unwrap();
                     task.cancelled().await;
-                    Ok(payload::json("from x".into()))
+                    // What `asyncgate work` reports when the connection
+                    // drops under its command: a final failure. Sent again
+                    // once the worker reconnects (to the restarted
+                    // replica), it must not be recorded.
+                    Err(asyncgate_client::worker::TaskError::new(
+                        tonic::Code::Aborted,
+                        "the command was killed",
+                        false,
+                    ))
                 }
             }))
             .build()
@@ -74,7 +85,7 @@ async fn a_killed_replicas_ticket_is_finished_once_through_another() {
                 let runs = runs.clone();
                 async move {
                     runs.fetch_add(1, Ordering::SeqCst);
-                    Ok(payload::json("from y".into()))
+                    Ok(payload::json("second attempt".into()))
                 }
             }))
             .build()
@@ -82,13 +93,15 @@ async fn a_killed_replicas_ticket_is_finished_once_through_another() {
             .spawn()
     };
     replica_x.kill().await.expect("SIGKILL the replica");
+    // It comes back on the same port, as under a supervisor.
+    let _replica_x = start_replica(&redis, port_x);
 
     let done = client
         .get(&ticket.id, Some(Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
-    assert_eq!(done.result, Some(payload::json("from y".into())));
+    assert_eq!(done.result, Some(payload::json("second attempt".into())));
     assert_eq!(done.attempt, 2, "the lost attempt counts");
     assert!(
         done.error
