@@ -267,6 +267,36 @@ end
 return 0
 ";
 
+/// Leases a claim committed in Redis that no session has been handed yet.
+/// Dropped while it still holds some (an early return, an error, a panic),
+/// it gives them all back in the background, so that no ticket can be left
+/// RUNNING under a lease nobody holds; a claim that hands its leases out
+/// calls [`InDoubt::settled`].
+struct InDoubt {
+    inner: Arc<Inner>,
+    queue: QueueName,
+    leases: Vec<(TicketId, LeaseId)>,
+}
+
+impl InDoubt {
+    /// `lease_id` needs no giving back (never applied, or given back).
+    fn forget(&mut self, lease_id: LeaseId) {
+        self.leases.retain(|(_, lease)| *lease != lease_id);
+    }
+
+    /// Every lease left was handed to its session.
+    fn settled(mut self) {
+        self.leases.clear();
+    }
+}
+
+impl Drop for InDoubt {
+    fn drop(&mut self) {
+        self.inner
+            .release_in_doubt(self.queue.clone(), std::mem::take(&mut self.leases));
+    }
+}
+
 /// What a submit found under its idempotency key.
 enum KeyHolder {
     /// The ticket the key names.
@@ -277,6 +307,9 @@ enum KeyHolder {
 }
 
 struct Inner {
+    /// Test hook: the next claim fails after settling its first lease.
+    #[cfg(test)]
+    fail_settle: std::sync::atomic::AtomicBool,
     /// This gateway's id in Redis: idempotency claims name it, and its
     /// liveness key (refreshed every second) says it is still there.
     instance: String,
@@ -409,6 +442,8 @@ pub async fn connect(
         .map_err(unreachable)?;
     subscriber.subscribe(&channel).await.map_err(unreachable)?;
     let inner = Arc::new(Inner {
+        #[cfg(test)]
+        fail_settle: Default::default(),
         instance: uuid::Uuid::new_v4().simple().to_string(),
         config,
         url: shown.clone(),
@@ -1947,11 +1982,13 @@ impl Engine for RedisEngine {
         // The leases first (one slot), then whether their sessions still
         // live (another): a session that ended in between gets them back.
         // One round trip where a pipeline keeps its order, else two.
-        let in_doubt = || {
-            leased
+        let mut in_doubt = InDoubt {
+            inner: inner.clone(),
+            queue: queue.clone(),
+            leases: leased
                 .iter()
                 .map(|(_, after, lease, _)| (after.id, lease.lease_id))
-                .collect::<Vec<_>>()
+                .collect(),
         };
         let mut scores = redis::pipe();
         for session_id in &distinct {
@@ -1963,13 +2000,7 @@ impl Engine for RedisEngine {
                 pipe.add_command(command.clone());
             }
         }
-        let mut commits: Vec<Value> = match inner.run(|| QueryKind::Pipe(pipe.clone())).await {
-            Ok(commits) => commits,
-            Err(error) => {
-                inner.release_in_doubt(queue.clone(), in_doubt());
-                return Err(error);
-            }
-        };
+        let mut commits: Vec<Value> = inner.run(|| QueryKind::Pipe(pipe.clone())).await?;
         let scores = if together {
             Ok(commits.split_off(leased.len().min(commits.len())))
         } else {
@@ -1977,13 +2008,7 @@ impl Engine for RedisEngine {
                 .run::<Vec<Value>>(|| QueryKind::Pipe(scores.clone()))
                 .await
         };
-        let scores = match scores {
-            Ok(scores) => scores,
-            Err(error) => {
-                inner.release_in_doubt(queue.clone(), in_doubt());
-                return Err(error);
-            }
-        };
+        let scores = scores?;
         let now_ms = layout::millis(SystemTime::now());
         let alive: HashSet<SessionId> = distinct
             .iter()
@@ -1999,6 +2024,10 @@ impl Engine for RedisEngine {
         let mut claimed = Vec::with_capacity(leased.len());
         let mut orphaned = false;
         for ((stored, after, lease, session), reply) in leased.into_iter().zip(&commits) {
+            #[cfg(test)]
+            if !claimed.is_empty() && inner.fail_settle.swap(false, Ordering::SeqCst) {
+                return Err(EngineError::Unavailable("injected failure".into()));
+            }
             let revision = match redis::from_redis_value_ref::<Vec<i64>>(reply)
                 .ok()
                 .as_deref()
@@ -2006,6 +2035,7 @@ impl Engine for RedisEngine {
                 Some([1, revision]) => *revision as u64,
                 _ => {
                     // Changed since the pop (a cancel, say): leave it be.
+                    in_doubt.forget(lease.lease_id);
                     inner
                         .zrem(inner.keys.claiming(queue), &stored.ticket.id.to_string())
                         .await?;
@@ -2028,6 +2058,7 @@ impl Engine for RedisEngine {
                         ReleaseReason::Undelivered,
                     )
                     .await?;
+                in_doubt.forget(lease.lease_id);
                 orphaned = true;
                 continue;
             }
@@ -2048,6 +2079,7 @@ impl Engine for RedisEngine {
         if orphaned {
             inner.notify_ready(queue);
         }
+        in_doubt.settled();
         Ok(claimed)
     }
 
@@ -2239,5 +2271,82 @@ impl Engine for RedisEngine {
             inner.notify_ready(&queue);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewTicket, TicketState};
+
+    /// An error inside a claim's settle loop, after some leases were
+    /// committed and one was already settled: every lease of that claim
+    /// goes back, none stays RUNNING held by nobody.
+    #[tokio::test]
+    async fn a_failure_while_settling_a_claim_gives_every_lease_back() {
+        let server = crate::testing::RedisServer::start().expect("redis-server starts");
+        let engine = connect(
+            &server.url(),
+            "settle",
+            &Default::default(),
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let queue = QueueName::parse("q").unwrap();
+        let session = SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: "w".into(),
+            queues: Arc::from([queue.clone()]),
+        };
+        engine
+            .touch_session(&session, SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let new = NewTicket {
+                id: TicketId::new(),
+                queue: queue.clone(),
+                payload: Default::default(),
+                priority: 0,
+                idempotency_key: None,
+                metadata: Default::default(),
+                timeout: None,
+                attempt_timeout: None,
+                max_attempts: 3,
+                tenant: None,
+            };
+            ids.push(engine.submit(new).await.unwrap().ticket.id);
+        }
+        engine.inner.fail_settle.store(true, Ordering::SeqCst);
+        let sessions = vec![session.clone(); 3];
+        let error = engine.claim(&queue, &sessions).await.unwrap_err();
+        assert!(error.to_string().contains("injected"), "{error}");
+        // Given back in the background: every ticket is PENDING again, its
+        // attempt not counted, and the next claim hands all three out.
+        let back = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut pending = 0;
+                for id in &ids {
+                    let ticket = engine.get(*id).await.unwrap();
+                    if ticket.state == TicketState::Pending {
+                        pending += 1;
+                    }
+                }
+                if pending == ids.len() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(back.is_ok(), "every lease of the failed claim went back");
+        let claimed = engine.claim(&queue, &sessions).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(
+            claimed.iter().all(|c| c.ticket.attempt == 1),
+            "undelivered: not an attempt"
+        );
     }
 }
