@@ -55,14 +55,7 @@ impl Gateway {
 
     /// The gateway's resident memory, in bytes.
     fn rss(&self) -> u64 {
-        let pid = self.child.id().expect("the gateway runs");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kib * 1024
+        common::rss(self.child.id().expect("the gateway runs"))
     }
 
     /// A worker on `queue` that echoes the request back.
@@ -84,20 +77,7 @@ impl Gateway {
 
     /// Waits for a ticket to finish.
     async fn finished(&self, id: &str) -> pb::Ticket {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let ticket = self
-                    .client
-                    .get(id, Some(Duration::from_secs(10)))
-                    .await
-                    .expect("GetTicket");
-                if payload::is_terminal(ticket.state()) {
-                    return ticket;
-                }
-            }
-        })
-        .await
-        .expect("the ticket finishes")
+        common::finished(&self.client, id).await
     }
 
     /// Proves the gateway still serves everyone: a fresh ticket round trip.
@@ -429,7 +409,7 @@ async fn tenants_own_their_queues() {
 
     // Tenant 1's worker receives tenant 1's ticket and nothing else.
     let (t1_worker, mut t1_seen) = recording_worker(&gateway.url, "t1-worker-secret");
-    let done = gateway_finished(&t1, &mine.id).await;
+    let done = common::finished(&t1, &mine.id).await;
     assert_eq!(done.state(), pb::TicketState::Succeeded);
     assert_eq!(t1_seen.recv().await, Some(serde_json::json!("t1 request")));
     for id in &t2_ids {
@@ -505,7 +485,7 @@ async fn tenants_own_their_queues() {
     let (t2_worker, mut t2_seen) = recording_worker(&gateway.url, "t2-worker-secret");
     for id in &t2_ids {
         assert_eq!(
-            gateway_finished(&t2, id).await.state(),
+            common::finished(&t2, id).await.state(),
             pb::TicketState::Succeeded
         );
     }
@@ -522,19 +502,6 @@ async fn tenants_own_their_queues() {
     );
     t1_worker.shutdown();
     t2_worker.shutdown();
-}
-
-async fn gateway_finished(client: &Client, id: &str) -> pb::Ticket {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let ticket = client.get(id, Some(Duration::from_secs(10))).await.unwrap();
-            if payload::is_terminal(ticket.state()) {
-                return ticket;
-            }
-        }
-    })
-    .await
-    .expect("the ticket finishes")
 }
 
 /// Opens a keyless `Health/Watch` stream on `channel`.

@@ -54,20 +54,7 @@ impl Gateway {
             .submit(Submit::new("healthy").json(serde_json::json!(1)))
             .await
             .unwrap();
-        let ticket = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let t = self
-                    .client
-                    .get(&ticket.id, Some(Duration::from_secs(5)))
-                    .await
-                    .unwrap();
-                if payload::is_terminal(t.state()) {
-                    return t;
-                }
-            }
-        })
-        .await
-        .unwrap();
+        let ticket = common::finished(&self.client, &ticket.id).await;
         assert_eq!(ticket.state(), pb::TicketState::Succeeded);
         worker.shutdown();
     }
@@ -432,20 +419,7 @@ async fn a_ticket_that_succeeds_after_a_failed_attempt_shows_no_error() {
         .submit(Submit::new("flaky").json(serde_json::json!("x")))
         .await
         .unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let t = gateway
-                .client
-                .get(&ticket.id, Some(Duration::from_secs(5)))
-                .await
-                .unwrap();
-            if payload::is_terminal(t.state()) {
-                return t;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let done = common::finished(&gateway.client, &ticket.id).await;
     assert_eq!(done.state(), pb::TicketState::Succeeded, "{done:?}");
     assert_eq!(done.attempt, 2);
     assert_eq!(done.error, None, "the final outcome carries no stale error");

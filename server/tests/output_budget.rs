@@ -5,8 +5,6 @@
 //! memory only while it runs, so far more output than the budget is kept —
 //! on disk — and replayed from there.
 
-use std::time::Duration;
-
 use asyncgate_client::worker::{TaskContext, Worker, handler_fn};
 use asyncgate_client::{Client, Submit, payload, pb};
 use futures::StreamExt as _;
@@ -38,16 +36,7 @@ async fn stream_output(store: &std::ffi::OsStr) -> (Vec<usize>, u64) {
     let url = format!("http://127.0.0.1:{port}");
     let client = Client::connect_lazy(url.clone()).unwrap();
     wait_until_serving(&client).await;
-    let rss = || {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
+    let rss = || common::rss(child.id().unwrap());
     let before = rss();
     let worker = Worker::builder(url)
         .queue("stream")
@@ -72,16 +61,7 @@ async fn stream_output(store: &std::ffi::OsStr) -> (Vec<usize>, u64) {
     }
     let mut replayed = Vec::new();
     for id in &ids {
-        let ticket = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                let t = client.get(id, Some(Duration::from_secs(10))).await.unwrap();
-                if payload::is_terminal(t.state()) {
-                    return t;
-                }
-            }
-        })
-        .await
-        .expect("the ticket finishes");
+        let ticket = common::finished(&client, id).await;
         assert_eq!(ticket.state(), pb::TicketState::Succeeded, "{ticket:?}");
     }
     worker.shutdown();

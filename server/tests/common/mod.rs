@@ -50,3 +50,34 @@ pub(crate) async fn wait_until_serving(client: &Client) {
     }
     panic!("the gateway did not come up");
 }
+
+/// Waits (long-polling, within a generous bound) until ticket `id` is
+/// terminal, and returns it.
+#[allow(dead_code)]
+pub(crate) async fn finished(client: &Client, id: &str) -> pb::Ticket {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let ticket = client
+                .get(id, Some(Duration::from_secs(10)))
+                .await
+                .expect("GetTicket");
+            if asyncgate_client::payload::is_terminal(ticket.state()) {
+                return ticket;
+            }
+        }
+    })
+    .await
+    .expect("the ticket finishes")
+}
+
+/// The resident memory of process `pid`, in bytes.
+#[allow(dead_code)]
+pub(crate) fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}

@@ -497,35 +497,14 @@ pub async fn connect(
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let key = inner.keys.instance(&inner.instance);
-                let refreshed: Result<(), EngineError> = inner
-                    .run(|| {
-                        let mut cmd = redis::cmd("SET");
-                        cmd.arg(&key)
-                            .arg(1)
-                            .arg("PX")
-                            .arg(INSTANCE_TTL.as_millis() as u64);
-                        QueryKind::Cmd(cmd)
-                    })
-                    .await;
-                if let Err(error) = refreshed {
+                if let Err(error) = inner.refresh_liveness().await {
                     tracing::debug!(%error, "could not refresh the gateway's liveness key");
                 }
             }
         })
     };
     // The liveness key exists before the first claim names it.
-    let key = inner.keys.instance(&inner.instance);
-    let _: Result<(), EngineError> = inner
-        .run(|| {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&key)
-                .arg(1)
-                .arg("PX")
-                .arg(INSTANCE_TTL.as_millis() as u64);
-            QueryKind::Cmd(cmd)
-        })
-        .await;
+    let _ = inner.refresh_liveness().await;
     Ok(RedisEngine {
         inner,
         subscriber,
@@ -1030,6 +1009,20 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .insert(queue.clone());
         Ok(())
+    }
+
+    /// Says this gateway is alive for another [`INSTANCE_TTL`].
+    async fn refresh_liveness(&self) -> Result<(), EngineError> {
+        let key = self.keys.instance(&self.instance);
+        self.run(|| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(INSTANCE_TTL.as_millis() as u64);
+            QueryKind::Cmd(cmd)
+        })
+        .await
     }
 
     /// What holds an idempotency key (`key`, stored as `scoped`): the
