@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
         max_attempts_limit: 100,
     };
     if let Ok(request) = pb::SubmitRequest::decode(data) {
-        let _ = convert::new_ticket(request, &limits);
+        let _ = convert::new_ticket(
+            &asyncgate_server::auth::Caller::anonymous(),
+            request,
+            &limits,
+        );
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = convert::ticket_id(text, "id");
