@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 mod common;
-use common::{free_port, start_server, wait_until_serving};
+use common::{free_port, hangup, line_containing, start_server, wait_until_serving};
 
 /// A keys-file entry whose key is `<name>-secret`.
 fn entry(name: &str, role: &str, extra: &str) -> String {
@@ -28,16 +28,6 @@ fn entry(name: &str, role: &str, extra: &str) -> String {
 
 fn write_keys(path: &Path, entries: &[String]) {
     std::fs::write(path, entries.concat()).expect("keys file");
-}
-
-/// Sends SIGHUP to the gateway, by its process id.
-fn hangup(gateway: &Child) {
-    let pid = gateway.id().expect("the gateway runs");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -HUP {pid}: {status}");
 }
 
 /// The gateway with `keys`, and a client presenting `app-secret`.
@@ -188,7 +178,7 @@ async fn a_revoked_workers_stream_ends_and_its_ticket_runs_elsewhere() {
     let mut survivor = RawWorker::connect(&url, "steady-secret").await;
 
     write_keys(&keys, &[app, steady]);
-    hangup(&gateway);
+    hangup(gateway.id().expect("the gateway runs"));
 
     // The revoked stream ends with UNAUTHENTICATED, with no task before.
     match revoked.next().await {
@@ -226,24 +216,6 @@ async fn a_revoked_workers_stream_ends_and_its_ticket_runs_elsewhere() {
         .await
         .expect_err("an unknown key");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-}
-
-/// Reads the gateway's log until a line contains `needle`.
-async fn line_containing(
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    needle: &str,
-) -> String {
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if line.contains(needle) {
-                return line;
-            }
-        }
-        panic!("the gateway exited before logging {needle:?}");
-    });
-    found
-        .await
-        .unwrap_or_else(|_| panic!("no {needle:?} within 30 s"))
 }
 
 #[tokio::test]
@@ -333,7 +305,7 @@ async fn revoked_and_changed_keys_lose_their_watches_and_waits_unchanged_ones_ke
     );
     let renamed_again = renamed_entry();
     write_keys(&keys, &[app, promoted, renamed_again]);
-    hangup(&gateway);
+    hangup(gateway.id().expect("the gateway runs"));
 
     for (stream, key) in [(&mut gone, "removed"), (&mut changed, "demoted")] {
         let status = tokio::time::timeout(Duration::from_secs(30), async {

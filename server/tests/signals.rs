@@ -4,36 +4,13 @@
 
 use std::net::TcpListener;
 use std::process::Stdio;
-use std::time::Duration;
 
 use asyncgate_client::{Client, pb};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStderr, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
-/// Reads log lines until one contains `needle`; panics if the gateway's
-/// stderr closes (it exited) or nothing matches within 30 s.
-async fn line_containing(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if line.contains(needle) {
-                return line;
-            }
-        }
-        panic!("the gateway exited before logging {needle:?}");
-    });
-    found
-        .await
-        .unwrap_or_else(|_| panic!("no {needle:?} within 30 s"))
-}
-
-/// Sends SIGHUP to one process, by its id.
-fn hangup(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -HUP {pid}: {status}");
-}
+mod common;
+use common::{hangup, line_containing};
 
 #[tokio::test]
 async fn sighup_without_keys_is_logged_and_the_gateway_keeps_serving() {

@@ -1,4 +1,6 @@
 //! Helpers shared by the tests that run the real `asyncgate-server` binary.
+//! (Each test binary uses some of them.)
+#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::net::TcpListener;
@@ -53,7 +55,6 @@ pub(crate) async fn wait_until_serving(client: &Client) {
 
 /// Waits (long-polling, within a generous bound) until ticket `id` is
 /// terminal, and returns it.
-#[allow(dead_code)]
 pub(crate) async fn finished(client: &Client, id: &str) -> pb::Ticket {
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -71,7 +72,6 @@ pub(crate) async fn finished(client: &Client, id: &str) -> pb::Ticket {
 }
 
 /// The resident memory of process `pid`, in bytes.
-#[allow(dead_code)]
 pub(crate) fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     let kib: u64 = status
@@ -80,4 +80,32 @@ pub(crate) fn rss(pid: u32) -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS");
     kib * 1024
+}
+
+/// Sends SIGHUP to one process, by its id (never by name).
+pub(crate) fn hangup(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -HUP {pid}: {status}");
+}
+
+/// Reads a gateway's log until a line contains `needle`; panics if its
+/// stderr closes (it exited) or nothing matches within 30 s.
+pub(crate) async fn line_containing(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+) -> String {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the gateway exited before logging {needle:?}");
+    });
+    found
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} within 30 s"))
 }
