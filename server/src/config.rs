@@ -403,6 +403,12 @@ pub struct Cli {
         default_value_t = 1024 * 1024 * 1024
     )]
     pub max_output_bytes: u64,
+    /// Durable store: hand workers only tickets whose submit is on disk (a
+    /// crash then never forgets a ticket whose task already ran), at the
+    /// cost of one more commit on the path of a ticket dispatched the moment
+    /// it arrives.
+    #[arg(long, env = "ASYNCGATE_DISPATCH_STORED_ONLY")]
+    pub dispatch_stored_only: bool,
     /// Longest long-poll wait honoured (keep under your proxies' timeout).
     #[arg(long, env = "ASYNCGATE_MAX_WAIT", default_value = "50s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -701,6 +707,7 @@ impl TryFrom<Cli> for Config {
                 max_pending_bytes: cli.max_pending_bytes,
                 max_output_bytes_per_ticket: cli.max_output_bytes_per_ticket,
                 max_output_bytes: cli.max_output_bytes,
+                dispatch_stored_only: cli.dispatch_stored_only,
             },
             max_payload_bytes: cli.max_payload_bytes,
             max_wait: cli.max_wait,

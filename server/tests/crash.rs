@@ -26,7 +26,13 @@ fn start(store: &Path, port: u16) -> Child {
     start_server(
         store,
         port,
-        &["--max-worker-losses", "20", "--shutdown-grace", "1s"],
+        &[
+            "--max-worker-losses",
+            "20",
+            "--shutdown-grace",
+            "1s",
+            "--dispatch-stored-only",
+        ],
     )
 }
 

@@ -801,16 +801,16 @@ impl Engine for LocalEngine {
         if orphaned {
             self.notify_ready(queue);
         }
-        // A worker runs only tickets that are on disk: a crash must not
-        // forget a ticket whose work already ran (its submitter, never
-        // answered, would submit it again). Waiting for the submit's append
-        // costs nothing once a ticket has waited its turn in the queue, and
-        // at most the rest of that one commit when it is dispatched at once.
-        // The lease itself is not waited for: it becomes durable with the
-        // next commit, before any result under it is acknowledged (appends
-        // are committed in order); a crash in between only forgets that the
-        // attempt started.
+        // By default a ticket may be handed out while its submit's commit
+        // is still in flight (see `EngineConfig::dispatch_stored_only` for
+        // what that costs and what it risks). The lease itself is never
+        // waited for: it becomes durable with the next commit, before any
+        // result under it is acknowledged (appends are committed in order);
+        // a crash in between only forgets that the attempt started.
         let kept: Vec<Claimed> = kept.into_iter().flatten().collect();
+        if !self.config.dispatch_stored_only {
+            return Ok(kept);
+        }
         if let Err(error) = self.durable(stored_by).await {
             for c in &kept {
                 self.lose_lease(c.ticket.id, c.lease.lease_id, ReleaseReason::Undelivered);

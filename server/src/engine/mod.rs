@@ -117,6 +117,16 @@ pub struct EngineConfig {
     /// memory store's chunks until retention; the durable store's only
     /// while their tickets run, then they live on disk alone).
     pub max_output_bytes: u64,
+    /// Hand workers only tickets whose submit is on disk. Off, a ticket can
+    /// run while its submit's commit is in flight: if the gateway crashes in
+    /// that millisecond, the ticket is gone after the restart although its
+    /// task may have run — its submitter got no answer and submits again,
+    /// so the work runs twice (at-least-once, as after a lost lease). On, a
+    /// task waits for that commit, which costs a third commit on the path
+    /// of a ticket dispatched the moment it arrives (BENCHMARKS.md section
+    /// 11: durable e2e at 1 in flight −35 % throughput, p50 +400 µs; −6 %
+    /// at 64 in flight).
+    pub dispatch_stored_only: bool,
 }
 
 impl Default for EngineConfig {
@@ -133,6 +143,7 @@ impl Default for EngineConfig {
             max_pending_bytes: 2 * 1024 * 1024 * 1024,
             max_output_bytes_per_ticket: 64 * 1024 * 1024,
             max_output_bytes: 1024 * 1024 * 1024,
+            dispatch_stored_only: false,
         }
     }
 }

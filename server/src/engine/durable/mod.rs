@@ -902,7 +902,10 @@ mod tests {
         let engine = open_database(
             database,
             Path::new("test-disk"),
-            EngineConfig::default(),
+            EngineConfig {
+                dispatch_stored_only: true,
+                ..EngineConfig::default()
+            },
             reopen,
         )
         .unwrap();
