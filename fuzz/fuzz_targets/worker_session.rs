@@ -534,9 +534,13 @@ async fn seed(channel: &Channel, input: &Input) {
                 seconds: 10,
                 nanos: 0,
             }),
-            attempt_timeout: seed.attempt_timeout.map(|t| prost_types::Duration {
-                seconds: 0,
-                nanos: (i32::from(t) + 1) * 10_000_000,
+            // 10 ms to 2.56 s.
+            attempt_timeout: seed.attempt_timeout.map(|t| {
+                let centis = i32::from(t) + 1;
+                prost_types::Duration {
+                    seconds: i64::from(centis / 100),
+                    nanos: centis % 100 * 10_000_000,
+                }
             }),
             ..Default::default()
         };
