@@ -3,15 +3,15 @@
 //! reason with a count of what was left out; cancels, admin actions and key
 //! reloads are recorded with their fields.
 
-use std::net::TcpListener;
-use std::process::Stdio;
 use std::time::Duration;
 
 use asyncgate_client::{Client, Submit};
 use asyncgate_server::auth::digest_hex;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
+
+mod common;
 
 /// A keys-file entry whose key is `<name>-secret`.
 fn entry(name: &str, role: &str, extra: &str) -> String {
@@ -32,21 +32,10 @@ struct Audited {
 
 impl Audited {
     async fn start(keys: &std::path::Path) -> Audited {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--store", "memory", "--keys", keys.to_str().unwrap()])
-            .env("RUST_LOG", "warn,asyncgate::audit=info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary starts");
+        let (mut child, port) = common::start_logged(
+            &["--keys", keys.to_str().unwrap()],
+            "warn,asyncgate::audit=info",
+        );
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {

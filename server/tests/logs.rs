@@ -12,6 +12,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+
+mod common;
 use tonic_types::StatusExt as _;
 
 #[tokio::test]
@@ -68,21 +70,7 @@ struct TextLogs {
 
 impl TextLogs {
     async fn start(extra: &[&str]) -> TextLogs {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--store", "memory"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server binary starts");
+        let (mut child, port) = common::start_logged(extra, "info");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut head = Vec::new();
         loop {

@@ -109,3 +109,22 @@ pub(crate) async fn line_containing(
         .await
         .unwrap_or_else(|_| panic!("no {needle:?} within 30 s"))
 }
+
+/// Starts the real binary on a free port with the memory store, `args` and
+/// `RUST_LOG=rust_log`, its stderr piped (for tests that read its logs) and
+/// colour off; killed when dropped. Returns it and its port.
+pub(crate) fn start_logged(args: &[&str], rust_log: &str) -> (Child, u16) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--store", "memory"])
+        .args(args)
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts");
+    (child, port)
+}
