@@ -143,3 +143,18 @@ async fn a_failing_command_fails_the_ticket_with_its_stderr() {
     drop(worker);
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_submit_without_a_body_flag_is_refused_before_sending() {
+    // No gateway needed: the CLI refuses before it connects.
+    let output = cli("http://127.0.0.1:9")
+        .args(["submit", "upper"])
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for flag in ["--json", "--file", "--data", "--empty"] {
+        assert!(stderr.contains(flag), "{flag} is offered: {stderr}");
+    }
+}

@@ -135,7 +135,8 @@ pub(crate) enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("body").args(["json", "file", "data"])))]
+// A body is required: a forgotten flag must not send an empty request.
+#[command(group(ArgGroup::new("body").args(["json", "file", "data", "empty"]).required(true)))]
 pub(crate) struct SubmitArgs {
     /// The queue to submit to.
     pub(crate) queue: String,
@@ -153,6 +154,11 @@ pub(crate) struct SubmitArgs {
     /// The payload as text, sent as binary `text/plain; charset=utf-8`.
     #[arg(long, value_name = "TEXT")]
     pub(crate) data: Option<String>,
+
+    /// Send no payload at all (one of --json, --file, --data or --empty is
+    /// required).
+    #[arg(long)]
+    pub(crate) empty: bool,
 
     /// Higher runs first (-1000 to 1000).
     #[arg(
@@ -396,6 +402,13 @@ mod tests {
         assert_eq!(args.wait, Some(Duration::from_secs(2)));
 
         assert!(parse(&["submit", "q", "--json", "1", "--data", "x"]).is_err());
+        // No body flag: refused, naming the choices; --empty says so.
+        let missing = parse(&["submit", "q"]).unwrap_err().to_string();
+        assert!(
+            missing.contains("--json") && missing.contains("--empty"),
+            "{missing}"
+        );
+        assert!(parse(&["submit", "q", "--empty"]).is_ok());
         assert!(parse(&["submit", "q", "--json", "{nope"]).is_err());
         assert!(parse(&["submit", "q", "--wait", "--watch"]).is_err());
         Ok(())
