@@ -178,6 +178,14 @@ impl Runner {
         info!("worker stopped");
     }
 
+    /// The gateway's address, for logs.
+    fn gateway_name(&self) -> String {
+        match &self.config.connector {
+            Connector::Endpoint(endpoint) => endpoint.uri().to_string(),
+            Connector::Channel(_) => "the caller's channel".to_owned(),
+        }
+    }
+
     /// A graceful shutdown is complete.
     fn finished(&self) -> bool {
         self.shutdown.is_cancelled() && self.running.is_empty() && self.unacked.is_empty()
@@ -191,7 +199,7 @@ impl Runner {
             let end = self.session().await;
             self.session.send_replace(None);
             self.link.send_replace(None);
-            log_end(&end);
+            log_end(&end, &self.gateway_name());
             if !matches!(end, SessionEnd::Drained | SessionEnd::Shutdown) {
                 self.leases_lost();
             }
@@ -694,23 +702,29 @@ fn link_capacity(max_in_flight: u32) -> usize {
         .saturating_add(64)
 }
 
-fn log_end(end: &SessionEnd) {
+/// Logs how a session ended, naming the gateway it was with.
+fn log_end(end: &SessionEnd, gateway: &str) {
     match end {
-        SessionEnd::ConnectFailed(err) => warn!(error = %err, "cannot connect to the gateway"),
-        SessionEnd::HandshakeFailed(why) => warn!(%why, "handshake failed"),
+        SessionEnd::ConnectFailed(err) => {
+            warn!(%gateway, error = %err, "cannot connect to the gateway")
+        }
+        SessionEnd::HandshakeFailed(why) => warn!(%gateway, %why, "handshake failed"),
         SessionEnd::Broken(status) if is_transient_status(status) => {
-            warn!(code = ?status.code(), message = %status.message(), "connection lost")
+            warn!(%gateway, code = ?status.code(), message = %status.message(), "connection lost")
         }
         SessionEnd::Broken(status) => error!(
+            %gateway,
             code = ?status.code(),
             message = %status.message(),
             "the gateway refused the worker (retrying after backoff)"
         ),
-        SessionEnd::Closed => warn!("the gateway ended the stream"),
+        SessionEnd::Closed => warn!(%gateway, "the gateway ended the stream"),
         SessionEnd::Silent(after) => {
-            warn!(?after, "nothing from the gateway; dropping the connection")
+            warn!(%gateway, ?after, "nothing from the gateway; dropping the connection")
         }
-        SessionEnd::Stalled => warn!("the gateway stopped reading; dropping the connection"),
+        SessionEnd::Stalled => {
+            warn!(%gateway, "the gateway stopped reading; dropping the connection")
+        }
         SessionEnd::Drained => info!("drained; reconnecting"),
         SessionEnd::Shutdown => info!("all results delivered; connection closed"),
     }
@@ -725,12 +739,17 @@ fn log_join(joined: Result<(), JoinError>) {
 
 /// `Display` of an error and its sources, joined by ": " (tonic's transport
 /// error alone only says "transport error").
+/// An error and its sources, each said once: many errors already print
+/// their source in their own message, and repeating it read as noise.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -851,6 +870,24 @@ mod tests {
         let inner = std::io::Error::other("connection refused");
         let outer = std::io::Error::other(inner);
         assert_eq!(error_chain(&outer), "connection refused");
+        // A source already quoted by its error is not said twice.
+        #[derive(Debug)]
+        struct Quoting(std::io::Error);
+        impl std::fmt::Display for Quoting {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "tcp connect error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Quoting {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let quoting = Quoting(std::io::Error::other("Connection refused"));
+        assert_eq!(
+            error_chain(&quoting),
+            "tcp connect error: Connection refused"
+        );
         assert_eq!(link_capacity(10_000), 10_064);
     }
 }
