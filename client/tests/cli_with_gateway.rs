@@ -158,3 +158,34 @@ async fn a_submit_without_a_body_flag_is_refused_before_sending() {
         assert!(stderr.contains(flag), "{flag} is offered: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_worker_logs_plainly_to_a_pipe_naming_the_gateway_it_cannot_reach() {
+    use tokio::io::AsyncBufReadExt as _;
+    // Nothing listens on port 9 of loopback: the worker keeps retrying and
+    // says so on stderr, which is a pipe here.
+    let mut worker = cli("http://127.0.0.1:9")
+        .args(["work", "--queue", "q", "--", "true"])
+        .env("RUST_LOG", "warn")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the CLI runs");
+    let mut lines = tokio::io::BufReader::new(worker.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("cannot connect") {
+                return line;
+            }
+        }
+        panic!("the worker exited");
+    })
+    .await
+    .expect("a connect warning");
+    worker.start_kill().unwrap();
+    assert!(!line.contains('\u{1b}'), "no colour in a pipe: {line:?}");
+    assert!(line.contains("127.0.0.1:9"), "names the gateway: {line}");
+    let refused = line.matches("refused").count();
+    assert!(refused <= 1, "the cause is said once: {line}");
+}
