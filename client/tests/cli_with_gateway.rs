@@ -123,7 +123,7 @@ async fn a_failing_command_fails_the_ticket_with_its_stderr() {
                 "echo kaputt >&2; exit 3",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
@@ -140,6 +140,30 @@ async fn a_failing_command_fails_the_ticket_with_its_stderr() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("FAILED"), "{text}");
     assert!(text.contains("kaputt"), "{text}");
+    // The worker's log says what happened to the task, with the command's
+    // stderr.
+    let mut worker = worker;
+    let stderr = worker.0.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let logged = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("task failed") {
+                return line;
+            }
+        }
+        panic!("the worker exited");
+    })
+    .await
+    .expect("the task's failure is logged");
+    for needle in [
+        "ticket_id=",
+        "attempt=1",
+        "exit status: 3",
+        "kaputt",
+        "elapsed=",
+    ] {
+        assert!(logged.contains(needle), "{needle}: {logged}");
+    }
     drop(worker);
     running.shutdown().await.unwrap();
 }

@@ -103,7 +103,10 @@ impl Handler for CommandHandler {
             .env("ASYNCGATE_ATTEMPT", task.attempt().to_string())
             .env("ASYNCGATE_MAX_ATTEMPTS", task.max_attempts().to_string())
             .env("ASYNCGATE_CONTENT_TYPE", &input.content_type);
+        let started = std::time::Instant::now();
+        let (ticket_id, attempt) = (task.ticket_id().to_owned(), task.attempt());
         let child = command.spawn().map_err(|err| {
+            tracing::warn!(%ticket_id, attempt, error = %err, program = ?self.program, "cannot start the command");
             TaskError::retryable(format!("cannot start {:?}: {err}", self.program))
         })?;
         let finished = tokio::select! {
@@ -112,15 +115,21 @@ impl Handler for CommandHandler {
                 // `run_child`'s future, and with it the child, is dropped
                 // here: kill_on_drop sends SIGKILL.
                 let reason = task.cancel_reason().map(|(reason, _)| reason.as_str_name()).unwrap_or("worker stopping");
+                tracing::info!(%ticket_id, attempt, reason, elapsed = ?started.elapsed(), "task cancelled; the command was killed");
                 return Err(TaskError::new(tonic::Code::Cancelled, format!("cancelled ({reason}); the command was killed"), false));
             }
         };
         let (status, stdout, stderr_tail) = finished
             .map_err(|err| TaskError::retryable(format!("talking to {:?}: {err}", self.program)))?;
+        let elapsed = started.elapsed();
         if status.success() {
+            tracing::info!(%ticket_id, attempt, %status, ?elapsed, "task done");
             Ok(result_for(input.json_string, stdout))
         } else {
-            Err(TaskError::retryable(failure_message(&stderr_tail, status)))
+            let message = failure_message(&stderr_tail, status);
+            // The command's own words, for whoever reads the worker's log.
+            tracing::info!(%ticket_id, attempt, %status, ?elapsed, stderr = %String::from_utf8_lossy(&stderr_tail).trim_end(), "task failed");
+            Err(TaskError::retryable(message))
         }
     }
 }
