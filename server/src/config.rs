@@ -443,6 +443,11 @@ pub struct Parsed {
     pub effective: String,
 }
 
+/// Whether `arg` is a list setting (a flag that may be repeated).
+fn is_list(arg: &clap::Arg) -> bool {
+    matches!(arg.get_action(), clap::ArgAction::Append)
+}
+
 /// Reads `args` (the first is the program name) with the config file merged
 /// in: flags beat environment variables, which beat the file, which beats
 /// the defaults. Errors name what to fix.
@@ -495,6 +500,29 @@ pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Parsed, clap::Error> 
                 }
                 value => value,
             };
+            // A list setting (a repeatable flag) takes an array: one flag
+            // per element, in order.
+            let value = match value {
+                toml::Value::Array(items) if is_list(arg) => {
+                    for item in items {
+                        let text = match item {
+                            toml::Value::String(text) => text,
+                            toml::Value::Integer(n) => n.to_string(),
+                            other => {
+                                return Err(invalid(format!(
+                                    "--config {file}: {key} takes strings, not {}",
+                                    other.type_str()
+                                )));
+                            }
+                        };
+                        merged.push(format!("--{name}").into());
+                        merged.push(text.into());
+                    }
+                    from_file.insert(arg.get_id().to_string());
+                    continue;
+                }
+                value => value,
+            };
             let text = match value {
                 toml::Value::String(text) => text,
                 toml::Value::Boolean(true) => {
@@ -538,6 +566,12 @@ pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Parsed, clap::Error> 
         };
         let value = match matches.get_raw(id) {
             _ if !arg.get_action().takes_values() => matches.get_flag(id).to_string(),
+            Some(values) if is_list(arg) => {
+                let items: Vec<String> = values
+                    .map(|v| format!("{:?}", hide_password(&v.to_string_lossy())))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
             Some(mut values) => {
                 let text = values
                     .next()
@@ -770,6 +804,43 @@ mod tests {
         );
         assert!(parsed.effective.contains("insecure = false  # default"));
         // What --print-config prints reads back as a config file.
+        std::fs::write(&file, &parsed.effective).unwrap();
+        assert!(parse_args(args(&[])).is_ok(), "{}", parsed.effective);
+
+        // A list setting takes an array in the file, and every value is
+        // printed back.
+        std::fs::write(
+            &file,
+            "grpc-web = true\ncors-allow-origin = [\"https://a.example\", \"https://b.example\"]\nstore = \"memory\"\n",
+        )
+        .unwrap();
+        let parsed = parse_args(args(&[])).unwrap();
+        assert!(
+            parsed.effective.contains(
+                "cors-allow-origin = [\"https://a.example\", \"https://b.example\"]  # config file"
+            ),
+            "{}",
+            parsed.effective
+        );
+        assert_eq!(
+            Config::try_from(parsed.cli).unwrap().cors_allow_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        // Repeated flags too.
+        let parsed = parse_args(args(&[
+            "--cors-allow-origin",
+            "https://c.example",
+            "--cors-allow-origin",
+            "https://d.example",
+        ]))
+        .unwrap();
+        assert!(
+            parsed
+                .effective
+                .contains("[\"https://c.example\", \"https://d.example\"]  # flag"),
+            "{}",
+            parsed.effective
+        );
         std::fs::write(&file, &parsed.effective).unwrap();
         assert!(parse_args(args(&[])).is_ok(), "{}", parsed.effective);
 
