@@ -126,11 +126,18 @@ fn source_chain(err: &tonic::transport::Error) -> String {
         }
         source = cause.source();
     }
-    if parts.is_empty() {
+    let mut text = if parts.is_empty() {
         err.to_string()
     } else {
         parts.join(": ")
+    };
+    // rustls reading a plaintext HTTP/2 answer as TLS says only this.
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        text.push_str(
+            " — the gateway does not speak TLS on that port: use an http:// address (or give the gateway --tls-cert and --tls-key)",
+        );
     }
+    text
 }
 
 /// `NotFound` rather than tonic's sentence-long `Display` of a code.

@@ -213,3 +213,20 @@ async fn a_worker_logs_plainly_to_a_pipe_naming_the_gateway_it_cannot_reach() {
     let refused = line.matches("refused").count();
     assert!(refused <= 1, "the cause is said once: {line}");
 }
+
+#[tokio::test]
+async fn https_against_a_plaintext_gateway_says_so() {
+    let (running, url) = gateway().await;
+    let https = url.replace("http://", "https://");
+    let output = tokio::time::timeout(Duration::from_secs(30), cli(&https).args(["list"]).output())
+        .await
+        .expect("the CLI finishes")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not speak TLS on that port"),
+        "{stderr}"
+    );
+    running.shutdown().await.unwrap();
+}
