@@ -357,7 +357,9 @@ pub(crate) async fn retryable_failures_back_off_then_fail(factory: Factory) {
         .unwrap();
     let t = h.engine.get(id).await.unwrap();
     assert_eq!(t.state, TicketState::Failed);
-    assert!(t.error.unwrap().message.contains("attempt 2 of 2"));
+    let error = t.error.unwrap();
+    assert!(error.message.contains("attempt 2 of 2"));
+    assert!(!error.retryable, "a FAILED ticket will not be retried");
 }
 
 pub(crate) async fn a_success_after_a_failed_attempt_carries_no_error(factory: Factory) {

@@ -55,7 +55,13 @@ pub(crate) fn end_attempt(
         } else {
             error.message.clone()
         };
-        let error = TicketError { message, ..error };
+        // A FAILED ticket will not be retried, whatever the worker said of
+        // its last attempt.
+        let error = TicketError {
+            message,
+            retryable: false,
+            ..error
+        };
         ticket.finish(TicketState::Failed, Some(error), now);
         return;
     }
