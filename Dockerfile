@@ -20,8 +20,11 @@ WORKDIR /src
 COPY . .
 # The caches keep the registry and the build between image builds; the
 # binaries are copied out because a cache mount is not part of the layer.
+# The image's binaries are stripped of symbols and debug info (the server
+# measured 13.7 MB so, against 97 MB); build from source for line tables.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
+    CARGO_PROFILE_RELEASE_STRIP=symbols \
     cargo build --release --locked -p asyncgate-server -p asyncgate-client \
     && mkdir -p /out \
     && cp target/release/asyncgate-server target/release/asyncgate /out/
@@ -36,7 +39,8 @@ RUN apt-get update \
     && mkdir /data \
     && chown asyncgate:asyncgate /data
 COPY --from=build /out/asyncgate-server /out/asyncgate /usr/local/bin/
-USER asyncgate:asyncgate
+# Numeric, so that Kubernetes' runAsNonRoot can verify it is not root.
+USER 10001:10001
 WORKDIR /data
 # A new named volume copies this directory's owner, so the gateway (not
 # root) can write its store there.
