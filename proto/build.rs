@@ -20,11 +20,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=google");
     let fds = protox::compile(files, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    // Reflection gets every file, google/api/* included, so that grpcurl can
-    // resolve the options operations.proto carries.
+    // Reflection gets every file the gateway serves, google/api/* included,
+    // so that grpcurl can resolve the options operations.proto carries; not
+    // the benchmark's echo service, which only `asyncgate bench` serves (a
+    // listed service that answers UNIMPLEMENTED misleads).
+    let mut served = fds.clone();
+    served
+        .file
+        .retain(|file| !file.name().starts_with("asyncgate/bench/"));
     std::fs::write(
         out_dir.join("asyncgate_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&served),
     )?;
     // google/api/* only declares options (HTTP bindings, client-library
     // settings) that no Rust code reads: generate no types for it.

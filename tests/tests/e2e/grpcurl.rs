@@ -50,6 +50,8 @@ async fn the_readme_tour_works_with_grpcurl() {
     ] {
         assert!(services.contains(service), "{services}");
     }
+    // Only what the gateway serves: not the benchmark's echo.
+    assert!(!services.contains("asyncgate.bench"), "{services}");
     let described =
         text(&grpcurl(&["-plaintext", &addr, "describe", "asyncgate.v1.Gateway"]).await);
     assert!(
