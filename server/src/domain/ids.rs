@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 /// Why an id string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} must be a UUID like 0190b6c2-8a3e-7c4d-9f1a-2b3c4d5e6f70, got {got:?}")]
+#[error(
+    "{what} must be a UUID in its hyphenated form, like 0190b6c2-8a3e-7c4d-9f1a-2b3c4d5e6f70, got {got:?}"
+)]
 pub struct BadId {
     /// The kind of id ("ticket id", "lease id").
     pub what: &'static str,
@@ -46,11 +48,19 @@ macro_rules! uuid_id {
         impl FromStr for $name {
             type Err = BadId;
 
+            /// Only the hyphenated form (in either case), the one the
+            /// gateway prints: `urn:uuid:`, braces and the bare 32 digits are
+            /// refused, so one id has one spelling.
             fn from_str(s: &str) -> Result<Self, BadId> {
-                Uuid::parse_str(s).map(Self).map_err(|_| BadId {
+                let bad = || BadId {
                     what: $what,
                     got: s.chars().take(64).collect(),
-                })
+                };
+                let b = s.as_bytes();
+                if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+                    return Err(bad());
+                }
+                Uuid::parse_str(s).map(Self).map_err(|_| bad())
             }
         }
     };
@@ -78,5 +88,15 @@ mod tests {
         assert_eq!(id.to_string().parse::<TicketId>().unwrap(), id);
         let err = "nope".parse::<TicketId>().unwrap_err();
         assert!(err.to_string().contains("ticket id must be a UUID"));
+        // One spelling per id: the hyphenated form, either case.
+        let text = id.to_string();
+        assert_eq!(text.to_uppercase().parse::<TicketId>().unwrap(), id);
+        for lenient in [
+            format!("urn:uuid:{text}"),
+            format!("{{{text}}}"),
+            text.replace('-', ""),
+        ] {
+            assert!(lenient.parse::<TicketId>().is_err(), "{lenient}");
+        }
     }
 }
