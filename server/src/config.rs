@@ -859,6 +859,25 @@ mod tests {
 
     #[test]
     fn refuses_inconsistent_settings() {
+        // The budgets of this session's limits, each named in its refusal.
+        assert!(
+            parse(&["--max-pending-bytes", "1000"])
+                .unwrap_err()
+                .contains("--max-pending-bytes")
+        );
+        assert!(
+            parse(&["--max-output-bytes", "10"])
+                .unwrap_err()
+                .contains("--max-output-bytes")
+        );
+        assert!(
+            parse(&["--request-read-timeout", "0s"])
+                .unwrap_err()
+                .contains("--request-read-timeout")
+        );
+        let config = parse(&["--max-health-calls", "0", "--dispatch-stored-only"]).unwrap();
+        assert_eq!(config.max_health_calls, 1, "at least one health call");
+        assert!(config.engine.dispatch_stored_only);
         assert!(
             parse(&["--lease-ttl", "1s", "--heartbeat-interval", "1s"])
                 .unwrap_err()

@@ -2,33 +2,15 @@
 //! file, and without one it is logged and ignored (its default action would
 //! end the process).
 
-use std::net::TcpListener;
-use std::process::Stdio;
-
 use asyncgate_client::{Client, pb};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 mod common;
 use common::{hangup, line_containing};
 
 #[tokio::test]
 async fn sighup_without_keys_is_logged_and_the_gateway_keeps_serving() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--store", "memory"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server binary starts");
+    let (mut server, port) = common::start_logged(&[], "info");
     let pid = server.id().expect("the gateway runs");
     let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
     line_containing(&mut lines, "asyncgate listening").await;
