@@ -649,10 +649,11 @@ impl Session {
     /// well as a ping answer does: a worker streaming large outputs answers
     /// pings late, its answers queued behind its data. (Progress for leases
     /// it does not hold, or was told to drop, proves nothing: it may not be
-    /// reading at all.) Refreshed at most twice per heartbeat interval, so a
+    /// reading at all; nor does progress naming a held lease with another
+    /// ticket.) Refreshed at most twice per heartbeat interval, so a
     /// stream of chunks does not renew the session in the store per chunk.
-    fn alive_by_work(&mut self, lease_id: LeaseId) {
-        if !self.leases.contains_key(&lease_id) || self.revoked.contains(&lease_id) {
+    fn alive_by_work(&mut self, ticket_id: TicketId, lease_id: LeaseId) {
+        if self.leases.get(&lease_id) != Some(&ticket_id) || self.revoked.contains(&lease_id) {
             return;
         }
         let now = Instant::now();
@@ -718,7 +719,7 @@ impl Session {
             tracing::debug!(%ticket_id, %lease_id, "progress on a lease this session does not hold; ignored");
             return Ok(());
         }
-        self.alive_by_work(lease_id);
+        self.alive_by_work(ticket_id, lease_id);
         let output = match progress
             .output
             .map(|output| {
@@ -840,6 +841,18 @@ impl Session {
             Ok(ids) => ids,
             Err(error) => return self.send(ack(tonic::Code::InvalidArgument, error.to_string())),
         };
+        // A lease answers for its own ticket only. Forgetting the lease on
+        // such a result would give its credit back while the ticket stays
+        // leased to this worker (one task more than max_in_flight), and a
+        // cancel of it would no longer reach the worker.
+        if let Some(held) = self.leases.get(&lease_id)
+            && *held != ticket_id
+        {
+            let message = format!(
+                "lease {lease_id} was given for ticket {held}, not {ticket_id}: send the result with its Task's ticket_id"
+            );
+            return self.send(ack(tonic::Code::InvalidArgument, message));
+        }
         let held = self.holds(ticket_id, lease_id);
         if !held && !self.answered.contains(lease_id) {
             tracing::debug!(%ticket_id, %lease_id, "result on a lease this session does not hold; refused");
@@ -963,6 +976,11 @@ fn parse_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::WeakDispatcher;
+    use crate::engine::{
+        Engine, EngineConfig, EngineListener, LocalEngine, Revocation, TicketChange,
+    };
+    use tokio_util::task::TaskTracker;
 
     fn hello(worker_name: &str) -> Result<String, GatewayError> {
         validate_hello(
@@ -1027,5 +1045,164 @@ mod tests {
             assert!(reason.contains("control character"), "{reason}");
         }
         assert!(refusal("evil\nname").1.contains("U+000A at byte 4"));
+    }
+
+    /// Routes the engine's notices to the dispatcher, as the server does.
+    struct Notices(WeakDispatcher);
+
+    impl EngineListener for Notices {
+        fn watching(&self, _: TicketId) -> bool {
+            false
+        }
+        fn ticket_changed(&self, _: TicketChange) {}
+        fn queue_ready(&self, queue: &QueueName) {
+            if let Some(dispatcher) = self.0.upgrade() {
+                dispatcher.queue_ready(queue);
+            }
+        }
+        fn lease_revoked(&self, revocation: Revocation) {
+            if let Some(dispatcher) = self.0.upgrade() {
+                dispatcher.revoke(revocation);
+            }
+        }
+    }
+
+    /// A session over a memory engine, and the two ends a worker holds.
+    struct Harness {
+        engine: Arc<dyn Engine>,
+        to_gateway: mpsc::UnboundedSender<pb::WorkerMessage>,
+        from_gateway: mpsc::Receiver<Result<pb::DispatchMessage, GatewayError>>,
+    }
+
+    impl Harness {
+        fn start() -> Self {
+            let engine: Arc<dyn Engine> = Arc::new(LocalEngine::in_memory(EngineConfig::default()));
+            let dispatcher =
+                Dispatcher::new(engine.clone(), TaskTracker::new(), CancellationToken::new());
+            engine.set_listener(Arc::new(Notices(dispatcher.downgrade())));
+            let (to_gateway, inbound) = mpsc::unbounded_channel();
+            let (outbound, from_gateway) = mpsc::channel(64);
+            let settings = SessionSettings {
+                heartbeat_interval: Duration::from_secs(3600),
+                lease_ttl: Duration::from_secs(3600),
+                max_payload_bytes: 1024,
+            };
+            let inbound = tokio_stream::wrappers::UnboundedReceiverStream::new(inbound).map(Ok);
+            tokio::spawn(run(
+                dispatcher,
+                settings,
+                crate::auth::Caller::anonymous(),
+                None,
+                inbound,
+                outbound,
+                CancellationToken::new(),
+                CancellationToken::new(),
+            ));
+            Self {
+                engine,
+                to_gateway,
+                from_gateway,
+            }
+        }
+
+        async fn submit(&self, queue: &str) -> TicketId {
+            let limits = convert::SubmitLimits {
+                max_payload_bytes: 1024,
+                default_max_attempts: 3,
+                max_attempts_limit: 10,
+            };
+            let request = pb::SubmitRequest {
+                queue: queue.into(),
+                ..Default::default()
+            };
+            let new = convert::new_ticket(&crate::auth::Caller::anonymous(), request, &limits)
+                .expect("a valid submit");
+            self.engine.submit(new).await.expect("submitted").ticket.id
+        }
+
+        fn send(&self, kind: In) {
+            self.to_gateway
+                .send(pb::WorkerMessage { kind: Some(kind) })
+                .expect("the session reads");
+        }
+
+        /// The gateway's next message, pings aside.
+        async fn next(&mut self) -> Out {
+            loop {
+                let message =
+                    tokio::time::timeout(Duration::from_secs(5), self.from_gateway.recv())
+                        .await
+                        .expect("the gateway answers")
+                        .expect("the stream is open")
+                        .expect("not an error");
+                match message.kind.expect("a kind") {
+                    Out::Ping(_) => {}
+                    kind => return kind,
+                }
+            }
+        }
+    }
+
+    /// Found by the `worker_session` fuzz target: a result that named a
+    /// lease the worker holds but another ticket was refused by the engine,
+    /// yet the session forgot the lease and gave its credit back. The
+    /// ticket stayed leased, the worker got one task more than its
+    /// `max_in_flight`, and a cancel of the forgotten ticket never reached it.
+    #[tokio::test]
+    async fn a_result_naming_another_ticket_leaves_the_lease_held() {
+        let mut worker = Harness::start();
+        let first = worker.submit("q").await;
+        let second = worker.submit("q").await;
+        worker.send(In::Hello(pb::Hello {
+            worker_name: "w".into(),
+            queues: vec!["q".into()],
+            max_in_flight: 1,
+        }));
+        assert!(matches!(worker.next().await, Out::Welcome(_)));
+        let Out::Task(task) = worker.next().await else {
+            panic!("a task");
+        };
+        assert_eq!(task.ticket_id, first.to_string());
+
+        // The lease, with the other ticket's id (or one nobody issued).
+        for wrong in [second.to_string(), TicketId::new().to_string()] {
+            worker.send(In::Result(pb::TaskResult {
+                ticket_id: wrong.clone(),
+                lease_id: task.lease_id.clone(),
+                outcome: Some(pb::task_result::Outcome::Success(pb::Payload::default())),
+            }));
+            let Out::ResultAck(ack) = worker.next().await else {
+                panic!("an ack, and no second task: the lease is still held");
+            };
+            assert_eq!(ack.code, tonic::Code::InvalidArgument as i32, "{ack:?}");
+            assert_eq!(ack.ticket_id, wrong);
+            assert!(ack.message.contains(&task.ticket_id), "{}", ack.message);
+        }
+
+        // The session still holds the lease: a cancel reaches the worker.
+        worker
+            .engine
+            .cancel(first, "test")
+            .await
+            .expect("cancelled");
+        let Out::Cancel(cancel) = worker.next().await else {
+            panic!("the cancel of the held lease");
+        };
+        assert_eq!(cancel.lease_id, task.lease_id);
+
+        // Its late result answers the lease: the credit comes back.
+        worker.send(In::Result(pb::TaskResult {
+            ticket_id: task.ticket_id.clone(),
+            lease_id: task.lease_id.clone(),
+            outcome: Some(pb::task_result::Outcome::Success(pb::Payload::default())),
+        }));
+        let Out::ResultAck(ack) = worker.next().await else {
+            panic!("an ack");
+        };
+        assert_eq!(ack.code, tonic::Code::FailedPrecondition as i32, "{ack:?}");
+        let Out::Task(next) = worker.next().await else {
+            panic!("the second task");
+        };
+        assert_eq!(next.ticket_id, second.to_string());
     }
 }
