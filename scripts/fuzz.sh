@@ -58,10 +58,12 @@ for target in $targets; do
     log="logs/$target.log"
     echo "== $target for ${seconds}s (log: fuzz/$log)" >&2
     status=0
+    started=$SECONDS
     # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
     cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=30 \
         ${FUZZ_ARGS:-} >"$log" 2>&1 || status=$?
+    elapsed=$((SECONDS - started))
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$' || true)
     corpus=$(find "corpus/$target" -type f | wc -l)
     if [ "$status" -eq 0 ]; then
@@ -70,7 +72,7 @@ for target in $targets; do
         outcome="FAILED (exit $status): see fuzz/$log and fuzz/artifacts/$target"
         failed=1
     fi
-    line="$target: ${seconds}s, ${execs:-?} executions, corpus $corpus inputs, $outcome"
+    line="$target: ${elapsed}s, ${execs:-?} executions, corpus $corpus inputs, $outcome"
     echo "$line" >&2
     summary+=("$line")
 done
