@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use rand::Rng as _;
 
-/// Equal-jitter exponential backoff: the ceiling doubles per attempt from
-/// `min` up to `max`, and each delay is uniform in `[ceiling/2, ceiling]`.
-///
-/// Equal jitter rather than full jitter keeps a floor under the delay, so a
-/// fleet of workers reconnecting to a restarting gateway neither stampedes it
-/// nor retries at ~0 ms.
+/// Equal-jitter exponential backoff (the gateway's retry schedule too): the
+/// ceiling doubles per attempt from `min` up to `max`, and each delay is
+/// uniform in `[ceiling/2, ceiling]`.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     /// The first ceiling (and, halved, the shortest delay).
@@ -48,14 +45,10 @@ impl Backoff {
     }
 }
 
-/// The delay before retry number `attempt` (0-based): uniform in
-/// `[ceiling/2, ceiling]` where `ceiling = min(max, min * 2^attempt)`, with
-/// `unit` in `[0, 1)` picking the point.
+/// The delay before retry number `attempt` (0-based): the system's one
+/// schedule, [`asyncgate_proto::backoff::equal_jitter`].
 pub(crate) fn jittered_delay(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(31));
-    let ceiling = min.saturating_mul(factor).min(max.max(min));
-    let half = ceiling / 2;
-    half + half.mul_f64(unit.clamp(0.0, 1.0))
+    asyncgate_proto::backoff::equal_jitter(attempt, min, max, unit)
 }
 
 #[cfg(test)]
@@ -64,22 +57,6 @@ mod tests {
 
     const MIN: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn ceiling_doubles_then_caps() {
-        assert_eq!(jittered_delay(0, MIN, MAX, 1.0), Duration::from_millis(100));
-        assert_eq!(jittered_delay(1, MIN, MAX, 1.0), Duration::from_millis(200));
-        assert_eq!(jittered_delay(3, MIN, MAX, 1.0), Duration::from_millis(800));
-        assert_eq!(jittered_delay(10, MIN, MAX, 1.0), MAX);
-        assert_eq!(jittered_delay(u32::MAX, MIN, MAX, 1.0), MAX);
-    }
-
-    #[test]
-    fn jitter_keeps_half_the_ceiling() {
-        assert_eq!(jittered_delay(0, MIN, MAX, 0.0), Duration::from_millis(50));
-        assert_eq!(jittered_delay(10, MIN, MAX, 0.0), MAX / 2);
-        assert_eq!(jittered_delay(2, MIN, MAX, 0.5), Duration::from_millis(300));
-    }
 
     #[test]
     fn backoff_counts_and_resets() {

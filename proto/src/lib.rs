@@ -13,6 +13,7 @@ pub mod v1 {
     tonic::include_proto!("asyncgate.v1");
 }
 
+pub mod backoff;
 pub mod corked;
 pub mod json;
 pub mod trace_context;

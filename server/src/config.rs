@@ -357,7 +357,8 @@ pub struct Cli {
     /// Attempts that may end in a lost worker before a ticket is FAILED.
     #[arg(long, env = "ASYNCGATE_MAX_WORKER_LOSSES", default_value_t = 3)]
     pub max_worker_losses: u32,
-    /// First retry delay (doubles per attempt, with jitter).
+    /// Ceiling of the first retry delay; it doubles per attempt up to
+    /// --backoff-cap, and each delay is uniform in [ceiling/2, ceiling].
     #[arg(long, env = "ASYNCGATE_BACKOFF_BASE", default_value = "500ms", value_parser = parse_duration)]
     pub backoff_base: Duration,
     /// Longest retry delay.

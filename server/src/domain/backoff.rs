@@ -1,12 +1,13 @@
-//! Retry backoff: exponential with full jitter, as a pure function so that it
-//! is testable without a clock or a runtime.
+//! Retry backoff between a ticket's attempts: the shared schedule of
+//! [`asyncgate_proto::backoff::equal_jitter`] (exponential, equal jitter),
+//! under the bounds of `--backoff-base` and `--backoff-cap`.
 
 use std::time::Duration;
 
 /// Retry delay policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    /// Delay scale for the first retry.
+    /// The ceiling of the first retry's delay.
     pub base: Duration,
     /// No delay exceeds this.
     pub cap: Duration,
@@ -14,13 +15,15 @@ pub struct Backoff {
 
 impl Backoff {
     /// The delay before the attempt after `failed_attempt` (1-based), given a
-    /// uniform random `jitter` in `[0, 1)`: half fixed, half jittered, so that
-    /// retries spread out but never collapse to zero.
+    /// uniform random `jitter` in `[0, 1)`: uniform in `[ceiling/2, ceiling]`
+    /// with the ceiling doubling per failed attempt up to `cap`.
     pub fn delay(&self, failed_attempt: u32, jitter: f64) -> Duration {
-        let exp = failed_attempt.saturating_sub(1).min(30);
-        let full = self.base.saturating_mul(1u32 << exp.min(20)).min(self.cap);
-        let jitter = jitter.clamp(0.0, 1.0);
-        full.mul_f64(0.5 + 0.5 * jitter)
+        asyncgate_proto::backoff::equal_jitter(
+            failed_attempt.saturating_sub(1),
+            self.base,
+            self.cap,
+            jitter,
+        )
     }
 }
 
