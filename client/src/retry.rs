@@ -34,7 +34,7 @@ impl Backoff {
     /// The next delay; each call raises the ceiling.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let unit: f64 = rand::rng().random();
-        let delay = jittered_delay(self.attempt, self.min, self.max, unit);
+        let delay = asyncgate_proto::backoff::equal_jitter(self.attempt, self.min, self.max, unit);
         self.attempt = self.attempt.saturating_add(1);
         delay
     }
@@ -43,12 +43,6 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
-}
-
-/// The delay before retry number `attempt` (0-based): the system's one
-/// schedule, [`asyncgate_proto::backoff::equal_jitter`].
-pub(crate) fn jittered_delay(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
-    asyncgate_proto::backoff::equal_jitter(attempt, min, max, unit)
 }
 
 #[cfg(test)]
