@@ -119,6 +119,22 @@ impl Client {
         self.inner.clone()
     }
 
+    /// Whether the gateway serves `service` (`""` for the whole gateway),
+    /// by the standard `grpc.health.v1.Health/Check`, which needs no API
+    /// key. The gateway reports NOT_SERVING while its store fails and once
+    /// it is shutting down; an unknown service is a `NOT_FOUND` error.
+    pub async fn serving(&self, service: &str) -> Result<bool, ClientError> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(response.status() == ServingStatus::Serving)
+    }
+
     /// Stores a request and returns its PENDING ticket at once. A repeated
     /// idempotency key returns the original ticket.
     ///

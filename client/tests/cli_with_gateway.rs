@@ -230,3 +230,49 @@ async fn https_against_a_plaintext_gateway_says_so() {
     );
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn health_needs_no_key_and_says_serving() {
+    // A gateway with keys: `list` without one is refused, `health` is not
+    // (what compose's health check and Kubernetes probes rely on).
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"admin\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = asyncgate_server::Config {
+        store: asyncgate_server::config::StoreConfig::Memory,
+        keys: Some(keys),
+        insecure: true,
+        ..asyncgate_server::Config::default()
+    };
+    let running = asyncgate_server::start_on(config, listener).await.unwrap();
+
+    let (code, _) = run(cli(&url).args(["list", "--page-size", "1"])).await;
+    assert_eq!(code, 2, "list needs a key");
+    let (code, out) = run(cli(&url).arg("health")).await;
+    assert_eq!((code, out.as_str()), (0, "SERVING\n"));
+    let (code, out) = run(cli(&url).args([
+        "--output",
+        "json",
+        "health",
+        "--service",
+        "asyncgate.v1.Workers",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!({"status": "SERVING"})
+    );
+    let (code, _) = run(cli(&url).args(["health", "--service", "no.Such"])).await;
+    assert_eq!(code, 2, "an unknown service is an error, not NOT_SERVING");
+    running.shutdown().await.unwrap();
+}

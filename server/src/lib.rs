@@ -18,6 +18,8 @@
 //! - [`rpc`]: thin tonic services (`Gateway`, `Workers`, and `Operations`:
 //!   tickets as `google.longrunning` operations), the edge validation
 //!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
+//! - [`timers`]: the timer loop, which is also the store's health probe
+//!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
 //! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown, logs.
 //! - [`testing`]: a real `redis-server` child for tests and benchmarks.
@@ -39,6 +41,7 @@ pub mod server;
 pub mod telemetry;
 pub mod testing;
 pub mod time;
+pub mod timers;
 
 pub use config::Config;
 pub use server::{Running, start, start_on};

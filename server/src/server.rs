@@ -381,45 +381,6 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         sessions: sessions.clone(),
     };
 
-    let timers = {
-        let engine = engine.clone();
-        let stop = hard_stop.clone();
-        let tick = config.timer_tick;
-        async move {
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // A store that is down fails every pass: say so once, then every
-            // half minute, and once more when it recovers.
-            let mut failing: Option<(std::time::Instant, u64)> = None;
-            loop {
-                tokio::select! {
-                    _ = interval.tick() => match engine.run_timers(SystemTime::now()).await {
-                        Ok(()) => {
-                            if let Some((_, passes)) = failing.take() {
-                                tracing::info!(failed_passes = passes, "timer passes succeed again");
-                            }
-                        }
-                        Err(error) => match &mut failing {
-                            Some((logged, passes)) => {
-                                *passes += 1;
-                                if logged.elapsed() >= std::time::Duration::from_secs(30) {
-                                    *logged = std::time::Instant::now();
-                                    tracing::error!(%error, failed_passes = *passes, "timer passes still failing");
-                                }
-                            }
-                            None => {
-                                tracing::error!(%error, "timer pass failed");
-                                failing = Some((std::time::Instant::now(), 1));
-                            }
-                        },
-                    },
-                    _ = stop.cancelled() => return,
-                }
-            }
-        }
-    };
-    tracker.spawn(timers.instrument(tracing::info_span!("timers")));
-
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
@@ -430,6 +391,15 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     health_reporter
         .set_serving::<crate::rpc::operations::Server>()
         .await;
+    tracker.spawn(
+        crate::timers::run(
+            engine.clone(),
+            config.timer_tick,
+            crate::timers::StoreHealth::new(health_reporter.clone(), shutdown.clone()),
+            hard_stop.clone(),
+        )
+        .instrument(tracing::info_span!("timers")),
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -300,3 +300,39 @@ async fn an_idempotency_claim_of_a_crashed_gateway_is_taken_over_promptly() {
         .expect_err("the live claim holds");
     assert_eq!(waiting.code(), tonic::Code::Unavailable, "{waiting}");
 }
+
+/// Polls `grpc.health.v1` until it says `serving` (or the bound is hit).
+async fn until_health(client: &Client, serving: bool) {
+    for _ in 0..400 {
+        if client.serving("").await.ok() == Some(serving) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("health never said serving = {serving}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_store_down_and_up_again() {
+    let mut redis = RedisServer::start().expect("redis-server starts");
+    let port = free_port();
+    let _gateway = start_server(redis.url(), port, &[]);
+    let client = serving(format!("http://127.0.0.1:{port}")).await;
+    assert!(client.serving("").await.unwrap());
+
+    // The store goes away: every service reports NOT_SERVING (a probe
+    // without a key sees a gateway that cannot store anything).
+    redis.kill();
+    until_health(&client, false).await;
+    for service in ["asyncgate.v1.Gateway", "asyncgate.v1.Workers"] {
+        assert!(!client.serving(service).await.unwrap(), "{service}");
+    }
+
+    // It comes back: SERVING again, and submits work.
+    redis.restart().expect("redis-server restarts");
+    until_health(&client, true).await;
+    client
+        .submit(Submit::new("after").json(serde_json::json!(1)))
+        .await
+        .expect("a submit after the store came back");
+}

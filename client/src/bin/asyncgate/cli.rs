@@ -110,6 +110,12 @@ pub(crate) enum Command {
     Cancel(CancelArgs),
     /// List tickets in creation order.
     List(ListArgs),
+    /// Check that the gateway serves (grpc.health.v1; needs no API key).
+    ///
+    /// Prints SERVING or NOT_SERVING and exits 0 or 1 (2 if the gateway
+    /// cannot be reached): a health check for compose or a script. The
+    /// gateway is NOT_SERVING while its store fails and while it shuts down.
+    Health(HealthArgs),
     /// Serve queues by running a command once per task.
     ///
     /// The payload goes to the command's stdin: a JSON string as its raw
@@ -132,6 +138,14 @@ pub(crate) enum Command {
     /// Measure a gateway's throughput, latency and memory.
     #[command(long_about = crate::bench::LONG_ABOUT)]
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    /// One service's health (e.g. asyncgate.v1.Workers) instead of the
+    /// whole gateway's.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub(crate) service: String,
 }
 
 #[derive(Debug, Args)]

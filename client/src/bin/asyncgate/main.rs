@@ -6,7 +6,7 @@
 //! - `work.rs`: `asyncgate work -- CMD`, a worker that runs a command per task.
 //! - `bench/`: `asyncgate bench`, throughput/latency/memory measurements.
 //! - this file: dispatch, exit codes (0 ok, 1 ticket failed/cancelled/
-//!   expired, 2 usage/connection/gateway error).
+//!   expired or a gateway not serving, 2 usage/connection/gateway error).
 
 mod bench;
 mod cli;
@@ -31,7 +31,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Usage, connection and gateway errors (clap also exits 2 on bad usage).
 const EXIT_ERROR: u8 = 2;
-/// The ticket ended FAILED, CANCELLED or EXPIRED.
+/// The ticket ended FAILED, CANCELLED or EXPIRED (or, for `health`, the
+/// gateway is not serving).
 const EXIT_TICKET_FAILED: u8 = 1;
 
 #[tokio::main]
@@ -103,6 +104,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 compression: server.compression,
             };
             bench::run(server.url.as_str(), access, cli.output, args).await
+        }
+        Command::Health(args) => {
+            let serving = connect(server).await?.serving(&args.service).await?;
+            printer.health(serving)?;
+            Ok(if serving {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_TICKET_FAILED)
+            })
         }
         Command::Submit(args) => submit(&connect(server).await?, &printer, args).await,
         Command::Get(args) => get(&connect(server).await?, &printer, args).await,

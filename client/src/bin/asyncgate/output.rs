@@ -59,6 +59,15 @@ impl Printer {
         }
     }
 
+    /// `SERVING` or `NOT_SERVING`, as grpc.health.v1 names them.
+    pub(crate) fn health(&self, serving: bool) -> anyhow::Result<()> {
+        let status = if serving { "SERVING" } else { "NOT_SERVING" };
+        match &self.json {
+            Some(_) => emit(&serde_json::json!({ "status": status }).to_string()),
+            None => emit(status),
+        }
+    }
+
     pub(crate) fn event(&self, event: &pb::TicketEvent) -> anyhow::Result<()> {
         match &self.json {
             Some(json) => emit(&to_json(&json.event, event)?),
