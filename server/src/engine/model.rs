@@ -103,16 +103,27 @@ impl Model {
     }
 }
 
-/// Runs `ops` against a fresh memory engine, checking the invariants after
-/// every step; the error says which one broke.
-pub async fn check(ops: Vec<Op>) -> Result<(), String> {
-    let engine: Arc<dyn Engine> = Arc::new(LocalEngine::in_memory(EngineConfig {
+/// The engine settings every check runs with: backoffs of seconds, so that
+/// the `Timers` steps (up to 40 s) both do and do not reach them.
+pub fn config() -> EngineConfig {
+    EngineConfig {
         backoff: crate::domain::backoff::Backoff {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(4),
         },
         ..EngineConfig::default()
-    }));
+    }
+}
+
+/// Runs `ops` against a fresh memory engine, checking the invariants after
+/// every step; the error says which one broke.
+pub async fn check(ops: Vec<Op>) -> Result<(), String> {
+    check_on(Arc::new(LocalEngine::in_memory(config())), ops).await
+}
+
+/// Runs `ops` against `engine` (fresh, built with [`config`]), checking the
+/// invariants after every step.
+pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), String> {
     let sessions: Vec<SessionInfo> = (0..3)
         .map(|i| SessionInfo {
             session_id: SessionId::new(),

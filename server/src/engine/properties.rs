@@ -1,10 +1,18 @@
 //! Property tests of the engine's state machine (see `model.rs` for the
-//! invariants). A small case count runs in the normal test suite; raise it
-//! with `PROPTEST_CASES=10000 cargo test -p asyncgate-server properties`.
+//! invariants), on every engine but the Redis Cluster one (the same code as
+//! the single Redis, slower to start). A
+//! small case count runs in the normal test suite; raise it with
+//! `PROPTEST_CASES=10000 cargo test -p asyncgate-server properties`.
 
 use proptest::prelude::*;
 
-use super::model::{Op, check};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use proptest::test_runner::{Config, TestRunner};
+
+use super::Engine;
+use super::model::{Op, check, check_on, config};
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -20,12 +28,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|cases| cases.parse().ok())
-            .unwrap_or(48),
+        cases: cases(48),
         ..ProptestConfig::default()
     })]
 
@@ -37,4 +49,69 @@ proptest! {
             .unwrap();
         runtime.block_on(check(ops)).map_err(TestCaseError::fail)?;
     }
+}
+
+/// Runs generated sequences on engines from `open` (called once per case
+/// with the case's number), reporting the shrinker's minimal failing
+/// sequence.
+fn run_cases<F>(default_cases: u32, open: impl Fn(usize) -> F)
+where
+    F: std::future::Future<Output = Result<Arc<dyn Engine>, String>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let case = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: cases(default_cases),
+        ..Config::default()
+    });
+    let outcome = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
+        let case = case.fetch_add(1, Ordering::Relaxed);
+        runtime
+            .block_on(async { check_on(open(case).await?, ops).await })
+            .map_err(TestCaseError::fail)
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+}
+
+/// The same sequences on the durable engine (a fresh redb file per case:
+/// the journal's write path under the same checks).
+#[test]
+fn the_durable_engine_keeps_the_same_promises() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    run_cases(24, |case| {
+        let path = dir.path().join(format!("case{case}.redb"));
+        async move {
+            let engine =
+                crate::engine::durable::open(&path, config()).map_err(|e| e.to_string())?;
+            Ok(Arc::new(engine) as Arc<dyn Engine>)
+        }
+    });
+}
+
+/// The same sequences on the Redis engine (its transitions go through Lua
+/// scripts, pipelines and caches of its own): one `redis-server` for the
+/// run, a key prefix of its own per case, so cases share nothing.
+#[test]
+fn the_redis_engine_keeps_the_same_promises() {
+    let server = crate::testing::RedisServer::start().expect("redis-server starts");
+    let url = server.url();
+    run_cases(24, |case| {
+        let url = url.clone();
+        async move {
+            let engine = crate::engine::redis::connect(
+                &url,
+                &format!("prop{case}"),
+                &Default::default(),
+                config(),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+            Ok(Arc::new(engine) as Arc<dyn Engine>)
+        }
+    });
 }
