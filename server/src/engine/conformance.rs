@@ -862,6 +862,20 @@ pub(crate) async fn tickets_ahead_counts_the_queue(factory: Factory) {
     }
     assert_eq!(h.engine.tickets_ahead(&tickets[0]).await.unwrap(), 0);
     assert_eq!(h.engine.tickets_ahead(&tickets[2]).await.unwrap(), 2);
+    // Asked for a page at once: the same answers, in order; a ticket that is
+    // not PENDING has none ahead.
+    let s = session(&h.engine, "w").await;
+    let running = claim_one(&h.engine, "q", &s).await;
+    let refreshed_2 = h.engine.get(tickets[2].id).await.unwrap();
+    let refreshed_1 = h.engine.get(tickets[1].id).await.unwrap();
+    assert_eq!(
+        h.engine
+            .tickets_ahead_of(&[&refreshed_2, &*running.ticket, &refreshed_1])
+            .await
+            .unwrap(),
+        vec![1, 0, 0]
+    );
+    assert!(h.engine.tickets_ahead_of(&[]).await.unwrap().is_empty());
 }
 
 pub(crate) async fn transitions_and_queue_depths_are_reported(factory: Factory) {

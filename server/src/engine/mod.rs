@@ -489,6 +489,18 @@ pub trait Engine: Send + Sync + 'static {
     /// How many ready tickets run before this PENDING one.
     async fn tickets_ahead(&self, ticket: &Ticket) -> Result<u64, EngineError>;
 
+    /// [`Engine::tickets_ahead`] of each ticket, in order: a listed page
+    /// asks once, so an engine with round trips answers in a bounded
+    /// number of them (the default asks per ticket, for engines where
+    /// asking is a memory read).
+    async fn tickets_ahead_of(&self, tickets: &[&Ticket]) -> Result<Vec<u64>, EngineError> {
+        let mut ahead = Vec::with_capacity(tickets.len());
+        for ticket in tickets {
+            ahead.push(self.tickets_ahead(ticket).await?);
+        }
+        Ok(ahead)
+    }
+
     /// A page of tickets in id order.
     async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError>;
 

@@ -7,10 +7,11 @@ use asyncgate_proto::trace_context::{TRACEPARENT, TRACESTATE, TraceParent};
 use asyncgate_proto::v1 as pb;
 use pb::gateway_server::Gateway;
 
+use super::tickets::{CancelBy, PageQuery};
 use super::watch::{EventSink, EventStream};
 use super::{Core, convert};
 use crate::auth::{self, Caller};
-use crate::engine::{ListFilter, Submitted};
+use crate::engine::Submitted;
 use crate::error::GatewayError;
 use crate::hub::Subscription;
 
@@ -175,11 +176,10 @@ impl Gateway for GatewayService {
         let caller = auth::caller(&request);
         let request = request.into_inner();
         let id = convert::ticket_id(&request.id, "id")?;
-        self.core.visible(&caller, id).await?;
         let wait = convert::duration(request.wait, "wait", std::time::Duration::MAX)?
             .unwrap_or_default()
             .min(self.core.config.max_wait);
-        let ticket = self.core.wait_for_terminal(&caller, id, wait).await?;
+        let ticket = self.core.wait_visible(&caller, id, wait).await?;
         Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
@@ -224,14 +224,12 @@ impl Gateway for GatewayService {
         if request.reason.len() > 1024 {
             return Err(GatewayError::invalid("reason", "is longer than 1024 bytes").into());
         }
-        self.core.visible(&caller, id).await?;
-        let ticket = self
-            .core
-            .engine
-            .cancel(id, &request.reason)
-            .await
-            .map_err(GatewayError::from)?;
-        auth::audit_cancel(&caller, "cancel_ticket", peer, &id.to_string());
+        let by = CancelBy {
+            action: "cancel_ticket",
+            peer,
+            reason: &request.reason,
+        };
+        let ticket = self.core.cancel_visible(&caller, id, by).await?;
         Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
@@ -257,23 +255,19 @@ impl Gateway for GatewayService {
             convert::page(request.page_size, &request.page_token, "ListTickets")?;
         let page = self
             .core
-            .engine
-            .list(ListFilter {
-                queue,
-                states,
-                page_size,
-                after,
-                tenant: caller.tenant.clone(),
-            })
-            .await
-            .map_err(GatewayError::from)?;
-        let mut tickets = Vec::with_capacity(page.tickets.len());
-        for ticket in &page.tickets {
-            tickets.push(self.core.present(&caller, ticket).await);
-        }
+            .list_visible(
+                &caller,
+                PageQuery {
+                    queue,
+                    states,
+                    page_size,
+                    after,
+                },
+            )
+            .await?;
         Ok(Response::new(pb::ListTicketsResponse {
-            tickets,
-            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+            tickets: page.tickets,
+            next_page_token: page.next_page_token,
         }))
     }
 }

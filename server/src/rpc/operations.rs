@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 use asyncgate_proto::longrunning as lro;
 use lro::operations_server::Operations;
 
+use super::tickets::{CancelBy, PageQuery};
 use super::{Core, convert};
 use crate::auth::{self, Caller};
-use crate::engine::ListFilter;
 use crate::error::GatewayError;
 
 /// How much sooner than the caller's own deadline (`grpc-timeout`) a wait
@@ -110,23 +110,19 @@ impl Operations for OperationsService {
         };
         let page = self
             .core
-            .engine
-            .list(ListFilter {
-                queue: filter.queue,
-                states,
-                page_size,
-                after,
-                tenant: caller.tenant.clone(),
-            })
-            .await
-            .map_err(GatewayError::from)?;
-        let mut operations = Vec::with_capacity(page.tickets.len());
-        for ticket in &page.tickets {
-            operations.push(self.present(&caller, ticket).await);
-        }
+            .list_visible(
+                &caller,
+                PageQuery {
+                    queue: filter.queue,
+                    states,
+                    page_size,
+                    after,
+                },
+            )
+            .await?;
         Ok(Response::new(lro::ListOperationsResponse {
-            operations,
-            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+            operations: page.tickets.into_iter().map(convert::operation).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -166,13 +162,12 @@ impl Operations for OperationsService {
         let caller = auth::caller(&request);
         let peer = crate::connection::remote_addr(request.extensions());
         let id = convert::operation_id(&request.get_ref().name, "name")?;
-        self.core.visible(&caller, id).await?;
-        self.core
-            .engine
-            .cancel(id, "via CancelOperation")
-            .await
-            .map_err(GatewayError::from)?;
-        auth::audit_cancel(&caller, "cancel_operation", peer, &id.to_string());
+        let by = CancelBy {
+            action: "cancel_operation",
+            peer,
+            reason: "via CancelOperation",
+        };
+        self.core.cancel_visible(&caller, id, by).await?;
         Ok(Response::new(()))
     }
 
@@ -185,7 +180,6 @@ impl Operations for OperationsService {
         let deadline = caller_deadline(request.metadata());
         let request = request.into_inner();
         let id = convert::operation_id(&request.name, "name")?;
-        self.core.visible(&caller, id).await?;
         // Unset: as long as the server allows. Always capped by the server's
         // max wait, and ended just before the caller's own deadline.
         let max_wait = self.core.config.max_wait;
@@ -195,7 +189,7 @@ impl Operations for OperationsService {
         if let Some(deadline) = deadline {
             wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN.max(deadline / 10)));
         }
-        let ticket = self.core.wait_for_terminal(&caller, id, wait).await?;
+        let ticket = self.core.wait_visible(&caller, id, wait).await?;
         Ok(Response::new(self.present(&caller, &ticket).await))
     }
 }
