@@ -47,6 +47,7 @@ use tonic::Status;
 use tonic::codegen::http;
 
 use crate::domain::QueueName;
+use crate::error::GatewayError;
 
 /// The tracing target of audit lines.
 pub const AUDIT: &str = "asyncgate::audit";
@@ -593,9 +594,10 @@ fn check_need(
             "unauthenticated",
             "no authorization metadata",
         );
-        return Err(Status::unauthenticated(
-            "missing credentials: send the metadata `authorization: Bearer <API key>`",
-        ));
+        return Err(GatewayError::Unauthenticated(
+            "missing credentials: send the metadata `authorization: Bearer <API key>`".into(),
+        )
+        .into());
     };
     let Some(key) = header
         .strip_prefix("Bearer ")
@@ -609,23 +611,25 @@ fn check_need(
             "unauthenticated",
             "not a bearer token",
         );
-        return Err(Status::unauthenticated(
-            "the authorization metadata must read `Bearer <API key>`",
-        ));
+        return Err(GatewayError::Unauthenticated(
+            "the authorization metadata must read `Bearer <API key>`".into(),
+        )
+        .into());
     };
     let Some(caller) = keys.authenticate(key.trim()) else {
         audit_denial(peer, path, "-", "-", "unauthenticated", "unknown key");
-        return Err(Status::unauthenticated("unknown API key"));
+        return Err(GatewayError::Unauthenticated("unknown API key".into()).into());
     };
     if let Needs::Role(roles, what) = need
         && !roles.contains(&caller.role)
     {
         audit_denial(peer, path, &caller.name, "-", "permission_denied", "role");
-        return Err(Status::permission_denied(format!(
+        return Err(GatewayError::PermissionDenied(format!(
             "key {:?} has the {} role; {path} needs {what}",
             caller.name,
             caller.role.name()
-        )));
+        ))
+        .into());
     }
     if let Some(limiter) = &caller.limiter
         && let Err(wait) = limiter.take()
@@ -638,12 +642,13 @@ fn check_need(
             "resource_exhausted",
             "rate limit",
         );
-        return Err(Status::resource_exhausted(format!(
+        return Err(GatewayError::Exhausted(format!(
             "key {:?} is over its rate limit of {} requests/s; retry in {} ms",
             caller.name,
             limiter.rate,
             wait.as_millis().max(1)
-        )));
+        ))
+        .into());
     }
     if caller.role == Role::Admin {
         tracing::info!(target: AUDIT, action = path, who = %caller.name, peer = %Peer(peer), outcome = "allowed");

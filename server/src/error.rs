@@ -44,6 +44,29 @@ pub enum GatewayError {
     /// The caller's key does not allow this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// No key, a malformed `authorization` header, or an unknown key.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A limit of the caller's (its key's rate) or of a ticket's (its
+    /// watchers) is reached: the message says when or how to go on.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The gateway sheds load (a bound on open calls): retry with backoff.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request could not be read as this method's message (framing,
+    /// protobuf): fix the client.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The request did not arrive in time (`--request-read-timeout`).
+    #[error("{0}")]
+    ReadTimeout(String),
+    /// A watch ended by shutdown: resume from the last event seen.
+    #[error("the gateway is shutting down; watch again with after_seq={after_seq} to resume")]
+    WatchInterrupted {
+        /// The last event sent on the stream.
+        after_seq: u64,
+    },
     /// The gateway does not offer this method; the message says what to do
     /// instead.
     #[error("{0}")]
@@ -86,6 +109,11 @@ impl GatewayError {
             Self::ShuttingDown => Code::Unavailable,
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unreadable(_) => Code::InvalidArgument,
+            Self::Exhausted(_) => Code::ResourceExhausted,
+            Self::Overloaded(_) | Self::WatchInterrupted { .. } => Code::Unavailable,
+            Self::ReadTimeout(_) => Code::DeadlineExceeded,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::KeyRevoked(_) => Code::Unauthenticated,
         }

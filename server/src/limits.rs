@@ -21,6 +21,8 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::Status;
+
+use crate::error::GatewayError;
 use tonic::codegen::http;
 
 use crate::body::{CallObserver, Observed};
@@ -118,9 +120,9 @@ where
             }
             Err(_) => {
                 tracing::warn!(limit = max, path = request.uri().path(), "shedding load");
-                Either::Right(ready(Ok(Status::unavailable(format!(
+                Either::Right(ready(Ok(Status::from(GatewayError::Overloaded(format!(
                     "the gateway has {max} {what} open, its limit ({flag}); retry with backoff"
-                ))
+                )))
                 .into_http())))
             }
         }
@@ -228,12 +230,12 @@ where
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Some(Err(Box::new(Status::deadline_exceeded(format!(
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Status::from(
+                        GatewayError::ReadTimeout(format!(
                             "the request did not arrive within {} (--request-read-timeout); send it whole",
                             humantime::format_duration(this.timeout)
-                        ))))))
-                    }
+                        )),
+                    ))))),
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -17,6 +17,8 @@ use futures::future::{BoxFuture, Either, Ready, ready};
 use tonic::codegen::http;
 use tonic::{Code, Status};
 
+use crate::error::GatewayError;
+
 /// Largest request header list the gateway reads (HTTP/2 counts each
 /// header as name + value + 32 bytes).
 pub const MAX_HEADER_LIST_BYTES: usize = 16 * 1024;
@@ -33,11 +35,11 @@ pub struct Limits {
 pub fn normalize(status: Status, limits: Limits) -> Status {
     let message = status.message();
     let too_large = |size: Option<&str>| {
-        Status::resource_exhausted(format!(
+        Status::from(GatewayError::Exhausted(format!(
             "the message{} is over the gateway's limit of {} bytes (--max-payload-bytes plus 64 KiB for the rest of the message); store large data elsewhere and send a reference",
             size.map(|s| format!(" ({s} bytes)")).unwrap_or_default(),
             limits.max_message_bytes
-        ))
+        )))
     };
     match status.code() {
         Code::OutOfRange if message.starts_with("Error, decoded message length too large") => {
@@ -48,26 +50,29 @@ pub fn normalize(status: Status, limits: Limits) -> Status {
             too_large(size)
         }
         Code::ResourceExhausted if message.starts_with("Error decompressing: size limit") => {
-            Status::resource_exhausted(format!(
+            GatewayError::Exhausted(format!(
                 "the message, decompressed, is over the gateway's limit of {} bytes (--max-payload-bytes plus 64 KiB for the rest of the message)",
                 limits.max_message_bytes
             ))
+            .into()
         }
         Code::Internal if message.starts_with("failed to decode Protobuf message") => {
-            Status::invalid_argument(format!(
+            GatewayError::Unreadable(format!(
                 "the message is not a valid protobuf message of this method's type: {}",
                 last_words(message)
             ))
+            .into()
         }
         Code::Internal
             if message.starts_with("protocol error")
                 || message.starts_with("Error decompressing")
                 || message.starts_with("Unexpected EOF") =>
         {
-            Status::invalid_argument(format!(
+            GatewayError::Unreadable(format!(
                 "the message's gRPC framing is invalid: {}",
                 short(message)
             ))
+            .into()
         }
         _ => status,
     }
@@ -154,9 +159,9 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let size = header_list_size(request.headers());
         if size > MAX_HEADER_LIST_BYTES {
-            return Either::Right(ready(Ok(Status::resource_exhausted(format!(
+            return Either::Right(ready(Ok(Status::from(GatewayError::Exhausted(format!(
                 "the request's headers (metadata) are {size} bytes; the limit is {MAX_HEADER_LIST_BYTES}: send large values in the message instead"
-            ))
+            )))
             .into_http())));
         }
         let limits = self.limits;

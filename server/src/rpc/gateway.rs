@@ -200,9 +200,10 @@ impl Gateway for GatewayService {
         self.core.visible(&caller, id).await?;
         let limit = self.core.config.max_watchers_per_ticket;
         if self.core.hub.watchers(id) >= limit {
-            return Err(Status::resource_exhausted(format!(
+            return Err(GatewayError::Exhausted(format!(
                 "ticket {id} already has {limit} watchers, the limit; poll it with GetTicket and wait instead"
-            )));
+            ))
+            .into());
         }
         let after_seq = request.after_seq;
         Ok(Response::new(self.watch_stream(

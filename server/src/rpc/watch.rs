@@ -269,9 +269,10 @@ impl Core {
             last_sent = Instant::now();
             match received {
                 Received::Closed if self.hub.is_shut_down() => {
-                    let status = tonic::Status::unavailable(format!(
-                        "the gateway is shutting down; watch again with after_seq={last_seq} to resume"
-                    ));
+                    let status = GatewayError::WatchInterrupted {
+                        after_seq: last_seq,
+                    }
+                    .into();
                     sink.send(Err(status)).await;
                     return;
                 }
