@@ -1,6 +1,8 @@
 //! The README's tour, run for real: an in-process gateway on an ephemeral
 //! loopback port, `asyncgate work -- tr a-z A-Z` as a child process, and the
-//! CLI submitting and waiting, in text and JSON output.
+//! CLI submitting and waiting, in text and JSON output; and what the CLI
+//! says on stderr while it waits (the waiting reason, progress), read from a
+//! pipe as a script would see it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -228,5 +230,131 @@ async fn https_against_a_plaintext_gateway_says_so() {
         stderr.contains("does not speak TLS on that port"),
         "{stderr}"
     );
+    running.shutdown().await.unwrap();
+}
+
+/// The stderr of a child, line by line.
+type StderrLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Reads `lines` until one contains `needle` (30 s at most).
+async fn line_with(lines: &mut StderrLines, needle: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("stderr ended before a line with {needle:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no line with {needle:?} on stderr within 30s"))
+}
+
+/// Waits for a child started with piped stdout; its exit code and stdout.
+async fn finish(child: Child) -> (i32, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the CLI finishes")
+        .unwrap();
+    (
+        output.status.code().expect("an exit code"),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_wait_on_an_unserved_queue_says_why_on_stderr_and_ends_once_served() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (running, url) = gateway().await;
+    let mut waiting = cli(&url)
+        .args(["submit", "unserved", "--json", "\"late\"", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
+    // Promptly: the reason comes with the submit's answer.
+    let line = line_with(&mut stderr, "no worker").await;
+    let id = line
+        .strip_prefix("ticket ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("names the ticket: {line}"))
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{line}");
+    assert!(line.contains("PENDING"), "{line}");
+    assert!(line.contains("\"unserved\""), "names the queue: {line}");
+
+    let worker = KillOnDrop(
+        cli(&url)
+            .args(["work", "--queue", "unserved", "--", "tr", "a-z", "A-Z"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (code, stdout) = finish(waiting).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.starts_with(&id),
+        "the result is the ticket: {stdout}"
+    );
+    assert!(stdout.contains("SUCCEEDED"), "{stdout}");
+    assert!(stdout.contains("\"LATE\""), "{stdout}");
+    assert!(
+        !stdout.contains("no worker"),
+        "stdout holds only the result: {stdout}"
+    );
+    drop(worker);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_shows_the_workers_progress_on_stderr() {
+    use asyncgate_client::worker::{TaskContext, TaskError, Worker, handler_fn};
+    use tokio::io::AsyncBufReadExt as _;
+    let (running, url) = gateway().await;
+    // The task reports progress, then holds until the test has seen it on
+    // the CLI's stderr: no race with the result, no sleep.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let worker = Worker::builder(url.as_str())
+        .queue("slow")
+        .handler(handler_fn(move |task: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                task.progress(50, "halfway").await;
+                gate.notified().await;
+                Ok::<_, TaskError>(task.payload().clone())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+
+    let mut watching = cli(&url)
+        .args([
+            "--output", "json", "submit", "slow", "--json", "\"x\"", "--watch",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(watching.stderr.take().unwrap()).lines();
+    let line = line_with(&mut stderr, "progress").await;
+    assert!(line.ends_with("progress 50%: halfway"), "{line}");
+    assert!(!line.contains('\u{1b}'), "plain text in a pipe: {line:?}");
+    release.notify_one();
+
+    let (code, stdout) = finish(watching).await;
+    assert_eq!(code, 0, "{stdout}");
+    // Stdout is unchanged: the events, one JSON document per line.
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON event"))
+        .collect();
+    let last = events.last().expect("events");
+    assert_eq!(last["ticket"]["state"], "TICKET_STATE_SUCCEEDED");
+    worker.shutdown();
+    worker.join().await;
     running.shutdown().await.unwrap();
 }
