@@ -186,6 +186,21 @@ async fn a_submit_without_a_body_flag_is_refused_before_sending() {
 }
 
 #[tokio::test]
+async fn sizes_take_units_and_a_bad_unit_is_refused_naming_the_flag() {
+    // No gateway needed: the CLI refuses before it connects.
+    let output = cli("http://127.0.0.1:9")
+        .args(["bench", "--payload-size", "4XB"])
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--payload-size"), "{stderr}");
+    assert!(stderr.contains("\"4XB\" is not a size"), "{stderr}");
+    assert!(stderr.contains("KiB, MiB, GiB"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_worker_logs_plainly_to_a_pipe_naming_the_gateway_it_cannot_reach() {
     use tokio::io::AsyncBufReadExt as _;
     // Nothing listens on port 9 of loopback: the worker keeps retrying and

@@ -1,5 +1,5 @@
 //! The command line: clap definitions and the small value parsers they use
-//! (durations, `key=value`, JSON text, ticket states).
+//! (durations, sizes, `key=value`, JSON text, ticket states).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -315,6 +315,12 @@ impl From<StateArg> for pb::TicketState {
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|err| format!("{err} (examples: 1.5s, 300ms, 2m, 1h)"))
+}
+
+/// A size: bytes, or a number and a unit ("64KiB", "1 MB"); the gateway's
+/// own rules (`asyncgate-server` reads its size flags the same way).
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+    asyncgate_server::config::parse_size_usize(text)
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
