@@ -200,6 +200,85 @@ async fn sizes_take_units_and_a_bad_unit_is_refused_naming_the_flag() {
     assert!(stderr.contains("KiB, MiB, GiB"), "{stderr}");
 }
 
+/// The lines of `asyncgate ARGS --help`.
+async fn help(args: &[&str]) -> String {
+    let output = cli("http://127.0.0.1:9")
+        .args(args)
+        .arg("--help")
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert!(output.status.success(), "{args:?} --help");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The flags (`--name`) listed under `heading` (up to the next heading).
+fn flags_under(help: &str, heading: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| *line != heading)
+        .skip(1)
+        .take_while(|line| line.is_empty() || line.starts_with(' '))
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line.strip_prefix("-h, ").unwrap_or(line);
+            let line = line.strip_prefix("-V, ").unwrap_or(line);
+            line.starts_with("--")
+                .then(|| line.split([' ', '\t']).next().unwrap_or(line).to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn global_flags_have_their_own_heading_after_each_subcommands_flags() {
+    const GLOBAL: [&str; 7] = [
+        "--server",
+        "--api-key",
+        "--ca-cert",
+        "--client-cert",
+        "--client-key",
+        "--compression",
+        "--output",
+    ];
+    let submit = help(&["submit"]).await;
+    let own = submit.find("\nOptions:\n").expect("an Options heading");
+    let global = submit
+        .find("\nGlobal options:\n")
+        .expect("a Global options heading");
+    assert!(
+        own < global,
+        "the subcommand's own flags come first:\n{submit}"
+    );
+    assert_eq!(flags_under(&submit, "Global options:"), GLOBAL, "{submit}");
+    let own = flags_under(&submit, "Options:");
+    assert!(own.contains(&"--wait".to_owned()), "{own:?}");
+    assert!(
+        GLOBAL.iter().all(|g| !own.contains(&g.to_string())),
+        "{own:?}"
+    );
+
+    for command in [
+        &[][..],
+        &["get"],
+        &["watch"],
+        &["cancel"],
+        &["list"],
+        &["work"],
+        &["bench"],
+    ] {
+        let text = help(command).await;
+        assert_eq!(
+            flags_under(&text, "Global options:"),
+            GLOBAL,
+            "{command:?}:\n{text}"
+        );
+        let own = flags_under(&text, "Options:");
+        assert!(
+            GLOBAL.iter().all(|g| !own.contains(&g.to_string())),
+            "{command:?}: {own:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_worker_logs_plainly_to_a_pipe_naming_the_gateway_it_cannot_reach() {
     use tokio::io::AsyncBufReadExt as _;

@@ -7,6 +7,10 @@ use std::time::Duration;
 use asyncgate_client::pb;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+/// The help heading of the flags every subcommand takes, so that each
+/// subcommand's help lists its own flags first and these apart, after them.
+const GLOBAL_OPTIONS: &str = "Global options";
+
 /// Submit, follow and serve Asyncgate tickets.
 ///
 /// Exit codes: 0 on success (a SUCCEEDED ticket, or a ticket that is not
@@ -19,6 +23,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_SERVER",
         default_value = "http://127.0.0.1:50051",
         value_name = "URL"
@@ -30,6 +35,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_API_KEY",
         value_name = "KEY",
         hide_env_values = true
@@ -38,13 +44,20 @@ pub(crate) struct Cli {
 
     /// CA certificate (PEM) that signed an `https://` gateway's certificate,
     /// when the system roots do not cover it.
-    #[arg(long, global = true, env = "ASYNCGATE_CA_CERT", value_name = "PEM")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL_OPTIONS,
+        env = "ASYNCGATE_CA_CERT",
+        value_name = "PEM"
+    )]
     pub(crate) ca_cert: Option<PathBuf>,
 
     /// Client certificate (PEM) for a gateway that requires one (mutual TLS).
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_CLIENT_CERT",
         value_name = "PEM",
         requires = "client_key"
@@ -55,6 +68,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_CLIENT_KEY",
         value_name = "PEM",
         requires = "client_cert"
@@ -63,12 +77,24 @@ pub(crate) struct Cli {
 
     /// Compress requests (and ask for compressed replies) with `gzip` or
     /// `zstd`: worth it for large, compressible payloads on slow links.
-    #[arg(long, global = true, env = "ASYNCGATE_COMPRESSION", value_enum)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL_OPTIONS,
+        env = "ASYNCGATE_COMPRESSION",
+        value_enum
+    )]
     pub(crate) compression: Option<Compression>,
 
     /// How to print tickets and events: `text` for people; `json` for the
     /// proto3 JSON mapping (as grpcurl prints it), one document per line.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL_OPTIONS,
+        value_enum,
+        default_value_t = OutputFormat::Text
+    )]
     pub(crate) output: OutputFormat,
 
     #[command(subcommand)]
