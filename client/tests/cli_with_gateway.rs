@@ -452,3 +452,67 @@ async fn a_watch_shows_the_workers_progress_on_stderr() {
     worker.join().await;
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn bench_submit_against_a_gateway_leaves_no_pending_ticket_behind() {
+    let (running, url) = gateway().await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        cli(&url)
+            .args([
+                "bench",
+                "--mode",
+                "submit",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--concurrency",
+                "4",
+                "--quiet",
+            ])
+            .output(),
+    )
+    .await
+    .expect("the bench finishes")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bench: cleaned up queue bench-submit-"),
+        "{stderr}"
+    );
+
+    let client = asyncgate_client::Client::connect(url.as_str())
+        .await
+        .unwrap();
+    let list = |states: Vec<asyncgate_client::pb::TicketState>| {
+        let request = asyncgate_client::pb::ListTicketsRequest {
+            states: states.into_iter().map(|s| s as i32).collect(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        let client = client.clone();
+        async move { client.list(request).await.unwrap().tickets }
+    };
+    use asyncgate_client::pb::TicketState;
+    let pending = list(vec![TicketState::Pending, TicketState::Running]).await;
+    assert!(pending.is_empty(), "{} left pending", pending.len());
+    let all = list(Vec::new()).await;
+    assert!(!all.is_empty(), "the bench submitted tickets");
+    for ticket in &all {
+        assert_eq!(ticket.state(), TicketState::Cancelled, "{ticket:?}");
+        assert!(
+            ticket.deadline.is_some(),
+            "each carries a timeout: {ticket:?}"
+        );
+    }
+    // The report counts them all (one page holds them at this rate).
+    if all.len() < 1000 {
+        assert!(
+            stderr.contains(&format!("cancelled {0} of the {0} tickets", all.len())),
+            "{stderr}"
+        );
+    }
+    running.shutdown().await.unwrap();
+}

@@ -27,7 +27,12 @@ each payload unchanged.
 
 Load modes (closed loop: --concurrency tasks, each sending its next request
 when the previous one finished, for --warmup then --duration):
-  submit        Submit only (no workers); success = accepted / attempted
+  submit        Submit only (no workers); success = accepted / attempted.
+                No ticket outlives the run: each carries a timeout of
+                warmup + duration + --request-timeout, and on a --server
+                gateway the bench cancels those still pending when the run
+                ends (also on Ctrl-C; 32 at once, 60s at most) and says how
+                many on stderr
   e2e           Execute, read the stream to the terminal event (default);
                 latency = call start to the terminal event
   poll          Submit, then GetTicket with wait until terminal
