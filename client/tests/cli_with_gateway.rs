@@ -200,6 +200,24 @@ async fn sizes_take_units_and_a_bad_unit_is_refused_naming_the_flag() {
     assert!(stderr.contains("KiB, MiB, GiB"), "{stderr}");
 }
 
+#[tokio::test]
+async fn a_lenient_duration_is_refused_with_the_canonical_forms() {
+    // No gateway needed: the CLI refuses before it connects.
+    let output = cli("http://127.0.0.1:9")
+        .args(["submit", "q", "--data", "x", "--timeout", "5 seconds"])
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--timeout"), "{stderr}");
+    assert!(
+        stderr.contains("\"5 seconds\" is not a duration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("e.g. 500ms, 1.5s, 2m, 1h30m"), "{stderr}");
+}
+
 /// The lines of `asyncgate ARGS --help`.
 async fn help(args: &[&str]) -> String {
     let output = cli("http://127.0.0.1:9")

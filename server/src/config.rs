@@ -175,8 +175,74 @@ impl Default for Config {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 5s, 2m, 24h)"))
+/// The forms a duration accepts, for error messages and help.
+pub const DURATION_FORMS: &str = "a number and a unit, ms, s, m, h or d (also us, ns), with no space, a fraction allowed, parts added up: e.g. 500ms, 1.5s, 2m, 1h30m, 7d";
+
+/// Reads a duration in the one canonical form, the way the gateway prints
+/// them: one or more `NUMBER UNIT` parts with no space, units `ns`, `us`,
+/// `ms`, `s`, `m` (minutes), `h`, `d`, a decimal fraction allowed
+/// (`1.5s`), parts added up (`1h30m`). A unit is required: a bare `10`
+/// could mean seconds or milliseconds. humantime's lenient spellings
+/// (`5 seconds`, `1min`, `2days`, and `1M`, which it reads as a *month*)
+/// are refused rather than guessed at.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_canonical_duration(text.trim())
+        .ok_or_else(|| format!("{:?} is not a duration; use {DURATION_FORMS}", text.trim()))
+}
+
+fn parse_canonical_duration(text: &str) -> Option<Duration> {
+    const UNITS: [(&str, u128); 7] = [
+        ("ns", 1),
+        ("us", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+        ("d", 86_400_000_000_000),
+    ];
+    if text.is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let factor = UNITS.iter().find(|(name, _)| *name == unit)?.1;
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() || (number.contains('.') && fraction.is_empty()) {
+            return None;
+        }
+        if !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let whole: u128 = whole.parse().ok()?;
+        // Fraction digits past nanoseconds are dropped (at most 18 kept,
+        // so the arithmetic cannot overflow).
+        let kept = &fraction[..fraction.len().min(18)];
+        let scale = 10u128.pow(kept.len() as u32);
+        let fraction: u128 = if kept.is_empty() {
+            0
+        } else {
+            kept.parse().ok()?
+        };
+        nanos = nanos
+            .checked_add(whole.checked_mul(factor)?)?
+            .checked_add(fraction * factor / scale)?;
+        rest = tail;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+    Some(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
 /// The forms a size accepts, for error messages and help.
@@ -912,6 +978,46 @@ mod tests {
         let error = parse_args(args(&[])).err().unwrap().to_string();
         assert!(error.contains("unknown setting \"listne\""), "{error}");
         assert_eq!(hide_password("redis://:secret@h:1/0"), "redis://***@h:1/0");
+    }
+
+    #[test]
+    fn durations_take_only_the_canonical_form() {
+        let ok = |text: &str| parse_duration(text).ok();
+        assert_eq!(ok("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(ok("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(ok("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(ok("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(ok("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(ok("0s"), Some(Duration::ZERO));
+        assert_eq!(ok("250us"), Some(Duration::from_micros(250)));
+        assert_eq!(ok("1ns"), Some(Duration::from_nanos(1)));
+        assert_eq!(ok(" 50s "), Some(Duration::from_secs(50)));
+        assert_eq!(ok("0.000000001s"), Some(Duration::from_nanos(1)));
+        for refused in [
+            "",
+            "10",
+            "5 seconds",
+            "5 s",
+            "1min",
+            "2days",
+            "1M",
+            "1y",
+            "1w",
+            "1h 30m",
+            "s",
+            ".5s",
+            "1.s",
+            "-1s",
+            "1.2.3s",
+            "99999999999999999999999d",
+        ] {
+            let error = parse_duration(refused).unwrap_err();
+            assert!(error.contains("e.g. 500ms, 1.5s"), "{refused:?}: {error}");
+        }
+        // Through clap, the refusal names the flag.
+        let error = parse(&["--lease-ttl", "1 minute"]).unwrap_err();
+        assert!(error.contains("--lease-ttl"), "{error}");
+        assert!(error.contains("\"1 minute\" is not a duration"), "{error}");
     }
 
     #[test]

@@ -336,11 +336,11 @@ impl From<StateArg> for pb::TicketState {
     }
 }
 
-/// "1.5s", "300ms", "2m", "1h", "1m30s" (humantime's syntax; a unit is
-/// required).
+/// "1.5s", "300ms", "2m", "1h", "1m30s": the gateway's canonical form (a
+/// unit is required; `asyncgate-server` reads its duration flags the same
+/// way, and refuses the same lenient spellings such as "5 seconds").
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|err| format!("{err} (examples: 1.5s, 300ms, 2m, 1h)"))
+    asyncgate_server::config::parse_duration(text)
 }
 
 /// A size: bytes, or a number and a unit ("64KiB", "1 MB"); the gateway's
@@ -378,6 +378,8 @@ mod tests {
         assert_eq!(ok("10"), None);
         assert_eq!(ok("soon"), None);
         assert_eq!(ok(""), None);
+        assert_eq!(ok("5 seconds"), None, "canonical forms only");
+        assert_eq!(ok("1M"), None, "humantime's month is refused");
     }
 
     #[test]
