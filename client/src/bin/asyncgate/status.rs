@@ -243,6 +243,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_bar_follows_every_report_and_goes_at_the_end() {
+        // indicatif draws nothing when stderr is not a terminal (as here),
+        // but the bar's state is the same.
+        let mut view = ProgressView::new(true);
+        view.observe(&progress(10, "a"));
+        view.observe(&progress(20, "b"));
+        assert!(view.next_line_at().is_none(), "a bar is never held back");
+        let bar = view.bar.clone().expect("a bar");
+        assert_eq!(bar.position(), 20);
+        assert_eq!(bar.message(), "b");
+        let mut done = progress(100, "");
+        if let Some(ticket) = done.ticket.as_mut() {
+            ticket.state = pb::TicketState::Succeeded as i32;
+        }
+        view.observe(&done);
+        assert!(view.bar.is_none(), "the terminal event clears the bar");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn plain_progress_lines_are_rate_limited() {
         let mut view = ProgressView::new(false);
