@@ -1,6 +1,8 @@
 //! The README's tour, run for real: an in-process gateway on an ephemeral
 //! loopback port, `asyncgate work -- tr a-z A-Z` as a child process, and the
-//! CLI submitting and waiting, in text and JSON output.
+//! CLI submitting and waiting, in text and JSON output; and what the CLI
+//! says on stderr while it waits (the waiting reason, progress), read from a
+//! pipe as a script would see it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -184,6 +186,118 @@ async fn a_submit_without_a_body_flag_is_refused_before_sending() {
 }
 
 #[tokio::test]
+async fn sizes_take_units_and_a_bad_unit_is_refused_naming_the_flag() {
+    // No gateway needed: the CLI refuses before it connects.
+    let output = cli("http://127.0.0.1:9")
+        .args(["bench", "--payload-size", "4XB"])
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--payload-size"), "{stderr}");
+    assert!(stderr.contains("\"4XB\" is not a size"), "{stderr}");
+    assert!(stderr.contains("KiB, MiB, GiB"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_lenient_duration_is_refused_with_the_canonical_forms() {
+    // No gateway needed: the CLI refuses before it connects.
+    let output = cli("http://127.0.0.1:9")
+        .args(["submit", "q", "--data", "x", "--timeout", "5 seconds"])
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--timeout"), "{stderr}");
+    assert!(
+        stderr.contains("\"5 seconds\" is not a duration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("e.g. 500ms, 1.5s, 2m, 1h30m"), "{stderr}");
+}
+
+/// The lines of `asyncgate ARGS --help`.
+async fn help(args: &[&str]) -> String {
+    let output = cli("http://127.0.0.1:9")
+        .args(args)
+        .arg("--help")
+        .output()
+        .await
+        .expect("the CLI runs");
+    assert!(output.status.success(), "{args:?} --help");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The flags (`--name`) listed under `heading` (up to the next heading).
+fn flags_under(help: &str, heading: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| *line != heading)
+        .skip(1)
+        .take_while(|line| line.is_empty() || line.starts_with(' '))
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line.strip_prefix("-h, ").unwrap_or(line);
+            let line = line.strip_prefix("-V, ").unwrap_or(line);
+            line.starts_with("--")
+                .then(|| line.split([' ', '\t']).next().unwrap_or(line).to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn global_flags_have_their_own_heading_after_each_subcommands_flags() {
+    const GLOBAL: [&str; 7] = [
+        "--server",
+        "--api-key",
+        "--ca-cert",
+        "--client-cert",
+        "--client-key",
+        "--compression",
+        "--output",
+    ];
+    let submit = help(&["submit"]).await;
+    let own = submit.find("\nOptions:\n").expect("an Options heading");
+    let global = submit
+        .find("\nGlobal options:\n")
+        .expect("a Global options heading");
+    assert!(
+        own < global,
+        "the subcommand's own flags come first:\n{submit}"
+    );
+    assert_eq!(flags_under(&submit, "Global options:"), GLOBAL, "{submit}");
+    let own = flags_under(&submit, "Options:");
+    assert!(own.contains(&"--wait".to_owned()), "{own:?}");
+    assert!(
+        GLOBAL.iter().all(|g| !own.contains(&g.to_string())),
+        "{own:?}"
+    );
+
+    for command in [
+        &[][..],
+        &["get"],
+        &["watch"],
+        &["cancel"],
+        &["list"],
+        &["work"],
+        &["bench"],
+    ] {
+        let text = help(command).await;
+        assert_eq!(
+            flags_under(&text, "Global options:"),
+            GLOBAL,
+            "{command:?}:\n{text}"
+        );
+        let own = flags_under(&text, "Options:");
+        assert!(
+            GLOBAL.iter().all(|g| !own.contains(&g.to_string())),
+            "{command:?}: {own:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_worker_logs_plainly_to_a_pipe_naming_the_gateway_it_cannot_reach() {
     use tokio::io::AsyncBufReadExt as _;
     // Nothing listens on port 9 of loopback: the worker keeps retrying and
@@ -274,5 +388,195 @@ async fn health_needs_no_key_and_says_serving() {
     );
     let (code, _) = run(cli(&url).args(["health", "--service", "no.Such"])).await;
     assert_eq!(code, 2, "an unknown service is an error, not NOT_SERVING");
+    running.shutdown().await.unwrap();
+}
+
+/// The stderr of a child, line by line.
+type StderrLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Reads `lines` until one contains `needle` (30 s at most).
+async fn line_with(lines: &mut StderrLines, needle: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("stderr ended before a line with {needle:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no line with {needle:?} on stderr within 30s"))
+}
+
+/// Waits for a child started with piped stdout; its exit code and stdout.
+async fn finish(child: Child) -> (i32, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the CLI finishes")
+        .unwrap();
+    (
+        output.status.code().expect("an exit code"),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_wait_on_an_unserved_queue_says_why_on_stderr_and_ends_once_served() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (running, url) = gateway().await;
+    let mut waiting = cli(&url)
+        .args(["submit", "unserved", "--json", "\"late\"", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
+    // Promptly: the reason comes with the submit's answer.
+    let line = line_with(&mut stderr, "no worker").await;
+    let id = line
+        .strip_prefix("ticket ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("names the ticket: {line}"))
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{line}");
+    assert!(line.contains("PENDING"), "{line}");
+    assert!(line.contains("\"unserved\""), "names the queue: {line}");
+
+    let worker = KillOnDrop(
+        cli(&url)
+            .args(["work", "--queue", "unserved", "--", "tr", "a-z", "A-Z"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (code, stdout) = finish(waiting).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.starts_with(&id),
+        "the result is the ticket: {stdout}"
+    );
+    assert!(stdout.contains("SUCCEEDED"), "{stdout}");
+    assert!(stdout.contains("\"LATE\""), "{stdout}");
+    assert!(
+        !stdout.contains("no worker"),
+        "stdout holds only the result: {stdout}"
+    );
+    drop(worker);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_shows_the_workers_progress_on_stderr() {
+    use asyncgate_client::worker::{TaskContext, TaskError, Worker, handler_fn};
+    use tokio::io::AsyncBufReadExt as _;
+    let (running, url) = gateway().await;
+    // The task reports progress, then holds until the test has seen it on
+    // the CLI's stderr: no race with the result, no sleep.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let worker = Worker::builder(url.as_str())
+        .queue("slow")
+        .handler(handler_fn(move |task: TaskContext| {
+            let gate = gate.clone();
+            async move {
+                task.progress(50, "halfway").await;
+                gate.notified().await;
+                Ok::<_, TaskError>(task.payload().clone())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+
+    let mut watching = cli(&url)
+        .args([
+            "--output", "json", "submit", "slow", "--json", "\"x\"", "--watch",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(watching.stderr.take().unwrap()).lines();
+    let line = line_with(&mut stderr, "progress").await;
+    assert!(line.ends_with("progress 50%: halfway"), "{line}");
+    assert!(!line.contains('\u{1b}'), "plain text in a pipe: {line:?}");
+    release.notify_one();
+
+    let (code, stdout) = finish(watching).await;
+    assert_eq!(code, 0, "{stdout}");
+    // Stdout is unchanged: the events, one JSON document per line.
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON event"))
+        .collect();
+    let last = events.last().expect("events");
+    assert_eq!(last["ticket"]["state"], "TICKET_STATE_SUCCEEDED");
+    worker.shutdown();
+    worker.join().await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bench_submit_against_a_gateway_leaves_no_pending_ticket_behind() {
+    let (running, url) = gateway().await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        cli(&url)
+            .args([
+                "bench",
+                "--mode",
+                "submit",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--concurrency",
+                "4",
+                "--quiet",
+            ])
+            .output(),
+    )
+    .await
+    .expect("the bench finishes")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bench: cleaned up queue bench-submit-"),
+        "{stderr}"
+    );
+
+    let client = asyncgate_client::Client::connect(url.as_str())
+        .await
+        .unwrap();
+    let list = |states: Vec<asyncgate_client::pb::TicketState>| {
+        let request = asyncgate_client::pb::ListTicketsRequest {
+            states: states.into_iter().map(|s| s as i32).collect(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        let client = client.clone();
+        async move { client.list(request).await.unwrap().tickets }
+    };
+    use asyncgate_client::pb::TicketState;
+    let pending = list(vec![TicketState::Pending, TicketState::Running]).await;
+    assert!(pending.is_empty(), "{} left pending", pending.len());
+    let all = list(Vec::new()).await;
+    assert!(!all.is_empty(), "the bench submitted tickets");
+    for ticket in &all {
+        assert_eq!(ticket.state(), TicketState::Cancelled, "{ticket:?}");
+        assert!(
+            ticket.deadline.is_some(),
+            "each carries a timeout: {ticket:?}"
+        );
+    }
+    // The report counts them all (one page holds them at this rate).
+    if all.len() < 1000 {
+        assert!(
+            stderr.contains(&format!("cancelled {0} of the {0} tickets", all.len())),
+            "{stderr}"
+        );
+    }
     running.shutdown().await.unwrap();
 }

@@ -175,8 +175,117 @@ impl Default for Config {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 5s, 2m, 24h)"))
+/// The forms a duration accepts, for error messages and help.
+pub const DURATION_FORMS: &str = "a number and a unit, ms, s, m, h or d (also us, ns), with no space, a fraction allowed, parts added up: e.g. 500ms, 1.5s, 2m, 1h30m, 7d";
+
+/// Reads a duration in the one canonical form, the way the gateway prints
+/// them: one or more `NUMBER UNIT` parts with no space, units `ns`, `us`,
+/// `ms`, `s`, `m` (minutes), `h`, `d`, a decimal fraction allowed
+/// (`1.5s`), parts added up (`1h30m`). A unit is required: a bare `10`
+/// could mean seconds or milliseconds. humantime's lenient spellings
+/// (`5 seconds`, `1min`, `2days`, and `1M`, which it reads as a *month*)
+/// are refused rather than guessed at.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_canonical_duration(text.trim())
+        .ok_or_else(|| format!("{:?} is not a duration; use {DURATION_FORMS}", text.trim()))
+}
+
+fn parse_canonical_duration(text: &str) -> Option<Duration> {
+    const UNITS: [(&str, u128); 7] = [
+        ("ns", 1),
+        ("us", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+        ("d", 86_400_000_000_000),
+    ];
+    if text.is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let factor = UNITS.iter().find(|(name, _)| *name == unit)?.1;
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() || (number.contains('.') && fraction.is_empty()) {
+            return None;
+        }
+        if !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let whole: u128 = whole.parse().ok()?;
+        // Fraction digits past nanoseconds are dropped (at most 18 kept,
+        // so the arithmetic cannot overflow).
+        let kept = &fraction[..fraction.len().min(18)];
+        let scale = 10u128.pow(kept.len() as u32);
+        let fraction: u128 = if kept.is_empty() {
+            0
+        } else {
+            kept.parse().ok()?
+        };
+        nanos = nanos
+            .checked_add(whole.checked_mul(factor)?)?
+            .checked_add(fraction * factor / scale)?;
+        rest = tail;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+    Some(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// The forms a size accepts, for error messages and help.
+pub const SIZE_FORMS: &str = "bytes (4194304) or a number and a unit: KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000), e.g. 4MiB, \"64 KiB\", 1.5GiB";
+
+/// Reads a size in bytes: a plain integer is bytes; a number with a unit
+/// is scaled by it, with `bytesize`'s rules: binary units (`KiB`, `MiB`,
+/// `GiB`, `TiB`; also `Ki`, `Mi`, ...) are powers of 1024, decimal ones
+/// (`KB`, `MB`, `GB`, `TB`; also `K`, `M`, ...) powers of 1000, any case,
+/// a space allowed before the unit, a fraction allowed (rounded down to
+/// whole bytes). So `4MiB` is 4,194,304 bytes and `4MB` 4,000,000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    // bytesize saturates a product past u64::MAX; a size that large is a
+    // typo, not a request for "unlimited".
+    match text.parse::<bytesize::ByteSize>() {
+        Ok(size) if size.0 < u64::MAX && !text.starts_with(['-', '+']) => Ok(size.0),
+        _ => Err(format!("{text:?} is not a size; use {SIZE_FORMS}")),
+    }
+}
+
+/// [`parse_size`] for a size held in a `usize`.
+pub fn parse_size_usize(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    usize::try_from(size).map_err(|_| format!("{text:?} is too large for this machine"))
+}
+
+/// A size as [`parse_size`] reads it back exactly: in the largest binary
+/// unit that divides it (`4MiB`), else in bytes.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    UNITS
+        .iter()
+        .find(|(factor, _)| bytes != 0 && bytes.is_multiple_of(*factor))
+        .map_or_else(
+            || bytes.to_string(),
+            |(factor, unit)| format!("{}{unit}", bytes / factor),
+        )
 }
 
 /// Command-line flags of `asyncgate-server`; every flag also reads an
@@ -367,8 +476,15 @@ pub struct Cli {
     /// How long finished tickets and their results are kept.
     #[arg(long, env = "ASYNCGATE_RESULT_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub result_retention: Duration,
-    /// Largest payload (request, result, output chunk), e.g. 4MiB.
-    #[arg(long, env = "ASYNCGATE_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest payload (request, result, output chunk): bytes, or a size
+    /// with a unit such as 4MiB (MiB = 1024 KiB; MB = 1000 KB).
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_PAYLOAD_BYTES",
+        default_value = "4MiB",
+        value_name = "SIZE",
+        value_parser = parse_size_usize
+    )]
     pub max_payload_bytes: usize,
     /// Pending tickets per queue before submits get RESOURCE_EXHAUSTED.
     #[arg(
@@ -383,7 +499,9 @@ pub struct Cli {
     #[arg(
         long,
         env = "ASYNCGATE_MAX_PENDING_BYTES",
-        default_value_t = 2 * 1024 * 1024 * 1024
+        default_value = "2GiB",
+        value_name = "SIZE",
+        value_parser = parse_size
     )]
     pub max_pending_bytes: u64,
     /// Bytes of partial output (progress chunks) one ticket may store; a
@@ -391,7 +509,9 @@ pub struct Cli {
     #[arg(
         long,
         env = "ASYNCGATE_MAX_OUTPUT_BYTES_PER_TICKET",
-        default_value_t = 64 * 1024 * 1024
+        default_value = "64MiB",
+        value_name = "SIZE",
+        value_parser = parse_size
     )]
     pub max_output_bytes_per_ticket: u64,
     /// Bytes of partial output the gateway holds in memory across every
@@ -401,7 +521,9 @@ pub struct Cli {
     #[arg(
         long,
         env = "ASYNCGATE_MAX_OUTPUT_BYTES",
-        default_value_t = 1024 * 1024 * 1024
+        default_value = "1GiB",
+        value_name = "SIZE",
+        value_parser = parse_size
     )]
     pub max_output_bytes: u64,
     /// Durable store: hand workers only tickets whose submit is on disk (a
@@ -578,6 +700,14 @@ pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Parsed, clap::Error> 
                     .next()
                     .map(|v| v.to_string_lossy().into_owned())
                     .unwrap_or_default();
+                // Sizes in one canonical form ("4MiB", or bytes), whichever
+                // way they were written; it reads back exactly.
+                let text = match parse_size(&text) {
+                    Ok(bytes) if arg.get_value_names() == Some(&["SIZE".into()]) => {
+                        format_size(bytes)
+                    }
+                    _ => text,
+                };
                 format!("{:?}", hide_password(&text))
             }
             None => {
@@ -849,6 +979,155 @@ mod tests {
         let error = parse_args(args(&[])).err().unwrap().to_string();
         assert!(error.contains("unknown setting \"listne\""), "{error}");
         assert_eq!(hide_password("redis://:secret@h:1/0"), "redis://***@h:1/0");
+    }
+
+    #[test]
+    fn durations_take_only_the_canonical_form() {
+        let ok = |text: &str| parse_duration(text).ok();
+        assert_eq!(ok("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(ok("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(ok("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(ok("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(ok("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(ok("0s"), Some(Duration::ZERO));
+        assert_eq!(ok("250us"), Some(Duration::from_micros(250)));
+        assert_eq!(ok("1ns"), Some(Duration::from_nanos(1)));
+        assert_eq!(ok(" 50s "), Some(Duration::from_secs(50)));
+        assert_eq!(ok("0.000000001s"), Some(Duration::from_nanos(1)));
+        for refused in [
+            "",
+            "10",
+            "5 seconds",
+            "5 s",
+            "1min",
+            "2days",
+            "1M",
+            "1y",
+            "1w",
+            "1h 30m",
+            "s",
+            ".5s",
+            "1.s",
+            "-1s",
+            "1.2.3s",
+            "99999999999999999999999d",
+        ] {
+            let error = parse_duration(refused).unwrap_err();
+            assert!(error.contains("e.g. 500ms, 1.5s"), "{refused:?}: {error}");
+        }
+        // Through clap, the refusal names the flag.
+        let error = parse(&["--lease-ttl", "1 minute"]).unwrap_err();
+        assert!(error.contains("--lease-ttl"), "{error}");
+        assert!(error.contains("\"1 minute\" is not a duration"), "{error}");
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        let size = |text: &str| parse_size(text);
+        assert_eq!(size("4096"), Ok(4096), "a plain integer is bytes");
+        assert_eq!(size("4MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(size("4 MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(size("4mib"), Ok(4 * 1024 * 1024));
+        assert_eq!(size("4MB"), Ok(4_000_000), "MB is decimal");
+        assert_eq!(size("64KiB"), Ok(65_536));
+        assert_eq!(size("1.5KiB"), Ok(1536));
+        assert_eq!(size("2GiB"), Ok(2 << 30));
+        for bad in ["4XB", "", "-1", "1.5", "4 MiB extra", "MiB", "99999999EiB"] {
+            let error = size(bad).unwrap_err();
+            assert!(error.contains("KiB, MiB, GiB"), "{bad}: {error}");
+        }
+        for bytes in [0, 1, 1000, 1024, 1536, 4 << 20, 2 << 30, (1 << 40) + 1] {
+            assert_eq!(
+                size(&format_size(bytes)),
+                Ok(bytes),
+                "{}",
+                format_size(bytes)
+            );
+        }
+        assert_eq!(format_size(4 << 20), "4MiB");
+        assert_eq!(format_size(1536), "1536");
+
+        let config = parse(&[
+            "--max-payload-bytes",
+            "1MiB",
+            "--max-pending-bytes",
+            "3 GB",
+            "--max-output-bytes-per-ticket",
+            "65536",
+            "--max-output-bytes",
+            "2GiB",
+        ])
+        .unwrap();
+        assert_eq!(config.max_payload_bytes, 1 << 20);
+        assert_eq!(config.engine.max_pending_bytes, 3_000_000_000);
+        assert_eq!(config.engine.max_output_bytes_per_ticket, 65_536);
+        assert_eq!(config.engine.max_output_bytes, 2 << 30);
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.max_payload_bytes, 4 << 20);
+        assert_eq!(defaults.engine.max_pending_bytes, 2 << 30);
+        assert_eq!(defaults.engine.max_output_bytes_per_ticket, 64 << 20);
+        assert_eq!(defaults.engine.max_output_bytes, 1 << 30);
+
+        // A bad unit: refused, naming the flag and the accepted forms.
+        let error = parse(&["--max-payload-bytes", "4XB"]).unwrap_err();
+        assert!(error.contains("--max-payload-bytes"), "{error}");
+        assert!(error.contains("\"4XB\" is not a size"), "{error}");
+        assert!(error.contains("e.g. 4MiB"), "{error}");
+        // Range checks still apply, in the same terms.
+        let error = parse(&["--max-payload-bytes", "65MiB"]).unwrap_err();
+        assert!(error.contains("between 1 and 64MiB"), "{error}");
+    }
+
+    #[test]
+    fn size_keys_in_a_config_file_take_integers_or_units_and_print_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("asyncgate.toml");
+        let args = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "asyncgate-server".into(),
+                "--config".into(),
+                file.clone().into(),
+            ];
+            args.extend(extra.iter().map(Into::into));
+            args
+        };
+        std::fs::write(
+            &file,
+            "store = \"memory\"\nmax-payload-bytes = 1048576\nmax-output-bytes-per-ticket = \"8 MiB\"\nmax_pending_bytes = \"1GB\"\n",
+        )
+        .unwrap();
+        let parsed = parse_args(args(&["--max-output-bytes", "3GiB"])).unwrap();
+        let effective = parsed.effective.clone();
+        let config = Config::try_from(parsed.cli).unwrap();
+        assert_eq!(config.max_payload_bytes, 1 << 20);
+        assert_eq!(config.engine.max_output_bytes_per_ticket, 8 << 20);
+        assert_eq!(config.engine.max_pending_bytes, 1_000_000_000);
+        assert_eq!(config.engine.max_output_bytes, 3 << 30);
+        for line in [
+            "max-payload-bytes = \"1MiB\"  # config file",
+            "max-output-bytes-per-ticket = \"8MiB\"  # config file",
+            "max-pending-bytes = \"1000000000\"  # config file",
+            "max-output-bytes = \"3GiB\"  # flag",
+        ] {
+            assert!(effective.contains(line), "{line}:\n{effective}");
+        }
+        // --print-config's output reads back to the same sizes.
+        std::fs::write(&file, &effective).unwrap();
+        let again = Config::try_from(parse_args(args(&[])).unwrap().cli).unwrap();
+        assert_eq!(again.max_payload_bytes, config.max_payload_bytes);
+        assert_eq!(
+            again.engine.max_pending_bytes,
+            config.engine.max_pending_bytes
+        );
+        assert_eq!(
+            again.engine.max_output_bytes,
+            config.engine.max_output_bytes
+        );
+
+        std::fs::write(&file, "max-payload-bytes = \"4 XB\"\n").unwrap();
+        let error = parse_args(args(&[])).err().unwrap().to_string();
+        assert!(error.contains("--max-payload-bytes"), "{error}");
+        assert!(error.contains("is not a size"), "{error}");
     }
 
     #[test]

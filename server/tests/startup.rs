@@ -50,3 +50,22 @@ async fn keys_in_clear_off_loopback_exit_64() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_size_with_an_unknown_unit_is_refused_naming_the_flag_and_the_forms() {
+    let (code, stderr) = refused(&["--max-payload-bytes", "4XB"]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--max-payload-bytes"), "{stderr}");
+    assert!(stderr.contains("\"4XB\" is not a size"), "{stderr}");
+    assert!(stderr.contains("KiB, MiB, GiB"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_lenient_duration_is_refused_with_the_canonical_forms() {
+    // humantime would read "1M" as a month; the gateway takes no guesses.
+    let (code, stderr) = refused(&["--lease-ttl", "1M"]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--lease-ttl"), "{stderr}");
+    assert!(stderr.contains("\"1M\" is not a duration"), "{stderr}");
+    assert!(stderr.contains("e.g. 500ms, 1.5s"), "{stderr}");
+}

@@ -1,11 +1,15 @@
 //! The command line: clap definitions and the small value parsers they use
-//! (durations, `key=value`, JSON text, ticket states).
+//! (durations, sizes, `key=value`, JSON text, ticket states).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use asyncgate_client::pb;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// The help heading of the flags every subcommand takes, so that each
+/// subcommand's help lists its own flags first and these apart, after them.
+const GLOBAL_OPTIONS: &str = "Global options";
 
 /// Submit, follow and serve Asyncgate tickets.
 ///
@@ -19,6 +23,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_SERVER",
         default_value = "http://127.0.0.1:50051",
         value_name = "URL"
@@ -30,6 +35,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_API_KEY",
         value_name = "KEY",
         hide_env_values = true
@@ -38,13 +44,20 @@ pub(crate) struct Cli {
 
     /// CA certificate (PEM) that signed an `https://` gateway's certificate,
     /// when the system roots do not cover it.
-    #[arg(long, global = true, env = "ASYNCGATE_CA_CERT", value_name = "PEM")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL_OPTIONS,
+        env = "ASYNCGATE_CA_CERT",
+        value_name = "PEM"
+    )]
     pub(crate) ca_cert: Option<PathBuf>,
 
     /// Client certificate (PEM) for a gateway that requires one (mutual TLS).
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_CLIENT_CERT",
         value_name = "PEM",
         requires = "client_key"
@@ -55,6 +68,7 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL_OPTIONS,
         env = "ASYNCGATE_CLIENT_KEY",
         value_name = "PEM",
         requires = "client_cert"
@@ -63,12 +77,24 @@ pub(crate) struct Cli {
 
     /// Compress requests (and ask for compressed replies) with `gzip` or
     /// `zstd`: worth it for large, compressible payloads on slow links.
-    #[arg(long, global = true, env = "ASYNCGATE_COMPRESSION", value_enum)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL_OPTIONS,
+        env = "ASYNCGATE_COMPRESSION",
+        value_enum
+    )]
     pub(crate) compression: Option<Compression>,
 
     /// How to print tickets and events: `text` for people; `json` for the
     /// proto3 JSON mapping (as grpcurl prints it), one document per line.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL_OPTIONS,
+        value_enum,
+        default_value_t = OutputFormat::Text
+    )]
     pub(crate) output: OutputFormat,
 
     #[command(subcommand)]
@@ -324,11 +350,17 @@ impl From<StateArg> for pb::TicketState {
     }
 }
 
-/// "1.5s", "300ms", "2m", "1h", "1m30s" (humantime's syntax; a unit is
-/// required).
+/// "1.5s", "300ms", "2m", "1h", "1m30s": the gateway's canonical form (a
+/// unit is required; `asyncgate-server` reads its duration flags the same
+/// way, and refuses the same lenient spellings such as "5 seconds").
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|err| format!("{err} (examples: 1.5s, 300ms, 2m, 1h)"))
+    asyncgate_server::config::parse_duration(text)
+}
+
+/// A size: bytes, or a number and a unit ("64KiB", "1 MB"); the gateway's
+/// own rules (`asyncgate-server` reads its size flags the same way).
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+    asyncgate_server::config::parse_size_usize(text)
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -360,6 +392,8 @@ mod tests {
         assert_eq!(ok("10"), None);
         assert_eq!(ok("soon"), None);
         assert_eq!(ok(""), None);
+        assert_eq!(ok("5 seconds"), None, "canonical forms only");
+        assert_eq!(ok("1M"), None, "humantime's month is refused");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - `cli.rs`: the clap definitions and value parsers (durations, ...).
 //! - `output.rs`: text for people, proto3 JSON (via prost-reflect) for
 //!   programs.
+//! - `status.rs`: what `--wait` and `--watch` say on stderr meanwhile
+//!   (waiting reasons, progress).
 //! - `work.rs`: `asyncgate work -- CMD`, a worker that runs a command per task.
 //! - `bench/`: `asyncgate bench`, throughput/latency/memory measurements.
 //! - this file: dispatch, exit codes (0 ok, 1 ticket failed/cancelled/
@@ -11,6 +13,7 @@
 mod bench;
 mod cli;
 mod output;
+mod status;
 mod work;
 
 use std::process::ExitCode;
@@ -226,29 +229,86 @@ async fn get(client: &Client, printer: &Printer, args: GetArgs) -> anyhow::Resul
     Ok(exit_code(ticket.state()))
 }
 
+/// How often a wait asks for the ticket again, besides its long-poll, to
+/// notice a new waiting reason (a worker connected, the queue moved): those
+/// changes end no long-poll.
+const REASON_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Long-polls `GetTicket` (`wait` per request) until the ticket is terminal.
+/// Meanwhile stderr gets the ticket id and its waiting reason, at once and
+/// on every change (see [`status::WaitNotes`]).
 async fn wait_until_terminal(
     client: &Client,
-    mut ticket: pb::Ticket,
+    ticket: pb::Ticket,
     wait: std::time::Duration,
 ) -> anyhow::Result<pb::Ticket> {
-    while !is_terminal(ticket.state()) {
-        ticket = client.get(&ticket.id, Some(wait)).await?;
+    let notes = std::sync::Mutex::new(status::WaitNotes::default());
+    let observe = |ticket: &pb::Ticket| {
+        notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(ticket)
+    };
+    observe(&ticket);
+    let id = ticket.id.clone();
+    let long_poll = async {
+        let mut ticket = ticket;
+        while !is_terminal(ticket.state()) {
+            ticket = client.get(&ticket.id, Some(wait)).await?;
+            observe(&ticket);
+        }
+        Ok(ticket)
+    };
+    // Reads only; an error here is the long-poll's to report.
+    let refresh = async {
+        let mut ticks = tokio::time::interval(REASON_REFRESH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Ok(ticket) = client.get(&id, None).await {
+                observe(&ticket);
+            }
+        }
+    };
+    tokio::select! {
+        done = long_poll => done,
+        () = refresh => unreachable!("the refresh loop never ends"),
     }
-    Ok(ticket)
 }
 
-/// Prints every event; the exit code follows the last state seen.
+/// Prints every event; the exit code follows the last state seen. Progress
+/// reports also go to stderr (see [`status::ProgressView`]).
 async fn print_events(printer: &Printer, mut events: EventStream) -> anyhow::Result<ExitCode> {
     let mut state = pb::TicketState::Unspecified;
-    while let Some(event) = events.next().await {
+    let mut progress = status::ProgressView::for_stderr();
+    loop {
+        let due = progress.next_line_at();
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = sleep_until(due) => {
+                progress.flush();
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         let event = event?;
         if let Some(ticket) = &event.ticket {
             state = ticket.state();
         }
-        printer.event(&event)?;
+        progress.observe(&event);
+        progress.suspend(|| printer.event(&event))?;
     }
+    progress.finish();
     Ok(exit_code(state))
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn exit_code(state: pb::TicketState) -> ExitCode {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::parse_duration;
+use crate::cli::{parse_duration, parse_size};
 
 /// The largest payload the bench sends: the gateway's default
 /// `--max-payload-bytes`.
@@ -27,7 +27,12 @@ each payload unchanged.
 
 Load modes (closed loop: --concurrency tasks, each sending its next request
 when the previous one finished, for --warmup then --duration):
-  submit        Submit only (no workers); success = accepted / attempted
+  submit        Submit only (no workers); success = accepted / attempted.
+                No ticket outlives the run: each carries a timeout of
+                warmup + duration + --request-timeout, and on a --server
+                gateway the bench cancels those still pending when the run
+                ends (also on Ctrl-C; 32 at once, 60s at most) and says how
+                many on stderr
   e2e           Execute, read the stream to the terminal event (default);
                 latency = call start to the terminal event
   poll          Submit, then GetTicket with wait until terminal
@@ -104,8 +109,9 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) tickets: Option<u64>,
 
-    /// Payload bytes per request.
-    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    /// Payload size per request: bytes, or a size with a unit such as
+    /// 64KiB (KiB = 1024 bytes; KB = 1000).
+    #[arg(long, default_value = "1KiB", value_name = "SIZE", value_parser = parse_size)]
     pub(crate) payload_size: usize,
 
     /// What the payload holds: `binary` (hardly compressible) or `json` (a
@@ -484,6 +490,15 @@ mod tests {
         assert!(settings(&["--mode", "backlog", "--concurrency", "1,2"]).is_err());
         assert!(settings(&["--mode", "nope"]).is_err());
         assert!(settings(&["--payload-size", "99999999"]).is_err());
+        assert_eq!(settings(&["--payload-size", "64KiB"])?.payload_size, 65_536);
+        assert_eq!(
+            settings(&["--payload-size", "1 MB"])?.payload_size,
+            1_000_000
+        );
+        assert_eq!(settings(&["--payload-size", "512"])?.payload_size, 512);
+        let error = settings(&["--payload-size", "4XB"]).unwrap_err();
+        assert!(error.contains("--payload-size"), "{error}");
+        assert!(error.contains("KiB, MiB, GiB"), "{error}");
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use super::cleanup::Created;
 use super::target::{MAX_MESSAGE, gateway_client};
 
 /// What one request failed with: a gRPC code name (`UNAVAILABLE`, ...) or one
@@ -123,7 +124,12 @@ pub(crate) enum LoadKind {
 /// One task's request maker.
 enum Caller {
     Echo(EchoClient<Channel>, EchoRequest),
-    Submit(GatewayClient<Transport>, pb::SubmitRequest),
+    /// With where to record the tickets' ids, when the run cleans up.
+    Submit(
+        GatewayClient<Transport>,
+        pb::SubmitRequest,
+        Option<Arc<Created>>,
+    ),
     Execute(GatewayClient<Transport>, pb::SubmitRequest),
     Poll(GatewayClient<Transport>, pb::SubmitRequest),
     WatchFanout(GatewayClient<Transport>, pb::SubmitRequest, usize),
@@ -141,6 +147,7 @@ impl Caller {
         channel: &Channel,
         request: &pb::SubmitRequest,
         echo: &EchoRequest,
+        created: Option<Arc<Created>>,
     ) -> Caller {
         match kind {
             LoadKind::Echo => {
@@ -153,7 +160,7 @@ impl Caller {
                 };
                 Caller::Echo(client, echo.clone())
             }
-            LoadKind::Submit => Caller::Submit(gateway_client(channel), request.clone()),
+            LoadKind::Submit => Caller::Submit(gateway_client(channel), request.clone(), created),
             LoadKind::Execute => Caller::Execute(gateway_client(channel), request.clone()),
             LoadKind::Poll => Caller::Poll(gateway_client(channel), request.clone()),
             LoadKind::WatchFanout(watchers) => {
@@ -171,11 +178,14 @@ impl Caller {
                 .await
                 .map(|_| Instant::now())
                 .map_err(status_key),
-            Caller::Submit(client, request) => client
-                .submit(request.clone())
-                .await
-                .map(|_| Instant::now())
-                .map_err(status_key),
+            Caller::Submit(client, request, created) => {
+                let reply = client.submit(request.clone()).await.map_err(status_key)?;
+                let done = Instant::now();
+                if let Some(created) = created {
+                    created.push(reply.into_inner().id);
+                }
+                Ok(done)
+            }
             Caller::Execute(client, request) => {
                 let mut stream = client
                     .execute(request.clone())
@@ -314,6 +324,9 @@ pub(crate) struct LoadPlan {
     pub(crate) request_timeout: Duration,
     /// Shown in the progress lines; `None`: no progress lines.
     pub(crate) progress: Option<String>,
+    /// Where submit mode records the tickets it created, to cancel them
+    /// after the run (`None`: nothing to clean up).
+    pub(crate) created: Option<Arc<Created>>,
 }
 
 /// Completed requests (warmup included) and errors so far, for the progress
@@ -342,7 +355,13 @@ pub(crate) async fn run(
 
     let mut tasks = JoinSet::new();
     for index in 0..plan.concurrency {
-        let caller = Caller::new(plan.kind, &channels[index % channels.len()], request, echo);
+        let caller = Caller::new(
+            plan.kind,
+            &channels[index % channels.len()],
+            request,
+            echo,
+            plan.created.clone(),
+        );
         let counters = counters.clone();
         let timeout = plan.request_timeout;
         let duration = plan.duration;

@@ -9,12 +9,15 @@
 //!   watch-fanout, and the echo baseline).
 //! - `scale.rs`: the scale scenarios (backlog, fanout, many-workers).
 //! - `report.rs`: medians, ratios, table and JSON.
+//! - `cleanup.rs`: submit mode's tickets on a remote gateway are cancelled
+//!   after the run (and carry a timeout), so none outlives it.
 //!
 //! Everything runs on the CLI's one tokio runtime: the embedded gateway, the
 //! echo server, the workers and the load share it (and the machine's cores),
 //! which is why the baseline runs interleaved with the gateway runs.
 
 mod args;
+mod cleanup;
 mod echo;
 mod load;
 mod report;
@@ -57,10 +60,22 @@ pub(crate) async fn run(
             run_load(&settings, output, started_at).await
         }
     };
-    tokio::select! {
-        result = body => result,
-        _ = tokio::signal::ctrl_c() => {
+    // The body is dropped when the select ends (its load tasks aborted)
+    // before the clean-up starts, so nothing submits behind it.
+    let finished = tokio::select! {
+        result = body => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    match finished {
+        Some(result) => result,
+        None => {
             target::remove_created_files();
+            tokio::select! {
+                () = cleanup::cancel_uncleaned() => {}
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("bench: clean-up interrupted; the tickets left expire at their timeout");
+                }
+            }
             anyhow::bail!("interrupted")
         }
     }
@@ -143,6 +158,7 @@ fn plan(settings: &Settings, kind: LoadKind, concurrency: usize, label: String) 
         duration: settings.duration,
         request_timeout: settings.request_timeout,
         progress: settings.progress.then_some(label),
+        created: None,
     }
 }
 
@@ -268,16 +284,28 @@ async fn run_gateway(
         };
         let run = async {
             let channels = target::connect_all(&gateway.urls, settings.connections).await?;
-            let request = target::submit_request(&queue, payload.clone());
-            let plan = plan(
+            let mut request = target::submit_request(&queue, payload.clone());
+            let mut plan = plan(
                 settings,
                 load_kind(settings),
                 concurrency,
                 progress_label(settings, &gateway.store, concurrency, repeat),
             );
+            if settings.mode == Mode::Submit {
+                // No worker serves the queue: without these, every ticket
+                // would stay pending on a remote gateway (see cleanup.rs).
+                request.timeout =
+                    prost_types::Duration::try_from(cleanup::ticket_timeout(settings)).ok();
+                if matches!(target, TargetSpec::Remote(_)) {
+                    plan.created = Some(cleanup::Created::track(&gateway.url, &queue));
+                }
+            }
             let rss_before = gateway.rss.read();
             let measured = load::run(&plan, &channels, &request, &EchoRequest::default()).await;
             let rss_after = gateway.rss.read();
+            if let Some(created) = &plan.created {
+                cleanup::cancel_created(created).await;
+            }
             Ok::<_, anyhow::Error>(RunRecord {
                 mode: settings.mode.name(),
                 store: gateway.store.clone(),
