@@ -93,14 +93,18 @@ const LEASE_SHARDS: usize = 16;
 #[derive(Debug, Clone)]
 struct Stored {
     ticket: Ticket,
+    /// What a commit of a change to `ticket` must find to apply.
     revision: u64,
 }
 
 /// A lease this replica handed out, kept so a worker's reports skip a read
 /// and run in the order the worker sent them.
 struct Held {
+    /// The ticket's queue (its keys live there).
     queue: QueueName,
+    /// The session holding the lease: forgotten with it.
     session_id: SessionId,
+    /// The ticket as this replica last wrote it: a hint that saves a read.
     latest: Option<Stored>,
     /// Resolves when the previous report on this lease is done.
     tail: Option<oneshot::Receiver<()>>,
@@ -108,7 +112,7 @@ struct Held {
 
 /// What a transition does to the stored ticket.
 enum Step<R> {
-    /// Nothing to write.
+    /// Nothing to write (the result and the ticket as read stand).
     Keep(R),
     /// Write the ticket, publishing these events (snapshots in seq order)
     /// and this revocation.
@@ -116,6 +120,7 @@ enum Step<R> {
         result: R,
         events: Vec<(EventKind, Ticket, Option<Payload>)>,
         revoke: Option<Revocation>,
+        /// Operations to commit along (beyond the index changes).
         extra: Ops,
     },
     /// Delete the ticket (retention).
@@ -123,6 +128,7 @@ enum Step<R> {
 }
 
 impl<R> Step<R> {
+    /// A plain write: no revocation, no extra operations.
     fn write(result: R, events: Vec<(EventKind, Ticket, Option<Payload>)>) -> Self {
         Self::Write {
             result,
@@ -136,8 +142,11 @@ impl<R> Step<R> {
 /// The lua scripts, loaded once per Redis (and again after a Redis restart
 /// forgets them).
 struct Scripts {
+    /// Every transition (`commit.lua`).
     commit: Script,
+    /// Pops ready tickets (`claim.lua`).
     claim: Script,
+    /// Deletes an idempotency key only while it names the given ticket.
     unlink_if: Script,
 }
 

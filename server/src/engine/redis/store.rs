@@ -20,7 +20,9 @@ const MAX_RETRIES: usize = 64;
 
 /// A command or a pipeline, rebuilt for each try.
 pub(super) enum QueryKind {
+    /// One command.
     Cmd(Cmd),
+    /// A pipeline (its commands share a slot).
     Pipe(redis::Pipeline),
 }
 

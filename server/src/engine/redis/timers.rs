@@ -16,8 +16,8 @@ use super::layout::{self, Placement, TimerKind};
 use super::store::QueryKind;
 use super::{Inner, Step, lock};
 use crate::domain::ticket::EventKind;
-use crate::domain::{QueueName, SessionId, TicketState};
-use crate::engine::{EngineError, Revocation, RevokeReason, transition};
+use crate::domain::{QueueName, SessionId, Ticket, TicketId, TicketState};
+use crate::engine::{EngineConfig, EngineError, Revocation, RevokeReason, transition};
 
 /// How long a popped ticket may wait for its lease commit before the timer
 /// pass puts it back (its claimer died, or lost Redis mid-claim). Putting
@@ -155,61 +155,7 @@ impl Inner {
         let config = &self.config;
         let outcome = self
             .transact(queue, id, Some(stored), |ticket| {
-                Ok(match &kind {
-                    TimerKind::Backoff => {
-                        if ticket.state == TicketState::Pending
-                            && ticket.not_before.is_some_and(|at| at <= now)
-                        {
-                            ticket.not_before = None;
-                            Step::write(true, Vec::new())
-                        } else {
-                            Step::Keep(false)
-                        }
-                    }
-                    TimerKind::Deadline => match transition::expire(ticket, now) {
-                        Some(revoked) => Step::Write {
-                            result: true,
-                            events: vec![(EventKind::State, ticket.clone(), None)],
-                            revoke: revoked.map(|lease| Revocation {
-                                session_id: lease.session_id,
-                                ticket_id: id,
-                                lease_id: lease.lease_id,
-                                reason: RevokeReason::Expired,
-                                message: transition::EXPIRED_NOTICE.into(),
-                            }),
-                            extra: Ops::default(),
-                        },
-                        None => Step::Keep(false),
-                    },
-                    TimerKind::Attempt(lease_id) => {
-                        match transition::time_out_attempt(ticket, *lease_id, config, now) {
-                            Some(lease) => Step::Write {
-                                result: true,
-                                events: vec![(EventKind::State, ticket.clone(), None)],
-                                revoke: Some(Revocation {
-                                    session_id: lease.session_id,
-                                    ticket_id: id,
-                                    lease_id: lease.lease_id,
-                                    reason: RevokeReason::AttemptTimeout,
-                                    message: transition::attempt_timeout_notice(ticket.attempt),
-                                }),
-                                extra: Ops::default(),
-                            },
-                            None => Step::Keep(false),
-                        }
-                    }
-                    TimerKind::Retention => {
-                        let due = ticket.state.is_terminal()
-                            && ticket
-                                .finished_at
-                                .is_some_and(|at| at + config.result_retention <= now);
-                        if due {
-                            Step::Delete(true)
-                        } else {
-                            Step::Keep(false)
-                        }
-                    }
-                })
+                Ok(timer_step(&kind, id, ticket, config, now))
             })
             .await;
         match outcome {
@@ -225,6 +171,72 @@ impl Inner {
                 self.zrem(self.keys.timers(queue), member).await
             }
             Err(error) => Err(error),
+        }
+    }
+}
+
+/// What firing a `kind` timer does to ticket `id`; the result says whether
+/// it acted (a write or a delete). A timer no longer due does nothing (it
+/// fired already, on this replica or another, or the ticket moved on).
+fn timer_step(
+    kind: &TimerKind,
+    id: TicketId,
+    ticket: &mut Ticket,
+    config: &EngineConfig,
+    now: SystemTime,
+) -> Step<bool> {
+    match kind {
+        TimerKind::Backoff => {
+            if ticket.state == TicketState::Pending && ticket.not_before.is_some_and(|at| at <= now)
+            {
+                ticket.not_before = None;
+                Step::write(true, Vec::new())
+            } else {
+                Step::Keep(false)
+            }
+        }
+        TimerKind::Deadline => match transition::expire(ticket, now) {
+            Some(revoked) => Step::Write {
+                result: true,
+                events: vec![(EventKind::State, ticket.clone(), None)],
+                revoke: revoked.map(|lease| Revocation {
+                    session_id: lease.session_id,
+                    ticket_id: id,
+                    lease_id: lease.lease_id,
+                    reason: RevokeReason::Expired,
+                    message: transition::EXPIRED_NOTICE.into(),
+                }),
+                extra: Ops::default(),
+            },
+            None => Step::Keep(false),
+        },
+        TimerKind::Attempt(lease_id) => {
+            match transition::time_out_attempt(ticket, *lease_id, config, now) {
+                Some(lease) => Step::Write {
+                    result: true,
+                    events: vec![(EventKind::State, ticket.clone(), None)],
+                    revoke: Some(Revocation {
+                        session_id: lease.session_id,
+                        ticket_id: id,
+                        lease_id: lease.lease_id,
+                        reason: RevokeReason::AttemptTimeout,
+                        message: transition::attempt_timeout_notice(ticket.attempt),
+                    }),
+                    extra: Ops::default(),
+                },
+                None => Step::Keep(false),
+            }
+        }
+        TimerKind::Retention => {
+            let due = ticket.state.is_terminal()
+                && ticket
+                    .finished_at
+                    .is_some_and(|at| at + config.result_retention <= now);
+            if due {
+                Step::Delete(true)
+            } else {
+                Step::Keep(false)
+            }
         }
     }
 }
