@@ -4,10 +4,10 @@
 //! internals, reading tickets, and the optimistic-concurrency loop
 //! ([`Inner::transact`]) every transition goes through, deletes included.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
-use std::sync::atomic::Ordering;
 
 use super::codec::Ops;
 use super::layout;
