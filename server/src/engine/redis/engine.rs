@@ -1,0 +1,103 @@
+//! The engine's face: [`Engine`] for [`RedisEngine`], each method one call
+//! into the phase that owns it (see the module docs for the map).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::RedisEngine;
+use crate::domain::{Chunk, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId};
+use crate::engine::{
+    Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
+    ProgressReport, QueueDepth, ReleaseReason, SessionInfo, Submitted,
+};
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn set_listener(&self, listener: Arc<dyn EngineListener>) {
+        let _ = self.inner.listener.set(listener);
+    }
+
+    async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
+        self.inner.submit(new).await
+    }
+
+    async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        self.inner.get(id).await
+    }
+
+    async fn get_with_chunks(
+        &self,
+        id: TicketId,
+        after_seq: u64,
+    ) -> Result<(Ticket, Vec<Chunk>), EngineError> {
+        self.inner.get_with_chunks(id, after_seq).await
+    }
+
+    async fn tickets_ahead(&self, ticket: &Ticket) -> Result<u64, EngineError> {
+        self.inner.tickets_ahead(ticket).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
+        self.inner.list(filter).await
+    }
+
+    async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError> {
+        self.inner.cancel(id, reason).await
+    }
+
+    async fn touch_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        self.inner.touch_session(session, expires_at).await
+    }
+
+    async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
+        self.inner.end_session(session_id).await
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        sessions: &[SessionInfo],
+    ) -> Result<Vec<Claimed>, EngineError> {
+        self.inner.claim(queue, sessions).await
+    }
+
+    async fn release(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        reason: ReleaseReason,
+    ) -> Result<(), EngineError> {
+        self.inner.release(ticket_id, lease_id, reason).await
+    }
+
+    fn progress(&self, report: ProgressReport) -> Applied<()> {
+        self.inner.progress(report)
+    }
+
+    fn complete(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> Applied<Completion> {
+        self.inner.complete(ticket_id, lease_id, outcome)
+    }
+
+    async fn connected_workers(&self, queue: &QueueName) -> Result<Option<usize>, EngineError> {
+        self.inner.connected_workers(queue).await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
+        self.inner.queue_depths().await
+    }
+
+    async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
+        self.inner.run_timers(now).await
+    }
+}

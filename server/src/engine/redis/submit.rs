@@ -1,0 +1,351 @@
+//! The producer's writes: submit, and cancel.
+//!
+//! A submit with an idempotency key first claims the key in Redis (`SET NX`
+//! naming the ticket and this gateway), so two submits with one key store
+//! one ticket. A claim whose gateway died before storing its ticket is
+//! taken over; whether a gateway lives is its liveness key, which
+//! `open.rs`'s heartbeat refreshes through [`Inner::refresh_liveness`].
+
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use redis::{Cmd, RedisError};
+
+use super::codec::Ops;
+use super::layout::{self, Placement, slot};
+use super::store::QueryKind;
+use super::{Inner, Step};
+use crate::domain::ticket::EventKind;
+use crate::domain::{NewTicket, QueueName, Ticket, TicketId};
+use crate::engine::{
+    Before, EngineError, Revocation, RevokeReason, Submitted, idempotency_scope, record, transition,
+};
+
+/// How long a submit with an idempotency key may hold the key before its
+/// ticket is stored (a replica that dies in between frees it after this).
+const IDEMPOTENCY_CLAIM: Duration = Duration::from_secs(60);
+
+/// How long a gateway's liveness key outlives its last refresh: a claim
+/// on an idempotency key by a gateway whose key is gone is taken over.
+const INSTANCE_TTL: Duration = Duration::from_secs(3);
+
+/// Takes over an idempotency claim only if it still holds what the caller
+/// saw: `KEYS[1]` claim, `ARGV[1]` old value, `ARGV[2]` new value,
+/// `ARGV[3]` expiry in ms.
+const TAKE_OVER_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// What a submit found under its idempotency key.
+enum KeyHolder {
+    /// The ticket the key names.
+    Ticket(Box<Submitted>),
+    /// A claim whose gateway died before storing its ticket: its value,
+    /// for a takeover.
+    Orphaned(String),
+}
+
+impl Inner {
+    /// Stores a new ticket (or, for an idempotency key already used, finds
+    /// the ticket it names): the locator, the ticket with its index entries
+    /// (refused past the queue's pending limit) and the key, in one batch.
+    pub(super) async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
+        let queue = new.queue.clone();
+        self.register_queue(&queue).await?;
+        let id = new.id;
+        let key = new
+            .idempotency_key
+            .as_deref()
+            .map(|key| idempotency_scope(new.tenant.as_deref(), key));
+        if let Some(key) = &key {
+            let original = new.idempotency_key.as_deref().unwrap_or_default();
+            if let Some(existing) = self.claim_key(original, key, id, &queue).await? {
+                return Ok(existing);
+            }
+        }
+        let mut ticket = Ticket::create(id, new, SystemTime::now());
+        self.place_in_line(None, &mut ticket);
+        let (commit, ready) = self.commit_new(&ticket);
+        let mut cmds = vec![Cmd::set(self.keys.locator(id), queue.as_str()), commit];
+        if let Some(key) = &key {
+            cmds.push(Cmd::persist(self.keys.idempotency(key)));
+        }
+        let replies = self.batch(cmds).await?;
+        let reply: Vec<i64> = redis::from_redis_value_ref(&replies[1])
+            .map_err(|e| self.unavailable(RedisError::from(e)))?;
+        self.submitted(ticket, ready, key.as_deref(), &reply).await
+    }
+
+    /// The commit call that creates `ticket`, and whether it joins the
+    /// ready set.
+    fn commit_new(&self, ticket: &Ticket) -> (Cmd, bool) {
+        let queue = &ticket.queue;
+        let id = ticket.id;
+        let record = record::encode(ticket);
+        let mut ops = Ops::default();
+        ops.max(slot::PENDING, self.config.max_pending_per_queue);
+        ops.push("field", &[b"p", &ticket.payload.encode_to_vec()]);
+        self.diff(None, Some(ticket), &mut ops);
+        let ready = Placement::of(ticket, self.config.result_retention).ready;
+        if ready {
+            let member = layout::ready_member(ticket.priority, ticket.enqueue_seq, ticket.id);
+            ops.push("rank", &[&Ops::slot(slot::READY), member.as_bytes()]);
+        }
+        let mut args = vec![b"0".to_vec(), record];
+        args.extend(ops.0);
+        let commit = self.evalsha(
+            &self.scripts.commit,
+            &self.keys.commit_keys(queue, id),
+            args,
+        );
+        (commit, ready)
+    }
+
+    /// What the submit of `ticket` returns, given the commit's `reply`;
+    /// undoes the locator and the key claim when nothing was stored.
+    async fn submitted(
+        &self,
+        ticket: Ticket,
+        ready: bool,
+        key: Option<&str>,
+        reply: &[i64],
+    ) -> Result<Submitted, EngineError> {
+        let queue = &ticket.queue;
+        let id = ticket.id;
+        match reply {
+            [1, _, rest @ ..] => {
+                self.located.insert(id, queue);
+                if ready {
+                    // Workers here need not wait for the bus to hear of it.
+                    self.notify_ready(queue);
+                }
+                if let Some(listener) = self.listener.get() {
+                    listener.transitioned(
+                        Before::created(ticket.created_at),
+                        &ticket,
+                        ticket.created_at,
+                    );
+                }
+                Ok(Submitted {
+                    ticket,
+                    created: true,
+                    tickets_ahead: rest.first().map(|&rank| rank as u64),
+                })
+            }
+            [0, _] => {
+                // The id is taken in this queue: the locator names that
+                // ticket and stays.
+                if let Some(key) = &key {
+                    self.batch(vec![Cmd::del(self.keys.idempotency(key))])
+                        .await?;
+                }
+                Err(EngineError::Unavailable(format!(
+                    "ticket id {id} is already taken; retry"
+                )))
+            }
+            other => {
+                let mut cleanup = vec![Cmd::del(self.keys.locator(id))];
+                if let Some(key) = &key {
+                    cleanup.push(Cmd::del(self.keys.idempotency(key)));
+                }
+                self.batch(cleanup).await?;
+                if other == [-2] {
+                    Err(EngineError::QueueFull {
+                        queue: ticket.queue,
+                        limit: self.config.max_pending_per_queue,
+                    })
+                } else {
+                    Err(EngineError::Unavailable(format!(
+                        "Redis answered the submit of ticket {id} with {other:?}; retry"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Stops ticket `id` (revoking its lease, if running), or returns it as
+    /// it is if it already finished.
+    pub(super) async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError> {
+        let queue = self.locate(id).await?;
+        let (ticket, _) = self
+            .transact(&queue, id, None, |ticket| {
+                match transition::cancel(ticket, reason, SystemTime::now())? {
+                    transition::Cancelled::Already => Ok(Step::Keep(ticket.clone())),
+                    transition::Cancelled::Now(revoked) => Ok(Step::Write {
+                        result: ticket.clone(),
+                        events: vec![(EventKind::State, ticket.clone(), None)],
+                        revoke: revoked.map(|lease| Revocation {
+                            session_id: lease.session_id,
+                            ticket_id: id,
+                            lease_id: lease.lease_id,
+                            reason: RevokeReason::Cancelled,
+                            message: transition::cancel_message(reason),
+                        }),
+                        extra: Ops::default(),
+                    }),
+                }
+            })
+            .await?;
+        Ok(ticket)
+    }
+
+    /// Adds `queue` to the queue set (once per replica).
+    async fn register_queue(&self, queue: &QueueName) -> Result<(), EngineError> {
+        if self
+            .queues_known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue)
+        {
+            return Ok(());
+        }
+        let _: () = self
+            .run(|| {
+                let mut cmd = redis::cmd("SADD");
+                cmd.arg(self.keys.queues()).arg(queue.as_str());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        self.queues_known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.clone());
+        Ok(())
+    }
+
+    /// Says this gateway is alive for another [`INSTANCE_TTL`].
+    pub(super) async fn refresh_liveness(&self) -> Result<(), EngineError> {
+        let key = self.keys.instance(&self.instance);
+        self.run(|| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(INSTANCE_TTL.as_millis() as u64);
+            QueryKind::Cmd(cmd)
+        })
+        .await
+    }
+
+    /// What holds an idempotency key (`key`, stored as `scoped`): the
+    /// ticket it names, once stored; or, when the gateway that claimed it
+    /// died before storing its ticket, the orphaned claim.
+    async fn existing_for_key(
+        &self,
+        key: &str,
+        scoped: &str,
+        queue: &QueueName,
+    ) -> Result<KeyHolder, EngineError> {
+        let mut delay = Duration::from_millis(5);
+        for attempt in 0..10 {
+            let existing: Option<String> = self
+                .run(|| {
+                    let mut cmd = redis::cmd("GET");
+                    cmd.arg(self.keys.idempotency(scoped));
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            let Some(claim) = existing else {
+                // The claim expired or was given up: claim it afresh.
+                return Ok(KeyHolder::Orphaned(String::new()));
+            };
+            // `ticket-id owner` (owner: the claiming gateway's instance).
+            let (ticket, owner) = claim.split_once(' ').unwrap_or((claim.as_str(), ""));
+            if let Ok(existing) = ticket.parse::<uuid::Uuid>() {
+                let id = TicketId(existing);
+                if let Ok(found) = self.locate(id).await
+                    && let Some(stored) = self.load(&found, id).await?
+                {
+                    if found != *queue {
+                        return Err(EngineError::IdempotencyConflict {
+                            key: key.to_owned(),
+                            existing: id,
+                            queue: found,
+                        });
+                    }
+                    return Ok(KeyHolder::Ticket(Box::new(Submitted {
+                        ticket: stored.ticket,
+                        created: false,
+                        tickets_ahead: None,
+                    })));
+                }
+            }
+            // Not stored yet. After a few tries (the owner's commit is one
+            // round trip away), ask whether the owner is still alive.
+            if attempt >= 3 && !owner.is_empty() {
+                let alive: bool = self
+                    .run(|| {
+                        let mut cmd = redis::cmd("EXISTS");
+                        cmd.arg(self.keys.instance(owner));
+                        QueryKind::Cmd(cmd)
+                    })
+                    .await?;
+                if !alive {
+                    return Ok(KeyHolder::Orphaned(claim));
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(EngineError::Unavailable(format!(
+            "a submit with idempotency key {key:?} is still being stored; retry"
+        )))
+    }
+
+    /// Claims idempotency key `scoped` for ticket `id`, taking over a claim
+    /// whose gateway died; the ticket the key names if it has one.
+    async fn claim_key(
+        &self,
+        original: &str,
+        scoped: &str,
+        id: TicketId,
+        queue: &QueueName,
+    ) -> Result<Option<Submitted>, EngineError> {
+        let mine = format!("{id} {}", self.instance);
+        for _ in 0..3 {
+            let claimed: Option<String> = self
+                .run(|| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(self.keys.idempotency(scoped))
+                        .arg(&mine)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(IDEMPOTENCY_CLAIM.as_millis() as u64);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            if claimed.is_some() {
+                return Ok(None);
+            }
+            match self.existing_for_key(original, scoped, queue).await? {
+                KeyHolder::Ticket(submitted) => return Ok(Some(*submitted)),
+                KeyHolder::Orphaned(old) if old.is_empty() => continue,
+                KeyHolder::Orphaned(old) => {
+                    let took: i64 = self
+                        .run(|| {
+                            let mut cmd = redis::cmd("EVAL");
+                            cmd.arg(TAKE_OVER_CLAIM)
+                                .arg(1)
+                                .arg(self.keys.idempotency(scoped))
+                                .arg(&old)
+                                .arg(&mine)
+                                .arg(IDEMPOTENCY_CLAIM.as_millis() as u64);
+                            QueryKind::Cmd(cmd)
+                        })
+                        .await?;
+                    if took == 1 {
+                        tracing::info!(key = %original, "took over an idempotency key claimed by a gateway that stopped before storing its ticket");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "a submit with idempotency key {original:?} is still being stored; retry"
+        )))
+    }
+}
