@@ -464,6 +464,12 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
 
+    let connect = config
+        .grpc_web
+        .then(|| crate::connect::ConnectLayer::new(max_message))
+        .transpose()
+        .map_err(StartError::Reflection)?;
+
     let idle_timeout = config.idle_timeout;
     // Write coalescing suits HTTP/2 only; gRPC-Web also accepts HTTP/1.1.
     let coalesce_writes = !config.grpc_web;
@@ -528,6 +534,11 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .accept_http1(config.grpc_web)
         // CORS outermost: a browser's preflight carries no API key.
         .layer(tower::util::option_layer(cors(&config)))
+        // Connect beside gRPC-Web, outside tonic-web (which refuses any
+        // HTTP/1.1 request that is not gRPC-Web) and outside every other
+        // layer, so that a Connect call meets the same key check and limits
+        // as a gRPC one.
+        .layer(tower::util::option_layer(connect))
         .layer(tower::util::option_layer(
             config.grpc_web.then(tonic_web::GrpcWebLayer::new),
         ))
