@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod basics;
 mod compression;
+mod connect;
 mod durable;
 mod grpc_web;
 mod grpcurl;
