@@ -520,6 +520,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let idle_timeout = config.idle_timeout;
     // Write coalescing suits HTTP/2 only; gRPC-Web also accepts HTTP/1.1.
     let coalesce_writes = !config.grpc_web;
+    // Without --grpc-web, an HTTP/1.1 request gets an answer naming the flag
+    // (and a warning) rather than a closed connection; under TLS, ALPN
+    // already tells the client.
+    let refuse_http1 = !config.grpc_web && config.tls.is_none();
     let close_after_stop = {
         let hard_stop = hard_stop.clone();
         move || {
@@ -536,7 +540,9 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .with_nodelay(Some(true))
         .map(move |accepted| {
             accepted.map(|io| {
-                TrackedStream::new(io, idle_timeout, coalesce_writes).close_at(close_after_stop())
+                TrackedStream::new(io, idle_timeout, coalesce_writes)
+                    .refuse_http1(refuse_http1)
+                    .close_at(close_after_stop())
             })
         });
     let signal = {

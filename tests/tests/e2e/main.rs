@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod basics;
+mod browser;
 mod compression;
 mod connect;
 mod durable;
