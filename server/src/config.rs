@@ -83,6 +83,9 @@ pub struct Config {
     pub grpc_web: bool,
     /// Origins browsers may call from (CORS); `*` admits any.
     pub cors_allow_origins: Vec<String>,
+    /// Request headers browsers may send beside the default allow-list
+    /// (CORS), lowercase.
+    pub cors_allow_headers: Vec<String>,
     /// Ticket store.
     pub store: StoreConfig,
     /// TLS, or plaintext when `None`.
@@ -147,6 +150,7 @@ impl Default for Config {
             metrics_max_queues: crate::metrics::MAX_QUEUE_LABELS,
             grpc_web: false,
             cors_allow_origins: Vec::new(),
+            cors_allow_headers: Vec::new(),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),
             tls: None,
             insecure: false,
@@ -340,6 +344,17 @@ pub struct Cli {
         requires = "grpc_web"
     )]
     pub cors_allow_origins: Vec<String>,
+    /// A request header that pages may send beside the default allow-list
+    /// (content-type, authorization, the gRPC-Web and Connect headers, trace
+    /// context); repeat for several.
+    #[arg(
+        long = "cors-allow-header",
+        env = "ASYNCGATE_CORS_ALLOW_HEADER",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "grpc_web"
+    )]
+    pub cors_allow_headers: Vec<String>,
     /// Log lines as `text` or `json` (one object per line).
     #[arg(long, env = "ASYNCGATE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
@@ -783,6 +798,19 @@ impl TryFrom<Cli> for Config {
                 ));
             }
         }
+        let mut cors_allow_headers = Vec::with_capacity(cli.cors_allow_headers.len());
+        for name in &cli.cors_allow_headers {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid {
+                return Err(format!(
+                    "--cors-allow-header {name:?} must be an HTTP header name such as x-request-id (letters, digits and !#$%&'*+-.^_`|~; no spaces, colons or values)"
+                ));
+            }
+            cors_allow_headers.push(name.to_ascii_lowercase());
+        }
         if cli.heartbeat_interval < Duration::from_millis(10) {
             return Err("--heartbeat-interval must be at least 10ms".into());
         }
@@ -838,6 +866,7 @@ impl TryFrom<Cli> for Config {
             metrics_max_queues: cli.metrics_max_queues,
             grpc_web: cli.grpc_web,
             cors_allow_origins: cli.cors_allow_origins,
+            cors_allow_headers,
             store,
             tls,
             insecure: cli.insecure,
@@ -974,6 +1003,39 @@ mod tests {
         );
         std::fs::write(&file, &parsed.effective).unwrap();
         assert!(parse_args(args(&[])).is_ok(), "{}", parsed.effective);
+
+        // The allowed headers are a list setting too.
+        std::fs::write(
+            &file,
+            "grpc-web = true\ncors-allow-header = [\"x-request-id\", \"X-Tenant\"]\nstore = \"memory\"\n",
+        )
+        .unwrap();
+        let parsed = parse_args(args(&[])).unwrap();
+        assert!(
+            parsed
+                .effective
+                .contains("cors-allow-header = [\"x-request-id\", \"X-Tenant\"]  # config file"),
+            "{}",
+            parsed.effective
+        );
+        assert_eq!(
+            Config::try_from(parsed.cli).unwrap().cors_allow_headers,
+            ["x-request-id", "x-tenant"]
+        );
+        let parsed = parse_args(args(&[
+            "--cors-allow-header",
+            "x-a",
+            "--cors-allow-header",
+            "x-b",
+        ]))
+        .unwrap();
+        assert!(
+            parsed
+                .effective
+                .contains("cors-allow-header = [\"x-a\", \"x-b\"]  # flag"),
+            "{}",
+            parsed.effective
+        );
 
         std::fs::write(&file, "listne = \"x\"\n").unwrap();
         let error = parse_args(args(&[])).err().unwrap().to_string();
@@ -1181,6 +1243,13 @@ mod tests {
             StoreConfig::Durable(PathBuf::from(DEFAULT_STORE))
         );
         assert!(parse(&["--heartbeat-interval", "soon"]).is_err());
+        let error = parse(&["--grpc-web", "--cors-allow-header", "x-a: 1"]).unwrap_err();
+        assert!(error.contains("--cors-allow-header \"x-a: 1\""), "{error}");
+        assert!(error.contains("header name"), "{error}");
+        assert!(
+            parse(&["--cors-allow-header", "x-a"]).is_err(),
+            "CORS needs --grpc-web"
+        );
         assert!(
             parse(&["--listen", "0.0.0.0:50051"])
                 .unwrap_err()

@@ -6,6 +6,15 @@
 //! that a peer that stopped reading (its streams stuck behind full flow
 //! control windows) cannot hold the gateway open. Their writes are coalesced
 //! ([`Corked`]) when they can only be HTTP/2.
+//!
+//! Without `--grpc-web` (and without TLS) a connection whose first bytes
+//! are not HTTP/2's preface (an HTTP/1.1 request: gRPC-Web, Connect, a
+//! browser, curl) is answered `505 HTTP Version Not Supported` with a text
+//! saying to start the gateway with `--grpc-web`, and a warning is logged
+//! the first time (then at debug level), instead of hyper closing it
+//! silently. Until the preface is confirmed, what the HTTP/2 server writes
+//! first (its SETTINGS) is held back, so that an HTTP/1.1 client reads a
+//! clean HTTP/1.1 answer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -95,7 +104,30 @@ pub struct TrackedStream {
     /// Resolves when the connection must end regardless (shutdown).
     close_at: Option<BoxFuture<'static, ()>>,
     closed: bool,
+    /// Set while the first bytes are checked for HTTP/2's preface.
+    sniff: Option<Sniff>,
+    /// Writes the HTTP/2 server made before the preface was confirmed,
+    /// sent once it is.
+    held: Vec<u8>,
+    /// An HTTP/1.1 request was answered: everything else written is dropped.
+    refused: bool,
 }
+
+/// The first bytes of a connection so far, to tell HTTP/2 from HTTP/1.1.
+struct Sniff {
+    seen: Vec<u8>,
+}
+
+/// Enough of HTTP/2's client preface (`PRI * HTTP/2.0...`) to tell it from
+/// any HTTP/1.1 method.
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
+/// Whether an HTTP/1.1 request was already logged as a warning (once per
+/// process; later ones at debug level).
+static HTTP1_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The answer to an HTTP/1.1 request on an HTTP/2-only gateway.
+const HTTP1_REFUSAL: &str = "this gateway serves gRPC over HTTP/2 only; start it with --grpc-web to serve gRPC-Web and Connect (HTTP/1.1, browsers, curl)\n";
 
 struct IdleTimer {
     timeout: Duration,
@@ -122,7 +154,84 @@ impl TrackedStream {
             idle,
             close_at: None,
             closed: false,
+            sniff: None,
+            held: Vec::new(),
+            refused: false,
         }
+    }
+
+    /// Answers an HTTP/1.1 request with `505` and a text naming
+    /// `--grpc-web` (logged) instead of closing silently; for a plaintext
+    /// gateway that serves HTTP/2 only.
+    pub fn refuse_http1(mut self, refuse: bool) -> Self {
+        self.sniff = refuse.then(|| Sniff { seen: Vec::new() });
+        self
+    }
+
+    /// Sends the writes held back while the preface was checked.
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Checks the bytes just read (`new`) against HTTP/2's preface: `false`
+    /// when they are something else, which was then answered.
+    fn check_preface(&mut self, cx: &mut Context<'_>, new: &[u8]) -> bool {
+        let Some(sniff) = &mut self.sniff else {
+            return true;
+        };
+        let take = (H2_PREFACE_START.len() - sniff.seen.len()).min(new.len());
+        sniff.seen.extend_from_slice(&new[..take]);
+        if !H2_PREFACE_START.starts_with(&sniff.seen) {
+            let peer = self.io.get_ref().peer_addr().ok();
+            let first_line =
+                String::from_utf8_lossy(new.split(|b| *b == b'\r').next().unwrap_or_default())
+                    .chars()
+                    .take(120)
+                    .collect::<String>();
+            if HTTP1_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::debug!(?peer, request = %first_line, "refused an HTTP/1.1 request: start the gateway with --grpc-web to serve gRPC-Web and Connect");
+            } else {
+                tracing::warn!(?peer, request = %first_line, "refused an HTTP/1.1 request (gRPC-Web, Connect, a browser or curl?): this gateway serves gRPC over HTTP/2 only; start it with --grpc-web to serve them (logged once; later ones at debug level)");
+            }
+            let answer = format!(
+                "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{HTTP1_REFUSAL}",
+                HTTP1_REFUSAL.len()
+            );
+            // The rest of the request is read and dropped first: closing a
+            // socket with unread bytes resets it, and the reset can destroy
+            // the answer before the client reads it (HTTP/2's server only
+            // read the preface's length).
+            let mut scratch = [0u8; 8192];
+            for _ in 0..8 {
+                let mut rest = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rest) {
+                    Poll::Ready(Ok(())) if !rest.filled().is_empty() => continue,
+                    _ => break,
+                }
+            }
+            // Best effort: a fresh socket's send buffer takes this at once.
+            let _ = Pin::new(&mut self.io).poll_write(cx, answer.as_bytes());
+            let _ = Pin::new(&mut self.io).poll_flush(cx);
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            self.sniff = None;
+            self.held.clear();
+            self.refused = true;
+            self.closed = true;
+            return false;
+        }
+        if sniff.seen.len() == H2_PREFACE_START.len() {
+            self.sniff = None;
+            // Pending or not, the connection's task is woken to finish it.
+            let _ = self.poll_held(cx);
+        }
+        true
     }
 
     /// Ends the connection, as if the peer had closed it, once `close_at`
@@ -189,7 +298,17 @@ impl AsyncRead for TrackedStream {
             self.closed = true;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if self.sniff.is_none() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        let new = buf.filled()[before..].to_vec();
+        if !self.check_preface(cx, &new) {
+            // Read as the end of the stream: hyper closes the connection.
+            buf.set_filled(before);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -199,6 +318,14 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refused {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if self.sniff.is_some() {
+            self.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        std::task::ready!(self.poll_held(cx))?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -207,6 +334,16 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.refused || self.sniff.is_some() {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            if !self.refused {
+                for b in bufs {
+                    self.held.extend_from_slice(b);
+                }
+            }
+            return Poll::Ready(Ok(len));
+        }
+        std::task::ready!(self.poll_held(cx))?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -215,10 +352,17 @@ impl AsyncWrite for TrackedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.sniff.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(self.poll_held(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.sniff.is_none() && !self.refused {
+            std::task::ready!(self.poll_held(cx))?;
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

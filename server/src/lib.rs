@@ -11,6 +11,8 @@
 //!   request may take to arrive.
 //! - [`rescue`]: tonic's refusals of unreadable requests rewritten into
 //!   statuses that say what to fix; the header size limit.
+//! - [`connect`]: the Connect protocol (JSON and binary, unary and server
+//!   streaming) translated to gRPC for the same routes, beside gRPC-Web.
 //! - [`metrics`]: Prometheus metrics per queue and per RPC.
 //! - [`connection`]: calls open per connection; idle connections closed.
 //! - [`body`]: response bodies that report when a (streaming) call ends.
@@ -27,6 +29,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod connect;
 pub mod connection;
 pub mod dispatch;
 pub mod domain;

@@ -247,44 +247,91 @@ fn metrics_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, StartError
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
-/// The CORS policy of `--cors-allow-origin`: browsers on those origins may
-/// call over grpc-web, sending the headers gRPC needs and reading its
-/// status trailers-in-body headers.
+/// Request headers browsers may send by default: what gRPC-Web clients
+/// (grpc-web, Connect-ES's `createGrpcWebTransport`) and Connect clients
+/// (`createConnectTransport`, plain `fetch`) send, the API key, and trace
+/// context. `--cors-allow-header` adds more.
+pub const CORS_ALLOW_HEADERS: [&str; 13] = [
+    "content-type",
+    "authorization",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "grpc-accept-encoding",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-content-encoding",
+    "connect-accept-encoding",
+    "content-encoding",
+    "traceparent",
+    "tracestate",
+];
+
+/// Response headers pages may read: gRPC-Web's status headers (of
+/// trailers-only answers) and Connect's encoding headers.
+pub const CORS_EXPOSE_HEADERS: [&str; 6] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "connect-content-encoding",
+    "connect-accept-encoding",
+    "content-encoding",
+];
+
+/// The CORS policy of `--cors-allow-origin` and `--cors-allow-header`:
+/// browsers on those origins may call over gRPC-Web or Connect, sending the
+/// headers those protocols need and reading their status headers. With
+/// `--grpc-web` and no origin every cross-origin call is refused. A refused
+/// origin is logged at debug level with the allowed ones, since the browser
+/// only tells its console.
 fn cors(config: &Config) -> Option<tower_http::cors::CorsLayer> {
     use tonic::codegen::http::{HeaderName, HeaderValue, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
-    if !config.grpc_web || config.cors_allow_origins.is_empty() {
+    if !config.grpc_web {
         return None;
     }
     let origins = if config.cors_allow_origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            config
-                .cors_allow_origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+        let allowed: Vec<HeaderValue> = config
+            .cors_allow_origins
+            .iter()
+            .filter_map(|origin| HeaderValue::from_str(origin).ok())
+            .collect();
+        let listed = if allowed.is_empty() {
+            "none (no --cors-allow-origin)".to_owned()
+        } else {
+            config.cors_allow_origins.join(", ")
+        };
+        AllowOrigin::predicate(move |origin: &HeaderValue, request| {
+            let ok = allowed.iter().any(|allowed| allowed == origin);
+            if !ok {
+                tracing::debug!(
+                    ?origin,
+                    allowed = %listed,
+                    path = request.uri.path(),
+                    "CORS: refused a request from an origin not in --cors-allow-origin (the browser blocks the page's call); the origin must match exactly, scheme, host and port (localhost and 127.0.0.1 differ)"
+                );
+            }
+            ok
+        })
     };
-    let header = HeaderName::from_static;
+    let allow_headers: Vec<HeaderName> = CORS_ALLOW_HEADERS
+        .iter()
+        .map(|name| HeaderName::from_static(name))
+        .chain(
+            config
+                .cors_allow_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+        )
+        .collect();
     Some(
         CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::POST, Method::OPTIONS])
-            .allow_headers([
-                header("content-type"),
-                header("authorization"),
-                header("x-grpc-web"),
-                header("x-user-agent"),
-                header("grpc-timeout"),
-                header("traceparent"),
-                header("tracestate"),
-            ])
-            .expose_headers([
-                header("grpc-status"),
-                header("grpc-message"),
-                header("grpc-status-details-bin"),
-            ])
+            .allow_headers(allow_headers)
+            .expose_headers(CORS_EXPOSE_HEADERS.map(HeaderName::from_static))
             .max_age(std::time::Duration::from_secs(24 * 3600)),
     )
 }
@@ -434,9 +481,19 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
 
+    let connect = config
+        .grpc_web
+        .then(|| crate::connect::ConnectLayer::new(max_message))
+        .transpose()
+        .map_err(StartError::Reflection)?;
+
     let idle_timeout = config.idle_timeout;
     // Write coalescing suits HTTP/2 only; gRPC-Web also accepts HTTP/1.1.
     let coalesce_writes = !config.grpc_web;
+    // Without --grpc-web, an HTTP/1.1 request gets an answer naming the flag
+    // (and a warning) rather than a closed connection; under TLS, ALPN
+    // already tells the client.
+    let refuse_http1 = !config.grpc_web && config.tls.is_none();
     let close_after_stop = {
         let hard_stop = hard_stop.clone();
         move || {
@@ -453,7 +510,9 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .with_nodelay(Some(true))
         .map(move |accepted| {
             accepted.map(|io| {
-                TrackedStream::new(io, idle_timeout, coalesce_writes).close_at(close_after_stop())
+                TrackedStream::new(io, idle_timeout, coalesce_writes)
+                    .refuse_http1(refuse_http1)
+                    .close_at(close_after_stop())
             })
         });
     let signal = {
@@ -498,6 +557,11 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .accept_http1(config.grpc_web)
         // CORS outermost: a browser's preflight carries no API key.
         .layer(tower::util::option_layer(cors(&config)))
+        // Connect beside gRPC-Web, outside tonic-web (which refuses any
+        // HTTP/1.1 request that is not gRPC-Web) and outside every other
+        // layer, so that a Connect call meets the same key check and limits
+        // as a gRPC one.
+        .layer(tower::util::option_layer(connect))
         .layer(tower::util::option_layer(
             config.grpc_web.then(tonic_web::GrpcWebLayer::new),
         ))

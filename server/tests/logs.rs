@@ -256,3 +256,59 @@ async fn a_displayed_field_is_escaped_on_its_line() {
         "{audit}"
     );
 }
+
+/// Sends `request` (raw HTTP/1.1) to the gateway and reads the answer.
+async fn http1_exchange(port: u16, request: &str) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // The gateway closes after the answer (connection: close), or on EOF.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        socket.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn browser_mistakes_are_answered_and_logged() {
+    // Without --grpc-web: an HTTP/1.1 call is answered 505 naming the flag,
+    // and a warning says so.
+    let (mut server, port) = common::start_logged(&[], "warn,asyncgate_server=info");
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    common::line_containing(&mut lines, "asyncgate listening").await;
+    let request = "POST /asyncgate.v1.Gateway/Submit HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    let answer = http1_exchange(port, request).await;
+    assert!(answer.starts_with("HTTP/1.1 505"), "{answer:?}");
+    assert!(answer.contains("--grpc-web"), "{answer:?}");
+    let line = common::line_containing(&mut lines, "refused an HTTP/1.1 request").await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("start it with --grpc-web"), "{line}");
+    server.kill().await.unwrap();
+
+    // With it, a page on an origin not allowed is refused by CORS: logged at
+    // debug level with the origin and the allowed ones.
+    let (mut server, port) = common::start_logged(
+        &["--grpc-web", "--cors-allow-origin", "http://127.0.0.1:8000"],
+        "warn,asyncgate_server=debug",
+    );
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    common::line_containing(&mut lines, "asyncgate listening").await;
+    let preflight = "OPTIONS /asyncgate.v1.Gateway/Submit HTTP/1.1\r\nhost: gateway\r\norigin: http://localhost:8000\r\naccess-control-request-method: POST\r\naccess-control-request-headers: content-type,connect-protocol-version\r\nconnection: close\r\n\r\n";
+    let answer = http1_exchange(port, preflight).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{answer:?}"
+    );
+    let line = common::line_containing(&mut lines, "CORS: refused").await;
+    assert!(line.contains("http://localhost:8000"), "{line}");
+    assert!(line.contains("allowed=http://127.0.0.1:8000"), "{line}");
+    server.kill().await.unwrap();
+}

@@ -180,7 +180,7 @@ async fn cors_preflight_admits_only_configured_origins() {
 }
 
 #[tokio::test]
-async fn without_the_flag_http1_is_refused() {
+async fn without_the_flag_http1_is_answered_with_505_naming_the_flag() {
     let gateway = TestGateway::start().await;
     let tcp = tokio::net::TcpStream::connect(gateway.addr())
         .await
@@ -197,5 +197,17 @@ async fn without_the_flag_http1_is_refused() {
     .header("content-type", "application/grpc-web+proto")
     .body(Full::new(Bytes::new()))
     .unwrap();
-    assert!(sender.send_request(request).await.is_err());
+    // Answered, not just closed: the status and a text naming the flag.
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 505);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("--grpc-web"), "{text}");
+    // HTTP/2 gRPC still works on the same port.
+    gateway
+        .client()
+        .await
+        .submit(asyncgate_client::Submit::new("h2").json(serde_json::json!(1)))
+        .await
+        .unwrap();
 }

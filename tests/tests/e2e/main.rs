@@ -4,7 +4,9 @@
 mod auth;
 mod bad_input;
 mod basics;
+mod browser;
 mod compression;
+mod connect;
 mod durable;
 mod grpc_web;
 mod grpcurl;
