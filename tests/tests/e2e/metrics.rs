@@ -237,7 +237,10 @@ async fn metrics_are_served_over_the_gateways_tls() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // No Accept header: the classic text format, as client_golang serves.
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    assert!(body.contains("# TYPE grpc_server_started_total counter"), "{body}");
+    assert!(
+        body.contains("# TYPE grpc_server_started_total counter"),
+        "{body}"
+    );
 
     // Plaintext is not served: a TLS server answers it with no HTTP response.
     let plaintext = get_over(
