@@ -7,15 +7,11 @@
 //! the test. Built with `--features otel` (scripts/test.sh runs it); without
 //! the feature, the binary warns that the variables cannot take effect.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
-use asyncgate_client::{Client, Submit};
+use asyncgate_client::Client;
 
 mod common;
 use common::{free_port, wait_until_serving};
@@ -61,7 +57,13 @@ async fn start_gateway(
 
 #[cfg(feature = "otel")]
 mod collector {
-    use super::*;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use asyncgate_client::{Client, Submit};
 
     use bytes::Bytes;
     use http_body_util::{BodyExt as _, Full};
