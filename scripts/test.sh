@@ -50,8 +50,10 @@ status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
 # OpenTelemetry is behind a cargo feature (server and worker SDK): keep it
 # working (their tests export spans that continue a caller's trace, in
-# memory).
+# memory; the server's binary, configured by OTEL_* variables and flags,
+# exports to an in-process collector over gRPC and HTTP/protobuf, with TLS).
 cargo test --locked -p asyncgate-server --features otel --lib telemetry 2>&1 | tee -a "$log" | tail -n 3 || status=$?
+cargo test --locked -p asyncgate-server --features otel --test otlp_export 2>&1 | tee -a "$log" | tail -n 3 || status=$?
 cargo test --locked -p asyncgate-client --features otel --lib otel 2>&1 | tee -a "$log" | tail -n 3 || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

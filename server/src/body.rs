@@ -13,6 +13,10 @@ use tonic::codegen::http::HeaderMap;
 pub trait CallObserver: Send + Unpin + 'static {
     /// The body's trailers (where gRPC puts the status of most calls).
     fn trailers(&mut self, _trailers: &HeaderMap) {}
+
+    /// A chunk of the body's data, as it leaves (gRPC messages are framed
+    /// inside; a frame may span chunks).
+    fn data(&mut self, _data: &bytes::Bytes) {}
 }
 
 /// A response body carrying a [`CallObserver`] until it is dropped.
@@ -38,10 +42,12 @@ impl<O: CallObserver> http_body::Body for Observed<O> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &frame
-            && let Some(trailers) = frame.trailers_ref()
-        {
-            this.observer.trailers(trailers);
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            if let Some(data) = frame.data_ref() {
+                this.observer.data(data);
+            } else if let Some(trailers) = frame.trailers_ref() {
+                this.observer.trailers(trailers);
+            }
         }
         frame
     }

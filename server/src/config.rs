@@ -358,10 +358,21 @@ pub struct Cli {
     /// Log lines as `text` or `json` (one object per line).
     #[arg(long, env = "ASYNCGATE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
-    /// Export spans to this OpenTelemetry collector (OTLP over gRPC, e.g.
-    /// `http://127.0.0.1:4317`); needs a build with `--features otel`.
+    /// Export spans to this OpenTelemetry collector's base URL (e.g.
+    /// `http://127.0.0.1:4317`; over http/protobuf `/v1/traces` is
+    /// appended); overrides OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT. Needs a
+    /// build with `--features otel`.
     #[arg(long, env = "ASYNCGATE_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// The OTLP transport, `grpc` (default) or `http/protobuf`; overrides
+    /// OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL.
+    #[arg(
+        long,
+        env = "ASYNCGATE_OTLP_PROTOCOL",
+        value_enum,
+        value_name = "PROTOCOL"
+    )]
+    pub otlp_protocol: Option<crate::telemetry::otlp::OtlpProtocol>,
     /// Serve TLS with this certificate chain (PEM).
     #[arg(
         long,

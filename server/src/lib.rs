@@ -13,9 +13,11 @@
 //!   statuses that say what to fix; the header size limit.
 //! - [`connect`]: the Connect protocol (JSON and binary, unary and server
 //!   streaming) translated to gRPC for the same routes, beside gRPC-Web.
-//! - [`metrics`]: Prometheus metrics per queue and per RPC.
+//! - [`metrics`]: Prometheus metrics per queue, per RPC (go-grpc-prometheus'
+//!   families) and of the process; OpenMetrics or the classic text format.
 //! - [`connection`]: calls open per connection; idle connections closed.
-//! - [`body`]: response bodies that report when a (streaming) call ends.
+//! - [`body`]: response bodies that report their data and when a
+//!   (streaming) call ends.
 //! - [`hub`]: per-ticket fan-out of change events to watchers.
 //! - [`rpc`]: thin tonic services (`Gateway`, `Workers`, and `Operations`:
 //!   tickets as `google.longrunning` operations), the edge validation
@@ -23,7 +25,8 @@
 //! - [`timers`]: the timer loop, which is also the store's health probe
 //!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
-//! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown, logs.
+//! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown,
+//!   logs and OTLP span export (`OTEL_*` variables and flags).
 //! - [`testing`]: a real `redis-server` child for tests and benchmarks.
 
 pub mod auth;

@@ -29,10 +29,11 @@ async fn main() -> ExitCode {
         }
     };
     let print_config = parsed.cli.print_config;
-    let _telemetry = match asyncgate_server::telemetry::init(
-        parsed.cli.log_format,
-        parsed.cli.otlp_endpoint.as_deref(),
-    ) {
+    let otlp = asyncgate_server::telemetry::otlp::OtlpFlags {
+        endpoint: parsed.cli.otlp_endpoint.clone(),
+        protocol: parsed.cli.otlp_protocol,
+    };
+    let _telemetry = match asyncgate_server::telemetry::init(parsed.cli.log_format, &otlp) {
         Ok(telemetry) => telemetry,
         Err(message) => {
             eprintln!("asyncgate-server: {message}");

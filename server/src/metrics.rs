@@ -4,9 +4,12 @@
 //! across replicas); gauges of pending and running tickets come from the
 //! store, so every replica reports the shared figure.
 //!
-//! RPC metrics use the names of go-grpc-prometheus
-//! (`grpc_server_handled_total`, `grpc_server_handling_seconds`), so
-//! existing gRPC dashboards work unchanged.
+//! RPC metrics are go-grpc-prometheus' ([`grpc`]), so existing gRPC
+//! dashboards work unchanged; process metrics have the standard
+//! `process_*` names ([`process`]); `asyncgate_build_info` names the
+//! version and the optional features built in. A scrape gets OpenMetrics
+//! or the classic text format, whichever it asks for ([`exposition`]), and
+//! every family has HELP text in both.
 //!
 //! The listener is guarded like the gateway: TLS with the gateway's
 //! certificate when it has one, an admin key when `--keys` is set (unless
@@ -17,11 +20,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http_body_util::Full;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,10 +36,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 
 use crate::auth::Keys;
-use crate::body::{CallObserver, Observed};
 use crate::dispatch::Dispatcher;
 use crate::domain::{QueueName, Ticket, TicketState};
 use crate::engine::{Before, Engine};
+
+pub mod exposition;
+pub mod grpc;
+mod process;
+
+pub use grpc::{RpcMetrics, RpcMetricsLayer};
 
 /// Distinct queues the metrics name by default (`--metrics-max-queues`).
 pub const MAX_QUEUE_LABELS: usize = 500;
@@ -63,16 +69,19 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    grpc_service: String,
-    grpc_method: String,
+struct BuildLabels {
+    version: &'static str,
+    features: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HandledLabels {
-    grpc_service: String,
-    grpc_method: String,
-    grpc_code: &'static str,
+/// The optional features this binary was built with, comma-separated
+/// (`none` without any): one fixed value per build.
+fn build_features() -> &'static str {
+    if cfg!(feature = "otel") {
+        "otel"
+    } else {
+        "none"
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -118,11 +127,6 @@ fn ticket_seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 22))
 }
 
-fn rpc_seconds() -> Histogram {
-    // 100 µs to about 52 seconds.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
-}
-
 /// The gateway's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -136,8 +140,8 @@ pub struct Metrics {
     queue_wait: HistogramFamily<QueueLabels>,
     run_time: HistogramFamily<QueueLabels>,
     end_to_end: HistogramFamily<QueueLabels>,
-    handled: Family<HandledLabels, Counter>,
-    handling: HistogramFamily<MethodLabels>,
+    /// RPC metrics, go-grpc-prometheus' families.
+    grpc: grpc::GrpcMetrics,
 }
 
 impl Default for Metrics {
@@ -150,8 +154,10 @@ impl Metrics {
     /// Registers every metric; at most `max_queues` queues are labelled by
     /// name, later ones are summed under `queue="_other"`.
     pub fn new(max_queues: usize) -> Self {
+        let mut registry = Registry::default();
+        let grpc = grpc::GrpcMetrics::new(&mut registry);
         let mut metrics = Self {
-            registry: Registry::default(),
+            registry,
             queues: QueueLabeler {
                 max: max_queues,
                 named: RwLock::default(),
@@ -165,8 +171,7 @@ impl Metrics {
             queue_wait: Family::new_with_constructor(ticket_seconds),
             run_time: Family::new_with_constructor(ticket_seconds),
             end_to_end: Family::new_with_constructor(ticket_seconds),
-            handled: Family::default(),
-            handling: Family::new_with_constructor(rpc_seconds),
+            grpc,
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -217,17 +222,21 @@ impl Metrics {
             Unit::Seconds,
             metrics.end_to_end.clone(),
         );
+        // A gauge of 1, as client_golang's `go_build_info`: a classic-format
+        // parser knows gauges, not OpenMetrics' info type.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                features: build_features(),
+            })
+            .set(1);
         registry.register(
-            "grpc_server_handled",
-            "RPCs completed on the server, by status code",
-            metrics.handled.clone(),
+            "asyncgate_build_info",
+            "The gateway's version and the optional cargo features built in; always 1",
+            build,
         );
-        registry.register_with_unit(
-            "grpc_server_handling",
-            "RPC duration until its response ended (whole stream for streaming calls)",
-            Unit::Seconds,
-            metrics.handling.clone(),
-        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         metrics
     }
 
@@ -276,9 +285,14 @@ impl Metrics {
         }
     }
 
-    /// The exposition text, with gauges read fresh from the store and the
-    /// dispatcher.
-    pub async fn render(&self, engine: &dyn Engine, dispatcher: &Dispatcher) -> String {
+    /// The exposition text in `format`, with gauges read fresh from the
+    /// store and the dispatcher.
+    pub async fn render(
+        &self,
+        engine: &dyn Engine,
+        dispatcher: &Dispatcher,
+        format: exposition::Format,
+    ) -> String {
         match engine.queue_depths().await {
             Ok(depths) => {
                 // Summed first: the queues past the cap share one series.
@@ -312,150 +326,10 @@ impl Metrics {
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(%error, "metrics encoding failed");
         }
-        text
-    }
-
-    fn rpc_done(&self, service: &str, method: &str, code: tonic::Code, seconds: f64) {
-        self.handled
-            .get_or_create(&HandledLabels {
-                grpc_service: service.to_owned(),
-                grpc_method: method.to_owned(),
-                grpc_code: code_name(code),
-            })
-            .inc();
-        self.handling
-            .get_or_create(&MethodLabels {
-                grpc_service: service.to_owned(),
-                grpc_method: method.to_owned(),
-            })
-            .observe(seconds);
-    }
-}
-
-/// go-grpc-prometheus spells codes as Go's `codes.Code.String()`.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
-}
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
-}
-
-/// Counts every RPC by status code and times it, in one place.
-#[derive(Clone)]
-pub struct RpcMetricsLayer {
-    metrics: Option<Arc<Metrics>>,
-}
-
-impl RpcMetricsLayer {
-    /// Records into `metrics`; `None` records nothing.
-    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics {
-            inner,
-            metrics: self.metrics.clone(),
+        match format {
+            exposition::Format::OpenMetrics => text,
+            exposition::Format::Text => exposition::to_text_format(&text),
         }
-    }
-}
-
-/// See [`RpcMetricsLayer`].
-#[derive(Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    metrics: Option<Arc<Metrics>>,
-}
-
-/// One RPC in flight; recorded when its response body is dropped.
-struct RpcCall {
-    metrics: Arc<Metrics>,
-    path: String,
-    started: Instant,
-    code: Option<tonic::Code>,
-}
-
-impl CallObserver for RpcCall {
-    fn trailers(&mut self, trailers: &http::HeaderMap) {
-        if let Some(code) = grpc_status(trailers) {
-            self.code = Some(code);
-        }
-    }
-}
-
-impl Drop for RpcCall {
-    fn drop(&mut self) {
-        // A response that ended without a status: the client went away.
-        let code = self.code.unwrap_or(tonic::Code::Cancelled);
-        let (service, method) = match (code, self.path.trim_start_matches('/').split_once('/')) {
-            // Unknown paths are not labels: a client could mint endless ones.
-            (tonic::Code::Unimplemented, _) | (_, None) => ("unknown", "unknown"),
-            (_, Some(parts)) => parts,
-        };
-        self.metrics
-            .rpc_done(service, method, code, self.started.elapsed().as_secs_f64());
-    }
-}
-
-impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(metrics) = self.metrics.clone() else {
-            return futures::future::Either::Left(self.inner.call(request));
-        };
-        let mut call = RpcCall {
-            metrics,
-            path: request.uri().path().to_owned(),
-            started: Instant::now(),
-            code: None,
-        };
-        let response = self.inner.call(request);
-        futures::future::Either::Right(Box::pin(async move {
-            let response = response.await?;
-            // A trailers-only response carries its status in the headers.
-            call.code = grpc_status(response.headers());
-            Ok(response.map(|body| Observed::wrap(body, call)))
-        }))
     }
 }
 
@@ -518,16 +392,20 @@ impl Endpoint {
                 return response;
             }
         }
+        let format = exposition::Format::negotiate(
+            request
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|value| value.to_str().ok()),
+        );
         let body = self
             .metrics
-            .render(self.engine.as_ref(), &self.dispatcher)
+            .render(self.engine.as_ref(), &self.dispatcher, format)
             .await;
         let mut response = text(http::StatusCode::OK, body);
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            http::HeaderValue::from_static(format.content_type()),
         );
         response
     }

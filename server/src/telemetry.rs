@@ -1,7 +1,8 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`),
 //! as text for people or one JSON object per line for log pipelines; with
 //! the `otel` feature, spans also go to an OpenTelemetry collector over OTLP
-//! (`--otlp-endpoint`).
+//! (gRPC or HTTP/protobuf, TLS to `https` endpoints), configured by the
+//! standard `OTEL_*` variables or the `--otlp-*` flags ([`otlp`]).
 //!
 //! Invariant: a text log line is one line. Field values carry client text
 //! (names, reasons, messages), so every field of events and spans is
@@ -48,9 +49,41 @@ impl Drop for Telemetry {
     }
 }
 
+pub mod otlp;
+
 /// Installs the global subscriber (harmless if one is already installed);
-/// with `otlp_endpoint`, spans are exported there too.
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
+/// spans are exported too when the flags or the `OTEL_*` variables ask for
+/// it ([`otlp::plan`]).
+pub fn init(format: LogFormat, otlp_flags: &otlp::OtlpFlags) -> Result<Telemetry, String> {
+    init_with_env(format, otlp_flags, &otlp::process_env)
+}
+
+/// [`init`] with the `OTEL_*` variables `env` returns (the exporter and the
+/// SDK read the remaining ones from the process environment themselves).
+pub fn init_with_env(
+    format: LogFormat,
+    otlp_flags: &otlp::OtlpFlags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Telemetry, String> {
+    let plan = otlp::plan(otlp_flags, env);
+    #[cfg(not(feature = "otel"))]
+    let (plan, missing_feature) = match plan {
+        _ if otlp_flags.endpoint.is_some() => {
+            return Err(
+                "--otlp-endpoint needs a build with OpenTelemetry: cargo build --release -p asyncgate-server --features otel"
+                    .into(),
+            );
+        }
+        // Whatever the variables say, nothing can be exported: say so
+        // once, below, rather than refuse to start.
+        Ok(plan) => {
+            let wanted = plan.export.is_some();
+            (otlp::Plan::default(), wanted)
+        }
+        Err(_) => (otlp::Plan::default(), true),
+    };
+    #[cfg(feature = "otel")]
+    let plan = plan?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
@@ -63,25 +96,37 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
             .boxed(),
     };
     let registry = tracing_subscriber::registry().with(filter).with(fmt);
-    match otlp_endpoint {
+    let telemetry = match &plan.export {
         None => {
             let _ = registry.try_init();
-            Ok(Telemetry::default())
+            Telemetry::default()
         }
         #[cfg(feature = "otel")]
-        Some(endpoint) => {
-            let (layer, provider) = otel::layer(endpoint)?;
+        Some(export) => {
+            let (layer, provider) = otel::layer(export, env)?;
             let _ = registry.with(layer).try_init();
-            Ok(Telemetry {
+            tracing::info!(
+                protocol = ?export.protocol,
+                endpoint = export.endpoint.as_deref().unwrap_or("from OTEL_EXPORTER_OTLP_*"),
+                "exporting spans over OTLP"
+            );
+            Telemetry {
                 provider: Some(provider),
-            })
+            }
         }
         #[cfg(not(feature = "otel"))]
-        Some(_) => Err(
-            "--otlp-endpoint needs a build with OpenTelemetry: cargo build --release -p asyncgate-server --features otel"
-                .into(),
-        ),
+        Some(_) => Telemetry::default(),
+    };
+    #[cfg(not(feature = "otel"))]
+    if missing_feature {
+        tracing::warn!(
+            "OTEL_* variables ask for span export, but this build lacks OpenTelemetry: spans are not exported; build with cargo build --release -p asyncgate-server --features otel"
+        );
     }
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(telemetry)
 }
 
 use tracing_subscriber::Layer as _;
@@ -209,28 +254,27 @@ pub fn continue_trace(_span: &tracing::Span, _headers: &tonic::metadata::Metadat
 mod otel {
     use opentelemetry::propagation::Extractor;
     use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_otlp::WithExportConfig as _;
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     pub(super) fn layer<S>(
-        endpoint: &str,
+        export: &super::otlp::ExportPlan,
+        env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(impl tracing_subscriber::Layer<S>, SdkTracerProvider), String>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()
-            .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+        let exporter = super::otlp::exporter(export, env)?;
+        // The SDK's detectors read OTEL_SERVICE_NAME and
+        // OTEL_RESOURCE_ATTRIBUTES; the plan's name is set on top only
+        // where the operator named none (or to make OTEL_SERVICE_NAME win).
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if let Some(name) = &export.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name("asyncgate")
-                    .build(),
-            )
+            .with_resource(resource.build())
             .build();
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),

@@ -197,7 +197,10 @@ impl Dispatcher {
                 ready_generation: 0,
                 backlogged: false,
             };
-            let span = tracing::info_span!("queue", queue = %queue);
+            // A root span: the actor outlives the request that first named
+            // the queue, and a child would keep that request's span open
+            // (never exported) for the life of the process.
+            let span = tracing::info_span!(parent: None, "queue", queue = %queue);
             let stop = self.inner.stop.clone();
             self.inner.tracker.spawn(
                 async move {

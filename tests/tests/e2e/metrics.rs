@@ -155,7 +155,7 @@ async fn metrics_count_tickets_per_queue_and_rpcs_per_status() {
 
     // RPCs are recorded as their responses end, which can trail the reply
     // the client already holds by a moment.
-    let submits = r#"grpc_server_handled_total{grpc_service="asyncgate.v1.Gateway",grpc_method="Submit",grpc_code="OK"}"#;
+    let submits = r#"grpc_server_handled_total{grpc_type="unary",grpc_service="asyncgate.v1.Gateway",grpc_method="Submit",grpc_code="OK"}"#;
     let mut text = String::new();
     for _ in 0..100 {
         let (head, body) = http_get(addr, "/metrics").await;
@@ -171,7 +171,7 @@ async fn metrics_count_tickets_per_queue_and_rpcs_per_status() {
     };
     expect(submits, 5.0);
     expect(
-        r#"grpc_server_handled_total{grpc_service="asyncgate.v1.Gateway",grpc_method="Submit",grpc_code="InvalidArgument"}"#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="asyncgate.v1.Gateway",grpc_method="Submit",grpc_code="InvalidArgument"}"#,
         1.0,
     );
     expect(r#"asyncgate_tickets_submitted_total{queue="metered"}"#, 3.0);
@@ -235,8 +235,12 @@ async fn metrics_are_served_over_the_gateways_tls() {
         .await
         .expect("the gateway's certificate is trusted through the CA");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("application/openmetrics-text"), "{head}");
-    assert!(body.ends_with("# EOF\n"), "{body}");
+    // No Accept header: the classic text format, as client_golang serves.
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(
+        body.contains("# TYPE grpc_server_started_total counter"),
+        "{body}"
+    );
 
     // Plaintext is not served: a TLS server answers it with no HTTP response.
     let plaintext = get_over(
