@@ -103,7 +103,7 @@ impl GatewayError {
                 EngineError::StaleLease { .. } | EngineError::AlreadyTerminal { .. } => {
                     Code::FailedPrecondition
                 }
-                EngineError::Unavailable(_) => Code::Unavailable,
+                EngineError::Unavailable(_) | EngineError::SessionLost(_) => Code::Unavailable,
             },
             Self::Protocol(_) => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,

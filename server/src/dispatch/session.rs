@@ -181,6 +181,7 @@ pub async fn run<S>(
         in_flight: FuturesUnordered::new(),
         ready: Vec::new(),
         renewing: Arc::default(),
+        lost: CancellationToken::new(),
     };
     session
         .serve(inbound, shutdown, hard_stop)
@@ -297,6 +298,10 @@ struct Session {
     /// Set while a session renewal is on its way to the store: a slow
     /// store must not stall the session's loop (and its pings).
     renewing: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when a renewal finds the session expired in the store
+    /// (its leases already given back): the session ends, and the worker
+    /// reconnects as a new one.
+    lost: CancellationToken,
 }
 
 /// A worker's report, applied and now durable (or refused).
@@ -352,7 +357,7 @@ impl Session {
         let engine = self.dispatcher.engine().clone();
         let session_id = self.info.session_id;
         if let Err(error) = engine
-            .touch_session(&self.info, SystemTime::now() + self.settings.lease_ttl)
+            .open_session(&self.info, SystemTime::now() + self.settings.lease_ttl)
             .await
         {
             let _ = self.outbound.send(Err(error.into())).await;
@@ -442,6 +447,9 @@ impl Session {
         tokio::pin!(key_revoked);
         let draining = shutdown.cancelled();
         tokio::pin!(draining);
+        let lost = self.lost.clone();
+        let lost = lost.cancelled();
+        tokio::pin!(lost);
         let mut liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
         let liveness = tokio::time::sleep_until(liveness_deadline);
         tokio::pin!(liveness);
@@ -458,6 +466,9 @@ impl Session {
                 // reports is recorded, and no task reaches it.
                 () = &mut key_revoked => Err(End::Error(GatewayError::KeyRevoked(
                     self.key_name.to_string(),
+                ))),
+                () = &mut lost => Err(End::Error(GatewayError::Engine(
+                    crate::engine::EngineError::SessionLost(self.info.session_id),
                 ))),
                 () = &mut draining, if !self.gateway_draining => {
                     self.gateway_draining = true;
@@ -673,11 +684,14 @@ impl Session {
         let engine = self.dispatcher.engine().clone();
         let info = self.info.clone();
         let renewing = self.renewing.clone();
+        let lost = self.lost.clone();
         let expires_at = SystemTime::now() + self.settings.lease_ttl;
         tokio::spawn(
             async move {
-                if let Err(error) = engine.touch_session(&info, expires_at).await {
-                    tracing::warn!(%error, "could not renew the session's leases");
+                match engine.touch_session(&info, expires_at).await {
+                    Ok(()) => {}
+                    Err(crate::engine::EngineError::SessionLost(_)) => lost.cancel(),
+                    Err(error) => tracing::warn!(%error, "could not renew the session's leases"),
                 }
                 renewing.store(false, Ordering::Release);
             }
@@ -1204,5 +1218,39 @@ mod tests {
             panic!("the second task");
         };
         assert_eq!(next.ticket_id, second.to_string());
+    }
+
+    /// A renewal that finds the session expired in the store (a timer pass
+    /// gave its leases back, perhaps on another replica) ends the session
+    /// with UNAVAILABLE, so the worker reconnects as a new session, rather
+    /// than reviving it.
+    #[tokio::test]
+    async fn a_session_lost_in_the_store_ends_with_unavailable() {
+        let mut worker = Harness::start();
+        worker.send(In::Hello(pb::Hello {
+            worker_name: "w".into(),
+            queues: vec!["q".into()],
+            max_in_flight: 1,
+        }));
+        assert!(matches!(worker.next().await, Out::Welcome(_)));
+        // The session's TTL (an hour here) passes in the store's clock.
+        worker
+            .engine
+            .run_timers(SystemTime::now() + Duration::from_secs(3601))
+            .await
+            .unwrap();
+        // The answer to the first ping renews, and learns it is lost.
+        worker.send(In::Heartbeat(pb::Heartbeat { nonce: 1 }));
+        let error = loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), worker.from_gateway.recv())
+                .await
+                .expect("the gateway answers")
+                .expect("the stream ends with an error, not silently");
+            if let Err(error) = message {
+                break error;
+            }
+        };
+        assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+        assert!(error.to_string().contains("reconnect"), "{error}");
     }
 }

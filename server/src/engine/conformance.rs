@@ -150,7 +150,7 @@ async fn session(engine: &Arc<dyn Engine>, name: &str) -> SessionInfo {
         queues: Arc::from([queue("q")]),
     };
     engine
-        .touch_session(&info, SystemTime::now() + Duration::from_secs(60))
+        .open_session(&info, SystemTime::now() + Duration::from_secs(60))
         .await
         .unwrap();
     info
@@ -531,6 +531,40 @@ pub(crate) async fn expired_session_loses_its_leases(factory: Factory) {
     let t = h.engine.get(id).await.unwrap();
     assert_eq!(t.state, TicketState::Pending);
     assert_eq!(t.worker_losses, 1);
+}
+
+/// A session whose leases a timer pass gave back stays lost: a late
+/// renewal is refused rather than reviving it (its cleanup already ran, so
+/// leases under it would never be given back), and so is one after it
+/// ended.
+pub(crate) async fn a_lost_session_is_not_revived(factory: Factory) {
+    let h = harness(factory).await;
+    let s = session(&h.engine, "w").await;
+    h.engine
+        .touch_session(&s, later(Duration::from_secs(90)))
+        .await
+        .expect("a live session renews");
+    h.engine
+        .run_timers(later(Duration::from_secs(91)))
+        .await
+        .unwrap();
+    let lost = h
+        .engine
+        .touch_session(&s, later(Duration::from_secs(200)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(lost, EngineError::SessionLost(id) if id == s.session_id),
+        "{lost}"
+    );
+    let ended = session(&h.engine, "w2").await;
+    h.engine.end_session(ended.session_id).await.unwrap();
+    assert!(matches!(
+        h.engine
+            .touch_session(&ended, later(Duration::from_secs(60)))
+            .await,
+        Err(EngineError::SessionLost(_))
+    ));
 }
 
 pub(crate) async fn poison_ticket_hits_the_worker_loss_cap(factory: Factory) {
@@ -945,6 +979,7 @@ macro_rules! engine_conformance {
                 deadline_expires_pending_and_running,
                 attempt_timeout_retries,
                 expired_session_loses_its_leases,
+                a_lost_session_is_not_revived,
                 poison_ticket_hits_the_worker_loss_cap,
                 undelivered_release_is_not_an_attempt,
                 progress_and_chunks_are_ordered_and_fenced,

@@ -702,7 +702,7 @@ impl Engine for LocalEngine {
         Ok(ticket)
     }
 
-    async fn touch_session(
+    async fn open_session(
         &self,
         session: &SessionInfo,
         expires_at: SystemTime,
@@ -715,6 +715,20 @@ impl Engine for LocalEngine {
                 leases: HashMap::new(),
             });
         Ok(())
+    }
+
+    async fn touch_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        match lock(self.session_shard(&session.session_id)).get_mut(&session.session_id) {
+            Some(record) => {
+                record.expires_at = record.expires_at.max(expires_at);
+                Ok(())
+            }
+            None => Err(EngineError::SessionLost(session.session_id)),
+        }
     }
 
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {

@@ -212,6 +212,12 @@ pub enum EngineError {
     /// A limit on stored data was reached.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The worker session expired (or ended) in the store: its leases were
+    /// given back. The worker reconnects as a new session.
+    #[error(
+        "worker session {0} expired in the store (renewals missed for longer than the lease TTL) and its leases were requeued; reconnect"
+    )]
+    SessionLost(SessionId),
     /// The store cannot be reached or written: retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -507,8 +513,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Cancels a pending or running ticket (a running one's lease is revoked).
     async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError>;
 
-    /// Registers or renews a worker session until `expires_at`; its leases
-    /// are lost when it is not renewed in time.
+    /// Registers a worker session (its Hello) until `expires_at`; its
+    /// leases are lost when it is not renewed in time.
+    async fn open_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError>;
+
+    /// Renews a registered session until `expires_at` (never shortens it).
+    /// A session that expired (a timer pass, here or on another replica,
+    /// gave its leases back) or ended is not revived: `SessionLost`, and
+    /// the worker reconnects as a new session. Reviving it would let new
+    /// leases hang on a session whose cleanup already ran.
     async fn touch_session(
         &self,
         session: &SessionInfo,

@@ -134,7 +134,7 @@ pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), Strin
     let mut clock = SystemTime::now();
     for session in &sessions {
         engine
-            .touch_session(session, clock + Duration::from_secs(3600))
+            .open_session(session, clock + Duration::from_secs(3600))
             .await
             .unwrap();
     }
@@ -244,7 +244,7 @@ pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), Strin
                     .await
                     .unwrap();
                 engine
-                    .touch_session(&sessions[session], clock + Duration::from_secs(3600))
+                    .open_session(&sessions[session], clock + Duration::from_secs(3600))
                     .await
                     .unwrap();
             }

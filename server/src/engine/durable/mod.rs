@@ -705,7 +705,7 @@ mod tests {
             queues: Arc::from([QueueName::parse("q").unwrap()]),
         };
         engine
-            .touch_session(&info, SystemTime::now() + Duration::from_secs(60))
+            .open_session(&info, SystemTime::now() + Duration::from_secs(60))
             .await
             .unwrap();
         info

@@ -446,7 +446,7 @@ mod tests {
             queues: Arc::from([queue.clone()]),
         };
         engine
-            .touch_session(&session, SystemTime::now() + Duration::from_secs(60))
+            .open_session(&session, SystemTime::now() + Duration::from_secs(60))
             .await
             .unwrap();
         let mut ids = Vec::new();

@@ -47,6 +47,14 @@ impl Engine for RedisEngine {
         self.inner.cancel(id, reason).await
     }
 
+    async fn open_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        self.inner.open_session(session, expires_at).await
+    }
+
     async fn touch_session(
         &self,
         session: &SessionInfo,

@@ -26,27 +26,73 @@ use crate::engine::{
 };
 
 impl Inner {
-    /// Keeps `session` alive until `expires_at` (never shortens it).
+    /// Registers `session` until `expires_at` (never shortens it).
+    pub(super) async fn open_session(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        lock(&self.session_workers)
+            .entry(session.session_id)
+            .or_insert_with(|| session.queues.clone());
+        let cmds = self.session_scores(session, expires_at, false);
+        self.batch(cmds).await.map(drop)
+    }
+
+    /// Renews a session still registered, and only then: `XX` never adds
+    /// one that a timer pass (here or on another replica) expired and
+    /// cleaned up, whose `session_queues` set is gone. Reviving it would
+    /// let this replica lease to it under that missing set, and those
+    /// leases would never be given back when it ends.
     pub(super) async fn touch_session(
         &self,
         session: &SessionInfo,
         expires_at: SystemTime,
     ) -> Result<(), EngineError> {
+        let mut cmds = vec![Cmd::zscore(
+            self.keys.sessions(),
+            session.session_id.to_string(),
+        )];
+        cmds.extend(self.session_scores(session, expires_at, true));
+        let replies = self.batch(cmds).await?;
+        let score = replies
+            .first()
+            .and_then(|reply| redis::from_redis_value_ref::<Option<f64>>(reply).ok())
+            .flatten();
+        let now_ms = layout::millis(SystemTime::now()) as f64;
+        match score {
+            Some(expires) if expires > now_ms => Ok(()),
+            _ => Err(EngineError::SessionLost(session.session_id)),
+        }
+    }
+
+    /// `ZADD … GT` of the session's expiry in the session set (`XX` with
+    /// `renew`: only if still there) and in each of its queues' worker sets.
+    fn session_scores(
+        &self,
+        session: &SessionInfo,
+        expires_at: SystemTime,
+        renew: bool,
+    ) -> Vec<Cmd> {
         let expires = layout::millis_ceil(expires_at);
         let member = session.session_id.to_string();
-        lock(&self.session_workers)
-            .entry(session.session_id)
-            .or_insert_with(|| session.queues.clone());
-        let keys = std::iter::once(self.keys.sessions())
-            .chain(session.queues.iter().map(|queue| self.keys.workers(queue)));
-        let cmds = keys
-            .map(|key| {
-                let mut cmd = redis::cmd("ZADD");
-                cmd.arg(key).arg("GT").arg(expires).arg(&member);
-                cmd
-            })
-            .collect();
-        self.batch(cmds).await.map(drop)
+        let mut cmds = Vec::with_capacity(session.queues.len() + 1);
+        let mut sessions = redis::cmd("ZADD");
+        sessions.arg(self.keys.sessions());
+        if renew {
+            sessions.arg("XX");
+        }
+        sessions.arg("GT").arg(expires).arg(&member);
+        cmds.push(sessions);
+        for queue in session.queues.iter() {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(self.keys.workers(queue))
+                .arg("GT")
+                .arg(expires)
+                .arg(&member);
+            cmds.push(cmd);
+        }
+        cmds
     }
 
     /// Ends `session_id`: its leases are lost, its tickets requeued.
