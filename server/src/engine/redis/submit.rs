@@ -274,6 +274,22 @@ impl Inner {
                     })));
                 }
             }
+            // A persistent key was stored with its ticket (the submit's
+            // batch persists it after the commit). Its ticket is gone: it
+            // was deleted after its retention and the clean-up of the key
+            // did not finish (it is not retried). The key is free.
+            if attempt == 0 {
+                let ttl: i64 = self
+                    .run(|| {
+                        let mut cmd = redis::cmd("PTTL");
+                        cmd.arg(self.keys.idempotency(scoped));
+                        QueryKind::Cmd(cmd)
+                    })
+                    .await?;
+                if ttl == -1 {
+                    return Ok(KeyHolder::Orphaned(claim));
+                }
+            }
             // Not stored yet. After a few tries (the owner's commit is one
             // round trip away), ask whether the owner is still alive.
             if attempt >= 3 && !owner.is_empty() {
@@ -347,5 +363,73 @@ impl Inner {
         Err(EngineError::Unavailable(format!(
             "a submit with idempotency key {original:?} is still being stored; retry"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Cmd;
+
+    use super::super::connect;
+    use crate::domain::{NewTicket, QueueName, TicketId};
+    use crate::engine::{Engine, EngineConfig};
+
+    fn keyed(queue: &QueueName) -> NewTicket {
+        NewTicket {
+            id: TicketId::new(),
+            queue: queue.clone(),
+            payload: Default::default(),
+            priority: 0,
+            idempotency_key: Some("k".into()),
+            metadata: Default::default(),
+            timeout: None,
+            attempt_timeout: None,
+            max_attempts: 3,
+            tenant: None,
+        }
+    }
+
+    /// A ticket deleted after its retention whose key clean-up failed (the
+    /// batch after the delete's commit) leaves its key behind, persistent:
+    /// the next submit with that key stores a new ticket, rather than
+    /// waiting on a ticket that will never be stored.
+    #[tokio::test]
+    async fn a_key_left_behind_by_a_deleted_ticket_is_free() {
+        let server = crate::testing::RedisServer::start().expect("redis-server starts");
+        let engine = connect(
+            &server.url(),
+            "left",
+            &Default::default(),
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let queue = QueueName::parse("q").unwrap();
+        let first = engine.submit(keyed(&queue)).await.unwrap();
+        assert!(first.created);
+        // What a delete whose clean-up failed leaves: no record, no
+        // locator, the key still naming the ticket, with no expiry.
+        let inner = &engine.inner;
+        let id = first.ticket.id;
+        inner
+            .batch(vec![
+                Cmd::del(inner.keys.ticket(&queue, id)),
+                Cmd::del(inner.keys.locator(id)),
+            ])
+            .await
+            .unwrap();
+        let again = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            engine.submit(keyed(&queue)),
+        )
+        .await
+        .expect("answered at once, not after retries")
+        .expect("the key is free again");
+        assert!(again.created, "a new ticket under the freed key");
+        assert_ne!(again.ticket.id, id);
+        // And the key now names the new ticket.
+        let repeat = engine.submit(keyed(&queue)).await.unwrap();
+        assert!(!repeat.created);
+        assert_eq!(repeat.ticket.id, again.ticket.id);
     }
 }
