@@ -206,14 +206,26 @@ async fn watch_and_long_poll_never_miss_a_racing_completion() {
 /// stored chunks — every chunk, in order, then the terminal event.
 #[tokio::test]
 async fn a_watcher_that_stops_reading_catches_up_without_holding_others_back() {
-    let gateway = TestGateway::start().await;
+    let gateway = TestGateway::start_with(unhurried(asyncgate_tests::fast_config())).await;
     stalled_watcher_catches_up(&gateway, &gateway).await;
+}
+
+/// Heartbeats of a second: these tests check what watchers receive, not
+/// how fast a silent worker is found out, and a worker streaming 12 MiB on
+/// a loaded machine may answer a 200 ms ping late (and lose its lease, so
+/// the chunks would start over in a second attempt).
+fn unhurried(config: asyncgate_server::Config) -> asyncgate_server::Config {
+    asyncgate_server::Config {
+        heartbeat_interval: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(10),
+        ..config
+    }
 }
 
 #[tokio::test]
 async fn a_stalled_watcher_catches_up_on_the_durable_store() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = TestGateway::start_with(TestGateway::durable_config(dir.path())).await;
+    let gateway = TestGateway::start_with(unhurried(TestGateway::durable_config(dir.path()))).await;
     stalled_watcher_catches_up(&gateway, &gateway).await;
 }
 
