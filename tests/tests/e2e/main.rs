@@ -7,6 +7,7 @@ mod basics;
 mod browser;
 mod compression;
 mod connect;
+mod connect_es;
 mod durable;
 mod grpc_web;
 mod grpcurl;
