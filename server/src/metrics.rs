@@ -417,13 +417,15 @@ pub fn serve(
     listener: TcpListener,
     endpoint: Endpoint,
     tls: Option<TlsAcceptor>,
-    stop: CancellationToken,
+    shutdown: &crate::shutdown::Shutdown,
 ) -> SocketAddr {
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let endpoint = Arc::new(endpoint);
-    tokio::spawn(async move {
+    let stop = shutdown.hard_stop().clone();
+    let tasks = shutdown.clone();
+    shutdown.spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -438,7 +440,7 @@ pub fn serve(
             let endpoint = endpoint.clone();
             let stop = stop.clone();
             let tls = tls.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let Some(tls) = tls else {
                     return serve_connection(stream, peer, endpoint, stop).await;
                 };

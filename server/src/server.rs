@@ -8,32 +8,24 @@ use std::time::SystemTime;
 use futures::StreamExt as _;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::Instrument;
 
 use asyncgate_proto::v1 as pb;
 
-use crate::auth::{AuthLayer, Keys};
+use crate::auth::Keys;
 use crate::config::{Config, StoreConfig, TlsFiles};
-use crate::connection::{TrackCallsLayer, TrackedStream};
+use crate::connection::TrackedStream;
 use crate::dispatch::{Dispatcher, WeakDispatcher};
 use crate::domain::{QueueName, Ticket, TicketId};
 use crate::engine::{Before, Engine, EngineListener, LocalEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
-use crate::limits::{ReadDeadlineLayer, ShedLayer};
-use crate::metrics::{Metrics, RpcMetricsLayer};
-use crate::rescue::RescueLayer;
+use crate::metrics::Metrics;
 use crate::rpc::Core;
 use crate::rpc::gateway::GatewayService;
 use crate::rpc::workers::WorkersService;
-
-/// Largest header list HTTP/2 reads before refusing with a bare 431; up to
-/// it, the rescue layer answers over-size metadata with a status that says
-/// what is wrong ([`crate::rescue::MAX_HEADER_LIST_BYTES`]).
-const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+use crate::shutdown::Shutdown;
 
 /// Pending connections the listener queues before accepting.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -117,7 +109,7 @@ pub enum StartError {
 pub struct Running {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     keys: Option<Keys>,
 }
@@ -141,13 +133,13 @@ impl Running {
 
     /// Starts a graceful shutdown without waiting for it.
     pub fn initiate_shutdown(&self) {
-        self.shutdown.cancel();
+        self.shutdown.initiate();
     }
 
     /// Shuts down gracefully: stops accepting, drains workers within the grace
     /// period, ends streams, and waits for the server to finish.
     pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
-        self.shutdown.cancel();
+        self.shutdown.initiate();
         self.join().await
     }
 
@@ -247,95 +239,6 @@ fn metrics_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, StartError
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
-/// Request headers browsers may send by default: what gRPC-Web clients
-/// (grpc-web, Connect-ES's `createGrpcWebTransport`) and Connect clients
-/// (`createConnectTransport`, plain `fetch`) send, the API key, and trace
-/// context. `--cors-allow-header` adds more.
-pub const CORS_ALLOW_HEADERS: [&str; 13] = [
-    "content-type",
-    "authorization",
-    "x-grpc-web",
-    "x-user-agent",
-    "grpc-timeout",
-    "grpc-accept-encoding",
-    "connect-protocol-version",
-    "connect-timeout-ms",
-    "connect-content-encoding",
-    "connect-accept-encoding",
-    "content-encoding",
-    "traceparent",
-    "tracestate",
-];
-
-/// Response headers pages may read: gRPC-Web's status headers (of
-/// trailers-only answers) and Connect's encoding headers.
-pub const CORS_EXPOSE_HEADERS: [&str; 6] = [
-    "grpc-status",
-    "grpc-message",
-    "grpc-status-details-bin",
-    "connect-content-encoding",
-    "connect-accept-encoding",
-    "content-encoding",
-];
-
-/// The CORS policy of `--cors-allow-origin` and `--cors-allow-header`:
-/// browsers on those origins may call over gRPC-Web or Connect, sending the
-/// headers those protocols need and reading their status headers. With
-/// `--grpc-web` and no origin every cross-origin call is refused. A refused
-/// origin is logged at debug level with the allowed ones, since the browser
-/// only tells its console.
-fn cors(config: &Config) -> Option<tower_http::cors::CorsLayer> {
-    use tonic::codegen::http::{HeaderName, HeaderValue, Method};
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    if !config.grpc_web {
-        return None;
-    }
-    let origins = if config.cors_allow_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let allowed: Vec<HeaderValue> = config
-            .cors_allow_origins
-            .iter()
-            .filter_map(|origin| HeaderValue::from_str(origin).ok())
-            .collect();
-        let listed = if allowed.is_empty() {
-            "none (no --cors-allow-origin)".to_owned()
-        } else {
-            config.cors_allow_origins.join(", ")
-        };
-        AllowOrigin::predicate(move |origin: &HeaderValue, request| {
-            let ok = allowed.iter().any(|allowed| allowed == origin);
-            if !ok {
-                tracing::debug!(
-                    ?origin,
-                    allowed = %listed,
-                    path = request.uri.path(),
-                    "CORS: refused a request from an origin not in --cors-allow-origin (the browser blocks the page's call); the origin must match exactly, scheme, host and port (localhost and 127.0.0.1 differ)"
-                );
-            }
-            ok
-        })
-    };
-    let allow_headers: Vec<HeaderName> = CORS_ALLOW_HEADERS
-        .iter()
-        .map(|name| HeaderName::from_static(name))
-        .chain(
-            config
-                .cors_allow_headers
-                .iter()
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
-        )
-        .collect();
-    Some(
-        CorsLayer::new()
-            .allow_origin(origins)
-            .allow_methods([Method::POST, Method::OPTIONS])
-            .allow_headers(allow_headers)
-            .expose_headers(CORS_EXPOSE_HEADERS.map(HeaderName::from_static))
-            .max_age(std::time::Duration::from_secs(24 * 3600)),
-    )
-}
-
 /// Binds `config.listen` and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let bind = || -> std::io::Result<TcpListener> {
@@ -368,10 +271,9 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         tracing::info!(keys = keys.count(), "API keys loaded");
     }
     let config = Arc::new(config);
-    let tracker = TaskTracker::new();
-    let sessions = TaskTracker::new();
-    let shutdown = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
+    let shutdown = Shutdown::default();
+    let tracker = shutdown.tasks().clone();
+    let hard_stop = shutdown.hard_stop().clone();
     let engine = build_engine(&config).await?;
     let hub = Arc::new(WatchHub::default());
     let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
@@ -396,7 +298,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
                 dispatcher: dispatcher.clone(),
                 keys: keys.clone().filter(|_| !config.metrics_public),
             };
-            let bound = crate::metrics::serve(listener, endpoint, tls, hard_stop.clone());
+            let bound = crate::metrics::serve(listener, endpoint, tls, &shutdown);
             tracing::info!(%bound, "metrics at {scheme}://{bound}/metrics");
             if config.tls.is_none() && !bound.ip().is_loopback() {
                 tracing::warn!(%bound, "serving metrics in plaintext on a non-loopback address (--insecure): anyone who can reach it can read them, and any scrape key");
@@ -409,7 +311,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         _ => None,
     };
     // Watches end at the hard stop through their subscriptions.
-    tracker.spawn({
+    shutdown.spawn({
         let hub = hub.clone();
         let stop = hard_stop.clone();
         async move {
@@ -422,10 +324,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         hub,
         dispatcher,
         config: config.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: shutdown.initiated().clone(),
         hard_stop: hard_stop.clone(),
         tracker: tracker.clone(),
-        sessions: sessions.clone(),
+        sessions: shutdown.sessions().clone(),
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -438,11 +340,11 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     health_reporter
         .set_serving::<crate::rpc::operations::Server>()
         .await;
-    tracker.spawn(
+    shutdown.spawn(
         crate::timers::run(
             engine.clone(),
             config.timer_tick,
-            crate::timers::StoreHealth::new(health_reporter.clone(), shutdown.clone()),
+            crate::timers::StoreHealth::new(health_reporter.clone(), shutdown.initiated().clone()),
             hard_stop.clone(),
         )
         .instrument(tracing::info_span!("timers")),
@@ -515,12 +417,13 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
                     .close_at(close_after_stop())
             })
         });
+    // Phase 1 ends tonic's accepting; phases 2 and 3 run beside its
+    // graceful close of the connections (see `shutdown`).
     let signal = {
         let shutdown = shutdown.clone();
-        let hard_stop = hard_stop.clone();
         let grace = config.shutdown_grace;
         async move {
-            shutdown.cancelled().await;
+            shutdown.initiated().cancelled().await;
             tracing::info!("shutting down: draining workers, then ending streams");
             health_reporter
                 .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
@@ -528,86 +431,35 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             health_reporter
                 .set_not_serving::<crate::rpc::operations::Server>()
                 .await;
-            // Workers finish their in-flight tasks (and watchers receive the
-            // results) within the grace period; then every stream ends.
-            sessions.close();
-            tokio::spawn(async move {
-                if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-                    tracing::warn!(
-                        ?grace,
-                        "shutdown grace period over; ending remaining streams"
-                    );
-                }
-                hard_stop.cancel();
-            });
+            let drain = shutdown.clone();
+            shutdown.spawn(async move { drain.drain(grace).await });
         }
     };
-    let mut builder = Server::builder();
-    if let Some(files) = &config.tls {
-        builder = builder
-            .tls_config(server_tls(files)?)
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    } else if config.insecure && !local_addr.ip().is_loopback() {
+    if config.tls.is_none() && config.insecure && !local_addr.ip().is_loopback() {
         tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic, API keys included");
     }
     if keys.is_none() && config.insecure && !local_addr.ip().is_loopback() {
         tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
     }
-    let router = builder
-        .accept_http1(config.grpc_web)
-        // CORS outermost: a browser's preflight carries no API key.
-        .layer(tower::util::option_layer(cors(&config)))
-        // Connect beside gRPC-Web, outside tonic-web (which refuses any
-        // HTTP/1.1 request that is not gRPC-Web) and outside every other
-        // layer, so that a Connect call meets the same key check and limits
-        // as a gRPC one.
-        .layer(tower::util::option_layer(connect))
-        .layer(tower::util::option_layer(
-            config.grpc_web.then(tonic_web::GrpcWebLayer::new),
-        ))
-        .max_concurrent_streams(config.max_streams_per_connection)
-        // Request metadata (API keys, trace context, labels) stays small.
-        .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
-        .layer(RpcMetricsLayer::new(metrics))
-        .layer(TrackCallsLayer)
-        .layer(ShedLayer::new(
-            config.max_requests_in_progress,
-            config.max_health_calls,
-        ))
-        .layer(ReadDeadlineLayer::new(config.request_read_timeout))
-        // Innermost: it sees tonic's own refusals of unreadable requests.
-        .layer(RescueLayer::new(crate::rescue::Limits {
-            max_message_bytes: max_message,
-        }))
-        .layer(AuthLayer::new(keys.clone()))
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gateway)
         .add_service(workers)
         .add_service(crate::rpc::operations::server(core.clone()));
+    let stack = crate::layers::Stack::new(
+        config.clone(),
+        config.tls.as_ref().map(server_tls).transpose()?,
+        keys.clone(),
+        metrics,
+        connect,
+        max_message,
+    )?;
     let serve = {
-        let hard_stop = hard_stop.clone();
-        let tracker = tracker.clone();
-        let engine = Arc::downgrade(&engine);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let result = router.serve_with_incoming_shutdown(incoming, signal).await;
-            hard_stop.cancel();
-            tracker.close();
-            tracker.wait().await;
-            // Finished connection and stream tasks let go of the engine a
-            // moment after they report done; wait for that, so that a
-            // durable store's file is closed (and can be reopened) once
-            // shutdown returns.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while engine.strong_count() > 0 && std::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            if engine.strong_count() > 0 {
-                tracing::warn!("the store is still in use 5 s after shutdown");
-            }
+            let result = crate::layers::serve(stack, routes, incoming, signal).await;
+            shutdown.finish(&*engine).await;
             result
         })
     };

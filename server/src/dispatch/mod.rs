@@ -169,6 +169,15 @@ impl Dispatcher {
         &self.inner.engine
     }
 
+    /// Spawns a task the gateway's shutdown waits for (it may hold the
+    /// engine).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tracker.spawn(task);
+    }
+
     /// The queue's handle, spawning its actor on first use.
     fn handle(&self, queue: &QueueName) -> Arc<QueueHandle> {
         if let Some(handle) = self

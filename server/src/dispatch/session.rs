@@ -686,7 +686,7 @@ impl Session {
         let renewing = self.renewing.clone();
         let lost = self.lost.clone();
         let expires_at = SystemTime::now() + self.settings.lease_ttl;
-        tokio::spawn(
+        self.dispatcher.spawn(
             async move {
                 match engine.touch_session(&info, expires_at).await {
                     Ok(()) => {}
@@ -1239,15 +1239,18 @@ mod tests {
             .run_timers(SystemTime::now() + Duration::from_secs(3601))
             .await
             .unwrap();
-        // The answer to the first ping renews, and learns it is lost.
-        worker.send(In::Heartbeat(pb::Heartbeat { nonce: 1 }));
+        // The answer to a ping renews, and learns it is lost.
         let error = loop {
             let message = tokio::time::timeout(Duration::from_secs(5), worker.from_gateway.recv())
                 .await
                 .expect("the gateway answers")
                 .expect("the stream ends with an error, not silently");
-            if let Err(error) = message {
-                break error;
+            match message {
+                Err(error) => break error,
+                Ok(pb::DispatchMessage {
+                    kind: Some(Out::Ping(ping)),
+                }) => worker.send(In::Heartbeat(pb::Heartbeat { nonce: ping.nonce })),
+                Ok(_) => {}
             }
         };
         assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");

@@ -96,6 +96,11 @@ pub trait Journal: Send + Sync + 'static {
     fn refusing(&self) -> Option<EngineError> {
         None
     }
+
+    /// Writes what is queued and lets go of the store (its file), though
+    /// the engine may still be referenced: the gateway's shutdown ends
+    /// with it, so the next open of the same file succeeds at once.
+    fn close(&self) {}
 }
 
 /// The journal of the memory engine: nothing is written, events go out at

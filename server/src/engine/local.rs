@@ -731,6 +731,12 @@ impl Engine for LocalEngine {
         }
     }
 
+    async fn close(&self) {
+        // Joins the writer thread: off the runtime's threads.
+        let journal = self.journal.clone();
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+    }
+
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError> {
         let record = lock(self.session_shard(&session_id)).remove(&session_id);
         let mut ready = BTreeSet::new();

@@ -532,6 +532,11 @@ pub trait Engine: Send + Sync + 'static {
         expires_at: SystemTime,
     ) -> Result<(), EngineError>;
 
+    /// Lets go of the store (a file, connections) at the end of shutdown,
+    /// though tasks still finishing may hold the engine: a gateway started
+    /// next on the same file opens it at once. Nothing is called after.
+    async fn close(&self) {}
+
     /// Ends a session: its leases are lost (requeued, or FAILED past the caps).
     async fn end_session(&self, session_id: SessionId) -> Result<(), EngineError>;
 

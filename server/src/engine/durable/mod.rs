@@ -568,6 +568,10 @@ impl Journal for RedbJournal {
         true
     }
 
+    fn close(&self) {
+        self.stop();
+    }
+
     fn keeps_chunks(&self) -> bool {
         true
     }
@@ -650,16 +654,26 @@ impl Journal for RedbJournal {
     }
 }
 
-impl Drop for RedbJournal {
-    fn drop(&mut self) {
-        // Closing the channel lets the writer finish what is queued and exit;
-        // joining it releases the file for the next open.
+impl RedbJournal {
+    /// Closing the channel lets the writer finish what is queued and exit;
+    /// joining it, and dropping the readers' handle, releases the file for
+    /// the next open. Later appends fail as a stopped writer's do.
+    fn stop(&self) {
         if let Ok(mut sender) = self.sender.lock() {
             sender.1 = None;
         }
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
         }
+        if let Ok(mut reader) = self.reader.write() {
+            *reader = None;
+        }
+    }
+}
+
+impl Drop for RedbJournal {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -807,6 +821,23 @@ mod tests {
             fresh.enqueue_seq > 5,
             "FIFO numbering continues after a restart"
         );
+    }
+
+    /// Shutdown's last step: the file is let go although the engine is
+    /// still referenced (a task finishing late), so the next gateway opens
+    /// it at once; the closed engine refuses writes instead of panicking.
+    #[tokio::test]
+    async fn close_releases_the_file_while_the_engine_is_still_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let engine = Arc::new(open(&path, EngineConfig::default()).unwrap());
+        let id = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        let still_held = engine.clone();
+        engine.close().await;
+        let reopened = open(&path, EngineConfig::default()).expect("the file is free again");
+        assert_eq!(reopened.get(id).await.unwrap().state, TicketState::Pending);
+        let refused = still_held.submit(new_ticket(0, None)).await.unwrap_err();
+        assert!(matches!(refused, EngineError::Unavailable(_)), "{refused}");
     }
 
     #[tokio::test]
