@@ -39,6 +39,10 @@ impl Engine for RedisEngine {
         self.inner.tickets_ahead(ticket).await
     }
 
+    async fn tickets_ahead_of(&self, tickets: &[&Ticket]) -> Result<Vec<u64>, EngineError> {
+        self.inner.tickets_ahead_of(tickets).await
+    }
+
     async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
         self.inner.list(filter).await
     }

@@ -2,6 +2,7 @@
 //! in line, pages of tickets across queues, queue depths and connected
 //! workers.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -79,6 +80,46 @@ impl Inner {
             })
             .await?;
         Ok(rank.unwrap_or(0))
+    }
+
+    /// [`Inner::tickets_ahead`] of each ticket: one pipeline of `ZRANK`s
+    /// per queue (one slot each, so it also holds on a cluster), the queues
+    /// asked concurrently. A listed page costs one round trip per queue on
+    /// it, not one per ticket.
+    pub(super) async fn tickets_ahead_of(
+        &self,
+        tickets: &[&Ticket],
+    ) -> Result<Vec<u64>, EngineError> {
+        let mut ahead = vec![0; tickets.len()];
+        let mut by_queue: HashMap<&QueueName, Vec<usize>> = HashMap::new();
+        for (index, ticket) in tickets.iter().enumerate() {
+            if ticket.state == TicketState::Pending && ticket.not_before.is_none() {
+                by_queue.entry(&ticket.queue).or_default().push(index);
+            }
+        }
+        let asked = futures::future::join_all(by_queue.iter().map(|(queue, indexes)| {
+            self.run::<Vec<Option<u64>>>(move || {
+                let mut pipe = redis::pipe();
+                for &index in indexes {
+                    let ticket = tickets[index];
+                    pipe.cmd("ZRANK")
+                        .arg(self.keys.ready(queue))
+                        .arg(layout::ready_member(
+                            ticket.priority,
+                            ticket.enqueue_seq,
+                            ticket.id,
+                        ));
+                }
+                QueryKind::Pipe(pipe)
+            })
+        }))
+        .await;
+        for ((_, indexes), ranks) in by_queue.iter().zip(asked) {
+            for (&index, rank) in indexes.iter().zip(ranks?) {
+                ahead[index] = rank.unwrap_or(0);
+            }
+        }
+        Ok(ahead)
     }
 
     /// A page of tickets that `filter` admits, in id order, across the
