@@ -101,7 +101,7 @@ pub struct Caller {
 struct TokenBucket {
     rate: f64,
     burst: f64,
-    state: std::sync::Mutex<(f64, std::time::Instant)>,
+    state: std::sync::Mutex<(f64, tokio::time::Instant)>,
 }
 
 impl TokenBucket {
@@ -109,14 +109,14 @@ impl TokenBucket {
         Self {
             rate,
             burst,
-            state: std::sync::Mutex::new((burst, std::time::Instant::now())),
+            state: std::sync::Mutex::new((burst, tokio::time::Instant::now())),
         }
     }
 
     /// Takes a token, or says how long until one is there.
     fn take(&self) -> Result<(), std::time::Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let (tokens, updated) = *state;
         let tokens =
             (tokens + now.duration_since(updated).as_secs_f64() * self.rate).min(self.burst);

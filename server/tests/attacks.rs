@@ -667,7 +667,7 @@ async fn a_trickled_request_body_is_cut_off() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let response = tokio::time::timeout(Duration::from_secs(8), async {
         let response = response.await.unwrap();
         if response.headers().contains_key("grpc-status") {

@@ -259,7 +259,7 @@ async fn an_idempotency_claim_of_a_crashed_gateway_is_taken_over_promptly() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let ticket = client
         .submit(Submit::new("orders").idempotency_key("order-17"))
         .await

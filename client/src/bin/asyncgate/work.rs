@@ -103,7 +103,7 @@ impl Handler for CommandHandler {
             .env("ASYNCGATE_ATTEMPT", task.attempt().to_string())
             .env("ASYNCGATE_MAX_ATTEMPTS", task.max_attempts().to_string())
             .env("ASYNCGATE_CONTENT_TYPE", &input.content_type);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let (ticket_id, attempt) = (task.ticket_id().to_owned(), task.attempt());
         let child = command.spawn().map_err(|err| {
             tracing::warn!(%ticket_id, attempt, error = %err, program = ?self.program, "cannot start the command");

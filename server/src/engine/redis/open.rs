@@ -8,7 +8,9 @@ use std::hash::RandomState;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use redis::{ClientTlsConfig, PushInfo, RedisError, TlsCertificates};

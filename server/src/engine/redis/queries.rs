@@ -3,7 +3,9 @@
 //! workers.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 

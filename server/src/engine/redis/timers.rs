@@ -6,7 +6,9 @@
 //! other, so two replicas firing one timer do no harm.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use redis::Cmd;
