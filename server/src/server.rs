@@ -260,7 +260,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_on(config, listener).await
 }
 
-/// Starts serving on an already-bound listener (tests bind port 0 first).
+/// Starts serving on an already-bound listener (tests bind port 0 first):
+/// build the core, then its services, then serve them.
 pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, StartError> {
     let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
@@ -270,13 +271,16 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     if let Some(keys) = &keys {
         tracing::info!(keys = keys.count(), "API keys loaded");
     }
+    warn_if_exposed(&config, keys.is_some(), local_addr);
     let config = Arc::new(config);
     let shutdown = Shutdown::default();
-    let tracker = shutdown.tasks().clone();
-    let hard_stop = shutdown.hard_stop().clone();
     let engine = build_engine(&config).await?;
     let hub = Arc::new(WatchHub::default());
-    let dispatcher = Dispatcher::new(engine.clone(), tracker.clone(), hard_stop.clone());
+    let dispatcher = Dispatcher::new(
+        engine.clone(),
+        shutdown.tasks().clone(),
+        shutdown.hard_stop().clone(),
+    );
     let metrics = config
         .metrics_listen
         .map(|_| Arc::new(Metrics::new(config.metrics_max_queues)));
@@ -285,35 +289,22 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         dispatcher: dispatcher.downgrade(),
         metrics: metrics.clone(),
     }));
-    let metrics_addr = match (config.metrics_listen, &metrics) {
-        (Some(addr), Some(metrics)) => {
-            let tls = config.tls.as_ref().map(metrics_tls).transpose()?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
-            let scheme = if tls.is_some() { "https" } else { "http" };
+    let metrics_addr = match &metrics {
+        Some(metrics) => {
             let endpoint = crate::metrics::Endpoint {
                 metrics: metrics.clone(),
                 engine: engine.clone(),
                 dispatcher: dispatcher.clone(),
                 keys: keys.clone().filter(|_| !config.metrics_public),
             };
-            let bound = crate::metrics::serve(listener, endpoint, tls, &shutdown);
-            tracing::info!(%bound, "metrics at {scheme}://{bound}/metrics");
-            if config.tls.is_none() && !bound.ip().is_loopback() {
-                tracing::warn!(%bound, "serving metrics in plaintext on a non-loopback address (--insecure): anyone who can reach it can read them, and any scrape key");
-            }
-            if keys.is_some() && config.metrics_public {
-                tracing::info!(%bound, "metrics need no key (--metrics-public)");
-            }
-            Some(bound)
+            serve_metrics(&config, endpoint, &shutdown).await?
         }
-        _ => None,
+        None => None,
     };
     // Watches end at the hard stop through their subscriptions.
     shutdown.spawn({
         let hub = hub.clone();
-        let stop = hard_stop.clone();
+        let stop = shutdown.hard_stop().clone();
         async move {
             stop.cancelled().await;
             hub.shut_down();
@@ -325,46 +316,130 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         dispatcher,
         config: config.clone(),
         shutdown: shutdown.initiated().clone(),
-        hard_stop: hard_stop.clone(),
-        tracker: tracker.clone(),
+        hard_stop: shutdown.hard_stop().clone(),
+        tracker: shutdown.tasks().clone(),
         sessions: shutdown.sessions().clone(),
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    health_reporter
-        .set_serving::<pb::workers_server::WorkersServer<WorkersService>>()
-        .await;
-    health_reporter
-        .set_serving::<crate::rpc::operations::Server>()
-        .await;
+    for service in [
+        <pb::gateway_server::GatewayServer<GatewayService> as tonic::server::NamedService>::NAME,
+        <pb::workers_server::WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
+        <crate::rpc::operations::Server as tonic::server::NamedService>::NAME,
+    ] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     shutdown.spawn(
         crate::timers::run(
             engine.clone(),
             config.timer_tick,
-            crate::timers::StoreHealth::new(health_reporter.clone(), shutdown.initiated().clone()),
-            hard_stop.clone(),
+            crate::timers::StoreHealth::new(health.clone(), shutdown.initiated().clone()),
+            shutdown.hard_stop().clone(),
         )
         .instrument(tracing::info_span!("timers")),
     );
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // So that grpcurl can show google.rpc.BadRequest details.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    let max_message = config.max_payload_bytes + 64 * 1024;
+    let routes = routes(&core, health_service, max_message)?;
+    let connect = config
+        .grpc_web
+        .then(|| crate::connect::ConnectLayer::new(max_message))
+        .transpose()
+        .map_err(StartError::Reflection)?;
+    let stack = crate::layers::Stack::new(
+        config.clone(),
+        config.tls.as_ref().map(server_tls).transpose()?,
+        keys.clone(),
+        metrics,
+        connect,
+        max_message,
+    )?;
+    let incoming = incoming(listener, &config, shutdown.hard_stop());
+    let signal = on_shutdown(shutdown.clone(), health, config.shutdown_grace);
+    let serve = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let result = crate::layers::serve(stack, routes, incoming, signal).await;
+            shutdown.finish(&*engine).await;
+            result
+        })
+    };
+    tracing::info!(%local_addr, store = ?config.store, "asyncgate listening");
+    Ok(Running {
+        local_addr,
+        metrics_addr,
+        shutdown,
+        serve,
+        keys,
+    })
+}
+
+/// Warns about a gateway reachable beyond this machine without TLS or keys.
+fn warn_if_exposed(config: &Config, has_keys: bool, local_addr: SocketAddr) {
+    if !config.insecure || local_addr.ip().is_loopback() {
+        return;
+    }
+    if config.tls.is_none() {
+        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic, API keys included");
+    }
+    if !has_keys {
+        tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
+    }
+}
+
+/// Binds `--metrics-listen` and serves `/metrics` there (with the
+/// gateway's TLS, if any); where it is bound.
+async fn serve_metrics(
+    config: &Config,
+    endpoint: crate::metrics::Endpoint,
+    shutdown: &Shutdown,
+) -> Result<Option<SocketAddr>, StartError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let tls = config.tls.as_ref().map(metrics_tls).transpose()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let keyed = endpoint.keys.is_some();
+    let bound = crate::metrics::serve(listener, endpoint, tls, shutdown);
+    tracing::info!(%bound, "metrics at {scheme}://{bound}/metrics");
+    if config.tls.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "serving metrics in plaintext on a non-loopback address (--insecure): anyone who can reach it can read them, and any scrape key");
+    }
+    if config.keys.is_some() && config.metrics_public && !keyed {
+        tracing::info!(%bound, "metrics need no key (--metrics-public)");
+    }
+    Ok(Some(bound))
+}
+
+/// Every service the gateway serves: health, reflection (v1 and v1alpha),
+/// Gateway, Workers and Operations.
+fn routes(
+    core: &Core,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    max_message: usize,
+) -> Result<tonic::service::Routes, StartError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // So that grpcurl can show google.rpc.BadRequest details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(asyncgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // So that grpcurl can show google.rpc.BadRequest details.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-
-    let max_message = config.max_payload_bytes + 64 * 1024;
     // Compressed requests are always accepted; replies are compressed only
     // for callers that ask for it (grpc-accept-encoding).
     use tonic::codec::CompressionEncoding::{Gzip, Zstd};
@@ -382,13 +457,21 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .send_compressed(Zstd)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
+    Ok(tonic::service::Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(gateway)
+        .add_service(workers)
+        .add_service(crate::rpc::operations::server(core.clone())))
+}
 
-    let connect = config
-        .grpc_web
-        .then(|| crate::connect::ConnectLayer::new(max_message))
-        .transpose()
-        .map_err(StartError::Reflection)?;
-
+/// Accepted connections, each tracked (idle timeout, calls open, closed a
+/// moment after the hard stop).
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    hard_stop: &tokio_util::sync::CancellationToken,
+) -> impl futures::Stream<Item = std::io::Result<TrackedStream>> + use<> {
     let idle_timeout = config.idle_timeout;
     // Write coalescing suits HTTP/2 only; gRPC-Web also accepts HTTP/1.1.
     let coalesce_writes = !config.grpc_web;
@@ -396,19 +479,17 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     // (and a warning) rather than a closed connection; under TLS, ALPN
     // already tells the client.
     let refuse_http1 = !config.grpc_web && config.tls.is_none();
-    let close_after_stop = {
-        let hard_stop = hard_stop.clone();
-        move || {
-            // A token of its own: the connection checks it on every read, and
-            // the shared token's lock must not be on that path.
-            let stop = hard_stop.child_token();
-            async move {
-                stop.cancelled().await;
-                tokio::time::sleep(SHUTDOWN_LINGER).await;
-            }
+    let hard_stop = hard_stop.clone();
+    let close_after_stop = move || {
+        // A token of its own: the connection checks it on every read, and
+        // the shared token's lock must not be on that path.
+        let stop = hard_stop.child_token();
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_LINGER).await;
         }
     };
-    let incoming = TcpIncoming::from(listener)
+    TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .map(move |accepted| {
             accepted.map(|io| {
@@ -416,59 +497,25 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
                     .refuse_http1(refuse_http1)
                     .close_at(close_after_stop())
             })
-        });
-    // Phase 1 ends tonic's accepting; phases 2 and 3 run beside its
-    // graceful close of the connections (see `shutdown`).
-    let signal = {
-        let shutdown = shutdown.clone();
-        let grace = config.shutdown_grace;
-        async move {
-            shutdown.initiated().cancelled().await;
-            tracing::info!("shutting down: draining workers, then ending streams");
-            health_reporter
-                .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
-                .await;
-            health_reporter
-                .set_not_serving::<crate::rpc::operations::Server>()
-                .await;
-            let drain = shutdown.clone();
-            shutdown.spawn(async move { drain.drain(grace).await });
-        }
-    };
-    if config.tls.is_none() && config.insecure && !local_addr.ip().is_loopback() {
-        tracing::warn!(%local_addr, "serving plaintext on a non-loopback address (--insecure): anyone who can reach it can read the traffic, API keys included");
-    }
-    if keys.is_none() && config.insecure && !local_addr.ip().is_loopback() {
-        tracing::warn!(%local_addr, "no API keys (--keys): anyone who can reach the gateway can use it");
-    }
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(gateway)
-        .add_service(workers)
-        .add_service(crate::rpc::operations::server(core.clone()));
-    let stack = crate::layers::Stack::new(
-        config.clone(),
-        config.tls.as_ref().map(server_tls).transpose()?,
-        keys.clone(),
-        metrics,
-        connect,
-        max_message,
-    )?;
-    let serve = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let result = crate::layers::serve(stack, routes, incoming, signal).await;
-            shutdown.finish(&*engine).await;
-            result
         })
-    };
-    tracing::info!(%local_addr, store = ?config.store, "asyncgate listening");
-    Ok(Running {
-        local_addr,
-        metrics_addr,
-        shutdown,
-        serve,
-        keys,
-    })
+}
+
+/// Tonic's shutdown signal: resolves when shutdown is initiated (phase 1:
+/// health says NOT_SERVING, tonic stops accepting), having started the
+/// drain (phase 2), which runs beside tonic's graceful close.
+async fn on_shutdown(
+    shutdown: Shutdown,
+    health: tonic_health::server::HealthReporter,
+    grace: std::time::Duration,
+) {
+    shutdown.initiated().cancelled().await;
+    tracing::info!("shutting down: draining workers, then ending streams");
+    health
+        .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+        .await;
+    health
+        .set_not_serving::<crate::rpc::operations::Server>()
+        .await;
+    let drain = shutdown.clone();
+    shutdown.spawn(async move { drain.drain(grace).await });
 }
