@@ -1,0 +1,266 @@
+//! Unit tests of `dispatch/session.rs`.
+
+use super::*;
+use crate::dispatch::WeakDispatcher;
+use crate::engine::{Engine, EngineConfig, EngineListener, LocalEngine, Revocation, TicketChange};
+use tokio_util::task::TaskTracker;
+
+fn hello(worker_name: &str) -> Result<String, GatewayError> {
+    validate_hello(
+        &crate::auth::Caller::anonymous(),
+        pb::Hello {
+            worker_name: worker_name.into(),
+            queues: vec!["q".into()],
+            max_in_flight: 1,
+        },
+    )
+    .map(|(_, _, name)| name)
+}
+
+fn refusal(worker_name: &str) -> (String, String) {
+    match hello(worker_name) {
+        Err(GatewayError::InvalidArgument { field, reason }) => (field, reason),
+        other => panic!("{worker_name:?} was not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn answered_leases_are_bounded_oldest_first() {
+    let mut answered = AnsweredLeases::default();
+    let leases: Vec<LeaseId> = (0..5).map(|_| LeaseId::new()).collect();
+    for lease in &leases {
+        answered.insert(*lease, 3);
+    }
+    answered.insert(leases[4], 3);
+    assert!(!answered.contains(leases[0]) && !answered.contains(leases[1]));
+    assert!(leases[2..].iter().all(|l| answered.contains(*l)));
+    assert_eq!(answered.order.len(), 3);
+    assert_eq!(answered.set.len(), 3);
+}
+
+#[test]
+fn worker_names_are_printable_and_bounded() {
+    assert_eq!(hello("").unwrap(), "unnamed");
+    assert_eq!(
+        hello("host-42 (émigré 日本)").unwrap(),
+        "host-42 (émigré 日本)"
+    );
+    let longest = "é".repeat(MAX_WORKER_NAME_BYTES / 2);
+    assert_eq!(hello(&longest).unwrap(), longest);
+
+    let (field, reason) = refusal(&format!("{longest}x"));
+    assert_eq!(field, "hello.worker_name");
+    assert!(
+        reason.contains("129 bytes") && reason.contains("128"),
+        "{reason}"
+    );
+
+    for evil in [
+        "evil\n2026-01-01T00:00:00Z  INFO asyncgate::audit: forged",
+        "a\rb",
+        "tab\there",
+        "red\u{1b}[31m",
+        "nul\u{0}",
+        "c1\u{85}",
+    ] {
+        let (field, reason) = refusal(evil);
+        assert_eq!(field, "hello.worker_name");
+        assert!(reason.contains("control character"), "{reason}");
+    }
+    assert!(refusal("evil\nname").1.contains("U+000A at byte 4"));
+}
+
+/// Routes the engine's notices to the dispatcher, as the server does.
+struct Notices(WeakDispatcher);
+
+impl EngineListener for Notices {
+    fn watching(&self, _: TicketId) -> bool {
+        false
+    }
+    fn ticket_changed(&self, _: TicketChange) {}
+    fn queue_ready(&self, queue: &QueueName) {
+        if let Some(dispatcher) = self.0.upgrade() {
+            dispatcher.queue_ready(queue);
+        }
+    }
+    fn lease_revoked(&self, revocation: Revocation) {
+        if let Some(dispatcher) = self.0.upgrade() {
+            dispatcher.revoke(revocation);
+        }
+    }
+}
+
+/// A session over a memory engine, and the two ends a worker holds.
+struct Harness {
+    engine: Arc<dyn Engine>,
+    to_gateway: mpsc::UnboundedSender<pb::WorkerMessage>,
+    from_gateway: mpsc::Receiver<Result<pb::DispatchMessage, GatewayError>>,
+}
+
+impl Harness {
+    fn start() -> Self {
+        let engine: Arc<dyn Engine> = Arc::new(LocalEngine::in_memory(EngineConfig::default()));
+        let dispatcher =
+            Dispatcher::new(engine.clone(), TaskTracker::new(), CancellationToken::new());
+        engine.set_listener(Arc::new(Notices(dispatcher.downgrade())));
+        let (to_gateway, inbound) = mpsc::unbounded_channel();
+        let (outbound, from_gateway) = mpsc::channel(64);
+        let settings = SessionSettings {
+            heartbeat_interval: Duration::from_secs(3600),
+            lease_ttl: Duration::from_secs(3600),
+            max_payload_bytes: 1024,
+        };
+        let inbound = tokio_stream::wrappers::UnboundedReceiverStream::new(inbound).map(Ok);
+        tokio::spawn(run(
+            dispatcher,
+            settings,
+            crate::auth::Caller::anonymous(),
+            None,
+            inbound,
+            outbound,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ));
+        Self {
+            engine,
+            to_gateway,
+            from_gateway,
+        }
+    }
+
+    async fn submit(&self, queue: &str) -> TicketId {
+        let limits = convert::SubmitLimits {
+            max_payload_bytes: 1024,
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+        };
+        let request = pb::SubmitRequest {
+            queue: queue.into(),
+            ..Default::default()
+        };
+        let new = convert::new_ticket(&crate::auth::Caller::anonymous(), request, &limits)
+            .expect("a valid submit");
+        self.engine.submit(new).await.expect("submitted").ticket.id
+    }
+
+    fn send(&self, kind: In) {
+        self.to_gateway
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .expect("the session reads");
+    }
+
+    /// The gateway's next message, pings aside.
+    async fn next(&mut self) -> Out {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), self.from_gateway.recv())
+                .await
+                .expect("the gateway answers")
+                .expect("the stream is open")
+                .expect("not an error");
+            match message.kind.expect("a kind") {
+                Out::Ping(_) => {}
+                kind => return kind,
+            }
+        }
+    }
+}
+
+/// Found by the `worker_session` fuzz target: a result that named a
+/// lease the worker holds but another ticket was refused by the engine,
+/// yet the session forgot the lease and gave its credit back. The
+/// ticket stayed leased, the worker got one task more than its
+/// `max_in_flight`, and a cancel of the forgotten ticket never reached it.
+#[tokio::test]
+async fn a_result_naming_another_ticket_leaves_the_lease_held() {
+    let mut worker = Harness::start();
+    let first = worker.submit("q").await;
+    let second = worker.submit("q").await;
+    worker.send(In::Hello(pb::Hello {
+        worker_name: "w".into(),
+        queues: vec!["q".into()],
+        max_in_flight: 1,
+    }));
+    assert!(matches!(worker.next().await, Out::Welcome(_)));
+    let Out::Task(task) = worker.next().await else {
+        panic!("a task");
+    };
+    assert_eq!(task.ticket_id, first.to_string());
+
+    // The lease, with the other ticket's id (or one nobody issued).
+    for wrong in [second.to_string(), TicketId::new().to_string()] {
+        worker.send(In::Result(pb::TaskResult {
+            ticket_id: wrong.clone(),
+            lease_id: task.lease_id.clone(),
+            outcome: Some(pb::task_result::Outcome::Success(pb::Payload::default())),
+        }));
+        let Out::ResultAck(ack) = worker.next().await else {
+            panic!("an ack, and no second task: the lease is still held");
+        };
+        assert_eq!(ack.code, tonic::Code::InvalidArgument as i32, "{ack:?}");
+        assert_eq!(ack.ticket_id, wrong);
+        assert!(ack.message.contains(&task.ticket_id), "{}", ack.message);
+    }
+
+    // The session still holds the lease: a cancel reaches the worker.
+    worker
+        .engine
+        .cancel(first, "test")
+        .await
+        .expect("cancelled");
+    let Out::Cancel(cancel) = worker.next().await else {
+        panic!("the cancel of the held lease");
+    };
+    assert_eq!(cancel.lease_id, task.lease_id);
+
+    // Its late result answers the lease: the credit comes back.
+    worker.send(In::Result(pb::TaskResult {
+        ticket_id: task.ticket_id.clone(),
+        lease_id: task.lease_id.clone(),
+        outcome: Some(pb::task_result::Outcome::Success(pb::Payload::default())),
+    }));
+    let Out::ResultAck(ack) = worker.next().await else {
+        panic!("an ack");
+    };
+    assert_eq!(ack.code, tonic::Code::FailedPrecondition as i32, "{ack:?}");
+    let Out::Task(next) = worker.next().await else {
+        panic!("the second task");
+    };
+    assert_eq!(next.ticket_id, second.to_string());
+}
+
+/// A renewal that finds the session expired in the store (a timer pass
+/// gave its leases back, perhaps on another replica) ends the session
+/// with UNAVAILABLE, so the worker reconnects as a new session, rather
+/// than reviving it.
+#[tokio::test]
+async fn a_session_lost_in_the_store_ends_with_unavailable() {
+    let mut worker = Harness::start();
+    worker.send(In::Hello(pb::Hello {
+        worker_name: "w".into(),
+        queues: vec!["q".into()],
+        max_in_flight: 1,
+    }));
+    assert!(matches!(worker.next().await, Out::Welcome(_)));
+    // The session's TTL (an hour here) passes in the store's clock.
+    worker
+        .engine
+        .run_timers(SystemTime::now() + Duration::from_secs(3601))
+        .await
+        .unwrap();
+    // The answer to a ping renews, and learns it is lost.
+    let error = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), worker.from_gateway.recv())
+            .await
+            .expect("the gateway answers")
+            .expect("the stream ends with an error, not silently");
+        match message {
+            Err(error) => break error,
+            Ok(pb::DispatchMessage {
+                kind: Some(Out::Ping(ping)),
+            }) => worker.send(In::Heartbeat(pb::Heartbeat { nonce: ping.nonce })),
+            Ok(_) => {}
+        }
+    };
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    assert!(error.to_string().contains("reconnect"), "{error}");
+}

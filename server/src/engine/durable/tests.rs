@@ -1,0 +1,314 @@
+//! Unit tests of `engine/durable/mod.rs`.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::domain::ticket::Outcome;
+use crate::domain::{NewTicket, Progress, QueueName, SessionId, TicketState};
+use crate::engine::{Engine, ProgressReport, SessionInfo};
+
+fn body(text: &'static str) -> Payload {
+    Payload {
+        kind: Some(asyncgate_proto::v1::payload::Kind::Binary(
+            Bytes::from_static(text.as_bytes()),
+        )),
+        content_type: String::new(),
+    }
+}
+
+fn new_ticket(priority: i32, key: Option<&str>) -> NewTicket {
+    NewTicket {
+        id: TicketId::new(),
+        queue: QueueName::parse("q").unwrap(),
+        payload: body("request"),
+        priority,
+        idempotency_key: key.map(String::from),
+        metadata: [("k".to_string(), "v".to_string())].into(),
+        timeout: None,
+        attempt_timeout: None,
+        max_attempts: 3,
+        tenant: None,
+    }
+}
+
+async fn session(engine: &LocalEngine) -> SessionInfo {
+    let info = SessionInfo {
+        session_id: SessionId::new(),
+        worker_name: "w".into(),
+        queues: Arc::from([QueueName::parse("q").unwrap()]),
+    };
+    engine
+        .open_session(&info, SystemTime::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    info
+}
+
+#[tokio::test]
+async fn a_restart_restores_queues_results_keys_and_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/store.redb");
+    let config = EngineConfig::default();
+    let (a, b, c, done, keyed);
+    {
+        let engine = open(&path, config.clone()).unwrap();
+        a = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        b = engine.submit(new_ticket(5, None)).await.unwrap().ticket.id;
+        c = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        done = engine.submit(new_ticket(9, None)).await.unwrap().ticket.id;
+        keyed = engine
+            .submit(new_ticket(-5, Some("key")))
+            .await
+            .unwrap()
+            .ticket
+            .id;
+        let s = session(&engine).await;
+        let queue = QueueName::parse("q").unwrap();
+        let first = engine
+            .claim(&queue, std::slice::from_ref(&s))
+            .await
+            .unwrap();
+        assert_eq!(first[0].ticket.id, done);
+        engine
+            .complete(
+                done,
+                first[0].lease.lease_id,
+                Outcome::Success(body("result")),
+            )
+            .await
+            .unwrap();
+        let running = engine
+            .claim(&queue, std::slice::from_ref(&s))
+            .await
+            .unwrap();
+        assert_eq!(running[0].ticket.id, b);
+        for text in ["x", "y"] {
+            engine
+                .progress(ProgressReport {
+                    ticket_id: b,
+                    lease_id: running[0].lease.lease_id,
+                    progress: Some(Progress {
+                        percent: 10,
+                        message: String::new(),
+                    }),
+                    output: Some(body(text)),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let engine = open(&path, config).unwrap();
+    let done = engine.get(done).await.unwrap();
+    assert_eq!(done.state, TicketState::Succeeded);
+    assert_eq!(done.result, Some(body("result")));
+    assert_eq!(*done.payload, Payload::default(), "not kept once finished");
+    assert_eq!(done.metadata.get("k").map(String::as_str), Some("v"));
+    let interrupted = engine.get(b).await.unwrap();
+    assert_eq!(interrupted.state, TicketState::Pending);
+    assert_eq!(
+        *interrupted.payload,
+        body("request"),
+        "kept while unfinished"
+    );
+    assert_eq!((interrupted.attempt, interrupted.worker_losses), (1, 1));
+    assert!(
+        interrupted
+            .error
+            .unwrap()
+            .message
+            .contains("gateway restart")
+    );
+    let (_, chunks) = engine.get_with_chunks(b, 0).await.unwrap();
+    assert_eq!(
+        chunks.iter().map(|c| c.output.clone()).collect::<Vec<_>>(),
+        vec![body("x"), body("y")]
+    );
+    let again = engine.submit(new_ticket(-5, Some("key"))).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.ticket.id, keyed);
+    let s = session(&engine).await;
+    let order: Vec<TicketId> = engine
+        .claim(&QueueName::parse("q").unwrap(), &vec![s; 4])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.ticket.id)
+        .collect();
+    assert_eq!(order, vec![b, a, c, keyed], "priority, then FIFO, kept");
+    let fresh = engine.submit(new_ticket(0, None)).await.unwrap().ticket;
+    assert!(
+        fresh.enqueue_seq > 5,
+        "FIFO numbering continues after a restart"
+    );
+}
+
+/// Shutdown's last step: the file is let go although the engine is
+/// still referenced (a task finishing late), so the next gateway opens
+/// it at once; the closed engine refuses writes instead of panicking.
+#[tokio::test]
+async fn close_releases_the_file_while_the_engine_is_still_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let engine = Arc::new(open(&path, EngineConfig::default()).unwrap());
+    let id = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+    let still_held = engine.clone();
+    engine.close().await;
+    let reopened = open(&path, EngineConfig::default()).expect("the file is free again");
+    assert_eq!(reopened.get(id).await.unwrap().state, TicketState::Pending);
+    let refused = still_held.submit(new_ticket(0, None)).await.unwrap_err();
+    assert!(matches!(refused, EngineError::Unavailable(_)), "{refused}");
+}
+
+#[tokio::test]
+async fn deleted_tickets_keep_their_tombstones_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let config = EngineConfig {
+        result_retention: Duration::from_secs(1),
+        ..EngineConfig::default()
+    };
+    let id;
+    {
+        let engine = open(&path, config.clone()).unwrap();
+        id = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        engine.cancel(id, "").await.unwrap();
+        engine
+            .run_timers(SystemTime::now() + Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+    let engine = open(&path, config).unwrap();
+    let error = engine.get(id).await.unwrap_err();
+    assert!(
+        matches!(error, EngineError::ResultExpired { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    std::fs::write(&path, vec![0xA5u8; 64 * 1024]).unwrap();
+    let error = open(&path, EngineConfig::default()).err().expect("refused");
+    let message = error.to_string();
+    assert!(message.contains("cannot open the store"), "{message}");
+    assert!(message.contains("store.redb"), "{message}");
+}
+
+/// An in-memory disk that can be made full; clones share the disk (a
+/// reopened database sees what was written).
+#[derive(Debug, Default, Clone)]
+struct FillableDisk {
+    inner: Arc<redb::backends::InMemoryBackend>,
+    full: Arc<AtomicBool>,
+}
+
+impl FillableDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.full.load(Ordering::Acquire) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "No space left on device",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FillableDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
+    let disk = FillableDisk::default();
+    let full = disk.full.clone();
+    let database = Database::builder()
+        .create_with_backend(disk.clone())
+        .unwrap();
+    let reopen: Reopen = Box::new(move || {
+        Database::builder()
+            .create_with_backend(disk.clone())
+            .map_err(redb::Error::from)
+    });
+    let engine = open_database(
+        database,
+        Path::new("test-disk"),
+        EngineConfig {
+            dispatch_stored_only: true,
+            ..EngineConfig::default()
+        },
+        reopen,
+    )
+    .unwrap();
+    let kept = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+    let worker = session(&engine).await;
+    full.store(true, Ordering::Release);
+    let error = engine.submit(new_ticket(9, None)).await.unwrap_err();
+    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    assert!(error.to_string().contains("No space left"), "{error}");
+    assert!(!error.to_string().contains("test-disk"), "no path: {error}");
+    // The unacknowledged ticket is in memory, not on disk: no worker
+    // may run it.
+    let queue = QueueName::parse("q").unwrap();
+    let claimed = engine.claim(&queue, std::slice::from_ref(&worker)).await;
+    assert!(
+        claimed.as_ref().map_or(true, Vec::is_empty),
+        "dispatched a ticket that is not stored: {claimed:?}"
+    );
+    // Later calls fail the same way rather than showing unwritten state.
+    let error = engine.cancel(kept, "").await.unwrap_err();
+    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    let error = engine.submit(new_ticket(0, None)).await.unwrap_err();
+    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    // Space comes back: the writer's retry lands what memory holds, and
+    // new calls succeed without a restart.
+    full.store(false, Ordering::Release);
+    let submitted = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match engine.submit(new_ticket(0, None)).await {
+                Ok(submitted) => return submitted,
+                Err(EngineError::Unavailable(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await
+    .expect("writes succeed again once there is space");
+    assert!(submitted.created);
+    // The ticket that could not be stored is stored now, and is handed
+    // out (priority 9: first).
+    let claimed = engine
+        .claim(&queue, std::slice::from_ref(&worker))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].ticket.priority, 9);
+    // The cancel that was refused as unacknowledged is on disk now
+    // (memory and disk agree), and the store takes new transitions.
+    let kept = engine.get(kept).await.unwrap();
+    assert_eq!(kept.state, crate::domain::TicketState::Cancelled);
+    engine.cancel(submitted.ticket.id, "").await.unwrap();
+}
