@@ -25,7 +25,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked -p asyncgate-server -p asyncgate-client \
+    cargo build --release --locked -p asyncgate-server -p asyncgate-cli \
     && mkdir -p /out \
     && cp target/release/asyncgate-server target/release/asyncgate /out/
 

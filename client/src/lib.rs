@@ -29,7 +29,9 @@
 //! - `worker/`: the worker SDK ([`worker::Worker`], [`worker::Handler`],
 //!   [`worker::TaskContext`]): connection loop, heartbeats, reconnects,
 //!   exactly one result per lease.
-//! - `bin/asyncgate/`: the `asyncgate` CLI, built on the above.
+//!
+//! The `asyncgate` CLI, built on the above, is the `asyncgate-cli` package
+//! (`cli/`).
 
 #![warn(missing_docs)]
 

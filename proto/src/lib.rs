@@ -14,7 +14,6 @@ pub mod v1 {
 }
 
 pub mod backoff;
-pub mod corked;
 pub mod json;
 pub mod trace_context;
 

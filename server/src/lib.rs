@@ -27,7 +27,8 @@
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
 //! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown,
 //!   logs and OTLP span export (`OTEL_*` variables and flags).
-//! - [`testing`]: a real `redis-server` child for tests and benchmarks.
+//! - `testing`: a real `redis-server` child for tests and benchmarks
+//!   (feature `test-support`).
 
 pub mod auth;
 pub mod body;
@@ -47,6 +48,7 @@ pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod time;
 pub mod timers;

@@ -9,6 +9,7 @@
 pub mod durable;
 pub mod journal;
 pub mod local;
+#[cfg(any(test, feature = "test-support"))]
 pub mod model;
 pub mod record;
 pub mod redis;

@@ -541,7 +541,7 @@ fn the_dockerfile_builds_and_installs_what_compose_runs() {
         "--release",
         "--locked",
         "-p asyncgate-server",
-        "-p asyncgate-client",
+        "-p asyncgate-cli",
     ] {
         assert!(
             build.contains(needed),

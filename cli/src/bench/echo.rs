@@ -3,7 +3,7 @@
 //! a ratio to the simplest request/reply on the same machine. Plain means
 //! stock tonic on both ends (TCP_NODELAY, the SDK's endpoint settings): what
 //! a caller gets by calling a service directly. The gateway and the SDK
-//! coalesce their writes (`asyncgate_proto::corked`); the echo does not.
+//! coalesce their writes (`asyncgate_io::corked`); the echo does not.
 
 use std::net::SocketAddr;
 
