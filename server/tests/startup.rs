@@ -69,3 +69,17 @@ async fn a_lenient_duration_is_refused_with_the_canonical_forms() {
     assert!(stderr.contains("\"1M\" is not a duration"), "{stderr}");
     assert!(stderr.contains("e.g. 500ms, 1.5s"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_malformed_cors_header_or_otlp_protocol_is_refused_naming_the_flag() {
+    let (code, stderr) = refused(&["--grpc-web", "--cors-allow-header", "x-a: 1"]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--cors-allow-header \"x-a: 1\""),
+        "{stderr}"
+    );
+    let (code, stderr) = refused(&["--otlp-protocol", "carrier-pigeon"]).await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("--otlp-protocol"), "{stderr}");
+    assert!(stderr.contains("http/protobuf"), "{stderr}");
+}
