@@ -25,7 +25,10 @@
 //! - [`timers`]: the timer loop, which is also the store's health probe
 //!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
-//! - [`config`], [`server`], [`telemetry`]: flags, assembly and shutdown,
+//! - [`layers`]: the tower stack every call passes through, in order.
+//! - [`shutdown`]: initiate → drain(grace) → finish; the one owner of the
+//!   shutdown tokens and of every background task.
+//! - [`config`], [`server`], [`telemetry`]: flags, assembly (build → serve),
 //!   logs and OTLP span export (`OTEL_*` variables and flags).
 //! - `testing`: a real `redis-server` child for tests and benchmarks
 //!   (feature `test-support`).
