@@ -32,6 +32,17 @@ pub enum GatewayError {
     /// The engine refused or failed the transition.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A worker reported on a lease its session does not hold (it was
+    /// never sent to this connection, or is not current for it).
+    #[error(
+        "this session does not hold lease {lease_id} of ticket {ticket_id} (it was never sent to this connection, or is not current for it); the result was discarded"
+    )]
+    LeaseNotHeld {
+        /// The ticket named.
+        ticket_id: crate::domain::TicketId,
+        /// The lease named.
+        lease_id: crate::domain::LeaseId,
+    },
     /// A worker sent a message out of protocol order.
     #[error("{0}")]
     Protocol(String),
@@ -105,7 +116,7 @@ impl GatewayError {
                 }
                 EngineError::Unavailable(_) | EngineError::SessionLost(_) => Code::Unavailable,
             },
-            Self::Protocol(_) => Code::FailedPrecondition,
+            Self::Protocol(_) | Self::LeaseNotHeld { .. } => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
             Self::PermissionDenied(_) => Code::PermissionDenied,

@@ -42,6 +42,9 @@ const CLAIMS_IN_FLIGHT: usize = 4;
 /// A claim under way.
 type PendingClaim = Pin<Box<dyn Future<Output = Claim> + Send>>;
 
+/// An undelivered lease being given back.
+type PendingRelease = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A claim's outcome, with the credits it took.
 struct Claim {
     /// The sessions whose credits it took, with their rotation positions.
@@ -345,6 +348,10 @@ struct QueueActor {
 impl QueueActor {
     async fn run(mut self) {
         let mut claims = FuturesUnordered::new();
+        // Leases of sessions that ended before their task reached them,
+        // being given back beside the loop (the store's round trip must not
+        // hold up every other session's tasks).
+        let mut releasing = FuturesUnordered::new();
         loop {
             self.start_claims(&mut claims);
             tokio::select! {
@@ -355,12 +362,14 @@ impl QueueActor {
                         self.apply(message);
                     }
                 }
-                Some(claim) = claims.next() => self.deliver(claim).await,
+                Some(claim) = claims.next() => self.deliver(claim, &mut releasing),
+                Some(()) = releasing.next(), if !releasing.is_empty() => {}
             }
         }
         while let Some(claim) = claims.next().await {
-            self.deliver(claim).await;
+            self.deliver(claim, &mut releasing);
         }
+        while releasing.next().await.is_some() {}
     }
 
     fn apply(&mut self, message: QueueMessage) {
@@ -448,7 +457,7 @@ impl QueueActor {
 
     /// Hands a finished claim's tickets to their sessions and gives back the
     /// credits it did not use.
-    async fn deliver(&mut self, claim: Claim) {
+    fn deliver(&mut self, claim: Claim, releasing: &mut FuturesUnordered<PendingRelease>) {
         let Claim {
             takers,
             ready_generation,
@@ -490,19 +499,18 @@ impl QueueActor {
             if let Err(mpsc::error::SendError(SessionCommand::Deliver(task))) =
                 slot.commands.send(SessionCommand::Deliver(Box::new(task)))
             {
-                // The session ended between taking the credit and now.
-                if let Err(error) = self
-                    .engine
-                    .release(
-                        task.ticket.id,
-                        task.lease.lease_id,
-                        ReleaseReason::Undelivered,
-                    )
-                    .await
-                {
-                    tracing::error!(%error, ticket_id = %task.ticket.id, "could not release an undelivered lease");
-                }
-                self.has_work = true;
+                // The session ended between taking the credit and now: the
+                // release makes the ticket ready again (and says so).
+                let engine = self.engine.clone();
+                releasing.push(Box::pin(async move {
+                    let (ticket_id, lease_id) = (task.ticket.id, task.lease.lease_id);
+                    if let Err(error) = engine
+                        .release(ticket_id, lease_id, ReleaseReason::Undelivered)
+                        .await
+                    {
+                        tracing::error!(%error, %ticket_id, "could not release an undelivered lease");
+                    }
+                }));
             }
         }
         for (_, slot) in unused.into_iter().flatten() {

@@ -1,25 +1,23 @@
-//! One worker connection: the `Workers.Connect` protocol state machine.
+//! One worker connection: runs the session's state machine against the
+//! engine, the dispatcher and the worker's stream.
 //!
-//! Hello → Welcome, then a loop that forwards leased tasks and cancels to the
-//! worker, records its progress and results (fenced by the engine), pings it
-//! every heartbeat interval and declares it dead when two pings in a row go
-//! unanswered (progress on a lease it holds counts as an answer). However
-//! the loop ends, every lease the session still holds is given back to the
-//! engine, so its tickets run again elsewhere.
-//!
-//! Results and progress are accepted only for leases this session holds
-//! (or, for a repeated result, held until it answered them): a lease id
-//! alone proves nothing, as another worker — of another key, tenant or
-//! queue — may have learnt it. A report on any other lease never reaches the
-//! engine: a result gets FAILED_PRECONDITION, progress is dropped. A worker
-//! that reconnects has a new session and cannot report on its old leases
-//! (which ending the old session gave back anyway).
+//! Hello → Welcome, then a loop that feeds the [`Machine`] what happens (a
+//! worker message, a task or cancel from a queue actor, a ping due, a
+//! report made durable) and carries out the effects it asks for. Store
+//! round trips never hold up the loop: reports are applied in order and
+//! awaited beside it, renewals and releases run as tracked tasks. The worker
+//! is declared dead when two pings in a row go unanswered (progress on a
+//! lease it holds counts as an answer). However the loop ends, every lease
+//! the session still holds is given back to the engine, so its tickets run
+//! again elsewhere; a worker that reconnects has a new session and cannot
+//! report on its old leases.
 
-use std::collections::{HashMap, HashSet};
+mod machine;
+pub mod messages;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
-
-use std::future::Future;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -29,26 +27,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use asyncgate_proto::v1 as pb;
-use pb::dispatch_message::Kind as Out;
-use pb::worker_message::Kind as In;
-
 use super::{Dispatcher, SessionCommand, SessionSlot};
-use crate::domain::ticket::codes;
-use crate::domain::{LeaseId, Outcome, Progress, QueueName, SessionId, TicketError, TicketId};
-use crate::engine::{
-    Completion, EngineError, ProgressReport, ReleaseReason, RevokeReason, SessionInfo,
-};
+use crate::domain::{LeaseId, Outcome, QueueName, SessionId, TicketId};
+use crate::engine::{EngineError, ReleaseReason, SessionInfo};
 use crate::error::GatewayError;
-use crate::rpc::convert;
-use crate::time;
-
-/// The largest `max_in_flight` a worker may ask for.
-pub const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
-/// The most queues one worker connection may serve.
-pub const MAX_QUEUES_PER_WORKER: usize = 256;
-/// The longest `Hello.worker_name`, in bytes.
-pub const MAX_WORKER_NAME_BYTES: usize = 128;
+use machine::{Effect, End, Machine, Recorded};
+pub use messages::{FromWorker, Hello, MAX_IN_FLIGHT_LIMIT, ToWorker};
 
 /// What a session needs to know about the gateway's settings.
 #[derive(Debug, Clone)]
@@ -57,8 +41,6 @@ pub struct SessionSettings {
     pub heartbeat_interval: Duration,
     /// Engine-level lease TTL, renewed by each answered ping.
     pub lease_ttl: Duration,
-    /// Largest payload accepted in results and output chunks.
-    pub max_payload_bytes: usize,
 }
 
 /// How long a session keeps trying to record a result while the store is
@@ -66,11 +48,11 @@ pub struct SessionSettings {
 const RESULT_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Items sent to the worker; errors end the stream with a status.
-pub type Outbound = mpsc::Sender<Result<pb::DispatchMessage, GatewayError>>;
+pub type Outbound = mpsc::Sender<Result<ToWorker, GatewayError>>;
 
-fn message(kind: Out) -> Result<pb::DispatchMessage, GatewayError> {
-    Ok(pb::DispatchMessage { kind: Some(kind) })
-}
+/// What the worker's stream yields: a validated message, or why it cannot
+/// be read (`None`: the transport broke, the worker left).
+pub type Inbound = Result<FromWorker, Option<GatewayError>>;
 
 /// Runs one worker connection to its end. `peer` is the worker's address,
 /// for the audit log.
@@ -85,100 +67,44 @@ pub async fn run<S>(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) where
-    S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
+    S: Stream<Item = Inbound> + Unpin,
 {
-    let revoked = caller.revocation();
-    let first = tokio::select! {
-        first = tokio::time::timeout(settings.heartbeat_interval * 2, inbound.next()) => first,
-        _ = shutdown.cancelled() => {
-            let _ = outbound.send(Err(GatewayError::ShuttingDown)).await;
-            return;
-        }
-        _ = revoked.cancelled() => {
-            let _ = outbound.send(Err(caller.revoked_error())).await;
-            return;
-        }
-    };
-    let hello = match first {
-        Ok(Some(Ok(pb::WorkerMessage {
-            kind: Some(In::Hello(hello)),
-        }))) => hello,
-        Ok(Some(Ok(_))) => {
-            let error = GatewayError::Protocol(
-                "the first message on a Connect stream must be Hello (worker_name, queues, max_in_flight)".into(),
-            );
-            let _ = outbound.send(Err(error)).await;
-            return;
-        }
-        Ok(Some(Err(Some(error)))) => {
-            tracing::info!(%error, "worker stream refused before Hello");
-            let _ = outbound.send(Err(error)).await;
-            return;
-        }
-        Ok(Some(Err(None)) | None) => return,
-        Err(_) => {
-            let error = GatewayError::Protocol(format!(
-                "no Hello within {:?} of connecting",
-                settings.heartbeat_interval * 2
-            ));
+    let hello = match await_hello(&caller, peer, &settings, &mut inbound, &shutdown).await {
+        Ok(hello) => hello,
+        Err(None) => return,
+        Err(Some(error)) => {
             let _ = outbound.send(Err(error)).await;
             return;
         }
     };
-    let (queues, max_in_flight, worker_name) = match validate_hello(&caller, hello) {
-        Ok(valid) => valid,
-        Err(error) => {
-            let _ = outbound.send(Err(error)).await;
-            return;
-        }
-    };
-    if let Some(refused) = queues.iter().find(|queue| !caller.may_serve(queue)) {
-        crate::auth::audit_denial(
-            peer,
-            "/asyncgate.v1.Workers/Connect",
-            &caller.name,
-            &refused.to_string(),
-            "permission_denied",
-            "queue",
-        );
-        let error = GatewayError::PermissionDenied(format!(
-            "key {:?} may not serve queue {refused:?}; its entry allows {:?}",
-            caller.name, caller.queues
-        ));
-        let _ = outbound.send(Err(error)).await;
-        return;
-    }
     let info = SessionInfo {
         session_id: SessionId::new(),
-        worker_name: worker_name.into(),
-        queues: queues.clone().into(),
+        worker_name: hello.worker_name.into(),
+        queues: hello.queues.clone().into(),
     };
     let span = tracing::info_span!(
         "worker_session",
         session_id = %info.session_id,
         worker = %info.worker_name,
     );
+    let machine = Machine::new(
+        settings.clone(),
+        caller.names_tenant_queues(),
+        hello.max_in_flight,
+        Instant::now(),
+    );
     let session = Session {
         dispatcher,
         settings,
-        scoped_names: caller.names_tenant_queues(),
-        report_refused: false,
-        key_revoked: revoked,
+        key_revoked: caller.revocation(),
         key_name: caller.name.clone(),
         info,
-        queues,
-        max_in_flight,
+        queues: hello.queues,
+        max_in_flight: hello.max_in_flight,
         outbound,
-        leases: HashMap::new(),
-        output_refused: HashSet::new(),
-        answered: AnsweredLeases::default(),
-        revoked: HashSet::new(),
-        nonce: 0,
-        last_heartbeat: Instant::now(),
-        attached: false,
-        draining: false,
-        gateway_draining: false,
+        machine,
         in_flight: FuturesUnordered::new(),
+        releasing: FuturesUnordered::new(),
         ready: Vec::new(),
         renewing: Arc::default(),
         lost: CancellationToken::new(),
@@ -189,76 +115,64 @@ pub async fn run<S>(
         .await;
 }
 
-fn validate_hello(
+/// Waits for the worker's Hello and checks its key may serve the queues it
+/// names. `Err(None)`: the worker left without a word.
+async fn await_hello<S>(
     caller: &crate::auth::Caller,
-    hello: pb::Hello,
-) -> Result<(Vec<QueueName>, u32, String), GatewayError> {
-    if hello.queues.is_empty() {
-        return Err(GatewayError::invalid(
-            "hello.queues",
-            "name at least one queue to serve",
-        ));
-    }
-    if hello.queues.len() > MAX_QUEUES_PER_WORKER {
-        return Err(GatewayError::invalid(
-            "hello.queues",
-            format!("at most {MAX_QUEUES_PER_WORKER} queues per connection"),
-        ));
-    }
-    let mut queues = Vec::with_capacity(hello.queues.len());
-    for (i, name) in hello.queues.iter().enumerate() {
-        // A tenant's worker serves that tenant's queues of these names.
-        let queue = convert::queue_for(caller, name, &format!("hello.queues[{i}]"))?;
-        if !queues.contains(&queue) {
-            queues.push(queue);
+    peer: Option<std::net::SocketAddr>,
+    settings: &SessionSettings,
+    inbound: &mut S,
+    shutdown: &CancellationToken,
+) -> Result<Hello, Option<GatewayError>>
+where
+    S: Stream<Item = Inbound> + Unpin,
+{
+    let revoked = caller.revocation();
+    let first = tokio::select! {
+        first = tokio::time::timeout(settings.heartbeat_interval * 2, inbound.next()) => first,
+        _ = shutdown.cancelled() => return Err(Some(GatewayError::ShuttingDown)),
+        _ = revoked.cancelled() => return Err(Some(caller.revoked_error())),
+    };
+    let hello = match first {
+        Ok(Some(Ok(FromWorker::Hello(hello)))) => hello?,
+        Ok(Some(Ok(_))) => {
+            return Err(Some(GatewayError::Protocol(
+                "the first message on a Connect stream must be Hello (worker_name, queues, max_in_flight)".into(),
+            )));
         }
+        Ok(Some(Err(Some(error)))) => {
+            tracing::info!(%error, "worker stream refused before Hello");
+            return Err(Some(error));
+        }
+        Ok(Some(Err(None)) | None) => return Err(None),
+        Err(_) => {
+            return Err(Some(GatewayError::Protocol(format!(
+                "no Hello within {:?} of connecting",
+                settings.heartbeat_interval * 2
+            ))));
+        }
+    };
+    if let Some(refused) = hello.queues.iter().find(|queue| !caller.may_serve(queue)) {
+        crate::auth::audit_denial(
+            peer,
+            "/asyncgate.v1.Workers/Connect",
+            &caller.name,
+            &refused.to_string(),
+            "permission_denied",
+            "queue",
+        );
+        return Err(Some(GatewayError::PermissionDenied(format!(
+            "key {:?} may not serve queue {refused:?}; its entry allows {:?}",
+            caller.name, caller.queues
+        ))));
     }
-    if hello.max_in_flight == 0 || hello.max_in_flight > MAX_IN_FLIGHT_LIMIT {
-        return Err(GatewayError::invalid(
-            "hello.max_in_flight",
-            format!(
-                "must be between 1 and {MAX_IN_FLIGHT_LIMIT}, got {}",
-                hello.max_in_flight
-            ),
-        ));
-    }
-    let mut name = hello.worker_name;
-    if name.len() > MAX_WORKER_NAME_BYTES {
-        return Err(GatewayError::invalid(
-            "hello.worker_name",
-            format!(
-                "is {} bytes; at most {MAX_WORKER_NAME_BYTES} bytes",
-                name.len()
-            ),
-        ));
-    }
-    // The name is in every log line of the session and in tickets'
-    // waiting reasons: a newline or an escape in it would forge log lines
-    // or drive the terminal of whoever reads them.
-    if let Some((at, c)) = name.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(GatewayError::invalid(
-            "hello.worker_name",
-            format!(
-                "has a control character (U+{:04X} at byte {at}); use printable text",
-                u32::from(c)
-            ),
-        ));
-    }
-    if name.is_empty() {
-        name = "unnamed".into();
-    }
-    Ok((queues, hello.max_in_flight, name))
+    Ok(hello)
 }
 
+/// The session's runner: owns the machine and everything with I/O.
 struct Session {
     dispatcher: Dispatcher,
     settings: SessionSettings,
-    /// Whether tasks show queues as stored (`tenant/queue`, admin keys) or
-    /// as the worker's tenant names them.
-    scoped_names: bool,
-    /// Whether a progress report was refused yet (the first is logged at
-    /// warn, the rest at debug).
-    report_refused: bool,
     /// Cancelled when a keys reload revokes or changes the worker's key:
     /// the session ends at once and gives its leases back.
     key_revoked: CancellationToken,
@@ -268,74 +182,25 @@ struct Session {
     queues: Vec<QueueName>,
     max_in_flight: u32,
     outbound: Outbound,
-    /// Leases handed to this worker and not yet answered; each holds a credit.
-    leases: HashMap<LeaseId, TicketId>,
-    /// Leases the worker was told to drop; their late results are expected.
-    revoked: HashSet<LeaseId>,
-    /// Leases this session held and has received a result for: a repeat of
-    /// that result (the worker's resend after UNAVAILABLE, or a duplicate)
-    /// still goes to the engine, which answers it by its fencing.
-    answered: AnsweredLeases,
-    /// Held leases whose output was refused (over a budget) at least once:
-    /// later refusals are logged at debug level, so a worker that keeps
-    /// streaming past its budget cannot flood the gateway's log.
-    output_refused: HashSet<LeaseId>,
-    /// The latest ping sent.
-    nonce: u64,
-    /// When the worker last answered a recent ping.
-    last_heartbeat: Instant,
-    /// Whether the queue actors may send us tasks.
-    attached: bool,
-    /// Draining (gateway shutdown or the worker's Drain): no new tasks.
-    draining: bool,
-    /// The gateway is shutting down: end once every lease is answered. (A
-    /// worker's own drain ends when the worker closes its stream.)
-    gateway_draining: bool,
+    machine: Machine,
     /// Progress and results applied but not yet durable.
     in_flight: FuturesUnordered<BoxFuture<'static, Recorded>>,
-    /// Progress and results durable and not yet acknowledged.
+    /// Leases being given back.
+    releasing: FuturesUnordered<BoxFuture<'static, ()>>,
+    /// Progress and results durable and not yet handed to the machine.
     ready: Vec<Recorded>,
     /// Set while a session renewal is on its way to the store: a slow
     /// store must not stall the session's loop (and its pings).
-    renewing: Arc<std::sync::atomic::AtomicBool>,
+    renewing: Arc<AtomicBool>,
     /// Cancelled when a renewal finds the session expired in the store
     /// (its leases already given back): the session ends, and the worker
     /// reconnects as a new one.
     lost: CancellationToken,
 }
 
-/// A worker's report, applied and now durable (or refused).
-enum Recorded {
-    Progress {
-        ticket_id: TicketId,
-        lease_id: LeaseId,
-        outcome: Result<(), EngineError>,
-    },
-    Result {
-        ticket_id: TicketId,
-        lease_id: LeaseId,
-        /// Whether this session held the lease (its credit comes back).
-        held: bool,
-        /// Whether the worker had been told to drop it (a rejection is
-        /// expected then).
-        was_revoked: bool,
-        outcome: Box<Result<Completion, EngineError>>,
-    },
-}
-
-/// Why the session loop ended.
-enum End {
-    /// The worker closed the stream or the transport failed.
-    Closed,
-    /// Drained on shutdown with nothing left in flight.
-    Drained,
-    /// End the stream with this error.
-    Error(GatewayError),
-}
-
 impl Session {
-    fn send(&self, kind: Out) -> Result<(), End> {
-        match self.outbound.try_send(message(kind)) {
+    fn send(&self, message: ToWorker) -> Result<(), End> {
+        match self.outbound.try_send(Ok(message)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(End::Closed),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -352,7 +217,7 @@ impl Session {
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) where
-        S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
+        S: Stream<Item = Inbound> + Unpin,
     {
         let engine = self.dispatcher.engine().clone();
         let session_id = self.info.session_id;
@@ -369,46 +234,40 @@ impl Session {
             self.max_in_flight,
             commands_tx,
         ));
-        let welcome = Out::Welcome(pb::Welcome {
-            session_id: session_id.to_string(),
-            lease_ttl: Some(time::duration(self.settings.lease_ttl)),
-            heartbeat_interval: Some(time::duration(self.settings.heartbeat_interval)),
-        });
-        let end = match self.send(welcome) {
+        let end = match self.send(self.machine.welcome(session_id)) {
             Err(end) => end,
             Ok(()) => {
                 self.dispatcher.attach(&slot, &self.queues);
-                self.attached = true;
                 tracing::info!(queues = ?self.queues, max_in_flight = self.max_in_flight, "worker connected");
                 self.event_loop(&slot, &mut inbound, &mut commands, &shutdown, &hard_stop)
                     .await
             }
         };
-        if self.attached {
+        if self.machine.attached() {
             self.dispatcher.detach(session_id, &self.queues);
         }
         self.dispatcher.unregister(session_id);
         // Tasks the actors handed us after we stopped reading our mailbox.
         commands.close();
         while let Some(command) = commands.recv().await {
-            if let SessionCommand::Deliver(task) = command
-                && let Err(error) = engine
-                    .release(
-                        task.ticket.id,
-                        task.lease.lease_id,
-                        ReleaseReason::Undelivered,
-                    )
-                    .await
-            {
-                tracing::error!(%error, "could not release an undelivered lease");
+            if let SessionCommand::Deliver(task) = command {
+                self.release(
+                    task.ticket.id,
+                    task.lease.lease_id,
+                    ReleaseReason::Undelivered,
+                );
             }
         }
         if let End::Error(GatewayError::KeyRevoked(_)) = &end {
             self.give_back_revoked().await;
         }
-        if !self.leases.is_empty() {
+        // Given back as undelivered or revoked before the session's end gives
+        // the rest back as lost (an attempt spent).
+        while self.releasing.next().await.is_some() {}
+        let leases = self.machine.take_leases();
+        if !leases.is_empty() {
             tracing::warn!(
-                leases = self.leases.len(),
+                leases = leases.len(),
                 "worker left with tasks in flight; requeueing them"
             );
         }
@@ -434,7 +293,7 @@ impl Session {
         hard_stop: &CancellationToken,
     ) -> End
     where
-        S: Stream<Item = Result<pb::WorkerMessage, Option<GatewayError>>> + Unpin,
+        S: Stream<Item = Inbound> + Unpin,
     {
         let mut ping = tokio::time::interval(self.settings.heartbeat_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -447,14 +306,15 @@ impl Session {
         tokio::pin!(key_revoked);
         let draining = shutdown.cancelled();
         tokio::pin!(draining);
+        let mut gateway_draining = false;
         let lost = self.lost.clone();
         let lost = lost.cancelled();
         tokio::pin!(lost);
-        let mut liveness_deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
+        let mut liveness_deadline = self.machine.liveness_deadline();
         let liveness = tokio::time::sleep_until(liveness_deadline);
         tokio::pin!(liveness);
         loop {
-            let deadline = self.last_heartbeat + self.settings.heartbeat_interval * 2;
+            let deadline = self.machine.liveness_deadline();
             if deadline != liveness_deadline {
                 liveness_deadline = deadline;
                 liveness.as_mut().reset(deadline);
@@ -468,20 +328,18 @@ impl Session {
                     self.key_name.to_string(),
                 ))),
                 () = &mut lost => Err(End::Error(GatewayError::Engine(
-                    crate::engine::EngineError::SessionLost(self.info.session_id),
+                    EngineError::SessionLost(self.info.session_id),
                 ))),
-                () = &mut draining, if !self.gateway_draining => {
-                    self.gateway_draining = true;
-                    self.start_draining();
-                    self.send(Out::Drain(pb::Drain {
-                        reason: "the gateway is shutting down".into(),
-                    }))
+                () = &mut draining, if !gateway_draining => {
+                    gateway_draining = true;
+                    self.machine.on_gateway_drain();
+                    Ok(())
                 }
                 // Timers before traffic: a worker that floods its stream must
                 // not starve its own pings or hide that it stopped answering.
                 _ = ping.tick() => {
-                    self.nonce += 1;
-                    self.send(Out::Ping(pb::Ping { nonce: self.nonce }))
+                    self.machine.on_ping_due();
+                    Ok(())
                 }
                 () = &mut liveness => Err(End::Error(
                     GatewayError::WorkerUnresponsive(format!(
@@ -490,15 +348,23 @@ impl Session {
                     )),
                 )),
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
+                    Some(SessionCommand::Deliver(claimed)) => {
+                        self.machine.on_deliver(claimed);
+                        Ok(())
+                    }
+                    Some(SessionCommand::Revoke(revocation)) => {
+                        self.machine.on_revoke(revocation);
+                        Ok(())
+                    }
                     None => Err(End::Closed),
                 },
+                Some(()) = self.releasing.next(), if !self.releasing.is_empty() => Ok(()),
                 Some(recorded) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.on_recorded(slot, recorded)
+                    self.machine.on_recorded(recorded);
+                    Ok(())
                 }
-                // A worker that reports faster than the store commits waits.
-                message = inbound.next(), if self.in_flight.len() < self.in_flight_limit() => match message {
-                    Some(Ok(message)) => self.on_message(message).await,
+                message = inbound.next(), if self.machine.reads_worker() => match message {
+                    Some(Ok(message)) => self.machine.on_message(Instant::now(), message),
                     // A message the gateway cannot read ends the session
                     // with the reason, so the worker's author learns it.
                     Some(Err(Some(error))) => Err(End::Error(error)),
@@ -509,175 +375,130 @@ impl Session {
                     None => Err(End::Closed),
                 },
             };
-            if let Err(end) = step {
+            let applied = self.apply_effects(slot);
+            if let Err(end) = step.and(applied) {
                 return end;
             }
-            for recorded in std::mem::take(&mut self.ready) {
-                if let Err(end) = self.on_recorded(slot, recorded) {
-                    return end;
-                }
-            }
-            if self.gateway_draining && self.leases.is_empty() && self.in_flight.is_empty() {
+            if self.machine.drained() {
                 return End::Drained;
             }
         }
     }
 
-    /// The worker's key was revoked: results it sent before are recorded
-    /// (for a while; they are not acknowledged), and every lease it still
-    /// holds goes back to its queue at once, without costing the ticket an
-    /// attempt, rather than waiting for the lease to be lost.
-    async fn give_back_revoked(&mut self) {
+    /// Carries out what the machine asked for, in order, and hands it back
+    /// whatever was recorded at once (until nothing more is).
+    fn apply_effects(&mut self, slot: &Arc<SessionSlot>) -> Result<(), End> {
+        loop {
+            let effects: Vec<Effect> = self.machine.effects().collect();
+            if effects.is_empty() {
+                return Ok(());
+            }
+            for effect in effects {
+                self.apply(slot, effect)?;
+            }
+            for recorded in std::mem::take(&mut self.ready) {
+                self.machine.on_recorded(recorded);
+            }
+        }
+    }
+
+    fn apply(&mut self, slot: &Arc<SessionSlot>, effect: Effect) -> Result<(), End> {
+        match effect {
+            Effect::Send(message) => return self.send(message),
+            Effect::Progress(report) => {
+                let (ticket_id, lease_id) = (report.ticket_id, report.lease_id);
+                let applied = self.dispatcher.engine().progress(report);
+                self.track(async move {
+                    Recorded::Progress {
+                        ticket_id,
+                        lease_id,
+                        outcome: applied.await,
+                    }
+                });
+            }
+            Effect::Complete {
+                ticket_id,
+                lease_id,
+                outcome,
+                held,
+                was_revoked,
+            } => {
+                let recorded = self.complete(ticket_id, lease_id, outcome);
+                self.track(async move {
+                    Recorded::Result {
+                        ticket_id,
+                        lease_id,
+                        held,
+                        was_revoked,
+                        outcome: Box::new(recorded.await),
+                    }
+                });
+            }
+            Effect::Release {
+                ticket_id,
+                lease_id,
+            } => self.release(ticket_id, lease_id, ReleaseReason::Undelivered),
+            Effect::Renew => self.renew(),
+            Effect::Detach => self.dispatcher.detach(self.info.session_id, &self.queues),
+            Effect::CreditReturned => self.dispatcher.credit_returned(slot, &self.queues),
+        }
+        Ok(())
+    }
+
+    /// Records a result. A store that is briefly away (a Redis restart) must
+    /// not turn a finished task into a lost result: the future tries again
+    /// for a while before the worker is told UNAVAILABLE (it then resends).
+    fn complete(
+        &self,
+        ticket_id: TicketId,
+        lease_id: LeaseId,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<crate::engine::Completion, EngineError>> + Send + 'static {
         let engine = self.dispatcher.engine().clone();
-        let settle = async { while self.in_flight.next().await.is_some() {} };
-        if tokio::time::timeout(self.settings.heartbeat_interval * 2, settle)
-            .await
-            .is_err()
-        {
-            tracing::warn!("results of a revoked worker still unrecorded; dropped");
-        }
-        let leases = std::mem::take(&mut self.leases);
-        tracing::info!(
-            leases = leases.len(),
-            "worker key revoked; its leases go back to their queues"
-        );
-        for (lease_id, ticket_id) in leases {
-            if let Err(error) = engine
-                .release(ticket_id, lease_id, ReleaseReason::KeyRevoked)
-                .await
+        // Applied now, so results keep the order they arrived in.
+        let applied = engine.complete(ticket_id, lease_id, outcome.clone());
+        async move {
+            let mut recorded = applied.await;
+            let mut delay = Duration::from_millis(50);
+            let give_up = Instant::now() + RESULT_RETRY_FOR;
+            while matches!(&recorded, Err(error) if error.is_unavailable())
+                && Instant::now() < give_up
             {
-                tracing::error!(%error, %ticket_id, "could not release a revoked worker's lease");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                recorded = engine.complete(ticket_id, lease_id, outcome.clone()).await;
             }
+            recorded
         }
     }
 
-    /// Reports waiting for the store before the worker's stream is paused.
-    fn in_flight_limit(&self) -> usize {
-        self.max_in_flight as usize * 4 + 64
-    }
-
-    /// Stops new tasks from coming; the loop ends once every lease is
-    /// answered.
-    fn start_draining(&mut self) {
-        self.draining = true;
-        if self.attached {
-            self.dispatcher.detach(self.info.session_id, &self.queues);
-            self.attached = false;
+    /// Keeps an applied transition until it is durable; the memory engine's
+    /// are ready at once and handed back on the spot.
+    fn track(&mut self, recorded: impl Future<Output = Recorded> + Send + 'static) {
+        let mut recorded = Box::pin(recorded);
+        match (&mut recorded).now_or_never() {
+            Some(done) => self.ready.push(done),
+            None => self.in_flight.push(recorded),
         }
     }
 
-    async fn on_command(&mut self, command: SessionCommand) -> Result<(), End> {
-        match command {
-            SessionCommand::Deliver(claimed) if self.draining => {
-                // Claimed for us before we detached: back to the queue,
-                // without costing an attempt.
-                let (ticket_id, lease_id) = (claimed.ticket.id, claimed.lease.lease_id);
-                if let Err(error) = self
-                    .dispatcher
-                    .engine()
-                    .release(ticket_id, lease_id, ReleaseReason::Undelivered)
-                    .await
-                {
-                    tracing::error!(%error, %ticket_id, "could not release an undelivered lease");
+    /// Gives a lease back beside the loop; the session does not end (and
+    /// its remaining leases go back as lost) before this is done.
+    fn release(&mut self, ticket_id: TicketId, lease_id: LeaseId, reason: ReleaseReason) {
+        let engine = self.dispatcher.engine().clone();
+        self.releasing.push(Box::pin(
+            async move {
+                if let Err(error) = engine.release(ticket_id, lease_id, reason).await {
+                    tracing::error!(%error, %ticket_id, ?reason, "could not release a lease");
                 }
-                Ok(())
             }
-            SessionCommand::Deliver(claimed) => {
-                let ticket = &claimed.ticket;
-                self.leases.insert(claimed.lease.lease_id, ticket.id);
-                tracing::debug!(ticket_id = %ticket.id, lease_id = %claimed.lease.lease_id, attempt = ticket.attempt, "task sent");
-                self.send(Out::Task(pb::Task {
-                    ticket_id: ticket.id.to_string(),
-                    lease_id: claimed.lease.lease_id.to_string(),
-                    queue: if self.scoped_names {
-                        ticket.queue.to_string()
-                    } else {
-                        ticket.queue.seen_by(ticket.tenant.as_deref()).to_owned()
-                    },
-                    payload: Some((*ticket.payload).clone()),
-                    metadata: (*ticket.metadata).clone(),
-                    attempt: ticket.attempt,
-                    max_attempts: ticket.max_attempts,
-                    deadline: claimed.lease.attempt_deadline.map(time::timestamp),
-                }))
-            }
-            SessionCommand::Revoke(revocation) => {
-                if !self.leases.contains_key(&revocation.lease_id) {
-                    return Ok(());
-                }
-                self.revoked.insert(revocation.lease_id);
-                let reason = match revocation.reason {
-                    RevokeReason::Cancelled => pb::CancelReason::Cancelled,
-                    RevokeReason::Expired => pb::CancelReason::Expired,
-                    RevokeReason::AttemptTimeout => pb::CancelReason::AttemptTimeout,
-                };
-                self.send(Out::Cancel(pb::Cancel {
-                    ticket_id: revocation.ticket_id.to_string(),
-                    lease_id: revocation.lease_id.to_string(),
-                    reason: reason as i32,
-                    message: revocation.message,
-                }))
-            }
-        }
-    }
-
-    async fn on_message(&mut self, message: pb::WorkerMessage) -> Result<(), End> {
-        match message.kind {
-            None => Err(End::Error(GatewayError::Protocol(
-                "empty WorkerMessage: set one of hello, heartbeat, progress, result".into(),
-            ))),
-            Some(In::Hello(_)) => Err(End::Error(GatewayError::Protocol(
-                "Hello was already received on this stream; open a new stream to re-register"
-                    .into(),
-            ))),
-            Some(In::Heartbeat(heartbeat)) => {
-                // Only an answer to one of the two latest pings proves the
-                // worker is reading its stream.
-                if heartbeat.nonce <= self.nonce && heartbeat.nonce + 1 >= self.nonce {
-                    self.last_heartbeat = Instant::now();
-                    self.renew();
-                }
-                Ok(())
-            }
-            Some(In::Progress(progress)) => self.on_progress(progress),
-            Some(In::Drain(_)) => {
-                if self.draining {
-                    return Ok(());
-                }
-                tracing::info!(in_flight = self.leases.len(), "worker is draining");
-                self.start_draining();
-                // Every task sent before this reply is already on the stream
-                // ahead of it, so the worker knows what it still owes.
-                self.send(Out::Drain(pb::Drain {
-                    reason: "drain acknowledged: no new tasks will be sent".into(),
-                }))
-            }
-            Some(In::Result(result)) => self.on_result(result),
-        }
-    }
-
-    /// Progress on a lease this session holds proves the worker alive as
-    /// well as a ping answer does: a worker streaming large outputs answers
-    /// pings late, its answers queued behind its data. (Progress for leases
-    /// it does not hold, or was told to drop, proves nothing: it may not be
-    /// reading at all; nor does progress naming a held lease with another
-    /// ticket.) Refreshed at most twice per heartbeat interval, so a
-    /// stream of chunks does not renew the session in the store per chunk.
-    fn alive_by_work(&mut self, ticket_id: TicketId, lease_id: LeaseId) {
-        if self.leases.get(&lease_id) != Some(&ticket_id) || self.revoked.contains(&lease_id) {
-            return;
-        }
-        let now = Instant::now();
-        if now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval / 2 {
-            self.last_heartbeat = now;
-            self.renew();
-        }
+            .in_current_span(),
+        ));
     }
 
     /// Renews the session in the store, in the background; a renewal still
     /// on its way makes this one unnecessary.
     fn renew(&self) {
-        use std::sync::atomic::Ordering;
         if self.renewing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -690,7 +511,7 @@ impl Session {
             async move {
                 match engine.touch_session(&info, expires_at).await {
                     Ok(()) => {}
-                    Err(crate::engine::EngineError::SessionLost(_)) => lost.cancel(),
+                    Err(EngineError::SessionLost(_)) => lost.cancel(),
                     Err(error) => tracing::warn!(%error, "could not renew the session's leases"),
                 }
                 renewing.store(false, Ordering::Release);
@@ -699,292 +520,27 @@ impl Session {
         );
     }
 
-    /// Whether this session holds `lease_id`, as a lease of `ticket_id`.
-    fn holds(&self, ticket_id: TicketId, lease_id: LeaseId) -> bool {
-        self.leases.get(&lease_id) == Some(&ticket_id)
-    }
-
-    fn on_progress(&mut self, progress: pb::TaskProgress) -> Result<(), End> {
-        // A bad report is refused the way a bad result is (a ResultAck
-        // naming the lease and the reason); the session and its other
-        // leases carry on.
-        let ids = (progress.ticket_id.clone(), progress.lease_id.clone());
-        let refuse = |session: &mut Self, error: GatewayError| {
-            // Logged once per session at warn (a worker's bug is worth
-            // seeing), then at debug: a flood cannot flood the log.
-            if std::mem::replace(&mut session.report_refused, true) {
-                tracing::debug!(%error, "progress refused");
-            } else {
-                tracing::warn!(%error, "progress refused; later refusals on this session are logged at debug level");
-            }
-            session.send(Out::ResultAck(pb::ResultAck {
-                ticket_id: ids.0.clone(),
-                lease_id: ids.1.clone(),
-                code: error.code() as i32,
-                message: format!("progress refused: {error}"),
-            }))
-        };
-        let (ticket_id, lease_id) =
-            match parse_lease(&progress.ticket_id, &progress.lease_id, "progress") {
-                Ok(ids) => ids,
-                Err(error) => return refuse(self, error),
-            };
-        if !self.holds(ticket_id, lease_id) {
-            tracing::debug!(%ticket_id, %lease_id, "progress on a lease this session does not hold; ignored");
-            return Ok(());
-        }
-        self.alive_by_work(ticket_id, lease_id);
-        let output = match progress
-            .output
-            .map(|output| {
-                convert::checked_payload(output, "progress.output", self.settings.max_payload_bytes)
-            })
-            .transpose()
+    /// The worker's key was revoked: results it sent before are recorded
+    /// (for a while; they are not acknowledged), and every lease it still
+    /// holds goes back to its queue at once, without costing the ticket an
+    /// attempt, rather than waiting for the lease to be lost.
+    async fn give_back_revoked(&mut self) {
+        let settle = async { while self.in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.heartbeat_interval * 2, settle)
+            .await
+            .is_err()
         {
-            Ok(output) => output,
-            Err(error) => return refuse(self, error),
-        };
-        let report = ProgressReport {
-            ticket_id,
-            lease_id,
-            progress: (progress.percent > 0 || !progress.message.is_empty() || output.is_none())
-                .then(|| Progress {
-                    percent: progress.percent.min(100),
-                    message: progress.message.chars().take(1024).collect(),
-                }),
-            output,
-        };
-        let applied = self.dispatcher.engine().progress(report);
-        self.track(async move {
-            Recorded::Progress {
-                ticket_id,
-                lease_id,
-                outcome: applied.await,
-            }
-        });
-        Ok(())
-    }
-
-    /// Keeps an applied transition until it is durable; the memory engine's
-    /// are ready at once and handled on the spot.
-    fn track(&mut self, recorded: impl Future<Output = Recorded> + Send + 'static) {
-        let mut recorded = Box::pin(recorded);
-        match (&mut recorded).now_or_never() {
-            Some(done) => self.ready.push(done),
-            None => self.in_flight.push(recorded),
+            tracing::warn!("results of a revoked worker still unrecorded; dropped");
+        }
+        let leases = self.machine.take_leases();
+        tracing::info!(
+            leases = leases.len(),
+            "worker key revoked; its leases go back to their queues"
+        );
+        for (lease_id, ticket_id) in leases {
+            self.release(ticket_id, lease_id, ReleaseReason::KeyRevoked);
         }
     }
-
-    /// A transition is durable: acknowledge it.
-    fn on_recorded(&mut self, slot: &Arc<SessionSlot>, recorded: Recorded) -> Result<(), End> {
-        match recorded {
-            Recorded::Progress {
-                ticket_id,
-                lease_id,
-                outcome,
-            } => {
-                match outcome {
-                    Ok(()) => {}
-                    Err(EngineError::StaleLease { .. } | EngineError::NotFound(_)) => {
-                        tracing::debug!(%ticket_id, %lease_id, "progress for a lease that is not current; ignored");
-                    }
-                    Err(error @ EngineError::LimitExceeded(_)) => {
-                        let first = self.leases.contains_key(&lease_id)
-                            && self.output_refused.insert(lease_id);
-                        if first {
-                            tracing::warn!(%error, %ticket_id, %lease_id, "output refused; later refusals for this lease are logged at debug level");
-                        } else {
-                            tracing::debug!(%error, %ticket_id, %lease_id, "output refused");
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, %ticket_id, "progress not recorded"),
-                }
-                Ok(())
-            }
-            Recorded::Result {
-                ticket_id,
-                lease_id,
-                held,
-                was_revoked,
-                outcome,
-            } => {
-                if held {
-                    self.dispatcher.credit_returned(slot, &self.queues);
-                }
-                let (code, message) = match *outcome {
-                    Ok(Completion::Recorded(ticket)) => {
-                        tracing::debug!(%ticket_id, state = ticket.state.name(), "result recorded");
-                        (
-                            tonic::Code::Ok,
-                            format!("recorded; ticket is {}", ticket.state.name()),
-                        )
-                    }
-                    Ok(Completion::Duplicate(_)) => (
-                        tonic::Code::AlreadyExists,
-                        "this lease's result was already recorded".into(),
-                    ),
-                    Err(error) => {
-                        let status = GatewayError::from(error);
-                        if !was_revoked {
-                            tracing::debug!(%ticket_id, %lease_id, error = %status, "result rejected");
-                        }
-                        (status.code(), status.to_string())
-                    }
-                };
-                self.send(Out::ResultAck(pb::ResultAck {
-                    ticket_id: ticket_id.to_string(),
-                    lease_id: lease_id.to_string(),
-                    code: code as i32,
-                    message,
-                }))
-            }
-        }
-    }
-
-    fn on_result(&mut self, result: pb::TaskResult) -> Result<(), End> {
-        let ack = |code: tonic::Code, message: String| {
-            Out::ResultAck(pb::ResultAck {
-                ticket_id: result.ticket_id.clone(),
-                lease_id: result.lease_id.clone(),
-                code: code as i32,
-                message,
-            })
-        };
-        let (ticket_id, lease_id) = match parse_lease(&result.ticket_id, &result.lease_id, "result")
-        {
-            Ok(ids) => ids,
-            Err(error) => return self.send(ack(tonic::Code::InvalidArgument, error.to_string())),
-        };
-        // A lease answers for its own ticket only. Forgetting the lease on
-        // such a result would give its credit back while the ticket stays
-        // leased to this worker (one task more than max_in_flight), and a
-        // cancel of it would no longer reach the worker.
-        if let Some(held) = self.leases.get(&lease_id)
-            && *held != ticket_id
-        {
-            let message = format!(
-                "lease {lease_id} was given for ticket {held}, not {ticket_id}: send the result with its Task's ticket_id"
-            );
-            return self.send(ack(tonic::Code::InvalidArgument, message));
-        }
-        let held = self.holds(ticket_id, lease_id);
-        if !held && !self.answered.contains(lease_id) {
-            tracing::debug!(%ticket_id, %lease_id, "result on a lease this session does not hold; refused");
-            return self.send(ack(
-                tonic::Code::FailedPrecondition,
-                format!(
-                    "this session does not hold lease {lease_id} of ticket {ticket_id} (it was never sent to this connection, or is not current for it); the result was discarded"
-                ),
-            ));
-        }
-        let outcome = match result.outcome.clone() {
-            Some(pb::task_result::Outcome::Success(payload)) => {
-                match convert::checked_payload(
-                    payload,
-                    "result.success",
-                    self.settings.max_payload_bytes,
-                ) {
-                    Ok(payload) => Outcome::Success(payload),
-                    // The ticket fails with the reason rather than waiting
-                    // for a result the worker cannot give in another form.
-                    Err(error) => Outcome::Failure(TicketError {
-                        code: error.code() as i32,
-                        message: format!("the worker's result was refused: {error}"),
-                        retryable: false,
-                    }),
-                }
-            }
-            Some(pb::task_result::Outcome::Failure(failure)) => Outcome::Failure(TicketError {
-                code: if failure.code == 0 {
-                    codes::UNKNOWN
-                } else {
-                    failure.code.clamp(1, 16)
-                },
-                message: failure.message.chars().take(4096).collect(),
-                retryable: failure.retryable,
-            }),
-            None => {
-                return self.send(ack(
-                    tonic::Code::InvalidArgument,
-                    "result.outcome is empty: set success (a payload) or failure".into(),
-                ));
-            }
-        };
-        if held {
-            self.leases.remove(&lease_id);
-            self.answered.insert(lease_id, self.in_flight_limit());
-        }
-        self.output_refused.remove(&lease_id);
-        let was_revoked = self.revoked.remove(&lease_id);
-        let engine = self.dispatcher.engine().clone();
-        let applied = engine.complete(ticket_id, lease_id, outcome.clone());
-        self.track(async move {
-            // A store that is briefly away (a Redis restart) must not turn a
-            // finished task into a lost result: try again for a while before
-            // telling the worker UNAVAILABLE (it then resends).
-            let mut outcome_now = applied.await;
-            let mut delay = Duration::from_millis(50);
-            let give_up = Instant::now() + RESULT_RETRY_FOR;
-            while matches!(outcome_now, Err(EngineError::Unavailable(_)))
-                && Instant::now() < give_up
-            {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-                outcome_now = engine.complete(ticket_id, lease_id, outcome.clone()).await;
-            }
-            Recorded::Result {
-                ticket_id,
-                lease_id,
-                held,
-                was_revoked,
-                outcome: Box::new(outcome_now),
-            }
-        });
-        Ok(())
-    }
-}
-
-/// The latest leases a session answered, oldest first: bounded, so a
-/// long-lived session does not remember every lease it ever held. A repeat
-/// comes within moments of its result (a duplicate send, or a resend a
-/// second after UNAVAILABLE), far inside the bound.
-#[derive(Default)]
-struct AnsweredLeases {
-    order: std::collections::VecDeque<LeaseId>,
-    set: HashSet<LeaseId>,
-}
-
-impl AnsweredLeases {
-    fn contains(&self, lease_id: LeaseId) -> bool {
-        self.set.contains(&lease_id)
-    }
-
-    /// Remembers `lease_id`, forgetting the oldest past `limit`.
-    fn insert(&mut self, lease_id: LeaseId, limit: usize) {
-        if !self.set.insert(lease_id) {
-            return;
-        }
-        self.order.push_back(lease_id);
-        while self.order.len() > limit {
-            if let Some(oldest) = self.order.pop_front() {
-                self.set.remove(&oldest);
-            }
-        }
-    }
-}
-
-fn parse_lease(
-    ticket_id: &str,
-    lease_id: &str,
-    what: &str,
-) -> Result<(TicketId, LeaseId), GatewayError> {
-    let ticket = ticket_id
-        .parse::<TicketId>()
-        .map_err(|e| GatewayError::invalid(format!("{what}.ticket_id"), e.to_string()))?;
-    let lease = lease_id
-        .parse::<LeaseId>()
-        .map_err(|e| GatewayError::invalid(format!("{what}.lease_id"), e.to_string()))?;
-    Ok((ticket, lease))
 }
 
 #[cfg(test)]

@@ -224,6 +224,14 @@ pub enum EngineError {
     Unavailable(String),
 }
 
+impl EngineError {
+    /// Whether the store could not be reached or written: the same call
+    /// may succeed if tried again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
 /// The outcome of a submit.
 #[derive(Debug, Clone)]
 pub struct Submitted {

@@ -13,6 +13,7 @@ use asyncgate_proto::v1 as pb;
 use pb::workers_server::Workers;
 
 use super::Core;
+use super::convert::worker;
 use crate::dispatch::session::{self, SessionSettings};
 use crate::error::GatewayError;
 
@@ -46,16 +47,18 @@ impl Workers for WorkersService {
         let limits = crate::rescue::Limits {
             max_message_bytes: self.core.config.max_payload_bytes + 64 * 1024,
         };
-        let inbound = request
-            .into_inner()
-            .map(move |item| item.map_err(|status| unreadable(status, limits)));
+        let max_payload_bytes = self.core.config.max_payload_bytes;
+        let edge_caller = caller.clone();
+        let inbound = request.into_inner().map(move |item| match item {
+            Ok(message) => Ok(worker::from_pb(&edge_caller, message, max_payload_bytes)),
+            Err(status) => Err(unreadable(status, limits)),
+        });
         // Room for every task and ack a well-behaved worker can have
         // outstanding, plus pings; a worker that lets it fill is not reading.
         let (tx, rx) = mpsc::channel(2 * session::MAX_IN_FLIGHT_LIMIT as usize + 64);
         let settings = SessionSettings {
             heartbeat_interval: self.core.config.heartbeat_interval,
             lease_ttl: self.core.config.lease_ttl,
-            max_payload_bytes: self.core.config.max_payload_bytes,
         };
         let dispatcher = self.core.dispatcher.clone();
         // The session's own tokens: polling them locks only their own
@@ -76,7 +79,8 @@ impl Workers for WorkersService {
             )
             .instrument(span),
         );
-        let outbound = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
+        let outbound =
+            ReceiverStream::new(rx).map(|item| item.map(worker::to_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(outbound)))
     }
 }

@@ -1,74 +1,14 @@
-//! Unit tests of `dispatch/session.rs`.
+//! Tests of `dispatch/session.rs`: a real session over a memory engine,
+//! driven through the worker protocol's edge as a worker would.
 
 use super::*;
 use crate::dispatch::WeakDispatcher;
 use crate::engine::{Engine, EngineConfig, EngineListener, LocalEngine, Revocation, TicketChange};
+use crate::rpc::convert::{self, worker};
+use asyncgate_proto::v1 as pb;
+use pb::dispatch_message::Kind as Out;
+use pb::worker_message::Kind as In;
 use tokio_util::task::TaskTracker;
-
-fn hello(worker_name: &str) -> Result<String, GatewayError> {
-    validate_hello(
-        &crate::auth::Caller::anonymous(),
-        pb::Hello {
-            worker_name: worker_name.into(),
-            queues: vec!["q".into()],
-            max_in_flight: 1,
-        },
-    )
-    .map(|(_, _, name)| name)
-}
-
-fn refusal(worker_name: &str) -> (String, String) {
-    match hello(worker_name) {
-        Err(GatewayError::InvalidArgument { field, reason }) => (field, reason),
-        other => panic!("{worker_name:?} was not refused: {other:?}"),
-    }
-}
-
-#[test]
-fn answered_leases_are_bounded_oldest_first() {
-    let mut answered = AnsweredLeases::default();
-    let leases: Vec<LeaseId> = (0..5).map(|_| LeaseId::new()).collect();
-    for lease in &leases {
-        answered.insert(*lease, 3);
-    }
-    answered.insert(leases[4], 3);
-    assert!(!answered.contains(leases[0]) && !answered.contains(leases[1]));
-    assert!(leases[2..].iter().all(|l| answered.contains(*l)));
-    assert_eq!(answered.order.len(), 3);
-    assert_eq!(answered.set.len(), 3);
-}
-
-#[test]
-fn worker_names_are_printable_and_bounded() {
-    assert_eq!(hello("").unwrap(), "unnamed");
-    assert_eq!(
-        hello("host-42 (émigré 日本)").unwrap(),
-        "host-42 (émigré 日本)"
-    );
-    let longest = "é".repeat(MAX_WORKER_NAME_BYTES / 2);
-    assert_eq!(hello(&longest).unwrap(), longest);
-
-    let (field, reason) = refusal(&format!("{longest}x"));
-    assert_eq!(field, "hello.worker_name");
-    assert!(
-        reason.contains("129 bytes") && reason.contains("128"),
-        "{reason}"
-    );
-
-    for evil in [
-        "evil\n2026-01-01T00:00:00Z  INFO asyncgate::audit: forged",
-        "a\rb",
-        "tab\there",
-        "red\u{1b}[31m",
-        "nul\u{0}",
-        "c1\u{85}",
-    ] {
-        let (field, reason) = refusal(evil);
-        assert_eq!(field, "hello.worker_name");
-        assert!(reason.contains("control character"), "{reason}");
-    }
-    assert!(refusal("evil\nname").1.contains("U+000A at byte 4"));
-}
 
 /// Routes the engine's notices to the dispatcher, as the server does.
 struct Notices(WeakDispatcher);
@@ -94,7 +34,7 @@ impl EngineListener for Notices {
 struct Harness {
     engine: Arc<dyn Engine>,
     to_gateway: mpsc::UnboundedSender<pb::WorkerMessage>,
-    from_gateway: mpsc::Receiver<Result<pb::DispatchMessage, GatewayError>>,
+    from_gateway: mpsc::Receiver<Result<ToWorker, GatewayError>>,
 }
 
 impl Harness {
@@ -108,9 +48,10 @@ impl Harness {
         let settings = SessionSettings {
             heartbeat_interval: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(3600),
-            max_payload_bytes: 1024,
         };
-        let inbound = tokio_stream::wrappers::UnboundedReceiverStream::new(inbound).map(Ok);
+        let caller = crate::auth::Caller::anonymous();
+        let inbound = tokio_stream::wrappers::UnboundedReceiverStream::new(inbound)
+            .map(move |message| Ok(worker::from_pb(&caller, message, 1024)));
         tokio::spawn(run(
             dispatcher,
             settings,
@@ -157,7 +98,7 @@ impl Harness {
                 .expect("the gateway answers")
                 .expect("the stream is open")
                 .expect("not an error");
-            match message.kind.expect("a kind") {
+            match worker::to_pb(message).kind.expect("a kind") {
                 Out::Ping(_) => {}
                 kind => return kind,
             }
@@ -255,9 +196,7 @@ async fn a_session_lost_in_the_store_ends_with_unavailable() {
             .expect("the stream ends with an error, not silently");
         match message {
             Err(error) => break error,
-            Ok(pb::DispatchMessage {
-                kind: Some(Out::Ping(ping)),
-            }) => worker.send(In::Heartbeat(pb::Heartbeat { nonce: ping.nonce })),
+            Ok(ToWorker::Ping { nonce }) => worker.send(In::Heartbeat(pb::Heartbeat { nonce })),
             Ok(_) => {}
         }
     };
