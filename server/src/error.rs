@@ -6,7 +6,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::engine::EngineError;
+use crate::engine::{EngineError, StoreErrorKind};
 
 /// Everything a gateway call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,16 @@ impl GatewayError {
                 EngineError::StaleLease { .. } | EngineError::AlreadyTerminal { .. } => {
                     Code::FailedPrecondition
                 }
-                EngineError::Unavailable(_) | EngineError::SessionLost(_) => Code::Unavailable,
+                EngineError::SessionLost(_) => Code::Unavailable,
+                EngineError::Store(e) => match e.kind() {
+                    // A full store is UNAVAILABLE, as before the kinds were
+                    // told apart: clients and workers retry it (a worker
+                    // resends its result), and room comes back as tickets
+                    // finish or an operator frees space.
+                    StoreErrorKind::Unavailable | StoreErrorKind::Full => Code::Unavailable,
+                    StoreErrorKind::Corrupt => Code::DataLoss,
+                },
+                EngineError::Internal(_) => Code::Internal,
             },
             Self::Protocol(_) | Self::LeaseNotHeld { .. } => Code::FailedPrecondition,
             Self::ShuttingDown => Code::Unavailable,

@@ -461,7 +461,7 @@ impl Session {
             let mut recorded = applied.await;
             let mut delay = Duration::from_millis(50);
             let give_up = Instant::now() + RESULT_RETRY_FOR;
-            while matches!(&recorded, Err(error) if error.is_unavailable())
+            while matches!(&recorded, Err(error) if error.is_transient())
                 && Instant::now() < give_up
             {
                 tokio::time::sleep(delay).await;

@@ -204,7 +204,7 @@ pub(crate) async fn a_taken_ticket_id_is_refused(factory: Factory) {
     let mut again = new;
     again.payload = body("another request");
     let error = h.engine.submit(again).await.unwrap_err();
-    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    assert!(error.is_unavailable(), "{error}");
     assert!(error.to_string().contains(&id.to_string()), "{error}");
     let kept = h.engine.get(id).await.unwrap();
     assert_eq!(*kept.payload, body("request"));

@@ -740,7 +740,7 @@ impl LocalEngine {
             let mut shard = lock(self.shard(&id));
             let shard = &mut *shard;
             if shard.tickets.contains_key(&id) || shard.tombstones.contains_key(&id) {
-                return Err(EngineError::Unavailable(format!(
+                return Err(EngineError::unavailable(format!(
                     "ticket id {id} is already taken; retry"
                 )));
             }

@@ -13,6 +13,7 @@ pub mod local;
 pub mod model;
 pub mod record;
 pub mod redis;
+pub mod store_error;
 pub(crate) mod transition;
 
 #[cfg(test)]
@@ -91,6 +92,7 @@ use crate::domain::{
 };
 
 pub use local::LocalEngine;
+pub use store_error::{ErrorId, StoreError, StoreErrorKind};
 
 /// Settings every engine applies to transitions.
 #[derive(Debug, Clone)]
@@ -219,16 +221,40 @@ pub enum EngineError {
         "worker session {0} expired in the store (renewals missed for longer than the lease TTL) and its leases were requeued; reconnect"
     )]
     SessionLost(SessionId),
-    /// The store cannot be reached or written: retry later.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// The store failed: retry later (unavailable), make room (full), or
+    /// call the operator (corrupt).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug or a broken invariant: logged with its detail under the id.
+    #[error("internal error {0}: the gateway's log has the detail under this id")]
+    Internal(ErrorId),
 }
 
 impl EngineError {
     /// Whether the store could not be reached or written: the same call
     /// may succeed if tried again.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Store(e) if e.kind() == StoreErrorKind::Unavailable)
+    }
+
+    /// Whether the same call may succeed later without anyone's help: the
+    /// store is unreachable, or full until tickets finish.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(e) if e.kind() != StoreErrorKind::Corrupt)
+    }
+
+    /// The store cannot be reached or written right now (`hint` says what
+    /// the caller can do).
+    pub fn unavailable(hint: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self::Store(StoreError::unavailable(hint))
+    }
+
+    /// An internal failure: `detail` is logged under a fresh id, which the
+    /// caller is told.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let id = ErrorId::new();
+        tracing::error!(error_id = %id, %detail, "internal error");
+        Self::Internal(id)
     }
 }
 

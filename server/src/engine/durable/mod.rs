@@ -28,7 +28,10 @@ use tokio::sync::oneshot;
 
 use super::journal::{Journal, Mutation, Recovered};
 use super::record;
-use super::{EngineConfig, EngineError, EngineListener, LocalEngine, TicketChange};
+use super::{
+    EngineConfig, EngineError, EngineListener, LocalEngine, StoreError, StoreErrorKind,
+    TicketChange,
+};
 use crate::domain::ticket::Payload;
 use crate::domain::{Chunk, TicketId};
 
@@ -223,13 +226,13 @@ struct Watermark {
 }
 
 /// Told `Ok` once its append is durable, or why it never will be.
-type Waiter = oneshot::Sender<Result<(), Arc<str>>>;
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 #[derive(Default)]
 struct Waiting {
     /// Set while commits fail (until one succeeds), or for good once the
     /// writer stopped: appends after `durable` are not acknowledged.
-    failed: Option<Arc<str>>,
+    failed: Option<StoreError>,
     /// Waiters by the append they wait for.
     by_append: BTreeMap<u64, Vec<Waiter>>,
 }
@@ -254,7 +257,7 @@ impl Watermark {
 
     /// Writes fail for now: fail the waiters, and every later one until
     /// [`Self::recover`].
-    fn failing(&self, why: Arc<str>) {
+    fn failing(&self, why: StoreError) {
         self.fail(why);
     }
 
@@ -264,12 +267,12 @@ impl Watermark {
     }
 
     /// Whether writes fail right now, and why.
-    fn failure(&self) -> Option<Arc<str>> {
+    fn failure(&self) -> Option<StoreError> {
         self.waiting().failed.clone()
     }
 
     /// Nothing more will become durable: fail every waiter, now and later.
-    fn fail(&self, why: Arc<str>) {
+    fn fail(&self, why: StoreError) {
         let waiters = {
             let mut waiting = self.waiting();
             waiting.failed.get_or_insert(why.clone());
@@ -317,15 +320,17 @@ impl RedbJournal {
                 .name("asyncgate-writer".into())
                 .spawn(move || {
                     write_loop(database, reopen, reader, path, receiver, &publish, poisoned);
-                    publish.send(Outcome::Failed(
-                        "the store's writer stopped; restart the gateway".into(),
-                    ));
+                    publish.send(Outcome::Failed(StoreError::unavailable(
+                        "the store's writer stopped; restart the gateway",
+                    )));
                 })
                 .ok()
         };
         if writer.is_none() {
             poisoned.store(true, Ordering::Release);
-            watermark.fail("the store's writer could not start; restart the gateway".into());
+            watermark.fail(StoreError::unavailable(
+                "the store's writer could not start; restart the gateway",
+            ));
         }
         Self {
             sender: Mutex::new((0, Some(sender))),
@@ -360,11 +365,11 @@ enum Outcome {
     /// Durable, up to this append.
     Committed(Vec<Append>, u64),
     /// Commits fail for now, for this reason; they are being retried.
-    Failing(Arc<str>),
+    Failing(StoreError),
     /// Commits succeed again (the batch follows as `Committed`).
     Recovered,
     /// Nothing more will be durable, for this reason.
-    Failed(Arc<str>),
+    Failed(StoreError),
 }
 
 /// Tells the watchers and the waiters what became of each batch, in order:
@@ -456,17 +461,14 @@ fn write_loop(
             continue;
         }
         if let Err(error) = commit(&database, &batch) {
+            let failure = store_error(&error, "writing to");
             tracing::error!(
                 path = %path.display(),
                 %error,
+                error_id = %failure.id(),
                 "committing to the store failed; refusing writes and retrying until it succeeds"
             );
-            let message: Arc<str> = format!(
-                "writing to the store failed ({}); retry shortly",
-                short_cause(&error)
-            )
-            .into();
-            publish.send(Outcome::Failing(message));
+            publish.send(Outcome::Failing(failure));
             let mut delay = std::time::Duration::from_millis(50);
             let mut last_error = error;
             loop {
@@ -505,13 +507,27 @@ fn write_loop(
     }
 }
 
-/// What a caller is told of a failed commit: the OS's words ("No space
-/// left on device"), not redb's internals or the file's path.
-fn short_cause(error: &redb::Error) -> String {
-    match error {
-        redb::Error::Io(io) => io.to_string(),
-        other => other.to_string().chars().take(120).collect(),
-    }
+/// A failed commit or read as the caller is told of it: the kind and what
+/// to do, not redb's internals or the file's path (the caller logs those
+/// under the error's id).
+fn store_error(error: &redb::Error, doing: &str) -> StoreError {
+    let full = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    };
+    let typed = match error {
+        redb::Error::Io(io) if full(io) => StoreError::new(
+            StoreErrorKind::Full,
+            "the disk holding the store is full; writes resume once there is room",
+        ),
+        redb::Error::Corrupted(_) => {
+            StoreError::corrupt("the store file is damaged; the gateway's log has the detail")
+        }
+        _ => StoreError::unavailable(format!("{doing} the store failed; retry shortly")),
+    };
+    typed.with_source(std::io::Error::other(error.to_string()))
 }
 
 fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
@@ -583,25 +599,30 @@ impl Journal for RedbJournal {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| {
-                EngineError::Unavailable("the store is being reopened; retry shortly".into())
+                EngineError::unavailable("the store is being reopened; retry shortly")
             })?;
         tokio::task::spawn_blocking(move || read_chunks(&database, id, after_seq))
             .await
-            .map_err(|e| EngineError::Unavailable(format!("reading the store failed: {e}")))?
-            .map_err(|e| match e {
-                ReadError::Database(e) => {
-                    EngineError::Unavailable(format!("reading the store failed: {e}"))
-                }
-                ReadError::Record(reason) => EngineError::Unavailable(format!(
-                    "a stored output chunk is unreadable: {reason}"
-                )),
+            .map_err(|e| EngineError::internal(format!("reading output chunks of {id}: {e}")))?
+            .map_err(|e| {
+                let (error, detail) = match e {
+                    ReadError::Database(e) => {
+                        (store_error(&e, "reading"), e.to_string())
+                    }
+                    ReadError::Record(reason) => (
+                        StoreError::corrupt(format!(
+                            "an output chunk of ticket {id} is unreadable; the gateway's log has the detail"
+                        )),
+                        reason,
+                    ),
+                };
+                tracing::error!(ticket_id = %id, error_id = %error.id(), %detail, "reading output chunks failed");
+                EngineError::Store(error)
             })
     }
 
     fn refusing(&self) -> Option<EngineError> {
-        self.watermark
-            .failure()
-            .map(|why| EngineError::Unavailable(why.to_string()))
+        self.watermark.failure().map(EngineError::Store)
     }
 
     fn append(&self, mutations: Vec<Mutation>, events: Vec<TicketChange>) -> u64 {
@@ -634,7 +655,7 @@ impl Journal for RedbJournal {
                 return Ok(());
             }
             if let Some(failed) = &waiting.failed {
-                return Err(EngineError::Unavailable(failed.to_string()));
+                return Err(EngineError::Store(failed.clone()));
             }
             let (sender, receiver) = oneshot::channel();
             waiting.by_append.entry(n).or_default().push(sender);
@@ -642,9 +663,9 @@ impl Journal for RedbJournal {
         };
         match receiver.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(failed)) => Err(EngineError::Unavailable(failed.to_string())),
-            Err(_) => Err(EngineError::Unavailable(
-                "the store's writer stopped; restart the gateway".into(),
+            Ok(Err(failed)) => Err(EngineError::Store(failed)),
+            Err(_) => Err(EngineError::unavailable(
+                "the store's writer stopped; restart the gateway",
             )),
         }
     }

@@ -158,7 +158,7 @@ async fn close_releases_the_file_while_the_engine_is_still_held() {
     let reopened = open(&path, EngineConfig::default()).expect("the file is free again");
     assert_eq!(reopened.get(id).await.unwrap().state, TicketState::Pending);
     let refused = still_held.submit(new_ticket(0, None)).await.unwrap_err();
-    assert!(matches!(refused, EngineError::Unavailable(_)), "{refused}");
+    assert!(refused.is_unavailable(), "{refused}");
 }
 
 #[tokio::test]
@@ -265,9 +265,24 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
     let worker = session(&engine).await;
     full.store(true, Ordering::Release);
     let error = engine.submit(new_ticket(9, None)).await.unwrap_err();
-    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
-    assert!(error.to_string().contains("No space left"), "{error}");
+    assert!(
+        matches!(&error, EngineError::Store(e) if e.kind() == crate::engine::StoreErrorKind::Full),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("store full: the disk holding the store is full"),
+        "{error}"
+    );
     assert!(!error.to_string().contains("test-disk"), "no path: {error}");
+    let EngineError::Store(full_disk) = &error else {
+        unreachable!()
+    };
+    assert!(
+        full_disk.cause().unwrap().contains("No space left"),
+        "{full_disk:?}"
+    );
     // The unacknowledged ticket is in memory, not on disk: no worker
     // may run it.
     let queue = QueueName::parse("q").unwrap();
@@ -278,9 +293,9 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
     );
     // Later calls fail the same way rather than showing unwritten state.
     let error = engine.cancel(kept, "").await.unwrap_err();
-    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    assert!(error.is_transient(), "{error}");
     let error = engine.submit(new_ticket(0, None)).await.unwrap_err();
-    assert!(matches!(error, EngineError::Unavailable(_)), "{error}");
+    assert!(error.is_transient(), "{error}");
     // Space comes back: the writer's retry lands what memory holds, and
     // new calls succeed without a restart.
     full.store(false, Ordering::Release);
@@ -288,7 +303,7 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
         loop {
             match engine.submit(new_ticket(0, None)).await {
                 Ok(submitted) => return submitted,
-                Err(EngineError::Unavailable(_)) => {
+                Err(error) if error.is_transient() => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await
                 }
                 Err(other) => panic!("{other}"),

@@ -289,7 +289,7 @@ impl Inner {
                     .fail_settle
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
             {
-                return Err(EngineError::Unavailable("injected failure".into()));
+                return Err(EngineError::unavailable("injected failure"));
             }
             let revision = match redis::from_redis_value_ref::<Vec<i64>>(reply)
                 .ok()

@@ -23,13 +23,27 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Command connections per server.
 const POOL_SIZE: usize = 4;
 
-/// Where the store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the store lives. The URLs may hold a password: they are used to
+/// connect and never shown (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
 pub(super) enum Target {
     /// One server.
     Single(String),
     /// Seed nodes of a cluster, as `redis://` URLs.
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = crate::config::hide_password;
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(&hide(url)).finish(),
+            Self::Cluster(nodes) => f
+                .debug_tuple("Cluster")
+                .field(&nodes.iter().map(|n| hide(n)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 impl Target {
@@ -305,5 +319,17 @@ mod tests {
                 .contains("at least one")
         );
         assert!(Target::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        for url in [
+            "redis://:s3cret@127.0.0.1:6379/0",
+            "redis://user:s3cret@127.0.0.1:6379",
+        ] {
+            let shown = format!("{:?}", Target::parse(url).unwrap());
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("127.0.0.1:6379"), "{shown}");
+        }
     }
 }

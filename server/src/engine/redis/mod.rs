@@ -203,6 +203,8 @@ struct Inner {
     /// When (ms since the Unix epoch) a store error was last logged in
     /// detail: at most one a second.
     unavailable_logged: AtomicU64,
+    /// The error id of the failure last logged in detail.
+    unavailable_id: std::sync::atomic::AtomicU32,
     /// Commands and pipelines (the event subscription has its own).
     conn: Conn,
     /// Where everything lives (see `layout.rs`).

@@ -165,6 +165,7 @@ pub async fn connect(
         config,
         url: shown.clone(),
         unavailable_logged: AtomicU64::new(0),
+        unavailable_id: Default::default(),
         conn,
         keys,
         channel: channel.clone(),

@@ -374,7 +374,7 @@ impl Inner {
                 },
             )
             .await;
-        if !matches!(result, Err(EngineError::Unavailable(_))) {
+        if !matches!(&result, Err(error) if error.is_transient()) {
             lock(self.lease_shard(&lease_id)).remove(&lease_id);
         }
         result.map(|(completion, _)| completion)

@@ -13,7 +13,9 @@ use super::codec::Ops;
 use super::layout;
 use super::{Inner, Step, Stored};
 use crate::domain::{QueueName, Ticket, TicketId};
-use crate::engine::{EngineError, idempotency_scope, transition};
+use crate::engine::{
+    EngineError, ErrorId, StoreError, StoreErrorKind, idempotency_scope, transition,
+};
 
 /// Attempts at a transition that keeps losing the revision race.
 const MAX_RETRIES: usize = 64;
@@ -33,41 +35,68 @@ fn is_no_script(error: &RedisError) -> bool {
 
 impl Inner {
     /// A Redis failure as callers see it: its kind and what to do, no
-    /// internals (the detail, with the URL's password hidden, is logged at
-    /// most once a second).
+    /// internals. The detail, with the URL's password hidden, is logged at
+    /// most once a second, under an error id that the failures of that
+    /// second share, so each id a client reports leads to a log line.
     pub(super) fn unavailable(&self, error: RedisError) -> EngineError {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let last = self.unavailable_logged.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
+        let detail = crate::config::hide_password(&error.to_string());
+        let id = if now.saturating_sub(last) >= 1000
             && self
                 .unavailable_logged
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(url = %self.url, error = %crate::config::hide_password(&error.to_string()), "Redis call failed");
-        }
-        let kind = if error.is_connection_refusal() {
-            "refused the connection"
-        } else if error.is_timeout() {
-            "did not answer in time"
-        } else if error.is_io_error() || error.is_connection_dropped() {
-            "connection lost"
+            let id = ErrorId::new();
+            self.unavailable_id.store(id.bits(), Ordering::Relaxed);
+            tracing::warn!(url = %self.url, error_id = %id, error = %detail, "Redis call failed; failures in the next second share this error id");
+            id
         } else {
-            "refused the command"
+            ErrorId::from_bits(self.unavailable_id.load(Ordering::Relaxed))
         };
-        EngineError::Unavailable(format!(
-            "the store (Redis) {kind}; retry shortly (the gateway's log has the detail)"
-        ))
+        let (kind, hint) = if error.code() == Some("OOM") {
+            (
+                StoreErrorKind::Full,
+                "Redis is at its maxmemory; writes fail until tickets finish or memory is added",
+            )
+        } else if error.is_connection_refusal() {
+            (
+                StoreErrorKind::Unavailable,
+                "Redis refused the connection; retry shortly",
+            )
+        } else if error.is_timeout() {
+            (
+                StoreErrorKind::Unavailable,
+                "Redis did not answer in time; retry shortly",
+            )
+        } else if error.is_io_error() || error.is_connection_dropped() {
+            (
+                StoreErrorKind::Unavailable,
+                "the connection to Redis was lost; retry shortly",
+            )
+        } else {
+            (
+                StoreErrorKind::Unavailable,
+                "Redis refused the command; retry shortly",
+            )
+        };
+        EngineError::Store(
+            StoreError::new(kind, hint)
+                .with_source(std::io::Error::other(detail))
+                .with_id(id),
+        )
     }
 
     /// The error for a ticket whose record cannot be read (logged here).
     pub(super) fn corrupt(&self, id: TicketId, error: impl std::fmt::Display) -> EngineError {
-        tracing::error!(url = %self.url, ticket_id = %id, %error, "unreadable ticket record in Redis");
-        EngineError::Unavailable(format!(
-            "ticket {id} in the store is unreadable; the gateway's log has the detail"
-        ))
+        let corrupt = StoreError::corrupt(format!(
+            "ticket {id}'s record in Redis is unreadable; the gateway's log has the detail"
+        ));
+        tracing::error!(url = %self.url, ticket_id = %id, error_id = %corrupt.id(), %error, "unreadable ticket record in Redis");
+        EngineError::Store(corrupt)
     }
 
     /// Runs a command or pipeline, loading the scripts again if Redis lost
@@ -134,8 +163,8 @@ impl Inner {
     /// The error when scripts are lost again right after loading them.
     fn forgetful(&self) -> EngineError {
         tracing::error!(url = %self.url, "Redis keeps forgetting the gateway's scripts");
-        EngineError::Unavailable(
-            "the store (Redis) keeps forgetting the gateway's scripts; retry shortly".into(),
+        EngineError::unavailable(
+            "the store (Redis) keeps forgetting the gateway's scripts; retry shortly",
         )
     }
 
@@ -265,7 +294,7 @@ impl Inner {
                 }
             }
         }
-        Err(EngineError::Unavailable(format!(
+        Err(EngineError::unavailable(format!(
             "ticket {id} changed {MAX_RETRIES} times while this replica tried to update it; retry"
         )))
     }

@@ -143,7 +143,7 @@ impl Inner {
                     self.batch(vec![Cmd::del(self.keys.idempotency(key))])
                         .await?;
                 }
-                Err(EngineError::Unavailable(format!(
+                Err(EngineError::unavailable(format!(
                     "ticket id {id} is already taken; retry"
                 )))
             }
@@ -159,8 +159,8 @@ impl Inner {
                         limit: self.config.max_pending_per_queue,
                     })
                 } else {
-                    Err(EngineError::Unavailable(format!(
-                        "Redis answered the submit of ticket {id} with {other:?}; retry"
+                    Err(EngineError::internal(format!(
+                        "Redis answered the submit of ticket {id} with {other:?}"
                     )))
                 }
             }
@@ -307,7 +307,7 @@ impl Inner {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
-        Err(EngineError::Unavailable(format!(
+        Err(EngineError::unavailable(format!(
             "a submit with idempotency key {key:?} is still being stored; retry"
         )))
     }
@@ -360,7 +360,7 @@ impl Inner {
                 }
             }
         }
-        Err(EngineError::Unavailable(format!(
+        Err(EngineError::unavailable(format!(
             "a submit with idempotency key {original:?} is still being stored; retry"
         )))
     }
