@@ -140,6 +140,14 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// An internal failure: `detail` is logged under a fresh id, which the
+    /// caller is told.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Engine(EngineError::internal(detail))
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(error: GatewayError) -> Self {
         let code = error.code();

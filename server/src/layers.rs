@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use futures::Stream;
+use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::auth::{AuthLayer, Keys};
 use crate::config::Config;
 use crate::connection::{TrackCallsLayer, TrackedStream};
+use crate::error::GatewayError;
 use crate::limits::{ReadDeadlineLayer, ShedLayer};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::rescue::RescueLayer;
@@ -105,6 +107,13 @@ where
         // Metrics outside the refusals below, so that shed, timed-out,
         // unauthenticated and unreadable calls are counted with their codes.
         .layer(RpcMetricsLayer::new(metrics))
+        // A bug that panics in a call answers that call INTERNAL with an
+        // error id (the log has the panic under it) instead of resetting
+        // the stream; inside metrics, so the call is counted as INTERNAL.
+        .layer(tower::util::MapResponseLayer::new(
+            |response: http::Response<_>| response.map(tonic::body::Body::new),
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         // Calls open per connection: an idle connection (no call) may be
         // closed; counted before shedding so a shed call counts too.
         .layer(TrackCallsLayer)
@@ -127,6 +136,18 @@ where
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
+}
+
+/// The answer to a call whose handler panicked: INTERNAL, with the id under
+/// which the panic is logged.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<tonic::body::Body> {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    let status = tonic::Status::from(GatewayError::internal(format!("a call panicked: {detail}")));
+    status.into_http()
 }
 
 /// Request headers browsers may send by default: what gRPC-Web clients
@@ -216,4 +237,43 @@ fn cors(config: &Config) -> Option<tower_http::cors::CorsLayer> {
             .expose_headers(CORS_EXPOSE_HEADERS.map(HeaderName::from_static))
             .max_age(std::time::Duration::from_secs(24 * 3600)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn a_call_that_panics_is_answered_internal_with_an_error_id() {
+        let handler = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            if true {
+                panic!("the invariant broke");
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut service = tower_http::catch_panic::CatchPanicLayer::custom(panicked).layer(handler);
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(tonic::body::Body::empty()))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(
+            status.message().starts_with("internal error ")
+                && status
+                    .message()
+                    .ends_with("the gateway's log has the detail under this id"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("invariant"),
+            "{}",
+            status.message()
+        );
+    }
 }
