@@ -39,6 +39,10 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
+        Self::with_heartbeat(Duration::from_secs(3600))
+    }
+
+    fn with_heartbeat(heartbeat_interval: Duration) -> Self {
         let engine: Arc<dyn Engine> = Arc::new(LocalEngine::in_memory(EngineConfig::default()));
         let dispatcher =
             Dispatcher::new(engine.clone(), TaskTracker::new(), CancellationToken::new());
@@ -46,7 +50,7 @@ impl Harness {
         let (to_gateway, inbound) = mpsc::unbounded_channel();
         let (outbound, from_gateway) = mpsc::channel(64);
         let settings = SessionSettings {
-            heartbeat_interval: Duration::from_secs(3600),
+            heartbeat_interval,
             lease_ttl: Duration::from_secs(3600),
         };
         let caller = crate::auth::Caller::anonymous();
@@ -202,4 +206,64 @@ async fn a_session_lost_in_the_store_ends_with_unavailable() {
     };
     assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
     assert!(error.to_string().contains("reconnect"), "{error}");
+}
+
+/// The session's timers under paused time: a worker that answers every
+/// ping stays connected however long it runs; one that stops is told
+/// DEADLINE_EXCEEDED two intervals after the last answer, and the task it
+/// held goes back to its queue.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_stops_answering_pings_is_disconnected_after_two_intervals() {
+    const HEARTBEAT: Duration = Duration::from_secs(10);
+    let mut worker = Harness::with_heartbeat(HEARTBEAT);
+    let id = worker.submit("q").await;
+    worker.send(In::Hello(pb::Hello {
+        worker_name: "w".into(),
+        queues: vec!["q".into()],
+        max_in_flight: 1,
+    }));
+    let mut task = None;
+    let mut answered = 0;
+    let mut last_answer = tokio::time::Instant::now();
+    // Ten minutes of answered pings (paused time runs ahead when idle).
+    while answered < 60 {
+        match worker.from_gateway.recv().await.expect("open") {
+            Ok(ToWorker::Ping { nonce }) => {
+                answered += 1;
+                last_answer = tokio::time::Instant::now();
+                worker.send(In::Heartbeat(pb::Heartbeat { nonce }));
+            }
+            Ok(ToWorker::Task { claimed, .. }) => task = Some(claimed.ticket.id),
+            Ok(_) => {}
+            Err(error) => panic!("ended while answering: {error}"),
+        }
+    }
+    assert_eq!(task, Some(id));
+    // Silence: the pings go unanswered.
+    let error = loop {
+        match worker
+            .from_gateway
+            .recv()
+            .await
+            .expect("the stream ends with an error")
+        {
+            Err(error) => break error,
+            Ok(_) => {}
+        }
+    };
+    let silent_for = tokio::time::Instant::now() - last_answer;
+    assert_eq!(error.code(), tonic::Code::DeadlineExceeded, "{error}");
+    assert!(
+        silent_for >= HEARTBEAT * 2 && silent_for <= HEARTBEAT * 3,
+        "ended after {silent_for:?} of silence"
+    );
+    // The held task is back in its queue.
+    let ticket = loop {
+        let ticket = worker.engine.get(id).await.unwrap();
+        if ticket.state == crate::domain::TicketState::Pending {
+            break ticket;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(ticket.attempt, 1);
 }
