@@ -241,14 +241,9 @@ async fn a_worker_that_stops_answering_pings_is_disconnected_after_two_intervals
     assert_eq!(task, Some(id));
     // Silence: the pings go unanswered.
     let error = loop {
-        match worker
-            .from_gateway
-            .recv()
-            .await
-            .expect("the stream ends with an error")
-        {
-            Err(error) => break error,
-            Ok(_) => {}
+        let message = worker.from_gateway.recv().await;
+        if let Err(error) = message.expect("the stream ends with an error") {
+            break error;
         }
     };
     let silent_for = tokio::time::Instant::now() - last_answer;
