@@ -1,6 +1,11 @@
-//! Unit tests of `auth.rs`.
+//! Unit tests of `auth.rs` and its submodules (`auth/`).
 
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::audit::{DENIAL_PEERS, DENIAL_WINDOW, DenialLog};
 use super::*;
+use crate::domain::QueueName;
 
 fn table(text: &str) -> Result<KeyTable, KeysError> {
     let dir = tempfile::tempdir().unwrap();

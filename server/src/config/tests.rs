@@ -1,4 +1,6 @@
-//! Unit tests of `config.rs`.
+//! Unit tests of `config.rs` and its submodules (`config/`).
+
+use clap::Parser;
 
 use super::*;
 

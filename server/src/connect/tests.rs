@@ -1,4 +1,4 @@
-//! Unit tests of `connect/mod.rs`.
+//! Unit tests of `connect/mod.rs` and `connect/request.rs`.
 
 use super::*;
 

@@ -10,9 +10,16 @@
 //!
 //! Lock order (outer to inner): idempotency shard → ticket shard → queue
 //! index. Sessions are locked on their own, never while holding another lock.
+//!
+//! This file holds the shards, the engine's state and the helpers every
+//! transition uses (journal commits, the ready index, settling a ticket,
+//! losing a lease); `local/engine.rs` is `impl Engine`, `local/writes.rs`
+//! the synchronous halves of submit, progress and complete,
+//! `local/timers.rs` what a due timer does, `local/index.rs` a queue's ready
+//! index and `local/restore.rs` the rebuild from a durable journal.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, hash_map::Entry};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, hash_map::Entry};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -20,19 +27,26 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::journal::{Journal, MemoryJournal, Mutation, Recovered};
+use super::journal::{Journal, MemoryJournal, Mutation};
+use super::transition;
 use super::{
     Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
     ListFilter, ListPage, ProgressReport, QueueDepth, ReleaseReason, Revocation, RevokeReason,
     SessionInfo, Submitted, TicketChange,
 };
-use super::{idempotency_scope, pending_bytes_full, request_bytes, transition};
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
     Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId, TicketState,
 };
 
 mod engine;
+mod index;
+mod restore;
+mod timers;
+mod writes;
+
+use index::QueueIndex;
+use timers::TimerEffects;
 
 const SHARDS: usize = 64;
 
@@ -59,86 +73,6 @@ struct Shard {
     timers: BTreeSet<(SystemTime, Timer, TicketId)>,
     /// Deleted tickets, with their deletion time.
     tombstones: HashMap<TicketId, SystemTime>,
-}
-
-/// Ready-order key: highest priority first, then FIFO.
-type ReadyKey = (Reverse<i32>, u64);
-
-/// Positions are counted exactly up to this many tickets of one priority;
-/// beyond it `tickets_ahead` is estimated from FIFO numbers.
-const EXACT_POSITION_LIMIT: usize = 4096;
-
-/// A queue's ready tickets, highest priority first, FIFO within a priority.
-#[derive(Default)]
-struct QueueIndex {
-    ready: BTreeMap<ReadyKey, TicketId>,
-    /// Ready tickets per priority, so positions need no full scan.
-    per_priority: BTreeMap<Reverse<i32>, usize>,
-    /// PENDING tickets waiting out a backoff.
-    delayed: usize,
-}
-
-impl QueueIndex {
-    fn pending(&self) -> usize {
-        self.ready.len() + self.delayed
-    }
-
-    fn push(&mut self, key: ReadyKey, id: TicketId) {
-        if self.ready.insert(key, id).is_none() {
-            *self.per_priority.entry(key.0).or_default() += 1;
-        }
-    }
-
-    fn remove(&mut self, key: &ReadyKey) {
-        if self.ready.remove(key).is_some() {
-            self.count_out(key.0);
-        }
-    }
-
-    fn pop_first(&mut self) -> Option<TicketId> {
-        let (key, id) = self.ready.pop_first()?;
-        self.count_out(key.0);
-        Some(id)
-    }
-
-    fn count_out(&mut self, priority: Reverse<i32>) {
-        if let Some(count) = self.per_priority.get_mut(&priority) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_priority.remove(&priority);
-            }
-        }
-    }
-
-    /// Ready tickets ahead of `key`: exact for short queues, otherwise an
-    /// estimate from FIFO numbers (holes left by cancelled tickets make it
-    /// an upper bound).
-    fn ahead(&self, key: ReadyKey) -> u64 {
-        let higher: usize = self.per_priority.range(..key.0).map(|(_, n)| n).sum();
-        let level = self.per_priority.get(&key.0).copied().unwrap_or(0);
-        let within = if level <= EXACT_POSITION_LIMIT {
-            self.ready.range((key.0, 0)..key).count()
-        } else {
-            match self.ready.range((key.0, 0)..key).next() {
-                Some(((_, first), _)) => usize::try_from(key.1 - first)
-                    .unwrap_or(usize::MAX)
-                    .min(level.saturating_sub(1)),
-                None => 0,
-            }
-        };
-        (higher + within) as u64
-    }
-}
-
-/// Follow-ups of a timer pass, applied once the shard lock is released.
-#[derive(Default)]
-struct TimerEffects {
-    /// Leases to drop from their session records.
-    forget: Vec<(SessionId, LeaseId)>,
-    /// Idempotency keys of deleted tickets.
-    deleted_keys: Vec<(String, TicketId)>,
-    /// The latest journal append made.
-    journal_seq: u64,
 }
 
 struct SessionRecord {
@@ -413,110 +347,6 @@ impl LocalEngine {
         }
     }
 
-    /// Applies one due timer; returns a queue that gained ready work.
-    fn fire(
-        &self,
-        shard: &mut Shard,
-        at: SystemTime,
-        timer: Timer,
-        id: TicketId,
-        now: SystemTime,
-        effects: &mut TimerEffects,
-    ) -> Option<QueueName> {
-        if let Timer::Tombstone = timer {
-            shard.tombstones.remove(&id);
-            if self.journal.wants_mutations() {
-                let seq = self.journal.append(
-                    vec![Mutation::DeleteTombstone { ticket_id: id }],
-                    Vec::new(),
-                );
-                effects.journal_seq = effects.journal_seq.max(seq);
-            }
-            return None;
-        }
-        let mut ticket = shard.tickets.remove(&id)?;
-        let mut ready = None;
-        match timer {
-            Timer::Backoff
-                if ticket.state == TicketState::Pending && ticket.not_before == Some(at) =>
-            {
-                let index = self.queue(&ticket.queue);
-                let mut index = lock(&index);
-                index.delayed = index.delayed.saturating_sub(1);
-                index.push((Reverse(ticket.priority), ticket.enqueue_seq), ticket.id);
-                drop(index);
-                ticket.not_before = None;
-                ready = Some(ticket.queue.clone());
-            }
-            // When the attempt's deadline is the ticket's own, the ticket
-            // expires (the Deadline timer, due in the same pass) instead.
-            Timer::AttemptDeadline(lease_id) if ticket.is_leased_by(lease_id) => {
-                Self::clear_attempt_timer(shard, &ticket);
-                let before = Before::of(&ticket);
-                if let Some(lease) =
-                    transition::time_out_attempt(&mut ticket, lease_id, &self.config, now)
-                {
-                    effects.forget.push((lease.session_id, lease_id));
-                    self.revoke(
-                        &lease,
-                        id,
-                        RevokeReason::AttemptTimeout,
-                        transition::attempt_timeout_notice(ticket.attempt),
-                    );
-                    if self.settle(shard, &mut ticket, before, now) {
-                        ready = Some(ticket.queue.clone());
-                    }
-                }
-            }
-            Timer::Deadline if ticket.deadline == Some(at) => {
-                let state = ticket.state;
-                if state == TicketState::Pending {
-                    self.dequeue(shard, &ticket);
-                }
-                Self::clear_attempt_timer(shard, &ticket);
-                let before = Before::of(&ticket);
-                if let Some(revoked) = transition::expire(&mut ticket, now) {
-                    if let Some(lease) = revoked {
-                        effects.forget.push((lease.session_id, lease.lease_id));
-                        self.revoke(
-                            &lease,
-                            id,
-                            RevokeReason::Expired,
-                            transition::EXPIRED_NOTICE.into(),
-                        );
-                    }
-                    self.settle(shard, &mut ticket, before, now);
-                }
-            }
-            Timer::Retention if ticket.state.is_terminal() => {
-                self.drop_chunks(shard, id);
-                if self.journal.wants_mutations() {
-                    let seq = self.journal.append(
-                        vec![Mutation::DeleteTicket {
-                            ticket_id: id,
-                            deleted_at: now,
-                        }],
-                        Vec::new(),
-                    );
-                    effects.journal_seq = effects.journal_seq.max(seq);
-                }
-                shard.tombstones.insert(id, now);
-                shard
-                    .timers
-                    .insert((now + self.config.tombstone_retention, Timer::Tombstone, id));
-                if let Some(key) = ticket.idempotency_key.take() {
-                    let key = idempotency_scope(ticket.tenant.as_deref(), &key);
-                    effects.deleted_keys.push((key, id));
-                }
-                return None;
-            }
-            _ => {}
-        }
-        effects.journal_seq = effects.journal_seq.max(ticket.journal_seq);
-        shard.tickets.insert(id, ticket);
-        ready
-    }
-
     /// Loses a lease whose worker is gone; returns whether its queue gained
     /// ready work.
     fn lose_lease(
@@ -555,291 +385,6 @@ impl LocalEngine {
             last_write = last_write.max(seq);
         }
         last_write
-    }
-}
-
-impl LocalEngine {
-    /// The synchronous part of `complete`.
-    fn apply_completion(
-        &self,
-        ticket_id: TicketId,
-        lease_id: LeaseId,
-        outcome: Outcome,
-    ) -> Result<Completion, EngineError> {
-        let now = SystemTime::now();
-        let (result, session, ready) = {
-            let mut shard = lock(self.shard(&ticket_id));
-            let shard = &mut *shard;
-            let Some(mut ticket) = shard.tickets.remove(&ticket_id) else {
-                return Err(Self::lookup_error(shard, ticket_id));
-            };
-            let mut ready = false;
-            let session = ticket
-                .lease
-                .as_ref()
-                .filter(|_| ticket.is_leased_by(lease_id))
-                .map(|l| l.session_id);
-            if session.is_some() {
-                Self::clear_attempt_timer(shard, &ticket);
-            }
-            let before = Before::of(&ticket);
-            let result =
-                match transition::complete(&mut ticket, lease_id, outcome, &self.config, now) {
-                    Ok(transition::Reported::Duplicate) => {
-                        Ok(Completion::Duplicate(Ticket::clone(&ticket)))
-                    }
-                    Ok(transition::Reported::Recorded) => {
-                        ready = self.settle(shard, &mut ticket, before, now);
-                        Ok(Completion::Recorded(Ticket::clone(&ticket)))
-                    }
-                    Err(error) => Err(error),
-                };
-            let queue = ticket.queue.clone();
-            shard.tickets.insert(ticket_id, ticket);
-            (result, session, ready.then_some(queue))
-        };
-        if let Some(session_id) = session {
-            self.forget_session_lease(session_id, lease_id);
-        }
-        if let Some(queue) = ready {
-            self.notify_ready(&queue);
-        }
-        result
-    }
-
-    /// Rebuilds the in-memory state from what a durable journal read back:
-    /// ready queues in their stored priority/FIFO order, backoffs, timers,
-    /// idempotency keys, chunks and tombstones. Tickets that were running
-    /// lose their lease (the gateway restarted under them) and are requeued
-    /// or failed by the usual caps. Call once, before serving.
-    pub fn restore(&self, recovered: Recovered) {
-        let now = SystemTime::now();
-        // A finished ticket's output stays on disk when the journal keeps
-        // it; only unfinished tickets' chunks come back into memory.
-        let finished: std::collections::HashSet<TicketId> = if self.journal.keeps_chunks() {
-            recovered
-                .tickets
-                .iter()
-                .filter(|t| t.state.is_terminal())
-                .map(|t| t.id)
-                .collect()
-        } else {
-            Default::default()
-        };
-        for (id, chunk) in recovered.chunks {
-            if finished.contains(&id) {
-                continue;
-            }
-            self.held_output.fetch_add(
-                prost::Message::encoded_len(&chunk.output) as u64,
-                Ordering::Relaxed,
-            );
-            lock(self.shard(&id))
-                .chunks
-                .entry(id)
-                .or_default()
-                .push(chunk);
-        }
-        for (id, deleted_at) in recovered.tombstones {
-            let mut shard = lock(self.shard(&id));
-            shard.tombstones.insert(id, deleted_at);
-            shard.timers.insert((
-                deleted_at + self.config.tombstone_retention,
-                Timer::Tombstone,
-                id,
-            ));
-        }
-        let mut last_enqueue = 0;
-        let mut interrupted = Vec::new();
-        for ticket in recovered.tickets {
-            let id = ticket.id;
-            last_enqueue = last_enqueue.max(ticket.enqueue_seq);
-            if let Some(key) = &ticket.idempotency_key {
-                let key = idempotency_scope(ticket.tenant.as_deref(), key);
-                lock(&self.idempotency[shard_of(&self.hasher, &key)]).insert(key, id);
-            }
-            if !ticket.state.is_terminal() {
-                self.pending_bytes.fetch_add(
-                    request_bytes(&ticket.payload, &ticket.metadata),
-                    Ordering::Relaxed,
-                );
-            }
-            let mut shard = lock(self.shard(&id));
-            if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
-                shard.timers.insert((deadline, Timer::Deadline, id));
-            }
-            match (ticket.state, ticket.finished_at) {
-                (TicketState::Pending, _) => {
-                    let index = self.queue(&ticket.queue);
-                    let mut index = lock(&index);
-                    match ticket.not_before {
-                        Some(at) => {
-                            index.delayed += 1;
-                            shard.timers.insert((at, Timer::Backoff, id));
-                        }
-                        None => {
-                            index.push((Reverse(ticket.priority), ticket.enqueue_seq), id);
-                        }
-                    }
-                }
-                (TicketState::Running, _) => {
-                    if let Some(lease) = &ticket.lease {
-                        interrupted.push((id, lease.lease_id));
-                    }
-                }
-                (_, finished_at) => {
-                    let finished_at = finished_at.unwrap_or(now);
-                    shard.timers.insert((
-                        finished_at + self.config.result_retention,
-                        Timer::Retention,
-                        id,
-                    ));
-                }
-            }
-            shard.tickets.insert(id, Box::new(ticket));
-        }
-        self.enqueue_seq.store(last_enqueue + 1, Ordering::Relaxed);
-        for (ticket_id, lease_id) in interrupted {
-            self.lose_lease(ticket_id, lease_id, ReleaseReason::GatewayRestarted);
-        }
-    }
-
-    /// The synchronous part of `submit`: the stored ticket and whether it is
-    /// new (false when an idempotency key matched).
-    fn store_new(&self, new: NewTicket) -> Result<(Ticket, bool), EngineError> {
-        // While the store cannot write, a submit would only pile up in
-        // memory, unacknowledged.
-        if let Some(refused) = self.journal.refusing() {
-            return Err(refused);
-        }
-        let now = SystemTime::now();
-        let key = new
-            .idempotency_key
-            .as_deref()
-            .map(|key| idempotency_scope(new.tenant.as_deref(), key));
-        let mut idempotency = key
-            .as_ref()
-            .map(|k| lock(&self.idempotency[shard_of(&self.hasher, k)]));
-        if let (Some(map), Some(key)) = (idempotency.as_deref(), key.as_ref())
-            && let Some(existing) = map.get(key).copied()
-            && let Some(ticket) = lock(self.shard(&existing)).tickets.get(&existing)
-        {
-            if ticket.queue != new.queue {
-                return Err(EngineError::IdempotencyConflict {
-                    key: ticket.idempotency_key.clone().unwrap_or_default(),
-                    existing,
-                    queue: ticket.queue.clone(),
-                });
-            }
-            return Ok((Ticket::clone(ticket), false));
-        }
-        let id = new.id;
-        let mut ticket = Ticket::create(id, new, now);
-        let ready;
-        {
-            let mut shard = lock(self.shard(&id));
-            let shard = &mut *shard;
-            if shard.tickets.contains_key(&id) || shard.tombstones.contains_key(&id) {
-                return Err(EngineError::unavailable(format!(
-                    "ticket id {id} is already taken; retry"
-                )));
-            }
-            {
-                let index = self.queue(&ticket.queue);
-                let index = lock(&index);
-                if index.pending() >= self.config.max_pending_per_queue {
-                    return Err(EngineError::QueueFull {
-                        queue: ticket.queue.clone(),
-                        limit: self.config.max_pending_per_queue,
-                    });
-                }
-            }
-            let weight = request_bytes(&ticket.payload, &ticket.metadata);
-            let limit = self.config.max_pending_bytes;
-            if self
-                .pending_bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                    held.checked_add(weight).filter(|total| *total <= limit)
-                })
-                .is_err()
-            {
-                return Err(pending_bytes_full(limit));
-            }
-            ready = self.enqueue(shard, &mut ticket);
-            if let Some(deadline) = ticket.deadline {
-                shard.timers.insert((deadline, Timer::Deadline, id));
-            }
-            self.commit_with(&mut ticket, None, None, Vec::new(), true);
-            self.observe(Before::created(now), &ticket, now);
-            shard.tickets.insert(id, Box::new(Ticket::clone(&ticket)));
-        }
-        if let (Some(map), Some(key)) = (idempotency.as_deref_mut(), key) {
-            map.insert(key, id);
-        }
-        drop(idempotency);
-        if ready {
-            self.notify_ready(&ticket.queue);
-        }
-        Ok((ticket, true))
-    }
-
-    /// The synchronous part of `progress`; returns the journal append.
-    fn record_progress(&self, report: ProgressReport) -> Result<u64, EngineError> {
-        let now = SystemTime::now();
-        let mut shard = lock(self.shard(&report.ticket_id));
-        let shard = &mut *shard;
-        let Some(ticket) = shard.tickets.get_mut(&report.ticket_id) else {
-            return Err(Self::lookup_error(shard, report.ticket_id));
-        };
-        transition::check_lease(ticket, report.lease_id)?;
-        if let Some(progress) = report.progress {
-            ticket.progress = Some(progress);
-            ticket.touch(now);
-            self.commit(ticket, Some(EventKind::Progress), None);
-        }
-        if let Some(output) = report.output {
-            let chunks = shard.chunks.entry(report.ticket_id).or_default();
-            if chunks.len() >= transition::MAX_CHUNKS_PER_TICKET {
-                return Err(transition::too_many_chunks(report.ticket_id));
-            }
-            transition::spend_output(ticket, &output, self.config.max_output_bytes_per_ticket)?;
-            let size = prost::Message::encoded_len(&output) as u64;
-            let limit = self.config.max_output_bytes;
-            if self
-                .held_output
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                    held.checked_add(size).filter(|total| *total <= limit)
-                })
-                .is_err()
-            {
-                ticket.output_bytes -= size;
-                return Err(EngineError::LimitExceeded(format!(
-                    "the gateway holds {limit} bytes of partial output, its budget (--max-output-bytes); the chunk was refused"
-                )));
-            }
-            ticket.touch(now);
-            let chunk = Chunk {
-                seq: ticket.seq,
-                output,
-            };
-            chunks.push(chunk.clone());
-            let mutations = if self.journal.wants_mutations() {
-                vec![Mutation::PutChunk {
-                    ticket_id: report.ticket_id,
-                    chunk: chunk.clone(),
-                }]
-            } else {
-                Vec::new()
-            };
-            self.commit_with(
-                ticket,
-                Some(EventKind::Output),
-                Some(&chunk.output),
-                mutations,
-                false,
-            );
-        }
-        Ok(ticket.journal_seq)
     }
 }
 

@@ -124,27 +124,9 @@ pub async fn check(ops: Vec<Op>) -> Result<(), String> {
 /// Runs `ops` against `engine` (fresh, built with [`config`]), checking the
 /// invariants after every step.
 pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), String> {
-    let sessions: Vec<SessionInfo> = (0..3)
-        .map(|i| SessionInfo {
-            session_id: SessionId::new(),
-            worker_name: format!("w{i}").into(),
-            queues: Arc::from([QueueName::parse("q").unwrap()]),
-        })
-        .collect();
     let mut clock = SystemTime::now();
-    for session in &sessions {
-        engine
-            .open_session(session, clock + Duration::from_secs(3600))
-            .await
-            .unwrap();
-    }
+    let sessions = open_sessions(&engine, clock).await;
     let mut model = Model::default();
-    let body = |text: &'static str| Payload {
-        kind: Some(asyncgate_proto::v1::payload::Kind::Binary(
-            bytes::Bytes::from_static(text.as_bytes()),
-        )),
-        content_type: String::new(),
-    };
     for op in ops {
         match op {
             Op::Submit { priority, key } => {
@@ -154,29 +136,9 @@ pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), Strin
                 }
             }
             Op::Claim { session, want } => {
-                let asked = vec![sessions[session].clone(); want];
-                for claimed in engine
-                    .claim(&QueueName::parse("q").unwrap(), &asked)
-                    .await
-                    .unwrap()
-                {
-                    let id = claimed.ticket.id;
-                    ensure!(
-                        !model.live.contains_key(&id),
-                        "ticket {id} leased again while its lease {:?} is live",
-                        model.live.get(&id)
-                    );
-                    ensure!(
-                        !model.terminal.contains_key(&id),
-                        "a terminal ticket was leased"
-                    );
-                    model.live.insert(id, claimed.lease.lease_id);
-                    model.leases.push((id, claimed.lease));
-                }
+                claim(&engine, &mut model, &sessions[session], want).await?;
             }
             Op::Succeed { lease } | Op::Fail { lease, .. } if lease < model.leases.len() => {
-                let (id, held) = model.leases[lease].clone();
-                let was_live = model.live.get(&id) == Some(&held.lease_id);
                 let outcome = match op {
                     Op::Succeed { .. } => Outcome::Success(body("done")),
                     Op::Fail { retryable, .. } => Outcome::Failure(TicketError {
@@ -186,40 +148,10 @@ pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), Strin
                     }),
                     _ => unreachable!(),
                 };
-                match engine.complete(id, held.lease_id, outcome).await {
-                    Ok(Completion::Recorded(ticket)) => {
-                        ensure!(
-                            was_live,
-                            "a result was recorded for a lease that was not live"
-                        );
-                        if ticket.state == TicketState::Succeeded {
-                            *model.recorded.entry(id).or_default() += 1;
-                            ensure_eq!(model.recorded[&id], 1, "two results recorded");
-                        }
-                        model.observe(&ticket)?;
-                    }
-                    Ok(Completion::Duplicate(ticket)) => model.observe(&ticket)?,
-                    Err(EngineError::StaleLease { .. }) => {
-                        ensure!(!was_live, "the live lease's result was refused");
-                    }
-                    Err(other) => ensure!(false, "unexpected error {other}"),
-                }
+                complete(&engine, &mut model, lease, outcome).await?;
             }
             Op::Progress { lease } if lease < model.leases.len() => {
-                let (id, held) = model.leases[lease].clone();
-                let outcome = engine
-                    .progress(ProgressReport {
-                        ticket_id: id,
-                        lease_id: held.lease_id,
-                        progress: Some(crate::domain::Progress {
-                            percent: 50,
-                            message: "half".into(),
-                        }),
-                        output: Some(body("chunk")),
-                    })
-                    .await;
-                let was_live = model.live.get(&id) == Some(&held.lease_id);
-                ensure_eq!(outcome.is_ok(), was_live, "progress fencing");
+                progress(&engine, &model, lease).await?;
             }
             Op::Release { lease, delivered } if lease < model.leases.len() => {
                 let (id, held) = model.leases[lease].clone();
@@ -254,13 +186,128 @@ pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), Strin
             }
             _ => {}
         }
-        // Every ticket, after every step: the invariants hold.
-        for id in model.tickets.clone() {
-            match engine.get(id).await {
-                Ok(ticket) => model.observe(&ticket)?,
-                Err(EngineError::ResultExpired { .. }) => {}
-                Err(other) => ensure!(false, "ticket {id} vanished: {other}"),
+        check_every_ticket(&engine, &mut model).await?;
+    }
+    Ok(())
+}
+
+/// Opens the three worker sessions a run claims with, each serving `q` for
+/// an hour from `clock`.
+async fn open_sessions(engine: &Arc<dyn Engine>, clock: SystemTime) -> Vec<SessionInfo> {
+    let sessions: Vec<SessionInfo> = (0..3)
+        .map(|i| SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: format!("w{i}").into(),
+            queues: Arc::from([QueueName::parse("q").unwrap()]),
+        })
+        .collect();
+    for session in &sessions {
+        engine
+            .open_session(session, clock + Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    sessions
+}
+
+/// A binary payload of `text`.
+fn body(text: &'static str) -> Payload {
+    Payload {
+        kind: Some(asyncgate_proto::v1::payload::Kind::Binary(
+            bytes::Bytes::from_static(text.as_bytes()),
+        )),
+        content_type: String::new(),
+    }
+}
+
+/// `Op::Claim`: claims up to `want` tickets for `session`; none may be
+/// leased already or terminal.
+async fn claim(
+    engine: &Arc<dyn Engine>,
+    model: &mut Model,
+    session: &SessionInfo,
+    want: usize,
+) -> Result<(), String> {
+    let asked = vec![session.clone(); want];
+    for claimed in engine
+        .claim(&QueueName::parse("q").unwrap(), &asked)
+        .await
+        .unwrap()
+    {
+        let id = claimed.ticket.id;
+        ensure!(
+            !model.live.contains_key(&id),
+            "ticket {id} leased again while its lease {:?} is live",
+            model.live.get(&id)
+        );
+        ensure!(
+            !model.terminal.contains_key(&id),
+            "a terminal ticket was leased"
+        );
+        model.live.insert(id, claimed.lease.lease_id);
+        model.leases.push((id, claimed.lease));
+    }
+    Ok(())
+}
+
+/// `Op::Succeed` and `Op::Fail`: reports `outcome` under the `lease`-th
+/// lease seen; only a live lease's result may be recorded, and only once.
+async fn complete(
+    engine: &Arc<dyn Engine>,
+    model: &mut Model,
+    lease: usize,
+    outcome: Outcome,
+) -> Result<(), String> {
+    let (id, held) = model.leases[lease].clone();
+    let was_live = model.live.get(&id) == Some(&held.lease_id);
+    match engine.complete(id, held.lease_id, outcome).await {
+        Ok(Completion::Recorded(ticket)) => {
+            ensure!(
+                was_live,
+                "a result was recorded for a lease that was not live"
+            );
+            if ticket.state == TicketState::Succeeded {
+                *model.recorded.entry(id).or_default() += 1;
+                ensure_eq!(model.recorded[&id], 1, "two results recorded");
             }
+            model.observe(&ticket)?;
+        }
+        Ok(Completion::Duplicate(ticket)) => model.observe(&ticket)?,
+        Err(EngineError::StaleLease { .. }) => {
+            ensure!(!was_live, "the live lease's result was refused");
+        }
+        Err(other) => ensure!(false, "unexpected error {other}"),
+    }
+    Ok(())
+}
+
+/// `Op::Progress`: reports progress and a chunk under the `lease`-th lease
+/// seen; accepted exactly when that lease is live.
+async fn progress(engine: &Arc<dyn Engine>, model: &Model, lease: usize) -> Result<(), String> {
+    let (id, held) = model.leases[lease].clone();
+    let outcome = engine
+        .progress(ProgressReport {
+            ticket_id: id,
+            lease_id: held.lease_id,
+            progress: Some(crate::domain::Progress {
+                percent: 50,
+                message: "half".into(),
+            }),
+            output: Some(body("chunk")),
+        })
+        .await;
+    let was_live = model.live.get(&id) == Some(&held.lease_id);
+    ensure_eq!(outcome.is_ok(), was_live, "progress fencing");
+    Ok(())
+}
+
+/// Every ticket, after every step: the invariants hold.
+async fn check_every_ticket(engine: &Arc<dyn Engine>, model: &mut Model) -> Result<(), String> {
+    for id in model.tickets.clone() {
+        match engine.get(id).await {
+            Ok(ticket) => model.observe(&ticket)?,
+            Err(EngineError::ResultExpired { .. }) => {}
+            Err(other) => ensure!(false, "ticket {id} vanished: {other}"),
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Unit tests of `engine/local.rs`.
+//! Unit tests of `engine/local.rs` and its submodules (`engine/local/`).
 
 use super::*;
 

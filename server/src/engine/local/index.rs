@@ -1,0 +1,77 @@
+//! A queue's ready index: its PENDING tickets in dispatch order (highest
+//! priority first, FIFO within a priority) and the counts that answer
+//! "how many tickets are ahead of mine" without a full scan.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use crate::domain::TicketId;
+
+/// Ready-order key: highest priority first, then FIFO.
+pub(super) type ReadyKey = (Reverse<i32>, u64);
+
+/// Positions are counted exactly up to this many tickets of one priority;
+/// beyond it `tickets_ahead` is estimated from FIFO numbers.
+const EXACT_POSITION_LIMIT: usize = 4096;
+
+/// A queue's ready tickets, highest priority first, FIFO within a priority.
+#[derive(Default)]
+pub(super) struct QueueIndex {
+    pub(super) ready: BTreeMap<ReadyKey, TicketId>,
+    /// Ready tickets per priority, so positions need no full scan.
+    per_priority: BTreeMap<Reverse<i32>, usize>,
+    /// PENDING tickets waiting out a backoff.
+    pub(super) delayed: usize,
+}
+
+impl QueueIndex {
+    pub(super) fn pending(&self) -> usize {
+        self.ready.len() + self.delayed
+    }
+
+    pub(super) fn push(&mut self, key: ReadyKey, id: TicketId) {
+        if self.ready.insert(key, id).is_none() {
+            *self.per_priority.entry(key.0).or_default() += 1;
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &ReadyKey) {
+        if self.ready.remove(key).is_some() {
+            self.count_out(key.0);
+        }
+    }
+
+    pub(super) fn pop_first(&mut self) -> Option<TicketId> {
+        let (key, id) = self.ready.pop_first()?;
+        self.count_out(key.0);
+        Some(id)
+    }
+
+    fn count_out(&mut self, priority: Reverse<i32>) {
+        if let Some(count) = self.per_priority.get_mut(&priority) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_priority.remove(&priority);
+            }
+        }
+    }
+
+    /// Ready tickets ahead of `key`: exact for short queues, otherwise an
+    /// estimate from FIFO numbers (holes left by cancelled tickets make it
+    /// an upper bound).
+    pub(super) fn ahead(&self, key: ReadyKey) -> u64 {
+        let higher: usize = self.per_priority.range(..key.0).map(|(_, n)| n).sum();
+        let level = self.per_priority.get(&key.0).copied().unwrap_or(0);
+        let within = if level <= EXACT_POSITION_LIMIT {
+            self.ready.range((key.0, 0)..key).count()
+        } else {
+            match self.ready.range((key.0, 0)..key).next() {
+                Some(((_, first), _)) => usize::try_from(key.1 - first)
+                    .unwrap_or(usize::MAX)
+                    .min(level.saturating_sub(1)),
+                None => 0,
+            }
+        };
+        (higher + within) as u64
+    }
+}
