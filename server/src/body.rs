@@ -10,7 +10,7 @@ use tonic::codegen::http::HeaderMap;
 
 /// Told about a response body's trailers; its `Drop` marks the call's end
 /// (the body finished, failed, or the client went away).
-pub trait CallObserver: Send + Unpin + 'static {
+pub(crate) trait CallObserver: Send + Unpin + 'static {
     /// The body's trailers (where gRPC puts the status of most calls).
     fn trailers(&mut self, _trailers: &HeaderMap) {}
 
@@ -20,14 +20,14 @@ pub trait CallObserver: Send + Unpin + 'static {
 }
 
 /// A response body carrying a [`CallObserver`] until it is dropped.
-pub struct Observed<O> {
+pub(crate) struct Observed<O> {
     inner: tonic::body::Body,
     observer: O,
 }
 
 impl<O: CallObserver> Observed<O> {
     /// Wraps `inner`; `observer` lives as long as the body.
-    pub fn wrap(inner: tonic::body::Body, observer: O) -> tonic::body::Body {
+    pub(crate) fn wrap(inner: tonic::body::Body, observer: O) -> tonic::body::Body {
         tonic::body::Body::new(Self { inner, observer })
     }
 }

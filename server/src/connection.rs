@@ -75,7 +75,7 @@ impl Activity {
 /// What the gateway knows about the connection a request came on (a request
 /// extension, like tonic's `TcpConnectInfo`).
 #[derive(Clone, Debug)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     tcp: TcpConnectInfo,
     activity: Arc<Activity>,
 }
@@ -91,13 +91,13 @@ impl ConnectionInfo {
 }
 
 /// The peer address of the connection a request came on.
-pub fn remote_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
+pub(crate) fn remote_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
     ConnectionInfo::of(extensions).and_then(|info| info.tcp.remote_addr)
 }
 
 /// An accepted TCP connection that ends itself (as if the peer had closed
 /// it) once it has been idle for the timeout.
-pub struct TrackedStream {
+pub(crate) struct TrackedStream {
     io: Corked<TcpStream>,
     activity: Arc<Activity>,
     idle: Option<IdleTimer>,
@@ -138,7 +138,11 @@ impl TrackedStream {
     /// Tracks `io`; `idle_timeout` of `None` never closes it. With
     /// `coalesce_writes`, what one poll of the connection writes leaves in one
     /// syscall ([`Corked`]; HTTP/2 only).
-    pub fn new(io: TcpStream, idle_timeout: Option<Duration>, coalesce_writes: bool) -> Self {
+    pub(crate) fn new(
+        io: TcpStream,
+        idle_timeout: Option<Duration>,
+        coalesce_writes: bool,
+    ) -> Self {
         let activity = Arc::new(Activity::new());
         let idle = idle_timeout.map(|timeout| IdleTimer {
             timeout,
@@ -163,7 +167,7 @@ impl TrackedStream {
     /// Answers an HTTP/1.1 request with `505` and a text naming
     /// `--grpc-web` (logged) instead of closing silently; for a plaintext
     /// gateway that serves HTTP/2 only.
-    pub fn refuse_http1(mut self, refuse: bool) -> Self {
+    pub(crate) fn refuse_http1(mut self, refuse: bool) -> Self {
         self.sniff = refuse.then(|| Sniff { seen: Vec::new() });
         self
     }
@@ -236,7 +240,7 @@ impl TrackedStream {
 
     /// Ends the connection, as if the peer had closed it, once `close_at`
     /// resolves.
-    pub fn close_at(mut self, close_at: impl Future<Output = ()> + Send + 'static) -> Self {
+    pub(crate) fn close_at(mut self, close_at: impl Future<Output = ()> + Send + 'static) -> Self {
         self.close_at = Some(Box::pin(close_at));
         self
     }
@@ -370,7 +374,7 @@ impl AsyncWrite for TrackedStream {
 /// Counts each call as open on its connection from its request until its
 /// response body ends.
 #[derive(Clone, Copy, Default)]
-pub struct TrackCallsLayer;
+pub(crate) struct TrackCallsLayer;
 
 impl<S> tower::Layer<S> for TrackCallsLayer {
     type Service = TrackCalls<S>;
@@ -382,7 +386,7 @@ impl<S> tower::Layer<S> for TrackCallsLayer {
 
 /// See [`TrackCallsLayer`].
 #[derive(Clone)]
-pub struct TrackCalls<S> {
+pub(crate) struct TrackCalls<S> {
     inner: S,
 }
 

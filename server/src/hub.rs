@@ -23,7 +23,7 @@ use crate::engine::TicketChange;
 const SHARDS: usize = 64;
 
 /// Events buffered per ticket before a slow watcher lags.
-pub const WATCH_BUFFER: usize = 32;
+pub(crate) const WATCH_BUFFER: usize = 32;
 
 type Registry = HashMap<TicketId, broadcast::Sender<Arc<TicketChange>>>;
 

@@ -23,7 +23,7 @@ use crate::server::StartError;
 const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// What the stack is built from.
-pub struct Stack {
+pub(crate) struct Stack {
     /// The gateway's settings.
     pub config: Arc<Config>,
     /// The API keys, if `--keys`.
@@ -40,7 +40,7 @@ pub struct Stack {
 impl Stack {
     /// The HTTP server's settings (TLS, HTTP/1.1 for browsers, HTTP/2
     /// limits and keepalives) for this configuration.
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         tls: Option<ServerTlsConfig>,
         keys: Option<Keys>,
@@ -74,7 +74,7 @@ impl Stack {
 
 /// Serves `routes` behind the stack on `incoming` until `signal`, then
 /// drains the connections (tonic's graceful shutdown).
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     stack: Stack,
     routes: Routes,
     incoming: I,
@@ -154,7 +154,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<to
 /// (grpc-web, Connect-ES's `createGrpcWebTransport`) and Connect clients
 /// (`createConnectTransport`, plain `fetch`) send, the API key, and trace
 /// context. `--cors-allow-header` adds more.
-pub const CORS_ALLOW_HEADERS: [&str; 13] = [
+pub(crate) const CORS_ALLOW_HEADERS: [&str; 13] = [
     "content-type",
     "authorization",
     "x-grpc-web",
@@ -172,7 +172,7 @@ pub const CORS_ALLOW_HEADERS: [&str; 13] = [
 
 /// Response headers pages may read: gRPC-Web's status headers (of
 /// trailers-only answers) and Connect's encoding headers.
-pub const CORS_EXPOSE_HEADERS: [&str; 6] = [
+pub(crate) const CORS_EXPOSE_HEADERS: [&str; 6] = [
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",

@@ -34,27 +34,27 @@
 //!   (feature `test-support`).
 
 pub mod auth;
-pub mod body;
+pub(crate) mod body;
 pub mod config;
-pub mod connect;
-pub mod connection;
-pub mod dispatch;
+pub(crate) mod connect;
+pub(crate) mod connection;
+pub(crate) mod dispatch;
 pub mod domain;
 pub mod engine;
 pub mod error;
-pub mod hub;
-pub mod layers;
-pub mod limits;
-pub mod metrics;
-pub mod rescue;
+pub(crate) mod hub;
+pub(crate) mod layers;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod rescue;
 pub mod rpc;
 pub mod server;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
-pub mod time;
-pub mod timers;
+pub(crate) mod time;
+pub(crate) mod timers;
 
 pub use config::Config;
 pub use server::{Running, start, start_on};

@@ -28,14 +28,14 @@ use tonic::codegen::http;
 use crate::body::{CallObserver, Observed};
 
 /// Paths any peer may call without a key.
-pub fn is_keyless(path: &str) -> bool {
+pub(crate) fn is_keyless(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
 }
 
 /// Limits calls open at once: `max` in all, `max_keyless` of them health
 /// calls (which need no key).
 #[derive(Clone)]
-pub struct ShedLayer {
+pub(crate) struct ShedLayer {
     open: Arc<Semaphore>,
     max: usize,
     keyless: Arc<Semaphore>,
@@ -44,7 +44,7 @@ pub struct ShedLayer {
 
 impl ShedLayer {
     /// At most `max` calls open, `max_keyless` of them without a key.
-    pub fn new(max: usize, max_keyless: usize) -> Self {
+    pub(crate) fn new(max: usize, max_keyless: usize) -> Self {
         Self {
             open: Arc::new(Semaphore::new(max)),
             max,
@@ -67,7 +67,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 
 /// See [`ShedLayer`].
 #[derive(Clone)]
-pub struct Shed<S> {
+pub(crate) struct Shed<S> {
     inner: S,
     layer: ShedLayer,
 }
@@ -133,13 +133,13 @@ where
 /// peer that trickles a body a byte at a time cannot hold a call (and its
 /// connection, which is not idle while a call is open) forever.
 #[derive(Clone, Copy)]
-pub struct ReadDeadlineLayer {
+pub(crate) struct ReadDeadlineLayer {
     timeout: Duration,
 }
 
 impl ReadDeadlineLayer {
     /// Bodies must arrive within `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
 }
@@ -157,7 +157,7 @@ impl<S> tower::Layer<S> for ReadDeadlineLayer {
 
 /// See [`ReadDeadlineLayer`].
 #[derive(Clone)]
-pub struct ReadDeadline<S> {
+pub(crate) struct ReadDeadline<S> {
     inner: S,
     timeout: Duration,
 }

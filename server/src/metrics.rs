@@ -40,18 +40,18 @@ use crate::dispatch::Dispatcher;
 use crate::domain::{QueueName, Ticket, TicketState};
 use crate::engine::{Before, Engine};
 
-pub mod exposition;
-pub mod grpc;
+pub(crate) mod exposition;
+pub(crate) mod grpc;
 mod process;
 
-pub use grpc::{RpcMetrics, RpcMetricsLayer};
+pub(crate) use grpc::RpcMetricsLayer;
 
 /// Distinct queues the metrics name by default (`--metrics-max-queues`).
-pub const MAX_QUEUE_LABELS: usize = 500;
+pub(crate) const MAX_QUEUE_LABELS: usize = 500;
 
 /// The `queue` label of every queue past the cap. Queue names start with a
 /// letter or digit, so no real queue is called this.
-pub const OTHER_QUEUES: &str = "_other";
+pub(crate) const OTHER_QUEUES: &str = "_other";
 
 /// How long a metrics client may take over its TLS handshake; a socket that
 /// never finishes one is closed instead of holding a task.
@@ -128,7 +128,7 @@ fn ticket_seconds() -> Histogram {
 }
 
 /// The gateway's metrics and their registry.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     queues: QueueLabeler,
     submitted: Family<QueueLabels, Counter>,
@@ -153,7 +153,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric; at most `max_queues` queues are labelled by
     /// name, later ones are summed under `queue="_other"`.
-    pub fn new(max_queues: usize) -> Self {
+    pub(crate) fn new(max_queues: usize) -> Self {
         let mut registry = Registry::default();
         let grpc = grpc::GrpcMetrics::new(&mut registry);
         let mut metrics = Self {
@@ -241,7 +241,7 @@ impl Metrics {
     }
 
     /// Counts a transition the engine committed.
-    pub fn transitioned(&self, before: Before, after: &Ticket, now: SystemTime) {
+    pub(crate) fn transitioned(&self, before: Before, after: &Ticket, now: SystemTime) {
         if before.state == Some(after.state) {
             return;
         }
@@ -287,7 +287,7 @@ impl Metrics {
 
     /// The exposition text in `format`, with gauges read fresh from the
     /// store and the dispatcher.
-    pub async fn render(
+    pub(crate) async fn render(
         &self,
         engine: &dyn Engine,
         dispatcher: &Dispatcher,
@@ -334,7 +334,7 @@ impl Metrics {
 }
 
 /// What the metrics listener answers, and whom.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// What is exposed.
     pub metrics: Arc<Metrics>,
     /// Gauges of pending and running tickets are read from it per scrape.
@@ -413,7 +413,7 @@ impl Endpoint {
 
 /// Serves `GET /metrics` on `listener` until `stop`, over TLS when `tls` is
 /// given.
-pub fn serve(
+pub(crate) fn serve(
     listener: TcpListener,
     endpoint: Endpoint,
     tls: Option<TlsAcceptor>,

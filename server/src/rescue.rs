@@ -21,18 +21,18 @@ use crate::error::GatewayError;
 
 /// Largest request header list the gateway reads (HTTP/2 counts each
 /// header as name + value + 32 bytes).
-pub const MAX_HEADER_LIST_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_LIST_BYTES: usize = 16 * 1024;
 
 /// What the limits are, for the messages.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// The largest message accepted (payload limit plus envelope).
     pub max_message_bytes: usize,
 }
 
 /// The status a caller should get for `status`, a refusal tonic made while
 /// reading a request (unchanged if it is not one).
-pub fn normalize(status: Status, limits: Limits) -> Status {
+pub(crate) fn normalize(status: Status, limits: Limits) -> Status {
     let message = status.message();
     let too_large = |size: Option<&str>| {
         Status::from(GatewayError::Exhausted(format!(
@@ -103,13 +103,13 @@ fn short(text: &str) -> String {
 
 /// See the module docs.
 #[derive(Clone, Copy)]
-pub struct RescueLayer {
+pub(crate) struct RescueLayer {
     limits: Limits,
 }
 
 impl RescueLayer {
     /// Rewrites refusals with `limits` in the messages.
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self { limits }
     }
 }
@@ -127,7 +127,7 @@ impl<S> tower::Layer<S> for RescueLayer {
 
 /// See [`RescueLayer`].
 #[derive(Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
     limits: Limits,
 }

@@ -21,7 +21,7 @@ use crate::engine::Engine;
 
 /// The gateway's shutdown state; clones share it.
 #[derive(Clone, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     initiated: CancellationToken,
     hard_stop: CancellationToken,
     tasks: TaskTracker,
@@ -31,34 +31,34 @@ pub struct Shutdown {
 impl Shutdown {
     /// Phase 1: no new work. Whoever waits on [`Shutdown::initiated`] (the
     /// server, worker sessions) reacts.
-    pub fn initiate(&self) {
+    pub(crate) fn initiate(&self) {
         self.initiated.cancel();
     }
 
     /// Cancelled once shutdown begins.
-    pub fn initiated(&self) -> &CancellationToken {
+    pub(crate) fn initiated(&self) -> &CancellationToken {
         &self.initiated
     }
 
     /// Cancelled once workers have drained or the grace period is over:
     /// remaining streams and background tasks end.
-    pub fn hard_stop(&self) -> &CancellationToken {
+    pub(crate) fn hard_stop(&self) -> &CancellationToken {
         &self.hard_stop
     }
 
     /// Background tasks (timers, queue actors, listeners): `finish` waits
     /// for them.
-    pub fn tasks(&self) -> &TaskTracker {
+    pub(crate) fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }
 
     /// Worker sessions: `drain` waits for them.
-    pub fn sessions(&self) -> &TaskTracker {
+    pub(crate) fn sessions(&self) -> &TaskTracker {
         &self.sessions
     }
 
     /// Spawns a background task that `finish` waits for.
-    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -68,7 +68,7 @@ impl Shutdown {
 
     /// Phase 2: worker sessions finish within `grace` (their results reach
     /// watchers), then the hard stop ends everything else.
-    pub async fn drain(&self, grace: Duration) {
+    pub(crate) async fn drain(&self, grace: Duration) {
         self.sessions.close();
         if tokio::time::timeout(grace, self.sessions.wait())
             .await
@@ -84,7 +84,7 @@ impl Shutdown {
 
     /// Phase 3: once the server stopped serving, every background task has
     /// ended and `engine` has let go of its store.
-    pub async fn finish(&self, engine: &dyn Engine) {
+    pub(crate) async fn finish(&self, engine: &dyn Engine) {
         self.hard_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;

@@ -29,13 +29,13 @@ const SERVICES: &[&str] = &[
 /// Once shutdown begins the shutdown owns the status (NOT_SERVING); a late
 /// pass does not set it back.
 #[derive(Clone)]
-pub struct StoreHealth {
+pub(crate) struct StoreHealth {
     reporter: HealthReporter,
     shutdown: CancellationToken,
 }
 
 impl StoreHealth {
-    pub fn new(reporter: HealthReporter, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(reporter: HealthReporter, shutdown: CancellationToken) -> Self {
         Self { reporter, shutdown }
     }
 
@@ -52,7 +52,7 @@ impl StoreHealth {
 /// Runs timer passes until `stop`. A store that is down fails every pass:
 /// the loop says so once, then every half minute, and once more when it
 /// recovers; health follows the first failure and the first success.
-pub async fn run(
+pub(crate) async fn run(
     engine: Arc<dyn Engine>,
     tick: Duration,
     health: StoreHealth,

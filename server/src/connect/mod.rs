@@ -71,7 +71,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Adds the Connect protocol in front of a tonic router.
 #[derive(Clone)]
-pub struct ConnectLayer {
+pub(crate) struct ConnectLayer {
     shared: Arc<Shared>,
 }
 
@@ -87,7 +87,7 @@ impl ConnectLayer {
     /// A layer whose requests are bounded by `max_message_bytes` (the inner
     /// services' decode limit). Fails only if the embedded descriptors do not
     /// load (a build problem).
-    pub fn new(max_message_bytes: usize) -> Result<Self, String> {
+    pub(crate) fn new(max_message_bytes: usize) -> Result<Self, String> {
         let schema = Schema::load().map_err(|e| format!("Connect descriptors: {e}"))?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -111,7 +111,7 @@ impl<S> tower::Layer<S> for ConnectLayer {
 
 /// Translates Connect calls for `S`, a gRPC service (see [`ConnectLayer`]).
 #[derive(Clone)]
-pub struct ConnectService<S> {
+pub(crate) struct ConnectService<S> {
     inner: S,
     shared: Arc<Shared>,
 }

@@ -10,7 +10,7 @@
 //! session's credit is shared by all its queues and never goes below zero, so
 //! no worker ever holds more than `max_in_flight`.
 
-pub mod session;
+pub(crate) mod session;
 
 use std::collections::HashMap;
 use std::pin::Pin;

@@ -13,7 +13,7 @@
 //! report on its old leases.
 
 mod machine;
-pub mod messages;
+pub(crate) mod messages;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +32,11 @@ use crate::domain::{LeaseId, Outcome, QueueName, SessionId, TicketId};
 use crate::engine::{EngineError, ReleaseReason, SessionInfo};
 use crate::error::GatewayError;
 use machine::{Effect, End, Machine, Recorded};
-pub use messages::{FromWorker, Hello, MAX_IN_FLIGHT_LIMIT, ToWorker};
+pub(crate) use messages::{FromWorker, Hello, MAX_IN_FLIGHT_LIMIT, ToWorker};
 
 /// What a session needs to know about the gateway's settings.
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
+pub(crate) struct SessionSettings {
     /// Ping cadence; two missed pings end the session.
     pub heartbeat_interval: Duration,
     /// Engine-level lease TTL, renewed by each answered ping.
@@ -48,16 +48,16 @@ pub struct SessionSettings {
 const RESULT_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Items sent to the worker; errors end the stream with a status.
-pub type Outbound = mpsc::Sender<Result<ToWorker, GatewayError>>;
+pub(crate) type Outbound = mpsc::Sender<Result<ToWorker, GatewayError>>;
 
 /// What the worker's stream yields: a validated message, or why it cannot
 /// be read (`None`: the transport broke, the worker left).
-pub type Inbound = Result<FromWorker, Option<GatewayError>>;
+pub(crate) type Inbound = Result<FromWorker, Option<GatewayError>>;
 
 /// Runs one worker connection to its end. `peer` is the worker's address,
 /// for the audit log.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<S>(
+pub(crate) async fn run<S>(
     dispatcher: Dispatcher,
     settings: SessionSettings,
     caller: crate::auth::Caller,

@@ -106,7 +106,7 @@ pub trait Journal: Send + Sync + 'static {
 /// The journal of the memory engine: nothing is written, events go out at
 /// once (under the caller's lock, so in order).
 #[derive(Default)]
-pub struct MemoryJournal {
+pub(crate) struct MemoryJournal {
     listener: OnceLock<Arc<dyn EngineListener>>,
 }
 

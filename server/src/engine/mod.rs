@@ -6,14 +6,14 @@
 //! (in seq order per ticket), queues that gained ready work, and leases that a
 //! worker must be told to drop.
 
-pub mod durable;
-pub mod journal;
-pub mod local;
+pub(crate) mod durable;
+pub(crate) mod journal;
+pub(crate) mod local;
 #[cfg(any(test, feature = "test-support"))]
 pub mod model;
-pub mod record;
+pub(crate) mod record;
 pub mod redis;
-pub mod store_error;
+pub(crate) mod store_error;
 pub(crate) mod transition;
 
 #[cfg(test)]

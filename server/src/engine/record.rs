@@ -17,7 +17,7 @@ use crate::domain::{
 /// Why a stored record could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("stored ticket record is unreadable: {0}")]
-pub struct BadRecord(pub String);
+pub(crate) struct BadRecord(pub String);
 
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct StoredError {

@@ -13,7 +13,7 @@
 
 /// A scrape's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `application/openmetrics-text; version=1.0.0`.
     OpenMetrics,
     /// `text/plain; version=0.0.4`.
@@ -23,7 +23,7 @@ pub enum Format {
 impl Format {
     /// The format an `Accept` header asks for: OpenMetrics only when named
     /// (with a non-zero quality), as client_golang decides.
-    pub fn negotiate(accept: Option<&str>) -> Self {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Self {
         let wants_openmetrics = accept.is_some_and(|accept| {
             accept.split(',').any(|range| {
                 let mut parts = range.split(';').map(str::trim);
@@ -47,7 +47,7 @@ impl Format {
     }
 
     /// The response's `Content-Type`.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Self::Text => "text/plain; version=0.0.4; charset=utf-8",
@@ -56,7 +56,7 @@ impl Format {
 }
 
 /// The classic text format of prometheus-client's OpenMetrics `text`.
-pub fn to_text_format(openmetrics: &str) -> String {
+pub(crate) fn to_text_format(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     // HELP comes before TYPE, and the family's classic name depends on the
     // type: hold HELP back until TYPE is known.

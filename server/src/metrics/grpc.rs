@@ -73,7 +73,7 @@ const ALL_CODES: [tonic::Code; 17] = [
 /// A method's kind, by whether each side streams (go-grpc-prometheus'
 /// `grpc_type` values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrpcType {
+pub(crate) enum GrpcType {
     /// One request, one response.
     Unary,
     /// A request stream, one response.
@@ -95,7 +95,7 @@ impl GrpcType {
     }
 
     /// The `grpc_type` label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Unary => "unary",
             Self::ClientStream => "client_stream",
@@ -108,7 +108,7 @@ impl GrpcType {
 /// `path` (`/package.Service/Method`) → its kind, for every method in
 /// `descriptor_sets`. A set that does not decode is logged and skipped
 /// (they are compiled in; a test decodes them all).
-pub fn method_types(descriptor_sets: &[&[u8]]) -> HashMap<String, GrpcType> {
+pub(crate) fn method_types(descriptor_sets: &[&[u8]]) -> HashMap<String, GrpcType> {
     let mut methods = HashMap::new();
     for encoded in descriptor_sets {
         let set = match prost_types::FileDescriptorSet::decode(*encoded) {
@@ -312,7 +312,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
 /// (compressed flag, big-endian length) and that many bytes, and either
 /// may be split across chunks. Compression does not change the framing.
 #[derive(Debug, Default)]
-pub struct MessageFrames {
+pub(crate) struct MessageFrames {
     /// Prefix bytes of the next message seen so far.
     prefix: [u8; 5],
     prefix_len: usize,
@@ -322,7 +322,7 @@ pub struct MessageFrames {
 
 impl MessageFrames {
     /// Feeds the next chunk; returns how many messages it completed.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> u64 {
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) -> u64 {
         let mut completed = 0;
         while !chunk.is_empty() {
             if self.remaining > 0 {
@@ -355,13 +355,13 @@ impl MessageFrames {
 
 /// Counts every RPC go-grpc-prometheus' way, in one place.
 #[derive(Clone)]
-pub struct RpcMetricsLayer {
+pub(crate) struct RpcMetricsLayer {
     metrics: Option<Arc<Metrics>>,
 }
 
 impl RpcMetricsLayer {
     /// Records into `metrics`; `None` records nothing.
-    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+    pub(crate) fn new(metrics: Option<Arc<Metrics>>) -> Self {
         Self { metrics }
     }
 }
@@ -379,7 +379,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 
 /// See [`RpcMetricsLayer`].
 #[derive(Clone)]
-pub struct RpcMetrics<S> {
+pub(crate) struct RpcMetrics<S> {
     inner: S,
     metrics: Option<Arc<Metrics>>,
 }

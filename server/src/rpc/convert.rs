@@ -18,7 +18,7 @@ use crate::domain::{NewTicket, QueueName, Ticket, TicketError, TicketId, TicketS
 use crate::error::GatewayError;
 use crate::time::{self, rfc3339};
 
-pub mod worker;
+pub(crate) mod worker;
 
 /// Priority bounds.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;

@@ -16,9 +16,9 @@ use crate::error::GatewayError;
 use crate::hub::Subscription;
 
 /// Largest ListTickets page.
-pub const MAX_PAGE_SIZE: u32 = 1000;
+pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
 /// ListTickets page when page_size is 0.
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 100;
 
 /// A caller's W3C trace context (request headers), kept with its ticket.
 struct TraceContext {
@@ -55,14 +55,14 @@ impl TraceContext {
 }
 
 /// The service implementation.
-pub struct GatewayService {
+pub(crate) struct GatewayService {
     core: Core,
     limits: convert::SubmitLimits,
 }
 
 impl GatewayService {
     /// A service over `core`.
-    pub fn new(core: Core) -> Self {
+    pub(crate) fn new(core: Core) -> Self {
         let limits = convert::SubmitLimits {
             max_payload_bytes: core.config.max_payload_bytes,
             default_max_attempts: core.config.default_max_attempts,

@@ -7,11 +7,11 @@
 //! `tickets`.
 
 pub mod convert;
-pub mod gateway;
-pub mod operations;
-pub mod tickets;
-pub mod watch;
-pub mod workers;
+pub(crate) mod gateway;
+pub(crate) mod operations;
+pub(crate) mod tickets;
+pub(crate) mod watch;
+pub(crate) mod workers;
 
 use std::sync::Arc;
 

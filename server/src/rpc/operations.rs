@@ -25,12 +25,12 @@ use crate::error::GatewayError;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 /// The tonic service, as registered with the server and the health service.
-pub type Server = lro::operations_server::OperationsServer<OperationsService>;
+pub(crate) type Server = lro::operations_server::OperationsServer<OperationsService>;
 
 /// The service over `core`, ready to add to the router. Requests are small
 /// (a name, a filter) and replies carry at most one result payload, which the
 /// default size limits allow.
-pub fn server(core: Core) -> Server {
+pub(crate) fn server(core: Core) -> Server {
     use tonic::codec::CompressionEncoding::{Gzip, Zstd};
     // Compression as on the Gateway service.
     Server::new(OperationsService::new(core))
@@ -41,13 +41,13 @@ pub fn server(core: Core) -> Server {
 }
 
 /// The service implementation.
-pub struct OperationsService {
+pub(crate) struct OperationsService {
     core: Core,
 }
 
 impl OperationsService {
     /// A service over `core`.
-    pub fn new(core: Core) -> Self {
+    pub(crate) fn new(core: Core) -> Self {
         Self { core }
     }
 

@@ -75,7 +75,7 @@ impl Future for YieldOnce {
 }
 
 /// A server stream of ticket events, produced by the watch it polls.
-pub struct EventStream {
+pub(crate) struct EventStream {
     watch: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     slot: Slot,
     /// Resolves when the viewer's key is revoked; polled before the watch,
@@ -88,7 +88,7 @@ pub struct EventStream {
 impl EventStream {
     /// The stream of what `watch` emits into the sink it is given, for
     /// `viewer`.
-    pub fn new<F>(viewer: Caller, watch: impl FnOnce(EventSink) -> F) -> Self
+    pub(crate) fn new<F>(viewer: Caller, watch: impl FnOnce(EventSink) -> F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
     {

@@ -18,13 +18,13 @@ use crate::dispatch::session::{self, SessionSettings};
 use crate::error::GatewayError;
 
 /// The service implementation.
-pub struct WorkersService {
+pub(crate) struct WorkersService {
     core: Core,
 }
 
 impl WorkersService {
     /// A service over `core`.
-    pub fn new(core: Core) -> Self {
+    pub(crate) fn new(core: Core) -> Self {
         Self { core }
     }
 }

@@ -13,15 +13,15 @@ use crate::engine::{Claimed, Revocation};
 use crate::error::GatewayError;
 
 /// The largest `max_in_flight` a worker may ask for.
-pub const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
+pub(crate) const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
 /// The most queues one worker connection may serve.
-pub const MAX_QUEUES_PER_WORKER: usize = 256;
+pub(crate) const MAX_QUEUES_PER_WORKER: usize = 256;
 /// The longest `Hello.worker_name`, in bytes.
-pub const MAX_WORKER_NAME_BYTES: usize = 128;
+pub(crate) const MAX_WORKER_NAME_BYTES: usize = 128;
 
 /// A worker's message, validated.
 #[derive(Debug)]
-pub enum FromWorker {
+pub(crate) enum FromWorker {
     /// The worker introduces itself; an invalid Hello ends the stream with
     /// the reason.
     Hello(Result<Hello, GatewayError>),
@@ -42,7 +42,7 @@ pub enum FromWorker {
 
 /// A valid Hello.
 #[derive(Debug, Clone)]
-pub struct Hello {
+pub(crate) struct Hello {
     /// The queues to serve, as stored (tenant-scoped), without repeats.
     pub queues: Vec<QueueName>,
     /// Tasks the worker runs at once.
@@ -55,7 +55,7 @@ pub struct Hello {
 /// a report on a lease the session does not hold is ignored or refused
 /// whatever its body, so the body's own verdict travels with it.
 #[derive(Debug)]
-pub enum Report<T> {
+pub(crate) enum Report<T> {
     /// The ids parse.
     Lease {
         /// The ticket.
@@ -78,7 +78,7 @@ pub enum Report<T> {
 
 /// The body of a progress report.
 #[derive(Debug)]
-pub struct ProgressUpdate {
+pub(crate) struct ProgressUpdate {
     /// New percent and message, if the report has any.
     pub progress: Option<Progress>,
     /// A partial-output chunk, checked against the payload limit.
@@ -87,7 +87,7 @@ pub struct ProgressUpdate {
 
 /// What the session tells the worker.
 #[derive(Debug)]
-pub enum ToWorker {
+pub(crate) enum ToWorker {
     /// The session is open.
     Welcome {
         /// The session's id.
@@ -129,7 +129,7 @@ pub enum ToWorker {
 
 /// The verdict on a worker's report.
 #[derive(Debug)]
-pub enum Ack {
+pub(crate) enum Ack {
     /// The result is recorded; the ticket is now in this state.
     Recorded {
         /// The ticket's state name.

@@ -86,7 +86,7 @@ pub enum OpenError {
 /// ready engine whose in-memory state matches the disk. Tickets that were
 /// leased when the previous process stopped lose that lease (the attempt
 /// counts) and go back to their queue.
-pub fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError> {
+pub(crate) fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
             path: dir.to_path_buf(),
@@ -285,7 +285,7 @@ impl Watermark {
 }
 
 /// The redb journal. See the module docs.
-pub struct RedbJournal {
+pub(crate) struct RedbJournal {
     /// The next append number and the channel, locked together so that
     /// numbers reach the writer in order.
     sender: Mutex<(u64, Option<mpsc::Sender<Append>>)>,

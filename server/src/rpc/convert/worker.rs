@@ -26,7 +26,7 @@ const MAX_FAILURE_MESSAGE_CHARS: usize = 4096;
 
 /// A worker's message, validated for a session of `caller` whose results
 /// and outputs may be `max_payload_bytes` large.
-pub fn from_pb(
+pub(crate) fn from_pb(
     caller: &Caller,
     message: pb::WorkerMessage,
     max_payload_bytes: usize,
@@ -149,7 +149,7 @@ fn outcome(
 
 /// A Hello validated: queues scoped to the caller's tenant and without
 /// repeats, `max_in_flight` in range, the worker's name printable.
-pub fn hello_from_pb(caller: &Caller, hello: pb::Hello) -> Result<Hello, GatewayError> {
+pub(crate) fn hello_from_pb(caller: &Caller, hello: pb::Hello) -> Result<Hello, GatewayError> {
     if hello.queues.is_empty() {
         return Err(GatewayError::invalid(
             "hello.queues",
@@ -215,7 +215,7 @@ fn worker_name(mut name: String) -> Result<String, GatewayError> {
 }
 
 /// The session's message on the wire.
-pub fn to_pb(message: ToWorker) -> pb::DispatchMessage {
+pub(crate) fn to_pb(message: ToWorker) -> pb::DispatchMessage {
     let kind = match message {
         ToWorker::Welcome {
             session_id,
