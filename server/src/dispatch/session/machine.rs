@@ -358,17 +358,11 @@ impl Machine {
     }
 
     fn on_progress(&mut self, now: Instant, report: Report<ProgressUpdate>) {
-        let (ticket_id, lease_id, body) = match report {
-            Report::Lease {
-                ticket_id,
-                lease_id,
-                body,
-            } => (ticket_id, lease_id, body),
-            Report::BadIds {
-                ticket_id,
-                lease_id,
-                error,
-            } => return self.refuse_progress(ticket_id, lease_id, error),
+        let (ticket_id, lease_id, body) = match report.into_parts() {
+            Ok(parts) => parts,
+            Err((ticket_id, lease_id, error)) => {
+                return self.refuse_progress(ticket_id, lease_id, error);
+            }
         };
         if !self.holds(ticket_id, lease_id) {
             tracing::debug!(%ticket_id, %lease_id, "progress on a lease this session does not hold; ignored");
@@ -392,17 +386,9 @@ impl Machine {
     }
 
     fn on_result(&mut self, report: Report<Outcome>) {
-        let (ticket_id, lease_id, body) = match report {
-            Report::Lease {
-                ticket_id,
-                lease_id,
-                body,
-            } => (ticket_id, lease_id, body),
-            Report::BadIds {
-                ticket_id,
-                lease_id,
-                error,
-            } => {
+        let (ticket_id, lease_id, body) = match report.into_parts() {
+            Ok(parts) => parts,
+            Err((ticket_id, lease_id, error)) => {
                 return self.send(ToWorker::Ack {
                     ticket_id,
                     lease_id,

@@ -76,6 +76,29 @@ pub(crate) enum Report<T> {
     },
 }
 
+/// A report's parts: its parsed ids and body verdict, or the ids as sent and
+/// why they do not parse.
+pub(crate) type ReportParts<T> =
+    Result<(TicketId, LeaseId, Result<T, GatewayError>), (String, String, GatewayError)>;
+
+impl<T> Report<T> {
+    /// The report taken apart, for a `match` on whether its ids parse.
+    pub(crate) fn into_parts(self) -> ReportParts<T> {
+        match self {
+            Self::Lease {
+                ticket_id,
+                lease_id,
+                body,
+            } => Ok((ticket_id, lease_id, body)),
+            Self::BadIds {
+                ticket_id,
+                lease_id,
+                error,
+            } => Err((ticket_id, lease_id, error)),
+        }
+    }
+}
+
 /// The body of a progress report.
 #[derive(Debug)]
 pub(crate) struct ProgressUpdate {
