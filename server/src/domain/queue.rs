@@ -103,6 +103,21 @@ impl fmt::Debug for QueueName {
     }
 }
 
+/// Who paused a queue, when and why: shown in the waiting reason of every
+/// ticket it holds back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePause {
+    /// The API key's name ("anonymous" without keys).
+    pub by: String,
+    /// When.
+    pub at: std::time::SystemTime,
+    /// Why, as the operator said it (may be empty).
+    pub reason: String,
+}
+
+/// The longest pause reason kept, in characters.
+pub const MAX_PAUSE_REASON_CHARS: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;

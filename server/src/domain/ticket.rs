@@ -49,7 +49,21 @@ impl TicketState {
         !matches!(self, Self::Pending | Self::Running)
     }
 
-    /// Lower-case name for messages.
+    /// The state named `name` (as [`Self::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|state| state.name() == name)
+    }
+
+    /// The state's name, in lower case.
     pub fn name(self) -> &'static str {
         match self {
             Self::Pending => "pending",

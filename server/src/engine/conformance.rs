@@ -6,7 +6,7 @@
 //!
 //! This file holds the harness (the recording listener, helpers) and the
 //! macro; the cases live by concern in `conformance/` (submit, lease,
-//! lifetime, output, list, events) and are re-exported here, where the
+//! lifetime, output, list, events, queues) and are re-exported here, where the
 //! macro names them.
 
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ mod lease;
 mod lifetime;
 mod list;
 mod output;
+mod queues;
 mod submit;
 
 pub(crate) use events::*;
@@ -31,6 +32,7 @@ pub(crate) use lease::*;
 pub(crate) use lifetime::*;
 pub(crate) use list::*;
 pub(crate) use output::*;
+pub(crate) use queues::*;
 pub(crate) use submit::*;
 
 /// Records everything an engine reports.
@@ -220,6 +222,8 @@ macro_rules! engine_conformance {
                 idempotency_scopes_do_not_collide,
                 tickets_ahead_counts_the_queue,
                 transitions_and_queue_depths_are_reported,
+                queue_counts_follow_every_transition,
+                a_paused_queue_dispatches_nothing_until_resumed,
             );
         }
     };

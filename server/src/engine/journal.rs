@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{EngineError, EngineListener, TicketChange};
-use crate::domain::{Chunk, Ticket, TicketId};
+use crate::domain::{Chunk, QueueName, QueuePause, Ticket, TicketId};
 
 /// One change to stored state.
 #[derive(Debug, Clone)]
@@ -49,6 +49,13 @@ pub enum Mutation {
         /// The ticket it stood for.
         ticket_id: TicketId,
     },
+    /// Set (or, with `None`, clear) a queue's pause.
+    PutQueuePause {
+        /// The queue.
+        queue: QueueName,
+        /// The pause.
+        pause: Option<QueuePause>,
+    },
 }
 
 /// Everything a durable journal read back at startup.
@@ -60,6 +67,8 @@ pub struct Recovered {
     pub chunks: Vec<(TicketId, Chunk)>,
     /// Tombstones of deleted tickets.
     pub tombstones: Vec<(TicketId, SystemTime)>,
+    /// Paused queues.
+    pub paused: Vec<(QueueName, QueuePause)>,
 }
 
 /// Where the local engine's transitions go to become durable.

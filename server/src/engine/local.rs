@@ -31,12 +31,13 @@ use super::journal::{Journal, MemoryJournal, Mutation};
 use super::transition;
 use super::{
     Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
-    ListFilter, ListPage, ProgressReport, QueueDepth, ReleaseReason, Revocation, RevokeReason,
-    SessionInfo, Submitted, TicketChange,
+    ListFilter, ListPage, ProgressReport, QueueDepth, QueueInfo, ReleaseReason, Revocation,
+    RevokeReason, SessionInfo, Submitted, TicketChange,
 };
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
-    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId, TicketState,
+    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, QueuePause, SessionId, Ticket, TicketId,
+    TicketState,
 };
 
 mod engine;
@@ -159,6 +160,26 @@ impl LocalEngine {
             .entry(name.clone())
             .or_default()
             .clone()
+    }
+
+    /// The queue's index, if the queue was ever used (unlike
+    /// [`Self::queue`], a lookup creates nothing).
+    fn existing_queue(&self, name: &QueueName) -> Option<Arc<Mutex<QueueIndex>>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// What the admin API shows of a queue.
+    fn queue_info_of(name: &QueueName, index: &QueueIndex) -> QueueInfo {
+        QueueInfo {
+            queue: name.clone(),
+            counts: index.counts,
+            oldest_pending_at: index.oldest_pending_at(),
+            pause: index.pause.clone(),
+        }
     }
 
     fn listener(&self) -> Option<&Arc<dyn EngineListener>> {
@@ -323,7 +344,17 @@ impl LocalEngine {
         ready
     }
 
+    /// Counts a transition in its queue's index, then tells the listener.
+    /// Call under the ticket's shard lock.
     fn observe(&self, before: Before, after: &Ticket, now: SystemTime) {
+        if before.state != Some(after.state) {
+            lock(&self.queue(&after.queue)).tally(
+                after.id,
+                after.created_at,
+                before.state,
+                Some(after.state),
+            );
+        }
         if let Some(listener) = self.listener() {
             listener.transitioned(before, after, now);
         }

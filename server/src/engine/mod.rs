@@ -87,8 +87,8 @@ use async_trait::async_trait;
 use crate::domain::backoff::Backoff;
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
-    Chunk, Lease, LeaseId, NewTicket, Outcome, Progress, QueueName, SessionId, Ticket, TicketId,
-    TicketState,
+    Chunk, Lease, LeaseId, NewTicket, Outcome, Progress, QueueName, QueuePause, SessionId, Ticket,
+    TicketId, TicketState,
 };
 
 pub use local::LocalEngine;
@@ -479,6 +479,65 @@ pub struct QueueDepth {
     pub running: Option<u64>,
 }
 
+/// Tickets of one queue per state (terminal ones while retained).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// PENDING (ready or in backoff).
+    pub pending: u64,
+    /// RUNNING.
+    pub running: u64,
+    /// SUCCEEDED.
+    pub succeeded: u64,
+    /// FAILED.
+    pub failed: u64,
+    /// CANCELLED.
+    pub cancelled: u64,
+    /// EXPIRED.
+    pub expired: u64,
+}
+
+impl StateCounts {
+    /// The count of `state`.
+    pub fn get_mut(&mut self, state: TicketState) -> &mut u64 {
+        match state {
+            TicketState::Pending => &mut self.pending,
+            TicketState::Running => &mut self.running,
+            TicketState::Succeeded => &mut self.succeeded,
+            TicketState::Failed => &mut self.failed,
+            TicketState::Cancelled => &mut self.cancelled,
+            TicketState::Expired => &mut self.expired,
+        }
+    }
+
+    /// A ticket moved from `before` to `after` (`None`: it did not exist /
+    /// no longer exists).
+    pub fn moved(&mut self, before: Option<TicketState>, after: Option<TicketState>) {
+        if before == after {
+            return;
+        }
+        if let Some(state) = before {
+            let count = self.get_mut(state);
+            *count = count.saturating_sub(1);
+        }
+        if let Some(state) = after {
+            *self.get_mut(state) += 1;
+        }
+    }
+}
+
+/// A queue as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// The queue (as stored: `tenant/name` for a tenant's).
+    pub queue: QueueName,
+    /// Its tickets per state.
+    pub counts: StateCounts,
+    /// When its oldest PENDING ticket was created.
+    pub oldest_pending_at: Option<SystemTime>,
+    /// Set while it is paused.
+    pub pause: Option<QueuePause>,
+}
+
 /// Receives what engines change. Called synchronously, possibly under the
 /// engine's own locks: implementations must be quick and must not call back
 /// into the engine.
@@ -630,6 +689,23 @@ pub trait Engine: Send + Sync + 'static {
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
         Ok(Vec::new())
     }
+
+    /// Every queue used so far (by a submit or a worker), with its counts,
+    /// oldest pending ticket and pause; without reading any ticket.
+    async fn queues(&self) -> Result<Vec<QueueInfo>, EngineError>;
+
+    /// One queue; `None` if it was never used.
+    async fn queue_info(&self, queue: &QueueName) -> Result<Option<QueueInfo>, EngineError>;
+
+    /// Pauses (`Some`) or resumes (`None`) dispatch from `queue`, for every
+    /// gateway sharing the store and across restarts: a paused queue's
+    /// tickets are not claimed. A resumed queue is announced ready.
+    /// Creates the queue if it was never used.
+    async fn set_pause(
+        &self,
+        queue: &QueueName,
+        pause: Option<QueuePause>,
+    ) -> Result<QueueInfo, EngineError>;
 }
 
 #[cfg(test)]

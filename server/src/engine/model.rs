@@ -303,12 +303,44 @@ async fn progress(engine: &Arc<dyn Engine>, model: &Model, lease: usize) -> Resu
 
 /// Every ticket, after every step: the invariants hold.
 async fn check_every_ticket(engine: &Arc<dyn Engine>, model: &mut Model) -> Result<(), String> {
+    // What the admin API must show of each queue, from the tickets.
+    let mut expected: HashMap<QueueName, (StateCounts, Option<SystemTime>)> = HashMap::new();
     for id in model.tickets.clone() {
         match engine.get(id).await {
-            Ok(ticket) => model.observe(&ticket)?,
+            Ok(ticket) => {
+                model.observe(&ticket)?;
+                let (counts, oldest) = expected.entry(ticket.queue.clone()).or_default();
+                *counts.get_mut(ticket.state) += 1;
+                if ticket.state == TicketState::Pending {
+                    let at = ticket.created_at;
+                    *oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+            }
             Err(EngineError::ResultExpired { .. }) => {}
             Err(other) => ensure!(false, "ticket {id} vanished: {other}"),
         }
     }
+    let ms = |t: Option<SystemTime>| {
+        t.map(|t| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        })
+    };
+    for info in engine.queues().await.map_err(|e| e.to_string())? {
+        let (counts, oldest) = expected.remove(&info.queue).unwrap_or_default();
+        ensure_eq!(info.counts, counts, "queue {} counts", info.queue);
+        ensure_eq!(
+            ms(info.oldest_pending_at),
+            ms(oldest),
+            "queue {} oldest pending",
+            info.queue
+        );
+    }
+    ensure!(
+        expected.is_empty(),
+        "queues with tickets missing from the list: {:?}",
+        expected.keys().collect::<Vec<_>>()
+    );
     Ok(())
 }

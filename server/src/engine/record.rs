@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::domain::ticket::Payload;
 use crate::domain::{
-    Lease, LeaseId, Progress, QueueName, SessionId, Ticket, TicketError, TicketId, TicketState,
+    Lease, LeaseId, Progress, QueueName, QueuePause, SessionId, Ticket, TicketError, TicketId,
+    TicketState,
 };
 
 /// Why a stored record could not be read back.
@@ -97,6 +98,37 @@ pub(crate) struct StoredTicket {
 }
 
 /// Nanoseconds since the epoch.
+/// A queue's pause as stored.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredPause {
+    #[prost(string, tag = "1")]
+    by: String,
+    #[prost(uint64, tag = "2")]
+    at: u64,
+    #[prost(string, tag = "3")]
+    reason: String,
+}
+
+/// A queue's pause in its stored form.
+pub(crate) fn encode_pause(pause: &QueuePause) -> Vec<u8> {
+    StoredPause {
+        by: pause.by.clone(),
+        at: nanos(pause.at),
+        reason: pause.reason.clone(),
+    }
+    .encode_to_vec()
+}
+
+/// A stored pause read back.
+pub(crate) fn decode_pause(bytes: &[u8]) -> Result<QueuePause, BadRecord> {
+    let stored = StoredPause::decode(bytes).map_err(|e| BadRecord(e.to_string()))?;
+    Ok(QueuePause {
+        by: stored.by,
+        at: time(stored.at),
+        reason: stored.reason,
+    })
+}
+
 pub(crate) fn nanos(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -33,7 +33,7 @@ use super::{
     TicketChange,
 };
 use crate::domain::ticket::Payload;
-use crate::domain::{Chunk, TicketId};
+use crate::domain::{Chunk, QueueName, TicketId};
 
 /// Ticket records (without request payloads), by ticket id.
 const TICKETS: TableDefinition<u128, &[u8]> = TableDefinition::new("tickets");
@@ -43,6 +43,8 @@ const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
 const CHUNKS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("chunks");
 /// Deleted tickets: deletion time in ns since the epoch.
 const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("tombstones");
+/// Paused queues: name → `record::StoredPause`.
+const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
 
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -153,6 +155,7 @@ fn create_tables(database: &Database) -> Result<(), redb::Error> {
     txn.open_table(PAYLOADS)?;
     txn.open_table(CHUNKS)?;
     txn.open_table(TOMBSTONES)?;
+    txn.open_table(PAUSES)?;
     txn.commit()?;
     Ok(())
 }
@@ -174,6 +177,7 @@ fn read_all(database: &Database) -> Result<Recovered, ReadError> {
     let payloads = txn.open_table(PAYLOADS)?;
     let chunks = txn.open_table(CHUNKS)?;
     let tombstones = txn.open_table(TOMBSTONES)?;
+    let pauses = txn.open_table(PAUSES)?;
     let mut recovered = Recovered::default();
     for entry in tickets.iter()? {
         let (key, value) = entry?;
@@ -204,6 +208,15 @@ fn read_all(database: &Database) -> Result<Recovered, ReadError> {
             TicketId(uuid::Uuid::from_u128(key.value())),
             record::time(value.value()),
         ));
+    }
+    for entry in pauses.iter()? {
+        let (key, value) = entry?;
+        let name = key.value();
+        let queue = QueueName::parse_scoped(name)
+            .map_err(|e| ReadError::Record(format!("paused queue {name:?}: {e}")))?;
+        let pause = record::decode_pause(value.value())
+            .map_err(|e| ReadError::Record(format!("pause of queue {name:?}: {e}")))?;
+        recovered.paused.push((queue, pause));
     }
     Ok(recovered)
 }
@@ -538,6 +551,7 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
         let mut payloads = txn.open_table(PAYLOADS)?;
         let mut chunks = txn.open_table(CHUNKS)?;
         let mut tombstones = txn.open_table(TOMBSTONES)?;
+        let mut pauses = txn.open_table(PAUSES)?;
         for append in batch {
             for mutation in &append.mutations {
                 match mutation {
@@ -570,6 +584,15 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
                     Mutation::DeleteTombstone { ticket_id } => {
                         tombstones.remove(ticket_id.0.as_u128())?;
                     }
+                    Mutation::PutQueuePause { queue, pause } => match pause {
+                        Some(pause) => {
+                            pauses
+                                .insert(queue.as_str(), record::encode_pause(pause).as_slice())?;
+                        }
+                        None => {
+                            pauses.remove(queue.as_str())?;
+                        }
+                    },
                 }
             }
         }

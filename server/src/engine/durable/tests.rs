@@ -327,3 +327,57 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
     assert_eq!(kept.state, crate::domain::TicketState::Cancelled);
     engine.cancel(submitted.ticket.id, "").await.unwrap();
 }
+
+/// A pause is stored: after a restart the queue is still paused (and
+/// dispatches nothing), its counts are rebuilt from the tickets, and a
+/// resume then lets it run.
+#[tokio::test]
+async fn a_pause_and_the_queue_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let q = QueueName::parse("q").unwrap();
+    {
+        let engine = open(&path, EngineConfig::default()).unwrap();
+        let done = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        engine.cancel(done, "").await.unwrap();
+        engine.submit(new_ticket(0, None)).await.unwrap();
+        engine.submit(new_ticket(0, None)).await.unwrap();
+        let pause = crate::domain::QueuePause {
+            by: "ops".into(),
+            at: SystemTime::now(),
+            reason: "migrating the database".into(),
+        };
+        engine.set_pause(&q, Some(pause)).await.unwrap();
+        engine.close().await;
+    }
+    let engine = open(&path, EngineConfig::default()).unwrap();
+    let info = engine.queue_info(&q).await.unwrap().expect("the queue");
+    assert_eq!(
+        info.pause.expect("still paused").reason,
+        "migrating the database"
+    );
+    assert_eq!((info.counts.pending, info.counts.cancelled), (2, 1));
+    let worker = session(&engine).await;
+    assert!(
+        engine
+            .claim(&q, std::slice::from_ref(&worker))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    engine.set_pause(&q, None).await.unwrap();
+    engine.close().await;
+    let engine = open(&path, EngineConfig::default()).unwrap();
+    assert!(
+        engine
+            .queue_info(&q)
+            .await
+            .unwrap()
+            .unwrap()
+            .pause
+            .is_none()
+    );
+    let worker = session(&engine).await;
+    let claimed = engine.claim(&q, &[worker.clone(), worker]).await.unwrap();
+    assert_eq!(claimed.len(), 2, "resumed for good");
+}

@@ -207,6 +207,9 @@ impl Engine for LocalEngine {
         let popped: Vec<TicketId> = {
             let index = self.queue(queue);
             let mut index = lock(&index);
+            if index.pause.is_some() {
+                return Ok(Vec::new());
+            }
             let want = sessions.len();
             let mut popped = Vec::with_capacity(want.min(index.ready.len()));
             while popped.len() < want {
@@ -295,7 +298,15 @@ impl Engine for LocalEngine {
             .unwrap_or_else(|p| p.into_inner())
             .get(queue)
             .cloned();
-        Some(index.map_or(0, |index| lock(&index).ready.len()))
+        Some(index.map_or(0, |index| {
+            let index = lock(&index);
+            // A paused queue has nothing to claim.
+            if index.pause.is_some() {
+                0
+            } else {
+                index.ready.len()
+            }
+        }))
     }
 
     async fn release(
@@ -404,5 +415,62 @@ impl Engine for LocalEngine {
             self.notify_ready(&queue);
         }
         self.durable(last_write).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        let queues: Vec<(QueueName, Arc<Mutex<QueueIndex>>)> = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, index)| (name.clone(), index.clone()))
+            .collect();
+        let mut infos: Vec<QueueInfo> = queues
+            .iter()
+            .map(|(name, index)| Self::queue_info_of(name, &lock(index)))
+            .collect();
+        infos.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Ok(infos)
+    }
+
+    async fn queue_info(&self, queue: &QueueName) -> Result<Option<QueueInfo>, EngineError> {
+        Ok(self
+            .existing_queue(queue)
+            .map(|index| Self::queue_info_of(queue, &lock(&index))))
+    }
+
+    async fn set_pause(
+        &self,
+        queue: &QueueName,
+        pause: Option<QueuePause>,
+    ) -> Result<QueueInfo, EngineError> {
+        if let Some(refused) = self.journal.refusing() {
+            return Err(refused);
+        }
+        let index = self.queue(queue);
+        let (info, seq, resumed) = {
+            let mut index = lock(&index);
+            let resumed = index.pause.is_some() && pause.is_none();
+            index.pause = pause.clone();
+            // Appended under the index lock: two pauses of one queue reach
+            // the journal in the order they were applied.
+            let seq = if self.journal.wants_mutations() {
+                self.journal.append(
+                    vec![Mutation::PutQueuePause {
+                        queue: queue.clone(),
+                        pause,
+                    }],
+                    Vec::new(),
+                )
+            } else {
+                0
+            };
+            (Self::queue_info_of(queue, &index), seq, resumed)
+        };
+        self.durable(seq).await?;
+        if resumed {
+            self.notify_ready(queue);
+        }
+        Ok(info)
     }
 }

@@ -3,9 +3,11 @@
 //! "how many tickets are ahead of mine" without a full scan.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
-use crate::domain::TicketId;
+use crate::domain::{QueuePause, TicketId, TicketState};
+use crate::engine::StateCounts;
 
 /// Ready-order key: highest priority first, then FIFO.
 pub(super) type ReadyKey = (Reverse<i32>, u64);
@@ -22,11 +24,43 @@ pub(super) struct QueueIndex {
     per_priority: BTreeMap<Reverse<i32>, usize>,
     /// PENDING tickets waiting out a backoff.
     pub(super) delayed: usize,
+    /// Tickets per state, for the admin API (no scan to count).
+    pub(super) counts: StateCounts,
+    /// PENDING tickets by creation time: the first is the oldest.
+    pending_by_age: BTreeSet<(SystemTime, TicketId)>,
+    /// Set while the queue is paused: nothing is claimed.
+    pub(super) pause: Option<QueuePause>,
 }
 
 impl QueueIndex {
     pub(super) fn pending(&self) -> usize {
         self.ready.len() + self.delayed
+    }
+
+    /// A ticket created at `created_at` moved from state `before` to
+    /// `after` (`None`: it did not exist, or no longer does).
+    pub(super) fn tally(
+        &mut self,
+        id: TicketId,
+        created_at: SystemTime,
+        before: Option<TicketState>,
+        after: Option<TicketState>,
+    ) {
+        if before == after {
+            return;
+        }
+        self.counts.moved(before, after);
+        if before == Some(TicketState::Pending) {
+            self.pending_by_age.remove(&(created_at, id));
+        }
+        if after == Some(TicketState::Pending) {
+            self.pending_by_age.insert((created_at, id));
+        }
+    }
+
+    /// When the oldest PENDING ticket was created.
+    pub(super) fn oldest_pending_at(&self) -> Option<SystemTime> {
+        self.pending_by_age.first().map(|(at, _)| *at)
     }
 
     pub(super) fn push(&mut self, key: ReadyKey, id: TicketId) {

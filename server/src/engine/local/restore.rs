@@ -54,6 +54,9 @@ impl LocalEngine {
                 id,
             ));
         }
+        for (queue, pause) in recovered.paused {
+            lock(&self.queue(&queue)).pause = Some(pause);
+        }
         let mut last_enqueue = 0;
         let mut interrupted = Vec::new();
         for ticket in recovered.tickets {
@@ -69,6 +72,7 @@ impl LocalEngine {
                     Ordering::Relaxed,
                 );
             }
+            lock(&self.queue(&ticket.queue)).tally(id, ticket.created_at, None, Some(ticket.state));
             let mut shard = lock(self.shard(&id));
             if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
                 shard.timers.insert((deadline, Timer::Deadline, id));

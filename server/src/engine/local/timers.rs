@@ -100,6 +100,12 @@ impl LocalEngine {
             }
             Timer::Retention if ticket.state.is_terminal() => {
                 self.drop_chunks(shard, id);
+                lock(&self.queue(&ticket.queue)).tally(
+                    id,
+                    ticket.created_at,
+                    Some(ticket.state),
+                    None,
+                );
                 if self.journal.wants_mutations() {
                     let seq = self.journal.append(
                         vec![Mutation::DeleteTicket {

@@ -4,8 +4,13 @@
 -- the timer pass to put back). Returns, per ticket: id, revision, record,
 -- payload.
 --
--- KEYS: 1 ready, 2 claiming. ARGV: 1 N, 2 now (ms), 3 ticket key prefix (the
--- tickets share the queue's hash slot).
+-- KEYS: 1 ready, 2 claiming, 3 the queue's pause. ARGV: 1 N, 2 now (ms),
+-- 3 ticket key prefix (the tickets share the queue's hash slot).
+--
+-- A paused queue gives nothing.
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {}
+end
 local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
 local out = {}
 for i = 1, #popped, 2 do

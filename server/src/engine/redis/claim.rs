@@ -149,7 +149,11 @@ impl Inner {
         self.run(|| {
             QueryKind::Cmd(self.evalsha(
                 &self.scripts.claim,
-                &[self.keys.ready(queue), self.keys.claiming(queue)],
+                &[
+                    self.keys.ready(queue),
+                    self.keys.claiming(queue),
+                    self.keys.pause(queue),
+                ],
                 vec![
                     n.to_string().into_bytes(),
                     layout::millis(now).to_string().into_bytes(),

@@ -157,6 +157,26 @@ impl Inner {
         }
         if old.pending != new.pending {
             ops.incr(slot::PENDING, if new.pending { 1 } else { -1 });
+            // The oldest-pending index (by creation time).
+            if let Some(ticket) = after.filter(|_| new.pending).or(before) {
+                let member = ticket.id.to_string();
+                if new.pending {
+                    ops.zadd(slot::AGE, layout::millis(ticket.created_at), &member);
+                } else {
+                    ops.zrem(slot::AGE, &member);
+                }
+            }
+        }
+        let (was, is) = (before.map(|t| t.state), after.map(|t| t.state));
+        if was != is {
+            for (state, delta) in [(was, &b"-1"[..]), (is, &b"1"[..])] {
+                if let Some(state) = state {
+                    ops.push(
+                        "hincr",
+                        &[&Ops::slot(slot::COUNTS), state.name().as_bytes(), delta],
+                    );
+                }
+            }
         }
         for (member, _) in &old.timers {
             if !new.timers.iter().any(|(m, _)| m == member) {

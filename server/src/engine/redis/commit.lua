@@ -2,7 +2,8 @@
 -- indexes. Every key lives in the queue's hash slot.
 --
 -- KEYS: 1 ticket hash, 2 ready, 3 timers, 4 leased, 5 ids, 6 pending count,
---       7 claiming, 8 the ticket's chunks
+--       7 claiming, 8 the ticket's chunks, 9 counts per state, 10 pending
+--       tickets by age
 -- ARGV: 1 expected revision ("0": the ticket must not exist yet)
 --       2 the new record ("": delete the ticket)
 --       3.. operations, each a name followed by its arguments:
@@ -10,6 +11,7 @@
 --         llenmax K LIMIT     refuse with {-3} when list K holds LIMIT items
 --         zadd K SCORE M      zrem K M      incr K DELTA      del K
 --         rpush K VALUE       field NAME VALUE (on the ticket hash)
+--         hincr K FIELD DELTA
 --         pub CHANNEL MESSAGE
 --         rank K M            return M's rank in sorted set K, after the writes
 -- Returns {1, new revision} (plus the rank, when asked and M is in K), or
@@ -20,7 +22,7 @@ if current ~= ARGV[1] then
   return {0, current}
 end
 local arity = {max = 2, llenmax = 2, zadd = 3, zrem = 2, incr = 2, del = 1,
-               rpush = 2, field = 2, pub = 2, rank = 2}
+               rpush = 2, field = 2, pub = 2, rank = 2, hincr = 3}
 local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
@@ -57,6 +59,8 @@ while i <= #ARGV do
     redis.call('RPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
   elseif op == 'field' then
     redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  elseif op == 'hincr' then
+    redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
   elseif op == 'pub' then
     redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
   elseif op == 'rank' then

@@ -7,10 +7,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::RedisEngine;
-use crate::domain::{Chunk, LeaseId, NewTicket, Outcome, QueueName, SessionId, Ticket, TicketId};
+use crate::domain::{
+    Chunk, LeaseId, NewTicket, Outcome, QueueName, QueuePause, SessionId, Ticket, TicketId,
+};
 use crate::engine::{
     Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
-    ProgressReport, QueueDepth, ReleaseReason, SessionInfo, Submitted,
+    ProgressReport, QueueDepth, QueueInfo, ReleaseReason, SessionInfo, Submitted,
 };
 
 #[async_trait]
@@ -111,5 +113,21 @@ impl Engine for RedisEngine {
 
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
         self.inner.run_timers(now).await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        self.inner.queues().await
+    }
+
+    async fn queue_info(&self, queue: &QueueName) -> Result<Option<QueueInfo>, EngineError> {
+        self.inner.queue_info(queue).await
+    }
+
+    async fn set_pause(
+        &self,
+        queue: &QueueName,
+        pause: Option<QueuePause>,
+    ) -> Result<QueueInfo, EngineError> {
+        self.inner.set_pause(queue, pause).await
     }
 }

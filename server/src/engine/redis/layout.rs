@@ -20,6 +20,8 @@ pub(super) mod slot {
     pub(crate) const PENDING: usize = 6;
     pub(crate) const CLAIMING: usize = 7;
     pub(crate) const CHUNKS: usize = 8;
+    pub(crate) const COUNTS: usize = 9;
+    pub(crate) const AGE: usize = 10;
 }
 
 /// Key names under one prefix.
@@ -40,8 +42,8 @@ impl Keys {
         format!("{}:{{q:{}}}", self.prefix, queue)
     }
 
-    /// The eight keys the commit script takes, for ticket `id` of `queue`.
-    pub(super) fn commit_keys(&self, queue: &QueueName, id: TicketId) -> [String; 8] {
+    /// The keys the commit script takes, for ticket `id` of `queue`.
+    pub(super) fn commit_keys(&self, queue: &QueueName, id: TicketId) -> [String; 10] {
         let tag = self.tag(queue);
         [
             format!("{tag}:t:{id}"),
@@ -52,7 +54,24 @@ impl Keys {
             format!("{tag}:pending"),
             format!("{tag}:claiming"),
             format!("{tag}:c:{id}"),
+            format!("{tag}:counts"),
+            format!("{tag}:age"),
         ]
+    }
+
+    /// Tickets per state (a hash: state name → count).
+    pub(super) fn counts(&self, queue: &QueueName) -> String {
+        format!("{}:counts", self.tag(queue))
+    }
+
+    /// PENDING tickets by creation time (ms).
+    pub(super) fn age(&self, queue: &QueueName) -> String {
+        format!("{}:age", self.tag(queue))
+    }
+
+    /// The queue's pause (a hash: by, at, reason), while it is paused.
+    pub(super) fn pause(&self, queue: &QueueName) -> String {
+        format!("{}:pause", self.tag(queue))
     }
 
     pub(super) fn ticket(&self, queue: &QueueName, id: TicketId) -> String {
@@ -142,6 +161,11 @@ impl Keys {
 pub(super) fn millis_ceil(at: SystemTime) -> u64 {
     let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
     u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// The time `ms` milliseconds after the epoch.
+pub(super) fn time_of_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 /// Milliseconds since the epoch, rounded down.

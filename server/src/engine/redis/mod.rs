@@ -60,6 +60,7 @@ mod engine;
 mod layout;
 mod open;
 mod queries;
+mod queues;
 mod sessions;
 mod store;
 mod submit;

@@ -194,7 +194,7 @@ impl Inner {
     }
 
     /// Adds `queue` to the queue set (once per replica).
-    async fn register_queue(&self, queue: &QueueName) -> Result<(), EngineError> {
+    pub(super) async fn register_queue(&self, queue: &QueueName) -> Result<(), EngineError> {
         if self
             .queues_known
             .read()

@@ -1,0 +1,190 @@
+//! Conformance cases of queues as the admin API sees them: counts per state
+//! kept through every transition, the oldest pending ticket, and the pause
+//! that stops dispatch until a resume.
+
+use super::*;
+
+/// Counts of queue `q`, which must exist.
+async fn counts(engine: &Arc<dyn Engine>, q: &str) -> StateCounts {
+    engine
+        .queue_info(&queue(q))
+        .await
+        .unwrap()
+        .expect("the queue exists")
+        .counts
+}
+
+/// Whether two times are the same to the millisecond (Redis keeps ms).
+fn same_ms(a: SystemTime, b: SystemTime) -> bool {
+    let ms = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    ms(a) == ms(b)
+}
+
+pub(crate) async fn queue_counts_follow_every_transition(factory: Factory) {
+    let h = harness_with(
+        factory,
+        EngineConfig {
+            result_retention: Duration::from_secs(60),
+            ..config()
+        },
+    )
+    .await;
+    assert!(h.engine.queue_info(&queue("q")).await.unwrap().is_none());
+    assert!(h.engine.queues().await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(h.engine.submit(new_ticket("q")).await.unwrap().ticket);
+    }
+    h.engine.submit(new_ticket("other")).await.unwrap();
+    let info = h.engine.queue_info(&queue("q")).await.unwrap().unwrap();
+    assert_eq!(info.counts.pending, 4);
+    assert!(same_ms(info.oldest_pending_at.unwrap(), ids[0].created_at));
+    assert!(info.pause.is_none());
+    let names: Vec<String> = h
+        .engine
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .map(|info| info.queue.to_string())
+        .collect();
+    assert_eq!(names, ["other", "q"]);
+
+    // Lease the oldest: running 1, and the next one is the oldest pending.
+    let s = session(&h.engine, "w").await;
+    let first = claim_one(&h.engine, "q", &s).await;
+    assert_eq!(first.ticket.id, ids[0].id);
+    let info = h.engine.queue_info(&queue("q")).await.unwrap().unwrap();
+    assert_eq!((info.counts.pending, info.counts.running), (3, 1));
+    assert!(same_ms(info.oldest_pending_at.unwrap(), ids[1].created_at));
+
+    h.engine
+        .complete(
+            first.ticket.id,
+            first.lease.lease_id,
+            Outcome::Success(body("ok")),
+        )
+        .await
+        .unwrap();
+    let second = claim_one(&h.engine, "q", &s).await;
+    h.engine
+        .complete(
+            second.ticket.id,
+            second.lease.lease_id,
+            Outcome::Failure(TicketError {
+                code: 3,
+                message: "bad".into(),
+                retryable: false,
+            }),
+        )
+        .await
+        .unwrap();
+    h.engine.cancel(ids[3].id, "").await.unwrap();
+    let counts_now = counts(&h.engine, "q").await;
+    assert_eq!(
+        counts_now,
+        StateCounts {
+            pending: 1,
+            running: 0,
+            succeeded: 1,
+            failed: 1,
+            cancelled: 1,
+            expired: 0,
+        }
+    );
+    // A deadline passing expires the last one.
+    let mut timed = new_ticket("q");
+    timed.timeout = Some(Duration::from_secs(30));
+    h.engine.submit(timed).await.unwrap();
+    h.engine
+        .run_timers(later(Duration::from_secs(31)))
+        .await
+        .unwrap();
+    let counts_now = counts(&h.engine, "q").await;
+    assert_eq!((counts_now.pending, counts_now.expired), (1, 1));
+
+    // Retention deletes the finished ones: they leave the counts.
+    h.engine
+        .run_timers(later(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let info = h.engine.queue_info(&queue("q")).await.unwrap().unwrap();
+    assert_eq!(
+        info.counts,
+        StateCounts {
+            pending: 1,
+            ..StateCounts::default()
+        }
+    );
+    assert!(same_ms(info.oldest_pending_at.unwrap(), ids[2].created_at));
+}
+
+pub(crate) async fn a_paused_queue_dispatches_nothing_until_resumed(factory: Factory) {
+    let h = harness(factory).await;
+    let first = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
+    let pause = QueuePause {
+        by: "ops".into(),
+        at: SystemTime::now(),
+        reason: "incident 42".into(),
+    };
+    let info = h
+        .engine
+        .set_pause(&queue("q"), Some(pause.clone()))
+        .await
+        .unwrap();
+    let shown = info.pause.expect("paused");
+    assert_eq!(
+        (shown.by.as_str(), shown.reason.as_str()),
+        ("ops", "incident 42")
+    );
+    assert!(same_ms(shown.at, pause.at));
+    assert_eq!(
+        h.engine
+            .queue_info(&queue("q"))
+            .await
+            .unwrap()
+            .unwrap()
+            .pause,
+        Some(shown)
+    );
+    // Submits are still accepted; nothing is claimed.
+    h.engine.submit(new_ticket("q")).await.unwrap();
+    assert!(matches!(h.engine.ready_count(&queue("q")), None | Some(0)));
+    let s = session(&h.engine, "w").await;
+    let claimed = h
+        .engine
+        .claim(&queue("q"), std::slice::from_ref(&s))
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "a paused queue dispatched {claimed:?}");
+    assert_eq!(counts(&h.engine, "q").await.pending, 2);
+
+    // A pause can be set on a queue never used; it then exists.
+    h.engine
+        .set_pause(&queue("fresh"), Some(pause.clone()))
+        .await
+        .unwrap();
+    assert!(
+        h.engine
+            .queue_info(&queue("fresh"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Resumed: the queue is announced ready, and dispatches in order.
+    h.recorder.ready.lock().unwrap().clear();
+    let info = h.engine.set_pause(&queue("q"), None).await.unwrap();
+    assert!(info.pause.is_none());
+    h.recorder
+        .until("the resumed queue announced ready", |r| {
+            r.ready.lock().unwrap().contains(&queue("q")).then_some(())
+        })
+        .await;
+    let claimed = claim_one(&h.engine, "q", &s).await;
+    assert_eq!(claimed.ticket.id, first);
+}

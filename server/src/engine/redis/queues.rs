@@ -1,0 +1,234 @@
+//! Queues as the admin API sees them: counts per state and the oldest
+//! pending ticket (kept by `commit.lua` with every transition, so nothing
+//! is scanned), and the pause that `claim.lua` obeys on every replica.
+
+use std::collections::HashMap;
+
+use super::Inner;
+use super::bus;
+use super::layout;
+use super::store::QueryKind;
+use crate::domain::{QueueName, QueuePause, TicketState};
+use crate::engine::{EngineError, QueueInfo, StateCounts};
+
+/// What one pipeline reads of a queue: counts, the oldest pending entry
+/// (member, score), the pause's fields.
+type QueueFields = (
+    HashMap<String, i64>,
+    Vec<(String, u64)>,
+    HashMap<String, String>,
+);
+
+impl Inner {
+    /// Every queue used so far, read one pipeline per queue (each queue is
+    /// one hash slot), all at once.
+    pub(super) async fn queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        let mut queues = self.known_queues().await?;
+        queues.sort();
+        let infos =
+            futures::future::join_all(queues.iter().map(|queue| self.read_queue(queue))).await;
+        infos.into_iter().collect()
+    }
+
+    /// One queue; `None` if it was never used.
+    pub(super) async fn queue_info(
+        &self,
+        queue: &QueueName,
+    ) -> Result<Option<QueueInfo>, EngineError> {
+        let known: bool = self
+            .run(|| {
+                let mut cmd = redis::cmd("SISMEMBER");
+                cmd.arg(self.keys.queues()).arg(queue.as_str());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        if !known {
+            return Ok(None);
+        }
+        self.read_queue(queue).await.map(Some)
+    }
+
+    async fn read_queue(&self, queue: &QueueName) -> Result<QueueInfo, EngineError> {
+        let (counts, oldest, pause): QueueFields = self
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.hgetall(self.keys.counts(queue))
+                    .zrange_withscores(self.keys.age(queue), 0, 0)
+                    .hgetall(self.keys.pause(queue));
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        let mut state_counts = StateCounts::default();
+        for (name, count) in counts {
+            if let Some(state) = TicketState::from_name(&name) {
+                *state_counts.get_mut(state) = u64::try_from(count).unwrap_or(0);
+            }
+        }
+        Ok(QueueInfo {
+            queue: queue.clone(),
+            counts: state_counts,
+            oldest_pending_at: oldest.first().map(|(_, ms)| layout::time_of_millis(*ms)),
+            pause: pause_from(&pause),
+        })
+    }
+
+    /// Pauses or resumes `queue` for every replica; a resume announces the
+    /// queue ready on the event channel, so every replica claims again.
+    pub(super) async fn set_pause(
+        &self,
+        queue: &QueueName,
+        pause: Option<QueuePause>,
+    ) -> Result<QueueInfo, EngineError> {
+        self.register_queue(queue).await?;
+        let key = self.keys.pause(queue);
+        let _: () = match &pause {
+            Some(pause) => {
+                self.run(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.del(&key).hset_multiple(
+                        &key,
+                        &[
+                            ("by", pause.by.clone()),
+                            ("at", layout::millis(pause.at).to_string()),
+                            ("reason", pause.reason.clone()),
+                        ],
+                    );
+                    QueryKind::Pipe(pipe)
+                })
+                .await?
+            }
+            None => {
+                self.run(|| {
+                    let mut cmd = redis::cmd("DEL");
+                    cmd.arg(&key);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?
+            }
+        };
+        if pause.is_none() {
+            let _: () = self
+                .run(|| {
+                    let mut cmd = redis::cmd("PUBLISH");
+                    cmd.arg(&self.channel).arg(bus::ready(queue));
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+        }
+        self.read_queue(queue).await
+    }
+}
+
+/// A pause read back from its hash; `None` when the queue is not paused.
+fn pause_from(fields: &HashMap<String, String>) -> Option<QueuePause> {
+    let at = fields.get("at")?.parse::<u64>().ok()?;
+    Some(QueuePause {
+        by: fields.get("by").cloned().unwrap_or_default(),
+        at: layout::time_of_millis(at),
+        reason: fields.get("reason").cloned().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    use super::super::connect;
+    use crate::domain::{NewTicket, QueueName, QueuePause, SessionId, TicketId};
+    use crate::engine::{
+        Engine, EngineConfig, EngineListener, Revocation, SessionInfo, TicketChange,
+    };
+
+    /// Hears which queues a replica is told are ready.
+    #[derive(Default)]
+    struct Ready {
+        queues: Mutex<Vec<QueueName>>,
+        told: tokio::sync::Notify,
+    }
+
+    impl EngineListener for Ready {
+        fn watching(&self, _: TicketId) -> bool {
+            false
+        }
+        fn ticket_changed(&self, _: TicketChange) {}
+        fn queue_ready(&self, queue: &QueueName) {
+            self.queues.lock().unwrap().push(queue.clone());
+            self.told.notify_waiters();
+        }
+        fn lease_revoked(&self, _: Revocation) {}
+    }
+
+    /// Two replicas on one Redis: a pause set through A stops B's claims
+    /// at once (claim.lua reads it), and a resume through A tells B the
+    /// queue is ready, so B's workers get its tickets.
+    #[tokio::test]
+    async fn a_pause_on_one_replica_holds_on_another() {
+        let server = crate::testing::RedisServer::start().expect("redis-server starts");
+        let url = server.url();
+        let tls = super::super::RedisTls::default();
+        let replica = || connect(&url, "pause", &tls, EngineConfig::default());
+        let (a, b) = (replica().await.unwrap(), replica().await.unwrap());
+        let heard = Arc::new(Ready::default());
+        b.set_listener(heard.clone());
+        let queue = QueueName::parse("q").unwrap();
+        let id = a
+            .submit(NewTicket {
+                id: TicketId::new(),
+                queue: queue.clone(),
+                payload: Default::default(),
+                priority: 0,
+                idempotency_key: None,
+                metadata: Default::default(),
+                timeout: None,
+                attempt_timeout: None,
+                max_attempts: 3,
+                tenant: None,
+            })
+            .await
+            .unwrap()
+            .ticket
+            .id;
+        let pause = QueuePause {
+            by: "ops".into(),
+            at: SystemTime::now(),
+            reason: "downstream is down".into(),
+        };
+        a.set_pause(&queue, Some(pause)).await.unwrap();
+        let session = SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: "on-b".into(),
+            queues: Arc::from([queue.clone()]),
+        };
+        b.open_session(&session, SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            b.claim(&queue, std::slice::from_ref(&session))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let seen_by_b = b.queue_info(&queue).await.unwrap().unwrap();
+        assert_eq!(seen_by_b.pause.unwrap().reason, "downstream is down");
+
+        a.set_pause(&queue, None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let told = heard.told.notified();
+                if heard.queues.lock().unwrap().contains(&queue) {
+                    return;
+                }
+                told.await;
+            }
+        })
+        .await
+        .expect("B hears that the queue is ready again");
+        let claimed = b
+            .claim(&queue, std::slice::from_ref(&session))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].ticket.id, id);
+    }
+}
