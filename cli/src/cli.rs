@@ -136,6 +136,12 @@ pub(crate) enum Command {
     Cancel(CancelArgs),
     /// List tickets in creation order.
     List(ListArgs),
+    /// List every queue: tickets per state, oldest pending, workers, pause
+    /// (an admin or viewer key).
+    Queues,
+    /// Show, pause, resume or purge one queue (an admin key; a viewer key
+    /// may show).
+    Queue(crate::admin::QueueArgs),
     /// Check that the gateway serves (grpc.health.v1; needs no API key).
     ///
     /// Prints SERVING or NOT_SERVING and exits 0 or 1 (2 if the gateway

@@ -10,6 +10,7 @@
 //! - this file: dispatch, exit codes (0 ok, 1 ticket failed/cancelled/
 //!   expired or a gateway not serving, 2 usage/connection/gateway error).
 
+mod admin;
 mod bench;
 mod cli;
 mod output;
@@ -134,6 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             printer.ticket(&ticket)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Queues => admin::queues(&connect(server).await?, &printer).await,
+        Command::Queue(args) => admin::queue(&connect(server).await?, &printer, args).await,
         Command::List(args) => {
             let request = pb::ListTicketsRequest {
                 queue: args.queue.unwrap_or_default(),

@@ -26,6 +26,7 @@ pub(crate) struct Printer {
 }
 
 struct JsonMapper {
+    pool: DescriptorPool,
     ticket: MessageDescriptor,
     event: MessageDescriptor,
     list: MessageDescriptor,
@@ -46,6 +47,7 @@ impl Printer {
                     ticket: get("asyncgate.v1.Ticket")?,
                     event: get("asyncgate.v1.TicketEvent")?,
                     list: get("asyncgate.v1.ListTicketsResponse")?,
+                    pool,
                 })
             }
         };
@@ -56,6 +58,25 @@ impl Printer {
         match &self.json {
             Some(json) => emit(&to_json(&json.ticket, ticket)?),
             None => emit(&ticket_block(ticket)),
+        }
+    }
+
+    /// Any message: its JSON mapping, or `text()` for people.
+    pub(crate) fn message<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        text: impl FnOnce(&M) -> String,
+    ) -> anyhow::Result<()> {
+        match &self.json {
+            Some(json) => {
+                let name = M::full_name();
+                let descriptor = json
+                    .pool
+                    .get_message_by_name(&name)
+                    .with_context(|| format!("{name} is missing from the descriptor set"))?;
+                emit(&to_json(&descriptor, message)?)
+            }
+            None => emit(text(message).trim_end()),
         }
     }
 
@@ -118,6 +139,40 @@ pub(crate) fn to_json<M: prost::Message>(
         .serialize_with_options(&mut serializer, &SerializeOptions::new())
         .context("printing JSON")?;
     String::from_utf8(serializer.into_inner()).context("printing JSON")
+}
+
+/// Rows under headers, each column as wide as its widest cell, two spaces
+/// apart; numbers (cells that parse as one) right-aligned.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = width - cell.chars().count();
+            if cell.parse::<f64>().is_ok() {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut text = line(&mut headers.iter().copied());
+    for row in rows {
+        text.push('\n');
+        text.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    text
 }
 
 /// `SUCCEEDED` for `TICKET_STATE_SUCCEEDED`.

@@ -113,6 +113,19 @@ impl Client {
         self
     }
 
+    /// The operator's API (`asyncgate.v1.Admin`) on this connection, with
+    /// this client's API key.
+    pub fn admin(&self) -> crate::Admin {
+        let mut inner = crate::pb::admin_client::AdminClient::with_interceptor(
+            self.channel.clone(),
+            self.credentials.clone(),
+        );
+        if let Some(encoding) = self.compression {
+            inner = inner.send_compressed(encoding).accept_compressed(encoding);
+        }
+        crate::Admin::new(inner)
+    }
+
     /// The generated client, for calls this wrapper does not cover (custom
     /// metadata, compression, message size limits).
     pub fn raw(&self) -> GatewayClient<Transport> {

@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod client;
 pub mod convert;
 mod credentials;
@@ -57,6 +58,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The generated `asyncgate.v1` messages and stubs.
 pub use asyncgate_proto::v1 as pb;
 
+pub use admin::Admin;
 pub use client::{Client, CompressionEncoding, endpoint, endpoint_with};
 pub use credentials::{Credentials, Transport};
 pub use error::ClientError;

@@ -62,14 +62,41 @@ enum Needs {
     Role(&'static [Role], &'static str),
 }
 
+/// The methods that only read: a viewer key may call them.
+const READS: [&str; 9] = [
+    "/asyncgate.v1.Gateway/GetTicket",
+    "/asyncgate.v1.Gateway/WatchTicket",
+    "/asyncgate.v1.Gateway/ListTickets",
+    "/google.longrunning.Operations/GetOperation",
+    "/google.longrunning.Operations/ListOperations",
+    "/google.longrunning.Operations/WaitOperation",
+    "/asyncgate.v1.Admin/ListQueues",
+    "/asyncgate.v1.Admin/GetQueue",
+    "/asyncgate.v1.Admin/ListWorkers",
+];
+
 fn needs(path: &str) -> Needs {
+    let reads = READS.contains(&path);
     if path.starts_with("/grpc.health.v1.Health/") {
         Needs::Nothing
     } else if path.starts_with("/asyncgate.v1.Gateway/")
         // The same tickets, seen as long-running operations.
         || path.starts_with("/google.longrunning.Operations/")
     {
-        Needs::Role(&[Role::Client, Role::Admin], "a client or admin key")
+        if reads {
+            Needs::Role(
+                &[Role::Client, Role::Admin, Role::Viewer],
+                "a client, admin or viewer key",
+            )
+        } else {
+            Needs::Role(&[Role::Client, Role::Admin], "a client or admin key")
+        }
+    } else if path.starts_with("/asyncgate.v1.Admin/") {
+        if reads {
+            Needs::Role(&[Role::Admin, Role::Viewer], "an admin or viewer key")
+        } else {
+            Needs::Role(&[Role::Admin], "an admin key")
+        }
     } else if path.starts_with("/asyncgate.v1.Workers/") {
         Needs::Role(&[Role::Worker, Role::Admin], "a worker or admin key")
     } else {

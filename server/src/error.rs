@@ -32,6 +32,9 @@ pub enum GatewayError {
     /// The engine refused or failed the transition.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// What the request names does not exist (or is another tenant's).
+    #[error("{0}")]
+    NotFound(String),
     /// A worker reported on a lease its session does not hold (it was
     /// never sent to this connection, or is not current for it).
     #[error(
@@ -126,6 +129,7 @@ impl GatewayError {
                 EngineError::Internal(_) => Code::Internal,
             },
             Self::Protocol(_) | Self::LeaseNotHeld { .. } => Code::FailedPrecondition,
+            Self::NotFound(_) => Code::NotFound,
             Self::ShuttingDown => Code::Unavailable,
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,
             Self::PermissionDenied(_) => Code::PermissionDenied,

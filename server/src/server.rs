@@ -329,6 +329,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         <pb::gateway_server::GatewayServer<GatewayService> as tonic::server::NamedService>::NAME,
         <pb::workers_server::WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
         <crate::rpc::operations::Server as tonic::server::NamedService>::NAME,
+        <crate::rpc::admin::Server as tonic::server::NamedService>::NAME,
     ] {
         health
             .set_service_status(service, tonic_health::ServingStatus::Serving)
@@ -462,7 +463,8 @@ fn routes(
         .add_service(reflection_v1alpha)
         .add_service(gateway)
         .add_service(workers)
-        .add_service(crate::rpc::operations::server(core.clone())))
+        .add_service(crate::rpc::operations::server(core.clone()))
+        .add_service(crate::rpc::admin::server(core.clone())))
 }
 
 /// Accepted connections, each tracked (idle timeout, calls open, closed a
@@ -516,6 +518,7 @@ async fn on_shutdown(
     health
         .set_not_serving::<crate::rpc::operations::Server>()
         .await;
+    health.set_not_serving::<crate::rpc::admin::Server>().await;
     let drain = shutdown.clone();
     shutdown.spawn(async move { drain.drain(grace).await });
 }

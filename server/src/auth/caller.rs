@@ -17,8 +17,12 @@ pub enum Role {
     Client,
     /// Connect as a worker to the queues its entry allows.
     Worker,
-    /// Everything, every tenant.
+    /// Everything: every tenant's, or its own tenant's when its entry
+    /// names one.
     Admin,
+    /// Read only: queues, workers and tickets (its tenant's, when its entry
+    /// names one), and nothing that changes them.
+    Viewer,
 }
 
 impl Role {
@@ -27,6 +31,7 @@ impl Role {
             Role::Client => "client",
             Role::Worker => "worker",
             Role::Admin => "admin",
+            Role::Viewer => "viewer",
         }
     }
 }
@@ -138,7 +143,7 @@ impl Caller {
     /// patterns name its own tenant's queues).
     pub fn may_serve(&self, queue: &QueueName) -> bool {
         if self.role == Role::Admin {
-            return true;
+            return self.sees(queue.tenant());
         }
         if queue.tenant() != self.tenant.as_deref() {
             return false;

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::caller::TokenBucket;
-use super::{AUDIT, Caller, Needs, Role, check_need};
+use super::{AUDIT, Caller, Needs, Role, audit_denial, check_need};
 use crate::domain::QueueName;
+use crate::error::GatewayError;
 
 /// Why the keys file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +151,9 @@ impl KeyTable {
                 })?;
             }
             let tenant = match entry.role {
-                Role::Admin => None,
+                // An operator's key sees every tenant unless its entry
+                // confines it to one.
+                Role::Admin | Role::Viewer => entry.tenant.as_deref().map(Arc::from),
                 _ => Some(Arc::from(entry.tenant.as_deref().unwrap_or(DEFAULT_TENANT))),
             };
             entries.push(KeyEntry {
@@ -347,13 +350,28 @@ impl Keys {
         authorization: Option<&str>,
         peer: Option<SocketAddr>,
     ) -> Result<(), Status> {
-        check_need(
+        let caller = check_need(
             &self.current(),
             "/metrics",
             Needs::Role(&[Role::Admin], "an admin key"),
             authorization,
             peer,
-        )
-        .map(drop)
+        )?;
+        if let Some(caller) = caller.filter(|c| c.tenant.is_some()) {
+            audit_denial(
+                peer,
+                "/metrics",
+                &caller.name,
+                "-",
+                "permission_denied",
+                "tenant",
+            );
+            return Err(GatewayError::PermissionDenied(format!(
+                "key {:?} is confined to a tenant, and the metrics name every tenant's queues: scrape with an admin key without a tenant",
+                caller.name
+            ))
+            .into());
+        }
+        Ok(())
     }
 }

@@ -697,6 +697,13 @@ pub trait Engine: Send + Sync + 'static {
     /// One queue; `None` if it was never used.
     async fn queue_info(&self, queue: &QueueName) -> Result<Option<QueueInfo>, EngineError>;
 
+    /// The pause of `queue`, for waiting reasons: cheap (a shared store's
+    /// engine may answer from a cache a moment old; dispatch itself obeys
+    /// the stored pause exactly).
+    async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
+        Ok(self.queue_info(queue).await?.and_then(|info| info.pause))
+    }
+
     /// Pauses (`Some`) or resumes (`None`) dispatch from `queue`, for every
     /// gateway sharing the store and across restarts: a paused queue's
     /// tickets are not claimed. A resumed queue is announced ready.

@@ -18,6 +18,7 @@ use crate::domain::{NewTicket, QueueName, Ticket, TicketError, TicketId, TicketS
 use crate::error::GatewayError;
 use crate::time::{self, rfc3339};
 
+pub(crate) mod admin;
 pub(crate) mod worker;
 
 /// Priority bounds.
@@ -277,7 +278,7 @@ fn error_to_pb(error: &TicketError) -> pb::TicketError {
 
 /// What a ticket is waiting for, from what the gateway knows right now.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WaitContext {
+pub struct WaitContext<'a> {
     /// Ready tickets ahead of it.
     pub tickets_ahead: u64,
     /// Workers connected for its queue.
@@ -285,10 +286,12 @@ pub struct WaitContext {
     /// Whether the viewer sees queues as stored (`tenant/queue`: admins)
     /// rather than by the ticket's tenant's own names.
     pub scoped_names: bool,
+    /// Its queue's pause, if paused.
+    pub pause: Option<&'a crate::domain::QueuePause>,
 }
 
 /// A ticket's queue as the viewer of `context` names it.
-fn queue_seen(ticket: &Ticket, context: WaitContext) -> &str {
+fn queue_seen<'t>(ticket: &'t Ticket, context: WaitContext<'_>) -> &'t str {
     if context.scoped_names {
         ticket.queue.as_str()
     } else {
@@ -297,7 +300,7 @@ fn queue_seen(ticket: &Ticket, context: WaitContext) -> &str {
 }
 
 /// Explains why a ticket is not done (None once terminal).
-fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingReason> {
+fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::WaitingReason> {
     match ticket.state {
         TicketState::Pending => {
             if let Some(until) = ticket.not_before
@@ -315,6 +318,26 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingRe
                     ),
                     until: Some(time::timestamp(until)),
                     last_error: last.map(error_to_pb),
+                    ..Default::default()
+                });
+            }
+            if let Some(pause) = context.pause {
+                return Some(pb::WaitingReason {
+                    kind: pb::WaitingReasonKind::Paused as i32,
+                    description: format!(
+                        "queue {:?} is paused (by key {:?} since {}{}); the ticket waits until it is resumed",
+                        queue_seen(ticket, context),
+                        pause.by,
+                        rfc3339(pause.at),
+                        if pause.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", pause.reason)
+                        }
+                    ),
+                    since: Some(time::timestamp(pause.at)),
+                    tickets_ahead: context.tickets_ahead,
+                    last_error: ticket.error.as_ref().map(error_to_pb),
                     ..Default::default()
                 });
             }
@@ -373,7 +396,7 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext) -> Option<pb::WaitingRe
 }
 
 /// A domain ticket on the wire (without the request payload).
-pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext) -> pb::Ticket {
+pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
     pb::Ticket {
         id: ticket.id.to_string(),
         queue: queue_seen(ticket, context).to_owned(),

@@ -1,11 +1,12 @@
 //! The gRPC layer: thin tonic services over the domain core (`gateway`,
-//! `workers`, and `operations`, which serves the same tickets as
-//! `google.longrunning` operations). Each handler validates its request
+//! `workers`, `admin` for operators, and `operations`, which serves the
+//! same tickets as `google.longrunning` operations). Each handler validates its request
 //! (`convert`), calls the engine, dispatcher or hub, and maps errors to a
 //! status in one place (`crate::error`). What `Gateway` and `Operations`
 //! both do with tickets (get, list, cancel, long-poll, presenting) is in
 //! `tickets`.
 
+pub(crate) mod admin;
 pub mod convert;
 pub(crate) mod gateway;
 pub(crate) mod operations;

@@ -15,7 +15,7 @@ use asyncgate_proto::v1 as pb;
 
 use super::{Core, convert};
 use crate::auth::{self, Caller};
-use crate::domain::{QueueName, Ticket, TicketId, TicketState};
+use crate::domain::{QueueName, QueuePause, Ticket, TicketId, TicketState};
 use crate::engine::{EngineError, ListFilter};
 use crate::error::GatewayError;
 
@@ -123,7 +123,10 @@ impl Core {
         tickets_ahead: Option<u64>,
     ) -> pb::Ticket {
         let mut context = self.context(viewer);
+        let pause;
         if ticket.state == TicketState::Pending {
+            pause = self.engine.queue_pause(&ticket.queue).await.ok().flatten();
+            context.pause = pause.as_ref();
             context.workers = self.workers(&ticket.queue).await;
             if is_due(ticket) {
                 context.tickets_ahead = match tickets_ahead {
@@ -139,9 +142,12 @@ impl Core {
     /// places in line in one engine call.
     pub async fn present_page(&self, viewer: &Caller, tickets: &[Ticket]) -> Vec<pb::Ticket> {
         let mut workers: HashMap<&QueueName, usize> = HashMap::new();
+        let mut pauses: HashMap<&QueueName, Option<QueuePause>> = HashMap::new();
         for ticket in tickets.iter().filter(|t| t.state == TicketState::Pending) {
             if !workers.contains_key(&ticket.queue) {
                 workers.insert(&ticket.queue, self.workers(&ticket.queue).await);
+                let pause = self.engine.queue_pause(&ticket.queue).await.ok().flatten();
+                pauses.insert(&ticket.queue, pause);
             }
         }
         let due: Vec<&Ticket> = tickets
@@ -159,6 +165,7 @@ impl Core {
                 let mut context = self.context(viewer);
                 if ticket.state == TicketState::Pending {
                     context.workers = workers.get(&ticket.queue).copied().unwrap_or(0);
+                    context.pause = pauses.get(&ticket.queue).and_then(Option::as_ref);
                     context.tickets_ahead = ahead.remove(&ticket.id).unwrap_or(0);
                 }
                 convert::ticket_to_pb(ticket, context)
@@ -166,7 +173,7 @@ impl Core {
             .collect()
     }
 
-    fn context(&self, viewer: &Caller) -> convert::WaitContext {
+    fn context(&self, viewer: &Caller) -> convert::WaitContext<'static> {
         convert::WaitContext {
             scoped_names: viewer.names_tenant_queues(),
             ..Default::default()
@@ -174,7 +181,7 @@ impl Core {
     }
 
     /// Workers serving `queue` here, else on any replica.
-    async fn workers(&self, queue: &QueueName) -> usize {
+    pub(crate) async fn workers(&self, queue: &QueueName) -> usize {
         match self.dispatcher.workers_for(queue) {
             0 => self
                 .engine

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, a module per area. Each test starts its own
 //! gateway on an ephemeral loopback port, so they run in parallel.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod basics;

@@ -439,6 +439,12 @@ impl Engine for LocalEngine {
             .map(|index| Self::queue_info_of(queue, &lock(&index))))
     }
 
+    async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
+        Ok(self
+            .existing_queue(queue)
+            .and_then(|index| lock(&index).pause.clone()))
+    }
+
     async fn set_pause(
         &self,
         queue: &QueueName,

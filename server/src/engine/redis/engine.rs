@@ -123,6 +123,10 @@ impl Engine for RedisEngine {
         self.inner.queue_info(queue).await
     }
 
+    async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
+        self.inner.queue_pause(queue).await
+    }
+
     async fn set_pause(
         &self,
         queue: &QueueName,

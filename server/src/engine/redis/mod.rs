@@ -226,6 +226,9 @@ struct Inner {
     session_workers: Mutex<HashMap<SessionId, Arc<[QueueName]>>>,
     /// Recent answers of `connected_workers`, per queue.
     worker_counts: Mutex<HashMap<QueueName, (Instant, usize)>>,
+    /// Queue pauses as lately read, for waiting reasons (see
+    /// `PAUSE_TTL`).
+    pauses: Mutex<HashMap<QueueName, (Instant, Option<crate::domain::QueuePause>)>>,
     /// Where recently seen tickets live (a ticket never changes queue).
     located: LocatorCache,
     /// Queues this replica has registered in the queue set.

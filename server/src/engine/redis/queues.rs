@@ -3,13 +3,21 @@
 //! is scanned), and the pause that `claim.lua` obeys on every replica.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use super::Inner;
+use tokio::time::Instant;
+
 use super::bus;
 use super::layout;
 use super::store::QueryKind;
+use super::{Inner, lock};
 use crate::domain::{QueueName, QueuePause, TicketState};
 use crate::engine::{EngineError, QueueInfo, StateCounts};
+
+/// How long a queue's pause, as read for waiting reasons, is reused: a
+/// submit's answer must not cost a round trip more (dispatch itself reads
+/// the pause in `claim.lua`, exactly).
+const PAUSE_TTL: Duration = Duration::from_secs(1);
 
 /// What one pipeline reads of a queue: counts, the oldest pending entry
 /// (member, score), the pause's fields.
@@ -72,6 +80,29 @@ impl Inner {
         })
     }
 
+    /// The pause of `queue`, from this replica's cache if read within
+    /// [`PAUSE_TTL`].
+    pub(super) async fn queue_pause(
+        &self,
+        queue: &QueueName,
+    ) -> Result<Option<QueuePause>, EngineError> {
+        if let Some((read_at, pause)) = lock(&self.pauses).get(queue)
+            && read_at.elapsed() < PAUSE_TTL
+        {
+            return Ok(pause.clone());
+        }
+        let fields: HashMap<String, String> = self
+            .run(|| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(self.keys.pause(queue));
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let pause = pause_from(&fields);
+        lock(&self.pauses).insert(queue.clone(), (Instant::now(), pause.clone()));
+        Ok(pause)
+    }
+
     /// Pauses or resumes `queue` for every replica; a resume announces the
     /// queue ready on the event channel, so every replica claims again.
     pub(super) async fn set_pause(
@@ -115,7 +146,9 @@ impl Inner {
                 })
                 .await?;
         }
-        self.read_queue(queue).await
+        let info = self.read_queue(queue).await?;
+        lock(&self.pauses).insert(queue.clone(), (Instant::now(), info.pause.clone()));
+        Ok(info)
     }
 }
 

@@ -1,0 +1,213 @@
+//! The operator's commands: `asyncgate queues` and `asyncgate queue
+//! show|pause|resume|purge NAME`, over `asyncgate.v1.Admin` (an admin key;
+//! a viewer key for the reads).
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use asyncgate_client::{Client, pb};
+use clap::{Args, Subcommand};
+
+use crate::cli::{StateArg, parse_duration};
+use crate::output::{Printer, table};
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    #[command(subcommand)]
+    pub(crate) action: QueueAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueAction {
+    /// Print a queue: counts per state, oldest pending ticket, workers,
+    /// pause.
+    Show {
+        /// The queue.
+        name: String,
+    },
+    /// Stop dispatch from a queue on every replica (submits are still
+    /// accepted; running tickets finish); survives restarts.
+    Pause {
+        /// The queue.
+        name: String,
+        /// Why, shown in the waiting reason of its tickets.
+        #[arg(long, default_value = "", value_name = "TEXT")]
+        reason: String,
+    },
+    /// Let a paused queue dispatch again.
+    Resume {
+        /// The queue.
+        name: String,
+    },
+    /// Cancel a queue's unfinished tickets (PENDING by default), each with
+    /// a reason naming the purge.
+    Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// The queue.
+    pub(crate) name: String,
+
+    /// Which states: pending and/or running (repeatable, or
+    /// comma-separated; default pending).
+    #[arg(
+        long = "state",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "STATE"
+    )]
+    pub(crate) states: Vec<StateArg>,
+
+    /// Only tickets older than this, e.g. 1h.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) older_than: Option<Duration>,
+}
+
+/// `asyncgate queues`: every queue as a table.
+pub(crate) async fn queues(client: &Client, printer: &Printer) -> anyhow::Result<ExitCode> {
+    let queues = client.admin().list_queues().await?;
+    let response = pb::ListQueuesResponse { queues };
+    printer.message(&response, |response| {
+        if response.queues.is_empty() {
+            return "(no queues)".into();
+        }
+        let rows: Vec<Vec<String>> = response.queues.iter().map(queue_row).collect();
+        table(
+            &[
+                "QUEUE",
+                "PENDING",
+                "RUNNING",
+                "SUCCEEDED",
+                "FAILED",
+                "CANCELLED",
+                "EXPIRED",
+                "OLDEST",
+                "WORKERS",
+                "PAUSED",
+            ],
+            &rows,
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `asyncgate queue ACTION NAME`.
+pub(crate) async fn queue(
+    client: &Client,
+    printer: &Printer,
+    args: QueueArgs,
+) -> anyhow::Result<ExitCode> {
+    let admin = client.admin();
+    match args.action {
+        QueueAction::Show { name } => {
+            printer.message(&admin.get_queue(&name).await?, queue_block)?
+        }
+        QueueAction::Pause { name, reason } => {
+            printer.message(&admin.pause_queue(&name, &reason).await?, queue_block)?
+        }
+        QueueAction::Resume { name } => {
+            printer.message(&admin.resume_queue(&name).await?, queue_block)?
+        }
+        QueueAction::Purge(args) => {
+            let states: Vec<pb::TicketState> = args.states.into_iter().map(Into::into).collect();
+            let before = args.older_than.map(|age| SystemTime::now() - age);
+            let cancelled = admin.purge_queue(&args.name, &states, before).await?;
+            printer.message(&pb::PurgeQueueResponse { cancelled }, |r| {
+                format!(
+                    "cancelled {} ticket{} of queue {:?}",
+                    r.cancelled,
+                    if r.cancelled == 1 { "" } else { "s" },
+                    args.name
+                )
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn queue_row(queue: &pb::QueueInfo) -> Vec<String> {
+    let counts = queue.counts.unwrap_or_default();
+    vec![
+        queue.name.clone(),
+        counts.pending.to_string(),
+        counts.running.to_string(),
+        counts.succeeded.to_string(),
+        counts.failed.to_string(),
+        counts.cancelled.to_string(),
+        counts.expired.to_string(),
+        queue
+            .oldest_pending_age
+            .map_or_else(|| "-".into(), |age| age_text(age.seconds)),
+        queue.workers.to_string(),
+        if queue.pause.is_some() { "yes" } else { "no" }.into(),
+    ]
+}
+
+/// A queue as a block of `key: value` lines.
+fn queue_block(queue: &pb::QueueInfo) -> String {
+    let counts = queue.counts.unwrap_or_default();
+    let mut text = format!("queue: {}\n", queue.name);
+    let _ = writeln!(
+        text,
+        "tickets: {} pending, {} running, {} succeeded, {} failed, {} cancelled, {} expired",
+        counts.pending,
+        counts.running,
+        counts.succeeded,
+        counts.failed,
+        counts.cancelled,
+        counts.expired
+    );
+    if let Some(age) = queue.oldest_pending_age {
+        let _ = writeln!(text, "oldest pending: {} old", age_text(age.seconds));
+    }
+    let _ = writeln!(text, "workers: {}", queue.workers);
+    match &queue.pause {
+        Some(pause) => {
+            let since = pause.paused_at.map(|at| at.to_string()).unwrap_or_default();
+            let _ = write!(text, "paused: by {:?} since {since}", pause.paused_by);
+            if !pause.reason.is_empty() {
+                let _ = write!(text, ": {}", pause.reason);
+            }
+        }
+        None => text.push_str("paused: no"),
+    }
+    text
+}
+
+/// `42s`, `5m3s`, `2h10m`, `3d4h`: an age at a glance.
+fn age_text(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        assert_eq!(age_text(0), "0s");
+        assert_eq!(age_text(303), "5m3s");
+        assert_eq!(age_text(7800), "2h10m");
+        assert_eq!(age_text(273_600), "3d4h");
+    }
+
+    #[test]
+    fn tables_align_names_left_and_numbers_right() {
+        let text = table(
+            &["QUEUE", "PENDING"],
+            &[
+                vec!["emails".into(), "7".into()],
+                vec!["a".into(), "1200".into()],
+            ],
+        );
+        assert_eq!(text, "QUEUE   PENDING\nemails        7\na          1200");
+    }
+}

@@ -1,0 +1,89 @@
+//! The operator's client: `asyncgate.v1.Admin` over the same connection and
+//! credentials as the [`Client`](crate::Client) it came from. It needs an
+//! admin key (or a viewer key, for the reads).
+
+use std::time::SystemTime;
+
+use crate::pb::admin_client::AdminClient;
+use crate::{ClientError, Transport, pb};
+
+/// Queues (and, in later versions, workers and finished tickets) as an
+/// operator sees and steers them. Cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    inner: AdminClient<Transport>,
+}
+
+impl Admin {
+    pub(crate) fn new(inner: AdminClient<Transport>) -> Self {
+        Self { inner }
+    }
+
+    /// Every queue used so far, by name.
+    pub async fn list_queues(&self) -> Result<Vec<pb::QueueInfo>, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .list_queues(pb::ListQueuesRequest {})
+            .await?
+            .into_inner()
+            .queues)
+    }
+
+    /// One queue; `NOT_FOUND` if it was never used.
+    pub async fn get_queue(&self, name: &str) -> Result<pb::QueueInfo, ClientError> {
+        let request = pb::GetQueueRequest {
+            name: name.to_owned(),
+        };
+        Ok(self.inner.clone().get_queue(request).await?.into_inner())
+    }
+
+    /// Stops dispatch from `name` on every replica (submits are still
+    /// accepted); `reason` shows in the waiting reason of its tickets.
+    pub async fn pause_queue(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Result<pb::QueueInfo, ClientError> {
+        let request = pb::PauseQueueRequest {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        Ok(self.inner.clone().pause_queue(request).await?.into_inner())
+    }
+
+    /// Lets a paused queue dispatch again.
+    pub async fn resume_queue(&self, name: &str) -> Result<pb::QueueInfo, ClientError> {
+        let request = pb::ResumeQueueRequest {
+            name: name.to_owned(),
+        };
+        Ok(self.inner.clone().resume_queue(request).await?.into_inner())
+    }
+
+    /// Cancels the queue's tickets in `states` (none: PENDING) created
+    /// before `created_before` (none: all); returns how many.
+    pub async fn purge_queue(
+        &self,
+        name: &str,
+        states: &[pb::TicketState],
+        created_before: Option<SystemTime>,
+    ) -> Result<u64, ClientError> {
+        let request = pb::PurgeQueueRequest {
+            name: name.to_owned(),
+            states: states.iter().map(|s| *s as i32).collect(),
+            created_before: created_before.map(prost_types::Timestamp::from),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .purge_queue(request)
+            .await?
+            .into_inner()
+            .cancelled)
+    }
+
+    /// The generated client, for the methods this wrapper does not cover.
+    pub fn raw(&self) -> AdminClient<Transport> {
+        self.inner.clone()
+    }
+}

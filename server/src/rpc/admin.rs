@@ -1,0 +1,242 @@
+//! `asyncgate.v1.Admin`: the operator's service over queues and finished
+//! tickets. Reads need an admin or viewer key, changes an admin key (see
+//! `auth`); a key confined to a tenant sees and acts on that tenant's
+//! queues only, and another tenant's queue is NOT_FOUND, as one never used
+//! is. Every change is audited with the key's name.
+
+use std::time::SystemTime;
+
+use tonic::{Request, Response, Status};
+
+use asyncgate_proto::v1 as pb;
+use pb::admin_server::Admin;
+
+use super::Core;
+use super::convert::{self, admin as edge};
+use crate::auth::{self, Caller};
+use crate::domain::{QueueName, QueuePause, TicketState};
+use crate::engine::{ListFilter, QueueInfo};
+use crate::error::GatewayError;
+
+/// Tickets read per page while purging.
+const PURGE_PAGE: usize = 500;
+
+/// The tonic service, as registered with the server and the health service.
+pub(crate) type Server = pb::admin_server::AdminServer<AdminService>;
+
+/// The service over `core`, ready to add to the router.
+pub(crate) fn server(core: Core) -> Server {
+    Server::new(AdminService { core })
+}
+
+/// The service implementation.
+pub(crate) struct AdminService {
+    core: Core,
+}
+
+impl AdminService {
+    /// Queue `name` as `caller` names it, if it exists and `caller` may see
+    /// it; NOT_FOUND otherwise (another tenant's queue looks unused).
+    async fn visible_queue(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<(QueueName, QueueInfo), GatewayError> {
+        let queue = convert::queue_for(caller, name, "name")?;
+        match self.core.engine.queue_info(&queue).await? {
+            Some(info) if caller.sees(queue.tenant()) => Ok((queue, info)),
+            _ => Err(GatewayError::NotFound(format!(
+                "queue {name:?} was never used (queues appear with their first ticket)"
+            ))),
+        }
+    }
+
+    /// A queue on the wire, with what this gateway adds (workers).
+    async fn present(&self, caller: &Caller, info: QueueInfo) -> pb::QueueInfo {
+        let workers = self.core.workers(&info.queue).await;
+        edge::queue_to_pb(caller, info, workers, SystemTime::now())
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let caller = auth::caller(&request);
+        let mut queues = Vec::new();
+        for info in self
+            .core
+            .engine
+            .queues()
+            .await
+            .map_err(GatewayError::from)?
+        {
+            if caller.sees(info.queue.tenant()) {
+                queues.push(self.present(&caller, info).await);
+            }
+        }
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+
+    async fn get_queue(
+        &self,
+        request: Request<pb::GetQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = auth::caller(&request);
+        let (_, info) = self.visible_queue(&caller, &request.get_ref().name).await?;
+        Ok(Response::new(self.present(&caller, info).await))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let request = request.into_inner();
+        let reason = edge::pause_reason(&request.reason)?;
+        let (queue, _) = self.visible_queue(&caller, &request.name).await?;
+        let pause = QueuePause {
+            by: caller.name.to_string(),
+            at: SystemTime::now(),
+            reason,
+        };
+        let info = self
+            .core
+            .engine
+            .set_pause(&queue, Some(pause))
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, "PauseQueue", peer, queue.as_str());
+        tracing::info!(%queue, by = %caller.name, "queue paused");
+        Ok(Response::new(self.present(&caller, info).await))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let (queue, _) = self.visible_queue(&caller, &request.get_ref().name).await?;
+        let info = self
+            .core
+            .engine
+            .set_pause(&queue, None)
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, "ResumeQueue", peer, queue.as_str());
+        tracing::info!(%queue, by = %caller.name, "queue resumed");
+        Ok(Response::new(self.present(&caller, info).await))
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let request = request.into_inner();
+        let states = edge::purge_states(&request.states)?;
+        let created_before = request
+            .created_before
+            .map(|at| edge::timestamp(at, "created_before"))
+            .transpose()?;
+        let (queue, _) = self.visible_queue(&caller, &request.name).await?;
+        let reason = format!(
+            "purged from queue {:?} by key {:?}",
+            queue.seen_by(caller.tenant.as_deref()),
+            caller.name
+        );
+        let mut cancelled = 0;
+        let mut after = None;
+        loop {
+            let page = self
+                .core
+                .engine
+                .list(ListFilter {
+                    queue: Some(queue.clone()),
+                    states: states.clone(),
+                    page_size: PURGE_PAGE,
+                    after,
+                    tenant: caller.tenant.clone(),
+                })
+                .await
+                .map_err(GatewayError::from)?;
+            for ticket in &page.tickets {
+                if created_before.is_some_and(|before| ticket.created_at >= before) {
+                    continue;
+                }
+                // A ticket that finished meanwhile is not purged.
+                match self.core.engine.cancel(ticket.id, &reason).await {
+                    Ok(ticket) if ticket.state == TicketState::Cancelled => cancelled += 1,
+                    Ok(_) | Err(crate::engine::EngineError::AlreadyTerminal { .. }) => {}
+                    Err(error) => return Err(GatewayError::from(error).into()),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        auth::audit_admin(
+            &caller,
+            "PurgeQueue",
+            peer,
+            &format!("{queue} ({cancelled} cancelled)"),
+        );
+        Ok(Response::new(pb::PurgeQueueResponse { cancelled }))
+    }
+
+    async fn set_queue_limits(
+        &self,
+        _: Request<pb::SetQueueLimitsRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        Err(not_yet("SetQueueLimits"))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Err(not_yet("ListWorkers"))
+    }
+
+    async fn drain_worker(
+        &self,
+        _: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::WorkerInfo>, Status> {
+        Err(not_yet("DrainWorker"))
+    }
+
+    async fn retry_ticket(
+        &self,
+        _: Request<pb::RetryTicketRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        Err(not_yet("RetryTicket"))
+    }
+
+    async fn retry_tickets(
+        &self,
+        _: Request<pb::RetryTicketsRequest>,
+    ) -> Result<Response<pb::RetryTicketsResponse>, Status> {
+        Err(not_yet("RetryTickets"))
+    }
+
+    async fn delete_ticket(
+        &self,
+        _: Request<pb::DeleteTicketRequest>,
+    ) -> Result<Response<pb::DeleteTicketResponse>, Status> {
+        Err(not_yet("DeleteTicket"))
+    }
+}
+
+/// The answer of a method this version does not serve yet.
+fn not_yet(method: &str) -> Status {
+    GatewayError::Unimplemented(format!(
+        "Admin.{method} is not available in this version of the gateway yet"
+    ))
+    .into()
+}

@@ -1,0 +1,159 @@
+//! The admin service's edge: its requests validated (each refusal names the
+//! field), and queues presented as the caller names them.
+
+use std::time::SystemTime;
+
+use asyncgate_proto::v1 as pb;
+
+use super::state_from_pb;
+use crate::auth::Caller;
+use crate::domain::TicketState;
+use crate::domain::queue::MAX_PAUSE_REASON_CHARS;
+use crate::engine::QueueInfo;
+use crate::error::GatewayError;
+use crate::time;
+
+/// A queue on the wire, as `caller` names it, at `now`; `workers` serve it.
+pub(crate) fn queue_to_pb(
+    caller: &Caller,
+    info: QueueInfo,
+    workers: usize,
+    now: SystemTime,
+) -> pb::QueueInfo {
+    let name = if caller.names_tenant_queues() {
+        info.queue.to_string()
+    } else {
+        info.queue.seen_by(caller.tenant.as_deref()).to_owned()
+    };
+    let counts = info.counts;
+    pb::QueueInfo {
+        name,
+        counts: Some(pb::QueueCounts {
+            pending: counts.pending,
+            running: counts.running,
+            succeeded: counts.succeeded,
+            failed: counts.failed,
+            cancelled: counts.cancelled,
+            expired: counts.expired,
+        }),
+        oldest_pending_at: info.oldest_pending_at.map(time::timestamp),
+        oldest_pending_age: info
+            .oldest_pending_at
+            .map(|at| time::duration(now.duration_since(at).unwrap_or_default())),
+        workers: u32::try_from(workers).unwrap_or(u32::MAX),
+        in_flight: counts.running,
+        pause: info.pause.map(|pause| pb::QueuePause {
+            paused_by: pause.by,
+            paused_at: Some(time::timestamp(pause.at)),
+            reason: pause.reason,
+        }),
+        limits: Some(pb::QueueLimits::default()),
+        // Not measured yet: unset rather than a zero that would mislead.
+        last_minute: None,
+        last_five_minutes: None,
+        queue_wait: None,
+        run_time: None,
+    }
+}
+
+/// A pause's reason: bounded and printable (it is shown in waiting reasons
+/// and logged).
+pub(crate) fn pause_reason(reason: &str) -> Result<String, GatewayError> {
+    let length = reason.chars().count();
+    if length > MAX_PAUSE_REASON_CHARS {
+        return Err(GatewayError::invalid(
+            "reason",
+            format!("is {length} characters; at most {MAX_PAUSE_REASON_CHARS}"),
+        ));
+    }
+    if let Some((at, c)) = reason.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(GatewayError::invalid(
+            "reason",
+            format!(
+                "has a control character (U+{:04X} at byte {at}); use printable text",
+                u32::from(c)
+            ),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// The states a purge cancels: PENDING and RUNNING only; none means
+/// PENDING.
+pub(crate) fn purge_states(states: &[i32]) -> Result<Vec<TicketState>, GatewayError> {
+    if states.is_empty() {
+        return Ok(vec![TicketState::Pending]);
+    }
+    let mut parsed = Vec::with_capacity(states.len());
+    for (i, value) in states.iter().enumerate() {
+        let field = format!("states[{i}]");
+        let state = state_from_pb(*value, &field)?;
+        if state.is_terminal() {
+            return Err(GatewayError::invalid(
+                field,
+                format!(
+                    "a purge cancels unfinished tickets: name PENDING and/or RUNNING, not {}",
+                    state.name().to_uppercase()
+                ),
+            ));
+        }
+        if !parsed.contains(&state) {
+            parsed.push(state);
+        }
+    }
+    Ok(parsed)
+}
+
+/// A wire timestamp as a time, refusing one out of range.
+pub(crate) fn timestamp(
+    at: prost_types::Timestamp,
+    field: &str,
+) -> Result<SystemTime, GatewayError> {
+    SystemTime::try_from(at)
+        .map_err(|e| GatewayError::invalid(field, format!("is not a valid time: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_reason_is_bounded_and_printable() {
+        assert_eq!(
+            pause_reason("deploy of billing v2").unwrap(),
+            "deploy of billing v2"
+        );
+        let long = "é".repeat(MAX_PAUSE_REASON_CHARS);
+        assert_eq!(pause_reason(&long).unwrap(), long);
+        for bad in [
+            format!("{long}x"),
+            "line\nbreak".to_owned(),
+            "\u{1b}[31m".to_owned(),
+        ] {
+            match pause_reason(&bad) {
+                Err(GatewayError::InvalidArgument { field, .. }) => assert_eq!(field, "reason"),
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_purge_takes_unfinished_states_only() {
+        assert_eq!(purge_states(&[]).unwrap(), [TicketState::Pending]);
+        let both = [
+            pb::TicketState::Running as i32,
+            pb::TicketState::Pending as i32,
+        ];
+        assert_eq!(
+            purge_states(&both).unwrap(),
+            [TicketState::Running, TicketState::Pending]
+        );
+        match purge_states(&[pb::TicketState::Succeeded as i32]) {
+            Err(GatewayError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "states[0]");
+                assert!(reason.contains("PENDING and/or RUNNING"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The operator's service (`asyncgate.v1.Admin`) through the SDK against a
+//! real gateway: queues listed with their counts, a pause that holds tickets
+//! (and says why) until a resume, a purge that watchers see, who may call
+//! what, and what bad input gets.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use asyncgate_client::worker::{TaskContext, handler_fn};
+use asyncgate_client::{Client, Submit, pb};
+use asyncgate_server::auth::digest_hex;
+use asyncgate_tests::{TestGateway, fast_config, finished, json, state};
+
+const OPS: &str = "ops-admin-key";
+const VIEWER: &str = "dashboard-viewer-key";
+const A_OPS: &str = "tenant-a-admin-key";
+const ALICE: &str = "alice-client-key";
+const BOB: &str = "bob-client-key";
+const WORKER: &str = "worker-key";
+
+async fn gateway_with_keys(dir: &tempfile::TempDir) -> TestGateway {
+    let keys = format!(
+        r#"
+[[keys]]
+name = "ops"
+sha256 = "{}"
+role = "admin"
+
+[[keys]]
+name = "dashboard"
+sha256 = "{}"
+role = "viewer"
+
+[[keys]]
+name = "a-ops"
+sha256 = "{}"
+role = "admin"
+tenant = "a"
+
+[[keys]]
+name = "alice"
+sha256 = "{}"
+role = "client"
+tenant = "a"
+
+[[keys]]
+name = "bob"
+sha256 = "{}"
+role = "client"
+tenant = "b"
+
+[[keys]]
+name = "workers"
+sha256 = "{}"
+role = "worker"
+queues = ["jobs"]
+"#,
+        digest_hex(OPS),
+        digest_hex(VIEWER),
+        digest_hex(A_OPS),
+        digest_hex(ALICE),
+        digest_hex(BOB),
+        digest_hex(WORKER),
+    );
+    let path = dir.path().join("keys.toml");
+    std::fs::write(&path, keys).unwrap();
+    TestGateway::start_with(asyncgate_server::Config {
+        keys: Some(path),
+        ..fast_config()
+    })
+    .await
+}
+
+async fn as_key(gateway: &TestGateway, key: &str) -> Client {
+    gateway.client().await.with_api_key(key).unwrap()
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, asyncgate_client::ClientError>) -> tonic::Code {
+    result.expect_err("the call is refused").code()
+}
+
+fn names(queues: &[pb::QueueInfo]) -> Vec<&str> {
+    queues.iter().map(|q| q.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn each_key_sees_the_queues_of_its_tenant_and_only_admins_change_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway_with_keys(&dir).await;
+    let alice = as_key(&gateway, ALICE).await;
+    let bob = as_key(&gateway, BOB).await;
+    for _ in 0..2 {
+        alice.submit(Submit::new("jobs").build()).await.unwrap();
+    }
+    bob.submit(Submit::new("jobs").build()).await.unwrap();
+
+    // The operator sees every tenant's queue, by its stored name.
+    let ops = as_key(&gateway, OPS).await.admin();
+    let all = ops.list_queues().await.unwrap();
+    assert_eq!(names(&all), ["a/jobs", "b/jobs"]);
+    assert_eq!(all[0].counts.unwrap().pending, 2);
+    assert_eq!(all[1].counts.unwrap().pending, 1);
+    assert!(all[0].oldest_pending_at.is_some() && all[0].oldest_pending_age.is_some());
+
+    // Tenant a's admin sees its own queue by its own name, and not b's.
+    let a_ops = as_key(&gateway, A_OPS).await.admin();
+    let mine = a_ops.list_queues().await.unwrap();
+    assert_eq!(names(&mine), ["jobs"]);
+    assert_eq!(
+        a_ops
+            .get_queue("jobs")
+            .await
+            .unwrap()
+            .counts
+            .unwrap()
+            .pending,
+        2
+    );
+    let paused = a_ops.pause_queue("jobs", "migrating").await.unwrap();
+    assert_eq!(paused.pause.unwrap().paused_by, "a-ops");
+    // Only a's queue is paused.
+    let all = ops.list_queues().await.unwrap();
+    assert!(all[0].pause.is_some() && all[1].pause.is_none());
+
+    // A viewer reads, and changes nothing.
+    let viewer = as_key(&gateway, VIEWER).await.admin();
+    assert_eq!(viewer.list_queues().await.unwrap().len(), 2);
+    assert_eq!(viewer.get_queue("b/jobs").await.unwrap().name, "b/jobs");
+    assert_eq!(
+        code(viewer.pause_queue("b/jobs", "").await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(viewer.purge_queue("b/jobs", &[], None).await),
+        tonic::Code::PermissionDenied
+    );
+    // A viewer also reads tickets, and cannot submit or cancel.
+    let viewer_client = as_key(&gateway, VIEWER).await;
+    let listed = viewer_client
+        .list(pb::ListTicketsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.tickets.len(), 3);
+    assert_eq!(
+        code(viewer_client.submit(Submit::new("jobs").build()).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(viewer_client.cancel(&listed.tickets[0].id, "").await),
+        tonic::Code::PermissionDenied
+    );
+
+    // Clients and workers may not call the admin service at all.
+    for key in [ALICE, WORKER] {
+        let admin = as_key(&gateway, key).await.admin();
+        assert_eq!(
+            code(admin.list_queues().await),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(admin.resume_queue("jobs").await),
+            tonic::Code::PermissionDenied
+        );
+    }
+    // Nor anyone without a key.
+    let anonymous = gateway.client().await.admin();
+    assert_eq!(
+        code(anonymous.list_queues().await),
+        tonic::Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn a_paused_queue_holds_its_tickets_says_why_and_runs_them_once_resumed() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    let worker = gateway.spawn_worker(
+        "emails",
+        handler_fn(|task: TaskContext| async move { Ok(task.payload().clone()) }),
+    );
+    // Used once, so the queue exists; then paused.
+    let first = client
+        .submit(Submit::new("emails").payload(json(serde_json::json!("warm"))))
+        .await
+        .unwrap();
+    finished(&client, &first.id).await;
+    let info = admin
+        .pause_queue("emails", "the mail relay is down")
+        .await
+        .unwrap();
+    let pause = info.pause.expect("paused");
+    assert_eq!(pause.reason, "the mail relay is down");
+
+    let held = client
+        .submit(Submit::new("emails").payload(json(serde_json::json!("held"))))
+        .await
+        .unwrap();
+    let reason = held.waiting_reason.clone().expect("a waiting reason");
+    assert_eq!(reason.kind(), pb::WaitingReasonKind::Paused);
+    assert!(
+        reason.description.contains("paused")
+            && reason.description.contains("the mail relay is down"),
+        "{}",
+        reason.description
+    );
+    assert_eq!(reason.since, pause.paused_at);
+    // A long-poll ends early only if the ticket finishes: it does not.
+    let still = client
+        .get(&held.id, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(state(&still), pb::TicketState::Pending);
+    assert_eq!(
+        admin
+            .get_queue("emails")
+            .await
+            .unwrap()
+            .counts
+            .unwrap()
+            .pending,
+        1
+    );
+
+    let resumed = admin.resume_queue("emails").await.unwrap();
+    assert!(resumed.pause.is_none());
+    let done = finished(&client, &held.id).await;
+    assert_eq!(state(&done), pb::TicketState::Succeeded);
+    let counts = admin.get_queue("emails").await.unwrap().counts.unwrap();
+    assert_eq!((counts.pending, counts.succeeded), (0, 2));
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn a_purge_cancels_what_it_matches_and_watchers_see_it_end() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ticket = client
+            .submit(Submit::new("flood").payload(json(serde_json::json!(i))))
+            .await
+            .unwrap();
+        ids.push(ticket.id);
+    }
+    let mut watch = client.watch(&ids[0], None).await.unwrap();
+    assert!(watch.next().await.unwrap().is_ok(), "the snapshot");
+    // Only what was created before the cut-off, and only PENDING.
+    let cut = std::time::SystemTime::now();
+    client.submit(Submit::new("flood").build()).await.unwrap();
+    let cancelled = admin
+        .purge_queue("flood", &[pb::TicketState::Pending], Some(cut))
+        .await
+        .unwrap();
+    assert_eq!(cancelled, 5);
+    let last = loop {
+        let event = watch.next().await.expect("an event").unwrap();
+        if asyncgate_client::is_terminal(event.ticket.as_ref().unwrap().state()) {
+            break event.ticket.unwrap();
+        }
+    };
+    assert_eq!(state(&last), pb::TicketState::Cancelled);
+    let message = last.error.unwrap().message;
+    assert!(message.contains("purged from queue \"flood\""), "{message}");
+    let counts = admin.get_queue("flood").await.unwrap().counts.unwrap();
+    assert_eq!((counts.pending, counts.cancelled), (1, 5));
+    // A second purge finds only the newer ticket.
+    assert_eq!(admin.purge_queue("flood", &[], None).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn bad_admin_input_gets_a_status_that_says_what_to_fix() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    let unknown = admin.get_queue("never-used").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(unknown.to_string().contains("never used"), "{unknown}");
+    assert_eq!(
+        code(admin.pause_queue("never-used", "").await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code(admin.get_queue("not a name!").await),
+        tonic::Code::InvalidArgument
+    );
+    client.submit(Submit::new("q").build()).await.unwrap();
+    let forged = admin
+        .pause_queue("q", "fine\n2026-01-01 INFO forged line")
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument);
+    assert!(forged.to_string().contains("reason"), "{forged}");
+    let long = admin.pause_queue("q", &"x".repeat(257)).await.unwrap_err();
+    assert_eq!(long.code(), tonic::Code::InvalidArgument);
+    let finished_states = admin
+        .purge_queue("q", &[pb::TicketState::Succeeded], None)
+        .await
+        .unwrap_err();
+    assert_eq!(finished_states.code(), tonic::Code::InvalidArgument);
+    assert!(
+        finished_states
+            .to_string()
+            .contains("PENDING and/or RUNNING"),
+        "{finished_states}"
+    );
+    // Nothing was paused or purged by the refused calls.
+    let queue = admin.get_queue("q").await.unwrap();
+    assert!(queue.pause.is_none());
+    assert_eq!(queue.counts.unwrap().pending, 1);
+}
