@@ -580,3 +580,65 @@ async fn bench_submit_against_a_gateway_leaves_no_pending_ticket_behind() {
     }
     running.shutdown().await.unwrap();
 }
+
+/// An operator's round with the real CLI: the queues table, a pause that
+/// shows in `queue show` (text and JSON), a purge, a resume; and the exit
+/// status and stderr of a queue that does not exist.
+#[tokio::test]
+async fn an_operator_lists_pauses_purges_and_resumes_a_queue() {
+    let (running, url) = gateway().await;
+    for _ in 0..3 {
+        let (code, out) = run(cli(&url).args(["submit", "reports", "--empty"])).await;
+        assert_eq!(code, 0, "{out}");
+    }
+    run(cli(&url).args(["submit", "emails", "--empty"])).await;
+
+    let (code, table) = run(cli(&url).args(["queues"])).await;
+    assert_eq!(code, 0, "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("QUEUE") && lines[0].contains("PENDING"),
+        "{table}"
+    );
+    let reports = lines
+        .iter()
+        .find(|l| l.starts_with("reports"))
+        .expect("a row for reports");
+    let cells: Vec<&str> = reports.split_whitespace().collect();
+    assert_eq!(cells[1], "3", "pending: {table}");
+    assert_eq!(cells.last(), Some(&"no"), "paused: {table}");
+
+    let (code, out) =
+        run(cli(&url).args(["queue", "pause", "reports", "--reason", "quarter close"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("paused: by \"anonymous\""), "{out}");
+    assert!(out.contains("quarter close"), "{out}");
+    let (_, json) = run(cli(&url).args(["--output", "json", "queue", "show", "reports"])).await;
+    let shown: serde_json::Value = serde_json::from_str(json.trim()).expect(&json);
+    assert_eq!(shown["pause"]["reason"], "quarter close");
+    assert_eq!(
+        shown["counts"]["pending"], "3",
+        "64-bit counts are JSON strings"
+    );
+
+    let (code, out) = run(cli(&url).args(["queue", "purge", "reports"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), "cancelled 3 tickets of queue \"reports\"");
+    let (code, out) = run(cli(&url).args(["queue", "resume", "reports"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("paused: no"), "{out}");
+    assert!(
+        out.contains("0 pending") && out.contains("3 cancelled"),
+        "{out}"
+    );
+
+    let output = cli(&url)
+        .args(["queue", "show", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("never used"), "{stderr}");
+    running.shutdown().await.unwrap();
+}
