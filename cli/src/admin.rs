@@ -93,6 +93,73 @@ pub(crate) async fn queues(client: &Client, printer: &Printer) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// `asyncgate workers [--queue Q]`: connected workers as a table.
+pub(crate) async fn workers(
+    client: &Client,
+    printer: &Printer,
+    queue: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let workers = client.admin().list_workers(queue.as_deref()).await?;
+    let response = pb::ListWorkersResponse { workers };
+    printer.message(&response, |response| {
+        if response.workers.is_empty() {
+            return "(no workers)".into();
+        }
+        let now = SystemTime::now();
+        let rows: Vec<Vec<String>> = response
+            .workers
+            .iter()
+            .map(|w| {
+                let ago = |at: Option<prost_types::Timestamp>| {
+                    at.and_then(|at| SystemTime::try_from(at).ok())
+                        .and_then(|at| now.duration_since(at).ok())
+                        .map_or_else(|| "-".into(), |d| age_text(d.as_secs() as i64))
+                };
+                vec![
+                    w.session_id.clone(),
+                    w.worker_name.clone(),
+                    w.queues.join(","),
+                    format!("{}/{}", w.tickets.len(), w.max_in_flight),
+                    ago(w.connected_at),
+                    ago(w.last_heard_at),
+                    if w.peer.is_empty() {
+                        "-".into()
+                    } else {
+                        w.peer.clone()
+                    },
+                    if w.draining { "draining" } else { "serving" }.into(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "SESSION", "NAME", "QUEUES", "HELD", "UP", "HEARD", "PEER", "STATE",
+            ],
+            &rows,
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `asyncgate drain SESSION`.
+pub(crate) async fn drain(
+    client: &Client,
+    printer: &Printer,
+    session_id: &str,
+) -> anyhow::Result<ExitCode> {
+    let worker = client.admin().drain_worker(session_id).await?;
+    printer.message(&worker, |w| {
+        format!(
+            "draining worker {:?} (session {}): {} task{} in flight; it stops once they are done",
+            w.worker_name,
+            w.session_id,
+            w.tickets.len(),
+            if w.tickets.len() == 1 { "" } else { "s" }
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `asyncgate queue ACTION NAME`.
 pub(crate) async fn queue(
     client: &Client,

@@ -142,6 +142,19 @@ pub(crate) enum Command {
     /// Show, pause, resume or purge one queue (an admin key; a viewer key
     /// may show).
     Queue(crate::admin::QueueArgs),
+    /// List connected workers on every replica: queues, tasks held,
+    /// address, state (an admin or viewer key).
+    Workers {
+        /// Only the workers serving this queue.
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+    },
+    /// Drain a worker: it gets no new task, finishes what it holds and
+    /// stops (an admin key).
+    Drain {
+        /// Its session id (see `asyncgate workers`).
+        session: String,
+    },
     /// Check that the gateway serves (grpc.health.v1; needs no API key).
     ///
     /// Prints SERVING or NOT_SERVING and exits 0 or 1 (2 if the gateway

@@ -136,6 +136,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queues => admin::queues(&connect(server).await?, &printer).await,
+        Command::Workers { queue } => {
+            admin::workers(&connect(server).await?, &printer, queue).await
+        }
+        Command::Drain { session } => {
+            admin::drain(&connect(server).await?, &printer, &session).await
+        }
         Command::Queue(args) => admin::queue(&connect(server).await?, &printer, args).await,
         Command::List(args) => {
             let request = pb::ListTicketsRequest {

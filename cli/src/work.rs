@@ -55,7 +55,15 @@ pub(crate) async fn run(
 
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     tokio::select! {
-        () = handle.stopped() => anyhow::bail!("the worker stopped unexpectedly"),
+        () = handle.stopped() => {
+            // An operator's drain (Admin.DrainWorker) stops it gracefully.
+            if handle.stopping() {
+                tracing::info!("drained by the gateway's operator; stopped");
+                handle.join().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            anyhow::bail!("the worker stopped unexpectedly")
+        }
         () = next_signal(&mut terminate) => {}
     }
     tracing::info!("draining: finishing in-flight tasks (signal again to stop at once)");

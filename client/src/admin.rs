@@ -82,6 +82,32 @@ impl Admin {
             .cancelled)
     }
 
+    /// Connected workers on every replica; of one queue if `queue` is set.
+    pub async fn list_workers(
+        &self,
+        queue: Option<&str>,
+    ) -> Result<Vec<pb::WorkerInfo>, ClientError> {
+        let request = pb::ListWorkersRequest {
+            queue: queue.unwrap_or_default().to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .list_workers(request)
+            .await?
+            .into_inner()
+            .workers)
+    }
+
+    /// Sends no new task to worker session `session_id`; the worker is told
+    /// to finish what it holds and stop.
+    pub async fn drain_worker(&self, session_id: &str) -> Result<pb::WorkerInfo, ClientError> {
+        let request = pb::DrainWorkerRequest {
+            session_id: session_id.to_owned(),
+        };
+        Ok(self.inner.clone().drain_worker(request).await?.into_inner())
+    }
+
     /// The generated client, for the methods this wrapper does not cover.
     pub fn raw(&self) -> AdminClient<Transport> {
         self.inner.clone()

@@ -167,6 +167,7 @@ async fn drain_finishes_in_flight_work_then_reconnects() {
     conn.task("L3", "wait-for-cancel".into()).await;
     conn.send(dispatch_message::Kind::Drain(pb::Drain {
         reason: "restart".into(),
+        stop: false,
     }))
     .await;
     // Still in flight: the worker keeps the stream open.

@@ -18,7 +18,7 @@ use crate::auth::Keys;
 use crate::config::{Config, StoreConfig, TlsFiles};
 use crate::connection::TrackedStream;
 use crate::dispatch::{Dispatcher, WeakDispatcher};
-use crate::domain::{QueueName, Ticket, TicketId};
+use crate::domain::{QueueName, SessionId, Ticket, TicketId};
 use crate::engine::{Before, Engine, EngineListener, LocalEngine, Revocation, TicketChange};
 use crate::hub::WatchHub;
 use crate::metrics::Metrics;
@@ -60,6 +60,12 @@ impl EngineListener for Notifier {
     fn lease_revoked(&self, revocation: Revocation) {
         if let Some(dispatcher) = self.dispatcher.upgrade() {
             dispatcher.revoke(revocation);
+        }
+    }
+
+    fn drain_requested(&self, session_id: SessionId, by: &str) {
+        if let Some(dispatcher) = self.dispatcher.upgrade() {
+            dispatcher.drain(session_id, by, "");
         }
     }
 

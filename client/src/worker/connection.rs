@@ -408,6 +408,7 @@ impl Runner {
                     let drain = pb::WorkerMessage {
                         kind: Some(worker_message::Kind::Drain(pb::Drain {
                             reason: "the worker is shutting down".into(),
+                            stop: false,
                         })),
                     };
                     if !send(&tx, drain, watchdog).await {
@@ -457,6 +458,19 @@ impl Runner {
             }
             Some(dispatch_message::Kind::Cancel(cancel)) => self.cancel(cancel),
             Some(dispatch_message::Kind::ResultAck(ack)) => self.acknowledged(ack, tx),
+            Some(dispatch_message::Kind::Drain(drain)) if drain.stop => {
+                // An operator drained this worker: stop as a graceful
+                // shutdown does (finish, deliver, leave), not reconnect.
+                if !self.shutdown.is_cancelled() {
+                    info!(
+                        reason = %drain.reason,
+                        in_flight = self.running.len(),
+                        "drained by the gateway's operator: finishing in-flight tasks, then stopping"
+                    );
+                    self.shutdown.cancel();
+                }
+                *draining = true;
+            }
             Some(dispatch_message::Kind::Drain(drain)) => {
                 if !*draining {
                     info!(

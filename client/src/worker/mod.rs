@@ -396,6 +396,13 @@ impl WorkerHandle {
         self.shutdown.cancel();
     }
 
+    /// Whether a graceful stop was asked for: by [`WorkerHandle::shutdown`],
+    /// or by the gateway's operator (`Admin.DrainWorker`), after which the
+    /// worker finishes its tasks and stops on its own.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// Stops at once, like a crash: the connection is dropped without
     /// another byte (no result, no end-of-stream), every task's context is
     /// cancelled and the handlers are aborted. The gateway requeues the

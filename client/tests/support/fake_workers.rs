@@ -108,6 +108,7 @@ impl Conn {
         }
         self.send(dispatch_message::Kind::Drain(pb::Drain {
             reason: "drain acknowledged".into(),
+            stop: false,
         }))
         .await;
         loop {

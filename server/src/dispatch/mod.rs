@@ -61,6 +61,9 @@ pub enum SessionCommand {
     Deliver(Box<Claimed>),
     /// Tell the worker to drop this lease.
     Revoke(Revocation),
+    /// An operator drains the session: no new tasks; the worker is told to
+    /// leave once idle. Names the key that asked.
+    Drain(String),
 }
 
 /// A worker session as the queue actors see it.
@@ -72,19 +75,84 @@ pub struct SessionSlot {
     credits: AtomicU32,
     /// The session task's mailbox.
     commands: mpsc::UnboundedSender<SessionCommand>,
+    /// What the admin API lists of it.
+    pub details: WorkerDetails,
+}
+
+/// A session's worker as the admin API lists it, kept up to date by the
+/// session task.
+#[derive(Debug)]
+pub struct WorkerDetails {
+    /// Its address, as the gateway saw it.
+    pub peer: Option<std::net::SocketAddr>,
+    /// Tasks it runs at once.
+    pub max_in_flight: u32,
+    /// When its stream opened.
+    pub connected_at: std::time::SystemTime,
+    /// Its last heartbeat or progress (ms since the epoch).
+    last_heard_ms: std::sync::atomic::AtomicU64,
+    /// Drained by an operator or by itself.
+    draining: AtomicBool,
+}
+
+impl WorkerDetails {
+    /// A worker that connected just now.
+    pub fn new(peer: Option<std::net::SocketAddr>, max_in_flight: u32) -> Self {
+        let now = std::time::SystemTime::now();
+        Self {
+            peer,
+            max_in_flight,
+            connected_at: now,
+            last_heard_ms: std::sync::atomic::AtomicU64::new(millis(now)),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The worker was heard from now.
+    pub fn heard(&self) {
+        self.last_heard_ms
+            .store(millis(std::time::SystemTime::now()), Ordering::Relaxed);
+    }
+
+    /// The session takes no new tasks.
+    pub fn drained(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The session as a record, for `replica`.
+    pub fn record(&self, info: &SessionInfo, replica: &str) -> crate::engine::WorkerRecord {
+        crate::engine::WorkerRecord {
+            session_id: info.session_id,
+            worker_name: info.worker_name.to_string(),
+            queues: info.queues.to_vec(),
+            peer: self.peer.map(|p| p.to_string()),
+            max_in_flight: self.max_in_flight,
+            connected_at: self.connected_at,
+            last_heard_at: std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed)),
+            replica: replica.to_owned(),
+            draining: self.draining.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn millis(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SessionSlot {
     /// A slot with `max_in_flight` credits.
     pub fn new(
         info: SessionInfo,
-        max_in_flight: u32,
+        details: WorkerDetails,
         commands: mpsc::UnboundedSender<SessionCommand>,
     ) -> Self {
         Self {
             info,
-            credits: AtomicU32::new(max_in_flight),
+            credits: AtomicU32::new(details.max_in_flight),
             commands,
+            details,
         }
     }
 
@@ -127,7 +195,7 @@ struct Inner {
     engine: Arc<dyn Engine>,
     /// Read on every submit, written when a queue is first seen.
     queues: RwLock<HashMap<QueueName, Arc<QueueHandle>>>,
-    sessions: Mutex<HashMap<SessionId, mpsc::UnboundedSender<SessionCommand>>>,
+    sessions: Mutex<HashMap<SessionId, Arc<SessionSlot>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -243,7 +311,7 @@ impl Dispatcher {
 
     /// Registers a session for its queues.
     pub fn attach(&self, slot: &Arc<SessionSlot>, queues: &[QueueName]) {
-        lock(&self.inner.sessions).insert(slot.info.session_id, slot.commands.clone());
+        lock(&self.inner.sessions).insert(slot.info.session_id, slot.clone());
         for queue in queues {
             let handle = self.handle(queue);
             handle.workers.fetch_add(1, Ordering::AcqRel);
@@ -281,9 +349,32 @@ impl Dispatcher {
 
     /// Routes a revocation to the session holding the lease, if it is here.
     pub fn revoke(&self, revocation: Revocation) {
-        if let Some(commands) = lock(&self.inner.sessions).get(&revocation.session_id) {
-            let _ = commands.send(SessionCommand::Revoke(revocation));
+        if let Some(slot) = lock(&self.inner.sessions).get(&revocation.session_id) {
+            let _ = slot.commands.send(SessionCommand::Revoke(revocation));
         }
+    }
+
+    /// Drains session `session_id` if it is connected here, on behalf of
+    /// key `by`; returns its record (for `replica`), or `None` if it is
+    /// not here.
+    pub fn drain(
+        &self,
+        session_id: SessionId,
+        by: &str,
+        replica: &str,
+    ) -> Option<crate::engine::WorkerRecord> {
+        let slot = lock(&self.inner.sessions).get(&session_id).cloned()?;
+        slot.details.drained();
+        let _ = slot.commands.send(SessionCommand::Drain(by.to_owned()));
+        Some(slot.details.record(&slot.info, replica))
+    }
+
+    /// The workers connected here, as records of `replica`.
+    pub fn workers(&self, replica: &str) -> Vec<crate::engine::WorkerRecord> {
+        lock(&self.inner.sessions)
+            .values()
+            .map(|slot| slot.details.record(&slot.info, replica))
+            .collect()
     }
 
     /// Makes every queue look for ready work (after notices may have been

@@ -27,7 +27,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Dispatcher, SessionCommand, SessionSlot};
+use super::{Dispatcher, SessionCommand, SessionSlot, WorkerDetails};
 use crate::domain::{LeaseId, Outcome, QueueName, SessionId, TicketId};
 use crate::engine::{EngineError, ReleaseReason, SessionInfo};
 use crate::error::GatewayError;
@@ -96,6 +96,7 @@ pub(crate) async fn run<S>(
     let session = Session {
         dispatcher,
         settings,
+        peer,
         key_revoked: caller.revocation(),
         key_name: caller.name.clone(),
         info,
@@ -173,6 +174,8 @@ where
 struct Session {
     dispatcher: Dispatcher,
     settings: SessionSettings,
+    /// The worker's address.
+    peer: Option<std::net::SocketAddr>,
     /// Cancelled when a keys reload revokes or changes the worker's key:
     /// the session ends at once and gives its leases back.
     key_revoked: CancellationToken,
@@ -231,9 +234,16 @@ impl Session {
         let (commands_tx, mut commands) = mpsc::unbounded_channel();
         let slot = Arc::new(SessionSlot::new(
             self.info.clone(),
-            self.max_in_flight,
+            WorkerDetails::new(self.peer, self.max_in_flight),
             commands_tx,
         ));
+        // Listed (to every replica) before the worker hears Welcome, so a
+        // worker that knows its session id can be found by it.
+        let record = slot.details.record(&self.info, &engine.replica());
+        let expires_at = SystemTime::now() + self.settings.lease_ttl;
+        if let Err(error) = engine.register_worker(&record, expires_at).await {
+            tracing::warn!(%error, "could not publish the worker's details");
+        }
         let end = match self.send(self.machine.welcome(session_id)) {
             Err(end) => end,
             Ok(()) => {
@@ -356,6 +366,10 @@ impl Session {
                         self.machine.on_revoke(revocation);
                         Ok(())
                     }
+                    Some(SessionCommand::Drain(by)) => {
+                        self.machine.on_operator_drain(&by);
+                        Ok(())
+                    }
                     None => Err(End::Closed),
                 },
                 Some(()) = self.releasing.next(), if !self.releasing.is_empty() => Ok(()),
@@ -438,8 +452,15 @@ impl Session {
                 ticket_id,
                 lease_id,
             } => self.release(ticket_id, lease_id, ReleaseReason::Undelivered),
-            Effect::Renew => self.renew(),
-            Effect::Detach => self.dispatcher.detach(self.info.session_id, &self.queues),
+            Effect::Renew => {
+                slot.details.heard();
+                self.renew(slot);
+            }
+            Effect::Detach => {
+                slot.details.drained();
+                self.dispatcher.detach(self.info.session_id, &self.queues);
+                self.register(slot);
+            }
             Effect::CreditReturned => self.dispatcher.credit_returned(slot, &self.queues),
         }
         Ok(())
@@ -496,9 +517,26 @@ impl Session {
         ));
     }
 
-    /// Renews the session in the store, in the background; a renewal still
-    /// on its way makes this one unnecessary.
-    fn renew(&self) {
+    /// Publishes what the admin API lists of this worker (in the
+    /// background: a shared store's round trip must not hold the loop).
+    fn register(&self, slot: &Arc<SessionSlot>) {
+        let engine = self.dispatcher.engine().clone();
+        let record = slot.details.record(&self.info, &engine.replica());
+        let expires_at = SystemTime::now() + self.settings.lease_ttl;
+        self.dispatcher.spawn(
+            async move {
+                if let Err(error) = engine.register_worker(&record, expires_at).await {
+                    tracing::debug!(%error, "could not publish the worker's details");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Renews the session in the store (and the worker's listed details),
+    /// in the background; a renewal still on its way makes this one
+    /// unnecessary.
+    fn renew(&self, slot: &Arc<SessionSlot>) {
         if self.renewing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -507,10 +545,15 @@ impl Session {
         let renewing = self.renewing.clone();
         let lost = self.lost.clone();
         let expires_at = SystemTime::now() + self.settings.lease_ttl;
+        let record = slot.details.record(&self.info, &engine.replica());
         self.dispatcher.spawn(
             async move {
                 match engine.touch_session(&info, expires_at).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if let Err(error) = engine.register_worker(&record, expires_at).await {
+                            tracing::debug!(%error, "could not publish the worker's details");
+                        }
+                    }
                     Err(EngineError::SessionLost(_)) => lost.cancel(),
                     Err(error) => tracing::warn!(%error, "could not renew the session's leases"),
                 }

@@ -224,6 +224,7 @@ macro_rules! engine_conformance {
                 transitions_and_queue_depths_are_reported,
                 queue_counts_follow_every_transition,
                 a_paused_queue_dispatches_nothing_until_resumed,
+                a_sessions_tickets_and_worker_record_are_listed,
             );
         }
     };

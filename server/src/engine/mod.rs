@@ -396,6 +396,29 @@ pub struct SessionInfo {
     pub queues: Arc<[QueueName]>,
 }
 
+/// A connected worker as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// Its session, name and queues.
+    pub session_id: SessionId,
+    /// The name it gave.
+    pub worker_name: String,
+    /// The queues it serves (stored names).
+    pub queues: Vec<QueueName>,
+    /// Its address as the gateway saw it.
+    pub peer: Option<String>,
+    /// Tasks it runs at once.
+    pub max_in_flight: u32,
+    /// When its stream opened.
+    pub connected_at: SystemTime,
+    /// Its last heartbeat or progress.
+    pub last_heard_at: SystemTime,
+    /// The gateway (replica) its stream is connected to.
+    pub replica: String,
+    /// Drained: it gets no new tasks.
+    pub draining: bool,
+}
+
 /// One change of a ticket, for watchers.
 #[derive(Debug, Clone)]
 pub struct TicketChange {
@@ -550,6 +573,9 @@ pub trait EngineListener: Send + Sync + 'static {
     fn queue_ready(&self, queue: &QueueName);
     /// A worker must stop working on a lease.
     fn lease_revoked(&self, revocation: Revocation);
+    /// An operator asked (on any replica) that this session get no new
+    /// tasks and its worker leave once idle.
+    fn drain_requested(&self, _session_id: SessionId, _by: &str) {}
     /// Events may have been missed (a shared store's event feed dropped):
     /// every watcher must re-read its ticket and every queue look for work.
     fn resync(&self) {}
@@ -702,6 +728,39 @@ pub trait Engine: Send + Sync + 'static {
     /// the stored pause exactly).
     async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
         Ok(self.queue_info(queue).await?.and_then(|info| info.pause))
+    }
+
+    /// This gateway's name among the replicas sharing the store.
+    fn replica(&self) -> String {
+        "local".into()
+    }
+
+    /// Publishes what the admin API shows of a worker connected here (a
+    /// shared store lists it to every replica; a local one lists the
+    /// dispatcher's own sessions and needs nothing).
+    /// Until `expires_at`, unless registered again (as each renewal does).
+    async fn register_worker(
+        &self,
+        _worker: &WorkerRecord,
+        _expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Every worker connected to any gateway sharing the store; `None`
+    /// when only this gateway's own exist.
+    async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, EngineError> {
+        Ok(None)
+    }
+
+    /// The tickets `session` holds leases on now.
+    async fn session_tickets(&self, session: &SessionInfo) -> Result<Vec<TicketId>, EngineError>;
+
+    /// Asks the gateway holding `session_id`'s stream to drain it (see
+    /// [`EngineListener::drain_requested`]); a local engine has no other
+    /// gateway to ask.
+    async fn request_drain(&self, _session_id: SessionId, _by: &str) -> Result<(), EngineError> {
+        Ok(())
     }
 
     /// Pauses (`Some`) or resumes (`None`) dispatch from `queue`, for every

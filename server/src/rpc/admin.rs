@@ -14,8 +14,10 @@ use pb::admin_server::Admin;
 use super::Core;
 use super::convert::{self, admin as edge};
 use crate::auth::{self, Caller};
-use crate::domain::{QueueName, QueuePause, TicketState};
-use crate::engine::{ListFilter, QueueInfo};
+use std::collections::HashSet;
+
+use crate::domain::{QueueName, QueuePause, SessionId, TicketId, TicketState};
+use crate::engine::{ListFilter, QueueInfo, SessionInfo, WorkerRecord};
 use crate::error::GatewayError;
 
 /// Tickets read per page while purging.
@@ -49,6 +51,35 @@ impl AdminService {
                 "queue {name:?} was never used (queues appear with their first ticket)"
             ))),
         }
+    }
+
+    /// The workers `caller` may see: on every replica when the store is
+    /// shared (this gateway's own as it knows them now), else this
+    /// gateway's; a worker is visible when one of its queues is.
+    async fn visible_workers(&self, caller: &Caller) -> Result<Vec<WorkerRecord>, GatewayError> {
+        let replica = self.core.engine.replica();
+        let mut workers = self.core.dispatcher.workers(&replica);
+        if let Some(everywhere) = self.core.engine.workers().await? {
+            let here: HashSet<SessionId> = workers.iter().map(|w| w.session_id).collect();
+            workers.extend(
+                everywhere
+                    .into_iter()
+                    .filter(|w| !here.contains(&w.session_id)),
+            );
+        }
+        workers.retain(|w| w.queues.iter().any(|q| caller.sees(q.tenant())));
+        workers.sort_by_key(|w| (w.connected_at, w.session_id));
+        Ok(workers)
+    }
+
+    /// The tickets `worker` holds now.
+    async fn held(&self, worker: &WorkerRecord) -> Result<Vec<TicketId>, GatewayError> {
+        let session = SessionInfo {
+            session_id: worker.session_id,
+            worker_name: worker.worker_name.as_str().into(),
+            queues: worker.queues.clone().into(),
+        };
+        Ok(self.core.engine.session_tickets(&session).await?)
     }
 
     /// A queue on the wire, with what this gateway adds (workers).
@@ -199,16 +230,65 @@ impl Admin for AdminService {
 
     async fn list_workers(
         &self,
-        _: Request<pb::ListWorkersRequest>,
+        request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        Err(not_yet("ListWorkers"))
+        let caller = auth::caller(&request);
+        let queue = match request.get_ref().queue.as_str() {
+            "" => None,
+            name => Some(convert::queue_for(&caller, name, "queue")?),
+        };
+        let workers: Vec<WorkerRecord> = self
+            .visible_workers(&caller)
+            .await?
+            .into_iter()
+            .filter(|w| queue.as_ref().is_none_or(|q| w.queues.contains(q)))
+            .collect();
+        let held = futures::future::join_all(workers.iter().map(|w| self.held(w))).await;
+        let workers = workers
+            .into_iter()
+            .zip(held)
+            .map(|(worker, held)| Ok(edge::worker_to_pb(&caller, worker, held?)))
+            .collect::<Result<Vec<_>, GatewayError>>()?;
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
     async fn drain_worker(
         &self,
-        _: Request<pb::DrainWorkerRequest>,
+        request: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::WorkerInfo>, Status> {
-        Err(not_yet("DrainWorker"))
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let session_id = edge::session_id(&request.get_ref().session_id, "session_id")?;
+        let not_found = || {
+            GatewayError::NotFound(format!(
+                "no worker session {session_id} is connected (it may have left)"
+            ))
+        };
+        let mut worker = self
+            .visible_workers(&caller)
+            .await?
+            .into_iter()
+            .find(|w| w.session_id == session_id)
+            .ok_or_else(not_found)?;
+        let replica = self.core.engine.replica();
+        match self
+            .core
+            .dispatcher
+            .drain(session_id, &caller.name, &replica)
+        {
+            Some(drained) => worker = drained,
+            None => {
+                self.core
+                    .engine
+                    .request_drain(session_id, &caller.name)
+                    .await
+                    .map_err(GatewayError::from)?;
+                worker.draining = true;
+            }
+        }
+        auth::audit_admin(&caller, "DrainWorker", peer, &session_id.to_string());
+        let held = self.held(&worker).await?;
+        Ok(Response::new(edge::worker_to_pb(&caller, worker, held)))
     }
 
     async fn retry_ticket(

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use asyncgate_client::worker::{TaskContext, handler_fn};
 use asyncgate_client::{Client, Submit, pb};
 use asyncgate_server::auth::digest_hex;
-use asyncgate_tests::{TestGateway, fast_config, finished, json, state};
+use asyncgate_tests::{Gate, TestGateway, fast_config, finished, json, state};
 
 const OPS: &str = "ops-admin-key";
 const VIEWER: &str = "dashboard-viewer-key";
@@ -310,4 +310,71 @@ async fn bad_admin_input_gets_a_status_that_says_what_to_fix() {
     let queue = admin.get_queue("q").await.unwrap();
     assert!(queue.pause.is_none());
     assert_eq!(queue.counts.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn an_operator_sees_the_workers_and_drains_one_which_stops_once_idle() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    let gate = Gate::default();
+    let held = gate.clone();
+    let worker = gateway
+        .worker("slow")
+        .max_in_flight(2)
+        .handler(handler_fn(move |task: TaskContext| {
+            let held = held.clone();
+            async move {
+                held.enter().await;
+                Ok(task.payload().clone())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let first = client.submit(Submit::new("slow").build()).await.unwrap();
+    gate.started().await;
+
+    let workers = admin.list_workers(None).await.unwrap();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let seen = &workers[0];
+    assert_eq!(seen.worker_name, "test-worker-slow");
+    assert_eq!(seen.queues, ["slow"]);
+    assert_eq!(seen.max_in_flight, 2);
+    assert_eq!(seen.tickets, std::slice::from_ref(&first.id));
+    assert!(seen.peer.starts_with("127.0.0.1:"), "{}", seen.peer);
+    assert!(seen.connected_at.is_some() && seen.last_heard_at.is_some());
+    assert!(!seen.draining);
+    assert!(admin.list_workers(Some("other")).await.unwrap().is_empty());
+
+    let drained = admin.drain_worker(&seen.session_id).await.unwrap();
+    assert!(drained.draining);
+    assert_eq!(drained.tickets, std::slice::from_ref(&first.id));
+    // No new task reaches it; the one it holds finishes; then it stops on
+    // its own.
+    let second = client.submit(Submit::new("slow").build()).await.unwrap();
+    gate.open();
+    assert_eq!(
+        state(&finished(&client, &first.id).await),
+        pb::TicketState::Succeeded
+    );
+    tokio::time::timeout(Duration::from_secs(10), worker.stopped())
+        .await
+        .expect("the drained worker stops once idle");
+    assert!(worker.stopping());
+    let waiting = client.get(&second.id, None).await.unwrap();
+    assert_eq!(state(&waiting), pb::TicketState::Pending);
+    assert_eq!(
+        waiting.waiting_reason.unwrap().kind(),
+        pb::WaitingReasonKind::NoWorkers
+    );
+    assert!(admin.list_workers(None).await.unwrap().is_empty());
+
+    // A session that is not connected, and one that is not an id.
+    let gone = admin.drain_worker(&seen.session_id).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    assert_eq!(
+        code(admin.drain_worker("not-a-session").await),
+        tonic::Code::InvalidArgument
+    );
 }

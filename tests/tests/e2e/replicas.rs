@@ -404,3 +404,66 @@ async fn a_stalled_watcher_on_another_replica_catches_up() {
     let gateways = replicas(&redis, 2).await;
     crate::watch::stalled_watcher_catches_up(&gateways[0], &gateways[1]).await;
 }
+
+/// The admin API across replicas on one Redis: a queue paused through A
+/// holds its tickets from a worker connected to B until resumed through C;
+/// A lists B's worker (with the ticket it holds and B's replica name) and
+/// drains it, and the worker stops once idle.
+#[tokio::test]
+async fn pause_list_and_drain_across_replicas() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 3).await;
+    let (a, b, c) = (&gateways[0], &gateways[1], &gateways[2]);
+    let client_a = a.client().await;
+    let admin_a = client_a.admin();
+    let warm = client_a.submit(Submit::new("jobs").build()).await.unwrap();
+    admin_a.pause_queue("jobs", "deploy").await.unwrap();
+    let gate = Gate::default();
+    let held = gate.clone();
+    let worker = b
+        .worker("jobs")
+        .handler(handler_fn(move |task: TaskContext| {
+            let held = held.clone();
+            async move {
+                held.enter().await;
+                Ok(task.payload().clone())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    // B's worker is connected (A lists it) yet gets nothing while paused.
+    let session = worker.connected().await.expect("connected to B");
+    let listed = admin_a.list_workers(Some("jobs")).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].session_id, session);
+    assert!(listed[0].tickets.is_empty());
+    let still = client_a
+        .get(&warm.id, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(still.state(), pb::TicketState::Pending);
+    assert_eq!(
+        still.waiting_reason.unwrap().kind(),
+        pb::WaitingReasonKind::Paused
+    );
+
+    c.client().await.admin().resume_queue("jobs").await.unwrap();
+    gate.started().await;
+    let workers = admin_a.list_workers(None).await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].tickets, std::slice::from_ref(&warm.id));
+    assert!(!workers[0].replica.is_empty());
+
+    let drained = admin_a.drain_worker(&workers[0].session_id).await.unwrap();
+    assert!(drained.draining);
+    gate.open();
+    assert_eq!(
+        finished(&client_a, &warm.id).await.state(),
+        pb::TicketState::Succeeded
+    );
+    tokio::time::timeout(Duration::from_secs(10), worker.stopped())
+        .await
+        .expect("B's worker, drained through A, stops once idle");
+    assert!(worker.stopping());
+}

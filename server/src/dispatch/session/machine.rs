@@ -131,6 +131,8 @@ pub(super) struct Machine {
     gateway_draining: bool,
     /// Transitions handed out as effects and not yet back as `Recorded`.
     recording: usize,
+    /// Whether the worker was told to stop (an operator's drain).
+    stop_sent: bool,
     effects: Vec<Effect>,
 }
 
@@ -157,6 +159,7 @@ impl Machine {
             draining: false,
             gateway_draining: false,
             recording: 0,
+            stop_sent: false,
             effects: Vec::new(),
         }
     }
@@ -232,7 +235,28 @@ impl Machine {
         self.gateway_draining = true;
         self.start_draining();
         self.send(ToWorker::Drain {
-            reason: "the gateway is shutting down",
+            reason: "the gateway is shutting down".into(),
+            stop: false,
+        });
+    }
+
+    /// An operator drained the session (key `by`): no new tasks, and the
+    /// worker is told to leave once idle.
+    pub(super) fn on_operator_drain(&mut self, by: &str) {
+        if std::mem::replace(&mut self.stop_sent, true) {
+            return;
+        }
+        if !self.draining {
+            self.start_draining();
+        }
+        tracing::info!(
+            by,
+            in_flight = self.leases.len(),
+            "worker drained by an operator"
+        );
+        self.send(ToWorker::Drain {
+            reason: format!("drained by key {by:?}: finish the tasks in flight, then stop").into(),
+            stop: true,
         });
     }
 
@@ -307,7 +331,8 @@ impl Machine {
                     // stream ahead of it, so the worker knows what it still
                     // owes.
                     self.send(ToWorker::Drain {
-                        reason: "drain acknowledged: no new tasks will be sent",
+                        reason: "drain acknowledged: no new tasks will be sent".into(),
+                        stop: false,
                     });
                 }
                 Ok(())

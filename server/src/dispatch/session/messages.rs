@@ -137,7 +137,9 @@ pub(crate) enum ToWorker {
     /// No new tasks will come.
     Drain {
         /// Why.
-        reason: &'static str,
+        reason: std::borrow::Cow<'static, str>,
+        /// Leave once idle rather than reconnect (an operator's drain).
+        stop: bool,
     },
     /// The verdict on a report.
     Ack {

@@ -188,3 +188,63 @@ pub(crate) async fn a_paused_queue_dispatches_nothing_until_resumed(factory: Fac
     let claimed = claim_one(&h.engine, "q", &s).await;
     assert_eq!(claimed.ticket.id, first);
 }
+
+pub(crate) async fn a_sessions_tickets_and_worker_record_are_listed(factory: Factory) {
+    let h = harness(factory).await;
+    let s = session(&h.engine, "w").await;
+    let record = WorkerRecord {
+        session_id: s.session_id,
+        worker_name: "w".into(),
+        queues: vec![queue("q")],
+        peer: Some("127.0.0.1:5000".into()),
+        max_in_flight: 4,
+        connected_at: SystemTime::now(),
+        last_heard_at: SystemTime::now(),
+        replica: h.engine.replica(),
+        draining: false,
+    };
+    h.engine
+        .register_worker(&record, later(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(h.engine.submit(new_ticket("q")).await.unwrap().ticket.id);
+    }
+    let a = claim_one(&h.engine, "q", &s).await;
+    claim_one(&h.engine, "q", &s).await;
+    ids.sort();
+    assert_eq!(h.engine.session_tickets(&s).await.unwrap(), ids);
+    h.engine
+        .complete(a.ticket.id, a.lease.lease_id, Outcome::Success(body("ok")))
+        .await
+        .unwrap();
+    let held = h.engine.session_tickets(&s).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_ne!(held[0], a.ticket.id);
+    // A shared store lists the worker to every replica, to the ms.
+    if let Some(workers) = h.engine.workers().await.unwrap() {
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        let listed = &workers[0];
+        assert_eq!(
+            (
+                &listed.worker_name,
+                &listed.queues,
+                &listed.peer,
+                listed.max_in_flight
+            ),
+            (
+                &record.worker_name,
+                &record.queues,
+                &record.peer,
+                record.max_in_flight
+            )
+        );
+        assert!(same_ms(listed.connected_at, record.connected_at));
+    }
+    h.engine.end_session(s.session_id).await.unwrap();
+    assert!(h.engine.session_tickets(&s).await.unwrap().is_empty());
+    if let Some(workers) = h.engine.workers().await.unwrap() {
+        assert!(workers.is_empty(), "{workers:?}");
+    }
+}

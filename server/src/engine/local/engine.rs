@@ -439,6 +439,15 @@ impl Engine for LocalEngine {
             .map(|index| Self::queue_info_of(queue, &lock(&index))))
     }
 
+    async fn session_tickets(&self, session: &SessionInfo) -> Result<Vec<TicketId>, EngineError> {
+        let mut tickets: Vec<TicketId> = lock(self.session_shard(&session.session_id))
+            .get(&session.session_id)
+            .map(|record| record.leases.values().copied().collect())
+            .unwrap_or_default();
+        tickets.sort();
+        Ok(tickets)
+    }
+
     async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
         Ok(self
             .existing_queue(queue)

@@ -17,7 +17,7 @@ use crate::domain::{LeaseId, QueueName, SessionId, TicketId};
 /// One message on the channel.
 #[derive(Clone, PartialEq, Message)]
 pub(super) struct BusMessage {
-    #[prost(oneof = "Body", tags = "1, 2, 3")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4")]
     pub(super) body: Option<Body>,
 }
 
@@ -32,6 +32,18 @@ pub(super) enum Body {
     /// A worker must drop a lease.
     #[prost(message, tag = "3")]
     Revoke(RevokeMessage),
+    /// An operator drains a session.
+    #[prost(message, tag = "4")]
+    Drain(DrainMessage),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct DrainMessage {
+    #[prost(bytes = "bytes", tag = "1")]
+    session_id: Bytes,
+    /// The key that asked.
+    #[prost(string, tag = "2")]
+    by: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -119,6 +131,16 @@ pub(super) fn ready(queue: &QueueName) -> Vec<u8> {
     .encode_to_vec()
 }
 
+pub(super) fn drain(session_id: SessionId, by: &str) -> Vec<u8> {
+    BusMessage {
+        body: Some(Body::Drain(DrainMessage {
+            session_id: Bytes::copy_from_slice(session_id.0.as_bytes()),
+            by: by.to_owned(),
+        })),
+    }
+    .encode_to_vec()
+}
+
 pub(super) fn revoke(revocation: &Revocation) -> Vec<u8> {
     BusMessage {
         body: Some(Body::Revoke(RevokeMessage {
@@ -185,6 +207,11 @@ pub(super) fn deliver(listener: &dyn EngineListener, payload: Bytes) {
                 reason,
                 message: revoke.message,
             });
+        }
+        Some(Body::Drain(drain)) => {
+            if let Some(session_id) = uuid(&drain.session_id) {
+                listener.drain_requested(SessionId(session_id), &drain.by);
+            }
         }
         None => {}
     }

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::engine::{
     Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
-    ProgressReport, QueueDepth, QueueInfo, ReleaseReason, SessionInfo, Submitted,
+    ProgressReport, QueueDepth, QueueInfo, ReleaseReason, SessionInfo, Submitted, WorkerRecord,
 };
 
 #[async_trait]
@@ -133,5 +133,29 @@ impl Engine for RedisEngine {
         pause: Option<QueuePause>,
     ) -> Result<QueueInfo, EngineError> {
         self.inner.set_pause(queue, pause).await
+    }
+
+    fn replica(&self) -> String {
+        self.inner.instance.clone()
+    }
+
+    async fn register_worker(
+        &self,
+        worker: &WorkerRecord,
+        expires_at: SystemTime,
+    ) -> Result<(), EngineError> {
+        self.inner.register_worker(worker, expires_at).await
+    }
+
+    async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, EngineError> {
+        self.inner.workers().await.map(Some)
+    }
+
+    async fn session_tickets(&self, session: &SessionInfo) -> Result<Vec<TicketId>, EngineError> {
+        self.inner.session_tickets(session).await
+    }
+
+    async fn request_drain(&self, session_id: SessionId, by: &str) -> Result<(), EngineError> {
+        self.inner.request_drain(session_id, by).await
     }
 }

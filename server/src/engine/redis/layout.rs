@@ -145,6 +145,11 @@ impl Keys {
         format!("{}:sessions", self.prefix)
     }
 
+    /// What the admin API lists of a connected worker (a hash).
+    pub(super) fn worker(&self, session_id: SessionId) -> String {
+        format!("{}:w:{session_id}", self.prefix)
+    }
+
     /// The queues a session has held leases on.
     pub(super) fn session_queues(&self, session_id: SessionId) -> String {
         format!("{}:sq:{session_id}", self.prefix)

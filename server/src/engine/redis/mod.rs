@@ -65,6 +65,7 @@ mod sessions;
 mod store;
 mod submit;
 mod timers;
+mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};

@@ -102,6 +102,7 @@ impl Inner {
         let mut cmds = vec![
             Cmd::zrem(self.keys.sessions(), session_id.to_string()),
             Cmd::del(self.keys.session_queues(session_id)),
+            Cmd::del(self.keys.worker(session_id)),
         ];
         for queue in served.iter().flat_map(|queues| queues.iter()) {
             cmds.push(Cmd::zrem(self.keys.workers(queue), session_id.to_string()));

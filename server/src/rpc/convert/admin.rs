@@ -7,9 +7,9 @@ use asyncgate_proto::v1 as pb;
 
 use super::state_from_pb;
 use crate::auth::Caller;
-use crate::domain::TicketState;
 use crate::domain::queue::MAX_PAUSE_REASON_CHARS;
-use crate::engine::QueueInfo;
+use crate::domain::{QueueName, SessionId, TicketId, TicketState};
+use crate::engine::{QueueInfo, WorkerRecord};
 use crate::error::GatewayError;
 use crate::time;
 
@@ -20,11 +20,7 @@ pub(crate) fn queue_to_pb(
     workers: usize,
     now: SystemTime,
 ) -> pb::QueueInfo {
-    let name = if caller.names_tenant_queues() {
-        info.queue.to_string()
-    } else {
-        info.queue.seen_by(caller.tenant.as_deref()).to_owned()
-    };
+    let name = queue_name(caller, &info.queue);
     let counts = info.counts;
     pb::QueueInfo {
         name,
@@ -54,6 +50,46 @@ pub(crate) fn queue_to_pb(
         queue_wait: None,
         run_time: None,
     }
+}
+
+/// A worker on the wire, its queues as `caller` names them, holding
+/// `tickets`.
+pub(crate) fn worker_to_pb(
+    caller: &Caller,
+    worker: WorkerRecord,
+    tickets: Vec<TicketId>,
+) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        session_id: worker.session_id.to_string(),
+        worker_name: worker.worker_name,
+        peer: worker.peer.unwrap_or_default(),
+        queues: worker
+            .queues
+            .iter()
+            .map(|queue| queue_name(caller, queue))
+            .collect(),
+        max_in_flight: worker.max_in_flight,
+        tickets: tickets.iter().map(ToString::to_string).collect(),
+        connected_at: Some(time::timestamp(worker.connected_at)),
+        last_heard_at: Some(time::timestamp(worker.last_heard_at)),
+        replica: worker.replica,
+        draining: worker.draining,
+    }
+}
+
+/// A queue's name as `caller` names it.
+fn queue_name(caller: &Caller, queue: &QueueName) -> String {
+    if caller.names_tenant_queues() {
+        queue.to_string()
+    } else {
+        queue.seen_by(caller.tenant.as_deref()).to_owned()
+    }
+}
+
+/// A session id field.
+pub(crate) fn session_id(text: &str, field: &str) -> Result<SessionId, GatewayError> {
+    text.parse::<SessionId>()
+        .map_err(|e| GatewayError::invalid(field, e.to_string()))
 }
 
 /// A pause's reason: bounded and printable (it is shown in waiting reasons

@@ -250,8 +250,9 @@ pub(crate) fn to_pb(message: ToWorker) -> pb::DispatchMessage {
             message: revocation.message,
         }),
         ToWorker::Ping { nonce } => Out::Ping(pb::Ping { nonce }),
-        ToWorker::Drain { reason } => Out::Drain(pb::Drain {
-            reason: reason.into(),
+        ToWorker::Drain { reason, stop } => Out::Drain(pb::Drain {
+            reason: reason.into_owned(),
+            stop,
         }),
         ToWorker::Ack {
             ticket_id,
