@@ -137,6 +137,8 @@ pub(crate) struct Metrics {
     pending: Family<QueueLabels, Gauge>,
     running: Family<QueueLabels, Gauge>,
     workers: Family<QueueLabels, Gauge>,
+    oldest_pending: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    paused: Family<QueueLabels, Gauge>,
     queue_wait: HistogramFamily<QueueLabels>,
     run_time: HistogramFamily<QueueLabels>,
     end_to_end: HistogramFamily<QueueLabels>,
@@ -168,6 +170,8 @@ impl Metrics {
             pending: Family::default(),
             running: Family::default(),
             workers: Family::default(),
+            oldest_pending: Family::default(),
+            paused: Family::default(),
             queue_wait: Family::new_with_constructor(ticket_seconds),
             run_time: Family::new_with_constructor(ticket_seconds),
             end_to_end: Family::new_with_constructor(ticket_seconds),
@@ -198,6 +202,17 @@ impl Metrics {
             "asyncgate_tickets_running",
             "Tickets leased to a worker",
             metrics.running.clone(),
+        );
+        registry.register_with_unit(
+            "asyncgate_queue_oldest_pending_age",
+            "Age of the queue's oldest PENDING ticket (0 when none is pending)",
+            Unit::Seconds,
+            metrics.oldest_pending.clone(),
+        );
+        registry.register(
+            "asyncgate_queue_paused",
+            "1 while an operator has the queue paused (Admin.PauseQueue), else 0",
+            metrics.paused.clone(),
         );
         registry.register(
             "asyncgate_workers_connected",
@@ -252,7 +267,6 @@ impl Metrics {
             return;
         };
         if was == TicketState::Running {
-            self.running.get_or_create(&queue).dec();
             if let Some(started) = before.attempt_started {
                 self.run_time.get_or_create(&queue).observe(since(started));
             }
@@ -261,7 +275,6 @@ impl Metrics {
             }
         }
         if after.state == TicketState::Running {
-            self.running.get_or_create(&queue).inc();
             self.queue_wait
                 .get_or_create(&queue)
                 .observe(since(before.ready_since));
@@ -285,6 +298,48 @@ impl Metrics {
         }
     }
 
+    /// The per-queue gauges from what the store says of each queue. A
+    /// queue with no ticket left (its last ones deleted after the
+    /// retention period), no pause and no worker has no series: label
+    /// cardinality follows the queues in use.
+    fn record_queues(&self, queues: Vec<crate::engine::QueueInfo>) {
+        let now = std::time::SystemTime::now();
+        // Summed first: the queues past the cap share one series.
+        #[derive(Default)]
+        struct Sum {
+            pending: i64,
+            running: i64,
+            oldest: f64,
+            paused: i64,
+        }
+        let mut sums: HashMap<QueueLabels, Sum> = HashMap::new();
+        for info in queues {
+            let c = info.counts;
+            let held = c.pending + c.running + c.succeeded + c.failed + c.cancelled + c.expired;
+            if held == 0 && info.pause.is_none() {
+                continue;
+            }
+            let sum = sums.entry(self.queues.labels(&info.queue)).or_default();
+            sum.pending += c.pending as i64;
+            sum.running += c.running as i64;
+            if let Some(at) = info.oldest_pending_at {
+                let age = now.duration_since(at).unwrap_or_default().as_secs_f64();
+                sum.oldest = sum.oldest.max(age);
+            }
+            sum.paused = sum.paused.max(i64::from(info.pause.is_some()));
+        }
+        self.pending.clear();
+        self.running.clear();
+        self.oldest_pending.clear();
+        self.paused.clear();
+        for (labels, sum) in sums {
+            self.pending.get_or_create(&labels).set(sum.pending);
+            self.running.get_or_create(&labels).set(sum.running);
+            self.oldest_pending.get_or_create(&labels).set(sum.oldest);
+            self.paused.get_or_create(&labels).set(sum.paused);
+        }
+    }
+
     /// The exposition text in `format`, with gauges read fresh from the
     /// store and the dispatcher.
     pub(crate) async fn render(
@@ -293,25 +348,8 @@ impl Metrics {
         dispatcher: &Dispatcher,
         format: exposition::Format,
     ) -> String {
-        match engine.queue_depths().await {
-            Ok(depths) => {
-                // Summed first: the queues past the cap share one series.
-                let mut sums: HashMap<QueueLabels, (i64, Option<i64>)> = HashMap::new();
-                for depth in depths {
-                    let sum = sums.entry(self.queues.labels(&depth.queue)).or_default();
-                    sum.0 += depth.pending as i64;
-                    if let Some(running) = depth.running {
-                        *sum.1.get_or_insert(0) += running as i64;
-                    }
-                }
-                self.pending.clear();
-                for (labels, (pending, running)) in sums {
-                    self.pending.get_or_create(&labels).set(pending);
-                    if let Some(running) = running {
-                        self.running.get_or_create(&labels).set(running);
-                    }
-                }
-            }
+        match engine.queues().await {
+            Ok(queues) => self.record_queues(queues),
             Err(error) => tracing::warn!(%error, "metrics: queue depths unavailable"),
         }
         let mut workers: HashMap<QueueLabels, i64> = HashMap::new();

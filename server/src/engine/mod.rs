@@ -491,17 +491,6 @@ impl Before {
     }
 }
 
-/// How many tickets of a queue wait and run, across every replica.
-#[derive(Debug, Clone)]
-pub struct QueueDepth {
-    /// The queue.
-    pub queue: QueueName,
-    /// PENDING tickets (ready or in backoff).
-    pub pending: u64,
-    /// RUNNING tickets, when the engine counts them itself.
-    pub running: Option<u64>,
-}
-
 /// Tickets of one queue per state (terminal ones while retained).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {
@@ -710,11 +699,6 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies everything due by `now`: backoffs ending, deadlines, attempt
     /// timeouts, expired sessions and retention.
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError>;
-
-    /// Pending (and, where known, running) tickets per queue, for metrics.
-    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
-        Ok(Vec::new())
-    }
 
     /// Every queue used so far (by a submit or a worker), with its counts,
     /// oldest pending ticket and pause; without reading any ticket.

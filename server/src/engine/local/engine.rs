@@ -353,24 +353,6 @@ impl Engine for LocalEngine {
         })
     }
 
-    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
-        let queues: Vec<(QueueName, Arc<Mutex<QueueIndex>>)> = self
-            .queues
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(name, index)| (name.clone(), index.clone()))
-            .collect();
-        Ok(queues
-            .into_iter()
-            .map(|(queue, index)| QueueDepth {
-                queue,
-                pending: lock(&index).pending() as u64,
-                running: None,
-            })
-            .collect())
-    }
-
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {
         let mut ready = BTreeSet::new();
         let mut effects = TimerEffects::default();

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::engine::{
     Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
-    ProgressReport, QueueDepth, QueueInfo, ReleaseReason, SessionInfo, Submitted, WorkerRecord,
+    ProgressReport, QueueInfo, ReleaseReason, SessionInfo, Submitted, WorkerRecord,
 };
 
 #[async_trait]
@@ -105,10 +105,6 @@ impl Engine for RedisEngine {
 
     async fn connected_workers(&self, queue: &QueueName) -> Result<Option<usize>, EngineError> {
         self.inner.connected_workers(queue).await
-    }
-
-    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
-        self.inner.queue_depths().await
     }
 
     async fn run_timers(&self, now: SystemTime) -> Result<(), EngineError> {

@@ -98,11 +98,6 @@ impl Keys {
         format!("{}:leased", self.tag(queue))
     }
 
-    /// The count of PENDING tickets (what `--max-pending-per-queue` caps).
-    pub(super) fn pending(&self, queue: &QueueName) -> String {
-        format!("{}:pending", self.tag(queue))
-    }
-
     pub(super) fn claiming(&self, queue: &QueueName) -> String {
         format!("{}:claiming", self.tag(queue))
     }

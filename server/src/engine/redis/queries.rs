@@ -1,6 +1,5 @@
 //! Reads that write nothing: a ticket (with its output chunks), its place
-//! in line, pages of tickets across queues, queue depths and connected
-//! workers.
+//! in line, pages of tickets across queues and connected workers.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -14,7 +13,7 @@ use super::layout;
 use super::store::QueryKind;
 use super::{Inner, lock};
 use crate::domain::{Chunk, QueueName, Ticket, TicketId, TicketState};
-use crate::engine::{EngineError, ListFilter, ListPage, QueueDepth};
+use crate::engine::{EngineError, ListFilter, ListPage};
 
 /// How long a count of a queue's workers is reused.
 const WORKER_COUNT_TTL: Duration = Duration::from_millis(500);
@@ -252,32 +251,5 @@ impl Inner {
             .await?;
         lock(&self.worker_counts).insert(queue.clone(), (Instant::now(), count));
         Ok(Some(count))
-    }
-
-    /// Pending and running counts of every queue.
-    pub(super) async fn queue_depths(&self) -> Result<Vec<QueueDepth>, EngineError> {
-        let queues = self.known_queues().await?;
-        // One request per queue (one slot each).
-        let counts = futures::future::join_all(queues.iter().map(|queue| {
-            self.run::<(Option<u64>, u64)>(|| {
-                let mut pipe = redis::pipe();
-                pipe.get(self.keys.pending(queue))
-                    .zcard(self.keys.leased(queue));
-                QueryKind::Pipe(pipe)
-            })
-        }))
-        .await;
-        queues
-            .into_iter()
-            .zip(counts)
-            .map(|(queue, counts)| {
-                let (pending, running) = counts?;
-                Ok(QueueDepth {
-                    queue,
-                    pending: pending.unwrap_or(0),
-                    running: Some(running),
-                })
-            })
-            .collect()
     }
 }
