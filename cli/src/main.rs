@@ -144,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect(),
                 page_size: args.page_size.unwrap_or(0),
                 page_token: args.page_token.unwrap_or_default(),
+                ..Default::default()
             };
             printer.list(&connect(server).await?.list(request).await?)?;
             Ok(ExitCode::SUCCESS)
