@@ -100,6 +100,7 @@ impl Core {
                 page_size: query.page_size,
                 after: query.after,
                 tenant: caller.tenant.clone(),
+                ..ListFilter::default()
             })
             .await?;
         Ok(Page {
