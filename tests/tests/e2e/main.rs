@@ -14,6 +14,7 @@ mod grpcurl;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod list;
 mod metrics;
 mod operations;
 mod python;
