@@ -2,7 +2,7 @@
 //! (durations, sizes, `key=value`, JSON text, ticket states).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use asyncgate_client::pb;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -134,7 +134,8 @@ pub(crate) enum Command {
     Watch(WatchArgs),
     /// Cancel a ticket.
     Cancel(CancelArgs),
-    /// List tickets in creation order.
+    /// List tickets in creation order (oldest first, or --newest-first),
+    /// filtered by queue, state, metadata and creation time.
     List(ListArgs),
     /// List every queue: tickets per state, oldest pending, workers, pause
     /// (an admin or viewer key).
@@ -321,9 +322,51 @@ pub(crate) struct ListArgs {
     #[arg(long, value_name = "N")]
     pub(crate) page_size: Option<u32>,
 
-    /// Continue from a previous page's next_page_token.
+    /// Continue from a previous page's next_page_token (with the same
+    /// --newest-first).
     #[arg(long, value_name = "TOKEN")]
     pub(crate) page_token: Option<String>,
+
+    /// Only tickets whose metadata has this entry (repeatable, up to 16;
+    /// every one must match).
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) metadata: Vec<(String, String)>,
+
+    /// Only tickets created within DUR before now, e.g. 1h or 15m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) since: Option<Duration>,
+
+    /// Only tickets created before this RFC 3339 time, e.g.
+    /// 2025-01-31T12:00:00Z.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
+    pub(crate) before: Option<prost_types::Timestamp>,
+
+    /// Newest first (default: oldest first).
+    #[arg(long)]
+    pub(crate) newest_first: bool,
+}
+
+impl ListArgs {
+    /// The ListTickets request these flags ask for, `--since` counted back
+    /// from `now`.
+    pub(crate) fn request(self, now: SystemTime) -> pb::ListTicketsRequest {
+        pb::ListTicketsRequest {
+            queue: self.queue.unwrap_or_default(),
+            states: self
+                .states
+                .into_iter()
+                .map(|s| pb::TicketState::from(s) as i32)
+                .collect(),
+            page_size: self.page_size.unwrap_or(0),
+            page_token: self.page_token.unwrap_or_default(),
+            metadata: self.metadata.into_iter().collect(),
+            created_after: self
+                .since
+                .map(|since| now.checked_sub(since).unwrap_or(UNIX_EPOCH).into()),
+            created_before: self.before,
+            newest_first: self.newest_first,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -387,6 +430,13 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
+}
+
+/// An RFC 3339 time ("2025-01-31T12:00:00Z", "2025-01-31T14:00:00+02:00").
+fn parse_timestamp(text: &str) -> Result<prost_types::Timestamp, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time; use e.g. 2025-01-31T12:00:00Z"))
 }
 
 fn parse_json(text: &str) -> Result<serde_json::Value, String> {
@@ -499,6 +549,47 @@ mod tests {
             args.states,
             [StateArg::Pending, StateArg::Running, StateArg::Failed]
         );
+
+        let cli = parse(&[
+            "list",
+            "--metadata",
+            "team=x",
+            "--metadata",
+            "env=prod",
+            "--since",
+            "1h",
+            "--before",
+            "2025-01-31T14:00:00+02:00",
+            "--newest-first",
+        ])?;
+        let Command::List(args) = cli.command else {
+            panic!("not list");
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let request = args.request(now);
+        assert_eq!(request.metadata.len(), 2);
+        assert_eq!(request.metadata["team"], "x");
+        assert_eq!(
+            request.created_after,
+            Some(prost_types::Timestamp {
+                seconds: 1_800_000_000 - 3600,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            request.created_before,
+            Some(prost_types::Timestamp {
+                seconds: 1_738_324_800,
+                nanos: 0
+            })
+        );
+        assert!(request.newest_first);
+        let refused = parse(&["list", "--before", "yesterday"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("RFC 3339"), "{refused}");
+        assert!(parse(&["list", "--since", "1 hour"]).is_err());
+        assert!(parse(&["list", "--metadata", "novalue"]).is_err());
 
         let cli = parse(&[
             "--server",

@@ -144,16 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queue(args) => admin::queue(&connect(server).await?, &printer, args).await,
         Command::List(args) => {
-            let request = pb::ListTicketsRequest {
-                queue: args.queue.unwrap_or_default(),
-                states: args
-                    .states
-                    .into_iter()
-                    .map(|s| pb::TicketState::from(s) as i32)
-                    .collect(),
-                page_size: args.page_size.unwrap_or(0),
-                page_token: args.page_token.unwrap_or_default(),
-            };
+            let request = args.request(std::time::SystemTime::now());
             printer.list(&connect(server).await?.list(request).await?)?;
             Ok(ExitCode::SUCCESS)
         }

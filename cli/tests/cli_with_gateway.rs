@@ -642,3 +642,84 @@ async fn an_operator_lists_pauses_purges_and_resumes_a_queue() {
     assert!(stderr.contains("never used"), "{stderr}");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn list_filters_by_metadata_and_time_and_pages_newest_first() {
+    let (running, url) = gateway().await;
+    let mut ids = Vec::new();
+    for team in ["x", "y", "x", "x"] {
+        let metadata = format!("team={team}");
+        let (code, json) = run(cli(&url).args([
+            "--output",
+            "json",
+            "submit",
+            "listed",
+            "--empty",
+            "--metadata",
+            &metadata,
+        ]))
+        .await;
+        assert_eq!(code, 0, "{json}");
+        let ticket: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        ids.push(ticket["id"].as_str().unwrap().to_owned());
+    }
+    let listed = |page: &serde_json::Value| -> Vec<String> {
+        page["tickets"]
+            .as_array()
+            .map(|tickets| {
+                tickets
+                    .iter()
+                    .map(|t| t["id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let filters = [
+        "list",
+        "--queue",
+        "listed",
+        "--metadata",
+        "team=x",
+        "--since",
+        "1h",
+        "--newest-first",
+        "--page-size",
+        "2",
+    ];
+    let (code, json) = run(cli(&url).args(["--output", "json"]).args(filters)).await;
+    assert_eq!(code, 0, "{json}");
+    let first: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(listed(&first), [ids[3].clone(), ids[2].clone()]);
+    let token = first["nextPageToken"].as_str().unwrap().to_owned();
+    let (code, json) = run(cli(&url)
+        .args(["--output", "json"])
+        .args(filters)
+        .args(["--page-token", &token]))
+    .await;
+    assert_eq!(code, 0, "{json}");
+    let second: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(listed(&second), [ids[0].clone()]);
+    assert!(second.get("nextPageToken").is_none(), "{second}");
+
+    // The token of a newest-first listing does not continue an oldest-first one.
+    let output = cli(&url)
+        .args(["list", "--queue", "listed", "--page-token", &token])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("page_token"), "{stderr}");
+
+    // Text output: one line per ticket; none created before 2000.
+    let (code, text) = run(cli(&url).args(["list", "--metadata", "team=y"])).await;
+    assert_eq!(code, 0);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with(&format!("{}  listed  PENDING", ids[1])),
+        "{text}"
+    );
+    let (code, text) = run(cli(&url).args(["list", "--before", "2000-01-01T00:00:00Z"])).await;
+    assert_eq!((code, text.as_str()), (0, "(no tickets)\n"));
+    running.shutdown().await.unwrap();
+}

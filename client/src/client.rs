@@ -241,7 +241,10 @@ impl Client {
             .into_inner())
     }
 
-    /// One page of tickets in creation order, filtered by queue and states.
+    /// One page of tickets in creation order (oldest first, or newest first
+    /// with `newest_first`), filtered by queue, states, metadata entries and
+    /// creation time. Pass a page's `next_page_token` with the same
+    /// `newest_first` to continue it.
     pub async fn list(
         &self,
         request: pb::ListTicketsRequest,

@@ -155,7 +155,7 @@ async fn sweep(client: &Gateway, queue: &str, deadline: Instant, tally: &mut Tal
             queue: queue.to_owned(),
             states: vec![pb::TicketState::Pending as i32],
             page_size: 1000,
-            page_token: String::new(),
+            ..Default::default()
         };
         let listed = tokio::time::timeout_at(deadline, client.clone().list_tickets(request)).await;
         let Ok(Ok(page)) = listed else { break };

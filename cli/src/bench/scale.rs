@@ -323,7 +323,7 @@ async fn queue_settled(channel: &Channel, queue: &str) -> anyhow::Result<bool> {
                 pb::TicketState::Running as i32,
             ],
             page_size: 1,
-            page_token: String::new(),
+            ..Default::default()
         })
         .await
         .context("ListTickets")?

@@ -218,6 +218,7 @@ macro_rules! engine_conformance {
                 retention_leaves_a_tombstone,
                 queue_limit_refuses_submits,
                 list_filters_and_pages,
+                list_metadata_time_and_newest_first,
                 tenants_scope_idempotency_and_lists,
                 idempotency_scopes_do_not_collide,
                 tickets_ahead_counts_the_queue,

@@ -320,7 +320,7 @@ pub enum ReleaseReason {
 }
 
 /// Filters and paging for `list`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only this queue.
     pub queue: Option<QueueName>,
@@ -328,14 +328,24 @@ pub struct ListFilter {
     pub states: Vec<TicketState>,
     /// Page length.
     pub page_size: usize,
-    /// Start after this id.
+    /// Start past this id, in the listing's order: above it oldest first,
+    /// below it newest first.
     pub after: Option<TicketId>,
     /// Only this tenant's tickets (`None`: every tenant's).
     pub tenant: Option<Arc<str>>,
+    /// Only tickets whose metadata holds every one of these entries.
+    pub metadata: Vec<(String, String)>,
+    /// Only tickets created at or after this time.
+    pub created_after: Option<SystemTime>,
+    /// Only tickets created before this time.
+    pub created_before: Option<SystemTime>,
+    /// Descending id order (newest first) rather than ascending.
+    pub newest_first: bool,
 }
 
 impl ListFilter {
-    /// Whether `ticket` passes the queue, state and tenant filters.
+    /// Whether `ticket` passes the queue, state, tenant, metadata and
+    /// creation-time filters (the cursor is [`ListFilter::past_cursor`]'s).
     pub fn admits(&self, ticket: &Ticket) -> bool {
         self.queue.as_ref().is_none_or(|q| *q == ticket.queue)
             && (self.states.is_empty() || self.states.contains(&ticket.state))
@@ -343,6 +353,26 @@ impl ListFilter {
                 .tenant
                 .as_ref()
                 .is_none_or(|t| ticket.tenant.as_deref() == Some(&**t))
+            && self
+                .metadata
+                .iter()
+                .all(|(key, value)| ticket.metadata.get(key) == Some(value))
+            && self.created_after.is_none_or(|at| ticket.created_at >= at)
+            && self.created_before.is_none_or(|at| ticket.created_at < at)
+    }
+
+    /// Whether `id` lies past the page cursor, in the listing's order.
+    pub fn past_cursor(&self, id: TicketId) -> bool {
+        self.after
+            .is_none_or(|after| self.order_key(id) > self.order_key(after))
+    }
+
+    /// `id`'s place in the listing's order, as a number that sorts that
+    /// way: the id's own bits oldest first (UUID v7 order is creation
+    /// order), their complement newest first.
+    pub fn order_key(&self, id: TicketId) -> u128 {
+        let bits = id.0.as_u128();
+        if self.newest_first { !bits } else { bits }
     }
 }
 
@@ -378,7 +408,7 @@ pub fn idempotency_scope(tenant: Option<&str>, key: &str) -> String {
 /// One page of `list`.
 #[derive(Debug, Clone)]
 pub struct ListPage {
-    /// In id order.
+    /// In the listing's order (id order, or its reverse newest first).
     pub tickets: Vec<Ticket>,
     /// Where the next page starts, if there is one.
     pub next: Option<TicketId>,
@@ -616,7 +646,11 @@ pub trait Engine: Send + Sync + 'static {
         Ok(ahead)
     }
 
-    /// A page of tickets in id order.
+    /// A page of the tickets `filter` admits, in id order (or its reverse,
+    /// newest first), past the filter's cursor. A page costs a bounded
+    /// number of store round trips; it may come back short of
+    /// `page_size`, with a cursor to continue, when an engine examined as
+    /// many tickets as one call may.
     async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError>;
 
     /// Cancels a pending or running ticket (a running one's lease is revoked).

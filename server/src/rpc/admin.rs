@@ -171,10 +171,7 @@ impl Admin for AdminService {
         let peer = crate::connection::remote_addr(request.extensions());
         let request = request.into_inner();
         let states = edge::purge_states(&request.states)?;
-        let created_before = request
-            .created_before
-            .map(|at| edge::timestamp(at, "created_before"))
-            .transpose()?;
+        let created_before = convert::list::time(request.created_before, "created_before")?;
         let (queue, _) = self.visible_queue(&caller, &request.name).await?;
         let reason = format!(
             "purged from queue {:?} by key {:?}",
@@ -193,13 +190,12 @@ impl Admin for AdminService {
                     page_size: PURGE_PAGE,
                     after,
                     tenant: caller.tenant.clone(),
+                    created_before,
+                    ..ListFilter::default()
                 })
                 .await
                 .map_err(GatewayError::from)?;
             for ticket in &page.tickets {
-                if created_before.is_some_and(|before| ticket.created_at >= before) {
-                    continue;
-                }
                 // A ticket that finished meanwhile is not purged.
                 match self.core.engine.cancel(ticket.id, &reason).await {
                     Ok(ticket) if ticket.state == TicketState::Cancelled => cancelled += 1,

@@ -1,6 +1,8 @@
 //! The edge: wire messages validated into domain types (every refusal names
 //! the field and says what to fix), and domain tickets presented on the wire
 //! — as `asyncgate.v1.Ticket`s, and as `google.longrunning.Operation`s.
+//! List requests and their page tokens are in `convert/list.rs`, worker
+//! messages in `convert/worker.rs`.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -19,7 +21,10 @@ use crate::error::GatewayError;
 use crate::time::{self, rfc3339};
 
 pub(crate) mod admin;
+pub mod list;
 pub(crate) mod worker;
+
+pub use list::{PageQuery, list_tickets, page, page_token};
 
 /// Priority bounds.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
@@ -420,38 +425,6 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
         attempt_timeout: ticket.attempt_timeout.map(time::duration),
         finished_at: ticket.finished_at.map(time::timestamp),
     }
-}
-
-/// The page length and start of a ListTickets or ListOperations request
-/// (`rpc` names it in the page-token error). Both lists page the same way:
-/// the token is the id of the last ticket of the previous page.
-pub fn page(
-    page_size: u32,
-    page_token: &str,
-    rpc: &str,
-) -> Result<(usize, Option<TicketId>), GatewayError> {
-    use super::gateway::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-    let page_size = match page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(GatewayError::invalid(
-                "page_size",
-                format!("{n} is above the maximum of {MAX_PAGE_SIZE}"),
-            ));
-        }
-        n => n,
-    };
-    let after = if page_token.is_empty() {
-        None
-    } else {
-        Some(ticket_id(page_token, "page_token").map_err(|_| {
-            GatewayError::invalid(
-                "page_token",
-                format!("is not a token from a previous {rpc} response"),
-            )
-        })?)
-    };
-    Ok((page_size as usize, after))
 }
 
 /// The collection of every operation: the parent `ListOperations` accepts,

@@ -7,7 +7,7 @@ use asyncgate_proto::trace_context::{TRACEPARENT, TRACESTATE, TraceParent};
 use asyncgate_proto::v1 as pb;
 use pb::gateway_server::Gateway;
 
-use super::tickets::{CancelBy, PageQuery};
+use super::tickets::CancelBy;
 use super::watch::{EventSink, EventStream};
 use super::{Core, convert};
 use crate::auth::{self, Caller};
@@ -240,32 +240,8 @@ impl Gateway for GatewayService {
         request: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
         let caller = auth::caller(&request);
-        let request = request.into_inner();
-        let queue = if request.queue.is_empty() {
-            None
-        } else {
-            Some(convert::queue_for(&caller, &request.queue, "queue")?)
-        };
-        let states = request
-            .states
-            .iter()
-            .enumerate()
-            .map(|(i, s)| convert::state_from_pb(*s, &format!("states[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (page_size, after) =
-            convert::page(request.page_size, &request.page_token, "ListTickets")?;
-        let page = self
-            .core
-            .list_visible(
-                &caller,
-                PageQuery {
-                    queue,
-                    states,
-                    page_size,
-                    after,
-                },
-            )
-            .await?;
+        let query = convert::list_tickets(&caller, request.into_inner())?;
+        let page = self.core.list_visible(&caller, query).await?;
         Ok(Response::new(pb::ListTicketsResponse {
             tickets: page.tickets,
             next_page_token: page.next_page_token,

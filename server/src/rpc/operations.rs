@@ -14,7 +14,8 @@ use tonic::{Request, Response, Status};
 use asyncgate_proto::longrunning as lro;
 use lro::operations_server::Operations;
 
-use super::tickets::{CancelBy, PageQuery};
+use super::convert::PageQuery;
+use super::tickets::CancelBy;
 use super::{Core, convert};
 use crate::auth::{self, Caller};
 use crate::error::GatewayError;
@@ -100,7 +101,8 @@ impl Operations for OperationsService {
         let page_size = u32::try_from(request.page_size).map_err(|_| {
             GatewayError::invalid("page_size", "must not be negative; 0 means the default")
         })?;
-        let (page_size, after) = convert::page(page_size, &request.page_token, "ListOperations")?;
+        let (page_size, after) =
+            convert::page(page_size, &request.page_token, false, "ListOperations")?;
         let states = match filter.states {
             // Contradicting terms: nothing can match.
             Some(states) if states.is_empty() => {
@@ -117,6 +119,7 @@ impl Operations for OperationsService {
                     states,
                     page_size,
                     after,
+                    ..PageQuery::default()
                 },
             )
             .await?;

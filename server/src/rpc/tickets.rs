@@ -13,27 +13,16 @@ use std::time::{Duration, SystemTime};
 
 use asyncgate_proto::v1 as pb;
 
-use super::{Core, convert};
+use super::Core;
+use super::convert::{self, PageQuery};
 use crate::auth::{self, Caller};
 use crate::domain::{QueueName, QueuePause, Ticket, TicketId, TicketState};
 use crate::engine::{EngineError, ListFilter};
 use crate::error::GatewayError;
 
-/// A validated list request.
-pub struct PageQuery {
-    /// Only this queue's tickets (already scoped to the caller's tenant).
-    pub queue: Option<QueueName>,
-    /// Only these states; empty for every state.
-    pub states: Vec<TicketState>,
-    /// At most this many.
-    pub page_size: usize,
-    /// After this id (the previous page's token).
-    pub after: Option<TicketId>,
-}
-
 /// One page, presented to its caller.
 pub struct Page {
-    /// The tickets, in id order.
+    /// The tickets, in the listing's order.
     pub tickets: Vec<pb::Ticket>,
     /// The token of the next page; empty after the last.
     pub next_page_token: String,
@@ -100,11 +89,18 @@ impl Core {
                 page_size: query.page_size,
                 after: query.after,
                 tenant: caller.tenant.clone(),
+                metadata: query.metadata,
+                created_after: query.created_after,
+                created_before: query.created_before,
+                newest_first: query.newest_first,
             })
             .await?;
         Ok(Page {
             tickets: self.present_page(caller, &page.tickets).await,
-            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+            next_page_token: page
+                .next
+                .map(|id| convert::page_token(id, query.newest_first))
+                .unwrap_or_default(),
         })
     }
 

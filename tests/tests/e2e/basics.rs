@@ -306,6 +306,7 @@ async fn list_pages_through_filtered_tickets() {
                 states: vec![pb::TicketState::Pending as i32],
                 page_size: 2,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -15,6 +15,7 @@ mod grpcurl;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod list;
 mod metrics;
 mod operations;
 mod python;

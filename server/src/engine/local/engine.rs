@@ -72,37 +72,43 @@ impl Engine for LocalEngine {
 
     async fn list(&self, filter: ListFilter) -> Result<ListPage, EngineError> {
         let page_size = filter.page_size.max(1);
-        // Keep the `page_size + 1` smallest matching ids: the extra one tells
-        // whether another page exists.
-        let mut smallest: BinaryHeap<TicketId> = BinaryHeap::new();
-        let mut picked: HashMap<TicketId, Ticket> = HashMap::new();
+        // Keep the first `page_size + 1` matching tickets in the listing's
+        // order (a max-heap of order keys, so the last kept is evicted
+        // first): the extra one tells whether another page exists.
+        let mut first: BinaryHeap<u128> = BinaryHeap::new();
+        let mut picked: HashMap<u128, Ticket> = HashMap::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
             for (id, ticket) in &shard.tickets {
-                if filter.after.is_some_and(|after| *id <= after) || !filter.admits(ticket) {
+                if !filter.past_cursor(*id) || !filter.admits(ticket) {
                     continue;
                 }
-                if smallest.len() > page_size {
-                    if smallest.peek().is_some_and(|largest| id < largest) {
-                        if let Some(evicted) = smallest.pop() {
+                let key = filter.order_key(*id);
+                if first.len() > page_size {
+                    if first.peek().is_some_and(|last| key < *last) {
+                        if let Some(evicted) = first.pop() {
                             picked.remove(&evicted);
                         }
                     } else {
                         continue;
                     }
                 }
-                smallest.push(*id);
-                picked.insert(*id, Ticket::clone(ticket));
+                first.push(key);
+                picked.insert(key, Ticket::clone(ticket));
             }
         }
-        let mut ids = smallest.into_sorted_vec();
-        let more = ids.len() > page_size;
-        ids.truncate(page_size);
-        let next = if more { ids.last().copied() } else { None };
-        let tickets: Vec<Ticket> = ids
+        let mut keys = first.into_sorted_vec();
+        let more = keys.len() > page_size;
+        keys.truncate(page_size);
+        let tickets: Vec<Ticket> = keys
             .into_iter()
-            .filter_map(|id| picked.remove(&id))
+            .filter_map(|key| picked.remove(&key))
             .collect();
+        let next = if more {
+            tickets.last().map(|t| t.id)
+        } else {
+            None
+        };
         let newest_write = tickets.iter().map(|t| t.journal_seq).max().unwrap_or(0);
         self.durable(newest_write).await?;
         Ok(ListPage { tickets, next })

@@ -178,6 +178,16 @@ pub(super) fn millis(at: SystemTime) -> u64 {
     .unwrap_or(u64::MAX)
 }
 
+/// The text every ticket id minted in millisecond `millis` of the epoch
+/// starts with: a UUID v7 opens with its 48-bit time in hex, split by the
+/// first hyphen. Ids are stored as lowercase hyphenated text of one width,
+/// so ids of later milliseconds sort after this prefix and ids of earlier
+/// ones before it.
+pub(super) fn id_time_prefix(millis: u64) -> String {
+    let millis = millis.min((1 << 48) - 1);
+    format!("{:08x}-{:04x}", millis >> 16, millis & 0xffff)
+}
+
 /// A ready-set member: priority (higher first), FIFO position, id — sorted
 /// as text.
 pub(super) fn ready_member(priority: i32, enqueue_seq: u64, id: TicketId) -> String {
@@ -340,6 +350,23 @@ mod tests {
             assert_eq!(parse_timer(&timer_member(&kind, id)), Some((kind, id)));
         }
         assert_eq!(parse_timer("x:nonsense"), None);
+    }
+
+    #[test]
+    fn id_time_prefixes_bound_the_ids_of_their_millisecond() {
+        let at = SystemTime::now();
+        let id = TicketId(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            at.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            at.duration_since(UNIX_EPOCH).unwrap().subsec_nanos(),
+        )))
+        .to_string();
+        let ms = millis(at);
+        assert!(id.starts_with(&id_time_prefix(ms)), "{id}");
+        assert!(id_time_prefix(ms - 1) < id && id < id_time_prefix(ms + 1));
+        // A carry into the digits before the hyphen still sorts.
+        assert!(id_time_prefix(0xffff) < id_time_prefix(0x1_0000));
+        assert_eq!(id_time_prefix(u64::MAX), "ffffffff-ffff");
     }
 
     #[test]

@@ -140,15 +140,6 @@ pub(crate) fn purge_states(states: &[i32]) -> Result<Vec<TicketState>, GatewayEr
     Ok(parsed)
 }
 
-/// A wire timestamp as a time, refusing one out of range.
-pub(crate) fn timestamp(
-    at: prost_types::Timestamp,
-    field: &str,
-) -> Result<SystemTime, GatewayError> {
-    SystemTime::try_from(at)
-        .map_err(|e| GatewayError::invalid(field, format!("is not a valid time: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,9 +220,9 @@ fn operations_filters_parse_or_say_what_is_supported() {
 
 #[test]
 fn pages_are_checked() {
-    assert_eq!(page(0, "", "ListOperations").unwrap(), (100, None));
-    assert!(page(5000, "", "ListOperations").is_err());
-    let error = page(10, "nope", "ListOperations").unwrap_err();
+    assert_eq!(page(0, "", false, "ListOperations").unwrap(), (100, None));
+    assert!(page(5000, "", false, "ListOperations").is_err());
+    let error = page(10, "nope", false, "ListOperations").unwrap_err();
     assert!(
         error
             .to_string()
