@@ -7,5 +7,5 @@ pub mod queue;
 pub mod ticket;
 
 pub use ids::{LeaseId, SessionId, TicketId};
-pub use queue::{QueueName, QueuePause};
+pub use queue::{QueueLimits, QueueName, QueuePause};
 pub use ticket::{Chunk, Lease, NewTicket, Outcome, Progress, Ticket, TicketError, TicketState};

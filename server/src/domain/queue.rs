@@ -115,8 +115,131 @@ pub struct QueuePause {
     pub reason: String,
 }
 
+/// Flow control on a queue's dispatch, over every worker and replica: 0
+/// means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Leases per second (a token bucket).
+    pub max_dispatch_per_second: u32,
+    /// Leases allowed at once above the rate; 0: one second's worth.
+    pub burst: u32,
+    /// Tickets running at once.
+    pub max_concurrent: u32,
+}
+
+impl QueueLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.max_dispatch_per_second > 0 || self.max_concurrent > 0
+    }
+
+    /// The bucket's size: `burst`, else one second's worth (at least 1).
+    pub fn bucket_size(&self) -> f64 {
+        f64::from(if self.burst > 0 {
+            self.burst
+        } else {
+            self.max_dispatch_per_second.max(1)
+        })
+    }
+}
+
+/// A queue's dispatch token bucket: full when created, refilled at the
+/// rate, spent one token per lease.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Tokens now (at `at`).
+    pub tokens: f64,
+    /// When `tokens` was reckoned.
+    pub at: std::time::SystemTime,
+}
+
+impl Bucket {
+    /// A full bucket for `limits`.
+    pub fn full(limits: &QueueLimits, now: std::time::SystemTime) -> Self {
+        Self {
+            tokens: limits.bucket_size(),
+            at: now,
+        }
+    }
+
+    /// Refills for the time since the last reckoning, capped at the size.
+    pub fn refill(&mut self, limits: &QueueLimits, now: std::time::SystemTime) {
+        let elapsed = now
+            .duration_since(self.at)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(limits.max_dispatch_per_second))
+            .min(limits.bucket_size());
+        self.at = self.at.max(now);
+    }
+}
+
+/// How many leases `limits` allow now, with `running` tickets running
+/// (and being leased) and the bucket (if rate-limited) as it is.
+pub fn allowance(limits: &QueueLimits, bucket: Option<&Bucket>, running: u64) -> usize {
+    let by_rate = match (limits.max_dispatch_per_second, bucket) {
+        (0, _) | (_, None) => usize::MAX,
+        (_, Some(bucket)) => bucket.tokens.max(0.0).floor() as usize,
+    };
+    let by_concurrency = match limits.max_concurrent {
+        0 => usize::MAX,
+        max => usize::try_from(u64::from(max).saturating_sub(running)).unwrap_or(usize::MAX),
+    };
+    by_rate.min(by_concurrency)
+}
+
 /// The longest pause reason kept, in characters.
 pub const MAX_PAUSE_REASON_CHARS: usize = 256;
+
+#[cfg(test)]
+mod limit_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn a_bucket_refills_at_the_rate_up_to_its_size() {
+        let limits = QueueLimits {
+            max_dispatch_per_second: 100,
+            burst: 0,
+            max_concurrent: 0,
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut bucket = Bucket::full(&limits, t0);
+        assert_eq!(allowance(&limits, Some(&bucket), 0), 100);
+        bucket.tokens -= 100.0;
+        assert_eq!(allowance(&limits, Some(&bucket), 0), 0);
+        bucket.refill(&limits, t0 + Duration::from_millis(250));
+        assert_eq!(allowance(&limits, Some(&bucket), 0), 25);
+        bucket.refill(&limits, t0 + Duration::from_secs(60));
+        assert_eq!(
+            allowance(&limits, Some(&bucket), 0),
+            100,
+            "capped at the size"
+        );
+        // A clock that steps back adds nothing.
+        bucket.refill(&limits, t0);
+        assert_eq!(allowance(&limits, Some(&bucket), 0), 100);
+    }
+
+    #[test]
+    fn concurrency_and_rate_both_bound_the_allowance() {
+        let limits = QueueLimits {
+            max_dispatch_per_second: 10,
+            burst: 50,
+            max_concurrent: 20,
+        };
+        let bucket = Bucket::full(&limits, SystemTime::now());
+        assert_eq!(bucket.tokens, 50.0);
+        assert_eq!(allowance(&limits, Some(&bucket), 0), 20);
+        assert_eq!(allowance(&limits, Some(&bucket), 15), 5);
+        assert_eq!(allowance(&limits, Some(&bucket), 25), 0);
+        assert_eq!(
+            allowance(&QueueLimits::default(), None, 1_000_000),
+            usize::MAX
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

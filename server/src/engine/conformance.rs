@@ -226,6 +226,7 @@ macro_rules! engine_conformance {
                 queue_counts_follow_every_transition,
                 a_paused_queue_dispatches_nothing_until_resumed,
                 a_sessions_tickets_and_worker_record_are_listed,
+                limits_bound_what_a_claim_takes,
             );
         }
     };

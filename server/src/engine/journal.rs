@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{EngineError, EngineListener, TicketChange};
-use crate::domain::{Chunk, QueueName, QueuePause, Ticket, TicketId};
+use crate::domain::{Chunk, QueueLimits, QueueName, QueuePause, Ticket, TicketId};
 
 /// One change to stored state.
 #[derive(Debug, Clone)]
@@ -49,6 +49,13 @@ pub enum Mutation {
         /// The ticket it stood for.
         ticket_id: TicketId,
     },
+    /// Set a queue's limits (all zero: unlimited).
+    PutQueueLimits {
+        /// The queue.
+        queue: QueueName,
+        /// The limits.
+        limits: QueueLimits,
+    },
     /// Set (or, with `None`, clear) a queue's pause.
     PutQueuePause {
         /// The queue.
@@ -69,6 +76,8 @@ pub struct Recovered {
     pub tombstones: Vec<(TicketId, SystemTime)>,
     /// Paused queues.
     pub paused: Vec<(QueueName, QueuePause)>,
+    /// Queues with limits.
+    pub limits: Vec<(QueueName, QueueLimits)>,
 }
 
 /// Where the local engine's transitions go to become durable.

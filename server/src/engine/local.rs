@@ -36,8 +36,8 @@ use super::{
 };
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
-    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueName, QueuePause, SessionId, Ticket, TicketId,
-    TicketState,
+    Chunk, Lease, LeaseId, NewTicket, Outcome, QueueLimits, QueueName, QueuePause, SessionId,
+    Ticket, TicketId, TicketState,
 };
 
 mod engine;
@@ -172,6 +172,28 @@ impl LocalEngine {
             .cloned()
     }
 
+    /// Queues whose ready tickets wait for a limit that allows some now
+    /// (tokens refilled, running tickets finished): the timer pass
+    /// announces them ready again.
+    fn eased_queues(&self) -> Vec<QueueName> {
+        let now = SystemTime::now();
+        let queues: Vec<(QueueName, Arc<Mutex<QueueIndex>>)> = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, index)| (name.clone(), index.clone()))
+            .collect();
+        queues
+            .into_iter()
+            .filter(|(_, index)| {
+                let mut index = lock(index);
+                index.held_back() && index.allowance(now) > 0
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// What the admin API shows of a queue.
     fn queue_info_of(name: &QueueName, index: &QueueIndex) -> QueueInfo {
         QueueInfo {
@@ -179,6 +201,7 @@ impl LocalEngine {
             counts: index.counts,
             oldest_pending_at: index.oldest_pending_at(),
             pause: index.pause.clone(),
+            limits: index.limits,
         }
     }
 

@@ -87,8 +87,8 @@ use async_trait::async_trait;
 use crate::domain::backoff::Backoff;
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
-    Chunk, Lease, LeaseId, NewTicket, Outcome, Progress, QueueName, QueuePause, SessionId, Ticket,
-    TicketId, TicketState,
+    Chunk, Lease, LeaseId, NewTicket, Outcome, Progress, QueueLimits, QueueName, QueuePause,
+    SessionId, Ticket, TicketId, TicketState,
 };
 
 pub use local::LocalEngine;
@@ -578,6 +578,8 @@ pub struct QueueInfo {
     pub oldest_pending_at: Option<SystemTime>,
     /// Set while it is paused.
     pub pause: Option<QueuePause>,
+    /// Its flow control.
+    pub limits: QueueLimits,
 }
 
 /// Receives what engines change. Called synchronously, possibly under the
@@ -747,6 +749,15 @@ pub trait Engine: Send + Sync + 'static {
     async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
         Ok(self.queue_info(queue).await?.and_then(|info| info.pause))
     }
+
+    /// Sets `queue`'s flow control, for every gateway sharing the store and
+    /// across restarts: claims take at most what the token bucket and the
+    /// cap on running tickets allow. Creates the queue if never used.
+    async fn set_limits(
+        &self,
+        queue: &QueueName,
+        limits: QueueLimits,
+    ) -> Result<QueueInfo, EngineError>;
 
     /// This gateway's name among the replicas sharing the store.
     fn replica(&self) -> String {

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::domain::ticket::Payload;
 use crate::domain::{
-    Lease, LeaseId, Progress, QueueName, QueuePause, SessionId, Ticket, TicketError, TicketId,
-    TicketState,
+    Lease, LeaseId, Progress, QueueLimits, QueueName, QueuePause, SessionId, Ticket, TicketError,
+    TicketId, TicketState,
 };
 
 /// Why a stored record could not be read back.
@@ -107,6 +107,37 @@ pub(crate) struct StoredPause {
     at: u64,
     #[prost(string, tag = "3")]
     reason: String,
+}
+
+/// A queue's limits as stored.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredLimits {
+    #[prost(uint32, tag = "1")]
+    max_dispatch_per_second: u32,
+    #[prost(uint32, tag = "2")]
+    burst: u32,
+    #[prost(uint32, tag = "3")]
+    max_concurrent: u32,
+}
+
+/// A queue's limits in their stored form.
+pub(crate) fn encode_limits(limits: &QueueLimits) -> Vec<u8> {
+    StoredLimits {
+        max_dispatch_per_second: limits.max_dispatch_per_second,
+        burst: limits.burst,
+        max_concurrent: limits.max_concurrent,
+    }
+    .encode_to_vec()
+}
+
+/// Stored limits read back.
+pub(crate) fn decode_limits(bytes: &[u8]) -> Result<QueueLimits, BadRecord> {
+    let stored = StoredLimits::decode(bytes).map_err(|e| BadRecord(e.to_string()))?;
+    Ok(QueueLimits {
+        max_dispatch_per_second: stored.max_dispatch_per_second,
+        burst: stored.burst,
+        max_concurrent: stored.max_concurrent,
+    })
 }
 
 /// A queue's pause in its stored form.

@@ -248,3 +248,64 @@ pub(crate) async fn a_sessions_tickets_and_worker_record_are_listed(factory: Fac
         assert!(workers.is_empty(), "{workers:?}");
     }
 }
+
+pub(crate) async fn limits_bound_what_a_claim_takes(factory: Factory) {
+    let h = harness(factory).await;
+    for _ in 0..10 {
+        h.engine.submit(new_ticket("q")).await.unwrap();
+    }
+    let s = session(&h.engine, "w").await;
+    let five = vec![s.clone(); 5];
+    let claim = || async { h.engine.claim(&queue("q"), &five).await.unwrap() };
+    // At most two running at once.
+    let capped = QueueLimits {
+        max_concurrent: 2,
+        ..QueueLimits::default()
+    };
+    let info = h.engine.set_limits(&queue("q"), capped).await.unwrap();
+    assert_eq!(info.limits, capped);
+    let first = claim().await;
+    assert_eq!(first.len(), 2);
+    assert!(claim().await.is_empty(), "the cap is reached");
+    h.engine
+        .complete(
+            first[0].ticket.id,
+            first[0].lease.lease_id,
+            Outcome::Success(body("ok")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim().await.len(), 1, "one finished, one more may run");
+
+    // Three leases a second, three at once: the bucket starts full.
+    let rated = QueueLimits {
+        max_dispatch_per_second: 3,
+        burst: 3,
+        max_concurrent: 0,
+    };
+    h.recorder.ready.lock().unwrap().clear();
+    h.engine.set_limits(&queue("q"), rated).await.unwrap();
+    h.recorder
+        .until("new limits announced", |r| {
+            r.ready.lock().unwrap().contains(&queue("q")).then_some(())
+        })
+        .await;
+    assert_eq!(claim().await.len(), 3);
+    assert!(claim().await.is_empty(), "the bucket is empty");
+    assert_eq!(
+        h.engine
+            .queue_info(&queue("q"))
+            .await
+            .unwrap()
+            .unwrap()
+            .limits,
+        rated
+    );
+
+    // Unlimited again: the rest go.
+    h.engine
+        .set_limits(&queue("q"), QueueLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(claim().await.len(), 4);
+}

@@ -45,6 +45,8 @@ const CHUNKS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("chunks
 const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("tombstones");
 /// Paused queues: name → `record::StoredPause`.
 const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
+/// Queues with limits: name → `record::StoredLimits`.
+const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
 
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -156,6 +158,7 @@ fn create_tables(database: &Database) -> Result<(), redb::Error> {
     txn.open_table(CHUNKS)?;
     txn.open_table(TOMBSTONES)?;
     txn.open_table(PAUSES)?;
+    txn.open_table(LIMITS)?;
     txn.commit()?;
     Ok(())
 }
@@ -178,6 +181,7 @@ fn read_all(database: &Database) -> Result<Recovered, ReadError> {
     let chunks = txn.open_table(CHUNKS)?;
     let tombstones = txn.open_table(TOMBSTONES)?;
     let pauses = txn.open_table(PAUSES)?;
+    let limits = txn.open_table(LIMITS)?;
     let mut recovered = Recovered::default();
     for entry in tickets.iter()? {
         let (key, value) = entry?;
@@ -217,6 +221,15 @@ fn read_all(database: &Database) -> Result<Recovered, ReadError> {
         let pause = record::decode_pause(value.value())
             .map_err(|e| ReadError::Record(format!("pause of queue {name:?}: {e}")))?;
         recovered.paused.push((queue, pause));
+    }
+    for entry in limits.iter()? {
+        let (key, value) = entry?;
+        let name = key.value();
+        let queue = QueueName::parse_scoped(name)
+            .map_err(|e| ReadError::Record(format!("limited queue {name:?}: {e}")))?;
+        let queue_limits = record::decode_limits(value.value())
+            .map_err(|e| ReadError::Record(format!("limits of queue {name:?}: {e}")))?;
+        recovered.limits.push((queue, queue_limits));
     }
     Ok(recovered)
 }
@@ -552,6 +565,7 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
         let mut chunks = txn.open_table(CHUNKS)?;
         let mut tombstones = txn.open_table(TOMBSTONES)?;
         let mut pauses = txn.open_table(PAUSES)?;
+        let mut limits = txn.open_table(LIMITS)?;
         for append in batch {
             for mutation in &append.mutations {
                 match mutation {
@@ -583,6 +597,15 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
                     }
                     Mutation::DeleteTombstone { ticket_id } => {
                         tombstones.remove(ticket_id.0.as_u128())?;
+                    }
+                    Mutation::PutQueueLimits {
+                        queue,
+                        limits: queue_limits,
+                    } => {
+                        limits.insert(
+                            queue.as_str(),
+                            record::encode_limits(queue_limits).as_slice(),
+                        )?;
                     }
                     Mutation::PutQueuePause { queue, pause } => match pause {
                         Some(pause) => {

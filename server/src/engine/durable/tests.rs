@@ -348,6 +348,12 @@ async fn a_pause_and_the_queue_counts_survive_a_restart() {
             reason: "migrating the database".into(),
         };
         engine.set_pause(&q, Some(pause)).await.unwrap();
+        let limits = crate::domain::QueueLimits {
+            max_dispatch_per_second: 50,
+            burst: 10,
+            max_concurrent: 1,
+        };
+        engine.set_limits(&q, limits).await.unwrap();
         engine.close().await;
     }
     let engine = open(&path, EngineConfig::default()).unwrap();
@@ -366,6 +372,10 @@ async fn a_pause_and_the_queue_counts_survive_a_restart() {
             .is_empty()
     );
     engine.set_pause(&q, None).await.unwrap();
+    engine
+        .set_limits(&q, crate::domain::QueueLimits::default())
+        .await
+        .unwrap();
     engine.close().await;
     let engine = open(&path, EngineConfig::default()).unwrap();
     assert!(

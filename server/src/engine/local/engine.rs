@@ -213,10 +213,10 @@ impl Engine for LocalEngine {
         let popped: Vec<TicketId> = {
             let index = self.queue(queue);
             let mut index = lock(&index);
-            if index.pause.is_some() {
+            let want = sessions.len().min(index.allowance(now));
+            if want == 0 {
                 return Ok(Vec::new());
             }
-            let want = sessions.len();
             let mut popped = Vec::with_capacity(want.min(index.ready.len()));
             while popped.len() < want {
                 match index.pop_first() {
@@ -224,8 +224,10 @@ impl Engine for LocalEngine {
                     None => break,
                 }
             }
+            index.spend(popped.len());
             popped
         };
+        let leasing = popped.len() as u64;
         let mut claimed = Vec::with_capacity(popped.len());
         // The append that stored the claimed tickets as they were before the
         // lease (their submit, or their requeue).
@@ -254,6 +256,12 @@ impl Engine for LocalEngine {
                 ticket: Arc::new(Ticket::clone(ticket)),
                 lease,
             });
+        }
+        // Leased (or given up): no longer reserved against the cap.
+        {
+            let index = self.queue(queue);
+            let mut index = lock(&index);
+            index.leasing = index.leasing.saturating_sub(leasing);
         }
         let mut kept = Vec::with_capacity(claimed.len());
         let mut orphaned = false;
@@ -304,14 +312,10 @@ impl Engine for LocalEngine {
             .unwrap_or_else(|p| p.into_inner())
             .get(queue)
             .cloned();
+        // A paused or limited queue has only what it may give out.
         Some(index.map_or(0, |index| {
-            let index = lock(&index);
-            // A paused queue has nothing to claim.
-            if index.pause.is_some() {
-                0
-            } else {
-                index.ready.len()
-            }
+            let mut index = lock(&index);
+            index.ready.len().min(index.allowance(SystemTime::now()))
         }))
     }
 
@@ -399,6 +403,7 @@ impl Engine for LocalEngine {
             tracing::warn!(%session_id, leases = leases.len(), "worker session expired; its leases are lost");
             last_write = last_write.max(self.lose_all(leases, &mut ready));
         }
+        ready.extend(self.eased_queues());
         for queue in ready {
             self.notify_ready(&queue);
         }
@@ -434,6 +439,37 @@ impl Engine for LocalEngine {
             .unwrap_or_default();
         tickets.sort();
         Ok(tickets)
+    }
+
+    async fn set_limits(
+        &self,
+        queue: &QueueName,
+        limits: QueueLimits,
+    ) -> Result<QueueInfo, EngineError> {
+        if let Some(refused) = self.journal.refusing() {
+            return Err(refused);
+        }
+        let index = self.queue(queue);
+        let (info, seq) = {
+            let mut index = lock(&index);
+            index.set_limits(limits, SystemTime::now());
+            let seq = if self.journal.wants_mutations() {
+                self.journal.append(
+                    vec![Mutation::PutQueueLimits {
+                        queue: queue.clone(),
+                        limits,
+                    }],
+                    Vec::new(),
+                )
+            } else {
+                0
+            };
+            (Self::queue_info_of(queue, &index), seq)
+        };
+        self.durable(seq).await?;
+        // Looser limits may let waiting tickets go.
+        self.notify_ready(queue);
+        Ok(info)
     }
 
     async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {

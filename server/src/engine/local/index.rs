@@ -6,7 +6,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use crate::domain::{QueuePause, TicketId, TicketState};
+use crate::domain::queue::{Bucket, allowance};
+use crate::domain::{QueueLimits, QueuePause, TicketId, TicketState};
 use crate::engine::StateCounts;
 
 /// Ready-order key: highest priority first, then FIFO.
@@ -30,6 +31,13 @@ pub(super) struct QueueIndex {
     pending_by_age: BTreeSet<(SystemTime, TicketId)>,
     /// Set while the queue is paused: nothing is claimed.
     pub(super) pause: Option<QueuePause>,
+    /// Flow control on claims.
+    pub(super) limits: QueueLimits,
+    /// The dispatch token bucket, while a rate is set.
+    bucket: Option<Bucket>,
+    /// Tickets popped by claims not yet leased: they count as running
+    /// against `max_concurrent`.
+    pub(super) leasing: u64,
 }
 
 impl QueueIndex {
@@ -56,6 +64,42 @@ impl QueueIndex {
         if after == Some(TicketState::Pending) {
             self.pending_by_age.insert((created_at, id));
         }
+    }
+
+    /// Sets the limits; a new rate starts with a full bucket.
+    pub(super) fn set_limits(&mut self, limits: QueueLimits, now: SystemTime) {
+        self.bucket = (limits.max_dispatch_per_second > 0).then(|| Bucket::full(&limits, now));
+        self.limits = limits;
+    }
+
+    /// How many tickets may be claimed now: none while paused, else what
+    /// the limits allow.
+    pub(super) fn allowance(&mut self, now: SystemTime) -> usize {
+        if self.pause.is_some() {
+            return 0;
+        }
+        if let Some(bucket) = &mut self.bucket {
+            bucket.refill(&self.limits, now);
+        }
+        allowance(
+            &self.limits,
+            self.bucket.as_ref(),
+            self.counts.running + self.leasing,
+        )
+    }
+
+    /// `n` tickets were popped for leasing: spend their tokens.
+    pub(super) fn spend(&mut self, n: usize) {
+        if let Some(bucket) = &mut self.bucket {
+            bucket.tokens -= n as f64;
+        }
+        self.leasing += n as u64;
+    }
+
+    /// Whether ready tickets wait only for a limit (the timer pass then
+    /// announces the queue ready again as the limit eases).
+    pub(super) fn held_back(&self) -> bool {
+        self.limits.any() && self.pause.is_none() && !self.ready.is_empty()
     }
 
     /// When the oldest PENDING ticket was created.

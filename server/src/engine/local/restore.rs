@@ -57,6 +57,9 @@ impl LocalEngine {
         for (queue, pause) in recovered.paused {
             lock(&self.queue(&queue)).pause = Some(pause);
         }
+        for (queue, limits) in recovered.limits {
+            lock(&self.queue(&queue)).set_limits(limits, now);
+        }
         let mut last_enqueue = 0;
         let mut interrupted = Vec::new();
         for ticket in recovered.tickets {

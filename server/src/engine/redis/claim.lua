@@ -4,14 +4,48 @@
 -- the timer pass to put back). Returns, per ticket: id, revision, record,
 -- payload.
 --
--- KEYS: 1 ready, 2 claiming, 3 the queue's pause. ARGV: 1 N, 2 now (ms),
--- 3 ticket key prefix (the tickets share the queue's hash slot).
+-- KEYS: 1 ready, 2 claiming, 3 the queue's pause, 4 its limits, 5 its
+-- counts per state. ARGV: 1 N, 2 now (ms), 3 ticket key prefix (the
+-- tickets share the queue's hash slot).
 --
--- A paused queue gives nothing.
+-- A paused queue gives nothing. A limited one gives what its token bucket
+-- (rate, burst; tokens and their time kept in the limits hash) and its cap
+-- on running tickets (RUNNING plus those being leased) allow, for every
+-- replica at once.
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {}
 end
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local n = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local limits = redis.call('HMGET', KEYS[4], 'rate', 'burst', 'conc', 'tokens', 'ts')
+local rate = tonumber(limits[1]) or 0
+local conc = tonumber(limits[3]) or 0
+local tokens = 0
+local stamp = now
+if rate > 0 then
+  local size = tonumber(limits[2]) or 0
+  if size <= 0 then
+    size = math.max(rate, 1)
+  end
+  tokens = tonumber(limits[4]) or size
+  stamp = tonumber(limits[5]) or now
+  if now > stamp then
+    tokens = math.min(size, tokens + (now - stamp) * rate / 1000)
+    stamp = now
+  end
+  n = math.min(n, math.floor(tokens))
+end
+if conc > 0 then
+  local running = tonumber(redis.call('HGET', KEYS[5], 'running')) or 0
+  n = math.min(n, conc - running - redis.call('ZCARD', KEYS[2]))
+end
+if n <= 0 then
+  return {}
+end
+local popped = redis.call('ZPOPMIN', KEYS[1], n)
+if rate > 0 then
+  redis.call('HSET', KEYS[4], 'tokens', tostring(tokens - #popped / 2), 'ts', stamp)
+end
 local out = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 25)

@@ -153,6 +153,8 @@ impl Inner {
                     self.keys.ready(queue),
                     self.keys.claiming(queue),
                     self.keys.pause(queue),
+                    self.keys.limits(queue),
+                    self.keys.counts(queue),
                 ],
                 vec![
                     n.to_string().into_bytes(),

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 
 use super::RedisEngine;
 use crate::domain::{
-    Chunk, LeaseId, NewTicket, Outcome, QueueName, QueuePause, SessionId, Ticket, TicketId,
+    Chunk, LeaseId, NewTicket, Outcome, QueueLimits, QueueName, QueuePause, SessionId, Ticket,
+    TicketId,
 };
 use crate::engine::{
     Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
@@ -117,6 +118,14 @@ impl Engine for RedisEngine {
 
     async fn queue_info(&self, queue: &QueueName) -> Result<Option<QueueInfo>, EngineError> {
         self.inner.queue_info(queue).await
+    }
+
+    async fn set_limits(
+        &self,
+        queue: &QueueName,
+        limits: QueueLimits,
+    ) -> Result<QueueInfo, EngineError> {
+        self.inner.set_limits(queue, limits).await
     }
 
     async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {

@@ -69,6 +69,12 @@ impl Keys {
         format!("{}:age", self.tag(queue))
     }
 
+    /// The queue's limits and token bucket (a hash: rate, burst, conc,
+    /// tokens, ts), while it has any.
+    pub(super) fn limits(&self, queue: &QueueName) -> String {
+        format!("{}:limits", self.tag(queue))
+    }
+
     /// The queue's pause (a hash: by, at, reason), while it is paused.
     pub(super) fn pause(&self, queue: &QueueName) -> String {
         format!("{}:pause", self.tag(queue))

@@ -238,6 +238,8 @@ struct Inner {
     session_queues: Mutex<HashSet<(SessionId, QueueName)>>,
     /// When the timer pass last re-announced queues with ready work.
     last_poke: Mutex<Instant>,
+    /// When the timer pass last re-announced limited queues.
+    last_limited_poke: Mutex<Instant>,
 }
 
 /// Locks `mutex`, even if a panic while it was held poisoned it.

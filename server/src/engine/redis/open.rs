@@ -181,6 +181,7 @@ pub async fn connect(
         queues_known: RwLock::default(),
         session_queues: Mutex::default(),
         last_poke: Mutex::new(Instant::now()),
+        last_limited_poke: Mutex::new(Instant::now()),
     });
     let subscriber = spawn_subscriber(&inner, subscriber, channel, push_rx);
     let heartbeat = spawn_heartbeat(&inner);

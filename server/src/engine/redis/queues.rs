@@ -11,7 +11,7 @@ use super::bus;
 use super::layout;
 use super::store::QueryKind;
 use super::{Inner, lock};
-use crate::domain::{QueueName, QueuePause, TicketState};
+use crate::domain::{QueueLimits, QueueName, QueuePause, TicketState};
 use crate::engine::{EngineError, QueueInfo, StateCounts};
 
 /// How long a queue's pause, as read for waiting reasons, is reused: a
@@ -25,6 +25,7 @@ type QueueFields = (
     HashMap<String, i64>,
     Vec<(String, u64)>,
     HashMap<String, String>,
+    (Option<u32>, Option<u32>, Option<u32>),
 );
 
 impl Inner {
@@ -57,12 +58,17 @@ impl Inner {
     }
 
     async fn read_queue(&self, queue: &QueueName) -> Result<QueueInfo, EngineError> {
-        let (counts, oldest, pause): QueueFields = self
+        let (counts, oldest, pause, limits): QueueFields = self
             .run(|| {
                 let mut pipe = redis::pipe();
                 pipe.hgetall(self.keys.counts(queue))
                     .zrange_withscores(self.keys.age(queue), 0, 0)
-                    .hgetall(self.keys.pause(queue));
+                    .hgetall(self.keys.pause(queue))
+                    .cmd("HMGET")
+                    .arg(self.keys.limits(queue))
+                    .arg("rate")
+                    .arg("burst")
+                    .arg("conc");
                 QueryKind::Pipe(pipe)
             })
             .await?;
@@ -77,7 +83,49 @@ impl Inner {
             counts: state_counts,
             oldest_pending_at: oldest.first().map(|(_, ms)| layout::time_of_millis(*ms)),
             pause: pause_from(&pause),
+            limits: QueueLimits {
+                max_dispatch_per_second: limits.0.unwrap_or(0),
+                burst: limits.1.unwrap_or(0),
+                max_concurrent: limits.2.unwrap_or(0),
+            },
         })
+    }
+
+    /// Sets `queue`'s limits for every replica; the token bucket starts
+    /// full. Announces the queue ready (looser limits may let tickets go).
+    pub(super) async fn set_limits(
+        &self,
+        queue: &QueueName,
+        limits: QueueLimits,
+    ) -> Result<QueueInfo, EngineError> {
+        self.register_queue(queue).await?;
+        let key = self.keys.limits(queue);
+        let _: () = self
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.del(&key);
+                if limits.any() {
+                    pipe.hset_multiple(
+                        &key,
+                        &[
+                            ("rate", limits.max_dispatch_per_second),
+                            ("burst", limits.burst),
+                            ("conc", limits.max_concurrent),
+                        ],
+                    );
+                }
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        // On its own: a pipeline is one slot's (Redis Cluster).
+        let _: () = self
+            .run(|| {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(&self.channel).arg(bus::ready(queue));
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        self.read_queue(queue).await
     }
 
     /// The pause of `queue`, from this replica's cache if read within

@@ -34,9 +34,14 @@ const READY_POKE: Duration = Duration::from_secs(1);
 /// Due timers fired per queue per pass.
 const TIMER_BATCH: isize = 512;
 
-/// What the timer pass reads of one queue: due timers, stale claims, and
-/// how many tickets are ready.
-type Due = (Vec<String>, Vec<String>, usize);
+/// How often the timer pass re-announces limited queues with ready work:
+/// their limits ease with time (tokens refill) or as tickets finish, and
+/// nothing else would say so.
+const LIMITED_POKE: Duration = Duration::from_millis(50);
+
+/// What the timer pass reads of one queue: due timers, stale claims, how
+/// many tickets are ready, and whether it has limits.
+type Due = (Vec<String>, Vec<String>, usize, bool);
 
 impl Inner {
     /// One timer pass (see the module docs), as of `now`.
@@ -52,8 +57,16 @@ impl Inner {
             }
             due
         };
+        let limited_poke = {
+            let mut last = lock(&self.last_limited_poke);
+            let due = last.elapsed() >= LIMITED_POKE;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
         let due = self.due(&queues, now_ms).await?;
-        for (queue, (timers, stale_claims, ready_count)) in queues.iter().zip(due) {
+        for (queue, (timers, stale_claims, ready_count, limited)) in queues.iter().zip(due) {
             let fired = futures::stream::iter(timers)
                 .map(|member| async move { self.fire(queue, &member, now).await })
                 .buffer_unordered(16)
@@ -65,7 +78,7 @@ impl Inner {
             if !stale_claims.is_empty() {
                 self.unclaim(queue, stale_claims).await?;
             }
-            if poke && ready_count > 0 {
+            if (poke || (limited && limited_poke)) && ready_count > 0 {
                 ready.insert(queue.clone());
             }
         }
@@ -132,7 +145,8 @@ impl Inner {
                     .arg(self.keys.workers(queue))
                     .arg("-inf")
                     .arg(now_ms)
-                    .ignore();
+                    .ignore()
+                    .exists(self.keys.limits(queue));
                 QueryKind::Pipe(pipe)
             })
         }))
