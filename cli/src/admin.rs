@@ -43,6 +43,22 @@ pub(crate) enum QueueAction {
     /// Cancel a queue's unfinished tickets (PENDING by default), each with
     /// a reason naming the purge.
     Purge(PurgeArgs),
+    /// Set a queue's flow control over every worker and replica (0 or
+    /// absent: unlimited).
+    Limits {
+        /// The queue.
+        name: String,
+        /// Leases per second.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        rate: u32,
+        /// Leases allowed at once above the rate (default: one second's
+        /// worth).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        burst: u32,
+        /// Tickets running at once.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        concurrency: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +193,19 @@ pub(crate) async fn queue(
         QueueAction::Resume { name } => {
             printer.message(&admin.resume_queue(&name).await?, queue_block)?
         }
+        QueueAction::Limits {
+            name,
+            rate,
+            burst,
+            concurrency,
+        } => {
+            let limits = pb::QueueLimits {
+                max_dispatch_per_second: rate,
+                burst,
+                max_concurrent: concurrency,
+            };
+            printer.message(&admin.set_queue_limits(&name, limits).await?, queue_block)?
+        }
         QueueAction::Purge(args) => {
             let states: Vec<pb::TicketState> = args.states.into_iter().map(Into::into).collect();
             let before = args.older_than.map(|age| SystemTime::now() - age);
@@ -230,6 +259,18 @@ fn queue_block(queue: &pb::QueueInfo) -> String {
         let _ = writeln!(text, "oldest pending: {} old", age_text(age.seconds));
     }
     let _ = writeln!(text, "workers: {}", queue.workers);
+    let limits = queue.limits.unwrap_or_default();
+    let limit = |value: u32, unit: &str| match value {
+        0 => "unlimited".to_owned(),
+        n => format!("{n}{unit}"),
+    };
+    let _ = writeln!(
+        text,
+        "limits: {} (burst {}), {} at once",
+        limit(limits.max_dispatch_per_second, "/s"),
+        limit(limits.burst, ""),
+        limit(limits.max_concurrent, "")
+    );
     match &queue.pause {
         Some(pause) => {
             let since = pause.paused_at.map(|at| at.to_string()).unwrap_or_default();

@@ -82,6 +82,26 @@ impl Admin {
             .cancelled)
     }
 
+    /// Sets a queue's flow control: leases per second (with `burst`) and
+    /// tickets running at once, over every worker and replica; 0 means
+    /// unlimited.
+    pub async fn set_queue_limits(
+        &self,
+        name: &str,
+        limits: pb::QueueLimits,
+    ) -> Result<pb::QueueInfo, ClientError> {
+        let request = pb::SetQueueLimitsRequest {
+            name: name.to_owned(),
+            limits: Some(limits),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .set_queue_limits(request)
+            .await?
+            .into_inner())
+    }
+
     /// Connected workers on every replica; of one queue if `queue` is set.
     pub async fn list_workers(
         &self,

@@ -31,8 +31,8 @@ use super::journal::{Journal, MemoryJournal, Mutation};
 use super::transition;
 use super::{
     Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
-    ListFilter, ListPage, ProgressReport, QueueInfo, ReleaseReason, Revocation, RevokeReason,
-    SessionInfo, Submitted, TicketChange,
+    ListFilter, ListPage, ProgressReport, QueueFlow, QueueInfo, ReleaseReason, Revocation,
+    RevokeReason, SessionInfo, Submitted, TicketChange,
 };
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{

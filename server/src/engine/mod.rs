@@ -582,6 +582,17 @@ pub struct QueueInfo {
     pub limits: QueueLimits,
 }
 
+/// What may hold a queue's PENDING tickets back besides the line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFlow {
+    /// Set while paused.
+    pub pause: Option<QueuePause>,
+    /// Its limits.
+    pub limits: QueueLimits,
+    /// Tickets running now.
+    pub running: u64,
+}
+
 /// Receives what engines change. Called synchronously, possibly under the
 /// engine's own locks: implementations must be quick and must not call back
 /// into the engine.
@@ -743,11 +754,19 @@ pub trait Engine: Send + Sync + 'static {
     /// One queue; `None` if it was never used.
     async fn queue_info(&self, queue: &QueueName) -> Result<Option<QueueInfo>, EngineError>;
 
-    /// The pause of `queue`, for waiting reasons: cheap (a shared store's
-    /// engine may answer from a cache a moment old; dispatch itself obeys
-    /// the stored pause exactly).
-    async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
-        Ok(self.queue_info(queue).await?.and_then(|info| info.pause))
+    /// What holds `queue`'s tickets back, for waiting reasons: cheap (a
+    /// shared store's engine may answer from a cache a moment old;
+    /// dispatch itself obeys the stored pause and limits exactly).
+    async fn queue_flow(&self, queue: &QueueName) -> Result<QueueFlow, EngineError> {
+        Ok(self
+            .queue_info(queue)
+            .await?
+            .map(|info| QueueFlow {
+                pause: info.pause,
+                limits: info.limits,
+                running: info.counts.running,
+            })
+            .unwrap_or_default())
     }
 
     /// Sets `queue`'s flow control, for every gateway sharing the store and

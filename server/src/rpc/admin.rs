@@ -219,9 +219,29 @@ impl Admin for AdminService {
 
     async fn set_queue_limits(
         &self,
-        _: Request<pb::SetQueueLimitsRequest>,
+        request: Request<pb::SetQueueLimitsRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
-        Err(not_yet("SetQueueLimits"))
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let request = request.into_inner();
+        let limits = edge::limits(request.limits)?;
+        let (queue, _) = self.visible_queue(&caller, &request.name).await?;
+        let info = self
+            .core
+            .engine
+            .set_limits(&queue, limits)
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(
+            &caller,
+            "SetQueueLimits",
+            peer,
+            &format!(
+                "{queue} ({}/s, burst {}, {} at once)",
+                limits.max_dispatch_per_second, limits.burst, limits.max_concurrent
+            ),
+        );
+        Ok(Response::new(self.present(&caller, info).await))
     }
 
     async fn list_workers(

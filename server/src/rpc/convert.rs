@@ -291,8 +291,8 @@ pub struct WaitContext<'a> {
     /// Whether the viewer sees queues as stored (`tenant/queue`: admins)
     /// rather than by the ticket's tenant's own names.
     pub scoped_names: bool,
-    /// Its queue's pause, if paused.
-    pub pause: Option<&'a crate::domain::QueuePause>,
+    /// What may hold its queue back (pause, limits), if known.
+    pub flow: Option<&'a crate::engine::QueueFlow>,
 }
 
 /// A ticket's queue as the viewer of `context` names it.
@@ -326,7 +326,7 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Waiti
                     ..Default::default()
                 });
             }
-            if let Some(pause) = context.pause {
+            if let Some(pause) = context.flow.and_then(|flow| flow.pause.as_ref()) {
                 return Some(pb::WaitingReason {
                     kind: pb::WaitingReasonKind::Paused as i32,
                     description: format!(
@@ -341,6 +341,22 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Waiti
                         }
                     ),
                     since: Some(time::timestamp(pause.at)),
+                    tickets_ahead: context.tickets_ahead,
+                    last_error: ticket.error.as_ref().map(error_to_pb),
+                    ..Default::default()
+                });
+            }
+            if let Some(description) = context.flow.and_then(held_back)
+                && context.workers > 0
+            {
+                return Some(pb::WaitingReason {
+                    kind: pb::WaitingReasonKind::Limited as i32,
+                    description: format!(
+                        "{description} on queue {:?}; {} ticket{} ahead",
+                        queue_seen(ticket, context),
+                        context.tickets_ahead,
+                        if context.tickets_ahead == 1 { "" } else { "s" },
+                    ),
                     tickets_ahead: context.tickets_ahead,
                     last_error: ticket.error.as_ref().map(error_to_pb),
                     ..Default::default()
@@ -398,6 +414,21 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Waiti
         }
         _ => None,
     }
+}
+
+/// Which limit holds a queue's tickets back, in words: the concurrency cap
+/// when it is reached, else the rate when one is set (the bucket itself is
+/// not read: the rate is what paces the line).
+fn held_back(flow: &crate::engine::QueueFlow) -> Option<String> {
+    let limits = flow.limits;
+    if limits.max_concurrent > 0 && flow.running >= u64::from(limits.max_concurrent) {
+        return Some(format!(
+            "concurrency limit {} reached",
+            limits.max_concurrent
+        ));
+    }
+    (limits.max_dispatch_per_second > 0)
+        .then(|| format!("rate limited: {}/s", limits.max_dispatch_per_second))
 }
 
 /// A domain ticket on the wire (without the request payload).

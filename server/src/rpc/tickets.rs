@@ -16,7 +16,8 @@ use asyncgate_proto::v1 as pb;
 use super::Core;
 use super::convert::{self, PageQuery};
 use crate::auth::{self, Caller};
-use crate::domain::{QueueName, QueuePause, Ticket, TicketId, TicketState};
+use crate::domain::{QueueName, Ticket, TicketId, TicketState};
+use crate::engine::QueueFlow;
 use crate::engine::{EngineError, ListFilter};
 use crate::error::GatewayError;
 
@@ -119,10 +120,10 @@ impl Core {
         tickets_ahead: Option<u64>,
     ) -> pb::Ticket {
         let mut context = self.context(viewer);
-        let pause;
+        let flow;
         if ticket.state == TicketState::Pending {
-            pause = self.engine.queue_pause(&ticket.queue).await.ok().flatten();
-            context.pause = pause.as_ref();
+            flow = self.engine.queue_flow(&ticket.queue).await.ok();
+            context.flow = flow.as_ref();
             context.workers = self.workers(&ticket.queue).await;
             if is_due(ticket) {
                 context.tickets_ahead = match tickets_ahead {
@@ -138,12 +139,12 @@ impl Core {
     /// places in line in one engine call.
     pub async fn present_page(&self, viewer: &Caller, tickets: &[Ticket]) -> Vec<pb::Ticket> {
         let mut workers: HashMap<&QueueName, usize> = HashMap::new();
-        let mut pauses: HashMap<&QueueName, Option<QueuePause>> = HashMap::new();
+        let mut flows: HashMap<&QueueName, Option<QueueFlow>> = HashMap::new();
         for ticket in tickets.iter().filter(|t| t.state == TicketState::Pending) {
             if !workers.contains_key(&ticket.queue) {
                 workers.insert(&ticket.queue, self.workers(&ticket.queue).await);
-                let pause = self.engine.queue_pause(&ticket.queue).await.ok().flatten();
-                pauses.insert(&ticket.queue, pause);
+                let flow = self.engine.queue_flow(&ticket.queue).await.ok();
+                flows.insert(&ticket.queue, flow);
             }
         }
         let due: Vec<&Ticket> = tickets
@@ -161,7 +162,7 @@ impl Core {
                 let mut context = self.context(viewer);
                 if ticket.state == TicketState::Pending {
                     context.workers = workers.get(&ticket.queue).copied().unwrap_or(0);
-                    context.pause = pauses.get(&ticket.queue).and_then(Option::as_ref);
+                    context.flow = flows.get(&ticket.queue).and_then(Option::as_ref);
                     context.tickets_ahead = ahead.remove(&ticket.id).unwrap_or(0);
                 }
                 convert::ticket_to_pb(ticket, context)

@@ -378,3 +378,139 @@ async fn an_operator_sees_the_workers_and_drains_one_which_stops_once_idle() {
         tonic::Code::InvalidArgument
     );
 }
+
+#[tokio::test]
+async fn a_concurrency_limit_holds_tickets_back_and_says_so() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    client.submit(Submit::new("fragile").build()).await.unwrap();
+    let limits = pb::QueueLimits {
+        max_concurrent: 1,
+        ..Default::default()
+    };
+    let info = admin.set_queue_limits("fragile", limits).await.unwrap();
+    assert_eq!(info.limits, Some(limits));
+    let gate = Gate::default();
+    let held = gate.clone();
+    let worker = gateway
+        .worker("fragile")
+        .max_in_flight(4)
+        .handler(handler_fn(move |task: TaskContext| {
+            let held = held.clone();
+            async move {
+                held.enter().await;
+                Ok(task.payload().clone())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    gate.started().await;
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        waiting.push(client.submit(Submit::new("fragile").build()).await.unwrap());
+    }
+    // One runs; the others wait for the cap, and say so.
+    let queue = admin.get_queue("fragile").await.unwrap();
+    assert_eq!(queue.counts.unwrap().running, 1);
+    let reason = client
+        .get(&waiting[1].id, None)
+        .await
+        .unwrap()
+        .waiting_reason
+        .unwrap();
+    assert_eq!(reason.kind(), pb::WaitingReasonKind::Limited);
+    assert!(
+        reason.description.contains("concurrency limit 1 reached"),
+        "{}",
+        reason.description
+    );
+    gate.open();
+    for ticket in &waiting {
+        assert_eq!(
+            state(&finished(&client, &ticket.id).await),
+            pb::TicketState::Succeeded
+        );
+    }
+    worker.shutdown();
+
+    // Bad limits name the field.
+    for (limits, field) in [
+        (
+            pb::QueueLimits {
+                burst: 10,
+                ..Default::default()
+            },
+            "limits.burst",
+        ),
+        (
+            pb::QueueLimits {
+                max_dispatch_per_second: 2_000_000,
+                ..Default::default()
+            },
+            "limits.max_dispatch_per_second",
+        ),
+    ] {
+        let refused = admin.set_queue_limits("fragile", limits).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.to_string().contains(field), "{refused}");
+    }
+    let missing = admin
+        .raw()
+        .set_queue_limits(pb::SetQueueLimitsRequest {
+            name: "fragile".into(),
+            limits: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        admin.get_queue("fragile").await.unwrap().limits,
+        Some(limits),
+        "refused changes changed nothing"
+    );
+}
+
+/// A rate of 20 leases a second with no burst paces 10 tickets over about
+/// half a second, however fast the worker (a lower bound only: a slow
+/// machine makes it slower, never faster).
+#[tokio::test]
+async fn a_rate_limit_paces_dispatch() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    client.submit(Submit::new("paced").build()).await.unwrap();
+    let limits = pb::QueueLimits {
+        max_dispatch_per_second: 20,
+        burst: 1,
+        max_concurrent: 0,
+    };
+    admin.set_queue_limits("paced", limits).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..9 {
+        ids.push(
+            client
+                .submit(Submit::new("paced").build())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let worker = gateway.spawn_worker(
+        "paced",
+        handler_fn(|task: TaskContext| async move { Ok(task.payload().clone()) }),
+    );
+    for id in &ids {
+        finished(&client, id).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350),
+        "10 tickets at 20/s with a burst of 1 took only {took:?}"
+    );
+    let counts = admin.get_queue("paced").await.unwrap().counts.unwrap();
+    assert_eq!(counts.succeeded, 10);
+    worker.shutdown();
+}

@@ -472,10 +472,18 @@ impl Engine for LocalEngine {
         Ok(info)
     }
 
-    async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
+    async fn queue_flow(&self, queue: &QueueName) -> Result<QueueFlow, EngineError> {
         Ok(self
             .existing_queue(queue)
-            .and_then(|index| lock(&index).pause.clone()))
+            .map(|index| {
+                let index = lock(&index);
+                QueueFlow {
+                    pause: index.pause.clone(),
+                    limits: index.limits,
+                    running: index.counts.running,
+                }
+            })
+            .unwrap_or_default())
     }
 
     async fn set_pause(

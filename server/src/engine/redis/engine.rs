@@ -13,7 +13,7 @@ use crate::domain::{
 };
 use crate::engine::{
     Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
-    ProgressReport, QueueInfo, ReleaseReason, SessionInfo, Submitted, WorkerRecord,
+    ProgressReport, QueueFlow, QueueInfo, ReleaseReason, SessionInfo, Submitted, WorkerRecord,
 };
 
 #[async_trait]
@@ -128,8 +128,8 @@ impl Engine for RedisEngine {
         self.inner.set_limits(queue, limits).await
     }
 
-    async fn queue_pause(&self, queue: &QueueName) -> Result<Option<QueuePause>, EngineError> {
-        self.inner.queue_pause(queue).await
+    async fn queue_flow(&self, queue: &QueueName) -> Result<QueueFlow, EngineError> {
+        self.inner.queue_flow(queue).await
     }
 
     async fn set_pause(

@@ -227,9 +227,9 @@ struct Inner {
     session_workers: Mutex<HashMap<SessionId, Arc<[QueueName]>>>,
     /// Recent answers of `connected_workers`, per queue.
     worker_counts: Mutex<HashMap<QueueName, (Instant, usize)>>,
-    /// Queue pauses as lately read, for waiting reasons (see
-    /// `PAUSE_TTL`).
-    pauses: Mutex<HashMap<QueueName, (Instant, Option<crate::domain::QueuePause>)>>,
+    /// What holds queues back, as lately read, for waiting reasons (see
+    /// `FLOW_TTL`).
+    flows: Mutex<HashMap<QueueName, (Instant, crate::engine::QueueFlow)>>,
     /// Where recently seen tickets live (a ticket never changes queue).
     located: LocatorCache,
     /// Queues this replica has registered in the queue set.

@@ -175,7 +175,7 @@ pub async fn connect(
         leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
         located: LocatorCache::default(),
         worker_counts: Mutex::default(),
-        pauses: Mutex::default(),
+        flows: Mutex::default(),
         session_workers: Mutex::default(),
         enqueue_clock: AtomicU64::new(0),
         queues_known: RwLock::default(),

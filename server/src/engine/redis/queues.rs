@@ -12,12 +12,12 @@ use super::layout;
 use super::store::QueryKind;
 use super::{Inner, lock};
 use crate::domain::{QueueLimits, QueueName, QueuePause, TicketState};
-use crate::engine::{EngineError, QueueInfo, StateCounts};
+use crate::engine::{EngineError, QueueFlow, QueueInfo, StateCounts};
 
-/// How long a queue's pause, as read for waiting reasons, is reused: a
-/// submit's answer must not cost a round trip more (dispatch itself reads
-/// the pause in `claim.lua`, exactly).
-const PAUSE_TTL: Duration = Duration::from_secs(1);
+/// How long what holds a queue back (pause, limits, running count), as
+/// read for waiting reasons, is reused: a submit's answer must not cost a
+/// round trip more (dispatch itself obeys them in `claim.lua`, exactly).
+const FLOW_TTL: Duration = Duration::from_secs(1);
 
 /// What one pipeline reads of a queue: counts, the oldest pending entry
 /// (member, score), the pause's fields.
@@ -125,30 +125,32 @@ impl Inner {
                 QueryKind::Cmd(cmd)
             })
             .await?;
-        self.read_queue(queue).await
+        let info = self.read_queue(queue).await?;
+        self.remember_flow(&info);
+        Ok(info)
     }
 
-    /// The pause of `queue`, from this replica's cache if read within
-    /// [`PAUSE_TTL`].
-    pub(super) async fn queue_pause(
-        &self,
-        queue: &QueueName,
-    ) -> Result<Option<QueuePause>, EngineError> {
-        if let Some((read_at, pause)) = lock(&self.pauses).get(queue)
-            && read_at.elapsed() < PAUSE_TTL
+    /// What holds `queue` back, from this replica's cache if read within
+    /// [`FLOW_TTL`].
+    pub(super) async fn queue_flow(&self, queue: &QueueName) -> Result<QueueFlow, EngineError> {
+        if let Some((read_at, flow)) = lock(&self.flows).get(queue)
+            && read_at.elapsed() < FLOW_TTL
         {
-            return Ok(pause.clone());
+            return Ok(flow.clone());
         }
-        let fields: HashMap<String, String> = self
-            .run(|| {
-                let mut cmd = redis::cmd("HGETALL");
-                cmd.arg(self.keys.pause(queue));
-                QueryKind::Cmd(cmd)
-            })
-            .await?;
-        let pause = pause_from(&fields);
-        lock(&self.pauses).insert(queue.clone(), (Instant::now(), pause.clone()));
-        Ok(pause)
+        let info = self.read_queue(queue).await?;
+        Ok(self.remember_flow(&info))
+    }
+
+    /// Caches what `info` says holds its queue back.
+    fn remember_flow(&self, info: &QueueInfo) -> QueueFlow {
+        let flow = QueueFlow {
+            pause: info.pause.clone(),
+            limits: info.limits,
+            running: info.counts.running,
+        };
+        lock(&self.flows).insert(info.queue.clone(), (Instant::now(), flow.clone()));
+        flow
     }
 
     /// Pauses or resumes `queue` for every replica; a resume announces the
@@ -195,7 +197,7 @@ impl Inner {
                 .await?;
         }
         let info = self.read_queue(queue).await?;
-        lock(&self.pauses).insert(queue.clone(), (Instant::now(), info.pause.clone()));
+        self.remember_flow(&info);
         Ok(info)
     }
 }

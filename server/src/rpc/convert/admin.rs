@@ -8,7 +8,7 @@ use asyncgate_proto::v1 as pb;
 use super::state_from_pb;
 use crate::auth::Caller;
 use crate::domain::queue::MAX_PAUSE_REASON_CHARS;
-use crate::domain::{QueueName, SessionId, TicketId, TicketState};
+use crate::domain::{QueueLimits, QueueName, SessionId, TicketId, TicketState};
 use crate::engine::{QueueInfo, WorkerRecord};
 use crate::error::GatewayError;
 use crate::time;
@@ -43,7 +43,11 @@ pub(crate) fn queue_to_pb(
             paused_at: Some(time::timestamp(pause.at)),
             reason: pause.reason,
         }),
-        limits: Some(pb::QueueLimits::default()),
+        limits: Some(pb::QueueLimits {
+            max_dispatch_per_second: info.limits.max_dispatch_per_second,
+            burst: info.limits.burst,
+            max_concurrent: info.limits.max_concurrent,
+        }),
         // Not measured yet: unset rather than a zero that would mislead.
         last_minute: None,
         last_five_minutes: None,
@@ -90,6 +94,48 @@ fn queue_name(caller: &Caller, queue: &QueueName) -> String {
 pub(crate) fn session_id(text: &str, field: &str) -> Result<SessionId, GatewayError> {
     text.parse::<SessionId>()
         .map_err(|e| GatewayError::invalid(field, e.to_string()))
+}
+
+/// The most leases per second a queue may be limited to.
+pub(crate) const MAX_RATE: u32 = 1_000_000;
+/// The largest burst and concurrency cap.
+pub(crate) const MAX_BURST: u32 = 10_000_000;
+
+/// A queue's limits, checked: each within its bound, a burst only with a
+/// rate.
+pub(crate) fn limits(limits: Option<pb::QueueLimits>) -> Result<QueueLimits, GatewayError> {
+    let Some(limits) = limits else {
+        return Err(GatewayError::invalid(
+            "limits",
+            "is missing: set max_dispatch_per_second, burst and/or max_concurrent (0 means unlimited)",
+        ));
+    };
+    let bounded = |value: u32, max: u32, field: &str| {
+        if value > max {
+            Err(GatewayError::invalid(
+                format!("limits.{field}"),
+                format!("is {value}; at most {max} (0 means unlimited)"),
+            ))
+        } else {
+            Ok(value)
+        }
+    };
+    let parsed = QueueLimits {
+        max_dispatch_per_second: bounded(
+            limits.max_dispatch_per_second,
+            MAX_RATE,
+            "max_dispatch_per_second",
+        )?,
+        burst: bounded(limits.burst, MAX_BURST, "burst")?,
+        max_concurrent: bounded(limits.max_concurrent, MAX_BURST, "max_concurrent")?,
+    };
+    if parsed.burst > 0 && parsed.max_dispatch_per_second == 0 {
+        return Err(GatewayError::invalid(
+            "limits.burst",
+            "needs max_dispatch_per_second: a burst is the bucket of a rate",
+        ));
+    }
+    Ok(parsed)
 }
 
 /// A pause's reason: bounded and printable (it is shown in waiting reasons
