@@ -137,6 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queues => admin::queues(&connect(server).await?, &printer).await,
         Command::Queue(args) => admin::queue(&connect(server).await?, &printer, args).await,
+        Command::Retry(args) => admin::retry(&connect(server).await?, &printer, args).await,
+        Command::Delete(args) => admin::delete(&connect(server).await?, &printer, args).await,
         Command::List(args) => {
             let request = pb::ListTicketsRequest {
                 queue: args.queue.unwrap_or_default(),
