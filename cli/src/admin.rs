@@ -1,13 +1,14 @@
-//! The operator's commands: `asyncgate queues` and `asyncgate queue
-//! show|pause|resume|purge NAME`, over `asyncgate.v1.Admin` (an admin key;
-//! a viewer key for the reads).
+//! The operator's commands: `asyncgate queues`, `asyncgate queue
+//! show|pause|resume|purge NAME`, `asyncgate retry ID | --queue Q` and
+//! `asyncgate delete ID`, over `asyncgate.v1.Admin` (an admin key; a viewer
+//! key for the reads).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use asyncgate_client::{Client, pb};
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 
 use crate::cli::{StateArg, parse_duration};
 use crate::output::{Printer, table};
@@ -79,6 +80,84 @@ pub(crate) struct PurgeArgs {
     /// Only tickets older than this, e.g. 1h.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub(crate) older_than: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").args(["id", "queue"]).required(true)))]
+pub(crate) struct RetryArgs {
+    /// The ticket to run again (FAILED, CANCELLED or EXPIRED).
+    #[arg(conflicts_with_all = ["queue", "states", "older_than"])]
+    pub(crate) id: Option<String>,
+
+    /// Instead of one ticket, every matching ticket of this queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub(crate) queue: Option<String>,
+
+    /// With --queue, which states: failed, cancelled and/or expired
+    /// (repeatable, or comma-separated; default failed).
+    #[arg(
+        long = "state",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "STATE",
+        requires = "queue"
+    )]
+    pub(crate) states: Vec<StateArg>,
+
+    /// With --queue, only tickets older than this, e.g. 1h.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "queue")]
+    pub(crate) older_than: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// The ticket (finished: cancel an unfinished one first).
+    pub(crate) id: String,
+}
+
+/// `asyncgate retry`: one ticket (printed as `get` prints it), or a
+/// queue's matching tickets (their count).
+pub(crate) async fn retry(
+    client: &Client,
+    printer: &Printer,
+    args: RetryArgs,
+) -> anyhow::Result<ExitCode> {
+    let admin = client.admin();
+    match (args.id, args.queue) {
+        (Some(id), _) => printer.ticket(&admin.retry_ticket(&id).await?)?,
+        (None, Some(queue)) => {
+            let states: Vec<pb::TicketState> = args.states.into_iter().map(Into::into).collect();
+            let before = args.older_than.map(|age| SystemTime::now() - age);
+            let retried = admin.retry_tickets(&queue, &states, before).await?;
+            printer.message(&pb::RetryTicketsResponse { retried }, |r| {
+                format!(
+                    "retried {} ticket{} of queue {queue:?}",
+                    r.retried,
+                    if r.retried == 1 { "" } else { "s" },
+                )
+            })?;
+        }
+        // clap requires one of them.
+        (None, None) => anyhow::bail!("name a ticket id or --queue"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `asyncgate delete ID`.
+pub(crate) async fn delete(
+    client: &Client,
+    printer: &Printer,
+    args: DeleteArgs,
+) -> anyhow::Result<ExitCode> {
+    let deleted_at = client.admin().delete_ticket(&args.id).await?;
+    let response = pb::DeleteTicketResponse {
+        deleted_at: Some(deleted_at.into()),
+    };
+    printer.message(&response, |r| {
+        let at = r.deleted_at.map(|at| at.to_string()).unwrap_or_default();
+        format!("deleted ticket {} at {at}", args.id)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `asyncgate queues`: every queue as a table.

@@ -156,6 +156,13 @@ pub(crate) enum Command {
         /// Its session id (see `asyncgate workers`).
         session: String,
     },
+    /// Run a FAILED, CANCELLED or EXPIRED ticket again: PENDING, the same
+    /// id, a fresh attempt budget (an admin key). With --queue, every
+    /// matching ticket of the queue.
+    Retry(crate::admin::RetryArgs),
+    /// Delete a finished ticket now; later lookups say it was deleted (an
+    /// admin key).
+    Delete(crate::admin::DeleteArgs),
     /// Check that the gateway serves (grpc.health.v1; needs no API key).
     ///
     /// Prints SERVING or NOT_SERVING and exits 0 or 1 (2 if the gateway
@@ -528,6 +535,36 @@ mod tests {
         assert!(parse(&["submit", "q", "--empty"]).is_ok());
         assert!(parse(&["submit", "q", "--json", "{nope"]).is_err());
         assert!(parse(&["submit", "q", "--wait", "--watch"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn retry_takes_an_id_or_a_queue() -> Result<(), clap::Error> {
+        let cli = parse(&["retry", "01a2"])?;
+        let Command::Retry(args) = cli.command else {
+            panic!("not retry");
+        };
+        assert_eq!(args.id.as_deref(), Some("01a2"));
+        let cli = parse(&[
+            "retry",
+            "--queue",
+            "q",
+            "--state",
+            "failed,expired",
+            "--older-than",
+            "1h",
+        ])?;
+        let Command::Retry(args) = cli.command else {
+            panic!("not retry");
+        };
+        assert_eq!(args.queue.as_deref(), Some("q"));
+        assert_eq!(args.states, [StateArg::Failed, StateArg::Expired]);
+        assert_eq!(args.older_than, Some(Duration::from_secs(3600)));
+        assert!(parse(&["retry"]).is_err(), "an id or --queue");
+        assert!(parse(&["retry", "01a2", "--queue", "q"]).is_err());
+        assert!(parse(&["retry", "01a2", "--state", "failed"]).is_err());
+        assert!(parse(&["delete"]).is_err());
+        assert!(parse(&["delete", "01a2"]).is_ok());
         Ok(())
     }
 

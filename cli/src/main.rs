@@ -143,6 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin::drain(&connect(server).await?, &printer, &session).await
         }
         Command::Queue(args) => admin::queue(&connect(server).await?, &printer, args).await,
+        Command::Retry(args) => admin::retry(&connect(server).await?, &printer, args).await,
+        Command::Delete(args) => admin::delete(&connect(server).await?, &printer, args).await,
         Command::List(args) => {
             let request = args.request(std::time::SystemTime::now());
             printer.list(&connect(server).await?.list(request).await?)?;

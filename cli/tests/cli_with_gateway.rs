@@ -723,3 +723,84 @@ async fn list_filters_by_metadata_and_time_and_pages_newest_first() {
     assert_eq!((code, text.as_str()), (0, "(no tickets)\n"));
     running.shutdown().await.unwrap();
 }
+
+/// Submits an empty ticket to `queue` with the CLI; its id.
+async fn submitted_id(url: &str, queue: &str) -> String {
+    let (code, out) = run(cli(url).args(["--output", "json", "submit", queue, "--empty"])).await;
+    assert_eq!(code, 0, "{out}");
+    let ticket: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    ticket["id"].as_str().expect("an id").to_owned()
+}
+
+/// An operator's retry and delete with the real CLI: a cancelled ticket
+/// retried by id (text), a queue's cancelled tickets in bulk (text and
+/// JSON), a finished ticket deleted (JSON); and what a delete of an
+/// unfinished ticket and a lookup of a deleted one say on stderr.
+#[tokio::test]
+async fn an_operator_retries_and_deletes_tickets() {
+    let (running, url) = gateway().await;
+    let (a, b, c) = (
+        submitted_id(&url, "nightly").await,
+        submitted_id(&url, "nightly").await,
+        submitted_id(&url, "nightly").await,
+    );
+    for id in [&a, &b] {
+        let (code, out) = run(cli(&url).args(["cancel", id])).await;
+        assert_eq!(code, 0, "{out}");
+    }
+
+    let (code, out) = run(cli(&url).args(["retry", &a])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("{a}  nightly  PENDING  attempt 0/")),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: "),
+        "the last error, for context: {out}"
+    );
+    let (code, out) =
+        run(cli(&url).args(["retry", "--queue", "nightly", "--state", "cancelled"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), "retried 1 ticket of queue \"nightly\"");
+    run(cli(&url).args(["cancel", &b])).await;
+    let (code, out) = run(cli(&url).args([
+        "--output",
+        "json",
+        "retry",
+        "--queue",
+        "nightly",
+        "--state",
+        "cancelled,failed",
+        "--older-than",
+        "0s",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let retried: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(retried["retried"], "1", "{out}");
+
+    let refused = cli(&url).args(["delete", &c]).output().await.unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("cancel it first"), "{stderr}");
+    run(cli(&url).args(["cancel", &c])).await;
+    let (code, out) = run(cli(&url).args(["--output", "json", "delete", &c])).await;
+    assert_eq!(code, 0, "{out}");
+    let deleted: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    let at = deleted["deletedAt"].as_str().expect("deletedAt").to_owned();
+    let gone = cli(&url).args(["get", &c]).output().await.unwrap();
+    assert_ne!(gone.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(stderr.contains(&at), "says when: {at}: {stderr}");
+    let (code, out) = run(cli(&url).args(["delete", &a])).await;
+    assert_ne!(code, 0, "a pending ticket: {out}");
+
+    let usage = cli(&url)
+        .args(["retry", "--state", "failed"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2), "an id or --queue is required");
+    running.shutdown().await.unwrap();
+}

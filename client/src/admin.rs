@@ -128,6 +128,60 @@ impl Admin {
         Ok(self.inner.clone().drain_worker(request).await?.into_inner())
     }
 
+    /// Runs a FAILED, CANCELLED or EXPIRED ticket again: PENDING, the same
+    /// id, a fresh attempt budget, its events continuing; returns it.
+    /// `FAILED_PRECONDITION` for a ticket still pending or running, or one
+    /// that succeeded (submit again); `NOT_FOUND` for an unknown, deleted or
+    /// another tenant's ticket.
+    pub async fn retry_ticket(&self, id: &str) -> Result<pb::Ticket, ClientError> {
+        let request = pb::RetryTicketRequest { id: id.to_owned() };
+        Ok(self.inner.clone().retry_ticket(request).await?.into_inner())
+    }
+
+    /// [`Admin::retry_ticket`] for every ticket of `queue` in `states`
+    /// (FAILED, CANCELLED and/or EXPIRED; none: FAILED) created before
+    /// `created_before` (none: all); returns how many went back to PENDING.
+    pub async fn retry_tickets(
+        &self,
+        queue: &str,
+        states: &[pb::TicketState],
+        created_before: Option<SystemTime>,
+    ) -> Result<u64, ClientError> {
+        let request = pb::RetryTicketsRequest {
+            queue: queue.to_owned(),
+            states: states.iter().map(|s| *s as i32).collect(),
+            created_before: created_before.map(prost_types::Timestamp::from),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .retry_tickets(request)
+            .await?
+            .into_inner()
+            .retried)
+    }
+
+    /// Deletes a finished ticket now (`FAILED_PRECONDITION` for one still
+    /// pending or running: cancel it first); returns when. A later lookup
+    /// answers `NOT_FOUND`, saying it was deleted then.
+    pub async fn delete_ticket(&self, id: &str) -> Result<SystemTime, ClientError> {
+        let request = pb::DeleteTicketRequest { id: id.to_owned() };
+        let deleted_at = self
+            .inner
+            .clone()
+            .delete_ticket(request)
+            .await?
+            .into_inner()
+            .deleted_at;
+        deleted_at
+            .and_then(|at| SystemTime::try_from(at).ok())
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "DeleteTicket answered without a valid deleted_at ({deleted_at:?})"
+                ))
+            })
+    }
+
     /// The generated client, for the methods this wrapper does not cover.
     pub fn raw(&self) -> AdminClient<Transport> {
         self.inner.clone()

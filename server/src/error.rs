@@ -114,9 +114,10 @@ impl GatewayError {
                     Code::ResourceExhausted
                 }
                 EngineError::IdempotencyConflict { .. } => Code::AlreadyExists,
-                EngineError::StaleLease { .. } | EngineError::AlreadyTerminal { .. } => {
-                    Code::FailedPrecondition
-                }
+                EngineError::StaleLease { .. }
+                | EngineError::AlreadyTerminal { .. }
+                | EngineError::NotFinished { .. }
+                | EngineError::SucceededNotRetried(_) => Code::FailedPrecondition,
                 EngineError::SessionLost(_) => Code::Unavailable,
                 EngineError::Store(e) => match e.kind() {
                     // A full store is UNAVAILABLE, as before the kinds were

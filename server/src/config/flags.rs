@@ -238,8 +238,9 @@ pub struct Cli {
     )]
     pub max_pending_per_queue: usize,
     /// Bytes of request bodies and metadata that pending and running
-    /// tickets may hold in all, across every queue and tenant; a submit past
-    /// it gets RESOURCE_EXHAUSTED.
+    /// tickets, and failed, cancelled or expired ones kept for a retry, may
+    /// hold in all, across every queue and tenant; a submit past it gets
+    /// RESOURCE_EXHAUSTED.
     #[arg(
         long,
         env = "ASYNCGATE_MAX_PENDING_BYTES",

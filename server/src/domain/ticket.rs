@@ -175,8 +175,10 @@ pub struct Ticket {
     pub priority: i32,
     /// Caller's labels (shared: snapshots are frequent).
     pub metadata: Arc<HashMap<String, String>>,
-    /// The request body (shared: it is handed to every attempt); empty once
-    /// the ticket is finished (see [`Ticket::forget_request`]).
+    /// The request body (shared: it is handed to every attempt). Kept while
+    /// the ticket may still run: unfinished, or finished other than
+    /// SUCCEEDED (an operator may retry it); empty once it succeeded (see
+    /// [`Ticket::holds_request`]).
     pub payload: Arc<Payload>,
     /// Submit time.
     pub created_at: SystemTime,
@@ -184,8 +186,12 @@ pub struct Ticket {
     pub updated_at: SystemTime,
     /// When it became terminal.
     pub finished_at: Option<SystemTime>,
-    /// created_at + timeout.
+    /// When the current run must end: created_at + timeout, or, after an
+    /// operator's retry, the retry's time + timeout.
     pub deadline: Option<SystemTime>,
+    /// Budget from submit (or retry) to result, from which `deadline` is
+    /// set.
+    pub timeout: Option<Duration>,
     /// Budget of one attempt.
     pub attempt_timeout: Option<Duration>,
     /// The result, once SUCCEEDED.
@@ -228,10 +234,19 @@ fn shared_metadata(metadata: HashMap<String, String>) -> Arc<HashMap<String, Str
 }
 
 impl Ticket {
-    /// Drops the request body of a finished ticket: no attempt will need it
-    /// again and no API shows it, so retention keeps only the result.
-    /// Returns what the request weighed (see `engine::request_bytes`), or 0
-    /// if it was already forgotten, so that budgets are released once.
+    /// Whether the ticket keeps its request body, and so weighs on the
+    /// pending-bytes budget: while it may still run — unfinished, or
+    /// FAILED, CANCELLED or EXPIRED, which an operator may retry. A
+    /// SUCCEEDED ticket never runs again.
+    pub fn holds_request(&self) -> bool {
+        self.state != TicketState::Succeeded
+    }
+
+    /// Drops the request body of a ticket that will not run again (it
+    /// succeeded, or it is being deleted): no attempt needs it and no API
+    /// shows it, so retention keeps only the result. Returns what the
+    /// request weighed (see `engine::request_bytes`), or 0 if it was
+    /// already forgotten, so that budgets are released once.
     pub fn forget_request(&mut self) -> u64 {
         static EMPTY: std::sync::OnceLock<Arc<Payload>> = std::sync::OnceLock::new();
         let empty = EMPTY.get_or_init(Arc::default);
@@ -258,6 +273,7 @@ impl Ticket {
             updated_at: now,
             finished_at: None,
             deadline: new.timeout.map(|t| now + t),
+            timeout: new.timeout,
             attempt_timeout: new.attempt_timeout,
             result: None,
             error: None,

@@ -6,8 +6,8 @@
 //!
 //! This file holds the harness (the recording listener, helpers) and the
 //! macro; the cases live by concern in `conformance/` (submit, lease,
-//! lifetime, output, list, events, queues) and are re-exported here, where the
-//! macro names them.
+//! lifetime, output, list, events, queues, retry) and are re-exported here,
+//! where the macro names them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ mod lifetime;
 mod list;
 mod output;
 mod queues;
+mod retry;
 mod submit;
 
 pub(crate) use events::*;
@@ -33,6 +34,7 @@ pub(crate) use lifetime::*;
 pub(crate) use list::*;
 pub(crate) use output::*;
 pub(crate) use queues::*;
+pub(crate) use retry::*;
 pub(crate) use submit::*;
 
 /// Records everything an engine reports.
@@ -227,6 +229,12 @@ macro_rules! engine_conformance {
                 a_paused_queue_dispatches_nothing_until_resumed,
                 a_sessions_tickets_and_worker_record_are_listed,
                 limits_bound_what_a_claim_takes,
+                a_failed_ticket_runs_again_under_its_id,
+                cancelled_and_expired_tickets_are_retried,
+                only_tickets_that_ended_without_success_are_retried,
+                a_retry_starts_the_output_afresh,
+                queue_counts_follow_retry_and_delete,
+                a_deleted_ticket_leaves_a_tombstone,
             );
         }
     };

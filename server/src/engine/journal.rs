@@ -23,7 +23,8 @@ use crate::domain::{Chunk, QueueLimits, QueueName, QueuePause, Ticket, TicketId}
 #[derive(Debug, Clone)]
 pub enum Mutation {
     /// Insert or replace a ticket's record; `with_payload` when its request
-    /// payload must be written too (only at submit).
+    /// payload must be written too (only at submit: it stays stored until
+    /// the ticket is deleted).
     PutTicket {
         /// The record after the transition.
         ticket: Arc<Ticket>,
@@ -36,6 +37,12 @@ pub enum Mutation {
         ticket_id: TicketId,
         /// The chunk.
         chunk: Chunk,
+    },
+    /// Delete a ticket's output chunks (an operator's retry starts its
+    /// output afresh).
+    DeleteChunks {
+        /// The ticket.
+        ticket_id: TicketId,
     },
     /// Delete a ticket with its payload and chunks, leaving a tombstone.
     DeleteTicket {

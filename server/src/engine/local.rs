@@ -14,12 +14,13 @@
 //! This file holds the shards, the engine's state and the helpers every
 //! transition uses (journal commits, the ready index, settling a ticket,
 //! losing a lease); `local/engine.rs` is `impl Engine`, `local/writes.rs`
-//! the synchronous halves of submit, progress and complete,
+//! the synchronous halves of submit, progress and complete, `local/admin.rs`
+//! those of an operator's retry and delete,
 //! `local/timers.rs` what a due timer does, `local/index.rs` a queue's ready
 //! index and `local/restore.rs` the rebuild from a durable journal.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, hash_map::Entry};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -40,6 +41,7 @@ use crate::domain::{
     Ticket, TicketId, TicketState,
 };
 
+mod admin;
 mod engine;
 mod index;
 mod restore;
@@ -90,7 +92,9 @@ pub struct LocalEngine {
     queues: RwLock<HashMap<QueueName, Arc<Mutex<QueueIndex>>>>,
     sessions: Box<[Mutex<HashMap<SessionId, SessionRecord>>]>,
     enqueue_seq: AtomicU64,
-    /// Request bytes held by unfinished tickets (`max_pending_bytes`).
+    /// Request bytes held by tickets that may still run: unfinished, or
+    /// finished other than SUCCEEDED (`max_pending_bytes`; see
+    /// `Ticket::holds_request`).
     pending_bytes: AtomicU64,
     /// Output chunk bytes held in memory (`max_output_bytes`).
     held_output: AtomicU64,
@@ -343,8 +347,13 @@ impl LocalEngine {
         now: SystemTime,
     ) -> bool {
         let ready = if ticket.state.is_terminal() {
-            let released = ticket.forget_request();
-            self.pending_bytes.fetch_sub(released, Ordering::Relaxed);
+            if !ticket.holds_request() {
+                // Succeeded: it never runs again. A failed, cancelled or
+                // expired ticket keeps its body (and its weight on the
+                // budget) for an operator's retry, until it is deleted.
+                let released = ticket.forget_request();
+                self.pending_bytes.fetch_sub(released, Ordering::Relaxed);
+            }
             if self.journal.keeps_chunks() {
                 // On disk already (or on its way, in order): a finished
                 // ticket's output is read from there.

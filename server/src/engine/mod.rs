@@ -110,9 +110,12 @@ pub struct EngineConfig {
     pub tombstone_retention: Duration,
     /// Pending tickets one queue may hold before submits are refused.
     pub max_pending_per_queue: usize,
-    /// Bytes of request bodies and metadata that unfinished tickets may hold
-    /// in all (see [`request_bytes`]): many queues, or many tenants, cannot
-    /// add up past it.
+    /// Bytes of request bodies and metadata that tickets may hold in all
+    /// (see [`request_bytes`]): many queues, or many tenants, cannot add up
+    /// past it. Unfinished tickets hold theirs, and so do FAILED, CANCELLED
+    /// and EXPIRED ones until they are retried to success, deleted or
+    /// retention ends (an operator may retry them, so their body is kept);
+    /// without that the budget would no longer bound memory.
     pub max_pending_bytes: u64,
     /// Bytes of partial output one ticket may store: a worker streaming
     /// output without end cannot grow the store (or a memory gateway) by
@@ -161,9 +164,10 @@ pub enum EngineError {
     /// No such ticket: check the id.
     #[error("ticket {0} not found")]
     NotFound(TicketId),
-    /// The ticket finished and was deleted after the retention period.
+    /// The ticket finished and was deleted: after the retention period, or
+    /// sooner by an operator (`DeleteTicket`).
     #[error(
-        "ticket {id} finished and its result expired at {deleted_at}: results are kept for the retention period after they finish"
+        "ticket {id} finished and its result expired at {deleted_at}: results are kept for the retention period after they finish, unless an operator deletes them sooner"
     )]
     ResultExpired {
         /// The ticket.
@@ -214,6 +218,23 @@ pub enum EngineError {
         /// What was attempted.
         action: &'static str,
     },
+    /// The ticket has not finished, and the action needs a finished one:
+    /// `hint` says what to do (wait for it, or cancel it first).
+    #[error("ticket {id} is still {state}, not finished: {hint}", state = .state.name())]
+    NotFinished {
+        /// The ticket.
+        id: TicketId,
+        /// Its state (PENDING or RUNNING).
+        state: TicketState,
+        /// What the caller can do.
+        hint: &'static str,
+    },
+    /// The ticket succeeded: it is not run again. Submit the request again
+    /// to run it again.
+    #[error(
+        "ticket {0} succeeded; succeeded tickets are not retried (their request body is not kept): submit the request again"
+    )]
+    SucceededNotRetried(TicketId),
     /// A limit on stored data was reached.
     #[error("{0}")]
     LimitExceeded(String),
@@ -378,8 +399,9 @@ impl ListFilter {
     }
 }
 
-/// What an unfinished ticket's request weighs against
-/// [`EngineConfig::max_pending_bytes`]: its encoded body and metadata.
+/// What a ticket's request weighs against
+/// [`EngineConfig::max_pending_bytes`] while it holds it (see
+/// [`Ticket::holds_request`]): its encoded body and metadata.
 pub fn request_bytes(
     payload: &crate::domain::ticket::Payload,
     metadata: &HashMap<String, String>,
@@ -391,7 +413,7 @@ pub fn request_bytes(
 /// The refusal of a submit past [`EngineConfig::max_pending_bytes`].
 pub fn pending_bytes_full(limit: u64) -> EngineError {
     EngineError::LimitExceeded(format!(
-        "the gateway's budget for pending request bytes is full ({limit} bytes, --max-pending-bytes); retry later or add workers"
+        "the gateway's budget for pending request bytes is full ({limit} bytes, --max-pending-bytes; unfinished tickets and failed, cancelled or expired ones kept for a retry count); retry later, add workers, or delete finished tickets that will not be retried"
     ))
 }
 
@@ -575,6 +597,19 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Cancels a pending or running ticket (a running one's lease is revoked).
     async fn cancel(&self, id: TicketId, reason: &str) -> Result<Ticket, EngineError>;
+
+    /// An operator's retry: a FAILED, CANCELLED or EXPIRED ticket goes back
+    /// to PENDING, with the same id, its seq continuing, a fresh attempt
+    /// budget and a new deadline (see `transition::retry`); its old output
+    /// is dropped. Its queue is announced ready. A PENDING or RUNNING
+    /// ticket is `NotFinished`, a SUCCEEDED one `SucceededNotRetried`.
+    async fn retry(&self, id: TicketId) -> Result<Ticket, EngineError>;
+
+    /// Deletes a finished ticket now, as retention would: its record,
+    /// body and output go, a tombstone stays (lookups answer
+    /// `ResultExpired` with the returned time). An unfinished ticket is
+    /// `NotFinished` (cancel it first).
+    async fn delete(&self, id: TicketId) -> Result<SystemTime, EngineError>;
 
     /// Registers a worker session (its Hello) until `expires_at`; its
     /// leases are lost when it is not renewed in time.

@@ -1,11 +1,13 @@
 //! A reference checker for the engine's state machine, shared by the
 //! property tests (`properties.rs`) and the fuzz targets (`fuzz/`): random
 //! sequences of submit, claim, progress, result, release, cancel, session
-//! loss and timer passes, checked after every step against what must always
-//! hold:
+//! loss, timer passes and an operator's retry and delete, checked after
+//! every step against what must always hold:
 //!
 //! - a ticket records at most one result, and only from its current lease;
-//! - a terminal ticket never changes again;
+//! - a terminal ticket never changes again, but for an operator's retry of a
+//!   FAILED, CANCELLED or EXPIRED one (PENDING, its seq continuing) or
+//!   delete (gone for good);
 //! - no two leases of one ticket are live at once (a claim never hands out a
 //!   ticket that is running under another lease).
 
@@ -44,6 +46,8 @@ pub enum Op {
     Progress { lease: usize },
     Release { lease: usize, delivered: bool },
     Cancel { ticket: usize },
+    Retry { ticket: usize },
+    Delete { ticket: usize },
     EndSession { session: usize },
     Timers { advance_secs: u64 },
 }
@@ -74,6 +78,8 @@ struct Model {
     terminal: HashMap<TicketId, (TicketState, Option<Payload>, u64)>,
     /// Results recorded per ticket.
     recorded: HashMap<TicketId, u32>,
+    /// Tickets an operator deleted: they never come back.
+    deleted: std::collections::HashSet<TicketId>,
 }
 
 impl Model {
@@ -160,15 +166,29 @@ pub async fn check_on(engine: Arc<dyn Engine>, ops: Vec<Op>) -> Result<(), Strin
                 } else {
                     ReleaseReason::Undelivered
                 };
-                engine.release(id, held.lease_id, reason).await.unwrap();
+                match engine.release(id, held.lease_id, reason).await {
+                    Ok(()) => {}
+                    // Deleted by an operator since: nothing to give back.
+                    Err(EngineError::ResultExpired { .. }) if model.deleted.contains(&id) => {}
+                    Err(other) => ensure!(false, "release failed: {other}"),
+                }
             }
             Op::Cancel { ticket } if ticket < model.tickets.len() => {
                 let id = model.tickets[ticket];
                 match engine.cancel(id, "property").await {
                     Ok(ticket) => model.observe(&ticket)?,
                     Err(EngineError::AlreadyTerminal { .. }) => {}
+                    Err(EngineError::ResultExpired { .. }) if model.deleted.contains(&id) => {}
                     Err(other) => ensure!(false, "unexpected error {other}"),
                 }
+            }
+            Op::Retry { ticket } if ticket < model.tickets.len() => {
+                let id = model.tickets[ticket];
+                retry(&engine, &mut model, id).await?;
+            }
+            Op::Delete { ticket } if ticket < model.tickets.len() => {
+                let id = model.tickets[ticket];
+                delete(&engine, &mut model, id).await?;
             }
             Op::EndSession { session } => {
                 engine
@@ -276,6 +296,7 @@ async fn complete(
         Err(EngineError::StaleLease { .. }) => {
             ensure!(!was_live, "the live lease's result was refused");
         }
+        Err(EngineError::ResultExpired { .. }) if model.deleted.contains(&id) => {}
         Err(other) => ensure!(false, "unexpected error {other}"),
     }
     Ok(())
@@ -301,6 +322,64 @@ async fn progress(engine: &Arc<dyn Engine>, model: &Model, lease: usize) -> Resu
     Ok(())
 }
 
+/// `Op::Retry`: only a FAILED, CANCELLED or EXPIRED ticket goes back to
+/// PENDING, its seq continuing, with a fresh attempt budget.
+async fn retry(engine: &Arc<dyn Engine>, model: &mut Model, id: TicketId) -> Result<(), String> {
+    let ended = model
+        .terminal
+        .get(&id)
+        .map(|(state, _, seq)| (*state, *seq));
+    match engine.retry(id).await {
+        Ok(ticket) => {
+            let Some((state, seq)) = ended else {
+                return Err(format!("unfinished ticket {id} was retried"));
+            };
+            ensure!(
+                state != TicketState::Succeeded,
+                "succeeded ticket {id} was retried"
+            );
+            ensure_eq!(ticket.state, TicketState::Pending, "a retried ticket");
+            ensure_eq!(ticket.seq, seq + 1, "a retry continues the seq");
+            ensure_eq!(ticket.attempt, 0, "a retry's attempt budget");
+            model.terminal.remove(&id);
+            model.observe(&ticket)?;
+        }
+        Err(EngineError::NotFinished { .. }) => {
+            ensure!(
+                ended.is_none(),
+                "finished ticket {id} refused as unfinished"
+            );
+        }
+        Err(EngineError::SucceededNotRetried(_)) => {
+            ensure_eq!(
+                ended.map(|(state, _)| state),
+                Some(TicketState::Succeeded),
+                "refused as succeeded"
+            );
+        }
+        Err(EngineError::ResultExpired { .. }) => {}
+        Err(other) => ensure!(false, "unexpected error {other}"),
+    }
+    Ok(())
+}
+
+/// `Op::Delete`: only a finished ticket is deleted, for good.
+async fn delete(engine: &Arc<dyn Engine>, model: &mut Model, id: TicketId) -> Result<(), String> {
+    let ended = model.terminal.contains_key(&id);
+    match engine.delete(id).await {
+        Ok(_) => {
+            ensure!(ended, "unfinished ticket {id} was deleted");
+            model.deleted.insert(id);
+        }
+        Err(EngineError::NotFinished { .. }) => {
+            ensure!(!ended, "finished ticket {id} refused as unfinished");
+        }
+        Err(EngineError::ResultExpired { .. }) => {}
+        Err(other) => ensure!(false, "unexpected error {other}"),
+    }
+    Ok(())
+}
+
 /// Every ticket, after every step: the invariants hold.
 async fn check_every_ticket(engine: &Arc<dyn Engine>, model: &mut Model) -> Result<(), String> {
     // What the admin API must show of each queue, from the tickets.
@@ -308,6 +387,7 @@ async fn check_every_ticket(engine: &Arc<dyn Engine>, model: &mut Model) -> Resu
     for id in model.tickets.clone() {
         match engine.get(id).await {
             Ok(ticket) => {
+                ensure!(!model.deleted.contains(&id), "deleted ticket {id} is back");
                 model.observe(&ticket)?;
                 let (counts, oldest) = expected.entry(ticket.queue.clone()).or_default();
                 *counts.get_mut(ticket.state) += 1;

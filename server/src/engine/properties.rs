@@ -23,6 +23,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..16).prop_map(|lease| Op::Progress { lease }),
         1 => (0usize..16, any::<bool>()).prop_map(|(lease, delivered)| Op::Release { lease, delivered }),
         1 => (0usize..16).prop_map(|ticket| Op::Cancel { ticket }),
+        1 => (0usize..16).prop_map(|ticket| Op::Retry { ticket }),
+        1 => (0usize..16).prop_map(|ticket| Op::Delete { ticket }),
         1 => (0usize..3).prop_map(|session| Op::EndSession { session }),
         1 => (0u64..40).prop_map(|advance_secs| Op::Timers { advance_secs }),
     ]

@@ -95,6 +95,10 @@ pub(crate) struct StoredTicket {
     tenant: Option<String>,
     #[prost(uint64, tag = "24")]
     output_bytes: u64,
+    /// Nanoseconds; absent in records written before retries existed (the
+    /// deadline then tells it: it was set at submit).
+    #[prost(uint64, optional, tag = "25")]
+    timeout: Option<u64>,
 }
 
 /// Nanoseconds since the epoch.
@@ -211,6 +215,9 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
         updated_at: nanos(ticket.updated_at),
         finished_at: ticket.finished_at.map(nanos),
         deadline: ticket.deadline.map(nanos),
+        timeout: ticket
+            .timeout
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         attempt_timeout: ticket
             .attempt_timeout
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
@@ -259,6 +266,12 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
         }),
         None => None,
     };
+    let created_at = time(stored.created_at);
+    let deadline = stored.deadline.map(time);
+    let timeout = match stored.timeout {
+        Some(nanos) => Some(Duration::from_nanos(nanos)),
+        None => deadline.map(|d| d.duration_since(created_at).unwrap_or_default()),
+    };
     Ok(Ticket {
         id,
         queue,
@@ -268,10 +281,11 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
         priority: stored.priority,
         metadata: Arc::new(stored.metadata),
         payload: Arc::new(payload),
-        created_at: time(stored.created_at),
+        created_at,
         updated_at: time(stored.updated_at),
         finished_at: stored.finished_at.map(time),
-        deadline: stored.deadline.map(time),
+        deadline,
+        timeout,
         attempt_timeout: stored.attempt_timeout.map(Duration::from_nanos),
         result: stored.result,
         error: stored.error.map(|e| TicketError {
@@ -344,5 +358,33 @@ mod tests {
         ticket.enqueue_seq = 99;
         let back = decode(ticket.id, &encode(&ticket), Payload::default()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{ticket:?}"));
+    }
+
+    #[test]
+    fn a_record_from_before_retries_takes_its_timeout_from_the_deadline() {
+        let now = SystemTime::now();
+        let mut ticket = Ticket::create(
+            TicketId::new(),
+            NewTicket {
+                id: TicketId::new(),
+                queue: QueueName::parse("q").unwrap(),
+                payload: Payload::default(),
+                priority: 0,
+                idempotency_key: None,
+                metadata: Default::default(),
+                timeout: Some(Duration::from_secs(30)),
+                attempt_timeout: None,
+                max_attempts: 1,
+                tenant: None,
+            },
+            now,
+        );
+        ticket.timeout = None;
+        let back = decode(ticket.id, &encode(&ticket), Payload::default()).unwrap();
+        let timeout = back.timeout.expect("worked out from the deadline");
+        assert!(
+            timeout.abs_diff(Duration::from_secs(30)) < Duration::from_micros(1),
+            "{timeout:?}"
+        );
     }
 }

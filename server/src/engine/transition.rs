@@ -195,6 +195,57 @@ pub(crate) fn cancel(
     }
 }
 
+/// An operator's retry: a FAILED, CANCELLED or EXPIRED ticket becomes
+/// PENDING again — the same id, its seq continuing — with a fresh attempt
+/// budget (attempts and worker losses back to 0), no result, progress or
+/// output, and, if it has a timeout, a new deadline that long from now (the
+/// timeout is a budget for one run from submit to result; the old deadline
+/// has usually passed, and keeping it would expire the retried ticket at
+/// once). Its last error stays until the new run replaces it, for context.
+/// The caller drops the ticket's stored output. A SUCCEEDED ticket is not
+/// retried (its body is gone; submit again), an unfinished one has nothing
+/// to retry.
+pub(crate) fn retry(ticket: &mut Ticket, now: SystemTime) -> Result<(), EngineError> {
+    match ticket.state {
+        TicketState::Failed | TicketState::Cancelled | TicketState::Expired => {}
+        TicketState::Succeeded => return Err(EngineError::SucceededNotRetried(ticket.id)),
+        state => {
+            return Err(EngineError::NotFinished {
+                id: ticket.id,
+                state,
+                hint: "only FAILED, CANCELLED or EXPIRED tickets are retried; it runs (or waits to run) already",
+            });
+        }
+    }
+    ticket.state = TicketState::Pending;
+    ticket.attempt = 0;
+    ticket.worker_losses = 0;
+    ticket.result = None;
+    ticket.completed_by = None;
+    ticket.finished_at = None;
+    ticket.lease = None;
+    ticket.not_before = None;
+    ticket.progress = None;
+    ticket.output_bytes = 0;
+    ticket.deadline = ticket.timeout.map(|timeout| now + timeout);
+    ticket.touch(now);
+    Ok(())
+}
+
+/// Refuses to delete an unfinished ticket: a worker may be running it, a
+/// caller waiting for it.
+pub(crate) fn check_deletable(ticket: &Ticket) -> Result<(), EngineError> {
+    if ticket.state.is_terminal() {
+        Ok(())
+    } else {
+        Err(EngineError::NotFinished {
+            id: ticket.id,
+            state: ticket.state,
+            hint: "cancel it first, then delete it",
+        })
+    }
+}
+
 /// Expires a ticket whose deadline is due; returns the lease of a running
 /// attempt (to revoke), or `None` when nothing was due.
 pub(crate) fn expire(ticket: &mut Ticket, now: SystemTime) -> Option<Option<Lease>> {
@@ -203,9 +254,11 @@ pub(crate) fn expire(ticket: &mut Ticket, now: SystemTime) -> Option<Option<Leas
         return None;
     }
     let revoked = ticket.lease.clone();
-    let budget = deadline
-        .duration_since(ticket.created_at)
-        .unwrap_or_default();
+    let budget = ticket.timeout.unwrap_or_else(|| {
+        deadline
+            .duration_since(ticket.created_at)
+            .unwrap_or_default()
+    });
     let error = TicketError {
         code: codes::DEADLINE_EXCEEDED,
         message: format!(

@@ -1,9 +1,11 @@
 //! `asyncgate.v1.Admin`: the operator's service over queues and finished
 //! tickets. Reads need an admin or viewer key, changes an admin key (see
 //! `auth`); a key confined to a tenant sees and acts on that tenant's
-//! queues only, and another tenant's queue is NOT_FOUND, as one never used
-//! is. Every change is audited with the key's name.
+//! queues and tickets only, and another tenant's queue or ticket is
+//! NOT_FOUND, as one never used is. Every change is audited with the key's
+//! name.
 
+use std::future::Future;
 use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
@@ -17,11 +19,12 @@ use crate::auth::{self, Caller};
 use std::collections::HashSet;
 
 use crate::domain::{QueueName, QueuePause, SessionId, TicketId, TicketState};
-use crate::engine::{ListFilter, QueueInfo, SessionInfo, WorkerRecord};
+use crate::engine::{EngineError, ListFilter, QueueInfo, SessionInfo, WorkerRecord};
 use crate::error::GatewayError;
 
-/// Tickets read per page while purging.
-const PURGE_PAGE: usize = 500;
+/// Tickets read per page while retrying a queue's tickets: a queue of
+/// millions is walked in bounded steps.
+const RETRY_PAGE: usize = 500;
 
 /// The tonic service, as registered with the server and the health service.
 pub(crate) type Server = pb::admin_server::AdminServer<AdminService>;
@@ -44,7 +47,17 @@ impl AdminService {
         caller: &Caller,
         name: &str,
     ) -> Result<(QueueName, QueueInfo), GatewayError> {
-        let queue = convert::queue_for(caller, name, "name")?;
+        self.visible_queue_in(caller, name, "name").await
+    }
+
+    /// [`Self::visible_queue`] for a request whose queue field is `field`.
+    async fn visible_queue_in(
+        &self,
+        caller: &Caller,
+        name: &str,
+        field: &str,
+    ) -> Result<(QueueName, QueueInfo), GatewayError> {
+        let queue = convert::queue_for(caller, name, field)?;
         match self.core.engine.queue_info(&queue).await? {
             Some(info) if caller.sees(queue.tenant()) => Ok((queue, info)),
             _ => Err(GatewayError::NotFound(format!(
@@ -86,6 +99,50 @@ impl AdminService {
     async fn present(&self, caller: &Caller, info: QueueInfo) -> pb::QueueInfo {
         let workers = self.core.workers(&info.queue).await;
         edge::queue_to_pb(caller, info, workers, SystemTime::now())
+    }
+
+    /// Applies `act` to each of `caller`'s tickets of `queue` in `states`
+    /// created before `created_before` (if given), reading bounded pages in
+    /// id order; returns how many `act` says it changed. Each ticket is
+    /// visited once, even if `act` makes it match again.
+    async fn for_each_matching<F, Fut>(
+        &self,
+        caller: &Caller,
+        queue: &QueueName,
+        states: Vec<TicketState>,
+        created_before: Option<SystemTime>,
+        mut act: F,
+    ) -> Result<u64, GatewayError>
+    where
+        F: FnMut(TicketId) -> Fut,
+        Fut: Future<Output = Result<bool, GatewayError>>,
+    {
+        let mut changed = 0;
+        let mut after = None;
+        loop {
+            let page = self
+                .core
+                .engine
+                .list(ListFilter {
+                    queue: Some(queue.clone()),
+                    states: states.clone(),
+                    page_size: RETRY_PAGE,
+                    after,
+                    tenant: caller.tenant.clone(),
+                    created_before,
+                    ..ListFilter::default()
+                })
+                .await?;
+            for ticket in &page.tickets {
+                if act(ticket.id).await? {
+                    changed += 1;
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(changed),
+            }
+        }
     }
 }
 
@@ -178,36 +235,21 @@ impl Admin for AdminService {
             queue.seen_by(caller.tenant.as_deref()),
             caller.name
         );
-        let mut cancelled = 0;
-        let mut after = None;
-        loop {
-            let page = self
-                .core
-                .engine
-                .list(ListFilter {
-                    queue: Some(queue.clone()),
-                    states: states.clone(),
-                    page_size: PURGE_PAGE,
-                    after,
-                    tenant: caller.tenant.clone(),
-                    created_before,
-                    ..ListFilter::default()
-                })
-                .await
-                .map_err(GatewayError::from)?;
-            for ticket in &page.tickets {
-                // A ticket that finished meanwhile is not purged.
-                match self.core.engine.cancel(ticket.id, &reason).await {
-                    Ok(ticket) if ticket.state == TicketState::Cancelled => cancelled += 1,
-                    Ok(_) | Err(crate::engine::EngineError::AlreadyTerminal { .. }) => {}
-                    Err(error) => return Err(GatewayError::from(error).into()),
+        let engine = self.core.engine.clone();
+        let reason = reason.as_str();
+        let cancelled = self
+            .for_each_matching(&caller, &queue, states, created_before, |id| {
+                let engine = engine.clone();
+                async move {
+                    // A ticket that finished meanwhile is not purged.
+                    match engine.cancel(id, reason).await {
+                        Ok(ticket) => Ok(ticket.state == TicketState::Cancelled),
+                        Err(EngineError::AlreadyTerminal { .. }) => Ok(false),
+                        Err(error) => Err(GatewayError::from(error)),
+                    }
                 }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+            })
+            .await?;
         auth::audit_admin(
             &caller,
             "PurgeQueue",
@@ -309,30 +351,79 @@ impl Admin for AdminService {
 
     async fn retry_ticket(
         &self,
-        _: Request<pb::RetryTicketRequest>,
+        request: Request<pb::RetryTicketRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        Err(not_yet("RetryTicket"))
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let id = convert::ticket_id(&request.get_ref().id, "id")?;
+        self.core.visible(&caller, id).await?;
+        let ticket = self
+            .core
+            .engine
+            .retry(id)
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, "RetryTicket", peer, &id.to_string());
+        tracing::info!(ticket_id = %id, by = %caller.name, "ticket retried");
+        Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
     async fn retry_tickets(
         &self,
-        _: Request<pb::RetryTicketsRequest>,
+        request: Request<pb::RetryTicketsRequest>,
     ) -> Result<Response<pb::RetryTicketsResponse>, Status> {
-        Err(not_yet("RetryTickets"))
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let request = request.into_inner();
+        let states = edge::retry_states(&request.states)?;
+        let created_before = convert::list::time(request.created_before, "created_before")?;
+        let (queue, _) = self
+            .visible_queue_in(&caller, &request.queue, "queue")
+            .await?;
+        let retried = self
+            .for_each_matching(&caller, &queue, states, created_before, |id| async move {
+                match self.core.engine.retry(id).await {
+                    Ok(_) => Ok(true),
+                    // Changed meanwhile (retried by another call, or
+                    // deleted): not this call's to retry.
+                    Err(
+                        EngineError::NotFinished { .. }
+                        | EngineError::SucceededNotRetried(_)
+                        | EngineError::NotFound(_)
+                        | EngineError::ResultExpired { .. },
+                    ) => Ok(false),
+                    Err(error) => Err(error.into()),
+                }
+            })
+            .await?;
+        auth::audit_admin(
+            &caller,
+            "RetryTickets",
+            peer,
+            &format!("{queue} ({retried} retried)"),
+        );
+        tracing::info!(%queue, retried, by = %caller.name, "tickets retried");
+        Ok(Response::new(pb::RetryTicketsResponse { retried }))
     }
 
     async fn delete_ticket(
         &self,
-        _: Request<pb::DeleteTicketRequest>,
+        request: Request<pb::DeleteTicketRequest>,
     ) -> Result<Response<pb::DeleteTicketResponse>, Status> {
-        Err(not_yet("DeleteTicket"))
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let id = convert::ticket_id(&request.get_ref().id, "id")?;
+        self.core.visible(&caller, id).await?;
+        let deleted_at = self
+            .core
+            .engine
+            .delete(id)
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, "DeleteTicket", peer, &id.to_string());
+        tracing::info!(ticket_id = %id, by = %caller.name, "ticket deleted");
+        Ok(Response::new(pb::DeleteTicketResponse {
+            deleted_at: Some(crate::time::timestamp(deleted_at)),
+        }))
     }
-}
-
-/// The answer of a method this version does not serve yet.
-fn not_yet(method: &str) -> Status {
-    GatewayError::Unimplemented(format!(
-        "Admin.{method} is not available in this version of the gateway yet"
-    ))
-    .into()
 }

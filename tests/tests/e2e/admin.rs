@@ -3,14 +3,16 @@
 //! (and says why) until a resume, a purge that watchers see, who may call
 //! what, and what bad input gets.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 
-use asyncgate_client::worker::{TaskContext, handler_fn};
+use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
 use asyncgate_client::{Client, Submit, pb};
 use asyncgate_server::auth::digest_hex;
-use asyncgate_tests::{Gate, TestGateway, fast_config, finished, json, state};
+use asyncgate_tests::{Gate, TestGateway, as_json, fast_config, finished, json, state};
 
 const OPS: &str = "ops-admin-key";
 const VIEWER: &str = "dashboard-viewer-key";
@@ -513,4 +515,274 @@ async fn a_rate_limit_paces_dispatch() {
     let counts = admin.get_queue("paced").await.unwrap().counts.unwrap();
     assert_eq!(counts.succeeded, 10);
     worker.shutdown();
+}
+
+/// A worker for `queue` that fails every task for good until `healthy` is
+/// set, then returns each task's payload.
+fn flaky_worker(
+    gateway: &TestGateway,
+    queue: &str,
+    healthy: &Arc<AtomicBool>,
+) -> asyncgate_client::worker::WorkerHandle {
+    let healthy = healthy.clone();
+    gateway.spawn_worker(
+        queue,
+        handler_fn(move |task: TaskContext| {
+            let healthy = healthy.load(Ordering::SeqCst);
+            async move {
+                if healthy {
+                    Ok(task.payload().clone())
+                } else {
+                    Err(TaskError::fatal("the ledger is down"))
+                }
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_failed_ticket_retried_runs_again_with_its_body_and_a_new_watch_sees_it() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let worker = flaky_worker(&gateway, "billing", &healthy);
+    let body = serde_json::json!({"order": 7});
+    let ticket = client
+        .submit(Submit::new("billing").payload(json(body.clone())))
+        .await
+        .unwrap();
+    let failed = finished(&client, &ticket.id).await;
+    assert_eq!(state(&failed), pb::TicketState::Failed);
+
+    // The fix is out. The queue is held while the retry is set up, so the
+    // new watch below starts before the worker takes the ticket.
+    healthy.store(true, Ordering::SeqCst);
+    admin
+        .pause_queue("billing", "replaying failures")
+        .await
+        .unwrap();
+    let retried = admin.retry_ticket(&ticket.id).await.unwrap();
+    assert_eq!(retried.id, ticket.id);
+    assert_eq!(state(&retried), pb::TicketState::Pending);
+    assert_eq!(retried.attempt, 0, "a fresh attempt budget");
+    assert_eq!(retried.seq, failed.seq + 1, "its events continue");
+    assert!(retried.result.is_none() && retried.finished_at.is_none());
+    assert_eq!(
+        retried.error.as_ref().unwrap().message,
+        "the ledger is down",
+        "the last error, for context"
+    );
+    let counts = admin.get_queue("billing").await.unwrap().counts.unwrap();
+    assert_eq!((counts.pending, counts.failed), (1, 0));
+
+    let mut watch = client.watch(&ticket.id, None).await.unwrap();
+    let snapshot = watch.next().await.unwrap().unwrap();
+    assert_eq!(
+        snapshot.ticket.as_ref().map(state),
+        Some(pb::TicketState::Pending)
+    );
+    assert_eq!(snapshot.seq, retried.seq);
+    admin.resume_queue("billing").await.unwrap();
+    let last = loop {
+        let event = watch.next().await.expect("an event").unwrap();
+        let Some(ticket) = event.ticket else { continue };
+        assert!(event.seq > retried.seq);
+        if asyncgate_client::is_terminal(ticket.state()) {
+            break ticket;
+        }
+    };
+    assert_eq!(state(&last), pb::TicketState::Succeeded);
+    assert_eq!(last.attempt, 1);
+    assert_eq!(
+        as_json(last.result.as_ref()),
+        body,
+        "the worker got the body kept since the failure"
+    );
+    assert!(last.error.is_none());
+    let counts = admin.get_queue("billing").await.unwrap().counts.unwrap();
+    assert_eq!((counts.succeeded, counts.failed), (1, 0));
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn a_queues_failures_are_retried_in_bulk_and_finished_tickets_deleted() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let admin = client.admin();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let worker = flaky_worker(&gateway, "nightly", &healthy);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let ticket = client
+            .submit(Submit::new("nightly").payload(json(serde_json::json!(i))))
+            .await
+            .unwrap();
+        ids.push(ticket.id);
+    }
+    for id in &ids {
+        assert_eq!(state(&finished(&client, id).await), pb::TicketState::Failed);
+    }
+    let cut = SystemTime::now();
+    let late = client
+        .submit(Submit::new("nightly").payload(json(serde_json::json!("late"))))
+        .await
+        .unwrap();
+    finished(&client, &late.id).await;
+    // Held, so that it is cancelled before a worker fails it.
+    admin.pause_queue("nightly", "").await.unwrap();
+    let cancelled = client.submit(Submit::new("nightly").build()).await.unwrap();
+    client.cancel(&cancelled.id, "not tonight").await.unwrap();
+    admin.resume_queue("nightly").await.unwrap();
+
+    // FAILED by default, created before the cut: the first three.
+    healthy.store(true, Ordering::SeqCst);
+    assert_eq!(
+        admin
+            .retry_tickets("nightly", &[], Some(cut))
+            .await
+            .unwrap(),
+        3
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let done = finished(&client, id).await;
+        assert_eq!(state(&done), pb::TicketState::Succeeded, "{done:?}");
+        assert_eq!(as_json(done.result.as_ref()), serde_json::json!(i));
+    }
+    let counts = admin.get_queue("nightly").await.unwrap().counts.unwrap();
+    assert_eq!(
+        (counts.succeeded, counts.failed, counts.cancelled),
+        (3, 1, 1)
+    );
+    // Then the rest, named by state; nothing is left to retry after.
+    let both = [pb::TicketState::Failed, pb::TicketState::Cancelled];
+    assert_eq!(
+        admin.retry_tickets("nightly", &both, None).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        state(&finished(&client, &late.id).await),
+        pb::TicketState::Succeeded
+    );
+    assert_eq!(
+        state(&finished(&client, &cancelled.id).await),
+        pb::TicketState::Succeeded
+    );
+    assert_eq!(
+        admin.retry_tickets("nightly", &both, None).await.unwrap(),
+        0
+    );
+
+    // A succeeded ticket is not retried; it can be deleted, and a lookup
+    // then says when.
+    let refused = admin.retry_ticket(&ids[0]).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused
+            .to_string()
+            .contains("succeeded tickets are not retried"),
+        "{refused}"
+    );
+    let deleted_at = admin.delete_ticket(&ids[0]).await.unwrap();
+    let gone = client.get(&ids[0], None).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    let when = prost_types::Timestamp::from(deleted_at).to_string();
+    assert!(gone.to_string().contains(&when), "{when}: {gone}");
+    assert_eq!(
+        code(admin.delete_ticket(&ids[0]).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code(admin.retry_ticket(&ids[0]).await),
+        tonic::Code::NotFound
+    );
+    let counts = admin.get_queue("nightly").await.unwrap().counts.unwrap();
+    assert_eq!(counts.succeeded, 4);
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn retry_and_delete_refuse_what_they_must_and_keep_to_a_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway_with_keys(&dir).await;
+    let alice = as_key(&gateway, ALICE).await;
+    let bob = as_key(&gateway, BOB).await;
+    let alices = alice.submit(Submit::new("jobs").build()).await.unwrap();
+    alice.cancel(&alices.id, "by mistake").await.unwrap();
+    let bobs = bob.submit(Submit::new("jobs").build()).await.unwrap();
+    let unknown = uuid::Uuid::now_v7().to_string();
+
+    // Tenant a's admin: b's ticket is NOT_FOUND, word for word as an id
+    // that does not exist.
+    let a_ops = as_key(&gateway, A_OPS).await.admin();
+    for id in [&bobs.id, &unknown] {
+        for refused in [
+            a_ops.retry_ticket(id).await.unwrap_err(),
+            a_ops.delete_ticket(id).await.unwrap_err(),
+        ] {
+            assert_eq!(refused.code(), tonic::Code::NotFound, "{refused}");
+            assert_eq!(
+                refused.to_string(),
+                format!("NotFound: ticket {id} not found")
+            );
+        }
+    }
+    let retried = a_ops.retry_ticket(&alices.id).await.unwrap();
+    assert_eq!(state(&retried), pb::TicketState::Pending);
+
+    // Unfinished tickets are refused, saying why.
+    let ops = as_key(&gateway, OPS).await.admin();
+    let pending = ops.retry_ticket(&bobs.id).await.unwrap_err();
+    assert_eq!(pending.code(), tonic::Code::FailedPrecondition);
+    assert!(pending.to_string().contains("not finished"), "{pending}");
+    let pending = ops.delete_ticket(&bobs.id).await.unwrap_err();
+    assert_eq!(pending.code(), tonic::Code::FailedPrecondition);
+    assert!(pending.to_string().contains("cancel it first"), "{pending}");
+    // Bad input names the field.
+    let bad = ops.retry_ticket("not-a-ticket").await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let states = ops
+        .retry_tickets("b/jobs", &[pb::TicketState::Succeeded], None)
+        .await
+        .unwrap_err();
+    assert_eq!(states.code(), tonic::Code::InvalidArgument);
+    assert!(states.to_string().contains("states[0]"), "{states}");
+    assert_eq!(
+        code(ops.retry_tickets("never-used", &[], None).await),
+        tonic::Code::NotFound
+    );
+    // A tenant's admin retries in bulk on its own tenant's queue only.
+    let bobs_cancelled = bob.submit(Submit::new("jobs").build()).await.unwrap();
+    bob.cancel(&bobs_cancelled.id, "").await.unwrap();
+    let cancelled = [pb::TicketState::Cancelled];
+    assert_eq!(
+        a_ops.retry_tickets("jobs", &cancelled, None).await.unwrap(),
+        0,
+        "alice's was retried already; bob's is not a's"
+    );
+    assert_eq!(
+        state(&bob.get(&bobs_cancelled.id, None).await.unwrap()),
+        pb::TicketState::Cancelled
+    );
+
+    // A viewer, a client and a worker may do none of it.
+    for key in [VIEWER, ALICE, WORKER] {
+        let admin = as_key(&gateway, key).await.admin();
+        assert_eq!(
+            code(admin.retry_ticket(&alices.id).await),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(admin.retry_tickets("jobs", &[], None).await),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(admin.delete_ticket(&alices.id).await),
+            tonic::Code::PermissionDenied
+        );
+    }
+    // Nothing changed by the refused calls.
+    let bobs_now = bob.get(&bobs.id, None).await.unwrap();
+    assert_eq!(state(&bobs_now), pb::TicketState::Pending);
+    assert_eq!(bobs_now.seq, bobs.seq);
 }

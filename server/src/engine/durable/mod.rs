@@ -37,7 +37,8 @@ use crate::domain::{Chunk, QueueName, TicketId};
 
 /// Ticket records (without request payloads), by ticket id.
 const TICKETS: TableDefinition<u128, &[u8]> = TableDefinition::new("tickets");
-/// Request payloads, by ticket id: written once, at submit.
+/// Request payloads, by ticket id: written once, at submit; deleted with the
+/// ticket (read back at startup for tickets that may still run).
 const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
 /// Partial-output chunks, by (ticket id, event seq).
 const CHUNKS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("chunks");
@@ -188,8 +189,10 @@ fn read_all(database: &Database) -> Result<Recovered, ReadError> {
         let id = TicketId(uuid::Uuid::from_u128(key.value()));
         let mut ticket = record::decode(id, value.value(), Payload::default())
             .map_err(|e| ReadError::Record(format!("ticket {id}: {e}")))?;
-        // A finished ticket's request body is not kept in memory.
-        if !ticket.state.is_terminal()
+        // A succeeded ticket's request body is not kept in memory; one
+        // that may run again (unfinished, or failed, cancelled or expired:
+        // an operator may retry it) needs it.
+        if ticket.holds_request()
             && let Some(bytes) = payloads.get(key.value())?
         {
             let payload = Payload::decode(bytes.value())
@@ -584,6 +587,10 @@ fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
                             (ticket_id.0.as_u128(), chunk.seq),
                             chunk.output.encode_to_vec().as_slice(),
                         )?;
+                    }
+                    Mutation::DeleteChunks { ticket_id } => {
+                        let key = ticket_id.0.as_u128();
+                        chunks.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
                     }
                     Mutation::DeleteTicket {
                         ticket_id,

@@ -391,3 +391,99 @@ async fn a_pause_and_the_queue_counts_survive_a_restart() {
     let claimed = engine.claim(&q, &[worker.clone(), worker]).await.unwrap();
     assert_eq!(claimed.len(), 2, "resumed for good");
 }
+
+/// A ticket that failed keeps its body on disk and gets it back after a
+/// crash (the engine dropped, as by kill -9, then the file reopened): an
+/// operator's retry then runs it with its body, and its old output, dropped
+/// by the retry, stays dropped across the next restart. Failed and
+/// cancelled tickets' bodies weigh on the pending-bytes budget after the
+/// restart too, until deleted.
+#[tokio::test]
+async fn a_retry_after_a_crash_still_has_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let q = QueueName::parse("q").unwrap();
+    let weight = {
+        let new = new_ticket(0, None);
+        crate::engine::request_bytes(&new.payload, &new.metadata)
+    };
+    let config = EngineConfig {
+        max_pending_bytes: 3 * weight,
+        ..EngineConfig::default()
+    };
+    let (failed, cancelled);
+    {
+        let engine = open(&path, config.clone()).unwrap();
+        failed = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        let worker = session(&engine).await;
+        let c = engine
+            .claim(&q, std::slice::from_ref(&worker))
+            .await
+            .unwrap()
+            .remove(0);
+        engine
+            .progress(ProgressReport {
+                ticket_id: failed,
+                lease_id: c.lease.lease_id,
+                progress: None,
+                output: Some(body("old output")),
+            })
+            .await
+            .unwrap();
+        let outcome = Outcome::Failure(crate::domain::TicketError {
+            code: 3,
+            message: "downstream refused".into(),
+            retryable: false,
+        });
+        engine
+            .complete(failed, c.lease.lease_id, outcome)
+            .await
+            .unwrap();
+        cancelled = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        engine.cancel(cancelled, "").await.unwrap();
+        // No close: the process dies here.
+    }
+    let engine = open(&path, config.clone()).unwrap();
+    let ticket = engine.get(failed).await.unwrap();
+    assert_eq!(ticket.state, TicketState::Failed);
+    assert_eq!(*ticket.payload, body("request"), "read back for a retry");
+    // Both kept bodies still count: room for one more submit, not two.
+    engine.submit(new_ticket(0, None)).await.unwrap();
+    let full = engine.submit(new_ticket(0, None)).await.unwrap_err();
+    assert!(full.to_string().contains("--max-pending-bytes"), "{full}");
+    engine.delete(cancelled).await.unwrap();
+    engine
+        .submit(new_ticket(0, None))
+        .await
+        .expect("the deleted ticket's body was given back");
+
+    let retried = engine.retry(failed).await.unwrap();
+    assert_eq!(retried.state, TicketState::Pending);
+    assert_eq!(retried.seq, ticket.seq + 1);
+    let (_, chunks) = engine.get_with_chunks(failed, 0).await.unwrap();
+    assert!(chunks.is_empty(), "{chunks:?}");
+    drop(engine);
+
+    let engine = open(&path, config).unwrap();
+    let (ticket, chunks) = engine.get_with_chunks(failed, 0).await.unwrap();
+    assert_eq!(ticket.state, TicketState::Pending);
+    assert_eq!(ticket.attempt, 0, "a fresh attempt budget");
+    assert!(
+        chunks.is_empty(),
+        "the old output stays dropped: {chunks:?}"
+    );
+    let worker = session(&engine).await;
+    let claimed = engine
+        .claim(&q, &[worker.clone(), worker.clone(), worker])
+        .await
+        .unwrap();
+    let again = claimed
+        .iter()
+        .find(|c| c.ticket.id == failed)
+        .expect("the retried ticket is dispatched");
+    assert_eq!(*again.ticket.payload, body("request"));
+    assert!(matches!(
+        engine.get(cancelled).await,
+        Err(EngineError::ResultExpired { .. })
+    ));
+}

@@ -156,6 +156,24 @@ impl Engine for LocalEngine {
         Ok(ticket)
     }
 
+    async fn retry(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        let (ticket, ready) = self.apply_retry(id)?;
+        if ready {
+            self.notify_ready(&ticket.queue);
+        }
+        self.durable(ticket.journal_seq).await?;
+        Ok(ticket)
+    }
+
+    async fn delete(&self, id: TicketId) -> Result<SystemTime, EngineError> {
+        let (deleted_at, removed) = self.apply_delete(id)?;
+        if let Some((key, id)) = removed.key {
+            self.unlink_key(key, id);
+        }
+        self.durable(removed.journal_seq).await?;
+        Ok(deleted_at)
+    }
+
     async fn open_session(
         &self,
         session: &SessionInfo,
@@ -381,12 +399,7 @@ impl Engine for LocalEngine {
             self.forget_session_lease(session_id, lease_id);
         }
         for (key, id) in effects.deleted_keys {
-            if let Entry::Occupied(entry) =
-                lock(&self.idempotency[shard_of(&self.hasher, &key)]).entry(key)
-                && *entry.get() == id
-            {
-                entry.remove();
-            }
+            self.unlink_key(key, id);
         }
         let mut last_write = effects.journal_seq;
         let mut expired_sessions = Vec::new();

@@ -69,7 +69,7 @@ impl LocalEngine {
                 let key = idempotency_scope(ticket.tenant.as_deref(), key);
                 lock(&self.idempotency[shard_of(&self.hasher, &key)]).insert(key, id);
             }
-            if !ticket.state.is_terminal() {
+            if ticket.holds_request() {
                 self.pending_bytes.fetch_add(
                     request_bytes(&ticket.payload, &ticket.metadata),
                     Ordering::Relaxed,

@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::time::SystemTime;
 
 use super::super::journal::Mutation;
-use super::super::{Before, RevokeReason, idempotency_scope, transition};
+use super::super::{Before, RevokeReason, transition};
 use super::{LocalEngine, Shard, Timer, lock};
 use crate::domain::{LeaseId, QueueName, SessionId, TicketId, TicketState};
 
@@ -98,32 +98,17 @@ impl LocalEngine {
                     self.settle(shard, &mut ticket, before, now);
                 }
             }
-            Timer::Retention if ticket.state.is_terminal() => {
-                self.drop_chunks(shard, id);
-                lock(&self.queue(&ticket.queue)).tally(
-                    id,
-                    ticket.created_at,
-                    Some(ticket.state),
-                    None,
-                );
-                if self.journal.wants_mutations() {
-                    let seq = self.journal.append(
-                        vec![Mutation::DeleteTicket {
-                            ticket_id: id,
-                            deleted_at: now,
-                        }],
-                        Vec::new(),
-                    );
-                    effects.journal_seq = effects.journal_seq.max(seq);
-                }
-                shard.tombstones.insert(id, now);
-                shard
-                    .timers
-                    .insert((now + self.config.tombstone_retention, Timer::Tombstone, id));
-                if let Some(key) = ticket.idempotency_key.take() {
-                    let key = idempotency_scope(ticket.tenant.as_deref(), &key);
-                    effects.deleted_keys.push((key, id));
-                }
+            // Checked against the time too: a ticket retried since, and
+            // finished again, has a later retention of its own.
+            Timer::Retention
+                if ticket.state.is_terminal()
+                    && ticket
+                        .finished_at
+                        .is_none_or(|at| at + self.config.result_retention <= now) =>
+            {
+                let removed = self.remove_finished(shard, ticket, now);
+                effects.journal_seq = effects.journal_seq.max(removed.journal_seq);
+                effects.deleted_keys.extend(removed.key);
                 return None;
             }
             _ => {}

@@ -197,10 +197,11 @@ impl Inner {
             }
         }
         if let (Some(b), Some(a)) = (before, after)
-            && !b.state.is_terminal()
-            && a.state.is_terminal()
+            && b.holds_request()
+            && !a.holds_request()
         {
-            // Finished: its request body is not kept (`Ticket::forget_request`).
+            // Succeeded: its request body is not kept (`Ticket::holds_request`).
+            // A failed, cancelled or expired ticket keeps it for a retry.
             ops.push("field", &[b"p", b""]);
         }
         match (before, after) {
@@ -224,7 +225,7 @@ impl Inner {
         mut ops: Ops,
     ) -> Cmd {
         self.place_in_line(Some(&before.ticket), after);
-        if after.state.is_terminal() {
+        if !after.holds_request() {
             after.forget_request();
         }
         let after = &*after;

@@ -54,6 +54,14 @@ impl Engine for RedisEngine {
         self.inner.cancel(id, reason).await
     }
 
+    async fn retry(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        self.inner.retry(id).await
+    }
+
+    async fn delete(&self, id: TicketId) -> Result<SystemTime, EngineError> {
+        self.inner.delete_ticket(id).await
+    }
+
     async fn open_session(
         &self,
         session: &SessionInfo,

@@ -37,6 +37,7 @@
 //!   forgot), error mapping, reads, the optimistic `transact` loop, deletes.
 //! - `submit.rs`: submit with idempotency-key claims (taking over a dead
 //!   gateway's claim, liveness keys), and cancel.
+//! - `admin.rs`: an operator's retry and delete of a finished ticket.
 //! - `claim.rs`: leasing (register sessions, pop, commit leases, check the
 //!   sessions live, settle), the `InDoubt` guard, and putting back
 //!   tickets whose claimer died.
@@ -51,6 +52,7 @@
 //!   for a server or a cluster; key layout and index placement; the event
 //!   bus between replicas; the scripts.
 
+mod admin;
 mod bus;
 mod caches;
 mod claim;
@@ -127,8 +129,9 @@ enum Step<R> {
         /// Operations to commit along (beyond the index changes).
         extra: Ops,
     },
-    /// Delete the ticket (retention).
-    Delete(R),
+    /// Delete the ticket (retention, or an operator's delete), leaving a
+    /// tombstone that says it was deleted `at`.
+    Delete { result: R, at: SystemTime },
 }
 
 impl<R> Step<R> {

@@ -263,8 +263,8 @@ impl Inner {
             let mut after = stored.ticket.clone();
             match step(&mut after)? {
                 Step::Keep(result) => return Ok((result, Some(stored))),
-                Step::Delete(result) => {
-                    if self.delete(&stored).await? {
+                Step::Delete { result, at } => {
+                    if self.delete(&stored, at).await? {
                         return Ok((result, None));
                     }
                 }
@@ -299,13 +299,12 @@ impl Inner {
         )))
     }
 
-    /// Deletes a finished ticket, leaving a tombstone; false when it changed
-    /// since it was read.
-    async fn delete(&self, stored: &Stored) -> Result<bool, EngineError> {
+    /// Deletes a finished ticket, leaving a tombstone dated `at`; false
+    /// when it changed since it was read.
+    async fn delete(&self, stored: &Stored, at: SystemTime) -> Result<bool, EngineError> {
         let ticket = &stored.ticket;
         let id = ticket.id;
-        let now = SystemTime::now();
-        let tombstone_ms = layout::millis(now);
+        let tombstone_ms = layout::millis(at);
         let ttl = self.config.tombstone_retention.as_millis().max(1) as u64;
         let mut ops = Ops::default();
         self.diff(Some(ticket), None, &mut ops);

@@ -249,7 +249,10 @@ fn timer_step(
                     .finished_at
                     .is_some_and(|at| at + config.result_retention <= now);
             if due {
-                Step::Delete(true)
+                Step::Delete {
+                    result: true,
+                    at: now,
+                }
             } else {
                 Step::Keep(false)
             }

@@ -186,6 +186,32 @@ pub(crate) fn purge_states(states: &[i32]) -> Result<Vec<TicketState>, GatewayEr
     Ok(parsed)
 }
 
+/// The states a bulk retry takes: FAILED, CANCELLED and EXPIRED only; none
+/// means FAILED.
+pub(crate) fn retry_states(states: &[i32]) -> Result<Vec<TicketState>, GatewayError> {
+    if states.is_empty() {
+        return Ok(vec![TicketState::Failed]);
+    }
+    let mut parsed = Vec::with_capacity(states.len());
+    for (i, value) in states.iter().enumerate() {
+        let field = format!("states[{i}]");
+        let state = state_from_pb(*value, &field)?;
+        if !state.is_terminal() || state == TicketState::Succeeded {
+            return Err(GatewayError::invalid(
+                field,
+                format!(
+                    "a retry runs tickets that ended without success again: name FAILED, CANCELLED and/or EXPIRED, not {}",
+                    state.name().to_uppercase()
+                ),
+            ));
+        }
+        if !parsed.contains(&state) {
+            parsed.push(state);
+        }
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +233,50 @@ mod tests {
                 Err(GatewayError::InvalidArgument { field, .. }) => assert_eq!(field, "reason"),
                 other => panic!("{bad:?} was not refused: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_bulk_retry_takes_failed_cancelled_and_expired_only() {
+        assert_eq!(retry_states(&[]).unwrap(), [TicketState::Failed]);
+        let three = [
+            pb::TicketState::Expired as i32,
+            pb::TicketState::Cancelled as i32,
+            pb::TicketState::Failed as i32,
+            pb::TicketState::Expired as i32,
+        ];
+        assert_eq!(
+            retry_states(&three).unwrap(),
+            [
+                TicketState::Expired,
+                TicketState::Cancelled,
+                TicketState::Failed
+            ]
+        );
+        for (i, bad) in [
+            pb::TicketState::Succeeded,
+            pb::TicketState::Pending,
+            pb::TicketState::Running,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut states = vec![pb::TicketState::Failed as i32; i];
+            states.push(bad as i32);
+            match retry_states(&states) {
+                Err(GatewayError::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, format!("states[{i}]"));
+                    assert!(
+                        reason.contains("FAILED, CANCELLED and/or EXPIRED"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        match retry_states(&[99]) {
+            Err(GatewayError::InvalidArgument { field, .. }) => assert_eq!(field, "states[0]"),
+            other => panic!("{other:?}"),
         }
     }
 
