@@ -407,6 +407,18 @@ impl Default for Gate {
 }
 
 impl Gate {
+    /// A handler that echoes each task's payload once the gate opens.
+    pub fn echo_handler(&self) -> impl asyncgate_client::worker::Handler {
+        let gate = self.clone();
+        asyncgate_client::worker::handler_fn(move |task: asyncgate_client::worker::TaskContext| {
+            let gate = gate.clone();
+            async move {
+                gate.enter().await;
+                Ok(task.payload().clone())
+            }
+        })
+    }
+
     /// In a handler: says the task started, then waits for the gate to open.
     pub async fn enter(&self) {
         let _ = self.started_tx.send(());

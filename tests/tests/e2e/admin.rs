@@ -320,17 +320,10 @@ async fn an_operator_sees_the_workers_and_drains_one_which_stops_once_idle() {
     let client = gateway.client().await;
     let admin = client.admin();
     let gate = Gate::default();
-    let held = gate.clone();
     let worker = gateway
         .worker("slow")
         .max_in_flight(2)
-        .handler(handler_fn(move |task: TaskContext| {
-            let held = held.clone();
-            async move {
-                held.enter().await;
-                Ok(task.payload().clone())
-            }
-        }))
+        .handler(gate.echo_handler())
         .build()
         .unwrap()
         .spawn();
@@ -394,17 +387,10 @@ async fn a_concurrency_limit_holds_tickets_back_and_says_so() {
     let info = admin.set_queue_limits("fragile", limits).await.unwrap();
     assert_eq!(info.limits, Some(limits));
     let gate = Gate::default();
-    let held = gate.clone();
     let worker = gateway
         .worker("fragile")
         .max_in_flight(4)
-        .handler(handler_fn(move |task: TaskContext| {
-            let held = held.clone();
-            async move {
-                held.enter().await;
-                Ok(task.payload().clone())
-            }
-        }))
+        .handler(gate.echo_handler())
         .build()
         .unwrap()
         .spawn();

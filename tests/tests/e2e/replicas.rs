@@ -419,16 +419,9 @@ async fn pause_list_and_drain_across_replicas() {
     let warm = client_a.submit(Submit::new("jobs").build()).await.unwrap();
     admin_a.pause_queue("jobs", "deploy").await.unwrap();
     let gate = Gate::default();
-    let held = gate.clone();
     let worker = b
         .worker("jobs")
-        .handler(handler_fn(move |task: TaskContext| {
-            let held = held.clone();
-            async move {
-                held.enter().await;
-                Ok(task.payload().clone())
-            }
-        }))
+        .handler(gate.echo_handler())
         .build()
         .unwrap()
         .spawn();
