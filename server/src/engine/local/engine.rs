@@ -228,7 +228,7 @@ impl Engine for LocalEngine {
             return Ok(Vec::new());
         }
         let now = SystemTime::now();
-        let popped: Vec<TicketId> = {
+        let (popped, leasing): (Vec<TicketId>, u64) = {
             let index = self.queue(queue);
             let mut index = lock(&index);
             let want = sessions.len().min(index.allowance(now));
@@ -242,10 +242,9 @@ impl Engine for LocalEngine {
                     None => break,
                 }
             }
-            index.spend(popped.len());
-            popped
+            let leasing = index.spend(popped.len());
+            (popped, leasing)
         };
-        let leasing = popped.len() as u64;
         let mut claimed = Vec::with_capacity(popped.len());
         // The append that stored the claimed tickets as they were before the
         // lease (their submit, or their requeue).
@@ -275,11 +274,10 @@ impl Engine for LocalEngine {
                 lease,
             });
         }
-        // Leased (or given up): no longer reserved against the cap.
-        {
-            let index = self.queue(queue);
-            let mut index = lock(&index);
-            index.leasing = index.leasing.saturating_sub(leasing);
+        // Leased (or given up): no longer reserved against the cap (only a
+        // capped queue reserved any: an unlimited one skips the lock).
+        if leasing > 0 {
+            lock(&self.queue(queue)).leased(leasing);
         }
         let mut kept = Vec::with_capacity(claimed.len());
         let mut orphaned = false;

@@ -88,12 +88,23 @@ impl QueueIndex {
         )
     }
 
-    /// `n` tickets were popped for leasing: spend their tokens.
-    pub(super) fn spend(&mut self, n: usize) {
+    /// `n` tickets were popped for leasing: spend their tokens, and (under
+    /// a cap) count them as running until they are leased. Returns how
+    /// many were counted, to give back with [`Self::leased`].
+    pub(super) fn spend(&mut self, n: usize) -> u64 {
         if let Some(bucket) = &mut self.bucket {
             bucket.tokens -= n as f64;
         }
+        if self.limits.max_concurrent == 0 {
+            return 0;
+        }
         self.leasing += n as u64;
+        n as u64
+    }
+
+    /// Tickets counted by [`Self::spend`] are leased (or given up).
+    pub(super) fn leased(&mut self, counted: u64) {
+        self.leasing = self.leasing.saturating_sub(counted);
     }
 
     /// Whether ready tickets wait only for a limit (the timer pass then
