@@ -19,9 +19,10 @@
 //! - [`body`]: response bodies that report their data and when a
 //!   (streaming) call ends.
 //! - [`hub`]: per-ticket fan-out of change events to watchers.
-//! - [`rpc`]: thin tonic services (`Gateway`, `Workers`, and `Operations`:
-//!   tickets as `google.longrunning` operations), the edge validation
-//!   in `rpc::convert`, and the watcher stream in `rpc::watch`.
+//! - [`rpc`]: thin tonic services (`Gateway`, `Workers`, `Admin` for
+//!   operators, and `Operations`: tickets as `google.longrunning`
+//!   operations), the edge validation in `rpc::convert`, and the watcher
+//!   stream in `rpc::watch`.
 //! - [`timers`]: the timer loop, which is also the store's health probe
 //!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
