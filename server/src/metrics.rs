@@ -139,6 +139,7 @@ pub(crate) struct Metrics {
     workers: Family<QueueLabels, Gauge>,
     oldest_pending: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     paused: Family<QueueLabels, Gauge>,
+    held_back: Family<QueueLabels, Gauge>,
     queue_wait: HistogramFamily<QueueLabels>,
     run_time: HistogramFamily<QueueLabels>,
     end_to_end: HistogramFamily<QueueLabels>,
@@ -172,6 +173,7 @@ impl Metrics {
             workers: Family::default(),
             oldest_pending: Family::default(),
             paused: Family::default(),
+            held_back: Family::default(),
             queue_wait: Family::new_with_constructor(ticket_seconds),
             run_time: Family::new_with_constructor(ticket_seconds),
             end_to_end: Family::new_with_constructor(ticket_seconds),
@@ -213,6 +215,11 @@ impl Metrics {
             "asyncgate_queue_paused",
             "1 while an operator has the queue paused (Admin.PauseQueue), else 0",
             metrics.paused.clone(),
+        );
+        registry.register(
+            "asyncgate_queue_held_back_tickets",
+            "Ready tickets a queue's limit (rate or concurrency, Admin.SetQueueLimits) holds back now",
+            metrics.held_back.clone(),
         );
         registry.register(
             "asyncgate_workers_connected",
@@ -311,6 +318,7 @@ impl Metrics {
             running: i64,
             oldest: f64,
             paused: i64,
+            held_back: i64,
         }
         let mut sums: HashMap<QueueLabels, Sum> = HashMap::new();
         for info in queues {
@@ -327,16 +335,19 @@ impl Metrics {
                 sum.oldest = sum.oldest.max(age);
             }
             sum.paused = sum.paused.max(i64::from(info.pause.is_some()));
+            sum.held_back += info.held_back as i64;
         }
         self.pending.clear();
         self.running.clear();
         self.oldest_pending.clear();
         self.paused.clear();
+        self.held_back.clear();
         for (labels, sum) in sums {
             self.pending.get_or_create(&labels).set(sum.pending);
             self.running.get_or_create(&labels).set(sum.running);
             self.oldest_pending.get_or_create(&labels).set(sum.oldest);
             self.paused.get_or_create(&labels).set(sum.paused);
+            self.held_back.get_or_create(&labels).set(sum.held_back);
         }
     }
 

@@ -227,6 +227,7 @@ macro_rules! engine_conformance {
                 transitions_and_queue_depths_are_reported,
                 queue_counts_follow_every_transition,
                 a_paused_queue_dispatches_nothing_until_resumed,
+                queue_stats_count_results_and_latencies,
                 a_sessions_tickets_and_worker_record_are_listed,
                 limits_bound_what_a_claim_takes,
                 a_failed_ticket_runs_again_under_its_id,

@@ -30,6 +30,7 @@ use async_trait::async_trait;
 
 use super::journal::{Journal, MemoryJournal, Mutation};
 use super::transition;
+use super::window::Sample;
 use super::{
     Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
     ListFilter, ListPage, ProgressReport, QueueFlow, QueueInfo, ReleaseReason, Revocation,
@@ -200,7 +201,10 @@ impl LocalEngine {
 
     /// What the admin API shows of a queue.
     fn queue_info_of(name: &QueueName, index: &QueueIndex) -> QueueInfo {
+        let now = SystemTime::now();
         QueueInfo {
+            held_back: index.held_back_count(now),
+            stats: index.window.stats(now),
             queue: name.clone(),
             counts: index.counts,
             oldest_pending_at: index.oldest_pending_at(),
@@ -380,12 +384,12 @@ impl LocalEngine {
     /// Call under the ticket's shard lock.
     fn observe(&self, before: Before, after: &Ticket, now: SystemTime) {
         if before.state != Some(after.state) {
-            lock(&self.queue(&after.queue)).tally(
-                after.id,
-                after.created_at,
-                before.state,
-                Some(after.state),
-            );
+            let queue = self.queue(&after.queue);
+            let mut index = lock(&queue);
+            index.tally(after.id, after.created_at, before.state, Some(after.state));
+            for sample in Sample::of(&before, after, now).into_iter().flatten() {
+                index.window.add(sample, now);
+            }
         }
         if let Some(listener) = self.listener() {
             listener.transitioned(before, after, now);

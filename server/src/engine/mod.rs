@@ -16,6 +16,7 @@ pub(crate) mod record;
 pub mod redis;
 pub(crate) mod store_error;
 pub(crate) mod transition;
+pub mod window;
 
 #[cfg(test)]
 mod conformance;

@@ -5,6 +5,7 @@
 
 use std::time::SystemTime;
 
+use super::window::QueueStats;
 use crate::domain::{QueueLimits, QueueName, QueuePause, SessionId, TicketState};
 
 /// Tickets of one queue per state (terminal ones while retained).
@@ -66,6 +67,10 @@ pub struct QueueInfo {
     pub pause: Option<QueuePause>,
     /// Its flow control.
     pub limits: QueueLimits,
+    /// Ready tickets a limit holds back now (0 while paused or unlimited).
+    pub held_back: u64,
+    /// Its recent results and latencies.
+    pub stats: QueueStats,
 }
 
 /// What may hold a queue's PENDING tickets back besides the line.

@@ -229,8 +229,17 @@ async fn a_paused_queue_holds_its_tickets_says_why_and_runs_them_once_resumed() 
     assert!(resumed.pause.is_none());
     let done = finished(&client, &held.id).await;
     assert_eq!(state(&done), pb::TicketState::Succeeded);
-    let counts = admin.get_queue("emails").await.unwrap().counts.unwrap();
+    let queue = admin.get_queue("emails").await.unwrap();
+    let counts = queue.counts.unwrap();
     assert_eq!((counts.pending, counts.succeeded), (0, 2));
+    // The recent windows saw both results, and the held one's long wait.
+    let minute = queue.last_minute.unwrap();
+    assert_eq!((minute.succeeded, minute.failed), (2, 0));
+    let wait = queue.queue_wait.unwrap();
+    assert_eq!(wait.count, 2);
+    let longest = Duration::try_from(wait.p95.unwrap()).unwrap();
+    assert!(longest >= Duration::from_millis(250), "{wait:?}");
+    assert_eq!(queue.held_back, 0, "paused is not a limit");
     worker.shutdown();
 }
 
@@ -402,6 +411,7 @@ async fn a_concurrency_limit_holds_tickets_back_and_says_so() {
     // One runs; the others wait for the cap, and say so.
     let queue = admin.get_queue("fragile").await.unwrap();
     assert_eq!(queue.counts.unwrap().running, 1);
+    assert_eq!(queue.held_back, 2, "both ready tickets wait for the cap");
     let reason = client
         .get(&waiting[1].id, None)
         .await

@@ -190,6 +190,7 @@ async fn metrics_count_tickets_per_queue_and_rpcs_per_status() {
     );
     expect(r#"asyncgate_tickets_pending{queue="idle"}"#, 1.0);
     expect(r#"asyncgate_tickets_pending{queue="metered"}"#, 0.0);
+    expect(r#"asyncgate_queue_held_back_tickets{queue="idle"}"#, 0.0);
     expect(r#"asyncgate_tickets_running{queue="metered"}"#, 0.0);
     expect(r#"asyncgate_workers_connected{queue="metered"}"#, 1.0);
     // Four attempts were leased (one retried), three tickets finished.

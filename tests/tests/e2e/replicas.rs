@@ -460,3 +460,73 @@ async fn pause_list_and_drain_across_replicas() {
         .expect("B's worker, drained through A, stops once idle");
     assert!(worker.stopping());
 }
+
+/// Each replica counts the results its workers record; any replica's
+/// GetQueue shows the sum, within the second it takes a replica to add its
+/// counts to Redis.
+#[tokio::test]
+async fn queue_stats_add_up_over_replicas() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 3).await;
+    let (a, b, c) = (&gateways[0], &gateways[1], &gateways[2]);
+    let client = a.client().await;
+    let echo = || {
+        handler_fn(|task: TaskContext| async move {
+            if task.payload() == &json(serde_json::json!("fail")) {
+                return Err(asyncgate_client::worker::TaskError::fatal("told to"));
+            }
+            Ok(task.payload().clone())
+        })
+    };
+    let workers: Vec<_> = [b, c]
+        .iter()
+        .map(|gateway| {
+            gateway
+                .worker("tallied")
+                .max_in_flight(1)
+                .handler(echo())
+                .build()
+                .unwrap()
+                .spawn()
+        })
+        .collect();
+    for worker in &workers {
+        worker.connected().await.expect("connected");
+    }
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let body = if n % 4 == 3 { "fail" } else { "ok" };
+        let ticket = client
+            .submit(
+                Submit::new("tallied")
+                    .payload(json(serde_json::json!(body)))
+                    .build(),
+            )
+            .await
+            .unwrap();
+        ids.push(ticket.id);
+    }
+    for id in &ids {
+        finished(&client, id).await;
+    }
+    let admin = client.admin();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let queue = loop {
+        let queue = admin.get_queue("tallied").await.unwrap();
+        let minute = queue.last_minute.unwrap_or_default();
+        if (minute.succeeded, minute.failed) == (9, 3) {
+            break queue;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never showed B's and C's results: {queue:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let five = queue.last_five_minutes.unwrap();
+    assert_eq!((five.succeeded, five.failed), (9, 3));
+    assert_eq!(queue.queue_wait.unwrap().count, 12);
+    let run_time = queue.run_time.unwrap();
+    assert_eq!(run_time.count, 12);
+    assert!(run_time.p50.is_some() && run_time.p95.is_some());
+}

@@ -3,6 +3,7 @@
 //! that stops dispatch until a resume.
 
 use super::*;
+use crate::engine::window::{QueueStats, Throughput};
 
 /// Counts of queue `q`, which must exist.
 async fn counts(engine: &Arc<dyn Engine>, q: &str) -> StateCounts {
@@ -267,6 +268,8 @@ pub(crate) async fn limits_bound_what_a_claim_takes(factory: Factory) {
     let first = claim().await;
     assert_eq!(first.len(), 2);
     assert!(claim().await.is_empty(), "the cap is reached");
+    let info = h.engine.queue_info(&queue("q")).await.unwrap().unwrap();
+    assert_eq!(info.held_back, 8, "the ready tickets wait for the cap");
     h.engine
         .complete(
             first[0].ticket.id,
@@ -277,9 +280,9 @@ pub(crate) async fn limits_bound_what_a_claim_takes(factory: Factory) {
         .unwrap();
     assert_eq!(claim().await.len(), 1, "one finished, one more may run");
 
-    // Three leases a second, three at once: the bucket starts full.
+    // One lease a second, three at once: the bucket starts full.
     let rated = QueueLimits {
-        max_dispatch_per_second: 3,
+        max_dispatch_per_second: 1,
         burst: 3,
         max_concurrent: 0,
     };
@@ -292,15 +295,9 @@ pub(crate) async fn limits_bound_what_a_claim_takes(factory: Factory) {
         .await;
     assert_eq!(claim().await.len(), 3);
     assert!(claim().await.is_empty(), "the bucket is empty");
-    assert_eq!(
-        h.engine
-            .queue_info(&queue("q"))
-            .await
-            .unwrap()
-            .unwrap()
-            .limits,
-        rated
-    );
+    let info = h.engine.queue_info(&queue("q")).await.unwrap().unwrap();
+    assert_eq!(info.limits, rated);
+    assert_eq!(info.held_back, 4, "the ready tickets wait for tokens");
 
     // Unlimited again: the rest go.
     h.engine
@@ -308,4 +305,64 @@ pub(crate) async fn limits_bound_what_a_claim_takes(factory: Factory) {
         .await
         .unwrap();
     assert_eq!(claim().await.len(), 4);
+}
+
+pub(crate) async fn queue_stats_count_results_and_latencies(factory: Factory) {
+    let h = harness(factory).await;
+    for _ in 0..4 {
+        h.engine.submit(new_ticket("q")).await.unwrap();
+    }
+    let stats = |engine: Arc<dyn Engine>| async move {
+        engine
+            .queue_info(&queue("q"))
+            .await
+            .unwrap()
+            .expect("the queue exists")
+            .stats
+    };
+    let before = stats(h.engine.clone()).await;
+    assert_eq!(before, QueueStats::default(), "nothing measured yet");
+    let s = session(&h.engine, "w").await;
+    for n in 0..3 {
+        let claimed = claim_one(&h.engine, "q", &s).await;
+        let outcome = if n < 2 {
+            Outcome::Success(body("ok"))
+        } else {
+            Outcome::Failure(TicketError {
+                code: 3,
+                message: "bad".into(),
+                retryable: false,
+            })
+        };
+        h.engine
+            .complete(claimed.ticket.id, claimed.lease.lease_id, outcome)
+            .await
+            .unwrap();
+    }
+    let after = stats(h.engine.clone()).await;
+    let three = Throughput {
+        succeeded: 2,
+        failed: 1,
+    };
+    assert_eq!(after.last_minute, three);
+    assert_eq!(after.last_five_minutes, three);
+    // Three leases waited and three attempts ran; the fourth still waits.
+    assert_eq!(after.queue_wait.count, 3);
+    assert_eq!(after.run_time.count, 3);
+    for latency in [after.queue_wait, after.run_time] {
+        let (p50, p95) = (latency.p50.unwrap(), latency.p95.unwrap());
+        assert!(p50 <= p95 && p95 < Duration::from_secs(60), "{latency:?}");
+    }
+    // Another queue's work is not counted here.
+    h.engine.submit(new_ticket("other")).await.unwrap();
+    let other = claim_one(&h.engine, "other", &s).await;
+    h.engine
+        .complete(
+            other.ticket.id,
+            other.lease.lease_id,
+            Outcome::Success(body("ok")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats(h.engine.clone()).await.last_minute, three);
 }

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use crate::domain::queue::{Bucket, allowance};
 use crate::domain::{QueueLimits, QueuePause, TicketId, TicketState};
 use crate::engine::StateCounts;
+use crate::engine::window::Window;
 
 /// Ready-order key: highest priority first, then FIFO.
 pub(super) type ReadyKey = (Reverse<i32>, u64);
@@ -38,6 +39,8 @@ pub(super) struct QueueIndex {
     /// Tickets popped by claims not yet leased: they count as running
     /// against `max_concurrent`.
     pub(super) leasing: u64,
+    /// Recent results and latencies.
+    pub(super) window: Window,
 }
 
 impl QueueIndex {
@@ -105,6 +108,28 @@ impl QueueIndex {
     /// Tickets counted by [`Self::spend`] are leased (or given up).
     pub(super) fn leased(&mut self, counted: u64) {
         self.leasing = self.leasing.saturating_sub(counted);
+    }
+
+    /// Ready tickets a limit holds back at `now`: all of them while the
+    /// limits allow no lease (and the queue is not paused), else none.
+    pub(super) fn held_back_count(&self, now: SystemTime) -> u64 {
+        if !self.held_back() {
+            return 0;
+        }
+        let mut bucket = self.bucket;
+        if let Some(bucket) = &mut bucket {
+            bucket.refill(&self.limits, now);
+        }
+        let allowed = allowance(
+            &self.limits,
+            bucket.as_ref(),
+            self.counts.running + self.leasing,
+        );
+        if allowed == 0 {
+            self.ready.len() as u64
+        } else {
+            0
+        }
     }
 
     /// Whether ready tickets wait only for a limit (the timer pass then

@@ -38,7 +38,7 @@ impl Keys {
     }
 
     /// The tag every key of `queue` starts with.
-    fn tag(&self, queue: &QueueName) -> String {
+    pub(super) fn tag(&self, queue: &QueueName) -> String {
         format!("{}:{{q:{}}}", self.prefix, queue)
     }
 

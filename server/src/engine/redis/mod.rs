@@ -67,6 +67,7 @@ mod sessions;
 mod store;
 mod submit;
 mod timers;
+mod windows;
 mod workers;
 
 use std::collections::{HashMap, HashSet};
@@ -233,6 +234,11 @@ struct Inner {
     /// What holds queues back, as lately read, for waiting reasons (see
     /// `FLOW_TTL`).
     flows: Mutex<HashMap<QueueName, (Instant, crate::engine::QueueFlow)>>,
+    /// Queue statistics counted here and not yet added to Redis (see
+    /// `windows.rs`).
+    windows: Mutex<HashMap<QueueName, crate::engine::window::Window>>,
+    /// When the timer pass last flushed `windows`.
+    last_window_flush: Mutex<Instant>,
     /// Where recently seen tickets live (a ticket never changes queue).
     located: LocatorCache,
     /// Queues this replica has registered in the queue set.
@@ -256,12 +262,16 @@ impl Inner {
         &self.leases[(self.hasher.hash_one(lease_id) as usize) % LEASE_SHARDS]
     }
 
-    /// Reports a committed state change to the listener (for metrics).
+    /// Counts a committed state change in the queue's statistics and
+    /// reports it to the listener (for metrics).
     fn observe(&self, before: &Ticket, after: &Ticket) {
-        if before.state != after.state
-            && let Some(listener) = self.listener.get()
-        {
-            listener.transitioned(Before::of(before), after, SystemTime::now());
+        if before.state == after.state {
+            return;
+        }
+        let (before, now) = (Before::of(before), SystemTime::now());
+        self.count_sample(&before, after, now);
+        if let Some(listener) = self.listener.get() {
+            listener.transitioned(before, after, now);
         }
     }
 

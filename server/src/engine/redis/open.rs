@@ -176,6 +176,8 @@ pub async fn connect(
         located: LocatorCache::default(),
         worker_counts: Mutex::default(),
         flows: Mutex::default(),
+        windows: Mutex::default(),
+        last_window_flush: Mutex::new(Instant::now()),
         session_workers: Mutex::default(),
         enqueue_clock: AtomicU64::new(0),
         queues_known: RwLock::default(),

@@ -3,7 +3,7 @@
 //! is scanned), and the pause that `claim.lua` obeys on every replica.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -11,6 +11,7 @@ use super::bus;
 use super::layout;
 use super::store::QueryKind;
 use super::{Inner, lock};
+use crate::domain::queue::{Bucket, allowance};
 use crate::domain::{QueueLimits, QueueName, QueuePause, TicketState};
 use crate::engine::{EngineError, QueueFlow, QueueInfo, StateCounts};
 
@@ -20,18 +21,30 @@ use crate::engine::{EngineError, QueueFlow, QueueInfo, StateCounts};
 const FLOW_TTL: Duration = Duration::from_secs(1);
 
 /// What one pipeline reads of a queue: counts, the oldest pending entry
-/// (member, score), the pause's fields.
+/// (member, score), the pause's fields, the limits with the token bucket
+/// (rate, burst, conc, tokens, ts), and how many tickets are ready and
+/// being claimed.
 type QueueFields = (
     HashMap<String, i64>,
     Vec<(String, u64)>,
     HashMap<String, String>,
-    (Option<u32>, Option<u32>, Option<u32>),
+    (
+        Option<u32>,
+        Option<u32>,
+        Option<u32>,
+        Option<f64>,
+        Option<u64>,
+    ),
+    u64,
+    u64,
 );
 
 impl Inner {
     /// Every queue used so far, read one pipeline per queue (each queue is
     /// one hash slot), all at once.
     pub(super) async fn queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        // This replica's own counts first, so they show at once.
+        self.flush_windows().await;
         let mut queues = self.known_queues().await?;
         queues.sort();
         let infos =
@@ -54,40 +67,63 @@ impl Inner {
         if !known {
             return Ok(None);
         }
+        self.flush_windows().await;
         self.read_queue(queue).await.map(Some)
     }
 
     async fn read_queue(&self, queue: &QueueName) -> Result<QueueInfo, EngineError> {
-        let (counts, oldest, pause, limits): QueueFields = self
-            .run(|| {
-                let mut pipe = redis::pipe();
-                pipe.hgetall(self.keys.counts(queue))
-                    .zrange_withscores(self.keys.age(queue), 0, 0)
-                    .hgetall(self.keys.pause(queue))
-                    .cmd("HMGET")
-                    .arg(self.keys.limits(queue))
-                    .arg("rate")
-                    .arg("burst")
-                    .arg("conc");
-                QueryKind::Pipe(pipe)
-            })
-            .await?;
+        let now = SystemTime::now();
+        let fields = self.run(|| {
+            let mut pipe = redis::pipe();
+            pipe.hgetall(self.keys.counts(queue))
+                .zrange_withscores(self.keys.age(queue), 0, 0)
+                .hgetall(self.keys.pause(queue))
+                .cmd("HMGET")
+                .arg(self.keys.limits(queue))
+                .arg(&["rate", "burst", "conc", "tokens", "ts"][..])
+                .zcard(self.keys.ready(queue))
+                .zcard(self.keys.claiming(queue));
+            QueryKind::Pipe(pipe)
+        });
+        let ((counts, oldest, pause, limits, ready, claiming), stats): (QueueFields, _) =
+            futures::try_join!(fields, self.read_stats(queue, now))?;
         let mut state_counts = StateCounts::default();
         for (name, count) in counts {
             if let Some(state) = TicketState::from_name(&name) {
                 *state_counts.get_mut(state) = u64::try_from(count).unwrap_or(0);
             }
         }
+        let pause = pause_from(&pause);
+        let (rate, burst, conc, tokens, stamp) = limits;
+        let limits = QueueLimits {
+            max_dispatch_per_second: rate.unwrap_or(0),
+            burst: burst.unwrap_or(0),
+            max_concurrent: conc.unwrap_or(0),
+        };
+        // As `claim.lua` reckons it: would a claim now get nothing?
+        let held_back = if pause.is_none() && limits.any() && ready > 0 {
+            let bucket = (limits.max_dispatch_per_second > 0).then(|| {
+                let mut bucket = Bucket::full(&limits, now);
+                if let (Some(tokens), Some(stamp)) = (tokens, stamp) {
+                    bucket.tokens = tokens;
+                    bucket.at = layout::time_of_millis(stamp);
+                    bucket.refill(&limits, now);
+                }
+                bucket
+            });
+            let allowed = allowance(&limits, bucket.as_ref(), state_counts.running + claiming);
+            if allowed == 0 { ready } else { 0 }
+        } else {
+            0
+        };
         Ok(QueueInfo {
             queue: queue.clone(),
             counts: state_counts,
             oldest_pending_at: oldest.first().map(|(_, ms)| layout::time_of_millis(*ms)),
-            pause: pause_from(&pause),
-            limits: QueueLimits {
-                max_dispatch_per_second: limits.0.unwrap_or(0),
-                burst: limits.1.unwrap_or(0),
-                max_concurrent: limits.2.unwrap_or(0),
-            },
+            pause,
+            limits,
+            held_back,
+            stats,
         })
     }
 

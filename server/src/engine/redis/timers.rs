@@ -65,6 +65,17 @@ impl Inner {
             }
             due
         };
+        let flush = {
+            let mut last = lock(&self.last_window_flush);
+            let due = last.elapsed() >= super::windows::FLUSH_EVERY;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if flush {
+            self.flush_windows().await;
+        }
         let due = self.due(&queues, now_ms).await?;
         for (queue, (timers, stale_claims, ready_count, limited)) in queues.iter().zip(due) {
             let fired = futures::stream::iter(timers)

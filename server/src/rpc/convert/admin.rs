@@ -9,6 +9,7 @@ use super::state_from_pb;
 use crate::auth::Caller;
 use crate::domain::queue::MAX_PAUSE_REASON_CHARS;
 use crate::domain::{QueueLimits, QueueName, SessionId, TicketId, TicketState};
+use crate::engine::window::{Latency, Throughput};
 use crate::engine::{QueueInfo, WorkerRecord};
 use crate::error::GatewayError;
 use crate::time;
@@ -48,11 +49,26 @@ pub(crate) fn queue_to_pb(
             burst: info.limits.burst,
             max_concurrent: info.limits.max_concurrent,
         }),
-        // Not measured yet: unset rather than a zero that would mislead.
-        last_minute: None,
-        last_five_minutes: None,
-        queue_wait: None,
-        run_time: None,
+        last_minute: Some(throughput_to_pb(info.stats.last_minute)),
+        last_five_minutes: Some(throughput_to_pb(info.stats.last_five_minutes)),
+        queue_wait: Some(latency_to_pb(info.stats.queue_wait)),
+        run_time: Some(latency_to_pb(info.stats.run_time)),
+        held_back: info.held_back,
+    }
+}
+
+fn throughput_to_pb(throughput: Throughput) -> pb::QueueThroughput {
+    pb::QueueThroughput {
+        succeeded: throughput.succeeded,
+        failed: throughput.failed,
+    }
+}
+
+fn latency_to_pb(latency: Latency) -> pb::LatencySummary {
+    pb::LatencySummary {
+        p50: latency.p50.map(time::duration),
+        p95: latency.p95.map(time::duration),
+        count: latency.count,
     }
 }
 
