@@ -23,6 +23,7 @@ pub use flags::Cli;
 pub use units::{
     DURATION_FORMS, SIZE_FORMS, format_size, parse_duration, parse_size, parse_size_usize,
 };
+pub use validate::{QueueLimitsSetting, parse_queue_limits};
 
 /// The default durable store file.
 pub const DEFAULT_STORE: &str = "./data/asyncgate.redb";
@@ -153,6 +154,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often timers (deadlines, backoff, leases, retention) are checked.
     pub timer_tick: Duration,
+    /// Queue limits set at start (`--queue-limits`, `[queues.NAME]`).
+    pub queue_limits: Vec<QueueLimitsSetting>,
 }
 
 impl Default for Config {
@@ -189,6 +192,7 @@ impl Default for Config {
             watch_keepalive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
             timer_tick: Duration::from_millis(20),
+            queue_limits: Vec::new(),
         }
     }
 }

@@ -109,6 +109,14 @@ pub enum StartError {
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::engine::redis::ConnectError),
+    /// A queue's configured limits could not be stored.
+    #[error("cannot set the limits of queue {queue:?} (--queue-limits): {error}")]
+    QueueLimits {
+        /// The queue.
+        queue: String,
+        /// What the store said.
+        error: String,
+    },
 }
 
 /// A running gateway.
@@ -177,6 +185,22 @@ async fn build_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
             .await?,
         ),
     })
+}
+
+/// Sets the limits the configuration names (`--queue-limits`), replacing
+/// what an operator set through the API for those queues.
+async fn apply_queue_limits(config: &Config, engine: &dyn Engine) -> Result<(), StartError> {
+    for setting in &config.queue_limits {
+        engine
+            .set_limits(&setting.queue, setting.limits)
+            .await
+            .map_err(|error| StartError::QueueLimits {
+                queue: setting.queue.to_string(),
+                error: error.to_string(),
+            })?;
+        tracing::info!(queue = %setting.queue, limits = ?setting.limits, "queue limits set from the configuration");
+    }
+    Ok(())
 }
 
 /// The rustls settings of `--tls-cert`, `--tls-key`, `--tls-client-ca`.
@@ -281,6 +305,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let config = Arc::new(config);
     let shutdown = Shutdown::default();
     let engine = build_engine(&config).await?;
+    apply_queue_limits(&config, engine.as_ref()).await?;
     let hub = Arc::new(WatchHub::default());
     let dispatcher = Dispatcher::new(
         engine.clone(),

@@ -134,3 +134,67 @@ async fn hostile_admin_calls_are_refused_precisely_and_change_nothing() {
     assert!(!log.contains("who=root"), "{log}");
     assert!(!log.contains("cleared your terminal"), "{log}");
 }
+
+/// `[queues.NAME]` in the config file sets a queue's limits at every start:
+/// they hold from the first request, and a restart puts them back after an
+/// operator changed them through the API. A bad table stops the start with
+/// a message naming the key.
+#[tokio::test]
+async fn queue_limits_in_the_config_file_are_set_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("asyncgate.toml");
+    let store = dir.path().join("store.redb");
+    let start = |port: u16| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+            .arg("--config")
+            .arg(&file)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server binary starts")
+    };
+    std::fs::write(
+        &file,
+        "[queues.fragile]\nmax_dispatch_per_second = 20\nmax_concurrent = 2\n",
+    )
+    .unwrap();
+    let configured = pb::QueueLimits {
+        max_dispatch_per_second: 20,
+        burst: 0,
+        max_concurrent: 2,
+    };
+    for round in 0..2 {
+        let port = free_port();
+        let mut gateway = start(port);
+        let client = Client::connect_lazy(format!("http://127.0.0.1:{port}")).unwrap();
+        wait_until_serving(&client).await;
+        let admin = client.admin();
+        let queue = admin.get_queue("fragile").await.unwrap();
+        assert_eq!(queue.limits, Some(configured), "round {round}");
+        // An operator loosens them; the next start puts the file's back.
+        let loose = pb::QueueLimits {
+            max_concurrent: 50,
+            ..Default::default()
+        };
+        admin.set_queue_limits("fragile", loose).await.unwrap();
+        gateway.kill().await.unwrap();
+    }
+
+    std::fs::write(&file, "[queues.fragile]\nmax_concurrent = -3\n").unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_asyncgate-server"))
+        .arg("--config")
+        .arg(&file)
+        .args(["--store", "memory"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("max_concurrent") && stderr.contains("not a whole number"),
+        "{stderr}"
+    );
+}

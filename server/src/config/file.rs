@@ -35,6 +35,17 @@ pub(super) fn merge_file(
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| invalid(format!("--config {file}: {e}")))?;
     for (key, value) in table {
+        if key == "queues" {
+            // `[queues.NAME]` tables stand for `--queue-limits` values.
+            let given_flag = given.iter().any(|g| g.starts_with("--queue-limits"))
+                || std::env::var_os("ASYNCGATE_QUEUE_LIMITS").is_some();
+            let flags = queue_tables(file, value).map_err(invalid)?;
+            if !given_flag {
+                merged.extend(flags);
+                from_file.insert("queue_limits".to_owned());
+            }
+            continue;
+        }
         let name = key.replace('_', "-");
         let Some(arg) = command.get_arguments().find(|a| {
             a.get_long() == Some(name.as_str()) && !NOT_IN_FILES.contains(&name.as_str())
@@ -111,4 +122,36 @@ fn setting_as_flags(
         }
     };
     Ok(Some(vec![flag(), text.into()]))
+}
+
+/// The `--queue-limits` flags that a `[queues]` table stands for: one per
+/// `[queues.NAME]`, whose keys are the limits (whole numbers).
+fn queue_tables(file: &str, value: toml::Value) -> Result<Vec<OsString>, String> {
+    let toml::Value::Table(queues) = value else {
+        return Err(format!(
+            "--config {file}: queues must be tables, e.g. [queues.emails] with max_concurrent = 20"
+        ));
+    };
+    let mut flags = Vec::with_capacity(queues.len() * 2);
+    for (queue, limits) in queues {
+        let toml::Value::Table(limits) = limits else {
+            return Err(format!(
+                "--config {file}: queues.{queue} must be a table of limits ({})",
+                super::validate::LIMIT_KEYS.join(", ")
+            ));
+        };
+        let mut pairs = Vec::with_capacity(limits.len());
+        for (key, value) in limits {
+            let toml::Value::Integer(n) = value else {
+                return Err(format!(
+                    "--config {file}: queues.{queue}.{key} must be a whole number, not {}",
+                    value.type_str()
+                ));
+            };
+            pairs.push(format!("{key}={n}"));
+        }
+        flags.push(OsString::from("--queue-limits"));
+        flags.push(OsString::from(format!("{queue}:{}", pairs.join(","))));
+    }
+    Ok(flags)
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::{DEFAULT_STORE, parse_duration, parse_size, parse_size_usize};
+use super::{
+    DEFAULT_STORE, QueueLimitsSetting, parse_duration, parse_queue_limits, parse_size,
+    parse_size_usize,
+};
 
 /// Command-line flags of `asyncgate-server`; every flag also reads an
 /// `ASYNCGATE_*` environment variable.
@@ -230,6 +233,20 @@ pub struct Cli {
         value_parser = parse_size_usize
     )]
     pub max_payload_bytes: usize,
+    /// A queue's dispatch limits, set at every start (replacing what
+    /// Admin.SetQueueLimits set for it):
+    /// `QUEUE:max_dispatch_per_second=500,burst=1000,max_concurrent=20`,
+    /// any of the three (0 or left out: unlimited); repeat for several
+    /// queues (`;` between them in the environment variable). In a config
+    /// file, a `[queues.NAME]` table with those keys.
+    #[arg(
+        long = "queue-limits",
+        env = "ASYNCGATE_QUEUE_LIMITS",
+        value_name = "QUEUE:LIMITS",
+        value_delimiter = ';',
+        value_parser = parse_queue_limits
+    )]
+    pub queue_limits: Vec<QueueLimitsSetting>,
     /// Pending tickets per queue before submits get RESOURCE_EXHAUSTED.
     #[arg(
         long,

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 use super::*;
+use crate::domain::QueueLimits;
 
 fn parse(args: &[&str]) -> Result<Config, String> {
     let mut argv = vec!["asyncgate-server"];
@@ -438,4 +439,116 @@ fn metrics_settings_have_documented_defaults() {
             .unwrap_err()
             .contains("at least 1")
     );
+}
+
+#[test]
+fn queue_limits_come_from_flags_or_queue_tables_in_the_file() {
+    let config = parse(&[
+        "--store",
+        "memory",
+        "--queue-limits",
+        "emails:max_dispatch_per_second=500,burst=1000",
+        "--queue-limits",
+        "acme/reports:max_concurrent=20",
+    ])
+    .unwrap();
+    let shown: Vec<(String, QueueLimits)> = config
+        .queue_limits
+        .iter()
+        .map(|s| (s.queue.to_string(), s.limits))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "emails".to_owned(),
+                QueueLimits {
+                    max_dispatch_per_second: 500,
+                    burst: 1000,
+                    max_concurrent: 0
+                }
+            ),
+            (
+                "acme/reports".to_owned(),
+                QueueLimits {
+                    max_concurrent: 20,
+                    ..QueueLimits::default()
+                }
+            ),
+        ]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("asyncgate.toml");
+    let args = |extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "asyncgate-server".into(),
+            "--config".into(),
+            file.clone().into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        args
+    };
+    std::fs::write(
+        &file,
+        "store = \"memory\"\n[queues.fragile]\nmax_dispatch_per_second = 50\nmax_concurrent = 4\n[queues.\"acme/bulk\"]\nburst = 10\nmax_dispatch_per_second = 5\n",
+    )
+    .unwrap();
+    let parsed = parse_args(args(&[])).unwrap();
+    let effective = parsed.effective.clone();
+    let config = Config::try_from(parsed.cli).unwrap();
+    assert_eq!(config.queue_limits.len(), 2, "{:?}", config.queue_limits);
+    let fragile = config
+        .queue_limits
+        .iter()
+        .find(|s| s.queue.as_str() == "fragile")
+        .unwrap();
+    assert_eq!(
+        fragile.limits,
+        QueueLimits {
+            max_dispatch_per_second: 50,
+            burst: 0,
+            max_concurrent: 4
+        }
+    );
+    assert!(effective.contains("# config file"), "{effective}");
+    // What --print-config prints reads back to the same limits.
+    std::fs::write(&file, &effective).unwrap();
+    let again = Config::try_from(parse_args(args(&[])).unwrap().cli).unwrap();
+    assert_eq!(again.queue_limits, config.queue_limits);
+    // A flag replaces the file's tables.
+    std::fs::write(&file, "[queues.fragile]\nmax_concurrent = 4\n").unwrap();
+    let flagged = parse_args(args(&["--queue-limits", "other:max_concurrent=1"])).unwrap();
+    let flagged = Config::try_from(flagged.cli).unwrap();
+    assert_eq!(flagged.queue_limits.len(), 1);
+    assert_eq!(flagged.queue_limits[0].queue.as_str(), "other");
+
+    // Each mistake names what to fix.
+    for (value, expected) in [
+        ("emails", "no ':'"),
+        ("emails:rate=5", "unknown limit \"rate\""),
+        ("emails:max_concurrent=-1", "not a whole number"),
+        ("emails:max_dispatch_per_second=2000000", "at most 1000000"),
+        ("emails:burst=10", "burst needs max_dispatch_per_second"),
+        ("no spaces:max_concurrent=1", "queue:"),
+    ] {
+        let error = parse(&["--store", "memory", "--queue-limits", value]).unwrap_err();
+        assert!(error.contains(expected), "{value}: {error}");
+    }
+    for (text, expected) in [
+        ("queues = 5\n", "queues must be tables"),
+        ("[queues]\nfragile = 3\n", "queues.fragile must be a table"),
+        (
+            "[queues.fragile]\nmax_concurrent = \"x\"\n",
+            "queues.fragile.max_concurrent must be a whole number",
+        ),
+        (
+            "[queues.fragile]\nconcurrency = 3\n",
+            "unknown limit \"concurrency\"",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let error = parse_args(args(&[])).err().unwrap().to_string();
+        assert!(error.contains(expected), "{text}: {error}");
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{Cli, Config, StoreConfig, TlsFiles};
 use crate::domain::backoff::Backoff;
+use crate::domain::{QueueLimits, QueueName};
 use crate::engine::EngineConfig;
 
 impl TryFrom<Cli> for Config {
@@ -229,5 +230,58 @@ fn assemble(cli: Cli, store: StoreConfig, cors_allow_headers: Vec<String>) -> Co
         watch_keepalive: cli.watch_keepalive,
         shutdown_grace: cli.shutdown_grace,
         timer_tick: Config::default().timer_tick,
+        queue_limits: cli.queue_limits,
     }
+}
+
+/// One `--queue-limits` value: a queue (as stored: `tenant/name` for a
+/// tenant's) and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueLimitsSetting {
+    /// The queue.
+    pub queue: QueueName,
+    /// Its limits, checked as Admin.SetQueueLimits checks them.
+    pub limits: QueueLimits,
+}
+
+/// The keys of a queue's limits, in `--queue-limits` and `[queues.NAME]`.
+pub(super) const LIMIT_KEYS: [&str; 3] = ["max_dispatch_per_second", "burst", "max_concurrent"];
+
+/// Parses `QUEUE:max_dispatch_per_second=500,burst=1000,max_concurrent=20`.
+pub fn parse_queue_limits(text: &str) -> Result<QueueLimitsSetting, String> {
+    let form = "QUEUE:max_dispatch_per_second=N,burst=N,max_concurrent=N (any of the three)";
+    let Some((queue, list)) = text.split_once(':') else {
+        return Err(format!(
+            "{text:?} has no ':' after the queue; the form is {form}"
+        ));
+    };
+    let queue = QueueName::parse_scoped(queue.trim()).map_err(|e| format!("queue: {e}"))?;
+    let mut limits = QueueLimits::default();
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not KEY=VALUE; the form is {form}"))?;
+        let value: u32 = value.trim().parse().map_err(|_| {
+            format!(
+                "{}: {value:?} is not a whole number (0 means unlimited)",
+                key.trim()
+            )
+        })?;
+        let slot = match key.trim() {
+            "max_dispatch_per_second" => &mut limits.max_dispatch_per_second,
+            "burst" => &mut limits.burst,
+            "max_concurrent" => &mut limits.max_concurrent,
+            other => {
+                return Err(format!(
+                    "unknown limit {other:?}; the limits are {}",
+                    LIMIT_KEYS.join(", ")
+                ));
+            }
+        };
+        *slot = value;
+    }
+    limits
+        .check()
+        .map_err(|(field, message)| format!("{field} {message}"))?;
+    Ok(QueueLimitsSetting { queue, limits })
 }

@@ -127,7 +127,40 @@ pub struct QueueLimits {
     pub max_concurrent: u32,
 }
 
+/// The most leases per second a queue may be limited to.
+pub const MAX_RATE: u32 = 1_000_000;
+/// The largest burst and concurrency cap.
+pub const MAX_BURST: u32 = 10_000_000;
+
 impl QueueLimits {
+    /// Checks each limit against its bound, and that a burst comes with a
+    /// rate. The error names the field and says what to fix.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (field, value, max) in [
+            (
+                "max_dispatch_per_second",
+                self.max_dispatch_per_second,
+                MAX_RATE,
+            ),
+            ("burst", self.burst, MAX_BURST),
+            ("max_concurrent", self.max_concurrent, MAX_BURST),
+        ] {
+            if value > max {
+                return Err((
+                    field,
+                    format!("is {value}; at most {max} (0 means unlimited)"),
+                ));
+            }
+        }
+        if self.burst > 0 && self.max_dispatch_per_second == 0 {
+            return Err((
+                "burst",
+                "needs max_dispatch_per_second: a burst is the bucket of a rate".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
         self.max_dispatch_per_second > 0 || self.max_concurrent > 0

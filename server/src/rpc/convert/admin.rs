@@ -112,11 +112,6 @@ pub(crate) fn session_id(text: &str, field: &str) -> Result<SessionId, GatewayEr
         .map_err(|e| GatewayError::invalid(field, e.to_string()))
 }
 
-/// The most leases per second a queue may be limited to.
-pub(crate) const MAX_RATE: u32 = 1_000_000;
-/// The largest burst and concurrency cap.
-pub(crate) const MAX_BURST: u32 = 10_000_000;
-
 /// A queue's limits, checked: each within its bound, a burst only with a
 /// rate.
 pub(crate) fn limits(limits: Option<pb::QueueLimits>) -> Result<QueueLimits, GatewayError> {
@@ -126,31 +121,14 @@ pub(crate) fn limits(limits: Option<pb::QueueLimits>) -> Result<QueueLimits, Gat
             "is missing: set max_dispatch_per_second, burst and/or max_concurrent (0 means unlimited)",
         ));
     };
-    let bounded = |value: u32, max: u32, field: &str| {
-        if value > max {
-            Err(GatewayError::invalid(
-                format!("limits.{field}"),
-                format!("is {value}; at most {max} (0 means unlimited)"),
-            ))
-        } else {
-            Ok(value)
-        }
-    };
     let parsed = QueueLimits {
-        max_dispatch_per_second: bounded(
-            limits.max_dispatch_per_second,
-            MAX_RATE,
-            "max_dispatch_per_second",
-        )?,
-        burst: bounded(limits.burst, MAX_BURST, "burst")?,
-        max_concurrent: bounded(limits.max_concurrent, MAX_BURST, "max_concurrent")?,
+        max_dispatch_per_second: limits.max_dispatch_per_second,
+        burst: limits.burst,
+        max_concurrent: limits.max_concurrent,
     };
-    if parsed.burst > 0 && parsed.max_dispatch_per_second == 0 {
-        return Err(GatewayError::invalid(
-            "limits.burst",
-            "needs max_dispatch_per_second: a burst is the bucket of a rate",
-        ));
-    }
+    parsed
+        .check()
+        .map_err(|(field, message)| GatewayError::invalid(format!("limits.{field}"), message))?;
     Ok(parsed)
 }
 
