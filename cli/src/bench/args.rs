@@ -49,6 +49,16 @@ Scale scenarios (bounded by --tickets, and by --time-limit per phase):
   many-workers  --workers (default 1000) workers with max_in_flight 1 on one
                 queue, --tickets (default 100000) tickets: tasks per worker
                 (max, min, spread max/min)
+  queues        Submit --tickets (default 1000000) over --queues (default
+                100) queues with no worker, then call Admin.ListQueues one
+                after another for --duration: its latency percentiles, and
+                whether every queue and ticket is listed; the tickets are
+                purged afterwards (Admin.PurgeQueue)
+  rate-limit    Set --rate leases/s and --max-concurrent on a fresh queue
+                (Admin.SetQueueLimits), keep it full of tickets, and run
+                them on --workers workers (spread over the replicas) that
+                hold each task --hold: the delivered rate after --warmup,
+                over --duration, and the most tasks the workers ran at once
 
 Output: a table on stdout, or one JSON document with the global
 --output json; a progress line on stderr about once a second (--quiet: none).
@@ -104,10 +114,26 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) watchers: Option<usize>,
 
-    /// Tickets of a scale scenario (default 1000000 for backlog, 100000 for
-    /// many-workers).
+    /// Tickets of a scale scenario (default 1000000 for backlog and queues,
+    /// 100000 for many-workers).
     #[arg(long, value_name = "N")]
     pub(crate) tickets: Option<u64>,
+
+    /// Queues the queues scenario spreads its tickets over.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) queues: usize,
+
+    /// The rate-limit scenario's max_dispatch_per_second.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub(crate) rate: u32,
+
+    /// The rate-limit scenario's max_concurrent (0: none).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub(crate) max_concurrent: u32,
+
+    /// How long the rate-limit scenario's workers hold each task.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration, value_name = "DUR")]
+    pub(crate) hold: Duration,
 
     /// Payload size per request: bytes, or a size with a unit such as
     /// 64KiB (KiB = 1024 bytes; KB = 1000).
@@ -173,6 +199,8 @@ pub(crate) enum Mode {
     Backlog,
     Fanout,
     ManyWorkers,
+    Queues,
+    RateLimit,
 }
 
 impl Mode {
@@ -186,12 +214,17 @@ impl Mode {
             Mode::Backlog => "backlog",
             Mode::Fanout => "fanout",
             Mode::ManyWorkers => "many-workers",
+            Mode::Queues => "queues",
+            Mode::RateLimit => "rate-limit",
         }
     }
 
     /// A scale scenario rather than a timed load.
     pub(crate) fn is_scale(self) -> bool {
-        matches!(self, Mode::Backlog | Mode::Fanout | Mode::ManyWorkers)
+        matches!(
+            self,
+            Mode::Backlog | Mode::Fanout | Mode::ManyWorkers | Mode::Queues | Mode::RateLimit
+        )
     }
 }
 
@@ -247,6 +280,10 @@ pub(crate) struct Settings {
     pub(crate) max_in_flight: u32,
     pub(crate) watchers: usize,
     pub(crate) tickets: u64,
+    pub(crate) queues: usize,
+    pub(crate) rate: u32,
+    pub(crate) max_concurrent: u32,
+    pub(crate) hold: Duration,
     pub(crate) payload_size: usize,
     pub(crate) payload_kind: PayloadKind,
     pub(crate) duration: Duration,
@@ -391,6 +428,10 @@ impl BenchArgs {
                 1,
                 100_000_000,
             )?,
+            queues: check_range("queues", self.queues, 1, 10_000)?,
+            rate: check_range("rate", self.rate, 1, 1_000_000)?,
+            max_concurrent: check_range("max-concurrent", self.max_concurrent, 0, 10_000_000)?,
+            hold: self.hold,
             payload_size: check_range("payload-size", self.payload_size, 0, MAX_PAYLOAD)?,
             payload_kind: self.payload_kind,
             duration: self.duration,

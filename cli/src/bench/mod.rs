@@ -20,6 +20,7 @@ mod args;
 mod cleanup;
 mod echo;
 mod load;
+mod operate;
 mod report;
 mod scale;
 pub(crate) mod target;

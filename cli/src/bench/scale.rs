@@ -40,6 +40,8 @@ pub(crate) async fn run(settings: &Settings, gateway: &Gateway) -> anyhow::Resul
         Mode::Backlog => backlog(settings, gateway).await,
         Mode::Fanout => fanout(settings, gateway).await,
         Mode::ManyWorkers => many_workers(settings, gateway).await,
+        Mode::Queues => super::operate::queues(settings, gateway).await,
+        Mode::RateLimit => super::operate::rate_limit(settings, gateway).await,
         other => anyhow::bail!("{} is not a scale scenario", other.name()),
     }
 }
@@ -70,7 +72,7 @@ struct Mark {
 
 /// Marks, recorded by whoever makes the counter cross a boundary.
 #[derive(Clone)]
-struct Marks {
+pub(super) struct Marks {
     every: u64,
     rss: RssSource,
     marks: Arc<Mutex<Vec<Mark>>>,
@@ -201,19 +203,19 @@ fn stop_ticker(ticker: Option<JoinHandle<()>>) {
 }
 
 /// The outcome of submitting many tickets.
-struct Submitted {
-    attempted: u64,
-    accepted: u64,
-    errors: BTreeMap<ErrorKey, u64>,
-    started: Instant,
-    ended: Instant,
+pub(super) struct Submitted {
+    pub(super) attempted: u64,
+    pub(super) accepted: u64,
+    pub(super) errors: BTreeMap<ErrorKey, u64>,
+    pub(super) started: Instant,
+    pub(super) ended: Instant,
     /// All `total` were attempted (not cut by the time limit).
-    completed: bool,
+    pub(super) completed: bool,
 }
 
 /// Submits `total` copies of `request` from `concurrency` tasks over
 /// `channels`, until done or `deadline`.
-async fn submit_many(
+pub(super) async fn submit_many(
     settings: &Settings,
     label: String,
     channels: &[Channel],
@@ -280,7 +282,7 @@ async fn submit_many(
 }
 
 impl Submitted {
-    fn json(&self, marks: Option<&Marks>) -> Value {
+    pub(super) fn json(&self, marks: Option<&Marks>) -> Value {
         let took = self.ended - self.started;
         let mut value = json!({
             "attempted": self.attempted,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use asyncgate_client::pb;
+use asyncgate_client::pb::admin_client::AdminClient;
 use asyncgate_client::pb::gateway_client::GatewayClient;
 use asyncgate_client::worker::{TaskContext, TaskError, Worker, WorkerHandle, handler_fn};
 use asyncgate_client::{Credentials, Tls, Transport};
@@ -319,6 +320,12 @@ pub(crate) fn gateway_client(channel: &Channel) -> GatewayClient<Transport> {
     }
 }
 
+/// A raw admin client with the run's credentials.
+pub(crate) fn admin_client(channel: &Channel) -> AdminClient<Transport> {
+    AdminClient::with_interceptor(channel.clone(), access().credentials.clone())
+        .max_decoding_message_size(MAX_MESSAGE)
+}
+
 /// The CLI's `--compression`, applied to every call of the run (the echo
 /// baseline's too, so the ratio compares like with like).
 pub(crate) fn compression() -> Option<asyncgate_client::CompressionEncoding> {
@@ -344,6 +351,28 @@ pub(crate) fn submit_request(queue: &str, payload: bytes::Bytes) -> pb::SubmitRe
 /// is answered.
 pub(crate) type OnTask = Arc<dyn Fn(usize, &TaskContext) + Send + Sync>;
 
+/// Workers that hold each task a while, counting how many they run at
+/// once (for a concurrency limit seen from the workers).
+#[derive(Clone)]
+pub(crate) struct Hold {
+    /// How long each task is held.
+    pub(crate) time: Duration,
+    /// Tasks running now, over all workers.
+    pub(crate) running: Arc<std::sync::atomic::AtomicU64>,
+    /// The most that ever ran at once.
+    pub(crate) peak: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Hold {
+    async fn run(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.time).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The bench's workers: each returns the task's payload unchanged.
 pub(crate) struct Fleet {
     handles: Vec<WorkerHandle>,
@@ -360,15 +389,35 @@ impl Fleet {
         on_task: Option<OnTask>,
         limit: Duration,
     ) -> anyhow::Result<Fleet> {
+        Self::start_holding(urls, queue, n, max_in_flight, on_task, None, limit).await
+    }
+
+    /// [`Self::start`], with workers that hold each task (`hold`).
+    pub(crate) async fn start_holding(
+        urls: &[String],
+        queue: &str,
+        n: usize,
+        max_in_flight: u32,
+        on_task: Option<OnTask>,
+        hold: Option<Hold>,
+        limit: Duration,
+    ) -> anyhow::Result<Fleet> {
         let mut handles = Vec::with_capacity(n);
         for index in 0..n {
             let on_task = on_task.clone();
+            let hold = hold.clone();
             let handler = handler_fn(move |task: TaskContext| {
                 if let Some(on_task) = &on_task {
                     on_task(index, &task);
                 }
-                // `Payload` holds `Bytes`: this clone shares the buffer.
-                std::future::ready(Ok::<_, TaskError>(task.payload().clone()))
+                let hold = hold.clone();
+                async move {
+                    if let Some(hold) = hold {
+                        hold.run().await;
+                    }
+                    // `Payload` holds `Bytes`: this clone shares the buffer.
+                    Ok::<_, TaskError>(task.payload().clone())
+                }
             });
             let url = urls[index % urls.len()].as_str();
             let mut builder = Worker::builder(url);
