@@ -233,3 +233,75 @@ fn compressed_e2e_with_a_json_payload_reports_its_wire_size() {
     check_row(&report["runs"][0]);
     check_row(&report["baseline"][0]);
 }
+
+/// The admin scenarios, briefly: ListQueues over tickets spread on queues
+/// lists every one of them; a limited queue's workers never run more than
+/// the cap at once. (The rate itself is a measurement, not checked here: a
+/// two-second run on a shared machine may land outside 5 %.)
+#[test]
+fn the_queues_and_rate_limit_scenarios_report_what_they_measured() {
+    let report = bench(&[
+        "--embedded",
+        "memory",
+        "--mode",
+        "queues",
+        "--tickets",
+        "500",
+        "--queues",
+        "7",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+    ]);
+    let scenario = &report["scenarios"][0];
+    assert_eq!(scenario["listed_queues"], 7, "{scenario}");
+    assert_eq!(scenario["listed_pending"], 500, "{scenario}");
+    assert_eq!(scenario["listed_all"], true, "{scenario}");
+    let list = &scenario["list_queues"];
+    assert!(number(&list["calls"], "calls") > 0.0, "{list}");
+    assert!(
+        number(&list["p50_ms"], "p50") <= number(&list["p99_ms"], "p99"),
+        "{list}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_asyncgate"))
+        .args([
+            "bench",
+            "--embedded",
+            "memory",
+            "--mode",
+            "rate-limit",
+            "--rate",
+            "100",
+            "--max-concurrent",
+            "3",
+            "--hold",
+            "20ms",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--output",
+            "json",
+            "--quiet",
+        ])
+        .env_remove("ASYNCGATE_SERVER")
+        .output()
+        .expect("the asyncgate binary runs");
+    // 0: the rate landed within 5 %; 1: it did not (timing), both report.
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let scenario = &report["scenarios"][0];
+    assert_eq!(scenario["cap_held"], true, "{scenario}");
+    let peak = number(&scenario["peak_running_at_workers"], "peak");
+    assert!((1.0..=3.0).contains(&peak), "{scenario}");
+    // The cap (3 at once, 20 ms each: at most 150/s) and the rate (100/s)
+    // both bound what is delivered; generously:
+    let delivered = number(&scenario["delivered_per_second"], "delivered");
+    assert!(delivered > 0.0 && delivered <= 150.0, "{scenario}");
+}

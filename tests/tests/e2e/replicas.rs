@@ -530,3 +530,86 @@ async fn queue_stats_add_up_over_replicas() {
     assert_eq!(run_time.count, 12);
     assert!(run_time.p50.is_some() && run_time.p95.is_some());
 }
+
+/// A purge on replica A races the results of a worker on replica B: every
+/// ticket ends once, either SUCCEEDED with its result or CANCELLED by the
+/// purge, never both; its watcher sees exactly that one terminal event, and
+/// the purge counts exactly the tickets it cancelled.
+#[tokio::test]
+async fn a_purge_racing_results_records_one_outcome_per_ticket() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let gateways = replicas(&redis, 2).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let client = a.client().await;
+    let mut watchers = Vec::new();
+    for n in 0..120 {
+        let ticket = client
+            .submit(
+                Submit::new("racy")
+                    .payload(json(serde_json::json!(n)))
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let events = client.watch(&ticket.id, None).await.unwrap();
+        watchers.push((ticket.id, events));
+    }
+    // The worker starts once all are queued; the purge starts with the
+    // first result, while most are pending and some running.
+    let worker = b
+        .worker("racy")
+        .max_in_flight(8)
+        .handler(handler_fn(|task: TaskContext| async move {
+            let spread = task.ticket_id().as_bytes().last().copied().unwrap_or(0) % 8;
+            tokio::time::sleep(Duration::from_millis(2 + u64::from(spread))).await;
+            Ok(task.payload().clone())
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    worker.connected().await.expect("connected to B");
+    finished(&client, &watchers[0].0).await;
+    let purged = client
+        .admin()
+        .purge_queue(
+            "racy",
+            &[pb::TicketState::Pending, pb::TicketState::Running],
+            None,
+        )
+        .await
+        .unwrap();
+    let mut cancelled = 0;
+    for (id, mut events) in watchers {
+        // Terminal states seen: the snapshot's (if it was already) and
+        // each later event's.
+        let mut terminal = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if let Some(ticket) = &event.ticket
+                && asyncgate_client::payload::is_terminal(ticket.state())
+            {
+                terminal.push(ticket.clone());
+            }
+        }
+        let last = finished(&client, &id).await;
+        match last.state() {
+            pb::TicketState::Succeeded => {
+                assert!(last.result.is_some() && last.error.is_none(), "{last:?}");
+            }
+            pb::TicketState::Cancelled => {
+                cancelled += 1;
+                assert!(
+                    last.result.is_none(),
+                    "a cancelled ticket with a result: {last:?}"
+                );
+                let error = last.error.as_ref().unwrap();
+                assert!(error.message.contains("purged from queue"), "{error:?}");
+            }
+            other => panic!("{id} ended {other:?}"),
+        }
+        assert_eq!(terminal.len(), 1, "{id}: {terminal:?}");
+        assert_eq!(terminal[0].state(), last.state(), "{id}");
+    }
+    assert_eq!(purged, cancelled, "the purge counts what it cancelled");
+    worker.shutdown();
+}
