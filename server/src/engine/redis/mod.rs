@@ -156,6 +156,8 @@ struct Scripts {
     claim: Script,
     /// Deletes an idempotency key only while it names the given ticket.
     unlink_if: Script,
+    /// Reads a queue's non-empty statistics buckets (`windows.lua`).
+    windows: Script,
 }
 
 impl Scripts {
@@ -163,6 +165,7 @@ impl Scripts {
         Self {
             commit: Script::new(include_str!("commit.lua")),
             claim: Script::new(include_str!("claim.lua")),
+            windows: Script::new(include_str!("windows.lua")),
             // An idempotency key holds `ticket-id owner` (older ones just
             // the id): deleted only while it still names this ticket.
             unlink_if: Script::new(
@@ -173,8 +176,8 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 3] {
-        [&self.commit, &self.claim, &self.unlink_if]
+    fn all(&self) -> [&Script; 4] {
+        [&self.commit, &self.claim, &self.unlink_if, &self.windows]
     }
 }
 

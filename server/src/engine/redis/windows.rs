@@ -79,17 +79,16 @@ impl Inner {
     ) -> Result<QueueStats, EngineError> {
         let current = window::bucket_of(now);
         let first = current.saturating_sub(window::FIVE_MINUTE_BUCKETS - 1);
-        let hashes: Vec<HashMap<String, u64>> = self
-            .run(|| {
-                let mut pipe = redis::pipe();
-                for bucket in first..=current {
-                    pipe.hgetall(self.keys.window(queue, bucket));
-                }
-                QueryKind::Pipe(pipe)
-            })
+        let keys: Vec<String> = (first..=current)
+            .map(|bucket| self.keys.window(queue, bucket))
+            .collect();
+        // (position, fields) of the buckets that hold anything.
+        let found: Vec<(u64, HashMap<String, u64>)> = self
+            .run(|| QueryKind::Cmd(self.evalsha(&self.scripts.windows, &keys, Vec::new())))
             .await?;
-        let tallies: Vec<(u64, Tally)> = (first..=current)
-            .zip(hashes.iter().map(Tally::from_fields))
+        let tallies: Vec<(u64, Tally)> = found
+            .iter()
+            .map(|(position, fields)| (first + position - 1, Tally::from_fields(fields)))
             .collect();
         Ok(QueueStats::from_buckets(
             tallies.iter().map(|(bucket, tally)| (*bucket, tally)),
