@@ -153,18 +153,17 @@ impl Admin for AdminService {
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let caller = auth::caller(&request);
-        let mut queues = Vec::new();
-        for info in self
+        let visible = self
             .core
             .engine
             .queues()
             .await
             .map_err(GatewayError::from)?
-        {
-            if caller.sees(info.queue.tenant()) {
-                queues.push(self.present(&caller, info).await);
-            }
-        }
+            .into_iter()
+            .filter(|info| caller.sees(info.queue.tenant()));
+        // At once: each may ask the store how many workers serve it.
+        let queues =
+            futures::future::join_all(visible.map(|info| self.present(&caller, info))).await;
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 

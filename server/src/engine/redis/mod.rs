@@ -156,7 +156,7 @@ struct Scripts {
     claim: Script,
     /// Deletes an idempotency key only while it names the given ticket.
     unlink_if: Script,
-    /// Reads a queue's non-empty statistics buckets (`windows.lua`).
+    /// Adds a replica's counts to a queue's statistics ring (`windows.lua`).
     windows: Script,
 }
 

@@ -22,8 +22,8 @@ const FLOW_TTL: Duration = Duration::from_secs(1);
 
 /// What one pipeline reads of a queue: counts, the oldest pending entry
 /// (member, score), the pause's fields, the limits with the token bucket
-/// (rate, burst, conc, tokens, ts), and how many tickets are ready and
-/// being claimed.
+/// (rate, burst, conc, tokens, ts), how many tickets are ready and being
+/// claimed, and its statistics ring.
 type QueueFields = (
     HashMap<String, i64>,
     Vec<(String, u64)>,
@@ -37,6 +37,7 @@ type QueueFields = (
     ),
     u64,
     u64,
+    HashMap<String, u64>,
 );
 
 impl Inner {
@@ -73,20 +74,22 @@ impl Inner {
 
     async fn read_queue(&self, queue: &QueueName) -> Result<QueueInfo, EngineError> {
         let now = SystemTime::now();
-        let fields = self.run(|| {
-            let mut pipe = redis::pipe();
-            pipe.hgetall(self.keys.counts(queue))
-                .zrange_withscores(self.keys.age(queue), 0, 0)
-                .hgetall(self.keys.pause(queue))
-                .cmd("HMGET")
-                .arg(self.keys.limits(queue))
-                .arg(&["rate", "burst", "conc", "tokens", "ts"][..])
-                .zcard(self.keys.ready(queue))
-                .zcard(self.keys.claiming(queue));
-            QueryKind::Pipe(pipe)
-        });
-        let ((counts, oldest, pause, limits, ready, claiming), stats): (QueueFields, _) =
-            futures::try_join!(fields, self.read_stats(queue, now))?;
+        let (counts, oldest, pause, limits, ready, claiming, window): QueueFields = self
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.hgetall(self.keys.counts(queue))
+                    .zrange_withscores(self.keys.age(queue), 0, 0)
+                    .hgetall(self.keys.pause(queue))
+                    .cmd("HMGET")
+                    .arg(self.keys.limits(queue))
+                    .arg(&["rate", "burst", "conc", "tokens", "ts"][..])
+                    .zcard(self.keys.ready(queue))
+                    .zcard(self.keys.claiming(queue))
+                    .hgetall(self.keys.window(queue));
+                QueryKind::Pipe(pipe)
+            })
+            .await?;
+        let stats = super::windows::stats_of(&window, now);
         let mut state_counts = StateCounts::default();
         for (name, count) in counts {
             if let Some(state) = TicketState::from_name(&name) {
