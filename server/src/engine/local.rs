@@ -384,11 +384,19 @@ impl LocalEngine {
     /// Call under the ticket's shard lock.
     fn observe(&self, before: Before, after: &Ticket, now: SystemTime) {
         if before.state != Some(after.state) {
-            let queue = self.queue(&after.queue);
-            let mut index = lock(&queue);
-            index.tally(after.id, after.created_at, before.state, Some(after.state));
-            for sample in Sample::of(&before, after, now).into_iter().flatten() {
-                index.window.add(sample, now);
+            let eased = {
+                let queue = self.queue(&after.queue);
+                let mut index = lock(&queue);
+                index.tally(after.id, after.created_at, before.state, Some(after.state));
+                for sample in Sample::of(&before, after, now).into_iter().flatten() {
+                    index.window.add(sample, now);
+                }
+                // A limited queue's slot freed: claim again now rather than
+                // at the next timer pass.
+                before.state == Some(TicketState::Running) && index.held_back()
+            };
+            if eased {
+                self.notify_ready(&after.queue);
             }
         }
         if let Some(listener) = self.listener() {

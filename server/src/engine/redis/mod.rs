@@ -90,7 +90,7 @@ use self::connection::Conn;
 use self::layout::Keys;
 use super::{Before, EngineConfig, EngineListener, Revocation};
 use crate::domain::ticket::{EventKind, Payload};
-use crate::domain::{LeaseId, QueueName, SessionId, Ticket};
+use crate::domain::{LeaseId, QueueName, SessionId, Ticket, TicketState};
 
 /// Shards of the held-lease map and of the locator cache: reports on
 /// different leases rarely wait for one another.
@@ -252,6 +252,9 @@ struct Inner {
     last_poke: Mutex<Instant>,
     /// When the timer pass last re-announced limited queues.
     last_limited_poke: Mutex<Instant>,
+    /// The queues with limits, as the last timer pass saw them: a ticket
+    /// of one leaving RUNNING frees a slot, announced at once.
+    limited: RwLock<HashSet<QueueName>>,
 }
 
 /// Locks `mutex`, even if a panic while it was held poisoned it.
@@ -275,6 +278,15 @@ impl Inner {
         self.count_sample(&before, after, now);
         if let Some(listener) = self.listener.get() {
             listener.transitioned(before, after, now);
+        }
+        if before.state == Some(TicketState::Running)
+            && self
+                .limited
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&after.queue)
+        {
+            self.notify_ready(&after.queue);
         }
     }
 

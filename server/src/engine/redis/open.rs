@@ -184,6 +184,7 @@ pub async fn connect(
         session_queues: Mutex::default(),
         last_poke: Mutex::new(Instant::now()),
         last_limited_poke: Mutex::new(Instant::now()),
+        limited: Default::default(),
     });
     let subscriber = spawn_subscriber(&inner, subscriber, channel, push_rx);
     let heartbeat = spawn_heartbeat(&inner);

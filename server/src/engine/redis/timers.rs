@@ -77,6 +77,12 @@ impl Inner {
             self.flush_windows().await;
         }
         let due = self.due(&queues, now_ms).await?;
+        *self.limited.write().unwrap_or_else(|p| p.into_inner()) = queues
+            .iter()
+            .zip(&due)
+            .filter(|(_, due)| due.3)
+            .map(|(queue, _)| queue.clone())
+            .collect();
         for (queue, (timers, stale_claims, ready_count, limited)) in queues.iter().zip(due) {
             let fired = futures::stream::iter(timers)
                 .map(|member| async move { self.fire(queue, &member, now).await })
