@@ -47,6 +47,10 @@
 //!   claims, ready pokes.
 //! - `queries.rs`: reads that write nothing: get, list, position in line,
 //!   queue depths, connected workers.
+//! - `queues.rs`, `workers.rs`: what an operator reads and sets of queues
+//!   (counts, pause, limits) and of worker sessions on every replica.
+//! - `windows.rs`: queue statistics, counted per replica and added up in
+//!   one ring hash per queue (`windows.lua`).
 //! - `caches.rs`: the ticket → queue locator cache.
 //! - `connection.rs`, `layout.rs`, `bus.rs`, `*.lua`: one connection type
 //!   for a server or a cluster; key layout and index placement; the event
