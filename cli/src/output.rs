@@ -348,6 +348,7 @@ mod tests {
             kind: pb::TicketEventKind::Output as i32,
             ticket: None,
             output: Some(payload::binary(Bytes::from_static(b"hi"), "text/plain")),
+            ..Default::default()
         };
         let value: serde_json::Value = serde_json::from_str(&to_json(&mapper.event, &event)?)?;
         assert_eq!(value["kind"], "TICKET_EVENT_KIND_OUTPUT");
@@ -380,6 +381,7 @@ mod tests {
             kind: pb::TicketEventKind::Output as i32,
             ticket: None,
             output: Some(payload::text("partial")),
+            ..Default::default()
         };
         assert_eq!(event_text(&event), "#7 OUTPUT partial");
     }

@@ -221,6 +221,7 @@ mod tests {
             kind: pb::TicketEventKind::Progress as i32,
             ticket: Some(ticket),
             output: None,
+            ..Default::default()
         }
     }
 

@@ -428,6 +428,7 @@ mod tests {
                 ..Default::default()
             }),
             output: None,
+            ..Default::default()
         }
     }
 

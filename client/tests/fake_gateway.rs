@@ -309,6 +309,24 @@ impl pb::gateway_server::Gateway for FakeGateway {
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type SubmitStreamStream = BoxStream<pb::SubmitResult>;
+
+    async fn submit_stream(
+        &self,
+        _: Request<tonic::Streaming<pb::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    type WatchTicketsStream = BoxStream<pb::TicketEvent>;
+
+    async fn watch_tickets(
+        &self,
+        _: Request<tonic::Streaming<pb::WatchTicketsRequest>>,
+    ) -> Result<Response<Self::WatchTicketsStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 fn ev(seq: u64, kind: pb::TicketEventKind, state: pb::TicketState) -> pb::TicketEvent {
@@ -323,6 +341,7 @@ fn ev(seq: u64, kind: pb::TicketEventKind, state: pb::TicketState) -> pb::Ticket
         }),
         output: (kind == pb::TicketEventKind::Output)
             .then(|| payload::text(format!("chunk {seq}"))),
+        ..Default::default()
     }
 }
 

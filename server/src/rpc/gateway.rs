@@ -9,7 +9,7 @@ use pb::gateway_server::Gateway;
 
 use super::tickets::CancelBy;
 use super::watch::{EventSink, EventStream};
-use super::{Core, convert};
+use super::{Core, convert, streams};
 use crate::auth::{self, Caller};
 use crate::engine::Submitted;
 use crate::error::GatewayError;
@@ -21,6 +21,7 @@ pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
 pub(crate) const DEFAULT_PAGE_SIZE: u32 = 100;
 
 /// A caller's W3C trace context (request headers), kept with its ticket.
+#[derive(Clone)]
 struct TraceContext {
     parent: TraceParent,
     state: Option<String>,
@@ -55,6 +56,7 @@ impl TraceContext {
 }
 
 /// The service implementation.
+#[derive(Clone)]
 pub(crate) struct GatewayService {
     core: Core,
     limits: convert::SubmitLimits,
@@ -232,6 +234,58 @@ impl Gateway for GatewayService {
         };
         let ticket = self.core.cancel_visible(&caller, id, by).await?;
         Ok(Response::new(self.core.present(&caller, &ticket).await))
+    }
+
+    type SubmitStreamStream = streams::SubmitResults;
+
+    async fn submit_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        if self.core.shutdown.is_cancelled() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        let caller = auth::caller(&request);
+        let trace = TraceContext::of(request.metadata());
+        let span = tracing::info_span!("submit_stream", trace_id = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, request.metadata());
+        let service = self.clone();
+        let submit: streams::SubmitOne = Box::new(move |item| {
+            let (service, caller, trace) = (service.clone(), caller.clone(), trace.clone());
+            let span = span.clone();
+            Box::pin(async move {
+                let (submitted, _) = service
+                    .submit_inner(&caller, trace, item, false)
+                    .instrument(span)
+                    .await?;
+                Ok(service
+                    .core
+                    .present_with(&caller, &submitted.ticket, submitted.tickets_ahead)
+                    .await)
+            })
+        });
+        Ok(Response::new(streams::submit_stream(
+            &self.core,
+            request.into_inner(),
+            submit,
+        )))
+    }
+
+    type WatchTicketsStream = streams::TicketsEvents;
+
+    async fn watch_tickets(
+        &self,
+        request: Request<tonic::Streaming<pb::WatchTicketsRequest>>,
+    ) -> Result<Response<Self::WatchTicketsStream>, Status> {
+        if self.core.shutdown.is_cancelled() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        let caller = auth::caller(&request);
+        Ok(Response::new(streams::watch_tickets(
+            &self.core,
+            caller,
+            request.into_inner(),
+        )))
     }
 
     #[tracing::instrument(name = "list_tickets", skip_all, fields(queue = %request.get_ref().queue))]

@@ -154,6 +154,7 @@ impl Core {
             kind: kind as i32,
             ticket,
             output,
+            ..Default::default()
         };
         sink.send(Ok(event)).await;
     }
@@ -202,6 +203,32 @@ impl Core {
         }
     }
 
+    /// The events of `id` for `viewer`, as WatchTicket streams them, for a
+    /// stream that follows many tickets: a ticket the viewer may not see,
+    /// or one with all the watchers it may have, ends it with that error.
+    pub(crate) fn watch_stream(
+        &self,
+        viewer: Caller,
+        id: TicketId,
+        after_seq: Option<u64>,
+    ) -> EventStream {
+        let core = self.clone();
+        let checker = viewer.clone();
+        EventStream::new(viewer, move |sink| async move {
+            if let Err(error) = core.visible(&checker, id).await {
+                return sink.send(Err(error.into())).await;
+            }
+            let limit = core.config.max_watchers_per_ticket;
+            if core.hub.watchers(id) >= limit {
+                let error = GatewayError::Exhausted(format!(
+                    "ticket {id} already has {limit} watchers, the limit; poll it with GetTicket and wait instead"
+                ));
+                return sink.send(Err(error.into())).await;
+            }
+            core.watch_into(id, after_seq, sink).await;
+        })
+    }
+
     /// Like [`Core::watch_into`] for a ticket just submitted, whose
     /// `subscription` was taken before the submit: the submitted state is
     /// the snapshot, with no read from the store.
@@ -220,6 +247,7 @@ impl Core {
                     .await,
             ),
             output: None,
+            ..Default::default()
         };
         sink.send(Ok(event)).await;
         if !ticket.state.is_terminal() {
@@ -259,6 +287,7 @@ impl Core {
                         kind: pb::TicketEventKind::Keepalive as i32,
                         ticket: None,
                         output: None,
+                        ..Default::default()
                     };
                     sink.send(Ok(event)).await;
                     last_sent = Instant::now();

@@ -20,6 +20,7 @@ mod metrics;
 mod operations;
 mod python;
 mod replicas;
+mod streams;
 mod tls;
 mod trace_context;
 mod watch;
