@@ -126,6 +126,18 @@ impl Client {
         crate::Admin::new(inner)
     }
 
+    /// A producer's stream (`Gateway.SubmitStream`): many submits, one
+    /// message each, answered in order once stored.
+    pub async fn submitter(&self) -> Result<crate::Submitter, ClientError> {
+        crate::Submitter::open(self.inner.clone()).await
+    }
+
+    /// Follows many tickets to their ends on one stream
+    /// (`Gateway.WatchTickets`, terminal events only).
+    pub async fn results(&self) -> Result<crate::Results, ClientError> {
+        crate::Results::open(self.inner.clone()).await
+    }
+
     /// The generated client, for calls this wrapper does not cover (custom
     /// metadata, compression, message size limits).
     pub fn raw(&self) -> GatewayClient<Transport> {

@@ -309,3 +309,91 @@ async fn watch_tickets_terminal_only_and_removal() {
     assert!(end.is_none(), "{end:?}");
     worker.shutdown();
 }
+
+/// The SDK's submitter: many submits at once on one stream, each resolved
+/// with its own ticket once stored; a refused one fails alone.
+#[tokio::test]
+async fn the_sdk_submitter_and_results_follow_many_tickets_on_two_streams() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let submitter = client.submitter().await.unwrap();
+    let submits = (0..400u64).map(|n| {
+        let queue = if n == 123 { "bad queue" } else { "sdk" };
+        submitter.submit(item(queue, n))
+    });
+    let answers = futures::future::join_all(submits).await;
+    let mut ids = Vec::new();
+    for (n, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(ticket) => ids.push(ticket.id),
+            Err(error) if n == 123 => {
+                assert_eq!(error.code(), Code::InvalidArgument, "{error}");
+            }
+            Err(error) => panic!("item {n}: {error}"),
+        }
+    }
+    assert_eq!(ids.len(), 399);
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 399, "one ticket per item");
+    submitter.close().await;
+
+    let mut results = client.results().await.unwrap();
+    for id in &ids {
+        results.watch(id.clone());
+    }
+    results.watch(uuid::Uuid::now_v7().to_string());
+    let worker = gateway.spawn_worker(
+        "sdk",
+        asyncgate_client::worker::handler_fn(
+            |task: asyncgate_client::worker::TaskContext| async move { Ok(task.payload().clone()) },
+        ),
+    );
+    let mut ended = std::collections::HashSet::new();
+    let mut refused = 0;
+    while let Some((id, result)) = results.next().await {
+        match result {
+            Ok(ticket) => {
+                assert_eq!(ticket.state(), pb::TicketState::Succeeded);
+                assert!(ended.insert(id), "each ticket ends once");
+            }
+            Err(error) => {
+                assert_eq!(error.code(), Code::NotFound, "{error}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ended.len(), refused), (399, 1));
+    worker.shutdown();
+}
+
+/// A results stream broken by a gateway restart is reopened by the SDK and
+/// the open tickets followed again: none of their ends is missed.
+#[tokio::test]
+async fn results_survive_a_gateway_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start_with(TestGateway::durable_config(dir.path())).await;
+    let client = gateway.client().await;
+    let mut ids = Vec::new();
+    for n in 0..20u64 {
+        ids.push(client.submit(item("later", n)).await.unwrap().id);
+    }
+    let mut results = client.results().await.unwrap();
+    for id in &ids {
+        results.watch(id.clone());
+    }
+    let gateway = gateway.restart().await;
+    let worker = gateway.spawn_worker(
+        "later",
+        asyncgate_client::worker::handler_fn(
+            |task: asyncgate_client::worker::TaskContext| async move { Ok(task.payload().clone()) },
+        ),
+    );
+    let mut ended = 0;
+    while let Some((id, result)) = results.next().await {
+        let ticket = result.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(ticket.state(), pb::TicketState::Succeeded);
+        ended += 1;
+    }
+    assert_eq!(ended, 20);
+    worker.shutdown();
+}
