@@ -53,9 +53,10 @@ impl Drop for Submitter {
 }
 
 impl Submitter {
-    pub(crate) async fn open(
-        mut client: GatewayClient<Transport>,
-    ) -> Result<Submitter, ClientError> {
+    /// Opens the stream on a generated client (e.g. one with its own
+    /// interceptor); [`Client::submitter`](crate::Client::submitter) is the
+    /// usual way.
+    pub async fn open(mut client: GatewayClient<Transport>) -> Result<Submitter, ClientError> {
         let (requests, rx) = mpsc::unbounded_channel();
         let mut answers = client
             .submit_stream(receiver_stream(rx))
@@ -175,7 +176,9 @@ pub struct Results {
 }
 
 impl Results {
-    pub(crate) async fn open(client: GatewayClient<Transport>) -> Result<Results, ClientError> {
+    /// Opens the stream on a generated client;
+    /// [`Client::results`](crate::Client::results) is the usual way.
+    pub async fn open(client: GatewayClient<Transport>) -> Result<Results, ClientError> {
         let (requests, events) = Self::stream(client.clone(), &HashSet::new()).await?;
         Ok(Results {
             client,

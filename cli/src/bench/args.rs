@@ -38,6 +38,13 @@ when the previous one finished, for --warmup then --duration):
   poll          Submit, then GetTicket with wait until terminal
   watch-fanout  Submit, then --watchers WatchTicket streams per ticket;
                 latency to the last watcher seeing the terminal event
+  stream-submit Submits on one SubmitStream per connection (the SDK's
+                submitter), --concurrency items in flight; no workers,
+                tickets cleaned up as in submit mode
+  stream-e2e    Each ticket submitted on the connection's SubmitStream and
+                its result read from the connection's WatchTickets stream
+                (the SDK's submitter and results); latency = submit to
+                the result
 
 Scale scenarios (bounded by --tickets, and by --time-limit per phase):
   backlog       Submit --tickets (default 1000000) with no worker connected:
@@ -196,6 +203,8 @@ pub(crate) enum Mode {
     E2e,
     Poll,
     WatchFanout,
+    StreamSubmit,
+    StreamE2e,
     Backlog,
     Fanout,
     ManyWorkers,
@@ -211,6 +220,8 @@ impl Mode {
             Mode::E2e => "e2e",
             Mode::Poll => "poll",
             Mode::WatchFanout => "watch-fanout",
+            Mode::StreamSubmit => "stream-submit",
+            Mode::StreamE2e => "stream-e2e",
             Mode::Backlog => "backlog",
             Mode::Fanout => "fanout",
             Mode::ManyWorkers => "many-workers",
@@ -385,7 +396,7 @@ impl BenchArgs {
         };
         if self.baseline && mode.is_scale() {
             return Err(format!(
-                "--baseline applies to the load modes (submit, e2e, poll, watch-fanout), not {}",
+                "--baseline applies to the load modes (submit, e2e, poll, watch-fanout, stream-submit, stream-e2e), not {}",
                 mode.name()
             ));
         }

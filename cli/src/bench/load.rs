@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::cleanup::Created;
+use super::streamed::Streams;
 use super::target::{MAX_MESSAGE, gateway_client};
 
 /// What one request failed with: a gRPC code name (`UNAVAILABLE`, ...) or one
@@ -119,6 +120,11 @@ pub(crate) enum LoadKind {
     Poll,
     /// Submit, then this many watchers.
     WatchFanout(usize),
+    /// Submit on the connection's SubmitStream.
+    StreamSubmit,
+    /// Submit on the connection's SubmitStream, the result from its
+    /// WatchTickets stream.
+    StreamE2e,
 }
 
 /// One task's request maker.
@@ -133,6 +139,7 @@ enum Caller {
     Execute(GatewayClient<Transport>, pb::SubmitRequest),
     Poll(GatewayClient<Transport>, pb::SubmitRequest),
     WatchFanout(GatewayClient<Transport>, pb::SubmitRequest, usize),
+    Streamed(Streams, pb::SubmitRequest, Option<Arc<Created>>),
 }
 
 /// The long-poll `wait` of each GetTicket in poll mode.
@@ -148,7 +155,11 @@ impl Caller {
         request: &pb::SubmitRequest,
         echo: &EchoRequest,
         created: Option<Arc<Created>>,
+        streams: Option<&Streams>,
     ) -> Caller {
+        if let Some(streams) = streams {
+            return Caller::Streamed(streams.clone(), request.clone(), created);
+        }
         match kind {
             LoadKind::Echo => {
                 let client = EchoClient::new(channel.clone())
@@ -165,6 +176,10 @@ impl Caller {
             LoadKind::Poll => Caller::Poll(gateway_client(channel), request.clone()),
             LoadKind::WatchFanout(watchers) => {
                 Caller::WatchFanout(gateway_client(channel), request.clone(), watchers)
+            }
+            // Opened by `run` and passed in as `streams`.
+            LoadKind::StreamSubmit | LoadKind::StreamE2e => {
+                unreachable!("stream loads are built with their streams")
             }
         }
     }
@@ -185,6 +200,10 @@ impl Caller {
                     created.push(reply.into_inner().id);
                 }
                 Ok(done)
+            }
+            Caller::Streamed(streams, request, created) => {
+                streams.call(request, created.as_deref()).await?;
+                Ok(Instant::now())
             }
             Caller::Execute(client, request) => {
                 let mut stream = client
@@ -353,6 +372,18 @@ pub(crate) async fn run(
         .clone()
         .map(|label| tokio::spawn(progress(label, counters.clone(), start, end)));
 
+    let mut streams = Vec::new();
+    if matches!(plan.kind, LoadKind::StreamSubmit | LoadKind::StreamE2e) {
+        for channel in channels {
+            match Streams::open(channel, plan.kind == LoadKind::StreamE2e).await {
+                Ok(opened) => streams.push(opened),
+                Err(error) => {
+                    eprintln!("warning: could not open the bench's streams: {error}");
+                    return Measured::empty(plan.duration);
+                }
+            }
+        }
+    }
     let mut tasks = JoinSet::new();
     for index in 0..plan.concurrency {
         let caller = Caller::new(
@@ -361,6 +392,7 @@ pub(crate) async fn run(
             request,
             echo,
             plan.created.clone(),
+            streams.get(index % channels.len().max(1)),
         );
         let counters = counters.clone();
         let timeout = plan.request_timeout;

@@ -23,6 +23,7 @@ mod load;
 mod operate;
 mod report;
 mod scale;
+mod streamed;
 pub(crate) mod target;
 
 use std::process::ExitCode;
@@ -147,6 +148,8 @@ fn load_kind(settings: &Settings) -> LoadKind {
         Mode::Submit => LoadKind::Submit,
         Mode::Poll => LoadKind::Poll,
         Mode::WatchFanout => LoadKind::WatchFanout(settings.watchers),
+        Mode::StreamSubmit => LoadKind::StreamSubmit,
+        Mode::StreamE2e => LoadKind::StreamE2e,
         _ => LoadKind::Execute,
     }
 }
@@ -268,7 +271,8 @@ async fn run_gateway(
     let gateway = Gateway::open(target, settings).await?;
     let result = async {
         let queue = target::fresh_queue(settings.mode.name());
-        let fleet = if settings.mode == Mode::Submit {
+        let submit_only = matches!(settings.mode, Mode::Submit | Mode::StreamSubmit);
+        let fleet = if submit_only {
             None
         } else {
             Some(
@@ -292,7 +296,7 @@ async fn run_gateway(
                 concurrency,
                 progress_label(settings, &gateway.store, concurrency, repeat),
             );
-            if settings.mode == Mode::Submit {
+            if submit_only {
                 // No worker serves the queue: without these, every ticket
                 // would stay pending on a remote gateway (see cleanup.rs).
                 request.timeout =

@@ -336,7 +336,10 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The table of a load run.
 pub(crate) fn load_text(report: &LoadReport, settings: &Settings) -> String {
     let mut out = String::new();
-    let workers = if settings.mode == super::args::Mode::Submit {
+    let workers = if matches!(
+        settings.mode,
+        super::args::Mode::Submit | super::args::Mode::StreamSubmit
+    ) {
         "no workers".to_owned()
     } else {
         format!(
