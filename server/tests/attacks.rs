@@ -10,7 +10,7 @@ use asyncgate_client::{Client, CompressionEncoding, Submit, pb};
 use tokio::process::Child;
 
 mod common;
-use common::{free_port, start_server, wait_until_serving};
+use common::{free_port, start_server, tenant_keys, wait_until_serving};
 
 /// A gateway child process and a client of it.
 struct Gateway {
@@ -313,37 +313,6 @@ impl ClientErrorStatus {
             other => panic!("expected a status, got {other}"),
         }
     }
-}
-
-/// A keys file with two tenants (a client and a worker key each) and an
-/// admin key; the key of `who` is `who-secret`.
-fn tenant_keys(dir: &std::path::Path) -> std::path::PathBuf {
-    use asyncgate_server::auth::digest_hex;
-    let entry = |name: &str, role: &str, extra: &str| {
-        format!(
-            "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{extra}\n",
-            digest_hex(&format!("{name}-secret"))
-        )
-    };
-    let text = [
-        entry("t1-app", "client", "tenant = \"t1\""),
-        entry(
-            "t1-worker",
-            "worker",
-            "tenant = \"t1\"\nqueues = [\"emails\"]",
-        ),
-        entry("t2-app", "client", "tenant = \"t2\""),
-        entry(
-            "t2-worker",
-            "worker",
-            "tenant = \"t2\"\nqueues = [\"emails\"]",
-        ),
-        entry("ops", "admin", ""),
-    ]
-    .concat();
-    let path = dir.join("keys.toml");
-    std::fs::write(&path, text).expect("keys file");
-    path
 }
 
 /// A worker of `key` on `emails` that reports each payload it receives.

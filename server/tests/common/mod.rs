@@ -128,3 +128,34 @@ pub(crate) fn start_logged(args: &[&str], rust_log: &str) -> (Child, u16) {
         .expect("the server binary starts");
     (child, port)
 }
+
+/// A keys file with two tenants (a client and a worker key each) and an
+/// admin key; the key of `who` is `who-secret`.
+pub(crate) fn tenant_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    use asyncgate_server::auth::digest_hex;
+    let entry = |name: &str, role: &str, extra: &str| {
+        format!(
+            "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{extra}\n",
+            digest_hex(&format!("{name}-secret"))
+        )
+    };
+    let text = [
+        entry("t1-app", "client", "tenant = \"t1\""),
+        entry(
+            "t1-worker",
+            "worker",
+            "tenant = \"t1\"\nqueues = [\"emails\"]",
+        ),
+        entry("t2-app", "client", "tenant = \"t2\""),
+        entry(
+            "t2-worker",
+            "worker",
+            "tenant = \"t2\"\nqueues = [\"emails\"]",
+        ),
+        entry("ops", "admin", ""),
+    ]
+    .concat();
+    let path = dir.join("keys.toml");
+    std::fs::write(&path, text).expect("keys file");
+    path
+}
