@@ -89,6 +89,9 @@ fn e2e_against_an_embedded_memory_gateway_with_baseline() {
     assert!(number(&run["p50_ratio_to_baseline"], "p50_ratio_to_baseline") > 0.0);
     assert!(number(&run["rss_bytes_before"], "rss_bytes_before") > 0.0);
     assert!(number(&run["rss_bytes_after"], "rss_bytes_after") > 0.0);
+    // The process's CPU over the measured second, per request (the
+    // embedded gateway with the bench's own clients and workers).
+    assert!(number(&run["cpu_us_per_request"], "cpu_us_per_request") > 0.0);
 
     let baseline = report["baseline"].as_array().expect("baseline");
     assert_eq!(baseline.len(), 1, "{report}");

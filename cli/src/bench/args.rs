@@ -73,7 +73,9 @@ With --repeat N the whole matrix runs N times, interleaved (and with the
 baseline run alternately before and after the gateway runs); each row holds
 the medians across repeats, success_ratio is pooled, errors are summed.
 RSS is this process's (the embedded gateway and the bench's clients and
-workers together) with --embedded, or that of --server-pid.
+workers together) with --embedded, or that of --server-pid; so is the CPU
+time per request (cpu_us_per_request: user + system over the measured time,
+divided by the requests that succeeded).
 
 Exit codes: 0 when every request succeeded and every check passed; 1 when the
 bench completed but some requests failed or a check did not pass; 2 when it

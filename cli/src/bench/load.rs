@@ -286,6 +286,9 @@ pub(crate) struct Measured {
     pub(crate) latency: Histogram<u64>,
     /// The measured time.
     pub(crate) duration: Duration,
+    /// CPU the gateway's process used in the measured time (with an
+    /// embedded gateway, the bench's own clients and workers too).
+    pub(crate) cpu: Option<Duration>,
 }
 
 /// Latency range recorded: 1 µs to 1 hour, 3 significant digits.
@@ -300,6 +303,7 @@ impl Measured {
             succeeded: 0,
             errors: BTreeMap::new(),
             latency: histogram(),
+            cpu: None,
             duration,
         }
     }
@@ -346,6 +350,8 @@ pub(crate) struct LoadPlan {
     /// Where submit mode records the tickets it created, to cancel them
     /// after the run (`None`: nothing to clean up).
     pub(crate) created: Option<Arc<Created>>,
+    /// Whose CPU time to read over the measured time.
+    pub(crate) cpu: super::target::RssSource,
 }
 
 /// Completed requests (warmup included) and errors so far, for the progress
@@ -384,6 +390,14 @@ pub(crate) async fn run(
             }
         }
     }
+    // The process's CPU over exactly the measured time.
+    let cpu_source = plan.cpu;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from).await;
+        let first = cpu_source.cpu();
+        tokio::time::sleep_until(end).await;
+        Some(cpu_source.cpu()?.saturating_sub(first?))
+    });
     let mut tasks = JoinSet::new();
     for index in 0..plan.concurrency {
         let caller = Caller::new(
@@ -411,6 +425,7 @@ pub(crate) async fn run(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
+    total.cpu = cpu.await.ok().flatten();
     total
 }
 

@@ -163,6 +163,7 @@ fn plan(settings: &Settings, kind: LoadKind, concurrency: usize, label: String) 
         request_timeout: settings.request_timeout,
         progress: settings.progress.then_some(label),
         created: None,
+        cpu: RssSource::None,
     }
 }
 
@@ -296,6 +297,7 @@ async fn run_gateway(
                 concurrency,
                 progress_label(settings, &gateway.store, concurrency, repeat),
             );
+            plan.cpu = gateway.rss;
             if submit_only {
                 // No worker serves the queue: without these, every ticket
                 // would stay pending on a remote gateway (see cleanup.rs).

@@ -48,6 +48,8 @@ pub(crate) struct Row {
     pub(crate) rss_after: Option<u64>,
     pub(crate) ratio_to_baseline: Option<f64>,
     pub(crate) p50_ratio_to_baseline: Option<f64>,
+    /// Median over repeats of the process CPU per successful request.
+    pub(crate) cpu_us_per_request: Option<f64>,
 }
 
 /// The median; the mean of the two middle values for an even count.
@@ -121,6 +123,16 @@ fn aggregate(runs: &[&RunRecord], baseline: &[&RunRecord]) -> Row {
         rss_after: median_u64(runs.iter().filter_map(|r| r.rss_after)),
         ratio_to_baseline: median(&ratios),
         p50_ratio_to_baseline: median(&p50_ratios),
+        cpu_us_per_request: median(
+            &runs
+                .iter()
+                .filter_map(|r| {
+                    let cpu = r.measured.cpu?;
+                    (r.measured.succeeded > 0)
+                        .then(|| cpu.as_secs_f64() * 1e6 / r.measured.succeeded as f64)
+                })
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -191,6 +203,7 @@ fn row_json(row: &Row, settings: &Settings, with_ratios: bool) -> Value {
         "errors": row.errors,
         "rss_bytes_before": row.rss_before,
         "rss_bytes_after": row.rss_after,
+        "cpu_us_per_request": row.cpu_us_per_request.map(round2),
         "repeats": row.repeats,
         "throughput_per_repeat": row.throughput_per_repeat.iter().map(|t| round2(*t)).collect::<Vec<_>>(),
         "rss_bytes_per_repeat": row.rss_per_repeat,
@@ -458,6 +471,7 @@ mod tests {
                 errors: BTreeMap::new(),
                 latency,
                 duration: Duration::from_secs(1),
+                cpu: Some(Duration::from_millis(ok)),
             },
             rss_before: Some(100),
             rss_after: Some(200 + repeat as u64),

@@ -90,6 +90,21 @@ impl RssSource {
             .map(|kb| kb * 1024)
     }
 
+    /// CPU time (user + system, all threads) the process has used, from
+    /// `/proc/PID/stat` (clock ticks of 1/100 s, Linux's USER_HZ).
+    pub(crate) fn cpu(self) -> Option<std::time::Duration> {
+        let path = match self {
+            RssSource::SelfProcess => "/proc/self/stat".to_owned(),
+            RssSource::Pid(pid) => format!("/proc/{pid}/stat"),
+            RssSource::None => return None,
+        };
+        let stat = std::fs::read_to_string(path).ok()?;
+        // Fields after the command (which may hold spaces), from `state`.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(std::time::Duration::from_millis(ticks * 10))
+    }
+
     /// What the numbers mean, for reports.
     pub(crate) fn label(self) -> Option<String> {
         match self {
