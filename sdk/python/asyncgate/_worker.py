@@ -286,6 +286,8 @@ class Worker:
         self._stop_requested = asyncio.Event()
         #: Set while a session is established.
         self._connected = asyncio.Event()
+        #: Notified on every new session (see `wait_connected`).
+        self._sessions = asyncio.Condition()
         #: A graceful stop was asked for (signal, `stop()`, or Drain with stop).
         self._stopping = False
         #: Stopped at once (second stop, shutdown timeout): nothing more is delivered.
@@ -330,10 +332,14 @@ class Worker:
         """Tasks whose handler is running."""
         return len(self._running)
 
-    async def wait_connected(self) -> str:
-        """Waits until a session is established; its id."""
-        await self._connected.wait()
-        return self.session_id
+    async def wait_connected(self, *, other_than: str | None = None) -> str:
+        """Waits until a session is established (one whose id is not `other_than`); its id.
+
+        `other_than=old_id` waits for the reconnect after a session ended.
+        """
+        async with self._sessions:
+            await self._sessions.wait_for(lambda: self._connected.is_set() and self.session_id != other_than)
+            return self.session_id
 
     def stop(self) -> None:
         """Graceful stop: no new tasks, finish and deliver the running ones, then `run` returns.
@@ -488,6 +494,8 @@ class Worker:
             if self._stopping:
                 outbox.data_nowait(workers_pb2.WorkerMessage(drain=workers_pb2.Drain(reason="the worker is stopping")))
             self._connected.set()
+            async with self._sessions:
+                self._sessions.notify_all()
             await self._read(call, outbox, heartbeat)
         finally:
             if writer is not None:
