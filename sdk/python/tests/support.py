@@ -45,13 +45,13 @@ async def bounded(awaitable: Awaitable[T], timeout: float = PATIENCE) -> T:
 
 
 class GatewayTestCase(unittest.IsolatedAsyncioTestCase):
-    """A test against `ASYNCGATE_TEST_URL`, with a client and worker helpers."""
+    """A test against `url` (`ASYNCGATE_TEST_URL` unless a subclass says otherwise), with a client and worker helpers."""
 
     url = URL
 
     async def asyncSetUp(self) -> None:
         if not self.url:
-            self.skipTest("ASYNCGATE_TEST_URL is not set (tests/tests/e2e/python_sdk.rs sets it)")
+            self.skipTest("no gateway URL in the environment (tests/tests/e2e/python_sdk.rs sets it)")
         self.client = asyncgate.Client(self.url)
         self.addAsyncCleanup(self.client.close)
 

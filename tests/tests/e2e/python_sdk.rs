@@ -1,0 +1,118 @@
+//! The Python SDK (`sdk/python`) against real gateways: its stubs are
+//! generated into the package by its own `generate.py`, then its `unittest`
+//! suite (`sdk/python/tests`) runs in one `python3` child with the gateways'
+//! URLs in the environment: a plain gateway (`ASYNCGATE_TEST_URL`) and one
+//! with API keys (`ASYNCGATE_TEST_KEYED_URL` and the keys). The suite's own
+//! output is shown when it fails. `scripts/test.sh` installs grpcio and
+//! grpcio-tools from PyPI when they are missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use asyncgate_server::auth::digest_hex;
+use asyncgate_tests::{TestGateway, fast_config};
+use tokio::process::Command;
+
+/// Far above what the suite needs (about a second on a laptop); a hang fails
+/// the test instead of stalling the run.
+const PATIENCE: Duration = Duration::from_secs(240);
+
+const CLIENT_KEY: &str = "python-sdk-client-key";
+const WORKER_KEY: &str = "python-sdk-worker-key";
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python")
+}
+
+/// Runs `generate.py`, which writes the stubs into `sdk/python/asyncgate/_proto`
+/// (ignored by git); each file is renamed into place, so a concurrent run
+/// never imports half a module.
+async fn generate_stubs() {
+    let output = Command::new("python3")
+        .arg(sdk_dir().join("generate.py"))
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "generate.py failed (scripts/test.sh installs grpcio and grpcio-tools): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A gateway with a client key and a worker key for the queues the suite's
+/// keyed tests use (`py-sdk-keyed-*`).
+async fn keyed_gateway(dir: &Path) -> TestGateway {
+    let keys = dir.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"py-sdk-app\"\nsha256 = \"{}\"\nrole = \"client\"\n\n\
+             [[keys]]\nname = \"py-sdk-workers\"\nsha256 = \"{}\"\nrole = \"worker\"\nqueues = [\"py-sdk-keyed-*\"]\n",
+            digest_hex(CLIENT_KEY),
+            digest_hex(WORKER_KEY)
+        ),
+    )
+    .expect("write keys");
+    TestGateway::start_with(asyncgate_server::Config {
+        keys: Some(keys),
+        ..fast_config()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
+    let gateway = TestGateway::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keyed = keyed_gateway(dir.path()).await;
+    generate_stubs().await;
+
+    let child = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
+        .current_dir(sdk_dir())
+        .env("PYTHONPATH", sdk_dir())
+        .env("ASYNCGATE_TEST_URL", gateway.url())
+        .env("ASYNCGATE_TEST_KEYED_URL", keyed.url())
+        .env("ASYNCGATE_TEST_CLIENT_KEY", CLIENT_KEY)
+        .env("ASYNCGATE_TEST_WORKER_KEY", WORKER_KEY)
+        .env_remove("ASYNCGATE_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("the Python suite finishes")
+        .expect("python3 runs");
+    // unittest reports on stderr; the summary line is "OK" or "FAILED (...)".
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "the Python SDK suite failed ({}):\n{report}",
+        output.status
+    );
+    let ran = report
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("Ran ")?
+                .split(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(ran >= 30, "expected the whole suite, ran {ran}:\n{report}");
+    // Every gateway test runs here: a skip means the environment was not passed on.
+    assert!(!report.contains("skipped"), "tests were skipped:\n{report}");
+
+    gateway.shutdown().await;
+    keyed.shutdown().await;
+}
