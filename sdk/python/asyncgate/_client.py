@@ -20,6 +20,7 @@ from typing import Any, Union
 import grpc
 from google.protobuf import duration_pb2
 
+from ._aio import within
 from ._backoff import Backoff
 from ._channel import TLS, endpoint
 from ._cursor import Cursor, Verdict
@@ -372,7 +373,7 @@ class EventStream:
                 if options.idle_timeout is None:
                     message = await call.read()
                 else:
-                    message = await asyncio.wait_for(call.read(), options.idle_timeout)
+                    message = await within(call.read(), options.idle_timeout)
             except asyncio.TimeoutError:
                 self._broken(Unavailable(f"no event or keepalive for {options.idle_timeout}s"))
                 continue

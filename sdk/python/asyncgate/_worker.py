@@ -42,6 +42,7 @@ from typing import Any, Protocol, Union
 
 import grpc
 
+from ._aio import within
 from ._backoff import Backoff
 from ._channel import TLS, endpoint
 from ._errors import AsyncgateError, ProtocolError, from_rpc_error, is_transient
@@ -519,7 +520,7 @@ class Worker:
         while True:
             timeout = _CLOSE_GRACE if outbox.closed else watchdog
             try:
-                message = await asyncio.wait_for(call.read(), timeout)
+                message = await within(call.read(), timeout)
             except asyncio.TimeoutError:
                 if outbox.closed:
                     call.cancel()
