@@ -297,6 +297,8 @@ class Worker:
         self._session_task: asyncio.Task[None] | None = None
         #: The current session id ("" while disconnected).
         self.session_id = ""
+        #: The gateway's ping cadence in seconds, from the latest Welcome (0 before one).
+        self.heartbeat_interval = 0.0
 
     # -- registration --------------------------------------------------------
 
@@ -485,6 +487,7 @@ class Worker:
             welcome = first.welcome
             heartbeat = welcome.heartbeat_interval.ToTimedelta().total_seconds() or _DEFAULT_HEARTBEAT
             self.session_id = welcome.session_id
+            self.heartbeat_interval = heartbeat
             self._backoff.reset()
             log.info("connected: session %s, queues %s", welcome.session_id, ",".join(self._queues))
             self._outbox = outbox = _Outbox()

@@ -52,6 +52,31 @@ class WorkerTest(GatewayTestCase):
         self.assertEqual(last.state, S.SUCCEEDED)
         self.assertEqual(last.result, {"echo": "in", "attempt": 1, "meta": {"k": "v"}})
 
+    async def test_heartbeats_keep_a_long_task_leased(self) -> None:
+        queue = unique_queue("heartbeat")
+        started, release = asyncio.Event(), asyncio.Event()
+        worker = self.worker(max_in_flight=1)
+
+        @worker.handler(queue)
+        async def long(task: asyncgate.TaskContext) -> int:
+            started.set()
+            await release.wait()
+            return task.attempt
+
+        await self.start(worker)
+        if worker.heartbeat_interval > 1.0:
+            self.skipTest("needs a gateway with a short --heartbeat-interval")
+        ticket = await self.client.submit(queue, "x")
+        await bounded(started.wait())
+        # The gateway's long-poll is the clock: five heartbeat intervals, far
+        # past the two unanswered pings that would cost the lease.
+        meanwhile = await bounded(self.client.get(ticket.id, wait=5 * worker.heartbeat_interval))
+        self.assertEqual((meanwhile.state, meanwhile.attempt), (S.RUNNING, 1))
+        self.assertEqual(meanwhile.proto.waiting_reason.worker_name, worker.name)
+        release.set()
+        done = await bounded(self.client.get(ticket.id, wait=20))
+        self.assertEqual((done.state, done.result, done.attempt), (S.SUCCEEDED, 1, 1))
+
     async def test_cancel_reaches_the_handler_as_asyncio_cancellation(self) -> None:
         queue = unique_queue("cancel")
         started, cancelled = asyncio.Event(), asyncio.Event()
