@@ -287,6 +287,8 @@ class Worker:
         self._stop_requested = asyncio.Event()
         #: Set while a session is established.
         self._connected = asyncio.Event()
+        #: Set once the gateway sent Drain on the current session (see `wait_draining`).
+        self._draining = asyncio.Event()
         #: Notified on every new session (see `wait_connected`).
         self._sessions = asyncio.Condition()
         #: A graceful stop was asked for (signal, `stop()`, or Drain with stop).
@@ -343,6 +345,14 @@ class Worker:
         async with self._sessions:
             await self._sessions.wait_for(lambda: self._connected.is_set() and self.session_id != other_than)
             return self.session_id
+
+    async def wait_draining(self) -> None:
+        """Waits until the gateway has sent Drain on the current session: no new task will come on it.
+
+        After `stop()` this is the gateway's confirmation; it also fires when
+        the gateway shuts down or an operator drains this worker.
+        """
+        await self._draining.wait()
 
     def stop(self) -> None:
         """Graceful stop: no new tasks, finish and deliver the running ones, then `run` returns.
@@ -491,6 +501,7 @@ class Worker:
             self._backoff.reset()
             log.info("connected: session %s, queues %s", welcome.session_id, ",".join(self._queues))
             self._outbox = outbox = _Outbox()
+            self._draining.clear()
             writer = asyncio.create_task(self._write(call, outbox))
             # Results a broken connection left unacknowledged go first.
             for message in self._unacked.values():
@@ -551,6 +562,7 @@ class Worker:
                 # new tasks will come on this stream.
                 log.info("draining: %s", message.drain.reason or "(no reason)")
                 draining = bool(draining) or message.drain.stop
+                self._draining.set()
             if draining is not None and not self._running and not self._unacked and not outbox.closed:
                 # Everything is delivered: end our side; the gateway ends its.
                 outbox.close()

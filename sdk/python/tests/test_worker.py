@@ -229,12 +229,41 @@ class WorkerTest(GatewayTestCase):
         ticket = await self.client.submit(queue, "x")
         await bounded(started.wait())
         worker.stop()
+        # Only once the gateway confirmed the drain is "no new task" certain.
+        await bounded(worker.wait_draining())
         late = await self.client.submit(queue, "late")
         release.set()
         await bounded(running)
         done = await self.client.get(ticket.id)
         self.assertEqual((done.state, done.result), (S.SUCCEEDED, "finished"))
         self.assertEqual((await self.client.get(late.id)).state, S.PENDING, "no new task after the stop")
+
+    async def test_a_drain_from_the_gateway_finishes_the_task_then_stops_the_worker(self) -> None:
+        from asyncgate._proto.v1 import admin_pb2, admin_pb2_grpc
+
+        queue = unique_queue("admin-drain")
+        started, release = asyncio.Event(), asyncio.Event()
+        worker = self.worker(max_in_flight=2)
+
+        @worker.handler(queue)
+        async def slow(task: asyncgate.TaskContext) -> str:
+            started.set()
+            await release.wait()
+            return "finished"
+
+        running = await self.start(worker)
+        ticket = await self.client.submit(queue, "x")
+        await bounded(started.wait())
+        async with grpc.aio.insecure_channel(self.url.removeprefix("http://")) as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            await admin.DrainWorker(admin_pb2.DrainWorkerRequest(session_id=worker.session_id), timeout=PATIENCE)
+        await bounded(worker.wait_draining())
+        late = await self.client.submit(queue, "late")
+        release.set()
+        await bounded(running)  # Drain{stop}: no reconnect
+        done = await self.client.get(ticket.id)
+        self.assertEqual((done.state, done.result), (S.SUCCEEDED, "finished"))
+        self.assertEqual((await self.client.get(late.id)).state, S.PENDING)
 
     async def test_sigterm_drains_a_worker_process(self) -> None:
         queue = unique_queue("sigterm")
@@ -267,14 +296,18 @@ class WorkerTest(GatewayTestCase):
 
         async def until(text: str) -> None:
             assert child.stderr is not None
-            while line := (await child.stderr.readline()).decode():
-                log.append(line)
-                if text in line:
-                    return
+            try:
+                while line := (await bounded(child.stderr.readline())).decode():
+                    log.append(line)
+                    if text in line:
+                        return
+            except asyncio.TimeoutError:
+                self.fail(f"the worker did not log {text!r} in time:\n{''.join(log)}")
             self.fail(f"the worker exited before logging {text!r}:\n{''.join(log)}")
 
         try:
             ticket = await self.client.submit(queue, "x")
+
             async def started() -> None:
                 async for event in self.client.watch(ticket.id, after_seq=0):
                     if event.kind == K.PROGRESS:
@@ -283,6 +316,8 @@ class WorkerTest(GatewayTestCase):
             await bounded(started())
             child.send_signal(signal.SIGTERM)
             await bounded(until("stopping"))
+            # The gateway's answer to the worker's Drain: no new task from here on.
+            await bounded(until("draining"))
             late = await self.client.submit(queue, "late")
             child.stdin.write(b"delivered after SIGTERM\n")
             await child.stdin.drain()
@@ -295,4 +330,3 @@ class WorkerTest(GatewayTestCase):
         done = await self.client.get(ticket.id)
         self.assertEqual((done.state, done.result), (S.SUCCEEDED, "delivered after SIGTERM"), "".join(log))
         self.assertEqual((await self.client.get(late.id)).state, S.PENDING)
-        self.assertLess(PATIENCE, 1000)
