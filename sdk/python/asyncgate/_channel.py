@@ -64,8 +64,15 @@ class Endpoint:
         return grpc.aio.secure_channel(self.target, credentials, options=options)
 
 
-def endpoint(url: str, api_key: str | None, tls: TLS | bool | None) -> Endpoint:
-    """Resolves a URL, TLS choice and API key; ValueError on a URL that cannot work."""
+def endpoint(url: str, api_key: str | None, tls: TLS | bytes | bool | None) -> Endpoint:
+    """Resolves a URL, TLS choice and API key; ValueError on a URL that cannot work.
+
+    `tls`: a `TLS`, the PEM bytes of the CA to trust (shorthand for
+    `TLS(root_certificates=...)`), True (the system roots), or None/False
+    (TLS only for `https://` URLs).
+    """
+    if isinstance(tls, (bytes, bytearray)):
+        tls = TLS(root_certificates=bytes(tls))
     if "://" in url:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):

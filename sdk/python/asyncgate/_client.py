@@ -109,7 +109,8 @@ class Client:
 
     `url` is `http://host:port`, `https://host:port` or `host:port`;
     `api_key` is sent as `authorization: Bearer KEY`; `tls` is a `TLS` (a
-    private CA, mutual TLS) or True for the system roots. `call_timeout`
+    private CA, mutual TLS), the PEM bytes of a CA to trust, or True for the
+    system roots. `call_timeout`
     bounds each unary call (seconds). Use it as an async context manager, or
     call `close()`.
     """
@@ -118,7 +119,7 @@ class Client:
         self,
         url: str,
         api_key: str | None = None,
-        tls: TLS | bool | None = None,
+        tls: TLS | bytes | bool | None = None,
         *,
         call_timeout: float = 30.0,
         resume: ResumeOptions = ResumeOptions(),

@@ -259,7 +259,7 @@ class Worker:
         max_in_flight: int = 16,
         name: str | None = None,
         api_key: str | None = None,
-        tls: TLS | bool | None = None,
+        tls: TLS | bytes | bool | None = None,
         reconnect_backoff: tuple[float, float] = (0.1, 30.0),
         handshake_timeout: float = 10.0,
         shutdown_timeout: float = 30.0,

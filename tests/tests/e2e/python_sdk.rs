@@ -1,9 +1,10 @@
 //! The Python SDK (`sdk/python`) against real gateways: its stubs are
 //! generated into the package by its own `generate.py`, then its `unittest`
 //! suite (`sdk/python/tests`) runs in one `python3` child with the gateways'
-//! URLs in the environment: a plain gateway (`ASYNCGATE_TEST_URL`) and one
-//! with API keys (`ASYNCGATE_TEST_KEYED_URL` and the keys). The suite's own
-//! output is shown when it fails. `scripts/test.sh` installs grpcio and
+//! URLs in the environment: a plain gateway (`ASYNCGATE_TEST_URL`), one
+//! with API keys (`ASYNCGATE_TEST_KEYED_URL` and the keys) and one serving
+//! mutual TLS with a private CA (`ASYNCGATE_TEST_TLS_URL`, the PEM files in
+//! `ASYNCGATE_TEST_TLS_DIR`). The suite's own output is shown when it fails. `scripts/test.sh` installs grpcio and
 //! grpcio-tools from PyPI when they are missing.
 
 use std::path::{Path, PathBuf};
@@ -62,11 +63,64 @@ async fn keyed_gateway(dir: &Path) -> TestGateway {
     .await
 }
 
+/// A private CA with a server certificate for 127.0.0.1 and a client
+/// certificate, as PEM files (`ca.pem`, `server.pem`, `server.key`,
+/// `client.pem`, `client.key`) in `dir`.
+///
+/// Not the harness's `TestPki`: its certificates all carry rcgen's default
+/// subject, so a leaf's issuer equals its subject. rustls does not mind, but
+/// grpcio's BoringSSL takes such a leaf for self-signed and refuses it.
+/// Distinct subjects make a chain every TLS stack accepts.
+fn write_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+    let subject = |name: &str| {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = subject("asyncgate python-sdk test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key"))
+        .expect("CA certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    for (file, name) in [
+        ("server", "127.0.0.1"),
+        ("client", "python-sdk-test-client"),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.distinguished_name = subject(name);
+        let cert = params.signed_by(&key, &ca).expect("certificate");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+/// A gateway that requires a client certificate of the CA in `dir`.
+async fn tls_gateway(dir: &Path) -> TestGateway {
+    write_pki(dir);
+    TestGateway::start_with(asyncgate_server::Config {
+        tls: Some(asyncgate_server::config::TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: Some(dir.join("ca.pem")),
+        }),
+        ..fast_config()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
     let gateway = TestGateway::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let keyed = keyed_gateway(dir.path()).await;
+    let pki = tempfile::tempdir().expect("temp dir");
+    let tls = tls_gateway(pki.path()).await;
     generate_stubs().await;
 
     let child = Command::new("python3")
@@ -77,6 +131,8 @@ async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
         .env("ASYNCGATE_TEST_KEYED_URL", keyed.url())
         .env("ASYNCGATE_TEST_CLIENT_KEY", CLIENT_KEY)
         .env("ASYNCGATE_TEST_WORKER_KEY", WORKER_KEY)
+        .env("ASYNCGATE_TEST_TLS_URL", tls.url())
+        .env("ASYNCGATE_TEST_TLS_DIR", pki.path())
         .env_remove("ASYNCGATE_API_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -115,4 +171,5 @@ async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
 
     gateway.shutdown().await;
     keyed.shutdown().await;
+    tls.shutdown().await;
 }
