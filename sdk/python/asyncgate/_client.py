@@ -302,7 +302,9 @@ class EventStream:
 
     Iterate it (`async for event in stream`) for SNAPSHOT, STATE, PROGRESS and
     OUTPUT events (KEEPALIVEs are consumed); it ends once the ticket is
-    terminal. Or await it for the terminal `Ticket`. An error is final: the
+    terminal. Or await it for the terminal `Ticket`. To stop early, use it as
+    `async with client.watch(id) as events:` or call `aclose()`, which ends
+    the call at once. An error is final: the
     gateway refused (e.g. `NotFound`), or `ResumeOptions.max_attempts`
     reopens in a row failed.
     """
@@ -327,6 +329,12 @@ class EventStream:
 
     def __aiter__(self) -> EventStream:
         return self
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __await__(self) -> Generator[Any, None, Ticket]:
         return self.result().__await__()

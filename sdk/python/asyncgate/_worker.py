@@ -443,6 +443,8 @@ class Worker:
                 log.warning("connection lost: %s", error)
             except (asyncio.TimeoutError, ConnectionError) as error:
                 log.warning("connection lost: %r", error)
+            except Exception:  # a bug here or in grpcio: log it, keep serving after the backoff
+                log.exception("the session failed unexpectedly")
             finally:
                 self._outbox = None
                 self.session_id = ""

@@ -106,6 +106,16 @@ class ClientTest(GatewayTestCase):
         again = await self.client.cancel(ticket.id, "again")  # idempotent on a cancelled ticket
         self.assertEqual(again.state, S.CANCELLED)
 
+    async def test_a_watch_closed_early_ends_its_call(self) -> None:
+        ticket = await self.client.submit(unique_queue("early"), "x")
+        async with self.client.watch(ticket.id) as events:
+            first = await bounded(events.__anext__())
+            self.assertEqual(first.kind, K.SNAPSHOT)
+        with self.assertRaises(StopAsyncIteration):
+            await events.__anext__()
+        # The client still works after the cancelled call.
+        self.assertEqual((await self.client.get(ticket.id)).state, S.PENDING)
+
     async def test_bad_input_raises_the_typed_error_with_the_gateways_message(self) -> None:
         with self.assertRaises(asyncgate.InvalidArgument) as caught:
             await self.client.submit("bad queue!", "x")
