@@ -32,7 +32,9 @@ from __future__ import annotations
 
 try:
     from ._proto.v1 import ticket_pb2 as _ticket_pb2  # noqa: F401
-except ImportError as error:  # pragma: no cover - a checkout without generated stubs
+except ModuleNotFoundError as error:  # pragma: no cover - a checkout without generated stubs
+    if not (error.name or "").startswith(__name__ + "._proto"):
+        raise  # grpcio or protobuf itself is missing: say so, not something else
     raise ImportError(
         "asyncgate's protobuf stubs are missing: run `python3 sdk/python/generate.py` "
         "(needs grpcio-tools), or install the package with pip"
