@@ -123,7 +123,12 @@ async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
     let tls = tls_gateway(pki.path()).await;
     generate_stubs().await;
 
-    let child = Command::new("python3")
+    // stdout and stderr (where unittest reports) go to one file, so that even
+    // a run that hangs shows how far it got.
+    let log_path = dir.path().join("unittest.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let log2 = log.try_clone().expect("log file");
+    let mut child = Command::new("python3")
         .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
         .current_dir(sdk_dir())
         .env("PYTHONPATH", sdk_dir())
@@ -135,25 +140,26 @@ async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
         .env("ASYNCGATE_TEST_TLS_DIR", pki.path())
         .env_remove("ASYNCGATE_API_KEY")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(log)
+        .stderr(log2)
         .kill_on_drop(true)
         .spawn()
         .expect("python3 runs");
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("the Python suite finishes")
-        .expect("python3 runs");
-    // unittest reports on stderr; the summary line is "OK" or "FAILED (...)".
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = match tokio::time::timeout(PATIENCE, child.wait()).await {
+        Ok(status) => status.expect("wait for python3"),
+        Err(_) => {
+            child.kill().await.expect("kill python3");
+            panic!(
+                "the Python SDK suite did not finish in {PATIENCE:?}:\n{}",
+                report()
+            );
+        }
+    };
+    let report = report();
     assert!(
-        output.status.success(),
-        "the Python SDK suite failed ({}):\n{report}",
-        output.status
+        status.success(),
+        "the Python SDK suite failed ({status}):\n{report}"
     );
     let ran = report
         .lines()
