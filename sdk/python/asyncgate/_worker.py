@@ -150,7 +150,12 @@ class TaskContext:
         await self._report(workers_pb2.TaskProgress(percent=percent, message=message))
 
     async def output(self, chunk: PayloadLike, *, percent: int = 0, message: str = "") -> None:
-        """Sends a partial-output chunk; watchers receive chunks in the order sent."""
+        """Sends a partial-output chunk; watchers receive chunks in the order sent.
+
+        Waits while the stream is congested (backpressure). Dropped while
+        disconnected: the lease is most likely lost then, and the handler
+        is about to be cancelled.
+        """
         await self._report(workers_pb2.TaskProgress(percent=percent, message=message, output=to_payload(chunk)))
 
     async def _report(self, report: workers_pb2.TaskProgress) -> None:

@@ -4,7 +4,9 @@ The tests run against a real gateway whose URL is in `ASYNCGATE_TEST_URL`
 (`tests/tests/e2e/python_sdk.rs` starts one with short heartbeats and
 backoffs and sets it); without it the gateway tests are skipped. A gateway
 with API keys, when one is given, is in `ASYNCGATE_TEST_KEYED_URL` with the
-keys in `ASYNCGATE_TEST_CLIENT_KEY` and `ASYNCGATE_TEST_WORKER_KEY`.
+keys in `ASYNCGATE_TEST_CLIENT_KEY` and `ASYNCGATE_TEST_WORKER_KEY`; one
+serving mutual TLS in `ASYNCGATE_TEST_TLS_URL`, with `ca.pem`, `client.pem`
+and `client.key` in `ASYNCGATE_TEST_TLS_DIR`.
 
 Every test uses its own queue (`unique_queue`) so that tests sharing one
 gateway never see each other's tickets. Nothing sleeps to synchronise:
