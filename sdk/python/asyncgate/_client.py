@@ -26,7 +26,6 @@ from ._channel import TLS, endpoint
 from ._cursor import Cursor, Verdict
 from ._errors import AsyncgateError, ProtocolError, Unavailable, from_rpc_error, is_transient
 from ._proto.v1 import gateway_pb2, gateway_pb2_grpc
-from ._proto.v1 import ticket_pb2 as pb
 from ._types import Event, PayloadLike, Ticket, TicketState, to_payload
 
 __all__ = ["Client", "Submit", "Page", "ResumeOptions", "EventStream"]
