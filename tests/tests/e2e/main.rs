@@ -19,6 +19,7 @@ mod list;
 mod metrics;
 mod operations;
 mod python;
+mod python_sdk;
 mod replicas;
 mod streams;
 mod tls;

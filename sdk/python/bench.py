@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""End-to-end throughput of the Python SDK against a running gateway, with CPU per ticket.
+
+    python3 sdk/python/bench.py http://127.0.0.1:50051 [--tickets 20000] [--in-flight 64] [--size 1024]
+
+Each mode runs one producer process and one worker process (multiprocessing,
+spawn), each on its own fresh queue:
+
+- `sdk-submit`: the producer calls `Client.submit_many(..., in_flight=64)`
+  (today: concurrent unary Submits under a semaphore); the end is the
+  worker's last recorded result (ResultAck OK).
+- `sdk-execute`: the producer runs 64 concurrent `Client.execute(...)`
+  calls (one Execute stream per ticket, read to its terminal event).
+- `grpc-execute`: the per-call path of `examples/python/client.py`: plain
+  synchronous grpcio, one `Gateway/Execute` per ticket read to its end, 64
+  threads. No SDK on the producer side.
+
+The worker is the SDK's `Worker` (max_in_flight = --in-flight) echoing the
+1 KiB binary payload in every mode. Before timing, each producer sends
+--in-flight tickets to warm up (connections, the worker's first session).
+Timing starts after the warm-up and ends when the last ticket is done
+(CLOCK_MONOTONIC, shared by the processes on Linux); CPU is
+`time.process_time()` of each process (all its threads, grpc's included)
+over the same span, divided by the tickets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MODES = ("sdk-submit", "sdk-execute", "grpc-execute")
+
+
+# -- the worker process ---------------------------------------------------------
+
+
+def worker_main(url: str, queue: str, warmup: int, tickets: int, in_flight: int, conn: Connection) -> None:
+    asyncio.run(_worker(url, queue, warmup, tickets, in_flight, conn))
+
+
+async def _worker(url: str, queue: str, warmup: int, tickets: int, in_flight: int, conn: Connection) -> None:
+    import asyncgate
+    from asyncgate import workers_pb2
+
+    finished = asyncio.Event()
+    marks: dict[str, float] = {}
+
+    class Counting(asyncgate.Worker):
+        """Counts the results the gateway recorded; marks the warm-up's end and the last one."""
+
+        recorded = 0
+
+        def _acknowledged(self, ack: workers_pb2.ResultAck) -> None:
+            super()._acknowledged(ack)
+            if ack.code == 0:
+                self.recorded += 1
+                if self.recorded == warmup:
+                    marks["cpu0"] = time.process_time()
+                if self.recorded == warmup + tickets:
+                    marks["end"] = time.monotonic()
+                    marks["cpu1"] = time.process_time()
+                    finished.set()
+
+    worker = Counting(url, max_in_flight=in_flight, name="bench-worker")
+
+    @worker.handler(queue)
+    async def echo(task: asyncgate.TaskContext) -> Any:
+        return task.payload
+
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    await worker.wait_connected()
+    conn.send("ready")
+    await finished.wait()
+    worker.stop()
+    await running
+    conn.send({"end": marks["end"], "cpu": marks["cpu1"] - marks["cpu0"]})
+
+
+# -- the producer processes -----------------------------------------------------
+
+
+def producer_main(url: str, queue: str, mode: str, warmup: int, tickets: int, in_flight: int, size: int, conn: Connection) -> None:
+    body = os.urandom(size)
+    if mode == "grpc-execute":
+        result = _grpc_execute(url, queue, warmup, tickets, in_flight, body)
+    else:
+        result = asyncio.run(_sdk(url, queue, mode, warmup, tickets, in_flight, body))
+    conn.send(result)
+
+
+async def _sdk(url: str, queue: str, mode: str, warmup: int, tickets: int, in_flight: int, body: bytes) -> dict[str, float]:
+    import asyncgate
+
+    async with asyncgate.Client(url) as client:
+
+        async def batch(n: int) -> None:
+            if mode == "sdk-submit":
+                await client.submit_many([asyncgate.Submit(queue, body) for _ in range(n)], in_flight=in_flight)
+                return
+            slots = asyncio.Semaphore(in_flight)
+
+            async def one() -> None:
+                async with slots:
+                    ticket = await client.execute(queue, body)
+                    if ticket.state != asyncgate.TicketState.SUCCEEDED:
+                        raise RuntimeError(f"ticket {ticket.id} {ticket.state.name}")
+
+            await asyncio.gather(*(one() for _ in range(n)))
+
+        await batch(warmup)
+        start, cpu0 = time.monotonic(), time.process_time()
+        await batch(tickets)
+        return {"start": start, "end": time.monotonic(), "cpu": time.process_time() - cpu0}
+
+
+def _grpc_execute(url: str, queue: str, warmup: int, tickets: int, in_flight: int, body: bytes) -> dict[str, float]:
+    """Like examples/python/client.py --execute, with `in_flight` threads."""
+    import grpc
+
+    from asyncgate._proto.v1 import gateway_pb2, gateway_pb2_grpc, ticket_pb2
+
+    target = url.split("://", 1)[-1]
+    with grpc.insecure_channel(target) as channel:
+        gateway = gateway_pb2_grpc.GatewayStub(channel)
+        request = gateway_pb2.SubmitRequest(queue=queue, payload=ticket_pb2.Payload(binary=body))
+
+        def one(_: int) -> None:
+            last = None
+            for event in gateway.Execute(request, timeout=120):
+                if event.kind != ticket_pb2.TICKET_EVENT_KIND_KEEPALIVE:
+                    last = event.ticket
+            if last is None or last.state != ticket_pb2.TICKET_STATE_SUCCEEDED:
+                raise RuntimeError(f"ticket not succeeded: {last}")
+
+        with ThreadPoolExecutor(in_flight) as pool:
+            list(pool.map(one, range(warmup)))
+            start, cpu0 = time.monotonic(), time.process_time()
+            list(pool.map(one, range(tickets)))
+            return {"start": start, "end": time.monotonic(), "cpu": time.process_time() - cpu0}
+
+
+# -- the parent ------------------------------------------------------------------
+
+
+def run_mode(ctx: Any, url: str, mode: str, tickets: int, in_flight: int, size: int) -> dict[str, float]:
+    queue = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+    warmup = in_flight
+    worker_end, worker_conn = ctx.Pipe()
+    producer_end, producer_conn = ctx.Pipe()
+    worker = ctx.Process(target=worker_main, args=(url, queue, warmup, tickets, in_flight, worker_conn))
+    worker.start()
+    try:
+        if not worker_end.poll(30) or worker_end.recv() != "ready":
+            raise SystemExit(f"{mode}: the worker did not connect")
+        producer = ctx.Process(
+            target=producer_main, args=(url, queue, mode, warmup, tickets, in_flight, size, producer_conn)
+        )
+        producer.start()
+        budget = 60 + tickets / 50  # seconds: far above any plausible run
+        if not producer_end.poll(budget):
+            producer.kill()
+            raise SystemExit(f"{mode}: the producer did not finish")
+        produced = producer_end.recv()
+        producer.join()
+        if not worker_end.poll(budget):
+            raise SystemExit(f"{mode}: the worker did not see every result")
+        served = worker_end.recv()
+        worker.join(30)
+    finally:
+        if worker.is_alive():
+            worker.kill()
+    elapsed = max(produced["end"], served["end"]) - produced["start"]
+    return {
+        "tickets_per_s": tickets / elapsed,
+        "seconds": elapsed,
+        "producer_us": produced["cpu"] / tickets * 1e6,
+        "worker_us": served["cpu"] / tickets * 1e6,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="the gateway, e.g. http://127.0.0.1:50051")
+    parser.add_argument("--tickets", type=int, default=20000, help="timed tickets per mode (default: %(default)s)")
+    parser.add_argument("--in-flight", type=int, default=64, help="concurrency of producer and worker (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=1024, help="payload bytes (default: %(default)s)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of %s" % ", ".join(MODES))
+    args = parser.parse_args()
+    ctx = mp.get_context("spawn")
+    print(f"{args.tickets} tickets per mode, {args.size} B payloads, {args.in_flight} in flight, gateway {args.url}")
+    print(f"{'mode':<14} {'tickets/s':>10} {'seconds':>8} {'producer CPU/ticket':>20} {'worker CPU/ticket':>18}")
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}")
+        r = run_mode(ctx, args.url, mode, args.tickets, args.in_flight, args.size)
+        print(
+            f"{mode:<14} {r['tickets_per_s']:>10.0f} {r['seconds']:>8.2f} "
+            f"{r['producer_us']:>17.0f} us {r['worker_us']:>15.0f} us",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
