@@ -24,7 +24,7 @@ from ._aio import within
 from ._backoff import Backoff
 from ._channel import TLS, endpoint
 from ._cursor import Cursor, Verdict
-from ._errors import AsyncgateError, ProtocolError, Unavailable, from_rpc_error, is_transient
+from ._errors import AsyncgateError, ProtocolError, Unavailable, from_code, from_rpc_error, is_transient
 from ._proto.v1 import gateway_pb2, gateway_pb2_grpc
 from ._types import Event, PayloadLike, Ticket, TicketState, to_payload
 
@@ -171,29 +171,63 @@ class Client:
         return Ticket(ticket)
 
     async def submit_many(
-        self, requests: Iterable[Submit], *, in_flight: int = 64, return_exceptions: bool = False
+        self, requests: Iterable[Submit], *, in_flight: int = 256, return_exceptions: bool = False
     ) -> list[Any]:
-        """Submits every request, `in_flight` at a time; the tickets in the order of `requests`.
+        """Submits every request on one `SubmitStream`, `in_flight` unanswered at a time.
 
-        With `return_exceptions`, a failed submit's `AsyncgateError` takes its
-        place in the list; otherwise the first failure is raised once every
-        submit has finished (use idempotency keys to repeat the batch safely).
+        Returns the tickets in the order of `requests`: each answered once the
+        gateway stored it. With `return_exceptions`, a refused request's
+        `AsyncgateError` takes its place in the list; otherwise the first
+        failure is raised once every request has been answered. If the stream
+        breaks, the unanswered requests get its error (they may or may not be
+        stored: use idempotency keys to repeat the batch safely).
         """
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         protos = [request.to_proto() for request in requests]
-        slots = asyncio.Semaphore(in_flight)
-
-        async def one(request: gateway_pb2.SubmitRequest) -> Ticket:
-            async with slots:
-                return await self._submit(request)
-
-        results = await asyncio.gather(*(one(request) for request in protos), return_exceptions=True)
+        results: list[Any] = [None] * len(protos)
+        if protos:
+            await self._submit_stream(protos, results, in_flight)
         if not return_exceptions:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-        return list(results)
+        return results
+
+    async def _submit_stream(
+        self, protos: list[gateway_pb2.SubmitRequest], results: list[Any], in_flight: int
+    ) -> None:
+        """Fills `results` with the answers of one SubmitStream carrying `protos`."""
+        call = self._stub.SubmitStream(metadata=self._metadata)
+        window = asyncio.Semaphore(in_flight)
+
+        async def send() -> None:
+            for proto in protos:
+                await window.acquire()
+                await call.write(proto)
+            await call.done_writing()
+
+        sender = asyncio.create_task(send())
+        answered = 0
+        try:
+            while answered < len(protos):
+                answer = await call.read()
+                if answer is grpc.aio.EOF:
+                    break
+                window.release()
+                if answer.HasField("error"):
+                    results[answer.index] = from_code(answer.error.code, answer.error.message)
+                else:
+                    results[answer.index] = Ticket(answer.ticket)
+                answered += 1
+            broken: AsyncgateError = Unavailable("the submit stream ended before every request was answered")
+        except grpc.aio.AioRpcError as error:
+            broken = from_rpc_error(error)
+        finally:
+            sender.cancel()
+        for index, result in enumerate(results):
+            if result is None:
+                results[index] = broken
 
     def execute(
         self,

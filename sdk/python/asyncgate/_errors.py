@@ -185,6 +185,12 @@ def from_rpc_error(error: grpc.RpcError) -> AsyncgateError:
     return cls(details or code.name.lower().replace("_", " "), code)
 
 
+def from_code(code: int, message: str) -> AsyncgateError:
+    """The typed exception for a numeric gRPC code and message (an item of a stream)."""
+    status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(status, Unknown)(message or status.name.lower().replace("_", " "), status)
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether the same call may succeed on a new connection.
 
