@@ -11,6 +11,14 @@ fn parse(args: &[&str]) -> Result<Config, String> {
     Config::try_from(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
 }
 
+/// The command line `asyncgate-server --config FILE EXTRA...`.
+fn with_file(file: &std::path::Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["asyncgate-server".into(), "--config".into(), file.into()];
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
 #[test]
 fn a_config_file_sits_between_the_environment_and_the_defaults() {
     let dir = tempfile::tempdir().unwrap();
@@ -20,15 +28,7 @@ fn a_config_file_sits_between_the_environment_and_the_defaults() {
         "listen = \"127.0.0.1:6000\"\nstore = \"memory\"\nresult_retention = \"7d\"\ninsecure = false\n",
     )
     .unwrap();
-    let args = |extra: &[&str]| {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "asyncgate-server".into(),
-            "--config".into(),
-            file.clone().into(),
-        ];
-        args.extend(extra.iter().map(Into::into));
-        args
-    };
+    let args = |extra: &[&str]| with_file(&file, extra);
     let parsed = parse_args(args(&["--listen", "127.0.0.1:6001"])).unwrap();
     let config = Config::try_from(parsed.cli).unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:6001", "the flag wins");
@@ -233,15 +233,7 @@ fn sizes_take_units() {
 fn size_keys_in_a_config_file_take_integers_or_units_and_print_back() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("asyncgate.toml");
-    let args = |extra: &[&str]| {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "asyncgate-server".into(),
-            "--config".into(),
-            file.clone().into(),
-        ];
-        args.extend(extra.iter().map(Into::into));
-        args
-    };
+    let args = |extra: &[&str]| with_file(&file, extra);
     std::fs::write(
         &file,
         "store = \"memory\"\nmax-payload-bytes = 1048576\nmax-output-bytes-per-ticket = \"8 MiB\"\nmax_pending_bytes = \"1GB\"\n",
@@ -480,15 +472,7 @@ fn queue_limits_come_from_flags_or_queue_tables_in_the_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("asyncgate.toml");
-    let args = |extra: &[&str]| {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "asyncgate-server".into(),
-            "--config".into(),
-            file.clone().into(),
-        ];
-        args.extend(extra.iter().map(Into::into));
-        args
-    };
+    let args = |extra: &[&str]| with_file(&file, extra);
     std::fs::write(
         &file,
         "store = \"memory\"\n[queues.fragile]\nmax_dispatch_per_second = 50\nmax_concurrent = 4\n[queues.\"acme/bulk\"]\nburst = 10\nmax_dispatch_per_second = 5\n",
