@@ -1,7 +1,8 @@
 //! Crash safety of the durable store, end to end: the real `asyncgate-server`
 //! binary as a child process, concurrent clients and workers, `kill -9`
 //! several times mid-load, restarts on the same file, then the checks: every
-//! ticket whose Submit got a reply exists and reaches a terminal state, and no
+//! ticket whose Submit got a reply (or whose SubmitStream item got its
+//! answer) exists and reaches a terminal state, and no
 //! result observed by a client ever changes afterwards (a result recorded
 //! twice, or lost and recorded again, would show up as a change: each result
 //! names the lease that produced it).
@@ -20,6 +21,8 @@ mod common;
 use common::{free_port, start_server, wait_until_serving};
 
 const SUBMITTERS: usize = 4;
+/// Inputs of the SubmitStream producer start here.
+const STREAMED: i64 = 9_000_000;
 const CRASHES: usize = 3;
 
 fn start(store: &Path, port: u16) -> Child {
@@ -105,6 +108,48 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
                             break;
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+                    }
+                }
+            }
+        }));
+    }
+    // One producer on SubmitStream (the SDK's submitter), 32 items in
+    // flight: an item whose answer came is acknowledged like a Submit's
+    // reply; those cut off by a crash are sent again, same key, on a new
+    // stream.
+    {
+        let (client, acknowledged, stop) = (client.clone(), acknowledged.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut next, mut again) = (0i64, Vec::new());
+            while !stop.load(Ordering::Relaxed) && next < 5_000 {
+                let Ok(submitter) = client.submitter().await else {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    continue;
+                };
+                loop {
+                    let mut inputs: Vec<i64> = std::mem::take(&mut again);
+                    while inputs.len() < 32 {
+                        inputs.push(STREAMED + next);
+                        next += 1;
+                    }
+                    let sent = inputs.iter().map(|input| {
+                        let request = Submit::new("crash")
+                            .json((*input).into())
+                            .idempotency_key(format!("k-{input}"))
+                            .max_attempts(50);
+                        submitter.submit(request)
+                    });
+                    let answers = futures::future::join_all(sent).await;
+                    for (input, answer) in inputs.into_iter().zip(answers) {
+                        match answer {
+                            Ok(ticket) => {
+                                acknowledged.lock().unwrap().insert(ticket.id, input);
+                            }
+                            Err(_) => again.push(input),
+                        }
+                    }
+                    if !again.is_empty() || stop.load(Ordering::Relaxed) {
+                        break;
                     }
                 }
             }
@@ -196,13 +241,21 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
         );
     }
     eprintln!(
-        "crash test: {} acknowledged, {} observed during load",
+        "crash test: {} acknowledged ({} on SubmitStream), {} observed during load",
         acknowledged.len(),
+        acknowledged
+            .values()
+            .filter(|input| **input >= STREAMED)
+            .count(),
         observed.len()
     );
     assert!(
         !observed.is_empty(),
         "the observer saw results during the load"
+    );
+    assert!(
+        acknowledged.values().any(|input| *input >= STREAMED),
+        "the SubmitStream producer had items acknowledged"
     );
     for worker in workers {
         worker.abort();
