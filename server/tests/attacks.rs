@@ -683,6 +683,7 @@ impl RawWorker {
                 worker_name: key.into(),
                 queues: vec!["emails".into()],
                 max_in_flight: 1,
+                batches: false,
             })),
         })
         .await

@@ -206,6 +206,7 @@ async fn worker_stream_status(gateway: &Gateway, then: Bytes) -> (Code, String) 
             worker_name: "raw".into(),
             queues: vec!["raw".into()],
             max_in_flight: 1,
+            batches: false,
         })),
     };
     let request = http::Request::post("http://gateway/asyncgate.v1.Workers/Connect")
@@ -268,6 +269,7 @@ async fn a_malformed_progress_is_refused_and_the_session_carries_on() {
         worker_name: "sloppy".into(),
         queues: vec!["sloppy".into()],
         max_in_flight: 1,
+        batches: false,
     })))
     .await
     .unwrap();

@@ -150,6 +150,7 @@ fn hello(name: &str) -> pb::WorkerMessage {
             worker_name: name.into(),
             queues: vec!["emails".into()],
             max_in_flight: 1,
+            batches: false,
         })),
     }
 }

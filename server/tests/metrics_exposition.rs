@@ -406,6 +406,7 @@ async fn grpc_metrics_match_go_grpc_prometheus() {
             worker_name: "metered".into(),
             queues: vec!["work".into()],
             max_in_flight: 1,
+            batches: false,
         })),
     })
     .await

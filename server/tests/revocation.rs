@@ -77,6 +77,7 @@ impl RawWorker {
                 worker_name: key.into(),
                 queues: vec!["jobs".into()],
                 max_in_flight: 1,
+                batches: false,
             })),
         })
         .await

@@ -291,6 +291,8 @@ impl RawWorker {
             worker_name: "raw".into(),
             queues: queues.iter().map(|q| q.to_string()).collect(),
             max_in_flight,
+            // One message at a time, as workers from before batches.
+            batches: false,
         }))
         .await;
         match self.next().await {

@@ -25,6 +25,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -276,6 +277,7 @@ impl Runner {
                 worker_name: self.config.name.clone(),
                 queues: self.config.queues.clone(),
                 max_in_flight: self.config.max_in_flight,
+                batches: true,
             })),
         };
         if tx.try_send(hello).is_err() {
@@ -289,9 +291,15 @@ impl Runner {
             client = client.send_compressed(encoding).accept_compressed(encoding);
         }
         let handshake = self.config.handshake_timeout;
+        let batches = Arc::new(AtomicBool::new(false));
         let opened = tokio::time::timeout(handshake, async {
             let mut inbound = client
-                .connect(Outbound::new(rx, heartbeat_rx, kill.clone()))
+                .connect(Outbound::new(
+                    rx,
+                    heartbeat_rx,
+                    kill.clone(),
+                    batches.clone(),
+                ))
                 .await?
                 .into_inner();
             let first = inbound.message().await?;
@@ -304,7 +312,11 @@ impl Runner {
             }
             Ok(Err(status)) => return SessionEnd::Broken(status),
             Ok(Ok((inbound, Some(first)))) => match first.kind {
-                Some(dispatch_message::Kind::Welcome(welcome)) => (inbound, welcome),
+                Some(dispatch_message::Kind::Welcome(welcome)) => {
+                    // Results ready at once may go as one WorkerBatch.
+                    batches.store(welcome.batches, Ordering::Relaxed);
+                    (inbound, welcome)
+                }
                 other => {
                     return SessionEnd::HandshakeFailed(format!(
                         "expected Welcome, got {}",
@@ -391,11 +403,13 @@ impl Runner {
                 received = inbound.message() => match received {
                     Ok(Some(message)) => {
                         silence.as_mut().reset(Instant::now() + watchdog);
-                        if let Some(end) = self
-                            .dispatch(message, &tx, &heartbeats, watchdog, &mut draining)
-                            .await
-                        {
-                            return end;
+                        for message in unbatch(message) {
+                            if let Some(end) = self
+                                .dispatch(message, &tx, &heartbeats, watchdog, &mut draining)
+                                .await
+                            {
+                                return end;
+                            }
                         }
                     }
                     Ok(None) => return SessionEnd::Closed,
@@ -484,6 +498,7 @@ impl Runner {
             Some(dispatch_message::Kind::Welcome(_)) => {
                 warn!("a second Welcome on one stream; ignored")
             }
+            Some(dispatch_message::Kind::Batch(_)) => warn!("a batch inside a batch; ignored"),
             None => debug!("an empty dispatch message; ignored"),
         }
         None
@@ -699,6 +714,17 @@ async fn send(tx: &Outgoing, message: pb::WorkerMessage, limit: Duration) -> boo
     )
 }
 
+/// The messages `message` carries: a batch's, in order, or itself.
+fn unbatch(message: pb::DispatchMessage) -> Vec<pb::DispatchMessage> {
+    match message.kind {
+        Some(dispatch_message::Kind::Batch(batch)) => batch.messages,
+        _ => vec![message],
+    }
+}
+
+/// Results and progress sent as one WorkerBatch at most.
+const MAX_WORKER_BATCH: usize = 64;
+
 /// After our end-of-stream, lets the gateway close its side.
 async fn close(mut inbound: tonic::Streaming<pb::DispatchMessage>) {
     let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
@@ -777,6 +803,7 @@ fn dispatch_kind_name(kind: Option<&dispatch_message::Kind>) -> &'static str {
         Some(dispatch_message::Kind::ResultAck(_)) => "ResultAck",
         Some(dispatch_message::Kind::Ping(_)) => "Ping",
         Some(dispatch_message::Kind::Drain(_)) => "Drain",
+        Some(dispatch_message::Kind::Batch(_)) => "DispatchBatch",
         None => "an empty message",
     }
 }
@@ -791,6 +818,8 @@ struct Outbound {
     heartbeats: mpsc::Receiver<pb::WorkerMessage>,
     kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The gateway reads WorkerBatch (its Welcome said so).
+    batches: Arc<AtomicBool>,
 }
 
 impl Outbound {
@@ -798,6 +827,7 @@ impl Outbound {
         rx: mpsc::Receiver<pb::WorkerMessage>,
         heartbeats: mpsc::Receiver<pb::WorkerMessage>,
         kill: CancellationToken,
+        batches: Arc<AtomicBool>,
     ) -> Self {
         let killed = Box::pin(kill.clone().cancelled_owned());
         Outbound {
@@ -805,6 +835,7 @@ impl Outbound {
             heartbeats,
             kill,
             killed,
+            batches,
         }
     }
 }
@@ -822,7 +853,27 @@ impl Stream for Outbound {
             return Poll::Ready(Some(heartbeat));
         }
         // The main lane's end is the stream's end.
-        this.rx.poll_recv(cx)
+        let first = match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(first)) => first,
+            other => return other,
+        };
+        if !this.batches.load(Ordering::Relaxed) {
+            return Poll::Ready(Some(first));
+        }
+        // What else is ready now goes in the same message.
+        let mut messages = vec![first];
+        while messages.len() < MAX_WORKER_BATCH {
+            match this.rx.try_recv() {
+                Ok(next) => messages.push(next),
+                Err(_) => break,
+            }
+        }
+        if messages.len() == 1 {
+            return Poll::Ready(messages.pop());
+        }
+        Poll::Ready(Some(pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Batch(pb::WorkerBatch { messages })),
+        }))
     }
 }
 
@@ -842,7 +893,8 @@ mod tests {
         };
         let (tx, rx) = mpsc::channel(8);
         let (heartbeats, heartbeat_rx) = mpsc::channel(1);
-        let mut outbound = Outbound::new(rx, heartbeat_rx, CancellationToken::new());
+        let mut outbound =
+            Outbound::new(rx, heartbeat_rx, CancellationToken::new(), Arc::default());
         for n in 1..=3 {
             tx.send(output(n)).await.unwrap();
         }
@@ -859,10 +911,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_is_ready_at_once_goes_as_one_batch_to_a_gateway_that_reads_them() {
+        let result = |n: u32| pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Progress(pb::TaskProgress {
+                percent: n,
+                ..Default::default()
+            })),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let (_heartbeats, heartbeat_rx) = mpsc::channel(1);
+        let batches = Arc::new(AtomicBool::new(false));
+        let mut outbound =
+            Outbound::new(rx, heartbeat_rx, CancellationToken::new(), batches.clone());
+        tx.send(result(1)).await.unwrap();
+        tx.send(result(2)).await.unwrap();
+        // Before the Welcome says the gateway reads batches: one by one.
+        assert_eq!(outbound.next().await, Some(result(1)));
+        batches.store(true, Ordering::Relaxed);
+        tx.send(result(3)).await.unwrap();
+        let batch = pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Batch(pb::WorkerBatch {
+                messages: vec![result(2), result(3)],
+            })),
+        };
+        assert_eq!(outbound.next().await, Some(batch));
+        // A lone message is sent as itself.
+        tx.send(result(4)).await.unwrap();
+        assert_eq!(outbound.next().await, Some(result(4)));
+    }
+
+    #[tokio::test]
     async fn outbound_ends_cleanly_when_closed_but_goes_silent_when_killed() {
         let (tx, rx) = mpsc::channel(4);
         let (_heartbeats, heartbeat_rx) = mpsc::channel(1);
-        let mut clean = Outbound::new(rx, heartbeat_rx, CancellationToken::new());
+        let mut clean = Outbound::new(rx, heartbeat_rx, CancellationToken::new(), Arc::default());
         let _ = tx.send(pb::WorkerMessage::default()).await;
         drop(tx);
         assert!(clean.next().await.is_some());
@@ -871,7 +953,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let kill = CancellationToken::new();
         let (_heartbeats, heartbeat_rx) = mpsc::channel(1);
-        let mut killed = Outbound::new(rx, heartbeat_rx, kill.clone());
+        let mut killed = Outbound::new(rx, heartbeat_rx, kill.clone(), Arc::default());
         let _ = tx.send(pb::WorkerMessage::default()).await;
         kill.cancel();
         drop(tx);

@@ -68,6 +68,9 @@ impl Conn {
                 seconds: i64::try_from(heartbeat.as_secs()).unwrap_or(1),
                 nanos: i32::try_from(heartbeat.subsec_nanos()).unwrap_or(0),
             }),
+            // As a gateway from before batches: the worker sends one
+            // message at a time.
+            batches: false,
         }))
         .await;
         hello

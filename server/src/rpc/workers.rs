@@ -2,6 +2,8 @@
 //! runs one `dispatch::session` task.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -49,9 +51,23 @@ impl Workers for WorkersService {
         };
         let max_payload_bytes = self.core.config.max_payload_bytes;
         let edge_caller = caller.clone();
-        let inbound = request.into_inner().map(move |item| match item {
-            Ok(message) => Ok(worker::from_pb(&edge_caller, message, max_payload_bytes)),
-            Err(status) => Err(unreadable(status, limits)),
+        // Set by a Hello that asks for batches; read by the outbound side.
+        let batches = Arc::new(AtomicBool::new(false));
+        let wants_batches = batches.clone();
+        let inbound = request.into_inner().flat_map(move |item| {
+            let items = match item {
+                Ok(message) => {
+                    if let Some(pb::worker_message::Kind::Hello(hello)) = &message.kind {
+                        wants_batches.store(hello.batches, Ordering::Relaxed);
+                    }
+                    match worker::from_pb_all(&edge_caller, message, max_payload_bytes) {
+                        Ok(all) => all.into_iter().map(Ok).collect(),
+                        Err(error) => vec![Err(Some(error))],
+                    }
+                }
+                Err(status) => vec![Err(unreadable(status, limits))],
+            };
+            futures::stream::iter(items)
         });
         // Room for every task and ack a well-behaved worker can have
         // outstanding, plus pings; a worker that lets it fill is not reading.
@@ -79,9 +95,55 @@ impl Workers for WorkersService {
             )
             .instrument(span),
         );
-        let outbound =
-            ReceiverStream::new(rx).map(|item| item.map(worker::to_pb).map_err(Status::from));
+        // What is ready at once goes as one DispatchBatch to a worker that
+        // reads them; nothing waits for a batch to fill.
+        let outbound = ReceiverStream::new(rx)
+            .ready_chunks(MAX_DISPATCH_BATCH)
+            .flat_map(move |chunk| {
+                futures::stream::iter(batched(chunk, batches.load(Ordering::Relaxed)))
+            });
         Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Messages one DispatchBatch carries at most.
+const MAX_DISPATCH_BATCH: usize = 256;
+
+/// The messages that `chunk` (what was ready at once) goes out as: one
+/// batch of its leading messages when the worker reads batches, then an
+/// error that ends the stream, if any.
+fn batched(
+    chunk: Vec<Result<session::ToWorker, GatewayError>>,
+    batches: bool,
+) -> Vec<Result<pb::DispatchMessage, Status>> {
+    let mut out = Vec::with_capacity(if batches { 2 } else { chunk.len() });
+    let mut messages = Vec::new();
+    for item in chunk {
+        match item {
+            Ok(message) => messages.push(worker::to_pb(message)),
+            Err(error) => {
+                flush(&mut out, &mut messages, batches);
+                out.push(Err(Status::from(error)));
+            }
+        }
+    }
+    flush(&mut out, &mut messages, batches);
+    out
+}
+
+fn flush(
+    out: &mut Vec<Result<pb::DispatchMessage, Status>>,
+    messages: &mut Vec<pb::DispatchMessage>,
+    batches: bool,
+) {
+    if batches && messages.len() > 1 {
+        out.push(Ok(pb::DispatchMessage {
+            kind: Some(pb::dispatch_message::Kind::Batch(pb::DispatchBatch {
+                messages: std::mem::take(messages),
+            })),
+        }));
+    } else {
+        out.extend(messages.drain(..).map(Ok));
     }
 }
 

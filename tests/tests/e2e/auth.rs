@@ -134,6 +134,7 @@ async fn hello(gateway: &TestGateway, key: &str, queue: &str) -> tonic::Code {
             worker_name: "probe".into(),
             queues: vec![queue.into()],
             max_in_flight: 1,
+            batches: false,
         })),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -293,6 +293,7 @@ async fn bad_hello_is_refused_with_the_field_named() {
             worker_name: "w".into(),
             queues,
             max_in_flight,
+            batches: false,
         }))
         .await;
         let status = raw.next().await.unwrap_err();
@@ -335,4 +336,129 @@ async fn results_for_leases_a_worker_does_not_hold_are_rejected() {
     assert_eq!(owner.next_ack().await.code, 0);
     let done = client.get(&ticket.id, None).await.unwrap();
     assert_eq!(done.result, Some(json("real".into())));
+}
+
+/// A worker whose Hello asks for batches gets what is ready at once as one
+/// DispatchBatch, and may answer with one WorkerBatch of results: each is
+/// handled as if it came alone. A batch with a Hello or another batch in it
+/// ends the stream with INVALID_ARGUMENT naming the message.
+#[tokio::test]
+async fn batches_carry_many_tasks_and_results_in_one_message() {
+    let gateway = TestGateway::start().await;
+    let client = gateway.client().await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(
+            client
+                .submit(Submit::new("batched").payload(json(n.into())))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut raw = gateway.raw_worker().await;
+    raw.send(In::Hello(pb::Hello {
+        worker_name: "batcher".into(),
+        queues: vec!["batched".into()],
+        max_in_flight: 40,
+        batches: true,
+    }))
+    .await;
+    let welcome = match raw.next().await {
+        Ok(pb::dispatch_message::Kind::Welcome(welcome)) => welcome,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert!(welcome.batches, "this gateway reads WorkerBatch");
+    // The 40 ready tickets come in fewer than 40 messages.
+    let (mut tasks, mut messages) = (Vec::new(), 0);
+    while tasks.len() < 40 {
+        messages += 1;
+        match raw.next().await.unwrap() {
+            pb::dispatch_message::Kind::Batch(batch) => {
+                for inner in batch.messages {
+                    match inner.kind {
+                        Some(pb::dispatch_message::Kind::Task(task)) => tasks.push(task),
+                        other => panic!("a batch of tasks held {other:?}"),
+                    }
+                }
+            }
+            pb::dispatch_message::Kind::Task(task) => tasks.push(task),
+            other => panic!("expected tasks, got {other:?}"),
+        }
+    }
+    assert!(messages < 40, "40 tasks in {messages} messages");
+    // All 40 results in one message; every one is acknowledged.
+    let results = tasks
+        .iter()
+        .map(|task| pb::WorkerMessage {
+            kind: Some(In::Result(pb::TaskResult {
+                ticket_id: task.ticket_id.clone(),
+                lease_id: task.lease_id.clone(),
+                outcome: Some(pb::task_result::Outcome::Success(
+                    task.payload.clone().unwrap(),
+                )),
+            })),
+        })
+        .collect();
+    raw.send(In::Batch(pb::WorkerBatch { messages: results }))
+        .await;
+    let mut acked = 0;
+    while acked < 40 {
+        match raw.next().await.unwrap() {
+            pb::dispatch_message::Kind::ResultAck(ack) => {
+                assert_eq!(ack.code, 0, "{ack:?}");
+                acked += 1;
+            }
+            pb::dispatch_message::Kind::Batch(batch) => {
+                for inner in batch.messages {
+                    match inner.kind {
+                        Some(pb::dispatch_message::Kind::ResultAck(ack)) => {
+                            assert_eq!(ack.code, 0, "{ack:?}");
+                            acked += 1;
+                        }
+                        other => panic!("expected acks, got {other:?}"),
+                    }
+                }
+            }
+            other => panic!("expected acks, got {other:?}"),
+        }
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let done = finished(&client, id).await;
+        assert_eq!(done.result, Some(json(n.into())));
+    }
+
+    // Hostile batches end the stream, naming the offending message.
+    for (inner, needle) in [
+        (
+            In::Hello(pb::Hello {
+                worker_name: "again".into(),
+                queues: vec!["batched".into()],
+                max_in_flight: 1,
+                batches: true,
+            }),
+            "batch.messages[1]",
+        ),
+        (In::Batch(pb::WorkerBatch::default()), "batch.messages[1]"),
+    ] {
+        let mut raw = gateway.raw_worker().await;
+        raw.hello(&["batched"], 1).await;
+        let heartbeat = pb::WorkerMessage {
+            kind: Some(In::Heartbeat(pb::Heartbeat { nonce: 0 })),
+        };
+        let messages = vec![heartbeat, pb::WorkerMessage { kind: Some(inner) }];
+        raw.send(In::Batch(pb::WorkerBatch { messages })).await;
+        let status = raw.next().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(needle), "{}", status.message());
+    }
+    // An old-style worker (no batches in its Hello) never gets one.
+    let mut old = gateway.raw_worker().await;
+    old.hello(&["plain"], 8).await;
+    for _ in 0..8 {
+        client.submit(Submit::new("plain").build()).await.unwrap();
+    }
+    for _ in 0..8 {
+        old.next_task().await;
+    }
 }

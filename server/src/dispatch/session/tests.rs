@@ -124,6 +124,7 @@ async fn a_result_naming_another_ticket_leaves_the_lease_held() {
         worker_name: "w".into(),
         queues: vec!["q".into()],
         max_in_flight: 1,
+        batches: false,
     }));
     assert!(matches!(worker.next().await, Out::Welcome(_)));
     let Out::Task(task) = worker.next().await else {
@@ -184,6 +185,7 @@ async fn a_session_lost_in_the_store_ends_with_unavailable() {
         worker_name: "w".into(),
         queues: vec!["q".into()],
         max_in_flight: 1,
+        batches: false,
     }));
     assert!(matches!(worker.next().await, Out::Welcome(_)));
     // The session's TTL (an hour here) passes in the store's clock.
@@ -221,6 +223,7 @@ async fn a_worker_that_stops_answering_pings_is_disconnected_after_two_intervals
         worker_name: "w".into(),
         queues: vec!["q".into()],
         max_in_flight: 1,
+        batches: false,
     }));
     let mut task = None;
     let mut answered = 0;

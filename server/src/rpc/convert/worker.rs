@@ -26,13 +26,50 @@ const MAX_FAILURE_MESSAGE_CHARS: usize = 4096;
 
 /// A worker's message, validated for a session of `caller` whose results
 /// and outputs may be `max_payload_bytes` large.
+/// Messages one WorkerBatch may carry.
+pub(crate) const MAX_BATCH: usize = 10_000;
+
+/// The messages a `WorkerMessage` carries: itself, or a batch's, checked
+/// (a batch holds no Hello and no batch, and at most [`MAX_BATCH`]).
+pub(crate) fn from_pb_all(
+    caller: &Caller,
+    message: pb::WorkerMessage,
+    max_payload_bytes: usize,
+) -> Result<Vec<FromWorker>, GatewayError> {
+    let Some(In::Batch(batch)) = message.kind else {
+        return Ok(vec![from_pb(caller, message, max_payload_bytes)]);
+    };
+    if batch.messages.len() > MAX_BATCH {
+        return Err(GatewayError::invalid(
+            "batch.messages",
+            format!(
+                "holds {} messages; at most {MAX_BATCH}",
+                batch.messages.len()
+            ),
+        ));
+    }
+    batch
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, inner)| match inner.kind {
+            Some(In::Batch(_) | In::Hello(_)) => Err(GatewayError::invalid(
+                format!("batch.messages[{i}]"),
+                "a batch carries results, progress, heartbeats and drains, not Hello or another batch",
+            )),
+            _ => Ok(from_pb(caller, inner, max_payload_bytes)),
+        })
+        .collect()
+}
+
+/// One message (not a batch: see [`from_pb_all`]).
 pub(crate) fn from_pb(
     caller: &Caller,
     message: pb::WorkerMessage,
     max_payload_bytes: usize,
 ) -> FromWorker {
     match message.kind {
-        None => FromWorker::Empty,
+        None | Some(In::Batch(_)) => FromWorker::Empty,
         Some(In::Hello(hello)) => FromWorker::Hello(hello_from_pb(caller, hello)),
         Some(In::Heartbeat(heartbeat)) => FromWorker::Heartbeat {
             nonce: heartbeat.nonce,
@@ -225,6 +262,7 @@ pub(crate) fn to_pb(message: ToWorker) -> pb::DispatchMessage {
             session_id: session_id.to_string(),
             lease_ttl: Some(time::duration(lease_ttl)),
             heartbeat_interval: Some(time::duration(heartbeat_interval)),
+            batches: true,
         }),
         ToWorker::Task { claimed, queue } => {
             let ticket = &claimed.ticket;

@@ -9,6 +9,7 @@ fn hello(worker_name: &str) -> Result<String, GatewayError> {
             worker_name: worker_name.into(),
             queues: vec!["q".into()],
             max_in_flight: 1,
+            batches: false,
         },
     )
     .map(|hello| hello.worker_name)
@@ -62,6 +63,7 @@ fn a_hellos_queues_are_deduplicated_and_its_credit_bounded() {
             worker_name: "w".into(),
             queues: vec!["a".into(), "b".into(), "a".into()],
             max_in_flight: MAX_IN_FLIGHT_LIMIT,
+            batches: false,
         },
     )
     .expect("valid");
@@ -86,6 +88,7 @@ fn a_hellos_queues_are_deduplicated_and_its_credit_bounded() {
             worker_name: "w".into(),
             queues,
             max_in_flight,
+            batches: false,
         };
         match hello_from_pb(&caller, hello) {
             Err(GatewayError::InvalidArgument { field: named, .. }) => assert_eq!(named, field),
