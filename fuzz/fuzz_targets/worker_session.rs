@@ -105,6 +105,8 @@ impl Hello {
                 InFlight::Small(n) => u32::from(n % 4) + 1,
                 InFlight::Any(n) => n,
             },
+            // The harness counts tasks one message at a time.
+            batches: false,
         }
     }
 }
@@ -510,11 +512,14 @@ impl Stream {
             Step::Drain => In::Drain(pb::Drain {
                 reason: "fuzz".into(),
             }),
-            Step::Empty => return Some(pb::WorkerMessage { kind: None }),
+            Step::Empty => return Some(pb::WorkerMessage::default()),
             Step::Raw(bytes) => return pb::WorkerMessage::decode(bytes.as_slice()).ok(),
             Step::Read | Step::CancelTicket(_) => return None,
         };
-        Some(pb::WorkerMessage { kind: Some(kind) })
+        Some(pb::WorkerMessage {
+            kind: Some(kind),
+            ..Default::default()
+        })
     }
 }
 

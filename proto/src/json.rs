@@ -374,6 +374,7 @@ mod tests {
                 }),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         let bytes = message.encode_to_vec();
         // The same bytes, decoded as a full tree by the well-known types.

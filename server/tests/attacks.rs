@@ -685,6 +685,7 @@ impl RawWorker {
                 max_in_flight: 1,
                 batches: false,
             })),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -718,6 +719,7 @@ impl RawWorker {
                                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                                     nonce: ping.nonce,
                                 })),
+                                ..Default::default()
                             })
                             .await;
                     }
@@ -732,7 +734,10 @@ impl RawWorker {
 
     async fn send(&self, kind: pb::worker_message::Kind) {
         self.tx
-            .send(pb::WorkerMessage { kind: Some(kind) })
+            .send(pb::WorkerMessage {
+                kind: Some(kind),
+                ..Default::default()
+            })
             .await
             .expect("the stream is open");
     }

@@ -208,6 +208,7 @@ async fn worker_stream_status(gateway: &Gateway, then: Bytes) -> (Code, String) 
             max_in_flight: 1,
             batches: false,
         })),
+        ..Default::default()
     };
     let request = http::Request::post("http://gateway/asyncgate.v1.Workers/Connect")
         .header("content-type", "application/grpc")
@@ -264,7 +265,10 @@ async fn a_malformed_progress_is_refused_and_the_session_carries_on() {
         .connect()
         .await
         .unwrap();
-    let send = |kind| pb::WorkerMessage { kind: Some(kind) };
+    let send = |kind| pb::WorkerMessage {
+        kind: Some(kind),
+        ..Default::default()
+    };
     tx.send(send(pb::worker_message::Kind::Hello(pb::Hello {
         worker_name: "sloppy".into(),
         queues: vec!["sloppy".into()],

@@ -152,6 +152,7 @@ fn hello(name: &str) -> pb::WorkerMessage {
             max_in_flight: 1,
             batches: false,
         })),
+        ..Default::default()
     }
 }
 
@@ -198,6 +199,7 @@ async fn client_text_in_a_logged_error_stays_on_its_line() {
             percent: 1,
             ..Default::default()
         })),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -210,6 +212,7 @@ async fn client_text_in_a_logged_error_stays_on_its_line() {
         {
             pb::DispatchMessage {
                 kind: Some(pb::dispatch_message::Kind::ResultAck(ack)),
+                ..
             } => break ack,
             _ => continue,
         }

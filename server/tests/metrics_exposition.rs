@@ -408,6 +408,7 @@ async fn grpc_metrics_match_go_grpc_prometheus() {
             max_in_flight: 1,
             batches: false,
         })),
+        ..Default::default()
     })
     .await
     .unwrap();

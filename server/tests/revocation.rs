@@ -79,6 +79,7 @@ impl RawWorker {
                 max_in_flight: 1,
                 batches: false,
             })),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -90,6 +91,7 @@ impl RawWorker {
         match inbound.message().await {
             Ok(Some(pb::DispatchMessage {
                 kind: Some(Out::Welcome(_)),
+                ..
             })) => {}
             other => panic!("expected Welcome, got {other:?}"),
         }
@@ -107,6 +109,7 @@ impl RawWorker {
                             .tx
                             .send(pb::WorkerMessage {
                                 kind: Some(In::Heartbeat(pb::Heartbeat { nonce: ping.nonce })),
+                                ..Default::default()
                             })
                             .await;
                     }
@@ -140,6 +143,7 @@ impl RawWorker {
                         asyncgate_client::payload::json(text.into()),
                     )),
                 })),
+                ..Default::default()
             })
             .await;
     }

@@ -280,7 +280,10 @@ impl RawWorker {
     /// Sends one message.
     pub async fn send(&self, kind: pb::worker_message::Kind) {
         self.tx
-            .send(pb::WorkerMessage { kind: Some(kind) })
+            .send(pb::WorkerMessage {
+                kind: Some(kind),
+                ..Default::default()
+            })
             .await
             .expect("stream open");
     }
@@ -311,6 +314,7 @@ impl RawWorker {
             match message {
                 Some(Ok(pb::DispatchMessage {
                     kind: Some(pb::dispatch_message::Kind::Ping(ping)),
+                    ..
                 })) => {
                     let _ = self
                         .tx
@@ -318,10 +322,13 @@ impl RawWorker {
                             kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                                 nonce: ping.nonce,
                             })),
+                            ..Default::default()
                         })
                         .await;
                 }
-                Some(Ok(pb::DispatchMessage { kind: Some(kind) })) => return Ok(kind),
+                Some(Ok(pb::DispatchMessage {
+                    kind: Some(kind), ..
+                })) => return Ok(kind),
                 Some(Ok(_)) => return Err(tonic::Status::internal("empty DispatchMessage")),
                 Some(Err(status)) => return Err(status),
                 None => return Err(tonic::Status::cancelled("stream ended")),

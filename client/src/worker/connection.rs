@@ -26,6 +26,8 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use prost::Message as _;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -279,6 +281,7 @@ impl Runner {
                 max_in_flight: self.config.max_in_flight,
                 batches: true,
             })),
+            ..Default::default()
         };
         if tx.try_send(hello).is_err() {
             return SessionEnd::HandshakeFailed("the request stream refused the Hello".into());
@@ -424,6 +427,7 @@ impl Runner {
                             reason: "the worker is shutting down".into(),
                             stop: false,
                         })),
+                        ..Default::default()
                     };
                     if !send(&tx, drain, watchdog).await {
                         return SessionEnd::Stalled;
@@ -458,6 +462,7 @@ impl Runner {
                     kind: Some(worker_message::Kind::Heartbeat(pb::Heartbeat {
                         nonce: ping.nonce,
                     })),
+                    ..Default::default()
                 };
                 // On their own lane, ahead of queued output and results.
                 if !send(heartbeats, heartbeat, watchdog).await {
@@ -498,7 +503,6 @@ impl Runner {
             Some(dispatch_message::Kind::Welcome(_)) => {
                 warn!("a second Welcome on one stream; ignored")
             }
-            Some(dispatch_message::Kind::Batch(_)) => warn!("a batch inside a batch; ignored"),
             None => debug!("an empty dispatch message; ignored"),
         }
         None
@@ -647,6 +651,7 @@ impl Runner {
                 lease_id: done.lease_id.clone(),
                 outcome: Some(outcome),
             })),
+            ..Default::default()
         };
         self.unacked.insert(
             done.lease_id,
@@ -714,16 +719,38 @@ async fn send(tx: &Outgoing, message: pb::WorkerMessage, limit: Duration) -> boo
     )
 }
 
-/// The messages `message` carries: a batch's, in order, or itself.
+/// What `message` carries, in the order to handle it: its batched tasks,
+/// its batched acks, then its `kind`.
 fn unbatch(message: pb::DispatchMessage) -> Vec<pb::DispatchMessage> {
-    match message.kind {
-        Some(dispatch_message::Kind::Batch(batch)) => batch.messages,
-        _ => vec![message],
+    let lone = |kind| pb::DispatchMessage {
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let mut all: Vec<pb::DispatchMessage> = message
+        .task_batch
+        .into_iter()
+        .map(|task| lone(dispatch_message::Kind::Task(task)))
+        .chain(
+            message
+                .ack_batch
+                .into_iter()
+                .map(|ack| lone(dispatch_message::Kind::ResultAck(ack))),
+        )
+        .collect();
+    if let Some(kind) = message.kind {
+        all.push(lone(kind));
     }
+    if all.is_empty() {
+        all.push(pb::DispatchMessage::default());
+    }
+    all
 }
 
-/// Results and progress sent as one WorkerBatch at most.
+/// Results and progress sent in one message at most.
 const MAX_WORKER_BATCH: usize = 64;
+/// Bytes of results and progress batched into one message at most (one
+/// larger report goes alone).
+const MAX_WORKER_BATCH_BYTES: usize = 64 * 1024;
 
 /// After our end-of-stream, lets the gateway close its side.
 async fn close(mut inbound: tonic::Streaming<pb::DispatchMessage>) {
@@ -803,7 +830,6 @@ fn dispatch_kind_name(kind: Option<&dispatch_message::Kind>) -> &'static str {
         Some(dispatch_message::Kind::ResultAck(_)) => "ResultAck",
         Some(dispatch_message::Kind::Ping(_)) => "Ping",
         Some(dispatch_message::Kind::Drain(_)) => "Drain",
-        Some(dispatch_message::Kind::Batch(_)) => "DispatchBatch",
         None => "an empty message",
     }
 }
@@ -818,8 +844,18 @@ struct Outbound {
     heartbeats: mpsc::Receiver<pb::WorkerMessage>,
     kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// The gateway reads WorkerBatch (its Welcome said so).
+    /// The gateway reads batches (its Welcome said so).
     batches: Arc<AtomicBool>,
+    /// A message taken while filling a batch that cannot join it: sent next.
+    held: Option<pb::WorkerMessage>,
+}
+
+/// Whether `message` may ride in a batch (progress and results).
+fn batchable(message: &pb::WorkerMessage) -> bool {
+    matches!(
+        message.kind,
+        Some(worker_message::Kind::Progress(_) | worker_message::Kind::Result(_))
+    )
 }
 
 impl Outbound {
@@ -836,6 +872,7 @@ impl Outbound {
             kill,
             killed,
             batches,
+            held: None,
         }
     }
 }
@@ -852,28 +889,43 @@ impl Stream for Outbound {
         if let Poll::Ready(Some(heartbeat)) = this.heartbeats.poll_recv(cx) {
             return Poll::Ready(Some(heartbeat));
         }
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(Some(held));
+        }
         // The main lane's end is the stream's end.
         let first = match this.rx.poll_recv(cx) {
             Poll::Ready(Some(first)) => first,
             other => return other,
         };
-        if !this.batches.load(Ordering::Relaxed) {
+        if !this.batches.load(Ordering::Relaxed) || !batchable(&first) {
             return Poll::Ready(Some(first));
         }
-        // What else is ready now goes in the same message.
-        let mut messages = vec![first];
-        while messages.len() < MAX_WORKER_BATCH {
-            match this.rx.try_recv() {
-                Ok(next) => messages.push(next),
-                Err(_) => break,
+        // The progress and results ready now go in the same message, up to
+        // a count and a size (a batch must stay far below the gateway's
+        // message limit); the first that does not fit waits for the next
+        // poll, in order.
+        let mut batch = pb::WorkerMessage::default();
+        let mut size = 0;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            size += message.encoded_len();
+            match message.kind {
+                Some(worker_message::Kind::Progress(p)) => batch.progress_batch.push(p),
+                Some(worker_message::Kind::Result(r)) => batch.result_batch.push(r),
+                _ => unreachable!("only batchable messages are taken"),
+            }
+            if batch.progress_batch.len() + batch.result_batch.len() >= MAX_WORKER_BATCH {
+                break;
+            }
+            if let Ok(peeked) = this.rx.try_recv() {
+                if batchable(&peeked) && size + peeked.encoded_len() <= MAX_WORKER_BATCH_BYTES {
+                    next = Some(peeked);
+                } else {
+                    this.held = Some(peeked);
+                }
             }
         }
-        if messages.len() == 1 {
-            return Poll::Ready(messages.pop());
-        }
-        Poll::Ready(Some(pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Batch(pb::WorkerBatch { messages })),
-        }))
+        Poll::Ready(Some(batch))
     }
 }
 
@@ -890,6 +942,7 @@ mod tests {
                 percent: n,
                 ..Default::default()
             })),
+            ..Default::default()
         };
         let (tx, rx) = mpsc::channel(8);
         let (heartbeats, heartbeat_rx) = mpsc::channel(1);
@@ -901,6 +954,7 @@ mod tests {
         assert_eq!(outbound.next().await, Some(output(1)));
         let heartbeat = pb::WorkerMessage {
             kind: Some(worker_message::Kind::Heartbeat(pb::Heartbeat { nonce: 7 })),
+            ..Default::default()
         };
         heartbeats.send(heartbeat.clone()).await.unwrap();
         assert_eq!(outbound.next().await, Some(heartbeat), "ahead of the queue");
@@ -912,11 +966,13 @@ mod tests {
 
     #[tokio::test]
     async fn what_is_ready_at_once_goes_as_one_batch_to_a_gateway_that_reads_them() {
+        let progress = |n: u32| pb::TaskProgress {
+            percent: n,
+            ..Default::default()
+        };
         let result = |n: u32| pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Progress(pb::TaskProgress {
-                percent: n,
-                ..Default::default()
-            })),
+            kind: Some(worker_message::Kind::Progress(progress(n))),
+            ..Default::default()
         };
         let (tx, rx) = mpsc::channel(8);
         let (_heartbeats, heartbeat_rx) = mpsc::channel(1);
@@ -930,14 +986,25 @@ mod tests {
         batches.store(true, Ordering::Relaxed);
         tx.send(result(3)).await.unwrap();
         let batch = pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Batch(pb::WorkerBatch {
-                messages: vec![result(2), result(3)],
-            })),
+            progress_batch: vec![progress(2), progress(3)],
+            ..Default::default()
         };
         assert_eq!(outbound.next().await, Some(batch));
-        // A lone message is sent as itself.
+        // Anything else waits for the next message, in order.
+        let drain = pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Drain(pb::Drain::default())),
+            ..Default::default()
+        };
         tx.send(result(4)).await.unwrap();
-        assert_eq!(outbound.next().await, Some(result(4)));
+        tx.send(drain.clone()).await.unwrap();
+        tx.send(result(5)).await.unwrap();
+        let lone = pb::WorkerMessage {
+            progress_batch: vec![progress(4)],
+            ..Default::default()
+        };
+        assert_eq!(outbound.next().await, Some(lone));
+        assert_eq!(outbound.next().await, Some(drain));
+        assert_eq!(outbound.next().await.unwrap().progress_batch, [progress(5)]);
     }
 
     #[tokio::test]

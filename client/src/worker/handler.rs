@@ -372,6 +372,7 @@ impl TaskContext {
                 message,
                 output,
             })),
+            ..Default::default()
         }
     }
 }

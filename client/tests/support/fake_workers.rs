@@ -40,13 +40,18 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) async fn recv(&mut self) -> pb::worker_message::Kind {
         match step("a worker message", self.inbound.message()).await {
-            Ok(Some(pb::WorkerMessage { kind: Some(kind) })) => kind,
+            Ok(Some(pb::WorkerMessage {
+                kind: Some(kind), ..
+            })) => kind,
             other => panic!("expected a worker message, got {other:?}"),
         }
     }
 
     pub(crate) async fn send(&self, kind: dispatch_message::Kind) {
-        let message = pb::DispatchMessage { kind: Some(kind) };
+        let message = pb::DispatchMessage {
+            kind: Some(kind),
+            ..Default::default()
+        };
         if self.tx.send(Ok(message)).await.is_err() {
             panic!("the worker's stream is gone");
         }

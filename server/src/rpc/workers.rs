@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -106,45 +107,60 @@ impl Workers for WorkersService {
     }
 }
 
-/// Messages one DispatchBatch carries at most.
+/// Messages one batch carries at most.
 const MAX_DISPATCH_BATCH: usize = 256;
+/// Bytes of tasks and acks batched into one message at most.
+const MAX_DISPATCH_BATCH_BYTES: usize = 256 * 1024;
 
-/// The messages that `chunk` (what was ready at once) goes out as: one
-/// batch of its leading messages when the worker reads batches, then an
-/// error that ends the stream, if any.
+/// The messages that `chunk` (what was ready at once) goes out as. For a
+/// worker that reads batches, each run of tasks and acks is one message
+/// (tasks and acks are of different leases, so their order within a run
+/// does not matter); anything else goes alone, in order, as does the error
+/// that ends the stream.
 fn batched(
     chunk: Vec<Result<session::ToWorker, GatewayError>>,
     batches: bool,
 ) -> Vec<Result<pb::DispatchMessage, Status>> {
-    let mut out = Vec::with_capacity(if batches { 2 } else { chunk.len() });
-    let mut messages = Vec::new();
+    use pb::dispatch_message::Kind;
+    let mut out = Vec::new();
+    let mut run = pb::DispatchMessage::default();
+    let mut run_bytes = 0;
+    let flush = |run: &mut pb::DispatchMessage, out: &mut Vec<_>| {
+        if run.task_batch.len() + run.ack_batch.len() > 0 {
+            out.push(Ok(std::mem::take(run)));
+        }
+    };
     for item in chunk {
-        match item {
-            Ok(message) => messages.push(worker::to_pb(message)),
+        let message = match item {
+            Ok(message) => worker::to_pb(message),
             Err(error) => {
-                flush(&mut out, &mut messages, batches);
+                flush(&mut run, &mut out);
                 out.push(Err(Status::from(error)));
+                continue;
             }
+        };
+        if !batches || !matches!(message.kind, Some(Kind::Task(_) | Kind::ResultAck(_))) {
+            flush(&mut run, &mut out);
+            run_bytes = 0;
+            out.push(Ok(message));
+            continue;
+        }
+        // A batch stays far below any decoder's limit; one larger task
+        // goes alone.
+        let size = message.encoded_len();
+        if run_bytes + size > MAX_DISPATCH_BATCH_BYTES {
+            flush(&mut run, &mut out);
+            run_bytes = 0;
+        }
+        run_bytes += size;
+        match message.kind {
+            Some(Kind::Task(task)) => run.task_batch.push(task),
+            Some(Kind::ResultAck(ack)) => run.ack_batch.push(ack),
+            _ => unreachable!("only tasks and acks are batched"),
         }
     }
-    flush(&mut out, &mut messages, batches);
+    flush(&mut run, &mut out);
     out
-}
-
-fn flush(
-    out: &mut Vec<Result<pb::DispatchMessage, Status>>,
-    messages: &mut Vec<pb::DispatchMessage>,
-    batches: bool,
-) {
-    if batches && messages.len() > 1 {
-        out.push(Ok(pb::DispatchMessage {
-            kind: Some(pb::dispatch_message::Kind::Batch(pb::DispatchBatch {
-                messages: std::mem::take(messages),
-            })),
-        }));
-    } else {
-        out.extend(messages.drain(..).map(Ok));
-    }
 }
 
 /// Why a worker's stream could not be read: a message it sent that the

@@ -136,6 +136,7 @@ async fn hello(gateway: &TestGateway, key: &str, queue: &str) -> tonic::Code {
             max_in_flight: 1,
             batches: false,
         })),
+        ..Default::default()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(hello).await.unwrap();

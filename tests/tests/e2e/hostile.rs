@@ -69,7 +69,10 @@ async fn hostile_workers_and_a_stalled_watcher_hurt_no_one_else() {
         };
         if flooder
             .tx
-            .send(pb::WorkerMessage { kind: Some(kind) })
+            .send(pb::WorkerMessage {
+                kind: Some(kind),
+                ..Default::default()
+            })
             .await
             .is_err()
         {
@@ -103,7 +106,13 @@ async fn hostile_workers_and_a_stalled_watcher_hurt_no_one_else() {
         ids.push((ticket.id, n));
     }
     // Finally a message that breaks the protocol outright: disconnected.
-    let _ = flooder.tx.send(pb::WorkerMessage { kind: None }).await;
+    let _ = flooder
+        .tx
+        .send(pb::WorkerMessage {
+            kind: None,
+            ..Default::default()
+        })
+        .await;
 
     for (id, n) in &ids {
         let ticket = finished(&client, id).await;

@@ -90,7 +90,10 @@ impl Harness {
 
     fn send(&self, kind: In) {
         self.to_gateway
-            .send(pb::WorkerMessage { kind: Some(kind) })
+            .send(pb::WorkerMessage {
+                kind: Some(kind),
+                ..Default::default()
+            })
             .expect("the session reads");
     }
 

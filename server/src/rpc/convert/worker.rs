@@ -29,47 +29,68 @@ const MAX_FAILURE_MESSAGE_CHARS: usize = 4096;
 /// Messages one WorkerBatch may carry.
 pub(crate) const MAX_BATCH: usize = 10_000;
 
-/// The messages a `WorkerMessage` carries: itself, or a batch's, checked
-/// (a batch holds no Hello and no batch, and at most [`MAX_BATCH`]).
+/// What a `WorkerMessage` carries, in the order it is handled: its `kind`,
+/// then its batched progress reports and results (at most [`MAX_BATCH`];
+/// they are not allowed beside a Hello).
 pub(crate) fn from_pb_all(
     caller: &Caller,
     message: pb::WorkerMessage,
     max_payload_bytes: usize,
 ) -> Result<Vec<FromWorker>, GatewayError> {
-    let Some(In::Batch(batch)) = message.kind else {
-        return Ok(vec![from_pb(caller, message, max_payload_bytes)]);
-    };
-    if batch.messages.len() > MAX_BATCH {
+    let (progress, results) = (message.progress_batch, message.result_batch);
+    let batched = progress.len() + results.len();
+    if batched == 0 {
+        let lone = pb::WorkerMessage {
+            kind: message.kind,
+            ..Default::default()
+        };
+        return Ok(vec![from_pb(caller, lone, max_payload_bytes)]);
+    }
+    if batched > MAX_BATCH {
         return Err(GatewayError::invalid(
-            "batch.messages",
-            format!(
-                "holds {} messages; at most {MAX_BATCH}",
-                batch.messages.len()
-            ),
+            "result_batch",
+            format!("with progress_batch holds {batched} reports; at most {MAX_BATCH}"),
         ));
     }
-    batch
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, inner)| match inner.kind {
-            Some(In::Batch(_) | In::Hello(_)) => Err(GatewayError::invalid(
-                format!("batch.messages[{i}]"),
-                "a batch carries results, progress, heartbeats and drains, not Hello or another batch",
-            )),
-            _ => Ok(from_pb(caller, inner, max_payload_bytes)),
-        })
-        .collect()
+    if matches!(message.kind, Some(In::Hello(_))) {
+        return Err(GatewayError::invalid(
+            "result_batch",
+            "batches come after the Hello, not with it",
+        ));
+    }
+    let mut all = Vec::with_capacity(batched + 1);
+    if let Some(kind) = message.kind {
+        let lone = pb::WorkerMessage {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        all.push(from_pb(caller, lone, max_payload_bytes));
+    }
+    for report in progress {
+        let lone = pb::WorkerMessage {
+            kind: Some(In::Progress(report)),
+            ..Default::default()
+        };
+        all.push(from_pb(caller, lone, max_payload_bytes));
+    }
+    for result in results {
+        let lone = pb::WorkerMessage {
+            kind: Some(In::Result(result)),
+            ..Default::default()
+        };
+        all.push(from_pb(caller, lone, max_payload_bytes));
+    }
+    Ok(all)
 }
 
-/// One message (not a batch: see [`from_pb_all`]).
+/// One message's `kind` (its batches: see [`from_pb_all`]).
 pub(crate) fn from_pb(
     caller: &Caller,
     message: pb::WorkerMessage,
     max_payload_bytes: usize,
 ) -> FromWorker {
     match message.kind {
-        None | Some(In::Batch(_)) => FromWorker::Empty,
+        None => FromWorker::Empty,
         Some(In::Hello(hello)) => FromWorker::Hello(hello_from_pb(caller, hello)),
         Some(In::Heartbeat(heartbeat)) => FromWorker::Heartbeat {
             nonce: heartbeat.nonce,
@@ -316,7 +337,10 @@ pub(crate) fn to_pb(message: ToWorker) -> pb::DispatchMessage {
             })
         }
     };
-    pb::DispatchMessage { kind: Some(kind) }
+    pb::DispatchMessage {
+        kind: Some(kind),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,7 @@ fn result(
             lease_id: lease_id.into(),
             outcome,
         })),
+        ..Default::default()
     };
     from_pb(&Caller::anonymous(), message, 64)
 }
