@@ -227,6 +227,26 @@ class _Outbox:
             self._ready.clear()
             await self._ready.wait()
 
+    def take_batchable(self, count: int, size: int) -> list[workers_pb2.WorkerMessage]:
+        """Up to `count` more progress reports and results at the head of the data, `size` bytes in all."""
+        taken: list[workers_pb2.WorkerMessage] = []
+        while self._data and len(taken) < count:
+            head = self._data[0]
+            if head.WhichOneof("kind") not in _BATCHABLE or head.ByteSize() > size:
+                break
+            size -= head.ByteSize()
+            taken.append(self._data.popleft())
+        if len(self._data) < self._limit:
+            self._space.set()
+        return taken
+
+
+# Reports that may share one message (when the gateway reads batches), and
+# how many and how large such a message gets at most.
+_BATCHABLE = ("progress", "result")
+_BATCH_COUNT = 64
+_BATCH_BYTES = 64 * 1024
+
 
 class _Drained(Exception):
     """The session ended by a Drain; `stop` says whether the gateway asked us not to come back."""
@@ -493,7 +513,9 @@ class Worker:
         try:
             stub = workers_pb2_grpc.WorkersStub(channel)
             call = stub.Connect(metadata=self._endpoint.metadata)
-            hello = workers_pb2.Hello(worker_name=self.name, queues=self._queues, max_in_flight=self.max_in_flight)
+            hello = workers_pb2.Hello(
+                worker_name=self.name, queues=self._queues, max_in_flight=self.max_in_flight, batches=True
+            )
             try:
                 await call.write(workers_pb2.WorkerMessage(hello=hello))
                 first = await asyncio.wait_for(call.read(), self._handshake_timeout)
@@ -509,7 +531,7 @@ class Worker:
             log.info("connected: session %s, queues %s", welcome.session_id, ",".join(self._queues))
             self._outbox = outbox = _Outbox()
             self._draining.clear()
-            writer = asyncio.create_task(self._write(call, outbox))
+            writer = asyncio.create_task(self._write(call, outbox, welcome.batches))
             # Results a broken connection left unacknowledged go first.
             for message in self._unacked.values():
                 outbox.data_nowait(message)
@@ -524,10 +546,24 @@ class Worker:
                 writer.cancel()
             await channel.close()
 
-    async def _write(self, call: grpc.aio.StreamStreamCall, outbox: _Outbox) -> None:
-        """Drains the outbox into the stream; ends our side once the outbox is closed."""
+    async def _write(self, call: grpc.aio.StreamStreamCall, outbox: _Outbox, batches: bool) -> None:
+        """Drains the outbox into the stream; ends our side once the outbox is closed.
+
+        With `batches` (the gateway's Welcome said it reads them), the progress
+        reports and results ready at once go as one message.
+        """
         try:
             while (message := await outbox.get()) is not None:
+                if batches and message.WhichOneof("kind") in _BATCHABLE:
+                    more = outbox.take_batchable(_BATCH_COUNT - 1, _BATCH_BYTES - message.ByteSize())
+                    if more:
+                        batch = workers_pb2.WorkerMessage()
+                        for report in (message, *more):
+                            if report.WhichOneof("kind") == "progress":
+                                batch.progress_batch.append(report.progress)
+                            else:
+                                batch.result_batch.append(report.result)
+                        message = batch
                 await call.write(message)
             await call.done_writing()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as error:
@@ -555,6 +591,12 @@ class Worker:
                 if draining is not None:
                     raise _Drained(draining)
                 return
+            # A batch (we asked for them in our Hello): tasks, then acks,
+            # then the message's own kind, each as if it came alone.
+            for task in message.task_batch:
+                self._start(task)
+            for ack in message.ack_batch:
+                self._acknowledged(ack)
             kind = message.WhichOneof("kind")
             if kind == "ping":
                 outbox.control(workers_pb2.WorkerMessage(heartbeat=workers_pb2.Heartbeat(nonce=message.ping.nonce)))
