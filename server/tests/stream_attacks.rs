@@ -1,7 +1,7 @@
 //! Attacks on the per-message streams of the real `asyncgate-server`
 //! binary: producers that never read their answers, a stream that follows
-//! more tickets than it may, ids that are not ids, and another tenant's
-//! tickets. Each checks the status or event it got, that the gateway's
+//! more tickets than it may, ids that are not ids, another tenant's
+//! tickets, and a worker's batches past their limit. Each checks the status or event it got, that the gateway's
 //! memory stayed bounded, and that everyone else was served meanwhile.
 
 use std::time::Duration;
@@ -230,4 +230,88 @@ async fn streams_keep_tenants_apart() {
     // Tenant 2 cannot see it.
     let hidden = t2.get(&mine.id, None).await.unwrap_err();
     assert_eq!(hidden.code(), Code::NotFound);
+}
+
+/// A worker sends batches past the limit: 10,001 results in one message
+/// end its stream with INVALID_ARGUMENT naming `result_batch`; 10,000
+/// results for leases it does not hold are each refused on their own ack
+/// and the session carries on. The gateway's memory stays bounded and
+/// another client is served.
+#[tokio::test]
+async fn worker_batches_past_the_limit_are_refused() {
+    use asyncgate_proto::v1::workers_client::WorkersClient;
+    let port = free_port();
+    let gateway = start_server("memory", port, &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    let client = Client::connect_lazy(url.clone()).unwrap();
+    wait_until_serving(&client).await;
+    let before = rss(gateway.id().unwrap());
+    let garbage = |n: usize| pb::TaskResult {
+        ticket_id: format!("not-a-ticket-{n}"),
+        lease_id: "not-a-lease".into(),
+        outcome: Some(pb::task_result::Outcome::Success(
+            asyncgate_client::payload::json(serde_json::json!(n)),
+        )),
+    };
+    for (count, ends) in [(10_001, true), (10_000, false)] {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
+                worker_name: "batcher".into(),
+                queues: vec!["batched".into()],
+                max_in_flight: 1,
+                batches: true,
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut inbound = WorkersClient::new(channel)
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(pb::WorkerMessage {
+            result_batch: (0..count).map(garbage).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut refused = 0;
+        let end = loop {
+            match inbound.message().await {
+                Ok(Some(message)) => {
+                    let acks = message.ack_batch.into_iter().chain(match message.kind {
+                        Some(pb::dispatch_message::Kind::ResultAck(ack)) => Some(ack),
+                        _ => None,
+                    });
+                    for ack in acks {
+                        assert_eq!(ack.code, Code::InvalidArgument as i32, "{ack:?}");
+                        refused += 1;
+                    }
+                    if !ends && refused == count {
+                        break None;
+                    }
+                }
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break Some(status),
+            }
+        };
+        if ends {
+            let status = end.expect("the stream ends");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("result_batch"), "{status:?}");
+        } else {
+            assert_eq!(refused, count, "each result refused on its own");
+        }
+    }
+    let grown = rss(gateway.id().unwrap()).saturating_sub(before);
+    assert!(grown < 200 << 20, "the gateway grew by {} MiB", grown >> 20);
+    let other = client.submit(Submit::new("innocent")).await.unwrap();
+    assert_eq!(other.state(), pb::TicketState::Pending);
 }
