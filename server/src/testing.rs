@@ -109,6 +109,17 @@ impl RedisServer {
         self.port
     }
 
+    /// Its process id while it runs (the bench reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its data directory (Redis 7 keeps the append-only files in its
+    /// `appendonlydir`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Kills it (SIGKILL: what is not fsync'd is lost) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

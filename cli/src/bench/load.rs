@@ -289,6 +289,8 @@ pub(crate) struct Measured {
     /// CPU the gateway's process used in the measured time (with an
     /// embedded gateway, the bench's own clients and workers too).
     pub(crate) cpu: Option<Duration>,
+    /// What the run cost the redis-server the bench started (if it did).
+    pub(crate) redis: super::redis_probe::RedisCost,
 }
 
 /// Latency range recorded: 1 µs to 1 hour, 3 significant digits.
@@ -304,6 +306,7 @@ impl Measured {
             errors: BTreeMap::new(),
             latency: histogram(),
             cpu: None,
+            redis: Default::default(),
             duration,
         }
     }
@@ -352,6 +355,8 @@ pub(crate) struct LoadPlan {
     pub(crate) created: Option<Arc<Created>>,
     /// Whose CPU time to read over the measured time.
     pub(crate) cpu: super::target::RssSource,
+    /// The redis-server the bench started for this run, to measure too.
+    pub(crate) redis: Option<super::redis_probe::RedisProbe>,
 }
 
 /// Completed requests (warmup included) and errors so far, for the progress
@@ -398,6 +403,10 @@ pub(crate) async fn run(
         tokio::time::sleep_until(end).await;
         Some(cpu_source.cpu()?.saturating_sub(first?))
     });
+    let redis = plan
+        .redis
+        .clone()
+        .map(|probe| tokio::spawn(probe.measure(measure_from, end)));
     let mut tasks = JoinSet::new();
     for index in 0..plan.concurrency {
         let caller = Caller::new(
@@ -426,6 +435,9 @@ pub(crate) async fn run(
         ticker.abort();
     }
     total.cpu = cpu.await.ok().flatten();
+    if let Some(redis) = redis {
+        total.redis = redis.await.unwrap_or_default();
+    }
     total
 }
 

@@ -21,6 +21,7 @@ mod cleanup;
 mod echo;
 mod load;
 mod operate;
+mod redis_probe;
 mod report;
 mod scale;
 mod streamed;
@@ -164,6 +165,7 @@ fn plan(settings: &Settings, kind: LoadKind, concurrency: usize, label: String) 
         progress: settings.progress.then_some(label),
         created: None,
         cpu: RssSource::None,
+        redis: None,
     }
 }
 
@@ -298,6 +300,7 @@ async fn run_gateway(
                 progress_label(settings, &gateway.store, concurrency, repeat),
             );
             plan.cpu = gateway.rss;
+            plan.redis = gateway.redis_probe();
             if submit_only {
                 // No worker serves the queue: without these, every ticket
                 // would stay pending on a remote gateway (see cleanup.rs).

@@ -50,6 +50,12 @@ pub(crate) struct Row {
     pub(crate) p50_ratio_to_baseline: Option<f64>,
     /// Median over repeats of the process CPU per successful request.
     pub(crate) cpu_us_per_request: Option<f64>,
+    /// Median over repeats of the bench-started redis-server's CPU per
+    /// successful request.
+    pub(crate) redis_cpu_us_per_request: Option<f64>,
+    /// Median over repeats of its append-only file's growth per successful
+    /// request.
+    pub(crate) redis_aof_bytes_per_request: Option<f64>,
 }
 
 /// The median; the mean of the two middle values for an even count.
@@ -133,7 +139,22 @@ fn aggregate(runs: &[&RunRecord], baseline: &[&RunRecord]) -> Row {
                 })
                 .collect::<Vec<_>>(),
         ),
+        redis_cpu_us_per_request: per_request(runs, |m| {
+            m.redis.cpu.map(|cpu| cpu.as_secs_f64() * 1e6)
+        }),
+        redis_aof_bytes_per_request: per_request(runs, |m| m.redis.aof_bytes.map(|b| b as f64)),
     }
+}
+
+/// The median over runs of `amount` ÷ successful requests.
+fn per_request(runs: &[&RunRecord], amount: impl Fn(&Measured) -> Option<f64>) -> Option<f64> {
+    median(
+        &runs
+            .iter()
+            .filter(|r| r.measured.succeeded > 0)
+            .filter_map(|r| Some(amount(&r.measured)? / r.measured.succeeded as f64))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Rows in first-seen order of their (store, concurrency) key.
@@ -204,6 +225,8 @@ fn row_json(row: &Row, settings: &Settings, with_ratios: bool) -> Value {
         "rss_bytes_before": row.rss_before,
         "rss_bytes_after": row.rss_after,
         "cpu_us_per_request": row.cpu_us_per_request.map(round2),
+        "redis_cpu_us_per_request": row.redis_cpu_us_per_request.map(round2),
+        "redis_aof_bytes_per_request": row.redis_aof_bytes_per_request.map(round2),
         "repeats": row.repeats,
         "throughput_per_repeat": row.throughput_per_repeat.iter().map(|t| round2(*t)).collect::<Vec<_>>(),
         "rss_bytes_per_repeat": row.rss_per_repeat,
@@ -309,6 +332,10 @@ pub(crate) fn bytes(value: Option<u64>) -> String {
     }
 }
 
+fn per_request_text(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
 fn errors_text(errors: &BTreeMap<ErrorKey, u64>) -> String {
     if errors.is_empty() {
         return "-".into();
@@ -399,6 +426,9 @@ pub(crate) fn load_text(report: &LoadReport, settings: &Settings) -> String {
         "x base p50",
         "rss before",
         "rss after",
+        "cpu us/req",
+        "redis us/req",
+        "aof B/req",
         "errors",
     ];
     let mut cells = Vec::new();
@@ -430,6 +460,9 @@ pub(crate) fn load_text(report: &LoadReport, settings: &Settings) -> String {
                 .unwrap_or_else(|| "-".into()),
             bytes(row.rss_before),
             bytes(row.rss_after),
+            per_request_text(row.cpu_us_per_request),
+            per_request_text(row.redis_cpu_us_per_request),
+            per_request_text(row.redis_aof_bytes_per_request),
             errors_text(&row.errors),
         ]
     };
@@ -472,6 +505,7 @@ mod tests {
                 latency,
                 duration: Duration::from_secs(1),
                 cpu: Some(Duration::from_millis(ok)),
+                redis: Default::default(),
             },
             rss_before: Some(100),
             rss_after: Some(200 + repeat as u64),

@@ -244,6 +244,15 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// The redis-server this run started, to measure alongside the gateway.
+    pub(crate) fn redis_probe(&self) -> Option<super::redis_probe::RedisProbe> {
+        let server = self.redis.as_ref()?;
+        Some(super::redis_probe::RedisProbe {
+            pid: server.pid()?,
+            aof_dir: server.dir().join("appendonlydir"),
+        })
+    }
+
     /// Shuts an embedded gateway down (its workers should be gone already)
     /// and deletes its store file.
     pub(crate) async fn close(self) {
