@@ -5,7 +5,7 @@
 -- payload.
 --
 -- KEYS: 1 ready, 2 claiming, 3 the queue's pause, 4 its limits, 5 its
--- counts per state. ARGV: 1 N, 2 now (ms), 3 ticket key prefix (the
+-- leased set (one member per RUNNING ticket). ARGV: 1 N, 2 now (ms), 3 ticket key prefix (the
 -- tickets share the queue's hash slot).
 --
 -- A paused queue gives nothing. A limited one gives what its token bucket
@@ -36,7 +36,7 @@ if rate > 0 then
   n = math.min(n, math.floor(tokens))
 end
 if conc > 0 then
-  local running = tonumber(redis.call('HGET', KEYS[5], 'running')) or 0
+  local running = redis.call('ZCARD', KEYS[5])
   n = math.min(n, conc - running - redis.call('ZCARD', KEYS[2]))
 end
 if n <= 0 then

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use redis::{Cmd, Pipeline, Value};
 
-use super::codec::Ops;
+use super::codec::{Ops, Section};
 use super::layout::{self, slot};
 use super::store::QueryKind;
 use super::{Held, Inner, Stored, lock};
@@ -154,7 +154,7 @@ impl Inner {
                     self.keys.claiming(queue),
                     self.keys.pause(queue),
                     self.keys.limits(queue),
-                    self.keys.counts(queue),
+                    self.keys.leased(queue),
                 ],
                 vec![
                     n.to_string().into_bytes(),
@@ -193,9 +193,9 @@ impl Inner {
         (candidates, unleasable)
     }
 
-    /// One pipeline: a fenced lease commit per candidate, paired with
-    /// `sessions` in order, then the removal of the unleasable members from
-    /// the claiming set.
+    /// One pipeline: one commit call with a fenced lease section per
+    /// candidate, paired with `sessions` in order, then the removal of the
+    /// unleasable members from the claiming set.
     fn lease_commits(
         &self,
         queue: &QueueName,
@@ -205,20 +205,25 @@ impl Inner {
         now: SystemTime,
     ) -> (Pipeline, Vec<Leasing>) {
         let mut leased = Vec::with_capacity(candidates.len());
-        let mut pipe = redis::pipe();
+        let mut sections = Vec::with_capacity(candidates.len());
         for (stored, session) in candidates.into_iter().zip(sessions) {
             let mut after = stored.ticket.clone();
             let lease = transition::lease(&mut after, session, now);
             let mut extra = Ops::default();
             extra.zrem(slot::CLAIMING, &after.id.to_string());
             let events = [(EventKind::State, after.clone(), None)];
-            pipe.add_command(self.commit_cmd(&stored, &mut after, &events, None, extra));
+            sections.push(self.commit_section(&stored, &mut after, &events, None, extra));
             leased.push(Leasing {
                 stored,
                 after,
                 lease,
                 session: session.clone(),
             });
+        }
+        let mut pipe = redis::pipe();
+        if !sections.is_empty() {
+            let sections: Vec<&Section> = sections.iter().collect();
+            pipe.add_command(self.commit_call(queue, &sections));
         }
         for member in unleasable {
             pipe.zrem(self.keys.claiming(queue), member).ignore();
@@ -246,9 +251,18 @@ impl Inner {
                 pipe.add_command(command.clone());
             }
         }
-        let mut commits: Vec<Value> = self.run(|| QueryKind::Pipe(pipe.clone())).await?;
+        let mut replies: Vec<Value> = self.run(|| QueryKind::Pipe(pipe.clone())).await?;
+        // The commit call's reply (when there were leases) holds one reply
+        // per lease.
+        let called = usize::from(!leased.is_empty()).min(replies.len());
+        let rest = replies.split_off(called);
+        let commits: Vec<Value> = match replies.pop() {
+            Some(Value::Array(each)) => each,
+            Some(other) => vec![other],
+            None => Vec::new(),
+        };
         let scores = if together {
-            Ok(commits.split_off(leased.len().min(commits.len())))
+            Ok(rest)
         } else {
             self.run::<Vec<Value>>(|| QueryKind::Pipe(scores.clone()))
                 .await

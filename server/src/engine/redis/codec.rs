@@ -14,7 +14,7 @@ use redis::{Cmd, Script};
 use super::layout::{self, Placement, slot};
 use super::{Inner, Stored, bus};
 use crate::domain::ticket::{EventKind, Payload};
-use crate::domain::{Chunk, Ticket, TicketId};
+use crate::domain::{Chunk, QueueName, Ticket, TicketId};
 use crate::engine::{EngineError, Revocation, record};
 
 /// The operation list of one commit (see `commit.lua`).
@@ -46,12 +46,30 @@ impl Ops {
         self.push("zrem", &[&Self::slot(slot), member.as_bytes()]);
     }
 
-    fn incr(&mut self, slot: usize, delta: i64) {
-        self.push("incr", &[&Self::slot(slot), delta.to_string().as_bytes()]);
-    }
-
+    /// Refuses the commit when the sorted set in `slot` holds `limit`.
     pub(super) fn max(&mut self, slot: usize, limit: usize) {
         self.push("max", &[&Self::slot(slot), limit.to_string().as_bytes()]);
+    }
+}
+
+/// One ticket's part of a `commit.lua` call: the revision it must find,
+/// its new record (empty: delete it) and its operations. Sections of one
+/// queue go in one call (see [`Inner::commit_call`]).
+pub(super) struct Section {
+    /// The ticket (its hash and chunk keys are the section's own).
+    pub(super) id: TicketId,
+    /// What the ticket's `v` must be (0: it must not exist).
+    pub(super) revision: u64,
+    /// The new record; empty deletes the ticket.
+    pub(super) record: Vec<u8>,
+    /// What to apply with it.
+    pub(super) ops: Ops,
+}
+
+impl Section {
+    /// Bytes it adds to a call (to bound a batch).
+    pub(super) fn weight(&self) -> usize {
+        self.record.len() + self.ops.0.iter().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -156,8 +174,9 @@ impl Inner {
             _ => {}
         }
         if old.pending != new.pending {
-            ops.incr(slot::PENDING, if new.pending { 1 } else { -1 });
-            // The oldest-pending index (by creation time).
+            // The pending index, by creation time: its size is the queue's
+            // pending count (the oldest-pending age and the pending limit
+            // read it), so no separate counter is written.
             if let Some(ticket) = after.filter(|_| new.pending).or(before) {
                 let member = ticket.id.to_string();
                 if new.pending {
@@ -167,7 +186,13 @@ impl Inner {
                 }
             }
         }
-        let (was, is) = (before.map(|t| t.state), after.map(|t| t.state));
+        // Finished tickets are counted per state; PENDING and RUNNING ones
+        // are the sizes of the pending and leased indexes, which every such
+        // transition writes anyway (see `queues.rs`).
+        let (was, is) = (
+            before.map(|t| t.state).filter(|s| s.is_terminal()),
+            after.map(|t| t.state).filter(|s| s.is_terminal()),
+        );
         if was != is {
             for (state, delta) in [(was, &b"-1"[..]), (is, &b"1"[..])] {
                 if let Some(state) = state {
@@ -214,16 +239,16 @@ impl Inner {
         }
     }
 
-    /// The commit call for a transition from `before` (at `revision`) to
-    /// `after`; returns the command and the new record.
-    pub(super) fn commit_cmd(
+    /// The commit section for a transition from `before` (at its
+    /// revision) to `after`.
+    pub(super) fn commit_section(
         &self,
         before: &Stored,
         after: &mut Ticket,
         events: &[(EventKind, Ticket, Option<Payload>)],
         revoke: Option<&Revocation>,
         mut ops: Ops,
-    ) -> Cmd {
+    ) -> Section {
         self.place_in_line(Some(&before.ticket), after);
         if !after.holds_request() {
             after.forget_request();
@@ -248,12 +273,32 @@ impl Inner {
         if let Some(revocation) = revoke {
             ops.push("pub", &[self.channel.as_bytes(), &bus::revoke(revocation)]);
         }
-        let mut args = vec![before.revision.to_string().into_bytes(), record.to_vec()];
-        args.extend(ops.0);
-        self.evalsha(
-            &self.scripts.commit,
-            &self.keys.commit_keys(&after.queue, after.id),
-            args,
-        )
+        Section {
+            id: after.id,
+            revision: before.revision,
+            record: record.to_vec(),
+            ops,
+        }
+    }
+
+    /// One `commit.lua` call for `sections` of `queue` (at least one); its
+    /// reply holds one reply per section, in order.
+    pub(super) fn commit_call(&self, queue: &QueueName, sections: &[&Section]) -> Cmd {
+        let mut keys = Vec::with_capacity(10 + 2 * sections.len());
+        keys.extend(self.keys.commit_keys(queue, sections[0].id));
+        for section in &sections[1..] {
+            keys.push(self.keys.ticket(queue, section.id));
+            keys.push(self.keys.chunks(queue, section.id));
+        }
+        let mut args: Vec<Vec<u8>> =
+            Vec::with_capacity(1 + sections.iter().map(|s| 3 + s.ops.0.len()).sum::<usize>());
+        args.push(sections.len().to_string().into_bytes());
+        for section in sections {
+            args.push(section.revision.to_string().into_bytes());
+            args.push(section.record.clone());
+            args.push(section.ops.0.len().to_string().into_bytes());
+            args.extend(section.ops.0.iter().cloned());
+        }
+        self.evalsha(&self.scripts.commit, &keys, args)
     }
 }

@@ -7,9 +7,12 @@
 //! ticket, and a result is recorded only under the current lease. The script
 //! also moves the ticket's index entries (ready set, timers, leases, counts)
 //! and publishes the change on the event channel, atomically with the write.
+//! One call carries many tickets of a queue, each fenced on its own: the
+//! commits waiting at one moment go together (`commits.rs`), so a busy
+//! queue pays one script call per batch, not per transition.
 //!
 //! Leasing pops ready tickets with `claim.lua` (so replicas do not race for
-//! the same head of the queue), then commits the leases in one pipeline.
+//! the same head of the queue), then commits all their leases in one call.
 //! Timers (backoff, deadlines, attempt budgets, retention) are scored sorted
 //! sets that every replica's timer pass fires; the revision check makes a
 //! timer fired twice a no-op. A replica that dies leaves its sessions to
@@ -33,6 +36,8 @@
 //!   method.
 //! - `codec.rs`: what turns a ticket into Redis writes: records, chunks,
 //!   `commit.lua`'s operation list, index diffs, FIFO positions.
+//! - `commits.rs`: group commit: the commits of one queue waiting at one
+//!   moment go as one `commit.lua` call.
 //! - `store.rs`: round trips: running commands (reloading scripts Redis
 //!   forgot), error mapping, reads, the optimistic `transact` loop, deletes.
 //! - `submit.rs`: submit with idempotency-key claims (taking over a dead
@@ -61,6 +66,7 @@ mod bus;
 mod caches;
 mod claim;
 mod codec;
+mod commits;
 mod connection;
 mod engine;
 mod layout;
@@ -77,7 +83,7 @@ mod workers;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::SystemTime;
 
 use tokio::time::Instant;
@@ -203,6 +209,11 @@ impl Drop for RedisEngine {
 /// The engine's state, shared by every phase and (weakly) by the
 /// background tasks `open.rs` spawns.
 struct Inner {
+    /// The engine's own `Arc`, for the tasks it spawns (see `commits.rs`).
+    me: Weak<Inner>,
+    /// Single-ticket commits waiting for their queue's next batch (see
+    /// `commits.rs`).
+    commits: Mutex<commits::Waiters>,
     /// Test hook: the next claim fails after settling its first lease.
     #[cfg(test)]
     fail_settle: std::sync::atomic::AtomicBool,

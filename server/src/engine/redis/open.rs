@@ -158,7 +158,9 @@ pub async fn connect(
         .await
         .map_err(unreachable)?;
     subscriber.subscribe(&channel).await.map_err(unreachable)?;
-    let inner = Arc::new(Inner {
+    let inner = Arc::new_cyclic(|me| Inner {
+        me: me.clone(),
+        commits: Mutex::default(),
         #[cfg(test)]
         fail_settle: Default::default(),
         instance: uuid::Uuid::new_v4().simple().to_string(),

@@ -20,10 +20,11 @@ use crate::engine::{EngineError, QueueFlow, QueueInfo, StateCounts};
 /// round trip more (dispatch itself obeys them in `claim.lua`, exactly).
 const FLOW_TTL: Duration = Duration::from_secs(1);
 
-/// What one pipeline reads of a queue: counts, the oldest pending entry
-/// (member, score), the pause's fields, the limits with the token bucket
-/// (rate, burst, conc, tokens, ts), how many tickets are ready and being
-/// claimed, and its statistics ring.
+/// What one pipeline reads of a queue: counts of finished tickets, the
+/// oldest pending entry (member, score), the pause's fields, the limits
+/// with the token bucket (rate, burst, conc, tokens, ts), how many tickets
+/// are ready and being claimed, its statistics ring, and how many are
+/// PENDING (the pending index) and RUNNING (the leased index).
 type QueueFields = (
     HashMap<String, i64>,
     Vec<(String, u64)>,
@@ -38,6 +39,8 @@ type QueueFields = (
     u64,
     u64,
     HashMap<String, u64>,
+    u64,
+    u64,
 );
 
 impl Inner {
@@ -74,7 +77,7 @@ impl Inner {
 
     async fn read_queue(&self, queue: &QueueName) -> Result<QueueInfo, EngineError> {
         let now = SystemTime::now();
-        let (counts, oldest, pause, limits, ready, claiming, window): QueueFields = self
+        let (counts, oldest, pause, limits, ready, claiming, window, pending, running): QueueFields = self
             .run(|| {
                 let mut pipe = redis::pipe();
                 pipe.hgetall(self.keys.counts(queue))
@@ -85,17 +88,24 @@ impl Inner {
                     .arg(&["rate", "burst", "conc", "tokens", "ts"][..])
                     .zcard(self.keys.ready(queue))
                     .zcard(self.keys.claiming(queue))
-                    .hgetall(self.keys.window(queue));
+                    .hgetall(self.keys.window(queue))
+                    .zcard(self.keys.age(queue))
+                    .zcard(self.keys.leased(queue));
                 QueryKind::Pipe(pipe)
             })
             .await?;
         let stats = super::windows::stats_of(&window, now);
         let mut state_counts = StateCounts::default();
+        // The hash counts finished tickets; its PENDING and RUNNING fields,
+        // kept by gateways before issue 21, are stale and read from the
+        // indexes instead.
         for (name, count) in counts {
-            if let Some(state) = TicketState::from_name(&name) {
+            if let Some(state) = TicketState::from_name(&name).filter(|s| s.is_terminal()) {
                 *state_counts.get_mut(state) = u64::try_from(count).unwrap_or(0);
             }
         }
+        state_counts.pending = pending;
+        state_counts.running = running;
         let pause = pause_from(&pause);
         let (rate, burst, conc, tokens, stamp) = limits;
         let limits = QueueLimits {
@@ -352,5 +362,95 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].ticket.id, id);
+    }
+
+    /// Counts left by gateways before issue 21 (a `pending` counter, and
+    /// PENDING and RUNNING fields in the counts hash, which they kept with
+    /// every transition) are not read: the pending and leased indexes say
+    /// how many tickets wait and run, and the pending limit holds on the
+    /// index. Tickets stored then load and finish as before (their records
+    /// and index entries are unchanged).
+    #[tokio::test]
+    async fn counts_come_from_the_indexes_not_from_older_counters() {
+        let server = crate::testing::RedisServer::start().expect("redis-server starts");
+        let config = EngineConfig {
+            max_pending_per_queue: 3,
+            ..EngineConfig::default()
+        };
+        let engine = connect(&server.url(), "old", &Default::default(), config)
+            .await
+            .unwrap();
+        let queue = QueueName::parse("q").unwrap();
+        let new = || NewTicket {
+            id: TicketId::new(),
+            queue: queue.clone(),
+            payload: Default::default(),
+            priority: 0,
+            idempotency_key: None,
+            metadata: Default::default(),
+            timeout: None,
+            attempt_timeout: None,
+            max_attempts: 3,
+            tenant: None,
+        };
+        for _ in 0..3 {
+            engine.submit(new()).await.unwrap();
+        }
+        let session = SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: "w".into(),
+            queues: Arc::from([queue.clone()]),
+        };
+        engine
+            .open_session(&session, SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        let claimed = engine
+            .claim(&queue, std::slice::from_ref(&session))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        // What an older gateway would have left behind.
+        let inner = &engine.inner;
+        let _: () = inner
+            .run(|| {
+                let mut pipe = redis::pipe();
+                pipe.hset_multiple(
+                    inner.keys.counts(&queue),
+                    &[("pending", 40), ("running", 9)],
+                )
+                .ignore()
+                .set(format!("{}:pending", inner.keys.tag(&queue)), 40)
+                .ignore();
+                super::QueryKind::Pipe(pipe)
+            })
+            .await
+            .unwrap();
+        let info = engine.queue_info(&queue).await.unwrap().unwrap();
+        assert_eq!((info.counts.pending, info.counts.running), (2, 1));
+        // The limit counts the index (2 pending + 1 = 3), not the counter.
+        engine.submit(new()).await.unwrap();
+        assert!(matches!(
+            engine.submit(new()).await,
+            Err(crate::engine::EngineError::QueueFull { .. })
+        ));
+        let done = engine
+            .complete(
+                claimed[0].ticket.id,
+                claimed[0].lease.lease_id,
+                crate::domain::Outcome::Success(Default::default()),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(done, crate::engine::Completion::Recorded(_)));
+        let info = engine.queue_info(&queue).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                info.counts.pending,
+                info.counts.running,
+                info.counts.succeeded
+            ),
+            (3, 0, 1)
+        );
     }
 }

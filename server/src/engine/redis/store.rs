@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::codec::Ops;
+use super::codec::{Ops, Section};
 use super::layout;
 use super::{Inner, Step, Stored};
 use crate::domain::{QueueName, Ticket, TicketId};
@@ -274,8 +274,9 @@ impl Inner {
                     revoke,
                     extra,
                 } => {
-                    let cmd = self.commit_cmd(&stored, &mut after, &events, revoke.as_ref(), extra);
-                    let reply: Vec<i64> = self.run(|| QueryKind::Cmd(cmd.clone())).await?;
+                    let section =
+                        self.commit_section(&stored, &mut after, &events, revoke.as_ref(), extra);
+                    let reply = self.commit(queue, section, Vec::new(), Vec::new()).await?;
                     match reply.as_slice() {
                         [1, revision] => {
                             let revision = *revision as u64;
@@ -308,13 +309,12 @@ impl Inner {
         let ttl = self.config.tombstone_retention.as_millis().max(1) as u64;
         let mut ops = Ops::default();
         self.diff(Some(ticket), None, &mut ops);
-        let mut args = vec![stored.revision.to_string().into_bytes(), Vec::new()];
-        args.extend(ops.0);
-        let commit = self.evalsha(
-            &self.scripts.commit,
-            &self.keys.commit_keys(&ticket.queue, id),
-            args,
-        );
+        let section = Section {
+            id,
+            revision: stored.revision,
+            record: Vec::new(),
+            ops,
+        };
         let _: () = self
             .run(|| {
                 let mut cmd = redis::cmd("SET");
@@ -325,7 +325,9 @@ impl Inner {
                 QueryKind::Cmd(cmd)
             })
             .await?;
-        let reply: Vec<i64> = self.run(|| QueryKind::Cmd(commit.clone())).await?;
+        let reply = self
+            .commit(&ticket.queue, section, Vec::new(), Vec::new())
+            .await?;
         if reply.first() != Some(&1) {
             let _: () = self
                 .run(|| {

@@ -9,9 +9,9 @@
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
-use redis::{Cmd, RedisError};
+use redis::Cmd;
 
-use super::codec::Ops;
+use super::codec::{Ops, Section};
 use super::layout::{self, Placement, slot};
 use super::store::QueryKind;
 use super::{Inner, Step};
@@ -69,25 +69,23 @@ impl Inner {
         }
         let mut ticket = Ticket::create(id, new, SystemTime::now());
         self.place_in_line(None, &mut ticket);
-        let (commit, ready) = self.commit_new(&ticket);
-        let mut cmds = vec![Cmd::set(self.keys.locator(id), queue.as_str()), commit];
-        if let Some(key) = &key {
-            cmds.push(Cmd::persist(self.keys.idempotency(key)));
-        }
-        let replies = self.batch(cmds).await?;
-        let reply: Vec<i64> = redis::from_redis_value_ref(&replies[1])
-            .map_err(|e| self.unavailable(RedisError::from(e)))?;
+        let (section, ready) = self.commit_new(&ticket);
+        // The locator lands before the ticket, the key's persistence after
+        // (one pipeline on a single server; see `commits.rs`).
+        let before = vec![Cmd::set(self.keys.locator(id), queue.as_str())];
+        let after = match &key {
+            Some(key) => vec![Cmd::persist(self.keys.idempotency(key))],
+            None => Vec::new(),
+        };
+        let reply = self.commit(&queue, section, before, after).await?;
         self.submitted(ticket, ready, key.as_deref(), &reply).await
     }
 
-    /// The commit call that creates `ticket`, and whether it joins the
+    /// The commit section that creates `ticket`, and whether it joins the
     /// ready set.
-    fn commit_new(&self, ticket: &Ticket) -> (Cmd, bool) {
-        let queue = &ticket.queue;
-        let id = ticket.id;
-        let record = record::encode(ticket);
+    fn commit_new(&self, ticket: &Ticket) -> (Section, bool) {
         let mut ops = Ops::default();
-        ops.max(slot::PENDING, self.config.max_pending_per_queue);
+        ops.max(slot::AGE, self.config.max_pending_per_queue);
         ops.push("field", &[b"p", &ticket.payload.encode_to_vec()]);
         self.diff(None, Some(ticket), &mut ops);
         let ready = Placement::of(ticket, self.config.result_retention).ready;
@@ -95,14 +93,13 @@ impl Inner {
             let member = layout::ready_member(ticket.priority, ticket.enqueue_seq, ticket.id);
             ops.push("rank", &[&Ops::slot(slot::READY), member.as_bytes()]);
         }
-        let mut args = vec![b"0".to_vec(), record];
-        args.extend(ops.0);
-        let commit = self.evalsha(
-            &self.scripts.commit,
-            &self.keys.commit_keys(queue, id),
-            args,
-        );
-        (commit, ready)
+        let section = Section {
+            id: ticket.id,
+            revision: 0,
+            record: record::encode(ticket),
+            ops,
+        };
+        (section, ready)
     }
 
     /// What the submit of `ticket` returns, given the commit's `reply`;
