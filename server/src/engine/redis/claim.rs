@@ -27,8 +27,14 @@ use crate::domain::{Lease, LeaseId, QueueName, SessionId, Ticket, TicketId, Tick
 use crate::engine::{Claimed, EngineError, ReleaseReason, SessionInfo, transition};
 
 /// What `claim.lua` returns per popped ticket: id, revision, record,
-/// payload.
-type Popped = (String, Option<u64>, Option<Bytes>, Option<Bytes>);
+/// payload, changes since the record.
+type Popped = (
+    String,
+    Option<u64>,
+    Option<Bytes>,
+    Option<Bytes>,
+    Option<Bytes>,
+);
 
 /// Leases a claim committed in Redis that no session has been handed yet.
 /// Dropped while it still holds some (an early return, an error, a panic),
@@ -70,6 +76,8 @@ struct Leasing {
     lease: Lease,
     /// Who is to hold it.
     session: SessionInfo,
+    /// The ticket's base record once the lease lands (see `Stored::base`).
+    base: Bytes,
 }
 
 impl Inner {
@@ -171,12 +179,12 @@ impl Inner {
     fn leasable(&self, popped: Vec<Popped>) -> (Vec<Stored>, Vec<String>) {
         let mut candidates = Vec::with_capacity(popped.len());
         let mut unleasable = Vec::new();
-        for (member, revision, record, payload) in popped {
+        for (member, revision, record, payload, changes) in popped {
             let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
                 unleasable.push(member);
                 continue;
             };
-            match self.decode(id, (revision, record, payload)) {
+            match self.decode(id, (revision, record, payload, changes)) {
                 Ok(Some(stored))
                     if stored.ticket.state == TicketState::Pending
                         && stored.ticket.not_before.is_none() =>
@@ -212,13 +220,15 @@ impl Inner {
             let mut extra = Ops::default();
             extra.zrem(slot::CLAIMING, &after.id.to_string());
             let events = [(EventKind::State, after.clone(), None)];
-            sections.push(self.commit_section(&stored, &mut after, &events, None, extra));
+            let section = self.commit_section(&stored, &mut after, &events, None, extra);
             leased.push(Leasing {
                 stored,
                 after,
                 lease,
                 session: session.clone(),
+                base: section.base.clone(),
             });
+            sections.push(section);
         }
         let mut pipe = redis::pipe();
         if !sections.is_empty() {
@@ -302,6 +312,7 @@ impl Inner {
                 after,
                 lease,
                 session,
+                base,
             } = leasing;
             #[cfg(test)]
             if !claimed.is_empty()
@@ -328,6 +339,7 @@ impl Inner {
             let written = Stored {
                 ticket: after.clone(),
                 revision,
+                base,
             };
             if !alive.contains(&session.session_id) {
                 // The session ended while we leased: give it back.
