@@ -1,7 +1,8 @@
 -- Takes up to N ready tickets off a queue, highest priority first and FIFO
--- within a priority, and parks them as "claiming" until the caller's
--- fenced lease commit (a caller that dies in between leaves them there for
--- the timer pass to put back). Returns, per ticket: id, revision, record,
+-- within a priority, and parks them as "claiming" (one member for them all:
+-- their ids joined by commas, in order) until the caller's fenced lease
+-- commit (a caller that dies in between leaves them there for the timer
+-- pass to put back). Returns, per ticket: id, revision, record,
 -- payload, changes since the record.
 --
 -- KEYS: 1 ready, 2 claiming, 3 the queue's pause, 4 its limits, 5 its
@@ -36,8 +37,14 @@ if rate > 0 then
   n = math.min(n, math.floor(tokens))
 end
 if conc > 0 then
-  local running = redis.call('ZCARD', KEYS[5])
-  n = math.min(n, conc - running - redis.call('ZCARD', KEYS[2]))
+  -- Tickets being leased: a claim parks its tickets as one member, their
+  -- ids joined by commas (a gateway before issue 21 parked one per member).
+  local claiming = 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local _, commas = string.gsub(member, ',', ',')
+    claiming = claiming + 1 + commas
+  end
+  n = math.min(n, conc - redis.call('ZCARD', KEYS[5]) - claiming)
 end
 if n <= 0 then
   return {}
@@ -47,10 +54,14 @@ if rate > 0 then
   redis.call('HSET', KEYS[4], 'tokens', tostring(tokens - #popped / 2), 'ts', stamp)
 end
 local out = {}
+local ids = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 25)
-  redis.call('ZADD', KEYS[2], ARGV[2], id)
+  ids[#ids + 1] = id
   local t = redis.call('HMGET', ARGV[3] .. id, 'v', 'd', 'p', 's')
   out[#out + 1] = {id, t[1], t[2], t[3], t[4]}
+end
+if #ids > 0 then
+  redis.call('ZADD', KEYS[2], ARGV[2], table.concat(ids, ','))
 end
 return out

@@ -2,9 +2,10 @@
 //! leases that may have been lost on the way are given back.
 //!
 //! A claim runs in steps: register the sessions for lease cleanup, pop
-//! ready tickets (`claim.lua` parks them as "claiming", so replicas do not
-//! race for the head of the queue), commit a lease per ticket (fenced by
-//! revision, like every transition), check which sessions still live, then
+//! ready tickets (`claim.lua` parks them as "claiming", one member for the
+//! claim, so replicas do not race for the head of the queue), commit a
+//! lease per ticket in one call (each fenced by revision, like every
+//! transition), check which sessions still live, then
 //! settle: hand each lease to its session, or give it back. From the commit
 //! on, the leases are [`InDoubt`] until settled, so no error path can leave
 //! a ticket RUNNING under a lease nobody holds. A claimer that dies between
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use redis::{Cmd, Pipeline, Value};
 
 use super::codec::{Ops, Section};
-use super::layout::{self, slot};
+use super::layout;
 use super::store::QueryKind;
 use super::{Held, Inner, Stored, lock};
 use crate::domain::ticket::EventKind;
@@ -97,8 +98,9 @@ impl Inner {
         if popped.is_empty() {
             return Ok(Vec::new());
         }
-        let (candidates, unleasable) = self.leasable(popped);
-        let (pipe, leased) = self.lease_commits(queue, candidates, &unleasable, sessions, now);
+        let parked = parked_member(&popped);
+        let candidates = self.leasable(popped);
+        let (pipe, leased) = self.lease_commits(queue, candidates, &parked, sessions, now);
         // The leases first (one slot), then whether their sessions still
         // live (another): a session that ended in between gets them back.
         let in_doubt = InDoubt {
@@ -174,14 +176,12 @@ impl Inner {
         .await
     }
 
-    /// Splits popped tickets into those still leasable (PENDING and out of
-    /// backoff) and the members to drop from the claiming set.
-    fn leasable(&self, popped: Vec<Popped>) -> (Vec<Stored>, Vec<String>) {
+    /// The popped tickets still leasable (PENDING and out of backoff); the
+    /// others were in the ready set by mistake and are dropped.
+    fn leasable(&self, popped: Vec<Popped>) -> Vec<Stored> {
         let mut candidates = Vec::with_capacity(popped.len());
-        let mut unleasable = Vec::new();
         for (member, revision, record, payload, changes) in popped {
             let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
-                unleasable.push(member);
                 continue;
             };
             match self.decode(id, (revision, record, payload, changes)) {
@@ -191,24 +191,25 @@ impl Inner {
                 {
                     candidates.push(stored);
                 }
-                Ok(_) => unleasable.push(member),
+                Ok(_) => {}
                 Err(error) => {
                     tracing::error!(%error, "unreadable ticket taken off the ready set");
-                    unleasable.push(member);
                 }
             }
         }
-        (candidates, unleasable)
+        candidates
     }
 
     /// One pipeline: one commit call with a fenced lease section per
     /// candidate, paired with `sessions` in order, then the removal of the
-    /// unleasable members from the claiming set.
+    /// claim's `parked` member from the claiming set. Were the connection to
+    /// drop between the two, the timer pass would find the member stale and
+    /// put back only the tickets still PENDING (see [`Inner::unclaim`]).
     fn lease_commits(
         &self,
         queue: &QueueName,
         candidates: Vec<Stored>,
-        unleasable: &[String],
+        parked: &str,
         sessions: &[SessionInfo],
         now: SystemTime,
     ) -> (Pipeline, Vec<Leasing>) {
@@ -217,10 +218,8 @@ impl Inner {
         for (stored, session) in candidates.into_iter().zip(sessions) {
             let mut after = stored.ticket.clone();
             let lease = transition::lease(&mut after, session, now);
-            let mut extra = Ops::default();
-            extra.zrem(slot::CLAIMING, &after.id.to_string());
             let events = [(EventKind::State, after.clone(), None)];
-            let section = self.commit_section(&stored, &mut after, &events, None, extra);
+            let section = self.commit_section(&stored, &mut after, &events, None, Ops::default());
             leased.push(Leasing {
                 stored,
                 after,
@@ -235,9 +234,7 @@ impl Inner {
             let sections: Vec<&Section> = sections.iter().collect();
             pipe.add_command(self.commit_call(queue, &sections));
         }
-        for member in unleasable {
-            pipe.zrem(self.keys.claiming(queue), member).ignore();
-        }
+        pipe.zrem(self.keys.claiming(queue), parked).ignore();
         (pipe, leased)
     }
 
@@ -330,8 +327,6 @@ impl Inner {
                 _ => {
                     // Changed since the pop (a cancel, say): leave it be.
                     in_doubt.forget(lease.lease_id);
-                    self.zrem(self.keys.claiming(queue), &stored.ticket.id.to_string())
-                        .await?;
                     continue;
                 }
             };
@@ -417,35 +412,53 @@ impl Inner {
         });
     }
 
-    /// Puts back tickets whose claimer died between pop and lease.
+    /// Puts back tickets whose claimer died between pop and lease: each
+    /// stale member of the claiming set names a claim's tickets (one, from
+    /// a gateway before issue 21), and those still PENDING go back.
     pub(super) async fn unclaim(
         &self,
         queue: &QueueName,
-        ids: Vec<String>,
+        members: Vec<String>,
     ) -> Result<(), EngineError> {
-        for member in ids {
-            let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
-                self.zrem(self.keys.claiming(queue), &member).await?;
-                continue;
-            };
-            if let Some(stored) = self.load(queue, id).await? {
-                let ticket = &stored.ticket;
-                if ticket.state == TicketState::Pending && ticket.not_before.is_none() {
-                    let ready = layout::ready_member(ticket.priority, ticket.enqueue_seq, id);
-                    let _: () = self
-                        .run(|| {
-                            let mut cmd = redis::cmd("ZADD");
-                            cmd.arg(self.keys.ready(queue)).arg(0).arg(&ready);
-                            QueryKind::Cmd(cmd)
-                        })
-                        .await?;
-                    self.notify_ready(queue);
-                }
+        for member in members {
+            for id in member.split(',') {
+                self.unclaim_one(queue, id).await?;
             }
             self.zrem(self.keys.claiming(queue), &member).await?;
         }
         Ok(())
     }
+
+    /// Puts ticket `id` (as text) back in the ready set if it is still
+    /// PENDING and out of backoff.
+    async fn unclaim_one(&self, queue: &QueueName, id: &str) -> Result<(), EngineError> {
+        let Ok(id) = id.parse::<uuid::Uuid>().map(TicketId) else {
+            return Ok(());
+        };
+        let Some(stored) = self.load(queue, id).await? else {
+            return Ok(());
+        };
+        let ticket = &stored.ticket;
+        if ticket.state == TicketState::Pending && ticket.not_before.is_none() {
+            let ready = layout::ready_member(ticket.priority, ticket.enqueue_seq, id);
+            let _: () = self
+                .run(|| {
+                    let mut cmd = redis::cmd("ZADD");
+                    cmd.arg(self.keys.ready(queue)).arg(0).arg(&ready);
+                    QueryKind::Cmd(cmd)
+                })
+                .await?;
+            self.notify_ready(queue);
+        }
+        Ok(())
+    }
+}
+
+/// The claiming-set member `claim.lua` parked `popped` under: their ids,
+/// joined by commas, in order.
+fn parked_member(popped: &[Popped]) -> String {
+    let ids: Vec<&str> = popped.iter().map(|p| p.0.as_str()).collect();
+    ids.join(",")
 }
 
 #[cfg(test)]
@@ -526,5 +539,112 @@ mod tests {
             claimed.iter().all(|c| c.ticket.attempt == 1),
             "undelivered: not an attempt"
         );
+    }
+
+    /// A claimer that dies between pop and lease leaves its claim parked as
+    /// one member of the claiming set (an older gateway left one member per
+    /// ticket): the timer pass puts every one of those tickets back, and a
+    /// concurrency limit counts each parked ticket meanwhile.
+    #[tokio::test]
+    async fn tickets_of_a_claim_that_died_go_back() {
+        let server = crate::testing::RedisServer::start().expect("redis-server starts");
+        let engine = connect(
+            &server.url(),
+            "unclaim",
+            &Default::default(),
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let queue = QueueName::parse("q").unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let new = NewTicket {
+                id: TicketId::new(),
+                queue: queue.clone(),
+                payload: Default::default(),
+                priority: 0,
+                idempotency_key: None,
+                metadata: Default::default(),
+                timeout: None,
+                attempt_timeout: None,
+                max_attempts: 3,
+                tenant: None,
+            };
+            ids.push(engine.submit(new).await.unwrap().ticket.id);
+        }
+        let inner = &engine.inner;
+        let now = SystemTime::now();
+        // Three popped by a claim that never leased them...
+        let popped = inner.pop(&queue, 3, now).await.unwrap();
+        assert_eq!(popped.len(), 3);
+        // ...and one as a gateway before issue 21 parked it.
+        let last: Vec<String> = inner
+            .run(|| {
+                let mut cmd = redis::cmd("ZPOPMIN");
+                cmd.arg(inner.keys.ready(&queue));
+                super::QueryKind::Cmd(cmd)
+            })
+            .await
+            .unwrap();
+        let old = last[0][24..].to_owned();
+        assert_eq!(old, ids[3].to_string());
+        let _: () = inner
+            .run(|| {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(inner.keys.claiming(&queue))
+                    .arg(super::layout::millis(now))
+                    .arg(&old);
+                super::QueryKind::Cmd(cmd)
+            })
+            .await
+            .unwrap();
+        engine
+            .set_limits(
+                &queue,
+                crate::domain::QueueLimits {
+                    max_dispatch_per_second: 0,
+                    burst: 0,
+                    max_concurrent: 4,
+                },
+            )
+            .await
+            .unwrap();
+        let session = SessionInfo {
+            session_id: SessionId::new(),
+            worker_name: "w".into(),
+            queues: Arc::from([queue.clone()]),
+        };
+        engine
+            .open_session(&session, SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        let info = engine.queue_info(&queue).await.unwrap().unwrap();
+        assert_eq!(info.counts.pending, 4, "parked tickets are still PENDING");
+        // A fifth ticket waits: the four parked ones fill the limit.
+        let fifth = NewTicket {
+            id: TicketId::new(),
+            queue: queue.clone(),
+            payload: Default::default(),
+            priority: 0,
+            idempotency_key: None,
+            metadata: Default::default(),
+            timeout: None,
+            attempt_timeout: None,
+            max_attempts: 3,
+            tenant: None,
+        };
+        engine.submit(fifth).await.unwrap();
+        let sessions = vec![session.clone(); 4];
+        assert!(engine.claim(&queue, &sessions).await.unwrap().is_empty());
+        engine
+            .run_timers(now + Duration::from_secs(5))
+            .await
+            .unwrap();
+        let claimed = engine.claim(&queue, &sessions).await.unwrap();
+        let mut got: Vec<TicketId> = claimed.iter().map(|c| c.ticket.id).collect();
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids, "every parked ticket went back and was leased");
     }
 }

@@ -26,7 +26,6 @@ pub(super) mod slot {
     pub(crate) const TIMERS: usize = 3;
     pub(crate) const LEASED: usize = 4;
     pub(crate) const IDS: usize = 5;
-    pub(crate) const CLAIMING: usize = 7;
     pub(crate) const CHUNKS: usize = 8;
     pub(crate) const COUNTS: usize = 9;
     pub(crate) const AGE: usize = 10;

@@ -37,7 +37,7 @@ type QueueFields = (
         Option<u64>,
     ),
     u64,
-    u64,
+    Vec<String>,
     HashMap<String, u64>,
     u64,
     u64,
@@ -87,7 +87,7 @@ impl Inner {
                     .arg(self.keys.limits(queue))
                     .arg(&["rate", "burst", "conc", "tokens", "ts"][..])
                     .zcard(self.keys.ready(queue))
-                    .zcard(self.keys.claiming(queue))
+                    .zrange(self.keys.claiming(queue), 0, -1)
                     .hgetall(self.keys.window(queue))
                     .zcard(self.keys.age(queue))
                     .zcard(self.keys.leased(queue));
@@ -95,6 +95,12 @@ impl Inner {
             })
             .await?;
         let stats = super::windows::stats_of(&window, now);
+        // Tickets being leased: each member of the claiming set names a
+        // claim's tickets, joined by commas (see `claim.lua`).
+        let claiming: u64 = claiming
+            .iter()
+            .map(|member| member.split(',').count() as u64)
+            .sum();
         let mut state_counts = StateCounts::default();
         // The hash counts finished tickets; its PENDING and RUNNING fields,
         // kept by gateways before issue 21, are stale and read from the
