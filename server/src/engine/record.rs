@@ -204,11 +204,6 @@ fn uuid(bytes: &[u8], what: &str) -> Result<Uuid, BadRecord> {
 
 /// Encodes a ticket (without its request payload).
 pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
-    stored(ticket).encode_to_vec()
-}
-
-/// A ticket in its stored form.
-fn stored(ticket: &Ticket) -> StoredTicket {
     StoredTicket {
         queue: ticket.queue.to_string(),
         state: state_code(ticket.state),
@@ -254,27 +249,7 @@ fn stored(ticket: &Ticket) -> StoredTicket {
         enqueue_seq: ticket.enqueue_seq,
         tenant: ticket.tenant.as_deref().map(str::to_owned),
     }
-}
-
-/// The fields of `ticket` that change after its creation, encoded as
-/// [`encode`] would with every other field left out (queue, metadata,
-/// priority, creation time, limits, keys). Protobuf merges concatenated
-/// messages field by field, so `encode(created) ++ encode_changes(now)`
-/// decodes as the ticket now, as long as no field here went back to its
-/// default since the creation: the Redis engine checks that before it
-/// writes a ticket's changes alone (it keeps the rest written once).
-pub(crate) fn encode_changes(ticket: &Ticket) -> Vec<u8> {
-    let mut changes = stored(ticket);
-    changes.queue = String::new();
-    changes.metadata = HashMap::new();
-    changes.created_at = 0;
-    changes.max_attempts = 0;
-    changes.priority = 0;
-    changes.idempotency_key = None;
-    changes.tenant = None;
-    changes.timeout = None;
-    changes.attempt_timeout = None;
-    changes.encode_to_vec()
+    .encode_to_vec()
 }
 
 /// Decodes a ticket stored by [`encode`], with its request payload.
@@ -383,40 +358,6 @@ mod tests {
         ticket.enqueue_seq = 99;
         let back = decode(ticket.id, &encode(&ticket), Payload::default()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{ticket:?}"));
-    }
-
-    /// A record written at creation followed by the changes since decodes
-    /// as the ticket now (what the Redis engine stores as `d` and `s`).
-    #[test]
-    fn changes_appended_to_the_created_record_give_the_ticket_now() {
-        let now = SystemTime::now();
-        let created = Ticket::create(
-            TicketId::new(),
-            NewTicket {
-                id: TicketId::new(),
-                queue: QueueName::parse("q").unwrap(),
-                payload: Payload::default(),
-                priority: 3,
-                idempotency_key: Some("k".into()),
-                metadata: [("a".to_string(), "b".to_string())].into(),
-                timeout: Some(Duration::from_secs(9)),
-                attempt_timeout: None,
-                max_attempts: 4,
-                tenant: Some("t".into()),
-            },
-            now,
-        );
-        let base = encode(&created);
-        let mut ticket = created.clone();
-        ticket.state = TicketState::Succeeded;
-        ticket.attempt = 1;
-        ticket.seq = 3;
-        ticket.finished_at = Some(now);
-        ticket.result = Some(Payload::default());
-        let changes = encode_changes(&ticket);
-        assert!(changes.len() < base.len(), "the changes leave the body out");
-        let merged = decode(ticket.id, &[base, changes].concat(), Payload::default()).unwrap();
-        assert_eq!(format!("{merged:?}"), format!("{ticket:?}"));
     }
 
     #[test]

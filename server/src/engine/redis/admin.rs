@@ -14,7 +14,7 @@ use crate::engine::{EngineError, transition};
 
 impl Inner {
     /// Puts a FAILED, CANCELLED or EXPIRED ticket back to PENDING (see
-    /// `Engine::retry`). Its request body was kept in the ticket's `p`
+    /// `Engine::retry`). Its request body was kept in the record's `p`
     /// field when it finished; its old output chunks go.
     pub(super) async fn retry(&self, id: TicketId) -> Result<Ticket, EngineError> {
         let queue = self.locate(id).await?;

@@ -2,8 +2,7 @@
 -- within a priority, and parks them as "claiming" (one member for them all:
 -- their ids joined by commas, in order) until the caller's fenced lease
 -- commit (a caller that dies in between leaves them there for the timer
--- pass to put back). Returns, per ticket: id, revision, record,
--- payload, changes since the record.
+-- pass to put back). Returns, per ticket: id, revision, record, payload.
 --
 -- KEYS: 1 ready, 2 claiming, 3 the queue's pause, 4 its limits, 5 its
 -- leased set (one member per RUNNING ticket). ARGV: 1 N, 2 now (ms), 3 ticket key prefix (the
@@ -58,8 +57,8 @@ local ids = {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], 25)
   ids[#ids + 1] = id
-  local t = redis.call('HMGET', ARGV[3] .. id, 'v', 'd', 'p', 's')
-  out[#out + 1] = {id, t[1], t[2], t[3], t[4]}
+  local t = redis.call('HMGET', ARGV[3] .. id, 'v', 'd', 'p')
+  out[#out + 1] = {id, t[1], t[2], t[3]}
 end
 if #ids > 0 then
   redis.call('ZADD', KEYS[2], ARGV[2], table.concat(ids, ','))

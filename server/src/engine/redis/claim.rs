@@ -28,14 +28,8 @@ use crate::domain::{Lease, LeaseId, QueueName, SessionId, Ticket, TicketId, Tick
 use crate::engine::{Claimed, EngineError, ReleaseReason, SessionInfo, transition};
 
 /// What `claim.lua` returns per popped ticket: id, revision, record,
-/// payload, changes since the record.
-type Popped = (
-    String,
-    Option<u64>,
-    Option<Bytes>,
-    Option<Bytes>,
-    Option<Bytes>,
-);
+/// payload.
+type Popped = (String, Option<u64>, Option<Bytes>, Option<Bytes>);
 
 /// Leases a claim committed in Redis that no session has been handed yet.
 /// Dropped while it still holds some (an early return, an error, a panic),
@@ -77,8 +71,6 @@ struct Leasing {
     lease: Lease,
     /// Who is to hold it.
     session: SessionInfo,
-    /// The ticket's base record once the lease lands (see `Stored::base`).
-    base: Bytes,
 }
 
 impl Inner {
@@ -180,11 +172,11 @@ impl Inner {
     /// others were in the ready set by mistake and are dropped.
     fn leasable(&self, popped: Vec<Popped>) -> Vec<Stored> {
         let mut candidates = Vec::with_capacity(popped.len());
-        for (member, revision, record, payload, changes) in popped {
+        for (member, revision, record, payload) in popped {
             let Ok(id) = member.parse::<uuid::Uuid>().map(TicketId) else {
                 continue;
             };
-            match self.decode(id, (revision, record, payload, changes)) {
+            match self.decode(id, (revision, record, payload)) {
                 Ok(Some(stored))
                     if stored.ticket.state == TicketState::Pending
                         && stored.ticket.not_before.is_none() =>
@@ -219,15 +211,13 @@ impl Inner {
             let mut after = stored.ticket.clone();
             let lease = transition::lease(&mut after, session, now);
             let events = [(EventKind::State, after.clone(), None)];
-            let section = self.commit_section(&stored, &mut after, &events, None, Ops::default());
+            sections.push(self.commit_section(&stored, &mut after, &events, None, Ops::default()));
             leased.push(Leasing {
                 stored,
                 after,
                 lease,
                 session: session.clone(),
-                base: section.base.clone(),
             });
-            sections.push(section);
         }
         let mut pipe = redis::pipe();
         if !sections.is_empty() {
@@ -309,7 +299,6 @@ impl Inner {
                 after,
                 lease,
                 session,
-                base,
             } = leasing;
             #[cfg(test)]
             if !claimed.is_empty()
@@ -334,7 +323,6 @@ impl Inner {
             let written = Stored {
                 ticket: after.clone(),
                 revision,
-                base,
             };
             if !alive.contains(&session.session_id) {
                 // The session ended while we leased: give it back.

@@ -53,47 +53,24 @@ impl Ops {
 }
 
 /// One ticket's part of a `commit.lua` call: the revision it must find,
-/// whether it deletes the ticket, and its operations (the record's fields
-/// are `field` operations). Sections of one queue go in one call (see
-/// [`Inner::commit_call`]).
+/// its new record (empty: delete it) and its operations. Sections of one
+/// queue go in one call (see [`Inner::commit_call`]).
 pub(super) struct Section {
     /// The ticket (its hash and chunk keys are the section's own).
     pub(super) id: TicketId,
     /// What the ticket's `v` must be (0: it must not exist).
     pub(super) revision: u64,
-    /// Deletes the ticket rather than writing it.
-    pub(super) delete: bool,
+    /// The new record; empty deletes the ticket.
+    pub(super) record: Vec<u8>,
     /// What to apply with it.
     pub(super) ops: Ops,
-    /// The ticket's `d` field once this lands (see [`Stored::base`]).
-    pub(super) base: Bytes,
 }
 
 impl Section {
     /// Bytes it adds to a call (to bound a batch).
     pub(super) fn weight(&self) -> usize {
-        self.ops.0.iter().map(Vec::len).sum::<usize>()
+        self.record.len() + self.ops.0.iter().map(Vec::len).sum::<usize>()
     }
-}
-
-/// A ticket's fields as read: `v` (revision), `d` (record), `p` (request
-/// payload), `s` (changes since the record).
-pub(super) type Fields = (Option<u64>, Option<Bytes>, Option<Bytes>, Option<Bytes>);
-
-/// The ticket hash's fields a read takes, in [`Fields`] order.
-pub(super) const FIELDS: [&str; 4] = ["v", "d", "p", "s"];
-
-/// Whether `a` and `b` agree on what [`record::encode_changes`] leaves out.
-fn same_body(a: &Ticket, b: &Ticket) -> bool {
-    a.queue == b.queue
-        && a.metadata == b.metadata
-        && a.created_at == b.created_at
-        && a.max_attempts == b.max_attempts
-        && a.priority == b.priority
-        && a.idempotency_key == b.idempotency_key
-        && a.tenant == b.tenant
-        && a.timeout == b.timeout
-        && a.attempt_timeout == b.attempt_timeout
 }
 
 /// A chunk as stored in the ticket's chunk list: its seq (8 bytes, big
@@ -127,56 +104,22 @@ impl Inner {
         cmd
     }
 
-    /// The ticket in a reply's `(v, d, p, s)` fields (revision, record,
-    /// payload, changes since the record); `None` when it has no record.
-    /// Tickets stored before issue 21 have no `s`: their record is whole.
+    /// The ticket in a reply's `(revision, record, payload)` fields; `None`
+    /// when it has no record.
     pub(super) fn decode(
         &self,
         id: TicketId,
-        fields: Fields,
+        fields: (Option<u64>, Option<Bytes>, Option<Bytes>),
     ) -> Result<Option<Stored>, EngineError> {
-        let (Some(revision), Some(base)) = (fields.0, fields.1) else {
+        let (Some(revision), Some(record)) = (fields.0, fields.1) else {
             return Ok(None);
         };
         let payload = match fields.2 {
             Some(bytes) => Payload::decode(bytes).map_err(|e| self.corrupt(id, e))?,
             None => Payload::default(),
         };
-        let ticket = match fields.3.filter(|changes| !changes.is_empty()) {
-            Some(changes) => record::decode(id, &[&base[..], &changes[..]].concat(), payload),
-            None => record::decode(id, &base, payload),
-        }
-        .map_err(|e| self.corrupt(id, e))?;
-        Ok(Some(Stored {
-            ticket,
-            revision,
-            base,
-        }))
-    }
-
-    /// The record fields a commit writes for `after`, which `before` was:
-    /// the changes alone (`s`) when they and `before`'s base record tell
-    /// `after` exactly, else the whole record (`d`, with `s` emptied).
-    /// Returns the base record as it will then be stored.
-    fn record_fields(&self, before: &Stored, after: &Ticket, ops: &mut Ops) -> Bytes {
-        let changes = record::encode_changes(after);
-        let merged = record::decode(
-            after.id,
-            &[&before.base[..], &changes[..]].concat(),
-            Payload::default(),
-        );
-        let told = merged.is_ok_and(|merged| {
-            same_body(&merged, after) && record::encode_changes(&merged) == changes
-        });
-        if told {
-            ops.push("field", &[b"s", &changes]);
-            before.base.clone()
-        } else {
-            let whole = Bytes::from(record::encode(after));
-            ops.push("field", &[b"d", &whole]);
-            ops.push("field", &[b"s", b""]);
-            whole
-        }
+        let ticket = record::decode(id, &record, payload).map_err(|e| self.corrupt(id, e))?;
+        Ok(Some(Stored { ticket, revision }))
     }
 
     /// Gives a ticket that becomes ready its FIFO position: the time it
@@ -312,7 +255,6 @@ impl Inner {
         }
         let after = &*after;
         let record = Bytes::from(record::encode(after));
-        let base = self.record_fields(before, after, &mut ops);
         self.diff(Some(&before.ticket), Some(after), &mut ops);
         for (kind, snapshot, output) in events {
             let bytes = if snapshot.seq == after.seq {
@@ -334,9 +276,8 @@ impl Inner {
         Section {
             id: after.id,
             revision: before.revision,
-            delete: false,
+            record: record.to_vec(),
             ops,
-            base,
         }
     }
 
@@ -354,137 +295,10 @@ impl Inner {
         args.push(sections.len().to_string().into_bytes());
         for section in sections {
             args.push(section.revision.to_string().into_bytes());
-            args.push(if section.delete {
-                b"del".to_vec()
-            } else {
-                b"set".to_vec()
-            });
+            args.push(section.record.clone());
             args.push(section.ops.0.len().to_string().into_bytes());
             args.extend(section.ops.0.iter().cloned());
         }
         self.evalsha(&self.scripts.commit, &keys, args)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
-
-    use bytes::Bytes;
-
-    use super::super::connect;
-    use super::super::store::QueryKind;
-    use crate::domain::ticket::Payload;
-    use crate::domain::{NewTicket, Outcome, QueueName, SessionId, TicketId, TicketState};
-    use crate::engine::{Completion, Engine, EngineConfig, SessionInfo, record};
-
-    /// A ticket stored as gateways before issue 21 stored it (its whole
-    /// record in `d` at every transition, no `s`) loads and finishes: the
-    /// first write after it finds that changes alone would not tell the
-    /// ticket (the old record holds a lease the result ends) and writes the
-    /// whole record again; from then on only changes are written.
-    #[tokio::test]
-    async fn a_ticket_in_the_older_layout_loads_and_finishes() {
-        let server = crate::testing::RedisServer::start().expect("redis-server starts");
-        let engine = connect(
-            &server.url(),
-            "layout",
-            &Default::default(),
-            EngineConfig::default(),
-        )
-        .await
-        .unwrap();
-        let queue = QueueName::parse("q").unwrap();
-        let id = TicketId::new();
-        let mut metadata = std::collections::HashMap::new();
-        metadata.insert("k".to_string(), "v".to_string());
-        engine
-            .submit(NewTicket {
-                id,
-                queue: queue.clone(),
-                payload: Payload::default(),
-                priority: 0,
-                idempotency_key: None,
-                metadata,
-                timeout: Some(Duration::from_secs(600)),
-                attempt_timeout: None,
-                max_attempts: 3,
-                tenant: None,
-            })
-            .await
-            .unwrap();
-        let session = SessionInfo {
-            session_id: SessionId::new(),
-            worker_name: "w".into(),
-            queues: Arc::from([queue.clone()]),
-        };
-        engine
-            .open_session(&session, SystemTime::now() + Duration::from_secs(60))
-            .await
-            .unwrap();
-        let claimed = engine
-            .claim(&queue, std::slice::from_ref(&session))
-            .await
-            .unwrap();
-        assert_eq!(claimed.len(), 1);
-        let inner = &engine.inner;
-        let key = inner.keys.ticket(&queue, id);
-        let fields = || async {
-            let (d, s): (Option<Bytes>, Option<Bytes>) = inner
-                .run(|| {
-                    let mut cmd = redis::cmd("HMGET");
-                    cmd.arg(&key).arg("d").arg("s");
-                    QueryKind::Cmd(cmd)
-                })
-                .await
-                .unwrap();
-            (d.unwrap_or_default(), s.unwrap_or_default())
-        };
-        let (created, leased) = fields().await;
-        assert!(!leased.is_empty(), "the lease wrote changes alone");
-        // Rewrite it as an older gateway would have left it: RUNNING, its
-        // whole record (lease and all) in `d`, no `s`.
-        let running = engine.get(id).await.unwrap();
-        let _: () = inner
-            .run(|| {
-                let mut pipe = redis::pipe();
-                pipe.hset(&key, "d", record::encode(&running))
-                    .ignore()
-                    .hdel(&key, "s")
-                    .ignore();
-                QueryKind::Pipe(pipe)
-            })
-            .await
-            .unwrap();
-        // A fresh replica (no hints) reads it as it was.
-        let other = connect(
-            &server.url(),
-            "layout",
-            &Default::default(),
-            EngineConfig::default(),
-        )
-        .await
-        .unwrap();
-        let read = other.get(id).await.unwrap();
-        assert_eq!(read.state, TicketState::Running);
-        assert_eq!(read.lease, running.lease);
-        assert_eq!(read.metadata.get("k").map(String::as_str), Some("v"));
-        let done = other
-            .complete(
-                id,
-                claimed[0].lease.lease_id,
-                Outcome::Success(Payload::default()),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(done, Completion::Recorded(_)));
-        let finished = engine.get(id).await.unwrap();
-        assert_eq!(finished.state, TicketState::Succeeded);
-        assert!(finished.lease.is_none() && finished.result.is_some());
-        assert_eq!(finished.metadata.get("k").map(String::as_str), Some("v"));
-        let (whole, changes) = fields().await;
-        assert_ne!(whole, created, "the whole record was written again");
-        assert!(changes.is_empty(), "with no changes beside it");
     }
 }

@@ -10,15 +10,14 @@
 --       after the first), its hash at 9 + 2j and its chunks at 10 + 2j.
 -- ARGV: 1 the number of sections; then per section:
 --       expected revision ("0": the ticket must not exist yet),
---       "set" (write the ticket: its revision and its `field` operations,
---       in one HSET) or "del" (delete it),
+--       the new record ("": delete the ticket),
 --       the count of operation arguments that follow, then the operations,
 --       each a name followed by its arguments:
 --         max K LIMIT         refuse with {-2} when sorted set K holds LIMIT
 --         llenmax K LIMIT     refuse with {-3} when list K holds LIMIT items
 --         zadd K SCORE M      zrem K M      del K
---         rpush K VALUE       field NAME VALUE (of the ticket hash: its
---                             record `d`, changes `s`, payload `p`)
+--         rpush K VALUE       field NAME VALUE (on the ticket hash, with the
+--                             record's write)
 --         hincr K FIELD DELTA
 --         pub CHANNEL MESSAGE
 --         rank K M            return M's rank in sorted set K, after the writes
@@ -58,10 +57,11 @@ local function commit(ticket, chunks, first, last)
     i = i + 1 + arity[op]
   end
   local revision = tonumber(current) + 1
-  if ARGV[first + 1] == 'del' then
+  local record = ARGV[first + 1]
+  if record == '' then
     redis.call('DEL', ticket)
   else
-    -- The revision and every `field` operation, in one write.
+    -- The record's fields and any `field` operation, in one write.
     local fields = {'v', revision}
     local j = first + 3
     while j <= last do
@@ -71,6 +71,8 @@ local function commit(ticket, chunks, first, last)
       end
       j = j + 1 + arity[ARGV[j]]
     end
+    fields[#fields + 1] = 'd'
+    fields[#fields + 1] = record
     redis.call('HSET', ticket, unpack(fields))
   end
   local rank = false

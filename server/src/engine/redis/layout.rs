@@ -6,15 +6,6 @@
 //! touches a single hash slot and Redis Cluster can run them. The few global
 //! keys (the id → queue locator, idempotency keys, tombstones, the queue
 //! set, sessions) are each read or written on their own.
-//!
-//! A ticket is one hash, `{q:NAME}:t:ID`: `v` its revision, `d` its record
-//! as created (the body: queue, metadata, times, limits), `p` its request
-//! payload (emptied when it succeeds), `s` the changes since `d` (state,
-//! attempt, lease, result, ...; see `record::encode_changes`). Creation
-//! writes `d` and `p` once; a transition writes `v` and `s` (and `d` again
-//! only when the changes alone would not tell the ticket). Tickets stored
-//! before issue 21 hold their whole record in `d` and no `s`; they read as
-//! they are, and their first transition writes `d` whole again.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,7 +79,6 @@ impl Keys {
         format!("{}:pause", self.tag(queue))
     }
 
-    /// A ticket's hash (see the module docs for its fields).
     pub(super) fn ticket(&self, queue: &QueueName, id: TicketId) -> String {
         format!("{}:t:{id}", self.tag(queue))
     }

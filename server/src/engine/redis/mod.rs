@@ -88,7 +88,6 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use bytes::Bytes;
 use redis::Script;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -113,10 +112,6 @@ struct Stored {
     ticket: Ticket,
     /// What a commit of a change to `ticket` must find to apply.
     revision: u64,
-    /// The record in the ticket's `d` field: written whole at creation (or
-    /// when changes alone would not tell the ticket), with the changes
-    /// since in its `s` field (see `codec.rs`).
-    base: Bytes,
 }
 
 /// A lease this replica handed out, kept so a worker's reports skip a read

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 
-use super::codec::{FIELDS, Fields, chunk_from};
+use super::codec::chunk_from;
 use super::layout;
 use super::store::QueryKind;
 use super::{Inner, lock};
@@ -108,7 +108,7 @@ impl Inner {
                 let mut pipe = redis::pipe();
                 pipe.cmd("HMGET")
                     .arg(self.keys.ticket(&queue, id))
-                    .arg(&FIELDS[..])
+                    .arg(&["v", "d", "p"])
                     .lrange(self.keys.chunks(&queue, id), 0, -1);
                 QueryKind::Pipe(pipe)
             })
@@ -202,13 +202,13 @@ impl Inner {
         loop {
             let (min, max) = bounds.lex_range(cursor, filter.newest_first);
             let (batch, exhausted) = self.next_ids(&queues, &filter, &min, &max).await?;
-            let fields: Vec<Fields> = self
+            let fields: Vec<(Option<u64>, Option<Bytes>, Option<Bytes>)> = self
                 .batch_typed(
                     batch
                         .iter()
                         .map(|(id, queue)| {
                             let mut cmd = redis::cmd("HMGET");
-                            cmd.arg(self.keys.ticket(queue, *id)).arg(&FIELDS[..]);
+                            cmd.arg(self.keys.ticket(queue, *id)).arg(&["v", "d", "p"]);
                             cmd
                         })
                         .collect(),

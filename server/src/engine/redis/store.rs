@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::codec::{FIELDS, Ops, Section};
+use super::codec::{Ops, Section};
 use super::layout;
 use super::{Inner, Step, Stored};
 use crate::domain::{QueueName, Ticket, TicketId};
@@ -235,7 +235,7 @@ impl Inner {
         let fields = self
             .run(|| {
                 let mut cmd = redis::cmd("HMGET");
-                cmd.arg(self.keys.ticket(queue, id)).arg(&FIELDS[..]);
+                cmd.arg(self.keys.ticket(queue, id)).arg(&["v", "d", "p"]);
                 QueryKind::Cmd(cmd)
             })
             .await?;
@@ -276,7 +276,6 @@ impl Inner {
                 } => {
                     let section =
                         self.commit_section(&stored, &mut after, &events, revoke.as_ref(), extra);
-                    let base = section.base.clone();
                     let reply = self.commit(queue, section, Vec::new(), Vec::new()).await?;
                     match reply.as_slice() {
                         [1, revision] => {
@@ -287,7 +286,6 @@ impl Inner {
                                 Some(Stored {
                                     ticket: after,
                                     revision,
-                                    base,
                                 }),
                             ));
                         }
@@ -314,9 +312,8 @@ impl Inner {
         let section = Section {
             id,
             revision: stored.revision,
-            delete: true,
+            record: Vec::new(),
             ops,
-            base: Default::default(),
         };
         let _: () = self
             .run(|| {

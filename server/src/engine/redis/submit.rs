@@ -8,7 +8,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use prost::Message;
 use redis::Cmd;
 
@@ -85,12 +84,8 @@ impl Inner {
     /// The commit section that creates `ticket`, and whether it joins the
     /// ready set.
     fn commit_new(&self, ticket: &Ticket) -> (Section, bool) {
-        let base = Bytes::from(record::encode(ticket));
         let mut ops = Ops::default();
         ops.max(slot::AGE, self.config.max_pending_per_queue);
-        // The body (record and payload) is written once, here; later
-        // transitions write the changes (see `codec.rs`).
-        ops.push("field", &[b"d", &base]);
         ops.push("field", &[b"p", &ticket.payload.encode_to_vec()]);
         self.diff(None, Some(ticket), &mut ops);
         let ready = Placement::of(ticket, self.config.result_retention).ready;
@@ -101,9 +96,8 @@ impl Inner {
         let section = Section {
             id: ticket.id,
             revision: 0,
-            delete: false,
+            record: record::encode(ticket),
             ops,
-            base,
         };
         (section, ready)
     }
