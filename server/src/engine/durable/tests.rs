@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::domain::ticket::Outcome;
+use crate::domain::ticket::Payload;
 use crate::domain::{NewTicket, Progress, QueueName, SessionId, TicketState};
 use crate::engine::{Engine, ProgressReport, SessionInfo};
 
@@ -198,72 +199,33 @@ fn a_corrupt_file_is_a_clear_error() {
     assert!(message.contains("store.redb"), "{message}");
 }
 
-/// An in-memory disk that can be made full; clones share the disk (a
-/// reopened database sees what was written).
-#[derive(Debug, Default, Clone)]
-struct FillableDisk {
-    inner: Arc<redb::backends::InMemoryBackend>,
-    full: Arc<AtomicBool>,
-}
-
-impl FillableDisk {
-    fn check(&self) -> std::io::Result<()> {
-        if self.full.load(Ordering::Acquire) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "No space left on device",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl redb::StorageBackend for FillableDisk {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
-    let disk = FillableDisk::default();
-    let full = disk.full.clone();
+    let disk = super::simdisk::SimDisk::default();
     let database = Database::builder()
-        .create_with_backend(disk.clone())
+        .create_with_backend(disk.database())
         .unwrap();
+    let reopening = disk.clone();
     let reopen: Reopen = Box::new(move || {
         Database::builder()
-            .create_with_backend(disk.clone())
+            .create_with_backend(reopening.database())
             .map_err(redb::Error::from)
     });
     let engine = open_database(
         database,
+        disk.log(),
         Path::new("test-disk"),
         EngineConfig {
             dispatch_stored_only: true,
             ..EngineConfig::default()
         },
         reopen,
+        Checkpoints::default(),
     )
     .unwrap();
     let kept = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
     let worker = session(&engine).await;
-    full.store(true, Ordering::Release);
+    disk.set_full(true);
     let error = engine.submit(new_ticket(9, None)).await.unwrap_err();
     assert!(
         matches!(&error, EngineError::Store(e) if e.kind() == crate::engine::StoreErrorKind::Full),
@@ -298,7 +260,7 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
     assert!(error.is_transient(), "{error}");
     // Space comes back: the writer's retry lands what memory holds, and
     // new calls succeed without a restart.
-    full.store(false, Ordering::Release);
+    disk.set_full(false);
     let submitted = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
             match engine.submit(new_ticket(0, None)).await {
