@@ -173,6 +173,26 @@ impl Entry {
     }
 }
 
+/// What an entry does to a ticket's stored output chunks.
+pub(super) enum ChunkChange<'e> {
+    /// Stores the chunk `seq` (its encoded payload).
+    Put(u128, u64, &'e [u8]),
+    /// Deletes them all.
+    Clear(u128),
+}
+
+impl Entry {
+    /// What this entry does to stored chunks, if anything.
+    pub(super) fn chunk_change(&self) -> Option<ChunkChange<'_>> {
+        let key = |id: &Option<Id>| id.as_ref().map_or(0, Id::key);
+        match self.op.as_ref()? {
+            Op::PutChunk(chunk) => Some(ChunkChange::Put(key(&chunk.id), chunk.seq, &chunk.output)),
+            Op::DeleteTicket(delete) => Some(ChunkChange::Clear(key(&delete.id))),
+            _ => None,
+        }
+    }
+}
+
 /// redb's tables, open in one write transaction.
 pub(super) struct Tables<'t> {
     tickets: Table<'t, u128, &'static [u8]>,

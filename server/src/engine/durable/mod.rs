@@ -32,7 +32,7 @@ use super::journal::{Journal, Mutation, Recovered};
 use super::{EngineConfig, EngineError, EngineListener, LocalEngine, StoreError, TicketChange};
 use crate::domain::{Chunk, TicketId};
 use entry::{Entry, Frame};
-use read::{ReadError, create_tables, generation, read_all, read_chunks};
+use read::{ReadError, Unapplied, create_tables, generation, read_all, read_chunks};
 use wal::{FileLog, LogFile, Wal};
 use watermark::{Append, Outcome, Publish, Publisher, Watermark};
 use writer::{Checkpoints, Failure, Store, store_error, write_loop};
@@ -213,13 +213,14 @@ fn open_journal(
         wal: Wal::new(log, generation),
         generation,
         logged: Vec::new(),
+        unapplied: Arc::default(),
         last_checkpoint: Instant::now(),
         checkpoints,
     };
     // Every open starts a generation: frames an earlier process left
     // beyond what was read here can never pass for this one's.
     store
-        .checkpoint(&replayed, false)
+        .checkpoint(&replayed)
         .map_err(|failure| match failure {
             Failure::Store(e) => database_error(e),
             Failure::Log(source) => log_error(source),
@@ -250,6 +251,8 @@ pub(crate) struct RedbJournal {
     /// The database for reads (finished tickets' output lives only on
     /// disk); `None` while the writer reopens it.
     reader: Reader,
+    /// Output chunks logged but not yet in redb.
+    unapplied: Arc<Unapplied>,
 }
 
 /// The database as readers reach it; the writer swaps it when it reopens.
@@ -258,6 +261,7 @@ type Reader = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
 impl RedbJournal {
     fn start(store: Store, path: PathBuf) -> Self {
         let reader = store.reader.clone();
+        let unapplied = store.unapplied.clone();
         let (sender, receiver) = mpsc::channel::<Append>();
         let watermark = Arc::new(Watermark::default());
         let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
@@ -291,6 +295,7 @@ impl RedbJournal {
             writer: Mutex::new(writer),
             poisoned,
             reader,
+            unapplied,
         }
     }
 }
@@ -318,7 +323,8 @@ impl Journal for RedbJournal {
             .ok_or_else(|| {
                 EngineError::unavailable("the store is being reopened; retry shortly")
             })?;
-        tokio::task::spawn_blocking(move || read_chunks(&database, id, after_seq))
+        let unapplied = self.unapplied.clone();
+        tokio::task::spawn_blocking(move || read_chunks(&database, &unapplied, id, after_seq))
             .await
             .map_err(|e| EngineError::internal(format!("reading output chunks of {id}: {e}")))?
             .map_err(|e| {

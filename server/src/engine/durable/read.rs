@@ -2,14 +2,17 @@
 //! in memory), and a finished ticket's output chunks, which live on disk
 //! alone.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::super::journal::Recovered;
 use super::super::record;
-use super::entry::{CHUNKS, LIMITS, META, PAUSES, PAYLOADS, TICKETS, TOMBSTONES};
+use super::entry::{
+    CHUNKS, ChunkChange, Entry, LIMITS, META, PAUSES, PAYLOADS, TICKETS, TOMBSTONES,
+};
 use crate::domain::ticket::Payload;
 use crate::domain::{Chunk, QueueName, TicketId};
 
@@ -112,6 +115,101 @@ pub(super) fn read_all(database: &Database) -> Result<Recovered, ReadError> {
 /// A finished ticket's stored output chunks after `after_seq`, read from
 /// disk.
 pub(super) fn read_chunks(
+    database: &Database,
+    unapplied: &Unapplied,
+    id: TicketId,
+    after_seq: u64,
+) -> Result<Vec<Chunk>, ReadError> {
+    // The log's side first: a checkpoint applies to redb, then forgets
+    // here, so whatever is missed here is in the read that follows.
+    let (cleared, logged) = unapplied.of(id.0.as_u128(), after_seq);
+    let mut chunks = if cleared {
+        Vec::new()
+    } else {
+        stored_chunks(database, id, after_seq)?
+    };
+    if !logged.is_empty() {
+        let mut by_seq: BTreeMap<u64, Payload> =
+            chunks.into_iter().map(|c| (c.seq, c.output)).collect();
+        for (seq, bytes) in logged {
+            let output = Payload::decode(bytes.as_slice()).map_err(|e| {
+                ReadError::Record(format!("logged output chunk {seq} of ticket {id}: {e}"))
+            })?;
+            by_seq.insert(seq, output);
+        }
+        chunks = by_seq
+            .into_iter()
+            .map(|(seq, output)| Chunk { seq, output })
+            .collect();
+    }
+    Ok(chunks)
+}
+
+/// Output chunks logged since the last checkpoint, so not yet in redb, by
+/// ticket: the writer adds them as it logs them and forgets them once a
+/// checkpoint applied them.
+#[derive(Default)]
+pub(super) struct Unapplied(Mutex<HashMap<u128, Logged>>);
+
+#[derive(Default)]
+struct Logged {
+    /// Every chunk stored before was deleted since.
+    cleared: bool,
+    chunks: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Unapplied {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Logged>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn add(&self, entries: &[Entry]) {
+        let mut changes = entries.iter().filter_map(Entry::chunk_change).peekable();
+        if changes.peek().is_none() {
+            return;
+        }
+        let mut tickets = self.lock();
+        for change in changes {
+            match change {
+                ChunkChange::Put(id, seq, bytes) => {
+                    tickets
+                        .entry(id)
+                        .or_default()
+                        .chunks
+                        .insert(seq, bytes.to_vec());
+                }
+                ChunkChange::Clear(id) => {
+                    let logged = tickets.entry(id).or_default();
+                    logged.cleared = true;
+                    logged.chunks.clear();
+                }
+            }
+        }
+    }
+
+    pub(super) fn clear(&self) {
+        let mut tickets = self.lock();
+        if !tickets.is_empty() {
+            *tickets = HashMap::new();
+        }
+    }
+
+    /// Whether the ticket's stored chunks were deleted since the last
+    /// checkpoint, and its logged chunks after `after_seq`.
+    fn of(&self, id: u128, after_seq: u64) -> (bool, Vec<(u64, Vec<u8>)>) {
+        self.lock().get(&id).map_or((false, Vec::new()), |logged| {
+            let after = logged
+                .chunks
+                .range(after_seq.saturating_add(1)..)
+                .map(|(seq, bytes)| (*seq, bytes.clone()))
+                .collect();
+            (logged.cleared, after)
+        })
+    }
+}
+
+/// The chunks after `after_seq` that redb holds.
+fn stored_chunks(
     database: &Database,
     id: TicketId,
     after_seq: u64,

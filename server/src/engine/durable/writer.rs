@@ -2,17 +2,20 @@
 //!
 //! Each group commit (every append queued when the writer looks) is encoded
 //! once, written to the log as one frame and synced (one contiguous write,
-//! one `fdatasync`), applied to redb in a transaction that does not sync,
-//! and only then announced: its events go to the watchers and the callers
-//! waiting for it are answered. Every half second with something new, or
-//! once the log holds 8 MiB, a checkpoint commits redb durably and starts a
-//! new log generation, so the log is rewritten from its start and stays
-//! small (and the next startup replays at most that much).
+//! one `fdatasync`), and only then announced: its events go to the watchers
+//! and the callers waiting for it are answered. redb is not touched: every
+//! half second with something new, or once the log holds 8 MiB, a
+//! checkpoint applies everything logged since the last one in one durable
+//! redb commit and starts a new log generation, so the log is rewritten
+//! from its start and stays small (and the next startup replays at most
+//! that much). A redb commit per group, even one that does not sync, cost
+//! more CPU than the log's write and sync together. Until their checkpoint,
+//! logged output chunks are also kept in [`Unapplied`] for readers.
 //!
 //! A failed write (disk full, I/O error) is retried until it succeeds: the
-//! group and everything appended meanwhile, with everything logged since
-//! the last checkpoint, go into one durable redb commit (the database
-//! reopened first when redb asks for it), which is then a checkpoint.
+//! group and everything appended meanwhile go with everything logged since
+//! the last checkpoint into one durable redb commit (the database reopened
+//! first when redb asks for it), which is then a checkpoint.
 //! Meanwhile calls get `UNAVAILABLE` with the cause and submits are refused
 //! before they touch memory.
 
@@ -22,6 +25,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability};
+
+use super::read::Unapplied;
 
 use super::entry::{Entry, Frame, GENERATION, META, Tables};
 use super::wal::Wal;
@@ -83,41 +88,21 @@ pub(super) struct Store {
     pub(super) wal: Wal,
     /// The log generation being written.
     pub(super) generation: u64,
-    /// Entries logged since the last checkpoint: applied to redb without a
-    /// sync, so applied again if redb has to be reopened.
+    /// Entries logged since the last checkpoint, which applies them.
     pub(super) logged: Vec<Entry>,
+    /// Their output chunks, for readers.
+    pub(super) unapplied: Arc<Unapplied>,
     pub(super) last_checkpoint: Instant,
     pub(super) checkpoints: Checkpoints,
 }
 
 impl Store {
-    /// Logs a group, then applies it to redb.
+    /// Logs a group.
     fn write(&mut self, entries: Vec<Entry>) -> Result<(), Failure> {
         let frame = Frame { entries };
         self.wal.append(&frame).map_err(Failure::Log)?;
-        let start = self.logged.len();
+        self.unapplied.add(&frame.entries);
         self.logged.extend(frame.entries);
-        self.commit(&self.logged[start..], Durability::None, None)
-    }
-
-    fn commit(
-        &self,
-        entries: &[Entry],
-        durability: Durability,
-        generation: Option<u64>,
-    ) -> Result<(), Failure> {
-        let mut txn = self.database.begin_write()?;
-        txn.set_durability(durability)?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            for entry in entries {
-                tables.apply(entry)?;
-            }
-            if let Some(generation) = generation {
-                txn.open_table(META)?.insert(GENERATION, generation)?;
-            }
-        }
-        txn.commit()?;
         Ok(())
     }
 
@@ -127,18 +112,16 @@ impl Store {
                 || self.last_checkpoint.elapsed() >= self.checkpoints.interval)
     }
 
-    /// Makes redb durable up to here and starts a new log generation.
-    /// `pending`: entries not logged (a failed group), committed with the
-    /// rest; `again`: apply what was logged since the last checkpoint once
-    /// more (after a failure, redb may have lost it).
-    pub(super) fn checkpoint(&mut self, pending: &[Entry], again: bool) -> Result<(), Failure> {
+    /// Applies what was logged since the last checkpoint to redb in one
+    /// durable commit, and starts a new log generation. `pending`: entries
+    /// not logged (a failed group), committed after the rest.
+    pub(super) fn checkpoint(&mut self, pending: &[Entry]) -> Result<(), Failure> {
         let next = self.generation + 1;
         let mut txn = self.database.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut tables = Tables::open(&txn)?;
-            let logged = if again { &self.logged[..] } else { &[] };
-            for entry in logged.iter().chain(pending) {
+            for entry in self.logged.iter().chain(pending) {
                 tables.apply(entry)?;
             }
             txn.open_table(META)?.insert(GENERATION, next)?;
@@ -147,6 +130,7 @@ impl Store {
         self.generation = next;
         self.wal.rewind(next);
         self.logged.clear();
+        self.unapplied.clear();
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -221,7 +205,7 @@ pub(super) fn write_loop(
     }
     // Closing: a last checkpoint, so the next open has nothing to replay.
     if !store.logged.is_empty()
-        && let Err(error) = store.checkpoint(&[], false)
+        && let Err(error) = store.checkpoint(&[])
     {
         tracing::warn!(path = %path.display(), %error, "the last checkpoint failed; the next start replays the log");
     }
@@ -235,7 +219,7 @@ fn checkpoint(
     receiver: &mpsc::Receiver<Append>,
     publish: &Publish,
 ) -> bool {
-    match store.checkpoint(&[], false) {
+    match store.checkpoint(&[]) {
         Ok(()) => true,
         Err(failure) => {
             let mut batch = Vec::new();
@@ -296,7 +280,7 @@ fn recover(
                 continue;
             }
         }
-        match store.checkpoint(&encode(batch), true) {
+        match store.checkpoint(&encode(batch)) {
             Ok(()) => break,
             Err(failure) => reopen = matches!(failure, Failure::Store(redb::Error::PreviousIo)),
         }
