@@ -449,3 +449,86 @@ async fn a_retry_after_a_crash_still_has_the_body() {
         Err(EngineError::ResultExpired { .. })
     ));
 }
+
+/// A finished ticket's output chunks are read from the store: from the
+/// log's side until a checkpoint applies them (interval of an hour), from
+/// redb after one (a checkpoint after every group), the same either way;
+/// and after a crash the log's are replayed into redb.
+#[tokio::test]
+async fn finished_output_reads_the_same_before_and_after_a_checkpoint() {
+    for interval in [Duration::from_secs(3600), Duration::ZERO] {
+        let disk = super::simdisk::SimDisk::default();
+        let database = Database::builder()
+            .create_with_backend(disk.database())
+            .unwrap();
+        let engine = open_database(
+            database,
+            disk.log(),
+            Path::new("test-disk"),
+            EngineConfig::default(),
+            Box::new(|| Err(redb::Error::Io(std::io::Error::other("no reopen")))),
+            Checkpoints {
+                log_bytes: u64::MAX,
+                interval,
+            },
+        )
+        .unwrap();
+        let id = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        let s = session(&engine).await;
+        let queue = QueueName::parse("q").unwrap();
+        let lease = engine
+            .claim(&queue, std::slice::from_ref(&s))
+            .await
+            .unwrap()[0]
+            .lease
+            .lease_id;
+        for text in ["x", "y", "z"] {
+            engine
+                .progress(ProgressReport {
+                    ticket_id: id,
+                    lease_id: lease,
+                    progress: None,
+                    output: Some(body(text)),
+                })
+                .await
+                .unwrap();
+        }
+        engine
+            .complete(id, lease, Outcome::Success(body("done")))
+            .await
+            .unwrap();
+        let outputs = |chunks: Vec<Chunk>| chunks.into_iter().map(|c| c.output).collect::<Vec<_>>();
+        let (ticket, chunks) = engine.get_with_chunks(id, 0).await.unwrap();
+        assert_eq!(
+            outputs(chunks),
+            vec![body("x"), body("y"), body("z")],
+            "{interval:?}"
+        );
+        let (_, after) = engine.get_with_chunks(id, ticket.seq - 2).await.unwrap();
+        assert_eq!(outputs(after), vec![body("z")], "{interval:?}");
+        let (_, none) = engine.get_with_chunks(id, u64::MAX).await.unwrap();
+        assert!(none.is_empty());
+        // A crash (nothing closed): the log's frames are replayed.
+        let (database, log) = disk.images(super::simdisk::Survives::Synced);
+        drop(engine);
+        let after_crash = super::simdisk::SimDisk::from_images(database, log);
+        let engine = open_database(
+            Database::builder()
+                .create_with_backend(after_crash.database())
+                .unwrap(),
+            after_crash.log(),
+            Path::new("test-disk"),
+            EngineConfig::default(),
+            Box::new(|| Err(redb::Error::Io(std::io::Error::other("no reopen")))),
+            Checkpoints::default(),
+        )
+        .unwrap();
+        let (ticket, chunks) = engine.get_with_chunks(id, 0).await.unwrap();
+        assert_eq!(ticket.state, TicketState::Succeeded, "{interval:?}");
+        assert_eq!(
+            outputs(chunks),
+            vec![body("x"), body("y"), body("z")],
+            "{interval:?}"
+        );
+    }
+}
