@@ -85,7 +85,7 @@ async def _worker(url: str, queue: str, warmup: int, tickets: int, in_flight: in
     await finished.wait()
     worker.stop()
     await running
-    conn.send({"end": marks["end"], "cpu": marks["cpu1"] - marks["cpu0"]})
+    conn.send({"end": marks["end"], "cpu": marks["cpu1"] - marks["cpu0"], "stats": worker.stats})
 
 
 # -- the producer processes -----------------------------------------------------
@@ -187,6 +187,7 @@ def run_mode(ctx: Any, url: str, mode: str, tickets: int, in_flight: int, size: 
         "seconds": elapsed,
         "producer_us": produced["cpu"] / tickets * 1e6,
         "worker_us": served["cpu"] / tickets * 1e6,
+        "stats": served.get("stats"),
     }
 
 
@@ -197,6 +198,7 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=64, help="concurrency of producer and worker (default: %(default)s)")
     parser.add_argument("--size", type=int, default=1024, help="payload bytes (default: %(default)s)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of %s" % ", ".join(MODES))
+    parser.add_argument("--verbose", action="store_true", help="also print the worker's message counters")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     print(f"{args.tickets} tickets per mode, {args.size} B payloads, {args.in_flight} in flight, gateway {args.url}")
@@ -210,6 +212,8 @@ def main() -> int:
             f"{r['producer_us']:>17.0f} us {r['worker_us']:>15.0f} us",
             flush=True,
         )
+        if args.verbose:
+            print(f"  worker traffic: {r['stats']}", flush=True)
     return 0
 
 
