@@ -1,12 +1,14 @@
 """`Client`: the `asyncgate.v1.Gateway` calls, asyncio-first on `grpc.aio`.
 
 One `grpc.aio` channel per client, shared by every call (HTTP/2 multiplexes
-them). Each method is one RPC except `submit_many` (concurrent unary Submits
-bounded by a semaphore; it will move onto a streaming RPC without changing
-its signature) and the event streams (`watch`, `execute`), which reopen
-themselves after a broken connection from the last seq they delivered, like
-the Rust SDK's `EventStream`. Every gRPC failure leaves this module as an
-`AsyncgateError` subclass.
+them). Each method is one RPC except `submit_many` (one `SubmitStream`,
+requests encoded up front so that the stream's loop only writes bytes), the
+event streams (`watch`, `execute`), which reopen themselves after a broken
+connection from the last seq they delivered, like the Rust SDK's
+`EventStream`, and `results` (`_results.py`: many tickets on one
+`WatchTickets` stream, resumed the same way per ticket). `admin` is the
+operator's service (`_admin.py`). Every gRPC failure leaves this module as
+an `AsyncgateError` subclass.
 """
 
 from __future__ import annotations
@@ -20,18 +22,33 @@ from typing import Any, Union
 import grpc
 from google.protobuf import duration_pb2
 
+from ._admin import Admin
 from ._aio import within
 from ._backoff import Backoff
 from ._channel import TLS, endpoint
 from ._cursor import Cursor, Verdict
 from ._errors import AsyncgateError, ProtocolError, Unavailable, from_code, from_rpc_error, is_transient
 from ._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from ._results import Results
 from ._types import Event, PayloadLike, Ticket, TicketState, to_payload
 
 __all__ = ["Client", "Submit", "Page", "ResumeOptions", "EventStream"]
 
 #: Seconds, or a timedelta.
 Seconds = Union[float, int, _dt.timedelta]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
 
 
 def _seconds(value: Seconds) -> float:
@@ -61,6 +78,27 @@ class Submit:
     attempt_timeout: Seconds | None = None
     #: 0: the gateway's default.
     max_attempts: int = 0
+
+    def encode(self) -> bytes:
+        """The serialised `SubmitRequest` (what `submit_many` writes).
+
+        The common producer's request (a queue and a binary body, nothing
+        else) is framed by hand, one join instead of building two messages
+        and serialising them; the result is the same bytes protobuf writes.
+        """
+        payload = self.payload
+        if (
+            type(payload) is bytes
+            and not (self.priority or self.idempotency_key or self.metadata or self.max_attempts)
+            and self.timeout is None
+            and self.attempt_timeout is None
+        ):
+            queue = self.queue.encode()
+            inner = b"\x12" + _varint(len(payload))  # Payload.binary (2)
+            return b"".join(
+                (b"\x0a", _varint(len(queue)), queue, b"\x12", _varint(len(inner) + len(payload)), inner, payload)
+            )
+        return self.to_proto().SerializeToString()
 
     def to_proto(self) -> gateway_pb2.SubmitRequest:
         """The `SubmitRequest` message."""
@@ -129,6 +167,20 @@ class Client:
         self._metadata = self._endpoint.metadata
         self._call_timeout = call_timeout
         self._resume = resume
+        # SubmitStream with requests we encode ourselves (`Submit.encode`).
+        self._submit_stream_bytes = self._channel.stream_stream(
+            "/asyncgate.v1.Gateway/SubmitStream",
+            request_serializer=_identity,
+            response_deserializer=gateway_pb2.SubmitResult.FromString,
+        )
+        self._admin: Admin | None = None
+
+    @property
+    def admin(self) -> Admin:
+        """The operator's calls (`Admin` service) on this client's channel and key."""
+        if self._admin is None:
+            self._admin = Admin(self)
+        return self._admin
 
     async def __aenter__(self) -> Client:
         return self
@@ -184,42 +236,47 @@ class Client:
         """
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
-        protos = [request.to_proto() for request in requests]
-        results: list[Any] = [None] * len(protos)
-        if protos:
-            await self._submit_stream(protos, results, in_flight)
+        encoded = [request.encode() for request in requests]
+        results: list[Any] = [None] * len(encoded)
+        if encoded:
+            await self._submit_stream(encoded, results, in_flight)
         if not return_exceptions:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
         return results
 
-    async def _submit_stream(
-        self, protos: list[gateway_pb2.SubmitRequest], results: list[Any], in_flight: int
-    ) -> None:
-        """Fills `results` with the answers of one SubmitStream carrying `protos`."""
-        call = self._stub.SubmitStream(metadata=self._metadata)
-        window = asyncio.Semaphore(in_flight)
+    async def _submit_stream(self, encoded: list[bytes], results: list[Any], in_flight: int) -> None:
+        """Fills `results` with the answers of one SubmitStream carrying `encoded` requests."""
+        call = self._submit_stream_bytes(metadata=self._metadata)
+        total = len(encoded)
+        # The window: the sender may run `in_flight` ahead of the answers.
+        answered = 0
+        room: asyncio.Future[None] | None = None
 
         async def send() -> None:
-            for proto in protos:
-                await window.acquire()
-                await call.write(proto)
+            nonlocal room
+            loop = asyncio.get_running_loop()
+            for sent, request in enumerate(encoded):
+                while sent - answered >= in_flight:
+                    room = loop.create_future()
+                    await room
+                await call.write(request)
             await call.done_writing()
 
         sender = asyncio.create_task(send())
-        answered = 0
         try:
-            while answered < len(protos):
+            while answered < total:
                 answer = await call.read()
                 if answer is grpc.aio.EOF:
                     break
-                window.release()
+                answered += 1
+                if room is not None and not room.done():
+                    room.set_result(None)
                 if answer.HasField("error"):
                     results[answer.index] = from_code(answer.error.code, answer.error.message)
                 else:
                     results[answer.index] = Ticket(answer.ticket)
-                answered += 1
             broken: AsyncgateError = Unavailable("the submit stream ended before every request was answered")
         except grpc.aio.AioRpcError as error:
             broken = from_rpc_error(error)
@@ -264,6 +321,20 @@ class Client:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
         return Ticket(ticket)
+
+    def results(self, ids: Iterable[str] = (), *, terminal_only: bool = True) -> Results:
+        """Follows many tickets on one stream (`Gateway.WatchTickets`); see `Results`.
+
+        `ids` are followed at once; `Results.add`/`remove` change the set
+        while the stream runs. With `terminal_only` (the default, for
+        producers that want results) each ticket yields only its end; with
+        False, every event (a snapshot, progress, output, the end). The
+        stream resumes after a broken connection from each ticket's last
+        delivered seq: no event is missed or repeated.
+        """
+        results = Results(self, terminal_only)
+        results.add_many(ids)
+        return results
 
     def watch(self, id: str, after_seq: int | None = None) -> EventStream:
         """The ticket's events: a snapshot, then one per change, ending after the terminal one.
