@@ -32,6 +32,7 @@ from ._aio import within
 from ._backoff import Backoff
 from ._cursor import Cursor, Verdict
 from ._errors import AsyncgateError, Unavailable, from_rpc_error, is_transient
+from ._h2 import DirectCall
 from ._proto.v1 import gateway_pb2
 from ._proto.v1 import ticket_pb2 as pb
 from ._types import Event, _state
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from ._client import Client
 
 __all__ = ["Results"]
+
+_WATCH_TICKETS = "/asyncgate.v1.Gateway/WatchTickets"
 
 
 class Results:
@@ -131,7 +134,12 @@ class Results:
     def _open_stream(self) -> None:
         self._started = True
         client = self._client
-        self._call = client._stub.WatchTickets(metadata=client._metadata)
+        if client._direct:
+            self._call = DirectCall(
+                client._endpoint, _WATCH_TICKETS, pb.TicketEvent.FromString, gateway_pb2.WatchTicketsRequest.SerializeToString
+            )
+        else:
+            self._call = client._stub.WatchTickets(metadata=client._metadata)
         subscriptions = []
         for id, cursor in self._open.items():
             after_seq = None if self.terminal_only else cursor.seq
@@ -164,7 +172,7 @@ class Results:
                 else:
                     return
                 await call.write(request)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+        except (AsyncgateError, grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, RuntimeError):
             # The reader sees the broken stream and reopens it, subscribing everything open again.
             return
 
@@ -201,8 +209,8 @@ class Results:
             except asyncio.TimeoutError:
                 self._broken(Unavailable(f"no event or keepalive for {options.idle_timeout}s"))
                 continue
-            except grpc.aio.AioRpcError as error:
-                typed = from_rpc_error(error)
+            except (grpc.aio.AioRpcError, AsyncgateError) as error:
+                typed = error if isinstance(error, AsyncgateError) else from_rpc_error(error)
                 if is_transient(typed):
                     self._broken(typed)
                     continue

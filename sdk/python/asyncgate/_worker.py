@@ -46,6 +46,7 @@ import grpc
 from ._backoff import Backoff
 from ._channel import TLS, endpoint
 from ._errors import AsyncgateError, ProtocolError, from_rpc_error, is_transient
+from ._h2 import DirectCall
 from ._proto.v1 import ticket_pb2 as pb
 from ._proto.v1 import workers_pb2
 from ._types import PayloadLike, decode_payload, to_payload
@@ -364,6 +365,7 @@ class Worker:
         reconnect_backoff: tuple[float, float] = (0.1, 30.0),
         handshake_timeout: float = 10.0,
         shutdown_timeout: float = 30.0,
+        direct_streams: bool = True,
     ) -> None:
         if not 1 <= max_in_flight <= 10_000:
             raise ValueError("max_in_flight must be 1 to 10000")
@@ -374,6 +376,8 @@ class Worker:
         self._backoff = Backoff(*reconnect_backoff)
         self._handshake_timeout = handshake_timeout
         self._shutdown_timeout = shutdown_timeout
+        #: The Connect stream on the SDK's own HTTP/2 connection (`_h2.py`) rather than grpcio.
+        self._direct = direct_streams
         #: queue -> the function running its tasks.
         self._handlers: dict[str, Callable[[TaskContext], Awaitable[PayloadLike]]] = {}
         #: lease id -> its context (which holds the asyncio task running it), from Task until the handler ends.
@@ -613,14 +617,19 @@ class Worker:
 
     async def _session(self) -> None:
         """One Connect stream, from Hello to its end."""
-        channel = self._endpoint.channel()
+        channel: grpc.aio.Channel | None = None
+        call: Any
         writer: asyncio.Task[None] | None = None
         try:
             # Requests go as the bytes we encode (see `_frame`); replies are parsed by protobuf.
-            connect = channel.stream_stream(
-                _CONNECT, request_serializer=_identity, response_deserializer=workers_pb2.DispatchMessage.FromString
-            )
-            call = connect(metadata=self._endpoint.metadata)
+            if self._direct:
+                call = DirectCall(self._endpoint, _CONNECT, workers_pb2.DispatchMessage.FromString)
+            else:
+                channel = self._endpoint.channel()
+                connect = channel.stream_stream(
+                    _CONNECT, request_serializer=_identity, response_deserializer=workers_pb2.DispatchMessage.FromString
+                )
+                call = connect(metadata=self._endpoint.metadata)
             hello = workers_pb2.Hello(
                 worker_name=self.name, queues=self._queues, max_in_flight=self.max_in_flight, batches=True
             )
@@ -652,7 +661,10 @@ class Worker:
         finally:
             if writer is not None:
                 writer.cancel()
-            await channel.close()
+            if channel is not None:
+                await channel.close()
+            else:
+                call.cancel()
 
     async def _write(self, call: grpc.aio.StreamStreamCall, outbox: _Outbox, batches: bool) -> None:
         """Drains the outbox into the stream; ends our side once the outbox is closed.
@@ -667,7 +679,7 @@ class Worker:
                 await call.write(message)
                 stats["messages_out"] += 1
             await call.done_writing()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as error:
+        except (AsyncgateError, grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, RuntimeError) as error:
             # The reader sees the broken stream too and ends the session.
             log.debug("writer stopped: %r", error)
 
@@ -702,15 +714,15 @@ class Worker:
             while True:
                 try:
                     message = await call.read()
-                except asyncio.CancelledError:
-                    if not silent:
-                        raise  # our own task is cancelled (an abort)
-                    if outbox.closed:
-                        message = grpc.aio.EOF
-                    else:
+                except (asyncio.CancelledError, AsyncgateError, grpc.aio.AioRpcError) as error:
+                    if not silent or self._aborted:
+                        if isinstance(error, grpc.aio.AioRpcError):
+                            raise from_rpc_error(error) from error
+                        raise  # the call failed, or our own task is cancelled (an abort)
+                    # The watchdog ended the call.
+                    if not outbox.closed:
                         raise ConnectionError(f"the gateway was silent for {silent[0]:.1f}s") from None
-                except grpc.aio.AioRpcError as error:
-                    raise from_rpc_error(error) from error
+                    message = grpc.aio.EOF
                 if message is grpc.aio.EOF:
                     log.info("the gateway closed the stream")
                     if draining is not None:
