@@ -244,7 +244,7 @@ class StreamCall(asyncio.Protocol):
             if stream == _STREAM:
                 code = _HEADER.unpack(payload)[0]
                 status = _RST_CODES.get(code, grpc.StatusCode.INTERNAL)
-                self._end(from_code(status.value[0], f"the gateway reset the stream (HTTP/2 error {code})"))
+                self._end(from_code(status.value[0], f"the gateway reset the stream (RST_STREAM with HTTP/2 error {code})"))
         elif kind == _GOAWAY:
             last_stream = _HEADER.unpack(payload[:4])[0] & 0x7FFFFFFF
             if last_stream < _STREAM:

@@ -129,6 +129,51 @@ class ResultsTest(GatewayTestCase):
             self.assertEqual((ends[id].state, ends[id].result), (S.SUCCEEDED, f"{name}-done"))
 
 
+class DirectStreamsTest(GatewayTestCase):
+    """The SDK's own HTTP/2 transport under load it must push back on, and the grpcio path it replaces."""
+
+    async def test_large_bodies_cross_the_flow_control_windows_both_ways(self) -> None:
+        # 30 x 300 KiB = 9 MiB each way: past the gateway's windows for the
+        # submits and results, and past ours (4 MiB) for the tasks and events.
+        queue = unique_queue("large")
+        worker = self.worker(max_in_flight=8)
+
+        @worker.handler(queue, inline=True)
+        def echo(task: asyncgate.TaskContext) -> asyncgate.PayloadLike:
+            return task.payload
+
+        await self.start(worker)
+        bodies = [bytes([i]) * (300 * 1024) for i in range(30)]
+        tickets = await bounded(self.client.submit_many([asyncgate.Submit(queue, body) for body in bodies], in_flight=30))
+        results = {}
+        async with self.client.results(t.id for t in tickets) as stream:
+            async for event in stream:
+                assert event.ticket is not None
+                results[event.ticket_id] = event.ticket.result
+        self.assertEqual([results[t.id] for t in tickets], bodies)
+
+    async def test_the_grpcio_path_does_the_same(self) -> None:
+        queue = unique_queue("grpcio")
+        client = asyncgate.Client(self.url, direct_streams=False)
+        self.addAsyncCleanup(client.close)
+        worker = self.worker(max_in_flight=4, direct_streams=False)
+
+        @worker.handler(queue)
+        async def echo(task: asyncgate.TaskContext) -> object:
+            await task.progress(50, "half")
+            return task.data
+
+        await self.start(worker)
+        tickets = await bounded(client.submit_many([asyncgate.Submit(queue, i) for i in range(20)], in_flight=4))
+        ends: dict[str, object] = {}
+        async with client.results(t.id for t in tickets) as stream:
+            async for event in stream:
+                assert event.ticket is not None
+                ends[event.ticket_id] = event.ticket.result
+        self.assertEqual([ends[t.id] for t in tickets], list(range(20)))
+        self.assertGreater(worker.stats["tasks"], 0)
+
+
 class AdminTest(GatewayTestCase):
     async def test_queues_pause_resume_limits_and_purge(self) -> None:
         admin = self.client.admin

@@ -10,6 +10,7 @@ import asyncgate
 from asyncgate._backoff import Backoff, equal_jitter
 from asyncgate._channel import endpoint
 from asyncgate._cursor import Cursor, Verdict
+from asyncgate import _hpack
 from asyncgate._errors import from_rpc_error, is_transient
 from asyncgate._proto.v1.ticket_pb2 import Ticket, TicketEvent
 
@@ -138,6 +139,54 @@ class EndpointTest(unittest.TestCase):
         for url in ("ftp://gw:1", "http://", "http://gw:1/path"):
             with self.subTest(url=url), self.assertRaises(ValueError):
                 endpoint(url, None, None)
+
+
+class HpackTest(unittest.TestCase):
+    def test_the_rfc_examples_decode_with_huffman_and_the_dynamic_table(self) -> None:
+        # RFC 7541 C.4.1 and C.4.2: requests with Huffman coding, the second indexing the first.
+        decoder = _hpack.Decoder()
+        first = decoder.decode(bytes.fromhex("828684418cf1e3c2e5f23a6ba0ab90f4ff"))
+        self.assertEqual(first[-1], (b":authority", b"www.example.com"))
+        second = decoder.decode(bytes.fromhex("828684be5886a8eb10649cbf"))
+        self.assertEqual(second[-2:], [(b":authority", b"www.example.com"), (b"cache-control", b"no-cache")])
+        # C.6.1 and C.6.2: responses through a 256-byte table, so the second evicts.
+        decoder = _hpack.Decoder(256)
+        decoder.decode(
+            bytes.fromhex(
+                "488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3"
+            )
+        )
+        self.assertEqual(
+            decoder.decode(bytes.fromhex("4883640effc1c0bf")),
+            [
+                (b":status", b"307"),
+                (b"cache-control", b"private"),
+                (b"date", b"Mon, 21 Oct 2013 20:13:21 GMT"),
+                (b"location", b"https://www.example.com"),
+            ],
+        )
+
+    def test_what_we_encode_decodes_back(self) -> None:
+        fields = [(b":method", b"POST"), (b"te", b"trailers"), (b"authorization", b"Bearer " + b"k" * 300)]
+        self.assertEqual(_hpack.Decoder().decode(_hpack.encode(fields)), fields)
+
+    def test_bad_blocks_are_refused(self) -> None:
+        for block in (b"\xff", b"\xbf", b"\x41\x85\xff"):  # truncated integer, unknown index, bad Huffman
+            with self.subTest(block=block), self.assertRaises(_hpack.HpackError):
+                _hpack.Decoder().decode(block)
+
+
+class SubmitEncodingTest(unittest.TestCase):
+    def test_the_hand_framed_request_is_what_protobuf_writes(self) -> None:
+        for submit in (
+            asyncgate.Submit("q", b"x" * 1024),
+            asyncgate.Submit("queue.name-1", b""),
+            asyncgate.Submit("q", b"a" * 300_000),
+            asyncgate.Submit("q", {"json": True}),
+            asyncgate.Submit("q", b"ab", priority=3, metadata={"k": "v"}, timeout=5),
+        ):
+            with self.subTest(submit=submit):
+                self.assertEqual(submit.encode(), submit.to_proto().SerializeToString())
 
 
 if __name__ == "__main__":
