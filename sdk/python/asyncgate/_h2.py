@@ -57,6 +57,11 @@ _RECV_WINDOW = 4 * 1024 * 1024
 _HIGH_WATER = 1024 * 1024
 #: The largest message we accept (as grpcio's channel option in `_channel`).
 _MAX_MESSAGE = 64 * 1024 * 1024
+#: A connection silent this long gets a PING, and fails if that goes unanswered
+#: for the timeout (grpcio's keepalive settings in `_channel`): a dead peer is
+#: noticed even by a call that only waits.
+_KEEPALIVE = 20.0
+_KEEPALIVE_TIMEOUT = 10.0
 _HEADER = struct.Struct(">I")
 
 # RST_STREAM error codes -> gRPC codes (gRPC's HTTP/2 spec).
@@ -127,6 +132,10 @@ class StreamCall(asyncio.Protocol):
         #: How the call ended: None while it runs, then the error (or None inside `_ended` for OK).
         self._ended: list[AsyncgateError | None] = []
         self._http_status = 0
+        #: Loop time of the last bytes received, and of an unanswered keepalive PING.
+        self._heard = loop.time()
+        self._pinged: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         #: Set when the connection is up and the request headers are sent.
         self.ready: asyncio.Future[None] = loop.create_future()
 
@@ -150,8 +159,30 @@ class StreamCall(asyncio.Protocol):
             + _window_update(0, _RECV_WINDOW - 65535)
             + _frame(_HEADERS, _END_HEADERS, _STREAM, self._headers)
         )
+        self._timer = self._loop.call_later(_KEEPALIVE, self._keepalive)
         if not self.ready.done():
             self.ready.set_result(None)
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        if self._ended or self._transport is None:
+            return
+        now = self._loop.time()
+        if self._pinged is not None:
+            if self._heard < self._pinged:
+                if now - self._pinged >= _KEEPALIVE_TIMEOUT:
+                    self._fail(Unavailable(f"the gateway did not answer a keepalive ping in {_KEEPALIVE_TIMEOUT:.0f}s"))
+                    return
+                self._timer = self._loop.call_later(self._pinged + _KEEPALIVE_TIMEOUT - now, self._keepalive)
+                return
+            self._pinged = None
+        quiet = now - self._heard
+        if quiet >= _KEEPALIVE:
+            self._send(_frame(_PING, 0, 0, bytes(8)))
+            self._pinged = now
+            self._timer = self._loop.call_later(_KEEPALIVE_TIMEOUT, self._keepalive)
+        else:
+            self._timer = self._loop.call_later(_KEEPALIVE - quiet, self._keepalive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -167,6 +198,7 @@ class StreamCall(asyncio.Protocol):
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = self._loop.time()
         inbox = self._inbox
         inbox += data
         pos, size = 0, len(inbox)
@@ -295,11 +327,15 @@ class StreamCall(asyncio.Protocol):
         if self._ended:
             return
         self._ended.append(error)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
         self._wake_writer()
-        if self._transport is not None and (error is not None or self._end_sent):
-            # The call is over both ways: this connection has nothing more to carry.
+        if self._transport is not None:
+            # The call is over (the gateway's status ends it, whatever we still
+            # meant to send): this connection has nothing more to carry.
             self._transport.close()
 
     def _fail(self, error: AsyncgateError) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import unittest
+from unittest import mock
 
 import grpc
 
@@ -10,7 +12,7 @@ import asyncgate
 from asyncgate._backoff import Backoff, equal_jitter
 from asyncgate._channel import endpoint
 from asyncgate._cursor import Cursor, Verdict
-from asyncgate import _hpack
+from asyncgate import _h2, _hpack
 from asyncgate._errors import from_rpc_error, is_transient
 from asyncgate._proto.v1.ticket_pb2 import Ticket, TicketEvent
 
@@ -187,6 +189,44 @@ class SubmitEncodingTest(unittest.TestCase):
         ):
             with self.subTest(submit=submit):
                 self.assertEqual(submit.encode(), submit.to_proto().SerializeToString())
+
+
+class DirectStreamTest(unittest.IsolatedAsyncioTestCase):
+    """The SDK's HTTP/2 transport against peers that are not gateways (no gateway needed)."""
+
+    async def peer(self, on_connect: object) -> str:
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)  # type: ignore[arg-type]
+        self.addAsyncCleanup(server.wait_closed)
+        self.addCleanup(server.close)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def test_a_silent_peer_fails_the_call_by_keepalive(self) -> None:
+        async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(65536):
+                pass  # takes everything, answers nothing (not even PING)
+            writer.close()
+
+        url = await self.peer(black_hole)
+        with mock.patch.object(_h2, "_KEEPALIVE", 0.1), mock.patch.object(_h2, "_KEEPALIVE_TIMEOUT", 0.1):
+            async with asyncgate.Client(url) as client:
+                with self.assertRaises(asyncgate.Unavailable) as caught:
+                    await asyncio.wait_for(client.submit_many([asyncgate.Submit("q", b"x")]), 10)
+        self.assertIn("keepalive", caught.exception.message)
+
+    async def test_a_peer_that_hangs_up_fails_the_call_as_unavailable(self) -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(10)
+            writer.close()
+
+        url = await self.peer(hang_up)
+        async with asyncgate.Client(url) as client:
+            results = await asyncio.wait_for(
+                client.submit_many([asyncgate.Submit("q", b"x")] * 3, return_exceptions=True), 10
+            )
+        self.assertTrue(all(isinstance(r, asyncgate.Unavailable) for r in results), results)
+        async with asyncgate.Client("http://127.0.0.1:1") as client:  # nobody listens
+            with self.assertRaises(asyncgate.Unavailable):
+                await asyncio.wait_for(client.submit_many([asyncgate.Submit("q", b"x")]), 10)
 
 
 if __name__ == "__main__":
