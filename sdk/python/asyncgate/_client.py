@@ -2,7 +2,8 @@
 
 One `grpc.aio` channel per client, shared by every call (HTTP/2 multiplexes
 them). Each method is one RPC except `submit_many` (one `SubmitStream`,
-requests encoded up front so that the stream's loop only writes bytes), the
+requests encoded up front so that the stream's loop only writes bytes; on
+the SDK's own HTTP/2 connection, `_h2.py`, unless `direct_streams=False`), the
 event streams (`watch`, `execute`), which reopen themselves after a broken
 connection from the last seq they delivered, like the Rust SDK's
 `EventStream`, and `results` (`_results.py`: many tickets on one
