@@ -781,7 +781,7 @@ class Worker:
             # The handler runs at once up to its first real wait (correctly,
             # as its own task): a quick one is done before the next task of
             # the batch is looked at, with no trip through the event loop.
-            return asyncio.Task(coro, eager_start=True)  # type: ignore[call-arg]
+            return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)  # type: ignore[call-arg]
 
     else:  # pragma: no cover - Python 3.11 and older
 
