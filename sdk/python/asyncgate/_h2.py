@@ -535,28 +535,40 @@ class DirectCall:
         self._serialize = serialize
         self._connecting: asyncio.Task[StreamCall] = asyncio.ensure_future(open_stream(endpoint, path))
         self._connecting.add_done_callback(self._connected)
+        #: The call once connected (saves a shielded await per message).
+        self._stream: StreamCall | None = None
         self._cancelled = False
 
     def _connected(self, task: asyncio.Task[StreamCall]) -> None:
-        if task.cancelled():
+        if task.cancelled() or task.exception() is not None:
             return
-        if task.exception() is None and self._cancelled:
+        if self._cancelled:
             task.result().cancel()
+        else:
+            self._stream = task.result()
 
     async def _call(self) -> StreamCall:
         if self._cancelled:
             raise Cancelled("the call was cancelled")
+        if self._stream is not None:
+            return self._stream
         return await asyncio.shield(self._connecting)
 
     async def write(self, message: Any) -> None:
-        call = await self._call()
+        call = self._stream or await self._call()
         call.write(message if self._serialize is None else self._serialize(message))
         await call.drain()
 
     async def read(self) -> Any:
-        call = await self._call()
+        call = self._stream or await self._call()
         raw = await call.read()
         return grpc.aio.EOF if raw is None else self._deserialize(raw)
+
+    def read_ready(self) -> list[Any]:
+        """The messages already received, decoded, without waiting (maybe none)."""
+        if self._stream is None:
+            return []
+        return [self._deserialize(raw) for raw in self._stream.read_ready()]
 
     async def done_writing(self) -> None:
         (await self._call()).done_writing()

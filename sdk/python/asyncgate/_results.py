@@ -75,7 +75,9 @@ class Results:
         self._removes: list[str] = []
         #: Whole requests to send first (a new stream's opening request).
         self._requests: collections.deque[gateway_pb2.WatchTicketsRequest] = collections.deque()
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._call: grpc.aio.StreamStreamCall | DirectCall | None = None
+        #: Events already received and not yet looked at (a direct call hands over all it has at once).
+        self._buffer: collections.deque[pb.TicketEvent] = collections.deque()
         #: Writes the pending requests of the current call (one at a time).
         self._flusher: asyncio.Task[None] | None = None
         self._backoff = Backoff(client._resume.min_backoff, client._resume.max_backoff)
@@ -194,9 +196,15 @@ class Results:
 
     async def __anext__(self) -> Event:
         options = self._client._resume
+        buffer = self._buffer
         while True:
             if self._closed or not self._open:
                 raise StopAsyncIteration
+            if buffer:
+                event = self._accept(buffer.popleft())
+                if event is not None:
+                    return event
+                continue
             if self._call is None:
                 await self._reopen()
                 continue
@@ -222,6 +230,8 @@ class Results:
                 continue
             self._failures = 0
             self._backoff.reset()
+            if isinstance(call, DirectCall):
+                buffer.extend(call.read_ready())
             event = self._accept(message)
             if event is not None:
                 return event
