@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import weakref
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -188,6 +189,8 @@ class Client:
             response_deserializer=gateway_pb2.SubmitResult.FromString,
         )
         self._admin: Admin | None = None
+        #: Open `results()` streams (each on its own connection), ended by `close`.
+        self._results: weakref.WeakSet[Results] = weakref.WeakSet()
 
     @property
     def admin(self) -> Admin:
@@ -203,7 +206,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        """Closes the channel; calls in progress are cancelled."""
+        """Closes the channel and the open `results()` streams; calls in progress are cancelled."""
+        for results in list(self._results):
+            await results.aclose()
         await self._channel.close()
 
     async def submit(
@@ -395,6 +400,7 @@ class Client:
         delivered seq: no event is missed or repeated.
         """
         results = Results(self, terminal_only)
+        self._results.add(results)
         results.add_many(ids)
         return results
 
