@@ -24,8 +24,7 @@ await worker.run()
 - `_worker.py`: `Worker` (the Connect protocol, heartbeats, drain, reconnects), `TaskContext`, `TaskError`/`Permanent`.
 - `_types.py`: `Ticket`, `Event`, `TicketState`, `EventKind` and the payload conversions.
 - `_errors.py`: `AsyncgateError` and one subclass per gRPC code; the one gRPC-error mapping.
-- `_h2.py`: the bulk streams' transport: one gRPC call on its own HTTP/2 connection, framed by the SDK.
-- `_hpack.py`: HPACK (RFC 7541) for `_h2.py`'s headers and trailers.
+- `_h2.py`: the bulk streams' transport: one gRPC call on its own HTTP/2 connection (python-hyper's `h2`).
 - `_channel.py`: URLs, `TLS` and the API key (`authorization: Bearer KEY`).
 - `_backoff.py`: equal-jitter exponential backoff (reconnects and resumes).
 - `_aio.py`: `within`, a cheap timeout around one await.

@@ -159,9 +159,9 @@ class Client:
     call `close()`.
 
     `direct_streams` (the default): the bulk streams, `submit_many` and
-    `results`, each run on an HTTP/2 connection of their own that the SDK
-    frames itself (`_h2.py`), which costs a small fraction of grpcio's CPU
-    per message; False keeps every call on grpcio.
+    `results`, each run on an HTTP/2 connection of their own driven by
+    python-hyper's `h2` (`_h2.py`), which costs a small fraction of grpcio's
+    CPU per message; False keeps every call on grpcio.
     """
 
     def __init__(

@@ -5,20 +5,26 @@ stream reads or writes (each is an operation through its completion queue,
 its poller thread and the event loop), whatever the message's size. A
 producer's `SubmitStream` costs two messages per ticket, so grpcio alone
 held a producer near 100 µs per ticket, and a busy worker's Connect stream
-paid the same per batch. Here a message costs what Python needs to frame
-or parse it: everything a pass of the event loop wrote goes out in one
-socket write, and every message that one socket read brought is parsed in
-that pass (SubmitStream: about 5 µs per ticket instead of about 100, see
-BENCH-NOTES.md).
+paid the same per batch. Here HTTP/2 is python-hyper's `h2` (framing, HPACK,
+flow control, the protocol's rules) driven by an asyncio Protocol that
+batches: everything one socket read brought goes to `h2` in one
+`receive_data` and every message in it is parsed in that pass; everything
+the pass wrote (messages, WINDOW_UPDATEs, acks) goes out as one
+`data_to_send()` in one socket write. gRPC's own message framing (a
+compressed flag and a length before each message) is done here: it is the
+gRPC protocol on top of HTTP/2.
 
 Scope, on purpose small: one call per connection (stream 1), no
 compression, no server push; plaintext or TLS (ALPN h2) with the
 `Endpoint`'s settings and its `authorization` metadata. Flow control is
-honoured both ways: our sends wait for the peer's windows; we grant the
-peer window as the caller takes messages, so a slow reader pushes back. The
-gateway's pings are answered. The call ends with the trailers' grpc-status
-(an `AsyncgateError` from the same `from_code` mapping as grpcio's errors),
-or as `Unavailable` when the connection drops first. Unary calls and
+honoured both ways: our sends wait for the peer's windows (`h2` keeps
+them); we grant the peer window as the caller takes messages, so a slow
+reader pushes back. Our windows are large (4 MiB) and the peer may send
+frames up to 1 MiB, so flow control rarely interrupts a busy stream. The
+gateway's pings are answered (by `h2`), and a silent connection gets
+keepalive pings of ours. The call ends with the trailers' grpc-status (an
+`AsyncgateError` from the same `from_code` mapping as grpcio's errors), or
+as `Unavailable` when the connection drops first. Unary calls and
 everything else stay on grpcio.
 """
 
@@ -35,24 +41,28 @@ from typing import Any
 from urllib.parse import unquote
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
 
-from . import _hpack
 from ._channel import Endpoint
 from ._errors import AsyncgateError, Cancelled, Internal, Unavailable, from_code
 
 __all__ = ["StreamCall", "open_stream", "DirectCall"]
 
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# Frame types (RFC 9113 section 6).
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
-# Flags.
-_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-# Settings.
-_SETTINGS_HEADER_TABLE_SIZE, _SETTINGS_ENABLE_PUSH, _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 1, 2, 4, 5
-#: The one stream of the connection.
+#: The one stream of the connection (a client's first).
 _STREAM = 1
-#: The receive window we grant (stream and connection); topped up as the caller takes messages.
+#: The receive window we grant (stream and connection); given back as the caller takes messages.
 _RECV_WINDOW = 4 * 1024 * 1024
+#: Bytes taken by the reader that are handed to `h2` at once (it sends the
+#: WINDOW_UPDATEs itself, once half a window is due): fewer calls per message.
+_ACK_STEP = _RECV_WINDOW // 16
+#: The largest DATA frame the gateway may send us: many messages in a frame
+#: cost `h2` one frame's work.
+_MAX_FRAME = 1024 * 1024
 #: Unsent bytes above which `write` waits (backpressure on the writer).
 _HIGH_WATER = 1024 * 1024
 #: The largest message we accept (as grpcio's channel option in `_channel`).
@@ -62,14 +72,14 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 #: noticed even by a call that only waits.
 _KEEPALIVE = 20.0
 _KEEPALIVE_TIMEOUT = 10.0
-_HEADER = struct.Struct(">I")
+_LENGTH = struct.Struct(">I")
 
 # RST_STREAM error codes -> gRPC codes (gRPC's HTTP/2 spec).
 _RST_CODES = {
-    0x7: grpc.StatusCode.UNAVAILABLE,  # REFUSED_STREAM
-    0x8: grpc.StatusCode.CANCELLED,  # CANCEL
-    0xB: grpc.StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
-    0xC: grpc.StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
+    ErrorCodes.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
+    ErrorCodes.CANCEL: grpc.StatusCode.CANCELLED,
+    ErrorCodes.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCodes.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED,
 }
 # HTTP statuses of a response with no grpc-status -> gRPC codes (gRPC's HTTP/2 spec).
 _HTTP_CODES = {
@@ -84,12 +94,28 @@ _HTTP_CODES = {
 }
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload))[1:] + bytes((kind, flags)) + _HEADER.pack(stream) + payload
+class _Connection(h2.connection.H2Connection):
+    """`h2`'s client connection, except that a graceful GOAWAY lets our call finish.
 
+    A gateway shutting down sends GOAWAY (NO_ERROR, last stream >= ours),
+    then finishes the streams it has: a worker's Drain, the last results,
+    the trailers (RFC 9113 section 6.8). `h2` closes the whole connection on
+    any GOAWAY and refuses every later frame (python-hyper/h2 issue 1181),
+    which would turn every gateway restart into a broken call. So such a
+    GOAWAY only reports `ConnectionTerminated`; any other goes to `h2`.
+    Overrides `h2`'s handler of GOAWAY frames (its frame dispatch table is
+    built from bound methods, so the override is what it calls); the unit
+    test `test_a_graceful_goaway_lets_the_call_finish` pins it.
+    """
 
-def _window_update(stream: int, increment: int) -> bytes:
-    return _frame(_WINDOW_UPDATE, 0, stream, _HEADER.pack(increment))
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        if frame.error_code == ErrorCodes.NO_ERROR and frame.last_stream_id >= _STREAM:
+            event = h2.events.ConnectionTerminated()
+            event.error_code = ErrorCodes.NO_ERROR
+            event.last_stream_id = frame.last_stream_id
+            event.additional_data = frame.additional_data or None
+            return [], [event]
+        return super()._receive_goaway_frame(frame)
 
 
 class StreamCall(asyncio.Protocol):
@@ -102,20 +128,17 @@ class StreamCall(asyncio.Protocol):
     `cancel()` ends the call at once.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, headers: bytes) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, headers: list[tuple[bytes, bytes]]) -> None:
         self._loop = loop
         self._headers = headers
         self._transport: asyncio.Transport | None = None
-        self._decoder = _hpack.Decoder()
-        self._inbox = bytearray()  # unparsed frames
+        self._h2 = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self._data = bytearray()  # the stream's unparsed gRPC bytes
-        self._block = bytearray()  # a header block awaiting CONTINUATION
-        self._block_ends_stream = False
         self._received_headers = False
         #: Whole messages received and not yet read.
         self._messages: collections.deque[bytes] = collections.deque()
         self._reader: asyncio.Future[None] | None = None
-        #: Framed gRPC bytes not yet sent (windows closed or not flushed yet).
+        #: Framed gRPC bytes not yet given to `h2` (its windows closed, or not flushed yet).
         self._unsent: list[bytes] = []
         self._unsent_bytes = 0
         self._flush_scheduled = False
@@ -123,12 +146,10 @@ class StreamCall(asyncio.Protocol):
         self._paused = False
         self._half_closed = False  # done_writing() asked
         self._end_sent = False
-        # Flow control: what the peer lets us send, and what we owe it.
-        self._send_window = 65535  # connection
-        self._stream_window = 65535
-        self._peer_initial_window = 65535
-        self._max_frame = 16384
-        self._consumed = 0  # bytes taken by the reader, not yet granted back
+        #: Bytes the reader took (and padding), not yet acknowledged to `h2`.
+        self._consumed = 0
+        #: Bytes of the incomplete message at the head of `_data` already counted in `_consumed`.
+        self._partial_acked = 0
         #: How the call ended: None while it runs, then the error (or None inside `_ended` for OK).
         self._ended: list[AsyncgateError | None] = []
         self._http_status = 0
@@ -144,21 +165,25 @@ class StreamCall(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        settings = struct.pack(
-            ">HIHIHI",
-            _SETTINGS_ENABLE_PUSH,
-            0,
-            _SETTINGS_INITIAL_WINDOW_SIZE,
-            _RECV_WINDOW,
-            _SETTINGS_HEADER_TABLE_SIZE,
-            4096,
+        conn = self._h2
+        # Our settings go in the preface: no push, large windows, large frames.
+        conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _RECV_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: _MAX_FRAME,
+            },
         )
-        transport.write(
-            _PREFACE
-            + _frame(_SETTINGS, 0, 0, settings)
-            + _window_update(0, _RECV_WINDOW - 65535)
-            + _frame(_HEADERS, _END_HEADERS, _STREAM, self._headers)
-        )
+        # `h2` applies a setting of ours once the peer acknowledged it, and sets
+        # its frame parser's limit once per `receive_data`: an ACK followed in
+        # the same read by a frame above 16 KiB would be refused. Accepting our
+        # own limit from the start is what the setting announces anyway.
+        conn.max_inbound_frame_size = _MAX_FRAME
+        conn.initiate_connection()
+        conn.increment_flow_control_window(_RECV_WINDOW - 65535)  # the connection's window (no setting for it)
+        conn.send_headers(_STREAM, self._headers)
+        transport.write(conn.data_to_send())
         self._timer = self._loop.call_later(_KEEPALIVE, self._keepalive)
         if not self.ready.done():
             self.ready.set_result(None)
@@ -178,7 +203,8 @@ class StreamCall(asyncio.Protocol):
             self._pinged = None
         quiet = now - self._heard
         if quiet >= _KEEPALIVE:
-            self._send(_frame(_PING, 0, 0, bytes(8)))
+            self._h2.ping(bytes(8))
+            self._schedule_flush()
             self._pinged = now
             self._timer = self._loop.call_later(_KEEPALIVE_TIMEOUT, self._keepalive)
         else:
@@ -198,91 +224,71 @@ class StreamCall(asyncio.Protocol):
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        """Everything one read brought, to `h2` at once; its events handled in one pass."""
         self._heard = self._loop.time()
-        inbox = self._inbox
-        inbox += data
-        pos, size = 0, len(inbox)
-        try:
-            while size - pos >= 9:
-                length = int.from_bytes(inbox[pos : pos + 3], "big")
-                if size - pos < 9 + length:
-                    break
-                kind, flags = inbox[pos + 3], inbox[pos + 4]
-                stream = int.from_bytes(inbox[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-                payload = inbox[pos + 9 : pos + 9 + length]
-                pos += 9 + length
-                self._on_frame(kind, flags, stream, payload)
-        except (_hpack.HpackError, ValueError, IndexError) as error:
-            self._fail(Internal(f"bad HTTP/2 data from the gateway: {error}"))
+        if self._ended:
             return
-        del inbox[:pos]
-        if self._messages and self._reader is not None and not self._reader.done():
-            self._reader.set_result(None)
-
-    # -- frames --------------------------------------------------------------------
-
-    def _on_frame(self, kind: int, flags: int, stream: int, payload: bytearray) -> None:
-        if kind == _DATA:
-            if stream != _STREAM:
-                return
-            if flags & _PADDED:
-                pad = payload[0]
-                self._consumed += pad + 1  # padding is granted back at once
-                payload = payload[1 : len(payload) - pad]
-            self._data += payload
-            self._parse_messages()
-            if flags & _END_STREAM:
-                self._end(Internal("the gateway ended the call without trailers"))
-        elif kind == _HEADERS or kind == _CONTINUATION:
-            if kind == _HEADERS:
-                if flags & _PADDED:
-                    pad = payload[0]
-                    payload = payload[1 : len(payload) - pad]
-                if flags & _PRIORITY:
-                    payload = payload[5:]
-                self._block = bytearray(payload)
-                self._block_ends_stream = bool(flags & _END_STREAM)
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            self._fail(Internal(f"bad HTTP/2 data from the gateway: {error!r}"))
+            return
+        received = False
+        DataReceived = h2.events.DataReceived
+        for event in events:
+            if type(event) is DataReceived:
+                if event.stream_id == _STREAM:
+                    self._data += event.data
+                    received = True
+                    padding = event.flow_controlled_length - len(event.data)
+                    if padding:
+                        self._consumed += padding  # granted back with the next acknowledgement
             else:
-                self._block += payload
-            if flags & _END_HEADERS:
-                # Decoded whatever the stream, to keep the HPACK table in step.
-                fields = self._decoder.decode(bytes(self._block))
-                self._block = bytearray()
-                if stream == _STREAM:
-                    self._on_headers(fields, self._block_ends_stream)
-        elif kind == _SETTINGS:
-            if flags & _ACK:
+                self._on_event(event)
+        if received:
+            try:
+                self._parse_messages()
+            except ValueError as error:
+                self._fail(Internal(f"bad gRPC data from the gateway: {error}"))
                 return
-            for offset in range(0, len(payload) - 5, 6):
-                ident, value = struct.unpack_from(">HI", payload, offset)
-                if ident == _SETTINGS_INITIAL_WINDOW_SIZE:
-                    self._stream_window += value - self._peer_initial_window
-                    self._peer_initial_window = value
-                elif ident == _SETTINGS_MAX_FRAME_SIZE:
-                    self._max_frame = value
-            self._send(_frame(_SETTINGS, _ACK, 0, b""))
-            self._schedule_flush()
-        elif kind == _WINDOW_UPDATE:
-            increment = _HEADER.unpack(payload)[0] & 0x7FFFFFFF
-            if stream == 0:
-                self._send_window += increment
-            elif stream == _STREAM:
-                self._stream_window += increment
-            self._schedule_flush()
-        elif kind == _PING:
-            if not flags & _ACK:
-                self._send(_frame(_PING, _ACK, 0, bytes(payload)))
-        elif kind == _RST_STREAM:
-            if stream == _STREAM:
-                code = _HEADER.unpack(payload)[0]
+            rest = len(self._data)
+            if rest > self._partial_acked:
+                # An incomplete message is granted back as it arrives: one larger
+                # than our window could never arrive otherwise. Whole messages
+                # are granted as the caller reads them (backpressure).
+                self._consumed += rest - self._partial_acked
+                self._partial_acked = rest
+            if self._messages and self._reader is not None and not self._reader.done():
+                self._reader.set_result(None)
+        # Settings and ping acks, window changes: the flush of this pass takes them.
+        self._schedule_flush()
+
+    # -- events --------------------------------------------------------------------
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            if event.stream_id == _STREAM:
+                self._on_headers(event.headers, event.stream_ended is not None)
+        elif isinstance(event, h2.events.TrailersReceived):
+            if event.stream_id == _STREAM:
+                self._on_headers(event.headers, True)
+        elif isinstance(event, h2.events.StreamEnded):
+            if event.stream_id == _STREAM:
+                # After trailers this changes nothing (the first word counts).
+                self._end(Internal("the gateway ended the call without trailers"))
+        elif isinstance(event, h2.events.StreamReset):
+            if event.stream_id == _STREAM:
+                code = event.error_code
                 status = _RST_CODES.get(code, grpc.StatusCode.INTERNAL)
-                self._end(from_code(status.value[0], f"the gateway reset the stream (RST_STREAM with HTTP/2 error {code})"))
-        elif kind == _GOAWAY:
-            last_stream = _HEADER.unpack(payload[:4])[0] & 0x7FFFFFFF
-            if last_stream < _STREAM:
+                self._end(from_code(status.value[0], f"the gateway reset the stream (RST_STREAM with HTTP/2 error {int(code)})"))
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            if event.last_stream_id is None or event.last_stream_id < _STREAM:
                 self._end(Unavailable("the gateway is going away (the call was not started)"))
-            # Otherwise the call may finish; the connection closes after it.
-        # Other frame types (PRIORITY, unknown extensions) are ignored, as the spec asks.
+            elif event.error_code != ErrorCodes.NO_ERROR:
+                self._end(Unavailable(f"the gateway closed the connection (GOAWAY with HTTP/2 error {int(event.error_code)})"))
+            # Otherwise a graceful GOAWAY: the call may finish; the connection closes after it.
+        # The rest (settings, window updates, ping acks, priority) needs nothing
+        # here: `h2` has applied them, and the flush of this pass sends what they allow.
 
     def _on_headers(self, fields: list[tuple[bytes, bytes]], ends_stream: bool) -> None:
         headers = dict(fields)
@@ -301,10 +307,15 @@ class StreamCall(asyncio.Protocol):
             self._end(from_code(code.value[0], f"the call ended without a grpc-status (HTTP {http})"))
             return
         message = unquote(headers.get(b"grpc-message", b"").decode("utf-8", "replace"))
-        code_number = int(status)
+        try:
+            code_number = int(status)
+        except ValueError:
+            self._end(Internal(f"a malformed grpc-status {status!r}"))
+            return
         self._end(None if code_number == 0 else from_code(code_number, message))
 
     def _parse_messages(self) -> None:
+        """Cuts the gRPC messages (a flag byte, a 4-byte length, the bytes) out of the stream's data."""
         data, pos, size = self._data, 0, len(self._data)
         messages = self._messages
         while size - pos >= 5:
@@ -317,6 +328,10 @@ class StreamCall(asyncio.Protocol):
                 break
             messages.append(bytes(data[pos + 5 : pos + 5 + length]))
             pos += 5 + length
+            if self._partial_acked:
+                # This message's first bytes were granted as they came; its read grants the rest.
+                self._consumed -= self._partial_acked
+                self._partial_acked = 0
         if pos:
             del data[:pos]
 
@@ -346,7 +361,12 @@ class StreamCall(asyncio.Protocol):
     def cancel(self) -> None:
         """Ends the call at once (RST_STREAM CANCEL, then the connection)."""
         if not self._ended:
-            self._send(_frame(_RST_STREAM, 0, _STREAM, _HEADER.pack(0x8)))
+            if self._transport is not None:
+                try:
+                    self._h2.reset_stream(_STREAM, ErrorCodes.CANCEL)
+                    self._transport.write(self._h2.data_to_send())
+                except h2.exceptions.ProtocolError:
+                    pass  # the stream is already closed for h2: nothing to reset
             self._end(Cancelled("the call was cancelled"))
         if self._transport is not None:
             self._transport.close()
@@ -356,17 +376,13 @@ class StreamCall(asyncio.Protocol):
 
     # -- writing -----------------------------------------------------------------------
 
-    def _send(self, frame: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(frame)
-
     def write(self, message: bytes) -> None:
         """Queues one serialised message; it goes out with the others of this pass of the loop."""
         if self._ended:
             raise self._ended[0] or Unavailable("the call has ended")
         if self._half_closed:
             raise RuntimeError("write after done_writing")
-        self._unsent.append(b"\x00" + _HEADER.pack(len(message)) + message)
+        self._unsent.append(b"\x00" + _LENGTH.pack(len(message)) + message)
         self._unsent_bytes += len(message) + 5
         self._schedule_flush()
 
@@ -393,39 +409,49 @@ class StreamCall(asyncio.Protocol):
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Sends what the windows allow, as DATA frames in one socket write."""
+        """Gives `h2` the messages its windows allow, in frames as large as allowed, then one socket write."""
         self._flush_scheduled = False
-        if self._transport is None or self._ended or self._end_sent:
+        transport = self._transport
+        if transport is None or self._ended:
             return
-        frames: list[bytes] = []
-        if self._unsent:
-            pending = b"".join(self._unsent) if len(self._unsent) > 1 else self._unsent[0]
-            allowed = min(self._send_window, self._stream_window, len(pending))
-            sent = 0
-            while sent < allowed:
-                chunk = pending[sent : sent + min(self._max_frame, allowed - sent)]
-                frames.append(_frame(_DATA, 0, _STREAM, chunk))
-                sent += len(chunk)
-            self._send_window -= sent
-            self._stream_window -= sent
-            self._unsent = [pending[sent:]] if sent < len(pending) else []
-            self._unsent_bytes = len(pending) - sent
-        if self._half_closed and not self._unsent:
-            frames.append(_frame(_DATA, _END_STREAM, _STREAM, b""))
-            self._end_sent = True
-        if frames:
-            self._transport.write(b"".join(frames))
+        conn = self._h2
+        try:
+            if self._consumed >= _ACK_STEP:
+                consumed, self._consumed = self._consumed, 0
+                conn.acknowledge_received_data(consumed, _STREAM)
+            if self._unsent and not self._end_sent:
+                pending = b"".join(self._unsent) if len(self._unsent) > 1 else self._unsent[0]
+                allowed = min(conn.local_flow_control_window(_STREAM), len(pending))
+                frame = conn.max_outbound_frame_size
+                view = memoryview(pending)
+                sent = 0
+                while sent < allowed:
+                    step = min(frame, allowed - sent)
+                    last = self._half_closed and sent + step == len(pending)
+                    conn.send_data(_STREAM, view[sent : sent + step], end_stream=last)
+                    self._end_sent = last
+                    sent += step
+                self._unsent = [pending[sent:]] if sent < len(pending) else []
+                self._unsent_bytes = len(pending) - sent
+            if self._half_closed and not self._unsent and not self._end_sent:
+                conn.end_stream(_STREAM)
+                self._end_sent = True
+        except h2.exceptions.ProtocolError as error:
+            self._fail(Internal(f"HTTP/2 refused our data: {error!r}"))
+            return
+        out = conn.data_to_send()
+        if out:
+            transport.write(out)
         if self._unsent_bytes <= _HIGH_WATER:
             self._wake_writer()
 
     # -- reading -----------------------------------------------------------------------
 
-    def _grant(self, taken: int) -> None:
-        """The reader took `taken` bytes: let the gateway send that much more, in steps of a quarter window."""
-        self._consumed += taken
-        if self._consumed >= _RECV_WINDOW // 4 and not self._ended:
-            increment, self._consumed = self._consumed, 0
-            self._send(_window_update(0, increment) + _window_update(_STREAM, increment))
+    def _taken(self, size: int) -> None:
+        """The reader took `size` bytes: once a step's worth, `h2` gets them (in the next flush)."""
+        self._consumed += size
+        if self._consumed >= _ACK_STEP:
+            self._schedule_flush()
 
     async def read(self) -> bytes | None:
         """The next message; None once the call ended with OK; raises its error otherwise."""
@@ -437,7 +463,7 @@ class StreamCall(asyncio.Protocol):
             self._reader = self._loop.create_future()
             await self._reader
         message = self._messages.popleft()
-        self._grant(len(message) + 5)
+        self._taken(len(message) + 5)
         return message
 
     def read_ready(self) -> list[bytes]:
@@ -446,7 +472,7 @@ class StreamCall(asyncio.Protocol):
             return []
         messages = list(self._messages)
         self._messages.clear()
-        self._grant(sum(len(m) for m in messages) + 5 * len(messages))
+        self._taken(sum(map(len, messages)) + 5 * len(messages))
         return messages
 
 
@@ -493,7 +519,6 @@ async def open_stream(endpoint: Endpoint, path: str, *, timeout: float = 20.0) -
         (b"user-agent", b"asyncgate-python"),
     ]
     fields += [(name.encode(), value.encode()) for name, value in endpoint.metadata]
-    headers = _hpack.encode(fields)
     if not secure:
         context, server_hostname = None, None
     else:
@@ -502,7 +527,7 @@ async def open_stream(endpoint: Endpoint, path: str, *, timeout: float = 20.0) -
     try:
         _, call = await asyncio.wait_for(
             loop.create_connection(
-                lambda: StreamCall(loop, headers), host, port, ssl=context, server_hostname=server_hostname
+                lambda: StreamCall(loop, fields), host, port, ssl=context, server_hostname=server_hostname
             ),
             timeout,
         )
