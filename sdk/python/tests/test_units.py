@@ -177,6 +177,7 @@ class FakeGateway(asyncio.Protocol):
         self.trailer: list[tuple[bytes, bytes]] | None = None
         self.received = bytearray()  # the client's gRPC bytes
         self.on_data: Any = None  # called with each DATA frame the client sends
+        self.client_ended = asyncio.Event()  # the client half-closed (END_STREAM)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -193,6 +194,8 @@ class FakeGateway(asyncio.Protocol):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if self.on_data is not None:
                     self.on_data(self)
+            elif isinstance(event, h2.events.StreamEnded):
+                self.client_ended.set()
         self.pump()
 
     def flush(self) -> None:
@@ -360,28 +363,22 @@ class DirectStreamTest(unittest.IsolatedAsyncioTestCase):
             await bounded(call.read())
 
     async def test_what_we_write_arrives_framed_then_the_half_close(self) -> None:
-        ended = asyncio.Event()
-        gateways: list[FakeGateway] = []
+        called: asyncio.Future[FakeGateway] = asyncio.get_running_loop().create_future()
 
         def on_call(gateway: FakeGateway) -> None:
-            gateways.append(gateway)
             gateway.respond()
+            called.set_result(gateway)
 
         call = await self.fake(on_call)
-        big = b"b" * (200 * 1024)  # past the gateway's default 64 KiB windows
+        big = b"b" * (200 * 1024)  # past the fake's default 64 KiB windows
         for body in (b"a", big, b""):
             call.write(body)
         call.done_writing()
         await bounded(call.drain())
-
-        async def whole() -> None:
-            while len(gateways[0].received) < 3 * 5 + 1 + len(big):
-                await asyncio.sleep(0.01)
-            ended.set()
-
-        await bounded(whole())
+        gateway = await bounded(called)
+        await bounded(gateway.client_ended.wait())
         self.assertEqual(
-            bytes(gateways[0].received),
+            bytes(gateway.received),
             b"\x00\x00\x00\x00\x01a" + b"\x00" + len(big).to_bytes(4, "big") + big + b"\x00\x00\x00\x00\x00",
         )
 
