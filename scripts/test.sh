@@ -55,6 +55,14 @@ if ! python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
         python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools >&2
 fi
 
+# The Python SDK's suite (tests/tests/e2e/python_sdk.rs) also needs h2
+# (python-hyper, from PyPI): the SDK's bulk streams run on it.
+if ! python3 -c 'import h2' >/dev/null 2>&1; then
+    echo "h2 is missing; installing it from PyPI" >&2
+    python3 -m pip install --quiet 'h2>=4.1,<5' >/dev/null 2>&1 ||
+        python3 -m pip install --quiet --break-system-packages 'h2>=4.1,<5' >&2
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

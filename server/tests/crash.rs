@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use asyncgate_client::worker::{TaskContext, Worker, handler_fn};
 use asyncgate_client::{Client, Submit, payload, pb};
+use futures::StreamExt;
 use tokio::process::{Child, Command};
 
 mod common;
@@ -260,6 +261,174 @@ async fn kill_nine_mid_load_loses_and_changes_nothing() {
     for worker in workers {
         worker.abort();
     }
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+}
+
+/// The output chunks of a `WatchTickets` stream, by ticket: (seq, bytes).
+type Outputs = HashMap<String, Vec<(u64, Vec<u8>)>>;
+
+/// Opens `WatchTickets` following `ids`, each after its seq in `after`
+/// (from its first output without one).
+async fn follow(
+    client: &Client,
+    ids: &[String],
+    after: &HashMap<String, u64>,
+) -> tonic::Streaming<pb::TicketEvent> {
+    let add = ids
+        .iter()
+        .map(|id| pb::WatchSubscription {
+            id: id.clone(),
+            after_seq: Some(after.get(id).copied().unwrap_or(0)),
+        })
+        .collect();
+    let first = pb::WatchTicketsRequest {
+        add,
+        ..Default::default()
+    };
+    // The request side stays open (a pending stream) until the test ends.
+    let requests = futures::stream::iter([first]).chain(futures::stream::pending());
+    client
+        .raw()
+        .watch_tickets(requests)
+        .await
+        .expect("WatchTickets opens")
+        .into_inner()
+}
+
+/// Reads `events` into `outputs` and `last` (each ticket's highest seq)
+/// until `done` says stop; false if the stream broke first.
+async fn read_events(
+    events: &mut tonic::Streaming<pb::TicketEvent>,
+    outputs: &mut Outputs,
+    last: &mut HashMap<String, u64>,
+    ended: &mut std::collections::HashSet<String>,
+    done: impl Fn(&Outputs, &std::collections::HashSet<String>) -> bool,
+) -> bool {
+    while !done(outputs, ended) {
+        let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .map(|e| e.map(|r| r.map_err(|_| ())))
+        else {
+            return false;
+        };
+        if event.ticket_id.is_empty() || event.kind == pb::TicketEventKind::Keepalive as i32 {
+            continue;
+        }
+        assert!(event.error.is_none(), "{event:?}");
+        let seen = last.entry(event.ticket_id.clone()).or_default();
+        if event.kind == pb::TicketEventKind::Output as i32 {
+            let chunks = outputs.entry(event.ticket_id.clone()).or_default();
+            assert!(
+                chunks.last().is_none_or(|(seq, _)| event.seq > *seq),
+                "ticket {}: output {} again or out of order after {chunks:?}",
+                event.ticket_id,
+                event.seq
+            );
+            let bytes = match event.output.and_then(|p| p.kind) {
+                Some(pb::payload::Kind::Binary(bytes)) => bytes.to_vec(),
+                other => panic!("binary output expected: {other:?}"),
+            };
+            chunks.push((event.seq, bytes));
+        }
+        *seen = (*seen).max(event.seq);
+        if event
+            .ticket
+            .as_ref()
+            .is_some_and(|t| asyncgate_client::payload::is_terminal(t.state()))
+        {
+            ended.insert(event.ticket_id.clone());
+        }
+    }
+    true
+}
+
+/// `WatchTickets` across a `kill -9`: a watcher that saw output chunks of
+/// running tickets resumes on the restarted gateway with each ticket's
+/// last seq, and then sees every later chunk once, in order: together, what
+/// it saw is exactly the tickets' stored output (the attempts cut off by
+/// the crash included; their tickets ran again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_tickets_resumes_across_a_kill_nine_without_a_gap() {
+    const TICKETS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("asyncgate.redb");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = start(&store, port);
+    let client = Client::connect_lazy(url.clone()).unwrap();
+    wait_until_serving(&client).await;
+    // Two chunks, then the rest once the test says so (after the restart).
+    let (release, released) = tokio::sync::watch::channel(false);
+    let worker = Worker::builder(url.clone())
+        .name("resume-worker")
+        .queue("resume")
+        .max_in_flight(TICKETS as u32)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .handler(handler_fn(move |task: TaskContext| {
+            let mut released = released.clone();
+            async move {
+                for n in 0..4u8 {
+                    if n == 2 {
+                        let _ = released.wait_for(|go| *go).await;
+                    }
+                    let chunk = format!("{} chunk {n}", task.attempt());
+                    task.output(payload::binary(chunk.into_bytes(), "")).await;
+                }
+                Ok(payload::binary(b"done".to_vec(), ""))
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let mut ids = Vec::new();
+    for _ in 0..TICKETS {
+        ids.push(
+            client
+                .submit(Submit::new("resume").build())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let (mut outputs, mut last, mut ended) = (Outputs::new(), HashMap::new(), Default::default());
+    let mut events = follow(&client, &ids, &HashMap::new()).await;
+    let two_each = |outputs: &Outputs, _: &std::collections::HashSet<String>| {
+        outputs.len() == TICKETS && outputs.values().all(|o| o.len() >= 2)
+    };
+    assert!(read_events(&mut events, &mut outputs, &mut last, &mut ended, two_each).await);
+    server.start_kill().expect("kill -9");
+    server.wait().await.unwrap();
+    server = start(&store, port);
+    wait_until_serving(&client).await;
+    // Resume from each ticket's last seq, on the restarted gateway.
+    let mut events = follow(&client, &ids, &last).await;
+    release.send_replace(true);
+    let all_ended = |_: &Outputs, ended: &std::collections::HashSet<String>| ended.len() == TICKETS;
+    assert!(
+        read_events(&mut events, &mut outputs, &mut last, &mut ended, all_ended).await,
+        "the resumed stream broke"
+    );
+    // What was seen is what is stored: every ticket's whole output, from
+    // its start, read again.
+    for id in &ids {
+        let mut replay = client.watch(id, Some(0)).await.unwrap();
+        let mut stored = Vec::new();
+        while let Some(event) = replay.next().await {
+            let event = event.unwrap();
+            if event.kind == pb::TicketEventKind::Output as i32
+                && let Some(pb::payload::Kind::Binary(bytes)) = event.output.and_then(|p| p.kind)
+            {
+                stored.push((event.seq, bytes.to_vec()));
+            }
+        }
+        assert_eq!(
+            outputs[id], stored,
+            "ticket {id}: the watcher missed or repeated output"
+        );
+        assert!(stored.len() >= 4, "ticket {id}: {stored:?}");
+    }
+    worker.abort();
     server.start_kill().unwrap();
     let _ = server.wait().await;
 }

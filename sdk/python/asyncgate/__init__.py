@@ -18,10 +18,13 @@ await worker.run()
 
 # Layout
 - `_client.py`: `Client` (Gateway calls), `Submit`, `Page`, and the resumable `EventStream`.
+- `_results.py`: `Results`, many tickets' events on one `WatchTickets` stream (`Client.results`).
+- `_admin.py`: `Admin`, the operator's calls (`Client.admin`).
 - `_cursor.py`: the pure seq bookkeeping that makes a resumed watch gapless and duplicate-free.
 - `_worker.py`: `Worker` (the Connect protocol, heartbeats, drain, reconnects), `TaskContext`, `TaskError`/`Permanent`.
 - `_types.py`: `Ticket`, `Event`, `TicketState`, `EventKind` and the payload conversions.
 - `_errors.py`: `AsyncgateError` and one subclass per gRPC code; the one gRPC-error mapping.
+- `_h2.py`: the bulk streams' transport: one gRPC call on its own HTTP/2 connection (python-hyper's `h2`).
 - `_channel.py`: URLs, `TLS` and the API key (`authorization: Bearer KEY`).
 - `_backoff.py`: equal-jitter exponential backoff (reconnects and resumes).
 - `_aio.py`: `within`, a cheap timeout around one await.
@@ -40,6 +43,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - a checkout without ge
         "(needs grpcio-tools), or install the package with pip"
     ) from error
 
+from ._admin import Admin
 from ._channel import TLS
 from ._client import Client, EventStream, Page, ResumeOptions, Submit
 from ._errors import (
@@ -62,7 +66,8 @@ from ._errors import (
     Unimplemented,
     Unknown,
 )
-from ._proto.v1 import gateway_pb2, ticket_pb2, workers_pb2
+from ._proto.v1 import admin_pb2, gateway_pb2, ticket_pb2, workers_pb2
+from ._results import Results
 from ._types import (
     Event,
     EventKind,
@@ -86,6 +91,8 @@ __all__ = [
     "Page",
     "ResumeOptions",
     "EventStream",
+    "Results",
+    "Admin",
     "Worker",
     "TaskContext",
     "TaskError",
@@ -122,6 +129,7 @@ __all__ = [
     "DataLoss",
     "Unauthenticated",
     "ProtocolError",
+    "admin_pb2",
     "gateway_pb2",
     "ticket_pb2",
     "workers_pb2",

@@ -1,18 +1,22 @@
 """`Client`: the `asyncgate.v1.Gateway` calls, asyncio-first on `grpc.aio`.
 
 One `grpc.aio` channel per client, shared by every call (HTTP/2 multiplexes
-them). Each method is one RPC except `submit_many` (concurrent unary Submits
-bounded by a semaphore; it will move onto a streaming RPC without changing
-its signature) and the event streams (`watch`, `execute`), which reopen
-themselves after a broken connection from the last seq they delivered, like
-the Rust SDK's `EventStream`. Every gRPC failure leaves this module as an
-`AsyncgateError` subclass.
+them). Each method is one RPC except `submit_many` (one `SubmitStream`,
+requests encoded up front so that the stream's loop only writes bytes; on
+the SDK's own HTTP/2 connection, `_h2.py`, unless `direct_streams=False`), the
+event streams (`watch`, `execute`), which reopen themselves after a broken
+connection from the last seq they delivered, like the Rust SDK's
+`EventStream`, and `results` (`_results.py`: many tickets on one
+`WatchTickets` stream, resumed the same way per ticket). `admin` is the
+operator's service (`_admin.py`). Every gRPC failure leaves this module as
+an `AsyncgateError` subclass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import weakref
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -20,18 +24,38 @@ from typing import Any, Union
 import grpc
 from google.protobuf import duration_pb2
 
+from ._admin import Admin
 from ._aio import within
 from ._backoff import Backoff
 from ._channel import TLS, endpoint
 from ._cursor import Cursor, Verdict
 from ._errors import AsyncgateError, ProtocolError, Unavailable, from_code, from_rpc_error, is_transient
+from ._h2 import open_stream
 from ._proto.v1 import gateway_pb2, gateway_pb2_grpc
+from ._results import Results
 from ._types import Event, PayloadLike, Ticket, TicketState, to_payload
 
 __all__ = ["Client", "Submit", "Page", "ResumeOptions", "EventStream"]
 
 #: Seconds, or a timedelta.
 Seconds = Union[float, int, _dt.timedelta]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+_SUBMIT_STREAM = "/asyncgate.v1.Gateway/SubmitStream"
+_WATCH_TICKETS = "/asyncgate.v1.Gateway/WatchTickets"
 
 
 def _seconds(value: Seconds) -> float:
@@ -61,6 +85,27 @@ class Submit:
     attempt_timeout: Seconds | None = None
     #: 0: the gateway's default.
     max_attempts: int = 0
+
+    def encode(self) -> bytes:
+        """The serialised `SubmitRequest` (what `submit_many` writes).
+
+        The common producer's request (a queue and a binary body, nothing
+        else) is framed by hand, one join instead of building two messages
+        and serialising them; the result is the same bytes protobuf writes.
+        """
+        payload = self.payload
+        if (
+            type(payload) is bytes
+            and not (self.priority or self.idempotency_key or self.metadata or self.max_attempts)
+            and self.timeout is None
+            and self.attempt_timeout is None
+        ):
+            queue = self.queue.encode()
+            inner = b"\x12" + _varint(len(payload))  # Payload.binary (2)
+            return b"".join(
+                (b"\x0a", _varint(len(queue)), queue, b"\x12", _varint(len(inner) + len(payload)), inner, payload)
+            )
+        return self.to_proto().SerializeToString()
 
     def to_proto(self) -> gateway_pb2.SubmitRequest:
         """The `SubmitRequest` message."""
@@ -112,6 +157,11 @@ class Client:
     system roots. `call_timeout`
     bounds each unary call (seconds). Use it as an async context manager, or
     call `close()`.
+
+    `direct_streams` (the default): the bulk streams, `submit_many` and
+    `results`, each run on an HTTP/2 connection of their own driven by
+    python-hyper's `h2` (`_h2.py`), which costs a small fraction of grpcio's
+    CPU per message; False keeps every call on grpcio.
     """
 
     def __init__(
@@ -122,13 +172,32 @@ class Client:
         *,
         call_timeout: float = 30.0,
         resume: ResumeOptions = ResumeOptions(),
+        direct_streams: bool = True,
     ) -> None:
         self._endpoint = endpoint(url, api_key, tls)
+        #: `submit_many` and `results` on the SDK's own HTTP/2 connections (`_h2.py`), not grpcio.
+        self._direct = direct_streams
         self._channel = self._endpoint.channel()
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = self._endpoint.metadata
         self._call_timeout = call_timeout
         self._resume = resume
+        # SubmitStream with requests we encode ourselves (`Submit.encode`).
+        self._submit_stream_bytes = self._channel.stream_stream(
+            "/asyncgate.v1.Gateway/SubmitStream",
+            request_serializer=_identity,
+            response_deserializer=gateway_pb2.SubmitResult.FromString,
+        )
+        self._admin: Admin | None = None
+        #: Open `results()` streams (each on its own connection), ended by `close`.
+        self._results: weakref.WeakSet[Results] = weakref.WeakSet()
+
+    @property
+    def admin(self) -> Admin:
+        """The operator's calls (`Admin` service) on this client's channel and key."""
+        if self._admin is None:
+            self._admin = Admin(self)
+        return self._admin
 
     async def __aenter__(self) -> Client:
         return self
@@ -137,7 +206,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        """Closes the channel; calls in progress are cancelled."""
+        """Closes the channel and the open `results()` streams; calls in progress are cancelled."""
+        for results in list(self._results):
+            await results.aclose()
         await self._channel.close()
 
     async def submit(
@@ -184,42 +255,95 @@ class Client:
         """
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
-        protos = [request.to_proto() for request in requests]
-        results: list[Any] = [None] * len(protos)
-        if protos:
-            await self._submit_stream(protos, results, in_flight)
+        encoded = [request.encode() for request in requests]
+        results: list[Any] = [None] * len(encoded)
+        if encoded:
+            if self._direct:
+                await self._submit_direct(encoded, results, in_flight)
+            else:
+                await self._submit_stream(encoded, results, in_flight)
         if not return_exceptions:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
         return results
 
-    async def _submit_stream(
-        self, protos: list[gateway_pb2.SubmitRequest], results: list[Any], in_flight: int
-    ) -> None:
-        """Fills `results` with the answers of one SubmitStream carrying `protos`."""
-        call = self._stub.SubmitStream(metadata=self._metadata)
-        window = asyncio.Semaphore(in_flight)
+    async def _submit_direct(self, encoded: list[bytes], results: list[Any], in_flight: int) -> None:
+        """`_submit_stream` on the SDK's own connection: one coroutine, no task.
+
+        Each pass writes what the window allows (flushed as one socket write
+        at the end of the pass) and handles every answer that arrived.
+        """
+        total = len(encoded)
+        sent = answered = 0
+        broken: AsyncgateError | None = None
+        decode = gateway_pb2.SubmitResult.FromString
+        try:
+            call = await open_stream(self._endpoint, _SUBMIT_STREAM, timeout=self._call_timeout)
+        except AsyncgateError as error:
+            broken = error
+        else:
+            try:
+                while answered < total:
+                    limit = min(total, answered + in_flight)
+                    while sent < limit:
+                        call.write(encoded[sent])
+                        sent += 1
+                    if sent == total:
+                        call.done_writing()
+                    await call.drain()
+                    first = await call.read()
+                    if first is None:
+                        break
+                    for raw in (first, *call.read_ready()):
+                        answer = decode(raw)
+                        if answer.HasField("error"):
+                            results[answer.index] = from_code(answer.error.code, answer.error.message)
+                        else:
+                            results[answer.index] = Ticket(answer.ticket)
+                        answered += 1
+            except AsyncgateError as error:
+                broken = error
+            finally:
+                if not call.done():
+                    call.cancel()
+        if answered < total:
+            error = broken or Unavailable("the submit stream ended before every request was answered")
+            for index, result in enumerate(results):
+                if result is None:
+                    results[index] = error
+
+    async def _submit_stream(self, encoded: list[bytes], results: list[Any], in_flight: int) -> None:
+        """Fills `results` with the answers of one SubmitStream carrying `encoded` requests."""
+        call = self._submit_stream_bytes(metadata=self._metadata)
+        total = len(encoded)
+        # The window: the sender may run `in_flight` ahead of the answers.
+        answered = 0
+        room: asyncio.Future[None] | None = None
 
         async def send() -> None:
-            for proto in protos:
-                await window.acquire()
-                await call.write(proto)
+            nonlocal room
+            loop = asyncio.get_running_loop()
+            for sent, request in enumerate(encoded):
+                while sent - answered >= in_flight:
+                    room = loop.create_future()
+                    await room
+                await call.write(request)
             await call.done_writing()
 
         sender = asyncio.create_task(send())
-        answered = 0
         try:
-            while answered < len(protos):
+            while answered < total:
                 answer = await call.read()
                 if answer is grpc.aio.EOF:
                     break
-                window.release()
+                answered += 1
+                if room is not None and not room.done():
+                    room.set_result(None)
                 if answer.HasField("error"):
                     results[answer.index] = from_code(answer.error.code, answer.error.message)
                 else:
                     results[answer.index] = Ticket(answer.ticket)
-                answered += 1
             broken: AsyncgateError = Unavailable("the submit stream ended before every request was answered")
         except grpc.aio.AioRpcError as error:
             broken = from_rpc_error(error)
@@ -264,6 +388,21 @@ class Client:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
         return Ticket(ticket)
+
+    def results(self, ids: Iterable[str] = (), *, terminal_only: bool = True) -> Results:
+        """Follows many tickets on one stream (`Gateway.WatchTickets`); see `Results`.
+
+        `ids` are followed at once; `Results.add`/`remove` change the set
+        while the stream runs. With `terminal_only` (the default, for
+        producers that want results) each ticket yields only its end; with
+        False, every event (a snapshot, progress, output, the end). The
+        stream resumes after a broken connection from each ticket's last
+        delivered seq: no event is missed or repeated.
+        """
+        results = Results(self, terminal_only)
+        self._results.add(results)
+        results.add_many(ids)
+        return results
 
     def watch(self, id: str, after_seq: int | None = None) -> EventStream:
         """The ticket's events: a snapshot, then one per change, ending after the terminal one.

@@ -23,6 +23,7 @@ from typing import Any, Union
 
 from google.protobuf import json_format, struct_pb2
 
+from ._errors import from_code
 from ._proto.v1 import ticket_pb2 as pb
 
 __all__ = [
@@ -267,6 +268,20 @@ class Event:
         """Whether the ticket in this event is terminal."""
         return self.proto.HasField("ticket") and _state(self.proto.ticket.state).terminal
 
+    @property
+    def ticket_id(self) -> str:
+        """The ticket this event is about (set on `Client.results` streams, also on an error)."""
+        return self.proto.ticket_id or (self.proto.ticket.id if self.proto.HasField("ticket") else "")
+
+    @property
+    def error(self) -> Any:
+        """On a `Client.results` stream: why the ticket cannot be followed (an `AsyncgateError`,
+        e.g. `NotFound`); no further event comes for it. None otherwise."""
+        if not self.proto.HasField("error"):
+            return None
+        return from_code(self.proto.error.code, self.proto.error.message)
+
     def __repr__(self) -> str:
         state = _state(self.proto.ticket.state).name if self.proto.HasField("ticket") else "-"
-        return f"Event(seq={self.seq}, kind={self.kind.name}, state={state})"
+        error = f", error={self.error}" if self.proto.HasField("error") else ""
+        return f"Event(ticket_id={self.ticket_id!r}, seq={self.seq}, kind={self.kind.name}, state={state}{error})"

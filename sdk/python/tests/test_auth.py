@@ -7,6 +7,8 @@ in `ASYNCGATE_TEST_WORKER_KEY`); skipped without it.
 
 from __future__ import annotations
 
+import uuid
+
 import asyncgate
 from support import CLIENT_KEY, KEYED_URL, WORKER_KEY, GatewayTestCase, bounded, unique_queue
 
@@ -29,6 +31,20 @@ class ApiKeyTest(GatewayTestCase):
         async with asyncgate.Client(self.url, api_key=WORKER_KEY) as worker_key:
             with self.assertRaises(asyncgate.PermissionDenied):
                 await worker_key.submit(unique_queue("keyed"), "x")
+
+    async def test_the_bulk_streams_are_refused_without_a_key_and_served_with_it(self) -> None:
+        queue = unique_queue("keyed")
+        refused = await bounded(self.client.submit_many([asyncgate.Submit(queue, b"x")] * 3, return_exceptions=True))
+        self.assertTrue(all(isinstance(r, asyncgate.Unauthenticated) for r in refused), refused)
+        with self.assertRaises(asyncgate.Unauthenticated):
+            async for _ in self.client.results([str(uuid.uuid4())]):
+                pass
+        tickets = await bounded(self.keyed.submit_many([asyncgate.Submit(queue, b"x")] * 3))
+        self.assertEqual(len({t.id for t in tickets}), 3)
+        async with self.keyed.results((t.id for t in tickets), terminal_only=False) as results:
+            first = await bounded(results.next())
+        assert first is not None
+        self.assertEqual((first.kind, first.ticket.state if first.ticket else None), (asyncgate.EventKind.SNAPSHOT, asyncgate.TicketState.PENDING))
 
     async def test_a_worker_with_a_client_key_is_refused_and_stops(self) -> None:
         worker = self.worker(api_key=CLIENT_KEY)

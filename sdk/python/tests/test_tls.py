@@ -41,9 +41,26 @@ class TlsTest(GatewayTestCase):
             ticket = await bounded(client.execute(queue, {"over": "tls"}))
         self.assertEqual((ticket.state, ticket.result), (asyncgate.TicketState.SUCCEEDED, {"over": "tls"}))
 
+    async def test_the_bulk_streams_over_tls(self) -> None:
+        queue = unique_queue("tls-bulk")
+        worker = self.worker(tls=self.tls)
+
+        @worker.handler(queue, inline=True)
+        def echo(task: asyncgate.TaskContext) -> object:
+            return task.payload
+
+        await self.start(worker)
+        async with asyncgate.Client(self.url, tls=self.tls) as client:
+            tickets = await bounded(client.submit_many([asyncgate.Submit(queue, b"%d" % i) for i in range(10)]))
+            async with client.results(t.id for t in tickets) as results:
+                ends = {event.ticket_id: event.ticket.result async for event in results if event.ticket}
+        self.assertEqual([ends[t.id] for t in tickets], [b"%d" % i for i in range(10)])
+
     async def test_without_a_client_certificate_or_the_ca_the_call_fails(self) -> None:
         ca_only = (TLS_DIR / "ca.pem").read_bytes()
         for tls in (ca_only, True):
             async with asyncgate.Client(self.url, tls=tls, call_timeout=10) as client:
                 with self.subTest(tls=type(tls).__name__), self.assertRaises(asyncgate.Unavailable):
                     await client.list()
+                with self.subTest(tls=type(tls).__name__, call="submit_many"), self.assertRaises(asyncgate.Unavailable):
+                    await bounded(client.submit_many([asyncgate.Submit(unique_queue("tls"), b"x")]))

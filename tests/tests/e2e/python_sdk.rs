@@ -4,8 +4,9 @@
 //! URLs in the environment: a plain gateway (`ASYNCGATE_TEST_URL`), one
 //! with API keys (`ASYNCGATE_TEST_KEYED_URL` and the keys) and one serving
 //! mutual TLS with a private CA (`ASYNCGATE_TEST_TLS_URL`, the PEM files in
-//! `ASYNCGATE_TEST_TLS_DIR`). The suite's own output is shown when it fails. `scripts/test.sh` installs grpcio and
-//! grpcio-tools from PyPI when they are missing.
+//! `ASYNCGATE_TEST_TLS_DIR`). The suite's own output is shown when it
+//! fails. `scripts/test.sh` installs grpcio, grpcio-tools and h2 from PyPI
+//! when they are missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

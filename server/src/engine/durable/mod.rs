@@ -1,56 +1,47 @@
-//! The durable embedded store: the local engine with a redb journal.
+//! The durable embedded store: the local engine over redb, with a
+//! write-ahead log in front of it.
 //!
-//! One writer thread owns the database. Appends arrive on a channel in
-//! journal order; the writer takes everything queued (group commit), applies
-//! it in one write transaction, commits with `Durability::Immediate` (fsync),
-//! hands the batch's events to the watchers, then raises the durable
-//! watermark. Under load one fsync covers many submits and results; a lone
-//! request commits at once. At startup the whole store is read back to
-//! rebuild the in-memory queues and timers (see [`open`]).
+//! One writer thread owns the database and the log ([`writer`]). Appends
+//! arrive on a channel in journal order; the writer takes everything queued
+//! (group commit), writes it to the log as one frame and syncs it
+//! ([`wal`]), applies it to redb without a sync, hands the group's events to
+//! the watchers, then raises the durable watermark ([`watermark`]). Under
+//! load one sync covers many submits and results; a lone request is synced
+//! at once. Checkpoints make redb durable and restart the log. At startup
+//! the log's last generation is applied to redb, then the whole store is
+//! read back to rebuild the in-memory queues and timers (see [`open`]).
 //!
-//! A failed commit (disk full, I/O error) is retried until it succeeds (the
-//! database reopened when redb asks for it), with everything appended since
-//! joining the batch, so memory and disk agree again once the disk does.
-//! Meanwhile the affected calls and every later one get `UNAVAILABLE` with
-//! the cause (nothing they did is acknowledged), and submits are refused
-//! before they touch memory; the first commit that succeeds ends that.
+//! Why a log and not redb's own durable commits: a redb commit writes about
+//! thirteen scattered places and syncs twice, and every ticket waits for
+//! two of them (BENCHMARKS.md section 9); the log writes one contiguous run
+//! and syncs once, and redb's writes move to checkpoints that many groups
+//! share. The log's crash consistency is tested at every write and sync
+//! boundary of both files (`crash_tests.rs`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use async_trait::async_trait;
-use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::Database;
 use tokio::sync::oneshot;
 
 use super::journal::{Journal, Mutation, Recovered};
-use super::record;
-use super::{
-    EngineConfig, EngineError, EngineListener, LocalEngine, StoreError, StoreErrorKind,
-    TicketChange,
-};
-use crate::domain::ticket::Payload;
-use crate::domain::{Chunk, QueueName, TicketId};
+use super::{EngineConfig, EngineError, EngineListener, LocalEngine, StoreError, TicketChange};
+use crate::domain::{Chunk, TicketId};
+use entry::{Entry, Frame};
+use read::{ReadError, Unapplied, create_tables, generation, read_all, read_chunks};
+use wal::{FileLog, LogFile, Wal};
+use watermark::{Append, Outcome, Publish, Publisher, Watermark};
+use writer::{Checkpoints, Failure, Store, store_error, write_loop};
 
-/// Ticket records (without request payloads), by ticket id.
-const TICKETS: TableDefinition<u128, &[u8]> = TableDefinition::new("tickets");
-/// Request payloads, by ticket id: written once, at submit; deleted with the
-/// ticket (read back at startup for tickets that may still run).
-const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
-/// Partial-output chunks, by (ticket id, event seq).
-const CHUNKS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("chunks");
-/// Deleted tickets: deletion time in ns since the epoch.
-const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("tombstones");
-/// Paused queues: name → `record::StoredPause`.
-const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
-/// Queues with limits: name → `record::StoredLimits`.
-const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
-
-/// Most appends committed in one transaction.
-const MAX_BATCH: usize = 4096;
+mod entry;
+mod read;
+mod wal;
+mod watermark;
+mod writer;
 
 /// redb's page cache. The engine keeps every ticket in memory and reads the
 /// file only at startup, so the cache need only hold the B-tree paths that
@@ -77,6 +68,14 @@ pub enum OpenError {
         /// redb's error.
         source: Box<redb::Error>,
     },
+    /// The log beside the store could not be opened or read.
+    #[error("cannot open the store's log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A record could not be decoded.
     #[error("the store {path} holds an unreadable record: {reason}")]
     Corrupt {
@@ -92,7 +91,8 @@ pub enum OpenError {
 /// leased when the previous process stopped lose that lease (the attempt
 /// counts) and go back to their queue.
 pub(crate) fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, OpenError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
             path: dir.to_path_buf(),
             source,
@@ -106,6 +106,26 @@ pub(crate) fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, Ope
         .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(|e| database_error(e.into()))?;
+    // Opened after the database, whose lock keeps a second gateway off both.
+    let log_path = log_path(path);
+    let log_error = |source| OpenError::Log {
+        path: log_path.clone(),
+        source,
+    };
+    let existed = log_path.exists();
+    let log = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&log_path)
+        .map_err(log_error)?;
+    if !existed {
+        // The new file's name must survive a crash as its frames do.
+        std::fs::File::open(dir.unwrap_or(Path::new(".")))
+            .and_then(|d| d.sync_all())
+            .map_err(log_error)?;
+    }
     let reopen_path = path.to_path_buf();
     let reopen: Reopen = Box::new(move || {
         Database::builder()
@@ -113,204 +133,110 @@ pub(crate) fn open(path: &Path, config: EngineConfig) -> Result<LocalEngine, Ope
             .create(&reopen_path)
             .map_err(redb::Error::from)
     });
-    open_database(database, path, config, reopen)
+    open_database(
+        database,
+        Box::new(FileLog(log)),
+        path,
+        config,
+        reopen,
+        Checkpoints::default(),
+    )
+}
+
+/// The log beside the store file: `store.redb` → `store.redb-wal`.
+pub(crate) fn log_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }
 
 /// Opens the database again after redb refused further use of it (a
 /// failed write leaves it unusable until closed and reopened).
 type Reopen = Box<dyn FnMut() -> Result<Database, redb::Error> + Send>;
 
-/// Builds the engine over an open database (`path` names it in messages).
+/// Builds the engine over an open database and its log (`path` names the
+/// store in messages).
 fn open_database(
     database: Database,
+    log: Box<dyn LogFile>,
     path: &Path,
     config: EngineConfig,
     reopen: Reopen,
+    checkpoints: Checkpoints,
 ) -> Result<LocalEngine, OpenError> {
-    let database_error = |e: redb::Error| OpenError::Database {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    };
-    create_tables(&database).map_err(database_error)?;
-    let recovered = read_all(&database).map_err(|e| match e {
-        ReadError::Database(e) => database_error(e),
-        ReadError::Record(reason) => OpenError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        },
-    })?;
-    let journal = Arc::new(RedbJournal::start(database, path.to_path_buf(), reopen));
-    let engine = LocalEngine::with_journal(config, journal);
+    let (journal, recovered, replayed) = open_journal(database, log, path, reopen, checkpoints)?;
+    let engine = LocalEngine::with_journal(config, Arc::new(journal));
     let counts = (recovered.tickets.len(), recovered.chunks.len());
     engine.restore(recovered);
     tracing::info!(
         path = %path.display(),
         tickets = counts.0,
         chunks = counts.1,
+        replayed,
         "durable store opened"
     );
     Ok(engine)
 }
 
-fn create_tables(database: &Database) -> Result<(), redb::Error> {
-    let txn = database.begin_write()?;
-    txn.open_table(TICKETS)?;
-    txn.open_table(PAYLOADS)?;
-    txn.open_table(CHUNKS)?;
-    txn.open_table(TOMBSTONES)?;
-    txn.open_table(PAUSES)?;
-    txn.open_table(LIMITS)?;
-    txn.commit()?;
-    Ok(())
-}
-
-enum ReadError {
-    Database(redb::Error),
-    Record(String),
-}
-
-impl<E: Into<redb::Error>> From<E> for ReadError {
-    fn from(e: E) -> Self {
-        Self::Database(e.into())
-    }
-}
-
-fn read_all(database: &Database) -> Result<Recovered, ReadError> {
-    let txn = database.begin_read()?;
-    let tickets = txn.open_table(TICKETS)?;
-    let payloads = txn.open_table(PAYLOADS)?;
-    let chunks = txn.open_table(CHUNKS)?;
-    let tombstones = txn.open_table(TOMBSTONES)?;
-    let pauses = txn.open_table(PAUSES)?;
-    let limits = txn.open_table(LIMITS)?;
-    let mut recovered = Recovered::default();
-    for entry in tickets.iter()? {
-        let (key, value) = entry?;
-        let id = TicketId(uuid::Uuid::from_u128(key.value()));
-        let mut ticket = record::decode(id, value.value(), Payload::default())
-            .map_err(|e| ReadError::Record(format!("ticket {id}: {e}")))?;
-        // A succeeded ticket's request body is not kept in memory; one
-        // that may run again (unfinished, or failed, cancelled or expired:
-        // an operator may retry it) needs it.
-        if ticket.holds_request()
-            && let Some(bytes) = payloads.get(key.value())?
-        {
-            let payload = Payload::decode(bytes.value())
-                .map_err(|e| ReadError::Record(format!("payload of ticket {id}: {e}")))?;
-            ticket.payload = Arc::new(payload);
+/// Applies the log's last generation to redb durably, under a new
+/// generation, reads everything back, and starts the writer. Also returns
+/// how many logged entries were replayed.
+fn open_journal(
+    database: Database,
+    mut log: Box<dyn LogFile>,
+    path: &Path,
+    reopen: Reopen,
+    checkpoints: Checkpoints,
+) -> Result<(RedbJournal, Recovered, usize), OpenError> {
+    let database_error = |e: redb::Error| OpenError::Database {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    };
+    let log_error = |source| OpenError::Log {
+        path: log_path(path),
+        source,
+    };
+    create_tables(&database).map_err(database_error)?;
+    let generation = generation(&database).map_err(database_error)?;
+    let frames = wal::scan(&log.read_all().map_err(log_error)?, generation).map_err(|e| {
+        OpenError::Corrupt {
+            path: log_path(path),
+            reason: e.to_string(),
         }
-        recovered.tickets.push(ticket);
-    }
-    for entry in chunks.iter()? {
-        let (key, value) = entry?;
-        let (ticket, seq) = key.value();
-        let id = TicketId(uuid::Uuid::from_u128(ticket));
-        let output = Payload::decode(value.value())
-            .map_err(|e| ReadError::Record(format!("output chunk {seq} of ticket {id}: {e}")))?;
-        recovered.chunks.push((id, Chunk { seq, output }));
-    }
-    for entry in tombstones.iter()? {
-        let (key, value) = entry?;
-        recovered.tombstones.push((
-            TicketId(uuid::Uuid::from_u128(key.value())),
-            record::time(value.value()),
-        ));
-    }
-    for entry in pauses.iter()? {
-        let (key, value) = entry?;
-        let name = key.value();
-        let queue = QueueName::parse_scoped(name)
-            .map_err(|e| ReadError::Record(format!("paused queue {name:?}: {e}")))?;
-        let pause = record::decode_pause(value.value())
-            .map_err(|e| ReadError::Record(format!("pause of queue {name:?}: {e}")))?;
-        recovered.paused.push((queue, pause));
-    }
-    for entry in limits.iter()? {
-        let (key, value) = entry?;
-        let name = key.value();
-        let queue = QueueName::parse_scoped(name)
-            .map_err(|e| ReadError::Record(format!("limited queue {name:?}: {e}")))?;
-        let queue_limits = record::decode_limits(value.value())
-            .map_err(|e| ReadError::Record(format!("limits of queue {name:?}: {e}")))?;
-        recovered.limits.push((queue, queue_limits));
-    }
-    Ok(recovered)
-}
-
-/// One append, as the writer receives it.
-struct Append {
-    seq: u64,
-    mutations: Vec<Mutation>,
-    events: Vec<TicketChange>,
-}
-
-/// How far the journal is on disk, and who waits for more. Each waiter is
-/// woken once, when its own append is durable (a shared watch channel would
-/// wake every waiter on every commit).
-#[derive(Default)]
-struct Watermark {
-    /// Every append up to this one is durable.
-    durable: AtomicU64,
-    waiting: Mutex<Waiting>,
-}
-
-/// Told `Ok` once its append is durable, or why it never will be.
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
-
-#[derive(Default)]
-struct Waiting {
-    /// Set while commits fail (until one succeeds), or for good once the
-    /// writer stopped: appends after `durable` are not acknowledged.
-    failed: Option<StoreError>,
-    /// Waiters by the append they wait for.
-    by_append: BTreeMap<u64, Vec<Waiter>>,
-}
-
-impl Watermark {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Appends up to `last` are durable: wake their waiters.
-    fn advance(&self, last: u64) {
-        self.durable.store(last, Ordering::Release);
-        let done = {
-            let mut waiting = self.waiting();
-            let later = waiting.by_append.split_off(&(last + 1));
-            std::mem::replace(&mut waiting.by_append, later)
-        };
-        for sender in done.into_values().flatten() {
-            let _ = sender.send(Ok(()));
-        }
-    }
-
-    /// Writes fail for now: fail the waiters, and every later one until
-    /// [`Self::recover`].
-    fn failing(&self, why: StoreError) {
-        self.fail(why);
-    }
-
-    /// Writes succeed again: new waiters wait as usual.
-    fn recover(&self) {
-        self.waiting().failed = None;
-    }
-
-    /// Whether writes fail right now, and why.
-    fn failure(&self) -> Option<StoreError> {
-        self.waiting().failed.clone()
-    }
-
-    /// Nothing more will become durable: fail every waiter, now and later.
-    fn fail(&self, why: StoreError) {
-        let waiters = {
-            let mut waiting = self.waiting();
-            waiting.failed.get_or_insert(why.clone());
-            std::mem::take(&mut waiting.by_append)
-        };
-        for sender in waiters.into_values().flatten() {
-            let _ = sender.send(Err(why.clone()));
-        }
-    }
+    })?;
+    let replayed: Vec<Entry> = frames.into_iter().flat_map(|f: Frame| f.entries).collect();
+    let database = Arc::new(database);
+    let mut store = Store {
+        reader: Arc::new(std::sync::RwLock::new(Some(database.clone()))),
+        database,
+        reopen,
+        wal: Wal::new(log, generation),
+        generation,
+        logged: Vec::new(),
+        unapplied: Arc::default(),
+        last_checkpoint: Instant::now(),
+        checkpoints,
+    };
+    // Every open starts a generation: frames an earlier process left
+    // beyond what was read here can never pass for this one's.
+    store
+        .checkpoint(&replayed)
+        .map_err(|failure| match failure {
+            Failure::Store(e) => database_error(e),
+            Failure::Log(source) => log_error(source),
+        })?;
+    let recovered = read_all(&store.database).map_err(|e| match e {
+        ReadError::Database(e) => database_error(e),
+        ReadError::Record(reason) => OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        },
+    })?;
+    Ok((
+        RedbJournal::start(store, path.to_path_buf()),
+        recovered,
+        replayed.len(),
+    ))
 }
 
 /// The redb journal. See the module docs.
@@ -325,15 +251,17 @@ pub(crate) struct RedbJournal {
     /// The database for reads (finished tickets' output lives only on
     /// disk); `None` while the writer reopens it.
     reader: Reader,
+    /// Output chunks logged but not yet in redb.
+    unapplied: Arc<Unapplied>,
 }
 
 /// The database as readers reach it; the writer swaps it when it reopens.
 type Reader = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
 
 impl RedbJournal {
-    fn start(database: Database, path: PathBuf, reopen: Reopen) -> Self {
-        let database = Arc::new(database);
-        let reader: Reader = Arc::new(std::sync::RwLock::new(Some(database.clone())));
+    fn start(store: Store, path: PathBuf) -> Self {
+        let reader = store.reader.clone();
+        let unapplied = store.unapplied.clone();
         let (sender, receiver) = mpsc::channel::<Append>();
         let watermark = Arc::new(Watermark::default());
         let listener: Arc<OnceLock<Arc<dyn EngineListener>>> = Arc::default();
@@ -344,11 +272,10 @@ impl RedbJournal {
                 watermark: watermark.clone(),
             }));
             let poisoned = poisoned.clone();
-            let reader = reader.clone();
             std::thread::Builder::new()
                 .name("asyncgate-writer".into())
                 .spawn(move || {
-                    write_loop(database, reopen, reader, path, receiver, &publish, poisoned);
+                    write_loop(store, path, receiver, &publish, poisoned);
                     publish.send(Outcome::Failed(StoreError::unavailable(
                         "the store's writer stopped; restart the gateway",
                     )));
@@ -368,267 +295,9 @@ impl RedbJournal {
             writer: Mutex::new(writer),
             poisoned,
             reader,
+            unapplied,
         }
     }
-}
-
-/// A finished ticket's stored output chunks after `after_seq`, read from
-/// disk.
-fn read_chunks(database: &Database, id: TicketId, after_seq: u64) -> Result<Vec<Chunk>, ReadError> {
-    let txn = database.begin_read()?;
-    let table = txn.open_table(CHUNKS)?;
-    let key = id.0.as_u128();
-    let mut chunks = Vec::new();
-    for entry in table.range((key, after_seq.saturating_add(1))..=(key, u64::MAX))? {
-        let (key, value) = entry?;
-        let seq = key.value().1;
-        let output = Payload::decode(value.value())
-            .map_err(|e| ReadError::Record(format!("output chunk {seq} of ticket {id}: {e}")))?;
-        chunks.push(Chunk { seq, output });
-    }
-    Ok(chunks)
-}
-
-/// What became of a batch the writer took.
-enum Outcome {
-    /// Durable, up to this append.
-    Committed(Vec<Append>, u64),
-    /// Commits fail for now, for this reason; they are being retried.
-    Failing(StoreError),
-    /// Commits succeed again (the batch follows as `Committed`).
-    Recovered,
-    /// Nothing more will be durable, for this reason.
-    Failed(StoreError),
-}
-
-/// Tells the watchers and the waiters what became of each batch, in order:
-/// a batch's events first, then its watermark (whoever waited for an append
-/// finds its events already delivered).
-struct Publisher {
-    listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
-    watermark: Arc<Watermark>,
-}
-
-impl Publisher {
-    fn apply(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Committed(batch, last) => {
-                if let Some(listener) = self.listener.get() {
-                    for append in batch {
-                        for event in append.events {
-                            listener.ticket_changed(event);
-                        }
-                    }
-                }
-                self.watermark.advance(last);
-            }
-            Outcome::Failing(why) => self.watermark.failing(why),
-            Outcome::Recovered => self.watermark.recover(),
-            Outcome::Failed(why) => self.watermark.fail(why),
-        }
-    }
-}
-
-/// How the writer hands outcomes to the [`Publisher`]: to a task of the
-/// runtime that opened the store, when there is one. Its wakes of waiting
-/// calls and watchers then come from inside the runtime (from the writer
-/// thread, each would cost a cross-thread unpark), and the writer starts
-/// its next commit at once instead of delivering first.
-struct Publish {
-    publisher: Arc<Publisher>,
-    task: Option<tokio::sync::mpsc::UnboundedSender<Outcome>>,
-}
-
-impl Publish {
-    fn start(publisher: Arc<Publisher>) -> Self {
-        let task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
-            let publisher = publisher.clone();
-            runtime.spawn(async move {
-                while let Some(outcome) = receiver.recv().await {
-                    publisher.apply(outcome);
-                }
-            });
-            sender
-        });
-        Self { publisher, task }
-    }
-
-    fn send(&self, outcome: Outcome) {
-        let outcome = match &self.task {
-            Some(task) => match task.send(outcome) {
-                Ok(()) => return,
-                // The runtime is gone: deliver here.
-                Err(tokio::sync::mpsc::error::SendError(outcome)) => outcome,
-            },
-            None => outcome,
-        };
-        self.publisher.apply(outcome);
-    }
-}
-
-fn write_loop(
-    mut database: Arc<Database>,
-    mut reopen: Reopen,
-    reader: Reader,
-    path: PathBuf,
-    receiver: mpsc::Receiver<Append>,
-    publish: &Publish,
-    poisoned: Arc<AtomicBool>,
-) {
-    let mut batch = Vec::new();
-    while let Ok(first) = receiver.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        if poisoned.load(Ordering::Acquire) {
-            batch.clear();
-            continue;
-        }
-        if let Err(error) = commit(&database, &batch) {
-            let failure = store_error(&error, "writing to");
-            tracing::error!(
-                path = %path.display(),
-                %error,
-                error_id = %failure.id(),
-                "committing to the store failed; refusing writes and retrying until it succeeds"
-            );
-            publish.send(Outcome::Failing(failure));
-            let mut delay = std::time::Duration::from_millis(50);
-            let mut last_error = error;
-            loop {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(std::time::Duration::from_secs(2));
-                // What was appended meanwhile joins the batch, in order.
-                while let Ok(next) = receiver.try_recv() {
-                    batch.push(next);
-                }
-                if matches!(last_error, redb::Error::PreviousIo) {
-                    // redb refuses a database after a failed write until it
-                    // is closed and opened again (readers let go first).
-                    *reader.write().unwrap_or_else(|p| p.into_inner()) = None;
-                    drop(database);
-                    database = loop {
-                        match reopen() {
-                            Ok(reopened) => break Arc::new(reopened),
-                            Err(error) => {
-                                tracing::debug!(%error, "reopening the store failed; retrying");
-                                std::thread::sleep(delay);
-                            }
-                        }
-                    };
-                    *reader.write().unwrap_or_else(|p| p.into_inner()) = Some(database.clone());
-                }
-                match commit(&database, &batch) {
-                    Ok(()) => break,
-                    Err(error) => last_error = error,
-                }
-            }
-            tracing::info!(path = %path.display(), appends = batch.len(), "writing to the store succeeds again");
-            publish.send(Outcome::Recovered);
-        }
-        let last = batch.last().map_or(0, |a| a.seq);
-        publish.send(Outcome::Committed(std::mem::take(&mut batch), last));
-    }
-}
-
-/// A failed commit or read as the caller is told of it: the kind and what
-/// to do, not redb's internals or the file's path (the caller logs those
-/// under the error's id).
-fn store_error(error: &redb::Error, doing: &str) -> StoreError {
-    let full = |io: &std::io::Error| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        )
-    };
-    let typed = match error {
-        redb::Error::Io(io) if full(io) => StoreError::new(
-            StoreErrorKind::Full,
-            "the disk holding the store is full; writes resume once there is room",
-        ),
-        redb::Error::Corrupted(_) => {
-            StoreError::corrupt("the store file is damaged; the gateway's log has the detail")
-        }
-        _ => StoreError::unavailable(format!("{doing} the store failed; retry shortly")),
-    };
-    typed.with_source(std::io::Error::other(error.to_string()))
-}
-
-fn commit(database: &Database, batch: &[Append]) -> Result<(), redb::Error> {
-    let mut txn = database.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    {
-        let mut tickets = txn.open_table(TICKETS)?;
-        let mut payloads = txn.open_table(PAYLOADS)?;
-        let mut chunks = txn.open_table(CHUNKS)?;
-        let mut tombstones = txn.open_table(TOMBSTONES)?;
-        let mut pauses = txn.open_table(PAUSES)?;
-        let mut limits = txn.open_table(LIMITS)?;
-        for append in batch {
-            for mutation in &append.mutations {
-                match mutation {
-                    Mutation::PutTicket {
-                        ticket,
-                        with_payload,
-                    } => {
-                        let key = ticket.id.0.as_u128();
-                        tickets.insert(key, record::encode(ticket).as_slice())?;
-                        if *with_payload {
-                            payloads.insert(key, ticket.payload.encode_to_vec().as_slice())?;
-                        }
-                    }
-                    Mutation::PutChunk { ticket_id, chunk } => {
-                        chunks.insert(
-                            (ticket_id.0.as_u128(), chunk.seq),
-                            chunk.output.encode_to_vec().as_slice(),
-                        )?;
-                    }
-                    Mutation::DeleteChunks { ticket_id } => {
-                        let key = ticket_id.0.as_u128();
-                        chunks.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
-                    }
-                    Mutation::DeleteTicket {
-                        ticket_id,
-                        deleted_at,
-                    } => {
-                        let key = ticket_id.0.as_u128();
-                        tickets.remove(key)?;
-                        payloads.remove(key)?;
-                        chunks.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
-                        tombstones.insert(key, record::nanos(*deleted_at))?;
-                    }
-                    Mutation::DeleteTombstone { ticket_id } => {
-                        tombstones.remove(ticket_id.0.as_u128())?;
-                    }
-                    Mutation::PutQueueLimits {
-                        queue,
-                        limits: queue_limits,
-                    } => {
-                        limits.insert(
-                            queue.as_str(),
-                            record::encode_limits(queue_limits).as_slice(),
-                        )?;
-                    }
-                    Mutation::PutQueuePause { queue, pause } => match pause {
-                        Some(pause) => {
-                            pauses
-                                .insert(queue.as_str(), record::encode_pause(pause).as_slice())?;
-                        }
-                        None => {
-                            pauses.remove(queue.as_str())?;
-                        }
-                    },
-                }
-            }
-        }
-    }
-    txn.commit()?;
-    Ok(())
 }
 
 #[async_trait]
@@ -654,13 +323,15 @@ impl Journal for RedbJournal {
             .ok_or_else(|| {
                 EngineError::unavailable("the store is being reopened; retry shortly")
             })?;
-        tokio::task::spawn_blocking(move || read_chunks(&database, id, after_seq))
+        let unapplied = self.unapplied.clone();
+        tokio::task::spawn_blocking(move || read_chunks(&database, &unapplied, id, after_seq))
             .await
             .map_err(|e| EngineError::internal(format!("reading output chunks of {id}: {e}")))?
             .map_err(|e| {
                 let (error, detail) = match e {
                     ReadError::Database(e) => {
-                        (store_error(&e, "reading"), e.to_string())
+                        let detail = e.to_string();
+                        (store_error(&Failure::Store(e), "reading"), detail)
                     }
                     ReadError::Record(reason) => (
                         StoreError::corrupt(format!(
@@ -751,5 +422,9 @@ impl Drop for RedbJournal {
     }
 }
 
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod simdisk;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::domain::ticket::Outcome;
+use crate::domain::ticket::Payload;
 use crate::domain::{NewTicket, Progress, QueueName, SessionId, TicketState};
 use crate::engine::{Engine, ProgressReport, SessionInfo};
 
@@ -198,72 +199,33 @@ fn a_corrupt_file_is_a_clear_error() {
     assert!(message.contains("store.redb"), "{message}");
 }
 
-/// An in-memory disk that can be made full; clones share the disk (a
-/// reopened database sees what was written).
-#[derive(Debug, Default, Clone)]
-struct FillableDisk {
-    inner: Arc<redb::backends::InMemoryBackend>,
-    full: Arc<AtomicBool>,
-}
-
-impl FillableDisk {
-    fn check(&self) -> std::io::Result<()> {
-        if self.full.load(Ordering::Acquire) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "No space left on device",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl redb::StorageBackend for FillableDisk {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
-    let disk = FillableDisk::default();
-    let full = disk.full.clone();
+    let disk = super::simdisk::SimDisk::default();
     let database = Database::builder()
-        .create_with_backend(disk.clone())
+        .create_with_backend(disk.database())
         .unwrap();
+    let reopening = disk.clone();
     let reopen: Reopen = Box::new(move || {
         Database::builder()
-            .create_with_backend(disk.clone())
+            .create_with_backend(reopening.database())
             .map_err(redb::Error::from)
     });
     let engine = open_database(
         database,
+        disk.log(),
         Path::new("test-disk"),
         EngineConfig {
             dispatch_stored_only: true,
             ..EngineConfig::default()
         },
         reopen,
+        Checkpoints::default(),
     )
     .unwrap();
     let kept = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
     let worker = session(&engine).await;
-    full.store(true, Ordering::Release);
+    disk.set_full(true);
     let error = engine.submit(new_ticket(9, None)).await.unwrap_err();
     assert!(
         matches!(&error, EngineError::Store(e) if e.kind() == crate::engine::StoreErrorKind::Full),
@@ -298,7 +260,7 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
     assert!(error.is_transient(), "{error}");
     // Space comes back: the writer's retry lands what memory holds, and
     // new calls succeed without a restart.
-    full.store(false, Ordering::Release);
+    disk.set_full(false);
     let submitted = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
             match engine.submit(new_ticket(0, None)).await {
@@ -486,4 +448,87 @@ async fn a_retry_after_a_crash_still_has_the_body() {
         engine.get(cancelled).await,
         Err(EngineError::ResultExpired { .. })
     ));
+}
+
+/// A finished ticket's output chunks are read from the store: from the
+/// log's side until a checkpoint applies them (interval of an hour), from
+/// redb after one (a checkpoint after every group), the same either way;
+/// and after a crash the log's are replayed into redb.
+#[tokio::test]
+async fn finished_output_reads_the_same_before_and_after_a_checkpoint() {
+    for interval in [Duration::from_secs(3600), Duration::ZERO] {
+        let disk = super::simdisk::SimDisk::default();
+        let database = Database::builder()
+            .create_with_backend(disk.database())
+            .unwrap();
+        let engine = open_database(
+            database,
+            disk.log(),
+            Path::new("test-disk"),
+            EngineConfig::default(),
+            Box::new(|| Err(redb::Error::Io(std::io::Error::other("no reopen")))),
+            Checkpoints {
+                log_bytes: u64::MAX,
+                interval,
+            },
+        )
+        .unwrap();
+        let id = engine.submit(new_ticket(0, None)).await.unwrap().ticket.id;
+        let s = session(&engine).await;
+        let queue = QueueName::parse("q").unwrap();
+        let lease = engine
+            .claim(&queue, std::slice::from_ref(&s))
+            .await
+            .unwrap()[0]
+            .lease
+            .lease_id;
+        for text in ["x", "y", "z"] {
+            engine
+                .progress(ProgressReport {
+                    ticket_id: id,
+                    lease_id: lease,
+                    progress: None,
+                    output: Some(body(text)),
+                })
+                .await
+                .unwrap();
+        }
+        engine
+            .complete(id, lease, Outcome::Success(body("done")))
+            .await
+            .unwrap();
+        let outputs = |chunks: Vec<Chunk>| chunks.into_iter().map(|c| c.output).collect::<Vec<_>>();
+        let (ticket, chunks) = engine.get_with_chunks(id, 0).await.unwrap();
+        assert_eq!(
+            outputs(chunks),
+            vec![body("x"), body("y"), body("z")],
+            "{interval:?}"
+        );
+        let (_, after) = engine.get_with_chunks(id, ticket.seq - 2).await.unwrap();
+        assert_eq!(outputs(after), vec![body("z")], "{interval:?}");
+        let (_, none) = engine.get_with_chunks(id, u64::MAX).await.unwrap();
+        assert!(none.is_empty());
+        // A crash (nothing closed): the log's frames are replayed.
+        let (database, log) = disk.images(super::simdisk::Survives::Synced);
+        drop(engine);
+        let after_crash = super::simdisk::SimDisk::from_images(database, log);
+        let engine = open_database(
+            Database::builder()
+                .create_with_backend(after_crash.database())
+                .unwrap(),
+            after_crash.log(),
+            Path::new("test-disk"),
+            EngineConfig::default(),
+            Box::new(|| Err(redb::Error::Io(std::io::Error::other("no reopen")))),
+            Checkpoints::default(),
+        )
+        .unwrap();
+        let (ticket, chunks) = engine.get_with_chunks(id, 0).await.unwrap();
+        assert_eq!(ticket.state, TicketState::Succeeded, "{interval:?}");
+        assert_eq!(
+            outputs(chunks),
+            vec![body("x"), body("y"), body("z")],
+            "{interval:?}"
+        );
+    }
 }

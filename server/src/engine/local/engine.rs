@@ -54,7 +54,10 @@ impl Engine for LocalEngine {
             (Ticket::clone(ticket), chunks)
         };
         self.durable(ticket.journal_seq).await?;
-        if ticket.state.is_terminal() && self.journal.keeps_chunks() {
+        // Chunks are numbered by event seq: none can follow the last event
+        // (a snapshot without `after_seq` asks with `u64::MAX`), and then
+        // the store is not read at all.
+        if ticket.state.is_terminal() && self.journal.keeps_chunks() && after_seq < ticket.seq {
             let chunks = self.journal.read_chunks(id, after_seq).await?;
             return Ok((ticket, chunks));
         }
