@@ -48,7 +48,7 @@ fn workload(seed: u64) -> Vec<Vec<Vec<Mutation>>> {
                 rng.random_range(0..9)
             };
             let mutation = match choice {
-                0 | 1 | 2 => {
+                0..=2 => {
                     let body: Vec<u8> = (0..rng.random_range(16..160))
                         .map(|_| rng.random())
                         .collect();

@@ -22,7 +22,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use redb::{Database, Durability};
 
@@ -274,11 +276,9 @@ fn recover(
         while let Ok(next) = receiver.try_recv() {
             batch.push(next);
         }
-        if reopen {
-            if let Err(error) = store.reopen() {
-                tracing::debug!(%error, "reopening the store failed; retrying");
-                continue;
-            }
+        if reopen && let Err(error) = store.reopen() {
+            tracing::debug!(%error, "reopening the store failed; retrying");
+            continue;
         }
         match store.checkpoint(&encode(batch)) {
             Ok(()) => break,
