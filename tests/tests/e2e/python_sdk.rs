@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use asyncgate_client::pb;
 use asyncgate_server::auth::digest_hex;
 use asyncgate_tests::{TestGateway, fast_config};
 use tokio::process::Command;
@@ -179,4 +180,61 @@ async fn python_sdk_unittest_suite_passes_against_a_real_gateway() {
     gateway.shutdown().await;
     keyed.shutdown().await;
     tls.shutdown().await;
+}
+
+/// `examples/python/sdk_example.py`, the SDK's example, against a real
+/// gateway: it runs its own worker, submits its texts on one SubmitStream,
+/// follows them on one WatchTickets stream and prints each result; the
+/// tickets are then read back through the Rust client.
+#[tokio::test]
+async fn the_python_sdk_example_runs_a_worker_and_a_producer() {
+    let gateway = TestGateway::start().await;
+    generate_stubs().await;
+    let example = sdk_dir().join("../../examples/python/sdk_example.py");
+    let child = Command::new("python3")
+        .arg("-u")
+        .arg(&example)
+        .args(["--url", &gateway.url(), "--queue", "py-sdk-example"])
+        .args(["hello", "asyncgate", "from python"])
+        .env("PYTHONPATH", sdk_dir())
+        .env_remove("ASYNCGATE_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("the example finishes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "sdk_example.py: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut results: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("result "))
+        .map(|rest| {
+            let (id, rest) = rest.split_once(' ').expect("id");
+            let (state, outcome) = rest.split_once(' ').expect("state");
+            assert_eq!(state, "SUCCEEDED", "{stdout}");
+            (id.to_owned(), outcome.to_owned())
+        })
+        .collect();
+    results.sort_by(|a, b| a.1.cmp(&b.1));
+    let outcomes: Vec<&str> = results.iter().map(|(_, o)| o.as_str()).collect();
+    assert_eq!(outcomes, ["ASYNCGATE", "FROM PYTHON", "HELLO"], "{stdout}");
+    let client = gateway.client().await;
+    for (id, outcome) in &results {
+        let ticket = client.get(id, None).await.expect("the ticket exists");
+        assert_eq!(ticket.state(), pb::TicketState::Succeeded);
+        assert_eq!(
+            asyncgate_client::payload::to_json(ticket.result.as_ref().unwrap()),
+            Some(serde_json::json!(outcome))
+        );
+    }
 }
