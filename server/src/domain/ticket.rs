@@ -233,6 +233,26 @@ fn shared_metadata(metadata: HashMap<String, String>) -> Arc<HashMap<String, Str
     }
 }
 
+#[cfg(test)]
+impl NewTicket {
+    /// A plain request on `queue` for tests: empty payload, priority 0, no
+    /// key, no deadlines, three attempts.
+    pub(crate) fn for_test(queue: crate::domain::QueueName) -> Self {
+        Self {
+            id: TicketId::new(),
+            queue,
+            payload: Default::default(),
+            priority: 0,
+            idempotency_key: None,
+            metadata: Default::default(),
+            timeout: None,
+            attempt_timeout: None,
+            max_attempts: 3,
+            tenant: None,
+        }
+    }
+}
+
 impl Ticket {
     /// Whether the ticket keeps its request body, and so weighs on the
     /// pending-bytes budget: while it may still run — unfinished, or

@@ -55,21 +55,13 @@ fn workload(seed: u64) -> Vec<Vec<Vec<Mutation>>> {
                     let ticket = Ticket::create(
                         TicketId::new(),
                         NewTicket {
-                            id: TicketId::new(),
-                            queue: queue.clone(),
                             payload: Payload {
                                 kind: Some(asyncgate_proto::v1::payload::Kind::Binary(
                                     Bytes::from(body),
                                 )),
                                 content_type: String::new(),
                             },
-                            priority: 0,
-                            idempotency_key: None,
-                            metadata: Default::default(),
-                            timeout: None,
-                            attempt_timeout: None,
-                            max_attempts: 3,
-                            tenant: None,
+                            ..NewTicket::for_test(queue.clone())
                         },
                         SystemTime::UNIX_EPOCH
                             + Duration::from_secs(rng.random_range(1..1_000_000)),

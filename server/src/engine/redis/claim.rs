@@ -484,18 +484,7 @@ mod tests {
             .unwrap();
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let new = NewTicket {
-                id: TicketId::new(),
-                queue: queue.clone(),
-                payload: Default::default(),
-                priority: 0,
-                idempotency_key: None,
-                metadata: Default::default(),
-                timeout: None,
-                attempt_timeout: None,
-                max_attempts: 3,
-                tenant: None,
-            };
+            let new = NewTicket::for_test(queue.clone());
             ids.push(engine.submit(new).await.unwrap().ticket.id);
         }
         engine.inner.fail_settle.store(true, Ordering::SeqCst);
@@ -547,18 +536,7 @@ mod tests {
         let queue = QueueName::parse("q").unwrap();
         let mut ids = Vec::new();
         for _ in 0..4 {
-            let new = NewTicket {
-                id: TicketId::new(),
-                queue: queue.clone(),
-                payload: Default::default(),
-                priority: 0,
-                idempotency_key: None,
-                metadata: Default::default(),
-                timeout: None,
-                attempt_timeout: None,
-                max_attempts: 3,
-                tenant: None,
-            };
+            let new = NewTicket::for_test(queue.clone());
             ids.push(engine.submit(new).await.unwrap().ticket.id);
         }
         let inner = &engine.inner;
@@ -610,18 +588,7 @@ mod tests {
         let info = engine.queue_info(&queue).await.unwrap().unwrap();
         assert_eq!(info.counts.pending, 4, "parked tickets are still PENDING");
         // A fifth ticket waits: the four parked ones fill the limit.
-        let fifth = NewTicket {
-            id: TicketId::new(),
-            queue: queue.clone(),
-            payload: Default::default(),
-            priority: 0,
-            idempotency_key: None,
-            metadata: Default::default(),
-            timeout: None,
-            attempt_timeout: None,
-            max_attempts: 3,
-            tenant: None,
-        };
+        let fifth = NewTicket::for_test(queue.clone());
         engine.submit(fifth).await.unwrap();
         let sessions = vec![session.clone(); 4];
         assert!(engine.claim(&queue, &sessions).await.unwrap().is_empty());

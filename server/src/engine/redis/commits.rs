@@ -192,7 +192,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::super::connect;
-    use crate::domain::{NewTicket, QueueName, TicketId};
+    use crate::domain::{NewTicket, QueueName};
     use crate::engine::{Engine, EngineConfig};
 
     /// Many submits at once to one queue go out in batches, and each one
@@ -214,22 +214,7 @@ mod tests {
         let submits = (0..100).map(|_| {
             let engine = engine.clone();
             let queue = queue.clone();
-            async move {
-                engine
-                    .submit(NewTicket {
-                        id: TicketId::new(),
-                        queue,
-                        payload: Default::default(),
-                        priority: 0,
-                        idempotency_key: None,
-                        metadata: Default::default(),
-                        timeout: None,
-                        attempt_timeout: None,
-                        max_attempts: 3,
-                        tenant: None,
-                    })
-                    .await
-            }
+            async move { engine.submit(NewTicket::for_test(queue)).await }
         });
         let results = futures::future::join_all(submits).await;
         let stored: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();

@@ -353,18 +353,7 @@ mod tests {
             // Two in three to "a": a batch of "b"'s ids reaches further in
             // time than one of "a"'s, and both queues hold several batches.
             let queue = queues[usize::from(i % 3 == 2)].clone();
-            let new = NewTicket {
-                id: TicketId::new(),
-                queue,
-                payload: Default::default(),
-                priority: 0,
-                idempotency_key: None,
-                metadata: Default::default(),
-                timeout: None,
-                attempt_timeout: None,
-                max_attempts: 3,
-                tenant: None,
-            };
+            let new = NewTicket::for_test(queue);
             ids.push(engine.submit(new).await.unwrap().ticket.id);
         }
         // Pages shorter and longer than a batch.

@@ -311,18 +311,7 @@ mod tests {
         b.set_listener(heard.clone());
         let queue = QueueName::parse("q").unwrap();
         let id = a
-            .submit(NewTicket {
-                id: TicketId::new(),
-                queue: queue.clone(),
-                payload: Default::default(),
-                priority: 0,
-                idempotency_key: None,
-                metadata: Default::default(),
-                timeout: None,
-                attempt_timeout: None,
-                max_attempts: 3,
-                tenant: None,
-            })
+            .submit(NewTicket::for_test(queue.clone()))
             .await
             .unwrap()
             .ticket
@@ -387,18 +376,7 @@ mod tests {
             .await
             .unwrap();
         let queue = QueueName::parse("q").unwrap();
-        let new = || NewTicket {
-            id: TicketId::new(),
-            queue: queue.clone(),
-            payload: Default::default(),
-            priority: 0,
-            idempotency_key: None,
-            metadata: Default::default(),
-            timeout: None,
-            attempt_timeout: None,
-            max_attempts: 3,
-            tenant: None,
-        };
+        let new = || NewTicket::for_test(queue.clone());
         for _ in 0..3 {
             engine.submit(new()).await.unwrap();
         }

@@ -22,16 +22,8 @@ fn machine(max_in_flight: u32) -> (Machine, Instant) {
 
 fn claimed(tenant: Option<&str>, queue: &str) -> Box<Claimed> {
     let new = NewTicket {
-        id: TicketId::new(),
-        queue: QueueName::parse_scoped(queue).expect("a queue name"),
-        payload: Default::default(),
-        priority: 0,
-        idempotency_key: None,
-        metadata: Default::default(),
-        timeout: None,
-        attempt_timeout: None,
-        max_attempts: 3,
         tenant: tenant.map(Arc::from),
+        ..NewTicket::for_test(QueueName::parse_scoped(queue).expect("a queue name"))
     };
     let ticket = Ticket::create(new.id, new, SystemTime::now());
     Box::new(Claimed {
