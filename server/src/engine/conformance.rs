@@ -151,6 +151,17 @@ fn body(text: &'static str) -> Payload {
     }
 }
 
+impl SessionInfo {
+    /// A new session of worker "w" serving `queue`, for tests.
+    pub(crate) fn for_test(queue: &QueueName) -> Self {
+        Self {
+            session_id: SessionId::new(),
+            worker_name: "w".into(),
+            queues: Arc::from([queue.clone()]),
+        }
+    }
+}
+
 fn new_ticket(q: &str) -> NewTicket {
     NewTicket {
         id: TicketId::new(),

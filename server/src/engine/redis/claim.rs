@@ -451,12 +451,11 @@ fn parked_member(popped: &[Popped]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
     use std::time::{Duration, SystemTime};
 
     use super::super::connect;
-    use crate::domain::{NewTicket, QueueName, SessionId, TicketId, TicketState};
+    use crate::domain::{NewTicket, QueueName, TicketId, TicketState};
     use crate::engine::{Engine, EngineConfig, SessionInfo};
 
     /// committed and one was already settled: every lease of that claim
@@ -473,11 +472,7 @@ mod tests {
         .await
         .unwrap();
         let queue = QueueName::parse("q").unwrap();
-        let session = SessionInfo {
-            session_id: SessionId::new(),
-            worker_name: "w".into(),
-            queues: Arc::from([queue.clone()]),
-        };
+        let session = SessionInfo::for_test(&queue);
         engine
             .open_session(&session, SystemTime::now() + Duration::from_secs(60))
             .await
@@ -576,11 +571,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let session = SessionInfo {
-            session_id: SessionId::new(),
-            worker_name: "w".into(),
-            queues: Arc::from([queue.clone()]),
-        };
+        let session = SessionInfo::for_test(&queue);
         engine
             .open_session(&session, SystemTime::now() + Duration::from_secs(60))
             .await

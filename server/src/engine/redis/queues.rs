@@ -380,11 +380,7 @@ mod tests {
         for _ in 0..3 {
             engine.submit(new()).await.unwrap();
         }
-        let session = SessionInfo {
-            session_id: SessionId::new(),
-            worker_name: "w".into(),
-            queues: Arc::from([queue.clone()]),
-        };
+        let session = SessionInfo::for_test(&queue);
         engine
             .open_session(&session, SystemTime::now() + Duration::from_secs(60))
             .await
