@@ -193,6 +193,7 @@ mod tests {
             attempt_timeout: None,
             max_attempts: 1,
             tenant: None,
+            not_before: None,
         };
         Ticket::create(TicketId::new(), new, SystemTime::now())
     }

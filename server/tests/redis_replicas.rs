@@ -226,6 +226,7 @@ async fn a_rediss_store_verifies_the_server_against_the_given_ca() {
             attempt_timeout: None,
             max_attempts: 1,
             tenant: None,
+            not_before: None,
         })
         .await
         .unwrap();

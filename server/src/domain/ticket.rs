@@ -138,6 +138,8 @@ pub struct NewTicket {
     pub max_attempts: u32,
     /// Whose ticket it is (API keys with tenants); `None` without keys.
     pub tenant: Option<Arc<str>>,
+    /// A delayed submit: PENDING, and not run, before this time.
+    pub not_before: Option<SystemTime>,
 }
 
 /// How an attempt ended, as the worker reported it.
@@ -208,8 +210,11 @@ pub struct Ticket {
     pub lease: Option<Lease>,
     /// The lease whose result was recorded, to tell a resend from a stale one.
     pub completed_by: Option<LeaseId>,
-    /// While PENDING in backoff: not before this.
+    /// While PENDING in backoff, or scheduled: not before this.
     pub not_before: Option<SystemTime>,
+    /// The time a delayed submit asked for (kept after it came due): the
+    /// ticket's deadline and its place among the pending count from it.
+    pub scheduled_for: Option<SystemTime>,
     /// Attempts that ended because the worker was lost (poison-ticket cap).
     pub worker_losses: u32,
     /// Bytes of partial output stored for it (the per-ticket output budget).
@@ -249,6 +254,7 @@ impl NewTicket {
             attempt_timeout: None,
             max_attempts: 3,
             tenant: None,
+            not_before: None,
         }
     }
 }
@@ -279,7 +285,11 @@ impl Ticket {
     }
 
     /// A fresh PENDING ticket at seq 1 (its creation is its first event).
+    /// A delayed one waits until its `not_before`, and its `timeout` counts
+    /// from then; a `not_before` already past runs at once.
     pub fn create(id: TicketId, new: NewTicket, now: SystemTime) -> Self {
+        let scheduled_for = new.not_before.filter(|at| *at > now);
+        let start = scheduled_for.unwrap_or(now);
         Self {
             id,
             queue: new.queue,
@@ -292,7 +302,7 @@ impl Ticket {
             created_at: now,
             updated_at: now,
             finished_at: None,
-            deadline: new.timeout.map(|t| now + t),
+            deadline: new.timeout.map(|t| start + t),
             timeout: new.timeout,
             attempt_timeout: new.attempt_timeout,
             result: None,
@@ -302,13 +312,21 @@ impl Ticket {
             idempotency_key: new.idempotency_key,
             lease: None,
             completed_by: None,
-            not_before: None,
+            not_before: scheduled_for,
+            scheduled_for,
             worker_losses: 0,
             output_bytes: 0,
             tenant: new.tenant,
             enqueue_seq: 0,
             journal_seq: 0,
         }
+    }
+
+    /// Since when the ticket has been due: its submit, or the time a
+    /// delayed submit asked for. The pending-by-age indexes sort by it, so
+    /// a queue's oldest pending ticket is the one waiting longest to run.
+    pub fn due_at(&self) -> SystemTime {
+        self.scheduled_for.unwrap_or(self.created_at)
     }
 
     /// Moves to a terminal state.
@@ -377,7 +395,35 @@ mod tests {
             attempt_timeout: Some(Duration::from_secs(3)),
             max_attempts: 3,
             tenant: None,
+            not_before: None,
         }
+    }
+
+    #[test]
+    fn a_delayed_ticket_waits_and_its_timeout_counts_from_then() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = now + Duration::from_secs(60);
+        let t = Ticket::create(
+            TicketId::new(),
+            NewTicket {
+                not_before: Some(at),
+                ..new_ticket()
+            },
+            now,
+        );
+        assert_eq!((t.not_before, t.scheduled_for), (Some(at), Some(at)));
+        assert_eq!(t.deadline, Some(at + Duration::from_secs(10)));
+        assert_eq!(t.due_at(), at);
+        let past = Ticket::create(
+            TicketId::new(),
+            NewTicket {
+                not_before: Some(now - Duration::from_secs(1)),
+                ..new_ticket()
+            },
+            now,
+        );
+        assert_eq!((past.not_before, past.scheduled_for), (None, None));
+        assert_eq!(past.deadline, Some(now + Duration::from_secs(10)));
     }
 
     #[test]

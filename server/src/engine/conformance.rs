@@ -6,7 +6,7 @@
 //!
 //! This file holds the harness (the recording listener, helpers) and the
 //! macro; the cases live by concern in `conformance/` (submit, lease,
-//! lifetime, output, list, events, queues, retry) and are re-exported here,
+//! lifetime, output, list, events, queues, retry, schedule) and are re-exported here,
 //! where the macro names them.
 
 use std::collections::HashMap;
@@ -26,6 +26,7 @@ mod list;
 mod output;
 mod queues;
 mod retry;
+mod schedule;
 mod submit;
 
 pub(crate) use events::*;
@@ -35,6 +36,7 @@ pub(crate) use list::*;
 pub(crate) use output::*;
 pub(crate) use queues::*;
 pub(crate) use retry::*;
+pub(crate) use schedule::*;
 pub(crate) use submit::*;
 
 /// Records everything an engine reports.
@@ -174,6 +176,7 @@ fn new_ticket(q: &str) -> NewTicket {
         attempt_timeout: None,
         max_attempts: 3,
         tenant: None,
+        not_before: None,
     }
 }
 
@@ -247,6 +250,8 @@ macro_rules! engine_conformance {
                 a_retry_starts_the_output_afresh,
                 queue_counts_follow_retry_and_delete,
                 a_deleted_ticket_leaves_a_tombstone,
+                a_delayed_ticket_runs_once_when_due,
+                a_scheduled_ticket_is_cancelled_listed_and_a_past_time_runs_now,
             );
         }
     };

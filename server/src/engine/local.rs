@@ -207,7 +207,8 @@ impl LocalEngine {
             stats: index.window.stats(now),
             queue: name.clone(),
             counts: index.counts,
-            oldest_pending_at: index.oldest_pending_at(),
+            oldest_pending_at: index.oldest_pending_at().filter(|at| *at <= now),
+            scheduled: index.delayed as u64,
             pause: index.pause.clone(),
             limits: index.limits,
         }
@@ -387,7 +388,7 @@ impl LocalEngine {
             let eased = {
                 let queue = self.queue(&after.queue);
                 let mut index = lock(&queue);
-                index.tally(after.id, after.created_at, before.state, Some(after.state));
+                index.tally(after.id, after.due_at(), before.state, Some(after.state));
                 for sample in Sample::of(&before, after, now).into_iter().flatten() {
                     index.window.add(sample, now);
                 }

@@ -64,6 +64,7 @@ fn new_ticket(priority: i32, key: Option<u8>) -> NewTicket {
         attempt_timeout: Some(Duration::from_secs(20)),
         max_attempts: 3,
         tenant: None,
+        not_before: None,
     }
 }
 

@@ -61,8 +61,13 @@ pub struct QueueInfo {
     pub queue: QueueName,
     /// Its tickets per state.
     pub counts: StateCounts,
-    /// When its oldest PENDING ticket was created.
+    /// Since when its longest-waiting PENDING ticket has been due (its
+    /// submit, or the time a delayed submit asked for); `None` when no
+    /// pending ticket is due yet.
     pub oldest_pending_at: Option<SystemTime>,
+    /// PENDING tickets waiting for a time: delayed submits not yet due and
+    /// retries waiting out their backoff (part of `counts.pending`).
+    pub scheduled: u64,
     /// Set while it is paused.
     pub pause: Option<QueuePause>,
     /// Its flow control.

@@ -99,6 +99,9 @@ pub(crate) struct StoredTicket {
     /// deadline then tells it: it was set at submit).
     #[prost(uint64, optional, tag = "25")]
     timeout: Option<u64>,
+    /// Nanoseconds: the time a delayed submit asked for.
+    #[prost(uint64, optional, tag = "26")]
+    scheduled_for: Option<u64>,
 }
 
 /// Nanoseconds since the epoch.
@@ -244,6 +247,7 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
         }),
         completed_by: ticket.completed_by.map(|l| l.0.as_bytes().to_vec()),
         not_before: ticket.not_before.map(nanos),
+        scheduled_for: ticket.scheduled_for.map(nanos),
         worker_losses: ticket.worker_losses,
         output_bytes: ticket.output_bytes,
         enqueue_seq: ticket.enqueue_seq,
@@ -305,6 +309,7 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
             None => None,
         },
         not_before: stored.not_before.map(time),
+        scheduled_for: stored.scheduled_for.map(time),
         worker_losses: stored.worker_losses,
         output_bytes: stored.output_bytes,
         tenant: stored.tenant.map(Arc::from),
@@ -334,6 +339,7 @@ mod tests {
                 attempt_timeout: Some(Duration::from_millis(1500)),
                 max_attempts: 4,
                 tenant: None,
+                not_before: None,
             },
             now,
         );
@@ -376,6 +382,7 @@ mod tests {
                 attempt_timeout: None,
                 max_attempts: 1,
                 tenant: None,
+                not_before: None,
             },
             now,
         );

@@ -36,6 +36,9 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Longest timeout or attempt_timeout accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far ahead a submit may schedule its ticket (`not_before`, `delay`):
+/// a year, like the timeouts; a scheduled ticket holds its body meanwhile.
+pub const MAX_SCHEDULE_AHEAD: Duration = MAX_TIMEOUT;
 
 /// Limits applied to submits.
 #[derive(Debug, Clone)]
@@ -217,7 +220,43 @@ pub fn new_ticket(
         attempt_timeout: positive_duration(request.attempt_timeout, "attempt_timeout")?,
         max_attempts,
         tenant,
+        not_before: not_before(request.not_before, request.delay, SystemTime::now())?,
     })
+}
+
+/// When a submit may run: `not_before`, or `delay` from `now`, within a
+/// year; a time already past means now.
+fn not_before(
+    at: Option<prost_types::Timestamp>,
+    delay: Option<prost_types::Duration>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, GatewayError> {
+    let ahead = |field: &str, at: SystemTime| {
+        if at.duration_since(now).unwrap_or_default() > MAX_SCHEDULE_AHEAD {
+            return Err(GatewayError::invalid(
+                field,
+                format!(
+                    "is more than {} days ahead; schedule at most a year ahead",
+                    MAX_SCHEDULE_AHEAD.as_secs() / 86_400
+                ),
+            ));
+        }
+        Ok(Some(at))
+    };
+    match (at, delay) {
+        (Some(_), Some(_)) => Err(GatewayError::invalid(
+            "delay",
+            "set either not_before (a time) or delay (a duration from now), not both",
+        )),
+        (Some(at), None) => match list::time(Some(at), "not_before")? {
+            Some(at) if at > now => ahead("not_before", at),
+            _ => Ok(None),
+        },
+        (None, delay) => match duration(delay, "delay", MAX_SCHEDULE_AHEAD)? {
+            Some(delay) if !delay.is_zero() => Ok(Some(now + delay)),
+            _ => Ok(None),
+        },
+    }
 }
 
 fn validate_metadata(metadata: &HashMap<String, String>) -> Result<(), GatewayError> {
@@ -308,6 +347,21 @@ fn queue_seen<'t>(ticket: &'t Ticket, context: WaitContext<'_>) -> &'t str {
 fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::WaitingReason> {
     match ticket.state {
         TicketState::Pending => {
+            if let Some(until) = ticket.not_before
+                && until > SystemTime::now()
+                && ticket.attempt == 0
+            {
+                return Some(pb::WaitingReason {
+                    kind: pb::WaitingReasonKind::Scheduled as i32,
+                    description: format!(
+                        "scheduled for {}; it joins queue {:?} then",
+                        rfc3339(until),
+                        queue_seen(ticket, context)
+                    ),
+                    until: Some(time::timestamp(until)),
+                    ..Default::default()
+                });
+            }
             if let Some(until) = ticket.not_before
                 && until > SystemTime::now()
             {
@@ -455,6 +509,7 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
         deadline: ticket.deadline.map(time::timestamp),
         attempt_timeout: ticket.attempt_timeout.map(time::duration),
         finished_at: ticket.finished_at.map(time::timestamp),
+        scheduled_for: ticket.scheduled_for.map(time::timestamp),
     }
 }
 

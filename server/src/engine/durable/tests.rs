@@ -31,6 +31,7 @@ fn new_ticket(priority: i32, key: Option<&str>) -> NewTicket {
         attempt_timeout: None,
         max_attempts: 3,
         tenant: None,
+        not_before: None,
     }
 }
 

@@ -108,7 +108,7 @@ impl LocalEngine {
             let released = ticket.forget_request();
             self.pending_bytes.fetch_sub(released, Ordering::Relaxed);
         }
-        lock(&self.queue(&ticket.queue)).tally(id, ticket.created_at, Some(ticket.state), None);
+        lock(&self.queue(&ticket.queue)).tally(id, ticket.due_at(), Some(ticket.state), None);
         let journal_seq = if self.journal.wants_mutations() {
             self.journal.append(
                 vec![Mutation::DeleteTicket {

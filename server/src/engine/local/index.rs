@@ -24,11 +24,12 @@ pub(super) struct QueueIndex {
     pub(super) ready: BTreeMap<ReadyKey, TicketId>,
     /// Ready tickets per priority, so positions need no full scan.
     per_priority: BTreeMap<Reverse<i32>, usize>,
-    /// PENDING tickets waiting out a backoff.
+    /// PENDING tickets waiting for a time: a backoff, or a delayed submit.
     pub(super) delayed: usize,
     /// Tickets per state, for the admin API (no scan to count).
     pub(super) counts: StateCounts,
-    /// PENDING tickets by creation time: the first is the oldest.
+    /// PENDING tickets by the time they came due (`Ticket::due_at`): the
+    /// first is the one waiting longest.
     pending_by_age: BTreeSet<(SystemTime, TicketId)>,
     /// Set while the queue is paused: nothing is claimed.
     pub(super) pause: Option<QueuePause>,
@@ -48,12 +49,12 @@ impl QueueIndex {
         self.ready.len() + self.delayed
     }
 
-    /// A ticket created at `created_at` moved from state `before` to
-    /// `after` (`None`: it did not exist, or no longer does).
+    /// A ticket due at `due_at` (see `Ticket::due_at`) moved from state
+    /// `before` to `after` (`None`: it did not exist, or no longer does).
     pub(super) fn tally(
         &mut self,
         id: TicketId,
-        created_at: SystemTime,
+        due_at: SystemTime,
         before: Option<TicketState>,
         after: Option<TicketState>,
     ) {
@@ -62,10 +63,10 @@ impl QueueIndex {
         }
         self.counts.moved(before, after);
         if before == Some(TicketState::Pending) {
-            self.pending_by_age.remove(&(created_at, id));
+            self.pending_by_age.remove(&(due_at, id));
         }
         if after == Some(TicketState::Pending) {
-            self.pending_by_age.insert((created_at, id));
+            self.pending_by_age.insert((due_at, id));
         }
     }
 
@@ -138,7 +139,8 @@ impl QueueIndex {
         self.limits.any() && self.pause.is_none() && !self.ready.is_empty()
     }
 
-    /// When the oldest PENDING ticket was created.
+    /// Since when the longest-waiting PENDING ticket has been due (in the
+    /// future when every pending ticket is scheduled).
     pub(super) fn oldest_pending_at(&self) -> Option<SystemTime> {
         self.pending_by_age.first().map(|(at, _)| *at)
     }

@@ -75,7 +75,7 @@ impl LocalEngine {
                     Ordering::Relaxed,
                 );
             }
-            lock(&self.queue(&ticket.queue)).tally(id, ticket.created_at, None, Some(ticket.state));
+            lock(&self.queue(&ticket.queue)).tally(id, ticket.due_at(), None, Some(ticket.state));
             let mut shard = lock(self.shard(&id));
             if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
                 shard.timers.insert((deadline, Timer::Deadline, id));

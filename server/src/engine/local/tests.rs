@@ -42,6 +42,7 @@ fn failing_ticket(body: &'static [u8]) -> NewTicket {
         attempt_timeout: None,
         max_attempts: 1,
         tenant: None,
+        not_before: None,
     }
 }
 

@@ -174,13 +174,13 @@ impl Inner {
             _ => {}
         }
         if old.pending != new.pending {
-            // The pending index, by creation time: its size is the queue's
+            // The pending index, by the time each came due: its size is the queue's
             // pending count (the oldest-pending age and the pending limit
             // read it), so no separate counter is written.
             if let Some(ticket) = after.filter(|_| new.pending).or(before) {
                 let member = ticket.id.to_string();
                 if new.pending {
-                    ops.zadd(slot::AGE, layout::millis(ticket.created_at), &member);
+                    ops.zadd(slot::AGE, layout::millis(ticket.due_at()), &member);
                 } else {
                     ops.zrem(slot::AGE, &member);
                 }

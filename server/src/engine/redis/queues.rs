@@ -138,7 +138,12 @@ impl Inner {
         Ok(QueueInfo {
             queue: queue.clone(),
             counts: state_counts,
-            oldest_pending_at: oldest.first().map(|(_, ms)| layout::time_of_millis(*ms)),
+            oldest_pending_at: oldest
+                .first()
+                .map(|(_, ms)| layout::time_of_millis(*ms))
+                .filter(|at| *at <= now),
+            // Pending tickets neither ready nor being leased wait for a time.
+            scheduled: pending.saturating_sub(ready + claiming),
             pause,
             limits,
             held_back,

@@ -383,6 +383,7 @@ mod tests {
             attempt_timeout: None,
             max_attempts: 3,
             tenant: None,
+            not_before: None,
         }
     }
 

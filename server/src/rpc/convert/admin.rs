@@ -54,6 +54,7 @@ pub(crate) fn queue_to_pb(
         queue_wait: Some(latency_to_pb(info.stats.queue_wait)),
         run_time: Some(latency_to_pb(info.stats.run_time)),
         held_back: info.held_back,
+        scheduled: info.scheduled,
     }
 }
 
