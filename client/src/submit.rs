@@ -2,7 +2,7 @@
 //! `Submit::new("upper").json(json!("hi")).priority(5).build()` instead of a
 //! struct literal full of `Option<prost_types::Duration>`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -98,6 +98,23 @@ impl Submit {
         self
     }
 
+    /// Runs the ticket no sooner than `delay` from now: it is stored (and
+    /// answered) at once and waits PENDING until then. Replaces any
+    /// [`Submit::not_before`].
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.request.not_before = None;
+        self.request.delay = Some(convert::duration_to_proto(delay));
+        self
+    }
+
+    /// Runs the ticket no sooner than `at` (a time already past runs it at
+    /// once). Replaces any [`Submit::delay`].
+    pub fn not_before(mut self, at: SystemTime) -> Self {
+        self.request.delay = None;
+        self.request.not_before = Some(prost_types::Timestamp::from(at));
+        self
+    }
+
     /// The finished request.
     pub fn build(self) -> pb::SubmitRequest {
         self.request
@@ -140,6 +157,27 @@ mod tests {
         );
         assert_eq!(req.max_attempts, 3);
         assert_eq!(req.metadata.len(), 2);
+    }
+
+    #[test]
+    fn delay_and_not_before_replace_each_other() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let req = Submit::new("q")
+            .delay(Duration::from_secs(5))
+            .not_before(at)
+            .build();
+        assert_eq!(
+            (req.delay, req.not_before.map(|t| t.seconds)),
+            (None, Some(2_000_000_000))
+        );
+        let req = Submit::new("q")
+            .not_before(at)
+            .delay(Duration::from_secs(5))
+            .build();
+        assert_eq!(
+            (req.delay.map(|d| d.seconds), req.not_before),
+            (Some(5), None)
+        );
     }
 
     #[test]

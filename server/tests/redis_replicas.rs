@@ -337,3 +337,81 @@ async fn health_follows_the_store_down_and_up_again() {
         .await
         .expect("a submit after the store came back");
 }
+
+/// Delayed tickets on two replicas sharing one Redis: both run timer passes
+/// over the same timers, and every ticket still runs exactly once, and not
+/// before its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fire_each_delayed_ticket_once_and_not_early() {
+    const TICKETS: usize = 40;
+    let redis = RedisServer::start().expect("redis-server starts");
+    let (port_x, port_y) = (free_port(), free_port());
+    let urls = [
+        format!("http://127.0.0.1:{port_x}"),
+        format!("http://127.0.0.1:{port_y}"),
+    ];
+    let _replicas = [start_replica(&redis, port_x), start_replica(&redis, port_y)];
+    let client = serving(urls[0].clone()).await;
+    serving(urls[1].clone()).await;
+
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let runs = runs.clone();
+            Worker::builder(url.clone())
+                .queue("later")
+                .handler(handler_fn(move |task: TaskContext| {
+                    let runs = runs.clone();
+                    async move {
+                        let id = task.ticket_id().to_owned();
+                        runs.lock()
+                            .unwrap()
+                            .push((id, std::time::SystemTime::now()));
+                        Ok(payload::json("ran".into()))
+                    }
+                }))
+                .build()
+                .unwrap()
+                .spawn()
+        })
+        .collect();
+    let mut scheduled = std::collections::HashMap::new();
+    for i in 0..TICKETS {
+        let delay = Duration::from_millis(300 + 20 * i as u64);
+        let ticket = client
+            .submit(Submit::new("later").delay(delay).build())
+            .await
+            .unwrap();
+        let at = asyncgate_client::convert::timestamp_to_system_time(
+            ticket
+                .scheduled_for
+                .as_ref()
+                .expect("a delayed ticket says when"),
+        );
+        assert_eq!(
+            ticket.waiting_reason.as_ref().map(|w| w.kind),
+            Some(pb::WaitingReasonKind::Scheduled as i32),
+            "{ticket:?}"
+        );
+        scheduled.insert(ticket.id, at);
+    }
+    for id in scheduled.keys() {
+        let done = client.get(id, Some(Duration::from_secs(30))).await.unwrap();
+        assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
+        assert_eq!(done.attempt, 1);
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), TICKETS, "one run per ticket: {runs:?}");
+    for (id, ran_at) in &runs {
+        let at = scheduled[id];
+        assert!(
+            *ran_at >= at,
+            "{id} ran {:?} early",
+            at.duration_since(*ran_at)
+        );
+    }
+    for worker in workers {
+        worker.shutdown();
+    }
+}

@@ -54,6 +54,58 @@ async fn malformed_submits_name_the_field() {
             Code::InvalidArgument,
             "invalid timeout",
         ),
+        // Delayed submits: one of the two, within a year, not negative.
+        (
+            pb::SubmitRequest {
+                delay: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                not_before: Some(prost_types::Timestamp {
+                    seconds: 2_000_000_000,
+                    nanos: 0,
+                }),
+                ..Submit::new("q").build()
+            },
+            Code::InvalidArgument,
+            "invalid delay: set either not_before (a time) or delay (a duration from now), not both",
+        ),
+        (
+            Submit::new("q")
+                .delay(Duration::from_secs(400 * 86_400))
+                .build(),
+            Code::InvalidArgument,
+            "invalid delay",
+        ),
+        (
+            pb::SubmitRequest {
+                delay: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..Submit::new("q").build()
+            },
+            Code::InvalidArgument,
+            "invalid delay: must not be negative",
+        ),
+        (
+            Submit::new("q")
+                .not_before(std::time::SystemTime::now() + Duration::from_secs(400 * 86_400))
+                .build(),
+            Code::InvalidArgument,
+            "invalid not_before: is more than 365 days ahead",
+        ),
+        (
+            pb::SubmitRequest {
+                not_before: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: -5,
+                }),
+                ..Submit::new("q").build()
+            },
+            Code::InvalidArgument,
+            "invalid not_before: is not a valid timestamp",
+        ),
     ];
     for (request, expected, needle) in cases {
         let (code, message) = submit_error(&gateway, request).await;

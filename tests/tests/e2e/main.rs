@@ -9,6 +9,7 @@ mod browser;
 mod compression;
 mod connect;
 mod connect_es;
+mod delayed;
 mod durable;
 mod grpc_web;
 mod grpcurl;

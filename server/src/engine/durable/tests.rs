@@ -189,6 +189,77 @@ async fn deleted_tickets_keep_their_tombstones_across_a_restart() {
     );
 }
 
+/// A delayed ticket stored by one process comes due in the next, once:
+/// one that came due before the restart (and was leased) is not fired again.
+#[tokio::test]
+async fn delayed_tickets_come_due_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let at = SystemTime::now() + Duration::from_secs(30);
+    let soon = SystemTime::now() + Duration::from_secs(10);
+    let (waiting, fired);
+    {
+        let engine = open(&path, EngineConfig::default()).unwrap();
+        let delayed = |at| NewTicket {
+            not_before: Some(at),
+            ..new_ticket(0, None)
+        };
+        waiting = engine.submit(delayed(at)).await.unwrap().ticket.id;
+        fired = engine.submit(delayed(soon)).await.unwrap().ticket.id;
+        engine.run_timers(soon).await.unwrap();
+        let s = session(&engine).await;
+        let claimed = engine
+            .claim(&QueueName::parse("q").unwrap(), &[s])
+            .await
+            .unwrap();
+        assert_eq!(
+            claimed.iter().map(|c| c.ticket.id).collect::<Vec<_>>(),
+            [fired]
+        );
+        engine.close().await;
+    }
+    let engine = open(&path, EngineConfig::default()).unwrap();
+    let t = engine.get(waiting).await.unwrap();
+    assert_eq!(
+        (t.state, t.not_before, t.scheduled_for),
+        (TicketState::Pending, Some(at), Some(at))
+    );
+    let s = session(&engine).await;
+    let q = QueueName::parse("q").unwrap();
+    // The lease the first process held went with it: that ticket runs again
+    // as a retry, the one still waiting does not run before its time.
+    let claimed = engine.claim(&q, std::slice::from_ref(&s)).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.ticket.id).collect::<Vec<_>>(),
+        [fired]
+    );
+    assert_eq!(claimed[0].ticket.scheduled_for, Some(soon));
+    assert!(
+        engine
+            .claim(&q, std::slice::from_ref(&s))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    engine
+        .run_timers(at + Duration::from_millis(1))
+        .await
+        .unwrap();
+    let claimed = engine.claim(&q, std::slice::from_ref(&s)).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.ticket.id).collect::<Vec<_>>(),
+        [waiting]
+    );
+    engine
+        .run_timers(at + Duration::from_millis(2))
+        .await
+        .unwrap();
+    assert!(
+        engine.claim(&q, &[s]).await.unwrap().is_empty(),
+        "fired once"
+    );
+}
+
 #[test]
 fn a_corrupt_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
