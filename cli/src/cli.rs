@@ -256,6 +256,15 @@ pub(crate) struct SubmitArgs {
     #[arg(long, value_name = "N")]
     pub(crate) max_attempts: Option<u32>,
 
+    /// Run no sooner than DUR from now, e.g. 10m: the ticket is stored now
+    /// and waits PENDING (scheduled) until then.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, conflicts_with = "at")]
+    pub(crate) delay: Option<Duration>,
+
+    /// Run no sooner than this time, RFC 3339 (2026-12-24T18:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) at: Option<std::time::SystemTime>,
+
     /// Wait until the ticket is terminal and print it, long-polling DUR per
     /// request (default 50s). Put it last or write --wait=DUR.
     #[arg(
@@ -430,6 +439,13 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// own rules (`asyncgate-server` reads its size flags the same way).
 pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     asyncgate_server::config::parse_size_usize(text)
+}
+
+/// An RFC 3339 time ("2026-12-24T18:00:00Z", "2026-12-24 18:00:00+01:00").
+pub(crate) fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .or_else(|_| humantime::parse_rfc3339(text))
+        .map_err(|e| format!("{e}; use an RFC 3339 time such as 2026-12-24T18:00:00Z"))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {

@@ -196,6 +196,12 @@ async fn submit(client: &Client, printer: &Printer, args: SubmitArgs) -> anyhow:
     if let Some(timeout) = args.timeout {
         request = request.timeout(timeout);
     }
+    if let Some(delay) = args.delay {
+        request = request.delay(delay);
+    }
+    if let Some(at) = args.at {
+        request = request.not_before(at);
+    }
     if let Some(timeout) = args.attempt_timeout {
         request = request.attempt_timeout(timeout);
     }
