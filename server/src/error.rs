@@ -113,7 +113,10 @@ impl GatewayError {
                 EngineError::QueueFull { .. } | EngineError::LimitExceeded(_) => {
                     Code::ResourceExhausted
                 }
-                EngineError::IdempotencyConflict { .. } => Code::AlreadyExists,
+                EngineError::IdempotencyConflict { .. } | EngineError::ScheduleExists(_) => {
+                    Code::AlreadyExists
+                }
+                EngineError::ScheduleChanged(_) => Code::Aborted,
                 EngineError::StaleLease { .. }
                 | EngineError::AlreadyTerminal { .. }
                 | EngineError::NotFinished { .. }

@@ -23,6 +23,8 @@
 //!   operators, and `Operations`: tickets as `google.longrunning`
 //!   operations), the edge validation in `rpc::convert`, and the watcher
 //!   stream in `rpc::watch`.
+//! - [`schedules`]: tickets the gateway submits itself on a cron expression
+//!   or interval (`asyncgate.v1.Schedules`), each slot once.
 //! - [`timers`]: the timer loop, which is also the store's health probe
 //!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
@@ -49,6 +51,7 @@ pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod rescue;
 pub mod rpc;
+pub mod schedules;
 pub mod server;
 pub(crate) mod shutdown;
 pub mod telemetry;

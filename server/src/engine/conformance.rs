@@ -252,6 +252,7 @@ macro_rules! engine_conformance {
                 a_deleted_ticket_leaves_a_tombstone,
                 a_delayed_ticket_runs_once_when_due,
                 a_scheduled_ticket_is_cancelled_listed_and_a_past_time_runs_now,
+                schedules_are_stored_fenced_listed_and_due,
             );
         }
     };

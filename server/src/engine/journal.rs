@@ -70,6 +70,13 @@ pub enum Mutation {
         /// The pause.
         pause: Option<QueuePause>,
     },
+    /// Store a schedule (its new revision).
+    PutSchedule(super::ScheduleRecord),
+    /// Delete a schedule.
+    DeleteSchedule {
+        /// Its id as stored.
+        id: String,
+    },
 }
 
 /// Everything a durable journal read back at startup.
@@ -85,6 +92,8 @@ pub struct Recovered {
     pub paused: Vec<(QueueName, QueuePause)>,
     /// Queues with limits.
     pub limits: Vec<(QueueName, QueueLimits)>,
+    /// Schedules.
+    pub schedules: Vec<super::ScheduleRecord>,
 }
 
 /// Where the local engine's transitions go to become durable.

@@ -34,7 +34,7 @@ use super::window::Sample;
 use super::{
     Applied, Before, Claimed, Completion, Engine, EngineConfig, EngineError, EngineListener,
     ListFilter, ListPage, ProgressReport, QueueFlow, QueueInfo, ReleaseReason, Revocation,
-    RevokeReason, SessionInfo, Submitted, TicketChange,
+    RevokeReason, ScheduleRecord, SessionInfo, Submitted, TicketChange,
 };
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
@@ -46,6 +46,7 @@ mod admin;
 mod engine;
 mod index;
 mod restore;
+mod schedules;
 mod timers;
 mod writes;
 
@@ -101,6 +102,8 @@ pub struct LocalEngine {
     held_output: AtomicU64,
     listener: OnceLock<Arc<dyn EngineListener>>,
     journal: Arc<dyn Journal>,
+    /// Schedules by id (a handful to thousands: scanned for due ones).
+    schedules: Mutex<std::collections::BTreeMap<String, super::ScheduleRecord>>,
 }
 
 /// Locks a mutex, recovering from poisoning: state transitions never leave a
@@ -139,6 +142,7 @@ impl LocalEngine {
             held_output: AtomicU64::new(0),
             listener: OnceLock::new(),
             journal,
+            schedules: Mutex::default(),
         }
     }
 

@@ -249,6 +249,12 @@ pub enum EngineError {
     /// call the operator (corrupt).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A schedule with this id exists already.
+    #[error("schedule {0:?} already exists; update it, or delete it first")]
+    ScheduleExists(String),
+    /// The schedule changed (or went) between a read and a write of it.
+    #[error("schedule {0:?} was changed or deleted meanwhile; read it again and retry")]
+    ScheduleChanged(String),
     /// A bug or a broken invariant: logged with its detail under the id.
     #[error("internal error {0}: the gateway's log has the detail under this id")]
     Internal(ErrorId),
@@ -428,6 +434,20 @@ pub fn idempotency_scope(tenant: Option<&str>, key: &str) -> String {
         Some(tenant) => format!("{}:{tenant}:{key}", tenant.len()),
         None => format!("-:{key}"),
     }
+}
+
+/// A schedule as engines store it: opaque bytes (`schedules::record`)
+/// beside what engines index it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    /// Its id as stored (`tenant/id` for a tenant's).
+    pub id: String,
+    /// Bumped by every write: writes are conditional on it.
+    pub revision: u64,
+    /// When the schedule next needs its runner (`None`: paused or ended).
+    pub due: Option<SystemTime>,
+    /// The encoded schedule.
+    pub body: bytes::Bytes,
 }
 
 /// One page of `list`.
@@ -753,6 +773,35 @@ pub trait Engine: Send + Sync + 'static {
     async fn request_drain(&self, _session_id: SessionId, _by: &str) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// Writes a schedule if its stored revision is `expected` (0: it must
+    /// not exist yet) and returns the new revision, `expected + 1`:
+    /// `ScheduleExists` or `ScheduleChanged` otherwise. Replicas that race
+    /// to handle the same slot thus write it once.
+    async fn put_schedule(&self, record: ScheduleRecord, expected: u64)
+    -> Result<u64, EngineError>;
+
+    /// Deletes a schedule; whether it existed.
+    async fn delete_schedule(&self, id: &str) -> Result<bool, EngineError>;
+
+    /// One schedule.
+    async fn get_schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, EngineError>;
+
+    /// Up to `limit` schedules whose ids start with `prefix`, after `after`
+    /// in id order.
+    async fn list_schedules(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, EngineError>;
+
+    /// Up to `limit` schedules due by `now`, earliest first.
+    async fn due_schedules(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, EngineError>;
 
     /// Pauses (`Some`) or resumes (`None`) dispatch from `queue`, for every
     /// gateway sharing the store and across restarts: a paused queue's

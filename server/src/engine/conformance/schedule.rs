@@ -102,3 +102,80 @@ pub(crate) async fn a_scheduled_ticket_is_cancelled_listed_and_a_past_time_runs_
     assert_eq!(c.ticket.id, now.id, "the cancelled one never runs");
     assert!(claimable(&h.engine, &s).await.is_empty());
 }
+
+fn schedule_record(id: &str, due: Option<SystemTime>, body: &'static str) -> ScheduleRecord {
+    ScheduleRecord {
+        id: id.into(),
+        revision: 0,
+        due,
+        body: Bytes::from_static(body.as_bytes()),
+    }
+}
+
+pub(crate) async fn schedules_are_stored_fenced_listed_and_due(factory: Factory) {
+    let h = harness(factory).await;
+    let e = &h.engine;
+    let now = SystemTime::now();
+    let soon = now - Duration::from_secs(1);
+    assert_eq!(
+        e.put_schedule(schedule_record("a", None, "one"), 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        e.put_schedule(schedule_record("a", None, "again"), 0).await,
+        Err(EngineError::ScheduleExists(id)) if id == "a"
+    ));
+    assert_eq!(
+        e.put_schedule(schedule_record("a", Some(soon), "two"), 1)
+            .await
+            .unwrap(),
+        2
+    );
+    // A writer that read revision 1 lost the race: its write is refused.
+    assert!(matches!(
+        e.put_schedule(schedule_record("a", None, "stale"), 1).await,
+        Err(EngineError::ScheduleChanged(_))
+    ));
+    let read = e.get_schedule("a").await.unwrap().unwrap();
+    assert_eq!((read.revision, &read.body[..]), (2, &b"two"[..]));
+    assert!(
+        read.due.is_some_and(
+            |at| at.duration_since(soon).unwrap_or_default() < Duration::from_millis(2)
+        )
+    );
+
+    let later = now + Duration::from_secs(60);
+    e.put_schedule(
+        schedule_record("t/b", Some(now - Duration::from_secs(5)), "b"),
+        0,
+    )
+    .await
+    .unwrap();
+    e.put_schedule(schedule_record("t/c", Some(later), "c"), 0)
+        .await
+        .unwrap();
+    let ids = |records: Vec<ScheduleRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(e.list_schedules("", "", 10).await.unwrap()),
+        ["a", "t/b", "t/c"]
+    );
+    assert_eq!(
+        ids(e.list_schedules("t/", "", 10).await.unwrap()),
+        ["t/b", "t/c"]
+    );
+    assert_eq!(
+        ids(e.list_schedules("t/", "t/b", 10).await.unwrap()),
+        ["t/c"]
+    );
+    assert_eq!(ids(e.list_schedules("", "", 1).await.unwrap()), ["a"]);
+    // Due: earliest first; not yet due and never due (paused) left out.
+    assert_eq!(ids(e.due_schedules(now, 10).await.unwrap()), ["t/b", "a"]);
+    assert_eq!(ids(e.due_schedules(now, 1).await.unwrap()), ["t/b"]);
+
+    assert!(e.delete_schedule("t/b").await.unwrap());
+    assert!(!e.delete_schedule("t/b").await.unwrap());
+    assert_eq!(e.get_schedule("t/b").await.unwrap(), None);
+    assert_eq!(ids(e.due_schedules(now, 10).await.unwrap()), ["a"]);
+}

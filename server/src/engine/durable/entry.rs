@@ -23,6 +23,8 @@ pub(super) const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("
 pub(super) const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
 /// Queues with limits: name → `record::StoredLimits`.
 pub(super) const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
+/// Schedules: id → [`ScheduleRow`].
+pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// The store's own state: the log generation it holds everything before.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `META` key: frames of this generation in the log are not yet in redb.
@@ -38,7 +40,7 @@ pub(crate) struct Frame {
 /// One mutation, encoded.
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct Entry {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub(crate) op: Option<Op>,
 }
 
@@ -64,6 +66,50 @@ pub(crate) enum Op {
     /// Set or clear a queue's pause (no record: cleared).
     #[prost(message, tag = "6")]
     PutPause(QueueRecord),
+    /// Store or delete a schedule (no record: deleted); the name is its id,
+    /// the record a [`ScheduleRow`].
+    #[prost(message, tag = "7")]
+    PutSchedule(QueueRecord),
+}
+
+/// A schedule as its table holds it.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ScheduleRow {
+    #[prost(uint64, tag = "1")]
+    revision: u64,
+    #[prost(uint64, optional, tag = "2")]
+    due: Option<u64>,
+    #[prost(bytes = "bytes", tag = "3")]
+    body: bytes::Bytes,
+}
+
+impl ScheduleRow {
+    fn encode(record: &crate::engine::ScheduleRecord) -> Vec<u8> {
+        Self {
+            revision: record.revision,
+            due: record.due.map(record::nanos),
+            body: record.body.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    /// The schedule `id` stored as `bytes`.
+    pub(super) fn decode(
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<crate::engine::ScheduleRecord, prost::DecodeError> {
+        let row = Self::decode_bytes(bytes)?;
+        Ok(crate::engine::ScheduleRecord {
+            id: id.to_owned(),
+            revision: row.revision,
+            due: row.due.map(record::time),
+            body: row.body,
+        })
+    }
+
+    fn decode_bytes(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        <Self as Message>::decode(bytes)
+    }
 }
 
 /// A ticket id.
@@ -168,6 +214,14 @@ impl Entry {
                 queue: queue.as_str().to_string(),
                 record: pause.as_ref().map(record::encode_pause),
             }),
+            Mutation::PutSchedule(schedule) => Op::PutSchedule(QueueRecord {
+                queue: schedule.id.clone(),
+                record: Some(ScheduleRow::encode(schedule)),
+            }),
+            Mutation::DeleteSchedule { id } => Op::PutSchedule(QueueRecord {
+                queue: id.clone(),
+                record: None,
+            }),
         };
         Self { op: Some(op) }
     }
@@ -201,6 +255,7 @@ pub(super) struct Tables<'t> {
     tombstones: Table<'t, u128, u64>,
     pauses: Table<'t, &'static str, &'static [u8]>,
     limits: Table<'t, &'static str, &'static [u8]>,
+    schedules: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -212,6 +267,7 @@ impl<'t> Tables<'t> {
             tombstones: txn.open_table(TOMBSTONES)?,
             pauses: txn.open_table(PAUSES)?,
             limits: txn.open_table(LIMITS)?,
+            schedules: txn.open_table(SCHEDULES)?,
         })
     }
 
@@ -259,6 +315,15 @@ impl<'t> Tables<'t> {
                 }
                 None => {
                     self.pauses.remove(pause.queue.as_str())?;
+                }
+            },
+            Op::PutSchedule(schedule) => match &schedule.record {
+                Some(row) => {
+                    self.schedules
+                        .insert(schedule.queue.as_str(), row.as_slice())?;
+                }
+                None => {
+                    self.schedules.remove(schedule.queue.as_str())?;
                 }
             },
         }

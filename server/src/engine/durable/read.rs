@@ -11,7 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use super::super::journal::Recovered;
 use super::super::record;
 use super::entry::{
-    CHUNKS, ChunkChange, Entry, LIMITS, META, PAUSES, PAYLOADS, TICKETS, TOMBSTONES,
+    CHUNKS, ChunkChange, Entry, LIMITS, META, PAUSES, PAYLOADS, SCHEDULES, ScheduleRow, TICKETS,
+    TOMBSTONES,
 };
 use crate::domain::ticket::Payload;
 use crate::domain::{Chunk, QueueName, TicketId};
@@ -24,6 +25,7 @@ pub(super) fn create_tables(database: &Database) -> Result<(), redb::Error> {
     txn.open_table(TOMBSTONES)?;
     txn.open_table(PAUSES)?;
     txn.open_table(LIMITS)?;
+    txn.open_table(SCHEDULES)?;
     txn.open_table(META)?;
     txn.commit()?;
     Ok(())
@@ -108,6 +110,13 @@ pub(super) fn read_all(database: &Database) -> Result<Recovered, ReadError> {
         let queue_limits = record::decode_limits(value.value())
             .map_err(|e| ReadError::Record(format!("limits of queue {name:?}: {e}")))?;
         recovered.limits.push((queue, queue_limits));
+    }
+    for entry in txn.open_table(SCHEDULES)?.iter()? {
+        let (key, value) = entry?;
+        let id = key.value();
+        let schedule = ScheduleRow::decode(id, value.value())
+            .map_err(|e| ReadError::Record(format!("schedule {id:?}: {e}")))?;
+        recovered.schedules.push(schedule);
     }
     Ok(recovered)
 }

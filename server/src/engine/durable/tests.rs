@@ -260,6 +260,41 @@ async fn delayed_tickets_come_due_once_across_a_restart() {
     );
 }
 
+/// Schedules are stored: after a restart they read back with their
+/// revision and due time, and a deleted one stays deleted.
+#[tokio::test]
+async fn schedules_survive_a_restart() {
+    use crate::engine::ScheduleRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let due = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let record = |id: &str| ScheduleRecord {
+        id: id.into(),
+        revision: 0,
+        due: Some(due),
+        body: Bytes::from_static(b"body"),
+    };
+    {
+        let engine = open(&path, EngineConfig::default()).unwrap();
+        engine.put_schedule(record("kept"), 0).await.unwrap();
+        engine.put_schedule(record("kept"), 1).await.unwrap();
+        engine.put_schedule(record("gone"), 0).await.unwrap();
+        engine.delete_schedule("gone").await.unwrap();
+        engine.close().await;
+    }
+    let engine = open(&path, EngineConfig::default()).unwrap();
+    let kept = engine.get_schedule("kept").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.revision, kept.due, &kept.body[..]),
+        (2, Some(due), &b"body"[..])
+    );
+    assert_eq!(engine.get_schedule("gone").await.unwrap(), None);
+    assert!(matches!(
+        engine.put_schedule(record("kept"), 1).await,
+        Err(EngineError::ScheduleChanged(_))
+    ));
+}
+
 #[test]
 fn a_corrupt_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

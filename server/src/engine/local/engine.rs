@@ -534,4 +534,37 @@ impl Engine for LocalEngine {
         }
         Ok(info)
     }
+
+    async fn put_schedule(
+        &self,
+        record: ScheduleRecord,
+        expected: u64,
+    ) -> Result<u64, EngineError> {
+        self.put_schedule_record(record, expected).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, EngineError> {
+        self.delete_schedule_record(id).await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, EngineError> {
+        Ok(self.schedule_record(id))
+    }
+
+    async fn list_schedules(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, EngineError> {
+        Ok(self.schedule_records(prefix, after, limit))
+    }
+
+    async fn due_schedules(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, EngineError> {
+        Ok(self.due_schedule_records(now, limit))
+    }
 }

@@ -60,6 +60,12 @@ impl LocalEngine {
         for (queue, limits) in recovered.limits {
             lock(&self.queue(&queue)).set_limits(limits, now);
         }
+        lock(&self.schedules).extend(
+            recovered
+                .schedules
+                .into_iter()
+                .map(|record| (record.id.clone(), record)),
+        );
         let mut last_enqueue = 0;
         let mut interrupted = Vec::new();
         for ticket in recovered.tickets {

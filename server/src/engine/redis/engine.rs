@@ -13,7 +13,8 @@ use crate::domain::{
 };
 use crate::engine::{
     Applied, Claimed, Completion, Engine, EngineError, EngineListener, ListFilter, ListPage,
-    ProgressReport, QueueFlow, QueueInfo, ReleaseReason, SessionInfo, Submitted, WorkerRecord,
+    ProgressReport, QueueFlow, QueueInfo, ReleaseReason, ScheduleRecord, SessionInfo, Submitted,
+    WorkerRecord,
 };
 
 #[async_trait]
@@ -170,5 +171,38 @@ impl Engine for RedisEngine {
 
     async fn request_drain(&self, session_id: SessionId, by: &str) -> Result<(), EngineError> {
         self.inner.request_drain(session_id, by).await
+    }
+
+    async fn put_schedule(
+        &self,
+        record: ScheduleRecord,
+        expected: u64,
+    ) -> Result<u64, EngineError> {
+        self.inner.put_schedule(record, expected).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, EngineError> {
+        self.inner.delete_schedule(id).await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, EngineError> {
+        self.inner.get_schedule(id).await
+    }
+
+    async fn list_schedules(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.inner.list_schedules(prefix, after, limit).await
+    }
+
+    async fn due_schedules(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.inner.due_schedules(now, limit).await
     }
 }

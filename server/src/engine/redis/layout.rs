@@ -135,6 +135,27 @@ impl Keys {
         format!("{}:{{t:{id}}}:tomb", self.prefix)
     }
 
+    /// The tag every schedule key shares (one slot: scripts write a
+    /// schedule and its indexes together).
+    fn schedules_tag(&self) -> String {
+        format!("{}:{{schedules}}", self.prefix)
+    }
+
+    /// One schedule (a hash: `v` revision, `d` body).
+    pub(super) fn schedule(&self, id: &str) -> String {
+        format!("{}:s:{id}", self.schedules_tag())
+    }
+
+    /// Every schedule id (a sorted set, score 0, in lex order).
+    pub(super) fn schedule_ids(&self) -> String {
+        format!("{}:ids", self.schedules_tag())
+    }
+
+    /// Schedule ids by next due time (ms).
+    pub(super) fn schedules_due(&self) -> String {
+        format!("{}:due", self.schedules_tag())
+    }
+
     /// Every queue ever used.
     pub(super) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)

@@ -73,6 +73,7 @@ mod layout;
 mod open;
 mod queries;
 mod queues;
+mod schedules;
 mod sessions;
 mod store;
 mod submit;
@@ -168,6 +169,8 @@ struct Scripts {
     unlink_if: Script,
     /// Adds a replica's counts to a queue's statistics ring (`windows.lua`).
     windows: Script,
+    /// Revision-fenced schedule writes (`schedule.lua`).
+    schedule: Script,
 }
 
 impl Scripts {
@@ -176,6 +179,7 @@ impl Scripts {
             commit: Script::new(include_str!("commit.lua")),
             claim: Script::new(include_str!("claim.lua")),
             windows: Script::new(include_str!("windows.lua")),
+            schedule: Script::new(include_str!("schedule.lua")),
             // An idempotency key holds `ticket-id owner` (older ones just
             // the id): deleted only while it still names this ticket.
             unlink_if: Script::new(
@@ -186,8 +190,14 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 4] {
-        [&self.commit, &self.claim, &self.unlink_if, &self.windows]
+    fn all(&self) -> [&Script; 5] {
+        [
+            &self.commit,
+            &self.claim,
+            &self.unlink_if,
+            &self.windows,
+            &self.schedule,
+        ]
     }
 }
 
