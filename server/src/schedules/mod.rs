@@ -10,4 +10,11 @@
 
 pub mod model;
 pub mod record;
+pub mod runner;
+pub mod service;
 pub mod spec;
+
+pub use service::{Definition, ScheduleError, Schedules, Seen};
+
+#[cfg(test)]
+mod tests;
