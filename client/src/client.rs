@@ -126,6 +126,19 @@ impl Client {
         crate::Admin::new(inner)
     }
 
+    /// Schedules (`asyncgate.v1.Schedules`) on this connection, with this
+    /// client's API key.
+    pub fn schedules(&self) -> crate::Schedules {
+        let mut inner = crate::pb::schedules_client::SchedulesClient::with_interceptor(
+            self.channel.clone(),
+            self.credentials.clone(),
+        );
+        if let Some(encoding) = self.compression {
+            inner = inner.send_compressed(encoding).accept_compressed(encoding);
+        }
+        crate::Schedules::new(inner)
+    }
+
     /// A producer's stream (`Gateway.SubmitStream`): many submits, one
     /// message each, answered in order once stored.
     pub async fn submitter(&self) -> Result<crate::Submitter, ClientError> {

@@ -63,7 +63,7 @@ enum Needs {
 }
 
 /// The methods that only read: a viewer key may call them.
-const READS: [&str; 9] = [
+const READS: [&str; 11] = [
     "/asyncgate.v1.Gateway/GetTicket",
     "/asyncgate.v1.Gateway/WatchTicket",
     "/asyncgate.v1.Gateway/ListTickets",
@@ -73,6 +73,8 @@ const READS: [&str; 9] = [
     "/asyncgate.v1.Admin/ListQueues",
     "/asyncgate.v1.Admin/GetQueue",
     "/asyncgate.v1.Admin/ListWorkers",
+    "/asyncgate.v1.Schedules/GetSchedule",
+    "/asyncgate.v1.Schedules/ListSchedules",
 ];
 
 fn needs(path: &str) -> Needs {
@@ -82,6 +84,8 @@ fn needs(path: &str) -> Needs {
     } else if path.starts_with("/asyncgate.v1.Gateway/")
         // The same tickets, seen as long-running operations.
         || path.starts_with("/google.longrunning.Operations/")
+        // Tickets the gateway submits on the caller's behalf.
+        || path.starts_with("/asyncgate.v1.Schedules/")
     {
         if reads {
             Needs::Role(

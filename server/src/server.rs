@@ -361,6 +361,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         <pb::workers_server::WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
         <crate::rpc::operations::Server as tonic::server::NamedService>::NAME,
         <crate::rpc::admin::Server as tonic::server::NamedService>::NAME,
+        <crate::rpc::schedules::Server as tonic::server::NamedService>::NAME,
     ] {
         health
             .set_service_status(service, tonic_health::ServingStatus::Serving)
@@ -374,6 +375,14 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             shutdown.hard_stop().clone(),
         )
         .instrument(tracing::info_span!("timers")),
+    );
+    shutdown.spawn(
+        crate::schedules::runner::run(
+            crate::schedules::Schedules::new(engine.clone()),
+            crate::schedules::runner::TICK,
+            shutdown.hard_stop().clone(),
+        )
+        .instrument(tracing::info_span!("schedules")),
     );
     let max_message = config.max_payload_bytes + 64 * 1024;
     let routes = routes(&core, health_service, max_message)?;
@@ -495,7 +504,12 @@ fn routes(
         .add_service(gateway)
         .add_service(workers)
         .add_service(crate::rpc::operations::server(core.clone()))
-        .add_service(crate::rpc::admin::server(core.clone())))
+        .add_service(crate::rpc::admin::server(core.clone()))
+        .add_service(
+            crate::rpc::schedules::server(core.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message.max(4 * 1024 * 1024)),
+        ))
 }
 
 /// Accepted connections, each tracked (idle timeout, calls open, closed a

@@ -23,6 +23,7 @@ const SERVICES: &[&str] = &[
     "asyncgate.v1.Gateway",
     "asyncgate.v1.Workers",
     "google.longrunning.Operations",
+    "asyncgate.v1.Schedules",
 ];
 
 /// What the health service says, as the timer loop learns the store's state.

@@ -22,6 +22,7 @@ use crate::time::{self, rfc3339};
 
 pub(crate) mod admin;
 pub mod list;
+pub(crate) mod schedule;
 pub(crate) mod worker;
 
 pub use list::{PageQuery, list_tickets, page, page_token};

@@ -10,6 +10,7 @@ pub(crate) mod admin;
 pub mod convert;
 pub(crate) mod gateway;
 pub(crate) mod operations;
+pub(crate) mod schedules;
 pub(crate) mod streams;
 pub(crate) mod tickets;
 pub(crate) mod watch;

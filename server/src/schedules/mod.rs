@@ -14,6 +14,7 @@ pub mod runner;
 pub mod service;
 pub mod spec;
 
+pub use model::Schedule;
 pub use service::{Definition, ScheduleError, Schedules, Seen};
 
 #[cfg(test)]

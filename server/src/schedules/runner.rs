@@ -15,6 +15,11 @@ use super::service::{ScheduleError, Schedules};
 use crate::domain::TicketState;
 use crate::engine::EngineError;
 
+/// How often each replica looks for due slots: a slot's ticket is
+/// submitted at most this late (it then waits for its exact time, plus the
+/// jitter, as a delayed ticket).
+pub const TICK: Duration = Duration::from_millis(100);
+
 /// Schedules handled per pass.
 const PER_PASS: usize = 100;
 

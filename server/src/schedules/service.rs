@@ -170,6 +170,11 @@ impl Schedules {
         self.seen(schedule).await
     }
 
+    /// `schedule` with the tickets of its recent runs.
+    pub async fn seen_now(&self, schedule: Schedule) -> Result<Seen, ScheduleError> {
+        self.seen(schedule).await
+    }
+
     async fn seen(&self, schedule: Schedule) -> Result<Seen, ScheduleError> {
         let mut tickets = Vec::new();
         for id in schedule.runs.iter().filter_map(|run| run.ticket) {
