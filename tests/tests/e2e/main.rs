@@ -22,6 +22,7 @@ mod operations;
 mod python;
 mod python_sdk;
 mod replicas;
+mod schedules;
 mod streams;
 mod tls;
 mod trace_context;
