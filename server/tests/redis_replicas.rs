@@ -415,3 +415,90 @@ async fn two_replicas_fire_each_delayed_ticket_once_and_not_early() {
         worker.shutdown();
     }
 }
+
+/// A schedule on two replicas sharing one Redis: both runners see every
+/// slot due, and each slot still becomes exactly one ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fire_each_schedule_slot_once() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let (port_x, port_y) = (free_port(), free_port());
+    let urls = [
+        format!("http://127.0.0.1:{port_x}"),
+        format!("http://127.0.0.1:{port_y}"),
+    ];
+    let _replicas = [start_replica(&redis, port_x), start_replica(&redis, port_y)];
+    let client = serving(urls[0].clone()).await;
+    serving(urls[1].clone()).await;
+    let (ran_tx, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
+    let workers: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let ran_tx = ran_tx.clone();
+            Worker::builder(url.clone())
+                .queue("ticks")
+                .handler(handler_fn(move |task: TaskContext| {
+                    let ran_tx = ran_tx.clone();
+                    async move {
+                        let _ = ran_tx.send(task.ticket_id().to_owned());
+                        Ok(payload::json("ran".into()))
+                    }
+                }))
+                .build()
+                .unwrap()
+                .spawn()
+        })
+        .collect();
+    client
+        .schedules()
+        .create(pb::Schedule {
+            id: "every-second".into(),
+            spec: Some(pb::ScheduleSpec {
+                every: Some(pb::schedule_spec::Every::Interval(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                })),
+                ..Default::default()
+            }),
+            ticket: Some(Submit::new("ticks").build()),
+            overlap_policy: pb::OverlapPolicy::Allow as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut slots = std::collections::HashSet::new();
+    let mut tickets = std::collections::HashSet::new();
+    while slots.len() < 4 {
+        let id = ran_rx.recv().await.unwrap();
+        assert!(tickets.insert(id.clone()), "ticket {id} ran twice");
+        let ticket = client.get(&id, None).await.unwrap();
+        let slot = ticket.metadata["asyncgate.fire_time"].clone();
+        assert!(
+            slots.insert(slot.clone()),
+            "slot {slot} got a second ticket"
+        );
+    }
+    client
+        .schedules()
+        .pause("every-second", "done")
+        .await
+        .unwrap();
+    let seen = client.schedules().get("every-second").await.unwrap();
+    let fired: Vec<_> = seen
+        .recent_runs
+        .iter()
+        .map(|r| r.fire_time.clone())
+        .collect();
+    let distinct: std::collections::HashSet<_> = fired
+        .iter()
+        .map(|t| t.as_ref().map(|t| t.seconds))
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        fired.len(),
+        "each slot recorded once: {fired:?}"
+    );
+    assert_eq!(seen.fired as usize, fired.len());
+    for worker in workers {
+        worker.shutdown();
+    }
+}
