@@ -188,6 +188,10 @@ pub(crate) enum Command {
     /// Runs until SIGINT or SIGTERM, then drains (finishes and delivers
     /// in-flight tasks); a second signal stops at once.
     Work(WorkArgs),
+    /// Create, list, show, pause, resume, trigger, backfill or delete a
+    /// schedule: tickets the gateway submits itself on a cron expression or
+    /// an interval (a client or admin key; a viewer key may list and show).
+    Schedule(crate::schedule::ScheduleArgs),
     /// Measure a gateway's throughput, latency and memory.
     #[command(long_about = crate::bench::LONG_ABOUT)]
     Bench(crate::bench::BenchArgs),
@@ -441,14 +445,13 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     asyncgate_server::config::parse_size_usize(text)
 }
 
-/// An RFC 3339 time ("2026-12-24T18:00:00Z", "2026-12-24 18:00:00+01:00").
+/// An RFC 3339 time ("2026-12-24T18:00:00Z", "2026-12-24T18:00:00+01:00").
 pub(crate) fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
-    humantime::parse_rfc3339_weak(text)
-        .or_else(|_| humantime::parse_rfc3339(text))
-        .map_err(|e| format!("{e}; use an RFC 3339 time such as 2026-12-24T18:00:00Z"))
+    std::time::SystemTime::try_from(parse_timestamp(text)?)
+        .map_err(|_| format!("{text:?} is out of range"))
 }
 
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
@@ -462,7 +465,7 @@ fn parse_timestamp(text: &str) -> Result<prost_types::Timestamp, String> {
         .map_err(|_| format!("{text:?} is not an RFC 3339 time; use e.g. 2025-01-31T12:00:00Z"))
 }
 
-fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+pub(crate) fn parse_json(text: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|err| format!("not valid JSON: {err}"))
 }
 

@@ -14,6 +14,7 @@ mod admin;
 mod bench;
 mod cli;
 mod output;
+mod schedule;
 mod status;
 mod work;
 
@@ -136,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queues => admin::queues(&connect(server).await?, &printer).await,
+        Command::Schedule(args) => {
+            schedule::schedule(&connect(server).await?, &printer, args).await
+        }
         Command::Workers { queue } => {
             admin::workers(&connect(server).await?, &printer, queue).await
         }
