@@ -66,6 +66,11 @@ Scale scenarios (bounded by --tickets, and by --time-limit per phase):
                 them on --workers workers (spread over the replicas) that
                 hold each task --hold: the delivered rate after --warmup,
                 over --duration, and the most tasks the workers ran at once
+  delayed       Submit --tickets (default 1000000) delayed tickets that come
+                due at --rate per second (default 10000) from a start far
+                enough ahead for the submits to finish: RSS per pending
+                ticket, then lateness (worker receipt - not_before)
+                percentiles as --workers workers run them
 
 Output: a table on stdout, or one JSON document with the global
 --output json; a progress line on stderr about once a second (--quiet: none).
@@ -132,9 +137,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub(crate) queues: usize,
 
-    /// The rate-limit scenario's max_dispatch_per_second.
-    #[arg(long, default_value_t = 500, value_name = "N")]
-    pub(crate) rate: u32,
+    /// The rate-limit scenario's max_dispatch_per_second (default 500);
+    /// the delayed scenario's tickets coming due per second (default
+    /// 10000).
+    #[arg(long, value_name = "N")]
+    pub(crate) rate: Option<u32>,
 
     /// The rate-limit scenario's max_concurrent (0: none).
     #[arg(long, default_value_t = 20, value_name = "N")]
@@ -212,6 +219,7 @@ pub(crate) enum Mode {
     ManyWorkers,
     Queues,
     RateLimit,
+    Delayed,
 }
 
 impl Mode {
@@ -229,6 +237,7 @@ impl Mode {
             Mode::ManyWorkers => "many-workers",
             Mode::Queues => "queues",
             Mode::RateLimit => "rate-limit",
+            Mode::Delayed => "delayed",
         }
     }
 
@@ -236,7 +245,12 @@ impl Mode {
     pub(crate) fn is_scale(self) -> bool {
         matches!(
             self,
-            Mode::Backlog | Mode::Fanout | Mode::ManyWorkers | Mode::Queues | Mode::RateLimit
+            Mode::Backlog
+                | Mode::Fanout
+                | Mode::ManyWorkers
+                | Mode::Queues
+                | Mode::RateLimit
+                | Mode::Delayed
         )
     }
 }
@@ -442,7 +456,13 @@ impl BenchArgs {
                 100_000_000,
             )?,
             queues: check_range("queues", self.queues, 1, 10_000)?,
-            rate: check_range("rate", self.rate, 1, 1_000_000)?,
+            rate: check_range(
+                "rate",
+                self.rate
+                    .unwrap_or(if mode == Mode::Delayed { 10_000 } else { 500 }),
+                1,
+                1_000_000,
+            )?,
             max_concurrent: check_range("max-concurrent", self.max_concurrent, 0, 10_000_000)?,
             hold: self.hold,
             payload_size: check_range("payload-size", self.payload_size, 0, MAX_PAYLOAD)?,

@@ -18,6 +18,7 @@
 
 mod args;
 mod cleanup;
+mod delayed;
 mod echo;
 mod load;
 mod operate;

@@ -42,6 +42,7 @@ pub(crate) async fn run(settings: &Settings, gateway: &Gateway) -> anyhow::Resul
         Mode::ManyWorkers => many_workers(settings, gateway).await,
         Mode::Queues => super::operate::queues(settings, gateway).await,
         Mode::RateLimit => super::operate::rate_limit(settings, gateway).await,
+        Mode::Delayed => super::delayed::run(settings, gateway).await,
         other => anyhow::bail!("{} is not a scale scenario", other.name()),
     }
 }
@@ -169,7 +170,7 @@ impl Distinct {
 }
 
 /// A progress line per second: `counter` out of `total`.
-fn ticker(
+pub(super) fn ticker(
     settings: &Settings,
     label: String,
     counter: Arc<AtomicU64>,
@@ -196,7 +197,7 @@ fn ticker(
     })
 }
 
-fn stop_ticker(ticker: Option<JoinHandle<()>>) {
+pub(super) fn stop_ticker(ticker: Option<JoinHandle<()>>) {
     if let Some(ticker) = ticker {
         ticker.abort();
     }
@@ -213,6 +214,9 @@ pub(super) struct Submitted {
     pub(super) completed: bool,
 }
 
+/// Makes the request of the n-th submit (from 0).
+pub(super) type MakeRequest = Arc<dyn Fn(u64) -> pb::SubmitRequest + Send + Sync>;
+
 /// Submits `total` copies of `request` from `concurrency` tasks over
 /// `channels`, until done or `deadline`.
 pub(super) async fn submit_many(
@@ -224,6 +228,22 @@ pub(super) async fn submit_many(
     marks: Option<&Marks>,
     deadline: Instant,
 ) -> Submitted {
+    let request = request.clone();
+    let make: MakeRequest = Arc::new(move |_| request.clone());
+    submit_made(settings, label, channels, make, total, marks, deadline).await
+}
+
+/// Submits `total` requests made by `make` from `concurrency` tasks over
+/// `channels`, until done or `deadline`.
+pub(super) async fn submit_made(
+    settings: &Settings,
+    label: String,
+    channels: &[Channel],
+    make: MakeRequest,
+    total: u64,
+    marks: Option<&Marks>,
+    deadline: Instant,
+) -> Submitted {
     let next = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let progress = ticker(settings, label, accepted.clone(), total);
@@ -231,7 +251,7 @@ pub(super) async fn submit_many(
     let mut tasks = JoinSet::new();
     for index in 0..settings.concurrency[0] {
         let mut client = gateway_client(&channels[index % channels.len()]);
-        let request = request.clone();
+        let make = make.clone();
         let next = next.clone();
         let accepted = accepted.clone();
         let marks = marks.cloned();
@@ -239,9 +259,13 @@ pub(super) async fn submit_many(
         tasks.spawn(async move {
             let mut errors: BTreeMap<ErrorKey, u64> = BTreeMap::new();
             let mut attempted = 0u64;
-            while Instant::now() < deadline && next.fetch_add(1, Ordering::Relaxed) < total {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() >= deadline || n >= total {
+                    break;
+                }
                 attempted += 1;
-                let outcome = tokio::time::timeout(timeout, client.submit(request.clone())).await;
+                let outcome = tokio::time::timeout(timeout, client.submit(make(n))).await;
                 match outcome {
                     Ok(Ok(_)) => {
                         let n = accepted.fetch_add(1, Ordering::Relaxed) + 1;
@@ -301,7 +325,11 @@ impl Submitted {
 
 /// Waits until `counter` reaches `target` or `deadline`; returns when it
 /// saw it reach the target (`None`: the deadline came first).
-async fn wait_for_count(counter: &AtomicU64, target: u64, deadline: Instant) -> Option<Instant> {
+pub(super) async fn wait_for_count(
+    counter: &AtomicU64,
+    target: u64,
+    deadline: Instant,
+) -> Option<Instant> {
     loop {
         let now = Instant::now();
         if counter.load(Ordering::Relaxed) >= target {
