@@ -20,7 +20,7 @@ pub(crate) struct ScheduleArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ScheduleAction {
     /// Create a schedule: the gateway submits a ticket at each slot.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List the schedules this key sees.
     List,
     /// Print a schedule: spec, ticket, recent runs and next fire times.

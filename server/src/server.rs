@@ -367,23 +367,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    shutdown.spawn(
-        crate::timers::run(
-            engine.clone(),
-            config.timer_tick,
-            crate::timers::StoreHealth::new(health.clone(), shutdown.initiated().clone()),
-            shutdown.hard_stop().clone(),
-        )
-        .instrument(tracing::info_span!("timers")),
-    );
-    shutdown.spawn(
-        crate::schedules::runner::run(
-            crate::schedules::Schedules::new(engine.clone()),
-            crate::schedules::runner::TICK,
-            shutdown.hard_stop().clone(),
-        )
-        .instrument(tracing::info_span!("schedules")),
-    );
+    spawn_passes(&shutdown, &engine, &config, &health);
     let max_message = config.max_payload_bytes + 64 * 1024;
     let routes = routes(&core, health_service, max_message)?;
     let connect = config
@@ -461,6 +445,34 @@ async fn serve_metrics(
 
 /// Every service the gateway serves: health, reflection (v1 and v1alpha),
 /// Gateway, Workers and Operations.
+/// The background passes every replica runs until the hard stop: the
+/// timer loop (which is also the store's health probe) and the schedule
+/// runner.
+fn spawn_passes(
+    shutdown: &Shutdown,
+    engine: &Arc<dyn Engine>,
+    config: &Config,
+    health: &tonic_health::server::HealthReporter,
+) {
+    shutdown.spawn(
+        crate::timers::run(
+            engine.clone(),
+            config.timer_tick,
+            crate::timers::StoreHealth::new(health.clone(), shutdown.initiated().clone()),
+            shutdown.hard_stop().clone(),
+        )
+        .instrument(tracing::info_span!("timers")),
+    );
+    shutdown.spawn(
+        crate::schedules::runner::run(
+            crate::schedules::Schedules::new(engine.clone()),
+            crate::schedules::runner::TICK,
+            shutdown.hard_stop().clone(),
+        )
+        .instrument(tracing::info_span!("schedules")),
+    );
+}
+
 fn routes(
     core: &Core,
     health: tonic_health::pb::health_server::HealthServer<

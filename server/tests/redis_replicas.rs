@@ -483,11 +483,7 @@ async fn two_replicas_fire_each_schedule_slot_once() {
         .await
         .unwrap();
     let seen = client.schedules().get("every-second").await.unwrap();
-    let fired: Vec<_> = seen
-        .recent_runs
-        .iter()
-        .map(|r| r.fire_time.clone())
-        .collect();
+    let fired: Vec<_> = seen.recent_runs.iter().map(|r| r.fire_time).collect();
     let distinct: std::collections::HashSet<_> = fired
         .iter()
         .map(|t| t.as_ref().map(|t| t.seconds))

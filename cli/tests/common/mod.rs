@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 
 /// A memory-store gateway and its URL.
-pub async fn gateway() -> (asyncgate_server::Running, String) {
+pub(crate) async fn gateway() -> (asyncgate_server::Running, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let config = asyncgate_server::Config {
@@ -21,14 +21,14 @@ pub async fn gateway() -> (asyncgate_server::Running, String) {
 }
 
 /// The CLI, pointed at `url`.
-pub fn cli(url: &str) -> Command {
+pub(crate) fn cli(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_asyncgate"));
     command.env("ASYNCGATE_SERVER", url).kill_on_drop(true);
     command
 }
 
 /// Runs `command` to its end: its exit code, stdout and stderr.
-pub async fn run_full(command: &mut Command) -> (i32, String, String) {
+pub(crate) async fn run_full(command: &mut Command) -> (i32, String, String) {
     let output = tokio::time::timeout(Duration::from_secs(30), command.output())
         .await
         .expect("the CLI finishes")

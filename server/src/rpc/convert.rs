@@ -344,24 +344,29 @@ fn queue_seen<'t>(ticket: &'t Ticket, context: WaitContext<'_>) -> &'t str {
     }
 }
 
+/// A delayed ticket's waiting reason while its time has not come.
+fn scheduled_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::WaitingReason> {
+    let until = ticket
+        .not_before
+        .filter(|until| *until > SystemTime::now() && ticket.attempt == 0)?;
+    Some(pb::WaitingReason {
+        kind: pb::WaitingReasonKind::Scheduled as i32,
+        description: format!(
+            "scheduled for {}; it joins queue {:?} then",
+            rfc3339(until),
+            queue_seen(ticket, context)
+        ),
+        until: Some(time::timestamp(until)),
+        ..Default::default()
+    })
+}
+
 /// Explains why a ticket is not done (None once terminal).
 fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::WaitingReason> {
     match ticket.state {
         TicketState::Pending => {
-            if let Some(until) = ticket.not_before
-                && until > SystemTime::now()
-                && ticket.attempt == 0
-            {
-                return Some(pb::WaitingReason {
-                    kind: pb::WaitingReasonKind::Scheduled as i32,
-                    description: format!(
-                        "scheduled for {}; it joins queue {:?} then",
-                        rfc3339(until),
-                        queue_seen(ticket, context)
-                    ),
-                    until: Some(time::timestamp(until)),
-                    ..Default::default()
-                });
+            if let Some(reason) = scheduled_reason(ticket, context) {
+                return Some(reason);
             }
             if let Some(until) = ticket.not_before
                 && until > SystemTime::now()

@@ -12,6 +12,9 @@ use super::layout;
 use super::store::QueryKind;
 use crate::engine::{EngineError, ScheduleRecord};
 
+/// A schedule's revision, body and due time (ms) as read.
+type Row = (Option<u64>, Option<Vec<u8>>, Option<f64>);
+
 impl Inner {
     pub(super) async fn put_schedule(
         &self,
@@ -63,7 +66,7 @@ impl Inner {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: Vec<(Option<u64>, Option<Vec<u8>>, Option<f64>)> = self
+        let replies: Vec<Row> = self
             .run(|| {
                 let mut pipe = redis::pipe();
                 for id in &ids {
@@ -84,9 +87,9 @@ impl Inner {
                     .map(|pair| {
                         let (revision, body): (Option<u64>, Option<Vec<u8>>) =
                             redis::from_redis_value(pair[0].clone())
-                                .map_err(|e| EngineError::internal(e))?;
+                                .map_err(EngineError::internal)?;
                         let due: Option<f64> = redis::from_redis_value(pair[1].clone())
-                            .map_err(|e| EngineError::internal(e))?;
+                            .map_err(EngineError::internal)?;
                         Ok((revision, body, due))
                     })
                     .collect()
