@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from ._admin import Admin
 from ._aio import within
@@ -85,6 +85,10 @@ class Submit:
     attempt_timeout: Seconds | None = None
     #: 0: the gateway's default.
     max_attempts: int = 0
+    #: Run no sooner than this long after the submit (the ticket waits PENDING, scheduled).
+    delay: Seconds | None = None
+    #: Or no sooner than this time (timezone-aware; one of `delay` and `not_before`).
+    not_before: _dt.datetime | None = None
 
     def encode(self) -> bytes:
         """The serialised `SubmitRequest` (what `submit_many` writes).
@@ -99,6 +103,8 @@ class Submit:
             and not (self.priority or self.idempotency_key or self.metadata or self.max_attempts)
             and self.timeout is None
             and self.attempt_timeout is None
+            and self.delay is None
+            and self.not_before is None
         ):
             queue = self.queue.encode()
             inner = b"\x12" + _varint(len(payload))  # Payload.binary (2)
@@ -118,7 +124,17 @@ class Submit:
             timeout=_duration(self.timeout),
             attempt_timeout=_duration(self.attempt_timeout),
             max_attempts=self.max_attempts,
+            delay=_duration(self.delay),
+            not_before=_timestamp(self.not_before),
         )
+
+
+def _timestamp(value: _dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value.astimezone(_dt.timezone.utc) if value.tzinfo else value)
+    return stamp
 
 
 @dataclass(frozen=True)
@@ -222,15 +238,27 @@ class Client:
         timeout: Seconds | None = None,
         attempt_timeout: Seconds | None = None,
         max_attempts: int = 0,
+        delay: Seconds | None = None,
+        not_before: _dt.datetime | None = None,
     ) -> Ticket:
         """Stores a request and returns its PENDING ticket at once.
 
         `payload`: bytes travel as binary, anything else as JSON (see
         `json_payload`/`bytes_payload` for a content type). A repeated
-        `idempotency_key` returns the original ticket.
+        `idempotency_key` returns the original ticket. With `delay` or
+        `not_before` it waits (PENDING, scheduled) until then.
         """
         request = Submit(
-            queue, payload, priority, idempotency_key, metadata or {}, timeout, attempt_timeout, max_attempts
+            queue,
+            payload,
+            priority,
+            idempotency_key,
+            metadata or {},
+            timeout,
+            attempt_timeout,
+            max_attempts,
+            delay,
+            not_before,
         )
         return await self._submit(request.to_proto())
 

@@ -229,6 +229,11 @@ class Ticket:
     def finished_at(self) -> _dt.datetime | None:
         return _time(self.proto.finished_at, self.proto.HasField("finished_at"))
 
+    @property
+    def scheduled_for(self) -> _dt.datetime | None:
+        """The time a delayed submit (`delay`, `not_before`) asked for; None otherwise."""
+        return _time(self.proto.scheduled_for, self.proto.HasField("scheduled_for"))
+
     def __repr__(self) -> str:
         return f"Ticket(id={self.id!r}, queue={self.queue!r}, state={self.state.name}, attempt={self.attempt})"
 

@@ -39,6 +39,22 @@ class ClientTest(GatewayTestCase):
         self.assertTrue(done.done)
         self.assertIsNotNone(done.finished_at)
 
+    async def test_a_delayed_ticket_waits_scheduled_then_runs(self) -> None:
+        queue = unique_queue("delayed")
+        ticket = await self.client.submit(queue, "later", delay=0.3)
+        self.assertEqual(ticket.state, S.PENDING)
+        self.assertIsNotNone(ticket.scheduled_for)
+        self.assertTrue(ticket.waiting_reason.startswith("scheduled for "), ticket.waiting_reason)
+        # The same through submit_many, with a time.
+        at = ticket.scheduled_for
+        [again] = await self.client.submit_many([asyncgate.Submit(queue, "at", not_before=at)])
+        self.assertEqual(again.scheduled_for, at)
+        await self.echo_worker(queue)
+        done = await bounded(self.client.get(ticket.id, wait=20))
+        self.assertEqual((done.state, done.result), (S.SUCCEEDED, "LATER"))
+        assert done.finished_at is not None and at is not None
+        self.assertGreaterEqual(done.finished_at, at)
+
     async def test_idempotency_key_returns_the_original_ticket(self) -> None:
         queue = unique_queue("idem")
         key = uuid.uuid4().hex
