@@ -134,6 +134,8 @@ fn submit_against_an_embedded_durable_gateway() {
     assert!(run["ratio_to_baseline"].is_null(), "{run}");
     assert_eq!(report["baseline"], serde_json::json!([]));
     assert!(!path.exists(), "the bench deletes its store file");
+    let log = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    assert!(!log.exists(), "and its write-ahead log");
 }
 
 #[test]

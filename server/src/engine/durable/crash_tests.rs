@@ -18,7 +18,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::entry::{CHUNKS, LIMITS, PAUSES, PAYLOADS, TICKETS, TOMBSTONES, Tables};
+use super::entry::{
+    CHUNKS, LIMITS, PAUSES, PAYLOADS, SCHEDULES, TICKETS, TOMBSTONES, Tables,
+};
 use super::simdisk::{SimDisk, Survives};
 use super::*;
 use crate::domain::ticket::Payload;
@@ -45,7 +47,7 @@ fn workload(seed: u64) -> Vec<Vec<Vec<Mutation>>> {
             let choice = if live.is_empty() {
                 0
             } else {
-                rng.random_range(0..9)
+                rng.random_range(0..10)
             };
             let mutation = match choice {
                 0..=2 => {
@@ -124,6 +126,22 @@ fn workload(seed: u64) -> Vec<Vec<Vec<Mutation>>> {
                         max_concurrent: 3,
                     },
                 },
+                9 => {
+                    let id = format!("schedule-{}", rng.random_range(0..3));
+                    if rng.random_bool(0.25) {
+                        Mutation::DeleteSchedule { id }
+                    } else {
+                        Mutation::PutSchedule(crate::engine::ScheduleRecord {
+                            id,
+                            revision: rng.random_range(1..9),
+                            due: rng.random_bool(0.7).then(|| {
+                                SystemTime::UNIX_EPOCH
+                                    + Duration::from_secs(rng.random_range(1..1_000_000))
+                            }),
+                            body: (0..rng.random_range(8..64)).map(|_| rng.random()).collect(),
+                        })
+                    }
+                }
                 _ => Mutation::PutQueuePause {
                     queue: queue.clone(),
                     pause: rng.random_bool(0.5).then(|| QueuePause {
@@ -172,6 +190,10 @@ fn dump(database: &Database) -> Dump {
     for entry in txn.open_table(LIMITS).unwrap().iter().unwrap() {
         let (k, v) = entry.unwrap();
         rows.insert(format!("limits {}", k.value()), v.value().to_vec());
+    }
+    for entry in txn.open_table(SCHEDULES).unwrap().iter().unwrap() {
+        let (k, v) = entry.unwrap();
+        rows.insert(format!("schedule {}", k.value()), v.value().to_vec());
     }
     rows
 }
