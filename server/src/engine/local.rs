@@ -55,13 +55,15 @@ use timers::TimerEffects;
 
 const SHARDS: usize = 64;
 
-/// A ticket-level timer; validated against the ticket when it fires.
+/// A ticket-level timer; validated against the ticket when it fires. One
+/// byte: a timer entry is as small as a ready-index entry (see [`Timers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// Retry backoff ends.
+    /// Retry backoff ends, or a delayed ticket comes due.
     Backoff,
-    /// The lease's attempt budget ends.
-    AttemptDeadline(LeaseId),
+    /// The current attempt's budget ends (the one whose attempt deadline
+    /// is the timer's time).
+    AttemptDeadline,
     /// The ticket's whole budget ends.
     Deadline,
     /// The finished ticket is deleted.
@@ -70,12 +72,49 @@ enum Timer {
     Tombstone,
 }
 
+/// A shard's timers by due time. Every pending delayed ticket, every retry
+/// in backoff, every deadline and every retained result holds one, so an
+/// entry is kept at 32 bytes: the time as nanoseconds since the epoch, a
+/// one-byte kind, the ticket.
+#[derive(Default)]
+struct Timers(BTreeSet<(u64, Timer, TicketId)>);
+
+fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Timers {
+    fn insert(&mut self, (at, timer, id): (SystemTime, Timer, TicketId)) -> bool {
+        self.0.insert((nanos(at), timer, id))
+    }
+
+    fn remove(&mut self, &(at, timer, id): &(SystemTime, Timer, TicketId)) -> bool {
+        self.0.remove(&(nanos(at), timer, id))
+    }
+
+    /// The earliest timer.
+    fn first(&self) -> Option<(SystemTime, Timer, TicketId)> {
+        self.0.first().map(|&(at, timer, id)| {
+            (
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(at),
+                timer,
+                id,
+            )
+        })
+    }
+
+    fn pop_first(&mut self) {
+        self.0.pop_first();
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     /// Boxed: growing the map moves pointers, not 440-byte records.
     tickets: HashMap<TicketId, Box<Ticket>>,
     chunks: HashMap<TicketId, Vec<Chunk>>,
-    timers: BTreeSet<(SystemTime, Timer, TicketId)>,
+    timers: Timers,
     /// Deleted tickets, with their deletion time.
     tombstones: HashMap<TicketId, SystemTime>,
 }
@@ -417,7 +456,7 @@ impl LocalEngine {
         {
             shard
                 .timers
-                .remove(&(at, Timer::AttemptDeadline(lease.lease_id), ticket.id));
+                .remove(&(at, Timer::AttemptDeadline, ticket.id));
         }
     }
 

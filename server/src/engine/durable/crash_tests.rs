@@ -18,9 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::entry::{
-    CHUNKS, LIMITS, PAUSES, PAYLOADS, SCHEDULES, TICKETS, TOMBSTONES, Tables,
-};
+use super::entry::{CHUNKS, LIMITS, PAUSES, PAYLOADS, SCHEDULES, TICKETS, TOMBSTONES, Tables};
 use super::simdisk::{SimDisk, Survives};
 use super::*;
 use crate::domain::ticket::Payload;

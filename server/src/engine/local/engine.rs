@@ -266,9 +266,7 @@ impl Engine for LocalEngine {
             stored_by = stored_by.max(ticket.journal_seq);
             let lease = transition::lease(ticket, session, now);
             if let Some(at) = lease.attempt_deadline {
-                shard
-                    .timers
-                    .insert((at, Timer::AttemptDeadline(lease.lease_id), id));
+                shard.timers.insert((at, Timer::AttemptDeadline, id));
             }
             self.commit(ticket, Some(EventKind::State), None);
             self.observe(before, ticket, now);
@@ -388,7 +386,7 @@ impl Engine for LocalEngine {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let shard = &mut *shard;
-            while let Some(&(at, timer, id)) = shard.timers.first() {
+            while let Some((at, timer, id)) = shard.timers.first() {
                 if at > now {
                     break;
                 }

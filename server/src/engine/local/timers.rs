@@ -60,7 +60,15 @@ impl LocalEngine {
             }
             // When the attempt's deadline is the ticket's own, the ticket
             // expires (the Deadline timer, due in the same pass) instead.
-            Timer::AttemptDeadline(lease_id) if ticket.is_leased_by(lease_id) => {
+            Timer::AttemptDeadline
+                if let Some(lease_id) = ticket
+                    .lease
+                    .as_ref()
+                    .filter(|l| {
+                        ticket.state == TicketState::Running && l.attempt_deadline == Some(at)
+                    })
+                    .map(|l| l.lease_id) =>
+            {
                 Self::clear_attempt_timer(shard, &ticket);
                 let before = Before::of(&ticket);
                 if let Some(lease) =
