@@ -131,6 +131,25 @@ async fn pause_resume_and_trigger() {
         listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["report"]
     );
+    // An update replaces the definition and keeps the runs.
+    let mut daily = every_second("report", "summaries");
+    daily.spec = Some(pb::ScheduleSpec {
+        every: Some(pb::schedule_spec::Every::Cron("0 6 * * MON-FRI".into())),
+        time_zone: "Asia/Tokyo".into(),
+        ..Default::default()
+    });
+    let updated = schedules.update(daily).await.unwrap();
+    assert_eq!(updated.ticket.unwrap().queue, "summaries");
+    assert_eq!(updated.recent_runs.len(), 1, "the runs so far are kept");
+    // 06:00 in Tokyo is 21:00 UTC the day before.
+    assert!(
+        updated
+            .next_fire_times
+            .iter()
+            .all(|t| t.seconds % 86_400 == 21 * 3600)
+    );
+    let (code_missing, _) = code(schedules.update(every_second("nope", "q")).await);
+    assert_eq!(code_missing, Code::NotFound);
 }
 
 #[tokio::test]
