@@ -37,6 +37,7 @@ pub(crate) use args::{BenchArgs, LONG_ABOUT};
 use args::{Mode, PayloadKind, Settings, TargetSpec};
 use asyncgate_client::CompressionEncoding;
 use echo::EchoBaseline;
+pub(crate) use load::code_name;
 use load::{LoadKind, LoadPlan};
 use report::{LoadReport, RunRecord};
 use target::{Fleet, Gateway, RssSource};
