@@ -6,12 +6,14 @@
 //! The input is read on a thread of its own, a bounded channel ahead of the
 //! calls, so a file of any length is held a few batches at a time. A batch
 //! the gateway refuses as a whole for its size (over its message limit,
-//! which the CLI cannot know) is split in halves and sent again: such a
-//! batch was refused before any of it was read, so nothing is stored twice.
+//! which the CLI cannot know) is split in halves and sent again (and later
+//! calls start at the size that got through): such a batch was refused
+//! before any of it was read, so nothing is stored twice.
 
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use asyncgate_client::{Client, ClientError, SUBMIT_BATCH_LIMIT, pb};
@@ -52,14 +54,19 @@ pub(crate) async fn run(
     let (tx, mut lines) = mpsc::channel(READ_AHEAD);
     let reader = tokio::task::spawn_blocking(move || read_lines(input, &schema, &tx));
     let mut failed = false;
+    // Requests per call: the limit, or fewer once the gateway found a
+    // call over its message limit.
+    let fits = AtomicUsize::new(SUBMIT_BATCH_LIMIT);
     let mut chunk: Vec<Line> = Vec::new();
     let (mut requests, mut bytes) = (0, 0);
     loop {
         let line = lines.recv().await;
-        let full =
-            requests >= SUBMIT_BATCH_LIMIT || bytes >= MAX_CALL_BYTES || chunk.len() >= READ_AHEAD;
+        let full = requests >= fits.load(Ordering::Relaxed)
+            || bytes >= MAX_CALL_BYTES
+            || chunk.len() >= READ_AHEAD;
         if (line.is_none() || full) && !chunk.is_empty() {
-            failed |= send_and_print(client, printer, std::mem::take(&mut chunk)).await?;
+            let chunk = std::mem::take(&mut chunk);
+            failed |= send_and_print(client, printer, chunk, &fits).await?;
             (requests, bytes) = (0, 0);
         }
         let Some(line) = line else { break };
@@ -86,6 +93,7 @@ async fn send_and_print(
     client: &Client,
     printer: &Printer,
     chunk: Vec<Line>,
+    fits: &AtomicUsize,
 ) -> anyhow::Result<bool> {
     let mut unread = Vec::new();
     let mut requests = Vec::new();
@@ -95,7 +103,7 @@ async fn send_and_print(
             Err(reason) => unread.push((line.number, reason)),
         }
     }
-    let mut answers: Vec<(u64, Answer)> = submit(client, requests).await;
+    let mut answers: Vec<(u64, Answer)> = submit(client, requests, fits).await;
     answers.extend(
         unread
             .into_iter()
@@ -116,11 +124,13 @@ async fn send_and_print(
 }
 
 /// One SubmitBatch call of `requests` (halved while the gateway finds it
-/// over its message limit); each request's answer.
-fn submit(
-    client: &Client,
+/// over its message limit, which `fits` then remembers); each request's
+/// answer.
+fn submit<'a>(
+    client: &'a Client,
     requests: Vec<(u64, pb::SubmitRequest)>,
-) -> futures::future::BoxFuture<'_, Vec<(u64, Answer)>> {
+    fits: &'a AtomicUsize,
+) -> futures::future::BoxFuture<'a, Vec<(u64, Answer)>> {
     Box::pin(async move {
         let (numbers, sent): (Vec<u64>, Vec<pb::SubmitRequest>) = requests.iter().cloned().unzip();
         match client.submit_batch(sent).await {
@@ -132,8 +142,10 @@ fn submit(
             Err(error) if too_large(&error) && requests.len() > 1 => {
                 let mut first = requests;
                 let second = first.split_off(first.len() / 2);
-                let mut answers = submit(client, first).await;
-                answers.extend(submit(client, second).await);
+                // Later calls start at the size that got through.
+                fits.fetch_min(first.len(), Ordering::Relaxed);
+                let mut answers = submit(client, first, fits).await;
+                answers.extend(submit(client, second, fits).await);
                 answers
             }
             Err(error) => {
@@ -223,6 +235,7 @@ impl Schema {
     /// One line as a request; unknown fields are refused (a typo must not
     /// drop a field silently).
     fn parse(&self, text: &str) -> Result<pb::SubmitRequest, String> {
+        let text = text.trim_end_matches(['\n', '\r']);
         let mut json = serde_json::Deserializer::from_str(text);
         let dynamic = DynamicMessage::deserialize_with_options(
             self.request.clone(),
@@ -230,7 +243,17 @@ impl Schema {
             &DeserializeOptions::new(),
         )
         .and_then(|message| json.end().map(|()| message))
-        .map_err(|e| format!("not a SubmitRequest in proto3 JSON: {e}"))?;
+        .map_err(|e| {
+            // Where in the line: serde's line number is always 1 here.
+            let reason = e.to_string();
+            let reason = reason
+                .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+                .unwrap_or(&reason);
+            format!(
+                "not a SubmitRequest in proto3 JSON: {reason} (column {})",
+                e.column()
+            )
+        })?;
         dynamic
             .transcode_to::<pb::SubmitRequest>()
             .map_err(|e| format!("not a SubmitRequest: {e}"))
