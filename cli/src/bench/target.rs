@@ -32,16 +32,11 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 /// Ctrl-C too.
 static CREATED_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Deletes a durable store file and the write-ahead log beside it.
 fn remove_file(path: &Path) {
-    let mut log = path.as_os_str().to_owned();
-    log.push("-wal");
-    for file in [path, Path::new(&log)] {
-        match std::fs::remove_file(file) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => eprintln!("warning: cannot delete {}: {error}", file.display()),
-        }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => eprintln!("warning: cannot delete {}: {error}", path.display()),
     }
     CREATED_FILES
         .lock()
