@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use asyncgate_client::SUBMIT_BATCH_LIMIT;
 use clap::{Args, ValueEnum};
 
 use crate::cli::{parse_duration, parse_size};
@@ -423,12 +424,7 @@ impl BenchArgs {
             targets,
             server_pid: self.server_pid,
             concurrency,
-            batch_size: check_range(
-                "batch-size",
-                self.batch_size,
-                1,
-                asyncgate_client::SUBMIT_BATCH_LIMIT,
-            )?,
+            batch_size: check_range("batch-size", self.batch_size, 1, SUBMIT_BATCH_LIMIT)?,
             connections: check_range(
                 "connections",
                 self.connections.unwrap_or(default_connections),
