@@ -110,7 +110,7 @@ async fn a_scheduled_ticket_is_cancelled_before_it_runs() {
         .iter()
         .map(|(id, _)| id.clone())
         .collect();
-    assert_eq!(ran, [control.id.clone()]);
+    assert_eq!(ran, std::slice::from_ref(&control.id));
     worker.shutdown();
 }
 
