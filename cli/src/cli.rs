@@ -14,8 +14,9 @@ const GLOBAL_OPTIONS: &str = "Global options";
 /// Submit, follow and serve Asyncgate tickets.
 ///
 /// Exit codes: 0 on success (a SUCCEEDED ticket, or a ticket that is not
-/// terminal yet); 1 when the ticket ended FAILED, CANCELLED or EXPIRED;
-/// 2 on usage, connection and gateway errors.
+/// terminal yet); 1 when the ticket ended FAILED, CANCELLED or EXPIRED (or a
+/// line of `submit --batch` was refused); 2 on usage, connection and
+/// gateway errors.
 #[derive(Debug, Parser)]
 #[command(name = "asyncgate", version)]
 pub(crate) struct Cli {
@@ -206,11 +207,30 @@ pub(crate) struct HealthArgs {
 }
 
 #[derive(Debug, Args)]
-// A body is required: a forgotten flag must not send an empty request.
-#[command(group(ArgGroup::new("body").args(["json", "file", "data", "empty"]).required(true)))]
+// A body is required: a forgotten flag must not send an empty request (a
+// batch's lines carry their own).
+#[command(group(ArgGroup::new("body").args(["json", "file", "data", "empty", "batch"]).required(true)))]
 pub(crate) struct SubmitArgs {
     /// The queue to submit to.
-    pub(crate) queue: String,
+    #[arg(required_unless_present = "batch")]
+    pub(crate) queue: Option<String>,
+
+    /// Submit many requests: one per line of FILE ("-" for stdin), each a
+    /// SubmitRequest in proto3 JSON, e.g. {"queue": "q", "payload":
+    /// {"json": "hi"}, "priority": 5} (blank lines skipped). Sent in
+    /// SubmitBatch calls of up to 1000; prints one line per request, in
+    /// order: its ticket, or {"line", "code", "message"} when it was
+    /// refused or is not a request (the others go on). Exits 1 if any line
+    /// was refused.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "queue", "priority", "idempotency_key", "metadata", "timeout",
+            "attempt_timeout", "max_attempts", "delay", "at", "wait", "watch",
+        ]
+    )]
+    pub(crate) batch: Option<PathBuf>,
 
     /// The payload as JSON text, e.g. '"hello"' or '{"n": 1}'.
     #[arg(long, value_name = "JSON", value_parser = parse_json)]
@@ -531,7 +551,7 @@ mod tests {
         let Command::Submit(args) = cli.command else {
             panic!("not submit");
         };
-        assert_eq!(args.queue, "upper");
+        assert_eq!(args.queue.as_deref(), Some("upper"));
         assert_eq!(args.json, Some(serde_json::json!("hi")));
         assert_eq!(args.priority, -5);
         assert_eq!(args.metadata.len(), 2);
@@ -554,6 +574,28 @@ mod tests {
         assert!(parse(&["submit", "q", "--empty"]).is_ok());
         assert!(parse(&["submit", "q", "--json", "{nope"]).is_err());
         assert!(parse(&["submit", "q", "--wait", "--watch"]).is_err());
+
+        // --batch: the lines carry everything; a single submit's flags and
+        // queue are refused with it.
+        let cli = parse(&["submit", "--batch", "-"])?;
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit");
+        };
+        assert_eq!(args.batch, Some(PathBuf::from("-")));
+        assert_eq!(args.queue, None);
+        for extra in [
+            &["q"][..],
+            &["--json", "1"],
+            &["--empty"],
+            &["--priority", "3"],
+            &["--idempotency-key", "k"],
+            &["--wait"],
+            &["--delay", "1s"],
+        ] {
+            let mut args = vec!["submit", "--batch", "f.jsonl"];
+            args.extend_from_slice(extra);
+            assert!(parse(&args).is_err(), "{extra:?}");
+        }
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 //! - `cli.rs`: the clap definitions and value parsers (durations, ...).
 //! - `output.rs`: text for people, proto3 JSON (via prost-reflect) for
 //!   programs.
+//! - `batch.rs`: `asyncgate submit --batch FILE`, JSON lines in, a result
+//!   per line out.
 //! - `status.rs`: what `--wait` and `--watch` say on stderr meanwhile
 //!   (waiting reasons, progress).
 //! - `work.rs`: `asyncgate work -- CMD`, a worker that runs a command per task.
@@ -11,6 +13,7 @@
 //!   expired or a gateway not serving, 2 usage/connection/gateway error).
 
 mod admin;
+mod batch;
 mod bench;
 mod cli;
 mod output;
@@ -37,7 +40,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Usage, connection and gateway errors (clap also exits 2 on bad usage).
 const EXIT_ERROR: u8 = 2;
 /// The ticket ended FAILED, CANCELLED or EXPIRED (or, for `health`, the
-/// gateway is not serving).
+/// gateway is not serving; for `submit --batch`, a line was refused).
 const EXIT_TICKET_FAILED: u8 = 1;
 
 #[tokio::main]
@@ -183,7 +186,12 @@ async fn connect(server: &Gateway) -> anyhow::Result<Client> {
 }
 
 async fn submit(client: &Client, printer: &Printer, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut request = Submit::new(args.queue).priority(args.priority);
+    if let Some(path) = &args.batch {
+        return batch::run(client, printer, path).await;
+    }
+    // Required by clap unless --batch is given.
+    let queue = args.queue.context("a queue is required")?;
+    let mut request = Submit::new(queue).priority(args.priority);
     if let Some(value) = args.json {
         request = request.json(value);
     } else if let Some(path) = args.file {

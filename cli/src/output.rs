@@ -89,6 +89,30 @@ impl Printer {
         }
     }
 
+    /// A ticket of `submit --batch`: its JSON, or its one-line summary.
+    pub(crate) fn batch_ticket(&self, ticket: &pb::Ticket) -> anyhow::Result<()> {
+        match &self.json {
+            Some(json) => emit(&to_json(&json.ticket, ticket)?),
+            None => emit(&ticket_line(ticket)),
+        }
+    }
+
+    /// A line of `submit --batch` that was refused or could not be read.
+    pub(crate) fn batch_refusal(
+        &self,
+        line: u64,
+        code: tonic::Code,
+        message: &str,
+    ) -> anyhow::Result<()> {
+        let code = crate::bench::code_name(code);
+        match &self.json {
+            Some(_) => emit(
+                &serde_json::json!({ "line": line, "code": code, "message": message }).to_string(),
+            ),
+            None => emit(&format!("line {line}: {code}: {message}")),
+        }
+    }
+
     pub(crate) fn event(&self, event: &pb::TicketEvent) -> anyhow::Result<()> {
         match &self.json {
             Some(json) => emit(&to_json(&json.event, event)?),

@@ -138,6 +138,37 @@ fn submit_against_an_embedded_durable_gateway() {
     assert!(!log.exists(), "and its write-ahead log");
 }
 
+/// Batches on the durable store: the counts are tickets (a multiple of the
+/// batch size), the latency is per call.
+#[test]
+fn submit_batch_against_an_embedded_durable_gateway() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("batch.redb");
+    let store = path.to_str().expect("a UTF-8 temp path");
+    let report = bench(&[
+        "--embedded",
+        store,
+        "--mode",
+        "submit-batch",
+        "--batch-size",
+        "50",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    let run = &report["runs"][0];
+    check_row(run);
+    assert_eq!(run["mode"], "submit-batch");
+    assert_eq!(report["settings"]["batch_size"], 50);
+    let tickets = number(&run["requests"], "requests");
+    assert_eq!(tickets % 50.0, 0.0, "whole batches of tickets: {run}");
+    assert!(number(&run["throughput"], "throughput") >= 50.0, "{run}");
+    assert!(!path.exists(), "the bench deletes its store file");
+}
+
 #[test]
 fn e2e_against_a_remote_gateway_with_tls_and_an_api_key() {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};

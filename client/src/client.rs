@@ -189,6 +189,52 @@ impl Client {
             .into_inner())
     }
 
+    /// Stores many requests in one call (`Gateway.SubmitBatch`): one answer
+    /// per request, in order, each its ticket (as [`Client::submit`]
+    /// returns it) or why that request alone was refused; one refused
+    /// request does not stop the others. The stored ones are committed
+    /// together (on the durable store, one disk sync for the batch).
+    ///
+    /// Up to [`SUBMIT_BATCH_LIMIT`](crate::SUBMIT_BATCH_LIMIT) requests per
+    /// call, within the gateway's message limit (`--max-payload-bytes` plus
+    /// 64 KiB for the whole call); an empty or larger batch fails the whole
+    /// call (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED past the message
+    /// limit), and so does a broken connection: then some requests may be
+    /// stored, so give them idempotency keys to submit them again safely.
+    /// A ticket found by its idempotency key comes without its `result`
+    /// (read it with [`Client::get`]).
+    pub async fn submit_batch<R: Into<pb::SubmitRequest>>(
+        &self,
+        requests: impl IntoIterator<Item = R>,
+    ) -> Result<Vec<Result<pb::Ticket, ClientError>>, ClientError> {
+        let requests: Vec<pb::SubmitRequest> = requests.into_iter().map(Into::into).collect();
+        let sent = requests.len();
+        let response = self
+            .inner
+            .clone()
+            .submit_batch(pb::SubmitBatchRequest { requests })
+            .await?
+            .into_inner();
+        if response.results.len() != sent {
+            return Err(ClientError::Protocol(format!(
+                "the gateway answered {} of {sent} requests of a batch",
+                response.results.len()
+            )));
+        }
+        Ok(response
+            .results
+            .into_iter()
+            .map(|result| match (result.ticket, result.error) {
+                (_, Some(error)) => Err(crate::streams::item_status(error)),
+                (Some(ticket), None) => Ok(ticket),
+                (None, None) => Err(ClientError::Protocol(
+                    "the gateway answered a request of a batch with neither ticket nor error"
+                        .into(),
+                )),
+            })
+            .collect())
+    }
+
     /// Submits and follows the new ticket in one call. The first event is the
     /// new ticket's SNAPSHOT (its id names the ticket); the stream ends after
     /// the terminal event.

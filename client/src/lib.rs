@@ -16,8 +16,9 @@
 //! ```
 //!
 //! # Layout
-//! - `client.rs`: [`Client`] (connect, submit, execute, get with long-poll,
-//!   watch, cancel, list) and [`endpoint`], the transport settings.
+//! - `client.rs`: [`Client`] (connect, submit, submit_batch, execute, get
+//!   with long-poll, watch, cancel, list) and [`endpoint`], the transport
+//!   settings.
 //! - `stream.rs`: [`EventStream`], which resumes a broken watch from its seq
 //!   cursor with no gap and no duplicate; the cursor rules are a pure type.
 //! - `submit.rs`: [`Submit`], the builder for `SubmitRequest`.
@@ -56,6 +57,10 @@ pub mod worker;
 /// larger than that with its envelope: one such task would have broken the
 /// worker's whole stream).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most requests one [`Client::submit_batch`] may carry: the gateway
+/// refuses a larger batch as a whole (INVALID_ARGUMENT naming `requests`).
+pub const SUBMIT_BATCH_LIMIT: usize = 1000;
 
 /// The generated `asyncgate.v1` messages and stubs.
 pub use asyncgate_proto::v1 as pb;

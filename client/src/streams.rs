@@ -29,7 +29,7 @@ struct Line {
 }
 
 /// A refused item or subscription as a client error.
-fn item_status(error: pb::ItemError) -> ClientError {
+pub(crate) fn item_status(error: pb::ItemError) -> ClientError {
     ClientError::Status(Status::new(Code::from(error.code), error.message))
 }
 

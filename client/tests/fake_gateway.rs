@@ -319,6 +319,39 @@ impl pb::gateway_server::Gateway for FakeGateway {
         Err(Status::unimplemented("fake"))
     }
 
+    /// Answers each request by its queue: `bad` is refused, `none` gets
+    /// an empty result (a broken gateway), `drop` is left out of the
+    /// answer; any other becomes a ticket whose id is the queue.
+    async fn submit_batch(
+        &self,
+        request: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let results = request
+            .into_inner()
+            .requests
+            .into_iter()
+            .filter(|r| r.queue != "drop")
+            .map(|r| match r.queue.as_str() {
+                "bad" => pb::SubmitBatchResult {
+                    ticket: None,
+                    error: Some(pb::ItemError {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: "invalid queue: bad".into(),
+                    }),
+                },
+                "none" => pb::SubmitBatchResult::default(),
+                _ => pb::SubmitBatchResult {
+                    ticket: Some(pb::Ticket {
+                        id: r.queue,
+                        ..Default::default()
+                    }),
+                    error: None,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::SubmitBatchResponse { results }))
+    }
+
     type WatchTicketsStream = BoxStream<pb::TicketEvent>;
 
     async fn watch_tickets(
@@ -447,4 +480,45 @@ async fn watch_resumes_without_gap_or_duplicate() {
             (7, State)
         ]
     );
+}
+
+/// `submit_batch` maps each answer to its request, in order: a ticket, the
+/// request's own refusal as a status, and a protocol error for an answer
+/// with neither or a batch answered short.
+#[tokio::test]
+async fn submit_batch_answers_each_request_in_order() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (watches, _unused) = mpsc::channel(1);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::gateway_server::GatewayServer::new(FakeGateway {
+                watches,
+            }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let client = Client::connect(format!("http://{addr}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answers = client
+        .submit_batch(["a", "bad", "b", "none"].map(asyncgate_client::Submit::new))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0].as_ref().map(|t| t.id.as_str()).ok(), Some("a"));
+    let refused = answers[1].as_ref().expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.to_string().contains("invalid queue"), "{refused}");
+    assert_eq!(answers[2].as_ref().map(|t| t.id.as_str()).ok(), Some("b"));
+    assert!(matches!(
+        answers[3],
+        Err(asyncgate_client::ClientError::Protocol(_))
+    ));
+    let short = client
+        .submit_batch(["a", "drop"].map(asyncgate_client::Submit::new))
+        .await
+        .expect_err("a batch answered short");
+    assert!(short.to_string().contains("1 of 2"), "{short}");
 }

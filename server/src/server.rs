@@ -496,13 +496,17 @@ fn routes(
     // Compressed requests are always accepted; replies are compressed only
     // for callers that ask for it (grpc-accept-encoding).
     use tonic::codec::CompressionEncoding::{Gzip, Zstd};
+    // A SubmitBatch answer repeats its request's echoed fields and adds a
+    // bounded amount per ticket (see `BATCH_ANSWER_HEADROOM`).
     let gateway = pb::gateway_server::GatewayServer::new(GatewayService::new(core.clone()))
         .accept_compressed(Gzip)
         .accept_compressed(Zstd)
         .send_compressed(Gzip)
         .send_compressed(Zstd)
         .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message.max(4 * 1024 * 1024));
+        .max_encoding_message_size(
+            max_message.max(4 * 1024 * 1024) + crate::rpc::gateway::BATCH_ANSWER_HEADROOM,
+        );
     let workers = pb::workers_server::WorkersServer::new(WorkersService::new(core.clone()))
         .accept_compressed(Gzip)
         .accept_compressed(Zstd)

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use asyncgate_client::SUBMIT_BATCH_LIMIT;
 use clap::{Args, ValueEnum};
 
 use crate::cli::{parse_duration, parse_size};
@@ -45,6 +46,10 @@ when the previous one finished, for --warmup then --duration):
                 its result read from the connection's WatchTickets stream
                 (the SDK's submitter and results); latency = submit to
                 the result
+  submit-batch  SubmitBatch calls of --batch-size tickets (default 100),
+                --concurrency calls in flight; no workers, tickets cleaned
+                up as in submit mode. Requests, req/s, success, errors and
+                cpu per request count tickets; latency is per call
 
 Scale scenarios (bounded by --tickets, and by --time-limit per phase):
   backlog       Submit --tickets (default 1000000) with no worker connected:
@@ -109,6 +114,10 @@ pub(crate) struct BenchArgs {
     /// Requests in flight; a comma list runs each (default 64).
     #[arg(long, value_name = "N[,N...]", value_delimiter = ',')]
     pub(crate) concurrency: Vec<usize>,
+
+    /// Tickets per SubmitBatch call of --mode submit-batch (1 to 1000).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) batch_size: usize,
 
     /// Separate HTTP/2 connections the requests round-robin over (default 1;
     /// 8 for fanout).
@@ -214,6 +223,7 @@ pub(crate) enum Mode {
     WatchFanout,
     StreamSubmit,
     StreamE2e,
+    SubmitBatch,
     Backlog,
     Fanout,
     ManyWorkers,
@@ -232,6 +242,7 @@ impl Mode {
             Mode::WatchFanout => "watch-fanout",
             Mode::StreamSubmit => "stream-submit",
             Mode::StreamE2e => "stream-e2e",
+            Mode::SubmitBatch => "submit-batch",
             Mode::Backlog => "backlog",
             Mode::Fanout => "fanout",
             Mode::ManyWorkers => "many-workers",
@@ -302,6 +313,8 @@ pub(crate) struct Settings {
     pub(crate) embedded: bool,
     pub(crate) server_pid: Option<u32>,
     pub(crate) concurrency: Vec<usize>,
+    /// Tickets per call of submit-batch.
+    pub(crate) batch_size: usize,
     pub(crate) connections: usize,
     pub(crate) workers: usize,
     pub(crate) max_in_flight: u32,
@@ -412,7 +425,7 @@ impl BenchArgs {
         };
         if self.baseline && mode.is_scale() {
             return Err(format!(
-                "--baseline applies to the load modes (submit, e2e, poll, watch-fanout, stream-submit, stream-e2e), not {}",
+                "--baseline applies to the load modes (submit, e2e, poll, watch-fanout, stream-submit, stream-e2e, submit-batch), not {}",
                 mode.name()
             ));
         }
@@ -425,6 +438,7 @@ impl BenchArgs {
             targets,
             server_pid: self.server_pid,
             concurrency,
+            batch_size: check_range("batch-size", self.batch_size, 1, SUBMIT_BATCH_LIMIT)?,
             connections: check_range(
                 "connections",
                 self.connections.unwrap_or(default_connections),
@@ -517,6 +531,12 @@ mod tests {
         assert_eq!((s.tickets, s.concurrency[0]), (1_000_000, 64));
         let s = settings(&["--mode", "watch-fanout"])?;
         assert_eq!(s.watchers, 10);
+        let s = settings(&["--mode", "submit-batch"])?;
+        assert_eq!((s.batch_size, s.concurrency[0]), (100, 64));
+        let s = settings(&["--mode", "submit-batch", "--batch-size", "1000"])?;
+        assert_eq!(s.batch_size, 1000);
+        assert!(settings(&["--batch-size", "1001"]).is_err());
+        assert!(settings(&["--batch-size", "0"]).is_err());
         Ok(())
     }
 

@@ -125,6 +125,8 @@ pub(crate) enum LoadKind {
     /// Submit on the connection's SubmitStream, the result from its
     /// WatchTickets stream.
     StreamE2e,
+    /// SubmitBatch calls of this many tickets.
+    SubmitBatch(usize),
 }
 
 /// One task's request maker.
@@ -140,6 +142,32 @@ enum Caller {
     Poll(GatewayClient<Transport>, pb::SubmitRequest),
     WatchFanout(GatewayClient<Transport>, pb::SubmitRequest, usize),
     Streamed(Streams, pb::SubmitRequest, Option<Arc<Created>>),
+    SubmitBatch(
+        GatewayClient<Transport>,
+        pb::SubmitBatchRequest,
+        Option<Arc<Created>>,
+    ),
+}
+
+/// What one finished call did: a batch carries many tickets, each stored
+/// or refused on its own; any other call is one request.
+struct Done {
+    /// When it was done.
+    at: Instant,
+    /// Requests (tickets) it stored or completed.
+    ok: u64,
+    /// Those it carried that were refused, by key.
+    refused: Vec<ErrorKey>,
+}
+
+impl Done {
+    fn one(at: Instant) -> Self {
+        Self {
+            at,
+            ok: 1,
+            refused: Vec::new(),
+        }
+    }
 }
 
 /// The long-poll `wait` of each GetTicket in poll mode.
@@ -172,6 +200,13 @@ impl Caller {
                 Caller::Echo(client, echo.clone())
             }
             LoadKind::Submit => Caller::Submit(gateway_client(channel), request.clone(), created),
+            LoadKind::SubmitBatch(size) => Caller::SubmitBatch(
+                gateway_client(channel),
+                pb::SubmitBatchRequest {
+                    requests: vec![request.clone(); size],
+                },
+                created,
+            ),
             LoadKind::Execute => Caller::Execute(gateway_client(channel), request.clone()),
             LoadKind::Poll => Caller::Poll(gateway_client(channel), request.clone()),
             LoadKind::WatchFanout(watchers) => {
@@ -184,9 +219,27 @@ impl Caller {
         }
     }
 
+    /// Requests one call carries.
+    fn units(&self) -> u64 {
+        match self {
+            Caller::SubmitBatch(_, batch, _) => batch.requests.len() as u64,
+            _ => 1,
+        }
+    }
+
+    /// One call, start to finish.
+    async fn call(&mut self) -> Result<Done, ErrorKey> {
+        match self {
+            Caller::SubmitBatch(client, batch, created) => {
+                submit_batch(client, batch, created.as_deref()).await
+            }
+            other => other.call_one().await.map(Done::one),
+        }
+    }
+
     /// One request, start to finish; `Ok` holds when it was done (the
     /// terminal event, before the stream's end is read).
-    async fn call(&mut self) -> Result<Instant, ErrorKey> {
+    async fn call_one(&mut self) -> Result<Instant, ErrorKey> {
         match self {
             Caller::Echo(client, request) => client
                 .echo(request.clone())
@@ -200,6 +253,12 @@ impl Caller {
                     created.push(reply.into_inner().id);
                 }
                 Ok(done)
+            }
+            // `call` counts a batch's tickets; here it is one call.
+            Caller::SubmitBatch(client, batch, created) => {
+                submit_batch(client, batch, created.as_deref())
+                    .await
+                    .map(|done| done.at)
             }
             Caller::Streamed(streams, request, created) => {
                 streams.call(request, created.as_deref()).await?;
@@ -271,6 +330,37 @@ impl Caller {
             }
         }
     }
+}
+
+/// One SubmitBatch call: its tickets stored, and refused by key.
+async fn submit_batch(
+    client: &mut GatewayClient<Transport>,
+    batch: &pb::SubmitBatchRequest,
+    created: Option<&Created>,
+) -> Result<Done, ErrorKey> {
+    let reply = client
+        .submit_batch(batch.clone())
+        .await
+        .map_err(status_key)?
+        .into_inner();
+    let mut done = Done {
+        at: Instant::now(),
+        ok: 0,
+        refused: Vec::new(),
+    };
+    for result in reply.results {
+        match (result.ticket, result.error) {
+            (Some(ticket), None) => {
+                done.ok += 1;
+                if let Some(created) = created {
+                    created.push(ticket.id);
+                }
+            }
+            (_, Some(error)) => done.refused.push(code_name(tonic::Code::from(error.code))),
+            (None, None) => done.refused.push("PROTOCOL_ERROR"),
+        }
+    }
+    Ok(done)
 }
 
 /// The measured part of one run.
@@ -450,6 +540,7 @@ async fn client_task(
     duration: Duration,
 ) -> Measured {
     let mut measured = Measured::empty(duration);
+    let units = caller.units();
     loop {
         let started = Instant::now();
         if started >= end {
@@ -459,23 +550,33 @@ async fn client_task(
             Ok(outcome) => outcome,
             Err(_) => Err("CLIENT_TIMEOUT"),
         };
-        counters.completed.fetch_add(1, Ordering::Relaxed);
-        if outcome.is_err() {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        let failed = match &outcome {
+            Ok(done) => done.refused.len() as u64,
+            Err(_) => units,
+        };
+        let carried = outcome
+            .as_ref()
+            .map_or(units, |done| done.ok + done.refused.len() as u64);
+        counters.completed.fetch_add(carried, Ordering::Relaxed);
+        counters.errors.fetch_add(failed, Ordering::Relaxed);
         if started >= measure_from {
-            measured.requests += 1;
-            match outcome {
+            measured.requests += carried;
+            match &outcome {
                 Ok(done) => {
-                    measured.succeeded += 1;
-                    let elapsed = done.saturating_duration_since(started);
-                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-                    measured.latency.saturating_record(micros.max(1));
+                    measured.succeeded += done.ok;
+                    for key in &done.refused {
+                        *measured.errors.entry(key).or_default() += 1;
+                    }
+                    if done.ok > 0 {
+                        let elapsed = done.at.saturating_duration_since(started);
+                        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                        measured.latency.saturating_record(micros.max(1));
+                    }
                 }
-                Err(key) => *measured.errors.entry(key).or_default() += 1,
+                Err(key) => *measured.errors.entry(key).or_default() += units,
             }
         }
-        if outcome.is_err() {
+        if failed > 0 {
             // A gateway that fails fast (refused, shutting down) must not
             // turn the loop into a busy spin.
             tokio::time::sleep(Duration::from_millis(1)).await;

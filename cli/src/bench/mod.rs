@@ -6,7 +6,8 @@
 //!   own workers, RSS.
 //! - `echo.rs`: the `--baseline` plain gRPC echo server.
 //! - `load.rs`: the timed closed-loop load modes (submit, e2e, poll,
-//!   watch-fanout, and the echo baseline).
+//!   watch-fanout, stream-submit, stream-e2e, submit-batch, and the echo
+//!   baseline).
 //! - `scale.rs`: the scale scenarios (backlog, fanout, many-workers).
 //! - `report.rs`: medians, ratios, table and JSON.
 //! - `cleanup.rs`: submit mode's tickets on a remote gateway are cancelled
@@ -38,6 +39,7 @@ pub(crate) use args::{BenchArgs, LONG_ABOUT};
 use args::{Mode, PayloadKind, Settings, TargetSpec};
 use asyncgate_client::CompressionEncoding;
 use echo::EchoBaseline;
+pub(crate) use load::code_name;
 use load::{LoadKind, LoadPlan};
 use report::{LoadReport, RunRecord};
 use target::{Fleet, Gateway, RssSource};
@@ -152,6 +154,7 @@ fn load_kind(settings: &Settings) -> LoadKind {
         Mode::WatchFanout => LoadKind::WatchFanout(settings.watchers),
         Mode::StreamSubmit => LoadKind::StreamSubmit,
         Mode::StreamE2e => LoadKind::StreamE2e,
+        Mode::SubmitBatch => LoadKind::SubmitBatch(settings.batch_size),
         _ => LoadKind::Execute,
     }
 }
@@ -275,7 +278,10 @@ async fn run_gateway(
     let gateway = Gateway::open(target, settings).await?;
     let result = async {
         let queue = target::fresh_queue(settings.mode.name());
-        let submit_only = matches!(settings.mode, Mode::Submit | Mode::StreamSubmit);
+        let submit_only = matches!(
+            settings.mode,
+            Mode::Submit | Mode::StreamSubmit | Mode::SubmitBatch
+        );
         let fleet = if submit_only {
             None
         } else {

@@ -278,6 +278,7 @@ fn settings_json(settings: &Settings) -> Value {
         "workers": settings.workers,
         "max_in_flight": settings.max_in_flight,
         "watchers": settings.watchers,
+        "batch_size": settings.batch_size,
         "warmup_s": settings.warmup.as_secs_f64(),
         "repeat": settings.repeat,
         "rss_source": RssSource::for_settings(settings).label(),
@@ -378,7 +379,9 @@ pub(crate) fn load_text(report: &LoadReport, settings: &Settings) -> String {
     let mut out = String::new();
     let workers = if matches!(
         settings.mode,
-        super::args::Mode::Submit | super::args::Mode::StreamSubmit
+        super::args::Mode::Submit
+            | super::args::Mode::StreamSubmit
+            | super::args::Mode::SubmitBatch
     ) {
         "no workers".to_owned()
     } else {
@@ -411,6 +414,13 @@ pub(crate) fn load_text(report: &LoadReport, settings: &Settings) -> String {
     );
     if settings.mode == super::args::Mode::WatchFanout {
         let _ = writeln!(out, "{} watchers per ticket", settings.watchers);
+    }
+    if settings.mode == super::args::Mode::SubmitBatch {
+        let _ = writeln!(
+            out,
+            "{} tickets per SubmitBatch call: requests, req/s and cpu us/req count tickets; latency is per call",
+            settings.batch_size
+        );
     }
     let header = [
         "target",

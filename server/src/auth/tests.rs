@@ -62,6 +62,12 @@ fn keys_are_matched_by_hash_and_roles_are_enforced() {
         .unwrap()
         .is_some()
     );
+    // A batch of submits needs what a submit needs.
+    let batch = "/asyncgate.v1.Gateway/SubmitBatch";
+    let denied = check(&keys, batch, Some("Bearer worker-secret"), None).unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let allowed = check(&keys, batch, Some("Bearer client-secret"), None).unwrap();
+    assert_eq!(allowed.and_then(|c| c.tenant).as_deref(), Some("t1"));
     let missing = check(&keys, "/asyncgate.v1.Gateway/Submit", None, None).unwrap_err();
     assert_eq!(missing.code(), tonic::Code::Unauthenticated);
     assert!(

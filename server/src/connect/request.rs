@@ -59,7 +59,7 @@ impl Shared {
             Failure::new(
                 Code::Unimplemented,
                 format!(
-                    "unknown method {path:?}; the gateway serves /asyncgate.v1.Gateway/<Method> (Submit, Execute, GetTicket, WatchTicket, CancelTicket, ListTickets), /google.longrunning.Operations/<Method> and /grpc.health.v1.Health/Check"
+                    "unknown method {path:?}; the gateway serves /asyncgate.v1.Gateway/<Method> (Submit, SubmitBatch, Execute, GetTicket, WatchTicket, CancelTicket, ListTickets), /google.longrunning.Operations/<Method> and /grpc.health.v1.Health/Check"
                 ),
             )
         })?;

@@ -5,7 +5,7 @@
 //! sleeps.
 //!
 //! This file holds the harness (the recording listener, helpers) and the
-//! macro; the cases live by concern in `conformance/` (submit, lease,
+//! macro; the cases live by concern in `conformance/` (submit, batch, lease,
 //! lifetime, output, list, events, queues, retry, schedule) and are re-exported here,
 //! where the macro names them.
 
@@ -19,6 +19,7 @@ use super::*;
 use crate::domain::TicketError;
 use crate::domain::ticket::Payload;
 
+mod batch;
 mod events;
 mod lease;
 mod lifetime;
@@ -29,6 +30,7 @@ mod retry;
 mod schedule;
 mod submit;
 
+pub(crate) use batch::*;
 pub(crate) use events::*;
 pub(crate) use lease::*;
 pub(crate) use lifetime::*;
@@ -233,6 +235,8 @@ macro_rules! engine_conformance {
                 output_past_the_budget_is_refused,
                 retention_leaves_a_tombstone,
                 queue_limit_refuses_submits,
+                a_batch_stores_each_item_or_refuses_it_alone,
+                a_batch_keeps_its_order_in_the_queue,
                 list_filters_and_pages,
                 list_metadata_time_and_newest_first,
                 tenants_scope_idempotency_and_lists,

@@ -110,6 +110,17 @@ pub trait Journal: Send + Sync + 'static {
     /// Resolves once append `n` (and every earlier one) is durable.
     async fn durable(&self, n: u64) -> Result<(), EngineError>;
 
+    /// Holds appends back from the disk until the matching
+    /// [`Journal::release`], then hands them over as one: a batch of
+    /// submits is then one commit (one sync), rather than whatever the
+    /// writer happened to take while the batch was being stored. Holds
+    /// nest; one must end in the synchronous code that took it (others'
+    /// appends wait meanwhile).
+    fn hold(&self) {}
+
+    /// Ends a [`Journal::hold`].
+    fn release(&self) {}
+
     /// Installs the listener that receives the events after durability.
     fn set_listener(&self, listener: Arc<dyn EngineListener>);
 

@@ -455,6 +455,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Stores a new ticket, or returns the one its idempotency key names.
     async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError>;
 
+    /// Each ticket as [`Engine::submit`] stores it (each may be refused on
+    /// its own; a key repeated in `batch` yields one ticket), committed
+    /// together: one journal commit (one sync) on the durable store, as few
+    /// `commit.lua` calls as the group commit allows on Redis. In order.
+    async fn submit_batch(&self, batch: Vec<NewTicket>) -> Vec<Result<Submitted, EngineError>>;
+
     /// The current snapshot.
     async fn get(&self, id: TicketId) -> Result<Ticket, EngineError>;
 

@@ -525,6 +525,10 @@ mod tests {
         let kind = |path: &str| methods.get(path).copied();
         assert_eq!(kind("/asyncgate.v1.Gateway/Submit"), Some(GrpcType::Unary));
         assert_eq!(
+            kind("/asyncgate.v1.Gateway/SubmitBatch"),
+            Some(GrpcType::Unary)
+        );
+        assert_eq!(
             kind("/asyncgate.v1.Gateway/WatchTicket"),
             Some(GrpcType::ServerStream)
         );

@@ -15,6 +15,10 @@ use crate::engine::Submitted;
 use crate::error::GatewayError;
 use crate::hub::Subscription;
 
+mod batch;
+
+pub(crate) use batch::BATCH_ANSWER_HEADROOM;
+
 /// Largest ListTickets page.
 pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
 /// ListTickets page when page_size is 0.
@@ -269,6 +273,22 @@ impl Gateway for GatewayService {
             request.into_inner(),
             submit,
         )))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let items = request.get_ref().requests.len();
+        let span = tracing::info_span!("submit_batch", items, trace_id = tracing::field::Empty);
+        crate::telemetry::continue_trace(&span, request.metadata());
+        let caller = auth::caller(&request);
+        let trace = TraceContext::of(request.metadata());
+        let response = self
+            .submit_batch_inner(&caller, trace, request.into_inner().requests)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(response))
     }
 
     type WatchTicketsStream = streams::TicketsEvents;

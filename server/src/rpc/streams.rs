@@ -50,7 +50,7 @@ pub(crate) type SubmitOne = Box<
 >;
 
 /// A refused item or subscription on the wire.
-fn item_error(error: impl Into<Status>) -> pb::ItemError {
+pub(crate) fn item_error(error: impl Into<Status>) -> pb::ItemError {
     let status: Status = error.into();
     pb::ItemError {
         code: status.code() as i32,

@@ -17,8 +17,8 @@ use super::Core;
 use super::convert::{self, PageQuery};
 use crate::auth::{self, Caller};
 use crate::domain::{QueueName, Ticket, TicketId, TicketState};
-use crate::engine::QueueFlow;
 use crate::engine::{EngineError, ListFilter};
+use crate::engine::{QueueFlow, Submitted};
 use crate::error::GatewayError;
 
 /// One page, presented to its caller.
@@ -138,6 +138,31 @@ impl Core {
     /// [`Core::present`] for a page: the workers once per queue, the
     /// places in line in one engine call.
     pub async fn present_page(&self, viewer: &Caller, tickets: &[Ticket]) -> Vec<pb::Ticket> {
+        let tickets: Vec<&Ticket> = tickets.iter().collect();
+        self.present_known(viewer, &tickets, &vec![None; tickets.len()])
+            .await
+    }
+
+    /// [`Core::present_page`] of the tickets of a batch submit, with the
+    /// places in line the engine learnt with the submit.
+    pub async fn present_submitted(
+        &self,
+        viewer: &Caller,
+        submitted: &[&Submitted],
+    ) -> Vec<pb::Ticket> {
+        let tickets: Vec<&Ticket> = submitted.iter().map(|s| &s.ticket).collect();
+        let known: Vec<Option<u64>> = submitted.iter().map(|s| s.tickets_ahead).collect();
+        self.present_known(viewer, &tickets, &known).await
+    }
+
+    /// [`Core::present_page`], with the places in line already `known`
+    /// (per ticket) asked of no one.
+    async fn present_known(
+        &self,
+        viewer: &Caller,
+        tickets: &[&Ticket],
+        known: &[Option<u64>],
+    ) -> Vec<pb::Ticket> {
         let mut workers: HashMap<&QueueName, usize> = HashMap::new();
         let mut flows: HashMap<&QueueName, Option<QueueFlow>> = HashMap::new();
         for ticket in tickets.iter().filter(|t| t.state == TicketState::Pending) {
@@ -147,15 +172,20 @@ impl Core {
                 flows.insert(&ticket.queue, flow);
             }
         }
+        let mut ahead: HashMap<TicketId, u64> = tickets
+            .iter()
+            .zip(known)
+            .filter_map(|(t, known)| Some((t.id, (*known)?)))
+            .collect();
         let due: Vec<&Ticket> = tickets
             .iter()
-            .filter(|t| t.state == TicketState::Pending && is_due(t))
+            .copied()
+            .filter(|t| t.state == TicketState::Pending && is_due(t) && !ahead.contains_key(&t.id))
             .collect();
-        let mut ahead: HashMap<TicketId, u64> = match self.engine.tickets_ahead_of(&due).await {
-            Ok(counts) => due.iter().map(|t| t.id).zip(counts).collect(),
-            // Presentation only: a failed count shows as none ahead.
-            Err(_) => HashMap::new(),
-        };
+        // Presentation only: a failed count shows as none ahead.
+        if let Ok(counts) = self.engine.tickets_ahead_of(&due).await {
+            ahead.extend(due.iter().map(|t| t.id).zip(counts));
+        }
         tickets
             .iter()
             .map(|ticket| {
@@ -163,7 +193,9 @@ impl Core {
                 if ticket.state == TicketState::Pending {
                     context.workers = workers.get(&ticket.queue).copied().unwrap_or(0);
                     context.flow = flows.get(&ticket.queue).and_then(Option::as_ref);
-                    context.tickets_ahead = ahead.remove(&ticket.id).unwrap_or(0);
+                    if is_due(ticket) {
+                        context.tickets_ahead = ahead.get(&ticket.id).copied().unwrap_or(0);
+                    }
                 }
                 convert::ticket_to_pb(ticket, context)
             })

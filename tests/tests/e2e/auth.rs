@@ -84,11 +84,22 @@ async fn missing_unknown_and_wrong_role_keys_are_refused() {
     let denied = worker_as_client.submit(submit()).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert!(denied.to_string().contains("worker role"), "{denied}");
+    // A batch needs what a submit needs.
+    assert_eq!(
+        code(anonymous.submit_batch([submit()]).await),
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        code(worker_as_client.submit_batch([submit()]).await),
+        tonic::Code::PermissionDenied
+    );
 
     // Every Gateway RPC with a client key and an admin key.
     for key in [ALICE, ADMIN] {
         let client = client(&gateway, key).await;
         let ticket = client.submit(submit()).await.unwrap();
+        let batch = client.submit_batch([submit(), submit()]).await.unwrap();
+        assert!(batch.iter().all(Result::is_ok));
         client.get(&ticket.id, None).await.unwrap();
         let mut events = client.watch(&ticket.id, None).await.unwrap();
         assert!(events.next().await.unwrap().is_ok());
@@ -213,6 +224,55 @@ async fn tenants_never_see_each_others_tickets() {
         pb::TicketState::Pending
     );
     admin.cancel(&mine.id, "admin may").await.unwrap();
+}
+
+/// A batch is validated for its caller item by item, as Submit is: a
+/// tenant's items go to its own queues, and naming another tenant's queue
+/// refuses that item alone.
+#[tokio::test]
+async fn a_tenants_batch_stays_in_its_own_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway(&dir).await;
+    let (alice, bob, admin) = (
+        client(&gateway, ALICE).await,
+        client(&gateway, BOB).await,
+        client(&gateway, ADMIN).await,
+    );
+    let theirs = bob
+        .submit(Submit::new("jobs").idempotency_key("order-1"))
+        .await
+        .unwrap();
+    let answers = alice
+        .submit_batch([
+            Submit::new("jobs").idempotency_key("order-1"),
+            Submit::new("b/jobs"),
+            Submit::new("jobs"),
+        ])
+        .await
+        .unwrap();
+    let mine = answers[0].as_ref().unwrap();
+    assert_ne!(mine.id, theirs.id, "Bob's key is not Alice's");
+    assert_eq!(mine.queue, "jobs", "shown by the name Alice uses");
+    let refused = answers[1].as_ref().unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.to_string().contains("invalid queue"), "{refused}");
+    assert!(answers[2].is_ok());
+    let listed = |client: Client| async move {
+        let page = client
+            .list(pb::ListTicketsRequest::default())
+            .await
+            .unwrap();
+        let mut queues: Vec<String> = page.tickets.into_iter().map(|t| t.queue).collect();
+        queues.sort();
+        queues
+    };
+    assert_eq!(listed(bob.clone()).await, ["jobs"], "only Bob's own");
+    assert_eq!(listed(alice.clone()).await, ["jobs", "jobs"]);
+    assert_eq!(listed(admin).await, ["a/jobs", "a/jobs", "b/jobs"]);
+    assert_eq!(
+        bob.get(&mine.id, None).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
 }
 
 #[tokio::test]

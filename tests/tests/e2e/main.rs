@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod basics;
+mod batch;
 mod browser;
 mod compression;
 mod connect;

@@ -38,6 +38,7 @@ use watermark::{Append, Outcome, Publish, Publisher, Watermark};
 use writer::{Checkpoints, Failure, Store, store_error, write_loop};
 
 mod entry;
+mod outbox;
 mod read;
 mod wal;
 mod watermark;
@@ -241,13 +242,11 @@ fn open_journal(
 
 /// The redb journal. See the module docs.
 pub(crate) struct RedbJournal {
-    /// The next append number and the channel, locked together so that
-    /// numbers reach the writer in order.
-    sender: Mutex<(u64, Option<mpsc::Sender<Append>>)>,
+    /// Numbers appends and sends them to the writer in that order.
+    outbox: outbox::Outbox,
     watermark: Arc<Watermark>,
     listener: Arc<OnceLock<Arc<dyn EngineListener>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    poisoned: Arc<AtomicBool>,
     /// The database for reads (finished tickets' output lives only on
     /// disk); `None` while the writer reopens it.
     reader: Reader,
@@ -289,11 +288,10 @@ impl RedbJournal {
             ));
         }
         Self {
-            sender: Mutex::new((0, Some(sender))),
+            outbox: outbox::Outbox::new(sender, poisoned),
             watermark,
             listener,
             writer: Mutex::new(writer),
-            poisoned,
             reader,
             unapplied,
         }
@@ -350,22 +348,15 @@ impl Journal for RedbJournal {
     }
 
     fn append(&self, mutations: Vec<Mutation>, events: Vec<TicketChange>) -> u64 {
-        let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-        sender.0 += 1;
-        let seq = sender.0;
-        let delivered = sender.1.as_ref().is_some_and(|channel| {
-            channel
-                .send(Append {
-                    seq,
-                    mutations,
-                    events,
-                })
-                .is_ok()
-        });
-        if !delivered {
-            self.poisoned.store(true, Ordering::Release);
-        }
-        seq
+        self.outbox.append(mutations, events)
+    }
+
+    fn hold(&self) {
+        self.outbox.hold();
+    }
+
+    fn release(&self) {
+        self.outbox.release();
     }
 
     async fn durable(&self, n: u64) -> Result<(), EngineError> {
@@ -404,9 +395,7 @@ impl RedbJournal {
     /// joining it, and dropping the readers' handle, releases the file for
     /// the next open. Later appends fail as a stopped writer's do.
     fn stop(&self) {
-        if let Ok(mut sender) = self.sender.lock() {
-            sender.1 = None;
-        }
+        self.outbox.close();
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
         }

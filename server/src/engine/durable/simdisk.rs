@@ -85,6 +85,8 @@ impl File {
 struct State {
     /// Writes, length changes and syncs so far, of both files.
     ops: u64,
+    /// Syncs of the log so far (one per group commit).
+    log_syncs: u64,
     /// From this op on, everything fails (a crash).
     crash_at: Option<u64>,
     /// Everything that would need space fails (a full disk).
@@ -118,6 +120,11 @@ impl SimDisk {
     /// Operations so far.
     pub(super) fn ops(&self) -> u64 {
         self.state().ops
+    }
+
+    /// Syncs of the log so far.
+    pub(super) fn log_syncs(&self) -> u64 {
+        self.state().log_syncs
     }
 
     /// Fails the `n`th operation from now, and every one after it.
@@ -164,7 +171,10 @@ impl SimDisk {
         }
         match change {
             Some(change) => state.files[file].change(change),
-            None => state.files[file].sync(),
+            None => {
+                state.log_syncs += u64::from(file == 1);
+                state.files[file].sync();
+            }
         }
         Ok(())
     }

@@ -639,3 +639,50 @@ async fn finished_output_reads_the_same_before_and_after_a_checkpoint() {
         );
     }
 }
+
+/// A batch is one group commit however fast the writer is: its appends
+/// reach the log as one frame with one sync (and a restart after that sync
+/// finds every ticket of it).
+#[tokio::test]
+async fn a_batch_costs_one_sync() {
+    let disk = super::simdisk::SimDisk::default();
+    let database = Database::builder()
+        .create_with_backend(disk.database())
+        .unwrap();
+    let engine = open_database(
+        database,
+        disk.log(),
+        Path::new("test-disk"),
+        EngineConfig::default(),
+        Box::new(|| Err(redb::Error::Io(std::io::Error::other("no reopen")))),
+        Checkpoints {
+            log_bytes: u64::MAX,
+            interval: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    for round in 0..3 {
+        let before = disk.log_syncs();
+        let batch: Vec<NewTicket> = (0..200).map(|_| new_ticket(round, None)).collect();
+        let results = engine.submit_batch(batch).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(disk.log_syncs() - before, 1, "round {round}");
+    }
+    let (database, log) = disk.images(super::simdisk::Survives::Synced);
+    engine.close().await;
+    let after = super::simdisk::SimDisk::from_images(database, log);
+    let reopened = open_database(
+        Database::builder()
+            .create_with_backend(after.database())
+            .unwrap(),
+        after.log(),
+        Path::new("test-disk"),
+        EngineConfig::default(),
+        Box::new(|| Err(redb::Error::Io(std::io::Error::other("no reopen")))),
+        Checkpoints::default(),
+    )
+    .unwrap();
+    let queue = QueueName::parse("q").unwrap();
+    let info = reopened.queue_info(&queue).await.unwrap().unwrap();
+    assert_eq!(info.counts.pending, 600);
+}

@@ -21,6 +21,31 @@ impl Engine for LocalEngine {
         })
     }
 
+    async fn submit_batch(&self, batch: Vec<NewTicket>) -> Vec<Result<Submitted, EngineError>> {
+        let stored = self.store_batch(batch);
+        // Appends are durable in order: the last one covers the batch (and
+        // the older tickets repeated keys named).
+        let last = stored
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|(ticket, _)| ticket.journal_seq)
+            .max()
+            .unwrap_or(0);
+        let durable = self.durable(last).await;
+        stored
+            .into_iter()
+            .map(|result| {
+                let (ticket, created) = result?;
+                durable.clone()?;
+                Ok(Submitted {
+                    ticket,
+                    created,
+                    tickets_ahead: None,
+                })
+            })
+            .collect()
+    }
+
     async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
         let ticket = {
             let shard = lock(self.shard(&id));

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use super::super::journal::Mutation;
+use super::super::journal::{Journal, Mutation};
 use super::super::{
     Before, Completion, EngineError, ProgressReport, idempotency_scope, pending_bytes_full,
     request_bytes, transition,
@@ -140,6 +140,25 @@ impl LocalEngine {
             self.notify_ready(&ticket.queue);
         }
         Ok((ticket, true))
+    }
+
+    /// The synchronous part of `submit_batch`: each ticket stored as
+    /// [`Self::store_new`] stores it, with the journal held meanwhile so
+    /// that their appends reach the disk as one commit.
+    pub(super) fn store_batch(
+        &self,
+        batch: Vec<NewTicket>,
+    ) -> Vec<Result<(Ticket, bool), EngineError>> {
+        /// Releases the hold however the loop ends.
+        struct Held<'a>(&'a dyn Journal);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
+        self.journal.hold();
+        let _held = Held(&*self.journal);
+        batch.into_iter().map(|new| self.store_new(new)).collect()
     }
 
     /// The synchronous part of `progress`; returns the journal append.

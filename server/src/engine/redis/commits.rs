@@ -22,7 +22,7 @@ use crate::domain::QueueName;
 use crate::engine::EngineError;
 
 /// Sections per call at most: bounds how long one script holds Redis.
-const MAX_SECTIONS: usize = 64;
+pub(super) const MAX_SECTIONS: usize = 64;
 
 /// Bytes of records and operations per call at most (one larger section
 /// still goes, alone).
@@ -72,22 +72,44 @@ impl Inner {
         before: Vec<Cmd>,
         after: Vec<Cmd>,
     ) -> Result<Vec<i64>, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
-            section,
-            before,
-            after,
-            reply,
-        };
+        let mut replies = self.commit_all(queue, vec![(section, before, after)]).await;
+        replies.pop().unwrap_or_else(|| {
+            Err(EngineError::internal(
+                "a batched commit was answered without its reply",
+            ))
+        })
+    }
+
+    /// [`Inner::commit`] of many sections of `queue` at once: they join
+    /// its line together, in order, so they fill as few calls as the
+    /// bounds on a call allow. Their replies, in order.
+    pub(super) async fn commit_all(
+        &self,
+        queue: &QueueName,
+        sections: Vec<(Section, Vec<Cmd>, Vec<Cmd>)>,
+    ) -> Vec<Result<Vec<i64>, EngineError>> {
+        let (waiting, answers): (Vec<Waiting>, Vec<_>) = sections
+            .into_iter()
+            .map(|(section, before, after)| {
+                let (reply, answer) = oneshot::channel();
+                let waiting = Waiting {
+                    section,
+                    before,
+                    after,
+                    reply,
+                };
+                (waiting, answer)
+            })
+            .unzip();
         let start = {
             let mut commits = lock(&self.commits);
             match commits.get_mut(queue) {
                 Some(line) => {
-                    line.push(waiting);
+                    line.extend(waiting);
                     false
                 }
                 None => {
-                    commits.insert(queue.clone(), vec![waiting]);
+                    commits.insert(queue.clone(), waiting);
                     true
                 }
             }
@@ -95,17 +117,24 @@ impl Inner {
         if start {
             let Some(inner) = self.me.upgrade() else {
                 lock(&self.commits).remove(queue);
-                return Err(EngineError::unavailable("the gateway is shutting down"));
+                return answers
+                    .iter()
+                    .map(|_| Err(EngineError::unavailable("the gateway is shutting down")))
+                    .collect();
             };
             let queue = queue.clone();
             // Owned by the commits it answers: it ends when none wait.
             tokio::spawn(async move { inner.flush_commits(queue).await });
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(EngineError::internal(
-                "a batched commit was dropped before Redis answered",
-            ))
-        })
+        let mut replies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            replies.push(answer.await.unwrap_or_else(|_| {
+                Err(EngineError::internal(
+                    "a batched commit was dropped before Redis answered",
+                ))
+            }));
+        }
+        replies
     }
 
     /// Sends `queue`'s waiting commits, a batch per call, until none wait.

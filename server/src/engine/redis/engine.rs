@@ -27,6 +27,10 @@ impl Engine for RedisEngine {
         self.inner.submit(new).await
     }
 
+    async fn submit_batch(&self, batch: Vec<NewTicket>) -> Vec<Result<Submitted, EngineError>> {
+        self.inner.submit_batch(batch).await
+    }
+
     async fn get(&self, id: TicketId) -> Result<Ticket, EngineError> {
         self.inner.get(id).await
     }

@@ -41,7 +41,8 @@
 //! - `store.rs`: round trips: running commands (reloading scripts Redis
 //!   forgot), error mapping, reads, the optimistic `transact` loop, deletes.
 //! - `submit.rs`: submit with idempotency-key claims (taking over a dead
-//!   gateway's claim, liveness keys), and cancel.
+//!   gateway's claim, liveness keys), and cancel; `batch.rs`: a batch of
+//!   submits, committed together per queue.
 //! - `admin.rs`: an operator's retry and delete of a finished ticket.
 //! - `claim.rs`: leasing (register sessions, pop, commit leases, check the
 //!   sessions live, settle), the `InDoubt` guard, and putting back
@@ -62,6 +63,7 @@
 //!   bus between replicas; the scripts.
 
 mod admin;
+mod batch;
 mod bus;
 mod caches;
 mod claim;

@@ -40,6 +40,18 @@ end
 return 0
 ";
 
+/// A new ticket ready to commit (see [`Inner::prepare`]).
+pub(super) struct Prepared {
+    pub(super) ticket: Ticket,
+    /// Whether it joins the ready set.
+    pub(super) ready: bool,
+    /// Its claimed idempotency key, as stored.
+    pub(super) key: Option<String>,
+    pub(super) section: Section,
+    pub(super) before: Vec<Cmd>,
+    pub(super) after: Vec<Cmd>,
+}
+
 /// What a submit found under its idempotency key.
 enum KeyHolder {
     /// The ticket the key names.
@@ -54,31 +66,51 @@ impl Inner {
     /// the ticket it names): the locator, the ticket with its index entries
     /// (refused past the queue's pending limit) and the key, in one batch.
     pub(super) async fn submit(&self, new: NewTicket) -> Result<Submitted, EngineError> {
-        let queue = new.queue.clone();
-        self.register_queue(&queue).await?;
-        let id = new.id;
-        let key = new
-            .idempotency_key
-            .as_deref()
-            .map(|key| idempotency_scope(new.tenant.as_deref(), key));
+        self.register_queue(&new.queue).await?;
+        let key = self.keyed(&new);
         if let Some(key) = &key {
             let original = new.idempotency_key.as_deref().unwrap_or_default();
-            if let Some(existing) = self.claim_key(original, key, id, &queue).await? {
+            if let Some(existing) = self.claim_key(original, key, new.id, &new.queue).await? {
                 return Ok(existing);
             }
         }
+        let new = self.prepare(new, key);
+        let reply = self
+            .commit(&new.ticket.queue, new.section, new.before, new.after)
+            .await?;
+        self.submitted(new.ticket, new.ready, new.key.as_deref(), &reply)
+            .await
+    }
+
+    /// `new`'s idempotency key as stored (scoped to its tenant), if any.
+    pub(super) fn keyed(&self, new: &NewTicket) -> Option<String> {
+        new.idempotency_key
+            .as_deref()
+            .map(|key| idempotency_scope(new.tenant.as_deref(), key))
+    }
+
+    /// The ticket of `new`, placed in line now, and its writes: the
+    /// locator lands before the ticket, the key's persistence after (one
+    /// pipeline on a single server; see `commits.rs`). `key` is claimed.
+    pub(super) fn prepare(&self, new: NewTicket, key: Option<String>) -> Prepared {
+        let queue = new.queue.clone();
+        let id = new.id;
         let mut ticket = Ticket::create(id, new, SystemTime::now());
         self.place_in_line(None, &mut ticket);
         let (section, ready) = self.commit_new(&ticket);
-        // The locator lands before the ticket, the key's persistence after
-        // (one pipeline on a single server; see `commits.rs`).
         let before = vec![Cmd::set(self.keys.locator(id), queue.as_str())];
         let after = match &key {
             Some(key) => vec![Cmd::persist(self.keys.idempotency(key))],
             None => Vec::new(),
         };
-        let reply = self.commit(&queue, section, before, after).await?;
-        self.submitted(ticket, ready, key.as_deref(), &reply).await
+        Prepared {
+            ticket,
+            ready,
+            key,
+            section,
+            before,
+            after,
+        }
     }
 
     /// The commit section that creates `ticket`, and whether it joins the
@@ -104,7 +136,7 @@ impl Inner {
 
     /// What the submit of `ticket` returns, given the commit's `reply`;
     /// undoes the locator and the key claim when nothing was stored.
-    async fn submitted(
+    pub(super) async fn submitted(
         &self,
         ticket: Ticket,
         ready: bool,
@@ -311,7 +343,7 @@ impl Inner {
 
     /// Claims idempotency key `scoped` for ticket `id`, taking over a claim
     /// whose gateway died; the ticket the key names if it has one.
-    async fn claim_key(
+    pub(super) async fn claim_key(
         &self,
         original: &str,
         scoped: &str,
