@@ -124,22 +124,7 @@ fn workload(seed: u64) -> Vec<Vec<Vec<Mutation>>> {
                         max_concurrent: 3,
                     },
                 },
-                9 => {
-                    let id = format!("schedule-{}", rng.random_range(0..3));
-                    if rng.random_bool(0.25) {
-                        Mutation::DeleteSchedule { id }
-                    } else {
-                        Mutation::PutSchedule(crate::engine::ScheduleRecord {
-                            id,
-                            revision: rng.random_range(1..9),
-                            due: rng.random_bool(0.7).then(|| {
-                                SystemTime::UNIX_EPOCH
-                                    + Duration::from_secs(rng.random_range(1..1_000_000))
-                            }),
-                            body: (0..rng.random_range(8..64)).map(|_| rng.random()).collect(),
-                        })
-                    }
-                }
+                9 => schedule_mutation(&mut rng),
                 _ => Mutation::PutQueuePause {
                     queue: queue.clone(),
                     pause: rng.random_bool(0.5).then(|| QueuePause {
@@ -154,6 +139,24 @@ fn workload(seed: u64) -> Vec<Vec<Vec<Mutation>>> {
         groups.push(group);
     }
     groups
+}
+
+/// A schedule written or deleted (three ids, so writes overwrite).
+fn schedule_mutation(rng: &mut impl Rng) -> Mutation {
+    let id = format!("schedule-{}", rng.random_range(0..3));
+    if rng.random_bool(0.25) {
+        return Mutation::DeleteSchedule { id };
+    }
+    Mutation::PutSchedule(crate::engine::ScheduleRecord {
+        id,
+        revision: rng.random_range(1..9),
+        due: rng
+            .random_bool(0.7)
+            .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(rng.random_range(1..1_000_000))),
+        body: (0..rng.random_range(8..64))
+            .map(|_| rng.random::<u8>())
+            .collect(),
+    })
 }
 
 /// Every table's rows, comparable.
