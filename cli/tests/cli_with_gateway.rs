@@ -18,22 +18,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn gateway() -> (asyncgate_server::Running, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = asyncgate_server::Config {
-        store: asyncgate_server::config::StoreConfig::Memory,
-        ..asyncgate_server::Config::default()
-    };
-    let running = asyncgate_server::start_on(config, listener).await.unwrap();
-    (running, url)
-}
-
-fn cli(url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_asyncgate"));
-    command.env("ASYNCGATE_SERVER", url).kill_on_drop(true);
-    command
-}
+mod common;
+use common::{cli, gateway};
 
 async fn run(command: &mut Command) -> (i32, String) {
     let output = tokio::time::timeout(Duration::from_secs(30), command.output())

@@ -7,27 +7,19 @@ use std::time::Duration;
 
 use asyncgate_client::{Client, pb};
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
 use tokio::process::Command;
+
+mod common;
+use common::cli;
 
 /// A memory gateway whose payload limit is `max_payload_bytes` (its message
 /// limit is that plus 64 KiB).
 async fn gateway(max_payload_bytes: usize) -> (asyncgate_server::Running, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = asyncgate_server::Config {
-        store: asyncgate_server::config::StoreConfig::Memory,
+    common::gateway_with(asyncgate_server::Config {
         max_payload_bytes,
         ..asyncgate_server::Config::default()
-    };
-    let running = asyncgate_server::start_on(config, listener).await.unwrap();
-    (running, url)
-}
-
-fn cli(url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_asyncgate"));
-    command.env("ASYNCGATE_SERVER", url).kill_on_drop(true);
-    command
+    })
+    .await
 }
 
 /// Runs the CLI with `stdin`; its exit code and stdout lines.

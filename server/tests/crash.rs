@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tokio::process::{Child, Command};
 
 mod common;
-use common::{free_port, start_server, wait_until_serving};
+use common::{every_second, free_port, reporting_worker, start_server, wait_until_serving};
 
 const SUBMITTERS: usize = 4;
 /// Inputs of the SubmitStream producer start here.
@@ -448,36 +448,10 @@ async fn schedules_and_delayed_tickets_survive_a_kill_nine() {
     let client = Client::connect_lazy(url.clone()).unwrap();
     wait_until_serving(&client).await;
     let (ran_tx, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
-    let worker = Worker::builder(url.clone())
-        .queue("ticks")
-        .queue("later")
-        .max_in_flight(32)
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .handler(handler_fn(move |task: TaskContext| {
-            let ran_tx = ran_tx.clone();
-            async move {
-                let _ = ran_tx.send(task.ticket_id().to_owned());
-                Ok(payload::json("ran".into()))
-            }
-        }))
-        .build()
-        .unwrap()
-        .spawn();
+    let worker = reporting_worker(&url, &["ticks", "later"], ran_tx);
     client
         .schedules()
-        .create(pb::Schedule {
-            id: "every-second".into(),
-            spec: Some(pb::ScheduleSpec {
-                every: Some(pb::schedule_spec::Every::Interval(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                })),
-                ..Default::default()
-            }),
-            ticket: Some(Submit::new("ticks").build()),
-            overlap_policy: pb::OverlapPolicy::Allow as i32,
-            ..Default::default()
-        })
+        .create(every_second("every-second", "ticks"))
         .await
         .unwrap();
     let mut delayed = Vec::new();

@@ -12,7 +12,7 @@ use asyncgate_server::testing::RedisServer;
 use tokio::process::{Child, Command};
 
 mod common;
-use common::{free_port, start_server, wait_until_serving};
+use common::{every_second, free_port, reporting_worker, start_server, wait_until_serving};
 
 fn start_replica(redis: &RedisServer, port: u16) -> Child {
     start_server(redis.url(), port, &[])
@@ -432,37 +432,11 @@ async fn two_replicas_fire_each_schedule_slot_once() {
     let (ran_tx, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
     let workers: Vec<_> = urls
         .iter()
-        .map(|url| {
-            let ran_tx = ran_tx.clone();
-            Worker::builder(url.clone())
-                .queue("ticks")
-                .handler(handler_fn(move |task: TaskContext| {
-                    let ran_tx = ran_tx.clone();
-                    async move {
-                        let _ = ran_tx.send(task.ticket_id().to_owned());
-                        Ok(payload::json("ran".into()))
-                    }
-                }))
-                .build()
-                .unwrap()
-                .spawn()
-        })
+        .map(|url| reporting_worker(url, &["ticks"], ran_tx.clone()))
         .collect();
     client
         .schedules()
-        .create(pb::Schedule {
-            id: "every-second".into(),
-            spec: Some(pb::ScheduleSpec {
-                every: Some(pb::schedule_spec::Every::Interval(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                })),
-                ..Default::default()
-            }),
-            ticket: Some(Submit::new("ticks").build()),
-            overlap_policy: pb::OverlapPolicy::Allow as i32,
-            ..Default::default()
-        })
+        .create(every_second("every-second", "ticks"))
         .await
         .unwrap();
     let mut slots = std::collections::HashSet::new();

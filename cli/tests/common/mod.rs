@@ -10,11 +10,18 @@ use tokio::process::Command;
 
 /// A memory-store gateway and its URL.
 pub(crate) async fn gateway() -> (asyncgate_server::Running, String) {
+    gateway_with(asyncgate_server::Config::default()).await
+}
+
+/// A gateway with `config` on the memory store, and its URL.
+pub(crate) async fn gateway_with(
+    config: asyncgate_server::Config,
+) -> (asyncgate_server::Running, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let config = asyncgate_server::Config {
         store: asyncgate_server::config::StoreConfig::Memory,
-        ..asyncgate_server::Config::default()
+        ..config
     };
     let running = asyncgate_server::start_on(config, listener).await.unwrap();
     (running, url)

@@ -159,3 +159,48 @@ pub(crate) fn tenant_keys(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&path, text).expect("keys file");
     path
 }
+
+/// A schedule `id` that submits an empty ticket to `queue` every second,
+/// overlapping runs allowed.
+pub(crate) fn every_second(id: &str, queue: &str) -> pb::Schedule {
+    pb::Schedule {
+        id: id.into(),
+        spec: Some(pb::ScheduleSpec {
+            every: Some(pb::schedule_spec::Every::Interval(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            })),
+            ..Default::default()
+        }),
+        ticket: Some(asyncgate_client::Submit::new(queue).build()),
+        overlap_policy: pb::OverlapPolicy::Allow as i32,
+        ..Default::default()
+    }
+}
+
+/// A worker on `url` serving `queues` that sends each task's ticket id to
+/// `ran` as it starts it and succeeds.
+pub(crate) fn reporting_worker(
+    url: &str,
+    queues: &[&str],
+    ran: tokio::sync::mpsc::UnboundedSender<String>,
+) -> asyncgate_client::worker::WorkerHandle {
+    use asyncgate_client::worker::{TaskContext, Worker, handler_fn};
+    let mut builder = Worker::builder(url.to_owned())
+        .max_in_flight(32)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    for queue in queues {
+        builder = builder.queue(*queue);
+    }
+    builder
+        .handler(handler_fn(move |task: TaskContext| {
+            let ran = ran.clone();
+            async move {
+                let _ = ran.send(task.ticket_id().to_owned());
+                Ok(asyncgate_client::payload::json("ran".into()))
+            }
+        }))
+        .build()
+        .expect("valid worker settings")
+        .spawn()
+}
