@@ -20,6 +20,7 @@ await worker.run()
 - `_client.py`: `Client` (Gateway calls), `Submit`, `Page`, and the resumable `EventStream`.
 - `_results.py`: `Results`, many tickets' events on one `WatchTickets` stream (`Client.results`).
 - `_admin.py`: `Admin`, the operator's calls (`Client.admin`).
+- `_schedules.py`: `Schedules`, tickets the gateway submits on a cron or interval (`Client.schedules`).
 - `_cursor.py`: the pure seq bookkeeping that makes a resumed watch gapless and duplicate-free.
 - `_worker.py`: `Worker` (the Connect protocol, heartbeats, drain, reconnects), `TaskContext`, `TaskError`/`Permanent`.
 - `_types.py`: `Ticket`, `Event`, `TicketState`, `EventKind` and the payload conversions.
@@ -44,6 +45,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - a checkout without ge
     ) from error
 
 from ._admin import Admin
+from ._schedules import Schedules
 from ._channel import TLS
 from ._client import Client, EventStream, Page, ResumeOptions, Submit
 from ._errors import (
@@ -87,6 +89,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Schedules",
     "Submit",
     "Page",
     "ResumeOptions",

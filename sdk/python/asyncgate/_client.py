@@ -33,6 +33,7 @@ from ._errors import AsyncgateError, ProtocolError, Unavailable, from_code, from
 from ._h2 import open_stream
 from ._proto.v1 import gateway_pb2, gateway_pb2_grpc
 from ._results import Results
+from ._schedules import Schedules
 from ._types import Event, PayloadLike, Ticket, TicketState, to_payload
 
 __all__ = ["Client", "Submit", "Page", "ResumeOptions", "EventStream"]
@@ -205,8 +206,16 @@ class Client:
             response_deserializer=gateway_pb2.SubmitResult.FromString,
         )
         self._admin: Admin | None = None
+        self._schedules: Schedules | None = None
         #: Open `results()` streams (each on its own connection), ended by `close`.
         self._results: weakref.WeakSet[Results] = weakref.WeakSet()
+
+    @property
+    def schedules(self) -> Schedules:
+        """Schedules (`Schedules` service) on this client's channel and key."""
+        if self._schedules is None:
+            self._schedules = Schedules(self)
+        return self._schedules
 
     @property
     def admin(self) -> Admin:
@@ -268,6 +277,26 @@ class Client:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
         return Ticket(ticket)
+
+    async def submit_batch(self, requests: Sequence[Submit]) -> list[Ticket | AsyncgateError]:
+        """Submits up to 1,000 requests in one `SubmitBatch` call, stored in one commit.
+
+        Returns one entry per request, in order: its `Ticket`, or the
+        `AsyncgateError` it was refused with (each request is refused on its
+        own, naming its field). An empty or oversized batch raises
+        `InvalidArgument`. For long streams of submits use `submit_many`.
+        """
+        request = gateway_pb2.SubmitBatchRequest(requests=[r.to_proto() for r in requests])
+        try:
+            response = await self._stub.SubmitBatch(request, metadata=self._metadata, timeout=self._call_timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        return [
+            from_code(result.error.code, result.error.message)
+            if result.HasField("error")
+            else Ticket(result.ticket)
+            for result in response.results
+        ]
 
     async def submit_many(
         self, requests: Iterable[Submit], *, in_flight: int = 256, return_exceptions: bool = False
