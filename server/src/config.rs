@@ -156,6 +156,8 @@ pub struct Config {
     pub timer_tick: Duration,
     /// Queue limits set at start (`--queue-limits`, `[queues.NAME]`).
     pub queue_limits: Vec<QueueLimitsSetting>,
+    /// Target queues the gateway works itself (`--target`).
+    pub targets: Vec<crate::targets::TargetSetting>,
 }
 
 impl Default for Config {
@@ -193,6 +195,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             timer_tick: Duration::from_millis(20),
             queue_limits: Vec::new(),
+            targets: Vec::new(),
         }
     }
 }

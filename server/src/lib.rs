@@ -25,6 +25,8 @@
 //!   stream in `rpc::watch`.
 //! - [`schedules`]: tickets the gateway submits itself on a cron expression
 //!   or interval (`asyncgate.v1.Schedules`), each slot once.
+//! - [`targets`]: target queues, worked by the gateway itself by calling an
+//!   existing unary gRPC method per ticket (an in-process worker session).
 //! - [`timers`]: the timer loop, which is also the store's health probe
 //!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.
@@ -54,6 +56,7 @@ pub mod rpc;
 pub mod schedules;
 pub mod server;
 pub(crate) mod shutdown;
+pub mod targets;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

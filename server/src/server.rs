@@ -106,6 +106,9 @@ pub enum StartError {
     /// The TLS files could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A target queue's URL could not be used.
+    #[error("--target: {0}")]
+    Target(String),
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::engine::redis::ConnectError),
@@ -351,6 +354,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         tracker: shutdown.tasks().clone(),
         sessions: shutdown.sessions().clone(),
     };
+    spawn_targets(&core, &config)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -445,6 +449,25 @@ async fn serve_metrics(
 
 /// Every service the gateway serves: health, reflection (v1 and v1alpha),
 /// Gateway, Workers and Operations.
+/// Starts the in-process worker of every target queue (`--target`).
+fn spawn_targets(core: &Core, config: &Config) -> Result<(), StartError> {
+    crate::targets::spawn(
+        &config.targets,
+        &crate::targets::Gateway {
+            dispatcher: core.dispatcher.clone(),
+            settings: crate::dispatch::session::SessionSettings {
+                heartbeat_interval: config.heartbeat_interval,
+                lease_ttl: config.lease_ttl,
+            },
+            max_payload_bytes: config.max_payload_bytes,
+            shutdown: core.shutdown.clone(),
+            hard_stop: core.hard_stop.clone(),
+        },
+        &core.sessions,
+    )
+    .map_err(StartError::Target)
+}
+
 /// The background passes every replica runs until the hard stop: the
 /// timer loop (which is also the store's health probe) and the schedule
 /// runner.

@@ -247,6 +247,20 @@ pub struct Cli {
         value_parser = parse_queue_limits
     )]
     pub queue_limits: Vec<QueueLimitsSetting>,
+    /// A target queue: the gateway itself works QUEUE's tickets by calling
+    /// an existing unary gRPC method with each ticket's binary payload (the
+    /// encoded request message) and recording the reply's bytes as the
+    /// result: `QUEUE=grpc://HOST:PORT/package.Service/Method` (`grpcs://`
+    /// for TLS), optionally `?max_concurrent=N` (default 64). Repeat for
+    /// several queues (`;` between them in the environment variable).
+    #[arg(
+        long = "target",
+        env = "ASYNCGATE_TARGETS",
+        value_name = "QUEUE=URL",
+        value_delimiter = ';',
+        value_parser = crate::targets::parse_target
+    )]
+    pub targets: Vec<crate::targets::TargetSetting>,
     /// Pending tickets per queue before submits get RESOURCE_EXHAUSTED.
     #[arg(
         long,

@@ -231,6 +231,7 @@ fn assemble(cli: Cli, store: StoreConfig, cors_allow_headers: Vec<String>) -> Co
         shutdown_grace: cli.shutdown_grace,
         timer_tick: Config::default().timer_tick,
         queue_limits: cli.queue_limits,
+        targets: cli.targets,
     }
 }
 

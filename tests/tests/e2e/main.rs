@@ -25,6 +25,7 @@ mod python_sdk;
 mod replicas;
 mod schedules;
 mod streams;
+mod targets;
 mod tls;
 mod trace_context;
 mod watch;

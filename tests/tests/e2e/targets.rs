@@ -1,0 +1,171 @@
+//! Target queues (`--target`): an unmodified tonic service behind tickets.
+//! The gateway calls its unary method with each ticket's binary payload and
+//! records the reply; an upstream UNAVAILABLE is retried, INVALID_ARGUMENT
+//! fails the ticket with the upstream's message, a JSON payload is refused
+//! saying what to send, and cancelling a ticket cancels the call in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use asyncgate_client::{Submit, pb};
+use asyncgate_proto::bench as echo;
+use asyncgate_server::config::Config;
+use asyncgate_tests::{TestGateway, fast_config, json};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The upstream: an Echo service that knows nothing of Asyncgate.
+struct Upstream {
+    flaky_calls: Arc<AtomicU32>,
+    /// Told when a "slow" call is dropped by its caller.
+    dropped: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Told when a "slow" call has started.
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+struct DropSignal(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tonic::async_trait]
+impl echo::echo_server::Echo for Upstream {
+    async fn echo(
+        &self,
+        request: tonic::Request<echo::EchoRequest>,
+    ) -> Result<tonic::Response<echo::EchoReply>, tonic::Status> {
+        let team = request
+            .metadata()
+            .get("team")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let payload = request.into_inner().payload;
+        match &payload[..] {
+            b"bad" => Err(tonic::Status::invalid_argument("the order has no items")),
+            b"flaky" if self.flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 => {
+                Err(tonic::Status::unavailable("warming up"))
+            }
+            b"slow" => {
+                let _signal = DropSignal(self.dropped.clone());
+                let _ = self.started.send(());
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            _ => Ok(tonic::Response::new(echo::EchoReply {
+                payload: [b"echo:".as_slice(), &payload, b" team=", team.as_bytes()]
+                    .concat()
+                    .into(),
+            })),
+        }
+    }
+}
+
+/// Submits `request` and waits for its terminal state.
+async fn finish(
+    client: &asyncgate_client::Client,
+    request: pb::SubmitRequest,
+) -> Result<pb::Ticket, asyncgate_client::ClientError> {
+    let ticket = client.submit(request).await?;
+    client.get(&ticket.id, Some(Duration::from_secs(20))).await
+}
+
+fn request(text: &str) -> Vec<u8> {
+    echo::EchoRequest {
+        payload: text.as_bytes().to_vec().into(),
+    }
+    .encode_to_vec()
+}
+
+fn reply(ticket: &pb::Ticket) -> String {
+    let Some(pb::payload::Kind::Binary(bytes)) =
+        ticket.result.as_ref().and_then(|p| p.kind.clone())
+    else {
+        panic!("no binary result: {ticket:?}");
+    };
+    String::from_utf8(echo::EchoReply::decode(bytes).unwrap().payload.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_grpc_method_serves_a_queue_with_no_worker_code() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = Upstream {
+        flaky_calls: Arc::default(),
+        dropped: dropped_tx,
+        started: started_tx,
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(echo::echo_server::EchoServer::new(upstream))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let target = format!("echo=grpc://{upstream_addr}/asyncgate.bench.v1.Echo/Echo");
+    let gateway = TestGateway::start_with(Config {
+        targets: vec![asyncgate_server::targets::parse_target(&target).unwrap()],
+        ..fast_config()
+    })
+    .await;
+    let client = gateway.client().await;
+    let submit = |text: &str| {
+        Submit::new("echo")
+            .binary(request(text), "application/x-protobuf")
+            .metadata("team", "shop")
+            .build()
+    };
+
+    let done = finish(&client, submit("hello")).await.unwrap();
+    assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
+    assert_eq!(
+        reply(&done),
+        "echo:hello team=shop",
+        "metadata reaches the upstream"
+    );
+
+    let flaky = finish(&client, submit("flaky")).await.unwrap();
+    assert_eq!(flaky.state, pb::TicketState::Succeeded as i32, "{flaky:?}");
+    assert_eq!(flaky.attempt, 2, "UNAVAILABLE is retried");
+
+    let bad = finish(&client, submit("bad")).await.unwrap();
+    assert_eq!(bad.state, pb::TicketState::Failed as i32);
+    let error = bad.error.unwrap();
+    assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
+    assert!(
+        error.message.contains("the order has no items"),
+        "{error:?}"
+    );
+    assert_eq!(bad.attempt, 1, "INVALID_ARGUMENT is not retried");
+
+    let json = finish(
+        &client,
+        Submit::new("echo")
+            .payload(json(serde_json::json!({"a": 1})))
+            .build(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(json.state, pb::TicketState::Failed as i32);
+    assert!(
+        json.error
+            .unwrap()
+            .message
+            .contains("submit a binary payload")
+    );
+
+    // Cancelling the ticket cancels the call in flight.
+    let slow = client.submit(submit("slow")).await.unwrap();
+    started.recv().await.unwrap();
+    client.cancel(&slow.id, "no longer needed").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), dropped.recv())
+        .await
+        .expect("the upstream call is dropped")
+        .unwrap();
+    server.abort();
+}
