@@ -93,7 +93,10 @@ async fn three_replicas_call_the_target_once_per_ticket() {
     }
     let calls = upstream.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), TICKETS);
-    assert!(calls.values().all(|n| *n == 1), "one call per ticket: {calls:?}");
+    assert!(
+        calls.values().all(|n| *n == 1),
+        "one call per ticket: {calls:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +116,10 @@ async fn a_kill_nine_during_a_target_call_calls_again_and_records_once() {
     gateway.wait().await.unwrap();
     let _gateway = start_server(&store, port, &extra);
     wait_until_serving(&client).await;
-    let done = client.get(&id, Some(Duration::from_secs(30))).await.unwrap();
+    let done = client
+        .get(&id, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
     assert_eq!(done.attempt, 2, "the interrupted call counts as an attempt");
     assert_eq!(upstream.calls.lock().unwrap()[&b"hold".to_vec()], 2);

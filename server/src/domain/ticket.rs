@@ -149,6 +149,10 @@ pub enum Outcome {
     Success(Payload),
     /// A failure; retried if `retryable` and attempts remain.
     Failure(TicketError),
+    /// A failure whose source asked for no retry before `after` (gRPC
+    /// `grpc-retry-pushback-ms`, HTTP `Retry-After`): retried as a failure
+    /// is, with a backoff of at least `after`.
+    RetryAfter(TicketError, std::time::Duration),
 }
 
 /// A stored partial-output chunk.

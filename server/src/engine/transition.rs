@@ -3,7 +3,7 @@
 //! bookkeeping (ready indexes, timers, storage), so the rules — caps, fencing,
 //! messages people read — are written once.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{EngineConfig, EngineError, ReleaseReason, SessionInfo};
 use prost::Message;
@@ -33,6 +33,19 @@ pub(crate) fn end_attempt(
     ticket: &mut Ticket,
     error: TicketError,
     worker_lost: bool,
+    config: &EngineConfig,
+    now: SystemTime,
+) {
+    end_attempt_after(ticket, error, worker_lost, Duration::ZERO, config, now);
+}
+
+/// [`end_attempt`], with a retry waiting at least `pushback` (what the
+/// failed call's upstream asked for).
+fn end_attempt_after(
+    ticket: &mut Ticket,
+    error: TicketError,
+    worker_lost: bool,
+    pushback: Duration,
     config: &EngineConfig,
     now: SystemTime,
 ) {
@@ -71,7 +84,8 @@ pub(crate) fn end_attempt(
     ticket.not_before = if worker_lost {
         None
     } else {
-        Some(now + config.backoff.delay(ticket.attempt, rand::random::<f64>()))
+        let backoff = config.backoff.delay(ticket.attempt, rand::random::<f64>());
+        Some(now + backoff.max(pushback))
     };
     ticket.touch(now);
 }
@@ -104,6 +118,12 @@ pub(crate) fn complete(
         }
         Outcome::Failure(error) => {
             end_attempt(ticket, error, false, config, now);
+            if ticket.state.is_terminal() {
+                ticket.completed_by = Some(lease_id);
+            }
+        }
+        Outcome::RetryAfter(error, pushback) => {
+            end_attempt_after(ticket, error, false, pushback, config, now);
             if ticket.state.is_terminal() {
                 ticket.completed_by = Some(lease_id);
             }

@@ -187,16 +187,35 @@ async fn call(
             kind: Some(Kind::Binary(reply)),
             content_type: "application/x-protobuf".into(),
         }),
-        Err(status) => failure(
-            status.code(),
-            format!(
+        Err(status) => {
+            let retryable = RETRYABLE.contains(&status.code());
+            let message = format!(
                 "the target answered {:?}: {}",
                 status.code(),
                 status.message()
-            ),
-            RETRYABLE.contains(&status.code()),
-        ),
+            );
+            match (
+                failure(status.code(), message, retryable),
+                pushback(&status),
+            ) {
+                (Outcome::Failure(error), Some(after)) if retryable => {
+                    Outcome::RetryAfter(error, after)
+                }
+                (outcome, _) => outcome,
+            }
+        }
     }
+}
+
+/// The retry delay an upstream asked for in `grpc-retry-pushback-ms` (gRPC
+/// A6); a value that is not a whole number of milliseconds is ignored.
+fn pushback(status: &tonic::Status) -> Option<Duration> {
+    let value = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")?
+        .to_str()
+        .ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_millis)
 }
 
 fn failure(code: Code, message: String, retryable: bool) -> Outcome {

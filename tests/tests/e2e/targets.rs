@@ -19,6 +19,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// The upstream: an Echo service that knows nothing of Asyncgate.
 struct Upstream {
     flaky_calls: Arc<AtomicU32>,
+    /// When each "pushback" call came.
+    pushback_calls: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
     /// Told when a "slow" call is dropped by its caller.
     dropped: tokio::sync::mpsc::UnboundedSender<()>,
     /// Told when a "slow" call has started.
@@ -48,6 +50,18 @@ impl echo::echo_server::Echo for Upstream {
         let payload = request.into_inner().payload;
         match &payload[..] {
             b"bad" => Err(tonic::Status::invalid_argument("the order has no items")),
+            b"pushback" => {
+                let mut calls = self.pushback_calls.lock().unwrap();
+                calls.push(tokio::time::Instant::now());
+                if calls.len() == 1 {
+                    let mut status = tonic::Status::unavailable("overloaded");
+                    status
+                        .metadata_mut()
+                        .insert("grpc-retry-pushback-ms", "400".parse().unwrap());
+                    return Err(status);
+                }
+                Ok(tonic::Response::new(echo::EchoReply::default()))
+            }
             b"flaky" if self.flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 => {
                 Err(tonic::Status::unavailable("warming up"))
             }
@@ -97,8 +111,10 @@ async fn a_grpc_method_serves_a_queue_with_no_worker_code() {
     let upstream_addr = listener.local_addr().unwrap();
     let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel();
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let pushback_calls = Arc::<std::sync::Mutex<Vec<tokio::time::Instant>>>::default();
     let upstream = Upstream {
         flaky_calls: Arc::default(),
+        pushback_calls: pushback_calls.clone(),
         dropped: dropped_tx,
         started: started_tx,
     };
@@ -132,6 +148,19 @@ async fn a_grpc_method_serves_a_queue_with_no_worker_code() {
     let flaky = finish(&client, submit("flaky")).await.unwrap();
     assert_eq!(flaky.state, pb::TicketState::Succeeded as i32, "{flaky:?}");
     assert_eq!(flaky.attempt, 2, "UNAVAILABLE is retried");
+
+    // The upstream's pushback (400 ms) outweighs the backoff (at most 100 ms).
+    let pushed = finish(&client, submit("pushback")).await.unwrap();
+    assert_eq!(
+        (pushed.state, pushed.attempt),
+        (pb::TicketState::Succeeded as i32, 2)
+    );
+    let calls = pushback_calls.lock().unwrap().clone();
+    assert!(
+        calls[1] - calls[0] >= Duration::from_millis(400),
+        "retried after {:?}",
+        calls[1] - calls[0]
+    );
 
     let bad = finish(&client, submit("bad")).await.unwrap();
     assert_eq!(bad.state, pb::TicketState::Failed as i32);
