@@ -169,6 +169,33 @@ fn submit_batch_against_an_embedded_durable_gateway() {
     assert!(!path.exists(), "the bench deletes its store file");
 }
 
+/// `--mode target`: tickets of a target queue, worked by the gateway itself
+/// calling the echo upstream, beside the same echo called directly.
+#[test]
+fn target_mode_runs_tickets_through_an_upstream_method() {
+    let report = bench(&[
+        "--embedded",
+        "memory",
+        "--mode",
+        "target",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--baseline",
+    ]);
+    let run = &report["runs"][0];
+    check_row(run);
+    assert_eq!(run["mode"], "target");
+    check_row(&report["baseline"][0]);
+    assert!(
+        number(&run["ratio_to_baseline"], "ratio_to_baseline") > 0.0,
+        "{run}"
+    );
+}
+
 #[test]
 fn e2e_against_a_remote_gateway_with_tls_and_an_api_key() {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};

@@ -42,6 +42,10 @@ when the previous one finished, for --warmup then --duration):
   stream-submit Submits on one SubmitStream per connection (the SDK's
                 submitter), --concurrency items in flight; no workers,
                 tickets cleaned up as in submit mode
+  target        Execute through a target queue (--target): the embedded
+                gateway itself calls an echo upstream (the method the
+                --baseline calls directly) with each ticket's bytes; no
+                bench workers; memory or durable store only
   stream-e2e    Each ticket submitted on the connection's SubmitStream and
                 its result read from the connection's WatchTickets stream
                 (the SDK's submitter and results); latency = submit to
@@ -230,6 +234,7 @@ pub(crate) enum Mode {
     Queues,
     RateLimit,
     Delayed,
+    Target,
 }
 
 impl Mode {
@@ -249,6 +254,7 @@ impl Mode {
             Mode::Queues => "queues",
             Mode::RateLimit => "rate-limit",
             Mode::Delayed => "delayed",
+            Mode::Target => "target",
         }
     }
 

@@ -275,14 +275,31 @@ async fn run_gateway(
     concurrency: usize,
     repeat: usize,
 ) -> anyhow::Result<RunRecord> {
-    let gateway = Gateway::open(target, settings).await?;
+    let queue = target::fresh_queue(settings.mode.name());
+    // `--mode target`: the gateway itself calls an echo upstream for the
+    // queue (the same method the baseline calls directly).
+    let upstream = match settings.mode {
+        Mode::Target => Some(EchoBaseline::start().await?),
+        _ => None,
+    };
+    let targets = match &upstream {
+        Some(echo) => {
+            let host = echo.url.trim_start_matches("http://");
+            let setting = format!(
+                "{queue}=grpc://{host}/asyncgate.bench.v1.Echo/Echo?max_concurrent={}",
+                (settings.workers as u32 * settings.max_in_flight).max(1)
+            );
+            vec![asyncgate_server::targets::parse_target(&setting).map_err(anyhow::Error::msg)?]
+        }
+        None => Vec::new(),
+    };
+    let gateway = Gateway::open_with_targets(target, settings, targets).await?;
     let result = async {
-        let queue = target::fresh_queue(settings.mode.name());
         let submit_only = matches!(
             settings.mode,
             Mode::Submit | Mode::StreamSubmit | Mode::SubmitBatch
         );
-        let fleet = if submit_only {
+        let fleet = if submit_only || upstream.is_some() {
             None
         } else {
             Some(
@@ -299,7 +316,14 @@ async fn run_gateway(
         };
         let run = async {
             let channels = target::connect_all(&gateway.urls, settings.connections).await?;
-            let mut request = target::submit_request(&queue, payload.clone());
+            // A target's ticket carries the encoded request message.
+            let body = match settings.mode {
+                Mode::Target => Bytes::from(prost::Message::encode_to_vec(&EchoRequest {
+                    payload: payload.clone(),
+                })),
+                _ => payload.clone(),
+            };
+            let mut request = target::submit_request(&queue, body);
             let mut plan = plan(
                 settings,
                 load_kind(settings),
@@ -341,6 +365,9 @@ async fn run_gateway(
     }
     .await;
     gateway.close().await;
+    if let Some(echo) = upstream {
+        echo.stop().await;
+    }
     result
 }
 

@@ -139,6 +139,21 @@ impl Gateway {
     /// Starts an embedded gateway (fresh listener, fresh store) or names the
     /// remote one.
     pub(crate) async fn open(target: &TargetSpec, settings: &Settings) -> anyhow::Result<Gateway> {
+        Self::open_with_targets(target, settings, Vec::new()).await
+    }
+
+    /// [`Gateway::open`] for an embedded gateway that works `targets`
+    /// itself (`--target`); a remote or Redis gateway cannot be given them.
+    pub(crate) async fn open_with_targets(
+        target: &TargetSpec,
+        settings: &Settings,
+        targets: Vec<asyncgate_server::targets::TargetSetting>,
+    ) -> anyhow::Result<Gateway> {
+        if !targets.is_empty() && !matches!(target, TargetSpec::Memory | TargetSpec::Durable(_)) {
+            bail!(
+                "--mode target runs an embedded gateway on the memory or durable store (it configures the target itself)"
+            );
+        }
         let rss = RssSource::for_settings(settings);
         let store = target.label();
         let (store_config, file) = match target {
@@ -176,6 +191,7 @@ impl Gateway {
         let config = asyncgate_server::Config {
             listen: addr,
             store: store_config,
+            targets,
             ..asyncgate_server::Config::default()
         };
         let running = match asyncgate_server::start_on(config, listener).await {
