@@ -46,6 +46,8 @@ when the previous one finished, for --warmup then --duration):
                 gateway itself calls an echo upstream (the method the
                 --baseline calls directly) with each ticket's bytes; no
                 bench workers; memory or durable store only
+  stream-target The same through the streams (as stream-e2e): each ticket
+                submitted on SubmitStream, its result read on WatchTickets
   stream-e2e    Each ticket submitted on the connection's SubmitStream and
                 its result read from the connection's WatchTickets stream
                 (the SDK's submitter and results); latency = submit to
@@ -235,6 +237,7 @@ pub(crate) enum Mode {
     RateLimit,
     Delayed,
     Target,
+    StreamTarget,
 }
 
 impl Mode {
@@ -255,6 +258,7 @@ impl Mode {
             Mode::RateLimit => "rate-limit",
             Mode::Delayed => "delayed",
             Mode::Target => "target",
+            Mode::StreamTarget => "stream-target",
         }
     }
 

@@ -153,7 +153,7 @@ fn load_kind(settings: &Settings) -> LoadKind {
         Mode::Poll => LoadKind::Poll,
         Mode::WatchFanout => LoadKind::WatchFanout(settings.watchers),
         Mode::StreamSubmit => LoadKind::StreamSubmit,
-        Mode::StreamE2e => LoadKind::StreamE2e,
+        Mode::StreamE2e | Mode::StreamTarget => LoadKind::StreamE2e,
         Mode::SubmitBatch => LoadKind::SubmitBatch(settings.batch_size),
         _ => LoadKind::Execute,
     }
@@ -279,7 +279,7 @@ async fn run_gateway(
     // `--mode target`: the gateway itself calls an echo upstream for the
     // queue (the same method the baseline calls directly).
     let upstream = match settings.mode {
-        Mode::Target => Some(EchoBaseline::start().await?),
+        Mode::Target | Mode::StreamTarget => Some(EchoBaseline::start().await?),
         _ => None,
     };
     let targets = match &upstream {
@@ -318,9 +318,11 @@ async fn run_gateway(
             let channels = target::connect_all(&gateway.urls, settings.connections).await?;
             // A target's ticket carries the encoded request message.
             let body = match settings.mode {
-                Mode::Target => Bytes::from(prost::Message::encode_to_vec(&EchoRequest {
-                    payload: payload.clone(),
-                })),
+                Mode::Target | Mode::StreamTarget => {
+                    Bytes::from(prost::Message::encode_to_vec(&EchoRequest {
+                        payload: payload.clone(),
+                    }))
+                }
                 _ => payload.clone(),
             };
             let mut request = target::submit_request(&queue, body);
