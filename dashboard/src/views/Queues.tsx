@@ -70,10 +70,10 @@ export function Queues({ role }: { role: Role }) {
               {queues.map((q) => (
                 <tr key={q.name} data-queue={q.name}>
                   <th scope="row">{q.name}</th>
-                  <td class="num">{String(q.counts?.pending ?? 0n)}</td>
-                  <td class="num">{String(q.counts?.running ?? 0n)}</td>
-                  <td class="num">{String(q.counts?.succeeded ?? 0n)}</td>
-                  <td class="num">{String(q.counts?.failed ?? 0n)}</td>
+                  <td class="num" data-count="pending">{String(q.counts?.pending ?? 0n)}</td>
+                  <td class="num" data-count="running">{String(q.counts?.running ?? 0n)}</td>
+                  <td class="num" data-count="succeeded">{String(q.counts?.succeeded ?? 0n)}</td>
+                  <td class="num" data-count="failed">{String(q.counts?.failed ?? 0n)}</td>
                   <td class="num">{q.workers}</td>
                   <td class="num">{q.oldestPendingAge ? `${q.oldestPendingAge.seconds} s` : "–"}</td>
                   <td>
