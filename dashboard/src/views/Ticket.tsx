@@ -100,7 +100,7 @@ export function TicketView({ id, role }: { id: string; role: Role }) {
             )}
             <dt>Progress</dt>
             <dd>
-              <progress max={100} value={ticket.progress?.percent ?? (ticket.state === TicketState.SUCCEEDED ? 100 : 0)} />{" "}
+              <progress aria-label="Progress" max={100} value={ticket.progress?.percent ?? (ticket.state === TicketState.SUCCEEDED ? 100 : 0)} />{" "}
               {ticket.progress?.percent ?? 0}% {ticket.progress?.message}
             </dd>
           </dl>

@@ -185,6 +185,33 @@ async fn the_dashboard_logs_in_lists_queues_and_follows_a_ticket_in_chromium() {
     screenshot(&page, "ticket", 1280).await;
     screenshot(&page, "ticket", 390).await;
 
+    // Pause and resume from the Queues view.
+    eval(&page, "location.hash = '#/queues'").await;
+    let pause = "tr[data-queue='dash'] button.pause";
+    wait_for(
+        &page,
+        &format!("document.querySelector({pause:?}) !== null"),
+    )
+    .await;
+    page.find_element(pause)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let status = text_of("tr[data-queue='dash'] .badge");
+    wait_for(&page, &format!("{status} === 'paused by ops'")).await;
+    let queue = client.admin().get_queue("dash").await.unwrap();
+    assert_eq!(queue.pause.unwrap().paused_by, "ops");
+    let resume = "tr[data-queue='dash'] button.resume";
+    page.find_element(resume)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&page, &format!("{status} === 'active'")).await;
+
     // A viewer: the same views, no button that changes anything.
     let idle = client
         .submit(Submit::new("idle").json(json!({})))
