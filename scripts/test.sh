@@ -77,6 +77,16 @@ cargo test --locked -p asyncgate-client --features otel --lib otel 2>&1 | tee -a
 # The house rule of issue 19: no file in server/src over 800 lines, no
 # function over 120 (a reader can hold each in mind).
 python3 scripts/size-check.py || status=$?
+# The committed dashboard bundle (server/dashboard, embedded by the server)
+# and its generated client (dashboard/src/gen) are what their source builds:
+# rebuild them from the locked packages and compare (issue 24).
+if scripts/build-dashboard.sh >/dev/null &&
+    [ -z "$(git status --porcelain -- server/dashboard dashboard/src/gen)" ]; then
+    :
+else
+    echo "server/dashboard or dashboard/src/gen is stale: run scripts/build-dashboard.sh and commit the result" >&2
+    status=1
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -63,9 +63,10 @@ enum Needs {
 }
 
 /// The methods that only read: a viewer key may call them.
-const READS: [&str; 11] = [
+const READS: [&str; 12] = [
     "/asyncgate.v1.Gateway/GetTicket",
     "/asyncgate.v1.Gateway/WatchTicket",
+    "/asyncgate.v1.Gateway/WatchTickets",
     "/asyncgate.v1.Gateway/ListTickets",
     "/google.longrunning.Operations/GetOperation",
     "/google.longrunning.Operations/ListOperations",

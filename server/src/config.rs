@@ -96,6 +96,9 @@ pub struct Config {
     pub metrics_max_queues: usize,
     /// Also serve grpc-web (HTTP/1.1 and browsers).
     pub grpc_web: bool,
+    /// Serve the web dashboard at `/dashboard/`; implies `grpc_web`, which
+    /// the page calls.
+    pub dashboard: bool,
     /// Origins browsers may call from (CORS); `*` admits any.
     pub cors_allow_origins: Vec<String>,
     /// Request headers browsers may send beside the default allow-list
@@ -168,6 +171,7 @@ impl Default for Config {
             metrics_public: false,
             metrics_max_queues: crate::metrics::MAX_QUEUE_LABELS,
             grpc_web: false,
+            dashboard: false,
             cors_allow_origins: Vec::new(),
             cors_allow_headers: Vec::new(),
             store: StoreConfig::Durable(PathBuf::from(DEFAULT_STORE)),

@@ -92,7 +92,14 @@ where
         builder,
     } = stack;
     builder
-        // CORS outermost: a browser's preflight carries no API key, and a
+        // The dashboard's files outermost: public, same-origin static GETs
+        // that need no CORS, key, metrics or call limits, and that
+        // tonic-web (which refuses plain HTTP/1.1) must never see. The
+        // page's API calls carry its key through everything below.
+        .layer(tower::util::option_layer(
+            config.dashboard.then_some(crate::dashboard::DashboardLayer),
+        ))
+        // CORS next: a browser's preflight carries no API key, and a
         // refused origin must get no CORS headers whatever happens inside.
         .layer(tower::util::option_layer(cors(&config)))
         // Connect beside gRPC-Web, outside tonic-web (which refuses any

@@ -15,6 +15,8 @@
 //!   streaming) translated to gRPC for the same routes, beside gRPC-Web.
 //! - [`metrics`]: Prometheus metrics per queue, per RPC (go-grpc-prometheus'
 //!   families) and of the process; OpenMetrics or the classic text format.
+//! - [`dashboard`]: `--dashboard`, the web dashboard's files embedded at
+//!   build time and served at `/dashboard/` (the page calls over gRPC-Web).
 //! - [`connection`]: calls open per connection; idle connections closed.
 //! - [`body`]: response bodies that report their data and when a
 //!   (streaming) call ends.
@@ -43,6 +45,7 @@ pub(crate) mod body;
 pub mod config;
 pub(crate) mod connect;
 pub(crate) mod connection;
+pub mod dashboard;
 pub(crate) mod dispatch;
 pub mod domain;
 pub mod engine;

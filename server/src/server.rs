@@ -293,9 +293,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_on(config, listener).await
 }
 
+/// Says where the gateway (and, with `--dashboard`, its dashboard) listens.
+fn log_listening(config: &Config, local_addr: SocketAddr) {
+    tracing::info!(%local_addr, store = ?config.store, "asyncgate listening");
+    if config.dashboard {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{local_addr}{}", crate::dashboard::PATH);
+        tracing::info!(%url, "dashboard served");
+    }
+}
+
 /// Starts serving on an already-bound listener (tests bind port 0 first):
 /// build the core, then its services, then serve them.
-pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, StartError> {
+pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Running, StartError> {
+    // The dashboard's page calls over gRPC-Web, whichever way the config
+    // was built (flags do this in validation; code may not).
+    config.grpc_web |= config.dashboard;
     let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,
@@ -397,7 +414,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             result
         })
     };
-    tracing::info!(%local_addr, store = ?config.store, "asyncgate listening");
+    log_listening(&config, local_addr);
     Ok(Running {
         local_addr,
         metrics_addr,

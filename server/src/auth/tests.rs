@@ -78,6 +78,30 @@ fn keys_are_matched_by_hash_and_roles_are_enforced() {
 }
 
 #[test]
+fn a_viewer_may_follow_tickets_on_one_stream_but_not_change_them() {
+    let keys = table(&format!(
+        "[[keys]]\nname = \"v\"\nsha256 = \"{}\"\nrole = \"viewer\"\n",
+        digest_hex("viewer-secret"),
+    ))
+    .unwrap();
+    let viewer = Some("Bearer viewer-secret");
+    for read in [
+        "/asyncgate.v1.Gateway/WatchTicket",
+        "/asyncgate.v1.Gateway/WatchTickets",
+        "/asyncgate.v1.Admin/ListQueues",
+    ] {
+        assert!(check(&keys, read, viewer, None).is_ok(), "{read}");
+    }
+    for change in [
+        "/asyncgate.v1.Gateway/CancelTicket",
+        "/asyncgate.v1.Admin/PauseQueue",
+    ] {
+        let denied = check(&keys, change, viewer, None).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{change}");
+    }
+}
+
+#[test]
 fn a_reload_keeps_the_buckets_of_unchanged_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.toml");

@@ -55,6 +55,10 @@ pub struct Cli {
     /// can call the gateway without a proxy.
     #[arg(long, env = "ASYNCGATE_GRPC_WEB")]
     pub grpc_web: bool,
+    /// Serve the web dashboard at /dashboard/ on the gateway's port (its
+    /// files are in the binary); turns on --grpc-web, which its page calls.
+    #[arg(long, env = "ASYNCGATE_DASHBOARD")]
+    pub dashboard: bool,
     /// A web origin (`https://app.example.com`) whose pages may call the
     /// gateway through grpc-web (CORS); repeat for several, `*` for any.
     #[arg(

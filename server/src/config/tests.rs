@@ -434,6 +434,27 @@ fn metrics_settings_have_documented_defaults() {
 }
 
 #[test]
+fn the_dashboard_is_off_by_default_and_turns_on_grpc_web() {
+    let config = parse(&[]).unwrap();
+    assert!(!config.dashboard && !config.grpc_web);
+    let config = parse(&["--dashboard"]).unwrap();
+    assert!(config.dashboard);
+    assert!(config.grpc_web, "the page calls over gRPC-Web");
+    // A config file setting like any flag, printed back by --print-config.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("asyncgate.toml");
+    std::fs::write(&file, "dashboard = true\nstore = \"memory\"\n").unwrap();
+    let parsed = parse_args(with_file(&file, &[])).unwrap();
+    assert!(
+        parsed.effective.contains("dashboard = true  # config file"),
+        "{}",
+        parsed.effective
+    );
+    let config = Config::try_from(parsed.cli).unwrap();
+    assert!(config.dashboard && config.grpc_web);
+}
+
+#[test]
 fn queue_limits_come_from_flags_or_queue_tables_in_the_file() {
     let config = parse(&[
         "--store",

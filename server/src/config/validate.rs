@@ -186,7 +186,9 @@ fn assemble(cli: Cli, store: StoreConfig, cors_allow_headers: Vec<String>) -> Co
         metrics_listen: cli.metrics_listen,
         metrics_public: cli.metrics_public,
         metrics_max_queues: cli.metrics_max_queues,
-        grpc_web: cli.grpc_web,
+        // The dashboard's page calls the gateway over gRPC-Web.
+        grpc_web: cli.grpc_web || cli.dashboard,
+        dashboard: cli.dashboard,
         cors_allow_origins: cli.cors_allow_origins,
         cors_allow_headers,
         store,

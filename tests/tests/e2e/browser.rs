@@ -78,15 +78,16 @@ impl Drop for PageServer {
     }
 }
 
-/// A headless Chromium with its DevTools connection driven by a task.
-struct Chromium {
-    browser: Browser,
+/// A headless Chromium with its DevTools connection driven by a task
+/// (also used by the `dashboard` test).
+pub(crate) struct Chromium {
+    pub(crate) browser: Browser,
     handler: tokio::task::JoinHandle<()>,
     _profile: tempfile::TempDir,
 }
 
 impl Chromium {
-    async fn launch() -> Self {
+    pub(crate) async fn launch() -> Self {
         assert!(
             std::path::Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium (apt-get install chromium)"
@@ -110,7 +111,7 @@ impl Chromium {
         }
     }
 
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.browser.close().await;
         let _ = self.browser.wait().await;
         self.handler.abort();
@@ -119,7 +120,7 @@ impl Chromium {
 
 /// Evaluates `expression` in the page (awaiting it if it is a promise) and
 /// returns its JSON value.
-async fn eval(page: &chromiumoxide::Page, expression: &str) -> serde_json::Value {
+pub(crate) async fn eval(page: &chromiumoxide::Page, expression: &str) -> serde_json::Value {
     let params = EvaluateParams::builder()
         .expression(expression)
         .await_promise(true)
@@ -132,7 +133,7 @@ async fn eval(page: &chromiumoxide::Page, expression: &str) -> serde_json::Value
 
 /// Resolves once `condition` (a JS expression) is true in the page, checked
 /// on every DOM change: a signal from the page, not a sleep.
-async fn wait_for(page: &chromiumoxide::Page, condition: &str) {
+pub(crate) async fn wait_for(page: &chromiumoxide::Page, condition: &str) {
     let script = format!(
         r#"new Promise((resolve) => {{
             const check = () => {{ try {{ if ({condition}) {{ resolve(true); return true; }} }} catch (e) {{}} return false; }};

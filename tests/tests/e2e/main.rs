@@ -10,6 +10,7 @@ mod browser;
 mod compression;
 mod connect;
 mod connect_es;
+mod dashboard;
 mod delayed;
 mod durable;
 mod grpc_web;
