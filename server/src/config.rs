@@ -161,6 +161,8 @@ pub struct Config {
     pub queue_limits: Vec<QueueLimitsSetting>,
     /// Target queues the gateway works itself (`--target`).
     pub targets: Vec<crate::targets::TargetSetting>,
+    /// Schedules one tenant may keep (`--max-schedules-per-tenant`).
+    pub max_schedules_per_tenant: u64,
 }
 
 impl Default for Config {
@@ -200,6 +202,7 @@ impl Default for Config {
             timer_tick: Duration::from_millis(20),
             queue_limits: Vec::new(),
             targets: Vec::new(),
+            max_schedules_per_tenant: 1_000,
         }
     }
 }

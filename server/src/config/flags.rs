@@ -265,6 +265,15 @@ pub struct Cli {
         value_parser = crate::targets::parse_target
     )]
     pub targets: Vec<crate::targets::TargetSetting>,
+    /// Schedules one tenant may keep (all schedules, without API keys);
+    /// CreateSchedule past it is RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "ASYNCGATE_MAX_SCHEDULES_PER_TENANT",
+        default_value_t = 1_000,
+        value_name = "N"
+    )]
+    pub max_schedules_per_tenant: u64,
     /// Pending tickets per queue before submits get RESOURCE_EXHAUSTED.
     #[arg(
         long,

@@ -234,6 +234,7 @@ fn assemble(cli: Cli, store: StoreConfig, cors_allow_headers: Vec<String>) -> Co
         timer_tick: Config::default().timer_tick,
         queue_limits: cli.queue_limits,
         targets: cli.targets,
+        max_schedules_per_tenant: cli.max_schedules_per_tenant,
     }
 }
 

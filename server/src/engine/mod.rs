@@ -673,6 +673,10 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ScheduleRecord>, EngineError>;
 
+    /// How many schedules' ids start with `prefix` (a tenant's count, for
+    /// its cap).
+    async fn count_schedules(&self, prefix: &str) -> Result<u64, EngineError>;
+
     /// Up to `limit` schedules due by `now`, earliest first.
     async fn due_schedules(
         &self,

@@ -28,7 +28,8 @@ pub(crate) fn server(core: Core) -> Server {
         max_attempts_limit: core.config.max_attempts_limit,
     };
     Server::new(SchedulesService {
-        schedules: Schedules::new(core.engine.clone()),
+        schedules: Schedules::new(core.engine.clone())
+            .with_limit(core.config.max_schedules_per_tenant),
         core,
         limits,
     })

@@ -74,6 +74,9 @@ pub struct Seen {
 #[derive(Clone)]
 pub struct Schedules {
     engine: Arc<dyn Engine>,
+    /// Schedules one tenant may keep (every schedule, without tenants): one
+    /// tenant cannot fill the store with them.
+    max_per_tenant: u64,
 }
 
 fn stored(schedule: &Schedule, now: SystemTime) -> ScheduleRecord {
@@ -97,7 +100,16 @@ fn stored(schedule: &Schedule, now: SystemTime) -> ScheduleRecord {
 impl Schedules {
     /// Schedules stored in `engine`.
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            max_per_tenant: u64::MAX,
+        }
+    }
+
+    /// These operations with at most `max` schedules per tenant.
+    pub fn with_limit(mut self, max: u64) -> Self {
+        self.max_per_tenant = max;
+        self
     }
 
     pub(super) fn engine(&self) -> &Arc<dyn Engine> {
@@ -160,6 +172,19 @@ impl Schedules {
             fired: 0,
             skipped: 0,
         };
+        // A check before the write: racing creates may pass the cap by a
+        // few, which bounds the store all the same.
+        let prefix = schedule
+            .id
+            .tenant()
+            .map_or(String::new(), |t| format!("{t}/"));
+        let held = self.engine.count_schedules(&prefix).await?;
+        if held >= self.max_per_tenant {
+            return Err(EngineError::LimitExceeded(format!(
+                "{held} schedules exist, the limit per tenant (--max-schedules-per-tenant); delete one first"
+            ))
+            .into());
+        }
         self.engine.put_schedule(stored(&schedule, now), 0).await?;
         Ok(schedule)
     }

@@ -170,6 +170,9 @@ pub(crate) async fn schedules_are_stored_fenced_listed_and_due(factory: Factory)
         ["t/c"]
     );
     assert_eq!(ids(e.list_schedules("", "", 1).await.unwrap()), ["a"]);
+    assert_eq!(e.count_schedules("").await.unwrap(), 3);
+    assert_eq!(e.count_schedules("t/").await.unwrap(), 2);
+    assert_eq!(e.count_schedules("u/").await.unwrap(), 0);
     // Due: earliest first; not yet due and never due (paused) left out.
     assert_eq!(ids(e.due_schedules(now, 10).await.unwrap()), ["t/b", "a"]);
     assert_eq!(ids(e.due_schedules(now, 1).await.unwrap()), ["t/b"]);

@@ -590,4 +590,8 @@ impl Engine for LocalEngine {
     ) -> Result<Vec<ScheduleRecord>, EngineError> {
         Ok(self.due_schedule_records(now, limit))
     }
+
+    async fn count_schedules(&self, prefix: &str) -> Result<u64, EngineError> {
+        Ok(self.count_schedule_records(prefix))
+    }
 }

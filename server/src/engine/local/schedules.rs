@@ -85,6 +85,14 @@ impl LocalEngine {
             .collect()
     }
 
+    pub(super) fn count_schedule_records(&self, prefix: &str) -> u64 {
+        use std::ops::Bound::{Included, Unbounded};
+        lock(&self.schedules)
+            .range::<str, _>((Included(prefix), Unbounded))
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .count() as u64
+    }
+
     pub(super) fn due_schedule_records(
         &self,
         now: SystemTime,

@@ -209,4 +209,8 @@ impl Engine for RedisEngine {
     ) -> Result<Vec<ScheduleRecord>, EngineError> {
         self.inner.due_schedules(now, limit).await
     }
+
+    async fn count_schedules(&self, prefix: &str) -> Result<u64, EngineError> {
+        self.inner.count_schedules(prefix).await
+    }
 }

@@ -147,6 +147,20 @@ impl Inner {
         self.read_schedules(ids).await
     }
 
+    pub(super) async fn count_schedules(&self, prefix: &str) -> Result<u64, EngineError> {
+        let (start, end) = if prefix.is_empty() {
+            ("-".to_owned(), "+".to_owned())
+        } else {
+            (format!("[{prefix}"), format!("[{prefix}\u{10ffff}"))
+        };
+        self.run(|| {
+            let mut cmd = redis::cmd("ZLEXCOUNT");
+            cmd.arg(self.keys.schedule_ids()).arg(&start).arg(&end);
+            QueryKind::Cmd(cmd)
+        })
+        .await
+    }
+
     pub(super) async fn due_schedules(
         &self,
         now: SystemTime,

@@ -121,6 +121,10 @@ pub(crate) fn definition(
             field: format!("schedule.ticket.{field}"),
             reason,
         },
+        GatewayError::TooLarge { field, reason } => GatewayError::TooLarge {
+            field: format!("schedule.ticket.{field}"),
+            reason,
+        },
         other => other,
     })?;
     let jitter = duration(schedule.jitter, "schedule.jitter", MAX_JITTER)?.unwrap_or_default();
