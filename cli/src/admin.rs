@@ -195,7 +195,10 @@ pub(crate) async fn workers(
     queue: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let workers = client.admin().list_workers(queue.as_deref()).await?;
-    let response = pb::ListWorkersResponse { workers };
+    let response = pb::ListWorkersResponse {
+        workers,
+        ..Default::default()
+    };
     printer.message(&response, |response| {
         if response.workers.is_empty() {
             return "(no workers)".into();

@@ -24,7 +24,7 @@ impl Admin {
         Ok(self
             .inner
             .clone()
-            .list_queues(pb::ListQueuesRequest {})
+            .list_queues(pb::ListQueuesRequest::default())
             .await?
             .into_inner()
             .queues)
@@ -34,6 +34,17 @@ impl Admin {
     pub async fn get_queue(&self, name: &str) -> Result<pb::QueueInfo, ClientError> {
         let request = pb::GetQueueRequest {
             name: name.to_owned(),
+            history: false,
+        };
+        Ok(self.inner.clone().get_queue(request).await?.into_inner())
+    }
+
+    /// [`Self::get_queue`] with its `history`: the last 15 minutes in
+    /// 15-second buckets, for charts.
+    pub async fn queue_history(&self, name: &str) -> Result<pb::QueueInfo, ClientError> {
+        let request = pb::GetQueueRequest {
+            name: name.to_owned(),
+            history: true,
         };
         Ok(self.inner.clone().get_queue(request).await?.into_inner())
     }

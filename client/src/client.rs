@@ -322,6 +322,17 @@ impl Client {
     ) -> Result<pb::ListTicketsResponse, ClientError> {
         Ok(self.inner.clone().list_tickets(request).await?.into_inner())
     }
+
+    /// What this client's key is and may do: its name, role, tenant,
+    /// whether it sees payloads, and every RPC it may call.
+    pub async fn who_am_i(&self) -> Result<pb::WhoAmIResponse, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .who_am_i(pb::WhoAmIRequest {})
+            .await?
+            .into_inner())
+    }
 }
 
 /// The endpoint for `url` with the transport settings every connection of

@@ -310,6 +310,13 @@ impl pb::gateway_server::Gateway for FakeGateway {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn who_am_i(
+        &self,
+        _: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     type SubmitStreamStream = BoxStream<pb::SubmitResult>;
 
     async fn submit_stream(

@@ -36,40 +36,32 @@ export const transport = createGrpcWebTransport({
 export const gateway = createClient(Gateway, transport);
 export const admin = createClient(Admin, transport);
 
-/** What the key may do, as far as the page needs to know. */
+/** The logged-in key: who it is and what it may call. */
 export interface Role {
-  /** Admin reads: ListQueues (admin and viewer keys). */
-  read: boolean;
-  /** Pause and resume queues (admin keys). */
-  operate: boolean;
-  /** Cancel tickets (client and admin keys). */
-  cancel: boolean;
+  name: string;
+  role: string;
+  tenant: string;
+  /** Whether tickets show it their results and output. */
+  seesPayloads: boolean;
+  /** Full method paths it may call ("/asyncgate.v1.Admin/PauseQueue"). */
+  methods: Set<string>;
 }
 
-/**
- * Learns the key's role without side effects. The API has no "who am I"
- * call, but the gateway checks a key's role before reading the request, so
- * a request that could never succeed (an empty name or id) answers
- * PERMISSION_DENIED for a role that may not call the method and
- * INVALID_ARGUMENT for one that may; UNAUTHENTICATED means a bad key.
- */
-export async function probeRole(): Promise<Role> {
-  const allowed = async (call: () => Promise<unknown>): Promise<boolean> => {
-    try {
-      await call();
-      return true;
-    } catch (e) {
-      const err = ConnectError.from(e);
-      if (err.code === Code.Unauthenticated) throw err;
-      return err.code !== Code.PermissionDenied;
-    }
+/** Learns the key's role from Gateway.WhoAmI (no side effects, no audit noise). */
+export async function whoAmI(): Promise<Role> {
+  const me = await gateway.whoAmI({});
+  return {
+    name: me.keyName,
+    role: me.role,
+    tenant: me.tenant,
+    seesPayloads: me.seesPayloads,
+    methods: new Set(me.methods),
   };
-  const [read, operate, cancel] = await Promise.all([
-    allowed(() => admin.listQueues({})),
-    allowed(() => admin.pauseQueue({ name: "" })),
-    allowed(() => gateway.cancelTicket({ id: "" })),
-  ]);
-  return { read, operate, cancel };
+}
+
+/** Whether the key may call `method` ("Admin/PauseQueue", "Gateway/CancelTicket"). */
+export function can(role: Role, method: string): boolean {
+  return role.methods.has(`/asyncgate.v1.${method}`);
 }
 
 /** A one-line message for an error, for people. */

@@ -52,7 +52,22 @@ export function follow(id: string, listener: Listener): () => void {
   };
 }
 
+let pending = false;
+
+/**
+ * Reopens the stream once for every change made in the same task: a list
+ * that follows fifty tickets opens one stream, not fifty.
+ */
 function reopen(): void {
+  if (pending) return;
+  pending = true;
+  setTimeout(() => {
+    pending = false;
+    reopenNow();
+  }, 0);
+}
+
+function reopenNow(): void {
   current?.abort();
   current = null;
   if (subscriptions.size === 0) return;

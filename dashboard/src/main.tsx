@@ -1,28 +1,40 @@
-// The dashboard's shell: login, the hash router (#/queues, #/tickets/ID),
-// and the header. Views get the key's role and show only what it allows.
+// The dashboard's shell: login, the hash router (see route.ts), the header
+// and navigation. Views get the key's role (Gateway.WhoAmI) and show only
+// the actions it allows.
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { describe, forgetKey, probeRole, storeKey, storedKey, type Role } from "./api";
+import { can, describe, forgetKey, storeKey, storedKey, whoAmI, type Role } from "./api";
+import { useRoute, type Route } from "./route";
+import { DeadLetter } from "./views/DeadLetter";
+import { Overview } from "./views/Overview";
 import { Queues } from "./views/Queues";
 import { TicketView } from "./views/Ticket";
+import { Tickets } from "./views/Tickets";
+import { Workers } from "./views/Workers";
 import "./style.css";
 
-type Route = { view: "queues" } | { view: "ticket"; id: string };
+const VIEWS = [
+  ["overview", "Overview"],
+  ["queues", "Queues"],
+  ["tickets", "Tickets"],
+  ["workers", "Workers"],
+  ["dead-letter", "Dead letter"],
+] as const;
 
-function parse(hash: string): Route {
-  const ticket = /^#\/tickets\/([^/]+)$/.exec(hash);
-  if (ticket) return { view: "ticket", id: decodeURIComponent(ticket[1]) };
-  return { view: "queues" };
-}
-
-function useRoute(): Route {
-  const [route, setRoute] = useState(() => parse(location.hash));
-  useEffect(() => {
-    const changed = () => setRoute(parse(location.hash));
-    addEventListener("hashchange", changed);
-    return () => removeEventListener("hashchange", changed);
-  }, []);
-  return route;
+function View({ route, role }: { route: Route; role: Role }) {
+  const [view = "overview", id] = route.path;
+  switch (view) {
+    case "queues":
+      return <Queues role={role} />;
+    case "tickets":
+      return id ? <TicketView id={id} role={role} /> : <Tickets role={role} query={route.query} />;
+    case "workers":
+      return <Workers role={role} />;
+    case "dead-letter":
+      return <DeadLetter role={role} query={route.query} />;
+    default:
+      return <Overview role={role} />;
+  }
 }
 
 function Login({ onLogin }: { onLogin: (role: Role) => void }) {
@@ -35,7 +47,7 @@ function Login({ onLogin }: { onLogin: (role: Role) => void }) {
     setError(null);
     storeKey(key.trim());
     try {
-      onLogin(await probeRole());
+      onLogin(await whoAmI());
     } catch (err) {
       forgetKey();
       setError(describe(err));
@@ -74,6 +86,7 @@ function OpenTicket() {
       onSubmit={(e) => {
         e.preventDefault();
         if (id.trim()) location.hash = `#/tickets/${encodeURIComponent(id.trim())}`;
+        setId("");
       }}
     >
       <input
@@ -94,7 +107,7 @@ function App() {
   useEffect(() => {
     // A reload keeps the tab's key: learn its role again.
     if (storedKey() === null) return;
-    probeRole()
+    whoAmI()
       .then(setRole)
       .catch(() => forgetKey())
       .finally(() => setChecking(false));
@@ -105,18 +118,27 @@ function App() {
     forgetKey();
     setRole(null);
   };
+  const current = route.path[0] ?? "overview";
+  const reads = can(role, "Admin/ListQueues");
   return (
     <>
       <header>
-        <a class="brand" href="#/queues">Asyncgate</a>
-        <nav>
-          <a href="#/queues" aria-current={route.view === "queues" ? "page" : undefined}>Queues</a>
+        <a class="brand" href="#/overview">Asyncgate</a>
+        <nav aria-label="Views">
+          {VIEWS.filter(([path]) => reads || path === "tickets").map(([path, label]) => (
+            <a key={path} href={`#/${path}`} aria-current={current === path ? "page" : undefined}>
+              {label}
+            </a>
+          ))}
         </nav>
         <OpenTicket />
+        <span class="who" title={role.tenant ? `tenant ${role.tenant}` : "every tenant"}>
+          {role.name} <span class="badge">{role.role}</span>
+        </span>
         <button class="logout" onClick={logout}>Log out</button>
       </header>
       <main>
-        {route.view === "ticket" ? <TicketView id={route.id} role={role} /> : <Queues role={role} />}
+        <View route={route} role={role} />
       </main>
     </>
   );

@@ -78,10 +78,15 @@ const READS: [&str; 12] = [
     "/asyncgate.v1.Schedules/ListSchedules",
 ];
 
+/// Any valid key may ask what it is.
+const WHO_AM_I: &str = "/asyncgate.v1.Gateway/WhoAmI";
+
 fn needs(path: &str) -> Needs {
     let reads = READS.contains(&path);
     if path.starts_with("/grpc.health.v1.Health/") {
         Needs::Nothing
+    } else if path == WHO_AM_I {
+        Needs::AnyKey
     } else if path.starts_with("/asyncgate.v1.Gateway/")
         // The same tickets, seen as long-running operations.
         || path.starts_with("/google.longrunning.Operations/")
@@ -273,6 +278,44 @@ where
             }
         }
     }
+}
+
+/// Every method of the gateway's own services (`asyncgate.*` and the
+/// operations view of tickets) that `caller`'s role may call, sorted: read
+/// from the same table the layer decides by, so a tool shows exactly what
+/// the gateway would allow.
+pub fn allowed_methods(caller: &Caller) -> Vec<String> {
+    use prost::Message;
+    static METHODS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let set = prost_types::FileDescriptorSet::decode(asyncgate_proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled-in descriptors decode");
+        let mut methods: Vec<String> =
+            set.file
+                .iter()
+                .filter(|f| {
+                    let package = f.package();
+                    package.starts_with("asyncgate.") || package == "google.longrunning"
+                })
+                .flat_map(|f| {
+                    f.service.iter().flat_map(move |service| {
+                        service.method.iter().map(move |m| {
+                            format!("/{}.{}/{}", f.package(), service.name(), m.name())
+                        })
+                    })
+                })
+                .collect();
+        methods.sort();
+        methods.dedup();
+        methods
+    });
+    METHODS
+        .iter()
+        .filter(|path| match needs(path) {
+            Needs::Nothing | Needs::AnyKey => true,
+            Needs::Role(roles, _) => roles.contains(&caller.role),
+        })
+        .cloned()
+        .collect()
 }
 
 /// The caller of a request that passed the layer (anonymous when the layer

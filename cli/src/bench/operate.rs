@@ -85,7 +85,7 @@ pub(crate) async fn queues(settings: &Settings, gateway: &Gateway) -> anyhow::Re
     let mut admin = admin_client(&channels[0]);
     let warm_until = Instant::now() + settings.warmup;
     while Instant::now() < warm_until {
-        admin.list_queues(pb::ListQueuesRequest {}).await?;
+        admin.list_queues(pb::ListQueuesRequest::default()).await?;
     }
     let mut latency = histogram();
     let mut last = None;
@@ -93,7 +93,7 @@ pub(crate) async fn queues(settings: &Settings, gateway: &Gateway) -> anyhow::Re
     let mut calls = 0;
     while Instant::now() < measure_until && calls < MAX_LIST_CALLS {
         let start = Instant::now();
-        let response = admin.list_queues(pb::ListQueuesRequest {}).await?;
+        let response = admin.list_queues(pb::ListQueuesRequest::default()).await?;
         latency.saturating_record(start.elapsed().as_micros() as u64);
         calls += 1;
         last = Some(response.into_inner());

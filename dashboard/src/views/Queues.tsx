@@ -1,51 +1,99 @@
-// Admin.ListQueues as a table, refreshed every few seconds; pause and
-// resume for admin keys only.
-import { useEffect, useState } from "preact/hooks";
-import { admin, describe, type Role } from "../api";
+// Admin.ListQueues as a table, refreshed every few seconds; for keys that
+// may: pause / resume, purge (confirmed with the count it will cancel) and
+// the dispatch limits.
+import { Fragment } from "preact";
+import { useState } from "preact/hooks";
+import { admin, can, describe, type Role } from "../api";
+import { millis, span } from "../format";
 import type { QueueInfo } from "../gen/asyncgate/v1/admin_pb";
+import { usePoll } from "../hooks";
+import { href } from "../route";
 
-/** How often the table is read again. */
 const REFRESH_MS = 2000;
 
+function Limits({ queue, done }: { queue: QueueInfo; done: (error?: string) => void }) {
+  const l = queue.limits;
+  const [rate, setRate] = useState(String(l?.maxDispatchPerSecond ?? 0));
+  const [burst, setBurst] = useState(String(l?.burst ?? 0));
+  const [conc, setConc] = useState(String(l?.maxConcurrent ?? 0));
+  const save = async (e: Event) => {
+    e.preventDefault();
+    try {
+      await admin.setQueueLimits({
+        name: queue.name,
+        limits: { maxDispatchPerSecond: +rate, burst: +burst, maxConcurrent: +conc },
+      });
+      done();
+    } catch (err) {
+      done(describe(err));
+    }
+  };
+  const field = (label: string, value: string, set: (v: string) => void) => (
+    <label>
+      {label}
+      <input type="number" min={0} value={value} onInput={(e) => set((e.target as HTMLInputElement).value)} />
+    </label>
+  );
+  return (
+    <form class="limits" onSubmit={save} aria-label={`Limits of ${queue.name}`}>
+      {field("Dispatch per second", rate, setRate)}
+      {field("Burst", burst, setBurst)}
+      {field("Running at once", conc, setConc)}
+      <span class="hint">0 means unlimited.</span>
+      <button type="submit">Save limits</button>
+      <button type="button" onClick={() => done()}>Close</button>
+    </form>
+  );
+}
+
+function limitsText(q: QueueInfo): string {
+  const l = q.limits;
+  const parts = [];
+  if (l?.maxDispatchPerSecond) parts.push(`${l.maxDispatchPerSecond}/s`);
+  if (l?.maxConcurrent) parts.push(`≤ ${l.maxConcurrent} running`);
+  return parts.join(", ") || "none";
+}
+
 export function Queues({ role }: { role: Role }) {
-  const [queues, setQueues] = useState<QueueInfo[] | null>(null);
+  const reads = can(role, "Admin/ListQueues");
+  const operate = can(role, "Admin/PauseQueue");
   const [error, setError] = useState<string | null>(null);
-  const [tick, setTick] = useState(0);
+  const [editing, setEditing] = useState<string | null>(null);
+  const { data: queues, error: loadError, reload } = usePoll(
+    async () => (reads ? (await admin.listQueues({})).queues : []),
+    REFRESH_MS,
+    [reads],
+  );
 
-  useEffect(() => {
-    if (!role.read) return;
-    let live = true;
-    const load = () =>
-      admin
-        .listQueues({})
-        .then((r) => live && (setQueues(r.queues), setError(null)))
-        .catch((e) => live && setError(describe(e)));
-    void load();
-    const timer = setInterval(load, REFRESH_MS);
-    return () => {
-      live = false;
-      clearInterval(timer);
-    };
-  }, [role.read, tick]);
-
-  if (!role.read) {
+  if (!reads) {
     return <p class="notice">This key may not read queues. Open a ticket by its id above.</p>;
   }
 
-  const act = async (queue: QueueInfo) => {
+  const act = async (what: () => Promise<unknown>) => {
     try {
-      if (queue.pause) await admin.resumeQueue({ name: queue.name });
-      else await admin.pauseQueue({ name: queue.name, reason: "paused from the dashboard" });
-      setTick((t) => t + 1);
+      await what();
+      setError(null);
+      reload();
     } catch (e) {
       setError(describe(e));
     }
+  };
+  const pause = (q: QueueInfo) =>
+    act(() =>
+      q.pause
+        ? admin.resumeQueue({ name: q.name })
+        : admin.pauseQueue({ name: q.name, reason: `paused from the dashboard by ${role.name}` }),
+    );
+  const purge = (q: QueueInfo) => {
+    const n = q.counts?.pending ?? 0n;
+    if (!confirm(`Cancel the ${n} pending ticket${n === 1n ? "" : "s"} of queue "${q.name}"? This cannot be undone.`)) return;
+    void act(() => admin.purgeQueue({ name: q.name }));
   };
 
   return (
     <section aria-labelledby="queues-title">
       <h2 id="queues-title">Queues</h2>
-      {error && <p role="alert" class="error">{error}</p>}
+      {(error ?? loadError) && <p role="alert" class="error">{error ?? loadError}</p>}
       {queues === null ? (
         <p class="loading">Loading…</p>
       ) : queues.length === 0 ? (
@@ -62,36 +110,62 @@ export function Queues({ role }: { role: Role }) {
                 <th scope="col" class="num">Failed</th>
                 <th scope="col" class="num">Workers</th>
                 <th scope="col" class="num">Oldest pending</th>
+                <th scope="col">Limits</th>
                 <th scope="col">Status</th>
-                {role.operate && <th scope="col"><span class="sr-only">Actions</span></th>}
+                {operate && <th scope="col"><span class="sr-only">Actions</span></th>}
               </tr>
             </thead>
             <tbody>
               {queues.map((q) => (
-                <tr key={q.name} data-queue={q.name}>
-                  <th scope="row">{q.name}</th>
-                  <td class="num" data-count="pending">{String(q.counts?.pending ?? 0n)}</td>
-                  <td class="num" data-count="running">{String(q.counts?.running ?? 0n)}</td>
-                  <td class="num" data-count="succeeded">{String(q.counts?.succeeded ?? 0n)}</td>
-                  <td class="num" data-count="failed">{String(q.counts?.failed ?? 0n)}</td>
-                  <td class="num">{q.workers}</td>
-                  <td class="num">{q.oldestPendingAge ? `${q.oldestPendingAge.seconds} s` : "–"}</td>
-                  <td>
-                    {q.pause ? (
-                      <span class="badge paused" title={q.pause.reason}>paused by {q.pause.pausedBy}</span>
-                    ) : (
-                      <span class="badge">active</span>
-                    )}
-                  </td>
-                  {role.operate && (
-                    <td>
-                      <button class={q.pause ? "resume" : "pause"} onClick={() => act(q)}>
-                        {q.pause ? "Resume" : "Pause"}
-                        <span class="sr-only"> {q.name}</span>
-                      </button>
+                <Fragment key={q.name}>
+                  <tr data-queue={q.name}>
+                    <th scope="row"><a href={href("tickets", { queue: q.name })}>{q.name}</a></th>
+                    <td class="num" data-count="pending">{String(q.counts?.pending ?? 0n)}</td>
+                    <td class="num" data-count="running">{String(q.counts?.running ?? 0n)}</td>
+                    <td class="num" data-count="succeeded">{String(q.counts?.succeeded ?? 0n)}</td>
+                    <td class="num" data-count="failed">
+                      <a href={href("dead-letter", { queue: q.name })}>{String(q.counts?.failed ?? 0n)}</a>
                     </td>
+                    <td class="num">{q.workers}</td>
+                    <td class="num">{span(millis(q.oldestPendingAge))}</td>
+                    <td>{limitsText(q)}</td>
+                    <td>
+                      {q.pause ? (
+                        <span class="badge paused" title={q.pause.reason}>paused by {q.pause.pausedBy}</span>
+                      ) : (
+                        <span class="badge">active</span>
+                      )}
+                    </td>
+                    {operate && (
+                      <td class="actions">
+                        <button class={q.pause ? "resume" : "pause"} onClick={() => pause(q)}>
+                          {q.pause ? "Resume" : "Pause"}
+                          <span class="sr-only"> {q.name}</span>
+                        </button>
+                        <button class="purge" onClick={() => purge(q)} disabled={(q.counts?.pending ?? 0n) === 0n}>
+                          Purge<span class="sr-only"> {q.name}</span>
+                        </button>
+                        <button class="edit-limits" onClick={() => setEditing(editing === q.name ? null : q.name)}>
+                          Limits<span class="sr-only"> of {q.name}</span>
+                        </button>
+                      </td>
+                    )}
+                  </tr>
+                  {operate && editing === q.name && (
+                    <tr class="editor">
+                      <td colSpan={10}>
+                        <Limits
+                          queue={q}
+                          done={(err) => {
+                            setEditing(null);
+                            setError(err ?? null);
+                            reload();
+                          }}
+                        />
+                      </td>
+                    </tr>
                   )}
-                </tr>
+                </Fragment>
               ))}
             </tbody>
           </table>

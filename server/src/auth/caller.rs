@@ -26,7 +26,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub(super) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Role::Client => "client",
             Role::Worker => "worker",
@@ -48,6 +48,10 @@ pub struct Caller {
     pub tenant: Option<Arc<str>>,
     /// Queues a worker key may serve (exact names or `prefix*`).
     pub queues: Arc<[String]>,
+    /// Whether tickets show it their results and output chunks: a
+    /// permission apart from the role, so an operator's read-only key can
+    /// watch the work without seeing customers' data.
+    pub payloads: bool,
     /// The key's request budget, if it has one.
     pub(super) limiter: Option<Arc<TokenBucket>>,
     /// False for [`Caller::anonymous`] (no keys file): only a real admin
@@ -102,6 +106,7 @@ impl Caller {
             role: Role::Admin,
             tenant: None,
             queues: Arc::from(["*".to_owned()]),
+            payloads: true,
             limiter: None,
             authenticated: false,
             revoked: CancellationToken::new(),
@@ -129,7 +134,10 @@ impl Caller {
     /// Whether `other` (the same secret, in another table) grants exactly
     /// what this one does: its open calls may go on.
     pub(super) fn grants_as(&self, other: &Caller) -> bool {
-        self.role == other.role && self.tenant == other.tenant && self.queues == other.queues
+        self.role == other.role
+            && self.tenant == other.tenant
+            && self.queues == other.queues
+            && self.payloads == other.payloads
     }
 
     /// Whether this caller may name any tenant's queue as `tenant/queue`

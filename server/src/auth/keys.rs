@@ -44,6 +44,9 @@ struct KeyEntryFile {
     queues: Vec<String>,
     rate_per_second: Option<f64>,
     burst: Option<f64>,
+    /// Whether tickets show this key their results and output; by default
+    /// every role but `viewer` sees them.
+    payloads: Option<bool>,
 }
 
 struct KeyEntry {
@@ -160,6 +163,7 @@ impl KeyTable {
                 digest,
                 caller: Caller {
                     name: entry.name.into(),
+                    payloads: entry.payloads.unwrap_or(entry.role != Role::Viewer),
                     role: entry.role,
                     tenant,
                     queues: entry.queues.into(),

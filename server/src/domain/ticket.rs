@@ -112,6 +112,28 @@ pub struct Lease {
     pub attempt_deadline: Option<SystemTime>,
 }
 
+/// The ended attempts a ticket keeps (the oldest are dropped past this).
+pub const MAX_ATTEMPT_HISTORY: usize = 16;
+
+/// One attempt after it ended, for the ticket's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// Its number within its run (1 for the first).
+    pub number: u32,
+    /// The lease it ran under.
+    pub lease_id: LeaseId,
+    /// The worker connection that held it.
+    pub session_id: SessionId,
+    /// The worker's name.
+    pub worker_name: Arc<str>,
+    /// Lease time.
+    pub started_at: SystemTime,
+    /// When it ended.
+    pub ended_at: SystemTime,
+    /// How it ended; `None` when its result was recorded.
+    pub error: Option<TicketError>,
+}
+
 /// A validated submit request.
 #[derive(Debug, Clone)]
 pub struct NewTicket {
@@ -221,6 +243,10 @@ pub struct Ticket {
     pub scheduled_for: Option<SystemTime>,
     /// Attempts that ended because the worker was lost (poison-ticket cap).
     pub worker_losses: u32,
+    /// The latest attempts that ended, oldest first (at most
+    /// [`MAX_ATTEMPT_HISTORY`]); shared, as snapshots are frequent and most
+    /// tickets share the one empty history.
+    pub attempts: Arc<Vec<AttemptRecord>>,
     /// Bytes of partial output stored for it (the per-ticket output budget).
     pub output_bytes: u64,
     /// Whose ticket it is: other tenants never see it.
@@ -230,6 +256,16 @@ pub struct Ticket {
     /// Engine bookkeeping, not stored: the journal append that last wrote
     /// this record, which a reader waits for before showing it.
     pub journal_seq: u64,
+}
+
+/// A history as a ticket holds it: the empty ones share one allocation.
+pub fn attempt_history(attempts: Vec<AttemptRecord>) -> Arc<Vec<AttemptRecord>> {
+    static EMPTY: std::sync::OnceLock<Arc<Vec<AttemptRecord>>> = std::sync::OnceLock::new();
+    if attempts.is_empty() {
+        EMPTY.get_or_init(Arc::default).clone()
+    } else {
+        Arc::new(attempts)
+    }
 }
 
 /// Most tickets carry no metadata: they all share one empty map.
@@ -319,6 +355,7 @@ impl Ticket {
             not_before: scheduled_for,
             scheduled_for,
             worker_losses: 0,
+            attempts: attempt_history(Vec::new()),
             output_bytes: 0,
             tenant: new.tenant,
             enqueue_seq: 0,
@@ -348,6 +385,27 @@ impl Ticket {
         self.not_before = None;
         self.finished_at = Some(now);
         self.touch(now);
+    }
+
+    /// Ends the current lease, if any, into the history: `error` says how
+    /// the attempt ended (`None`: its result was recorded).
+    pub fn close_attempt(&mut self, error: Option<&TicketError>, now: SystemTime) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let attempts = Arc::make_mut(&mut self.attempts);
+        if attempts.len() >= MAX_ATTEMPT_HISTORY {
+            attempts.remove(0);
+        }
+        attempts.push(AttemptRecord {
+            number: self.attempt,
+            lease_id: lease.lease_id,
+            session_id: lease.session_id,
+            worker_name: lease.worker_name,
+            started_at: lease.leased_at,
+            ended_at: now,
+            error: error.cloned(),
+        });
     }
 
     /// Records a change: a new event seq and update time.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use uuid::Uuid;
 
-use crate::domain::ticket::Payload;
+use crate::domain::ticket::{AttemptRecord, Payload};
 use crate::domain::{
     Lease, LeaseId, Progress, QueueLimits, QueueName, QueuePause, SessionId, Ticket, TicketError,
     TicketId, TicketState,
@@ -42,6 +42,25 @@ pub(crate) struct StoredLease {
     leased_at: u64,
     #[prost(uint64, optional, tag = "5")]
     attempt_deadline: Option<u64>,
+}
+
+/// An ended attempt as stored.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredAttempt {
+    #[prost(uint32, tag = "1")]
+    number: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    lease_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    session_id: Vec<u8>,
+    #[prost(string, tag = "4")]
+    worker_name: String,
+    #[prost(uint64, tag = "5")]
+    started_at: u64,
+    #[prost(uint64, tag = "6")]
+    ended_at: u64,
+    #[prost(message, optional, tag = "7")]
+    error: Option<StoredError>,
 }
 
 /// A ticket without its request payload (stored apart: it is written once).
@@ -102,6 +121,8 @@ pub(crate) struct StoredTicket {
     /// Nanoseconds: the time a delayed submit asked for.
     #[prost(uint64, optional, tag = "26")]
     scheduled_for: Option<u64>,
+    #[prost(message, repeated, tag = "27")]
+    attempts: Vec<StoredAttempt>,
 }
 
 /// Nanoseconds since the epoch.
@@ -205,6 +226,22 @@ fn uuid(bytes: &[u8], what: &str) -> Result<Uuid, BadRecord> {
     Uuid::from_slice(bytes).map_err(|_| BadRecord(format!("{what} is not a UUID")))
 }
 
+fn stored_error(e: &TicketError) -> StoredError {
+    StoredError {
+        code: e.code,
+        message: e.message.clone(),
+        retryable: e.retryable,
+    }
+}
+
+fn ticket_error(e: StoredError) -> TicketError {
+    TicketError {
+        code: e.code,
+        message: e.message,
+        retryable: e.retryable,
+    }
+}
+
 /// Encodes a ticket (without its request payload).
 pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
     StoredTicket {
@@ -225,11 +262,20 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
             .attempt_timeout
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         result: ticket.result.clone(),
-        error: ticket.error.as_ref().map(|e| StoredError {
-            code: e.code,
-            message: e.message.clone(),
-            retryable: e.retryable,
-        }),
+        error: ticket.error.as_ref().map(stored_error),
+        attempts: ticket
+            .attempts
+            .iter()
+            .map(|a| StoredAttempt {
+                number: a.number,
+                lease_id: a.lease_id.0.as_bytes().to_vec(),
+                session_id: a.session_id.0.as_bytes().to_vec(),
+                worker_name: a.worker_name.to_string(),
+                started_at: nanos(a.started_at),
+                ended_at: nanos(a.ended_at),
+                error: a.error.as_ref().map(stored_error),
+            })
+            .collect(),
         progress_percent: ticket.progress.as_ref().map(|p| p.percent),
         progress_message: ticket
             .progress
@@ -292,11 +338,24 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
         timeout,
         attempt_timeout: stored.attempt_timeout.map(Duration::from_nanos),
         result: stored.result,
-        error: stored.error.map(|e| TicketError {
-            code: e.code,
-            message: e.message,
-            retryable: e.retryable,
-        }),
+        error: stored.error.map(ticket_error),
+        attempts: crate::domain::ticket::attempt_history(
+            stored
+                .attempts
+                .into_iter()
+                .map(|a| {
+                    Ok(AttemptRecord {
+                        number: a.number,
+                        lease_id: LeaseId(uuid(&a.lease_id, "attempt lease id")?),
+                        session_id: SessionId(uuid(&a.session_id, "attempt session id")?),
+                        worker_name: a.worker_name.into(),
+                        started_at: time(a.started_at),
+                        ended_at: time(a.ended_at),
+                        error: a.error.map(ticket_error),
+                    })
+                })
+                .collect::<Result<_, BadRecord>>()?,
+        ),
         progress: stored.progress_percent.map(|percent| Progress {
             percent,
             message: stored.progress_message,

@@ -49,6 +49,7 @@ fn end_attempt_after(
     config: &EngineConfig,
     now: SystemTime,
 ) {
+    ticket.close_attempt(Some(&error), now);
     if worker_lost {
         ticket.worker_losses += 1;
     }
@@ -112,6 +113,7 @@ pub(crate) fn complete(
     check_lease(ticket, lease_id)?;
     match outcome {
         Outcome::Success(payload) => {
+            ticket.close_attempt(None, now);
             ticket.result = Some(payload);
             ticket.completed_by = Some(lease_id);
             ticket.finish(TicketState::Succeeded, None, now);
@@ -209,6 +211,7 @@ pub(crate) fn cancel(
                 message: cancel_message(reason),
                 retryable: false,
             };
+            ticket.close_attempt(Some(&error), now);
             ticket.finish(TicketState::Cancelled, Some(error), now);
             Ok(Cancelled::Now(revoked))
         }
@@ -287,6 +290,7 @@ pub(crate) fn expire(ticket: &mut Ticket, now: SystemTime) -> Option<Option<Leas
         ),
         retryable: false,
     };
+    ticket.close_attempt(Some(&error), now);
     ticket.finish(TicketState::Expired, Some(error), now);
     Some(revoked)
 }

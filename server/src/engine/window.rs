@@ -18,6 +18,9 @@ pub const BUCKET: Duration = Duration::from_secs(15);
 const MINUTE_BUCKETS: u64 = 5;
 /// Buckets of the five-minute window (300 to 315 seconds).
 pub const FIVE_MINUTE_BUCKETS: u64 = 21;
+/// Buckets kept: the current one and the 60 before (15 minutes), for the
+/// admin API's history (the dashboard's charts).
+pub const HISTORY_BUCKETS: u64 = 61;
 /// Histogram bins per doubling: each bin is about 9 % wide.
 const BINS_PER_OCTAVE: f64 = 8.0;
 
@@ -238,8 +241,21 @@ impl Latency {
     }
 }
 
+/// One bucket of a queue's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketStats {
+    /// The bucket's start.
+    pub start: SystemTime,
+    /// Results in it.
+    pub throughput: Throughput,
+    /// Ready → lease of the attempts leased in it.
+    pub queue_wait: Latency,
+    /// Lease → end of the attempts that ended in it.
+    pub run_time: Latency,
+}
+
 /// A queue's recent activity as the admin API shows it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// Results in the last minute (60–75 s).
     pub last_minute: Throughput,
@@ -249,6 +265,8 @@ pub struct QueueStats {
     pub queue_wait: Latency,
     /// Lease → the attempt's end over the five minutes.
     pub run_time: Latency,
+    /// The last [`HISTORY_BUCKETS`] buckets that saw anything, oldest first.
+    pub history: Vec<BucketStats>,
 }
 
 impl QueueStats {
@@ -259,9 +277,14 @@ impl QueueStats {
     ) -> Self {
         let current = bucket_of(now);
         let (mut minute, mut five) = (Tally::default(), Tally::default());
+        let mut history: BTreeMap<u64, Tally> = BTreeMap::new();
         for (number, tally) in buckets {
             let age = current.saturating_sub(number);
-            if number > current || age >= FIVE_MINUTE_BUCKETS {
+            if number > current || age >= HISTORY_BUCKETS {
+                continue;
+            }
+            history.entry(number).or_default().merge(tally);
+            if age >= FIVE_MINUTE_BUCKETS {
                 continue;
             }
             five.merge(tally);
@@ -281,11 +304,23 @@ impl QueueStats {
             },
             queue_wait: Latency::of(&five.wait),
             run_time: Latency::of(&five.run),
+            history: history
+                .into_iter()
+                .map(|(number, tally)| BucketStats {
+                    start: SystemTime::UNIX_EPOCH + BUCKET * number as u32,
+                    throughput: Throughput {
+                        succeeded: tally.succeeded,
+                        failed: tally.failed,
+                    },
+                    queue_wait: Latency::of(&tally.wait),
+                    run_time: Latency::of(&tally.run),
+                })
+                .collect(),
         }
     }
 }
 
-/// A queue's buckets, oldest first; holds the five-minute window at most.
+/// A queue's buckets, oldest first; holds the history's at most.
 #[derive(Debug, Default)]
 pub struct Window {
     buckets: VecDeque<(u64, Tally)>,
@@ -306,7 +341,7 @@ impl Window {
         while self
             .buckets
             .front()
-            .is_some_and(|(first, _)| number.saturating_sub(*first) >= FIVE_MINUTE_BUCKETS)
+            .is_some_and(|(first, _)| number.saturating_sub(*first) >= HISTORY_BUCKETS)
         {
             self.buckets.pop_front();
         }
@@ -386,8 +421,15 @@ mod tests {
         );
         assert_eq!(stats.run_time.count, 2);
         assert_eq!(stats.queue_wait.count, 1);
-        // The oldest bucket fell out when the newest came in.
-        assert_eq!(window.buckets.len(), 2);
+        // Every bucket is in the history, oldest first.
+        let starts: Vec<_> = stats.history.iter().map(|b| b.start).collect();
+        assert_eq!(starts, [at(999_975), at(1_000_200), at(1_000_305)]);
+        assert_eq!(stats.history[1].throughput.failed, 1);
+        assert_eq!(stats.history[2].queue_wait.count, 1);
+        // A bucket 15 minutes old falls out when the newest comes in.
+        window.add(finished(true), at(999_985 + 15 * 60 + 10));
+        assert_eq!(window.buckets.len(), 3);
+        assert_eq!(window.buckets.front().unwrap().0, bucket_of(at(1_000_205)));
     }
 
     #[test]

@@ -97,8 +97,13 @@ impl AdminService {
 
     /// A queue on the wire, with what this gateway adds (workers).
     async fn present(&self, caller: &Caller, info: QueueInfo) -> pb::QueueInfo {
+        self.present_with(caller, info, false).await
+    }
+
+    /// [`Self::present`], with the queue's history when `history`.
+    async fn present_with(&self, caller: &Caller, info: QueueInfo, history: bool) -> pb::QueueInfo {
         let workers = self.core.workers(&info.queue).await;
-        edge::queue_to_pb(caller, info, workers, SystemTime::now())
+        edge::queue_to_pb(caller, info, workers, history, SystemTime::now())
     }
 
     /// Applies `act` to each of `caller`'s tickets of `queue` in `states`
@@ -153,6 +158,7 @@ impl Admin for AdminService {
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let caller = auth::caller(&request);
+        let history = request.get_ref().history;
         let visible = self
             .core
             .engine
@@ -162,8 +168,10 @@ impl Admin for AdminService {
             .into_iter()
             .filter(|info| caller.sees(info.queue.tenant()));
         // At once: each may ask the store how many workers serve it.
-        let queues =
-            futures::future::join_all(visible.map(|info| self.present(&caller, info))).await;
+        let queues = futures::future::join_all(
+            visible.map(|info| self.present_with(&caller, info, history)),
+        )
+        .await;
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 
@@ -172,8 +180,11 @@ impl Admin for AdminService {
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
         let caller = auth::caller(&request);
-        let (_, info) = self.visible_queue(&caller, &request.get_ref().name).await?;
-        Ok(Response::new(self.present(&caller, info).await))
+        let request = request.get_ref();
+        let (_, info) = self.visible_queue(&caller, &request.name).await?;
+        Ok(Response::new(
+            self.present_with(&caller, info, request.history).await,
+        ))
     }
 
     async fn pause_queue(
@@ -301,12 +312,16 @@ impl Admin for AdminService {
             .filter(|w| queue.as_ref().is_none_or(|q| w.queues.contains(q)))
             .collect();
         let held = futures::future::join_all(workers.iter().map(|w| self.held(w))).await;
+        let now = SystemTime::now();
         let workers = workers
             .into_iter()
             .zip(held)
-            .map(|(worker, held)| Ok(edge::worker_to_pb(&caller, worker, held?)))
+            .map(|(worker, held)| Ok(edge::worker_to_pb(&caller, worker, held?, now)))
             .collect::<Result<Vec<_>, GatewayError>>()?;
-        Ok(Response::new(pb::ListWorkersResponse { workers }))
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers,
+            heartbeat_interval: Some(crate::time::duration(self.core.config.heartbeat_interval)),
+        }))
     }
 
     async fn drain_worker(
@@ -345,7 +360,12 @@ impl Admin for AdminService {
         }
         auth::audit_admin(&caller, "DrainWorker", peer, &session_id.to_string());
         let held = self.held(&worker).await?;
-        Ok(Response::new(edge::worker_to_pb(&caller, worker, held)))
+        Ok(Response::new(edge::worker_to_pb(
+            &caller,
+            worker,
+            held,
+            SystemTime::now(),
+        )))
     }
 
     async fn retry_ticket(

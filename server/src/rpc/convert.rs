@@ -333,6 +333,8 @@ pub struct WaitContext<'a> {
     pub scoped_names: bool,
     /// What may hold its queue back (pause, limits), if known.
     pub flow: Option<&'a crate::engine::QueueFlow>,
+    /// The viewer may not see payloads: the result is left out.
+    pub hide_payloads: bool,
 }
 
 /// A ticket's queue as the viewer of `context` names it.
@@ -503,7 +505,8 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
         metadata: (*ticket.metadata).clone(),
         created_at: Some(time::timestamp(ticket.created_at)),
         updated_at: Some(time::timestamp(ticket.updated_at)),
-        result: ticket.result.clone(),
+        result: ticket.result.clone().filter(|_| !context.hide_payloads),
+        payloads_hidden: context.hide_payloads,
         error: ticket.error.as_ref().map(error_to_pb),
         progress: ticket.progress.as_ref().map(|p| pb::Progress {
             percent: p.percent,
@@ -516,6 +519,19 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
         attempt_timeout: ticket.attempt_timeout.map(time::duration),
         finished_at: ticket.finished_at.map(time::timestamp),
         scheduled_for: ticket.scheduled_for.map(time::timestamp),
+        attempts: ticket
+            .attempts
+            .iter()
+            .map(|a| pb::Attempt {
+                number: a.number,
+                worker_session: a.session_id.to_string(),
+                worker_name: a.worker_name.to_string(),
+                lease_id: a.lease_id.to_string(),
+                started_at: Some(time::timestamp(a.started_at)),
+                ended_at: Some(time::timestamp(a.ended_at)),
+                error: a.error.as_ref().map(error_to_pb),
+            })
+            .collect(),
     }
 }
 

@@ -308,6 +308,20 @@ impl Gateway for GatewayService {
         )))
     }
 
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = auth::caller(&request);
+        Ok(Response::new(pb::WhoAmIResponse {
+            key_name: caller.name.to_string(),
+            role: caller.role.name().to_owned(),
+            tenant: caller.tenant.as_deref().unwrap_or_default().to_owned(),
+            methods: auth::allowed_methods(&caller),
+            sees_payloads: caller.payloads,
+        }))
+    }
+
     #[tracing::instrument(name = "list_tickets", skip_all, fields(queue = %request.get_ref().queue))]
     async fn list_tickets(
         &self,

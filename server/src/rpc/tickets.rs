@@ -205,6 +205,7 @@ impl Core {
     fn context(&self, viewer: &Caller) -> convert::WaitContext<'static> {
         convert::WaitContext {
             scoped_names: viewer.names_tenant_queues(),
+            hide_payloads: !viewer.payloads,
             ..Default::default()
         }
     }

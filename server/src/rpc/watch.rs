@@ -153,7 +153,7 @@ impl Core {
             seq,
             kind: kind as i32,
             ticket,
-            output,
+            output: output.filter(|_| sink.viewer.payloads),
             ..Default::default()
         };
         sink.send(Ok(event)).await;

@@ -23,13 +23,13 @@ const ADMIN: &str = "dashboard-admin-key";
 const VIEWER: &str = "dashboard-viewer-key";
 
 /// Where the screenshots go: beside the build's other output.
-fn screenshots() -> std::path::PathBuf {
+pub(crate) fn screenshots() -> std::path::PathBuf {
     let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().unwrap_or(tmp).join("dashboard-screenshots")
 }
 
 /// Types `key` into the login form, as a person would, and submits it.
-async fn log_in(page: &Page, key: &str) {
+pub(crate) async fn log_in(page: &Page, key: &str) {
     wait_for(page, "document.getElementById('key') !== null").await;
     let field = page.find_element("#key").await.unwrap();
     field.click().await.unwrap();
@@ -39,7 +39,7 @@ async fn log_in(page: &Page, key: &str) {
 }
 
 /// Opens a ticket through the header's form.
-async fn open_ticket(page: &Page, id: &str) {
+pub(crate) async fn open_ticket(page: &Page, id: &str) {
     let field = page
         .find_element("input[aria-label='Ticket id']")
         .await
@@ -51,7 +51,7 @@ async fn open_ticket(page: &Page, id: &str) {
 }
 
 /// Saves a screenshot `name` at `width` px wide.
-async fn screenshot(page: &Page, name: &str, width: i64) {
+pub(crate) async fn screenshot(page: &Page, name: &str, width: i64) {
     page.execute(SetDeviceMetricsOverrideParams::new(
         width,
         900,
@@ -71,7 +71,7 @@ async fn screenshot(page: &Page, name: &str, width: i64) {
 }
 
 /// `document.querySelector(selector)?.textContent`, as a JS expression.
-fn text_of(selector: &str) -> String {
+pub(crate) fn text_of(selector: &str) -> String {
     format!("document.querySelector({selector:?})?.textContent")
 }
 
@@ -131,6 +131,9 @@ async fn the_dashboard_logs_in_lists_queues_and_follows_a_ticket_in_chromium() {
         .await
         .unwrap();
     log_in(&page, ADMIN).await;
+    // The overview is the first view; its charts come with the first queue.
+    screenshot(&page, "overview-empty", 1280).await;
+    eval(&page, "location.hash = '#/queues'").await;
     // The Queues view has loaded before anything is submitted.
     wait_for(
         &page,

@@ -71,7 +71,31 @@ pub(crate) async fn lost_worker_requeues_and_old_lease_is_fenced(factory: Factor
         .complete(id, c2.lease.lease_id, Outcome::Success(body("ok")))
         .await
         .unwrap();
-    assert_eq!(h.engine.get(id).await.unwrap().result, Some(body("ok")));
+    let done = h.engine.get(id).await.unwrap();
+    assert_eq!(done.result, Some(body("ok")));
+    // Both attempts are in the history, each with its worker and lease.
+    let history: Vec<_> = done
+        .attempts
+        .iter()
+        .map(|a| (a.number, a.lease_id, a.session_id, &*a.worker_name))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (1, c1.lease.lease_id, first.session_id, "w1"),
+            (2, c2.lease.lease_id, second.session_id, "w2"),
+        ]
+    );
+    let lost = done.attempts[0]
+        .error
+        .as_ref()
+        .expect("how attempt 1 ended");
+    assert!(lost.message.contains("lost its worker"), "{lost:?}");
+    assert_eq!(
+        done.attempts[1].error, None,
+        "attempt 2 recorded the result"
+    );
+    assert!(done.attempts.iter().all(|a| a.started_at <= a.ended_at));
 }
 
 pub(crate) async fn retryable_failures_back_off_then_fail(factory: Factory) {
@@ -264,4 +288,5 @@ pub(crate) async fn undelivered_release_is_not_an_attempt(factory: Factory) {
         (t.state, t.attempt, t.worker_losses),
         (TicketState::Pending, 0, 0)
     );
+    assert!(t.attempts.is_empty(), "no attempt ran");
 }

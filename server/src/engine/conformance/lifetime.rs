@@ -30,9 +30,14 @@ pub(crate) async fn cancel_pending_and_running(factory: Factory) {
         .complete(running, c.lease.lease_id, Outcome::Success(body("late")))
         .await;
     assert!(matches!(late, Err(EngineError::StaleLease { .. })));
+    let cancelled = h.engine.get(running).await.unwrap();
+    assert_eq!(cancelled.state, TicketState::Cancelled);
+    // The cancelled attempt is in the history, ended by the cancel.
+    assert_eq!(cancelled.attempts.len(), 1);
+    assert_eq!(cancelled.attempts[0].lease_id, c.lease.lease_id);
     assert_eq!(
-        h.engine.get(running).await.unwrap().state,
-        TicketState::Cancelled
+        cancelled.attempts[0].error.as_ref().map(|e| e.code),
+        Some(crate::domain::ticket::codes::CANCELLED)
     );
     // Cancelling again is harmless; cancelling a finished ticket is refused.
     assert!(h.engine.cancel(running, "").await.is_ok());

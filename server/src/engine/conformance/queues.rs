@@ -346,6 +346,10 @@ pub(crate) async fn queue_stats_count_results_and_latencies(factory: Factory) {
     };
     assert_eq!(after.last_minute, three);
     assert_eq!(after.last_five_minutes, three);
+    let in_history = after.history.iter().fold((0, 0), |(s, f), b| {
+        (s + b.throughput.succeeded, f + b.throughput.failed)
+    });
+    assert_eq!(in_history, (2, 1), "the history holds the same results");
     // Three leases waited and three attempts ran; the fourth still waits.
     assert_eq!(after.queue_wait.count, 3);
     assert_eq!(after.run_time.count, 3);

@@ -19,13 +19,13 @@ use crate::engine::{Before, EngineError};
 
 /// How long a quiet queue's ring outlives its last flush.
 const KEEP: Duration =
-    Duration::from_secs(window::BUCKET.as_secs() * (window::FIVE_MINUTE_BUCKETS + 2));
+    Duration::from_secs(window::BUCKET.as_secs() * (window::HISTORY_BUCKETS + 2));
 
 /// How often the timer pass flushes.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 impl Keys {
-    /// A queue's statistics: a ring of [`window::FIVE_MINUTE_BUCKETS`]
+    /// A queue's statistics: a ring of [`window::HISTORY_BUCKETS`]
     /// buckets in one hash (see `windows.lua`).
     pub(super) fn window(&self, queue: &QueueName) -> String {
         format!("{}:stats", self.tag(queue))
@@ -56,11 +56,7 @@ impl Inner {
             for (bucket, tally) in window.take() {
                 let fields = tally.fields();
                 args.push(bucket.to_string().into_bytes());
-                args.push(
-                    (bucket % window::FIVE_MINUTE_BUCKETS)
-                        .to_string()
-                        .into_bytes(),
-                );
+                args.push((bucket % window::HISTORY_BUCKETS).to_string().into_bytes());
                 args.push(fields.len().to_string().into_bytes());
                 for (name, count) in fields {
                     args.push(name.into_bytes());
@@ -122,7 +118,7 @@ mod tests {
         let inner = &engine.inner;
         let queue = QueueName::parse("q").unwrap();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let later = t0 + BUCKET * window::FIVE_MINUTE_BUCKETS as u32;
+        let later = t0 + BUCKET * window::HISTORY_BUCKETS as u32;
         let count = |at: SystemTime, succeeded: bool, n: usize| {
             let mut windows = lock(&inner.windows);
             let window = windows.entry(queue.clone()).or_default();
@@ -153,7 +149,7 @@ mod tests {
                 failed: 1
             }
         );
-        // 21 buckets on: the same slot, cleared for the new bucket.
+        // 61 buckets on: the same slot, cleared for the new bucket.
         count(later, true, 2);
         inner.flush_windows().await;
         // A replica that flushes the old bucket late changes nothing.

@@ -9,16 +9,18 @@ use super::state_from_pb;
 use crate::auth::Caller;
 use crate::domain::queue::MAX_PAUSE_REASON_CHARS;
 use crate::domain::{QueueLimits, QueueName, SessionId, TicketId, TicketState};
-use crate::engine::window::{Latency, Throughput};
+use crate::engine::window::{BucketStats, Latency, Throughput};
 use crate::engine::{QueueInfo, WorkerRecord};
 use crate::error::GatewayError;
 use crate::time;
 
 /// A queue on the wire, as `caller` names it, at `now`; `workers` serve it.
+/// Its history only when asked (it is most of the message).
 pub(crate) fn queue_to_pb(
     caller: &Caller,
     info: QueueInfo,
     workers: usize,
+    history: bool,
     now: SystemTime,
 ) -> pb::QueueInfo {
     let name = queue_name(caller, &info.queue);
@@ -49,12 +51,27 @@ pub(crate) fn queue_to_pb(
             burst: info.limits.burst,
             max_concurrent: info.limits.max_concurrent,
         }),
+        history: if history {
+            info.stats.history.iter().map(sample_to_pb).collect()
+        } else {
+            Vec::new()
+        },
         last_minute: Some(throughput_to_pb(info.stats.last_minute)),
         last_five_minutes: Some(throughput_to_pb(info.stats.last_five_minutes)),
         queue_wait: Some(latency_to_pb(info.stats.queue_wait)),
         run_time: Some(latency_to_pb(info.stats.run_time)),
         held_back: info.held_back,
         scheduled: info.scheduled,
+    }
+}
+
+fn sample_to_pb(bucket: &BucketStats) -> pb::QueueSample {
+    pb::QueueSample {
+        start: Some(time::timestamp(bucket.start)),
+        succeeded: bucket.throughput.succeeded,
+        failed: bucket.throughput.failed,
+        queue_wait: Some(latency_to_pb(bucket.queue_wait)),
+        run_time: Some(latency_to_pb(bucket.run_time)),
     }
 }
 
@@ -79,8 +96,12 @@ pub(crate) fn worker_to_pb(
     caller: &Caller,
     worker: WorkerRecord,
     tickets: Vec<TicketId>,
+    now: SystemTime,
 ) -> pb::WorkerInfo {
     pb::WorkerInfo {
+        last_heard_age: Some(time::duration(
+            now.duration_since(worker.last_heard_at).unwrap_or_default(),
+        )),
         session_id: worker.session_id.to_string(),
         worker_name: worker.worker_name,
         peer: worker.peer.unwrap_or_default(),

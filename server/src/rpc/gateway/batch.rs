@@ -173,6 +173,7 @@ mod tests {
             workers: usize::MAX,
             scoped_names: true,
             flow: Some(&flow),
+            hide_payloads: false,
         };
         let item = pb::SubmitBatchResult {
             ticket: Some(convert::ticket_to_pb(&ticket, context)),

@@ -21,12 +21,18 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asyncgate/v1/admin.proto.
  */
 export const file_asyncgate_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chhhc3luY2dhdGUvdjEvYWRtaW4ucHJvdG8SDGFzeW5jZ2F0ZS52MSITChFMaXN0UXVldWVzUmVxdWVzdCI9ChJMaXN0UXVldWVzUmVzcG9uc2USJwoGcXVldWVzGAEgAygLMhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbyIfCg9HZXRRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKgBAoJUXVldWVJbmZvEgwKBG5hbWUYASABKAkSKQoGY291bnRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlQ291bnRzEjUKEW9sZGVzdF9wZW5kaW5nX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChJvbGRlc3RfcGVuZGluZ19hZ2UYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDwoHd29ya2VycxgFIAEoDRIRCglpbl9mbGlnaHQYBiABKAQSJwoFcGF1c2UYByABKAsyGC5hc3luY2dhdGUudjEuUXVldWVQYXVzZRIpCgZsaW1pdHMYCCABKAsyGS5hc3luY2dhdGUudjEuUXVldWVMaW1pdHMSMgoLbGFzdF9taW51dGUYCSABKAsyHS5hc3luY2dhdGUudjEuUXVldWVUaHJvdWdocHV0EjgKEWxhc3RfZml2ZV9taW51dGVzGAogASgLMh0uYXN5bmNnYXRlLnYxLlF1ZXVlVGhyb3VnaHB1dBIwCgpxdWV1ZV93YWl0GAsgASgLMhwuYXN5bmNnYXRlLnYxLkxhdGVuY3lTdW1tYXJ5Ei4KCHJ1bl90aW1lGAwgASgLMhwuYXN5bmNnYXRlLnYxLkxhdGVuY3lTdW1tYXJ5EhEKCWhlbGRfYmFjaxgNIAEoBBIRCglzY2hlZHVsZWQYDiABKAQidgoLUXVldWVDb3VudHMSDwoHcGVuZGluZxgBIAEoBBIPCgdydW5uaW5nGAIgASgEEhEKCXN1Y2NlZWRlZBgDIAEoBBIOCgZmYWlsZWQYBCABKAQSEQoJY2FuY2VsbGVkGAUgASgEEg8KB2V4cGlyZWQYBiABKAQiXgoKUXVldWVQYXVzZRIRCglwYXVzZWRfYnkYASABKAkSLQoJcGF1c2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkiVQoLUXVldWVMaW1pdHMSHwoXbWF4X2Rpc3BhdGNoX3Blcl9zZWNvbmQYASABKA0SDQoFYnVyc3QYAiABKA0SFgoObWF4X2NvbmN1cnJlbnQYAyABKA0iNAoPUXVldWVUaHJvdWdocHV0EhEKCXN1Y2NlZWRlZBgBIAEoBBIOCgZmYWlsZWQYAiABKAQibwoOTGF0ZW5jeVN1bW1hcnkSJgoDcDUwGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgDIAEoBCIxChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJSZXN1bWVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKAAQoRUHVyZ2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKElB1cmdlUXVldWVSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAQiUAoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSKQoGbGltaXRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzIiMKEkxpc3RXb3JrZXJzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSJAChNMaXN0V29ya2Vyc1Jlc3BvbnNlEikKB3dvcmtlcnMYASADKAsyGC5hc3luY2dhdGUudjEuV29ya2VySW5mbyKDAgoKV29ya2VySW5mbxISCgpzZXNzaW9uX2lkGAEgASgJEhMKC3dvcmtlcl9uYW1lGAIgASgJEgwKBHBlZXIYAyABKAkSDgoGcXVldWVzGAQgAygJEhUKDW1heF9pbl9mbGlnaHQYBSABKA0SDwoHdGlja2V0cxgGIAMoCRIwCgxjb25uZWN0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWxhc3RfaGVhcmRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3JlcGxpY2EYCSABKAkSEAoIZHJhaW5pbmcYCiABKAgiKAoSRHJhaW5Xb3JrZXJSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiIAoSUmV0cnlUaWNrZXRSZXF1ZXN0EgoKAmlkGAEgASgJIoMBChNSZXRyeVRpY2tldHNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEikKBnN0YXRlcxgCIAMoDjIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRTdGF0ZRIyCg5jcmVhdGVkX2JlZm9yZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJwoUUmV0cnlUaWNrZXRzUmVzcG9uc2USDwoHcmV0cmllZBgBIAEoBCIhChNEZWxldGVUaWNrZXRSZXF1ZXN0EgoKAmlkGAEgASgJIkYKFERlbGV0ZVRpY2tldFJlc3BvbnNlEi4KCmRlbGV0ZWRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMuMGCgVBZG1pbhJPCgpMaXN0UXVldWVzEh8uYXN5bmNnYXRlLnYxLkxpc3RRdWV1ZXNSZXF1ZXN0GiAuYXN5bmNnYXRlLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJCCghHZXRRdWV1ZRIdLmFzeW5jZ2F0ZS52MS5HZXRRdWV1ZVJlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEkYKClBhdXNlUXVldWUSHy5hc3luY2dhdGUudjEuUGF1c2VRdWV1ZVJlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEkgKC1Jlc3VtZVF1ZXVlEiAuYXN5bmNnYXRlLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8STwoKUHVyZ2VRdWV1ZRIfLmFzeW5jZ2F0ZS52MS5QdXJnZVF1ZXVlUmVxdWVzdBogLmFzeW5jZ2F0ZS52MS5QdXJnZVF1ZXVlUmVzcG9uc2USTgoOU2V0UXVldWVMaW1pdHMSIy5hc3luY2dhdGUudjEuU2V0UXVldWVMaW1pdHNSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJSCgtMaXN0V29ya2VycxIgLmFzeW5jZ2F0ZS52MS5MaXN0V29ya2Vyc1JlcXVlc3QaIS5hc3luY2dhdGUudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJJCgtEcmFpbldvcmtlchIgLmFzeW5jZ2F0ZS52MS5EcmFpbldvcmtlclJlcXVlc3QaGC5hc3luY2dhdGUudjEuV29ya2VySW5mbxJFCgtSZXRyeVRpY2tldBIgLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldFJlcXVlc3QaFC5hc3luY2dhdGUudjEuVGlja2V0ElUKDFJldHJ5VGlja2V0cxIhLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldHNSZXF1ZXN0GiIuYXN5bmNnYXRlLnYxLlJldHJ5VGlja2V0c1Jlc3BvbnNlElUKDERlbGV0ZVRpY2tldBIhLmFzeW5jZ2F0ZS52MS5EZWxldGVUaWNrZXRSZXF1ZXN0GiIuYXN5bmNnYXRlLnYxLkRlbGV0ZVRpY2tldFJlc3BvbnNlYgZwcm90bzM", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chhhc3luY2dhdGUvdjEvYWRtaW4ucHJvdG8SDGFzeW5jZ2F0ZS52MSIkChFMaXN0UXVldWVzUmVxdWVzdBIPCgdoaXN0b3J5GAEgASgIIj0KEkxpc3RRdWV1ZXNSZXNwb25zZRInCgZxdWV1ZXMYASADKAsyFy5hc3luY2dhdGUudjEuUXVldWVJbmZvIjAKD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2hpc3RvcnkYAiABKAgizAQKCVF1ZXVlSW5mbxIMCgRuYW1lGAEgASgJEikKBmNvdW50cxgCIAEoCzIZLmFzeW5jZ2F0ZS52MS5RdWV1ZUNvdW50cxI1ChFvbGRlc3RfcGVuZGluZ19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3dvcmtlcnMYBSABKA0SEQoJaW5fZmxpZ2h0GAYgASgEEicKBXBhdXNlGAcgASgLMhguYXN5bmNnYXRlLnYxLlF1ZXVlUGF1c2USKQoGbGltaXRzGAggASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzEjIKC2xhc3RfbWludXRlGAkgASgLMh0uYXN5bmNnYXRlLnYxLlF1ZXVlVGhyb3VnaHB1dBI4ChFsYXN0X2ZpdmVfbWludXRlcxgKIAEoCzIdLmFzeW5jZ2F0ZS52MS5RdWV1ZVRocm91Z2hwdXQSMAoKcXVldWVfd2FpdBgLIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIuCghydW5fdGltZRgMIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIRCgloZWxkX2JhY2sYDSABKAQSEQoJc2NoZWR1bGVkGA4gASgEEioKB2hpc3RvcnkYDyADKAsyGS5hc3luY2dhdGUudjEuUXVldWVTYW1wbGUivQEKC1F1ZXVlU2FtcGxlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdWNjZWVkZWQYAiABKAQSDgoGZmFpbGVkGAMgASgEEjAKCnF1ZXVlX3dhaXQYBCABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkSLgoIcnVuX3RpbWUYBSABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkidgoLUXVldWVDb3VudHMSDwoHcGVuZGluZxgBIAEoBBIPCgdydW5uaW5nGAIgASgEEhEKCXN1Y2NlZWRlZBgDIAEoBBIOCgZmYWlsZWQYBCABKAQSEQoJY2FuY2VsbGVkGAUgASgEEg8KB2V4cGlyZWQYBiABKAQiXgoKUXVldWVQYXVzZRIRCglwYXVzZWRfYnkYASABKAkSLQoJcGF1c2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkiVQoLUXVldWVMaW1pdHMSHwoXbWF4X2Rpc3BhdGNoX3Blcl9zZWNvbmQYASABKA0SDQoFYnVyc3QYAiABKA0SFgoObWF4X2NvbmN1cnJlbnQYAyABKA0iNAoPUXVldWVUaHJvdWdocHV0EhEKCXN1Y2NlZWRlZBgBIAEoBBIOCgZmYWlsZWQYAiABKAQibwoOTGF0ZW5jeVN1bW1hcnkSJgoDcDUwGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgDIAEoBCIxChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJSZXN1bWVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKAAQoRUHVyZ2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKElB1cmdlUXVldWVSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAQiUAoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSKQoGbGltaXRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzIiMKEkxpc3RXb3JrZXJzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSJ3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEikKB3dvcmtlcnMYASADKAsyGC5hc3luY2dhdGUudjEuV29ya2VySW5mbxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24itgIKCldvcmtlckluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt3b3JrZXJfbmFtZRgCIAEoCRIMCgRwZWVyGAMgASgJEg4KBnF1ZXVlcxgEIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEg8KB3RpY2tldHMYBiADKAkSMAoMY29ubmVjdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1sYXN0X2hlYXJkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXBsaWNhGAkgASgJEhAKCGRyYWluaW5nGAogASgIEjEKDmxhc3RfaGVhcmRfYWdlGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIigKEkRyYWluV29ya2VyUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIiAKElJldHJ5VGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSKDAQoTUmV0cnlUaWNrZXRzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKFFJldHJ5VGlja2V0c1Jlc3BvbnNlEg8KB3JldHJpZWQYASABKAQiIQoTRGVsZXRlVGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSJGChREZWxldGVUaWNrZXRSZXNwb25zZRIuCgpkZWxldGVkX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDLjBgoFQWRtaW4STwoKTGlzdFF1ZXVlcxIfLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVxdWVzdBogLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVzcG9uc2USQgoIR2V0UXVldWUSHS5hc3luY2dhdGUudjEuR2V0UXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJGCgpQYXVzZVF1ZXVlEh8uYXN5bmNnYXRlLnYxLlBhdXNlUXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJICgtSZXN1bWVRdWV1ZRIgLmFzeW5jZ2F0ZS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEk8KClB1cmdlUXVldWUSHy5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaIC5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlc3BvbnNlEk4KDlNldFF1ZXVlTGltaXRzEiMuYXN5bmNnYXRlLnYxLlNldFF1ZXVlTGltaXRzUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SUgoLTGlzdFdvcmtlcnMSIC5hc3luY2dhdGUudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiEuYXN5bmNnYXRlLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSQoLRHJhaW5Xb3JrZXISIC5hc3luY2dhdGUudjEuRHJhaW5Xb3JrZXJSZXF1ZXN0GhguYXN5bmNnYXRlLnYxLldvcmtlckluZm8SRQoLUmV0cnlUaWNrZXQSIC5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJVCgxSZXRyeVRpY2tldHMSIS5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRzUmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldHNSZXNwb25zZRJVCgxEZWxldGVUaWNrZXQSIS5hc3luY2dhdGUudjEuRGVsZXRlVGlja2V0UmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5EZWxldGVUaWNrZXRSZXNwb25zZWIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message asyncgate.v1.ListQueuesRequest
  */
 export type ListQueuesRequest = Message<"asyncgate.v1.ListQueuesRequest"> & {
+  /**
+   * Also fill each queue's `history` (the last 15 minutes).
+   *
+   * @generated from field: bool history = 1;
+   */
+  history: boolean;
 };
 
 /**
@@ -61,6 +67,13 @@ export type GetQueueRequest = Message<"asyncgate.v1.GetQueueRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * Also fill the queue's `history` (the last 15 minutes).
+   *
+   * @generated from field: bool history = 2;
+   */
+  history: boolean;
 };
 
 /**
@@ -171,6 +184,15 @@ export type QueueInfo = Message<"asyncgate.v1.QueueInfo"> & {
    * @generated from field: uint64 scheduled = 14;
    */
   scheduled: bigint;
+
+  /**
+   * The last 15 minutes in 15-second buckets, oldest first (buckets in
+   * which nothing happened are left out), summed over replicas; only when
+   * the request asks for it. For charts.
+   *
+   * @generated from field: repeated asyncgate.v1.QueueSample history = 15;
+   */
+  history: QueueSample[];
 };
 
 /**
@@ -179,6 +201,54 @@ export type QueueInfo = Message<"asyncgate.v1.QueueInfo"> & {
  */
 export const QueueInfoSchema: GenMessage<QueueInfo> = /*@__PURE__*/
   messageDesc(file_asyncgate_v1_admin, 3);
+
+/**
+ * One 15-second bucket of a queue's activity.
+ *
+ * @generated from message asyncgate.v1.QueueSample
+ */
+export type QueueSample = Message<"asyncgate.v1.QueueSample"> & {
+  /**
+   * The bucket's start; it covers 15 seconds from there (the newest one is
+   * still filling).
+   *
+   * @generated from field: google.protobuf.Timestamp start = 1;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * Tickets that ended SUCCEEDED / FAILED in it.
+   *
+   * @generated from field: uint64 succeeded = 2;
+   */
+  succeeded: bigint;
+
+  /**
+   * @generated from field: uint64 failed = 3;
+   */
+  failed: bigint;
+
+  /**
+   * Submit → lease of the attempts leased in it.
+   *
+   * @generated from field: asyncgate.v1.LatencySummary queue_wait = 4;
+   */
+  queueWait?: LatencySummary | undefined;
+
+  /**
+   * Lease → end of the attempts that ended in it.
+   *
+   * @generated from field: asyncgate.v1.LatencySummary run_time = 5;
+   */
+  runTime?: LatencySummary | undefined;
+};
+
+/**
+ * Describes the message asyncgate.v1.QueueSample.
+ * Use `create(QueueSampleSchema)` to create a new message.
+ */
+export const QueueSampleSchema: GenMessage<QueueSample> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_admin, 4);
 
 /**
  * @generated from message asyncgate.v1.QueueCounts
@@ -220,7 +290,7 @@ export type QueueCounts = Message<"asyncgate.v1.QueueCounts"> & {
  * Use `create(QueueCountsSchema)` to create a new message.
  */
 export const QueueCountsSchema: GenMessage<QueueCounts> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 4);
+  messageDesc(file_asyncgate_v1_admin, 5);
 
 /**
  * @generated from message asyncgate.v1.QueuePause
@@ -249,7 +319,7 @@ export type QueuePause = Message<"asyncgate.v1.QueuePause"> & {
  * Use `create(QueuePauseSchema)` to create a new message.
  */
 export const QueuePauseSchema: GenMessage<QueuePause> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 5);
+  messageDesc(file_asyncgate_v1_admin, 6);
 
 /**
  * @generated from message asyncgate.v1.QueueLimits
@@ -282,7 +352,7 @@ export type QueueLimits = Message<"asyncgate.v1.QueueLimits"> & {
  * Use `create(QueueLimitsSchema)` to create a new message.
  */
 export const QueueLimitsSchema: GenMessage<QueueLimits> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 6);
+  messageDesc(file_asyncgate_v1_admin, 7);
 
 /**
  * Windows are kept in 15-second buckets: "the last minute" covers 60 to
@@ -307,7 +377,7 @@ export type QueueThroughput = Message<"asyncgate.v1.QueueThroughput"> & {
  * Use `create(QueueThroughputSchema)` to create a new message.
  */
 export const QueueThroughputSchema: GenMessage<QueueThroughput> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 7);
+  messageDesc(file_asyncgate_v1_admin, 8);
 
 /**
  * @generated from message asyncgate.v1.LatencySummary
@@ -336,7 +406,7 @@ export type LatencySummary = Message<"asyncgate.v1.LatencySummary"> & {
  * Use `create(LatencySummarySchema)` to create a new message.
  */
 export const LatencySummarySchema: GenMessage<LatencySummary> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 8);
+  messageDesc(file_asyncgate_v1_admin, 9);
 
 /**
  * @generated from message asyncgate.v1.PauseQueueRequest
@@ -360,7 +430,7 @@ export type PauseQueueRequest = Message<"asyncgate.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 9);
+  messageDesc(file_asyncgate_v1_admin, 10);
 
 /**
  * @generated from message asyncgate.v1.ResumeQueueRequest
@@ -377,7 +447,7 @@ export type ResumeQueueRequest = Message<"asyncgate.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 10);
+  messageDesc(file_asyncgate_v1_admin, 11);
 
 /**
  * @generated from message asyncgate.v1.PurgeQueueRequest
@@ -408,7 +478,7 @@ export type PurgeQueueRequest = Message<"asyncgate.v1.PurgeQueueRequest"> & {
  * Use `create(PurgeQueueRequestSchema)` to create a new message.
  */
 export const PurgeQueueRequestSchema: GenMessage<PurgeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 11);
+  messageDesc(file_asyncgate_v1_admin, 12);
 
 /**
  * @generated from message asyncgate.v1.PurgeQueueResponse
@@ -427,7 +497,7 @@ export type PurgeQueueResponse = Message<"asyncgate.v1.PurgeQueueResponse"> & {
  * Use `create(PurgeQueueResponseSchema)` to create a new message.
  */
 export const PurgeQueueResponseSchema: GenMessage<PurgeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 12);
+  messageDesc(file_asyncgate_v1_admin, 13);
 
 /**
  * @generated from message asyncgate.v1.SetQueueLimitsRequest
@@ -449,7 +519,7 @@ export type SetQueueLimitsRequest = Message<"asyncgate.v1.SetQueueLimitsRequest"
  * Use `create(SetQueueLimitsRequestSchema)` to create a new message.
  */
 export const SetQueueLimitsRequestSchema: GenMessage<SetQueueLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 13);
+  messageDesc(file_asyncgate_v1_admin, 14);
 
 /**
  * @generated from message asyncgate.v1.ListWorkersRequest
@@ -468,7 +538,7 @@ export type ListWorkersRequest = Message<"asyncgate.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 14);
+  messageDesc(file_asyncgate_v1_admin, 15);
 
 /**
  * @generated from message asyncgate.v1.ListWorkersResponse
@@ -478,6 +548,14 @@ export type ListWorkersResponse = Message<"asyncgate.v1.ListWorkersResponse"> & 
    * @generated from field: repeated asyncgate.v1.WorkerInfo workers = 1;
    */
   workers: WorkerInfo[];
+
+  /**
+   * The gateway's heartbeat interval: a session not heard from for longer
+   * is late (and is dropped at twice that).
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 2;
+   */
+  heartbeatInterval?: Duration | undefined;
 };
 
 /**
@@ -485,7 +563,7 @@ export type ListWorkersResponse = Message<"asyncgate.v1.ListWorkersResponse"> & 
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 15);
+  messageDesc(file_asyncgate_v1_admin, 16);
 
 /**
  * @generated from message asyncgate.v1.WorkerInfo
@@ -550,6 +628,14 @@ export type WorkerInfo = Message<"asyncgate.v1.WorkerInfo"> & {
    * @generated from field: bool draining = 10;
    */
   draining: boolean;
+
+  /**
+   * How long ago `last_heard_at` was when this answer was made (by the
+   * gateway's clock: a browser's may differ).
+   *
+   * @generated from field: google.protobuf.Duration last_heard_age = 11;
+   */
+  lastHeardAge?: Duration | undefined;
 };
 
 /**
@@ -557,7 +643,7 @@ export type WorkerInfo = Message<"asyncgate.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 16);
+  messageDesc(file_asyncgate_v1_admin, 17);
 
 /**
  * @generated from message asyncgate.v1.DrainWorkerRequest
@@ -574,7 +660,7 @@ export type DrainWorkerRequest = Message<"asyncgate.v1.DrainWorkerRequest"> & {
  * Use `create(DrainWorkerRequestSchema)` to create a new message.
  */
 export const DrainWorkerRequestSchema: GenMessage<DrainWorkerRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 17);
+  messageDesc(file_asyncgate_v1_admin, 18);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketRequest
@@ -591,7 +677,7 @@ export type RetryTicketRequest = Message<"asyncgate.v1.RetryTicketRequest"> & {
  * Use `create(RetryTicketRequestSchema)` to create a new message.
  */
 export const RetryTicketRequestSchema: GenMessage<RetryTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 18);
+  messageDesc(file_asyncgate_v1_admin, 19);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketsRequest
@@ -622,7 +708,7 @@ export type RetryTicketsRequest = Message<"asyncgate.v1.RetryTicketsRequest"> & 
  * Use `create(RetryTicketsRequestSchema)` to create a new message.
  */
 export const RetryTicketsRequestSchema: GenMessage<RetryTicketsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 19);
+  messageDesc(file_asyncgate_v1_admin, 20);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketsResponse
@@ -641,7 +727,7 @@ export type RetryTicketsResponse = Message<"asyncgate.v1.RetryTicketsResponse"> 
  * Use `create(RetryTicketsResponseSchema)` to create a new message.
  */
 export const RetryTicketsResponseSchema: GenMessage<RetryTicketsResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 20);
+  messageDesc(file_asyncgate_v1_admin, 21);
 
 /**
  * @generated from message asyncgate.v1.DeleteTicketRequest
@@ -658,7 +744,7 @@ export type DeleteTicketRequest = Message<"asyncgate.v1.DeleteTicketRequest"> & 
  * Use `create(DeleteTicketRequestSchema)` to create a new message.
  */
 export const DeleteTicketRequestSchema: GenMessage<DeleteTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 21);
+  messageDesc(file_asyncgate_v1_admin, 22);
 
 /**
  * @generated from message asyncgate.v1.DeleteTicketResponse
@@ -677,7 +763,7 @@ export type DeleteTicketResponse = Message<"asyncgate.v1.DeleteTicketResponse"> 
  * Use `create(DeleteTicketResponseSchema)` to create a new message.
  */
 export const DeleteTicketResponseSchema: GenMessage<DeleteTicketResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 22);
+  messageDesc(file_asyncgate_v1_admin, 23);
 
 /**
  * @generated from service asyncgate.v1.Admin

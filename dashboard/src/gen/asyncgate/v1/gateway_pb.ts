@@ -16,7 +16,69 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asyncgate/v1/gateway.proto.
  */
 export const file_asyncgate_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chphc3luY2dhdGUvdjEvZ2F0ZXdheS5wcm90bxIMYXN5bmNnYXRlLnYxImsKDFN1Ym1pdFJlc3VsdBIkCgZ0aWNrZXQYASABKAsyFC5hc3luY2dhdGUudjEuVGlja2V0EiYKBWVycm9yGAIgASgLMhcuYXN5bmNnYXRlLnYxLkl0ZW1FcnJvchINCgVpbmRleBgDIAEoBCJDChJTdWJtaXRCYXRjaFJlcXVlc3QSLQoIcmVxdWVzdHMYASADKAsyGy5hc3luY2dhdGUudjEuU3VibWl0UmVxdWVzdCJHChNTdWJtaXRCYXRjaFJlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5hc3luY2dhdGUudjEuU3VibWl0QmF0Y2hSZXN1bHQiYQoRU3VibWl0QmF0Y2hSZXN1bHQSJAoGdGlja2V0GAEgASgLMhQuYXN5bmNnYXRlLnYxLlRpY2tldBImCgVlcnJvchgCIAEoCzIXLmFzeW5jZ2F0ZS52MS5JdGVtRXJyb3IiagoTV2F0Y2hUaWNrZXRzUmVxdWVzdBIsCgNhZGQYASADKAsyHy5hc3luY2dhdGUudjEuV2F0Y2hTdWJzY3JpcHRpb24SDgoGcmVtb3ZlGAIgAygJEhUKDXRlcm1pbmFsX29ubHkYAyABKAgiRQoRV2F0Y2hTdWJzY3JpcHRpb24SCgoCaWQYASABKAkSFgoJYWZ0ZXJfc2VxGAIgASgESACIAQFCDAoKX2FmdGVyX3NlcSKvAwoNU3VibWl0UmVxdWVzdBINCgVxdWV1ZRgBIAEoCRImCgdwYXlsb2FkGAIgASgLMhUuYXN5bmNnYXRlLnYxLlBheWxvYWQSEAoIcHJpb3JpdHkYAyABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjsKCG1ldGFkYXRhGAUgAygLMikuYXN5bmNnYXRlLnYxLlN1Ym1pdFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKD2F0dGVtcHRfdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxtYXhfYXR0ZW1wdHMYCCABKA0SLgoKbm90X2JlZm9yZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFZGVsYXkYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkcKEEdldFRpY2tldFJlcXVlc3QSCgoCaWQYASABKAkSJwoEd2FpdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJGChJXYXRjaFRpY2tldFJlcXVlc3QSCgoCaWQYASABKAkSFgoJYWZ0ZXJfc2VxGAIgASgESACIAQFCDAoKX2FmdGVyX3NlcSIxChNDYW5jZWxUaWNrZXRSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSLlAgoSTGlzdFRpY2tldHNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEikKBnN0YXRlcxgCIAMoDjIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRTdGF0ZRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRJACghtZXRhZGF0YRgFIAMoCzIuLmFzeW5jZ2F0ZS52MS5MaXN0VGlja2V0c1JlcXVlc3QuTWV0YWRhdGFFbnRyeRIxCg1jcmVhdGVkX2FmdGVyGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMbmV3ZXN0X2ZpcnN0GAggASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJVChNMaXN0VGlja2V0c1Jlc3BvbnNlEiUKB3RpY2tldHMYASADKAsyFC5hc3luY2dhdGUudjEuVGlja2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKsBQoHR2F0ZXdheRI7CgZTdWJtaXQSGy5hc3luY2dhdGUudjEuU3VibWl0UmVxdWVzdBoULmFzeW5jZ2F0ZS52MS5UaWNrZXQSQwoHRXhlY3V0ZRIbLmFzeW5jZ2F0ZS52MS5TdWJtaXRSZXF1ZXN0GhkuYXN5bmNnYXRlLnYxLlRpY2tldEV2ZW50MAESQQoJR2V0VGlja2V0Eh4uYXN5bmNnYXRlLnYxLkdldFRpY2tldFJlcXVlc3QaFC5hc3luY2dhdGUudjEuVGlja2V0EkwKC1dhdGNoVGlja2V0EiAuYXN5bmNnYXRlLnYxLldhdGNoVGlja2V0UmVxdWVzdBoZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFdmVudDABEkcKDENhbmNlbFRpY2tldBIhLmFzeW5jZ2F0ZS52MS5DYW5jZWxUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJSCgtMaXN0VGlja2V0cxIgLmFzeW5jZ2F0ZS52MS5MaXN0VGlja2V0c1JlcXVlc3QaIS5hc3luY2dhdGUudjEuTGlzdFRpY2tldHNSZXNwb25zZRJLCgxTdWJtaXRTdHJlYW0SGy5hc3luY2dhdGUudjEuU3VibWl0UmVxdWVzdBoaLmFzeW5jZ2F0ZS52MS5TdWJtaXRSZXN1bHQoATABElIKC1N1Ym1pdEJhdGNoEiAuYXN5bmNnYXRlLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBohLmFzeW5jZ2F0ZS52MS5TdWJtaXRCYXRjaFJlc3BvbnNlElAKDFdhdGNoVGlja2V0cxIhLmFzeW5jZ2F0ZS52MS5XYXRjaFRpY2tldHNSZXF1ZXN0GhkuYXN5bmNnYXRlLnYxLlRpY2tldEV2ZW50KAEwAWIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chphc3luY2dhdGUvdjEvZ2F0ZXdheS5wcm90bxIMYXN5bmNnYXRlLnYxIg8KDVdob0FtSVJlcXVlc3QiaAoOV2hvQW1JUmVzcG9uc2USEAoIa2V5X25hbWUYASABKAkSDAoEcm9sZRgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkSDwoHbWV0aG9kcxgEIAMoCRIVCg1zZWVzX3BheWxvYWRzGAUgASgIImsKDFN1Ym1pdFJlc3VsdBIkCgZ0aWNrZXQYASABKAsyFC5hc3luY2dhdGUudjEuVGlja2V0EiYKBWVycm9yGAIgASgLMhcuYXN5bmNnYXRlLnYxLkl0ZW1FcnJvchINCgVpbmRleBgDIAEoBCJDChJTdWJtaXRCYXRjaFJlcXVlc3QSLQoIcmVxdWVzdHMYASADKAsyGy5hc3luY2dhdGUudjEuU3VibWl0UmVxdWVzdCJHChNTdWJtaXRCYXRjaFJlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5hc3luY2dhdGUudjEuU3VibWl0QmF0Y2hSZXN1bHQiYQoRU3VibWl0QmF0Y2hSZXN1bHQSJAoGdGlja2V0GAEgASgLMhQuYXN5bmNnYXRlLnYxLlRpY2tldBImCgVlcnJvchgCIAEoCzIXLmFzeW5jZ2F0ZS52MS5JdGVtRXJyb3IiagoTV2F0Y2hUaWNrZXRzUmVxdWVzdBIsCgNhZGQYASADKAsyHy5hc3luY2dhdGUudjEuV2F0Y2hTdWJzY3JpcHRpb24SDgoGcmVtb3ZlGAIgAygJEhUKDXRlcm1pbmFsX29ubHkYAyABKAgiRQoRV2F0Y2hTdWJzY3JpcHRpb24SCgoCaWQYASABKAkSFgoJYWZ0ZXJfc2VxGAIgASgESACIAQFCDAoKX2FmdGVyX3NlcSKvAwoNU3VibWl0UmVxdWVzdBINCgVxdWV1ZRgBIAEoCRImCgdwYXlsb2FkGAIgASgLMhUuYXN5bmNnYXRlLnYxLlBheWxvYWQSEAoIcHJpb3JpdHkYAyABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjsKCG1ldGFkYXRhGAUgAygLMikuYXN5bmNnYXRlLnYxLlN1Ym1pdFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKD2F0dGVtcHRfdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxtYXhfYXR0ZW1wdHMYCCABKA0SLgoKbm90X2JlZm9yZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFZGVsYXkYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkcKEEdldFRpY2tldFJlcXVlc3QSCgoCaWQYASABKAkSJwoEd2FpdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJGChJXYXRjaFRpY2tldFJlcXVlc3QSCgoCaWQYASABKAkSFgoJYWZ0ZXJfc2VxGAIgASgESACIAQFCDAoKX2FmdGVyX3NlcSIxChNDYW5jZWxUaWNrZXRSZXF1ZXN0EgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSLlAgoSTGlzdFRpY2tldHNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEikKBnN0YXRlcxgCIAMoDjIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRTdGF0ZRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRJACghtZXRhZGF0YRgFIAMoCzIuLmFzeW5jZ2F0ZS52MS5MaXN0VGlja2V0c1JlcXVlc3QuTWV0YWRhdGFFbnRyeRIxCg1jcmVhdGVkX2FmdGVyGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMbmV3ZXN0X2ZpcnN0GAggASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJVChNMaXN0VGlja2V0c1Jlc3BvbnNlEiUKB3RpY2tldHMYASADKAsyFC5hc3luY2dhdGUudjEuVGlja2V0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTLxBQoHR2F0ZXdheRI7CgZTdWJtaXQSGy5hc3luY2dhdGUudjEuU3VibWl0UmVxdWVzdBoULmFzeW5jZ2F0ZS52MS5UaWNrZXQSQwoHRXhlY3V0ZRIbLmFzeW5jZ2F0ZS52MS5TdWJtaXRSZXF1ZXN0GhkuYXN5bmNnYXRlLnYxLlRpY2tldEV2ZW50MAESQQoJR2V0VGlja2V0Eh4uYXN5bmNnYXRlLnYxLkdldFRpY2tldFJlcXVlc3QaFC5hc3luY2dhdGUudjEuVGlja2V0EkwKC1dhdGNoVGlja2V0EiAuYXN5bmNnYXRlLnYxLldhdGNoVGlja2V0UmVxdWVzdBoZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFdmVudDABEkcKDENhbmNlbFRpY2tldBIhLmFzeW5jZ2F0ZS52MS5DYW5jZWxUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJSCgtMaXN0VGlja2V0cxIgLmFzeW5jZ2F0ZS52MS5MaXN0VGlja2V0c1JlcXVlc3QaIS5hc3luY2dhdGUudjEuTGlzdFRpY2tldHNSZXNwb25zZRJLCgxTdWJtaXRTdHJlYW0SGy5hc3luY2dhdGUudjEuU3VibWl0UmVxdWVzdBoaLmFzeW5jZ2F0ZS52MS5TdWJtaXRSZXN1bHQoATABElIKC1N1Ym1pdEJhdGNoEiAuYXN5bmNnYXRlLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBohLmFzeW5jZ2F0ZS52MS5TdWJtaXRCYXRjaFJlc3BvbnNlElAKDFdhdGNoVGlja2V0cxIhLmFzeW5jZ2F0ZS52MS5XYXRjaFRpY2tldHNSZXF1ZXN0GhkuYXN5bmNnYXRlLnYxLlRpY2tldEV2ZW50KAEwARJDCgZXaG9BbUkSGy5hc3luY2dhdGUudjEuV2hvQW1JUmVxdWVzdBocLmFzeW5jZ2F0ZS52MS5XaG9BbUlSZXNwb25zZWIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message asyncgate.v1.WhoAmIRequest
+ */
+export type WhoAmIRequest = Message<"asyncgate.v1.WhoAmIRequest"> & {
+};
+
+/**
+ * Describes the message asyncgate.v1.WhoAmIRequest.
+ * Use `create(WhoAmIRequestSchema)` to create a new message.
+ */
+export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_gateway, 0);
+
+/**
+ * @generated from message asyncgate.v1.WhoAmIResponse
+ */
+export type WhoAmIResponse = Message<"asyncgate.v1.WhoAmIResponse"> & {
+  /**
+   * The key's name in the keys file ("anonymous" without one).
+   *
+   * @generated from field: string key_name = 1;
+   */
+  keyName: string;
+
+  /**
+   * client, worker, admin or viewer ("admin" without a keys file).
+   *
+   * @generated from field: string role = 2;
+   */
+  role: string;
+
+  /**
+   * The tenant whose queues and tickets it sees; empty: every tenant.
+   *
+   * @generated from field: string tenant = 3;
+   */
+  tenant: string;
+
+  /**
+   * Every RPC of the gateway the key's role may call, as full method paths
+   * (e.g. "/asyncgate.v1.Admin/PauseQueue"), sorted.
+   *
+   * @generated from field: repeated string methods = 4;
+   */
+  methods: string[];
+
+  /**
+   * Whether tickets show it their results and output (see
+   * Ticket.payloads_hidden).
+   *
+   * @generated from field: bool sees_payloads = 5;
+   */
+  seesPayloads: boolean;
+};
+
+/**
+ * Describes the message asyncgate.v1.WhoAmIResponse.
+ * Use `create(WhoAmIResponseSchema)` to create a new message.
+ */
+export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_gateway, 1);
 
 /**
  * @generated from message asyncgate.v1.SubmitResult
@@ -49,7 +111,7 @@ export type SubmitResult = Message<"asyncgate.v1.SubmitResult"> & {
  * Use `create(SubmitResultSchema)` to create a new message.
  */
 export const SubmitResultSchema: GenMessage<SubmitResult> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 0);
+  messageDesc(file_asyncgate_v1_gateway, 2);
 
 /**
  * @generated from message asyncgate.v1.SubmitBatchRequest
@@ -68,7 +130,7 @@ export type SubmitBatchRequest = Message<"asyncgate.v1.SubmitBatchRequest"> & {
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 1);
+  messageDesc(file_asyncgate_v1_gateway, 3);
 
 /**
  * @generated from message asyncgate.v1.SubmitBatchResponse
@@ -87,7 +149,7 @@ export type SubmitBatchResponse = Message<"asyncgate.v1.SubmitBatchResponse"> & 
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 2);
+  messageDesc(file_asyncgate_v1_gateway, 4);
 
 /**
  * @generated from message asyncgate.v1.SubmitBatchResult
@@ -114,7 +176,7 @@ export type SubmitBatchResult = Message<"asyncgate.v1.SubmitBatchResult"> & {
  * Use `create(SubmitBatchResultSchema)` to create a new message.
  */
 export const SubmitBatchResultSchema: GenMessage<SubmitBatchResult> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 3);
+  messageDesc(file_asyncgate_v1_gateway, 5);
 
 /**
  * @generated from message asyncgate.v1.WatchTicketsRequest
@@ -149,7 +211,7 @@ export type WatchTicketsRequest = Message<"asyncgate.v1.WatchTicketsRequest"> & 
  * Use `create(WatchTicketsRequestSchema)` to create a new message.
  */
 export const WatchTicketsRequestSchema: GenMessage<WatchTicketsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 4);
+  messageDesc(file_asyncgate_v1_gateway, 6);
 
 /**
  * @generated from message asyncgate.v1.WatchSubscription
@@ -173,7 +235,7 @@ export type WatchSubscription = Message<"asyncgate.v1.WatchSubscription"> & {
  * Use `create(WatchSubscriptionSchema)` to create a new message.
  */
 export const WatchSubscriptionSchema: GenMessage<WatchSubscription> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 5);
+  messageDesc(file_asyncgate_v1_gateway, 7);
 
 /**
  * @generated from message asyncgate.v1.SubmitRequest
@@ -257,7 +319,7 @@ export type SubmitRequest = Message<"asyncgate.v1.SubmitRequest"> & {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 6);
+  messageDesc(file_asyncgate_v1_gateway, 8);
 
 /**
  * @generated from message asyncgate.v1.GetTicketRequest
@@ -282,7 +344,7 @@ export type GetTicketRequest = Message<"asyncgate.v1.GetTicketRequest"> & {
  * Use `create(GetTicketRequestSchema)` to create a new message.
  */
 export const GetTicketRequestSchema: GenMessage<GetTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 7);
+  messageDesc(file_asyncgate_v1_gateway, 9);
 
 /**
  * @generated from message asyncgate.v1.WatchTicketRequest
@@ -307,7 +369,7 @@ export type WatchTicketRequest = Message<"asyncgate.v1.WatchTicketRequest"> & {
  * Use `create(WatchTicketRequestSchema)` to create a new message.
  */
 export const WatchTicketRequestSchema: GenMessage<WatchTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 8);
+  messageDesc(file_asyncgate_v1_gateway, 10);
 
 /**
  * @generated from message asyncgate.v1.CancelTicketRequest
@@ -331,7 +393,7 @@ export type CancelTicketRequest = Message<"asyncgate.v1.CancelTicketRequest"> & 
  * Use `create(CancelTicketRequestSchema)` to create a new message.
  */
 export const CancelTicketRequestSchema: GenMessage<CancelTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 9);
+  messageDesc(file_asyncgate_v1_gateway, 11);
 
 /**
  * @generated from message asyncgate.v1.ListTicketsRequest
@@ -400,7 +462,7 @@ export type ListTicketsRequest = Message<"asyncgate.v1.ListTicketsRequest"> & {
  * Use `create(ListTicketsRequestSchema)` to create a new message.
  */
 export const ListTicketsRequestSchema: GenMessage<ListTicketsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 10);
+  messageDesc(file_asyncgate_v1_gateway, 12);
 
 /**
  * @generated from message asyncgate.v1.ListTicketsResponse
@@ -424,7 +486,7 @@ export type ListTicketsResponse = Message<"asyncgate.v1.ListTicketsResponse"> & 
  * Use `create(ListTicketsResponseSchema)` to create a new message.
  */
 export const ListTicketsResponseSchema: GenMessage<ListTicketsResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_gateway, 11);
+  messageDesc(file_asyncgate_v1_gateway, 13);
 
 /**
  * @generated from service asyncgate.v1.Gateway
@@ -549,6 +611,18 @@ export const Gateway: GenService<{
     methodKind: "bidi_streaming";
     input: typeof WatchTicketsRequestSchema;
     output: typeof TicketEventSchema;
+  },
+  /**
+   * What the calling key is and may do, without side effects: any valid key
+   * may ask (UNAUTHENTICATED for a bad one). For tools such as the
+   * dashboard, which show only the actions the key is allowed.
+   *
+   * @generated from rpc asyncgate.v1.Gateway.WhoAmI
+   */
+  whoAmI: {
+    methodKind: "unary";
+    input: typeof WhoAmIRequestSchema;
+    output: typeof WhoAmIResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_asyncgate_v1_gateway, 0);

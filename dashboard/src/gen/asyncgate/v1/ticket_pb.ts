@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asyncgate/v1/ticket.proto.
  */
 export const file_asyncgate_v1_ticket: GenFile = /*@__PURE__*/
-  fileDesc("Chlhc3luY2dhdGUvdjEvdGlja2V0LnByb3RvEgxhc3luY2dhdGUudjEiYQoHUGF5bG9hZBImCgRqc29uGAEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlSAASEAoGYmluYXJ5GAIgASgMSAASFAoMY29udGVudF90eXBlGAMgASgJQgYKBGtpbmQiPwoLVGlja2V0RXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCCIsCghQcm9ncmVzcxIPCgdwZXJjZW50GAEgASgNEg8KB21lc3NhZ2UYAiABKAkinAIKDVdhaXRpbmdSZWFzb24SLQoEa2luZBgBIAEoDjIfLmFzeW5jZ2F0ZS52MS5XYWl0aW5nUmVhc29uS2luZBITCgtkZXNjcmlwdGlvbhgCIAEoCRIVCg10aWNrZXRzX2FoZWFkGAMgASgEEikKBXVudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd29ya2VyX3Nlc3Npb24YBiABKAkSEwoLd29ya2VyX25hbWUYByABKAkSLQoKbGFzdF9lcnJvchgIIAEoCzIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFcnJvciLpBQoGVGlja2V0EgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEigKBXN0YXRlGAMgASgOMhkuYXN5bmNnYXRlLnYxLlRpY2tldFN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEjQKCG1ldGFkYXRhGAcgAygLMiIuYXN5bmNnYXRlLnYxLlRpY2tldC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBnJlc3VsdBgKIAEoCzIVLmFzeW5jZ2F0ZS52MS5QYXlsb2FkEigKBWVycm9yGAsgASgLMhkuYXN5bmNnYXRlLnYxLlRpY2tldEVycm9yEigKCHByb2dyZXNzGAwgASgLMhYuYXN5bmNnYXRlLnYxLlByb2dyZXNzEjMKDndhaXRpbmdfcmVhc29uGA0gASgLMhsuYXN5bmNnYXRlLnYxLldhaXRpbmdSZWFzb24SCwoDc2VxGA4gASgEEhcKD2lkZW1wb3RlbmN5X2tleRgPIAEoCRIsCghkZWFkbGluZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoPYXR0ZW1wdF90aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2ZpbmlzaGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1zY2hlZHVsZWRfZm9yGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEizwEKC1RpY2tldEV2ZW50EgsKA3NlcRgBIAEoBBIrCgRraW5kGAIgASgOMh0uYXN5bmNnYXRlLnYxLlRpY2tldEV2ZW50S2luZBIkCgZ0aWNrZXQYAyABKAsyFC5hc3luY2dhdGUudjEuVGlja2V0EiUKBm91dHB1dBgEIAEoCzIVLmFzeW5jZ2F0ZS52MS5QYXlsb2FkEhEKCXRpY2tldF9pZBgFIAEoCRImCgVlcnJvchgGIAEoCzIXLmFzeW5jZ2F0ZS52MS5JdGVtRXJyb3IiKgoJSXRlbUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSrKAQoLVGlja2V0U3RhdGUSHAoYVElDS0VUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVElDS0VUX1NUQVRFX1BFTkRJTkcQARIYChRUSUNLRVRfU1RBVEVfUlVOTklORxACEhoKFlRJQ0tFVF9TVEFURV9TVUNDRUVERUQQAxIXChNUSUNLRVRfU1RBVEVfRkFJTEVEEAQSGgoWVElDS0VUX1NUQVRFX0NBTkNFTExFRBAFEhgKFFRJQ0tFVF9TVEFURV9FWFBJUkVEEAYqoQIKEVdhaXRpbmdSZWFzb25LaW5kEiMKH1dBSVRJTkdfUkVBU09OX0tJTkRfVU5TUEVDSUZJRUQQABIiCh5XQUlUSU5HX1JFQVNPTl9LSU5EX05PX1dPUktFUlMQARIeChpXQUlUSU5HX1JFQVNPTl9LSU5EX1FVRVVFRBACEh8KG1dBSVRJTkdfUkVBU09OX0tJTkRfQkFDS09GRhADEh4KGldBSVRJTkdfUkVBU09OX0tJTkRfTEVBU0VEEAQSHgoaV0FJVElOR19SRUFTT05fS0lORF9QQVVTRUQQBRIfChtXQUlUSU5HX1JFQVNPTl9LSU5EX0xJTUlURUQQBhIhCh1XQUlUSU5HX1JFQVNPTl9LSU5EX1NDSEVEVUxFRBAHKtABCg9UaWNrZXRFdmVudEtpbmQSIQodVElDS0VUX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIeChpUSUNLRVRfRVZFTlRfS0lORF9TTkFQU0hPVBABEhsKF1RJQ0tFVF9FVkVOVF9LSU5EX1NUQVRFEAISHgoaVElDS0VUX0VWRU5UX0tJTkRfUFJPR1JFU1MQAxIcChhUSUNLRVRfRVZFTlRfS0lORF9PVVRQVVQQBBIfChtUSUNLRVRfRVZFTlRfS0lORF9LRUVQQUxJVkUQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chlhc3luY2dhdGUvdjEvdGlja2V0LnByb3RvEgxhc3luY2dhdGUudjEiYQoHUGF5bG9hZBImCgRqc29uGAEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlSAASEAoGYmluYXJ5GAIgASgMSAASFAoMY29udGVudF90eXBlGAMgASgJQgYKBGtpbmQiPwoLVGlja2V0RXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCCIsCghQcm9ncmVzcxIPCgdwZXJjZW50GAEgASgNEg8KB21lc3NhZ2UYAiABKAkinAIKDVdhaXRpbmdSZWFzb24SLQoEa2luZBgBIAEoDjIfLmFzeW5jZ2F0ZS52MS5XYWl0aW5nUmVhc29uS2luZBITCgtkZXNjcmlwdGlvbhgCIAEoCRIVCg10aWNrZXRzX2FoZWFkGAMgASgEEikKBXVudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd29ya2VyX3Nlc3Npb24YBiABKAkSEwoLd29ya2VyX25hbWUYByABKAkSLQoKbGFzdF9lcnJvchgIIAEoCzIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFcnJvciKrBgoGVGlja2V0EgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEigKBXN0YXRlGAMgASgOMhkuYXN5bmNnYXRlLnYxLlRpY2tldFN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEjQKCG1ldGFkYXRhGAcgAygLMiIuYXN5bmNnYXRlLnYxLlRpY2tldC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBnJlc3VsdBgKIAEoCzIVLmFzeW5jZ2F0ZS52MS5QYXlsb2FkEigKBWVycm9yGAsgASgLMhkuYXN5bmNnYXRlLnYxLlRpY2tldEVycm9yEigKCHByb2dyZXNzGAwgASgLMhYuYXN5bmNnYXRlLnYxLlByb2dyZXNzEjMKDndhaXRpbmdfcmVhc29uGA0gASgLMhsuYXN5bmNnYXRlLnYxLldhaXRpbmdSZWFzb24SCwoDc2VxGA4gASgEEhcKD2lkZW1wb3RlbmN5X2tleRgPIAEoCRIsCghkZWFkbGluZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoPYXR0ZW1wdF90aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2ZpbmlzaGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1zY2hlZHVsZWRfZm9yGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9wYXlsb2Fkc19oaWRkZW4YFCABKAgSJwoIYXR0ZW1wdHMYFSADKAsyFS5hc3luY2dhdGUudjEuQXR0ZW1wdBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi4AEKB0F0dGVtcHQSDgoGbnVtYmVyGAEgASgNEhYKDndvcmtlcl9zZXNzaW9uGAIgASgJEhMKC3dvcmtlcl9uYW1lGAMgASgJEhAKCGxlYXNlX2lkGAQgASgJEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgVlcnJvchgHIAEoCzIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFcnJvciLPAQoLVGlja2V0RXZlbnQSCwoDc2VxGAEgASgEEisKBGtpbmQYAiABKA4yHS5hc3luY2dhdGUudjEuVGlja2V0RXZlbnRLaW5kEiQKBnRpY2tldBgDIAEoCzIULmFzeW5jZ2F0ZS52MS5UaWNrZXQSJQoGb3V0cHV0GAQgASgLMhUuYXN5bmNnYXRlLnYxLlBheWxvYWQSEQoJdGlja2V0X2lkGAUgASgJEiYKBWVycm9yGAYgASgLMhcuYXN5bmNnYXRlLnYxLkl0ZW1FcnJvciIqCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJKsoBCgtUaWNrZXRTdGF0ZRIcChhUSUNLRVRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRUSUNLRVRfU1RBVEVfUEVORElORxABEhgKFFRJQ0tFVF9TVEFURV9SVU5OSU5HEAISGgoWVElDS0VUX1NUQVRFX1NVQ0NFRURFRBADEhcKE1RJQ0tFVF9TVEFURV9GQUlMRUQQBBIaChZUSUNLRVRfU1RBVEVfQ0FOQ0VMTEVEEAUSGAoUVElDS0VUX1NUQVRFX0VYUElSRUQQBiqhAgoRV2FpdGluZ1JlYXNvbktpbmQSIwofV0FJVElOR19SRUFTT05fS0lORF9VTlNQRUNJRklFRBAAEiIKHldBSVRJTkdfUkVBU09OX0tJTkRfTk9fV09SS0VSUxABEh4KGldBSVRJTkdfUkVBU09OX0tJTkRfUVVFVUVEEAISHwobV0FJVElOR19SRUFTT05fS0lORF9CQUNLT0ZGEAMSHgoaV0FJVElOR19SRUFTT05fS0lORF9MRUFTRUQQBBIeChpXQUlUSU5HX1JFQVNPTl9LSU5EX1BBVVNFRBAFEh8KG1dBSVRJTkdfUkVBU09OX0tJTkRfTElNSVRFRBAGEiEKHVdBSVRJTkdfUkVBU09OX0tJTkRfU0NIRURVTEVEEAcq0AEKD1RpY2tldEV2ZW50S2luZBIhCh1USUNLRVRfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGlRJQ0tFVF9FVkVOVF9LSU5EX1NOQVBTSE9UEAESGwoXVElDS0VUX0VWRU5UX0tJTkRfU1RBVEUQAhIeChpUSUNLRVRfRVZFTlRfS0lORF9QUk9HUkVTUxADEhwKGFRJQ0tFVF9FVkVOVF9LSU5EX09VVFBVVBAEEh8KG1RJQ0tFVF9FVkVOVF9LSU5EX0tFRVBBTElWRRAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A request, result or partial-output body.
@@ -287,6 +287,25 @@ export type Ticket = Message<"asyncgate.v1.Ticket"> & {
    * @generated from field: google.protobuf.Timestamp scheduled_for = 19;
    */
   scheduledFor?: Timestamp | undefined;
+
+  /**
+   * Set when the caller's key may not see payloads (a viewer key, unless
+   * its entry says `payloads = true`): `result` and the output chunks of
+   * OUTPUT events are left out.
+   *
+   * @generated from field: bool payloads_hidden = 20;
+   */
+  payloadsHidden: boolean;
+
+  /**
+   * The attempts that ended, oldest first (the latest 16 are kept; `number`
+   * tells which). The running attempt is not among them: its worker is in
+   * `waiting_reason` (LEASED), and its lease id is never shown while it is
+   * current (a lease id is a worker's capability).
+   *
+   * @generated from field: repeated asyncgate.v1.Attempt attempts = 21;
+   */
+  attempts: Attempt[];
 };
 
 /**
@@ -295,6 +314,62 @@ export type Ticket = Message<"asyncgate.v1.Ticket"> & {
  */
 export const TicketSchema: GenMessage<Ticket> = /*@__PURE__*/
   messageDesc(file_asyncgate_v1_ticket, 4);
+
+/**
+ * One attempt of a ticket, after it ended.
+ *
+ * @generated from message asyncgate.v1.Attempt
+ */
+export type Attempt = Message<"asyncgate.v1.Attempt"> & {
+  /**
+   * 1 for the first attempt (an operator's retry starts again from 1;
+   * the earlier run's attempts stay listed before it).
+   *
+   * @generated from field: uint32 number = 1;
+   */
+  number: number;
+
+  /**
+   * @generated from field: string worker_session = 2;
+   */
+  workerSession: string;
+
+  /**
+   * @generated from field: string worker_name = 3;
+   */
+  workerName: string;
+
+  /**
+   * The lease it ran under (expired now: it fences nothing any more).
+   *
+   * @generated from field: string lease_id = 4;
+   */
+  leaseId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp started_at = 5;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp ended_at = 6;
+   */
+  endedAt?: Timestamp | undefined;
+
+  /**
+   * How it ended; unset for the attempt whose result was recorded.
+   *
+   * @generated from field: asyncgate.v1.TicketError error = 7;
+   */
+  error?: TicketError | undefined;
+};
+
+/**
+ * Describes the message asyncgate.v1.Attempt.
+ * Use `create(AttemptSchema)` to create a new message.
+ */
+export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_ticket, 5);
 
 /**
  * One change of a ticket. Every change gets the next `seq` (1, 2, 3, ...);
@@ -347,7 +422,7 @@ export type TicketEvent = Message<"asyncgate.v1.TicketEvent"> & {
  * Use `create(TicketEventSchema)` to create a new message.
  */
 export const TicketEventSchema: GenMessage<TicketEvent> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_ticket, 5);
+  messageDesc(file_asyncgate_v1_ticket, 6);
 
 /**
  * Why one item of a stream was refused or cannot be served: the gRPC status
@@ -374,7 +449,7 @@ export type ItemError = Message<"asyncgate.v1.ItemError"> & {
  * Use `create(ItemErrorSchema)` to create a new message.
  */
 export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_ticket, 6);
+  messageDesc(file_asyncgate_v1_ticket, 7);
 
 /**
  * Where a ticket is in its life. SUCCEEDED, FAILED, CANCELLED and EXPIRED are

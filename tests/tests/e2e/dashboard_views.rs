@@ -1,0 +1,425 @@
+//! The dashboard's views in headless Chromium against a real gateway and
+//! real workers, clicked as a person would: tickets appear in the list
+//! without a reload and eight of them are followed live to their end on
+//! the page's one stream (HTTP/1.1: six streams would exhaust the origin's
+//! connections); a failed ticket shows in the dead-letter view and Retry
+//! brings it back to SUCCEEDED; Pause holds a ticket whose reason says so;
+//! a viewer key sees no action anywhere and a call forged from its page is
+//! refused. Every wait is on a DOM condition. Screenshots go to
+//! `target/dashboard-screenshots/`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chromiumoxide::Page;
+use serde_json::json;
+
+use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
+use asyncgate_client::{Client, Submit, pb};
+use asyncgate_server::auth::digest_hex;
+use asyncgate_tests::{Gate, TestGateway, fast_config, finished};
+
+use crate::browser::{Chromium, eval, wait_for};
+use crate::dashboard::{log_in, open_ticket, screenshot, text_of};
+
+const ADMIN: &str = "views-admin-key";
+const VIEWER: &str = "views-viewer-key";
+
+/// A gateway serving the dashboard, with an admin and a viewer key.
+async fn gateway(dir: &tempfile::TempDir) -> TestGateway {
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"admin\"\n\n\
+             [[keys]]\nname = \"watcher\"\nsha256 = \"{}\"\nrole = \"viewer\"\n",
+            digest_hex(ADMIN),
+            digest_hex(VIEWER)
+        ),
+    )
+    .unwrap();
+    TestGateway::start_with(asyncgate_server::Config {
+        dashboard: true,
+        keys: Some(keys),
+        ..fast_config()
+    })
+    .await
+}
+
+async fn admin_client(gateway: &TestGateway) -> Client {
+    gateway.client().await.with_api_key(ADMIN).unwrap()
+}
+
+async fn open(chromium: &Chromium, gateway: &TestGateway, key: &str) -> Page {
+    let page = chromium
+        .browser
+        .new_page(format!("{}/dashboard/", gateway.url()).as_str())
+        .await
+        .unwrap();
+    log_in(&page, key).await;
+    page
+}
+
+async fn go(page: &Page, hash: &str) {
+    eval(page, &format!("location.hash = {hash:?}")).await;
+}
+
+async fn click(page: &Page, selector: &str) {
+    wait_for(
+        page,
+        &format!("document.querySelector({selector:?}) !== null"),
+    )
+    .await;
+    page.find_element(selector)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Rows of the ticket list in `state`, as a JS expression; `live` counts
+/// only rows the stream updated.
+fn rows(state: &str, live: bool) -> String {
+    let live = if live { "[data-live='true']" } else { "" };
+    format!("document.querySelectorAll(\"tr[data-state='{state}']{live}\").length")
+}
+
+#[tokio::test]
+async fn tickets_appear_without_a_reload_and_eight_are_followed_live_on_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway(&dir).await;
+    let gate = Gate::default();
+    let worker = gateway
+        .worker("many")
+        .api_key(ADMIN)
+        .unwrap()
+        .max_in_flight(8)
+        .handler(gate.echo_handler())
+        .build()
+        .unwrap()
+        .spawn();
+    let client = admin_client(&gateway).await;
+    let chromium = Chromium::launch().await;
+    let page = open(&chromium, &gateway, ADMIN).await;
+    go(&page, "#/tickets?queue=many").await;
+    wait_for(&page, "document.querySelector('table.tickets') !== null").await;
+
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let ticket = client
+            .submit(Submit::new("many").json(json!({ "n": n })))
+            .await
+            .unwrap();
+        ids.push(ticket.id);
+    }
+    for _ in 0..8 {
+        gate.started().await;
+    }
+    // All eight in the list, running, without a reload.
+    wait_for(&page, &format!("{} === 8", rows("RUNNING", false))).await;
+    screenshot(&page, "tickets-running", 1280).await;
+    gate.open();
+    // Each reaches SUCCEEDED through the page's one WatchTickets stream.
+    wait_for(&page, &format!("{} === 8", rows("SUCCEEDED", true))).await;
+    for id in &ids {
+        assert_eq!(
+            finished(&client, id).await.state,
+            pb::TicketState::Succeeded as i32
+        );
+    }
+    screenshot(&page, "tickets-done", 1280).await;
+    screenshot(&page, "tickets-done", 390).await;
+
+    // A filter by state is a URL that can be shared.
+    go(&page, "#/tickets?queue=many&state=FAILED").await;
+    wait_for(
+        &page,
+        "document.querySelector('.notice')?.textContent === 'No ticket matches.'",
+    )
+    .await;
+
+    // The worker shows in the Workers view, and Drain reaches it: an idle
+    // worker told to drain leaves.
+    go(&page, "#/workers").await;
+    wait_for(&page, "document.querySelector('table.workers') !== null").await;
+    screenshot(&page, "workers", 1280).await;
+    click(&page, "button.drain").await;
+    wait_for(
+        &page,
+        "document.querySelector('tbody .badge')?.textContent === 'draining'          || document.querySelector('.notice')?.textContent === 'No worker is connected.'",
+    )
+    .await;
+    let listed = client.admin().list_workers(None).await.unwrap();
+    assert!(listed.iter().all(|w| w.draining), "{listed:?}");
+
+    // The overview charts the queue.
+    go(&page, "#/overview").await;
+    wait_for(
+        &page,
+        "document.querySelectorAll(\"article[data-queue='many'] .uplot\").length === 2",
+    )
+    .await;
+    screenshot(&page, "overview", 1280).await;
+    chromium.close().await;
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn a_failed_ticket_shows_in_the_dead_letter_view_and_retry_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway(&dir).await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let worker = gateway
+        .worker("payments")
+        .api_key(ADMIN)
+        .unwrap()
+        .handler(handler_fn({
+            let healthy = healthy.clone();
+            move |task: TaskContext| {
+                let healthy = healthy.load(Ordering::SeqCst);
+                async move {
+                    if healthy {
+                        Ok(task.payload().clone())
+                    } else {
+                        Err(TaskError::fatal("card processor answered 503"))
+                    }
+                }
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let client = admin_client(&gateway).await;
+    let ticket = client
+        .submit(Submit::new("payments").json(json!({"amount": 5})))
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&client, &ticket.id).await.state,
+        pb::TicketState::Failed as i32
+    );
+
+    let chromium = Chromium::launch().await;
+    let page = open(&chromium, &gateway, ADMIN).await;
+    go(&page, "#/dead-letter?queue=payments").await;
+    wait_for(
+        &page,
+        "document.querySelector(\".group[data-count='1'] .error\")?.textContent.includes('503')",
+    )
+    .await;
+    screenshot(&page, "dead-letter", 1280).await;
+    healthy.store(true, Ordering::SeqCst);
+    click(&page, "button.retry-group").await;
+    wait_for(
+        &page,
+        "document.querySelector('[role=status]')?.textContent === '1 retried'",
+    )
+    .await;
+    assert_eq!(
+        finished(&client, &ticket.id).await.state,
+        pb::TicketState::Succeeded as i32
+    );
+    // Its detail shows both runs: the failed attempt and the one that
+    // succeeded, each with its worker.
+    open_ticket(&page, &ticket.id).await;
+    wait_for(
+        &page,
+        &format!("{} === 'SUCCEEDED'", text_of("[data-testid='state']")),
+    )
+    .await;
+    wait_for(
+        &page,
+        "document.querySelectorAll('.timeline li[data-attempt]').length === 2",
+    )
+    .await;
+    let first = eval(&page, &text_of(".timeline li[data-attempt].bad")).await;
+    assert!(
+        first.as_str().unwrap().contains("503"),
+        "the failed attempt says why: {first}"
+    );
+    screenshot(&page, "ticket-retried", 1280).await;
+    chromium.close().await;
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn pause_holds_a_ticket_whose_waiting_reason_says_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway(&dir).await;
+    let worker = gateway
+        .worker("held")
+        .api_key(ADMIN)
+        .unwrap()
+        .handler(handler_fn(|task: TaskContext| async move {
+            Ok(task.payload().clone())
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let client = admin_client(&gateway).await;
+    let first = client
+        .submit(Submit::new("held").json(json!(1)))
+        .await
+        .unwrap();
+    finished(&client, &first.id).await;
+
+    let chromium = Chromium::launch().await;
+    let page = open(&chromium, &gateway, ADMIN).await;
+    go(&page, "#/queues").await;
+    click(&page, "tr[data-queue='held'] button.pause").await;
+    let status = text_of("tr[data-queue='held'] .badge");
+    wait_for(&page, &format!("{status} === 'paused by ops'")).await;
+
+    let ticket = client
+        .submit(Submit::new("held").json(json!(2)))
+        .await
+        .unwrap();
+    open_ticket(&page, &ticket.id).await;
+    wait_for(
+        &page,
+        &format!("{}?.includes('paused')", text_of("[data-testid='waiting']")),
+    )
+    .await;
+    let held = client.get(&ticket.id, None).await.unwrap();
+    assert_eq!(
+        (held.state, held.attempt),
+        (pb::TicketState::Pending as i32, 0),
+        "dispatch stopped"
+    );
+    screenshot(&page, "paused-ticket", 1280).await;
+
+    go(&page, "#/queues").await;
+    click(&page, "tr[data-queue='held'] button.resume").await;
+    wait_for(&page, &format!("{status} === 'active'")).await;
+    assert_eq!(
+        finished(&client, &ticket.id).await.state,
+        pb::TicketState::Succeeded as i32
+    );
+    chromium.close().await;
+    worker.shutdown();
+}
+
+/// Every control that changes something, in any view.
+const ACTIONS: &str = "button.pause, button.resume, button.purge, button.edit-limits, \
+     .bulk button, input[type=checkbox], button.cancel, button.retry, button.delete, \
+     button.drain, button.retry-group";
+
+#[tokio::test]
+async fn a_viewer_sees_no_action_anywhere_and_a_forged_call_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = gateway(&dir).await;
+    let worker = gateway
+        .worker("jobs")
+        .api_key(ADMIN)
+        .unwrap()
+        .handler(handler_fn(|task: TaskContext| async move {
+            if task.json().is_some_and(|v| v == json!("fail")) {
+                Err(TaskError::fatal("no such customer"))
+            } else {
+                Ok(asyncgate_tests::json(json!({"secret": "s3cr3t"})))
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let client = admin_client(&gateway).await;
+    let ok = client
+        .submit(Submit::new("jobs").json(json!("ok")))
+        .await
+        .unwrap();
+    let failed = client
+        .submit(Submit::new("jobs").json(json!("fail")))
+        .await
+        .unwrap();
+    finished(&client, &ok.id).await;
+    finished(&client, &failed.id).await;
+    // A pending ticket a viewer might want to cancel.
+    let pending = client
+        .submit(Submit::new("no-workers").json(json!({})))
+        .await
+        .unwrap();
+
+    let chromium = Chromium::launch().await;
+    let page = open(&chromium, &gateway, VIEWER).await;
+    for (hash, loaded) in [
+        ("#/overview", "document.querySelector('.card') !== null"),
+        (
+            "#/queues",
+            "document.querySelector('table.queues') !== null",
+        ),
+        (
+            "#/tickets",
+            "document.querySelectorAll('table.tickets tbody tr').length === 3",
+        ),
+        (
+            "#/workers",
+            "document.querySelector('table.workers') !== null",
+        ),
+        ("#/dead-letter", "document.querySelector('.group') !== null"),
+    ] {
+        go(&page, hash).await;
+        wait_for(&page, loaded).await;
+        assert_eq!(
+            eval(
+                &page,
+                &format!("document.querySelectorAll({ACTIONS:?}).length")
+            )
+            .await,
+            json!(0),
+            "{hash}: a viewer sees no action"
+        );
+    }
+    for id in [&pending.id, &failed.id, &ok.id] {
+        open_ticket(&page, id).await;
+        wait_for(&page, "document.querySelector('.timeline') !== null").await;
+        assert_eq!(
+            eval(
+                &page,
+                &format!("document.querySelectorAll({ACTIONS:?}).length")
+            )
+            .await,
+            json!(0),
+            "ticket {id}: a viewer sees no cancel, retry or delete"
+        );
+    }
+    // The succeeded ticket's result is not shown to this key.
+    wait_for(
+        &page,
+        "document.body.innerText.includes('may not see payloads')",
+    )
+    .await;
+    assert_eq!(
+        eval(&page, "document.body.innerText.includes('s3cr3t')").await,
+        json!(false)
+    );
+    screenshot(&page, "viewer-ticket-hidden", 390).await;
+
+    // A forged PauseQueue from the viewer's page, with the viewer's key, as
+    // gRPC-Web: refused with PERMISSION_DENIED (7); the queue runs on.
+    let status = eval(
+        &page,
+        r#"(async () => {
+            const body = new Uint8Array([0, 0, 0, 0, 6, 0x0a, 0x04, 0x6a, 0x6f, 0x62, 0x73]);
+            const r = await fetch("/asyncgate.v1.Admin/PauseQueue", {
+                method: "POST",
+                headers: {
+                    "content-type": "application/grpc-web+proto",
+                    "x-grpc-web": "1",
+                    authorization: "Bearer " + sessionStorage.getItem("asyncgate.apiKey"),
+                },
+                body,
+            });
+            return r.headers.get("grpc-status") ?? new TextDecoder().decode(await r.arrayBuffer());
+        })()"#,
+    )
+    .await;
+    assert!(
+        status.as_str().unwrap().contains('7'),
+        "PERMISSION_DENIED: {status}"
+    );
+    let queue = client.admin().get_queue("jobs").await.unwrap();
+    assert!(queue.pause.is_none(), "the forged pause did nothing");
+    chromium.close().await;
+    worker.shutdown();
+}
