@@ -1,7 +1,7 @@
 // A time-series chart (uPlot): created once, fed new data in place, sized
 // to its container. Colours come from the page's CSS variables so it reads
 // in light and dark.
-import { useEffect, useRef } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 
@@ -17,12 +17,27 @@ function resolve(color: string, el: Element): string {
   return v ? getComputedStyle(el).getPropertyValue(v[1]).trim() || "#888" : color;
 }
 
+/** "dark" or "light", following the system as it changes. */
+function useScheme(): string {
+  const query = matchMedia("(prefers-color-scheme: dark)");
+  const [dark, setDark] = useState(query.matches);
+  useEffect(() => {
+    const changed = () => setDark(query.matches);
+    query.addEventListener("change", changed);
+    return () => query.removeEventListener("change", changed);
+  }, []);
+  return dark ? "dark" : "light";
+}
+
 export function Chart({
   title,
   format,
   series,
   data,
+  points = false,
 }: {
+  /** Draw each value as a point too (sparse series: a lone bucket shows). */
+  points?: boolean;
   title: string;
   /** A value as the axis and legend show it. */
   format: (v: number) => string;
@@ -32,6 +47,9 @@ export function Chart({
 }) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
+  const latest = useRef(data);
+  latest.current = data;
+  const scheme = useScheme();
 
   useEffect(() => {
     const el = box.current!;
@@ -60,13 +78,12 @@ export function Chart({
           width: 1.5,
           dash: s.dash,
           spanGaps: false,
-          // A lone bucket between quiet ones is a point, not an invisible line.
-          points: { show: true, size: 4 },
+          points: { show: points, size: 4 },
           value: (_u: uPlot, v: number | null) => (v == null ? "–" : format(v)),
         })),
       ],
     };
-    plot.current = new uPlot(opts, data as uPlot.AlignedData, el);
+    plot.current = new uPlot(opts, latest.current as uPlot.AlignedData, el);
     const resize = new ResizeObserver(() => {
       plot.current?.setSize({ width: el.clientWidth, height: 160 });
     });
@@ -76,9 +93,9 @@ export function Chart({
       plot.current?.destroy();
       plot.current = null;
     };
-    // Built once per chart; data flows in below.
+    // Built once per chart and colour scheme; data flows in below.
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, []);
+  }, [scheme]);
 
   useEffect(() => {
     plot.current?.setData(data as uPlot.AlignedData);

@@ -67,6 +67,7 @@ function QueueCard({ queue, nowS }: { queue: QueueInfo; nowS: number }) {
       <Chart
         title={`${queue.name}: latency`}
         format={span}
+        points
         series={[
           { label: "wait p50", color: "var(--accent)" },
           { label: "wait p95", color: "var(--accent)", dash: [4, 4] },

@@ -5,19 +5,22 @@
 //! connections); a failed ticket shows in the dead-letter view and Retry
 //! brings it back to SUCCEEDED; Pause holds a ticket whose reason says so;
 //! a viewer key sees no action anywhere and a call forged from its page is
-//! refused. Every wait is on a DOM condition. Screenshots go to
+//! refused; over TLS the page speaks HTTP/2 to the gateway. Every wait is
+//! on a DOM condition. Screenshots go to
 //! `target/dashboard-screenshots/`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chromiumoxide::Page;
+use chromiumoxide::cdp::browser_protocol::emulation::{MediaFeature, SetEmulatedMediaParams};
+use chromiumoxide::cdp::browser_protocol::security::SetIgnoreCertificateErrorsParams;
 use serde_json::json;
 
 use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
 use asyncgate_client::{Client, Submit, pb};
 use asyncgate_server::auth::digest_hex;
-use asyncgate_tests::{Gate, TestGateway, fast_config, finished};
+use asyncgate_tests::{Gate, TestGateway, TestPki, fast_config, finished};
 
 use crate::browser::{Chromium, eval, wait_for};
 use crate::dashboard::{log_in, open_ticket, screenshot, text_of};
@@ -161,6 +164,20 @@ async fn tickets_appear_without_a_reload_and_eight_are_followed_live_on_one_stre
     )
     .await;
     screenshot(&page, "overview", 1280).await;
+    // Dark, when the system asks for it.
+    page.execute(
+        SetEmulatedMediaParams::builder()
+            .features(vec![MediaFeature::new("prefers-color-scheme", "dark")])
+            .build(),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &page,
+        "getComputedStyle(document.documentElement).backgroundColor === 'rgb(21, 23, 27)'",
+    )
+    .await;
+    screenshot(&page, "overview-dark", 1280).await;
     chromium.close().await;
     worker.shutdown();
 }
@@ -420,6 +437,70 @@ async fn a_viewer_sees_no_action_anywhere_and_a_forged_call_is_refused() {
     );
     let queue = client.admin().get_queue("jobs").await.unwrap();
     assert!(queue.pause.is_none(), "the forged pause did nothing");
+    chromium.close().await;
+    worker.shutdown();
+}
+
+#[tokio::test]
+async fn over_tls_the_page_speaks_http2_and_follows_tickets() {
+    let pki = TestPki::generate();
+    let gateway = TestGateway::start_with(asyncgate_server::Config {
+        dashboard: true,
+        tls: Some(pki.server_files(false)),
+        ..fast_config()
+    })
+    .await;
+    assert!(gateway.url().starts_with("https://"));
+    let worker = gateway
+        .worker("secure")
+        .tls(pki.client_tls(false))
+        .handler(handler_fn(|task: TaskContext| async move {
+            Ok(task.payload().clone())
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let client = Client::connect_with_tls(gateway.url(), &pki.client_tls(false))
+        .await
+        .unwrap();
+    // The test's CA is not in the browser's store: certificate errors are
+    // waved through for this browser only (DevTools' Security domain).
+    let chromium = Chromium::launch().await;
+    let page = chromium.browser.new_page("about:blank").await.unwrap();
+    page.execute(SetIgnoreCertificateErrorsParams::new(true))
+        .await
+        .unwrap();
+    page.goto(format!("{}/dashboard/", gateway.url()))
+        .await
+        .unwrap();
+    // No keys file: the empty key logs in as the anonymous admin.
+    log_in(&page, "").await;
+    assert_eq!(
+        eval(
+            &page,
+            "performance.getEntriesByType('navigation')[0].nextHopProtocol"
+        )
+        .await,
+        json!("h2")
+    );
+    go(&page, "#/tickets?queue=secure").await;
+    wait_for(&page, "document.querySelector('table.tickets') !== null").await;
+    let ticket = client
+        .submit(Submit::new("secure").json(json!({"tls": true})))
+        .await
+        .unwrap();
+    finished(&client, &ticket.id).await;
+    wait_for(&page, &format!("{} === 1", rows("SUCCEEDED", false))).await;
+    // The API calls went over HTTP/2 too.
+    let protocols = eval(
+        &page,
+        "[...new Set(performance.getEntriesByType('resource')\
+            .filter((e) => e.name.includes('/asyncgate.v1.'))\
+            .map((e) => e.nextHopProtocol))]",
+    )
+    .await;
+    assert_eq!(protocols, json!(["h2"]));
+    screenshot(&page, "tls-tickets", 1280).await;
     chromium.close().await;
     worker.shutdown();
 }
