@@ -306,7 +306,75 @@ async fn pause_holds_a_ticket_whose_waiting_reason_says_paused() {
     );
     screenshot(&page, "paused-ticket", 1280).await;
 
+    // Two more held tickets, cancelled together from the list.
+    let mut extra = Vec::new();
+    for n in 0..2 {
+        let t = client
+            .submit(
+                Submit::new("held")
+                    .json(json!({ "extra": n }))
+                    .metadata("batch", "b7"),
+            )
+            .await
+            .unwrap();
+        extra.push(t.id);
+    }
+    go(&page, "#/tickets?queue=held&meta=batch%3Db7").await;
+    wait_for(&page, &format!("{} === 2", rows("PENDING", false))).await;
+    for id in &extra {
+        click(&page, &format!("input[aria-label='Select ticket {id}']")).await;
+    }
+    click(&page, "button.bulk-cancel").await;
+    wait_for(
+        &page,
+        "document.querySelector('[role=status]')?.textContent === '2 cancelled'",
+    )
+    .await;
+    for id in &extra {
+        let t = client.get(id, None).await.unwrap();
+        assert_eq!(t.state, pb::TicketState::Cancelled as i32);
+        assert!(t.error.unwrap().message.contains("by ops"), "who cancelled");
+    }
+
+    // Limits, edited in the Queues view.
     go(&page, "#/queues").await;
+    click(&page, "tr[data-queue='held'] button.edit-limits").await;
+    let field = "form.limits input[type=number]:nth-of-type(1)";
+    wait_for(
+        &page,
+        &format!("document.querySelector({field:?}) !== null"),
+    )
+    .await;
+    let running = page
+        .find_elements("form.limits input[type=number]")
+        .await
+        .unwrap()
+        .remove(2);
+    eval(
+        &page,
+        "document.querySelectorAll('form.limits input')[2].value = ''",
+    )
+    .await;
+    running.click().await.unwrap();
+    running.type_str("4").await.unwrap();
+    click(&page, "form.limits button[type=submit]").await;
+    wait_for(
+        &page,
+        &format!(
+            "{}?.includes('≤ 4 running')",
+            text_of("tr[data-queue='held']")
+        ),
+    )
+    .await;
+    let limits = client
+        .admin()
+        .get_queue("held")
+        .await
+        .unwrap()
+        .limits
+        .unwrap();
+    assert_eq!(limits.max_concurrent, 4);
+
     click(&page, "tr[data-queue='held'] button.resume").await;
     wait_for(&page, &format!("{status} === 'active'")).await;
     assert_eq!(
