@@ -16,6 +16,7 @@ mod durable;
 mod grpc_web;
 mod grpcurl;
 mod hostile;
+mod http_targets;
 mod lifecycle;
 mod limits;
 mod list;
