@@ -4,7 +4,7 @@
 //! id, attempt and deadline arrive as headers; 503 is retried (after its
 //! `Retry-After`), 400 and redirects fail at once; a cancel closes the
 //! call's connection; `max_per_second` paces calls; HTTPS with a private CA
-//! and a client certificate.
+//! and a client certificate; a waiting ticket's reason names the target.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,6 +35,10 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Told when a "/hold" call has arrived.
+    held: Arc<tokio::sync::Notify>,
+    /// Releases the "/hold" calls.
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
@@ -62,6 +66,10 @@ impl Upstream {
             *response.status_mut() = status;
             response
         };
+        if path == "/hold" {
+            self.held.notify_one();
+            self.release.notified().await;
+        }
         let mut response = match (path.as_str(), calls) {
             ("/echo", _) => {
                 let mut response = reply(StatusCode::OK, body);
@@ -400,4 +408,73 @@ async fn an_https_target_with_a_private_ca_and_a_client_certificate() {
         "{error:?}"
     );
     assert_eq!(upstream.seen("/echo").len(), 1);
+}
+
+#[tokio::test]
+async fn a_waiting_ticket_names_its_target() {
+    use futures::StreamExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = Upstream::default();
+    serve(listener, upstream.clone(), None);
+    let gateway = gateway_for(&[
+        format!("hold=http://{addr}/hold?max_concurrent=1"),
+        format!("later=http://{addr}/later"),
+    ])
+    .await;
+    let client = gateway.client().await;
+
+    // The target's one call is in flight: the next ticket waits for it.
+    let first = client.submit(Submit::new("hold").build()).await.unwrap();
+    upstream.held.notified().await;
+    let second = client.submit(Submit::new("hold").build()).await.unwrap();
+    let waiting = client.get(&second.id, None).await.unwrap();
+    let reason = waiting.waiting_reason.unwrap();
+    assert_eq!(
+        reason.kind,
+        pb::WaitingReasonKind::Limited as i32,
+        "{reason:?}"
+    );
+    assert!(
+        reason.description.starts_with(&format!(
+            "waiting for target http://{addr}/hold (1 calls in flight, its max_concurrent)"
+        )),
+        "{reason:?}"
+    );
+    let running = client.get(&first.id, None).await.unwrap();
+    let leased = running.waiting_reason.unwrap();
+    assert!(
+        leased
+            .description
+            .contains(&format!("target http://{addr}/hold")),
+        "{leased:?}"
+    );
+    upstream.release.notify_waiters();
+
+    // After the upstream's 503 (Retry-After: 1) the ticket waits to retry.
+    let later = client.submit(Submit::new("later").build()).await.unwrap();
+    let mut events = client.watch(&later.id, None).await.unwrap();
+    let backoff = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            let reason = event.unwrap().ticket.and_then(|t| t.waiting_reason);
+            if let Some(reason) = reason.filter(|r| r.kind == pb::WaitingReasonKind::Backoff as i32)
+            {
+                return reason;
+            }
+        }
+        panic!("the watch ended before a backoff")
+    })
+    .await
+    .expect("a backoff within 10 s");
+    assert!(
+        backoff.description.starts_with(
+            "retrying after target error (attempt 1 of 3): the target answered HTTP 503 Service Unavailable: warming up"
+        ),
+        "{backoff:?}"
+    );
+    assert!(
+        backoff
+            .description
+            .contains(&format!("target http://{addr}/later is called again at"))
+    );
 }

@@ -173,6 +173,7 @@ mod tests {
             workers: usize::MAX,
             scoped_names: true,
             flow: Some(&flow),
+            target: None,
         };
         let item = pb::SubmitBatchResult {
             ticket: Some(convert::ticket_to_pb(&ticket, context)),
