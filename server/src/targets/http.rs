@@ -204,10 +204,14 @@ fn tls_config(target: &TargetSetting) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
-/// The body and its content type: a binary payload as it is, a JSON one as
-/// its JSON text (`application/json`).
+/// The body and its content type: a binary payload as it is (its content
+/// type, else `application/octet-stream`), a JSON one as its JSON text
+/// (`application/json`).
 fn request_body(payload: &Payload) -> Result<(Bytes, String), String> {
     match &payload.kind {
+        Some(Kind::Binary(bytes)) if payload.content_type.is_empty() => {
+            Ok((bytes.clone(), "application/octet-stream".into()))
+        }
         Some(Kind::Binary(bytes)) => Ok((bytes.clone(), payload.content_type.clone())),
         Some(Kind::Json(value)) => {
             let value = value
@@ -267,21 +271,23 @@ fn transport_failure(error: &reqwest::Error) -> Outcome {
 
 /// A 2xx body, refused (not buffered further) once it passes `max` bytes.
 async fn read_bounded(response: &mut reqwest::Response, max: usize) -> Result<Bytes, Outcome> {
-    let too_large = |size: String| {
+    let too_large = |size: &str| {
         failure(
             Code::ResourceExhausted as i32,
-            format!("the target's answer is {size} bytes, above --max-payload-bytes ({max})"),
+            format!(
+                "the target's answer is {size} bytes, above --max-payload-bytes ({max}); it was not kept"
+            ),
             false,
         )
     };
     if let Some(length) = response.content_length().filter(|n| *n > max as u64) {
-        return Err(too_large(length.to_string()));
+        return Err(too_large(&length.to_string()));
     }
     let mut body = BytesMut::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) if body.len() + chunk.len() > max => {
-                return Err(too_large("more than that".into()));
+                return Err(too_large(&format!("over {max}")));
             }
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
             Ok(None) => return Ok(body.freeze()),
@@ -453,6 +459,37 @@ mod tests {
         assert!(
             matches!(payload.kind, Some(Kind::Binary(_))),
             "too deep: kept as bytes"
+        );
+    }
+
+    #[test]
+    fn payloads_become_bodies_with_a_content_type() {
+        let binary = |content_type: &str| Payload {
+            kind: Some(Kind::Binary(Bytes::from_static(b"\x01\x02"))),
+            content_type: content_type.into(),
+        };
+        assert_eq!(
+            request_body(&binary("")).unwrap(),
+            (
+                Bytes::from_static(b"\x01\x02"),
+                "application/octet-stream".into()
+            )
+        );
+        assert_eq!(request_body(&binary("image/png")).unwrap().1, "image/png");
+        let value = json_to_proto(serde_json::json!({"id": 7, "tags": ["a"], "x": 1.5}));
+        let json = Payload {
+            kind: Some(Kind::Json(JsonValue::from_value(&value))),
+            content_type: String::new(),
+        };
+        let (body, content_type) = request_body(&json).unwrap();
+        assert_eq!(content_type, "application/json");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"id": 7, "tags": ["a"], "x": 1.5})
+        );
+        assert_eq!(
+            request_body(&Payload::default()).unwrap(),
+            (Bytes::new(), String::new())
         );
     }
 

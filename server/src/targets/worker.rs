@@ -225,3 +225,40 @@ pub(super) fn failure(code: i32, message: String, retryable: bool) -> Outcome {
         retryable,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_calls_evenly_and_lets_an_idle_one_through() {
+        let pacer = Arc::new(Pacer::new(5));
+        let start = Instant::now();
+        let waits: Vec<_> = (0..4)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move {
+                    pacer.wait().await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        let mut started = Vec::new();
+        for wait in waits {
+            started.push(wait.await.unwrap() - start);
+        }
+        started.sort();
+        assert_eq!(
+            started,
+            [0, 200, 400, 600].map(Duration::from_millis),
+            "one call per 200 ms"
+        );
+        // After a quiet second, a call goes at once (no burst is saved up).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = Instant::now();
+        pacer.wait().await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        pacer.wait().await;
+        assert_eq!(before.elapsed(), Duration::from_millis(200));
+    }
+}

@@ -478,3 +478,73 @@ async fn a_waiting_ticket_names_its_target() {
             .contains(&format!("target http://{addr}/later is called again at"))
     );
 }
+
+#[tokio::test]
+async fn an_answer_over_the_payload_limit_is_refused_without_buffering_it() {
+    // A raw upstream: "/sized" announces 10 MB and sends nothing; "/endless"
+    // streams chunks until its connection closes, then reports how much it
+    // wrote.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (written_tx, mut written) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let written_tx = written_tx.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                if request.starts_with(b"POST /sized ") {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\n";
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.read(&mut buffer).await;
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+                let mut total = 0usize;
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {
+                    total += 1024;
+                }
+                let _ = written_tx.send(total);
+            });
+        }
+    });
+    let gateway = TestGateway::start_with(Config {
+        targets: vec![
+            parse_target(&format!("sized=http://{addr}/sized")).unwrap(),
+            parse_target(&format!("endless=http://{addr}/endless")).unwrap(),
+        ],
+        max_payload_bytes: 64 * 1024,
+        ..fast_config()
+    })
+    .await;
+    let client = gateway.client().await;
+    for (queue, size) in [("sized", "10000000"), ("endless", "over 65536")] {
+        let done = finish(&client, Submit::new(queue).build()).await;
+        assert_eq!(
+            (done.state, done.attempt),
+            (pb::TicketState::Failed as i32, 1)
+        );
+        let error = done.error.unwrap();
+        assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+        assert!(
+            error.message.contains(&format!(
+                "is {size} bytes, above --max-payload-bytes (65536)"
+            )),
+            "{error:?}"
+        );
+    }
+    let total = tokio::time::timeout(Duration::from_secs(10), written.recv())
+        .await
+        .expect("the gateway closes the endless answer")
+        .unwrap();
+    assert!(total < 32 << 20, "{total} bytes written before the close");
+}
