@@ -3,9 +3,10 @@
 //! as a call to the target (the attempt's deadline as the call's timeout,
 //! the ticket's metadata as request metadata or headers), paced by its
 //! `max_per_second`, reports the reply or the error, and drops a call whose
-//! lease is revoked (cancel, expiry). Leases, fencing, retries and redelivery are the session's, so a
-//! target queue's tickets behave as a worker's do; on Redis only the
-//! replica holding an attempt's lease calls the target for it.
+//! lease is revoked (cancel, expiry). Leases, fencing, retries and
+//! redelivery are the session's, so a target queue's tickets behave as a
+//! worker's do; on Redis only the replica holding an attempt's lease calls
+//! the target for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -89,8 +90,12 @@ impl Caller {
 /// a burst of tickets is spread out rather than sent at once.
 struct Pacer {
     interval: Duration,
-    /// When the next call may start; held only to book a slot, never
-    /// across the wait.
+    /// One caller at a time waits for the next slot, in arrival order; a
+    /// caller dropped while it waits (its ticket cancelled) leaves the slot
+    /// to the next one rather than using it up.
+    turn: tokio::sync::Semaphore,
+    /// When the next call may start (only touched by the turn's holder,
+    /// never locked across the wait).
     next: Mutex<Instant>,
 }
 
@@ -98,19 +103,21 @@ impl Pacer {
     fn new(per_second: u32) -> Self {
         Self {
             interval: Duration::from_secs(1) / per_second.max(1),
+            turn: tokio::sync::Semaphore::new(1),
             next: Mutex::new(Instant::now()),
         }
     }
 
-    /// Books the next free slot and waits for it.
+    /// Waits for the next free slot and takes it.
     async fn wait(&self) {
-        let slot = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
+        // The semaphore is never closed.
+        let Ok(_turn) = self.turn.acquire().await else {
+            return;
         };
+        let slot = *self.next.lock().unwrap_or_else(|p| p.into_inner());
         tokio::time::sleep_until(slot).await;
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) =
+            Instant::now().max(slot) + self.interval;
     }
 }
 
@@ -260,5 +267,11 @@ mod tests {
         assert_eq!(before.elapsed(), Duration::ZERO);
         pacer.wait().await;
         assert_eq!(before.elapsed(), Duration::from_millis(200));
+        // A wait given up (its ticket cancelled) does not use a slot.
+        let given_up = tokio::time::timeout(Duration::from_millis(50), pacer.wait()).await;
+        assert!(given_up.is_err(), "it was still waiting");
+        let before = Instant::now();
+        pacer.wait().await;
+        assert_eq!(before.elapsed(), Duration::from_millis(150));
     }
 }
