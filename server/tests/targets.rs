@@ -176,25 +176,30 @@ async fn a_header_from_the_environment_reaches_the_target_and_never_the_logs() {
     let target = format!("hook=http://{addr}/hook?header_env=authorization:{VAR}");
     let binary = env!("CARGO_BIN_EXE_asyncgate-server");
 
-    // A missing variable stops the start (exit 64), naming it.
-    let missing = std::process::Command::new(binary)
-        .args(["--store", "memory", "--target", &target])
-        .env_remove(VAR)
-        .output()
-        .unwrap();
-    assert_eq!(missing.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&missing.stderr);
+    // A missing variable stops the start (exit 64), naming it; so does an
+    // unreadable CA file, naming the file. (Bounded: a start that went on
+    // would serve on an ephemeral port until killed.)
+    let refused = |args: Vec<String>| async move {
+        let run = tokio::process::Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+            .args(&args)
+            .env_remove(VAR)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the gateway stops at once")
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = refused(vec!["--target".into(), target.clone()]).await;
     assert!(stderr.contains(&format!("{VAR} is not set")), "{stderr}");
-    // So does an unreadable CA file, naming the file.
-    let unreadable = std::process::Command::new(binary)
-        .args(["--store", "memory", "--target"])
-        .arg(format!(
-            "hook=https://{addr}/hook?ca_file=/nonexistent/ca.pem"
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(unreadable.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&unreadable.stderr);
+    let stderr = refused(vec![
+        "--target".into(),
+        format!("hook=https://{addr}/hook?ca_file=/nonexistent/ca.pem"),
+    ])
+    .await;
     assert!(
         stderr.contains("ca_file=/nonexistent/ca.pem: cannot read it"),
         "{stderr}"
