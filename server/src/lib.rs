@@ -28,7 +28,8 @@
 //! - [`schedules`]: tickets the gateway submits itself on a cron expression
 //!   or interval (`asyncgate.v1.Schedules`), each slot once.
 //! - [`targets`]: target queues, worked by the gateway itself by calling an
-//!   existing unary gRPC method per ticket (an in-process worker session).
+//!   existing unary gRPC method or HTTP endpoint per ticket (an in-process
+//!   worker session).
 //! - [`timers`]: the timer loop, which is also the store's health probe
 //!   behind `grpc.health.v1`.
 //! - [`error`]: `GatewayError` and its one mapping to `tonic::Status`.

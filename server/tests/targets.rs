@@ -1,7 +1,9 @@
 //! Target queues with the real `asyncgate-server` binary: three replicas on
 //! one Redis call the upstream once per attempt, and a `kill -9` of a
 //! durable gateway during a call leaves a ticket that is called again
-//! after the restart and recorded once.
+//! after the restart and recorded once; an HTTP target's `header_env`
+//! header reaches the upstream but never the logs or `--print-config`, and
+//! a missing variable or unreadable file stops the start (exit 64).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -127,4 +129,139 @@ async fn a_kill_nine_during_a_target_call_calls_again_and_records_once() {
     upstream.release.notify_waiters();
     let again = client.get(&id, None).await.unwrap();
     assert_eq!((again.seq, again.result), (done.seq, done.result));
+}
+
+/// An HTTP upstream that sends each request's `authorization` header to
+/// the channel returned and answers 200.
+async fn http_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use http_body_util::Full;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                let authorization = request
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = seen.send(authorization);
+                async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        bytes::Bytes::from("ok"),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_from_the_environment_reaches_the_target_and_never_the_logs() {
+    const VAR: &str = "ASYNCGATE_TEST_TARGET_TOKEN";
+    const SECRET: &str = "Bearer s3cr3t-7f1c9a2e";
+    let (addr, mut received) = http_upstream().await;
+    let target = format!("hook=http://{addr}/hook?header_env=authorization:{VAR}");
+    let binary = env!("CARGO_BIN_EXE_asyncgate-server");
+
+    // A missing variable stops the start (exit 64), naming it; so does an
+    // unreadable CA file, naming the file. (Bounded: a start that went on
+    // would serve on an ephemeral port until killed.)
+    let refused = |args: Vec<String>| async move {
+        let run = tokio::process::Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+            .args(&args)
+            .env_remove(VAR)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the gateway stops at once")
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = refused(vec!["--target".into(), target.clone()]).await;
+    assert!(stderr.contains(&format!("{VAR} is not set")), "{stderr}");
+    let stderr = refused(vec![
+        "--target".into(),
+        format!("hook=https://{addr}/hook?ca_file=/nonexistent/ca.pem"),
+    ])
+    .await;
+    assert!(
+        stderr.contains("ca_file=/nonexistent/ca.pem: cannot read it"),
+        "{stderr}"
+    );
+
+    // --print-config names the variable, never its value.
+    let printed = std::process::Command::new(binary)
+        .args(["--print-config", "--store", "memory", "--target", &target])
+        .env(VAR, SECRET)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let stdout = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        stdout.contains(&format!("header_env=authorization:{VAR}")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cr3t"), "{stdout}");
+
+    let port = free_port();
+    let mut gateway = tokio::process::Command::new(binary)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            "memory",
+        ])
+        .args(["--target", &target])
+        .env(VAR, SECRET)
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read as it comes, so that a full pipe never blocks the gateway.
+    let mut stderr = gateway.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut logs = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut logs)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&logs).into_owned()
+    });
+    let client = Client::connect_lazy(format!("http://127.0.0.1:{port}")).unwrap();
+    wait_until_serving(&client).await;
+    let id = client
+        .submit(Submit::new("hook").metadata("team", "shop").build())
+        .await
+        .unwrap()
+        .id;
+    let done = common::finished(&client, &id).await;
+    assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
+    assert_eq!(received.recv().await.unwrap(), SECRET, "the header arrives");
+
+    gateway.start_kill().unwrap();
+    gateway.wait().await.unwrap();
+    let logs = logs.await.unwrap();
+    assert!(
+        logs.lines().count() > 10,
+        "the gateway logged at trace level:\n{logs}"
+    );
+    assert!(!logs.contains("s3cr3t"), "the secret is logged:\n{logs}");
 }

@@ -253,10 +253,13 @@ pub struct Cli {
     pub queue_limits: Vec<QueueLimitsSetting>,
     /// A target queue: the gateway itself works QUEUE's tickets by calling
     /// an existing unary gRPC method with each ticket's binary payload (the
-    /// encoded request message) and recording the reply's bytes as the
-    /// result: `QUEUE=grpc://HOST:PORT/package.Service/Method` (`grpcs://`
-    /// for TLS), optionally `?max_concurrent=N` (default 64). Repeat for
-    /// several queues (`;` between them in the environment variable).
+    /// encoded request message), or POSTing the payload to an HTTP
+    /// endpoint, and recording the reply as the result:
+    /// `QUEUE=grpc://HOST:PORT/package.Service/Method` (`grpcs://` for TLS)
+    /// or `QUEUE=http://HOST:PORT/path` (`https://`), optionally
+    /// `?max_concurrent=N&max_per_second=N&retry_on=CODES&header_env=NAME:ENVVAR&ca_file=PATH&cert_file=PATH&key_file=PATH`.
+    /// Repeat for several queues (`;` between them in the environment
+    /// variable).
     #[arg(
         long = "target",
         env = "ASYNCGATE_TARGETS",

@@ -335,6 +335,9 @@ pub struct WaitContext<'a> {
     pub flow: Option<&'a crate::engine::QueueFlow>,
     /// The viewer may not see payloads: the result is left out.
     pub hide_payloads: bool,
+    /// The target that works its queue (`--target`), if any: a waiting
+    /// ticket then waits for that upstream, which the reason names.
+    pub target: Option<&'a crate::targets::TargetSetting>,
 }
 
 /// A ticket's queue as the viewer of `context` names it.
@@ -363,6 +366,38 @@ fn scheduled_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Wai
     })
 }
 
+/// A ticket waiting out its retry backoff (or a target's pushback).
+fn backoff_reason(
+    ticket: &Ticket,
+    context: WaitContext<'_>,
+    until: SystemTime,
+) -> pb::WaitingReason {
+    let last = ticket.error.as_ref();
+    let error = last.map_or("unknown error", |e| e.message.as_str());
+    let description = match context.target {
+        Some(target) => format!(
+            "retrying after target error (attempt {} of {}): {error}; target {} is called again at {}",
+            ticket.attempt,
+            ticket.max_attempts,
+            target.url(),
+            rfc3339(until),
+        ),
+        None => format!(
+            "in retry backoff until {} after attempt {} of {} failed: {error}",
+            rfc3339(until),
+            ticket.attempt,
+            ticket.max_attempts,
+        ),
+    };
+    pb::WaitingReason {
+        kind: pb::WaitingReasonKind::Backoff as i32,
+        description,
+        until: Some(time::timestamp(until)),
+        last_error: last.map(error_to_pb),
+        ..Default::default()
+    }
+}
+
 /// Explains why a ticket is not done (None once terminal).
 fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::WaitingReason> {
     match ticket.state {
@@ -373,20 +408,7 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Waiti
             if let Some(until) = ticket.not_before
                 && until > SystemTime::now()
             {
-                let last = ticket.error.as_ref();
-                return Some(pb::WaitingReason {
-                    kind: pb::WaitingReasonKind::Backoff as i32,
-                    description: format!(
-                        "in retry backoff until {} after attempt {} of {} failed: {}",
-                        rfc3339(until),
-                        ticket.attempt,
-                        ticket.max_attempts,
-                        last.map_or("unknown error", |e| e.message.as_str())
-                    ),
-                    until: Some(time::timestamp(until)),
-                    last_error: last.map(error_to_pb),
-                    ..Default::default()
-                });
+                return Some(backoff_reason(ticket, context, until));
             }
             if let Some(pause) = context.flow.and_then(|flow| flow.pause.as_ref()) {
                 return Some(pb::WaitingReason {
@@ -423,6 +445,11 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Waiti
                     last_error: ticket.error.as_ref().map(error_to_pb),
                     ..Default::default()
                 });
+            }
+            if let Some(target) = context.target
+                && context.workers > 0
+            {
+                return Some(target_reason(ticket, context, target));
             }
             if context.workers == 0 {
                 return Some(pb::WaitingReason {
@@ -475,6 +502,45 @@ fn waiting_reason(ticket: &Ticket, context: WaitContext<'_>) -> Option<pb::Waiti
             })
         }
         _ => None,
+    }
+}
+
+/// A due ticket of a target queue: it waits for a free call to its target
+/// (LIMITED while the target's `max_concurrent` calls are in flight).
+fn target_reason(
+    ticket: &Ticket,
+    context: WaitContext<'_>,
+    target: &crate::targets::TargetSetting,
+) -> pb::WaitingReason {
+    let max = target.options.max_concurrent;
+    let running = context.flow.map(|flow| flow.running);
+    let full = running.is_some_and(|running| running >= u64::from(max));
+    let calls = match running {
+        Some(running) if full => format!("{running} calls in flight, its max_concurrent"),
+        Some(running) => format!("{running} of at most {max} calls in flight"),
+        None => format!("at most {max} calls at once"),
+    };
+    let paced = target
+        .options
+        .max_per_second
+        .map(|n| format!(", paced at {n}/s"))
+        .unwrap_or_default();
+    pb::WaitingReason {
+        kind: if full {
+            pb::WaitingReasonKind::Limited
+        } else {
+            pb::WaitingReasonKind::Queued
+        } as i32,
+        description: format!(
+            "waiting for target {} ({calls}{paced}); {} ticket{} ahead in queue {:?}",
+            target.url(),
+            context.tickets_ahead,
+            if context.tickets_ahead == 1 { "" } else { "s" },
+            queue_seen(ticket, context),
+        ),
+        tickets_ahead: context.tickets_ahead,
+        last_error: ticket.error.as_ref().map(error_to_pb),
+        ..Default::default()
     }
 }
 

@@ -125,6 +125,7 @@ impl Core {
             flow = self.engine.queue_flow(&ticket.queue).await.ok();
             context.flow = flow.as_ref();
             context.workers = self.workers(&ticket.queue).await;
+            context.target = self.target_of(&ticket.queue);
             if is_due(ticket) {
                 context.tickets_ahead = match tickets_ahead {
                     Some(known) => known,
@@ -193,6 +194,7 @@ impl Core {
                 if ticket.state == TicketState::Pending {
                     context.workers = workers.get(&ticket.queue).copied().unwrap_or(0);
                     context.flow = flows.get(&ticket.queue).and_then(Option::as_ref);
+                    context.target = self.target_of(&ticket.queue);
                     if is_due(ticket) {
                         context.tickets_ahead = ahead.get(&ticket.id).copied().unwrap_or(0);
                     }
@@ -200,6 +202,11 @@ impl Core {
                 convert::ticket_to_pb(ticket, context)
             })
             .collect()
+    }
+
+    /// The target working `queue` (`--target`), if any.
+    fn target_of(&self, queue: &QueueName) -> Option<&crate::targets::TargetSetting> {
+        self.config.targets.iter().find(|t| t.queue == *queue)
     }
 
     fn context(&self, viewer: &Caller) -> convert::WaitContext<'static> {

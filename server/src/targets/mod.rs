@@ -1,19 +1,27 @@
 //! Target queues: the gateway itself works a queue's tickets by calling an
-//! existing unary gRPC method with each ticket's payload and recording the
-//! reply as its result, so a service with no worker code sits behind
-//! tickets.
+//! existing unary gRPC method or HTTP endpoint with each ticket's payload
+//! and recording the reply as its result, so a service with no worker code
+//! sits behind tickets.
 //!
 //! # Layout
-//! - `mod.rs`: a target as configured (`--target QUEUE=URL`) and its
-//!   validation.
+//! - `mod.rs`: a target as configured (`--target QUEUE=URL`), printed back
+//!   as it parses; secrets (header values, key files) never printed.
+//! - `setting.rs`: parsing a target's URL and its query options.
 //! - `grpc.rs`: the raw-bytes unary call on a reused HTTP/2 channel.
+//! - `http.rs`: the POST on a reused HTTP/1.1 client.
 //! - `worker.rs`: the in-process worker: a session of the dispatcher like a
 //!   connected worker's (leases, heartbeats, fencing, cancellation and
 //!   redelivery are the same), fed over channels instead of a stream.
 
 mod grpc;
+mod http;
+mod setting;
 mod worker;
 
+use std::fmt;
+use std::ops::RangeInclusive;
+
+pub use setting::parse_target;
 pub(crate) use worker::{Gateway, spawn};
 
 use crate::domain::QueueName;
@@ -21,130 +29,176 @@ use crate::domain::QueueName;
 /// Calls each target runs at once unless its URL says otherwise.
 pub const DEFAULT_TARGET_CONCURRENCY: u32 = 64;
 
-/// One target queue as configured: `QUEUE=grpc://host:port/pkg.Service/Method`
-/// (or `grpcs://`), optionally `?max_concurrent=N`.
+/// How a target is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A unary gRPC method (`grpc://`, `grpcs://`).
+    Grpc,
+    /// An HTTP POST (`http://`, `https://`).
+    Http,
+}
+
+/// One target queue as configured:
+/// `QUEUE=grpc://host:port/pkg.Service/Method` (or `grpcs://`, `http://`,
+/// `https://host:port/path`) with optional `?option=value&…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSetting {
     /// The queue whose tickets the gateway works (as stored).
     pub queue: QueueName,
-    /// `http://host:port` or `https://host:port`.
+    /// gRPC or HTTP.
+    pub protocol: Protocol,
+    /// `http://host:port` or `https://host:port` (TLS).
     pub origin: String,
-    /// `/package.Service/Method`.
-    pub method: String,
-    /// Calls at once.
-    pub max_concurrent: u32,
+    /// gRPC: `/package.Service/Method`; HTTP: the request's path.
+    pub path: String,
+    /// The query options.
+    pub options: TargetOptions,
 }
 
-impl std::fmt::Display for TargetSetting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.origin.starts_with("https://") {
-            "grpcs"
-        } else {
-            "grpc"
+/// A target's query options; each says why it exists in its doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetOptions {
+    /// Calls at once (the session's `max_in_flight`).
+    pub max_concurrent: u32,
+    /// Calls started per second, paced evenly; `None`: unpaced. Tickets
+    /// beyond it wait for their turn rather than fail.
+    pub max_per_second: Option<u32>,
+    /// Which upstream answers are retried, when not the default set.
+    pub retry_on: Option<RetryOn>,
+    /// Static headers (e.g. `authorization`) read from the environment at
+    /// startup, so secrets stay out of config files and command lines.
+    pub headers: Vec<StaticHeader>,
+    /// A private CA to trust instead of the system roots.
+    pub ca_file: Option<PemFile>,
+    /// The client identity for mTLS: certificate chain and private key.
+    pub identity: Option<(PemFile, PemFile)>,
+}
+
+impl Default for TargetOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent: DEFAULT_TARGET_CONCURRENCY,
+            max_per_second: None,
+            retry_on: None,
+            headers: Vec::new(),
+            ca_file: None,
+            identity: None,
+        }
+    }
+}
+
+/// Upstream answers that a new attempt may fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOn {
+    /// gRPC status codes.
+    Codes(Vec<tonic::Code>),
+    /// HTTP statuses: one (`503`) or a class (`5xx`).
+    Statuses(Vec<RangeInclusive<u16>>),
+}
+
+/// A value never printed: Debug and Display show `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `header_env=NAME:ENVVAR`: header `name` with the value of `env` as it
+/// was at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticHeader {
+    /// The header's name, lowercase.
+    pub name: String,
+    /// The environment variable it was read from (printed back instead of
+    /// the value).
+    pub env: String,
+    /// The value: a secret as far as logs are concerned.
+    pub value: Secret<String>,
+}
+
+/// A PEM file read at startup (so a bad path stops the start, naming it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemFile {
+    /// Where it was read from.
+    pub path: String,
+    /// Its contents (a private key among them: never printed).
+    pub pem: Secret<Vec<u8>>,
+}
+
+impl TargetSetting {
+    /// The target's URL without its options, as waiting reasons and logs
+    /// name it (`grpc://host:port/pkg.Service/Method`).
+    pub fn url(&self) -> String {
+        let tls = self.origin.starts_with("https://");
+        let scheme = match (self.protocol, tls) {
+            (Protocol::Grpc, false) => "grpc",
+            (Protocol::Grpc, true) => "grpcs",
+            (Protocol::Http, false) => "http",
+            (Protocol::Http, true) => "https",
         };
         let host = self.origin.split_once("://").map_or("", |(_, h)| h);
+        format!("{scheme}://{host}{}", self.path)
+    }
+}
+
+impl fmt::Display for TargetSetting {
+    /// As it parses, with each header's variable name in place of its
+    /// value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = &self.options;
         write!(
             f,
-            "{}={scheme}://{host}{}?max_concurrent={}",
-            self.queue, self.method, self.max_concurrent
-        )
+            "{}={}?max_concurrent={}",
+            self.queue,
+            self.url(),
+            options.max_concurrent
+        )?;
+        if let Some(n) = options.max_per_second {
+            write!(f, "&max_per_second={n}")?;
+        }
+        if let Some(retry_on) = &options.retry_on {
+            write!(f, "&retry_on={retry_on}")?;
+        }
+        for header in &options.headers {
+            write!(f, "&header_env={}:{}", header.name, header.env)?;
+        }
+        if let Some(ca) = &options.ca_file {
+            write!(f, "&ca_file={}", ca.path)?;
+        }
+        if let Some((cert, key)) = &options.identity {
+            write!(f, "&cert_file={}&key_file={}", cert.path, key.path)?;
+        }
+        Ok(())
     }
 }
 
-/// Parses `QUEUE=grpc://host:port/package.Service/Method[?max_concurrent=N]`.
-pub fn parse_target(text: &str) -> Result<TargetSetting, String> {
-    let form =
-        "QUEUE=grpc://HOST:PORT/package.Service/Method (or grpcs://), optionally ?max_concurrent=N";
-    let (queue, url) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} has no '='; the form is {form}"))?;
-    let queue = QueueName::parse_scoped(queue.trim()).map_err(|e| format!("queue: {e}"))?;
-    let url = url.trim();
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("grpcs://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("grpc://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "{url:?}: a target URL starts with grpc:// or grpcs:// (HTTP targets are not served yet); the form is {form}"
-        ));
-    };
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (host, method) = rest
-        .split_once('/')
-        .ok_or_else(|| format!("{url:?} names no method; the form is {form}"))?;
-    let method = format!("/{method}");
-    let valid_method = method[1..].split_once('/').is_some_and(|(service, name)| {
-        !service.is_empty() && service.contains('.') && !name.is_empty() && !name.contains('/')
-    });
-    if host.is_empty() || !valid_method {
-        return Err(format!(
-            "{url:?}: the method must be /package.Service/Method after HOST:PORT; the form is {form}"
-        ));
-    }
-    let mut max_concurrent = DEFAULT_TARGET_CONCURRENCY;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("max_concurrent", n)) => {
-                max_concurrent = n
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=crate::dispatch::session::MAX_IN_FLIGHT_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "max_concurrent={n:?}: use 1 to {}",
-                            crate::dispatch::session::MAX_IN_FLIGHT_LIMIT
-                        )
-                    })?;
-            }
-            _ => {
-                return Err(format!(
-                    "unknown option {pair:?}; the only one is max_concurrent=N"
-                ));
-            }
-        }
-    }
-    Ok(TargetSetting {
-        queue,
-        origin: format!("{}://{host}", if tls { "https" } else { "http" }),
-        method,
-        max_concurrent,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_parse_and_bad_ones_say_what_to_fix() {
-        let t = parse_target("orders=grpc://127.0.0.1:50052/shop.v1.Orders/Place").unwrap();
-        assert_eq!(
-            (t.queue.as_str(), t.origin.as_str(), t.method.as_str()),
-            ("orders", "http://127.0.0.1:50052", "/shop.v1.Orders/Place")
-        );
-        assert_eq!(t.max_concurrent, DEFAULT_TARGET_CONCURRENCY);
-        let t = parse_target("a/q=grpcs://svc.internal:443/x.Y/Z?max_concurrent=8").unwrap();
-        assert_eq!(
-            (t.origin.as_str(), t.max_concurrent),
-            ("https://svc.internal:443", 8)
-        );
-        assert_eq!(
-            parse_target(&t.to_string()).unwrap(),
-            t,
-            "prints as it parses"
-        );
-        for (bad, needle) in [
-            ("no-equals", "has no '='"),
-            ("q=http://h:1/a.B/C", "starts with grpc://"),
-            ("q=grpc://h:1", "names no method"),
-            ("q=grpc://h:1/Method", "package.Service/Method"),
-            ("q=grpc://h:1/a.B/C?max_concurrent=0", "use 1 to"),
-            ("q=grpc://h:1/a.B/C?retries=3", "unknown option"),
-            ("bad queue=grpc://h:1/a.B/C", "queue:"),
-        ] {
-            let error = parse_target(bad).unwrap_err();
-            assert!(error.contains(needle), "{bad}: {error}");
-        }
+impl fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> = match self {
+            Self::Codes(codes) => codes
+                .iter()
+                .map(|code| setting::grpc_code_name(*code).to_owned())
+                .collect(),
+            Self::Statuses(ranges) => ranges
+                .iter()
+                .map(|range| {
+                    if range.start() == range.end() {
+                        range.start().to_string()
+                    } else {
+                        format!("{}xx", range.start() / 100)
+                    }
+                })
+                .collect(),
+        };
+        f.write_str(&items.join(","))
     }
 }

@@ -17,6 +17,7 @@ mod durable;
 mod grpc_web;
 mod grpcurl;
 mod hostile;
+mod http_targets;
 mod lifecycle;
 mod limits;
 mod list;

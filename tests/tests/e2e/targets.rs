@@ -3,6 +3,9 @@
 //! records the reply; an upstream UNAVAILABLE is retried, INVALID_ARGUMENT
 //! fails the ticket with the upstream's message, a JSON payload is refused
 //! saying what to send, and cancelling a ticket cancels the call in flight.
+//! Over TLS with a private CA and a client certificate, `retry_on` replaces
+//! the retried codes and `header_env` headers reach the upstream, winning
+//! over the ticket's metadata.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,6 +22,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// The upstream: an Echo service that knows nothing of Asyncgate.
 struct Upstream {
     flaky_calls: Arc<AtomicU32>,
+    internal_calls: Arc<AtomicU32>,
     /// When each "pushback" call came.
     pushback_calls: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
     /// Told when a "slow" call is dropped by its caller.
@@ -64,6 +68,9 @@ impl echo::echo_server::Echo for Upstream {
             }
             b"flaky" if self.flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 => {
                 Err(tonic::Status::unavailable("warming up"))
+            }
+            b"internal" if self.internal_calls.fetch_add(1, Ordering::SeqCst) == 0 => {
+                Err(tonic::Status::internal("a hiccup"))
             }
             b"slow" => {
                 let _signal = DropSignal(self.dropped.clone());
@@ -114,6 +121,7 @@ async fn a_grpc_method_serves_a_queue_with_no_worker_code() {
     let pushback_calls = Arc::<std::sync::Mutex<Vec<tokio::time::Instant>>>::default();
     let upstream = Upstream {
         flaky_calls: Arc::default(),
+        internal_calls: Arc::default(),
         pushback_calls: pushback_calls.clone(),
         dropped: dropped_tx,
         started: started_tx,
@@ -196,5 +204,82 @@ async fn a_grpc_method_serves_a_queue_with_no_worker_code() {
         .await
         .expect("the upstream call is dropped")
         .unwrap();
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_grpcs_target_with_a_private_ca_retry_on_and_headers() {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let pki = asyncgate_tests::TestPki::generate();
+    let dir = pki.dir();
+    std::fs::write(dir.join("client.pem"), &pki.client.0).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client.1).unwrap();
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.pem"), read("server.key")))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let (dropped, _) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = Upstream {
+        flaky_calls: Arc::default(),
+        internal_calls: Arc::default(),
+        pushback_calls: Arc::default(),
+        dropped: dropped.clone(),
+        started: dropped,
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(echo::echo_server::EchoServer::new(upstream))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    // An environment variable cargo sets for tests (tests cannot set one).
+    let team = std::env::var("CARGO_PKG_NAME").unwrap();
+    let target = format!(
+        "echo=grpcs://{upstream_addr}/asyncgate.bench.v1.Echo/Echo?retry_on=INTERNAL\
+         &header_env=team:CARGO_PKG_NAME&ca_file={}&cert_file={}&key_file={}",
+        dir.join("ca.pem").display(),
+        dir.join("client.pem").display(),
+        dir.join("client.key").display(),
+    );
+    let gateway = TestGateway::start_with(Config {
+        targets: vec![asyncgate_server::targets::parse_target(&target).unwrap()],
+        ..fast_config()
+    })
+    .await;
+    let client = gateway.client().await;
+    let submit = |text: &str| {
+        Submit::new("echo")
+            .binary(request(text), "application/x-protobuf")
+            .metadata("team", "shop")
+            .build()
+    };
+    let done = finish(&client, submit("hello")).await.unwrap();
+    assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
+    assert_eq!(
+        reply(&done),
+        format!("echo:hello team={team}"),
+        "the header_env header wins over the ticket's metadata"
+    );
+    let internal = finish(&client, submit("internal")).await.unwrap();
+    assert_eq!(
+        (internal.state, internal.attempt),
+        (pb::TicketState::Succeeded as i32, 2),
+        "INTERNAL is retried with retry_on=INTERNAL: {internal:?}"
+    );
+    let flaky = finish(&client, submit("flaky")).await.unwrap();
+    assert_eq!(
+        (flaky.state, flaky.attempt),
+        (pb::TicketState::Failed as i32, 1),
+        "UNAVAILABLE is no longer retried: {flaky:?}"
+    );
+    let error = flaky.error.unwrap();
+    assert_eq!(error.code, tonic::Code::Unavailable as i32);
+    assert!(
+        error.message.contains("UNAVAILABLE: warming up"),
+        "{error:?}"
+    );
     server.abort();
 }

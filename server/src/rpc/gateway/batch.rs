@@ -174,6 +174,7 @@ mod tests {
             scoped_names: true,
             flow: Some(&flow),
             hide_payloads: false,
+            target: None,
         };
         let item = pb::SubmitBatchResult {
             ticket: Some(convert::ticket_to_pb(&ticket, context)),
