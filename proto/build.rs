@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "asyncgate/v1/workers.proto",
         "asyncgate/v1/admin.proto",
         "asyncgate/v1/schedules.proto",
+        "asyncgate/v1/callbacks.proto",
         "asyncgate/bench/v1/echo.proto",
         // Vendored from googleapis (see google/README.md); protox brings the
         // google/protobuf/* well-known types itself.

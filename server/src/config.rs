@@ -163,6 +163,8 @@ pub struct Config {
     pub targets: Vec<crate::targets::TargetSetting>,
     /// Schedules one tenant may keep (`--max-schedules-per-tenant`).
     pub max_schedules_per_tenant: u64,
+    /// Completion callbacks (`--callback-*`).
+    pub callbacks: crate::callbacks::CallbackSettings,
 }
 
 impl Default for Config {
@@ -203,6 +205,7 @@ impl Default for Config {
             queue_limits: Vec::new(),
             targets: Vec::new(),
             max_schedules_per_tenant: 1_000,
+            callbacks: crate::callbacks::CallbackSettings::default(),
         }
     }
 }

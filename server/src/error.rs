@@ -81,6 +81,10 @@ pub enum GatewayError {
         /// The last event sent on the stream.
         after_seq: u64,
     },
+    /// The gateway's settings do not allow this request (e.g. a callback to
+    /// a destination off its allowlist); the message names the setting.
+    #[error("{0}")]
+    NotAllowedHere(String),
     /// The gateway does not offer this method; the message says what to do
     /// instead.
     #[error("{0}")]
@@ -132,7 +136,9 @@ impl GatewayError {
                 },
                 EngineError::Internal(_) => Code::Internal,
             },
-            Self::Protocol(_) | Self::LeaseNotHeld { .. } => Code::FailedPrecondition,
+            Self::Protocol(_) | Self::LeaseNotHeld { .. } | Self::NotAllowedHere(_) => {
+                Code::FailedPrecondition
+            }
             Self::NotFound(_) => Code::NotFound,
             Self::ShuttingDown => Code::Unavailable,
             Self::WorkerUnresponsive(_) => Code::DeadlineExceeded,

@@ -194,6 +194,7 @@ mod tests {
             max_attempts: 1,
             tenant: None,
             not_before: None,
+            callback: None,
         };
         Ticket::create(TicketId::new(), new, SystemTime::now())
     }

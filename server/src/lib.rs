@@ -43,6 +43,7 @@
 
 pub mod auth;
 pub(crate) mod body;
+pub mod callbacks;
 pub mod config;
 pub(crate) mod connect;
 pub(crate) mod connection;

@@ -109,6 +109,9 @@ pub enum StartError {
     /// A target queue's URL could not be used.
     #[error("--target: {0}")]
     Target(String),
+    /// Callback delivery could not be set up.
+    #[error("callbacks: {0}")]
+    Callbacks(String),
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::engine::redis::ConnectError),
@@ -372,6 +375,13 @@ pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Runni
         sessions: shutdown.sessions().clone(),
     };
     spawn_targets(&core, &config)?;
+    crate::callbacks::spawn(
+        core.engine.clone(),
+        Arc::new(config.callbacks.clone()),
+        core.hard_stop.clone(),
+        &core.tracker,
+    )
+    .map_err(StartError::Callbacks)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -227,6 +227,7 @@ async fn a_rediss_store_verifies_the_server_against_the_given_ca() {
             max_attempts: 1,
             tenant: None,
             not_before: None,
+            callback: None,
         })
         .await
         .unwrap();

@@ -85,6 +85,9 @@ fn effective_settings(
 /// strings for a list), or `None` when it is not set.
 fn shown_value(arg: &clap::Arg, matches: &clap::ArgMatches) -> Option<String> {
     let id = arg.get_id().as_str();
+    if id.contains("secret") && matches.get_raw(id).is_some() {
+        return Some("\"<redacted>\"".into());
+    }
     let value = match matches.get_raw(id) {
         _ if !arg.get_action().takes_values() => matches.get_flag(id).to_string(),
         Some(values) if is_list(arg) => {

@@ -277,6 +277,54 @@ pub struct Cli {
         value_name = "N"
     )]
     pub max_schedules_per_tenant: u64,
+    /// Where completion callbacks (`SubmitRequest.callback`) may go: host
+    /// names, `*.domain`, addresses or networks (`10.0.0.0/8`); repeat, or
+    /// comma-separate. Without a list, a submit with a callback is
+    /// FAILED_PRECONDITION. Loopback, private and link-local addresses are
+    /// reached only when a listed address or network holds them, whatever
+    /// name led there.
+    #[arg(
+        long = "callback-allow",
+        env = "ASYNCGATE_CALLBACK_ALLOW",
+        value_name = "HOST|NET",
+        value_delimiter = ',',
+        value_parser = crate::callbacks::parse_allowed
+    )]
+    pub callback_allow: Vec<crate::callbacks::Allowed>,
+    /// Allow plain `http://` callbacks (unencrypted; for local networks and
+    /// tests).
+    #[arg(long, env = "ASYNCGATE_CALLBACK_ALLOW_HTTP")]
+    pub callback_allow_http: bool,
+    /// A secret that signs HTTP callbacks (Standard Webhooks:
+    /// `whsec_<base64>`); repeat (or comma-separate) to sign with several
+    /// while receivers move to a new one. Never printed.
+    #[arg(
+        long = "callback-secret",
+        env = "ASYNCGATE_CALLBACK_SECRETS",
+        value_name = "whsec_…",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = crate::callbacks::parse_secret
+    )]
+    pub callback_secrets: Vec<crate::callbacks::Secret>,
+    /// How long a callback delivery is retried (with backoff from 1 s to
+    /// an hour) after its ticket ended, before it is given up.
+    #[arg(
+        long,
+        env = "ASYNCGATE_CALLBACK_RETRY_WINDOW",
+        default_value = "24h",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub callback_retry_window: Duration,
+    /// Callback deliveries in flight at once on this gateway.
+    #[arg(
+        long,
+        env = "ASYNCGATE_CALLBACK_CONCURRENCY",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub callback_concurrency: usize,
     /// Pending tickets per queue before submits get RESOURCE_EXHAUSTED.
     #[arg(
         long,

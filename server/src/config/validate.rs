@@ -235,6 +235,13 @@ fn assemble(cli: Cli, store: StoreConfig, cors_allow_headers: Vec<String>) -> Co
         queue_limits: cli.queue_limits,
         targets: cli.targets,
         max_schedules_per_tenant: cli.max_schedules_per_tenant,
+        callbacks: crate::callbacks::CallbackSettings {
+            allow: cli.callback_allow,
+            allow_http: cli.callback_allow_http,
+            secrets: cli.callback_secrets,
+            retry_window: cli.callback_retry_window,
+            concurrency: cli.callback_concurrency,
+        },
     }
 }
 

@@ -2,6 +2,7 @@
 //! the engine and dispatcher can trust.
 
 pub mod backoff;
+pub mod callback;
 pub mod ids;
 pub mod queue;
 pub mod ticket;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::callback::Callback;
 use super::{LeaseId, QueueName, SessionId, TicketId};
 
 /// Request, result and partial-output bodies: the wire type itself, so a
@@ -162,6 +163,8 @@ pub struct NewTicket {
     pub tenant: Option<Arc<str>>,
     /// A delayed submit: PENDING, and not run, before this time.
     pub not_before: Option<SystemTime>,
+    /// Where to deliver the terminal ticket (validated by the edge).
+    pub callback: Option<Arc<str>>,
 }
 
 /// How an attempt ended, as the worker reported it.
@@ -247,6 +250,9 @@ pub struct Ticket {
     /// [`MAX_ATTEMPT_HISTORY`]); shared, as snapshots are frequent and most
     /// tickets share the one empty history.
     pub attempts: Arc<Vec<AttemptRecord>>,
+    /// Its completion callback, if it has one (boxed: most tickets have
+    /// none, and a pending ticket's size is a product promise).
+    pub callback: Option<Box<Callback>>,
     /// Bytes of partial output stored for it (the per-ticket output budget).
     pub output_bytes: u64,
     /// Whose ticket it is: other tenants never see it.
@@ -295,6 +301,7 @@ impl NewTicket {
             max_attempts: 3,
             tenant: None,
             not_before: None,
+            callback: None,
         }
     }
 }
@@ -356,6 +363,7 @@ impl Ticket {
             scheduled_for,
             worker_losses: 0,
             attempts: attempt_history(Vec::new()),
+            callback: new.callback.map(|url| Box::new(Callback::new(url))),
             output_bytes: 0,
             tenant: new.tenant,
             enqueue_seq: 0,
@@ -385,6 +393,9 @@ impl Ticket {
         self.not_before = None;
         self.finished_at = Some(now);
         self.touch(now);
+        if let Some(callback) = &mut self.callback {
+            callback.make_due(self.seq, now);
+        }
     }
 
     /// Ends the current lease, if any, into the history: `error` says how
@@ -458,6 +469,7 @@ mod tests {
             max_attempts: 3,
             tenant: None,
             not_before: None,
+            callback: None,
         }
     }
 

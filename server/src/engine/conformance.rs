@@ -6,7 +6,7 @@
 //!
 //! This file holds the harness (the recording listener, helpers) and the
 //! macro; the cases live by concern in `conformance/` (submit, batch, lease,
-//! lifetime, output, list, events, queues, retry, schedule) and are re-exported here,
+//! lifetime, output, list, events, queues, retry, schedule, callbacks) and are re-exported here,
 //! where the macro names them.
 
 use std::collections::HashMap;
@@ -20,6 +20,7 @@ use crate::domain::TicketError;
 use crate::domain::ticket::Payload;
 
 mod batch;
+mod callbacks;
 mod events;
 mod lease;
 mod lifetime;
@@ -31,6 +32,7 @@ mod schedule;
 mod submit;
 
 pub(crate) use batch::*;
+pub(crate) use callbacks::*;
 pub(crate) use events::*;
 pub(crate) use lease::*;
 pub(crate) use lifetime::*;
@@ -179,6 +181,7 @@ fn new_ticket(q: &str) -> NewTicket {
         max_attempts: 3,
         tenant: None,
         not_before: None,
+        callback: None,
     }
 }
 
@@ -257,6 +260,7 @@ macro_rules! engine_conformance {
                 a_delayed_ticket_runs_once_when_due,
                 a_scheduled_ticket_is_cancelled_listed_and_a_past_time_runs_now,
                 schedules_are_stored_fenced_listed_and_due,
+                a_callback_is_due_at_the_end_claimed_once_and_recorded,
             );
         }
     };

@@ -43,6 +43,7 @@ use crate::domain::{
 };
 
 mod admin;
+mod callbacks;
 mod engine;
 mod index;
 mod restore;
@@ -143,6 +144,8 @@ pub struct LocalEngine {
     journal: Arc<dyn Journal>,
     /// Schedules by id (a handful to thousands: scanned for due ones).
     schedules: Mutex<std::collections::BTreeMap<String, super::ScheduleRecord>>,
+    /// Tickets whose callbacks are due, by when (see `local/callbacks.rs`).
+    callbacks: Mutex<std::collections::BTreeSet<(SystemTime, TicketId)>>,
 }
 
 /// Locks a mutex, recovering from poisoning: state transitions never leave a
@@ -182,6 +185,7 @@ impl LocalEngine {
             listener: OnceLock::new(),
             journal,
             schedules: Mutex::default(),
+            callbacks: Mutex::default(),
         }
     }
 
@@ -415,6 +419,7 @@ impl LocalEngine {
                 Timer::Retention,
                 ticket.id,
             ));
+            self.index_callback(ticket);
             false
         } else {
             self.enqueue(shard, ticket)

@@ -684,6 +684,27 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ScheduleRecord>, EngineError>;
 
+    /// Up to `limit` terminal tickets whose completion callbacks are due by
+    /// `now`, each held back from later claims (on every replica) until
+    /// `now + hold`: the caller delivers them meanwhile, and a delivery
+    /// whose deliverer died is claimed again after the hold.
+    async fn claim_callbacks(
+        &self,
+        now: SystemTime,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<Ticket>, EngineError>;
+
+    /// Records an attempt to deliver `id`'s callback for its end `seq`
+    /// (fenced: false, and nothing changed, when the delivery is settled or
+    /// the ticket ended again since). Durable before it answers.
+    async fn record_callback(
+        &self,
+        id: TicketId,
+        seq: u64,
+        outcome: crate::domain::callback::CallbackOutcome,
+    ) -> Result<bool, EngineError>;
+
     /// Pauses (`Some`) or resumes (`None`) dispatch from `queue`, for every
     /// gateway sharing the store and across restarts: a paused queue's
     /// tickets are not claimed. A resumed queue is announced ready.

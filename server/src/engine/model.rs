@@ -65,6 +65,7 @@ fn new_ticket(priority: i32, key: Option<u8>) -> NewTicket {
         max_attempts: 3,
         tenant: None,
         not_before: None,
+        callback: None,
     }
 }
 

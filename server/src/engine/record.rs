@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use uuid::Uuid;
 
+use crate::domain::callback::{Callback, CallbackState};
 use crate::domain::ticket::{AttemptRecord, Payload};
 use crate::domain::{
     Lease, LeaseId, Progress, QueueLimits, QueueName, QueuePause, SessionId, Ticket, TicketError,
@@ -61,6 +62,65 @@ pub(crate) struct StoredAttempt {
     ended_at: u64,
     #[prost(message, optional, tag = "7")]
     error: Option<StoredError>,
+}
+
+/// A completion callback as stored.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredCallback {
+    #[prost(string, tag = "1")]
+    url: String,
+    /// 1 waiting, 2 pending, 3 delivered, 4 gave up.
+    #[prost(int32, tag = "2")]
+    state: i32,
+    #[prost(uint32, tag = "3")]
+    attempts: u32,
+    #[prost(uint64, optional, tag = "4")]
+    next_at: Option<u64>,
+    #[prost(uint64, optional, tag = "5")]
+    due_since: Option<u64>,
+    #[prost(string, optional, tag = "6")]
+    last_error: Option<String>,
+    #[prost(uint64, optional, tag = "7")]
+    delivered_at: Option<u64>,
+    #[prost(uint64, tag = "8")]
+    seq: u64,
+}
+
+fn stored_callback(c: &Callback) -> StoredCallback {
+    StoredCallback {
+        url: c.url.to_string(),
+        state: match c.state {
+            CallbackState::Waiting => 1,
+            CallbackState::Pending => 2,
+            CallbackState::Delivered => 3,
+            CallbackState::GaveUp => 4,
+        },
+        attempts: c.attempts,
+        next_at: c.next_at.map(nanos),
+        due_since: c.due_since.map(nanos),
+        last_error: c.last_error.clone(),
+        delivered_at: c.delivered_at.map(nanos),
+        seq: c.seq,
+    }
+}
+
+fn callback_from(c: StoredCallback) -> Result<Callback, BadRecord> {
+    Ok(Callback {
+        url: c.url.into(),
+        state: match c.state {
+            1 => CallbackState::Waiting,
+            2 => CallbackState::Pending,
+            3 => CallbackState::Delivered,
+            4 => CallbackState::GaveUp,
+            other => return Err(BadRecord(format!("unknown callback state {other}"))),
+        },
+        attempts: c.attempts,
+        next_at: c.next_at.map(time),
+        due_since: c.due_since.map(time),
+        last_error: c.last_error,
+        delivered_at: c.delivered_at.map(time),
+        seq: c.seq,
+    })
 }
 
 /// A ticket without its request payload (stored apart: it is written once).
@@ -123,6 +183,8 @@ pub(crate) struct StoredTicket {
     scheduled_for: Option<u64>,
     #[prost(message, repeated, tag = "27")]
     attempts: Vec<StoredAttempt>,
+    #[prost(message, optional, tag = "28")]
+    callback: Option<StoredCallback>,
 }
 
 /// Nanoseconds since the epoch.
@@ -263,6 +325,7 @@ pub(crate) fn encode(ticket: &Ticket) -> Vec<u8> {
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         result: ticket.result.clone(),
         error: ticket.error.as_ref().map(stored_error),
+        callback: ticket.callback.as_deref().map(stored_callback),
         attempts: ticket
             .attempts
             .iter()
@@ -339,6 +402,10 @@ pub(crate) fn decode(id: TicketId, bytes: &[u8], payload: Payload) -> Result<Tic
         attempt_timeout: stored.attempt_timeout.map(Duration::from_nanos),
         result: stored.result,
         error: stored.error.map(ticket_error),
+        callback: match stored.callback {
+            Some(c) => Some(Box::new(callback_from(c)?)),
+            None => None,
+        },
         attempts: crate::domain::ticket::attempt_history(
             stored
                 .attempts
@@ -399,6 +466,7 @@ mod tests {
                 max_attempts: 4,
                 tenant: None,
                 not_before: None,
+                callback: None,
             },
             now,
         );
@@ -442,6 +510,7 @@ mod tests {
                 max_attempts: 1,
                 tenant: None,
                 not_before: None,
+                callback: None,
             },
             now,
         );

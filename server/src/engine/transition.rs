@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::{EngineConfig, EngineError, ReleaseReason, SessionInfo};
 use prost::Message;
 
+use crate::domain::callback::CallbackOutcome;
 use crate::domain::ticket::{Payload, codes};
 use crate::domain::{Lease, LeaseId, Outcome, Ticket, TicketError, TicketId, TicketState};
 
@@ -251,8 +252,28 @@ pub(crate) fn retry(ticket: &mut Ticket, now: SystemTime) -> Result<(), EngineEr
     ticket.progress = None;
     ticket.output_bytes = 0;
     ticket.deadline = ticket.timeout.map(|timeout| now + timeout);
+    // Its callback follows the new end (a delivery of the old one still
+    // pending is dropped: it would report an outcome already superseded).
+    if let Some(callback) = &mut ticket.callback {
+        callback.rearm();
+    }
     ticket.touch(now);
     Ok(())
+}
+
+/// Records how an attempt to deliver `id`'s callback for its end `seq`
+/// went; false (nothing changed) for another end's or a settled delivery.
+/// Not an event: watchers saw the terminal event already.
+pub(crate) fn record_callback(
+    ticket: &mut Ticket,
+    seq: u64,
+    outcome: CallbackOutcome,
+    now: SystemTime,
+) -> bool {
+    ticket
+        .callback
+        .as_mut()
+        .is_some_and(|callback| callback.record(seq, outcome, now))
 }
 
 /// Refuses to delete an unfinished ticket: a worker may be running it, a

@@ -15,6 +15,7 @@ use asyncgate_proto::longrunning as lro;
 use asyncgate_proto::v1 as pb;
 
 use crate::auth::Caller;
+use crate::domain::callback::{Callback, CallbackState, webhook_id};
 use crate::domain::ticket::{Payload, codes};
 use crate::domain::{NewTicket, QueueName, Ticket, TicketError, TicketId, TicketState};
 use crate::error::GatewayError;
@@ -50,6 +51,8 @@ pub struct SubmitLimits {
     pub default_max_attempts: u32,
     /// Largest max_attempts accepted.
     pub max_attempts_limit: u32,
+    /// Where callbacks may go (`--callback-*`).
+    pub callbacks: std::sync::Arc<crate::callbacks::CallbackSettings>,
 }
 
 /// The encoded size of a payload, the measure the limit applies to.
@@ -195,6 +198,22 @@ pub fn new_ticket(
         ));
     }
     validate_metadata(&request.metadata)?;
+    let callback = match request.callback.as_str() {
+        "" => None,
+        url => Some(
+            limits
+                .callbacks
+                .check(url)
+                .map_err(|refused| match refused {
+                    crate::callbacks::Refused::Invalid(reason) => {
+                        GatewayError::invalid("callback", reason)
+                    }
+                    crate::callbacks::Refused::NotAllowed(reason) => {
+                        GatewayError::NotAllowedHere(format!("callback: {reason}"))
+                    }
+                })?,
+        ),
+    };
     let max_attempts = match request.max_attempts {
         0 => limits.default_max_attempts,
         n if n > limits.max_attempts_limit => {
@@ -222,6 +241,7 @@ pub fn new_ticket(
         max_attempts,
         tenant,
         not_before: not_before(request.not_before, request.delay, SystemTime::now())?,
+        callback,
     })
 }
 
@@ -585,6 +605,10 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
         attempt_timeout: ticket.attempt_timeout.map(time::duration),
         finished_at: ticket.finished_at.map(time::timestamp),
         scheduled_for: ticket.scheduled_for.map(time::timestamp),
+        callback: ticket
+            .callback
+            .as_deref()
+            .map(|c| callback_to_pb(ticket.id, c)),
         attempts: ticket
             .attempts
             .iter()
@@ -598,6 +622,28 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
                 error: a.error.as_ref().map(error_to_pb),
             })
             .collect(),
+    }
+}
+
+fn callback_to_pb(id: TicketId, c: &Callback) -> pb::CallbackDelivery {
+    let state = match c.state {
+        CallbackState::Waiting => pb::CallbackState::Waiting,
+        CallbackState::Pending => pb::CallbackState::Pending,
+        CallbackState::Delivered => pb::CallbackState::Delivered,
+        CallbackState::GaveUp => pb::CallbackState::GaveUp,
+    };
+    pb::CallbackDelivery {
+        url: c.url.to_string(),
+        state: state as i32,
+        attempts: c.attempts,
+        last_error: c.last_error.clone().unwrap_or_default(),
+        next_attempt_at: c.next_at.map(time::timestamp),
+        delivered_at: c.delivered_at.map(time::timestamp),
+        webhook_id: if c.state == CallbackState::Waiting {
+            String::new()
+        } else {
+            webhook_id(id, c.seq)
+        },
     }
 }
 

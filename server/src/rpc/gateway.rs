@@ -73,6 +73,7 @@ impl GatewayService {
             max_payload_bytes: core.config.max_payload_bytes,
             default_max_attempts: core.config.default_max_attempts,
             max_attempts_limit: core.config.max_attempts_limit,
+            callbacks: std::sync::Arc::new(core.config.callbacks.clone()),
         };
         Self { core, limits }
     }

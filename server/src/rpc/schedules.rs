@@ -26,6 +26,7 @@ pub(crate) fn server(core: Core) -> Server {
         max_payload_bytes: core.config.max_payload_bytes,
         default_max_attempts: core.config.default_max_attempts,
         max_attempts_limit: core.config.max_attempts_limit,
+        callbacks: std::sync::Arc::new(core.config.callbacks.clone()),
     };
     Server::new(SchedulesService {
         schedules: Schedules::new(core.engine.clone())

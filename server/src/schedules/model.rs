@@ -171,6 +171,7 @@ impl Schedule {
             max_attempts: t.max_attempts,
             tenant: self.id.tenant().map(Arc::from),
             not_before: (not_before > now).then_some(not_before),
+            callback: None,
         }
     }
 }

@@ -78,6 +78,7 @@ impl Harness {
             max_payload_bytes: 1024,
             default_max_attempts: 3,
             max_attempts_limit: 10,
+            callbacks: Default::default(),
         };
         let request = pb::SubmitRequest {
             queue: queue.into(),

@@ -32,6 +32,7 @@ fn new_ticket(priority: i32, key: Option<&str>) -> NewTicket {
         max_attempts: 3,
         tenant: None,
         not_before: None,
+        callback: None,
     }
 }
 

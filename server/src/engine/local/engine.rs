@@ -594,4 +594,31 @@ impl Engine for LocalEngine {
     async fn count_schedules(&self, prefix: &str) -> Result<u64, EngineError> {
         Ok(self.count_schedule_records(prefix))
     }
+
+    async fn claim_callbacks(
+        &self,
+        now: SystemTime,
+        limit: usize,
+        hold: std::time::Duration,
+    ) -> Result<Vec<Ticket>, EngineError> {
+        Ok(self.claim_due_callbacks(now, limit, hold))
+    }
+
+    async fn record_callback(
+        &self,
+        id: TicketId,
+        seq: u64,
+        outcome: crate::domain::callback::CallbackOutcome,
+    ) -> Result<bool, EngineError> {
+        if let Some(refused) = self.journal.refusing() {
+            return Err(refused);
+        }
+        match self.apply_callback(id, seq, outcome)? {
+            Some(journal_seq) => {
+                self.durable(journal_seq).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }

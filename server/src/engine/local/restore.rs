@@ -114,6 +114,7 @@ impl LocalEngine {
                     ));
                 }
             }
+            self.index_callback(&ticket);
             shard.tickets.insert(id, Box::new(ticket));
         }
         self.enqueue_seq.store(last_enqueue + 1, Ordering::Relaxed);

@@ -43,6 +43,7 @@ fn failing_ticket(body: &'static [u8]) -> NewTicket {
         max_attempts: 1,
         tenant: None,
         not_before: None,
+        callback: None,
     }
 }
 

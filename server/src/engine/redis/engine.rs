@@ -213,4 +213,22 @@ impl Engine for RedisEngine {
     async fn count_schedules(&self, prefix: &str) -> Result<u64, EngineError> {
         self.inner.count_schedules(prefix).await
     }
+
+    async fn claim_callbacks(
+        &self,
+        now: SystemTime,
+        limit: usize,
+        hold: std::time::Duration,
+    ) -> Result<Vec<Ticket>, EngineError> {
+        self.inner.claim_callbacks(now, limit, hold).await
+    }
+
+    async fn record_callback(
+        &self,
+        id: TicketId,
+        seq: u64,
+        outcome: crate::domain::callback::CallbackOutcome,
+    ) -> Result<bool, EngineError> {
+        self.inner.record_callback(id, seq, outcome).await
+    }
 }

@@ -243,7 +243,17 @@ pub(super) enum TimerKind {
     Attempt(crate::domain::LeaseId),
     /// The finished ticket is deleted.
     Retention,
+    /// The ticket's callback is due (scored past [`CALLBACK_SCORE_OFFSET`]:
+    /// the timer pass never sees it; `callbacks.rs` claims it).
+    Callback,
 }
+
+/// Added to a callback's due time (ms) for its score in the timers set:
+/// 2^52 ms sorts after every real timer (the year 142,000), so the timer
+/// pass's range up to now never reaches callbacks, however many are due,
+/// and a claim reads them by their own range. Scores stay exact integers
+/// (below 2^53).
+pub(super) const CALLBACK_SCORE_OFFSET: u64 = 1 << 52;
 
 pub(super) fn timer_member(kind: &TimerKind, id: TicketId) -> String {
     match kind {
@@ -251,6 +261,7 @@ pub(super) fn timer_member(kind: &TimerKind, id: TicketId) -> String {
         TimerKind::Deadline => format!("d:{id}"),
         TimerKind::Attempt(lease) => format!("a:{id}:{lease}"),
         TimerKind::Retention => format!("r:{id}"),
+        TimerKind::Callback => format!("c:{id}"),
     }
 }
 
@@ -266,6 +277,7 @@ pub(super) fn parse_timer(member: &str) -> Option<(TimerKind, TicketId)> {
         ("b", None) => TimerKind::Backoff,
         ("d", None) => TimerKind::Deadline,
         ("r", None) => TimerKind::Retention,
+        ("c", None) => TimerKind::Callback,
         ("a", Some(lease)) => {
             TimerKind::Attempt(crate::domain::LeaseId(uuid::Uuid::parse_str(lease).ok()?))
         }
@@ -316,6 +328,15 @@ impl Placement {
                     millis_ceil(finished + retention),
                 ));
             }
+        }
+        if let Some(callback) = ticket.callback.as_deref()
+            && callback.state == crate::domain::callback::CallbackState::Pending
+        {
+            let due = callback.next_at.map_or(0, millis_ceil);
+            placement.timers.push((
+                timer_member(&TimerKind::Callback, id),
+                CALLBACK_SCORE_OFFSET + due,
+            ));
         }
         if let Some(deadline) = ticket.deadline.filter(|_| !ticket.state.is_terminal()) {
             placement.timers.push((

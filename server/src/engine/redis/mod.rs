@@ -66,6 +66,7 @@ mod admin;
 mod batch;
 mod bus;
 mod caches;
+mod callbacks;
 mod claim;
 mod codec;
 mod commits;
@@ -173,6 +174,8 @@ struct Scripts {
     windows: Script,
     /// Revision-fenced schedule writes (`schedule.lua`).
     schedule: Script,
+    /// Claims a queue's due callbacks (see `callbacks.rs`).
+    claim_callbacks: Script,
 }
 
 impl Scripts {
@@ -182,6 +185,12 @@ impl Scripts {
             claim: Script::new(include_str!("claim.lua")),
             windows: Script::new(include_str!("windows.lua")),
             schedule: Script::new(include_str!("schedule.lua")),
+            // KEYS[1] a queue's timers; ARGV: the lowest and highest score
+            // due, how many at most, and the score that holds a claim.
+            claim_callbacks: Script::new(
+                "local due = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3])) \
+                 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[4], m) end return due",
+            ),
             // An idempotency key holds `ticket-id owner` (older ones just
             // the id): deleted only while it still names this ticket.
             unlink_if: Script::new(
@@ -192,13 +201,14 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 5] {
+    fn all(&self) -> [&Script; 6] {
         [
             &self.commit,
             &self.claim,
             &self.unlink_if,
             &self.windows,
             &self.schedule,
+            &self.claim_callbacks,
         ]
     }
 }

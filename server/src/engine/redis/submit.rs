@@ -416,6 +416,7 @@ mod tests {
             max_attempts: 3,
             tenant: None,
             not_before: None,
+            callback: None,
         }
     }
 

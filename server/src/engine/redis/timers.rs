@@ -274,5 +274,7 @@ fn timer_step(
                 Step::Keep(false)
             }
         }
+        // Claimed by a deliverer (`callbacks.rs`), never fired here.
+        TimerKind::Callback => Step::Keep(false),
     }
 }

@@ -116,6 +116,12 @@ pub(crate) fn definition(
             ),
         ));
     }
+    if !request.callback.is_empty() {
+        return Err(GatewayError::invalid(
+            "schedule.ticket.callback",
+            "a schedule's tickets cannot name a callback yet; watch them (ListTickets by the schedule's metadata) instead",
+        ));
+    }
     let new = new_ticket(caller, request, limits).map_err(|error| match error {
         GatewayError::InvalidArgument { field, reason } => GatewayError::InvalidArgument {
             field: format!("schedule.ticket.{field}"),

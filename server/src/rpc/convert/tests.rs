@@ -8,6 +8,7 @@ fn limits() -> SubmitLimits {
         max_payload_bytes: 1024,
         default_max_attempts: 3,
         max_attempts_limit: 10,
+        callbacks: Default::default(),
     }
 }
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asyncgate/v1/ticket.proto.
  */
 export const file_asyncgate_v1_ticket: GenFile = /*@__PURE__*/
-  fileDesc("Chlhc3luY2dhdGUvdjEvdGlja2V0LnByb3RvEgxhc3luY2dhdGUudjEiYQoHUGF5bG9hZBImCgRqc29uGAEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlSAASEAoGYmluYXJ5GAIgASgMSAASFAoMY29udGVudF90eXBlGAMgASgJQgYKBGtpbmQiPwoLVGlja2V0RXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCCIsCghQcm9ncmVzcxIPCgdwZXJjZW50GAEgASgNEg8KB21lc3NhZ2UYAiABKAkinAIKDVdhaXRpbmdSZWFzb24SLQoEa2luZBgBIAEoDjIfLmFzeW5jZ2F0ZS52MS5XYWl0aW5nUmVhc29uS2luZBITCgtkZXNjcmlwdGlvbhgCIAEoCRIVCg10aWNrZXRzX2FoZWFkGAMgASgEEikKBXVudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd29ya2VyX3Nlc3Npb24YBiABKAkSEwoLd29ya2VyX25hbWUYByABKAkSLQoKbGFzdF9lcnJvchgIIAEoCzIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFcnJvciKrBgoGVGlja2V0EgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEigKBXN0YXRlGAMgASgOMhkuYXN5bmNnYXRlLnYxLlRpY2tldFN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEjQKCG1ldGFkYXRhGAcgAygLMiIuYXN5bmNnYXRlLnYxLlRpY2tldC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBnJlc3VsdBgKIAEoCzIVLmFzeW5jZ2F0ZS52MS5QYXlsb2FkEigKBWVycm9yGAsgASgLMhkuYXN5bmNnYXRlLnYxLlRpY2tldEVycm9yEigKCHByb2dyZXNzGAwgASgLMhYuYXN5bmNnYXRlLnYxLlByb2dyZXNzEjMKDndhaXRpbmdfcmVhc29uGA0gASgLMhsuYXN5bmNnYXRlLnYxLldhaXRpbmdSZWFzb24SCwoDc2VxGA4gASgEEhcKD2lkZW1wb3RlbmN5X2tleRgPIAEoCRIsCghkZWFkbGluZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoPYXR0ZW1wdF90aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2ZpbmlzaGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1zY2hlZHVsZWRfZm9yGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9wYXlsb2Fkc19oaWRkZW4YFCABKAgSJwoIYXR0ZW1wdHMYFSADKAsyFS5hc3luY2dhdGUudjEuQXR0ZW1wdBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi4AEKB0F0dGVtcHQSDgoGbnVtYmVyGAEgASgNEhYKDndvcmtlcl9zZXNzaW9uGAIgASgJEhMKC3dvcmtlcl9uYW1lGAMgASgJEhAKCGxlYXNlX2lkGAQgASgJEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgVlcnJvchgHIAEoCzIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFcnJvciLPAQoLVGlja2V0RXZlbnQSCwoDc2VxGAEgASgEEisKBGtpbmQYAiABKA4yHS5hc3luY2dhdGUudjEuVGlja2V0RXZlbnRLaW5kEiQKBnRpY2tldBgDIAEoCzIULmFzeW5jZ2F0ZS52MS5UaWNrZXQSJQoGb3V0cHV0GAQgASgLMhUuYXN5bmNnYXRlLnYxLlBheWxvYWQSEQoJdGlja2V0X2lkGAUgASgJEiYKBWVycm9yGAYgASgLMhcuYXN5bmNnYXRlLnYxLkl0ZW1FcnJvciIqCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJKsoBCgtUaWNrZXRTdGF0ZRIcChhUSUNLRVRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRUSUNLRVRfU1RBVEVfUEVORElORxABEhgKFFRJQ0tFVF9TVEFURV9SVU5OSU5HEAISGgoWVElDS0VUX1NUQVRFX1NVQ0NFRURFRBADEhcKE1RJQ0tFVF9TVEFURV9GQUlMRUQQBBIaChZUSUNLRVRfU1RBVEVfQ0FOQ0VMTEVEEAUSGAoUVElDS0VUX1NUQVRFX0VYUElSRUQQBiqhAgoRV2FpdGluZ1JlYXNvbktpbmQSIwofV0FJVElOR19SRUFTT05fS0lORF9VTlNQRUNJRklFRBAAEiIKHldBSVRJTkdfUkVBU09OX0tJTkRfTk9fV09SS0VSUxABEh4KGldBSVRJTkdfUkVBU09OX0tJTkRfUVVFVUVEEAISHwobV0FJVElOR19SRUFTT05fS0lORF9CQUNLT0ZGEAMSHgoaV0FJVElOR19SRUFTT05fS0lORF9MRUFTRUQQBBIeChpXQUlUSU5HX1JFQVNPTl9LSU5EX1BBVVNFRBAFEh8KG1dBSVRJTkdfUkVBU09OX0tJTkRfTElNSVRFRBAGEiEKHVdBSVRJTkdfUkVBU09OX0tJTkRfU0NIRURVTEVEEAcq0AEKD1RpY2tldEV2ZW50S2luZBIhCh1USUNLRVRfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGlRJQ0tFVF9FVkVOVF9LSU5EX1NOQVBTSE9UEAESGwoXVElDS0VUX0VWRU5UX0tJTkRfU1RBVEUQAhIeChpUSUNLRVRfRVZFTlRfS0lORF9QUk9HUkVTUxADEhwKGFRJQ0tFVF9FVkVOVF9LSU5EX09VVFBVVBAEEh8KG1RJQ0tFVF9FVkVOVF9LSU5EX0tFRVBBTElWRRAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chlhc3luY2dhdGUvdjEvdGlja2V0LnByb3RvEgxhc3luY2dhdGUudjEiYQoHUGF5bG9hZBImCgRqc29uGAEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlSAASEAoGYmluYXJ5GAIgASgMSAASFAoMY29udGVudF90eXBlGAMgASgJQgYKBGtpbmQiPwoLVGlja2V0RXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCCIsCghQcm9ncmVzcxIPCgdwZXJjZW50GAEgASgNEg8KB21lc3NhZ2UYAiABKAkinAIKDVdhaXRpbmdSZWFzb24SLQoEa2luZBgBIAEoDjIfLmFzeW5jZ2F0ZS52MS5XYWl0aW5nUmVhc29uS2luZBITCgtkZXNjcmlwdGlvbhgCIAEoCRIVCg10aWNrZXRzX2FoZWFkGAMgASgEEikKBXVudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgVzaW5jZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOd29ya2VyX3Nlc3Npb24YBiABKAkSEwoLd29ya2VyX25hbWUYByABKAkSLQoKbGFzdF9lcnJvchgIIAEoCzIZLmFzeW5jZ2F0ZS52MS5UaWNrZXRFcnJvciLdBgoGVGlja2V0EgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEigKBXN0YXRlGAMgASgOMhkuYXN5bmNnYXRlLnYxLlRpY2tldFN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEjQKCG1ldGFkYXRhGAcgAygLMiIuYXN5bmNnYXRlLnYxLlRpY2tldC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBnJlc3VsdBgKIAEoCzIVLmFzeW5jZ2F0ZS52MS5QYXlsb2FkEigKBWVycm9yGAsgASgLMhkuYXN5bmNnYXRlLnYxLlRpY2tldEVycm9yEigKCHByb2dyZXNzGAwgASgLMhYuYXN5bmNnYXRlLnYxLlByb2dyZXNzEjMKDndhaXRpbmdfcmVhc29uGA0gASgLMhsuYXN5bmNnYXRlLnYxLldhaXRpbmdSZWFzb24SCwoDc2VxGA4gASgEEhcKD2lkZW1wb3RlbmN5X2tleRgPIAEoCRIsCghkZWFkbGluZRgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoPYXR0ZW1wdF90aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2ZpbmlzaGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1zY2hlZHVsZWRfZm9yGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9wYXlsb2Fkc19oaWRkZW4YFCABKAgSJwoIYXR0ZW1wdHMYFSADKAsyFS5hc3luY2dhdGUudjEuQXR0ZW1wdBIwCghjYWxsYmFjaxgWIAEoCzIeLmFzeW5jZ2F0ZS52MS5DYWxsYmFja0RlbGl2ZXJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLsAQoQQ2FsbGJhY2tEZWxpdmVyeRILCgN1cmwYASABKAkSKgoFc3RhdGUYAiABKA4yGy5hc3luY2dhdGUudjEuQ2FsbGJhY2tTdGF0ZRIQCghhdHRlbXB0cxgDIAEoDRISCgpsYXN0X2Vycm9yGAQgASgJEjMKD25leHRfYXR0ZW1wdF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMZGVsaXZlcmVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp3ZWJob29rX2lkGAcgASgJIuABCgdBdHRlbXB0Eg4KBm51bWJlchgBIAEoDRIWCg53b3JrZXJfc2Vzc2lvbhgCIAEoCRITCgt3b3JrZXJfbmFtZRgDIAEoCRIQCghsZWFzZV9pZBgEIAEoCRIuCgpzdGFydGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoFZXJyb3IYByABKAsyGS5hc3luY2dhdGUudjEuVGlja2V0RXJyb3IizwEKC1RpY2tldEV2ZW50EgsKA3NlcRgBIAEoBBIrCgRraW5kGAIgASgOMh0uYXN5bmNnYXRlLnYxLlRpY2tldEV2ZW50S2luZBIkCgZ0aWNrZXQYAyABKAsyFC5hc3luY2dhdGUudjEuVGlja2V0EiUKBm91dHB1dBgEIAEoCzIVLmFzeW5jZ2F0ZS52MS5QYXlsb2FkEhEKCXRpY2tldF9pZBgFIAEoCRImCgVlcnJvchgGIAEoCzIXLmFzeW5jZ2F0ZS52MS5JdGVtRXJyb3IiKgoJSXRlbUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSrKAQoLVGlja2V0U3RhdGUSHAoYVElDS0VUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVElDS0VUX1NUQVRFX1BFTkRJTkcQARIYChRUSUNLRVRfU1RBVEVfUlVOTklORxACEhoKFlRJQ0tFVF9TVEFURV9TVUNDRUVERUQQAxIXChNUSUNLRVRfU1RBVEVfRkFJTEVEEAQSGgoWVElDS0VUX1NUQVRFX0NBTkNFTExFRBAFEhgKFFRJQ0tFVF9TVEFURV9FWFBJUkVEEAYqoQIKEVdhaXRpbmdSZWFzb25LaW5kEiMKH1dBSVRJTkdfUkVBU09OX0tJTkRfVU5TUEVDSUZJRUQQABIiCh5XQUlUSU5HX1JFQVNPTl9LSU5EX05PX1dPUktFUlMQARIeChpXQUlUSU5HX1JFQVNPTl9LSU5EX1FVRVVFRBACEh8KG1dBSVRJTkdfUkVBU09OX0tJTkRfQkFDS09GRhADEh4KGldBSVRJTkdfUkVBU09OX0tJTkRfTEVBU0VEEAQSHgoaV0FJVElOR19SRUFTT05fS0lORF9QQVVTRUQQBRIfChtXQUlUSU5HX1JFQVNPTl9LSU5EX0xJTUlURUQQBhIhCh1XQUlUSU5HX1JFQVNPTl9LSU5EX1NDSEVEVUxFRBAHKqEBCg1DYWxsYmFja1N0YXRlEh4KGkNBTExCQUNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWQ0FMTEJBQ0tfU1RBVEVfV0FJVElORxABEhoKFkNBTExCQUNLX1NUQVRFX1BFTkRJTkcQAhIcChhDQUxMQkFDS19TVEFURV9ERUxJVkVSRUQQAxIaChZDQUxMQkFDS19TVEFURV9HQVZFX1VQEAQq0AEKD1RpY2tldEV2ZW50S2luZBIhCh1USUNLRVRfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEh4KGlRJQ0tFVF9FVkVOVF9LSU5EX1NOQVBTSE9UEAESGwoXVElDS0VUX0VWRU5UX0tJTkRfU1RBVEUQAhIeChpUSUNLRVRfRVZFTlRfS0lORF9QUk9HUkVTUxADEhwKGFRJQ0tFVF9FVkVOVF9LSU5EX09VVFBVVBAEEh8KG1RJQ0tFVF9FVkVOVF9LSU5EX0tFRVBBTElWRRAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A request, result or partial-output body.
@@ -306,6 +306,13 @@ export type Ticket = Message<"asyncgate.v1.Ticket"> & {
    * @generated from field: repeated asyncgate.v1.Attempt attempts = 21;
    */
   attempts: Attempt[];
+
+  /**
+   * Its completion callback and how delivering it goes; unset without one.
+   *
+   * @generated from field: asyncgate.v1.CallbackDelivery callback = 22;
+   */
+  callback?: CallbackDelivery | undefined;
 };
 
 /**
@@ -314,6 +321,65 @@ export type Ticket = Message<"asyncgate.v1.Ticket"> & {
  */
 export const TicketSchema: GenMessage<Ticket> = /*@__PURE__*/
   messageDesc(file_asyncgate_v1_ticket, 4);
+
+/**
+ * A ticket's completion callback (SubmitRequest.callback).
+ *
+ * @generated from message asyncgate.v1.CallbackDelivery
+ */
+export type CallbackDelivery = Message<"asyncgate.v1.CallbackDelivery"> & {
+  /**
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * @generated from field: asyncgate.v1.CallbackState state = 2;
+   */
+  state: CallbackState;
+
+  /**
+   * Delivery attempts made so far.
+   *
+   * @generated from field: uint32 attempts = 3;
+   */
+  attempts: number;
+
+  /**
+   * The last failed attempt's error.
+   *
+   * @generated from field: string last_error = 4;
+   */
+  lastError: string;
+
+  /**
+   * While PENDING: the next attempt (immediately once the ticket ended).
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_at = 5;
+   */
+  nextAttemptAt?: Timestamp | undefined;
+
+  /**
+   * Once DELIVERED: when.
+   *
+   * @generated from field: google.protobuf.Timestamp delivered_at = 6;
+   */
+  deliveredAt?: Timestamp | undefined;
+
+  /**
+   * The `webhook-id` every attempt of this delivery carries.
+   *
+   * @generated from field: string webhook_id = 7;
+   */
+  webhookId: string;
+};
+
+/**
+ * Describes the message asyncgate.v1.CallbackDelivery.
+ * Use `create(CallbackDeliverySchema)` to create a new message.
+ */
+export const CallbackDeliverySchema: GenMessage<CallbackDelivery> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_ticket, 5);
 
 /**
  * One attempt of a ticket, after it ended.
@@ -369,7 +435,7 @@ export type Attempt = Message<"asyncgate.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_ticket, 5);
+  messageDesc(file_asyncgate_v1_ticket, 6);
 
 /**
  * One change of a ticket. Every change gets the next `seq` (1, 2, 3, ...);
@@ -422,7 +488,7 @@ export type TicketEvent = Message<"asyncgate.v1.TicketEvent"> & {
  * Use `create(TicketEventSchema)` to create a new message.
  */
 export const TicketEventSchema: GenMessage<TicketEvent> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_ticket, 6);
+  messageDesc(file_asyncgate_v1_ticket, 7);
 
 /**
  * Why one item of a stream was refused or cannot be served: the gRPC status
@@ -449,7 +515,7 @@ export type ItemError = Message<"asyncgate.v1.ItemError"> & {
  * Use `create(ItemErrorSchema)` to create a new message.
  */
 export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_ticket, 7);
+  messageDesc(file_asyncgate_v1_ticket, 8);
 
 /**
  * Where a ticket is in its life. SUCCEEDED, FAILED, CANCELLED and EXPIRED are
@@ -584,6 +650,48 @@ export const WaitingReasonKindSchema: GenEnum<WaitingReasonKind> = /*@__PURE__*/
   enumDesc(file_asyncgate_v1_ticket, 1);
 
 /**
+ * @generated from enum asyncgate.v1.CallbackState
+ */
+export enum CallbackState {
+  /**
+   * @generated from enum value: CALLBACK_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The ticket has not ended yet.
+   *
+   * @generated from enum value: CALLBACK_STATE_WAITING = 1;
+   */
+  WAITING = 1,
+
+  /**
+   * To be delivered (again) at next_attempt_at.
+   *
+   * @generated from enum value: CALLBACK_STATE_PENDING = 2;
+   */
+  PENDING = 2,
+
+  /**
+   * @generated from enum value: CALLBACK_STATE_DELIVERED = 3;
+   */
+  DELIVERED = 3,
+
+  /**
+   * Given up: its retry window passed, or the receiver refused it for good.
+   *
+   * @generated from enum value: CALLBACK_STATE_GAVE_UP = 4;
+   */
+  GAVE_UP = 4,
+}
+
+/**
+ * Describes the enum asyncgate.v1.CallbackState.
+ */
+export const CallbackStateSchema: GenEnum<CallbackState> = /*@__PURE__*/
+  enumDesc(file_asyncgate_v1_ticket, 2);
+
+/**
  * @generated from enum asyncgate.v1.TicketEventKind
  */
 export enum TicketEventKind {
@@ -635,5 +743,5 @@ export enum TicketEventKind {
  * Describes the enum asyncgate.v1.TicketEventKind.
  */
 export const TicketEventKindSchema: GenEnum<TicketEventKind> = /*@__PURE__*/
-  enumDesc(file_asyncgate_v1_ticket, 2);
+  enumDesc(file_asyncgate_v1_ticket, 3);
 

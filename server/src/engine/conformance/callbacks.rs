@@ -1,0 +1,104 @@
+//! Conformance cases of the callback outbox: a callback comes due with its
+//! ticket's end (in the same write), one claim holds it from the next, an
+//! attempt's outcome is recorded once and only for its own end, and a
+//! retry comes due at its time.
+
+use super::*;
+use crate::domain::callback::{CallbackOutcome, CallbackState};
+
+pub(crate) async fn a_callback_is_due_at_the_end_claimed_once_and_recorded(factory: Factory) {
+    let h = harness(factory).await;
+    let hold = Duration::from_secs(30);
+    let mut new = new_ticket("q");
+    new.callback = Some("https://hooks.example.com/done".into());
+    let id = h.engine.submit(new).await.unwrap().ticket.id;
+    let waiting = h.engine.get(id).await.unwrap();
+    let callback = waiting.callback.as_deref().expect("kept with the ticket");
+    assert_eq!(
+        (&*callback.url, callback.state),
+        ("https://hooks.example.com/done", CallbackState::Waiting)
+    );
+    let claim = |at: SystemTime| {
+        let engine = h.engine.clone();
+        async move { engine.claim_callbacks(at, 10, hold).await.unwrap() }
+    };
+    assert!(claim(SystemTime::now()).await.is_empty(), "not ended yet");
+
+    let s = session(&h.engine, "w").await;
+    let c = claim_one(&h.engine, "q", &s).await;
+    h.engine
+        .complete(id, c.lease.lease_id, Outcome::Success(body("ok")))
+        .await
+        .unwrap();
+    let ended = h.engine.get(id).await.unwrap();
+    let callback = ended.callback.as_deref().unwrap();
+    assert_eq!(callback.state, CallbackState::Pending);
+    assert_eq!(callback.seq, ended.seq, "it delivers the terminal event");
+
+    // Claimed once; held from the next claim.
+    let now = SystemTime::now() + Duration::from_millis(5);
+    let claimed = claim(now).await;
+    assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [id]);
+    assert_eq!(claimed[0].state, TicketState::Succeeded);
+    assert!(claim(now).await.is_empty(), "held");
+
+    // A failed attempt: due again at its retry time, not before.
+    let retry_at = now + Duration::from_secs(2);
+    let failed = CallbackOutcome::Retry {
+        at: retry_at,
+        error: "HTTP 503".into(),
+    };
+    assert!(
+        h.engine
+            .record_callback(id, ended.seq, failed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !h.engine
+            .record_callback(id, ended.seq - 1, CallbackOutcome::Delivered)
+            .await
+            .unwrap(),
+        "another end's"
+    );
+    let retrying = h.engine.get(id).await.unwrap();
+    let callback = retrying.callback.as_deref().unwrap();
+    assert_eq!(
+        (callback.attempts, callback.last_error.as_deref()),
+        (1, Some("HTTP 503"))
+    );
+    assert!(
+        claim(now + Duration::from_secs(1)).await.is_empty(),
+        "not due yet"
+    );
+    assert_eq!(claim(retry_at + Duration::from_millis(5)).await.len(), 1);
+
+    // Delivered: settled, never claimed again (not even once its hold lapses).
+    assert!(
+        h.engine
+            .record_callback(id, ended.seq, CallbackOutcome::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !h.engine
+            .record_callback(id, ended.seq, CallbackOutcome::Delivered)
+            .await
+            .unwrap(),
+        "recorded once"
+    );
+    let delivered = h.engine.get(id).await.unwrap();
+    let callback = delivered.callback.as_deref().unwrap();
+    assert_eq!(
+        (callback.state, callback.attempts),
+        (CallbackState::Delivered, 2)
+    );
+    assert!(callback.delivered_at.is_some());
+    assert_eq!(delivered.seq, ended.seq, "not an event");
+    assert!(claim(retry_at + hold * 3).await.is_empty());
+
+    // A ticket without a callback is never claimed.
+    let plain = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
+    h.engine.cancel(plain, "").await.unwrap();
+    assert!(claim(SystemTime::now() + hold * 10).await.is_empty());
+}
