@@ -375,13 +375,6 @@ pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Runni
         sessions: shutdown.sessions().clone(),
     };
     spawn_targets(&core, &config)?;
-    crate::callbacks::spawn(
-        core.engine.clone(),
-        Arc::new(config.callbacks.clone()),
-        core.hard_stop.clone(),
-        &core.tracker,
-    )
-    .map_err(StartError::Callbacks)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -476,8 +469,16 @@ async fn serve_metrics(
 
 /// Every service the gateway serves: health, reflection (v1 and v1alpha),
 /// Gateway, Workers and Operations.
-/// Starts the in-process worker of every target queue (`--target`).
+/// Starts the callback deliverer and the in-process worker of every target
+/// queue (`--target`): the gateway's own clients of other services.
 fn spawn_targets(core: &Core, config: &Config) -> Result<(), StartError> {
+    crate::callbacks::spawn(
+        core.engine.clone(),
+        Arc::new(config.callbacks.clone()),
+        core.hard_stop.clone(),
+        &core.tracker,
+    )
+    .map_err(StartError::Callbacks)?;
     crate::targets::spawn(
         &config.targets,
         &crate::targets::Gateway {

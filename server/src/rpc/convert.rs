@@ -15,13 +15,13 @@ use asyncgate_proto::longrunning as lro;
 use asyncgate_proto::v1 as pb;
 
 use crate::auth::Caller;
-use crate::domain::callback::{Callback, CallbackState, webhook_id};
 use crate::domain::ticket::{Payload, codes};
 use crate::domain::{NewTicket, QueueName, Ticket, TicketError, TicketId, TicketState};
 use crate::error::GatewayError;
 use crate::time::{self, rfc3339};
 
 pub(crate) mod admin;
+mod history;
 pub mod list;
 pub(crate) mod schedule;
 pub(crate) mod worker;
@@ -198,22 +198,7 @@ pub fn new_ticket(
         ));
     }
     validate_metadata(&request.metadata)?;
-    let callback = match request.callback.as_str() {
-        "" => None,
-        url => Some(
-            limits
-                .callbacks
-                .check(url)
-                .map_err(|refused| match refused {
-                    crate::callbacks::Refused::Invalid(reason) => {
-                        GatewayError::invalid("callback", reason)
-                    }
-                    crate::callbacks::Refused::NotAllowed(reason) => {
-                        GatewayError::NotAllowedHere(format!("callback: {reason}"))
-                    }
-                })?,
-        ),
-    };
+    let callback = history::callback_for(&limits.callbacks, &request.callback)?;
     let max_attempts = match request.max_attempts {
         0 => limits.default_max_attempts,
         n if n > limits.max_attempts_limit => {
@@ -605,45 +590,8 @@ pub fn ticket_to_pb(ticket: &Ticket, context: WaitContext<'_>) -> pb::Ticket {
         attempt_timeout: ticket.attempt_timeout.map(time::duration),
         finished_at: ticket.finished_at.map(time::timestamp),
         scheduled_for: ticket.scheduled_for.map(time::timestamp),
-        callback: ticket
-            .callback
-            .as_deref()
-            .map(|c| callback_to_pb(ticket.id, c)),
-        attempts: ticket
-            .attempts
-            .iter()
-            .map(|a| pb::Attempt {
-                number: a.number,
-                worker_session: a.session_id.to_string(),
-                worker_name: a.worker_name.to_string(),
-                lease_id: a.lease_id.to_string(),
-                started_at: Some(time::timestamp(a.started_at)),
-                ended_at: Some(time::timestamp(a.ended_at)),
-                error: a.error.as_ref().map(error_to_pb),
-            })
-            .collect(),
-    }
-}
-
-fn callback_to_pb(id: TicketId, c: &Callback) -> pb::CallbackDelivery {
-    let state = match c.state {
-        CallbackState::Waiting => pb::CallbackState::Waiting,
-        CallbackState::Pending => pb::CallbackState::Pending,
-        CallbackState::Delivered => pb::CallbackState::Delivered,
-        CallbackState::GaveUp => pb::CallbackState::GaveUp,
-    };
-    pb::CallbackDelivery {
-        url: c.url.to_string(),
-        state: state as i32,
-        attempts: c.attempts,
-        last_error: c.last_error.clone().unwrap_or_default(),
-        next_attempt_at: c.next_at.map(time::timestamp),
-        delivered_at: c.delivered_at.map(time::timestamp),
-        webhook_id: if c.state == CallbackState::Waiting {
-            String::new()
-        } else {
-            webhook_id(id, c.seq)
-        },
+        callback: history::callback_of(ticket),
+        attempts: history::attempts_to_pb(ticket),
     }
 }
 
