@@ -228,6 +228,7 @@ pub(crate) struct SubmitArgs {
         conflicts_with_all = [
             "queue", "priority", "idempotency_key", "metadata", "timeout",
             "attempt_timeout", "max_attempts", "delay", "at", "wait", "watch",
+            "callback",
         ]
     )]
     pub(crate) batch: Option<PathBuf>,
@@ -288,6 +289,12 @@ pub(crate) struct SubmitArgs {
     /// Run no sooner than this time, RFC 3339 (2026-12-24T18:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub(crate) at: Option<std::time::SystemTime>,
+
+    /// Deliver the terminal ticket here when it ends: https://HOST/PATH (a
+    /// signed POST) or grpc(s)://HOST:PORT; the gateway must allow it
+    /// (--callback-allow).
+    #[arg(long, value_name = "URL")]
+    pub(crate) callback: Option<String>,
 
     /// Wait until the ticket is terminal and print it, long-polling DUR per
     /// request (default 50s). Put it last or write --wait=DUR.

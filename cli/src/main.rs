@@ -214,6 +214,9 @@ async fn submit(client: &Client, printer: &Printer, args: SubmitArgs) -> anyhow:
     if let Some(at) = args.at {
         request = request.not_before(at);
     }
+    if let Some(url) = args.callback {
+        request = request.callback(url);
+    }
     if let Some(timeout) = args.attempt_timeout {
         request = request.attempt_timeout(timeout);
     }

@@ -115,6 +115,15 @@ impl Submit {
         self
     }
 
+    /// Delivers the terminal ticket to `url` when it ends: `https://…`
+    /// (a signed POST), `http://…` where the gateway allows it, or
+    /// `grpc(s)://HOST:PORT` (`Callbacks.TicketFinished`). The gateway
+    /// refuses a destination off its `--callback-allow` list.
+    pub fn callback(mut self, url: impl Into<String>) -> Self {
+        self.request.callback = url.into();
+        self
+    }
+
     /// The finished request.
     pub fn build(self) -> pb::SubmitRequest {
         self.request

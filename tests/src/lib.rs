@@ -1,6 +1,8 @@
 //! Test harness: real gateways on ephemeral loopback ports, driven by the real
 //! client and worker SDKs (and by raw protocol streams for misbehaviour).
 
+pub mod webhooks;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -7,6 +7,7 @@ mod bad_input;
 mod basics;
 mod batch;
 mod browser;
+mod callbacks;
 mod compression;
 mod connect;
 mod connect_es;
