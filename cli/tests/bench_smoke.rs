@@ -368,3 +368,23 @@ fn the_queues_and_rate_limit_scenarios_report_what_they_measured() {
     let delivered = number(&scenario["delivered_per_second"], "delivered");
     assert!(delivered > 0.0 && delivered <= 150.0, "{scenario}");
 }
+
+/// The callbacks scenario delivers every ticket's end to its receiver.
+#[test]
+fn the_callbacks_scenario_delivers_every_end() {
+    let report = bench(&[
+        "--embedded",
+        "memory",
+        "--mode",
+        "callbacks",
+        "--tickets",
+        "300",
+    ]);
+    let scenario = &report["scenarios"][0];
+    assert_eq!(scenario["delivered"], 300, "{scenario}");
+    assert_eq!(scenario["all_delivered"], true, "{scenario}");
+    assert!(
+        number(&scenario["deliveries_per_second"], "rate") > 0.0,
+        "{scenario}"
+    );
+}

@@ -58,6 +58,10 @@ when the previous one finished, for --warmup then --duration):
                 cpu per request count tickets; latency is per call
 
 Scale scenarios (bounded by --tickets, and by --time-limit per phase):
+  callbacks     Submit --tickets (default 1000000) with an HTTP callback to
+                a receiver in this process, no worker yet; then start the
+                workers: deliveries per second from the first to the last,
+                and CPU per ticket; memory or durable store only
   backlog       Submit --tickets (default 1000000) with no worker connected:
                 rate and RSS per slice of 100k; then start the workers and
                 measure the drain until no ticket is PENDING or RUNNING
@@ -236,6 +240,7 @@ pub(crate) enum Mode {
     Queues,
     RateLimit,
     Delayed,
+    Callbacks,
     Target,
     StreamTarget,
 }
@@ -257,6 +262,7 @@ impl Mode {
             Mode::Queues => "queues",
             Mode::RateLimit => "rate-limit",
             Mode::Delayed => "delayed",
+            Mode::Callbacks => "callbacks",
             Mode::Target => "target",
             Mode::StreamTarget => "stream-target",
         }
@@ -272,6 +278,7 @@ impl Mode {
                 | Mode::Queues
                 | Mode::RateLimit
                 | Mode::Delayed
+                | Mode::Callbacks
         )
     }
 }

@@ -18,6 +18,7 @@
 //! which is why the baseline runs interleaved with the gateway runs.
 
 mod args;
+mod callbacks;
 mod cleanup;
 mod delayed;
 mod echo;

@@ -43,6 +43,7 @@ pub(crate) async fn run(settings: &Settings, gateway: &Gateway) -> anyhow::Resul
         Mode::Queues => super::operate::queues(settings, gateway).await,
         Mode::RateLimit => super::operate::rate_limit(settings, gateway).await,
         Mode::Delayed => super::delayed::run(settings, gateway).await,
+        Mode::Callbacks => super::callbacks::run(settings, gateway).await,
         other => anyhow::bail!("{} is not a scale scenario", other.name()),
     }
 }

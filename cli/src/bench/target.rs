@@ -192,6 +192,11 @@ impl Gateway {
             listen: addr,
             store: store_config,
             targets,
+            callbacks: if settings.mode == super::args::Mode::Callbacks {
+                super::callbacks::settings()
+            } else {
+                Default::default()
+            },
             ..asyncgate_server::Config::default()
         };
         let running = match asyncgate_server::start_on(config, listener).await {
