@@ -25,6 +25,9 @@ use hyper_util::rt::TokioIo;
 use standardwebhooks::Webhook;
 use tokio::net::TcpListener;
 
+/// Where notifications are posted.
+pub const PATH: &str = "/notifications";
+
 /// The largest body accepted (a ticket with its result).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -140,9 +143,16 @@ impl Endpoint {
         }
     }
 
-    /// Answers one request: 401 for a bad signature, 200 for a new or an
-    /// already handled notification.
+    /// Answers one request: 404 off [`PATH`], 405 for a method other than
+    /// POST, 401 for a bad signature, 200 for a new or an already handled
+    /// notification.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() != PATH {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "notifications are posted to /notifications",
+            );
+        }
         if request.method() != Method::POST {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "POST notifications here");
         }

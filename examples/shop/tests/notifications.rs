@@ -4,7 +4,7 @@
 //! notification is handled once, its retry (same `webhook-id`) acknowledged
 //! without being handled again; a wrong secret, a changed body, a stale
 //! timestamp or missing headers are refused with 401; a rotated-in secret
-//! is accepted beside the old one.
+//! is accepted beside the old one; other methods and paths are refused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,9 +43,21 @@ fn now() -> i64 {
     i64::try_from(since.as_secs()).expect("fits")
 }
 
-/// Posts `body` with the given headers; returns the status.
+/// Posts `body` to /notifications with the given headers; returns the
+/// status.
 async fn post(
     addr: SocketAddr,
+    method: Method,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> StatusCode {
+    post_to(addr, "/notifications", method, headers, body).await
+}
+
+/// Sends `body` to `path` with the given headers; returns the status.
+async fn post_to(
+    addr: SocketAddr,
+    path: &str,
     method: Method,
     headers: &[(&str, &str)],
     body: &str,
@@ -58,7 +70,7 @@ async fn post(
     tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
-        .uri("/notifications")
+        .uri(path)
         .header("host", addr.to_string())
         .header("content-type", "application/json");
     for (name, value) in headers {
