@@ -5,6 +5,8 @@
 //! without being handled again; a wrong secret, a changed body, a stale
 //! timestamp or missing headers are refused with 401; a rotated-in secret
 //! is accepted beside the old one; other methods and paths are refused.
+//! The last test does it through the `shop-services` binary and reads
+//! what it prints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -203,4 +205,72 @@ async fn a_rotated_secret_is_accepted_beside_the_old_one() {
         assert_eq!(handled.state, "FAILED");
         assert_eq!(handled.error.as_deref(), Some("gave up"));
     }
+}
+
+/// `shop-services --webhook-secret` serves the endpoint and prints each new
+/// notification once.
+#[tokio::test]
+async fn shop_services_serves_the_endpoint_and_prints_each_notification_once() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop-services"))
+        .args(["--catalog", "127.0.0.1:0", "--inventory", "127.0.0.1:0"])
+        .args(["--orders", "127.0.0.1:0", "--notifications", "127.0.0.1:0"])
+        .args(["--webhook-secret", NEW_SECRET])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("shop-services starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("shop-services prints")
+            .expect("stdout readable")
+            .expect("shop-services is running")
+    };
+    let addr: SocketAddr = loop {
+        let line = next_line().await;
+        if let Some(rest) = line.strip_prefix("notifications listening on http://") {
+            let addr = rest.strip_suffix("/notifications").expect("the path");
+            break addr.parse().expect("an address");
+        }
+    };
+    let ts = now();
+    let ts_text = ts.to_string();
+    let signature = sign(NEW_SECRET, "msg_bin", ts, BODY);
+    let headers = [
+        ("webhook-id", "msg_bin"),
+        ("webhook-timestamp", ts_text.as_str()),
+        ("webhook-signature", signature.as_str()),
+    ];
+    for _ in 0..2 {
+        assert_eq!(
+            post(addr, Method::POST, &headers, BODY).await,
+            StatusCode::OK
+        );
+    }
+    let bad = [
+        ("webhook-id", "msg_bad"),
+        ("webhook-timestamp", ts_text.as_str()),
+        ("webhook-signature", "v1,AAAA"),
+    ];
+    assert_eq!(
+        post(addr, Method::POST, &bad, BODY).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Printed in the order the requests were answered.
+    assert_eq!(
+        next_line().await,
+        "notifications: ticket 01a2-ticket (orders) SUCCEEDED [webhook-id msg_bin]"
+    );
+    assert_eq!(
+        next_line().await,
+        "notifications: webhook-id msg_bin again, already handled"
+    );
+    assert_eq!(
+        next_line().await,
+        "notifications: refused a request: signature invalid"
+    );
 }
