@@ -150,14 +150,16 @@ impl Gateway {
 /// What one `shop-client` run printed, and the tickets it named.
 struct ClientRun {
     status: ExitStatus,
+    /// The order ticket's state when the client printed its id.
+    order_when_printed: gate::TicketState,
     stdout: String,
     inventory: gate::Ticket,
     order: gate::Ticket,
 }
 
 /// Runs `shop-client` against the gateway. When it prints the order's
-/// ticket, the ticket is read from the gateway at once: it must not be
-/// finished yet (the order takes 2 s), which shows the ticket came back
+/// ticket, the ticket is read from the gateway at once: for an order that
+/// takes 2 s, it is not finished yet, which shows the ticket came back
 /// before the result.
 async fn run_client(gateway: &Gateway, services: &Services, args: &[&str]) -> ClientRun {
     let gate = gateway.client().await;
@@ -174,6 +176,7 @@ async fn run_client(gateway: &Gateway, services: &Services, args: &[&str]) -> Cl
     let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut stdout = String::new();
     let mut ids = (None, None);
+    let mut order_when_printed = None;
     let read_all = async {
         while let Some(line) = out.next_line().await.expect("stdout readable") {
             stdout.push_str(&line);
@@ -185,10 +188,7 @@ async fn run_client(gateway: &Gateway, services: &Services, args: &[&str]) -> Cl
                     .get(&id, None)
                     .await
                     .expect("the order's ticket exists");
-                assert!(
-                    !is_terminal(ticket.state()),
-                    "the order's ticket was printed before its result: {ticket:?}"
-                );
+                order_when_printed = Some(ticket.state());
                 ids.1 = Some(id);
             }
         }
@@ -202,6 +202,7 @@ async fn run_client(gateway: &Gateway, services: &Services, args: &[&str]) -> Cl
     };
     ClientRun {
         status,
+        order_when_printed: order_when_printed.expect("read with the id"),
         inventory: gate.get(&inventory, None).await.expect("inventory ticket"),
         order: gate.get(&order, None).await.expect("order ticket"),
         stdout,
@@ -226,6 +227,11 @@ async fn an_order_placed_through_the_gateway_reaches_its_decodable_result() {
     let gateway = Gateway::start(&services).await;
     let run = run_client(&gateway, &services, &[]).await;
     assert!(run.status.success(), "{}\n{:?}", run.stdout, run.status);
+    assert!(
+        !is_terminal(run.order_when_printed),
+        "the order's ticket was printed before its result, not {:?}",
+        run.order_when_printed
+    );
 
     assert_eq!(
         run.order.state(),
@@ -298,6 +304,7 @@ async fn a_flaky_inventory_check_is_retried_and_succeeds() {
     let gateway = Gateway::start(&services).await;
     let run = run_client(&gateway, &services, &["--item", "stoneware-mug=3"]).await;
     assert!(run.status.success(), "{}\n{:?}", run.stdout, run.status);
+    assert!(!is_terminal(run.order_when_printed));
 
     let inventory = &run.inventory;
     assert_eq!(
