@@ -36,11 +36,12 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:50064")]
     notifications: SocketAddr,
     /// A secret (`whsec_<base64>`) that notifications are signed with;
-    /// repeat for several (rotation).
+    /// repeat for several (rotation; spaces between them in the variable).
     #[arg(
         long = "webhook-secret",
         env = "SHOP_WEBHOOK_SECRET",
-        value_delimiter = ' '
+        value_delimiter = ' ',
+        hide_env_values = true
     )]
     webhook_secrets: Vec<String>,
     /// How long an inventory check takes.
