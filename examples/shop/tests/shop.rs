@@ -4,8 +4,9 @@
 //! `--config` is), its target addresses switched to the services' ephemeral
 //! ports. The client's tickets come back at once; the order reaches
 //! SUCCEEDED with a decodable `PlaceOrderResponse`; an empty cart's order
-//! FAILS with the service's INVALID_ARGUMENT message, not retried; and a
-//! flaky inventory's UNAVAILABLE is retried to success.
+//! FAILS with the service's INVALID_ARGUMENT message, not retried; a
+//! flaky inventory's UNAVAILABLE is retried to success; and the order's
+//! outcome reaches the notifications endpoint as a signed callback.
 
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
@@ -30,8 +31,13 @@ struct Services {
     catalog: SocketAddr,
     inventory: SocketAddr,
     orders: SocketAddr,
+    /// The notifications endpoint's URL (completion callbacks).
+    notifications: String,
     lines: mpsc::UnboundedReceiver<String>,
 }
+
+/// The secret `gateway.toml` signs callbacks with.
+const DEMO_SECRET: &str = "whsec_c2hvcC1kZW1vLXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24=";
 
 impl Services {
     async fn start(flaky: bool) -> Self {
@@ -40,6 +46,8 @@ impl Services {
             .args(["--catalog", "127.0.0.1:0"])
             .args(["--inventory", "127.0.0.1:0"])
             .args(["--orders", "127.0.0.1:0"])
+            .args(["--notifications", "127.0.0.1:0"])
+            .args(["--webhook-secret", DEMO_SECRET])
             .env_remove("SHOP_WEBHOOK_SECRET")
             .stdout(Stdio::piped())
             .kill_on_drop(true);
@@ -63,11 +71,21 @@ impl Services {
         let catalog = address("catalog").await;
         let inventory = address("inventory").await;
         let orders = address("orders").await;
+        let line = timeout(PATIENCE, out.next_line())
+            .await
+            .expect("shop-services prints its notifications endpoint")
+            .expect("stdout readable")
+            .expect("shop-services is running");
+        let notifications = line
+            .strip_prefix("notifications listening on ")
+            .unwrap_or_else(|| panic!("{line:?} names no notifications endpoint"))
+            .to_owned();
         Self {
             _child: child,
             catalog,
             inventory,
             orders,
+            notifications,
             lines: forward(out),
         }
     }
@@ -223,9 +241,10 @@ fn decode<M: prost::Message + Default>(ticket: &gate::Ticket) -> M {
 
 #[tokio::test]
 async fn an_order_placed_through_the_gateway_reaches_its_decodable_result() {
-    let services = Services::start(false).await;
+    let mut services = Services::start(false).await;
     let gateway = Gateway::start(&services).await;
-    let run = run_client(&gateway, &services, &[]).await;
+    let notify = services.notifications.clone();
+    let run = run_client(&gateway, &services, &["--notify", &notify]).await;
     assert!(run.status.success(), "{}\n{:?}", run.stdout, run.status);
     assert!(
         !is_terminal(run.order_when_printed),
@@ -260,6 +279,16 @@ async fn an_order_placed_through_the_gateway_reaches_its_decodable_result() {
         run.stdout.contains("Inventory: all in stock"),
         "{}",
         run.stdout
+    );
+    // The order's outcome reached the notifications endpoint as a signed
+    // callback (the endpoint refuses any other).
+    let notified = services
+        .expect_line(&format!("ticket {}", run.order.id))
+        .await;
+    assert!(notified.contains("SUCCEEDED"), "{notified}");
+    assert!(
+        notified.contains(&format!("webhook-id {}.{}", run.order.id, run.order.seq)),
+        "{notified}"
     );
     gateway.running.shutdown().await.expect("clean shutdown");
 }

@@ -35,6 +35,11 @@ struct Args {
     /// Order an empty cart (the order service refuses it).
     #[arg(long, conflicts_with = "items")]
     empty_cart: bool,
+    /// Have the gateway deliver the order's outcome here when it ends (a
+    /// completion callback), e.g. the notifications endpoint of
+    /// `shop-services`: http://127.0.0.1:50064/notifications.
+    #[arg(long, value_name = "URL")]
+    notify: Option<String>,
 }
 
 fn parse_item(text: &str) -> Result<pb::CartItem, String> {
@@ -86,12 +91,19 @@ async fn main() -> anyhow::Result<ExitCode> {
     let check = pb::CheckRequest {
         items: items.clone(),
     };
-    let inventory = submit(&client, "inventory", INVENTORY_QUEUE, &check).await?;
+    let inventory = submit(&client, "inventory", INVENTORY_QUEUE, &check, None).await?;
     let order = pb::PlaceOrderRequest {
         customer: args.customer.clone(),
         items,
     };
-    let order = submit(&client, "order", ORDERS_QUEUE, &order).await?;
+    let order = submit(
+        &client,
+        "order",
+        ORDERS_QUEUE,
+        &order,
+        args.notify.as_deref(),
+    )
+    .await?;
 
     println!("\nFollowing both tickets:");
     let (inventory, order) = follow(&client, &inventory, &order).await?;
@@ -130,16 +142,22 @@ async fn list_products(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Submits `request`'s bytes to `queue` and prints the ticket at once.
+/// Submits `request`'s bytes to `queue` (with a completion callback to
+/// `notify`, if given) and prints the ticket at once.
 async fn submit(
     client: &Client,
     label: &str,
     queue: &str,
     request: &impl prost::Message,
+    notify: Option<&str>,
 ) -> anyhow::Result<String> {
     let started = Instant::now();
+    let mut submit = Submit::new(queue).binary(request.encode_to_vec(), "application/x-protobuf");
+    if let Some(url) = notify {
+        submit = submit.callback(url);
+    }
     let ticket = client
-        .submit(Submit::new(queue).binary(request.encode_to_vec(), "application/x-protobuf"))
+        .submit(submit)
         .await
         .with_context(|| format!("submitting the {label} to queue {queue:?}"))?;
     println!(
