@@ -365,6 +365,16 @@ pub(crate) struct ListArgs {
     )]
     pub(crate) states: Vec<StateArg>,
 
+    /// Only tickets whose completion callback is in these states, e.g.
+    /// gave-up: the deliveries given up (repeatable, or comma-separated).
+    #[arg(
+        long = "callback-state",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "STATE"
+    )]
+    pub(crate) callback_states: Vec<CallbackStateArg>,
+
     /// Tickets per page, 1 to 1000 (default: the gateway's, 100).
     #[arg(long, value_name = "N")]
     pub(crate) page_size: Option<u32>,
@@ -412,6 +422,11 @@ impl ListArgs {
                 .map(|since| now.checked_sub(since).unwrap_or(UNIX_EPOCH).into()),
             created_before: self.before,
             newest_first: self.newest_first,
+            callback_states: self
+                .callback_states
+                .into_iter()
+                .map(|s| pb::CallbackState::from(s) as i32)
+                .collect(),
         }
     }
 }
@@ -455,6 +470,26 @@ impl From<StateArg> for pb::TicketState {
             StateArg::Failed => pb::TicketState::Failed,
             StateArg::Cancelled => pb::TicketState::Cancelled,
             StateArg::Expired => pb::TicketState::Expired,
+        }
+    }
+}
+
+/// A callback delivery state as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CallbackStateArg {
+    Waiting,
+    Pending,
+    Delivered,
+    GaveUp,
+}
+
+impl From<CallbackStateArg> for pb::CallbackState {
+    fn from(state: CallbackStateArg) -> Self {
+        match state {
+            CallbackStateArg::Waiting => pb::CallbackState::Waiting,
+            CallbackStateArg::Pending => pb::CallbackState::Pending,
+            CallbackStateArg::Delivered => pb::CallbackState::Delivered,
+            CallbackStateArg::GaveUp => pb::CallbackState::GaveUp,
         }
     }
 }

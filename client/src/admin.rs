@@ -149,6 +149,18 @@ impl Admin {
         Ok(self.inner.clone().retry_ticket(request).await?.into_inner())
     }
 
+    /// Delivers a ticket's completion callback again after it was given up
+    /// (GAVE_UP), with a fresh retry window and the same webhook-id.
+    pub async fn retry_callback(&self, id: &str) -> Result<pb::Ticket, ClientError> {
+        let request = pb::RetryCallbackRequest { id: id.to_owned() };
+        Ok(self
+            .inner
+            .clone()
+            .retry_callback(request)
+            .await?
+            .into_inner())
+    }
+
     /// [`Admin::retry_ticket`] for every ticket of `queue` in `states`
     /// (FAILED, CANCELLED and/or EXPIRED; none: FAILED) created before
     /// `created_before` (none: all); returns how many went back to PENDING.

@@ -124,7 +124,8 @@ impl GatewayError {
                 EngineError::StaleLease { .. }
                 | EngineError::AlreadyTerminal { .. }
                 | EngineError::NotFinished { .. }
-                | EngineError::SucceededNotRetried(_) => Code::FailedPrecondition,
+                | EngineError::SucceededNotRetried(_)
+                | EngineError::CallbackNotRetried { .. } => Code::FailedPrecondition,
                 EngineError::SessionLost(_) => Code::Unavailable,
                 EngineError::Store(e) => match e.kind() {
                     // A full store is UNAVAILABLE, as before the kinds were

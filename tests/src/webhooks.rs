@@ -1,8 +1,8 @@
 //! A webhook receiver for the callback tests: an HTTP server on an
 //! ephemeral loopback port that checks each delivery's Standard Webhooks
 //! signature with its own HMAC (ring, not the gateway's crate), answers
-//! 401 to a bad one, 503 while told to fail, 200 otherwise, and keeps
-//! every delivery it saw.
+//! 401 to a bad one, 503 (or the status it is given) while told to fail,
+//! 200 otherwise, and keeps every delivery it saw.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,6 +35,8 @@ pub struct Delivery {
 struct State {
     keys: Vec<ring::hmac::Key>,
     failing: AtomicUsize,
+    /// The status the failing answers carry.
+    failure: std::sync::atomic::AtomicU16,
     deliveries: Mutex<Vec<Delivery>>,
     arrived: Notify,
 }
@@ -60,6 +62,7 @@ impl WebhookReceiver {
         let state = Arc::new(State {
             keys,
             failing: AtomicUsize::new(0),
+            failure: std::sync::atomic::AtomicU16::new(503),
             deliveries: Mutex::new(Vec::new()),
             arrived: Notify::new(),
         });
@@ -91,6 +94,12 @@ impl WebhookReceiver {
 
     /// Answers the next `n` deliveries with 503.
     pub fn fail_next(&self, n: usize) {
+        self.answer_next(n, 503);
+    }
+
+    /// Answers the next `n` deliveries with `status` (e.g. 410 Gone).
+    pub fn answer_next(&self, n: usize, status: u16) {
+        self.state.failure.store(status, Ordering::SeqCst);
         self.state.failing.store(n, Ordering::SeqCst);
     }
 
@@ -165,7 +174,8 @@ async fn answer(
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
     {
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::from_u16(state.failure.load(Ordering::SeqCst))
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
     } else {
         StatusCode::OK
     };

@@ -84,6 +84,16 @@ pub enum EngineError {
         "ticket {0} succeeded; succeeded tickets are not retried (their request body is not kept): submit the request again"
     )]
     SucceededNotRetried(TicketId),
+    /// Only a given-up callback is delivered again.
+    #[error(
+        "ticket {id} {why}; only a callback whose delivery was given up (GAVE_UP) is sent again"
+    )]
+    CallbackNotRetried {
+        /// The ticket.
+        id: TicketId,
+        /// What its callback is instead.
+        why: String,
+    },
     /// A limit on stored data was reached.
     #[error("{0}")]
     LimitExceeded(String),

@@ -145,7 +145,7 @@ pub struct LocalEngine {
     /// Schedules by id (a handful to thousands: scanned for due ones).
     schedules: Mutex<std::collections::BTreeMap<String, super::ScheduleRecord>>,
     /// Tickets whose callbacks are due, by when (see `local/callbacks.rs`).
-    callbacks: Mutex<std::collections::BTreeSet<(SystemTime, TicketId)>>,
+    callbacks: Mutex<callbacks::CallbackIndex>,
 }
 
 /// Locks a mutex, recovering from poisoning: state transitions never leave a

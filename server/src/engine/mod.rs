@@ -242,11 +242,13 @@ pub struct ListFilter {
     pub created_before: Option<SystemTime>,
     /// Descending id order (newest first) rather than ascending.
     pub newest_first: bool,
+    /// Only tickets whose callback is in one of these states (empty: all).
+    pub callback_states: Vec<crate::domain::callback::CallbackState>,
 }
 
 impl ListFilter {
-    /// Whether `ticket` passes the queue, state, tenant, metadata and
-    /// creation-time filters (the cursor is [`ListFilter::past_cursor`]'s).
+    /// Whether `ticket` passes the queue, state, tenant, metadata,
+    /// creation-time and callback filters (the cursor is [`ListFilter::past_cursor`]'s).
     pub fn admits(&self, ticket: &Ticket) -> bool {
         self.queue.as_ref().is_none_or(|q| *q == ticket.queue)
             && (self.states.is_empty() || self.states.contains(&ticket.state))
@@ -260,6 +262,11 @@ impl ListFilter {
                 .all(|(key, value)| ticket.metadata.get(key) == Some(value))
             && self.created_after.is_none_or(|at| ticket.created_at >= at)
             && self.created_before.is_none_or(|at| ticket.created_at < at)
+            && (self.callback_states.is_empty()
+                || ticket
+                    .callback
+                    .as_deref()
+                    .is_some_and(|c| self.callback_states.contains(&c.state)))
     }
 
     /// Whether `id` lies past the page cursor, in the listing's order.
@@ -694,6 +701,10 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
         hold: Duration,
     ) -> Result<Vec<Ticket>, EngineError>;
+
+    /// Makes `id`'s given-up callback due again now (an operator's retry);
+    /// `CallbackNotRetried` unless it gave up. Returns the ticket.
+    async fn retry_callback(&self, id: TicketId) -> Result<Ticket, EngineError>;
 
     /// Records an attempt to deliver `id`'s callback for its end `seq`
     /// (fenced: false, and nothing changed, when the delivery is settled or

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::{EngineConfig, EngineError, ReleaseReason, SessionInfo};
 use prost::Message;
 
-use crate::domain::callback::CallbackOutcome;
+use crate::domain::callback::{CallbackOutcome, CallbackState};
 use crate::domain::ticket::{Payload, codes};
 use crate::domain::{Lease, LeaseId, Outcome, Ticket, TicketError, TicketId, TicketState};
 
@@ -259,6 +259,28 @@ pub(crate) fn retry(ticket: &mut Ticket, now: SystemTime) -> Result<(), EngineEr
     }
     ticket.touch(now);
     Ok(())
+}
+
+/// An operator's retry of a given-up callback: due now, with a fresh
+/// retry window, for the same end (the same webhook-id).
+pub(crate) fn retry_callback(ticket: &mut Ticket, now: SystemTime) -> Result<(), EngineError> {
+    let id = ticket.id;
+    match ticket.callback.as_deref_mut() {
+        Some(callback) if callback.state == CallbackState::GaveUp => {
+            callback.state = CallbackState::Pending;
+            callback.next_at = Some(now);
+            callback.due_since = Some(now);
+            Ok(())
+        }
+        Some(callback) => Err(EngineError::CallbackNotRetried {
+            id,
+            why: format!("has its callback {:?}", callback.state),
+        }),
+        None => Err(EngineError::CallbackNotRetried {
+            id,
+            why: "has no callback".into(),
+        }),
+    }
 }
 
 /// Records how an attempt to deliver `id`'s callback for its end `seq`

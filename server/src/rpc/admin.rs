@@ -387,6 +387,25 @@ impl Admin for AdminService {
         Ok(Response::new(self.core.present(&caller, &ticket).await))
     }
 
+    async fn retry_callback(
+        &self,
+        request: Request<pb::RetryCallbackRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let id = convert::ticket_id(&request.get_ref().id, "id")?;
+        self.core.visible(&caller, id).await?;
+        let ticket = self
+            .core
+            .engine
+            .retry_callback(id)
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, "RetryCallback", peer, &id.to_string());
+        tracing::info!(ticket_id = %id, by = %caller.name, "callback retried");
+        Ok(Response::new(self.core.present(&caller, &ticket).await))
+    }
+
     async fn retry_tickets(
         &self,
         request: Request<pb::RetryTicketsRequest>,

@@ -94,6 +94,7 @@ impl Core {
                 created_after: query.created_after,
                 created_before: query.created_before,
                 newest_first: query.newest_first,
+                callback_states: query.callback_states,
             })
             .await?;
         Ok(Page {

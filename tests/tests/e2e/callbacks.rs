@@ -2,8 +2,9 @@
 //! the Standard Webhooks signatures with its own HMAC gets the terminal
 //! ticket in the proto3 JSON mapping, again after a 503 with the same
 //! `webhook-id`; a gRPC receiver gets `Callbacks.TicketFinished`; the
-//! ticket shows its delivery; and a destination off the allowlist — or a
-//! name that leads to a private address not listed — is refused.
+//! ticket shows its delivery; a delivery given up is listed and sent again
+//! by Admin.RetryCallback; and a destination off the allowlist — or a name
+//! that leads to a private address not listed — is refused.
 
 use std::time::Duration;
 
@@ -221,4 +222,58 @@ async fn callbacks_go_only_where_the_gateway_allows() {
         "{callback:?}"
     );
     assert!(receiver.deliveries().is_empty(), "no request reached it");
+}
+
+#[tokio::test]
+async fn a_given_up_callback_is_listed_and_sent_again_by_the_admin() {
+    let receiver = WebhookReceiver::start(&[SECRET]).await;
+    // 410 Gone: the receiver wants no more; the delivery gives up at once.
+    receiver.answer_next(1, 410);
+    let gateway = gateway(&["127.0.0.1"]).await;
+    let client = gateway.client().await;
+    let ticket = client
+        .submit(Submit::new("nobody").callback(receiver.url("/gone")))
+        .await
+        .unwrap();
+    let plain = client.submit(Submit::new("nobody")).await.unwrap();
+    client.cancel(&ticket.id, "").await.unwrap();
+    client.cancel(&plain.id, "").await.unwrap();
+    let callback = callback_after(&client, &ticket.id, 1).await;
+    assert_eq!(
+        callback.state,
+        pb::CallbackState::GaveUp as i32,
+        "{callback:?}"
+    );
+    assert!(callback.last_error.contains("410"), "{callback:?}");
+
+    let given_up = client
+        .list(pb::ListTicketsRequest {
+            callback_states: vec![pb::CallbackState::GaveUp as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .tickets;
+    assert_eq!(
+        given_up.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [ticket.id.as_str()],
+        "only the given-up delivery"
+    );
+
+    let retried = client.admin().retry_callback(&ticket.id).await.unwrap();
+    assert_eq!(
+        retried.callback.map(|c| c.state),
+        Some(pb::CallbackState::Pending as i32)
+    );
+    let seen = receiver
+        .wait_until(|d| d.iter().any(|d| d.status == 200))
+        .await;
+    assert_eq!(seen[0].webhook_id, seen[1].webhook_id, "the same delivery");
+    let callback = callback_after(&client, &ticket.id, 2).await;
+    assert_eq!(callback.state, pb::CallbackState::Delivered as i32);
+    // Only a given-up delivery is sent again.
+    for id in [&ticket.id, &plain.id] {
+        let refused = client.admin().retry_callback(id).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    }
 }

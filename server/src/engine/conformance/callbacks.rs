@@ -97,6 +97,51 @@ pub(crate) async fn a_callback_is_due_at_the_end_claimed_once_and_recorded(facto
     assert_eq!(delivered.seq, ended.seq, "not an event");
     assert!(claim(retry_at + hold * 3).await.is_empty());
 
+    // Given up: listed by its callback state, and due again (the same end)
+    // after an operator's retry; only a given-up one is retried.
+    let mut new = new_ticket("q");
+    new.callback = Some("grpc://10.0.0.1:9".into());
+    let gone = h.engine.submit(new).await.unwrap().ticket.id;
+    let end = h.engine.cancel(gone, "").await.unwrap().seq;
+    let give_up = CallbackOutcome::GiveUp {
+        error: "HTTP 410".into(),
+    };
+    assert!(h.engine.record_callback(gone, end, give_up).await.unwrap());
+    let listed = h
+        .engine
+        .list(ListFilter {
+            callback_states: vec![CallbackState::GaveUp],
+            page_size: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap()
+        .tickets;
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), [gone]);
+    assert!(matches!(
+        h.engine.retry_callback(id).await,
+        Err(EngineError::CallbackNotRetried { .. })
+    ));
+    let retried = h.engine.retry_callback(gone).await.unwrap();
+    assert_eq!(
+        retried.callback.as_deref().unwrap().state,
+        CallbackState::Pending
+    );
+    let claimed = claim(SystemTime::now() + Duration::from_millis(5)).await;
+    assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [gone]);
+    assert_eq!(
+        claimed[0].callback.as_deref().unwrap().seq,
+        end,
+        "the same end"
+    );
+    let delivered = CallbackOutcome::Delivered;
+    assert!(
+        h.engine
+            .record_callback(gone, end, delivered)
+            .await
+            .unwrap()
+    );
+
     // A ticket without a callback is never claimed.
     let plain = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     h.engine.cancel(plain, "").await.unwrap();

@@ -5,6 +5,7 @@
 //! delivery is due at once (a delivery in flight at a crash is made again:
 //! at least once). Entries are dropped lazily: a claim checks the ticket.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use super::{LocalEngine, lock};
@@ -12,15 +13,57 @@ use crate::domain::callback::{CallbackOutcome, CallbackState};
 use crate::domain::{Ticket, TicketId};
 use crate::engine::{EngineError, transition};
 
+/// Due callbacks by time, one entry per ticket.
+#[derive(Debug, Default)]
+pub(super) struct CallbackIndex {
+    by_time: BTreeSet<(SystemTime, TicketId)>,
+    at: HashMap<TicketId, SystemTime>,
+}
+
+impl CallbackIndex {
+    /// `id` is due at `at` (replacing when it was due before).
+    fn set(&mut self, id: TicketId, at: SystemTime) {
+        if let Some(old) = self.at.insert(id, at) {
+            self.by_time.remove(&(old, id));
+        }
+        self.by_time.insert((at, id));
+    }
+
+    fn remove(&mut self, id: TicketId) {
+        if let Some(old) = self.at.remove(&id) {
+            self.by_time.remove(&(old, id));
+        }
+    }
+
+    /// Takes up to `limit` ids due by `now`.
+    fn take_due(&mut self, now: SystemTime, limit: usize) -> Vec<TicketId> {
+        let mut due = Vec::new();
+        while due.len() < limit {
+            match self.by_time.first() {
+                Some(&(at, id)) if at <= now => {
+                    self.by_time.pop_first();
+                    self.at.remove(&id);
+                    due.push(id);
+                }
+                _ => break,
+            }
+        }
+        due
+    }
+}
+
 impl LocalEngine {
-    /// Puts `ticket`'s callback in the index if it is due. Call under the
-    /// ticket's shard lock (the lock order is shard, then index).
+    /// Puts `ticket`'s callback in the index when it is due, and takes it
+    /// out when it is not. Call under the ticket's shard lock (the lock
+    /// order is shard, then index).
     pub(super) fn index_callback(&self, ticket: &Ticket) {
-        if let Some(callback) = ticket.callback.as_deref()
-            && callback.state == CallbackState::Pending
-        {
-            let at = callback.next_at.unwrap_or(SystemTime::UNIX_EPOCH);
-            lock(&self.callbacks).insert((at, ticket.id));
+        match ticket.callback.as_deref() {
+            Some(callback) if callback.state == CallbackState::Pending => {
+                let at = callback.next_at.unwrap_or(SystemTime::UNIX_EPOCH);
+                lock(&self.callbacks).set(ticket.id, at);
+            }
+            Some(_) => lock(&self.callbacks).remove(ticket.id),
+            None => {}
         }
     }
 
@@ -34,20 +77,7 @@ impl LocalEngine {
     ) -> Vec<Ticket> {
         let mut claimed = Vec::new();
         while claimed.len() < limit {
-            let due: Vec<TicketId> = {
-                let mut index = lock(&self.callbacks);
-                let mut due = Vec::new();
-                while due.len() < limit - claimed.len() {
-                    match index.first() {
-                        Some(&(at, id)) if at <= now => {
-                            index.pop_first();
-                            due.push(id);
-                        }
-                        _ => break,
-                    }
-                }
-                due
-            };
+            let due = lock(&self.callbacks).take_due(now, limit - claimed.len());
             if due.is_empty() {
                 break;
             }
@@ -62,12 +92,27 @@ impl LocalEngine {
                 let due_now = callback.state == CallbackState::Pending
                     && callback.next_at.is_none_or(|at| at <= now);
                 if due_now {
-                    lock(&self.callbacks).insert((now + hold, id));
+                    lock(&self.callbacks).set(id, now + hold);
                     claimed.push(Ticket::clone(ticket));
                 }
             }
         }
         claimed
+    }
+
+    /// An operator's retry of a given-up callback (see
+    /// `Engine::retry_callback`): the ticket and the journal seq to wait for.
+    pub(super) fn apply_callback_retry(&self, id: TicketId) -> Result<(Ticket, u64), EngineError> {
+        let now = SystemTime::now();
+        let mut shard = lock(self.shard(&id));
+        let shard = &mut *shard;
+        let Some(ticket) = shard.tickets.get_mut(&id) else {
+            return Err(Self::lookup_error(shard, id));
+        };
+        transition::retry_callback(ticket, now)?;
+        self.index_callback(ticket);
+        let seq = self.commit(ticket, None, None);
+        Ok((Ticket::clone(ticket), seq))
     }
 
     /// Records a delivery attempt (see `Engine::record_callback`); the

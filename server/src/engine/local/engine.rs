@@ -604,6 +604,15 @@ impl Engine for LocalEngine {
         Ok(self.claim_due_callbacks(now, limit, hold))
     }
 
+    async fn retry_callback(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        if let Some(refused) = self.journal.refusing() {
+            return Err(refused);
+        }
+        let (ticket, seq) = self.apply_callback_retry(id)?;
+        self.durable(seq).await?;
+        Ok(ticket)
+    }
+
     async fn record_callback(
         &self,
         id: TicketId,

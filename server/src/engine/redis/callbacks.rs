@@ -63,6 +63,18 @@ impl Inner {
         Ok(claimed)
     }
 
+    pub(super) async fn retry_callback(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        let queue = self.locate(id).await?;
+        let now = SystemTime::now();
+        let (ticket, _) = self
+            .transact(&queue, id, None, |ticket| {
+                transition::retry_callback(ticket, now)?;
+                Ok(Step::write(ticket.clone(), Vec::new()))
+            })
+            .await?;
+        Ok(ticket)
+    }
+
     pub(super) async fn record_callback(
         &self,
         id: TicketId,

@@ -223,6 +223,10 @@ impl Engine for RedisEngine {
         self.inner.claim_callbacks(now, limit, hold).await
     }
 
+    async fn retry_callback(&self, id: TicketId) -> Result<Ticket, EngineError> {
+        self.inner.retry_callback(id).await
+    }
+
     async fn record_callback(
         &self,
         id: TicketId,

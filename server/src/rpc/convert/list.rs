@@ -45,6 +45,8 @@ pub struct PageQuery {
     pub created_before: Option<SystemTime>,
     /// Newest first rather than oldest first.
     pub newest_first: bool,
+    /// Only tickets whose callback is in one of these states.
+    pub callback_states: Vec<crate::domain::callback::CallbackState>,
 }
 
 /// Validates a `ListTickets` request from `caller`.
@@ -93,7 +95,31 @@ pub fn list_tickets(
         created_after,
         created_before,
         newest_first: request.newest_first,
+        callback_states: request
+            .callback_states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| callback_state_from_pb(*s, i))
+            .collect::<Result<_, _>>()?,
     })
+}
+
+/// A `callback_states` entry.
+fn callback_state_from_pb(
+    value: i32,
+    index: usize,
+) -> Result<crate::domain::callback::CallbackState, GatewayError> {
+    use crate::domain::callback::CallbackState;
+    match pb::CallbackState::try_from(value) {
+        Ok(pb::CallbackState::Waiting) => Ok(CallbackState::Waiting),
+        Ok(pb::CallbackState::Pending) => Ok(CallbackState::Pending),
+        Ok(pb::CallbackState::Delivered) => Ok(CallbackState::Delivered),
+        Ok(pb::CallbackState::GaveUp) => Ok(CallbackState::GaveUp),
+        _ => Err(GatewayError::invalid(
+            format!("callback_states[{index}]"),
+            format!("{value} is not a callback state; use WAITING, PENDING, DELIVERED or GAVE_UP"),
+        )),
+    }
 }
 
 /// The metadata entries a listing filters on, sorted by key: at most

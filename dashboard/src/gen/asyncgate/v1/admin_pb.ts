@@ -21,7 +21,24 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asyncgate/v1/admin.proto.
  */
 export const file_asyncgate_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chhhc3luY2dhdGUvdjEvYWRtaW4ucHJvdG8SDGFzeW5jZ2F0ZS52MSIkChFMaXN0UXVldWVzUmVxdWVzdBIPCgdoaXN0b3J5GAEgASgIIj0KEkxpc3RRdWV1ZXNSZXNwb25zZRInCgZxdWV1ZXMYASADKAsyFy5hc3luY2dhdGUudjEuUXVldWVJbmZvIjAKD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2hpc3RvcnkYAiABKAgizAQKCVF1ZXVlSW5mbxIMCgRuYW1lGAEgASgJEikKBmNvdW50cxgCIAEoCzIZLmFzeW5jZ2F0ZS52MS5RdWV1ZUNvdW50cxI1ChFvbGRlc3RfcGVuZGluZ19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3dvcmtlcnMYBSABKA0SEQoJaW5fZmxpZ2h0GAYgASgEEicKBXBhdXNlGAcgASgLMhguYXN5bmNnYXRlLnYxLlF1ZXVlUGF1c2USKQoGbGltaXRzGAggASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzEjIKC2xhc3RfbWludXRlGAkgASgLMh0uYXN5bmNnYXRlLnYxLlF1ZXVlVGhyb3VnaHB1dBI4ChFsYXN0X2ZpdmVfbWludXRlcxgKIAEoCzIdLmFzeW5jZ2F0ZS52MS5RdWV1ZVRocm91Z2hwdXQSMAoKcXVldWVfd2FpdBgLIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIuCghydW5fdGltZRgMIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIRCgloZWxkX2JhY2sYDSABKAQSEQoJc2NoZWR1bGVkGA4gASgEEioKB2hpc3RvcnkYDyADKAsyGS5hc3luY2dhdGUudjEuUXVldWVTYW1wbGUivQEKC1F1ZXVlU2FtcGxlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdWNjZWVkZWQYAiABKAQSDgoGZmFpbGVkGAMgASgEEjAKCnF1ZXVlX3dhaXQYBCABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkSLgoIcnVuX3RpbWUYBSABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkidgoLUXVldWVDb3VudHMSDwoHcGVuZGluZxgBIAEoBBIPCgdydW5uaW5nGAIgASgEEhEKCXN1Y2NlZWRlZBgDIAEoBBIOCgZmYWlsZWQYBCABKAQSEQoJY2FuY2VsbGVkGAUgASgEEg8KB2V4cGlyZWQYBiABKAQiXgoKUXVldWVQYXVzZRIRCglwYXVzZWRfYnkYASABKAkSLQoJcGF1c2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkiVQoLUXVldWVMaW1pdHMSHwoXbWF4X2Rpc3BhdGNoX3Blcl9zZWNvbmQYASABKA0SDQoFYnVyc3QYAiABKA0SFgoObWF4X2NvbmN1cnJlbnQYAyABKA0iNAoPUXVldWVUaHJvdWdocHV0EhEKCXN1Y2NlZWRlZBgBIAEoBBIOCgZmYWlsZWQYAiABKAQibwoOTGF0ZW5jeVN1bW1hcnkSJgoDcDUwGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgDIAEoBCIxChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJSZXN1bWVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKAAQoRUHVyZ2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKElB1cmdlUXVldWVSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAQiUAoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSKQoGbGltaXRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzIiMKEkxpc3RXb3JrZXJzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSJ3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEikKB3dvcmtlcnMYASADKAsyGC5hc3luY2dhdGUudjEuV29ya2VySW5mbxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24itgIKCldvcmtlckluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt3b3JrZXJfbmFtZRgCIAEoCRIMCgRwZWVyGAMgASgJEg4KBnF1ZXVlcxgEIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEg8KB3RpY2tldHMYBiADKAkSMAoMY29ubmVjdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1sYXN0X2hlYXJkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXBsaWNhGAkgASgJEhAKCGRyYWluaW5nGAogASgIEjEKDmxhc3RfaGVhcmRfYWdlGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIigKEkRyYWluV29ya2VyUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIiAKElJldHJ5VGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSKDAQoTUmV0cnlUaWNrZXRzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKFFJldHJ5VGlja2V0c1Jlc3BvbnNlEg8KB3JldHJpZWQYASABKAQiIQoTRGVsZXRlVGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSJGChREZWxldGVUaWNrZXRSZXNwb25zZRIuCgpkZWxldGVkX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDLjBgoFQWRtaW4STwoKTGlzdFF1ZXVlcxIfLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVxdWVzdBogLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVzcG9uc2USQgoIR2V0UXVldWUSHS5hc3luY2dhdGUudjEuR2V0UXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJGCgpQYXVzZVF1ZXVlEh8uYXN5bmNnYXRlLnYxLlBhdXNlUXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJICgtSZXN1bWVRdWV1ZRIgLmFzeW5jZ2F0ZS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEk8KClB1cmdlUXVldWUSHy5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaIC5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlc3BvbnNlEk4KDlNldFF1ZXVlTGltaXRzEiMuYXN5bmNnYXRlLnYxLlNldFF1ZXVlTGltaXRzUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SUgoLTGlzdFdvcmtlcnMSIC5hc3luY2dhdGUudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiEuYXN5bmNnYXRlLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSQoLRHJhaW5Xb3JrZXISIC5hc3luY2dhdGUudjEuRHJhaW5Xb3JrZXJSZXF1ZXN0GhguYXN5bmNnYXRlLnYxLldvcmtlckluZm8SRQoLUmV0cnlUaWNrZXQSIC5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJVCgxSZXRyeVRpY2tldHMSIS5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRzUmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldHNSZXNwb25zZRJVCgxEZWxldGVUaWNrZXQSIS5hc3luY2dhdGUudjEuRGVsZXRlVGlja2V0UmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5EZWxldGVUaWNrZXRSZXNwb25zZWIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chhhc3luY2dhdGUvdjEvYWRtaW4ucHJvdG8SDGFzeW5jZ2F0ZS52MSIiChRSZXRyeUNhbGxiYWNrUmVxdWVzdBIKCgJpZBgBIAEoCSIkChFMaXN0UXVldWVzUmVxdWVzdBIPCgdoaXN0b3J5GAEgASgIIj0KEkxpc3RRdWV1ZXNSZXNwb25zZRInCgZxdWV1ZXMYASADKAsyFy5hc3luY2dhdGUudjEuUXVldWVJbmZvIjAKD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2hpc3RvcnkYAiABKAgizAQKCVF1ZXVlSW5mbxIMCgRuYW1lGAEgASgJEikKBmNvdW50cxgCIAEoCzIZLmFzeW5jZ2F0ZS52MS5RdWV1ZUNvdW50cxI1ChFvbGRlc3RfcGVuZGluZ19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3dvcmtlcnMYBSABKA0SEQoJaW5fZmxpZ2h0GAYgASgEEicKBXBhdXNlGAcgASgLMhguYXN5bmNnYXRlLnYxLlF1ZXVlUGF1c2USKQoGbGltaXRzGAggASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzEjIKC2xhc3RfbWludXRlGAkgASgLMh0uYXN5bmNnYXRlLnYxLlF1ZXVlVGhyb3VnaHB1dBI4ChFsYXN0X2ZpdmVfbWludXRlcxgKIAEoCzIdLmFzeW5jZ2F0ZS52MS5RdWV1ZVRocm91Z2hwdXQSMAoKcXVldWVfd2FpdBgLIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIuCghydW5fdGltZRgMIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIRCgloZWxkX2JhY2sYDSABKAQSEQoJc2NoZWR1bGVkGA4gASgEEioKB2hpc3RvcnkYDyADKAsyGS5hc3luY2dhdGUudjEuUXVldWVTYW1wbGUivQEKC1F1ZXVlU2FtcGxlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdWNjZWVkZWQYAiABKAQSDgoGZmFpbGVkGAMgASgEEjAKCnF1ZXVlX3dhaXQYBCABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkSLgoIcnVuX3RpbWUYBSABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkidgoLUXVldWVDb3VudHMSDwoHcGVuZGluZxgBIAEoBBIPCgdydW5uaW5nGAIgASgEEhEKCXN1Y2NlZWRlZBgDIAEoBBIOCgZmYWlsZWQYBCABKAQSEQoJY2FuY2VsbGVkGAUgASgEEg8KB2V4cGlyZWQYBiABKAQiXgoKUXVldWVQYXVzZRIRCglwYXVzZWRfYnkYASABKAkSLQoJcGF1c2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkiVQoLUXVldWVMaW1pdHMSHwoXbWF4X2Rpc3BhdGNoX3Blcl9zZWNvbmQYASABKA0SDQoFYnVyc3QYAiABKA0SFgoObWF4X2NvbmN1cnJlbnQYAyABKA0iNAoPUXVldWVUaHJvdWdocHV0EhEKCXN1Y2NlZWRlZBgBIAEoBBIOCgZmYWlsZWQYAiABKAQibwoOTGF0ZW5jeVN1bW1hcnkSJgoDcDUwGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgDIAEoBCIxChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJSZXN1bWVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKAAQoRUHVyZ2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKElB1cmdlUXVldWVSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAQiUAoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSKQoGbGltaXRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzIiMKEkxpc3RXb3JrZXJzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSJ3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEikKB3dvcmtlcnMYASADKAsyGC5hc3luY2dhdGUudjEuV29ya2VySW5mbxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24itgIKCldvcmtlckluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt3b3JrZXJfbmFtZRgCIAEoCRIMCgRwZWVyGAMgASgJEg4KBnF1ZXVlcxgEIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEg8KB3RpY2tldHMYBiADKAkSMAoMY29ubmVjdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1sYXN0X2hlYXJkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXBsaWNhGAkgASgJEhAKCGRyYWluaW5nGAogASgIEjEKDmxhc3RfaGVhcmRfYWdlGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIigKEkRyYWluV29ya2VyUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIiAKElJldHJ5VGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSKDAQoTUmV0cnlUaWNrZXRzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKFFJldHJ5VGlja2V0c1Jlc3BvbnNlEg8KB3JldHJpZWQYASABKAQiIQoTRGVsZXRlVGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSJGChREZWxldGVUaWNrZXRSZXNwb25zZRIuCgpkZWxldGVkX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDKuBwoFQWRtaW4STwoKTGlzdFF1ZXVlcxIfLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVxdWVzdBogLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVzcG9uc2USQgoIR2V0UXVldWUSHS5hc3luY2dhdGUudjEuR2V0UXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJGCgpQYXVzZVF1ZXVlEh8uYXN5bmNnYXRlLnYxLlBhdXNlUXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJICgtSZXN1bWVRdWV1ZRIgLmFzeW5jZ2F0ZS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEk8KClB1cmdlUXVldWUSHy5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaIC5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlc3BvbnNlEk4KDlNldFF1ZXVlTGltaXRzEiMuYXN5bmNnYXRlLnYxLlNldFF1ZXVlTGltaXRzUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SUgoLTGlzdFdvcmtlcnMSIC5hc3luY2dhdGUudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiEuYXN5bmNnYXRlLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSQoLRHJhaW5Xb3JrZXISIC5hc3luY2dhdGUudjEuRHJhaW5Xb3JrZXJSZXF1ZXN0GhguYXN5bmNnYXRlLnYxLldvcmtlckluZm8SRQoLUmV0cnlUaWNrZXQSIC5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJVCgxSZXRyeVRpY2tldHMSIS5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRzUmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldHNSZXNwb25zZRJVCgxEZWxldGVUaWNrZXQSIS5hc3luY2dhdGUudjEuRGVsZXRlVGlja2V0UmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5EZWxldGVUaWNrZXRSZXNwb25zZRJJCg1SZXRyeUNhbGxiYWNrEiIuYXN5bmNnYXRlLnYxLlJldHJ5Q2FsbGJhY2tSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldGIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message asyncgate.v1.RetryCallbackRequest
+ */
+export type RetryCallbackRequest = Message<"asyncgate.v1.RetryCallbackRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message asyncgate.v1.RetryCallbackRequest.
+ * Use `create(RetryCallbackRequestSchema)` to create a new message.
+ */
+export const RetryCallbackRequestSchema: GenMessage<RetryCallbackRequest> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_admin, 0);
 
 /**
  * @generated from message asyncgate.v1.ListQueuesRequest
@@ -40,7 +57,7 @@ export type ListQueuesRequest = Message<"asyncgate.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 0);
+  messageDesc(file_asyncgate_v1_admin, 1);
 
 /**
  * @generated from message asyncgate.v1.ListQueuesResponse
@@ -57,7 +74,7 @@ export type ListQueuesResponse = Message<"asyncgate.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 1);
+  messageDesc(file_asyncgate_v1_admin, 2);
 
 /**
  * @generated from message asyncgate.v1.GetQueueRequest
@@ -81,7 +98,7 @@ export type GetQueueRequest = Message<"asyncgate.v1.GetQueueRequest"> & {
  * Use `create(GetQueueRequestSchema)` to create a new message.
  */
 export const GetQueueRequestSchema: GenMessage<GetQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 2);
+  messageDesc(file_asyncgate_v1_admin, 3);
 
 /**
  * @generated from message asyncgate.v1.QueueInfo
@@ -200,7 +217,7 @@ export type QueueInfo = Message<"asyncgate.v1.QueueInfo"> & {
  * Use `create(QueueInfoSchema)` to create a new message.
  */
 export const QueueInfoSchema: GenMessage<QueueInfo> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 3);
+  messageDesc(file_asyncgate_v1_admin, 4);
 
 /**
  * One 15-second bucket of a queue's activity.
@@ -248,7 +265,7 @@ export type QueueSample = Message<"asyncgate.v1.QueueSample"> & {
  * Use `create(QueueSampleSchema)` to create a new message.
  */
 export const QueueSampleSchema: GenMessage<QueueSample> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 4);
+  messageDesc(file_asyncgate_v1_admin, 5);
 
 /**
  * @generated from message asyncgate.v1.QueueCounts
@@ -290,7 +307,7 @@ export type QueueCounts = Message<"asyncgate.v1.QueueCounts"> & {
  * Use `create(QueueCountsSchema)` to create a new message.
  */
 export const QueueCountsSchema: GenMessage<QueueCounts> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 5);
+  messageDesc(file_asyncgate_v1_admin, 6);
 
 /**
  * @generated from message asyncgate.v1.QueuePause
@@ -319,7 +336,7 @@ export type QueuePause = Message<"asyncgate.v1.QueuePause"> & {
  * Use `create(QueuePauseSchema)` to create a new message.
  */
 export const QueuePauseSchema: GenMessage<QueuePause> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 6);
+  messageDesc(file_asyncgate_v1_admin, 7);
 
 /**
  * @generated from message asyncgate.v1.QueueLimits
@@ -352,7 +369,7 @@ export type QueueLimits = Message<"asyncgate.v1.QueueLimits"> & {
  * Use `create(QueueLimitsSchema)` to create a new message.
  */
 export const QueueLimitsSchema: GenMessage<QueueLimits> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 7);
+  messageDesc(file_asyncgate_v1_admin, 8);
 
 /**
  * Windows are kept in 15-second buckets: "the last minute" covers 60 to
@@ -377,7 +394,7 @@ export type QueueThroughput = Message<"asyncgate.v1.QueueThroughput"> & {
  * Use `create(QueueThroughputSchema)` to create a new message.
  */
 export const QueueThroughputSchema: GenMessage<QueueThroughput> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 8);
+  messageDesc(file_asyncgate_v1_admin, 9);
 
 /**
  * @generated from message asyncgate.v1.LatencySummary
@@ -406,7 +423,7 @@ export type LatencySummary = Message<"asyncgate.v1.LatencySummary"> & {
  * Use `create(LatencySummarySchema)` to create a new message.
  */
 export const LatencySummarySchema: GenMessage<LatencySummary> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 9);
+  messageDesc(file_asyncgate_v1_admin, 10);
 
 /**
  * @generated from message asyncgate.v1.PauseQueueRequest
@@ -430,7 +447,7 @@ export type PauseQueueRequest = Message<"asyncgate.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 10);
+  messageDesc(file_asyncgate_v1_admin, 11);
 
 /**
  * @generated from message asyncgate.v1.ResumeQueueRequest
@@ -447,7 +464,7 @@ export type ResumeQueueRequest = Message<"asyncgate.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 11);
+  messageDesc(file_asyncgate_v1_admin, 12);
 
 /**
  * @generated from message asyncgate.v1.PurgeQueueRequest
@@ -478,7 +495,7 @@ export type PurgeQueueRequest = Message<"asyncgate.v1.PurgeQueueRequest"> & {
  * Use `create(PurgeQueueRequestSchema)` to create a new message.
  */
 export const PurgeQueueRequestSchema: GenMessage<PurgeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 12);
+  messageDesc(file_asyncgate_v1_admin, 13);
 
 /**
  * @generated from message asyncgate.v1.PurgeQueueResponse
@@ -497,7 +514,7 @@ export type PurgeQueueResponse = Message<"asyncgate.v1.PurgeQueueResponse"> & {
  * Use `create(PurgeQueueResponseSchema)` to create a new message.
  */
 export const PurgeQueueResponseSchema: GenMessage<PurgeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 13);
+  messageDesc(file_asyncgate_v1_admin, 14);
 
 /**
  * @generated from message asyncgate.v1.SetQueueLimitsRequest
@@ -519,7 +536,7 @@ export type SetQueueLimitsRequest = Message<"asyncgate.v1.SetQueueLimitsRequest"
  * Use `create(SetQueueLimitsRequestSchema)` to create a new message.
  */
 export const SetQueueLimitsRequestSchema: GenMessage<SetQueueLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 14);
+  messageDesc(file_asyncgate_v1_admin, 15);
 
 /**
  * @generated from message asyncgate.v1.ListWorkersRequest
@@ -538,7 +555,7 @@ export type ListWorkersRequest = Message<"asyncgate.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 15);
+  messageDesc(file_asyncgate_v1_admin, 16);
 
 /**
  * @generated from message asyncgate.v1.ListWorkersResponse
@@ -563,7 +580,7 @@ export type ListWorkersResponse = Message<"asyncgate.v1.ListWorkersResponse"> & 
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 16);
+  messageDesc(file_asyncgate_v1_admin, 17);
 
 /**
  * @generated from message asyncgate.v1.WorkerInfo
@@ -643,7 +660,7 @@ export type WorkerInfo = Message<"asyncgate.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 17);
+  messageDesc(file_asyncgate_v1_admin, 18);
 
 /**
  * @generated from message asyncgate.v1.DrainWorkerRequest
@@ -660,7 +677,7 @@ export type DrainWorkerRequest = Message<"asyncgate.v1.DrainWorkerRequest"> & {
  * Use `create(DrainWorkerRequestSchema)` to create a new message.
  */
 export const DrainWorkerRequestSchema: GenMessage<DrainWorkerRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 18);
+  messageDesc(file_asyncgate_v1_admin, 19);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketRequest
@@ -677,7 +694,7 @@ export type RetryTicketRequest = Message<"asyncgate.v1.RetryTicketRequest"> & {
  * Use `create(RetryTicketRequestSchema)` to create a new message.
  */
 export const RetryTicketRequestSchema: GenMessage<RetryTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 19);
+  messageDesc(file_asyncgate_v1_admin, 20);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketsRequest
@@ -708,7 +725,7 @@ export type RetryTicketsRequest = Message<"asyncgate.v1.RetryTicketsRequest"> & 
  * Use `create(RetryTicketsRequestSchema)` to create a new message.
  */
 export const RetryTicketsRequestSchema: GenMessage<RetryTicketsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 20);
+  messageDesc(file_asyncgate_v1_admin, 21);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketsResponse
@@ -727,7 +744,7 @@ export type RetryTicketsResponse = Message<"asyncgate.v1.RetryTicketsResponse"> 
  * Use `create(RetryTicketsResponseSchema)` to create a new message.
  */
 export const RetryTicketsResponseSchema: GenMessage<RetryTicketsResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 21);
+  messageDesc(file_asyncgate_v1_admin, 22);
 
 /**
  * @generated from message asyncgate.v1.DeleteTicketRequest
@@ -744,7 +761,7 @@ export type DeleteTicketRequest = Message<"asyncgate.v1.DeleteTicketRequest"> & 
  * Use `create(DeleteTicketRequestSchema)` to create a new message.
  */
 export const DeleteTicketRequestSchema: GenMessage<DeleteTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 22);
+  messageDesc(file_asyncgate_v1_admin, 23);
 
 /**
  * @generated from message asyncgate.v1.DeleteTicketResponse
@@ -763,7 +780,7 @@ export type DeleteTicketResponse = Message<"asyncgate.v1.DeleteTicketResponse"> 
  * Use `create(DeleteTicketResponseSchema)` to create a new message.
  */
 export const DeleteTicketResponseSchema: GenMessage<DeleteTicketResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 23);
+  messageDesc(file_asyncgate_v1_admin, 24);
 
 /**
  * @generated from service asyncgate.v1.Admin
@@ -897,6 +914,20 @@ export const Admin: GenService<{
     methodKind: "unary";
     input: typeof DeleteTicketRequestSchema;
     output: typeof DeleteTicketResponseSchema;
+  },
+  /**
+   * Delivers a ticket's completion callback again after it was given up
+   * (GAVE_UP): PENDING now, with a fresh retry window, the same
+   * webhook-id. FAILED_PRECONDITION for a ticket without a callback or
+   * whose callback is not GAVE_UP; NOT_FOUND as RetryTicket. Returns the
+   * ticket. (ListTickets with callback_states = [GAVE_UP] lists them.)
+   *
+   * @generated from rpc asyncgate.v1.Admin.RetryCallback
+   */
+  retryCallback: {
+    methodKind: "unary";
+    input: typeof RetryCallbackRequestSchema;
+    output: typeof TicketSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_asyncgate_v1_admin, 0);
