@@ -261,6 +261,7 @@ macro_rules! engine_conformance {
                 a_scheduled_ticket_is_cancelled_listed_and_a_past_time_runs_now,
                 schedules_are_stored_fenced_listed_and_due,
                 a_callback_is_due_at_the_end_claimed_once_and_recorded,
+                a_given_up_callback_is_listed_and_retried,
             );
         }
     };

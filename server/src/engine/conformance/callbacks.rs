@@ -97,6 +97,23 @@ pub(crate) async fn a_callback_is_due_at_the_end_claimed_once_and_recorded(facto
     assert_eq!(delivered.seq, ended.seq, "not an event");
     assert!(claim(retry_at + hold * 3).await.is_empty());
 
+    // A ticket without a callback is never claimed.
+    let plain = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
+    h.engine.cancel(plain, "").await.unwrap();
+    assert!(claim(SystemTime::now() + hold * 10).await.is_empty());
+}
+
+pub(crate) async fn a_given_up_callback_is_listed_and_retried(factory: Factory) {
+    let h = harness(factory).await;
+    let claim = |at: SystemTime| {
+        let engine = h.engine.clone();
+        async move {
+            engine
+                .claim_callbacks(at, 10, Duration::from_secs(30))
+                .await
+                .unwrap()
+        }
+    };
     // Given up: listed by its callback state, and due again (the same end)
     // after an operator's retry; only a given-up one is retried.
     let mut new = new_ticket("q");
@@ -118,8 +135,9 @@ pub(crate) async fn a_callback_is_due_at_the_end_claimed_once_and_recorded(facto
         .unwrap()
         .tickets;
     assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), [gone]);
+    let plain = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
     assert!(matches!(
-        h.engine.retry_callback(id).await,
+        h.engine.retry_callback(plain).await,
         Err(EngineError::CallbackNotRetried { .. })
     ));
     let retried = h.engine.retry_callback(gone).await.unwrap();
@@ -141,9 +159,11 @@ pub(crate) async fn a_callback_is_due_at_the_end_claimed_once_and_recorded(facto
             .await
             .unwrap()
     );
-
-    // A ticket without a callback is never claimed.
-    let plain = h.engine.submit(new_ticket("q")).await.unwrap().ticket.id;
-    h.engine.cancel(plain, "").await.unwrap();
-    assert!(claim(SystemTime::now() + hold * 10).await.is_empty());
+    assert!(
+        matches!(
+            h.engine.retry_callback(gone).await,
+            Err(EngineError::CallbackNotRetried { .. })
+        ),
+        "delivered: not retried"
+    );
 }
