@@ -59,9 +59,9 @@ when the previous one finished, for --warmup then --duration):
 
 Scale scenarios (bounded by --tickets, and by --time-limit per phase):
   callbacks     Submit --tickets (default 1000000) with an HTTP callback to
-                a receiver in this process, no worker yet; then start the
-                workers: deliveries per second from the first to the last,
-                and CPU per ticket; memory or durable store only
+                a receiver in this process, no worker; then end them all
+                with one purge: deliveries per second from the first to
+                the last, and CPU per delivery; memory or durable store
   backlog       Submit --tickets (default 1000000) with no worker connected:
                 rate and RSS per slice of 100k; then start the workers and
                 measure the drain until no ticket is PENDING or RUNNING

@@ -1,12 +1,20 @@
 // One ticket, followed live over the page's WatchTickets stream: a
 // timeline (submitted, each attempt with its worker, session and lease and
 // how it ended, the running attempt, the end), the waiting reason while
-// pending, progress, output chunks, the result, the W3C trace id; cancel,
-// retry and delete for keys that may.
+// pending, progress, output chunks, the result, the W3C trace id, the
+// completion callback's delivery; cancel, retry, delete and retry callback
+// for keys that may.
 import { useEffect, useState } from "preact/hooks";
 import { admin, can, describe, gateway, type Role } from "../api";
 import { date, show, span, stateName, terminal, traceId, when } from "../format";
-import { TicketEventKind, TicketState, WaitingReasonKind, type Ticket } from "../gen/asyncgate/v1/ticket_pb";
+import {
+  CallbackState,
+  TicketEventKind,
+  TicketState,
+  WaitingReasonKind,
+  type CallbackDelivery,
+  type Ticket,
+} from "../gen/asyncgate/v1/ticket_pb";
 import { follow } from "../live";
 
 interface Chunk {
@@ -46,7 +54,24 @@ function Timeline({ ticket }: { ticket: Ticket }) {
           {ticket.error && <div class="error">{ticket.error.message}</div>}
         </li>
       )}
+      {ticket.callback && <CallbackItem callback={ticket.callback} />}
     </ol>
+  );
+}
+
+function CallbackItem({ callback }: { callback: CallbackDelivery }) {
+  const state = CallbackState[callback.state] ?? String(callback.state);
+  const cls =
+    callback.state === CallbackState.DELIVERED ? "good" : callback.state === CallbackState.GAVE_UP ? "bad" : "now";
+  const at =
+    callback.state === CallbackState.DELIVERED ? callback.deliveredAt : callback.nextAttemptAt;
+  return (
+    <li class={cls} data-callback={state}>
+      <time>{when(at)}</time> Callback to <code>{callback.url}</code>: {state.toLowerCase().replace("_", " ")}
+      {callback.attempts > 0 && <> after {callback.attempts} attempt{callback.attempts === 1 ? "" : "s"}</>}
+      {callback.webhookId && <span class="hint"> (webhook-id <code>{callback.webhookId}</code>)</span>}
+      {callback.lastError && <div class="error">{callback.lastError}</div>}
+    </li>
   );
 }
 
@@ -117,6 +142,11 @@ export function TicketView({ id, role }: { id: string; role: Role }) {
               <button class="retry" onClick={retry}>Retry</button>
             )}
             {can(role, "Admin/DeleteTicket") && done && <button class="delete" onClick={remove}>Delete</button>}
+            {can(role, "Admin/RetryCallback") && ticket.callback?.state === CallbackState.GAVE_UP && (
+              <button class="retry-callback" onClick={() => act(() => admin.retryCallback({ id }))}>
+                Retry callback
+              </button>
+            )}
           </div>
           <dl class="ticket">
             <dt>State</dt>

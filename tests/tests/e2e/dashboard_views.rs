@@ -388,7 +388,7 @@ async fn pause_holds_a_ticket_whose_waiting_reason_says_paused() {
 /// Every control that changes something, in any view.
 const ACTIONS: &str = "button.pause, button.resume, button.purge, button.edit-limits, \
      .bulk button, input[type=checkbox], button.cancel, button.retry, button.delete, \
-     button.drain, button.retry-group";
+     button.drain, button.retry-group, button.retry-callback";
 
 #[tokio::test]
 async fn a_viewer_sees_no_action_anywhere_and_a_forged_call_is_refused() {
