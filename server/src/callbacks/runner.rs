@@ -44,22 +44,39 @@ pub(crate) fn spawn(
     let tasks = tracker.clone();
     tracker.spawn(async move {
         loop {
-            let free = slots.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                match engine.claim_callbacks(SystemTime::now(), free, HOLD).await {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        tracing::warn!(%error, "due callbacks could not be read; trying again");
-                        Vec::new()
-                    }
+            // A free slot first: claims are made only as fast as deliveries
+            // end, and never wait out a poll while slots are free.
+            let first = tokio::select! {
+                () = hard_stop.cancelled() => return,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let free = slots.available_permits() + 1;
+            let claimed = match engine.claim_callbacks(SystemTime::now(), free, HOLD).await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "due callbacks could not be read; trying again");
+                    Vec::new()
                 }
             };
-            let full = !claimed.is_empty() && claimed.len() == free;
+            if claimed.is_empty() {
+                drop(first);
+                tokio::select! {
+                    () = hard_stop.cancelled() => return,
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            let mut first = Some(first);
             for ticket in claimed {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match slots.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
                 };
                 let (engine, deliverer, window) =
                     (engine.clone(), deliverer.clone(), settings.retry_window);
@@ -71,13 +88,6 @@ pub(crate) fn spawn(
                     }
                     drop(permit);
                 });
-            }
-            if full {
-                continue;
-            }
-            tokio::select! {
-                () = hard_stop.cancelled() => return,
-                () = tokio::time::sleep(POLL) => {}
             }
         }
     });
