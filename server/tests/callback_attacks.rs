@@ -1,0 +1,149 @@
+//! Hostile callbacks against the real binary: a caller aiming callbacks at
+//! the cloud metadata address, at an unlisted loopback address, or with an
+//! oversized URL is refused with a status that says why; and a flood of
+//! callbacks to a receiver that accepts connections and never answers holds
+//! no more than `--callback-concurrency` connections, keeps the gateway's
+//! memory bounded, and leaves other callers served at once.
+
+use std::time::Duration;
+
+use asyncgate_client::{Client, Submit, pb};
+use tokio::net::TcpListener;
+
+mod common;
+use common::{free_port, rss, start_server, wait_until_serving};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const CONCURRENCY: usize = 16;
+
+/// Accepts connections and never answers; counts them.
+async fn tarpit() -> (tokio::sync::watch::Receiver<usize>, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (count, accepted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+            count.send_replace(held.len());
+        }
+    });
+    (accepted, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_callbacks_are_refused_or_bounded_and_others_stay_served() {
+    let (mut accepted, tarpit_url) = tarpit().await;
+    let port = free_port();
+    let concurrency = CONCURRENCY.to_string();
+    let mut gateway = start_server(
+        "memory",
+        port,
+        &[
+            "--callback-allow",
+            "127.0.0.1,hooks.example.com",
+            "--callback-allow-http",
+            "--callback-secret",
+            SECRET,
+            "--callback-concurrency",
+            &concurrency,
+        ],
+    );
+    let pid = gateway.id().expect("the gateway runs");
+    let client = Client::connect_lazy(format!("http://127.0.0.1:{port}")).unwrap();
+    wait_until_serving(&client).await;
+
+    // SSRF attempts and a malformed URL: refused, each saying why.
+    let long = format!("http://127.0.0.1:9/{}", "a".repeat(4096));
+    for (url, code, needle) in [
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            tonic::Code::FailedPrecondition,
+            "not in",
+        ),
+        (
+            "http://[::1]:9/x",
+            tonic::Code::FailedPrecondition,
+            "not in",
+        ),
+        (
+            "http://10.0.0.1/x",
+            tonic::Code::FailedPrecondition,
+            "not in",
+        ),
+        (
+            "gopher://127.0.0.1:9/x",
+            tonic::Code::InvalidArgument,
+            "scheme",
+        ),
+        (long.as_str(), tonic::Code::InvalidArgument, "limit"),
+    ] {
+        let refused = client
+            .submit(Submit::new("q").callback(url))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            code,
+            "{}: {refused}",
+            &url[..url.len().min(60)]
+        );
+        assert!(refused.to_string().contains(needle), "{refused}");
+    }
+
+    // A flood of callbacks into a receiver that never answers.
+    let before = rss(pid);
+    let mut tickets = Vec::new();
+    for batch in 0..2 {
+        let requests = (0..1_000).map(|n| {
+            Submit::new("flood")
+                .json(serde_json::json!(batch * 1_000 + n))
+                .callback(&tarpit_url)
+        });
+        for stored in client.submit_batch(requests).await.unwrap() {
+            tickets.push(stored.unwrap().id);
+        }
+    }
+    let purged = client
+        .admin()
+        .purge_queue("flood", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(purged, 2_000);
+    // The deliverer fills its slots, and no more.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        accepted.wait_for(|n| *n >= CONCURRENCY),
+    )
+    .await
+    .expect("the deliverer reaches the receiver")
+    .unwrap();
+    // Others are served at once meanwhile.
+    let started = tokio::time::Instant::now();
+    let other = client
+        .submit(Submit::new("other").json(serde_json::json!("fine")))
+        .await
+        .unwrap();
+    let cancelled = client.cancel(&other.id, "").await.unwrap();
+    assert_eq!(cancelled.state, pb::TicketState::Cancelled as i32);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let held = *accepted.borrow();
+    assert!(
+        held <= CONCURRENCY,
+        "{held} connections held; --callback-concurrency is {CONCURRENCY}"
+    );
+    let pending = client
+        .get(&tickets[1_999], None)
+        .await
+        .unwrap()
+        .callback
+        .unwrap();
+    assert_eq!(pending.state, pb::CallbackState::Pending as i32);
+    let grown = rss(pid).saturating_sub(before);
+    assert!(grown < 64 << 20, "RSS grew {} MiB", grown >> 20);
+    gateway.start_kill().unwrap();
+}
