@@ -90,6 +90,9 @@ class Submit:
     delay: Seconds | None = None
     #: Or no sooner than this time (timezone-aware; one of `delay` and `not_before`).
     not_before: _dt.datetime | None = None
+    #: Deliver the terminal ticket here when it ends: `https://HOST/PATH` (a
+    #: signed POST) or `grpc(s)://HOST:PORT`; the gateway must allow it.
+    callback: str = ""
 
     def encode(self) -> bytes:
         """The serialised `SubmitRequest` (what `submit_many` writes).
@@ -106,6 +109,7 @@ class Submit:
             and self.attempt_timeout is None
             and self.delay is None
             and self.not_before is None
+            and not self.callback
         ):
             queue = self.queue.encode()
             inner = b"\x12" + _varint(len(payload))  # Payload.binary (2)
@@ -127,6 +131,7 @@ class Submit:
             max_attempts=self.max_attempts,
             delay=_duration(self.delay),
             not_before=_timestamp(self.not_before),
+            callback=self.callback,
         )
 
 
@@ -249,13 +254,17 @@ class Client:
         max_attempts: int = 0,
         delay: Seconds | None = None,
         not_before: _dt.datetime | None = None,
+        callback: str = "",
     ) -> Ticket:
         """Stores a request and returns its PENDING ticket at once.
 
         `payload`: bytes travel as binary, anything else as JSON (see
         `json_payload`/`bytes_payload` for a content type). A repeated
         `idempotency_key` returns the original ticket. With `delay` or
-        `not_before` it waits (PENDING, scheduled) until then.
+        `not_before` it waits (PENDING, scheduled) until then. With
+        `callback` the gateway delivers the terminal ticket there when it
+        ends (a signed POST, or `Callbacks.TicketFinished`); a destination
+        the gateway does not allow raises `FailedPrecondition`.
         """
         request = Submit(
             queue,
@@ -268,6 +277,7 @@ class Client:
             max_attempts,
             delay,
             not_before,
+            callback,
         )
         return await self._submit(request.to_proto())
 

@@ -148,6 +148,14 @@ class ClientTest(GatewayTestCase):
             await self.client.get(str(uuid.uuid4()))
         with self.assertRaises(asyncgate.NotFound):
             await bounded(self.client.watch(str(uuid.uuid4())).result())
+        # The test gateway has no --callback-allow list: a callback is refused,
+        # the message naming the setting; a malformed one names the field.
+        with self.assertRaises(asyncgate.FailedPrecondition) as refused:
+            await self.client.submit(unique_queue("cb"), "x", callback="https://hooks.example.com/done")
+        self.assertIn("--callback-allow", refused.exception.message)
+        with self.assertRaises(asyncgate.InvalidArgument) as caught:
+            await self.client.submit_many([asyncgate.Submit(unique_queue("cb"), b"x", callback="ftp://h/x")])
+        self.assertIn("callback", caught.exception.message)
 
     async def test_watch_resumes_after_a_broken_connection_without_gap_or_duplicate(self) -> None:
         queue = unique_queue("resume")
