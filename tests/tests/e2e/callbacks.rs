@@ -3,7 +3,8 @@
 //! ticket in the proto3 JSON mapping, again after a 503 with the same
 //! `webhook-id`; a gRPC receiver gets `Callbacks.TicketFinished`; the
 //! ticket shows its delivery; a delivery given up is listed and sent again
-//! by Admin.RetryCallback; and a destination off the allowlist — or a name
+//! by Admin.RetryCallback; three replicas on one Redis deliver each
+//! callback once; and a destination off the allowlist — or a name
 //! that leads to a private address not listed — is refused.
 
 use std::time::Duration;
@@ -276,4 +277,49 @@ async fn a_given_up_callback_is_listed_and_sent_again_by_the_admin() {
         let refused = client.admin().retry_callback(id).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
     }
+}
+
+#[tokio::test]
+async fn three_replicas_on_one_redis_deliver_each_callback_once() {
+    let redis = asyncgate_server::testing::RedisServer::start().expect("redis-server starts");
+    let receiver = WebhookReceiver::start(&[SECRET]).await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut config = TestGateway::redis_config(&redis.url());
+        config.callbacks = callbacks(&["127.0.0.1"]);
+        replicas.push(TestGateway::start_with(config).await);
+    }
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(replica.client().await);
+    }
+    const TICKETS: usize = 60;
+    let mut ids = Vec::new();
+    for n in 0..TICKETS {
+        let client = &clients[n % 3];
+        let ticket = client
+            .submit(Submit::new("shared").callback(receiver.url("/done")))
+            .await
+            .unwrap();
+        // Ended on another replica than the one that stored it.
+        let ended = clients[(n + 1) % 3].cancel(&ticket.id, "").await.unwrap();
+        ids.push((ticket.id, format!("{}.{}", ended.id, ended.seq)));
+    }
+    receiver
+        .wait_until(|d| {
+            ids.iter()
+                .all(|(_, w)| d.iter().any(|d| d.webhook_id == *w))
+        })
+        .await;
+    for (id, _) in &ids {
+        let callback = callback_after(&clients[0], id, 1).await;
+        assert_eq!(
+            callback.state,
+            pb::CallbackState::Delivered as i32,
+            "{callback:?}"
+        );
+    }
+    let seen = receiver.deliveries();
+    assert_eq!(seen.len(), TICKETS, "each delivered once, by one replica");
+    assert!(seen.iter().all(|d| d.status == 200 && d.signed_by == [0]));
 }
