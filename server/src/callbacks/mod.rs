@@ -103,9 +103,12 @@ impl std::fmt::Debug for Secret {
 /// Parses one `--callback-secret`.
 pub fn parse_secret(text: &str) -> Result<Secret, String> {
     let text = text.trim();
-    standardwebhooks::Webhook::new(text).map_err(|_| {
-        "a callback secret is `whsec_` followed by base64 (at least 24 bytes decoded is wise), e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()
-    })?;
+    let form = "a callback secret is `whsec_` followed by the base64 of at least 16 random bytes, e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // 16 bytes are 24 base64 characters: a shorter key is guessable.
+    if text.trim_start_matches("whsec_").len() < 24 {
+        return Err(format!("too short: {form}"));
+    }
+    standardwebhooks::Webhook::new(text).map_err(|_| format!("not base64: {form}"))?;
     Ok(Secret(text.into()))
 }
 

@@ -38,7 +38,17 @@ fn allow_entries_parse_and_bad_ones_say_what_to_fix() {
             "{bad}"
         );
     }
-    assert!(parse_secret("not-base64!").is_err());
+    assert!(
+        parse_secret("whsec_not-base64!not-base64!not-base64!")
+            .unwrap_err()
+            .contains("not base64")
+    );
+    assert!(
+        parse_secret("whsec_c2hvcnQ=")
+            .unwrap_err()
+            .contains("too short")
+    );
+    assert!(parse_secret("whsec_").is_err(), "an empty key");
     assert_eq!(
         format!(
             "{:?}",

@@ -419,6 +419,20 @@ impl Ticket {
         });
     }
 
+    /// When a finished ticket may be deleted: `retention` after it ended,
+    /// but not while its completion callback is still to be delivered (then
+    /// a minute after its next attempt, and again after that one).
+    pub fn retained_until(&self, retention: Duration) -> SystemTime {
+        let ended = self.finished_at.unwrap_or(self.updated_at) + retention;
+        match self.callback.as_deref() {
+            Some(c) if c.state == super::callback::CallbackState::Pending => {
+                let next = c.next_at.unwrap_or(ended) + Duration::from_secs(60);
+                ended.max(next)
+            }
+            _ => ended,
+        }
+    }
+
     /// Records a change: a new event seq and update time.
     pub fn touch(&mut self, now: SystemTime) {
         self.seq += 1;

@@ -262,6 +262,7 @@ macro_rules! engine_conformance {
                 schedules_are_stored_fenced_listed_and_due,
                 a_callback_is_due_at_the_end_claimed_once_and_recorded,
                 a_given_up_callback_is_listed_and_retried,
+                a_ticket_is_kept_past_its_retention_until_its_callback_settles,
             );
         }
     };

@@ -167,3 +167,47 @@ pub(crate) async fn a_given_up_callback_is_listed_and_retried(factory: Factory) 
         "delivered: not retried"
     );
 }
+
+pub(crate) async fn a_ticket_is_kept_past_its_retention_until_its_callback_settles(
+    factory: Factory,
+) {
+    let h = harness_with(
+        factory,
+        EngineConfig {
+            result_retention: Duration::from_secs(60),
+            ..config()
+        },
+    )
+    .await;
+    let mut new = new_ticket("q");
+    new.callback = Some("https://hooks.example.com/done".into());
+    let id = h.engine.submit(new).await.unwrap().ticket.id;
+    let end = h.engine.cancel(id, "").await.unwrap().seq;
+    // The receiver is down: the next attempt is in ten minutes.
+    let retry = CallbackOutcome::Retry {
+        at: later(Duration::from_secs(600)),
+        error: "HTTP 503".into(),
+    };
+    assert!(h.engine.record_callback(id, end, retry).await.unwrap());
+    h.engine
+        .run_timers(later(Duration::from_secs(61)))
+        .await
+        .unwrap();
+    let kept = h.engine.get(id).await.expect("kept for its callback");
+    assert_eq!(kept.state, TicketState::Cancelled);
+    // Delivered: the retention applies again, and the ticket goes.
+    assert!(
+        h.engine
+            .record_callback(id, end, CallbackOutcome::Delivered)
+            .await
+            .unwrap()
+    );
+    h.engine
+        .run_timers(later(Duration::from_secs(700)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.engine.get(id).await,
+        Err(EngineError::ResultExpired { .. })
+    ));
+}

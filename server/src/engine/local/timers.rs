@@ -108,16 +108,21 @@ impl LocalEngine {
             }
             // Checked against the time too: a ticket retried since, and
             // finished again, has a later retention of its own.
-            Timer::Retention
-                if ticket.state.is_terminal()
-                    && ticket
-                        .finished_at
-                        .is_none_or(|at| at + self.config.result_retention <= now) =>
-            {
-                let removed = self.remove_finished(shard, ticket, now);
-                effects.journal_seq = effects.journal_seq.max(removed.journal_seq);
-                effects.deleted_keys.extend(removed.key);
-                return None;
+            Timer::Retention if ticket.state.is_terminal() => {
+                let until = ticket.retained_until(self.config.result_retention);
+                if until <= now {
+                    let removed = self.remove_finished(shard, ticket, now);
+                    effects.journal_seq = effects.journal_seq.max(removed.journal_seq);
+                    effects.deleted_keys.extend(removed.key);
+                    return None;
+                }
+                if ticket
+                    .finished_at
+                    .is_some_and(|at| at + self.config.result_retention <= now)
+                {
+                    // Kept for its callback: look again after its next attempt.
+                    shard.timers.insert((until, Timer::Retention, id));
+                }
             }
             _ => {}
         }

@@ -322,10 +322,9 @@ impl Placement {
                 }
             }
             _ => {
-                let finished = ticket.finished_at.unwrap_or(ticket.updated_at);
                 placement.timers.push((
                     timer_member(&TimerKind::Retention, id),
-                    millis_ceil(finished + retention),
+                    millis_ceil(ticket.retained_until(retention)),
                 ));
             }
         }

@@ -194,8 +194,21 @@ impl Inner {
         match outcome {
             Ok((false, Some(stored))) => {
                 let placement = Placement::of(&stored.ticket, self.config.result_retention);
-                if !placement.timers.iter().any(|(m, _)| m == member) {
-                    self.zrem(self.keys.timers(queue), member).await?;
+                match placement.timers.iter().find(|(m, _)| m == member) {
+                    None => self.zrem(self.keys.timers(queue), member).await?,
+                    // Not due after all, and now later (a retention kept for
+                    // a callback): moved there, not fired again each pass.
+                    Some((_, at)) if *at > layout::millis(now) => {
+                        let key = self.keys.timers(queue);
+                        let (at, member) = (*at, member.to_owned());
+                        self.run::<()>(|| {
+                            let mut cmd = redis::cmd("ZADD");
+                            cmd.arg(&key).arg(at).arg(&member);
+                            QueryKind::Cmd(cmd)
+                        })
+                        .await?;
+                    }
+                    Some(_) => {}
                 }
                 Ok(())
             }
@@ -262,9 +275,8 @@ fn timer_step(
         }
         TimerKind::Retention => {
             let due = ticket.state.is_terminal()
-                && ticket
-                    .finished_at
-                    .is_some_and(|at| at + config.result_retention <= now);
+                && ticket.finished_at.is_some()
+                && ticket.retained_until(config.result_retention) <= now;
             if due {
                 Step::Delete {
                     result: true,
