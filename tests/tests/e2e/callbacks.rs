@@ -277,6 +277,26 @@ async fn a_given_up_callback_is_listed_and_sent_again_by_the_admin() {
         let refused = client.admin().retry_callback(id).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
     }
+    // Bad input names its field.
+    let refused = client
+        .admin()
+        .retry_callback("not-a-ticket")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.to_string().contains("id"), "{refused}");
+    let refused = client
+        .list(pb::ListTicketsRequest {
+            callback_states: vec![99],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(
+        refused.to_string().contains("callback_states[0]"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
