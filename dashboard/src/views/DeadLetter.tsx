@@ -110,7 +110,10 @@ export function DeadLetter({ role, query }: { role: Role; query: URLSearchParams
           ))}
         </ul>
       )}
-      <p><a href={href("tickets", { queue, state: "FAILED" })}>All failed tickets, with filters</a></p>
+      <p>
+        <a href={href("tickets", { queue, state: "FAILED" })}>All failed tickets, with filters</a> ·{" "}
+        <a href={href("tickets", { queue, callback: "GAVE_UP" })}>Callbacks given up</a>
+      </p>
     </section>
   );
 }

@@ -1,5 +1,5 @@
-// Tickets, newest first: filters by queue, state, a metadata entry and
-// creation time (kept in the URL), paging, live rows (the page re-reads
+// Tickets, newest first: filters by queue, state, a metadata entry,
+// creation time and callback state (kept in the URL), paging, live rows (the page re-reads
 // its list every two seconds and follows every unfinished ticket on it over
 // the one WatchTickets stream, rendering at most four times a second), and
 // retry / cancel / delete on the selected tickets for keys that may.
@@ -8,7 +8,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { can, gateway, type Role } from "../api";
 import { bulk, BULK_METHODS, summary, type BulkAction } from "../bulk";
 import { stateName, terminal, when } from "../format";
-import { TicketState, type Ticket } from "../gen/asyncgate/v1/ticket_pb";
+import { CallbackState, TicketState, type Ticket } from "../gen/asyncgate/v1/ticket_pb";
 import { useBatchedMap, usePoll } from "../hooks";
 import { follow } from "../live";
 import { href, replace } from "../route";
@@ -17,6 +17,8 @@ const REFRESH_MS = 2000;
 const PAGE_SIZE = 50;
 const STATES = ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"] as const;
 
+const CALLBACK_STATES = ["WAITING", "PENDING", "DELIVERED", "GAVE_UP"] as const;
+
 function filtersOf(query: URLSearchParams) {
   return {
     queue: query.get("queue") ?? "",
@@ -24,6 +26,7 @@ function filtersOf(query: URLSearchParams) {
     meta: query.get("meta") ?? "",
     after: query.get("after") ?? "",
     before: query.get("before") ?? "",
+    callback: query.get("callback") ?? "",
   };
 }
 type Filters = ReturnType<typeof filtersOf>;
@@ -36,6 +39,7 @@ function request(f: Filters, pageToken: string) {
     metadata: f.meta && key ? { [key]: rest.join("=") } : {},
     createdAfter: f.after ? timestampFromDate(new Date(f.after)) : undefined,
     createdBefore: f.before ? timestampFromDate(new Date(f.before)) : undefined,
+    callbackStates: f.callback ? [CallbackState[f.callback as keyof typeof CallbackState]] : [],
     pageSize: PAGE_SIZE,
     pageToken,
     newestFirst: true,
@@ -77,6 +81,19 @@ function FilterBar({ filters }: { filters: Filters }) {
         </select>
       </label>
       {input("meta", "Metadata", "text", "key=value")}
+      <label>
+        Callback
+        <select
+          name="callback"
+          value={draft.callback}
+          onChange={(e) => setDraft({ ...draft, callback: (e.target as HTMLSelectElement).value })}
+        >
+          <option value="">any</option>
+          {CALLBACK_STATES.map((s) => (
+            <option key={s} value={s}>{s.toLowerCase().replace("_", " ")}</option>
+          ))}
+        </select>
+      </label>
       {input("after", "Created after", "datetime-local")}
       {input("before", "Created before", "datetime-local")}
       <button type="submit">Apply</button>

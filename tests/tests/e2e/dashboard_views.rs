@@ -5,7 +5,8 @@
 //! connections); a failed ticket shows in the dead-letter view and Retry
 //! brings it back to SUCCEEDED; Pause holds a ticket whose reason says so;
 //! a viewer key sees no action anywhere and a call forged from its page is
-//! refused; over TLS the page speaks HTTP/2 to the gateway. Every wait is
+//! refused; over TLS the page speaks HTTP/2 to the gateway; a callback
+//! given up is listed by its state and sent again from its page. Every wait is
 //! on a DOM condition. Screenshots go to
 //! `target/dashboard-screenshots/`.
 
@@ -571,4 +572,67 @@ async fn over_tls_the_page_speaks_http2_and_follows_tickets() {
     screenshot(&page, "tls-tickets", 1280).await;
     chromium.close().await;
     worker.shutdown();
+}
+
+#[tokio::test]
+async fn a_given_up_callback_is_listed_and_sent_again_from_the_page() {
+    use asyncgate_server::callbacks::{CallbackSettings, parse_allowed, parse_secret};
+    use asyncgate_tests::webhooks::WebhookReceiver;
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let receiver = WebhookReceiver::start(&[SECRET]).await;
+    receiver.answer_next(1, 410);
+    let mut config = fast_config();
+    config.dashboard = true;
+    config.callbacks = CallbackSettings {
+        allow: vec![parse_allowed("127.0.0.1").unwrap()],
+        allow_http: true,
+        secrets: vec![parse_secret(SECRET).unwrap()],
+        ..CallbackSettings::default()
+    };
+    let gateway = TestGateway::start_with(config).await;
+    let client = gateway.client().await;
+    let ticket = client
+        .submit(Submit::new("hooks").callback(receiver.url("/done")))
+        .await
+        .unwrap();
+    client.cancel(&ticket.id, "").await.unwrap();
+    receiver.wait_until(|d| d.len() == 1).await;
+
+    let chromium = Chromium::launch().await;
+    let page = open(&chromium, &gateway, "").await;
+    // Listed by its callback's state (the record follows the 410 closely).
+    go(&page, "#/tickets?callback=GAVE_UP").await;
+    wait_for(
+        &page,
+        &format!(
+            "document.querySelector(\"tr[data-ticket='{}']\") !== null",
+            ticket.id
+        ),
+    )
+    .await;
+    open_ticket(&page, &ticket.id).await;
+    wait_for(
+        &page,
+        "document.querySelector(\"[data-callback='GAVE_UP']\") !== null",
+    )
+    .await;
+    assert!(
+        eval(&page, &text_of("[data-callback='GAVE_UP']"))
+            .await
+            .as_str()
+            .unwrap()
+            .contains("410")
+    );
+    screenshot(&page, "callback-gave-up", 1280).await;
+    click(&page, "button.retry-callback").await;
+    wait_for(
+        &page,
+        "document.querySelector(\"[data-callback='PENDING']\") !== null",
+    )
+    .await;
+    let seen = receiver
+        .wait_until(|d| d.iter().any(|d| d.status == 200))
+        .await;
+    assert_eq!(seen[0].webhook_id, seen[1].webhook_id, "the same delivery");
+    chromium.close().await;
 }
