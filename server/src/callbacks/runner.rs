@@ -20,8 +20,12 @@ use crate::domain::callback::{CallbackOutcome, webhook_id};
 use crate::engine::Engine;
 use crate::rpc::convert;
 
-/// How often the engine is asked for due callbacks when none were due.
+/// How soon the engine is asked again when no callback was due; doubling
+/// while none are, up to [`IDLE_POLL`] (on Redis a claim reads every
+/// queue, so an idle gateway asks seldom).
 const POLL: Duration = Duration::from_millis(50);
+/// The longest wait between claims while nothing is due.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long a claimed callback is held from other claims: an attempt's
 /// budget and then some.
 const HOLD: Duration = Duration::from_secs(ATTEMPT_TIMEOUT.as_secs() * 2);
@@ -43,6 +47,7 @@ pub(crate) fn spawn(
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tasks = tracker.clone();
     tracker.spawn(async move {
+        let mut idle = POLL;
         loop {
             // A free slot first: claims are made only as fast as deliveries
             // end, and never wait out a poll while slots are free.
@@ -65,10 +70,12 @@ pub(crate) fn spawn(
                 drop(first);
                 tokio::select! {
                     () = hard_stop.cancelled() => return,
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(idle) => {}
                 }
+                idle = (idle * 2).min(IDLE_POLL);
                 continue;
             }
+            idle = POLL;
             let mut first = Some(first);
             for ticket in claimed {
                 let permit = match first.take() {
