@@ -106,6 +106,10 @@ class Admin:
         """Runs a FAILED, CANCELLED or EXPIRED ticket again (same id, fresh attempts); the PENDING ticket."""
         return Ticket(await self._call(self._stub.RetryTicket, admin_pb2.RetryTicketRequest(id=id)))
 
+    async def retry_callback(self, id: str) -> Ticket:
+        """Sends a given-up completion callback again (same webhook-id, fresh window); the ticket."""
+        return Ticket(await self._call(self._stub.RetryCallback, admin_pb2.RetryCallbackRequest(id=id)))
+
     async def retry_tickets(
         self, queue: str, states: Sequence[TicketState] = (), *, created_before: _dt.datetime | None = None
     ) -> int:

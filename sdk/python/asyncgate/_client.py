@@ -480,6 +480,16 @@ class Client:
         """
         return EventStream(self, id, after_seq)
 
+    async def who_am_i(self) -> gateway_pb2.WhoAmIResponse:
+        """What this client's key is and may do: `key_name`, `role`, `tenant`,
+        `sees_payloads`, and `methods` (every RPC it may call, as full paths)."""
+        try:
+            return await self._stub.WhoAmI(
+                gateway_pb2.WhoAmIRequest(), metadata=self._metadata, timeout=self._call_timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+
     async def cancel(self, id: str, reason: str = "") -> Ticket:
         """Cancels the ticket: at once when pending; a running one's worker is told to stop."""
         request = gateway_pb2.CancelTicketRequest(id=id, reason=reason)

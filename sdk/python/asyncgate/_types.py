@@ -178,6 +178,11 @@ class Ticket:
         return self.proto.attempt
 
     @property
+    def callback(self) -> pb.CallbackDelivery | None:
+        """Its completion callback and how delivering it goes; None without one."""
+        return self.proto.callback if self.proto.HasField("callback") else None
+
+    @property
     def max_attempts(self) -> int:
         return self.proto.max_attempts
 

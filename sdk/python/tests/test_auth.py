@@ -21,6 +21,16 @@ class ApiKeyTest(GatewayTestCase):
         self.keyed = asyncgate.Client(self.url, api_key=CLIENT_KEY)
         self.addAsyncCleanup(self.keyed.close)
 
+    async def test_who_am_i_tells_a_key_its_role_and_methods(self) -> None:
+        me = await self.keyed.who_am_i()
+        self.assertEqual(me.role, "client")
+        self.assertIn("/asyncgate.v1.Gateway/Submit", me.methods)
+        self.assertNotIn("/asyncgate.v1.Admin/PauseQueue", me.methods)
+        self.assertTrue(me.sees_payloads)
+        async with asyncgate.Client(self.url, api_key="not-a-key") as wrong:
+            with self.assertRaises(asyncgate.Unauthenticated):
+                await wrong.who_am_i()
+
     async def test_calls_without_a_valid_key_are_refused(self) -> None:
         with self.assertRaises(asyncgate.Unauthenticated):
             await self.client.submit(unique_queue("keyed"), "x")

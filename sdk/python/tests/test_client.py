@@ -148,6 +148,12 @@ class ClientTest(GatewayTestCase):
             await self.client.get(str(uuid.uuid4()))
         with self.assertRaises(asyncgate.NotFound):
             await bounded(self.client.watch(str(uuid.uuid4())).result())
+        # A ticket without a callback shows none, and has none to retry.
+        plain = await self.client.submit(unique_queue("cb"), "x")
+        self.assertIsNone(plain.callback)
+        await self.client.cancel(plain.id)
+        with self.assertRaises(asyncgate.FailedPrecondition):
+            await self.client.admin.retry_callback(plain.id)
         # The test gateway has no --callback-allow list: a callback is refused,
         # the message naming the setting; a malformed one names the field.
         with self.assertRaises(asyncgate.FailedPrecondition) as refused:
