@@ -95,6 +95,29 @@ impl AdminService {
         Ok(self.core.engine.session_tickets(&session).await?)
     }
 
+    /// An operator's action on one ticket the caller may see: `act` on its
+    /// id, audited as `action`, the ticket as the caller sees it after.
+    async fn on_visible_ticket<T, F, Fut>(
+        &self,
+        request: &Request<T>,
+        id: &str,
+        action: &str,
+        act: F,
+    ) -> Result<Response<pb::Ticket>, Status>
+    where
+        F: FnOnce(TicketId) -> Fut,
+        Fut: Future<Output = Result<crate::domain::Ticket, EngineError>>,
+    {
+        let caller = auth::caller(request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let id = convert::ticket_id(id, "id")?;
+        self.core.visible(&caller, id).await?;
+        let ticket = act(id).await.map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, action, peer, &id.to_string());
+        tracing::info!(ticket_id = %id, by = %caller.name, action, "ticket acted on");
+        Ok(Response::new(self.core.present(&caller, &ticket).await))
+    }
+
     /// A queue on the wire, with what this gateway adds (workers).
     async fn present(&self, caller: &Caller, info: QueueInfo) -> pb::QueueInfo {
         self.present_with(caller, info, false).await
@@ -372,38 +395,22 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RetryTicketRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = auth::caller(&request);
-        let peer = crate::connection::remote_addr(request.extensions());
-        let id = convert::ticket_id(&request.get_ref().id, "id")?;
-        self.core.visible(&caller, id).await?;
-        let ticket = self
-            .core
-            .engine
-            .retry(id)
-            .await
-            .map_err(GatewayError::from)?;
-        auth::audit_admin(&caller, "RetryTicket", peer, &id.to_string());
-        tracing::info!(ticket_id = %id, by = %caller.name, "ticket retried");
-        Ok(Response::new(self.core.present(&caller, &ticket).await))
+        let id = request.get_ref().id.clone();
+        self.on_visible_ticket(&request, &id, "RetryTicket", |id| {
+            self.core.engine.retry(id)
+        })
+        .await
     }
 
     async fn retry_callback(
         &self,
         request: Request<pb::RetryCallbackRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = auth::caller(&request);
-        let peer = crate::connection::remote_addr(request.extensions());
-        let id = convert::ticket_id(&request.get_ref().id, "id")?;
-        self.core.visible(&caller, id).await?;
-        let ticket = self
-            .core
-            .engine
-            .retry_callback(id)
-            .await
-            .map_err(GatewayError::from)?;
-        auth::audit_admin(&caller, "RetryCallback", peer, &id.to_string());
-        tracing::info!(ticket_id = %id, by = %caller.name, "callback retried");
-        Ok(Response::new(self.core.present(&caller, &ticket).await))
+        let id = request.get_ref().id.clone();
+        self.on_visible_ticket(&request, &id, "RetryCallback", |id| {
+            self.core.engine.retry_callback(id)
+        })
+        .await
     }
 
     async fn retry_tickets(

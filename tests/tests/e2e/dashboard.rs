@@ -70,6 +70,32 @@ pub(crate) async fn screenshot(page: &Page, name: &str, width: i64) {
     .unwrap();
 }
 
+/// A gateway serving the dashboard, with an admin key (`ops`) and a viewer
+/// key (`watcher`).
+pub(crate) async fn dashboard_gateway(
+    dir: &tempfile::TempDir,
+    admin: &str,
+    viewer: &str,
+) -> TestGateway {
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"admin\"\n\n\
+             [[keys]]\nname = \"watcher\"\nsha256 = \"{}\"\nrole = \"viewer\"\n",
+            digest_hex(admin),
+            digest_hex(viewer)
+        ),
+    )
+    .unwrap();
+    TestGateway::start_with(asyncgate_server::Config {
+        dashboard: true,
+        keys: Some(keys),
+        ..fast_config()
+    })
+    .await
+}
+
 /// `document.querySelector(selector)?.textContent`, as a JS expression.
 pub(crate) fn text_of(selector: &str) -> String {
     format!("document.querySelector({selector:?})?.textContent")
@@ -78,23 +104,7 @@ pub(crate) fn text_of(selector: &str) -> String {
 #[tokio::test]
 async fn the_dashboard_logs_in_lists_queues_and_follows_a_ticket_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"admin\"\n\n\
-             [[keys]]\nname = \"watcher\"\nsha256 = \"{}\"\nrole = \"viewer\"\n",
-            digest_hex(ADMIN),
-            digest_hex(VIEWER)
-        ),
-    )
-    .unwrap();
-    let gateway = TestGateway::start_with(asyncgate_server::Config {
-        dashboard: true,
-        keys: Some(keys),
-        ..fast_config()
-    })
-    .await;
+    let gateway = dashboard_gateway(&dir, ADMIN, VIEWER).await;
     let gate = Gate::default();
     let worker = gateway
         .worker("dash")

@@ -20,34 +20,17 @@ use serde_json::json;
 
 use asyncgate_client::worker::{TaskContext, TaskError, handler_fn};
 use asyncgate_client::{Client, Submit, pb};
-use asyncgate_server::auth::digest_hex;
 use asyncgate_tests::{Gate, TestGateway, TestPki, fast_config, finished};
 
 use crate::browser::{Chromium, eval, wait_for};
-use crate::dashboard::{log_in, open_ticket, screenshot, text_of};
+use crate::dashboard::{dashboard_gateway, log_in, open_ticket, screenshot, text_of};
 
 const ADMIN: &str = "views-admin-key";
 const VIEWER: &str = "views-viewer-key";
 
 /// A gateway serving the dashboard, with an admin and a viewer key.
 async fn gateway(dir: &tempfile::TempDir) -> TestGateway {
-    let keys = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"admin\"\n\n\
-             [[keys]]\nname = \"watcher\"\nsha256 = \"{}\"\nrole = \"viewer\"\n",
-            digest_hex(ADMIN),
-            digest_hex(VIEWER)
-        ),
-    )
-    .unwrap();
-    TestGateway::start_with(asyncgate_server::Config {
-        dashboard: true,
-        keys: Some(keys),
-        ..fast_config()
-    })
-    .await
+    dashboard_gateway(dir, ADMIN, VIEWER).await
 }
 
 async fn admin_client(gateway: &TestGateway) -> Client {
