@@ -8,5 +8,5 @@ pub mod queue;
 pub mod ticket;
 
 pub use ids::{LeaseId, SessionId, TicketId};
-pub use queue::{QueueLimits, QueueName, QueuePause};
+pub use queue::{QueueLimits, QueueName, QueuePause, QueueTarget};
 pub use ticket::{Chunk, Lease, NewTicket, Outcome, Progress, Ticket, TicketError, TicketState};

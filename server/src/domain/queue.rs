@@ -115,6 +115,20 @@ pub struct QueuePause {
     pub reason: String,
 }
 
+/// A target put on a queue through the admin API (`Admin.SetQueueTarget`):
+/// every gateway sharing the store works the queue's tickets by calling it.
+/// The engine keeps the text as accepted; each gateway parses and checks it
+/// against its own destination allowlist before calling it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTarget {
+    /// The URL with its options, as `--target QUEUE=` takes them after `=`.
+    pub spec: String,
+    /// The API key's name that set it ("anonymous" without keys).
+    pub by: String,
+    /// When.
+    pub at: std::time::SystemTime,
+}
+
 /// Flow control on a queue's dispatch, over every worker and replica: 0
 /// means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

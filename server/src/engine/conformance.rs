@@ -251,6 +251,7 @@ macro_rules! engine_conformance {
                 queue_stats_count_results_and_latencies,
                 a_sessions_tickets_and_worker_record_are_listed,
                 limits_bound_what_a_claim_takes,
+                queue_targets_are_stored_listed_replaced_and_cleared,
                 a_failed_ticket_runs_again_under_its_id,
                 cancelled_and_expired_tickets_are_retried,
                 only_tickets_that_ended_without_success_are_retried,

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::{EngineError, EngineListener, TicketChange};
-use crate::domain::{Chunk, QueueLimits, QueueName, QueuePause, Ticket, TicketId};
+use crate::domain::{Chunk, QueueLimits, QueueName, QueuePause, QueueTarget, Ticket, TicketId};
 
 /// One change to stored state.
 #[derive(Debug, Clone)]
@@ -70,6 +70,13 @@ pub enum Mutation {
         /// The pause.
         pause: Option<QueuePause>,
     },
+    /// Set (or, with `None`, clear) a queue's admin-set target.
+    PutQueueTarget {
+        /// The queue.
+        queue: QueueName,
+        /// The target.
+        target: Option<QueueTarget>,
+    },
     /// Store a schedule (its new revision).
     PutSchedule(super::ScheduleRecord),
     /// Delete a schedule.
@@ -92,6 +99,8 @@ pub struct Recovered {
     pub paused: Vec<(QueueName, QueuePause)>,
     /// Queues with limits.
     pub limits: Vec<(QueueName, QueueLimits)>,
+    /// Queues' admin-set targets.
+    pub targets: Vec<(QueueName, QueueTarget)>,
     /// Schedules.
     pub schedules: Vec<super::ScheduleRecord>,
 }

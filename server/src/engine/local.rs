@@ -146,6 +146,8 @@ pub struct LocalEngine {
     schedules: Mutex<std::collections::BTreeMap<String, super::ScheduleRecord>>,
     /// Tickets whose callbacks are due, by when (see `local/callbacks.rs`).
     callbacks: Mutex<callbacks::CallbackIndex>,
+    /// Queues' admin-set targets (a handful: read whole every second).
+    targets: Mutex<std::collections::BTreeMap<QueueName, crate::domain::QueueTarget>>,
 }
 
 /// Locks a mutex, recovering from poisoning: state transitions never leave a
@@ -185,6 +187,7 @@ impl LocalEngine {
             listener: OnceLock::new(),
             journal,
             schedules: Mutex::default(),
+            targets: Mutex::default(),
             callbacks: Mutex::default(),
         }
     }

@@ -91,7 +91,7 @@ use crate::domain::backoff::Backoff;
 use crate::domain::ticket::{EventKind, Payload};
 use crate::domain::{
     Chunk, Lease, LeaseId, NewTicket, Outcome, Progress, QueueLimits, QueueName, QueuePause,
-    SessionId, Ticket, TicketId, TicketState,
+    QueueTarget, SessionId, Ticket, TicketId, TicketState,
 };
 
 pub use error::EngineError;
@@ -624,6 +624,20 @@ pub trait Engine: Send + Sync + 'static {
         queue: &QueueName,
         limits: QueueLimits,
     ) -> Result<QueueInfo, EngineError>;
+
+    /// Sets (`Some`) or clears `queue`'s admin-set target, for every
+    /// gateway sharing the store and across restarts. Creates the queue if
+    /// never used.
+    async fn set_target(
+        &self,
+        queue: &QueueName,
+        target: Option<QueueTarget>,
+    ) -> Result<(), EngineError>;
+
+    /// Every queue's admin-set target, by queue name. Each gateway reads
+    /// them every second (and after its own changes) to start and stop the
+    /// in-process workers that call them: cheap, one read.
+    async fn targets(&self) -> Result<Vec<(QueueName, QueueTarget)>, EngineError>;
 
     /// This gateway's name among the replicas sharing the store.
     fn replica(&self) -> String {

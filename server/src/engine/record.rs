@@ -199,6 +199,37 @@ pub(crate) struct StoredPause {
     reason: String,
 }
 
+/// A queue's admin-set target as stored.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StoredTarget {
+    #[prost(string, tag = "1")]
+    spec: String,
+    #[prost(string, tag = "2")]
+    by: String,
+    #[prost(uint64, tag = "3")]
+    at: u64,
+}
+
+/// A queue's target in its stored form.
+pub(crate) fn encode_target(target: &crate::domain::QueueTarget) -> Vec<u8> {
+    StoredTarget {
+        spec: target.spec.clone(),
+        by: target.by.clone(),
+        at: nanos(target.at),
+    }
+    .encode_to_vec()
+}
+
+/// A stored target read back.
+pub(crate) fn decode_target(bytes: &[u8]) -> Result<crate::domain::QueueTarget, BadRecord> {
+    let stored = StoredTarget::decode(bytes).map_err(|e| BadRecord(e.to_string()))?;
+    Ok(crate::domain::QueueTarget {
+        spec: stored.spec,
+        by: stored.by,
+        at: time(stored.at),
+    })
+}
+
 /// A queue's limits as stored.
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct StoredLimits {

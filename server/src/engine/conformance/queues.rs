@@ -1,6 +1,6 @@
 //! Conformance cases of queues as the admin API sees them: counts per state
-//! kept through every transition, the oldest pending ticket, and the pause
-//! that stops dispatch until a resume.
+//! kept through every transition, the oldest pending ticket, the pause
+//! that stops dispatch until a resume, and admin-set targets.
 
 use super::*;
 use crate::engine::window::{QueueStats, Throughput};
@@ -369,4 +369,61 @@ pub(crate) async fn queue_stats_count_results_and_latencies(factory: Factory) {
         .await
         .unwrap();
     assert_eq!(stats(h.engine.clone()).await.last_minute, three);
+}
+
+pub(crate) async fn queue_targets_are_stored_listed_replaced_and_cleared(factory: Factory) {
+    let h = harness(factory).await;
+    // A tenant's queue, as stored.
+    let scoped = |name: &str| QueueName::parse_scoped(name).unwrap();
+    assert!(h.engine.targets().await.unwrap().is_empty());
+    let target = |spec: &str, by: &str| QueueTarget {
+        spec: spec.into(),
+        by: by.into(),
+        at: SystemTime::now(),
+    };
+    let orders = target("grpc://orders.internal:50051/shop.v1.Orders/Place", "ops");
+    let hooks = target("https://hooks.internal:443/v1/in?max_concurrent=4", "ops");
+    h.engine
+        .set_target(&scoped("t/orders"), Some(orders.clone()))
+        .await
+        .unwrap();
+    h.engine
+        .set_target(&queue("hooks"), Some(hooks.clone()))
+        .await
+        .unwrap();
+    let listed = h.engine.targets().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|(q, _)| q.as_str()).collect();
+    assert_eq!(names, ["hooks", "t/orders"], "by queue name");
+    assert_eq!(listed[0].1.spec, hooks.spec);
+    assert_eq!(listed[1].1.by, "ops");
+    assert!(same_ms(listed[1].1.at, orders.at));
+    assert!(
+        h.engine
+            .queue_info(&queue("hooks"))
+            .await
+            .unwrap()
+            .is_some(),
+        "setting a target creates the queue"
+    );
+    // Replaced, then cleared (clearing twice is no error).
+    let moved = target(
+        "grpc://orders-2.internal:50051/shop.v1.Orders/Place",
+        "alice",
+    );
+    h.engine
+        .set_target(&scoped("t/orders"), Some(moved.clone()))
+        .await
+        .unwrap();
+    h.engine.set_target(&queue("hooks"), None).await.unwrap();
+    h.engine.set_target(&queue("hooks"), None).await.unwrap();
+    let listed = h.engine.targets().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].0.as_str(),
+            listed[0].1.spec.as_str(),
+            listed[0].1.by.as_str()
+        ),
+        ("t/orders", moved.spec.as_str(), "alice")
+    );
 }

@@ -23,6 +23,8 @@ pub(super) const TOMBSTONES: TableDefinition<u128, u64> = TableDefinition::new("
 pub(super) const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
 /// Queues with limits: name → `record::StoredLimits`.
 pub(super) const LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("limits");
+/// Queues' admin-set targets: name → `record::StoredTarget`.
+pub(super) const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("targets");
 /// Schedules: id → [`ScheduleRow`].
 pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// The store's own state: the log generation it holds everything before.
@@ -40,7 +42,7 @@ pub(crate) struct Frame {
 /// One mutation, encoded.
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct Entry {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub(crate) op: Option<Op>,
 }
 
@@ -70,6 +72,9 @@ pub(crate) enum Op {
     /// the record a [`ScheduleRow`].
     #[prost(message, tag = "7")]
     PutSchedule(QueueRecord),
+    /// Set or clear a queue's admin-set target (no record: cleared).
+    #[prost(message, tag = "8")]
+    PutTarget(QueueRecord),
 }
 
 /// A schedule as its table holds it.
@@ -214,6 +219,10 @@ impl Entry {
                 queue: queue.as_str().to_string(),
                 record: pause.as_ref().map(record::encode_pause),
             }),
+            Mutation::PutQueueTarget { queue, target } => Op::PutTarget(QueueRecord {
+                queue: queue.as_str().to_string(),
+                record: target.as_ref().map(record::encode_target),
+            }),
             Mutation::PutSchedule(schedule) => Op::PutSchedule(QueueRecord {
                 queue: schedule.id.clone(),
                 record: Some(ScheduleRow::encode(schedule)),
@@ -256,6 +265,7 @@ pub(super) struct Tables<'t> {
     pauses: Table<'t, &'static str, &'static [u8]>,
     limits: Table<'t, &'static str, &'static [u8]>,
     schedules: Table<'t, &'static str, &'static [u8]>,
+    targets: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -268,6 +278,7 @@ impl<'t> Tables<'t> {
             pauses: txn.open_table(PAUSES)?,
             limits: txn.open_table(LIMITS)?,
             schedules: txn.open_table(SCHEDULES)?,
+            targets: txn.open_table(TARGETS)?,
         })
     }
 
@@ -324,6 +335,15 @@ impl<'t> Tables<'t> {
                 }
                 None => {
                     self.schedules.remove(schedule.queue.as_str())?;
+                }
+            },
+            Op::PutTarget(target) => match &target.record {
+                Some(record) => {
+                    self.targets
+                        .insert(target.queue.as_str(), record.as_slice())?;
+                }
+                None => {
+                    self.targets.remove(target.queue.as_str())?;
                 }
             },
         }

@@ -11,8 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use super::super::journal::Recovered;
 use super::super::record;
 use super::entry::{
-    CHUNKS, ChunkChange, Entry, LIMITS, META, PAUSES, PAYLOADS, SCHEDULES, ScheduleRow, TICKETS,
-    TOMBSTONES,
+    CHUNKS, ChunkChange, Entry, LIMITS, META, PAUSES, PAYLOADS, SCHEDULES, ScheduleRow, TARGETS,
+    TICKETS, TOMBSTONES,
 };
 use crate::domain::ticket::Payload;
 use crate::domain::{Chunk, QueueName, TicketId};
@@ -26,6 +26,7 @@ pub(super) fn create_tables(database: &Database) -> Result<(), redb::Error> {
     txn.open_table(PAUSES)?;
     txn.open_table(LIMITS)?;
     txn.open_table(SCHEDULES)?;
+    txn.open_table(TARGETS)?;
     txn.open_table(META)?;
     txn.commit()?;
     Ok(())
@@ -110,6 +111,15 @@ pub(super) fn read_all(database: &Database) -> Result<Recovered, ReadError> {
         let queue_limits = record::decode_limits(value.value())
             .map_err(|e| ReadError::Record(format!("limits of queue {name:?}: {e}")))?;
         recovered.limits.push((queue, queue_limits));
+    }
+    for entry in txn.open_table(TARGETS)?.iter()? {
+        let (key, value) = entry?;
+        let name = key.value();
+        let queue = QueueName::parse_scoped(name)
+            .map_err(|e| ReadError::Record(format!("target queue {name:?}: {e}")))?;
+        let target = record::decode_target(value.value())
+            .map_err(|e| ReadError::Record(format!("target of queue {name:?}: {e}")))?;
+        recovered.targets.push((queue, target));
     }
     for entry in txn.open_table(SCHEDULES)?.iter()? {
         let (key, value) = entry?;

@@ -398,11 +398,11 @@ async fn a_full_disk_answers_unavailable_then_recovers_by_itself() {
     engine.cancel(submitted.ticket.id, "").await.unwrap();
 }
 
-/// A pause is stored: after a restart the queue is still paused (and
-/// dispatches nothing), its counts are rebuilt from the tickets, and a
+/// A pause, limits and a target are stored: after a restart the queue is
+/// still paused (and dispatches nothing) with its target, its counts are rebuilt from the tickets, and a
 /// resume then lets it run.
 #[tokio::test]
-async fn a_pause_and_the_queue_counts_survive_a_restart() {
+async fn a_pause_limits_target_and_the_queue_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let q = QueueName::parse("q").unwrap();
@@ -424,6 +424,12 @@ async fn a_pause_and_the_queue_counts_survive_a_restart() {
             max_concurrent: 1,
         };
         engine.set_limits(&q, limits).await.unwrap();
+        let target = crate::domain::QueueTarget {
+            spec: "grpc://orders.internal:50051/shop.v1.Orders/Place".into(),
+            by: "ops".into(),
+            at: SystemTime::now(),
+        };
+        engine.set_target(&q, Some(target)).await.unwrap();
         engine.close().await;
     }
     let engine = open(&path, EngineConfig::default()).unwrap();
@@ -433,6 +439,13 @@ async fn a_pause_and_the_queue_counts_survive_a_restart() {
         "migrating the database"
     );
     assert_eq!((info.counts.pending, info.counts.cancelled), (2, 1));
+    let targets = engine.targets().await.unwrap();
+    assert_eq!(targets.len(), 1, "the target is stored");
+    assert_eq!(
+        (targets[0].0.as_str(), targets[0].1.by.as_str()),
+        ("q", "ops")
+    );
+    engine.set_target(&q, None).await.unwrap();
     let worker = session(&engine).await;
     assert!(
         engine
@@ -448,6 +461,10 @@ async fn a_pause_and_the_queue_counts_survive_a_restart() {
         .unwrap();
     engine.close().await;
     let engine = open(&path, EngineConfig::default()).unwrap();
+    assert!(
+        engine.targets().await.unwrap().is_empty(),
+        "cleared for good"
+    );
     assert!(
         engine
             .queue_info(&q)

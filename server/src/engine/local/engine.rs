@@ -509,6 +509,18 @@ impl Engine for LocalEngine {
         Ok(info)
     }
 
+    async fn set_target(
+        &self,
+        queue: &QueueName,
+        target: Option<crate::domain::QueueTarget>,
+    ) -> Result<(), EngineError> {
+        self.put_target(queue, target).await
+    }
+
+    async fn targets(&self) -> Result<Vec<(QueueName, crate::domain::QueueTarget)>, EngineError> {
+        Ok(self.target_records())
+    }
+
     async fn queue_flow(&self, queue: &QueueName) -> Result<QueueFlow, EngineError> {
         Ok(self
             .existing_queue(queue)

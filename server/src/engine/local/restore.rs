@@ -60,6 +60,10 @@ impl LocalEngine {
         for (queue, limits) in recovered.limits {
             lock(&self.queue(&queue)).set_limits(limits, now);
         }
+        for (queue, _) in &recovered.targets {
+            self.queue(queue);
+        }
+        lock(&self.targets).extend(recovered.targets);
         lock(&self.schedules).extend(
             recovered
                 .schedules

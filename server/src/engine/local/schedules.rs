@@ -1,11 +1,12 @@
-//! The local engine's schedules: a map under one lock, each write journaled
-//! under it (so writes reach the journal in the order they were applied)
-//! and answered once durable.
+//! The local engine's schedules and queue targets: each a map under one
+//! lock, each write journaled under it (so writes reach the journal in the
+//! order they were applied) and answered once durable.
 
 use std::time::SystemTime;
 
 use super::super::journal::Mutation;
 use super::{LocalEngine, lock};
+use crate::domain::{QueueName, QueueTarget};
 use crate::engine::{EngineError, ScheduleRecord};
 
 impl LocalEngine {
@@ -28,7 +29,7 @@ impl LocalEngine {
                 });
             }
             record.revision = expected + 1;
-            let seq = self.journal_schedule(Mutation::PutSchedule(record.clone()));
+            let seq = self.journal_one(Mutation::PutSchedule(record.clone()));
             schedules.insert(record.id.clone(), record);
             seq
         };
@@ -45,14 +46,45 @@ impl LocalEngine {
             if schedules.remove(id).is_none() {
                 return Ok(false);
             }
-            let seq = self.journal_schedule(Mutation::DeleteSchedule { id: id.to_owned() });
+            let seq = self.journal_one(Mutation::DeleteSchedule { id: id.to_owned() });
             (true, seq)
         };
         self.durable(seq).await?;
         Ok(existed)
     }
 
-    fn journal_schedule(&self, mutation: Mutation) -> u64 {
+    pub(super) async fn put_target(
+        &self,
+        queue: &QueueName,
+        target: Option<QueueTarget>,
+    ) -> Result<(), EngineError> {
+        if let Some(refused) = self.journal.refusing() {
+            return Err(refused);
+        }
+        self.queue(queue);
+        let seq = {
+            let mut targets = lock(&self.targets);
+            let seq = self.journal_one(Mutation::PutQueueTarget {
+                queue: queue.clone(),
+                target: target.clone(),
+            });
+            match target {
+                Some(target) => targets.insert(queue.clone(), target),
+                None => targets.remove(queue),
+            };
+            seq
+        };
+        self.durable(seq).await
+    }
+
+    pub(super) fn target_records(&self) -> Vec<(QueueName, QueueTarget)> {
+        lock(&self.targets)
+            .iter()
+            .map(|(queue, target)| (queue.clone(), target.clone()))
+            .collect()
+    }
+
+    fn journal_one(&self, mutation: Mutation) -> u64 {
         if self.journal.wants_mutations() {
             self.journal.append(vec![mutation], Vec::new())
         } else {

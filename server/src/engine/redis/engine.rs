@@ -145,6 +145,18 @@ impl Engine for RedisEngine {
         self.inner.queue_flow(queue).await
     }
 
+    async fn set_target(
+        &self,
+        queue: &QueueName,
+        target: Option<crate::domain::QueueTarget>,
+    ) -> Result<(), EngineError> {
+        self.inner.set_target(queue, target).await
+    }
+
+    async fn targets(&self) -> Result<Vec<(QueueName, crate::domain::QueueTarget)>, EngineError> {
+        self.inner.targets().await
+    }
+
     async fn set_pause(
         &self,
         queue: &QueueName,

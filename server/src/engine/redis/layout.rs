@@ -161,6 +161,12 @@ impl Keys {
         format!("{}:queues", self.prefix)
     }
 
+    /// Queues' admin-set targets: queue → `record::StoredTarget` (one
+    /// hash, read whole by every replica each second).
+    pub(super) fn targets(&self) -> String {
+        format!("{}:targets", self.prefix)
+    }
+
     /// Worker sessions by expiry time.
     pub(super) fn sessions(&self) -> String {
         format!("{}:sessions", self.prefix)

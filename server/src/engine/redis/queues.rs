@@ -12,7 +12,8 @@ use super::layout;
 use super::store::QueryKind;
 use super::{Inner, lock};
 use crate::domain::queue::{Bucket, allowance};
-use crate::domain::{QueueLimits, QueueName, QueuePause, TicketState};
+use crate::domain::{QueueLimits, QueueName, QueuePause, QueueTarget, TicketState};
+use crate::engine::record;
 use crate::engine::{EngineError, QueueFlow, QueueInfo, StateCounts};
 
 /// How long what holds a queue back (pause, limits, running count), as
@@ -263,6 +264,55 @@ impl Inner {
 }
 
 /// A pause read back from its hash; `None` when the queue is not paused.
+impl Inner {
+    /// Sets or clears `queue`'s admin-set target for every replica (each
+    /// reads them all within a second).
+    pub(super) async fn set_target(
+        &self,
+        queue: &QueueName,
+        target: Option<QueueTarget>,
+    ) -> Result<(), EngineError> {
+        self.register_queue(queue).await?;
+        let key = self.keys.targets();
+        let stored = target.as_ref().map(record::encode_target);
+        self.run(|| {
+            let mut cmd = redis::cmd(if stored.is_some() { "HSET" } else { "HDEL" });
+            cmd.arg(&key).arg(queue.as_str());
+            if let Some(stored) = &stored {
+                cmd.arg(stored.as_slice());
+            }
+            QueryKind::Cmd(cmd)
+        })
+        .await
+        .map(|_: i64| ())
+    }
+
+    /// Every admin-set target, by queue name.
+    pub(super) async fn targets(&self) -> Result<Vec<(QueueName, QueueTarget)>, EngineError> {
+        let stored: HashMap<String, Vec<u8>> = self
+            .run(|| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(self.keys.targets());
+                QueryKind::Cmd(cmd)
+            })
+            .await?;
+        let mut targets = stored
+            .into_iter()
+            .map(|(name, bytes)| {
+                let queue = QueueName::parse_scoped(&name).map_err(|e| {
+                    EngineError::internal(format!("stored target of queue {name:?}: {e}"))
+                })?;
+                let target = record::decode_target(&bytes).map_err(|e| {
+                    EngineError::internal(format!("stored target of queue {name:?}: {e}"))
+                })?;
+                Ok((queue, target))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(targets)
+    }
+}
+
 fn pause_from(fields: &HashMap<String, String>) -> Option<QueuePause> {
     let at = fields.get("at")?.parse::<u64>().ok()?;
     Some(QueuePause {
