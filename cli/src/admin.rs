@@ -1,5 +1,5 @@
 //! The operator's commands: `asyncgate queues`, `asyncgate queue
-//! show|pause|resume|purge NAME`, `asyncgate retry ID | --queue Q` and
+//! show|pause|resume|purge|limits|target NAME`, `asyncgate retry ID | --queue Q` and
 //! `asyncgate delete ID`, over `asyncgate.v1.Admin` (an admin key; a viewer
 //! key for the reads).
 
@@ -59,6 +59,21 @@ pub(crate) enum QueueAction {
         /// Tickets running at once.
         #[arg(long, default_value_t = 0, value_name = "N")]
         concurrency: u32,
+    },
+    /// Have the gateways work a queue's tickets by calling an existing
+    /// service: a unary gRPC method or an HTTP endpoint (POST). Its host
+    /// must be in the gateways' --callback-allow list.
+    #[command(group(ArgGroup::new("what").args(["target", "clear"]).required(true)))]
+    Target {
+        /// The queue.
+        name: String,
+        /// grpc(s)://HOST:PORT/package.Service/Method or
+        /// http(s)://HOST:PORT/path, optionally
+        /// ?max_concurrent=N&max_per_second=N&retry_on=CODES.
+        target: Option<String>,
+        /// Take the target off (its calls in flight finish).
+        #[arg(long)]
+        clear: bool,
     },
 }
 
@@ -288,6 +303,10 @@ pub(crate) async fn queue(
             };
             printer.message(&admin.set_queue_limits(&name, limits).await?, queue_block)?
         }
+        QueueAction::Target { name, target, .. } => {
+            let target = target.unwrap_or_default();
+            printer.message(&admin.set_queue_target(&name, &target).await?, queue_block)?
+        }
         QueueAction::Purge(args) => {
             let states: Vec<pb::TicketState> = args.states.into_iter().map(Into::into).collect();
             let before = args.older_than.map(|age| SystemTime::now() - age);
@@ -324,6 +343,20 @@ fn queue_row(queue: &pb::QueueInfo) -> Vec<String> {
 }
 
 /// A queue as a block of `key: value` lines.
+/// A queue's target on one line: where it comes from, and why this gateway
+/// does not call it if it does not.
+fn target_text(target: &pb::QueueTarget) -> String {
+    let mut text = if target.from_config {
+        format!("{} (from the gateway's config)", target.target)
+    } else {
+        format!("{} (set by {})", target.target, target.set_by)
+    };
+    if !target.problem.is_empty() {
+        let _ = write!(text, "; not called: {}", target.problem);
+    }
+    text
+}
+
 fn queue_block(queue: &pb::QueueInfo) -> String {
     let counts = queue.counts.unwrap_or_default();
     let mut text = format!("queue: {}\n", queue.name);
@@ -341,6 +374,9 @@ fn queue_block(queue: &pb::QueueInfo) -> String {
         let _ = writeln!(text, "oldest pending: {} old", age_text(age.seconds));
     }
     let _ = writeln!(text, "workers: {}", queue.workers);
+    if let Some(target) = &queue.target {
+        let _ = writeln!(text, "target: {}", target_text(target));
+    }
     let limits = queue.limits.unwrap_or_default();
     let limit = |value: u32, unit: &str| match value {
         0 => "unlimited".to_owned(),

@@ -113,6 +113,27 @@ impl Admin {
             .into_inner())
     }
 
+    /// Puts a target on a queue — `grpc(s)://HOST:PORT/pkg.Service/Method`
+    /// or `http(s)://HOST:PORT/path`, optionally `?max_concurrent=N&…` —
+    /// so every gateway sharing the store works its tickets by calling it;
+    /// an empty `target` takes it off.
+    pub async fn set_queue_target(
+        &self,
+        name: &str,
+        target: &str,
+    ) -> Result<pb::QueueInfo, ClientError> {
+        let request = pb::SetQueueTargetRequest {
+            name: name.to_owned(),
+            target: target.to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .set_queue_target(request)
+            .await?
+            .into_inner())
+    }
+
     /// Connected workers on every replica; of one queue if `queue` is set.
     pub async fn list_workers(
         &self,

@@ -364,6 +364,7 @@ pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Runni
             hub.shut_down();
         }
     });
+    let (targets, supervisor) = crate::targets::Targets::new(&config.targets);
     let core = Core {
         engine: engine.clone(),
         hub,
@@ -373,8 +374,9 @@ pub async fn start_on(mut config: Config, listener: TcpListener) -> Result<Runni
         hard_stop: shutdown.hard_stop().clone(),
         tracker: shutdown.tasks().clone(),
         sessions: shutdown.sessions().clone(),
+        targets,
     };
-    spawn_targets(&core, &config)?;
+    spawn_targets(&core, &config, supervisor)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -469,31 +471,39 @@ async fn serve_metrics(
 
 /// Every service the gateway serves: health, reflection (v1 and v1alpha),
 /// Gateway, Workers and Operations.
-/// Starts the callback deliverer and the in-process worker of every target
-/// queue (`--target`): the gateway's own clients of other services.
-fn spawn_targets(core: &Core, config: &Config) -> Result<(), StartError> {
+/// Starts the callback deliverer and the target queues' supervisor (the
+/// in-process workers of the config's targets at once): the gateway's own
+/// clients of other services.
+fn spawn_targets(
+    core: &Core,
+    config: &Config,
+    supervisor: crate::targets::Supervisor,
+) -> Result<(), StartError> {
+    let policy = Arc::new(config.callbacks.clone());
     crate::callbacks::spawn(
         core.engine.clone(),
-        Arc::new(config.callbacks.clone()),
+        policy.clone(),
         core.hard_stop.clone(),
         &core.tracker,
     )
     .map_err(StartError::Callbacks)?;
-    crate::targets::spawn(
-        &config.targets,
-        &crate::targets::Gateway {
-            dispatcher: core.dispatcher.clone(),
-            settings: crate::dispatch::session::SessionSettings {
-                heartbeat_interval: config.heartbeat_interval,
-                lease_ttl: config.lease_ttl,
+    supervisor
+        .spawn(
+            core.engine.clone(),
+            policy,
+            crate::targets::Gateway {
+                dispatcher: core.dispatcher.clone(),
+                settings: crate::dispatch::session::SessionSettings {
+                    heartbeat_interval: config.heartbeat_interval,
+                    lease_ttl: config.lease_ttl,
+                },
+                max_payload_bytes: config.max_payload_bytes,
+                shutdown: core.shutdown.clone(),
+                hard_stop: core.hard_stop.clone(),
             },
-            max_payload_bytes: config.max_payload_bytes,
-            shutdown: core.shutdown.clone(),
-            hard_stop: core.hard_stop.clone(),
-        },
-        &core.sessions,
-    )
-    .map_err(StartError::Target)
+            &core.sessions,
+        )
+        .map_err(StartError::Target)
 }
 
 /// The background passes every replica runs until the hard stop: the

@@ -46,9 +46,9 @@ impl Failed {
     }
 }
 
-/// Resolves names for the HTTP client, keeping only the addresses the
-/// policy lets a callback reach.
-struct CheckedResolver(Arc<CallbackSettings>);
+/// Resolves names for an HTTP client, keeping only the addresses the
+/// policy lets the gateway reach (callbacks, admin-set targets).
+pub(crate) struct CheckedResolver(pub(crate) Arc<CallbackSettings>);
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -61,8 +61,9 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
-/// `host`'s addresses that a callback may reach, or why there are none.
-async fn checked_addresses(
+/// `host`'s addresses that the policy lets the gateway reach, or why there
+/// are none.
+pub(crate) async fn checked_addresses(
     settings: &CallbackSettings,
     host: &str,
     port: u16,
@@ -75,7 +76,7 @@ async fn checked_addresses(
         .collect();
     if allowed.is_empty() {
         return Err(format!(
-            "{host} resolves only to addresses a callback may not reach ({}); list them in --callback-allow to allow them",
+            "{host} resolves only to addresses the gateway may not reach ({}): loopback, private and link-local ones must be listed in --callback-allow as addresses or networks",
             found.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
         )
         .into());

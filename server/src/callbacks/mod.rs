@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub(crate) use deliver::{CheckedResolver, checked_addresses};
 pub(crate) use runner::spawn;
 
 /// The longest callback URL accepted.
@@ -199,7 +200,28 @@ impl CallbackSettings {
                 "plain http:// callbacks are refused on this gateway; use https:// (or start it with --callback-allow-http)".into(),
             ));
         }
-        let allowed = match parsed.host() {
+        self.check_host(&parsed)?;
+        Ok(parsed.as_str().into())
+    }
+
+    /// Checks the origin of a target set through the admin API
+    /// (`http(s)://HOST:PORT`) against the same allowlist: an operator's
+    /// key must not make the gateway call into the network beyond it.
+    pub fn check_target(&self, origin: &str) -> Result<(), Refused> {
+        if self.allow.is_empty() {
+            return Err(Refused::NotAllowed(
+                "targets set through the admin API are off on this gateway: it has no --callback-allow list of destinations (or put the target in its config with --target)".into(),
+            ));
+        }
+        let parsed = url::Url::parse(origin)
+            .map_err(|e| Refused::Invalid(format!("{origin:?} is not a URL ({e})")))?;
+        self.check_host(&parsed)
+    }
+
+    /// Whether `url`'s host is listed (a name or suffix entry, or a network
+    /// holding its address).
+    fn check_host(&self, url: &url::Url) -> Result<(), Refused> {
+        let allowed = match url.host() {
             // grpc(s) URLs are not "special" to the URL standard: their
             // hosts come back as names, addresses included.
             Some(url::Host::Domain(name)) => match name.parse::<IpAddr>() {
@@ -208,15 +230,20 @@ impl CallbackSettings {
             },
             Some(url::Host::Ipv4(ip)) => self.allows_ip(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => self.allows_ip(IpAddr::V6(ip)),
-            None => return Err(Refused::Invalid(format!("{url:?} names no host"))),
+            None => {
+                return Err(Refused::Invalid(format!(
+                    "{:?} names no host",
+                    url.as_str()
+                )));
+            }
         };
         if !allowed {
             return Err(Refused::NotAllowed(format!(
                 "host {:?} is not in this gateway's --callback-allow list",
-                parsed.host_str().unwrap_or_default()
+                url.host_str().unwrap_or_default()
             )));
         }
-        Ok(parsed.as_str().into())
+        Ok(())
     }
 
     /// Whether the name matches a host or suffix entry.

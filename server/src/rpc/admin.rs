@@ -126,7 +126,9 @@ impl AdminService {
     /// [`Self::present`], with the queue's history when `history`.
     async fn present_with(&self, caller: &Caller, info: QueueInfo, history: bool) -> pb::QueueInfo {
         let workers = self.core.workers(&info.queue).await;
-        edge::queue_to_pb(caller, info, workers, history, SystemTime::now())
+        let targets = self.core.targets.known();
+        let target = targets.get(&info.queue);
+        edge::queue_to_pb(caller, info, workers, target, history, SystemTime::now())
     }
 
     /// Applies `act` to each of `caller`'s tickets of `queue` in `states`
@@ -316,6 +318,67 @@ impl Admin for AdminService {
                 limits.max_dispatch_per_second, limits.burst, limits.max_concurrent
             ),
         );
+        Ok(Response::new(self.present(&caller, info).await))
+    }
+
+    async fn set_queue_target(
+        &self,
+        request: Request<pb::SetQueueTargetRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = auth::caller(&request);
+        let peer = crate::connection::remote_addr(request.extensions());
+        let request = request.into_inner();
+        if caller.tenant.is_some() {
+            return Err(GatewayError::PermissionDenied(
+                "SetQueueTarget needs an admin key not confined to a tenant: a target makes the gateway call into the network".into(),
+            )
+            .into());
+        }
+        let queue = convert::queue_for(&caller, &request.name, "name")?;
+        if self.core.targets.configured(&queue) {
+            return Err(GatewayError::NotAllowedHere(format!(
+                "queue {:?} has its target in this gateway's config (--target {}); change it there",
+                request.name,
+                self.core
+                    .targets
+                    .running(&queue)
+                    .map(|t| t.url())
+                    .unwrap_or_default()
+            ))
+            .into());
+        }
+        let target = match request.target.trim() {
+            "" => None,
+            spec => Some(edge::queue_target(
+                &queue,
+                spec,
+                &self.core.config.callbacks,
+                &caller,
+            )?),
+        };
+        let action = target.as_ref().map_or_else(
+            || format!("{queue} (none)"),
+            |t| format!("{queue} ({})", t.spec),
+        );
+        self.core
+            .engine
+            .set_target(&queue, target)
+            .await
+            .map_err(GatewayError::from)?;
+        auth::audit_admin(&caller, "SetQueueTarget", peer, &action);
+        tracing::info!(%queue, by = %caller.name, target = %action, "queue target set");
+        // This gateway acts on it before answering; the others within a
+        // second.
+        self.core.targets.reload().await;
+        let info = self
+            .core
+            .engine
+            .queue_info(&queue)
+            .await
+            .map_err(GatewayError::from)?
+            .ok_or_else(|| {
+                GatewayError::NotFound(format!("queue {:?} went meanwhile", request.name))
+            })?;
         Ok(Response::new(self.present(&caller, info).await))
     }
 

@@ -46,4 +46,6 @@ pub struct Core {
     pub tracker: TaskTracker,
     /// Tracks worker sessions, so shutdown knows when the drain is done.
     pub sessions: TaskTracker,
+    /// The target queues this gateway works (config and admin API).
+    pub(crate) targets: crate::targets::Targets,
 }

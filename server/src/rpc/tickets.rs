@@ -121,12 +121,13 @@ impl Core {
         tickets_ahead: Option<u64>,
     ) -> pb::Ticket {
         let mut context = self.context(viewer);
-        let flow;
+        let (flow, target);
         if ticket.state == TicketState::Pending {
             flow = self.engine.queue_flow(&ticket.queue).await.ok();
             context.flow = flow.as_ref();
             context.workers = self.workers(&ticket.queue).await;
-            context.target = self.target_of(&ticket.queue);
+            target = self.targets.running(&ticket.queue);
+            context.target = target.as_deref();
             if is_due(ticket) {
                 context.tickets_ahead = match tickets_ahead {
                     Some(known) => known,
@@ -188,6 +189,7 @@ impl Core {
         if let Ok(counts) = self.engine.tickets_ahead_of(&due).await {
             ahead.extend(due.iter().map(|t| t.id).zip(counts));
         }
+        let targets = self.targets.known();
         tickets
             .iter()
             .map(|ticket| {
@@ -195,7 +197,10 @@ impl Core {
                 if ticket.state == TicketState::Pending {
                     context.workers = workers.get(&ticket.queue).copied().unwrap_or(0);
                     context.flow = flows.get(&ticket.queue).and_then(Option::as_ref);
-                    context.target = self.target_of(&ticket.queue);
+                    context.target = targets
+                        .get(&ticket.queue)
+                        .and_then(|known| known.running())
+                        .map(|setting| &**setting);
                     if is_due(ticket) {
                         context.tickets_ahead = ahead.get(&ticket.id).copied().unwrap_or(0);
                     }
@@ -203,11 +208,6 @@ impl Core {
                 convert::ticket_to_pb(ticket, context)
             })
             .collect()
-    }
-
-    /// The target working `queue` (`--target`), if any.
-    fn target_of(&self, queue: &QueueName) -> Option<&crate::targets::TargetSetting> {
-        self.config.targets.iter().find(|t| t.queue == *queue)
     }
 
     fn context(&self, viewer: &Caller) -> convert::WaitContext<'static> {

@@ -15,6 +15,7 @@ use tonic::{Code, Request, Status};
 use super::setting::grpc_code_name;
 use super::worker::{failure, time_left};
 use super::{RetryOn, TargetSetting};
+use crate::callbacks::{CallbackSettings, checked_addresses};
 use crate::domain::ticket::Payload;
 use crate::domain::{Outcome, TicketError};
 use crate::engine::Claimed;
@@ -57,6 +58,41 @@ impl Decoder for BytesCodec {
     }
 }
 
+/// Connects to a target's `HOST:PORT` at an address the policy allows,
+/// resolving at every connect: a name later pointed at a private address
+/// is refused then, not only when the target was set.
+#[derive(Clone)]
+struct CheckedConnector(Arc<CallbackSettings>);
+
+impl tower::Service<tonic::codegen::http::Uri> for CheckedConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("the target names no host")?;
+            let host = host.trim_matches(['[', ']']);
+            let tls = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let addresses = checked_addresses(&policy, host, port).await?;
+            let stream = tokio::net::TcpStream::connect(&addresses[..]).await?;
+            stream.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
 /// Upstream codes another attempt may fix, unless `retry_on` says.
 const RETRYABLE: [Code; 4] = [
     Code::Unavailable,
@@ -80,7 +116,12 @@ pub(crate) struct GrpcTarget {
 impl GrpcTarget {
     /// A lazily connected channel to the target's origin (`https://` with
     /// its `ca_file`, else the system roots, and its client identity).
-    pub(crate) fn new(target: &TargetSetting) -> Result<Self, String> {
+    /// With a `policy` (a target set through the admin API), each connect
+    /// resolves the host itself and only reaches addresses it allows.
+    pub(crate) fn new(
+        target: &TargetSetting,
+        policy: Option<Arc<CallbackSettings>>,
+    ) -> Result<Self, String> {
         let origin = &target.origin;
         let options = &target.options;
         let endpoint = Endpoint::from_shared(origin.clone())
@@ -119,8 +160,12 @@ impl GrpcTarget {
             Some(RetryOn::Codes(codes)) => codes.clone(),
             _ => RETRYABLE.to_vec(),
         };
+        let channel = match policy {
+            Some(policy) => endpoint.connect_with_connector_lazy(CheckedConnector(policy)),
+            None => endpoint.connect_lazy(),
+        };
         Ok(Self {
-            channel: endpoint.connect_lazy(),
+            channel,
             path: target
                 .path
                 .parse()

@@ -61,7 +61,12 @@ impl HttpTarget {
     /// The client for `target`: rustls on ring trusting its `ca_file` (else
     /// the system roots), with its client identity; HTTP/1.1, no proxy, no
     /// redirects.
-    pub(crate) fn new(target: &TargetSetting) -> Result<Self, String> {
+    /// With a `policy` (a target set through the admin API), names resolve
+    /// only to addresses it allows.
+    pub(crate) fn new(
+        target: &TargetSetting,
+        policy: Option<Arc<crate::callbacks::CallbackSettings>>,
+    ) -> Result<Self, String> {
         let url = reqwest::Url::parse(&format!("{}{}", target.origin, target.path))
             .map_err(|e| format!("{}: {e}", target.url()))?;
         let options = &target.options;
@@ -78,12 +83,16 @@ impl HttpTarget {
             Some(RetryOn::Statuses(statuses)) => statuses.clone(),
             _ => RETRYABLE.to_vec(),
         };
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(target)?)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(policy) = policy {
+            client = client.dns_resolver(Arc::new(crate::callbacks::CheckedResolver(policy)));
+        }
+        let client = client
             .build()
             .map_err(|e| format!("{}: {e}", target.url()))?;
         Ok(Self {

@@ -9,6 +9,9 @@
 //! - `setting.rs`: parsing a target's URL and its query options.
 //! - `grpc.rs`: the raw-bytes unary call on a reused HTTP/2 channel.
 //! - `http.rs`: the POST on a reused HTTP/1.1 client.
+//! - `supervisor.rs`: which targets run here: the config's, and those set
+//!   through the admin API (stored, read every second, checked against the
+//!   destination allowlist), started and drained as they change.
 //! - `worker.rs`: the in-process worker: a session of the dispatcher like a
 //!   connected worker's (leases, heartbeats, fencing, cancellation and
 //!   redelivery are the same), fed over channels instead of a stream.
@@ -16,13 +19,15 @@
 mod grpc;
 mod http;
 mod setting;
+mod supervisor;
 mod worker;
 
 use std::fmt;
 use std::ops::RangeInclusive;
 
-pub use setting::parse_target;
-pub(crate) use worker::{Gateway, spawn};
+pub use setting::{MAX_TARGET_LEN, parse_admin_target, parse_target};
+pub(crate) use supervisor::{KnownTarget, Supervisor, Targets};
+pub(crate) use worker::Gateway;
 
 use crate::domain::QueueName;
 
@@ -151,33 +156,35 @@ impl TargetSetting {
 }
 
 impl fmt::Display for TargetSetting {
-    /// As it parses, with each header's variable name in place of its
-    /// value.
+    /// As it parses (`QUEUE=URL?options`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.queue, self.spec())
+    }
+}
+
+impl TargetSetting {
+    /// The URL with every option, as `--target QUEUE=` takes it after the
+    /// `=`, with each header's variable name in place of its value.
+    pub fn spec(&self) -> String {
+        use fmt::Write as _;
         let options = &self.options;
-        write!(
-            f,
-            "{}={}?max_concurrent={}",
-            self.queue,
-            self.url(),
-            options.max_concurrent
-        )?;
+        let mut f = format!("{}?max_concurrent={}", self.url(), options.max_concurrent);
         if let Some(n) = options.max_per_second {
-            write!(f, "&max_per_second={n}")?;
+            let _ = write!(f, "&max_per_second={n}");
         }
         if let Some(retry_on) = &options.retry_on {
-            write!(f, "&retry_on={retry_on}")?;
+            let _ = write!(f, "&retry_on={retry_on}");
         }
         for header in &options.headers {
-            write!(f, "&header_env={}:{}", header.name, header.env)?;
+            let _ = write!(f, "&header_env={}:{}", header.name, header.env);
         }
         if let Some(ca) = &options.ca_file {
-            write!(f, "&ca_file={}", ca.path)?;
+            let _ = write!(f, "&ca_file={}", ca.path);
         }
         if let Some((cert, key)) = &options.identity {
-            write!(f, "&cert_file={}&key_file={}", cert.path, key.path)?;
+            let _ = write!(f, "&cert_file={}&key_file={}", cert.path, key.path);
         }
-        Ok(())
+        f
     }
 }
 

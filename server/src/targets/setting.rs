@@ -92,6 +92,39 @@ pub fn parse_target(text: &str) -> Result<TargetSetting, String> {
     })
 }
 
+/// Options that read this gateway's environment or files: only its own
+/// config may use them, never a target set through the admin API (an
+/// admin key must not send the gateway's secrets to a host it picks).
+const CONFIG_ONLY: [&str; 4] = ["header_env", "ca_file", "cert_file", "key_file"];
+
+/// Longest target accepted through the admin API.
+pub const MAX_TARGET_LEN: usize = 2048;
+
+/// Parses a target set through the admin API (`Admin.SetQueueTarget`) for
+/// `queue`: the URL and options of `--target`, without [`CONFIG_ONLY`]'s
+/// (refused before anything is read).
+pub fn parse_admin_target(queue: &QueueName, spec: &str) -> Result<TargetSetting, String> {
+    if spec.len() > MAX_TARGET_LEN {
+        return Err(format!(
+            "is {} bytes; the limit is {MAX_TARGET_LEN}",
+            spec.len()
+        ));
+    }
+    if spec.contains(char::is_whitespace) {
+        return Err(format!("{spec:?} contains white space; give the URL alone"));
+    }
+    let query = spec.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&') {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if CONFIG_ONLY.contains(&key) {
+            return Err(format!(
+                "{key} reads this gateway's environment or files: only its config (--target) may use it; put this target there instead"
+            ));
+        }
+    }
+    parse_target(&format!("{queue}={spec}"))
+}
+
 fn check_method(url: &str, method: &str) -> Result<(), String> {
     let valid = method[1..].split_once('/').is_some_and(|(service, name)| {
         !service.is_empty() && service.contains('.') && !name.is_empty() && !name.contains('/')

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::grpc::GrpcTarget;
 use super::http::HttpTarget;
 use super::{Protocol, TargetSetting};
+use crate::callbacks::CallbackSettings;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::session::messages::{Ack, Report};
 use crate::dispatch::session::{self, FromWorker, Hello, Inbound, SessionSettings, ToWorker};
@@ -38,26 +39,25 @@ pub(crate) struct Gateway {
     pub(crate) hard_stop: CancellationToken,
 }
 
-/// Starts one in-process worker per target, tracked by `tasks`.
+/// Starts `target`'s in-process worker, tracked by `tasks`, until
+/// `gateway.shutdown`; with a `policy` (a target set through the admin
+/// API), its connections only reach addresses the policy allows.
 pub(crate) fn spawn(
-    targets: &[TargetSetting],
+    target: &Arc<TargetSetting>,
+    policy: Option<Arc<CallbackSettings>>,
     gateway: &Gateway,
     tasks: &TaskTracker,
 ) -> Result<(), String> {
-    for target in targets {
-        let upstream = match target.protocol {
-            Protocol::Grpc => Upstream::Grpc(GrpcTarget::new(target)?),
-            Protocol::Http => Upstream::Http(HttpTarget::new(target)?),
-        };
-        let upstream = Arc::new(Caller {
-            upstream,
-            pacer: target.options.max_per_second.map(Pacer::new),
-        });
-        let span = tracing::info_span!("target", queue = %target.queue, url = %target.url());
-        tasks.spawn(
-            serve(target.clone(), upstream, gateway.clone(), tasks.clone()).instrument(span),
-        );
-    }
+    let upstream = match target.protocol {
+        Protocol::Grpc => Upstream::Grpc(GrpcTarget::new(target, policy)?),
+        Protocol::Http => Upstream::Http(HttpTarget::new(target, policy)?),
+    };
+    let upstream = Arc::new(Caller {
+        upstream,
+        pacer: target.options.max_per_second.map(Pacer::new),
+    });
+    let span = tracing::info_span!("target", queue = %target.queue, url = %target.url());
+    tasks.spawn(serve(target.clone(), upstream, gateway.clone(), tasks.clone()).instrument(span));
     Ok(())
 }
 
@@ -123,7 +123,12 @@ impl Pacer {
 
 /// Runs sessions for `target` until shutdown; a session that ends (the
 /// store failed, the session was lost) is followed by a new one.
-async fn serve(target: TargetSetting, caller: Arc<Caller>, gateway: Gateway, tasks: TaskTracker) {
+async fn serve(
+    target: Arc<TargetSetting>,
+    caller: Arc<Caller>,
+    gateway: Gateway,
+    tasks: TaskTracker,
+) {
     let mut pause = Duration::from_millis(50);
     while !gateway.shutdown.is_cancelled() {
         session(&target, &caller, &gateway, &tasks).await;

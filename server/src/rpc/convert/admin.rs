@@ -12,6 +12,7 @@ use crate::domain::{QueueLimits, QueueName, SessionId, TicketId, TicketState};
 use crate::engine::window::{BucketStats, Latency, Throughput};
 use crate::engine::{QueueInfo, WorkerRecord};
 use crate::error::GatewayError;
+use crate::targets::KnownTarget;
 use crate::time;
 
 /// A queue on the wire, as `caller` names it, at `now`; `workers` serve it.
@@ -20,6 +21,7 @@ pub(crate) fn queue_to_pb(
     caller: &Caller,
     info: QueueInfo,
     workers: usize,
+    target: Option<&KnownTarget>,
     history: bool,
     now: SystemTime,
 ) -> pb::QueueInfo {
@@ -62,6 +64,30 @@ pub(crate) fn queue_to_pb(
         run_time: Some(latency_to_pb(info.stats.run_time)),
         held_back: info.held_back,
         scheduled: info.scheduled,
+        target: target.map(target_to_pb),
+    }
+}
+
+/// A queue's target as the admin API shows it.
+fn target_to_pb(known: &KnownTarget) -> pb::QueueTarget {
+    let setting = known.setting.as_deref();
+    pb::QueueTarget {
+        target: match (&known.stored, setting) {
+            (Some(stored), _) => stored.spec.clone(),
+            (None, Some(setting)) => setting.spec(),
+            (None, None) => String::new(),
+        },
+        url: setting.map(|s| s.url()).unwrap_or_default(),
+        max_concurrent: setting.map_or(0, |s| s.options.max_concurrent),
+        max_per_second: setting.and_then(|s| s.options.max_per_second).unwrap_or(0),
+        from_config: known.stored.is_none(),
+        set_by: known
+            .stored
+            .as_ref()
+            .map(|s| s.by.clone())
+            .unwrap_or_default(),
+        set_at: known.stored.as_ref().map(|s| time::timestamp(s.at)),
+        problem: known.problem.clone().unwrap_or_default(),
     }
 }
 
@@ -136,6 +162,32 @@ pub(crate) fn session_id(text: &str, field: &str) -> Result<SessionId, GatewayEr
 
 /// A queue's limits, checked: each within its bound, a burst only with a
 /// rate.
+/// A target for `queue` from `SetQueueTarget`: parsed as `--target`
+/// parses it (without the options that read the gateway's environment or
+/// files), and its host checked against the destination allowlist.
+pub(crate) fn queue_target(
+    queue: &QueueName,
+    spec: &str,
+    policy: &crate::callbacks::CallbackSettings,
+    caller: &Caller,
+) -> Result<crate::domain::QueueTarget, GatewayError> {
+    let setting = crate::targets::parse_admin_target(queue, spec)
+        .map_err(|reason| GatewayError::invalid("target", reason))?;
+    policy
+        .check_target(&setting.origin)
+        .map_err(|refused| match refused {
+            crate::callbacks::Refused::Invalid(reason) => GatewayError::invalid("target", reason),
+            crate::callbacks::Refused::NotAllowed(reason) => {
+                GatewayError::NotAllowedHere(format!("target: {reason}"))
+            }
+        })?;
+    Ok(crate::domain::QueueTarget {
+        spec: setting.spec(),
+        by: caller.name.to_string(),
+        at: SystemTime::now(),
+    })
+}
+
 pub(crate) fn limits(limits: Option<pb::QueueLimits>) -> Result<QueueLimits, GatewayError> {
     let Some(limits) = limits else {
         return Err(GatewayError::invalid(
