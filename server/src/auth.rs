@@ -78,6 +78,11 @@ const READS: [&str; 12] = [
     "/asyncgate.v1.Schedules/ListSchedules",
 ];
 
+/// Methods a key confined to a tenant may not call whatever its role: they
+/// act beyond any tenant (a queue's target makes the gateway call into the
+/// network).
+const UNCONFINED: [&str; 1] = ["/asyncgate.v1.Admin/SetQueueTarget"];
+
 /// Any valid key may ask what it is.
 const WHO_AM_I: &str = "/asyncgate.v1.Gateway/WhoAmI";
 
@@ -178,6 +183,14 @@ fn check_need(
             "key {:?} has the {} role; {path} needs {what}",
             caller.name,
             caller.role.name()
+        ))
+        .into());
+    }
+    if caller.tenant.is_some() && UNCONFINED.contains(&path) {
+        audit_denial(peer, path, &caller.name, "-", "permission_denied", "tenant");
+        return Err(GatewayError::PermissionDenied(format!(
+            "key {:?} is confined to a tenant; {path} needs a key that is not (it acts beyond any tenant)",
+            caller.name
         ))
         .into());
     }
@@ -314,6 +327,7 @@ pub fn allowed_methods(caller: &Caller) -> Vec<String> {
             Needs::Nothing | Needs::AnyKey => true,
             Needs::Role(roles, _) => roles.contains(&caller.role),
         })
+        .filter(|path| caller.tenant.is_none() || !UNCONFINED.contains(&path.as_str()))
         .cloned()
         .collect()
 }

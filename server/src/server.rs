@@ -500,8 +500,10 @@ fn spawn_targets(
                 max_payload_bytes: config.max_payload_bytes,
                 shutdown: core.shutdown.clone(),
                 hard_stop: core.hard_stop.clone(),
+                grace: config.shutdown_grace,
             },
             &core.sessions,
+            &core.tracker,
         )
         .map_err(StartError::Target)
 }

@@ -89,6 +89,12 @@ class Admin:
         )
         return await self._call(self._stub.SetQueueLimits, admin_pb2.SetQueueLimitsRequest(name=name, limits=limits))
 
+    async def set_queue_target(self, name: str, target: str) -> admin_pb2.QueueInfo:
+        """Has every gateway work the queue's tickets by calling `target` — ``grpc(s)://HOST:PORT/pkg.Service/Method``
+        or ``http(s)://HOST:PORT/path``, optionally ``?max_concurrent=N&max_per_second=N&retry_on=CODES`` — instead of
+        workers; its host must be in the gateways' ``--callback-allow`` list. An empty `target` takes it off."""
+        return await self._call(self._stub.SetQueueTarget, admin_pb2.SetQueueTargetRequest(name=name, target=target))
+
     # -- workers -----------------------------------------------------------------
 
     async def list_workers(self, queue: str = "") -> list[admin_pb2.WorkerInfo]:

@@ -162,6 +162,14 @@ class ClientTest(GatewayTestCase):
         with self.assertRaises(asyncgate.InvalidArgument) as caught:
             await self.client.submit_many([asyncgate.Submit(unique_queue("cb"), b"x", callback="ftp://h/x")])
         self.assertIn("callback", caught.exception.message)
+        # Targets set through the admin API go through the same allowlist; a
+        # malformed one names the field.
+        with self.assertRaises(asyncgate.FailedPrecondition) as refused:
+            await self.client.admin.set_queue_target(unique_queue("t"), "grpc://orders.example.com:443/shop.v1.Orders/Place")
+        self.assertIn("--callback-allow", refused.exception.message)
+        with self.assertRaises(asyncgate.InvalidArgument) as caught:
+            await self.client.admin.set_queue_target(unique_queue("t"), "grpc://orders.example.com:443/NoMethod")
+        self.assertIn("target", caught.exception.message)
 
     async def test_watch_resumes_after_a_broken_connection_without_gap_or_duplicate(self) -> None:
         queue = unique_queue("resume")

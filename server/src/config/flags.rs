@@ -378,7 +378,8 @@ pub struct Cli {
     /// Keepalive cadence on idle watch streams.
     #[arg(long, env = "ASYNCGATE_WATCH_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
     pub watch_keepalive: Duration,
-    /// How long shutdown waits for workers to finish in-flight tasks.
+    /// How long shutdown waits for workers to finish in-flight tasks (and
+    /// how long a target taken off a queue may finish its calls in flight).
     #[arg(long, env = "ASYNCGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }

@@ -78,6 +78,22 @@ pub struct QueueInfo {
     pub stats: QueueStats,
 }
 
+impl QueueInfo {
+    /// A queue no ticket or worker has used yet (one a target is set on).
+    pub fn unused(queue: QueueName) -> Self {
+        Self {
+            queue,
+            counts: StateCounts::default(),
+            oldest_pending_at: None,
+            scheduled: 0,
+            pause: None,
+            limits: QueueLimits::default(),
+            held_back: 0,
+            stats: crate::engine::window::QueueStats::default(),
+        }
+    }
+}
+
 /// What may hold a queue's PENDING tickets back besides the line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueFlow {

@@ -58,7 +58,14 @@ impl AdminService {
         field: &str,
     ) -> Result<(QueueName, QueueInfo), GatewayError> {
         let queue = convert::queue_for(caller, name, field)?;
-        match self.core.engine.queue_info(&queue).await? {
+        let info = match self.core.engine.queue_info(&queue).await? {
+            // A queue with a target exists before its first ticket.
+            None if self.core.targets.known().contains_key(&queue) => {
+                Some(QueueInfo::unused(queue.clone()))
+            }
+            info => info,
+        };
+        match info {
             Some(info) if caller.sees(queue.tenant()) => Ok((queue, info)),
             _ => Err(GatewayError::NotFound(format!(
                 "queue {name:?} was never used (queues appear with their first ticket)"
@@ -184,12 +191,24 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let caller = auth::caller(&request);
         let history = request.get_ref().history;
-        let visible = self
+        let mut queues = self
             .core
             .engine
             .queues()
             .await
-            .map_err(GatewayError::from)?
+            .map_err(GatewayError::from)?;
+        // A queue with a target exists before its first ticket.
+        let targets = self.core.targets.known();
+        let unused: Vec<QueueInfo> = targets
+            .keys()
+            .filter(|queue| !queues.iter().any(|info| info.queue == **queue))
+            .map(|queue| QueueInfo::unused(queue.clone()))
+            .collect();
+        if !unused.is_empty() {
+            queues.extend(unused);
+            queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        }
+        let visible = queues
             .into_iter()
             .filter(|info| caller.sees(info.queue.tenant()));
         // At once: each may ask the store how many workers serve it.
@@ -328,12 +347,7 @@ impl Admin for AdminService {
         let caller = auth::caller(&request);
         let peer = crate::connection::remote_addr(request.extensions());
         let request = request.into_inner();
-        if caller.tenant.is_some() {
-            return Err(GatewayError::PermissionDenied(
-                "SetQueueTarget needs an admin key not confined to a tenant: a target makes the gateway call into the network".into(),
-            )
-            .into());
-        }
+        // A key confined to a tenant never gets here (see `auth`).
         let queue = convert::queue_for(&caller, &request.name, "name")?;
         if self.core.targets.configured(&queue) {
             return Err(GatewayError::NotAllowedHere(format!(

@@ -3,7 +3,8 @@
 //! stored in the engine, read every second (and at once after a change
 //! made here), checked against this gateway's destination allowlist, and
 //! started, replaced or stopped. A stopped target's worker drains: calls in
-//! flight finish and are recorded while its successor starts.
+//! flight may finish and be recorded (for the shutdown grace) while its
+//! successor starts.
 //!
 //! The supervisor task owns the running workers; everyone else reads the
 //! published [`Known`] map through a [`Targets`] handle.
@@ -134,28 +135,33 @@ impl Supervisor {
     /// Starts the config's targets now (a target whose client cannot be
     /// built stops the start, naming it), then keeps the stored ones
     /// current until shutdown.
+    /// Workers' sessions go on `sessions` (shutdown waits for their
+    /// drain), the supervisor itself on `background`.
     pub(crate) fn spawn(
         self,
         engine: Arc<dyn Engine>,
         policy: Arc<CallbackSettings>,
         gateway: Gateway,
-        tasks: &TaskTracker,
+        sessions: &TaskTracker,
+        background: &TaskTracker,
     ) -> Result<(), String> {
-        let mut running = HashMap::new();
-        for setting in &self.configured {
-            let setting = Arc::new(setting.clone());
-            let stop = start(&setting, None, &gateway, tasks)?;
-            running.insert(setting.queue.clone(), Running { setting, stop });
-        }
-        let state = State {
+        let mut state = State {
             engine,
             policy,
             gateway,
-            tasks: tasks.clone(),
-            running,
+            sessions: sessions.clone(),
+            background: background.clone(),
+            running: HashMap::new(),
             failing: None,
         };
-        tasks.spawn(self.run(state));
+        for setting in &self.configured {
+            let setting = Arc::new(setting.clone());
+            let stop = state.start(&setting, None)?;
+            state
+                .running
+                .insert(setting.queue.clone(), Running { setting, stop });
+        }
+        background.spawn(self.run(state));
         Ok(())
     }
 
@@ -188,7 +194,8 @@ struct State {
     engine: Arc<dyn Engine>,
     policy: Arc<CallbackSettings>,
     gateway: Gateway,
-    tasks: TaskTracker,
+    sessions: TaskTracker,
+    background: TaskTracker,
     running: HashMap<QueueName, Running>,
     /// The store's last error, logged once per streak.
     failing: Option<String>,
@@ -289,12 +296,7 @@ impl State {
             if self.running.contains_key(queue) {
                 continue;
             }
-            match start(
-                &setting,
-                Some(self.policy.clone()),
-                &self.gateway,
-                &self.tasks,
-            ) {
+            match self.start(&setting, Some(self.policy.clone())) {
                 Ok(stop) => {
                     tracing::info!(%queue, url = %setting.url(), "target started (set through the admin API)");
                     self.running
@@ -306,18 +308,33 @@ impl State {
     }
 }
 
-/// Starts one target's worker; the token that stops (drains) it.
-fn start(
-    setting: &Arc<TargetSetting>,
-    policy: Option<Arc<CallbackSettings>>,
-    gateway: &Gateway,
-    tasks: &TaskTracker,
-) -> Result<CancellationToken, String> {
-    let stop = gateway.shutdown.child_token();
-    let gateway = Gateway {
-        shutdown: stop.clone(),
-        ..gateway.clone()
-    };
-    worker::spawn(setting, policy, &gateway, tasks)?;
-    Ok(stop)
+impl State {
+    /// Starts one target's worker; the token that stops it. A stopped
+    /// worker takes no new tickets and its calls in flight may finish for
+    /// the gateway's shutdown grace; then they are dropped and their
+    /// tickets go back to the queue, so a hung upstream holds nothing
+    /// after its target is gone.
+    fn start(
+        &self,
+        setting: &Arc<TargetSetting>,
+        policy: Option<Arc<CallbackSettings>>,
+    ) -> Result<CancellationToken, String> {
+        let stop = self.gateway.shutdown.child_token();
+        let hard_stop = self.gateway.hard_stop.child_token();
+        let gateway = Gateway {
+            shutdown: stop.clone(),
+            hard_stop: hard_stop.clone(),
+            ..self.gateway.clone()
+        };
+        worker::spawn(setting, policy, &gateway, &self.sessions)?;
+        let (drain, grace) = (stop.clone(), self.gateway.grace);
+        self.background.spawn(async move {
+            drain.cancelled().await;
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => hard_stop.cancel(),
+                _ = hard_stop.cancelled() => {}
+            }
+        });
+        Ok(stop)
+    }
 }

@@ -37,6 +37,8 @@ pub(crate) struct Gateway {
     pub(crate) max_payload_bytes: usize,
     pub(crate) shutdown: CancellationToken,
     pub(crate) hard_stop: CancellationToken,
+    /// How long a stopped target's calls in flight may go on.
+    pub(crate) grace: Duration,
 }
 
 /// Starts `target`'s in-process worker, tracked by `tasks`, until

@@ -2,6 +2,7 @@
 //! gateway on an ephemeral loopback port, so they run in parallel.
 
 mod admin;
+mod admin_targets;
 mod auth;
 mod bad_input;
 mod basics;
