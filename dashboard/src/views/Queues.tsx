@@ -1,6 +1,6 @@
-// Admin.ListQueues as a table, refreshed every few seconds; for keys that
-// may: pause / resume, purge (confirmed with the count it will cancel) and
-// the dispatch limits.
+// Admin.ListQueues as a table, refreshed every few seconds, each queue with
+// the target that works it if any; for keys that may: pause / resume, purge
+// (confirmed with the count it will cancel) and the dispatch limits.
 import { Fragment } from "preact";
 import { useState } from "preact/hooks";
 import { admin, can, describe, type Role } from "../api";
@@ -43,6 +43,19 @@ function Limits({ queue, done }: { queue: QueueInfo; done: (error?: string) => v
       <button type="submit">Save limits</button>
       <button type="button" onClick={() => done()}>Close</button>
     </form>
+  );
+}
+
+// The service the gateway calls to work the queue (no workers needed), where
+// it comes from, and why this gateway does not call it if it does not.
+function TargetNote({ queue }: { queue: QueueInfo }) {
+  const t = queue.target!;
+  const from = t.fromConfig ? "from the gateway's config" : `set by ${t.setBy}`;
+  return (
+    <div class={t.problem ? "target problem" : "target"} title={t.target}>
+      → {t.url || t.target} <span class="hint">({from})</span>
+      {t.problem && <span class="error"> {t.problem}</span>}
+    </div>
   );
 }
 
@@ -119,7 +132,10 @@ export function Queues({ role }: { role: Role }) {
               {queues.map((q) => (
                 <Fragment key={q.name}>
                   <tr data-queue={q.name}>
-                    <th scope="row"><a href={href("tickets", { queue: q.name })}>{q.name}</a></th>
+                    <th scope="row">
+                      <a href={href("tickets", { queue: q.name })}>{q.name}</a>
+                      {q.target && <TargetNote queue={q} />}
+                    </th>
                     <td class="num" data-count="pending">{String(q.counts?.pending ?? 0n)}</td>
                     <td class="num" data-count="running">{String(q.counts?.running ?? 0n)}</td>
                     <td class="num" data-count="succeeded">{String(q.counts?.succeeded ?? 0n)}</td>

@@ -88,12 +88,14 @@ pub(crate) async fn dashboard_gateway(
         ),
     )
     .unwrap();
-    TestGateway::start_with(asyncgate_server::Config {
+    let mut config = asyncgate_server::Config {
         dashboard: true,
         keys: Some(keys),
         ..fast_config()
-    })
-    .await
+    };
+    // Loopback destinations may be targets (the Queues view shows them).
+    config.callbacks.allow = vec![asyncgate_server::callbacks::parse_allowed("127.0.0.1").unwrap()];
+    TestGateway::start_with(config).await
 }
 
 /// `document.querySelector(selector)?.textContent`, as a JS expression.

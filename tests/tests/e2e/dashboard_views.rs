@@ -359,6 +359,22 @@ async fn pause_holds_a_ticket_whose_waiting_reason_says_paused() {
         .unwrap();
     assert_eq!(limits.max_concurrent, 4);
 
+    // A queue worked by a target shows it, and who set it.
+    let target = "grpc://127.0.0.1:9/shop.v1.Orders/Place";
+    client
+        .admin()
+        .set_queue_target("aimed", target)
+        .await
+        .unwrap();
+    wait_for(
+        &page,
+        &format!(
+            "{}?.includes('→ {target} (set by ops)')",
+            text_of("tr[data-queue='aimed'] .target")
+        ),
+    )
+    .await;
+
     click(&page, "tr[data-queue='held'] button.resume").await;
     wait_for(&page, &format!("{status} === 'active'")).await;
     assert_eq!(

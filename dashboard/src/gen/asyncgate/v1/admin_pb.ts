@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asyncgate/v1/admin.proto.
  */
 export const file_asyncgate_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chhhc3luY2dhdGUvdjEvYWRtaW4ucHJvdG8SDGFzeW5jZ2F0ZS52MSIiChRSZXRyeUNhbGxiYWNrUmVxdWVzdBIKCgJpZBgBIAEoCSIkChFMaXN0UXVldWVzUmVxdWVzdBIPCgdoaXN0b3J5GAEgASgIIj0KEkxpc3RRdWV1ZXNSZXNwb25zZRInCgZxdWV1ZXMYASADKAsyFy5hc3luY2dhdGUudjEuUXVldWVJbmZvIjAKD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2hpc3RvcnkYAiABKAgizAQKCVF1ZXVlSW5mbxIMCgRuYW1lGAEgASgJEikKBmNvdW50cxgCIAEoCzIZLmFzeW5jZ2F0ZS52MS5RdWV1ZUNvdW50cxI1ChFvbGRlc3RfcGVuZGluZ19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3dvcmtlcnMYBSABKA0SEQoJaW5fZmxpZ2h0GAYgASgEEicKBXBhdXNlGAcgASgLMhguYXN5bmNnYXRlLnYxLlF1ZXVlUGF1c2USKQoGbGltaXRzGAggASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzEjIKC2xhc3RfbWludXRlGAkgASgLMh0uYXN5bmNnYXRlLnYxLlF1ZXVlVGhyb3VnaHB1dBI4ChFsYXN0X2ZpdmVfbWludXRlcxgKIAEoCzIdLmFzeW5jZ2F0ZS52MS5RdWV1ZVRocm91Z2hwdXQSMAoKcXVldWVfd2FpdBgLIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIuCghydW5fdGltZRgMIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIRCgloZWxkX2JhY2sYDSABKAQSEQoJc2NoZWR1bGVkGA4gASgEEioKB2hpc3RvcnkYDyADKAsyGS5hc3luY2dhdGUudjEuUXVldWVTYW1wbGUivQEKC1F1ZXVlU2FtcGxlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdWNjZWVkZWQYAiABKAQSDgoGZmFpbGVkGAMgASgEEjAKCnF1ZXVlX3dhaXQYBCABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkSLgoIcnVuX3RpbWUYBSABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkidgoLUXVldWVDb3VudHMSDwoHcGVuZGluZxgBIAEoBBIPCgdydW5uaW5nGAIgASgEEhEKCXN1Y2NlZWRlZBgDIAEoBBIOCgZmYWlsZWQYBCABKAQSEQoJY2FuY2VsbGVkGAUgASgEEg8KB2V4cGlyZWQYBiABKAQiXgoKUXVldWVQYXVzZRIRCglwYXVzZWRfYnkYASABKAkSLQoJcGF1c2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkiVQoLUXVldWVMaW1pdHMSHwoXbWF4X2Rpc3BhdGNoX3Blcl9zZWNvbmQYASABKA0SDQoFYnVyc3QYAiABKA0SFgoObWF4X2NvbmN1cnJlbnQYAyABKA0iNAoPUXVldWVUaHJvdWdocHV0EhEKCXN1Y2NlZWRlZBgBIAEoBBIOCgZmYWlsZWQYAiABKAQibwoOTGF0ZW5jeVN1bW1hcnkSJgoDcDUwGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgDIAEoBCIxChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJSZXN1bWVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKAAQoRUHVyZ2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKElB1cmdlUXVldWVSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAQiUAoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSKQoGbGltaXRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzIiMKEkxpc3RXb3JrZXJzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSJ3ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEikKB3dvcmtlcnMYASADKAsyGC5hc3luY2dhdGUudjEuV29ya2VySW5mbxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24itgIKCldvcmtlckluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRITCgt3b3JrZXJfbmFtZRgCIAEoCRIMCgRwZWVyGAMgASgJEg4KBnF1ZXVlcxgEIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEg8KB3RpY2tldHMYBiADKAkSMAoMY29ubmVjdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1sYXN0X2hlYXJkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXBsaWNhGAkgASgJEhAKCGRyYWluaW5nGAogASgIEjEKDmxhc3RfaGVhcmRfYWdlGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIigKEkRyYWluV29ya2VyUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIiAKElJldHJ5VGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSKDAQoTUmV0cnlUaWNrZXRzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKFFJldHJ5VGlja2V0c1Jlc3BvbnNlEg8KB3JldHJpZWQYASABKAQiIQoTRGVsZXRlVGlja2V0UmVxdWVzdBIKCgJpZBgBIAEoCSJGChREZWxldGVUaWNrZXRSZXNwb25zZRIuCgpkZWxldGVkX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDKuBwoFQWRtaW4STwoKTGlzdFF1ZXVlcxIfLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVxdWVzdBogLmFzeW5jZ2F0ZS52MS5MaXN0UXVldWVzUmVzcG9uc2USQgoIR2V0UXVldWUSHS5hc3luY2dhdGUudjEuR2V0UXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJGCgpQYXVzZVF1ZXVlEh8uYXN5bmNnYXRlLnYxLlBhdXNlUXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJICgtSZXN1bWVRdWV1ZRIgLmFzeW5jZ2F0ZS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEk8KClB1cmdlUXVldWUSHy5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlcXVlc3QaIC5hc3luY2dhdGUudjEuUHVyZ2VRdWV1ZVJlc3BvbnNlEk4KDlNldFF1ZXVlTGltaXRzEiMuYXN5bmNnYXRlLnYxLlNldFF1ZXVlTGltaXRzUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SUgoLTGlzdFdvcmtlcnMSIC5hc3luY2dhdGUudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiEuYXN5bmNnYXRlLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSQoLRHJhaW5Xb3JrZXISIC5hc3luY2dhdGUudjEuRHJhaW5Xb3JrZXJSZXF1ZXN0GhguYXN5bmNnYXRlLnYxLldvcmtlckluZm8SRQoLUmV0cnlUaWNrZXQSIC5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJVCgxSZXRyeVRpY2tldHMSIS5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRzUmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldHNSZXNwb25zZRJVCgxEZWxldGVUaWNrZXQSIS5hc3luY2dhdGUudjEuRGVsZXRlVGlja2V0UmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5EZWxldGVUaWNrZXRSZXNwb25zZRJJCg1SZXRyeUNhbGxiYWNrEiIuYXN5bmNnYXRlLnYxLlJldHJ5Q2FsbGJhY2tSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldGIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chhhc3luY2dhdGUvdjEvYWRtaW4ucHJvdG8SDGFzeW5jZ2F0ZS52MSIiChRSZXRyeUNhbGxiYWNrUmVxdWVzdBIKCgJpZBgBIAEoCSIkChFMaXN0UXVldWVzUmVxdWVzdBIPCgdoaXN0b3J5GAEgASgIIj0KEkxpc3RRdWV1ZXNSZXNwb25zZRInCgZxdWV1ZXMYASADKAsyFy5hc3luY2dhdGUudjEuUXVldWVJbmZvIjAKD0dldFF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2hpc3RvcnkYAiABKAgi9wQKCVF1ZXVlSW5mbxIMCgRuYW1lGAEgASgJEikKBmNvdW50cxgCIAEoCzIZLmFzeW5jZ2F0ZS52MS5RdWV1ZUNvdW50cxI1ChFvbGRlc3RfcGVuZGluZ19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3dvcmtlcnMYBSABKA0SEQoJaW5fZmxpZ2h0GAYgASgEEicKBXBhdXNlGAcgASgLMhguYXN5bmNnYXRlLnYxLlF1ZXVlUGF1c2USKQoGbGltaXRzGAggASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzEjIKC2xhc3RfbWludXRlGAkgASgLMh0uYXN5bmNnYXRlLnYxLlF1ZXVlVGhyb3VnaHB1dBI4ChFsYXN0X2ZpdmVfbWludXRlcxgKIAEoCzIdLmFzeW5jZ2F0ZS52MS5RdWV1ZVRocm91Z2hwdXQSMAoKcXVldWVfd2FpdBgLIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIuCghydW5fdGltZRgMIAEoCzIcLmFzeW5jZ2F0ZS52MS5MYXRlbmN5U3VtbWFyeRIRCgloZWxkX2JhY2sYDSABKAQSEQoJc2NoZWR1bGVkGA4gASgEEioKB2hpc3RvcnkYDyADKAsyGS5hc3luY2dhdGUudjEuUXVldWVTYW1wbGUSKQoGdGFyZ2V0GBAgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlVGFyZ2V0IrwBCgtRdWV1ZVRhcmdldBIOCgZ0YXJnZXQYASABKAkSCwoDdXJsGAIgASgJEhYKDm1heF9jb25jdXJyZW50GAMgASgNEhYKDm1heF9wZXJfc2Vjb25kGAQgASgNEhMKC2Zyb21fY29uZmlnGAUgASgIEg4KBnNldF9ieRgGIAEoCRIqCgZzZXRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Byb2JsZW0YCCABKAkivQEKC1F1ZXVlU2FtcGxlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdWNjZWVkZWQYAiABKAQSDgoGZmFpbGVkGAMgASgEEjAKCnF1ZXVlX3dhaXQYBCABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkSLgoIcnVuX3RpbWUYBSABKAsyHC5hc3luY2dhdGUudjEuTGF0ZW5jeVN1bW1hcnkidgoLUXVldWVDb3VudHMSDwoHcGVuZGluZxgBIAEoBBIPCgdydW5uaW5nGAIgASgEEhEKCXN1Y2NlZWRlZBgDIAEoBBIOCgZmYWlsZWQYBCABKAQSEQoJY2FuY2VsbGVkGAUgASgEEg8KB2V4cGlyZWQYBiABKAQiXgoKUXVldWVQYXVzZRIRCglwYXVzZWRfYnkYASABKAkSLQoJcGF1c2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkiVQoLUXVldWVMaW1pdHMSHwoXbWF4X2Rpc3BhdGNoX3Blcl9zZWNvbmQYASABKA0SDQoFYnVyc3QYAiABKA0SFgoObWF4X2NvbmN1cnJlbnQYAyABKA0iNAoPUXVldWVUaHJvdWdocHV0EhEKCXN1Y2NlZWRlZBgBIAEoBBIOCgZmYWlsZWQYAiABKAQibwoOTGF0ZW5jeVN1bW1hcnkSJgoDcDUwGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3A5NRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVjb3VudBgDIAEoBCIxChFQYXVzZVF1ZXVlUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJSZXN1bWVRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSKAAQoRUHVyZ2VRdWV1ZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIpCgZzdGF0ZXMYAiADKA4yGS5hc3luY2dhdGUudjEuVGlja2V0U3RhdGUSMgoOY3JlYXRlZF9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIicKElB1cmdlUXVldWVSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAQiUAoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0EgwKBG5hbWUYASABKAkSKQoGbGltaXRzGAIgASgLMhkuYXN5bmNnYXRlLnYxLlF1ZXVlTGltaXRzIjUKFVNldFF1ZXVlVGFyZ2V0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnRhcmdldBgCIAEoCSIjChJMaXN0V29ya2Vyc1JlcXVlc3QSDQoFcXVldWUYASABKAkidwoTTGlzdFdvcmtlcnNSZXNwb25zZRIpCgd3b3JrZXJzGAEgAygLMhguYXN5bmNnYXRlLnYxLldvcmtlckluZm8SNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIrYCCgpXb3JrZXJJbmZvEhIKCnNlc3Npb25faWQYASABKAkSEwoLd29ya2VyX25hbWUYAiABKAkSDAoEcGVlchgDIAEoCRIOCgZxdWV1ZXMYBCADKAkSFQoNbWF4X2luX2ZsaWdodBgFIAEoDRIPCgd0aWNrZXRzGAYgAygJEjAKDGNvbm5lY3RlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNbGFzdF9oZWFyZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmVwbGljYRgJIAEoCRIQCghkcmFpbmluZxgKIAEoCBIxCg5sYXN0X2hlYXJkX2FnZRgLIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIoChJEcmFpbldvcmtlclJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIgChJSZXRyeVRpY2tldFJlcXVlc3QSCgoCaWQYASABKAkigwEKE1JldHJ5VGlja2V0c1JlcXVlc3QSDQoFcXVldWUYASABKAkSKQoGc3RhdGVzGAIgAygOMhkuYXN5bmNnYXRlLnYxLlRpY2tldFN0YXRlEjIKDmNyZWF0ZWRfYmVmb3JlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCInChRSZXRyeVRpY2tldHNSZXNwb25zZRIPCgdyZXRyaWVkGAEgASgEIiEKE0RlbGV0ZVRpY2tldFJlcXVlc3QSCgoCaWQYASABKAkiRgoURGVsZXRlVGlja2V0UmVzcG9uc2USLgoKZGVsZXRlZF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy/gcKBUFkbWluEk8KCkxpc3RRdWV1ZXMSHy5hc3luY2dhdGUudjEuTGlzdFF1ZXVlc1JlcXVlc3QaIC5hc3luY2dhdGUudjEuTGlzdFF1ZXVlc1Jlc3BvbnNlEkIKCEdldFF1ZXVlEh0uYXN5bmNnYXRlLnYxLkdldFF1ZXVlUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SRgoKUGF1c2VRdWV1ZRIfLmFzeW5jZ2F0ZS52MS5QYXVzZVF1ZXVlUmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SSAoLUmVzdW1lUXVldWUSIC5hc3luY2dhdGUudjEuUmVzdW1lUXVldWVSZXF1ZXN0GhcuYXN5bmNnYXRlLnYxLlF1ZXVlSW5mbxJPCgpQdXJnZVF1ZXVlEh8uYXN5bmNnYXRlLnYxLlB1cmdlUXVldWVSZXF1ZXN0GiAuYXN5bmNnYXRlLnYxLlB1cmdlUXVldWVSZXNwb25zZRJOCg5TZXRRdWV1ZUxpbWl0cxIjLmFzeW5jZ2F0ZS52MS5TZXRRdWV1ZUxpbWl0c1JlcXVlc3QaFy5hc3luY2dhdGUudjEuUXVldWVJbmZvEk4KDlNldFF1ZXVlVGFyZ2V0EiMuYXN5bmNnYXRlLnYxLlNldFF1ZXVlVGFyZ2V0UmVxdWVzdBoXLmFzeW5jZ2F0ZS52MS5RdWV1ZUluZm8SUgoLTGlzdFdvcmtlcnMSIC5hc3luY2dhdGUudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiEuYXN5bmNnYXRlLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSQoLRHJhaW5Xb3JrZXISIC5hc3luY2dhdGUudjEuRHJhaW5Xb3JrZXJSZXF1ZXN0GhguYXN5bmNnYXRlLnYxLldvcmtlckluZm8SRQoLUmV0cnlUaWNrZXQSIC5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldBJVCgxSZXRyeVRpY2tldHMSIS5hc3luY2dhdGUudjEuUmV0cnlUaWNrZXRzUmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5SZXRyeVRpY2tldHNSZXNwb25zZRJVCgxEZWxldGVUaWNrZXQSIS5hc3luY2dhdGUudjEuRGVsZXRlVGlja2V0UmVxdWVzdBoiLmFzeW5jZ2F0ZS52MS5EZWxldGVUaWNrZXRSZXNwb25zZRJJCg1SZXRyeUNhbGxiYWNrEiIuYXN5bmNnYXRlLnYxLlJldHJ5Q2FsbGJhY2tSZXF1ZXN0GhQuYXN5bmNnYXRlLnYxLlRpY2tldGIGcHJvdG8z", [file_asyncgate_v1_ticket, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message asyncgate.v1.RetryCallbackRequest
@@ -210,6 +210,14 @@ export type QueueInfo = Message<"asyncgate.v1.QueueInfo"> & {
    * @generated from field: repeated asyncgate.v1.QueueSample history = 15;
    */
   history: QueueSample[];
+
+  /**
+   * The target the gateway calls to work the queue's tickets, if it has
+   * one (from its config or SetQueueTarget).
+   *
+   * @generated from field: asyncgate.v1.QueueTarget target = 16;
+   */
+  target?: QueueTarget | undefined;
 };
 
 /**
@@ -218,6 +226,79 @@ export type QueueInfo = Message<"asyncgate.v1.QueueInfo"> & {
  */
 export const QueueInfoSchema: GenMessage<QueueInfo> = /*@__PURE__*/
   messageDesc(file_asyncgate_v1_admin, 4);
+
+/**
+ * A queue's target: an existing unary gRPC method or HTTP endpoint that the
+ * gateway calls with each ticket's payload, recording the reply.
+ *
+ * @generated from message asyncgate.v1.QueueTarget
+ */
+export type QueueTarget = Message<"asyncgate.v1.QueueTarget"> & {
+  /**
+   * As set: the URL with its options (a config target's header_env shows
+   * the environment variable's name, never its value).
+   *
+   * @generated from field: string target = 1;
+   */
+  target: string;
+
+  /**
+   * The URL without options: grpc(s)://HOST:PORT/package.Service/Method or
+   * http(s)://HOST:PORT/path.
+   *
+   * @generated from field: string url = 2;
+   */
+  url: string;
+
+  /**
+   * Calls at once, per gateway.
+   *
+   * @generated from field: uint32 max_concurrent = 3;
+   */
+  maxConcurrent: number;
+
+  /**
+   * Calls started per second, per gateway; 0: unpaced.
+   *
+   * @generated from field: uint32 max_per_second = 4;
+   */
+  maxPerSecond: number;
+
+  /**
+   * From the answering gateway's config (--target) rather than
+   * SetQueueTarget.
+   *
+   * @generated from field: bool from_config = 5;
+   */
+  fromConfig: boolean;
+
+  /**
+   * Who set it through SetQueueTarget, and when.
+   *
+   * @generated from field: string set_by = 6;
+   */
+  setBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp set_at = 7;
+   */
+  setAt?: Timestamp | undefined;
+
+  /**
+   * Why the answering gateway does not call it (its allowlist refuses the
+   * host, it cannot parse it); empty when it does.
+   *
+   * @generated from field: string problem = 8;
+   */
+  problem: string;
+};
+
+/**
+ * Describes the message asyncgate.v1.QueueTarget.
+ * Use `create(QueueTargetSchema)` to create a new message.
+ */
+export const QueueTargetSchema: GenMessage<QueueTarget> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_admin, 5);
 
 /**
  * One 15-second bucket of a queue's activity.
@@ -265,7 +346,7 @@ export type QueueSample = Message<"asyncgate.v1.QueueSample"> & {
  * Use `create(QueueSampleSchema)` to create a new message.
  */
 export const QueueSampleSchema: GenMessage<QueueSample> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 5);
+  messageDesc(file_asyncgate_v1_admin, 6);
 
 /**
  * @generated from message asyncgate.v1.QueueCounts
@@ -307,7 +388,7 @@ export type QueueCounts = Message<"asyncgate.v1.QueueCounts"> & {
  * Use `create(QueueCountsSchema)` to create a new message.
  */
 export const QueueCountsSchema: GenMessage<QueueCounts> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 6);
+  messageDesc(file_asyncgate_v1_admin, 7);
 
 /**
  * @generated from message asyncgate.v1.QueuePause
@@ -336,7 +417,7 @@ export type QueuePause = Message<"asyncgate.v1.QueuePause"> & {
  * Use `create(QueuePauseSchema)` to create a new message.
  */
 export const QueuePauseSchema: GenMessage<QueuePause> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 7);
+  messageDesc(file_asyncgate_v1_admin, 8);
 
 /**
  * @generated from message asyncgate.v1.QueueLimits
@@ -369,7 +450,7 @@ export type QueueLimits = Message<"asyncgate.v1.QueueLimits"> & {
  * Use `create(QueueLimitsSchema)` to create a new message.
  */
 export const QueueLimitsSchema: GenMessage<QueueLimits> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 8);
+  messageDesc(file_asyncgate_v1_admin, 9);
 
 /**
  * Windows are kept in 15-second buckets: "the last minute" covers 60 to
@@ -394,7 +475,7 @@ export type QueueThroughput = Message<"asyncgate.v1.QueueThroughput"> & {
  * Use `create(QueueThroughputSchema)` to create a new message.
  */
 export const QueueThroughputSchema: GenMessage<QueueThroughput> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 9);
+  messageDesc(file_asyncgate_v1_admin, 10);
 
 /**
  * @generated from message asyncgate.v1.LatencySummary
@@ -423,7 +504,7 @@ export type LatencySummary = Message<"asyncgate.v1.LatencySummary"> & {
  * Use `create(LatencySummarySchema)` to create a new message.
  */
 export const LatencySummarySchema: GenMessage<LatencySummary> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 10);
+  messageDesc(file_asyncgate_v1_admin, 11);
 
 /**
  * @generated from message asyncgate.v1.PauseQueueRequest
@@ -447,7 +528,7 @@ export type PauseQueueRequest = Message<"asyncgate.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 11);
+  messageDesc(file_asyncgate_v1_admin, 12);
 
 /**
  * @generated from message asyncgate.v1.ResumeQueueRequest
@@ -464,7 +545,7 @@ export type ResumeQueueRequest = Message<"asyncgate.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 12);
+  messageDesc(file_asyncgate_v1_admin, 13);
 
 /**
  * @generated from message asyncgate.v1.PurgeQueueRequest
@@ -495,7 +576,7 @@ export type PurgeQueueRequest = Message<"asyncgate.v1.PurgeQueueRequest"> & {
  * Use `create(PurgeQueueRequestSchema)` to create a new message.
  */
 export const PurgeQueueRequestSchema: GenMessage<PurgeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 13);
+  messageDesc(file_asyncgate_v1_admin, 14);
 
 /**
  * @generated from message asyncgate.v1.PurgeQueueResponse
@@ -514,7 +595,7 @@ export type PurgeQueueResponse = Message<"asyncgate.v1.PurgeQueueResponse"> & {
  * Use `create(PurgeQueueResponseSchema)` to create a new message.
  */
 export const PurgeQueueResponseSchema: GenMessage<PurgeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 14);
+  messageDesc(file_asyncgate_v1_admin, 15);
 
 /**
  * @generated from message asyncgate.v1.SetQueueLimitsRequest
@@ -536,7 +617,36 @@ export type SetQueueLimitsRequest = Message<"asyncgate.v1.SetQueueLimitsRequest"
  * Use `create(SetQueueLimitsRequestSchema)` to create a new message.
  */
 export const SetQueueLimitsRequestSchema: GenMessage<SetQueueLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 15);
+  messageDesc(file_asyncgate_v1_admin, 16);
+
+/**
+ * @generated from message asyncgate.v1.SetQueueTargetRequest
+ */
+export type SetQueueTargetRequest = Message<"asyncgate.v1.SetQueueTargetRequest"> & {
+  /**
+   * The queue (created if never used).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * grpc://HOST:PORT/package.Service/Method (or grpcs://), or
+   * http://HOST:PORT/path (or https://; called with POST), optionally
+   * followed by ?max_concurrent=N&max_per_second=N&retry_on=CODES; empty:
+   * take the target off (its calls in flight finish).
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+};
+
+/**
+ * Describes the message asyncgate.v1.SetQueueTargetRequest.
+ * Use `create(SetQueueTargetRequestSchema)` to create a new message.
+ */
+export const SetQueueTargetRequestSchema: GenMessage<SetQueueTargetRequest> = /*@__PURE__*/
+  messageDesc(file_asyncgate_v1_admin, 17);
 
 /**
  * @generated from message asyncgate.v1.ListWorkersRequest
@@ -555,7 +665,7 @@ export type ListWorkersRequest = Message<"asyncgate.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 16);
+  messageDesc(file_asyncgate_v1_admin, 18);
 
 /**
  * @generated from message asyncgate.v1.ListWorkersResponse
@@ -580,7 +690,7 @@ export type ListWorkersResponse = Message<"asyncgate.v1.ListWorkersResponse"> & 
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 17);
+  messageDesc(file_asyncgate_v1_admin, 19);
 
 /**
  * @generated from message asyncgate.v1.WorkerInfo
@@ -660,7 +770,7 @@ export type WorkerInfo = Message<"asyncgate.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 18);
+  messageDesc(file_asyncgate_v1_admin, 20);
 
 /**
  * @generated from message asyncgate.v1.DrainWorkerRequest
@@ -677,7 +787,7 @@ export type DrainWorkerRequest = Message<"asyncgate.v1.DrainWorkerRequest"> & {
  * Use `create(DrainWorkerRequestSchema)` to create a new message.
  */
 export const DrainWorkerRequestSchema: GenMessage<DrainWorkerRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 19);
+  messageDesc(file_asyncgate_v1_admin, 21);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketRequest
@@ -694,7 +804,7 @@ export type RetryTicketRequest = Message<"asyncgate.v1.RetryTicketRequest"> & {
  * Use `create(RetryTicketRequestSchema)` to create a new message.
  */
 export const RetryTicketRequestSchema: GenMessage<RetryTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 20);
+  messageDesc(file_asyncgate_v1_admin, 22);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketsRequest
@@ -725,7 +835,7 @@ export type RetryTicketsRequest = Message<"asyncgate.v1.RetryTicketsRequest"> & 
  * Use `create(RetryTicketsRequestSchema)` to create a new message.
  */
 export const RetryTicketsRequestSchema: GenMessage<RetryTicketsRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 21);
+  messageDesc(file_asyncgate_v1_admin, 23);
 
 /**
  * @generated from message asyncgate.v1.RetryTicketsResponse
@@ -744,7 +854,7 @@ export type RetryTicketsResponse = Message<"asyncgate.v1.RetryTicketsResponse"> 
  * Use `create(RetryTicketsResponseSchema)` to create a new message.
  */
 export const RetryTicketsResponseSchema: GenMessage<RetryTicketsResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 22);
+  messageDesc(file_asyncgate_v1_admin, 24);
 
 /**
  * @generated from message asyncgate.v1.DeleteTicketRequest
@@ -761,7 +871,7 @@ export type DeleteTicketRequest = Message<"asyncgate.v1.DeleteTicketRequest"> & 
  * Use `create(DeleteTicketRequestSchema)` to create a new message.
  */
 export const DeleteTicketRequestSchema: GenMessage<DeleteTicketRequest> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 23);
+  messageDesc(file_asyncgate_v1_admin, 25);
 
 /**
  * @generated from message asyncgate.v1.DeleteTicketResponse
@@ -780,7 +890,7 @@ export type DeleteTicketResponse = Message<"asyncgate.v1.DeleteTicketResponse"> 
  * Use `create(DeleteTicketResponseSchema)` to create a new message.
  */
 export const DeleteTicketResponseSchema: GenMessage<DeleteTicketResponse> = /*@__PURE__*/
-  messageDesc(file_asyncgate_v1_admin, 24);
+  messageDesc(file_asyncgate_v1_admin, 26);
 
 /**
  * @generated from service asyncgate.v1.Admin
@@ -847,6 +957,28 @@ export const Admin: GenService<{
   setQueueLimits: {
     methodKind: "unary";
     input: typeof SetQueueLimitsRequestSchema;
+    output: typeof QueueInfoSchema;
+  },
+  /**
+   * Puts a target on the queue (or, with an empty target, takes it off):
+   * every gateway sharing the store then works the queue's tickets itself
+   * by calling the target, as `--target` in a gateway's config does, within
+   * a second and across restarts. Its host must be in the gateway's
+   * destination allowlist (--callback-allow; loopback and private addresses
+   * only when listed as addresses or networks, checked again at every
+   * connect); the options header_env, ca_file, cert_file and key_file read
+   * the gateway's environment and files and are refused here (config
+   * only). Needs an admin key not confined to a tenant: a target makes the
+   * gateway call into the network. INVALID_ARGUMENT for a malformed target;
+   * FAILED_PRECONDITION when the gateway has no allowlist, the host is not
+   * in it, or the queue's target comes from this gateway's config (change
+   * it there). The queue need not exist yet. Returns the queue.
+   *
+   * @generated from rpc asyncgate.v1.Admin.SetQueueTarget
+   */
+  setQueueTarget: {
+    methodKind: "unary";
+    input: typeof SetQueueTargetRequestSchema;
     output: typeof QueueInfoSchema;
   },
   /**
