@@ -634,6 +634,41 @@ async fn an_operator_lists_pauses_purges_and_resumes_a_queue() {
     running.shutdown().await.unwrap();
 }
 
+/// `queue target`: a queue worked by an existing gRPC method (the
+/// gateway's own health check, an empty request) with no worker; shown by
+/// `queue show`; taken off with `--clear`; a host off the allowlist is
+/// refused on stderr with a non-zero exit.
+#[tokio::test]
+async fn an_operator_puts_a_target_on_a_queue_and_takes_it_off() {
+    let mut config = asyncgate_server::Config::default();
+    config.callbacks.allow = vec![asyncgate_server::callbacks::parse_allowed("127.0.0.1").unwrap()];
+    let (running, url) = common::gateway_with(config).await;
+    let host = url.trim_start_matches("http://");
+    let target = format!("grpc://{host}/grpc.health.v1.Health/Check?max_concurrent=2");
+    let (code, out) = run(cli(&url).args(["queue", "target", "health", &target])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("target: {target} (set by anonymous)")),
+        "{out}"
+    );
+    let (code, out) = run(cli(&url).args(["submit", "health", "--empty", "--wait"])).await;
+    assert_eq!(code, 0, "the target answered: {out}");
+    assert!(out.contains("SUCCEEDED"), "{out}");
+    let (code, out) = run(cli(&url).args(["queue", "target", "health", "--clear"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("target:"), "{out}");
+
+    let output = cli(&url)
+        .args(["queue", "target", "health", "grpc://10.1.2.3:50051/a.B/C"])
+        .output()
+        .await
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--callback-allow"), "{stderr}");
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn list_filters_by_metadata_and_time_and_pages_newest_first() {
     let (running, url) = gateway().await;
