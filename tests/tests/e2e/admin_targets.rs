@@ -25,10 +25,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 const METHOD: &str = "asyncgate.bench.v1.Echo/Echo";
 
-/// An Echo service that knows nothing of Asyncgate, counting its calls.
+/// An Echo service that knows nothing of Asyncgate, counting its calls and
+/// the most it had in flight at once; a `slow…` request takes 30 ms.
 #[derive(Clone, Default)]
 struct Upstream {
     calls: Arc<AtomicU32>,
+    in_flight: Arc<AtomicU32>,
+    most_in_flight: Arc<AtomicU32>,
 }
 
 #[tonic::async_trait]
@@ -38,7 +41,13 @@ impl echo::echo_server::Echo for Upstream {
         request: tonic::Request<echo::EchoRequest>,
     ) -> Result<tonic::Response<echo::EchoReply>, tonic::Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         let payload = request.into_inner().payload;
+        if payload.starts_with(b"slow") {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(tonic::Response::new(echo::EchoReply {
             payload: [b"echo:".as_slice(), &payload].concat().into(),
         }))
@@ -453,6 +462,39 @@ async fn three_replicas_on_one_redis_pick_up_a_target_and_call_once_per_attempt(
         TICKETS,
         "each attempt called the upstream once, by one replica"
     );
+    // The queue's limits hold over all three replicas' target workers
+    // (each may call 8 at once).
+    clients[1]
+        .admin()
+        .set_queue_limits(
+            "echo",
+            pb::QueueLimits {
+                max_concurrent: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    upstream.most_in_flight.store(0, Ordering::SeqCst);
+    let mut slow = Vec::new();
+    for n in 0..12 {
+        slow.push(
+            clients[n % 3]
+                .submit(echo_request(&format!("slow{n}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &slow {
+        finished(&clients[0], id).await;
+    }
+    let most = upstream.most_in_flight.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&most),
+        "{most} calls at once; the queue allows 2"
+    );
+
     // Taken off through another replica: every replica lets it go.
     clients[2]
         .admin()
