@@ -1,6 +1,8 @@
 //! A unary gRPC method called with raw bytes: the ticket's binary payload is
 //! the request message as encoded, the reply's bytes are the result. No
-//! schema is needed, so any existing service can be a target unchanged.
+//! schema is needed, so any existing service can be a target unchanged (a
+//! JSON payload is transcoded when the target serves reflection; see
+//! `transcode.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +14,16 @@ use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
+use super::http::{json_to_proto, proto_to_json};
 use super::setting::grpc_code_name;
+use super::transcode::Transcoder;
 use super::worker::{failure, time_left};
 use super::{RetryOn, TargetSetting};
 use crate::callbacks::{CallbackSettings, checked_addresses};
 use crate::domain::ticket::Payload;
 use crate::domain::{Outcome, TicketError};
 use crate::engine::Claimed;
+use asyncgate_proto::json::{JsonValue, MAX_JSON_DEPTH};
 
 /// Passes message bytes through unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,6 +116,8 @@ pub(crate) struct GrpcTarget {
     headers: Arc<[(MetadataKey<Ascii>, MetadataValue<Ascii>)]>,
     /// The codes retried.
     retry_on: Arc<[Code]>,
+    /// For JSON payloads: the method's types, from the target's reflection.
+    transcoder: Arc<Transcoder>,
 }
 
 impl GrpcTarget {
@@ -164,35 +171,74 @@ impl GrpcTarget {
             Some(policy) => endpoint.connect_with_connector_lazy(CheckedConnector(policy)),
             None => endpoint.connect_lazy(),
         };
+        let headers: Arc<[_]> = headers.into();
+        let transcoder = Transcoder::new(channel.clone(), target.path.clone(), headers.clone());
         Ok(Self {
             channel,
             path: target
                 .path
                 .parse()
                 .map_err(|e| format!("{:?} is not a method path: {e}", target.path))?,
-            headers: headers.into(),
+            headers,
             retry_on: retry_on.into(),
+            transcoder: Arc::new(transcoder),
         })
     }
 
     /// Calls the target for one attempt; the outcome to record.
     pub(crate) async fn attempt(&self, claimed: &Claimed, max_payload_bytes: usize) -> Outcome {
         let ticket = &claimed.ticket;
-        let message = match &ticket.payload.kind {
-            Some(Kind::Binary(bytes)) => bytes.clone(),
-            None => Bytes::new(),
-            Some(_) => {
-                return failure(
-                    Code::InvalidArgument as i32,
-                    "a target queue calls a gRPC method with the request message's bytes: submit a binary payload (the encoded request), not JSON".into(),
-                    false,
-                );
+        // JSON is transcoded with the types the target's reflection gives.
+        let (message, json) = match &ticket.payload.kind {
+            Some(Kind::Binary(bytes)) => (bytes.clone(), None),
+            None => (Bytes::new(), None),
+            Some(Kind::Json(value)) => {
+                let types = match self.transcoder.types().await {
+                    Ok(types) => types,
+                    Err(unusable) => {
+                        return failure(unusable.code as i32, unusable.message, unusable.retryable);
+                    }
+                };
+                let value = match value.decode() {
+                    Ok(value) => proto_to_json(&value),
+                    Err(e) => {
+                        let message = format!("the JSON payload does not decode: {e}");
+                        return failure(Code::InvalidArgument as i32, message, false);
+                    }
+                };
+                match types.encode(value) {
+                    Ok(bytes) => (bytes, Some(types)),
+                    Err(message) => return failure(Code::InvalidArgument as i32, message, false),
+                }
             }
         };
         match self
             .call(message, &ticket.metadata, time_left(claimed))
             .await
         {
+            Ok(reply) if reply.len() <= max_payload_bytes && json.is_some() => {
+                let decoded = json.as_ref().map(|types| types.decode(&reply));
+                match decoded {
+                    Some(Ok(value)) => {
+                        let value = JsonValue::from_value(&json_to_proto(value));
+                        // Nested past what a payload may hold: kept as bytes.
+                        let kind = match value.check(MAX_JSON_DEPTH) {
+                            Ok(()) => Kind::Json(value),
+                            Err(_) => Kind::Binary(reply),
+                        };
+                        let content_type = match kind {
+                            Kind::Json(_) => "application/json",
+                            Kind::Binary(_) => "application/x-protobuf",
+                        };
+                        Outcome::Success(Payload {
+                            kind: Some(kind),
+                            content_type: content_type.into(),
+                        })
+                    }
+                    Some(Err(message)) => failure(Code::Internal as i32, message, false),
+                    None => unreachable!("json is some"),
+                }
+            }
             Ok(reply) if reply.len() > max_payload_bytes => failure(
                 Code::ResourceExhausted as i32,
                 format!(

@@ -376,7 +376,7 @@ fn result_payload(body: Bytes, content_type: String) -> Payload {
 
 /// `google.protobuf.Value` → JSON; numbers that are whole and exact print
 /// as integers, as a proto3 JSON printer shows them.
-fn proto_to_json(value: &prost_types::Value) -> serde_json::Value {
+pub(super) fn proto_to_json(value: &prost_types::Value) -> serde_json::Value {
     use prost_types::value::Kind as V;
     match &value.kind {
         None | Some(V::NullValue(_)) => serde_json::Value::Null,
@@ -398,7 +398,7 @@ fn proto_to_json(value: &prost_types::Value) -> serde_json::Value {
 }
 
 /// JSON → `google.protobuf.Value` (numbers as f64, as proto3 holds them).
-fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
+pub(super) fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind as V;
     let kind = match value {
         serde_json::Value::Null => V::NullValue(0),

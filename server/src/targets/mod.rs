@@ -8,6 +8,7 @@
 //!   as it parses; secrets (header values, key files) never printed.
 //! - `setting.rs`: parsing a target's URL and its query options.
 //! - `grpc.rs`: the raw-bytes unary call on a reused HTTP/2 channel.
+//! - `transcode.rs`: JSON payloads for gRPC targets serving reflection.
 //! - `http.rs`: the POST on a reused HTTP/1.1 client.
 //! - `supervisor.rs`: which targets run here: the config's, and those set
 //!   through the admin API (stored, read every second, checked against the
@@ -20,6 +21,7 @@ mod grpc;
 mod http;
 mod setting;
 mod supervisor;
+mod transcode;
 mod worker;
 
 use std::fmt;

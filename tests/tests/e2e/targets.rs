@@ -1,11 +1,14 @@
 //! Target queues (`--target`): an unmodified tonic service behind tickets.
 //! The gateway calls its unary method with each ticket's binary payload and
 //! records the reply; an upstream UNAVAILABLE is retried, INVALID_ARGUMENT
-//! fails the ticket with the upstream's message, a JSON payload is refused
+//! fails the ticket with the upstream's message, a JSON payload to a
+//! target without reflection is refused
 //! saying what to send, and cancelling a ticket cancels the call in flight.
 //! Over TLS with a private CA and a client certificate, `retry_on` replaces
 //! the retried codes and `header_env` headers reach the upstream, winning
-//! over the ticket's metadata.
+//! over the ticket's metadata. A target serving reflection (v1, or only
+//! v1alpha) takes JSON payloads and answers JSON; JSON that does not fit
+//! the request type fails naming it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -189,12 +192,14 @@ async fn a_grpc_method_serves_a_queue_with_no_worker_code() {
     .await
     .unwrap();
     assert_eq!(json.state, pb::TicketState::Failed as i32);
+    let error = json.error.unwrap();
+    assert_eq!(error.code, tonic::Code::InvalidArgument as i32, "{error:?}");
     assert!(
-        json.error
-            .unwrap()
-            .message
-            .contains("submit a binary payload")
+        error.message.contains("serve gRPC reflection")
+            && error.message.contains("as a binary payload"),
+        "{error:?}"
     );
+    assert_eq!(json.attempt, 1, "not retried");
 
     // Cancelling the ticket cancels the call in flight.
     let slow = client.submit(submit("slow")).await.unwrap();
@@ -282,4 +287,84 @@ async fn a_grpcs_target_with_a_private_ca_retry_on_and_headers() {
         "{error:?}"
     );
     server.abort();
+}
+
+/// A tonic health service with reflection of one version, as an upstream.
+async fn health_upstream(v1alpha_only: bool) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop.v1.Orders", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let router = tonic::transport::Server::builder().add_service(health);
+    let router = if v1alpha_only {
+        router.add_service(reflection.build_v1alpha().unwrap())
+    } else {
+        router.add_service(reflection.build_v1().unwrap())
+    };
+    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    addr
+}
+
+#[tokio::test]
+async fn json_goes_to_a_target_serving_reflection_and_comes_back_json() {
+    let (v1, v1alpha) = (health_upstream(false).await, health_upstream(true).await);
+    let targets = [("health", v1), ("health-alpha", v1alpha)]
+        .map(|(queue, addr)| {
+            asyncgate_server::targets::parse_target(&format!(
+                "{queue}=grpc://{addr}/grpc.health.v1.Health/Check"
+            ))
+            .unwrap()
+        })
+        .to_vec();
+    let gateway = TestGateway::start_with(Config {
+        targets,
+        ..fast_config()
+    })
+    .await;
+    let client = gateway.client().await;
+    for queue in ["health", "health-alpha"] {
+        for (service, status) in [("", "SERVING"), ("shop.v1.Orders", "NOT_SERVING")] {
+            let ticket = finish(
+                &client,
+                Submit::new(queue)
+                    .payload(json(serde_json::json!({ "service": service })))
+                    .build(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                ticket.state,
+                pb::TicketState::Succeeded as i32,
+                "{queue}: {ticket:?}"
+            );
+            let result = ticket.result.as_ref().unwrap();
+            assert_eq!(result.content_type, "application/json");
+            assert_eq!(
+                asyncgate_tests::as_json(ticket.result.as_ref()),
+                serde_json::json!({ "status": status }),
+                "{queue}"
+            );
+        }
+        // JSON that is not the request type fails at once, naming it.
+        let wrong = finish(
+            &client,
+            Submit::new(queue)
+                .payload(json(serde_json::json!({ "servce": "typo" })))
+                .build(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(wrong.state, pb::TicketState::Failed as i32);
+        let error = wrong.error.unwrap();
+        assert_eq!(error.code, tonic::Code::InvalidArgument as i32, "{error:?}");
+        assert!(
+            error.message.contains("grpc.health.v1.HealthCheckRequest"),
+            "{error:?}"
+        );
+        assert_eq!(wrong.attempt, 1, "not retried");
+    }
 }
