@@ -19,6 +19,7 @@ never sees half a module. Needs `grpcio-tools`.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -68,8 +69,9 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = DEFAULT_OUT) -> list[Pat
 
 
 def _write(path: Path, text: str) -> None:
-    """Writes `text` to `path` by renaming a complete temporary file over it."""
-    partial = path.with_name(f".{path.name}.partial")
+    """Writes `text` to `path` by renaming a complete temporary file over it (named for this process: two
+    runs at once, as two test binaries may start, each rename their own file)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_text(text)
     partial.replace(path)
 
