@@ -1,6 +1,7 @@
 // Admin.ListQueues as a table, refreshed every few seconds, each queue with
 // the target that works it if any; for keys that may: pause / resume, purge
-// (confirmed with the count it will cancel) and the dispatch limits.
+// (confirmed with the count it will cancel), the dispatch limits and, for
+// keys not confined to a tenant, the queue's target.
 import { Fragment } from "preact";
 import { useState } from "preact/hooks";
 import { admin, can, describe, type Role } from "../api";
@@ -59,6 +60,49 @@ function TargetNote({ queue }: { queue: QueueInfo }) {
   );
 }
 
+// Admin.SetQueueTarget: the URL with its options; an empty one (or Take off)
+// removes it. A target from the gateway's config is changed there.
+function TargetForm({ queue, done }: { queue: QueueInfo; done: (error?: string) => void }) {
+  const [target, setTarget] = useState(queue.target?.target ?? "");
+  const set = async (value: string) => {
+    try {
+      await admin.setQueueTarget({ name: queue.name, target: value });
+      done();
+    } catch (err) {
+      done(describe(err));
+    }
+  };
+  return (
+    <form
+      class="target"
+      onSubmit={(e) => {
+        e.preventDefault();
+        void set(target.trim());
+      }}
+      aria-label={`Target of ${queue.name}`}
+    >
+      <label>
+        Target
+        <input
+          type="url"
+          size={60}
+          placeholder="grpc://host:port/package.Service/Method?max_concurrent=8"
+          value={target}
+          onInput={(e) => setTarget((e.target as HTMLInputElement).value)}
+        />
+      </label>
+      <span class="hint">The gateways call it for each ticket; its host must be in --callback-allow.</span>
+      <button type="submit">Save target</button>
+      {queue.target && (
+        <button type="button" class="take-off" onClick={() => void set("")}>
+          Take off
+        </button>
+      )}
+      <button type="button" onClick={() => done()}>Close</button>
+    </form>
+  );
+}
+
 function limitsText(q: QueueInfo): string {
   const l = q.limits;
   const parts = [];
@@ -71,7 +115,11 @@ export function Queues({ role }: { role: Role }) {
   const reads = can(role, "Admin/ListQueues");
   const operate = can(role, "Admin/PauseQueue");
   const [error, setError] = useState<string | null>(null);
-  const [editing, setEditing] = useState<string | null>(null);
+  const aims = can(role, "Admin/SetQueueTarget");
+  // Which queue's editor is open, and which one.
+  const [editing, setEditing] = useState<{ name: string; what: "limits" | "target" } | null>(null);
+  const toggle = (name: string, what: "limits" | "target") =>
+    setEditing(editing?.name === name && editing.what === what ? null : { name, what });
   const { data: queues, error: loadError, reload } = usePoll(
     async () => (reads ? (await admin.listQueues({})).queues : []),
     REFRESH_MS,
@@ -90,6 +138,11 @@ export function Queues({ role }: { role: Role }) {
     } catch (e) {
       setError(describe(e));
     }
+  };
+  const closed = (err?: string) => {
+    setEditing(null);
+    setError(err ?? null);
+    reload();
   };
   const pause = (q: QueueInfo) =>
     act(() =>
@@ -161,23 +214,30 @@ export function Queues({ role }: { role: Role }) {
                         <button class="purge" onClick={() => purge(q)} disabled={(q.counts?.pending ?? 0n) === 0n}>
                           Purge<span class="sr-only"> {q.name}</span>
                         </button>
-                        <button class="edit-limits" onClick={() => setEditing(editing === q.name ? null : q.name)}>
+                        <button class="edit-limits" onClick={() => toggle(q.name, "limits")}>
                           Limits<span class="sr-only"> of {q.name}</span>
                         </button>
+                        {aims && (
+                          <button
+                            class="edit-target"
+                            onClick={() => toggle(q.name, "target")}
+                            disabled={q.target?.fromConfig}
+                            title={q.target?.fromConfig ? "Set in the gateway's config; change it there" : undefined}
+                          >
+                            Target<span class="sr-only"> of {q.name}</span>
+                          </button>
+                        )}
                       </td>
                     )}
                   </tr>
-                  {operate && editing === q.name && (
+                  {operate && editing?.name === q.name && (
                     <tr class="editor">
                       <td colSpan={10}>
-                        <Limits
-                          queue={q}
-                          done={(err) => {
-                            setEditing(null);
-                            setError(err ?? null);
-                            reload();
-                          }}
-                        />
+                        {editing.what === "limits" ? (
+                          <Limits queue={q} done={closed} />
+                        ) : (
+                          <TargetForm queue={q} done={closed} />
+                        )}
                       </td>
                     </tr>
                   )}

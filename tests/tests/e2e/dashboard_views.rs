@@ -374,6 +374,49 @@ async fn pause_holds_a_ticket_whose_waiting_reason_says_paused() {
         ),
     )
     .await;
+    // Changed from the page, then taken off.
+    click(&page, "tr[data-queue='aimed'] button.edit-target").await;
+    let moved = "grpc://127.0.0.1:10/shop.v1.Orders/Place?max_concurrent=2";
+    eval(
+        &page,
+        &format!(
+            "(() => {{ const i = document.querySelector('form.target input'); i.value = {moved:?}; i.dispatchEvent(new Event('input', {{ bubbles: true }})); }})()"
+        ),
+    )
+    .await;
+    click(&page, "form.target button[type=submit]").await;
+    wait_for(
+        &page,
+        &format!(
+            "{}?.includes('→ grpc://127.0.0.1:10/shop.v1.Orders/Place')",
+            text_of("tr[data-queue='aimed'] .target")
+        ),
+    )
+    .await;
+    let shown = client
+        .admin()
+        .get_queue("aimed")
+        .await
+        .unwrap()
+        .target
+        .unwrap();
+    assert_eq!((shown.max_concurrent, shown.set_by.as_str()), (2, "ops"));
+    click(&page, "tr[data-queue='aimed'] button.edit-target").await;
+    click(&page, "form.target button.take-off").await;
+    wait_for(
+        &page,
+        "document.querySelector(\"tr[data-queue='aimed']\") !== null && document.querySelector(\"tr[data-queue='aimed'] .target\") === null",
+    )
+    .await;
+    assert!(
+        client
+            .admin()
+            .get_queue("aimed")
+            .await
+            .unwrap()
+            .target
+            .is_none()
+    );
 
     click(&page, "tr[data-queue='held'] button.resume").await;
     wait_for(&page, &format!("{status} === 'active'")).await;
