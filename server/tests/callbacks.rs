@@ -2,7 +2,9 @@
 //! while their receiver answers 503, the durable gateway is killed with
 //! their callbacks pending, and after the restart every one is delivered,
 //! with the `webhook-id` its earlier attempts carried and a valid
-//! signature.
+//! signature. So does a queue target set through the admin API: acknowledged,
+//! then `kill -9`, and the restarted gateway calls it for the queue's
+//! tickets.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,4 +158,43 @@ async fn pending_callbacks_are_delivered_after_a_kill_nine_with_the_same_webhook
         // kill (the receiver saw it either way): at least once.
         assert!(callback.attempts >= 1, "{callback:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_set_through_the_admin_api_survives_a_kill_nine() {
+    // The upstream: a tonic health service (an empty request is valid).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("asyncgate.redb");
+    let port = free_port();
+    let extra = ["--callback-allow", "127.0.0.1"];
+    let mut gateway = start_server(&store, port, &extra);
+    let client = Client::connect_lazy(format!("http://127.0.0.1:{port}")).unwrap();
+    wait_until_serving(&client).await;
+    let target = format!("grpc://{upstream}/grpc.health.v1.Health/Check");
+    client
+        .admin()
+        .set_queue_target("health", &target)
+        .await
+        .unwrap();
+    gateway.start_kill().expect("kill -9");
+    gateway.wait().await.unwrap();
+    let _gateway = start_server(&store, port, &extra);
+    wait_until_serving(&client).await;
+    let info = client.admin().get_queue("health").await.unwrap();
+    let shown = info.target.expect("the target is stored");
+    assert_eq!(shown.url, target);
+    let ticket = client
+        .submit(Submit::new("health").binary(Vec::new(), "application/x-protobuf"))
+        .await
+        .unwrap();
+    let done = common::finished(&client, &ticket.id).await;
+    assert_eq!(done.state, pb::TicketState::Succeeded as i32, "{done:?}");
 }
