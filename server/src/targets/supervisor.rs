@@ -53,6 +53,21 @@ impl KnownTarget {
 /// Every known target by queue.
 pub(crate) type Known = BTreeMap<QueueName, KnownTarget>;
 
+/// The config's targets, as known before anything is read from the store.
+fn configured_known(configured: &[TargetSetting]) -> Known {
+    configured
+        .iter()
+        .map(|setting| {
+            let known = KnownTarget {
+                setting: Some(Arc::new(setting.clone())),
+                stored: None,
+                problem: None,
+            };
+            (setting.queue.clone(), known)
+        })
+        .collect()
+}
+
 /// A handle on the supervisor: what it publishes, and a way to make it
 /// read the store now.
 #[derive(Clone)]
@@ -72,18 +87,7 @@ impl Targets {
     /// A handle and its supervisor for the config's targets; until the
     /// supervisor runs, those are all it knows.
     pub(crate) fn new(configured: &[TargetSetting]) -> (Self, Supervisor) {
-        let known: Known = configured
-            .iter()
-            .map(|setting| {
-                let known = KnownTarget {
-                    setting: Some(Arc::new(setting.clone())),
-                    stored: None,
-                    problem: None,
-                };
-                (setting.queue.clone(), known)
-            })
-            .collect();
-        let (sender, receiver) = watch::channel(Arc::new(known));
+        let (sender, receiver) = watch::channel(Arc::new(configured_known(configured)));
         let (reloads, requests) = mpsc::channel(64);
         let supervisor = Supervisor {
             known: sender,
@@ -153,6 +157,7 @@ impl Supervisor {
             background: background.clone(),
             running: HashMap::new(),
             failing: None,
+            refused: HashMap::new(),
         };
         for setting in &self.configured {
             let setting = Arc::new(setting.clone());
@@ -199,6 +204,8 @@ struct State {
     running: HashMap<QueueName, Running>,
     /// The store's last error, logged once per streak.
     failing: Option<String>,
+    /// Why each stored target not called here is not (each logged once).
+    refused: HashMap<QueueName, String>,
 }
 
 impl State {
@@ -220,17 +227,7 @@ impl State {
                 return None;
             }
         };
-        let mut known: Known = configured
-            .iter()
-            .map(|setting| {
-                let known = KnownTarget {
-                    setting: Some(Arc::new(setting.clone())),
-                    stored: None,
-                    problem: None,
-                };
-                (setting.queue.clone(), known)
-            })
-            .collect();
+        let mut known = configured_known(configured);
         for (queue, record) in stored {
             if known.contains_key(&queue) {
                 // This gateway's config says what works the queue here.
@@ -241,6 +238,10 @@ impl State {
                 Ok(setting) => (Some(setting), None),
                 Err((setting, problem)) => (setting, Some(problem)),
             };
+            let before = self.refused.get(&queue);
+            if problem.is_some() && problem.as_ref() != before {
+                tracing::warn!(%queue, target = %record.spec, problem = problem.as_deref().unwrap_or(""), "a stored queue target is not called by this gateway");
+            }
             let target = KnownTarget {
                 setting,
                 stored: Some(record),
@@ -249,6 +250,10 @@ impl State {
             known.insert(queue, target);
         }
         self.converge(&mut known);
+        self.refused = known
+            .iter()
+            .filter_map(|(queue, k)| Some((queue.clone(), k.problem.clone()?)))
+            .collect();
         Some(known)
     }
 
