@@ -626,8 +626,8 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<QueueInfo, EngineError>;
 
     /// Sets (`Some`) or clears `queue`'s admin-set target, for every
-    /// gateway sharing the store and across restarts. Creates the queue if
-    /// never used.
+    /// gateway sharing the store and across restarts. Setting one creates
+    /// the queue if never used.
     async fn set_target(
         &self,
         queue: &QueueName,

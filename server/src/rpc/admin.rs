@@ -370,6 +370,22 @@ impl Admin for AdminService {
                 &caller,
             )?),
         };
+        if target.is_none() {
+            let exists = self
+                .core
+                .engine
+                .queue_info(&queue)
+                .await
+                .map_err(GatewayError::from)?
+                .is_some();
+            if !exists {
+                return Err(GatewayError::NotFound(format!(
+                    "queue {:?} was never used, so it has no target to take off",
+                    request.name
+                ))
+                .into());
+            }
+        }
         let action = target.as_ref().map_or_else(
             || format!("{queue} (none)"),
             |t| format!("{queue} ({})", t.spec),

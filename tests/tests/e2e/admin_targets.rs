@@ -286,6 +286,13 @@ async fn set_queue_target_refuses_what_it_must_and_says_what_to_fix() {
         .await
         .unwrap();
     assert_eq!(info.target.unwrap().set_by, "ops");
+    // Nothing to take off a queue never used.
+    let status = status_of(ops.set_queue_target("never-used", "").await.unwrap_err());
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("no target to take off"),
+        "{status:?}"
+    );
     // The config's target is changed in the config.
     let refused = ops.set_queue_target("configured", &good).await.unwrap_err();
     let status = status_of(refused);

@@ -416,6 +416,15 @@ pub(crate) async fn queue_targets_are_stored_listed_replaced_and_cleared(factory
         .unwrap();
     h.engine.set_target(&queue("hooks"), None).await.unwrap();
     h.engine.set_target(&queue("hooks"), None).await.unwrap();
+    h.engine.set_target(&queue("never"), None).await.unwrap();
+    assert!(
+        h.engine
+            .queue_info(&queue("never"))
+            .await
+            .unwrap()
+            .is_none(),
+        "clearing creates no queue"
+    );
     let listed = h.engine.targets().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(

@@ -61,7 +61,9 @@ impl LocalEngine {
         if let Some(refused) = self.journal.refusing() {
             return Err(refused);
         }
-        self.queue(queue);
+        if target.is_some() {
+            self.queue(queue);
+        }
         let seq = {
             let mut targets = lock(&self.targets);
             let seq = self.journal_one(Mutation::PutQueueTarget {

@@ -272,7 +272,9 @@ impl Inner {
         queue: &QueueName,
         target: Option<QueueTarget>,
     ) -> Result<(), EngineError> {
-        self.register_queue(queue).await?;
+        if target.is_some() {
+            self.register_queue(queue).await?;
+        }
         let key = self.keys.targets();
         let stored = target.as_ref().map(record::encode_target);
         self.run(|| {
