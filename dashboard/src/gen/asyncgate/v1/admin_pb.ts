@@ -972,7 +972,9 @@ export const Admin: GenService<{
    * gateway call into the network. INVALID_ARGUMENT for a malformed target;
    * FAILED_PRECONDITION when the gateway has no allowlist, the host is not
    * in it, or the queue's target comes from this gateway's config (change
-   * it there). The queue need not exist yet. Returns the queue.
+   * it there). The queue need not exist yet to be given a target;
+   * NOT_FOUND for taking the target off a queue never used. Returns the
+   * queue.
    *
    * @generated from rpc asyncgate.v1.Admin.SetQueueTarget
    */
