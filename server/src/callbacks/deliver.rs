@@ -6,7 +6,7 @@
 //! redirects are not followed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -82,6 +82,42 @@ pub(crate) async fn checked_addresses(
         .into());
     }
     Ok(allowed)
+}
+
+/// Connects a gRPC channel (a callback receiver's, an admin-set target's)
+/// to its `HOST:PORT` at an address the policy allows, resolving at every
+/// connect: a name later pointed at another address is followed, and one
+/// pointed at a private address is refused then.
+#[derive(Clone)]
+pub(crate) struct CheckedConnector(pub(crate) Arc<CallbackSettings>);
+
+impl tower::Service<tonic::codegen::http::Uri> for CheckedConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("the target names no host")?;
+            let host = host.trim_matches(['[', ']']);
+            let tls = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let addresses = checked_addresses(&policy, host, port).await?;
+            let stream = tokio::net::TcpStream::connect(&addresses[..]).await?;
+            stream.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 /// Delivers callbacks; shared by the runner's tasks.
@@ -197,7 +233,7 @@ impl Deliverer {
         ticket: pb::Ticket,
         webhook_id: &str,
     ) -> Result<(), Failed> {
-        let channel = self.channel(url).await.map_err(Failed::retry)?;
+        let channel = self.channel(url).map_err(Failed::retry)?;
         let mut client = pb::callbacks_client::CallbacksClient::new(channel);
         let mut request = tonic::Request::new(ticket);
         request.set_timeout(ATTEMPT_TIMEOUT);
@@ -207,11 +243,17 @@ impl Deliverer {
         match client.ticket_finished(request).await {
             Ok(_) => Ok(()),
             Err(status) => {
-                let message = format!(
-                    "the receiver answered {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
+                // A status with a source was made here (no connection),
+                // not sent by the receiver.
+                let message = if std::error::Error::source(&status).is_some() {
+                    format!("could not reach the receiver: {}", status.message())
+                } else {
+                    format!(
+                        "the receiver answered {:?}: {}",
+                        status.code(),
+                        status.message()
+                    )
+                };
                 let final_codes = [
                     tonic::Code::Unimplemented,
                     tonic::Code::InvalidArgument,
@@ -227,37 +269,30 @@ impl Deliverer {
         }
     }
 
-    /// The channel to `url`'s HOST:PORT, connected to an address the policy
-    /// allows (kept for reuse).
-    async fn channel(&self, url: &url::Url) -> Result<Channel, String> {
+    /// The channel to `url`'s HOST:PORT (kept for reuse); each connect
+    /// resolves the host and reaches only an address the policy allows.
+    fn channel(&self, url: &url::Url) -> Result<Channel, String> {
         let key = url.as_str().to_owned();
         if let Some(channel) = lock(&self.channels).get(&key) {
             return Ok(channel.clone());
         }
-        let host = url
-            .host_str()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-            .to_owned();
+        let host = url.host_str().unwrap_or_default();
         let port = url.port().unwrap_or(443);
-        let addr = match host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => checked_addresses(&self.settings, &host, port)
-                .await
-                .map_err(|e| e.to_string())?[0],
-        };
         let tls = url.scheme() == "grpcs";
-        let mut endpoint =
-            Endpoint::from_shared(format!("{}://{addr}", if tls { "https" } else { "http" }))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true);
+        let scheme = if tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host}:{port}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5));
         if tls {
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_native_roots().domain_name(host))
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .with_native_roots()
+                        .domain_name(host.trim_matches(['[', ']'])),
+                )
                 .map_err(|e| e.to_string())?;
         }
-        let channel = endpoint.connect_lazy();
+        let channel = endpoint.connect_with_connector_lazy(CheckedConnector(self.settings.clone()));
         let mut channels = lock(&self.channels);
         if channels.len() >= MAX_CHANNELS {
             channels.clear();

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub(crate) use deliver::{CheckedResolver, checked_addresses};
+pub(crate) use deliver::{CheckedConnector, CheckedResolver};
 pub(crate) use runner::spawn;
 
 /// The longest callback URL accepted.

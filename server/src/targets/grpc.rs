@@ -19,7 +19,7 @@ use super::setting::grpc_code_name;
 use super::transcode::Transcoder;
 use super::worker::{failure, time_left};
 use super::{RetryOn, TargetSetting};
-use crate::callbacks::{CallbackSettings, checked_addresses};
+use crate::callbacks::{CallbackSettings, CheckedConnector};
 use crate::domain::ticket::Payload;
 use crate::domain::{Outcome, TicketError};
 use crate::engine::Claimed;
@@ -60,41 +60,6 @@ impl Decoder for BytesCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// Connects to a target's `HOST:PORT` at an address the policy allows,
-/// resolving at every connect: a name later pointed at a private address
-/// is refused then, not only when the target was set.
-#[derive(Clone)]
-struct CheckedConnector(Arc<CallbackSettings>);
-
-impl tower::Service<tonic::codegen::http::Uri> for CheckedConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
-        let policy = self.0.clone();
-        Box::pin(async move {
-            let host = uri.host().ok_or("the target names no host")?;
-            let host = host.trim_matches(['[', ']']);
-            let tls = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let addresses = checked_addresses(&policy, host, port).await?;
-            let stream = tokio::net::TcpStream::connect(&addresses[..]).await?;
-            stream.set_nodelay(true)?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
     }
 }
 

@@ -223,6 +223,21 @@ async fn callbacks_go_only_where_the_gateway_allows() {
         "{callback:?}"
     );
     assert!(receiver.deliveries().is_empty(), "no request reached it");
+    // The same for a gRPC receiver (resolved at each connect).
+    let ticket = client
+        .submit(Submit::new("q").callback(format!("grpc://localhost:{port}")))
+        .await
+        .unwrap();
+    client.cancel(&ticket.id, "").await.unwrap();
+    let callback = callback_after(&client, &ticket.id, 1).await;
+    assert!(
+        callback
+            .last_error
+            .starts_with("could not reach the receiver")
+            && callback.last_error.contains("may not reach"),
+        "{callback:?}"
+    );
+    assert!(receiver.deliveries().is_empty(), "no request reached it");
 }
 
 #[tokio::test]
