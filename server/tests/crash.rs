@@ -404,7 +404,16 @@ async fn watch_tickets_resumes_across_a_kill_nine_without_a_gap() {
     // Resume from each ticket's last seq, on the restarted gateway.
     let mut events = follow(&client, &ids, &last).await;
     release.send_replace(true);
-    let all_ended = |_: &Outputs, ended: &std::collections::HashSet<String>| ended.len() == TICKETS;
+    // Every ticket ended, and its last chunk (each run ends with chunk 3)
+    // read: a resumed ticket that had already ended comes as a terminal
+    // snapshot first, with its stored chunks after it on the stream.
+    let all_ended = |outputs: &Outputs, ended: &std::collections::HashSet<String>| {
+        ended.len() == TICKETS
+            && outputs.values().all(|o| {
+                o.last()
+                    .is_some_and(|(_, bytes)| bytes.ends_with(b"chunk 3"))
+            })
+    };
     assert!(
         read_events(&mut events, &mut outputs, &mut last, &mut ended, all_ended).await,
         "the resumed stream broke"
