@@ -14,7 +14,7 @@ use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-use super::http::{json_to_proto, proto_to_json};
+use super::http::proto_to_json;
 use super::setting::grpc_code_name;
 use super::transcode::Transcoder;
 use super::worker::{failure, time_left};
@@ -23,7 +23,6 @@ use crate::callbacks::{CallbackSettings, CheckedConnector};
 use crate::domain::ticket::Payload;
 use crate::domain::{Outcome, TicketError};
 use crate::engine::Claimed;
-use asyncgate_proto::json::{JsonValue, MAX_JSON_DEPTH};
 
 /// Passes message bytes through unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -181,29 +180,6 @@ impl GrpcTarget {
             .call(message, &ticket.metadata, time_left(claimed))
             .await
         {
-            Ok(reply) if reply.len() <= max_payload_bytes && json.is_some() => {
-                let decoded = json.as_ref().map(|types| types.decode(&reply));
-                match decoded {
-                    Some(Ok(value)) => {
-                        let value = JsonValue::from_value(&json_to_proto(value));
-                        // Nested past what a payload may hold: kept as bytes.
-                        let kind = match value.check(MAX_JSON_DEPTH) {
-                            Ok(()) => Kind::Json(value),
-                            Err(_) => Kind::Binary(reply),
-                        };
-                        let content_type = match kind {
-                            Kind::Json(_) => "application/json",
-                            Kind::Binary(_) => "application/x-protobuf",
-                        };
-                        Outcome::Success(Payload {
-                            kind: Some(kind),
-                            content_type: content_type.into(),
-                        })
-                    }
-                    Some(Err(message)) => failure(Code::Internal as i32, message, false),
-                    None => unreachable!("json is some"),
-                }
-            }
             Ok(reply) if reply.len() > max_payload_bytes => failure(
                 Code::ResourceExhausted as i32,
                 format!(
@@ -212,10 +188,13 @@ impl GrpcTarget {
                 ),
                 false,
             ),
-            Ok(reply) => Outcome::Success(Payload {
-                kind: Some(Kind::Binary(reply)),
-                content_type: "application/x-protobuf".into(),
-            }),
+            Ok(reply) => match &json {
+                Some(types) => types.reply(reply),
+                None => Outcome::Success(Payload {
+                    kind: Some(Kind::Binary(reply)),
+                    content_type: "application/x-protobuf".into(),
+                }),
+            },
             Err(Unreachable(status)) => {
                 failure(status.code() as i32, status.message().into(), true)
             }

@@ -22,6 +22,13 @@ use tonic::Code;
 use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::Channel;
 
+use super::http::json_to_proto;
+use super::worker::failure;
+use crate::domain::Outcome;
+use crate::domain::ticket::Payload;
+use asyncgate_proto::json::{JsonValue, MAX_JSON_DEPTH};
+use asyncgate_proto::v1::payload::Kind;
+
 /// How long fetched types are used before being fetched again.
 const KEEP_FOUND: Duration = Duration::from_secs(300);
 /// How long a failed fetch is remembered.
@@ -295,14 +302,35 @@ impl MethodTypes {
         Ok(message.encode_to_vec().into())
     }
 
-    /// The reply's bytes as JSON.
-    pub(super) fn decode(&self, reply: &[u8]) -> Result<serde_json::Value, String> {
-        let message = DynamicMessage::decode(self.output.clone(), reply).map_err(|e| {
-            format!(
-                "the target's reply is not a {} as its reflection describes it: {e}",
-                self.output.full_name()
-            )
-        })?;
-        serde_json::to_value(&message).map_err(|e| format!("the reply does not print as JSON: {e}"))
+    /// The outcome of a call that answered `reply`: the reply as JSON
+    /// (kept as bytes if nested deeper than a payload may be), or a failure
+    /// if it is not the reply type.
+    pub(super) fn reply(&self, reply: Bytes) -> Outcome {
+        let json = DynamicMessage::decode(self.output.clone(), reply.clone())
+            .map_err(|e| {
+                format!(
+                    "the target's reply is not a {} as its reflection describes it: {e}",
+                    self.output.full_name()
+                )
+            })
+            .and_then(|message| {
+                serde_json::to_value(&message)
+                    .map_err(|e| format!("the reply does not print as JSON: {e}"))
+            });
+        let value = match json {
+            Ok(value) => JsonValue::from_value(&json_to_proto(value)),
+            Err(message) => return failure(Code::Internal as i32, message, false),
+        };
+        let payload = match value.check(MAX_JSON_DEPTH) {
+            Ok(()) => Payload {
+                kind: Some(Kind::Json(value)),
+                content_type: "application/json".into(),
+            },
+            Err(_) => Payload {
+                kind: Some(Kind::Binary(reply)),
+                content_type: "application/x-protobuf".into(),
+            },
+        };
+        Outcome::Success(payload)
     }
 }
